@@ -1,0 +1,109 @@
+"""Jobs: submit, read, list, cancel, follow, and their artifacts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+
+from saeq import keys
+from saeq.dispatch import KIND_QUEUE
+from saeq.registry import STATES, dispatch_ready
+from saeq.specs import JOB_KINDS, JobCreate, UploadCorpus
+from saeq_api.deps import Services, services
+from saeq_api.metrics import observe_submit
+from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+Svc = Annotated[Services, Depends(services)]
+
+
+def _unprocessable(field: str, message: str) -> HTTPException:
+    return HTTPException(422, detail=[{"loc": ["body", *field.split(".")], "field": field,
+                                       "msg": message, "type": "value_error"}])
+
+
+def _job_or_404(svc: Services, job_id: str) -> dict:
+    job = svc.registry.get(job_id) if len(job_id) == 32 else None
+    if job is None:
+        raise HTTPException(404, detail=f"no job {job_id!r}")
+    return job
+
+
+@router.post("", status_code=201, response_model=JobPublic)
+def submit_job(body: JobCreate, svc: Svc, response: Response,
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
+    """Queue a job. The spec's `kind` selects its model. With an `Idempotency-Key` header a repeated
+    request returns the job the first one created (status 200) instead of a second job."""
+    spec = body.spec
+    if isinstance(spec.corpus, UploadCorpus) and not svc.store.list(keys.upload_prefix(spec.corpus.upload_id)):
+        raise _unprocessable("spec.corpus.upload_id", f"no upload {spec.corpus.upload_id!r}")
+    for i, dep_id in enumerate(body.depends_on):
+        dep = svc.registry.get(dep_id) if len(dep_id) == 32 else None
+        if dep is None:
+            raise _unprocessable(f"depends_on.{i}", f"no job {dep_id!r}")
+        if dep["state"] in ("failed", "cancelled"):
+            raise _unprocessable(f"depends_on.{i}", f"job {dep_id} {dep['state']}; this job could never start")
+    record, created = svc.registry.create(
+        kind=spec.kind, spec=spec.model_dump(mode="json"), queue=KIND_QUEUE[spec.kind],
+        depends_on=list(body.depends_on), name=body.name, idempotency_key=idempotency_key)
+    if created:
+        observe_submit(spec.kind)
+        dispatch_ready(svc.registry, record["id"], svc.send)
+    else:
+        response.status_code = 200
+    return JobPublic.of(svc.registry.get(record["id"]))
+
+
+@router.get("", response_model=JobList)
+def list_jobs(svc: Svc,
+              kind: Annotated[str | None, Query(description=f"one of {', '.join(JOB_KINDS)}")] = None,
+              state: Annotated[str | None, Query(description=f"one of {', '.join(STATES)}")] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              before: Annotated[float | None, Query(description="created_at cursor from the previous page")] = None,
+              ) -> JobList:
+    """Jobs, newest first, filtered by kind and state, a page at a time."""
+    if kind is not None and kind not in JOB_KINDS:
+        raise HTTPException(422, detail=f"kind must be one of {', '.join(JOB_KINDS)}")
+    if state is not None and state not in STATES:
+        raise HTTPException(422, detail=f"state must be one of {', '.join(STATES)}")
+    jobs = svc.registry.list(kind=kind, state=state, limit=limit + 1, before=before)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JobList(jobs=[JobPublic.of(j) for j in jobs],
+                   next_before=jobs[-1]["created_at"] if more else None)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, svc: Svc) -> JobPublic:
+    return JobPublic.of(_job_or_404(svc, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, svc: Svc) -> JobPublic:
+    """Cancel a queued job at once; a running job stops within seconds. Cancelling an ended job
+    changes nothing."""
+    _job_or_404(svc, job_id)
+    svc.registry.request_cancel(job_id)
+    job = svc.registry.get(job_id)
+    if job["state"] == "cancelled":
+        for dep in svc.registry.dependents(job_id):
+            dispatch_ready(svc.registry, dep, svc.send)
+    return JobPublic.of(job)
+
+
+@router.get("/{job_id}/events", response_model=JobEvents)
+def job_events(job_id: str, svc: Svc, after: Annotated[str, Query(pattern=r"^\d+-\d+$")] = "0-0") -> JobEvents:
+    """The job's log of phases and progress messages; pass the last event's id as `after`."""
+    _job_or_404(svc, job_id)
+    return JobEvents(events=svc.registry.events(job_id, after=after))
+
+
+@router.get("/{job_id}/artifacts", response_model=JobArtifacts)
+def job_artifacts(job_id: str, svc: Svc) -> JobArtifacts:
+    """Objects the job wrote, with presigned download URLs."""
+    job = _job_or_404(svc, job_id)
+    infos = svc.store.list(keys.job_prefix(job_id))
+    return JobArtifacts(
+        job_id=job_id, published=job["manifest_key"] is not None, manifest_key=job["manifest_key"],
+        artifacts=[Artifact(key=i.key, size=i.size, url=svc.store.download_url(i.key)) for i in infos])

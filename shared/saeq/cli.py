@@ -1,0 +1,211 @@
+"""The `saeq` command: start a local stack, submit jobs, follow them, fetch their artifacts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+import yaml
+
+from saeq.client import ApiError, Client, JobFailed
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.obj.get("url"))
+
+
+@click.group()
+@click.option("--url", envvar="SAEQ_URL", default=None,
+              help="API base URL (default: the stack `saeq up` started, else http://127.0.0.1:8000).")
+@click.pass_context
+def main(ctx: click.Context, url: str | None) -> None:
+    """saeq: queue sparse-autoencoder experiments."""
+    ctx.ensure_object(dict)["url"] = url
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, help="API port on 127.0.0.1.")
+@click.option("--home", type=click.Path(path_type=Path), default=None,
+              help="State directory (Redis data, local store, logs). Default: $SAEQ_HOME or ~/.saeq.")
+@click.option("--redis-url", default=None, help="Use this Redis instead of starting one.")
+@click.option("--store", default=None, help="file:///dir or s3://bucket (default: a directory under --home).")
+@click.option("--s3-endpoint", default=None, help="host:port of MinIO/S3 for an s3:// store.")
+@click.option("--s3-access-key", default=None)
+@click.option("--s3-secret-key", default=None)
+@click.option("--concurrency", default=1, show_default=True, help="Worker processes.")
+def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, concurrency) -> None:
+    """Start Redis, the API, one worker and a local store; stop them with Ctrl-C."""
+    from saeq.local_stack import LocalStack, StackOptions, saeq_home
+
+    opts = StackOptions(home=home or saeq_home(), port=port, redis_url=redis_url, store=store,
+                        s3_endpoint=s3_endpoint, s3_access_key=s3_access_key,
+                        s3_secret_key=s3_secret_key, worker_concurrency=concurrency)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    with LocalStack(opts) as stack:
+        click.echo(f"saeq is up: API {stack.url} (docs {stack.url}/docs), Redis {stack.redis_url}, "
+                   f"logs {stack.logs}. Ctrl-C stops it.")
+        try:
+            while not stop["now"]:
+                for name, proc in stack.procs.items():
+                    if proc.poll() is not None:
+                        raise click.ClickException(f"{name} exited ({proc.returncode}); see {stack.logs}/{name}.log")
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        click.echo("stopping")
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--depends-on", multiple=True, help="Job id that must succeed first (repeatable).")
+@click.option("--idempotency-key", default=None)
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the job with a progress bar.")
+@click.pass_context
+def submit(ctx, spec_file: Path, depends_on, idempotency_key, wait_) -> None:
+    """Submit a job from a YAML/JSON file: a spec (with `kind`) or {spec, depends_on, name}."""
+    try:
+        doc = yaml.safe_load(spec_file.read_text())
+    except yaml.YAMLError as e:
+        raise click.ClickException(f"{spec_file}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise click.ClickException(f"{spec_file}: expected a mapping with a `kind` or a `spec`")
+    spec = doc.get("spec", doc)
+    deps = list(doc.get("depends_on", [])) + list(depends_on)
+    client = _client(ctx)
+    try:
+        job = client.submit(spec, depends_on=deps, name=doc.get("name"), idempotency_key=idempotency_key)
+    except ApiError as e:
+        raise click.ClickException(f"{spec_file}: {e}") from None
+    click.echo(job["id"])
+    if wait_:
+        _wait(client, job["id"])
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@click.option("--kind", default=None)
+@click.option("--state", default=None)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx, job_id, kind, state, limit, as_json) -> None:
+    """Show one job, or list recent jobs."""
+    client = _client(ctx)
+    if job_id:
+        job = client.get(job_id)
+        if as_json:
+            click.echo(json.dumps(job, indent=2))
+            return
+        _print_job(job)
+        return
+    jobs = []
+    for job in client.list(kind=kind, state=state, limit=limit):
+        jobs.append(job)
+        if len(jobs) >= limit:
+            break
+    if as_json:
+        click.echo(json.dumps(jobs, indent=2))
+        return
+    click.echo(f"{'id':32}  {'kind':8}  {'state':9}  {'progress':>8}  name")
+    for job in jobs:
+        click.echo(f"{job['id']:32}  {job['kind']:8}  {job['state']:9}  "
+                   f"{100 * job['progress']['fraction']:7.1f}%  {job['name'] or ''}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=None)
+@click.pass_context
+def wait(ctx, job_id, timeout) -> None:
+    """Wait for a job with a progress bar; exit 1 unless it succeeded."""
+    _wait(_client(ctx), job_id, timeout)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the job ends.")
+@click.pass_context
+def logs(ctx, job_id, follow) -> None:
+    """Print the job's events (phases, progress messages, failures)."""
+    client = _client(ctx)
+    after = "0-0"
+    while True:
+        for ev in client.events(job_id, after=after):
+            after = ev["id"]
+            stamp = time.strftime("%H:%M:%S", time.localtime(ev["t"]))
+            click.echo(f"{stamp}  {ev['phase']:10}  {ev['message']}")
+        if not follow or client.get(job_id)["state"] in ("succeeded", "failed", "cancelled"):
+            return
+        time.sleep(1)
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_context
+def artifacts(ctx, job_id) -> None:
+    """List a job's artifacts with sizes and download URLs."""
+    arts = _client(ctx).artifacts(job_id)
+    click.echo(f"published: {arts['published']}  manifest: {arts['manifest_key']}")
+    for a in arts["artifacts"]:
+        click.echo(f"{a['size']:>12,}  {a['key']}\n              {a['url']}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("--prefix", default="", help="Only artifacts under this path (relative to the job).")
+@click.pass_context
+def download(ctx, job_id, dest, prefix) -> None:
+    """Download a job's artifacts into DEST/."""
+    for path in _client(ctx).download(job_id, dest / job_id, prefix=prefix):
+        click.echo(str(path))
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_context
+def cancel(ctx, job_id) -> None:
+    """Cancel a job (a running one stops within seconds)."""
+    job = _client(ctx).cancel(job_id)
+    click.echo(f"{job_id}: {job['state']}{' (stopping)' if job['state'] == 'running' else ''}")
+
+
+@main.command()
+@click.option("--tokens", default=131_072, show_default=True, help="Harvest token budget.")
+@click.option("--home", type=click.Path(path_type=Path), default=None)
+def demo(tokens, home) -> None:
+    """The offline demo, end to end: start a stack, harvest layer 15 of SmolLM2 on English Wikipedia."""
+    from saeq.demo import run_demo
+
+    run_demo(tokens=tokens, home=home)
+
+
+def _wait(client: Client, job_id: str, timeout: float | None = None) -> dict:
+    try:
+        job = client.wait(job_id, progress=True, timeout=timeout)
+    except JobFailed as e:
+        click.echo(str(e), err=True)
+        sys.exit(1)
+    _print_job(job)
+    return job
+
+
+def _print_job(job: dict) -> None:
+    p = job["progress"]
+    click.echo(f"job {job['id']}  {job['kind']}  {job['state']}  ({p['phase']}, {100 * p['fraction']:.1f}%)")
+    if p["figures"]:
+        click.echo("  " + "  ".join(f"{k}={v:,.4g}" for k, v in p["figures"].items()))
+    if job["error"]:
+        e = job["error"]
+        click.echo(f"  error: {e['code']}{' (' + e['field'] + ')' if e['field'] else ''}: {e['message']}")
+    if job["manifest_key"]:
+        click.echo(f"  manifest: {job['manifest_key']}")
+
+
+if __name__ == "__main__":
+    main()

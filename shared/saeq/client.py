@@ -1,0 +1,171 @@
+"""Python job client: `saeq.Client("http://127.0.0.1:8000").submit(spec)`."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+from pydantic import BaseModel
+
+from saeq.registry import TERMINAL
+
+
+class ApiError(Exception):
+    """The API refused a request; `detail` is its explanation (which field, and why)."""
+
+    def __init__(self, status: int, detail: Any):
+        self.status, self.detail = status, detail
+        super().__init__(f"HTTP {status}: {format_detail(detail)}")
+
+
+class JobFailed(Exception):
+    def __init__(self, job: dict):
+        self.job = job
+        err = job.get("error") or {}
+        where = f" ({err['field']})" if err.get("field") else ""
+        super().__init__(f"job {job['id']} {job['state']}: {err.get('code', '?')}{where}: {err.get('message', '')}")
+
+
+def format_detail(detail: Any) -> str:
+    if isinstance(detail, list):
+        return "; ".join(f"{d.get('field') or '.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
+                         if isinstance(d, dict) else str(d) for d in detail)
+    return str(detail)
+
+
+def default_url() -> str:
+    """SAEQ_URL, else the stack `saeq up` started, else localhost:8000."""
+    if url := os.environ.get("SAEQ_URL"):
+        return url
+    from saeq.local_stack import read_stack_url
+
+    return read_stack_url() or "http://127.0.0.1:8000"
+
+
+class Client:
+    def __init__(self, url: str | None = None, *, api_key: str | None = None, timeout: float = 30.0):
+        self.url = (url or default_url()).rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kw) -> Any:
+        resp = self.http.request(method, path, **kw)
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("detail")
+            except ValueError:
+                detail = resp.text
+            raise ApiError(resp.status_code, detail)
+        return resp.json()
+
+    def submit(self, spec: dict | BaseModel, *, depends_on: list[str] = (), name: str | None = None,
+               idempotency_key: str | None = None) -> dict:
+        """Queue a job; `spec` is a spec model or dict with a `kind`."""
+        if isinstance(spec, BaseModel):
+            spec = spec.model_dump(mode="json")
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {"spec": spec, "depends_on": list(depends_on), "name": name}
+        return self._call("POST", "/v1/jobs", json=body, headers=headers)
+
+    def get(self, job_id: str) -> dict:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def list(self, *, kind: str | None = None, state: str | None = None, limit: int = 50) -> Iterator[dict]:
+        """All matching jobs, newest first, fetched a page at a time."""
+        before = None
+        while True:
+            params = {k: v for k, v in {"kind": kind, "state": state, "limit": limit, "before": before}.items()
+                      if v is not None}
+            page = self._call("GET", "/v1/jobs", params=params)
+            yield from page["jobs"]
+            if page["next_before"] is None:
+                return
+            before = page["next_before"]
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def events(self, job_id: str, *, after: str = "0-0") -> list[dict]:
+        return self._call("GET", f"/v1/jobs/{job_id}/events", params={"after": after})["events"]
+
+    def artifacts(self, job_id: str) -> dict:
+        return self._call("GET", f"/v1/jobs/{job_id}/artifacts")
+
+    def upload(self, path: str | Path, *, text_field: str = "text") -> dict:
+        path = Path(path)
+        with path.open("rb") as f:
+            return self._call("POST", "/v1/uploads", params={"text_field": text_field},
+                              files={"file": (path.name, f, "text/plain")})
+
+    def wait(self, job_id: str, *, timeout: float | None = None, progress: bool = False,
+             poll_s: float = 1.0, raise_on_failure: bool = True) -> dict:
+        """Block until the job ends; with `progress`, draw a progress bar. Raises JobFailed unless
+        it succeeded (and `raise_on_failure`)."""
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=1000, unit="", bar_format="{desc} |{bar}| {percentage:3.0f}% {elapsed}<{remaining}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                job = self.get(job_id)
+                if bar is not None:
+                    p = job["progress"]
+                    bar.n = int(1000 * p["fraction"])
+                    figures = " ".join(f"{k}={_fmt(v)}" for k, v in p["figures"].items())
+                    bar.set_description_str(f"{job['kind']} {job_id[:8]} {job['state']}:{p['phase']} {figures}")
+                    bar.refresh()
+                if job["state"] in TERMINAL:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
+                time.sleep(poll_s)
+        finally:
+            if bar is not None:
+                bar.close()
+        if raise_on_failure and job["state"] != "succeeded":
+            raise JobFailed(job)
+        return job
+
+    def download(self, job_id: str, dest: str | Path, *, prefix: str = "") -> list[Path]:
+        """Download the job's artifacts (those under `prefix`, relative to the job) into `dest`."""
+        dest = Path(dest)
+        out = []
+        for art in self.artifacts(job_id)["artifacts"]:
+            rel = art["key"].split(f"jobs/{job_id}/", 1)[1]
+            if not rel.startswith(prefix):
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with httpx.stream("GET", art["url"], timeout=self.http.timeout) as resp:
+                resp.raise_for_status()
+                with target.open("wb") as f:
+                    for chunk in resp.iter_bytes(1 << 20):
+                        f.write(chunk)
+            out.append(target)
+        return out
+
+    def manifest(self, job_id: str) -> dict:
+        arts = self.artifacts(job_id)
+        if not arts["published"]:
+            raise ApiError(409, f"job {job_id} has no manifest yet")
+        url = next(a["url"] for a in arts["artifacts"] if a["key"] == arts["manifest_key"])
+        resp = httpx.get(url, timeout=self.http.timeout)
+        resp.raise_for_status()
+        return resp.json()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return str(v)

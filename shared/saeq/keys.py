@@ -1,0 +1,56 @@
+"""Every object-store key saeq writes, built here and nowhere else.
+
+Layout:
+  jobs/{job_id}/manifest.json                      written last: the job's output is published
+  jobs/{job_id}/harvest/{hook}/shard-{i:05d}.safetensors
+  jobs/{job_id}/checkpoints/...                    resumable state of a running job
+  uploads/{upload_id}/{filename}                   corpora uploaded through the API
+Keys are write-once; a job's artifacts all live under its own prefix.
+"""
+
+from __future__ import annotations
+
+import re
+
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
+
+
+def _job(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
+    return f"jobs/{job_id}/"
+
+
+def job_prefix(job_id: str) -> str:
+    return _job(job_id)
+
+
+def manifest(job_id: str) -> str:
+    return _job(job_id) + "manifest.json"
+
+
+def harvest_shard(job_id: str, hook: str, index: int) -> str:
+    from saeq.hooks import parse
+
+    return _job(job_id) + f"harvest/{parse(hook).name}/shard-{index:05d}.safetensors"
+
+
+def upload_prefix(upload_id: str) -> str:
+    if not _JOB_ID.match(upload_id):
+        raise ValueError(f"not an upload id: {upload_id!r}")
+    return f"uploads/{upload_id}/"
+
+
+def upload(upload_id: str, filename: str) -> str:
+    if not _SAFE_NAME.match(filename) or ".." in filename:
+        raise ValueError(f"unsafe file name {filename!r}")
+    return upload_prefix(upload_id) + filename
+
+
+def job_of(key: str) -> str | None:
+    """The job a key belongs to, or None."""
+    parts = key.split("/")
+    if len(parts) >= 3 and parts[0] == "jobs" and _JOB_ID.match(parts[1]):
+        return parts[1]
+    return None

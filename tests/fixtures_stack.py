@@ -1,0 +1,37 @@
+"""A running saeq stack for integration tests: the real API and a real Celery worker as child
+processes, on the session's real Redis and S3 (SeaweedFS) servers. Each stack gets its own Redis
+database, so jobs and queues of one test module never reach another's worker."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from saeq.client import Client
+from saeq.local_stack import LocalStack, StackOptions
+from tests.servers import free_port
+
+_db = itertools.count(1)
+
+
+def make_stack(tmp_path, redis_srv, s3_srv, **env) -> LocalStack:
+    opts = StackOptions(
+        home=tmp_path, port=free_port(), redis_url=f"{redis_srv.url.rsplit('/', 1)[0]}/{next(_db) % 16}",
+        store=f"s3://{s3_srv.bucket}", s3_endpoint=s3_srv.endpoint, s3_access_key=s3_srv.access_key,
+        s3_secret_key=s3_srv.secret_key,
+        extra_env={"SAEQ_LEASE_TTL_S": "6", "SAEQ_HEARTBEAT_S": "1", "SAEQ_REAP_EVERY_S": "1", **env})
+    return LocalStack(opts)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_srv, s3_srv):
+    """API + one worker; `stack.url`, `stack.kill('worker')`, `stack.respawn('worker')`."""
+    with make_stack(tmp_path_factory.mktemp("stack"), redis_srv, s3_srv) as st:
+        yield st
+
+
+@pytest.fixture
+def client(stack) -> Client:
+    with Client(stack.url, timeout=60) as c:
+        yield c

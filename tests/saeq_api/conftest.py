@@ -1,0 +1,27 @@
+import itertools
+
+import pytest
+from fastapi.testclient import TestClient
+
+from saeq_api.main import create_app
+from saeq_api.settings import ApiSettings
+
+_db = itertools.count(20)
+
+
+@pytest.fixture
+def api_settings(redis_srv, s3_srv) -> ApiSettings:
+    """Settings for an API on the session's real Redis (a fresh database) and S3; no worker runs,
+    so submitted jobs stay queued."""
+    import redis
+
+    url = f"{redis_srv.url.rsplit('/', 1)[0]}/{next(_db) % 16}"
+    redis.Redis.from_url(url).flushdb()
+    return ApiSettings(redis_url=url, store=f"s3://{s3_srv.bucket}", s3_endpoint=s3_srv.endpoint,
+                       s3_access_key=s3_srv.access_key, s3_secret_key=s3_srv.secret_key)
+
+
+@pytest.fixture
+def api(api_settings) -> TestClient:
+    with TestClient(create_app(api_settings)) as c:
+        yield c

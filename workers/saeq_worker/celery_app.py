@@ -1,0 +1,30 @@
+"""The workers' Celery app. Start with: celery -A saeq_worker.celery_app worker -Q gpu,cpu
+
+The parent process never imports torch, so CUDA is never initialised before the pool forks;
+each task imports it in the child that runs it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from celery.signals import worker_init
+
+from saeq.dispatch import make_celery
+from saeq_worker.settings import WorkerSettings
+
+settings = WorkerSettings()
+app = make_celery(settings)
+app.conf.update(
+    worker_max_tasks_per_child=50,  # bounds memory creep from model caches across many jobs
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+)
+app.autodiscover_tasks(["saeq_worker"], related_name="tasks", force=True)
+
+
+@worker_init.connect
+def _no_cuda_in_parent(**_):
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised in the worker's parent process; forked children "
+                           "would inherit a broken CUDA context")

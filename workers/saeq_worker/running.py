@@ -1,0 +1,141 @@
+"""Everything around a job's real work: claim, lease and heartbeats, cancel flag, progress,
+error mapping, finishing, and starting the jobs that waited for it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from saeq.errors import Cancelled, JobError, OutOfMemory
+from saeq.registry import Registry, Send, after_finish
+from saeq.specs import parse_spec
+from saeq.store import ObjectStore
+
+log = logging.getLogger("saeq.worker")
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over (this one was presumed dead); stop without writing."""
+
+
+@dataclass
+class RunningJob:
+    id: str
+    spec: Any
+    attempt: int
+    record: dict
+    registry: Registry
+    store: ObjectStore
+    device: str
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lease_lost: threading.Event = field(default_factory=threading.Event)
+    _done: threading.Event = field(default_factory=threading.Event)
+    _last_report: float = 0.0
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set() or self._lease_lost.is_set()
+
+    def check(self) -> None:
+        if self._lease_lost.is_set():
+            raise LeaseLost(self.id)
+        if self._stop.is_set():
+            raise Cancelled("cancelled by request")
+
+    def report(self, fraction: float, phase: str, message: str = "", *, force: bool = False,
+               **figures: float) -> None:
+        """Progress for `GET /v1/jobs/{id}`; throttled, so callers may report every batch."""
+        now = time.monotonic()
+        if not force and now - self._last_report < 0.5:
+            return
+        self._last_report = now
+        self.registry.report(self.id, {"fraction": max(0.0, min(1.0, fraction)), "phase": phase,
+                                       "message": message, "figures": figures})
+
+    def event(self, phase: str, message: str, **figures: Any) -> None:
+        self.registry.event(self.id, phase, message, **figures)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_job(registry: Registry, store: ObjectStore, job_id: str, dispatch_id: str, *,
+            body: Callable[[RunningJob], str], send: Send, device: str, heartbeat_s: float,
+            heartbeat_file: str | None = None) -> None:
+    """Claim the job, run `body` (which returns the manifest key), and record how it ended."""
+    claim = registry.claim(job_id, dispatch_id, worker_name())
+    deadline = time.monotonic() + registry.lease_ttl_ms / 1000 + 2
+    while claim.action == "busy" and time.monotonic() < deadline:
+        # Redelivered after our own process died: its lease runs out within the TTL.
+        time.sleep(0.5)
+        claim = registry.claim(job_id, dispatch_id, worker_name())
+    if claim.action != "run":
+        log.info("job %s not run: %s", job_id, claim.reason)
+        if claim.action == "skip":
+            after_finish(registry, job_id, send)
+        return
+
+    record = registry.get(job_id)
+    try:
+        spec = parse_spec(record["spec"])
+    except Exception as e:  # stored by the API, so this means a version mismatch
+        registry.finish(job_id, claim.token, "failed", error=_error("invalid_spec", str(e)))
+        after_finish(registry, job_id, send)
+        return
+    job = RunningJob(job_id, spec, claim.attempt, record, registry, store, device)
+    beat = threading.Thread(target=_heartbeat, args=(job, claim.token, heartbeat_s, heartbeat_file),
+                            daemon=True, name=f"heartbeat-{job_id[:8]}")
+    beat.start()
+    state, error, manifest_key = "failed", None, None
+    try:
+        manifest_key = body(job)
+        state = "succeeded"
+    except LeaseLost:
+        log.warning("job %s: lease lost, another worker owns it now", job_id)
+        return
+    except Cancelled as e:
+        state, error = "cancelled", _error("cancelled", e.message)
+    except JobError as e:
+        error = _error(e.code, e.message, e.field)
+    except MemoryError:
+        error = _error("out_of_memory", "the worker ran out of host memory")
+    except Exception as e:
+        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
+            error = _error(OutOfMemory.code, f"out of GPU memory: {e}")
+        else:
+            log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+            error = _error("internal", f"{type(e).__name__}: {e}")
+    finally:
+        job._done.set()
+        beat.join(timeout=5)
+    if not registry.finish(job_id, claim.token, state, error=error, manifest_key=manifest_key):
+        log.warning("job %s: lease lost before finishing; result left to the new owner", job_id)
+        return
+    after_finish(registry, job_id, send)
+
+
+def _heartbeat(job: RunningJob, token: str, every_s: float, heartbeat_file: str | None) -> None:
+    while not job._done.wait(every_s):
+        try:
+            owner, cancel = job.registry.heartbeat(job.id, token)
+        except Exception as e:  # Redis briefly away: keep working, the lease TTL has slack
+            log.warning("heartbeat for %s failed: %s", job.id, e)
+            continue
+        if not owner:
+            job._lease_lost.set()
+            return
+        if cancel:
+            job._stop.set()  # keep beating: the job still has to stop and record it
+        if heartbeat_file:
+            Path(heartbeat_file).touch()
+
+
+def _error(code: str, message: str, field: str | None = None) -> dict:
+    return {"code": code, "field": field, "message": message}
