@@ -1,0 +1,88 @@
+"""Harvest throughput beside the bare forward pass it cannot beat, on the builtin SmolLM2.
+
+The harvest runs the real path (packing, hooks, early stop, shard tensors, safetensors bytes);
+the bare pass runs embed + blocks[:15] by hand on the same contexts, with no hooks. Target: the
+harvest reaches >= 90% of the bare pass. Usage: python bench/harvest.py [--batches 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import time
+
+import torch
+from transformers.masking_utils import create_causal_mask
+
+from saeq.corpus import iter_documents
+from saeq.jobs.harvest import harvest_activations, pack_contexts
+from saeq.models import load_model
+from saeq.shards import write_shard_bytes
+from saeq.specs import HarvestSpec
+
+HOOK, BLOCK = "blocks.14.hook_resid_post", 14
+B, T = 16, 128
+
+
+def bare_forward(model, ids_BT: torch.Tensor) -> torch.Tensor:
+    """The residual stream after block 14, computed the way LlamaModel.forward does, minus hooks."""
+    base = model.model
+    h_BTD = base.embed_tokens(ids_BT)
+    pos_1T = torch.arange(ids_BT.shape[1])[None]
+    rope = base.rotary_emb(h_BTD, position_ids=pos_1T)
+    mask = create_causal_mask(config=base.config, inputs_embeds=h_BTD, attention_mask=None,
+                              cache=None, position_ids=pos_1T)
+    for layer in base.layers[:BLOCK + 1]:
+        h_BTD = layer(h_BTD, attention_mask=mask, position_embeddings=rope, position_ids=pos_1T)
+    return h_BTD
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--warmup", type=int, default=2, help="untimed batches of 16x128")
+    ap.add_argument("--batches", type=int, default=10, help="timed batches of 16x128")
+    ap.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/saeq"))
+    args = ap.parse_args()
+
+    lm = load_model(HarvestSpec().model, cache_dir=args.cache_dir)
+    n = args.warmup + args.batches
+    # One batch per shard, so every timed step also builds a shard and serialises it.
+    spec = HarvestSpec(hooks=[HOOK], batch_size=B, context_len=T, max_tokens=n * B * T,
+                       shard_tokens=B * T)
+    contexts = pack_contexts(iter_documents(spec.corpus, seed=spec.seed), lm.tokenizer,
+                             context_len=T, prepend_bos=False, doc_separator=spec.doc_separator)
+    ids_CT = torch.tensor([ids for ids, _ in itertools.islice(contexts, n * B)])
+    batches = ids_CT.split(B)  # the same contexts the harvest reads, in the same order
+    shards = harvest_activations(spec, lm, iter_documents(spec.corpus, seed=spec.seed))
+
+    # Alternate one harvest step and one bare batch, so load from other processes on this
+    # machine falls on both alike.
+    dt_h, dt_b, ratios = [], [], []
+    for i, ids_BT in enumerate(batches):
+        t0 = time.perf_counter()
+        shard = next(shards)
+        n_bytes = len(write_shard_bytes(shard.tensors[HOOK], shard.metadata(HOOK)))
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            bare_BTD = bare_forward(lm.model, ids_BT)
+        t2 = time.perf_counter()
+        assert torch.equal(shard.tensors[HOOK]["acts"], bare_BTD.reshape(-1, bare_BTD.shape[-1]))
+        if i >= args.warmup:
+            dt_h.append(t1 - t0)
+            dt_b.append(t2 - t1)
+            ratios.append((t2 - t1) / (t1 - t0))
+
+    tokens = args.batches * B * T
+    print(f"SmolLM2-135M-Instruct fp32, {HOOK}, batch {B}x{T}, {args.batches} timed batches "
+          f"({tokens} tokens) after {args.warmup} warmup, {torch.get_num_threads()} threads")
+    print(f"bare forward (embed + blocks[:15]) : {tokens / sum(dt_b):8.0f} tokens/s")
+    print(f"harvest_activations + shard bytes  : {tokens / sum(dt_h):8.0f} tokens/s "
+          f"({n_bytes / 2**20:.1f} MiB per shard)")
+    print(f"ratio harvest / bare (totals)      : {sum(dt_b) / sum(dt_h):8.1%}")
+    print(f"ratio, median of per-batch pairs   : {statistics.median(ratios):8.1%}")
+
+
+if __name__ == "__main__":
+    main()

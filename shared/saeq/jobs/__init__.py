@@ -1,0 +1,1 @@
+"""Job entry points: pure functions taking specs, values and callbacks (no Celery, no I/O)."""

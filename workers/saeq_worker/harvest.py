@@ -1,0 +1,128 @@
+"""The I/O around `saeq.jobs.harvest`: load model and corpus, resume after the last complete
+shard, write shards (write-once, atomic), report progress, and publish the manifest last."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from functools import lru_cache
+
+import saeq
+from saeq import keys
+from saeq.corpus import iter_documents
+from saeq.jobs.harvest import harvest_activations
+from saeq.models import LoadedModel, load_model
+from saeq.shards import read_shard, read_shard_metadata, write_shard_bytes
+from saeq.specs import HarvestSpec, ModelSpec
+from saeq.store import AlreadyExists, ObjectStore
+from saeq_worker.running import RunningJob
+
+MANIFEST_FORMAT = "saeq.harvest/1"
+
+
+@lru_cache(maxsize=1)
+def _model(spec: ModelSpec, device: str, cache_dir: str) -> LoadedModel:
+    # Kept across jobs in this worker process: consecutive jobs often read the same model.
+    return load_model(spec, device=device, cache_dir=cache_dir)
+
+
+def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
+    spec: HarvestSpec = job.spec
+    store = job.store
+    job.report(0.0, "loading model", spec.model.name, force=True)
+    lm = _model(spec.model, job.device, cache_dir)
+    job.check()
+
+    done = _previous_shards(store, job.id, spec)
+    start = len(done)
+    medians = {h: float(m["median_norm"]) for h, m in done[0]["meta"].items()} if done else None
+    if start:
+        job.event("resumed", f"resuming after {start} complete shards from earlier attempts")
+
+    t0, tokens_at_start = time.monotonic(), sum(s["n_tokens"] for s in done)
+    budget = spec.max_tokens
+
+    def on_batch(tokens_done: int) -> None:
+        rate = (tokens_done - tokens_at_start) / max(time.monotonic() - t0, 1e-9)
+        job.report(tokens_done / budget, "harvest", f"{tokens_done:,} of {budget:,} tokens",
+                   tokens=tokens_done, tokens_per_s=rate)
+
+    docs = iter_documents(spec.corpus, seed=spec.seed, store=store)
+    shards = list(done)
+    for shard in harvest_activations(spec, lm, docs, start_shard=start, median_norms=medians,
+                                     should_stop=job.should_stop, on_batch=on_batch):
+        entry = {"index": shard.index, "n_tokens": shard.n_tokens, "hooks": {}, "meta": {},
+                 "doc_ids": set(shard.tensors[spec.hooks[0]]["doc_ids"].unique().tolist())}
+        for hook in spec.hooks:
+            data = write_shard_bytes(shard.tensors[hook], shard.metadata(hook))
+            key = keys.harvest_shard(job.id, hook, shard.index)
+            try:
+                store.put(key, data)
+            except AlreadyExists:
+                # An earlier attempt wrote this hook's shard before dying; puts are atomic and the
+                # bytes deterministic, so the stored object is the complete shard.
+                data = store.get(key)
+            entry["hooks"][hook] = {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            entry["meta"][hook] = shard.metadata(hook)
+        shards.append(entry)
+        job.check()
+
+    tokens = sum(s["n_tokens"] for s in shards)
+    if tokens == 0:
+        from saeq.errors import InvalidSpec
+
+        raise InvalidSpec("the corpus yielded no complete context; it is empty or shorter than "
+                          f"context_len={spec.context_len} tokens", field="spec.corpus")
+    manifest = _manifest(job, spec, lm, shards, tokens)
+    key = keys.manifest(job.id)
+    store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    elapsed = time.monotonic() - t0
+    job.report(1.0, "done", f"{tokens:,} tokens in {len(shards)} shards", force=True, tokens=tokens,
+               tokens_per_s=(tokens - tokens_at_start) / max(elapsed, 1e-9))
+    return key
+
+
+def _previous_shards(store: ObjectStore, job_id: str, spec: HarvestSpec) -> list[dict]:
+    """Shards an earlier attempt completed for every hook, in order, read back with checksums."""
+    out: list[dict] = []
+    for index in range(1 << 30):
+        entry = {"index": index, "hooks": {}, "meta": {}, "doc_ids": set()}
+        for hook in spec.hooks:
+            key = keys.harvest_shard(job_id, hook, index)
+            if not store.exists(key):
+                return out
+            data = store.get(key)
+            meta = read_shard_metadata(data)
+            entry["hooks"][hook] = {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            entry["meta"][hook] = meta
+            entry["n_tokens"] = int(meta["n_tokens"])
+            if not entry["doc_ids"]:
+                entry["doc_ids"] = set(read_shard(data)["doc_ids"].unique().tolist())
+        out.append(entry)
+    return out
+
+
+def _manifest(job: RunningJob, spec: HarvestSpec, lm: LoadedModel, shards: list[dict], tokens: int) -> dict:
+    docs = set().union(*(s["doc_ids"] for s in shards)) - {-1}
+    hooks = {}
+    for hook in spec.hooks:
+        metas = [s["meta"][hook] for s in shards]
+        n0 = sum(int(m["n_position0"]) for m in metas)
+        n_out = sum(int(m["n_outliers"]) for m in metas)
+        median, factor = float(metas[0]["median_norm"]), spec.sink_norm_factor
+        hooks[hook] = {
+            "d_model": lm.d_model, "dtype": spec.dtype, "n_tokens": tokens,
+            "shards": [{"index": s["index"], "n_tokens": s["n_tokens"], **s["hooks"][hook]} for s in shards],
+            "sinks": {"rule": f"position == 0 or norm > {factor:g} x median_norm",
+                      "median_norm": median, "norm_factor": factor, "n_position_zero": n0,
+                      "n_norm_outliers": n_out, "n_sinks": n0 + n_out},
+        }
+    return {
+        "format": MANIFEST_FORMAT, "kind": "harvest", "job_id": job.id, "saeq_version": saeq.__version__,
+        "created_at": time.time(), "spec": spec.model_dump(mode="json"),
+        "model": lm.provenance, "d_model": lm.d_model, "n_layers": lm.n_layers,
+        "corpus": {**spec.corpus.model_dump(mode="json"), "n_docs_used": len(docs)},
+        "context_len": spec.context_len, "prepend_bos": spec.prepend_bos, "dtype": spec.dtype,
+        "n_tokens": tokens, "n_contexts": tokens // spec.context_len, "hooks": hooks,
+    }
