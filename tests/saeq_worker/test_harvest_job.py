@@ -70,13 +70,32 @@ def test_failures_name_the_field(client, tiny_model_dir):
     missing = client.submit(HarvestSpec(model=ModelSpec(name="/nonexistent/model")))
     deep = client.submit(HarvestSpec(model=ModelSpec(name=str(tiny_model_dir)), hooks=["blocks.7.hook_resid_post"]))
     hub = client.submit(HarvestSpec(model=ModelSpec(name="no-such-org/no-such-model")))
+    dataset = client.submit({"kind": "harvest", "model": {"name": str(tiny_model_dir)}, "hooks": ["blocks.0.hook_resid_post"],
+                             "corpus": {"source": "hf", "dataset": "no-such-org/no-such-dataset"}})
     for job_id, code, field in [(missing["id"], "not_found", "spec.model.name"),
                                 (deep["id"], "invalid_spec", "spec.hooks[0]"),
-                                (hub["id"], "not_found", "spec.model.name")]:
+                                (hub["id"], "not_found", "spec.model.name"),
+                                (dataset["id"], "not_found", "spec.corpus.dataset")]:
         job = client.wait(job_id, timeout=120, raise_on_failure=False)
         assert job["state"] == "failed", job
         assert (job["error"]["code"], job["error"]["field"]) == (code, field), job["error"]
         assert client.artifacts(job_id)["artifacts"] == []
+
+
+def test_harvest_an_uploaded_corpus(client, tiny_model_dir, tmp_path):
+    corpus = tmp_path / "notes.jsonl"
+    corpus.write_text("\n".join(f'{{"text": "Note {i}: the quick brown fox jumps over the lazy dog."}}'
+                                 for i in range(200)))
+    upload = client.upload(corpus)
+    assert upload["n_documents"] == 200
+    spec = {"kind": "harvest", "model": {"name": str(tiny_model_dir)}, "context_len": 32,
+            "corpus": {"source": "upload", "upload_id": upload["upload_id"]}, "max_tokens": 100_000,
+            "hooks": ["blocks.2.hook_resid_post"]}
+    job = client.wait(client.submit(spec)["id"], timeout=120)
+    manifest = client.manifest(job["id"])
+    # The whole corpus, cut into whole contexts: far fewer tokens than the budget.
+    assert 0 < manifest["n_tokens"] < 100_000 and manifest["n_tokens"] % 32 == 0
+    assert manifest["corpus"]["n_docs_used"] >= 190
 
 
 def _wait_for(predicate, timeout: float, what: str):
