@@ -20,7 +20,9 @@ def make_stack(tmp_path, redis_srv, s3_srv, **env) -> LocalStack:
         home=tmp_path, port=free_port(), redis_url=f"{redis_srv.url.rsplit('/', 1)[0]}/{next(_db) % 16}",
         store=f"s3://{s3_srv.bucket}", s3_endpoint=s3_srv.endpoint, s3_access_key=s3_srv.access_key,
         s3_secret_key=s3_srv.secret_key,
-        extra_env={"SAEQ_LEASE_TTL_S": "6", "SAEQ_HEARTBEAT_S": "1", "SAEQ_REAP_EVERY_S": "1", **env})
+        # The hub is unreachable here: offline mode makes "not found" answer at once, not after retries.
+        extra_env={"SAEQ_LEASE_TTL_S": "6", "SAEQ_HEARTBEAT_S": "1", "SAEQ_REAP_EVERY_S": "1",
+                   "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env})
     return LocalStack(opts)
 
 
