@@ -1,0 +1,213 @@
+"""Evaluate an SAE: reconstruction, sparsity and the model's loss with the SAE spliced in.
+
+Definitions follow SAELens (`sae_lens.evals`) and SAEBench; `METRICS_VERSION` names this set and
+docs/metrics.md writes each one down. Attention sinks (saeq.sinks) are left out of every average
+and stay clean (unreconstructed, unablated) in the splices; the count left out is reported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saeq import hooks
+from saeq.errors import Cancelled, InvalidSpec
+from saeq.models import LoadedModel
+from saeq.sae import SparseAutoencoder
+from saeq.sinks import sink_mask
+from saeq.splice import splice
+
+METRICS_VERSION = "saeq.metrics/1"
+L0_BINS = 64
+LOG_DENSITY_BINS = torch.linspace(-7, 0, 36)  # log10 of firing frequency
+
+
+@dataclass(frozen=True)
+class SinkReference:
+    """The sink rule's parameters at the SAE's hook point (from the harvest manifest)."""
+
+    median_norm: float
+    norm_factor: float
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    feature_density: Tensor
+    """(d_sae,) fraction of ordinary tokens on which each latent fires."""
+    l0_histogram: list[int]
+    """Count of ordinary tokens with L0 in each of L0_BINS equal bins over [0, l0_max]."""
+    l0_max: int
+    log_density_histogram: list[int]
+    """Latents per bin of log10(density) over LOG_DENSITY_BINS; dead latents counted apart."""
+    fvu_by_position: list[float | None]
+    """FVU per context position (None where every token there is a sink)."""
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class _Stats:
+    """Running sums over ordinary tokens, in float64 (the variance is a small difference of
+    large numbers on this residual stream)."""
+
+    def __init__(self, d_in: int, d_sae: int, T: int):
+        self.n = 0
+        self.sum_x = torch.zeros(d_in, dtype=torch.float64)
+        self.sum_sq_x = 0.0
+        self.sum_sq_resid = 0.0
+        self.sum_cos = 0.0
+        self.sum_l0 = 0.0
+        self.sum_l1 = 0.0
+        self.fires = torch.zeros(d_sae, dtype=torch.float64)
+        self.l0_all: list[Tensor] = []
+        self.pos_n = torch.zeros(T, dtype=torch.float64)
+        self.pos_sum_x = torch.zeros(T, d_in, dtype=torch.float64)
+        self.pos_sq_x = torch.zeros(T, dtype=torch.float64)
+        self.pos_sq_resid = torch.zeros(T, dtype=torch.float64)
+        self.ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+        self.kl = {"sae": 0.0, "zero": 0.0}
+        self.n_loss = 0
+
+
+def evaluate_sae(sae: SparseAutoencoder, lm: LoadedModel, hook: str, contexts: Iterable[Tensor], *,
+                 sinks: SinkReference | None, dense_threshold: float = 0.1,
+                 should_stop: Callable[[], bool] = lambda: False,
+                 on_batch: Callable[[int], None] = lambda tokens_done: None) -> EvalResult:
+    """Metrics of `sae` at `hook` over batches of contexts (B, T) token ids. `sinks` None keeps
+    every token (for comparisons with tools that have no sink rule)."""
+    if sae.d_in != lm.d_model:
+        raise InvalidSpec(f"the SAE reads d_in={sae.d_in} but {hook} of {lm.provenance.get('name')} "
+                          f"has d_model={lm.d_model}", field="spec.sae")
+    point = hooks.parse(hook)
+    if point.block >= lm.n_layers:
+        raise InvalidSpec(f"{hook}: the model has {lm.n_layers} blocks", field="spec.hook")
+    device = lm.device
+    sae = sae.to(device).eval()
+    stats, done, n_sinks, T = None, 0, 0, None
+    for ids_BT in contexts:
+        if should_stop():
+            raise Cancelled("evaluation cancelled")
+        ids_BT = ids_BT.to(device, torch.long)
+        B, T = ids_BT.shape
+        stats = stats or _Stats(sae.d_in, sae.d_sae, T)
+        n_sinks += _evaluate_batch(sae, lm, hook, ids_BT, sinks, stats)
+        done += B * T
+        on_batch(done)
+    if stats is None or stats.n == 0:
+        raise InvalidSpec("no ordinary tokens to evaluate on", field="spec.corpus")
+    return _finish(stats, n_sinks, done, dense_threshold)
+
+
+@torch.inference_mode()
+def _evaluate_batch(sae, lm, hook, ids_BT, sinks, s: _Stats) -> int:
+    B, T = ids_BT.shape
+    captured = {}
+
+    def capture(x):
+        captured["x"] = x
+        return x
+
+    with splice(lm.model, hook, capture):
+        logits_clean = lm.model(input_ids=ids_BT, use_cache=False).logits.float()
+    x_BTD = captured["x"].float()
+    x_ND = x_BTD.reshape(B * T, -1)
+    positions_N = torch.arange(T, device=ids_BT.device).repeat(B)
+    if sinks is None:
+        keep_N = torch.ones(B * T, dtype=torch.bool, device=ids_BT.device)
+    else:
+        keep_N = ~sink_mask(positions_N, x_ND.norm(dim=-1), sinks.median_norm, sinks.norm_factor)
+    keep_BT = keep_N.reshape(B, T)
+
+    acts_NS = sae.encode(x_ND)
+    recon_ND = sae.decode(acts_NS)
+    _accumulate_reconstruction(s, x_ND, recon_ND, acts_NS, keep_N, positions_N)
+
+    # Splices: ordinary tokens replaced, sinks left as they were.
+    recon_BTD = recon_ND.reshape(B, T, -1).to(captured["x"].dtype)
+    keep_BT1 = keep_BT[..., None]
+    with splice(lm.model, hook, lambda x: torch.where(keep_BT1, recon_BTD, x)):
+        logits_sae = lm.model(input_ids=ids_BT, use_cache=False).logits.float()
+    with splice(lm.model, hook, lambda x: torch.where(keep_BT1, torch.zeros_like(x), x)):
+        logits_zero = lm.model(input_ids=ids_BT, use_cache=False).logits.float()
+
+    # Next-token loss at position t predicts token t+1; averaged over ordinary positions t.
+    loss_mask = keep_BT[:, :-1]
+    targets = ids_BT[:, 1:]
+    logp_clean = F.log_softmax(logits_clean[:, :-1], dim=-1)
+    for name, logits in (("clean", logits_clean), ("sae", logits_sae), ("zero", logits_zero)):
+        logp = F.log_softmax(logits[:, :-1], dim=-1)
+        ce_BT = -logp.gather(-1, targets[..., None])[..., 0]
+        s.ce[name] += float(ce_BT[loss_mask].sum())
+        if name != "clean":  # KL(clean || spliced), as SAELens
+            kl_BT = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
+            s.kl[name] += float(kl_BT[loss_mask].sum())
+    s.n_loss += int(loss_mask.sum())
+    return int((~keep_N).sum())
+
+
+def _accumulate_reconstruction(s: _Stats, x_ND, recon_ND, acts_NS, keep_N, positions_N) -> None:
+    x, r, a, pos = x_ND[keep_N], recon_ND[keep_N], acts_NS[keep_N], positions_N[keep_N]
+    resid_sq_N = (x - r).pow(2).sum(-1).double()
+    x64 = x.double()
+    s.n += x.shape[0]
+    s.sum_x += x64.sum(0).cpu()
+    s.sum_sq_x += float(x64.pow(2).sum())
+    s.sum_sq_resid += float(resid_sq_N.sum())
+    s.sum_cos += float(F.cosine_similarity(x, r, dim=-1).sum())
+    fired = a != 0
+    l0_N = fired.sum(-1)
+    s.sum_l0 += float(l0_N.sum())
+    s.sum_l1 += float(a.abs().sum())
+    s.fires += fired.sum(0).double().cpu()
+    s.l0_all.append(l0_N.cpu())
+    pos = pos.cpu()
+    s.pos_n.index_add_(0, pos, torch.ones_like(pos, dtype=torch.float64))
+    s.pos_sum_x.index_add_(0, pos, x64.cpu())
+    s.pos_sq_x.index_add_(0, pos, x64.pow(2).sum(-1).cpu())
+    s.pos_sq_resid.index_add_(0, pos, resid_sq_N.cpu())
+
+
+def _fvu(n, sum_x, sum_sq_x, sum_sq_resid) -> float:
+    """Residual sum of squares over the total variance about the mean (not about zero)."""
+    total_var = sum_sq_x / n - float((sum_x / n).pow(2).sum())
+    return (sum_sq_resid / n) / total_var if total_var > 1e-12 else math.nan
+
+
+def _finish(s: _Stats, n_sinks: int, n_tokens: int, dense_threshold: float) -> EvalResult:
+    fvu = _fvu(s.n, s.sum_x, s.sum_sq_x, s.sum_sq_resid)
+    density = (s.fires / s.n).float()
+    ce = {k: v / max(s.n_loss, 1) for k, v in s.ce.items()}
+    kl = {k: v / max(s.n_loss, 1) for k, v in s.kl.items()}
+    denom = ce["zero"] - ce["clean"]
+    metrics = {
+        "mse": s.sum_sq_resid / s.n,
+        "fvu": fvu,
+        "explained_variance": 1.0 - fvu,
+        "cossim": s.sum_cos / s.n,
+        "l0": s.sum_l0 / s.n,
+        "l1": s.sum_l1 / s.n,
+        "dead_fraction": float((s.fires == 0).float().mean()),
+        "dense_fraction": float((density > dense_threshold).float().mean()),
+        "ce_loss_clean": ce["clean"],
+        "ce_loss_with_sae": ce["sae"],
+        "ce_loss_with_ablation": ce["zero"],
+        "ce_loss_recovered": (ce["zero"] - ce["sae"]) / denom if abs(denom) > 1e-12 else math.nan,
+        "delta_lm_loss": ce["sae"] - ce["clean"],
+        "kl_div_with_sae": kl["sae"],
+        "kl_div_with_ablation": kl["zero"],
+    }
+    l0 = torch.cat(s.l0_all).float()
+    l0_max = max(int(l0.max()), 1)
+    l0_hist = torch.histc(l0, bins=L0_BINS, min=0, max=l0_max).long().tolist()
+    alive = density[density > 0]
+    log_hist = torch.histogram(alive.log10().clamp(min=LOG_DENSITY_BINS[0]), LOG_DENSITY_BINS).hist
+    by_pos = [None if s.pos_n[t] == 0 else
+              _fvu(float(s.pos_n[t]), s.pos_sum_x[t], float(s.pos_sq_x[t]), float(s.pos_sq_resid[t]))
+              for t in range(len(s.pos_n))]
+    return EvalResult(metrics, density, l0_hist, l0_max, log_hist.long().tolist(), by_pos,
+                      {"n_tokens": n_tokens, "n_ordinary": s.n, "n_sinks_excluded": n_sinks,
+                       "n_loss_positions": s.n_loss, "n_dead": int((s.fires == 0).sum())})
