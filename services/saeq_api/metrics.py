@@ -1,7 +1,10 @@
 """Prometheus metrics of the API. Job totals are read from Redis at scrape time, so every API
-replica reports the same numbers and restarts lose nothing."""
+replica reports the same numbers and restarts lose nothing (aggregate them across replicas with
+`max by`, not `sum by`). Each worker exports its own figures (saeq_worker.metrics)."""
 
 from __future__ import annotations
+
+import time
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -48,16 +51,44 @@ class JobCollector:
             duration.add_metric([kind], buckets, sum_value=row.get("sum", 0.0))
         yield duration
 
+        census = self.registry.census()
+        for job in census:
+            job["team"] = job["team"] or "default"
         jobs = GaugeMetricFamily("saeq_jobs", "Stored jobs by kind and state", labels=["kind", "state"])
-        for kind, state, n in self.registry.counts():
+        by_team = GaugeMetricFamily("saeq_team_jobs", "Stored jobs by team and state", labels=["team", "state"])
+        for (kind, state), n in _tally(census, "kind", "state"):
             jobs.add_metric([kind, state], n)
+        for (team, state), n in _tally(census, "team", "state"):
+            by_team.add_metric([team, state], n)
         yield jobs
+        yield by_team
+
+        # A job in its queue waits for a worker; one held back by depends_on is not waiting yet.
+        now = time.time()
+        oldest = {q: now for q in QUEUES}
+        for job in census:
+            if job["state"] == "queued" and job["dispatched"] and job["queue"] in oldest:
+                oldest[job["queue"]] = min(oldest[job["queue"]], job["created_at"])
+        wait = GaugeMetricFamily("saeq_queue_oldest_wait_seconds",
+                                 "Age of the oldest job waiting in each queue for a worker (0: none)",
+                                 labels=["queue"])
+        for q in QUEUES:
+            wait.add_metric([q], max(0.0, now - oldest[q]))
+        yield wait
 
         depth = GaugeMetricFamily("saeq_queue_depth", "Messages waiting in each broker queue",
                                   labels=["queue"])
         for q in QUEUES:
             depth.add_metric([q], self.registry.r.llen(q))
         yield depth
+
+
+def _tally(census: list[dict], *fields: str) -> list[tuple[tuple, int]]:
+    out: dict[tuple, int] = {}
+    for job in census:
+        key = tuple(job[f] for f in fields)
+        out[key] = out.get(key, 0) + 1
+    return sorted(out.items(), key=lambda kv: tuple(str(k) for k in kv[0]))
 
 
 def make_registry(registry: Registry) -> CollectorRegistry:

@@ -21,6 +21,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 DURATION_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
 STATES = ("queued", "running") + TERMINAL
 _P = "saeq:"
+_CENSUS = ("kind", "state", "queue", "team", "created_at", "dispatched")
 
 
 def new_id() -> str:
@@ -323,17 +324,22 @@ class Registry:
 
     def counts(self) -> Iterator[tuple[str, str, int]]:
         """(kind, state, n) over all stored jobs, for gauges."""
+        tally: dict[tuple[str, str], int] = {}
+        for job in self.census():
+            key = (job["kind"], job["state"])
+            tally[key] = tally.get(key, 0) + 1
+        for (kind, state), n in sorted(tally.items()):
+            yield kind, state, n
+
+    def census(self) -> list[dict[str, Any]]:
+        """The fields gauges need (kind, state, queue, team, created_at, dispatched) of every
+        stored job, read in one round trip."""
         ids = self.r.zrange(f"{_P}jobs", 0, -1)
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(_k(job_id), "kind", "state")
-        tally: dict[tuple[str, str], int] = {}
-        for kind, state in pipe.execute() if ids else []:
-            if kind:
-                key = (json.loads(kind), json.loads(state))
-                tally[key] = tally.get(key, 0) + 1
-        for (kind, state), n in sorted(tally.items()):
-            yield kind, state, n
+            pipe.hmget(_k(job_id), *_CENSUS)
+        return [{f: json.loads(v) if v is not None else None for f, v in zip(_CENSUS, row)}
+                for row in (pipe.execute() if ids else []) if row[0] is not None]
 
 
 Send = Callable[[dict, str], None]

@@ -17,6 +17,7 @@ from saeq.errors import Cancelled, JobError, OutOfMemory
 from saeq.registry import Registry, Send, after_finish
 from saeq.specs import parse_spec
 from saeq.store import ObjectStore
+from saeq_worker.metrics import CountingStore, JobMeter
 
 log = logging.getLogger("saeq.worker")
 
@@ -38,6 +39,8 @@ class RunningJob:
     _lease_lost: threading.Event = field(default_factory=threading.Event)
     _done: threading.Event = field(default_factory=threading.Event)
     _last_report: float = 0.0
+    on_report: Callable[[dict], None] = lambda figures: None
+    """Sees every report's figures, throttled or not (the worker's metrics)."""
 
     def should_stop(self) -> bool:
         return self._stop.is_set() or self._lease_lost.is_set()
@@ -51,6 +54,7 @@ class RunningJob:
     def report(self, fraction: float, phase: str, message: str = "", *, force: bool = False,
                **figures: float) -> None:
         """Progress for `GET /v1/jobs/{id}`; throttled, so callers may report every batch."""
+        self.on_report(figures)
         now = time.monotonic()
         if not force and now - self._last_report < 0.5:
             return
@@ -89,7 +93,9 @@ def run_job(registry: Registry, store: ObjectStore, job_id: str, dispatch_id: st
         registry.finish(job_id, claim.token, "failed", error=_error("invalid_spec", str(e)))
         after_finish(registry, job_id, send)
         return
-    job = RunningJob(job_id, spec, claim.attempt, record, registry, store, device)
+    meter = JobMeter(record["kind"], record.get("team") or "default")
+    job = RunningJob(job_id, spec, claim.attempt, record, registry, CountingStore(store, meter.wrote), device,
+                     on_report=meter.progress)
     beat = threading.Thread(target=_heartbeat, args=(job, claim.token, heartbeat_s, heartbeat_file),
                             daemon=True, name=f"heartbeat-{job_id[:8]}")
     beat.start()
@@ -99,6 +105,7 @@ def run_job(registry: Registry, store: ObjectStore, job_id: str, dispatch_id: st
         state = "succeeded"
     except LeaseLost:
         log.warning("job %s: lease lost, another worker owns it now", job_id)
+        state = "lease_lost"
         return
     except Cancelled as e:
         state, error = "cancelled", _error("cancelled", e.message)
@@ -115,6 +122,7 @@ def run_job(registry: Registry, store: ObjectStore, job_id: str, dispatch_id: st
     finally:
         job._done.set()
         beat.join(timeout=5)
+        meter.finished(state)
     if not registry.finish(job_id, claim.token, state, error=error, manifest_key=manifest_key):
         log.warning("job %s: lease lost before finishing; result left to the new owner", job_id)
         return

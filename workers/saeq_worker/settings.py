@@ -12,5 +12,8 @@ class WorkerSettings(PlatformSettings):
     """Where jobs compute: auto picks CUDA when present."""
     metrics_port: int = 0
     """Port of this worker's Prometheus endpoint (0: none)."""
+    metrics_addr: str = "0.0.0.0"
+    """Address the Prometheus endpoint listens on."""
     heartbeat_file: str | None = None
-    """Touched on every heartbeat tick; a liveness probe can check its age."""
+    """Touched every `heartbeat_s` while the worker's event loop runs (and by each running job's
+    heartbeat); a liveness probe checks its age."""

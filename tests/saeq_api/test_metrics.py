@@ -1,0 +1,26 @@
+"""The API's queue gauges: how long the oldest job has waited, and jobs by team."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def gauges(api) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(api.get("/metrics").text) for s in f.samples}
+
+
+def test_oldest_wait_and_jobs_by_team(api):
+    before = gauges(api)
+    assert before[("saeq_queue_oldest_wait_seconds", (("queue", "gpu"),))] == 0  # nothing waits
+    t0 = time.time()
+    first = api.post("/v1/jobs", json={"spec": {"kind": "harvest"}}).json()
+    time.sleep(1.2)
+    api.post("/v1/jobs", json={"spec": {"kind": "harvest"}, "depends_on": [first["id"]]})
+    after = gauges(api)
+    waited = after[("saeq_queue_oldest_wait_seconds", (("queue", "gpu"),))]
+    assert 1.2 <= waited <= time.time() - t0 + 0.5  # the first job's age: no worker runs here
+    assert after[("saeq_queue_oldest_wait_seconds", (("queue", "cpu"),))] == 0
+    assert after[("saeq_team_jobs", (("state", "queued"), ("team", "default")))] == 2

@@ -1,0 +1,269 @@
+"""Prometheus metrics of one worker, correct under Celery's prefork pool.
+
+Pool children record into prometheus_client's multiprocess files; the parent sets
+PROMETHEUS_MULTIPROC_DIR at `worker_init`, before any child forks, and serves the files merged on
+`WorkerSettings.metrics_port`, with what only it knows: that it is up, and its GPUs' memory and
+utilisation (read through NVML, which never creates a CUDA context in the parent).
+Job totals by state live in Redis and the API exports them; these are this worker's own figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from saeq.registry import DURATION_BUCKETS_S
+
+log = logging.getLogger("saeq.worker")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
+_made_dir: str | None = None
+
+
+# ---- in the pool children (and the parent, with the solo pool) ---------------------------------
+
+@dataclass(frozen=True)
+class _Metrics:
+    jobs_running: Any
+    job_duration: Any
+    job_run_seconds: Any
+    tokens_per_second: Any
+    artifact_bytes: Any
+
+
+@lru_cache(maxsize=1)
+def _metrics() -> _Metrics:
+    # Created on first use, so in the child that uses them: prometheus_client must be imported
+    # after PROMETHEUS_MULTIPROC_DIR is set, and these values then live in this process's files.
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return _Metrics(
+        jobs_running=Gauge("saeq_worker_jobs_running", "Jobs this worker is running now",
+                           ["kind", "team"], registry=None, multiprocess_mode="livesum"),
+        job_duration=Histogram("saeq_worker_job_duration_seconds",
+                               "Wall time of job attempts run by this worker, by how they ended",
+                               ["kind", "outcome"], buckets=DURATION_BUCKETS_S, registry=None),
+        job_run_seconds=Counter("saeq_worker_job_run_seconds_total",
+                                "Seconds this worker spent running jobs, counted as they run",
+                                ["kind", "team"], registry=None),
+        tokens_per_second=Gauge("saeq_worker_tokens_per_second",
+                                "Tokens per second of the jobs running now (harvest, train)",
+                                ["kind"], registry=None, multiprocess_mode="livesum"),
+        artifact_bytes=Counter("saeq_worker_artifact_written_bytes_total",
+                               "Bytes of artifacts this worker wrote to the object store",
+                               ["kind", "team"], registry=None),
+    )
+
+
+def _safely(what: str, fn: Callable[[], None]) -> None:
+    """Metrics never fail a job (a full disk under the multiprocess dir, say)."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001
+        log.warning("metrics: %s failed: %s", what, e)
+
+
+@dataclass
+class JobMeter:
+    """One job attempt in this process: running gauge, busy time, throughput, bytes written."""
+
+    kind: str
+    team: str
+    _started: float = field(default_factory=time.monotonic)
+    _ticked: float = 0.0
+    _rated: bool = False
+
+    def __post_init__(self) -> None:
+        self._ticked = self._started
+        _safely("job start", lambda: _metrics().jobs_running.labels(self.kind, self.team).inc())
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        spent, self._ticked = now - self._ticked, now
+        _metrics().job_run_seconds.labels(self.kind, self.team).inc(spent)
+
+    def progress(self, figures: dict[str, Any]) -> None:
+        """From every `RunningJob.report`: busy time so far, and tokens/s when the job gives it."""
+        def update() -> None:
+            self._tick()
+            rate = figures.get("tokens_per_s")
+            if isinstance(rate, (int, float)):
+                _metrics().tokens_per_second.labels(self.kind).set(float(rate))
+                self._rated = True
+
+        _safely("progress", update)
+
+    def wrote(self, n_bytes: int) -> None:
+        _safely("artifact bytes", lambda: _metrics().artifact_bytes.labels(self.kind, self.team).inc(n_bytes))
+
+    def finished(self, outcome: str) -> None:
+        """`outcome`: succeeded, failed, cancelled, or lease_lost (another worker took it over)."""
+        def update() -> None:
+            m = _metrics()
+            self._tick()
+            m.jobs_running.labels(self.kind, self.team).dec()
+            if self._rated:  # a finished job has no rate: the gauge is of running jobs
+                m.tokens_per_second.labels(self.kind).set(0.0)
+            m.job_duration.labels(self.kind, outcome).observe(time.monotonic() - self._started)
+
+        _safely("job end", update)
+
+
+class CountingStore:
+    """The job's object store, counting the bytes of every successful write."""
+
+    def __init__(self, store, on_write: Callable[[int], None]):
+        self._store, self._on_write = store, on_write
+
+    def put(self, key, data, *, length=None, content_type="application/octet-stream"):
+        self._store.put(key, data, length=length, content_type=content_type)
+        self._on_write(length if length is not None else len(data) if isinstance(data, (bytes, bytearray, memoryview))
+                       else 0)
+
+    def put_file(self, key, path):
+        self._store.put_file(key, path)
+        self._on_write(os.path.getsize(path))
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+# ---- in the parent ----------------------------------------------------------------------------
+
+def serve(worker, port: int, addr: str) -> None:
+    """At `worker_init`: make the multiprocess dir ready (empty), then serve /metrics on `port`.
+
+    Runs before the pool forks, so every child inherits PROMETHEUS_MULTIPROC_DIR.
+    """
+    global _made_dir
+    path = os.environ.get(MULTIPROC_ENV)
+    if "prometheus_client" in sys.modules and not path:
+        raise RuntimeError("prometheus_client was imported in the worker's parent before "
+                           f"{MULTIPROC_ENV} was set; pool children's metrics would be lost")
+    if path:  # given (a Kubernetes emptyDir, say): only our files go, and only at start
+        Path(path).mkdir(parents=True, exist_ok=True)
+        for f in glob.glob(os.path.join(path, "*.db")):
+            os.remove(f)
+    else:
+        path = _made_dir = tempfile.mkdtemp(prefix="saeq-worker-metrics-")
+        os.environ[MULTIPROC_ENV] = path
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(WorkerCollector(worker, path))
+    start_http_server(port, addr=addr, registry=reg)
+    log.info("worker metrics on http://%s:%d/metrics (multiprocess dir %s)", addr, port, path)
+
+
+def process_died(pid: int) -> None:
+    """`worker_process_shutdown`: the gauges of running work of that child no longer count."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)
+
+
+def cleanup() -> None:
+    """`worker_shutdown`: remove the dir this worker made (not one it was given)."""
+    if _made_dir:
+        shutil.rmtree(_made_dir, ignore_errors=True)
+
+
+class WorkerCollector:
+    """The pool's merged multiprocess files, plus the parent's own gauges."""
+
+    def __init__(self, worker, path: str):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.worker, self.path = worker, path
+        self.files = MultiProcessCollector(None, path=path)
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        _forget_dead_children(self.path)
+        yield from self.files.collect()
+
+        up = GaugeMetricFamily("saeq_worker_up", "1 for each queue this worker consumes", labels=["queue"])
+        for queue in sorted(self.worker.app.amqp.queues.consume_from or ()):
+            up.add_metric([queue], 1.0)
+        yield up
+        yield GaugeMetricFamily("saeq_worker_pool_processes", "Jobs this worker can run at once",
+                                value=float(self.worker.concurrency or 1))
+        yield from gpu_families()
+
+
+def _forget_dead_children(path: str) -> None:
+    # A child killed outright (the kernel's OOM killer) never sends worker_process_shutdown: its
+    # live gauges (a job "running") would count forever. Pids are checked at every scrape.
+    from prometheus_client import multiprocess
+
+    for pid in {int(m.group(1)) for f in os.listdir(path) if (m := _LIVE_FILE.match(f))}:
+        if pid != os.getpid() and not _alive(pid):
+            multiprocess.mark_process_dead(pid, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def gpu_families():
+    """Memory and utilisation of each GPU this worker sees, from NVML; declared without samples
+    when there is no NVIDIA driver, so dashboards and rules name metrics that exist everywhere."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    used = GaugeMetricFamily("saeq_worker_gpu_memory_used_bytes", "GPU memory in use (all processes)",
+                             labels=["gpu"])
+    total = GaugeMetricFamily("saeq_worker_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
+    util = GaugeMetricFamily("saeq_worker_gpu_utilization_ratio",
+                             "Fraction of the last sample period a kernel ran on the GPU", labels=["gpu"])
+    for index, mem_used, mem_total, busy in _nvml_readings():
+        used.add_metric([str(index)], float(mem_used))
+        total.add_metric([str(index)], float(mem_total))
+        util.add_metric([str(index)], busy)
+    return used, total, util
+
+
+def _nvml_readings() -> list[tuple[int, int, int, float]]:
+    nvml = _nvml()
+    if nvml is None:
+        return []
+    out = []
+    with contextlib.suppress(Exception):
+        for i in range(nvml.nvmlDeviceGetCount()):
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            mem = nvml.nvmlDeviceGetMemoryInfo(h)
+            out.append((i, int(mem.used), int(mem.total), nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _nvml():
+    """The initialised `pynvml` module (nvidia-ml-py), or None without it or without a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:  # noqa: BLE001 - ImportError, NVMLError_LibraryNotFound, ...
+        return None
