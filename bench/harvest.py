@@ -57,31 +57,44 @@ def main() -> None:
     batches = ids_CT.split(B)  # the same contexts the harvest reads, in the same order
     shards = harvest_activations(spec, lm, iter_documents(spec.corpus, seed=spec.seed))
 
-    # Alternate one harvest step and one bare batch, so load from other processes on this
-    # machine falls on both alike.
-    dt_h, dt_b, ratios = [], [], []
-    for i, ids_BT in enumerate(batches):
-        t0 = time.perf_counter()
+    # Alternate one harvest step and one bare batch, which goes first alternating too, so load
+    # from other processes on this machine falls on both alike. CPU time (this process, all
+    # threads) is a second view, steadier when the machine is shared.
+    def harvest_step():
         shard = next(shards)
-        n_bytes = len(write_shard_bytes(shard.tensors[HOOK], shard.metadata(HOOK)))
-        t1 = time.perf_counter()
+        write_shard_bytes(shard.tensors[HOOK], shard.metadata(HOOK))
+        return shard.tensors[HOOK]["acts"]
+
+    def bare_step(ids_BT):
         with torch.inference_mode():
-            bare_BTD = bare_forward(lm.model, ids_BT)
-        t2 = time.perf_counter()
-        assert torch.equal(shard.tensors[HOOK]["acts"], bare_BTD.reshape(-1, bare_BTD.shape[-1]))
-        if i >= args.warmup:
-            dt_h.append(t1 - t0)
-            dt_b.append(t2 - t1)
-            ratios.append((t2 - t1) / (t1 - t0))
+            return bare_forward(lm.model, ids_BT).reshape(-1, lm.d_model)
+
+    wall = {"harvest": [], "bare": []}
+    cpu = {"harvest": [], "bare": []}
+    for i, ids_BT in enumerate(batches):
+        steps = [("harvest", harvest_step), ("bare", lambda: bare_step(ids_BT))]
+        out = {}
+        for name, step in steps if i % 2 == 0 else steps[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            out[name] = step()
+            if i >= args.warmup:
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+        assert torch.equal(out["harvest"], out["bare"])  # same numbers, not just the same speed
+    ratios = [b / h for b, h in zip(wall["bare"], wall["harvest"])]
+    dt_h, dt_b = sum(wall["harvest"]), sum(wall["bare"])
+    cpu_h, cpu_b = sum(cpu["harvest"]), sum(cpu["bare"])
 
     tokens = args.batches * B * T
-    print(f"SmolLM2-135M-Instruct fp32, {HOOK}, batch {B}x{T}, {args.batches} timed batches "
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+          f"SmolLM2-135M-Instruct fp32, {HOOK}, batch {B}x{T}, {args.batches} timed batches "
           f"({tokens} tokens) after {args.warmup} warmup, {torch.get_num_threads()} threads")
-    print(f"bare forward (embed + blocks[:15]) : {tokens / sum(dt_b):8.0f} tokens/s")
-    print(f"harvest_activations + shard bytes  : {tokens / sum(dt_h):8.0f} tokens/s "
-          f"({n_bytes / 2**20:.1f} MiB per shard)")
-    print(f"ratio harvest / bare (totals)      : {sum(dt_b) / sum(dt_h):8.1%}")
+    print(f"bare forward (embed + blocks[:15]) : {tokens / dt_b:8.0f} tokens/s")
+    print(f"harvest_activations + shard bytes  : {tokens / dt_h:8.0f} tokens/s")
+    print(f"ratio harvest / bare (totals)      : {dt_b / dt_h:8.1%}")
     print(f"ratio, median of per-batch pairs   : {statistics.median(ratios):8.1%}")
+    print(f"ratio of CPU seconds (bare/harvest): {cpu_b / cpu_h:8.1%} "
+          f"({cpu_h / args.batches:.2f} s vs {cpu_b / args.batches:.2f} s per batch)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Documents a harvest reads: the builtin Wikipedia summaries, a hub dataset, or an upload.
 
-A document's `doc_id` is its index in the source's own order (file key order, dataset row,
-upload line), so it stays valid whatever order documents are read in. Imports no torch: the API
-calls `validate_upload` at upload time.
+A document's `doc_id` is its index in the source's own order (JSON key order, dataset row,
+document within the upload), so it stays valid whatever order documents are read in. Imports no
+torch: the API calls `validate_upload` at upload time.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from saeq.errors import NotFound
+from saeq.errors import InvalidSpec, NotFound
 from saeq.specs import BUILTIN_MODEL, ModelSpec
 
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -57,7 +57,6 @@ _ARCHITECTURES = [
     ("model.layers", "self_attn", "mlp"),        # llama, mistral, qwen2/3, smollm, phi3, olmo
     ("transformer.h", "attn", "mlp"),            # gpt2, gpt-j
     ("gpt_neox.layers", "attention", "mlp"),     # gpt-neox, pythia
-    ("model.decoder.layers", "self_attn", None),  # opt: no mlp submodule, rejected below
 ]
 
 
@@ -65,7 +64,7 @@ def decoder_blocks(model: nn.Module) -> list[BlockModules]:
     """The decoder blocks of a causal LM with their attention and MLP submodules."""
     for path, attn_name, mlp_name in _ARCHITECTURES:
         layers = _get_path(model, path)
-        if layers is None or mlp_name is None:
+        if layers is None:
             continue
         blocks = []
         for layer in layers:
@@ -75,7 +74,7 @@ def decoder_blocks(model: nn.Module) -> list[BlockModules]:
             blocks.append(BlockModules(layer, attn, mlp))
         else:
             return blocks
-    known = ", ".join(f"{p}[i].{a}/.{m}" for p, a, m in _ARCHITECTURES if m)
+    known = ", ".join(f"{p}[i].{a}/.{m}" for p, a, m in _ARCHITECTURES)
     raise ValueError(f"unsupported architecture {type(model).__name__}: saeq finds decoder blocks "
                      f"as {known}")
 
@@ -102,23 +101,30 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
     else:
         source = spec.name
         kwargs = {"revision": spec.revision, "gguf_file": spec.gguf_file}
-        if spec.name.startswith("/") and not Path(spec.name).exists():
-            raise NotFound(f"model directory {spec.name} does not exist on the worker",
-                           field="spec.model.name")
+        if spec.name.startswith("/"):
+            needed = Path(spec.name) / (spec.gguf_file or "config.json")
+            if not needed.is_file():
+                raise NotFound(f"model directory {spec.name}: no {needed.name} there on the worker",
+                               field="spec.model.name")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except OSError as e:
         # transformers reports a missing repo, a missing file and an unreachable hub as OSError.
-        where = "on the hub" if not spec.name.startswith("/") else "at that path"
+        where = ("at that path" if spec.name.startswith("/") else "on the hub (or the hub is "
+                 "unreachable from the worker and the model is not in its cache)")
         raise NotFound(f"cannot load model {spec.name!r} (revision {spec.revision}, gguf_file "
-                       f"{spec.gguf_file}): not found {where}, or the hub is unreachable from the "
-                       f"worker and the model is not in its cache. Detail: {e}",
+                       f"{spec.gguf_file}): not found {where}. Detail: {e}",
                        field="spec.model.name") from e
+    except ValueError as e:  # e.g. an architecture this transformers version does not know
+        raise InvalidSpec(f"cannot load model {spec.name!r}: {e}", field="spec.model.name") from e
     model.eval().requires_grad_(False).to(device)
     if spec.name != BUILTIN_MODEL:
         provenance["commit"] = getattr(model.config, "_commit_hash", None)
-    blocks = decoder_blocks(model)
+    try:
+        blocks = decoder_blocks(model)
+    except ValueError as e:
+        raise InvalidSpec(str(e), field="spec.model.name") from None
     return LoadedModel(model, tokenizer, d_model=model.config.hidden_size, n_layers=len(blocks),
                        provenance=provenance)
 

@@ -20,11 +20,19 @@ TENSOR_NAMES = ("acts", "token_ids", "doc_ids", "positions", "norms")
 
 
 def write_shard_bytes(tensors: dict[str, Tensor], metadata: dict[str, object]) -> bytes:
-    """Serialise one shard; metadata values are stored as strings."""
+    """Serialise one shard; metadata values are stored as strings. Same input, same bytes."""
     from safetensors.torch import save
 
-    return save({k: t.contiguous() for k, t in tensors.items()},
+    data = save({k: t.contiguous() for k, t in tensors.items()},
                 metadata={k: str(v) for k, v in metadata.items()})
+    # safetensors writes the metadata in hash-map order, which changes from call to call; a
+    # resumed harvest must write byte-identical shards, so rewrite the header with sorted keys.
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":"),
+                        ensure_ascii=False).encode()
+    if len(header) > n:  # cannot happen for the same JSON re-encoded; keep the valid original
+        return data
+    return data[:8] + header.ljust(n) + data[8 + n:]
 
 
 def read_shard(data: bytes) -> dict[str, Tensor]:

@@ -1,4 +1,4 @@
-"""The attention-sink rule: which tokens SAE training and metrics leave out (and splices leave clean).
+"""The attention-sink rule: the tokens SAE training and metrics leave out, and splices leave clean.
 
 A token is a sink when it sits at position 0 of its context, OR when its activation norm exceeds
 `norm_factor * median_norm`, where `median_norm` is the median norm of the non-position-0 tokens

@@ -57,7 +57,7 @@ def harvest_activations(
     shard 0 so counts agree with an uninterrupted run. `on_batch` gets the tokens done so far,
     counting skipped shards.
     """
-    points = _check_hooks(spec, lm)
+    points = _check_spec(spec, lm)
     if spec.prepend_bos and lm.tokenizer.bos_token_id is None:
         raise InvalidSpec("the tokenizer has no BOS token", field="spec.prepend_bos")
     T = spec.context_len
@@ -75,12 +75,13 @@ def harvest_activations(
             if not chunk:
                 return
             shard = _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop,
-                                   lambda n: on_batch(tokens_done + n))
+                                   on_batch, tokens_done)
             tokens_done += shard.n_tokens
             yield shard
 
 
-def _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop, on_batch) -> Shard:
+def _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop, on_batch,
+                   tokens_before: int) -> Shard:
     C, T, D = len(chunk), spec.context_len, lm.d_model
     N = C * T
     token_ids_CT = torch.tensor([ids for ids, _ in chunk], dtype=torch.int32)
@@ -95,7 +96,7 @@ def _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop, on_ba
         rows = slice(c0 * T, c1 * T)
         ids_BT = token_ids_CT[c0:c1].to(lm.device, torch.long)
         recorder.run(lm.model, ids_BT, {h: (acts[h][rows], norms[h][rows]) for h in acts})
-        on_batch(c1 * T)
+        on_batch(tokens_before + c1 * T)
 
     tensors, sinks = {}, {}
     for h in acts:
@@ -107,7 +108,12 @@ def _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop, on_ba
     return Shard(index, N, tensors, sinks, T)
 
 
-def _check_hooks(spec: HarvestSpec, lm: LoadedModel) -> list[hooks.HookPoint]:
+def _check_spec(spec: HarvestSpec, lm: LoadedModel) -> list[hooks.HookPoint]:
+    """The spec's hook points, once checked against the model the spec could not see."""
+    max_len = getattr(lm.model.config, "max_position_embeddings", None)
+    if max_len is not None and spec.context_len > max_len:
+        raise InvalidSpec(f"context_len {spec.context_len} exceeds the model's "
+                          f"{max_len} positions", field="spec.context_len")
     points = [hooks.parse(name) for name in spec.hooks]
     for j, p in enumerate(points):
         if p.block >= lm.n_layers:
@@ -117,8 +123,10 @@ def _check_hooks(spec: HarvestSpec, lm: LoadedModel) -> list[hooks.HookPoint]:
     return points
 
 
-def pack_contexts(docs: Iterable[Document], tokenizer, *, context_len: int, prepend_bos: bool,
-                  doc_separator: str, docs_per_call: int = 64) -> Iterator[tuple[list[int], list[int]]]:
+def pack_contexts(
+    docs: Iterable[Document], tokenizer, *, context_len: int, prepend_bos: bool,
+    doc_separator: str, docs_per_call: int = 64,
+) -> Iterator[tuple[list[int], list[int]]]:
     """(token_ids, doc_ids) of each context: documents tokenised without special tokens, joined by
     the tokenised separator and cut into `context_len` tokens, BOS first when asked. Packed
     tokens (BOS, separator) get doc id -1."""
@@ -143,6 +151,9 @@ def pack_contexts(docs: Iterable[Document], tokenizer, *, context_len: int, prep
         del ids[:n_full * body], owners[:n_full * body]
 
 
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda only
+
+
 class _StopForward(Exception):
     """Raised by the deepest hook: nothing after it (later blocks, the LM head) is computed."""
 
@@ -153,8 +164,8 @@ class _Recorder:
 
     def __init__(self, blocks, points: list[hooks.HookPoint]):
         self.points = points
-        self.dest: dict[str, tuple[Tensor, Tensor]] = {}  # name -> (acts (B*T, D), norms (B*T,))
-        self.pending = 0
+        # Hook points still to fire in this batch: name -> (acts (B*T, D), norms (B*T,)) rows.
+        self.dest: dict[str, tuple[Tensor, Tensor]] = {}
         self.handles = []
         for p in points:
             b = blocks[p.block]
@@ -178,18 +189,17 @@ class _Recorder:
         acts_ND, norms_N = self.dest.pop(name)
         acts_ND.copy_(x_BTD.reshape(acts_ND.shape))  # casts to the stored dtype
         norms_N.copy_(torch.linalg.vector_norm(x_BTD.float(), dim=-1).reshape(-1))
-        self.pending -= 1
-        if self.pending == 0:
+        if not self.dest:
             raise _StopForward
 
     def run(self, model, ids_BT: Tensor, dest: dict[str, tuple[Tensor, Tensor]]) -> None:
-        self.dest, self.pending = dict(dest), len(dest)
+        self.dest = dict(dest)
         try:
             with torch.inference_mode():
                 model(input_ids=ids_BT, use_cache=False)
         except _StopForward:
             return
-        except torch.OutOfMemoryError as e:
+        except _OOM as e:
             raise OutOfMemory(f"out of memory running {ids_BT.shape[0]} contexts of "
                               f"{ids_BT.shape[1]} tokens; lower batch_size",
                               field="spec.batch_size") from e

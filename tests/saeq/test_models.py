@@ -1,0 +1,106 @@
+"""Models load from a path or the builtin copy; missing ones are NotFound; blocks are found."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from saeq.errors import NotFound
+from saeq.models import builtin_gguf_path, builtin_model_dir, decoder_blocks, load_model
+from saeq.specs import ModelSpec
+
+from .conftest import build_tiny
+
+
+@pytest.mark.parametrize("arch, attn, mlp", [
+    ("llama", "LlamaAttention", "LlamaMLP"),
+    ("gpt2", "GPT2Attention", "GPT2MLP"),
+    ("gpt_neox", "GPTNeoXAttention", "GPTNeoXMLP"),
+])
+def test_decoder_blocks_of_common_architectures(arch, attn, mlp):
+    blocks = decoder_blocks(build_tiny(arch, n_layers=2))
+    assert len(blocks) == 2
+    assert type(blocks[1].attn).__name__ == attn and type(blocks[1].mlp).__name__ == mlp
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(ValueError, match="unsupported architecture Sequential.*model.layers"):
+        decoder_blocks(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_load_model_from_a_local_path(tmp_path, tiny_tokenizer):
+    model = build_tiny("llama", n_layers=2)
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    lm = load_model(ModelSpec(name=str(tmp_path)), cache_dir=str(tmp_path / "cache"))
+    assert (lm.d_model, lm.n_layers) == (32, 2)
+    assert not lm.model.training and not any(p.requires_grad for p in lm.model.parameters())
+    assert lm.provenance["name"] == str(tmp_path) and lm.provenance["dtype"] == "float32"
+    ids = torch.tensor([[5, 6, 7]])
+    torch.testing.assert_close(lm.model(ids).logits, model(ids).logits)
+    assert lm.tokenizer("a b")["input_ids"] == tiny_tokenizer("a b")["input_ids"]
+
+
+def test_missing_models_are_not_found(tmp_path):
+    with pytest.raises(NotFound) as e:
+        load_model(ModelSpec(name=str(tmp_path / "nope")), cache_dir=str(tmp_path))
+    assert e.value.field == "spec.model.name" and "no config.json" in e.value.message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotFound, match="no weights.gguf"):
+        load_model(ModelSpec(name=str(tmp_path / "empty"), gguf_file="weights.gguf"),
+                   cache_dir=str(tmp_path))
+
+
+def test_unreachable_hub_is_not_found(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    # Offline mode: the same answer an unreachable hub gives, without touching the network.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(NotFound) as e:
+        load_model(ModelSpec(name="saeq-tests/no-such-model"), cache_dir=str(tmp_path))
+    assert e.value.field == "spec.model.name" and "unreachable" in e.value.message
+
+
+@pytest.mark.smollm2
+def test_builtin_copy_gives_the_gguf_logits(smollm2_cache_dir):
+    from transformers import AutoModelForCausalLM
+
+    lm = load_model(ModelSpec(), cache_dir=smollm2_cache_dir)
+    assert (lm.d_model, lm.n_layers) == (576, 30)
+    assert lm.provenance["commit"].startswith("sha256:")
+    assert builtin_model_dir(smollm2_cache_dir).parent.name == "models"
+    gguf = builtin_gguf_path()
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=torch.float32).eval()
+    ids = lm.tokenizer(["Hydrogen is the lightest element.\n\nParis is"],
+                       add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        assert torch.equal(lm.model(ids).logits, reference(ids).logits)
+
+
+def test_builtin_conversion_runs_once_and_survives_a_race(tmp_path, monkeypatch):
+    import saeq.models
+
+    conversions = []
+
+    def fake_convert(gguf, out_dir):
+        conversions.append(out_dir)
+        (out_dir / "config.json").write_text("{}")
+
+    monkeypatch.setattr(saeq.models, "_convert_gguf", fake_convert)
+    first = builtin_model_dir(tmp_path / "a")
+    assert builtin_model_dir(tmp_path / "a") == first and len(conversions) == 1
+    assert sorted(p.name for p in first.iterdir()) == ["config.json", "saeq-provenance.json"]
+
+    winner = tmp_path / "b" / "models" / first.name
+
+    def racing_convert(gguf, out_dir):
+        shutil.copytree(first, winner)  # another worker publishes its copy first
+        (out_dir / "config.json").write_text("{}")
+
+    monkeypatch.setattr(saeq.models, "_convert_gguf", racing_convert)
+    assert builtin_model_dir(tmp_path / "b") == winner
+    assert [p.name for p in winner.parent.iterdir()] == [first.name]  # the loser's copy is gone
