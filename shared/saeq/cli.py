@@ -176,13 +176,36 @@ def cancel(ctx, job_id) -> None:
 
 
 @main.command()
-@click.option("--tokens", default=131_072, show_default=True, help="Harvest token budget.")
+@click.argument("job_id")
+@click.pass_context
+def report(ctx, job_id) -> None:
+    """Print the summary table of an evaluate job's report."""
+    from saeq.report import summary_table
+
+    client = _client(ctx)
+    try:
+        manifest = client.manifest(job_id)
+    except ApiError as e:
+        raise click.ClickException(str(e)) from None
+    if manifest.get("kind") != "evaluate":
+        raise click.ClickException(f"job {job_id} is a {manifest.get('kind')} job; `report` reads evaluate jobs")
+    click.echo(f"evaluation of SAE {manifest['sae']['name']} ({manifest['sae']['source']}) at {manifest['hook']}")
+    click.echo(summary_table(manifest["metrics"]))
+    c = manifest["counts"]
+    click.echo(f"\n{c['n_ordinary']:,} ordinary tokens; {c['n_sinks_excluded']:,} attention sinks left out")
+    click.echo(f"report: {manifest['report_key']}")
+
+
+@main.command()
+@click.option("--tokens", default=262_144, show_default=True, help="Harvest token budget.")
+@click.option("--train-tokens", default=2_457_600, show_default=True, help="SAE training tokens (token-steps).")
 @click.option("--home", type=click.Path(path_type=Path), default=None)
-def demo(tokens, home) -> None:
-    """The offline demo, end to end: start a stack, harvest layer 15 of SmolLM2 on English Wikipedia."""
+def demo(tokens, train_tokens, home) -> None:
+    """The offline demo, end to end: harvest layer 15 of SmolLM2 on English Wikipedia, train a
+    TopK SAE on it, evaluate it on held-out articles."""
     from saeq.demo import run_demo
 
-    run_demo(tokens=tokens, home=home)
+    run_demo(tokens=tokens, train_tokens=train_tokens, home=home)
 
 
 def _wait(client: Client, job_id: str, timeout: float | None = None) -> dict:

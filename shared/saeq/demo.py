@@ -1,5 +1,6 @@
-"""The offline demo, end to end, as a user would drive it: start a local stack, submit jobs over
-HTTP with the Python client, follow their progress, print what they produced."""
+"""The offline demo, end to end, as a user would drive it: start a local stack, submit a chain of
+jobs over HTTP with the Python client (each waiting on the last with depends_on), follow their
+progress, print what they produced."""
 
 from __future__ import annotations
 
@@ -7,27 +8,54 @@ from pathlib import Path
 
 from saeq.client import Client
 from saeq.local_stack import LocalStack, StackOptions, free_port, saeq_home
-from saeq.specs import HarvestSpec
+from saeq.report import summary_table
+from saeq.specs import EvaluateSpec, HarvestSpec, SaeConfig, TrainedSae, TrainSpec
+
+HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]
 
 
-def run_demo(*, tokens: int, home: Path | None = None) -> dict:
+def run_demo(*, tokens: int, train_tokens: int, home: Path | None = None) -> dict:
     home = home or saeq_home() / "demo"
     with LocalStack(StackOptions(home=home, port=free_port())) as stack:
-        print(f"local stack up: API {stack.url}, logs in {stack.logs}")
+        print(f"local stack up: API {stack.url} (docs {stack.url}/docs), logs in {stack.logs}")
         client = Client(stack.url, timeout=60)
-        spec = HarvestSpec(hooks=["blocks.14.hook_resid_post"], max_tokens=tokens)
-        job = client.submit(spec, name="demo: harvest layer 15 of SmolLM2 on English Wikipedia")
-        print(f"harvest job {job['id']}: {spec.max_tokens:,} tokens of {spec.hooks[0]} "
-              f"(layer 15) from {spec.model.name} on {spec.corpus.name}")
-        job = client.wait(job["id"], progress=True)
+        harvest = client.submit(HarvestSpec(hooks=[HOOK], max_tokens=tokens),
+                                name="demo: harvest layer 15 of SmolLM2 on English Wikipedia")
+        train = client.submit(
+            TrainSpec(activations={"job_id": harvest["id"], "hook": HOOK}, total_tokens=train_tokens,
+                      saes=[SaeConfig(name="topk-8x-k32", architecture="topk", expansion_factor=8, k=32)]),
+            depends_on=[harvest["id"]], name="demo: TopK SAE, 8x width, k=32")
+        evaluate = client.submit(EvaluateSpec(sae=TrainedSae(job_id=train["id"])), depends_on=[train["id"]],
+                                 name="demo: evaluate on held-out articles")
+        print(f"submitted harvest {harvest['id']}, train {train['id']}, evaluate {evaluate['id']}")
+
+        print(f"\n[1/3] harvest: {tokens:,} tokens of {HOOK} (layer 15) of SmolLM2-135M-Instruct")
+        job = client.wait(harvest["id"], progress=True)
         manifest = client.manifest(job["id"])
         _print_harvest(job, manifest, stack)
-        return manifest
+
+        print(f"\n[2/3] train: TopK SAE, 4,608 latents, k=32, {train_tokens:,} tokens")
+        job = client.wait(train["id"], progress=True)
+        trained = client.manifest(job["id"])
+        _print_train(job, trained)
+
+        print("\n[3/3] evaluate: held-out articles, SAE spliced into the model")
+        job = client.wait(evaluate["id"], progress=True)
+        report = client.manifest(job["id"])
+        print(summary_table(report["metrics"]))
+        c = report["counts"]
+        print(f"{c['n_ordinary']:,} ordinary held-out tokens; {c['n_sinks_excluded']:,} attention sinks left out "
+              f"and kept clean\nreport: {_where(stack, report['report_key'])}")
+        return {"harvest": manifest, "train": trained, "evaluate": report}
+
+
+def _where(stack: LocalStack, key: str) -> str:
+    store = stack.env()["SAEQ_STORE"]
+    return f"{store[len('file://'):]}/{key}" if store.startswith("file://") else f"{store}/{key}"
 
 
 def _print_harvest(job: dict, manifest: dict, stack: LocalStack) -> None:
-    store = stack.env()["SAEQ_STORE"]
-    print(f"\nharvest {job['state']} in {job['finished_at'] - job['started_at']:.0f} s "
+    print(f"harvest {job['state']} in {job['finished_at'] - job['started_at']:.0f} s "
           f"({job['progress']['figures'].get('tokens_per_s', 0):,.0f} tokens/s)")
     for hook, info in manifest["hooks"].items():
         sinks = info["sinks"]
@@ -35,6 +63,16 @@ def _print_harvest(job: dict, manifest: dict, stack: LocalStack) -> None:
               f"{len(info['shards'])} shards ({info['dtype']}); attention sinks by the rule "
               f"'{sinks['rule']}': {sinks['n_position_zero']:,} at position 0 + "
               f"{sinks['n_norm_outliers']:,} norm outliers")
-    print(f"manifest: {job['manifest_key']}  (store {store})")
-    if store.startswith("file://"):
-        print(f"          {store[len('file://'):]}/{job['manifest_key']}")
+    print(f"manifest: {_where(stack, job['manifest_key'])}")
+
+
+def _print_train(job: dict, manifest: dict) -> None:
+    result = manifest["result"]
+    data = result["data"]
+    print(f"train {job['state']} in {result['wall_s']:.0f} s ({result['tokens'] / max(result['wall_s'], 1e-9):,.0f} "
+          f"tokens/s), {data['epochs']:.1f} epochs over {data['train_tokens_available']:,} ordinary tokens; "
+          f"attention sinks left out: {data['sinks']['train']['n_sinks']:,}")
+    for name, m in result["saes"].items():
+        print(f"  {name}: held-out FVU {m['fvu']:.4f} (ordinary tokens), L0 {m['l0']:.1f}, "
+              f"dead {m['dead_fraction']:.1%} (target: FVU <= 0.18, dead < 5%)")
+        print(f"    SAELens format: {manifest['saes'][name]['saelens']}  sparsify: {manifest['saes'][name]['sparsify']}")

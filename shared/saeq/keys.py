@@ -3,7 +3,9 @@
 Layout:
   jobs/{job_id}/manifest.json                      written last: the job's output is published
   jobs/{job_id}/harvest/{hook}/shard-{i:05d}.safetensors
-  jobs/{job_id}/checkpoints/...                    resumable state of a running job
+  jobs/{job_id}/checkpoints/train-{tokens:012d}.pt  resumable state of a training job
+  jobs/{job_id}/saes/{name}/{saelens,sparsify}/...  trained SAEs in SAELens's and sparsify's formats
+  jobs/{job_id}/report/...                         an evaluation's metrics.json, plots, report.md
   uploads/{upload_id}/{filename}                   corpora uploaded through the API
 Keys are write-once; a job's artifacts all live under its own prefix.
 """
@@ -34,6 +36,30 @@ def harvest_shard(job_id: str, hook: str, index: int) -> str:
     from saeq.hooks import parse
 
     return _job(job_id) + f"harvest/{parse(hook).name}/shard-{index:05d}.safetensors"
+
+
+def train_checkpoint(job_id: str, tokens: int) -> str:
+    return _job(job_id) + f"checkpoints/train-{tokens:012d}.pt"
+
+
+def checkpoint_prefix(job_id: str) -> str:
+    return _job(job_id) + "checkpoints/"
+
+
+def sae_file(job_id: str, sae_name: str, fmt: str, filename: str) -> str:
+    if fmt not in ("saelens", "sparsify") or not _SAFE_NAME.match(sae_name) or not _SAFE_NAME.match(filename):
+        raise ValueError(f"bad SAE file key part: {sae_name!r}, {fmt!r}, {filename!r}")
+    return _job(job_id) + f"saes/{sae_name}/{fmt}/{filename}"
+
+
+def sae_prefix(job_id: str, sae_name: str, fmt: str) -> str:
+    return sae_file(job_id, sae_name, fmt, "x").rsplit("/", 1)[0] + "/"
+
+
+def report_file(job_id: str, filename: str) -> str:
+    if not _SAFE_NAME.match(filename):
+        raise ValueError(f"unsafe file name {filename!r}")
+    return _job(job_id) + f"report/{filename}"
 
 
 def upload_prefix(upload_id: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from saeq import hooks
 
@@ -98,7 +98,15 @@ class UploadCorpus(Frozen):
     max_docs: int | None = Field(default=None, gt=0)
 
 
-CorpusSpec = Annotated[Union[BuiltinCorpus, HubCorpus, UploadCorpus], Field(discriminator="source")]
+def _tag(default: str):
+    """Discriminate on `source`, taking `default` when it is left out."""
+    def tag(v):
+        return v.get("source", default) if isinstance(v, dict) else getattr(v, "source", default)
+    return Discriminator(tag)
+
+
+CorpusSpec = Annotated[Union[Annotated[BuiltinCorpus, Tag("builtin")], Annotated[HubCorpus, Tag("hf")],
+                             Annotated[UploadCorpus, Tag("upload")]], _tag("builtin")]
 
 
 class HarvestSpec(Frozen):
@@ -158,9 +166,222 @@ class HarvestSpec(Frozen):
 BUILTIN_N_LAYERS = 30
 BUILTIN_D_MODEL = 576
 
-JobSpec = Annotated[Union[HarvestSpec], Field(discriminator="kind")]
+_SAE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
+_ARCH_FIELDS = {  # fields that only one family of architectures reads
+    "k": ("topk", "batchtopk"), "aux_k": ("topk", "batchtopk"), "auxk_alpha": ("topk", "batchtopk"),
+    "l1_coefficient": ("relu",),
+    "jumprelu_init_threshold": ("jumprelu",), "jumprelu_bandwidth": ("jumprelu",),
+    "l0_coefficient": ("jumprelu",),
+}
+
+
+class SaeConfig(Frozen):
+    """One sparse autoencoder: x_hat = W_dec^T act(W_enc^T (x - b_dec) + b_enc) + b_dec."""
+
+    name: str | None = Field(default=None, pattern=_SAE_NAME)
+    """Name of this SAE in the job's outputs; None: `sae{i}` for the i-th of the list."""
+    architecture: Literal["topk", "batchtopk", "jumprelu", "relu"] = "topk"
+    """`topk`: the k largest latents per token (Gao et al. 2024). `batchtopk`: the k x batch
+    largest over the whole batch, a learnt threshold at inference (exported as JumpReLU).
+    `jumprelu`: a learnt threshold per latent, L0 penalty (Gemma Scope). `relu`: ReLU with an
+    L1 penalty weighted by decoder norms (Anthropic, April 2024)."""
+    d_sae: int | None = Field(default=None, gt=0, le=1 << 20)
+    """Number of latents; None: expansion_factor x d_in."""
+    expansion_factor: int = Field(default=8, ge=1, le=256)
+    """Latents per input dimension; ignored when d_sae is given."""
+    k: int = Field(default=32, ge=1, le=4096)
+    """Active latents per token (topk), or per token on average over a batch (batchtopk)."""
+    aux_k: int | None = Field(default=None, ge=1, le=1 << 20)
+    """Dead latents the AuxK loss lets reconstruct the residual, per token; None: d_in // 2."""
+    auxk_alpha: float = Field(default=1 / 32, ge=0.0, le=100.0)
+    """Weight of the AuxK loss (Gao et al.: 1/32); 0 turns it off."""
+    dead_window_tokens: int = Field(default=262_144, ge=1, le=10_000_000_000)
+    """A latent is dead when it has not fired in this many training tokens (AuxK's target and
+    the `dead_fraction` figure)."""
+    lr: float = Field(default=2e-3, gt=0.0, le=1.0)
+    """Peak Adam learning rate (see TrainSpec for warmup and decay)."""
+    normalize_decoder: bool = True
+    """Keep decoder rows at unit norm: the gradient's component along each row is removed before
+    the step and rows are renormalised after it."""
+    l1_coefficient: float = Field(default=5.0, ge=0.0, le=1e4)
+    """relu: weight of the L1 penalty sum_i f_i ||W_dec[i]||, on activations scaled to a mean
+    norm of sqrt(d_in); it ramps up over `TrainSpec.sparsity_warmup`."""
+    jumprelu_init_threshold: float = Field(default=0.1, gt=0.0, le=100.0)
+    """jumprelu: initial threshold of every latent (on scaled activations)."""
+    jumprelu_bandwidth: float = Field(default=0.05, gt=0.0, le=10.0)
+    """jumprelu: width of the rectangle kernel of the straight-through estimator."""
+    l0_coefficient: float = Field(default=1.0, ge=0.0, le=1e4)
+    """jumprelu: weight of the L0 penalty (mean active latents per token); ramps up over
+    `TrainSpec.sparsity_warmup`."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SaeConfig":
+        for name, archs in _ARCH_FIELDS.items():
+            # A non-default value only: a stored spec is re-read with every field written out.
+            default = type(self).model_fields[name].default
+            if getattr(self, name) != default and self.architecture not in archs:
+                raise ValueError(f"{name} applies to architecture {' or '.join(archs)}, "
+                                 f"not {self.architecture}")
+        if self.d_sae is not None:
+            if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
+                raise ValueError(f"k={self.k} exceeds d_sae={self.d_sae}")
+            if self.aux_k is not None and self.aux_k > self.d_sae:
+                raise ValueError(f"aux_k={self.aux_k} exceeds d_sae={self.d_sae}")
+        return self
+
+
+class ActivationsRef(Frozen):
+    """Activations a harvest job stored."""
+
+    job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    """Id of a harvest job (it must have succeeded; list it in `depends_on` to wait for it)."""
+    hook: str = "blocks.14.hook_resid_post"
+    """One of that harvest's hook points."""
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_name(cls, name: str) -> str:
+        hooks.parse(name)
+        return name
+
+
+class SinkRule(Frozen):
+    """Which tokens training and its metrics leave out (the rule of `saeq.sinks`)."""
+
+    exclude: bool = True
+    """Leave out attention sinks: position 0, and tokens whose norm exceeds norm_factor x the
+    harvest's median norm. Turning this off trains on them (see FIELD-NOTES: a bad idea)."""
+    norm_factor: float | None = Field(default=None, gt=1.0)
+    """None: the factor the harvest recorded in its manifest."""
+
+
+class TrainSpec(Frozen):
+    """Train one or more sparse autoencoders on one read of a harvest's activations.
+
+    Every batch feeds every SAE, so several configurations cost one pass over the data.
+    """
+
+    kind: Literal["train"] = "train"
+    activations: ActivationsRef
+    saes: list[SaeConfig] = Field(default=[SaeConfig()], min_length=1, max_length=16)
+    """The SAEs to train, each with its own architecture, width and learning rate."""
+    total_tokens: int = Field(default=2_457_600, gt=0, le=100_000_000_000)
+    """Training tokens (token-steps); when the harvest holds fewer ordinary tokens, the data is
+    read again in new epochs, each in a new order (the result says how many epochs)."""
+    batch_size: int = Field(default=4096, ge=16, le=1 << 20)
+    """Tokens per optimiser step."""
+    lr_warmup: float = Field(default=0.02, ge=0.0, le=1.0)
+    """Fraction of training over which the learning rate rises linearly from 0."""
+    lr_decay: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Final fraction of training over which the learning rate falls linearly to
+    lr_end_factor x lr."""
+    lr_end_factor: float = Field(default=0.0, ge=0.0, le=1.0)
+    sparsity_warmup: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Fraction of training over which the L1 (relu) and L0 (jumprelu) coefficients rise
+    linearly from 0."""
+    normalize_activations: bool = True
+    """Train on activations scaled to a mean norm of sqrt(d_in) (SAELens'
+    "expected_average_only_in"); the factor is folded into the saved weights, so saved SAEs
+    take raw activations."""
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    """Decoder bias at the start: the geometric median (or mean) of the first batch."""
+    seed: int = Field(default=0, ge=0)
+    """Seeds the SAEs' initialisation and the data order."""
+    shuffle_tokens: int = Field(default=65_536, ge=1, le=1 << 30)
+    """Shuffle buffer: whole shards are grouped into chunks of at least this many tokens, and
+    rows are permuted within a chunk; the chunk order changes every epoch. Larger mixes
+    documents better and costs memory (d_in x 4 bytes a token)."""
+    validation_tokens: int = Field(default=16_384, ge=1, le=100_000_000)
+    """Tokens held out from the end of the harvest (whole contexts) and never trained on; the
+    result's metrics are measured on the ordinary ones among them."""
+    checkpoint_every_tokens: int | None = Field(default=4_194_304, gt=0)
+    """Save resumable state (weights, optimiser, data position) this often; None: never."""
+    sinks: SinkRule = SinkRule()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainSpec":
+        names = [s.name for s in self.saes if s.name is not None]
+        if len(set(names)) != len(names):
+            raise ValueError("saes: duplicate name")
+        if self.total_tokens < self.batch_size:
+            raise ValueError(f"total_tokens={self.total_tokens} is less than one batch "
+                             f"({self.batch_size})")
+        if self.lr_warmup + self.lr_decay > 1.0:
+            raise ValueError("lr_warmup + lr_decay exceed the whole run (1.0)")
+        return self
+
+
+class TrainedSae(Frozen):
+    """An SAE a train job produced."""
+
+    source: Literal["job"] = "job"
+    job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    """Id of the train job (list it in depends_on to wait for it)."""
+    name: str | None = Field(default=None, pattern=_SAE_NAME)
+    """Which of the job's SAEs; None: the first."""
+
+
+class ImportedSae(Frozen):
+    """An SAE trained elsewhere, in SAELens's or sparsify's format, in a directory the workers see."""
+
+    source: Literal["path"]
+    path: str = Field(pattern=r"^/", max_length=1000)
+    """Absolute path of the directory holding cfg.json and the weights."""
+
+    @field_validator("path")
+    @classmethod
+    def _no_parent(cls, path: str) -> str:
+        if ".." in path.split("/"):
+            raise ValueError("a path may not contain '..'")
+        return path
+
+
+SaeRef = Annotated[Union[Annotated[TrainedSae, Tag("job")], Annotated[ImportedSae, Tag("path")]], _tag("job")]
+
+
+class EvaluateSpec(Frozen):
+    """Measure an SAE: reconstruction, sparsity, and the model's loss with the SAE spliced in."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    sae: SaeRef
+    model: ModelSpec | None = None
+    """None: the model the SAE's harvest read (required for an imported SAE)."""
+    hook: str | None = None
+    """None: the hook point the SAE was trained on (required for an imported SAE)."""
+    corpus: CorpusSpec | None = None
+    """None: documents of the harvest's corpus that neither harvest nor training saw."""
+    max_tokens: int = Field(default=16_384, gt=0, le=100_000_000)
+    """Held-out tokens evaluated (rounded up to whole contexts)."""
+    context_len: int | None = Field(default=None, ge=2, le=32_768)
+    """None: the harvest's context length."""
+    batch_size: int = Field(default=8, ge=1, le=1024)
+    """Contexts per forward pass (each batch runs the model three times)."""
+    sinks: SinkRule = SinkRule()
+    dense_threshold: float = Field(default=0.1, gt=0.0, le=1.0)
+    """A latent firing on more than this fraction of tokens counts as dense."""
+    seed: int = 0
+    """Document order of a builtin corpus given explicitly."""
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_name(cls, name: str | None) -> str | None:
+        if name is not None:
+            hooks.parse(name)
+        return name
+
+    @model_validator(mode="after")
+    def _imported_needs_context(self) -> "EvaluateSpec":
+        if isinstance(self.sae, ImportedSae):
+            missing = [f for f in ("model", "hook", "corpus") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"an imported SAE needs {', '.join(missing)}: there is no harvest to take "
+                                 "them from")
+        return self
+
+
+JobSpec = Annotated[Union[HarvestSpec, TrainSpec, EvaluateSpec], Field(discriminator="kind")]
 JOB_KINDS = ("harvest", "train", "label", "evaluate", "steer")
-IMPLEMENTED_KINDS = ("harvest",)
+IMPLEMENTED_KINDS = ("harvest", "train", "evaluate")
 
 
 class JobCreate(Frozen):
@@ -173,7 +394,7 @@ class JobCreate(Frozen):
     """Free text shown in listings."""
 
 
-def parse_spec(data: dict) -> HarvestSpec:
+def parse_spec(data: dict) -> HarvestSpec | TrainSpec | EvaluateSpec:
     """Re-read a stored spec with the same class that validated it at the API edge."""
     from pydantic import TypeAdapter
 

@@ -22,7 +22,7 @@ MANIFEST_FORMAT = "saeq.harvest/1"
 
 
 @lru_cache(maxsize=1)
-def _model(spec: ModelSpec, device: str, cache_dir: str) -> LoadedModel:
+def cached_model(spec: ModelSpec, device: str, cache_dir: str) -> LoadedModel:
     # Kept across jobs in this worker process: consecutive jobs often read the same model.
     return load_model(spec, device=device, cache_dir=cache_dir)
 
@@ -31,7 +31,7 @@ def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
     spec: HarvestSpec = job.spec
     store = job.store
     job.report(0.0, "loading model", spec.model.name, force=True)
-    lm = _model(spec.model, job.device, cache_dir)
+    lm = cached_model(spec.model, job.device, cache_dir)
     job.check()
 
     done = _previous_shards(store, job.id, spec)

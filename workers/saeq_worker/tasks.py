@@ -44,3 +44,17 @@ def harvest(job_id: str, dispatch_id: str) -> None:
     from saeq_worker.harvest import run_harvest
 
     _run(job_id, dispatch_id, lambda job: run_harvest(job, cache_dir=settings.cache_dir))
+
+
+@app.task(name=task_name("train"))
+def train(job_id: str, dispatch_id: str) -> None:
+    from saeq_worker.train import run_train
+
+    _run(job_id, dispatch_id, run_train)
+
+
+@app.task(name=task_name("evaluate"))
+def evaluate(job_id: str, dispatch_id: str) -> None:
+    from saeq_worker.evaluate import run_evaluate
+
+    _run(job_id, dispatch_id, lambda job: run_evaluate(job, cache_dir=settings.cache_dir))

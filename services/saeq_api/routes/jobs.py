@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 from saeq import keys
 from saeq.dispatch import KIND_QUEUE
 from saeq.registry import STATES, dispatch_ready
-from saeq.specs import JOB_KINDS, JobCreate, UploadCorpus
+from saeq.specs import JOB_KINDS, EvaluateSpec, JobCreate, TrainedSae, TrainSpec, UploadCorpus
 from saeq_api.deps import Services, services
 from saeq_api.metrics import observe_submit
 from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic
@@ -36,8 +36,10 @@ def submit_job(body: JobCreate, svc: Svc, response: Response,
     """Queue a job. The spec's `kind` selects its model. With an `Idempotency-Key` header a repeated
     request returns the job the first one created (status 200) instead of a second job."""
     spec = body.spec
-    if isinstance(spec.corpus, UploadCorpus) and not svc.store.list(keys.upload_prefix(spec.corpus.upload_id)):
-        raise _unprocessable("spec.corpus.upload_id", f"no upload {spec.corpus.upload_id!r}")
+    corpus = getattr(spec, "corpus", None)
+    if isinstance(corpus, UploadCorpus) and not svc.store.list(keys.upload_prefix(corpus.upload_id)):
+        raise _unprocessable("spec.corpus.upload_id", f"no upload {corpus.upload_id!r}")
+    _check_references(svc, spec, body.depends_on)
     for i, dep_id in enumerate(body.depends_on):
         dep = svc.registry.get(dep_id) if len(dep_id) == 32 else None
         if dep is None:
@@ -53,6 +55,35 @@ def submit_job(body: JobCreate, svc: Svc, response: Response,
     else:
         response.status_code = 200
     return JobPublic.of(svc.registry.get(record["id"]))
+
+
+def _referenced_job(svc: Services, job_id: str, kind: str, field: str, depends_on: list[str]) -> dict:
+    """A job whose output this spec reads: it must exist, be of `kind`, and have succeeded or be
+    one this job waits for."""
+    job = svc.registry.get(job_id)
+    if job is None:
+        raise _unprocessable(field, f"no job {job_id!r}")
+    if job["kind"] != kind:
+        raise _unprocessable(field, f"job {job_id} is a {job['kind']} job, not a {kind} job")
+    if job["state"] in ("failed", "cancelled"):
+        raise _unprocessable(field, f"job {job_id} {job['state']}; it has no output to read")
+    if job["state"] != "succeeded" and job_id not in depends_on:
+        raise _unprocessable(field, f"job {job_id} is still {job['state']}: its output is unfinished; "
+                                    "list it in depends_on to wait for it")
+    return job
+
+
+def _check_references(svc: Services, spec, depends_on: list[str]) -> None:
+    if isinstance(spec, TrainSpec):
+        harvest = _referenced_job(svc, spec.activations.job_id, "harvest", "spec.activations.job_id", depends_on)
+        if spec.activations.hook not in harvest["spec"]["hooks"]:
+            raise _unprocessable("spec.activations.hook", f"harvest {harvest['id']} has hooks "
+                                                         f"{harvest['spec']['hooks']}, not {spec.activations.hook!r}")
+    elif isinstance(spec, EvaluateSpec) and isinstance(spec.sae, TrainedSae):
+        train = _referenced_job(svc, spec.sae.job_id, "train", "spec.sae.job_id", depends_on)
+        names = [s.get("name") or f"sae{i}" for i, s in enumerate(train["spec"]["saes"])]
+        if spec.sae.name is not None and spec.sae.name not in names:
+            raise _unprocessable("spec.sae.name", f"train job {train['id']} has SAEs {names}, not {spec.sae.name!r}")
 
 
 @router.get("", response_model=JobList)

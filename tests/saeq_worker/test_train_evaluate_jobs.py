@@ -1,0 +1,118 @@
+"""Harvest -> train -> evaluate as chained jobs through the API, a real worker, Redis and S3."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from saeq import keys
+from saeq.client import ApiError
+from saeq.specs import EvaluateSpec, HarvestSpec, ModelSpec, SaeConfig, TrainedSae, TrainSpec
+from tests.tiny_model import save_tiny_llama
+
+pytestmark = pytest.mark.integration
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def harvest_job(client_module, tmp_path_factory):
+    model_dir = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), n_layers=3, d_model=64)
+    spec = HarvestSpec(model=ModelSpec(name=str(model_dir)), hooks=[HOOK], max_tokens=24_576,
+                       context_len=64, batch_size=8, shard_tokens=4096)
+    return client_module.wait(client_module.submit(spec)["id"], timeout=180)
+
+
+@pytest.fixture(scope="module")
+def client_module(stack):
+    from saeq.client import Client
+
+    with Client(stack.url, timeout=60) as c:
+        yield c
+
+
+def _train_spec(harvest_id: str, **kw) -> TrainSpec:
+    return TrainSpec(activations={"job_id": harvest_id, "hook": HOOK},
+                     saes=[SaeConfig(name="topk", architecture="topk", d_sae=512, k=8),
+                           SaeConfig(name="relu", architecture="relu", d_sae=256)],
+                     batch_size=512, validation_tokens=2048, **kw)
+
+
+def _download_saelens(client, train_id: str, name: str, dest) -> torch.nn.Module:
+    sae_lens = pytest.importorskip("sae_lens")
+    files = client.download(train_id, dest, prefix=f"saes/{name}/saelens/")
+    assert {p.name for p in files} == {"cfg.json", "sae_weights.safetensors"}
+    return sae_lens.SAE.load_from_disk(str(files[0].parent), device="cpu")
+
+
+def test_chain_train_then_evaluate(client_module, harvest_job, tmp_path):
+    client = client_module
+    train = client.submit(_train_spec(harvest_job["id"], total_tokens=60_000))
+    evaluate = client.submit(EvaluateSpec(sae=TrainedSae(job_id=train["id"], name="topk"), max_tokens=2048),
+                             depends_on=[train["id"]])
+    assert client.get(evaluate["id"])["state"] == "queued"
+    done = client.wait(train["id"], timeout=300)
+    figures = done["progress"]["figures"]
+    assert 0 < figures["fvu"] < 1 and figures["l0"] == pytest.approx(8, abs=0.01)
+    manifest = client.manifest(train["id"])
+    assert set(manifest["saes"]) == {"topk", "relu"}
+    assert manifest["result"]["data"]["sinks"]["train"]["n_position0"] > 0  # sinks were left out, and counted
+    assert manifest["saes"]["relu"]["sparsify"] is None  # sparsify's format holds TopK SAEs only
+
+    theirs = _download_saelens(client, train["id"], "topk", tmp_path)
+    assert theirs.cfg.d_in == 64 and theirs.cfg.d_sae == 512
+
+    report = client.wait(evaluate["id"], timeout=300)
+    ev = client.manifest(report["id"])
+    m = ev["metrics"]
+    assert ev["metrics_version"] == "saeq.metrics/1" and ev["saeq_version"]
+    assert ev["sae"]["job_id"] == train["id"] and ev["hook"] == HOOK
+    assert 0 < m["fvu"] < 1 and m["l0"] == pytest.approx(8, abs=0.01)
+    assert m["ce_loss_recovered"] == m["ce_loss_recovered"]  # a number, not NaN
+    assert ev["counts"]["n_sinks_excluded"] > 0
+    arts = {a["key"] for a in client.artifacts(report["id"])["artifacts"]}
+    for name in ("metrics.json", "report.md", "feature_density.png", "l0_histogram.png", "fvu_by_position.png"):
+        assert keys.report_file(report["id"], name) in arts
+
+
+def test_bad_references_are_refused_at_submit(client_module, harvest_job):
+    client = client_module
+    with pytest.raises(ApiError) as e:
+        client.submit(_train_spec("0" * 32))
+    assert e.value.status == 422 and "spec.activations.job_id" in str(e.value)
+    with pytest.raises(ApiError) as e:
+        client.submit(TrainSpec(activations={"job_id": harvest_job["id"], "hook": "blocks.0.hook_mlp_out"}))
+    assert "spec.activations.hook" in str(e.value)
+    with pytest.raises(ApiError) as e:
+        client.submit(EvaluateSpec(sae=TrainedSae(job_id=harvest_job["id"])))
+    assert "is a harvest job, not a train job" in str(e.value)
+    running = client.submit(HarvestSpec(model=harvest_job["spec"]["model"], hooks=[HOOK], max_tokens=64,
+                                        context_len=64))
+    with pytest.raises(ApiError) as e:
+        client.submit(_train_spec(running["id"]))
+    assert "depends_on" in str(e.value)
+    client.wait(running["id"], timeout=120)
+
+
+def test_killed_training_resumes_to_the_same_weights(stack, client_module, harvest_job, tmp_path):
+    client = client_module
+    spec = _train_spec(harvest_job["id"], total_tokens=400_000, checkpoint_every_tokens=40_960)
+    reference = client.wait(client.submit(spec)["id"], timeout=600)
+    job = client.submit(spec)
+    prefix = keys.checkpoint_prefix(job["id"])
+    deadline = time.monotonic() + 300
+    while not any(a["key"].startswith(prefix) for a in client.artifacts(job["id"])["artifacts"]):
+        assert time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.2)
+    stack.kill("worker")
+    stack.respawn("worker")
+    done = client.wait(job["id"], timeout=600)
+    assert done["attempts"] == 2
+    assert "resumed" in [e["phase"] for e in client.events(job["id"])]
+    a = _download_saelens(client, reference["id"], "topk", tmp_path / "a")
+    b = _download_saelens(client, job["id"], "topk", tmp_path / "b")
+    for name, tensor in a.state_dict().items():
+        diff = (b.state_dict()[name] - tensor).abs().max().item()
+        assert diff <= 1e-6, (name, diff)
+    assert client.manifest(job["id"])["result"]["tokens"] == client.manifest(reference["id"])["result"]["tokens"]

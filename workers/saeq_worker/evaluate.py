@@ -1,0 +1,148 @@
+"""The I/O around `saeq.jobs.evaluate`: find the SAE, its model, hook and sink rule, pack held-out
+contexts, store metrics.json, plots and a report page, and publish the manifest last."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import saeq
+from saeq import keys, report
+from saeq.corpus import iter_documents
+from saeq.errors import InvalidSpec, NotFound
+from saeq.jobs.evaluate import METRICS_VERSION, SinkReference, evaluate_sae
+from saeq.jobs.harvest import pack_contexts
+from saeq.sae import SparseAutoencoder
+from saeq.specs import EvaluateSpec, ModelSpec
+from saeq.store import MissingObject, ObjectStore
+from saeq_worker.harvest import cached_model
+from saeq_worker.running import RunningJob
+
+MANIFEST_FORMAT = "saeq.evaluate/1"
+
+
+def load_trained_sae(store: ObjectStore, job_id: str, name: str | None, *, field: str) -> tuple[SparseAutoencoder, str, dict]:
+    """(SAE, its name, the train manifest) of a train job's output."""
+    try:
+        manifest = json.loads(store.get(keys.manifest(job_id)))
+    except MissingObject:
+        raise NotFound(f"train job {job_id} has published no SAEs (it does not exist or has not "
+                       "finished: list it in depends_on to wait for it)", field=f"{field}.job_id") from None
+    if manifest.get("kind") != "train":
+        raise InvalidSpec(f"job {job_id} is a {manifest.get('kind')} job, not a train job", field=f"{field}.job_id")
+    name = name or next(iter(manifest["saes"]))
+    if name not in manifest["saes"]:
+        raise InvalidSpec(f"train job {job_id} has no SAE {name!r}; it has {sorted(manifest['saes'])}",
+                          field=f"{field}.name")
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = manifest["saes"][name]["saelens"]
+        for info in store.list(prefix):
+            store.get_file(info.key, Path(tmp, info.key.rsplit("/", 1)[1]))
+        return SparseAutoencoder.load(tmp), name, manifest
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(saeq.__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_evaluate(job: RunningJob, *, cache_dir: str) -> str:
+    spec: EvaluateSpec = job.spec
+    store = job.store
+    job.report(0.0, "loading", "SAE and model", force=True)
+    if spec.sae.source == "job":
+        sae, sae_name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
+        harvest = train["harvest"]
+        model_spec = spec.model or ModelSpec(**{k: harvest["model"].get(k) for k in ("name", "revision", "gguf_file", "dtype")})
+        hook = spec.hook or harvest["hook"]
+        context_len = spec.context_len or harvest["context_len"]
+        sink_info = harvest["sinks"]
+        corpus = spec.corpus or held_out_corpus(harvest["corpus"])
+        provenance_sae = {"source": "job", "job_id": spec.sae.job_id, "name": sae_name,
+                          "architecture": sae.architecture, "d_sae": sae.d_sae}
+    else:
+        path = Path(spec.sae.path)
+        if not path.is_dir():
+            raise NotFound(f"no SAE directory {path} on the worker", field="spec.sae.path")
+        sae, sae_name = SparseAutoencoder.load(path), path.name
+        model_spec, hook, corpus = spec.model, spec.hook, spec.corpus
+        context_len, sink_info = spec.context_len or 128, None
+        provenance_sae = {"source": "path", "path": str(path), "architecture": sae.architecture, "d_sae": sae.d_sae}
+    lm = cached_model(model_spec, job.device, cache_dir)
+    job.check()
+
+    sinks = None
+    if spec.sinks.exclude:
+        if sink_info is None:
+            raise InvalidSpec("an imported SAE has no harvest to take the sink rule's median norm "
+                              "from; set sinks.exclude=false or evaluate a trained SAE", field="spec.sinks")
+        sinks = SinkReference(sink_info["median_norm"], spec.sinks.norm_factor or sink_info["norm_factor"])
+
+    docs = iter_documents(corpus, seed=spec.seed, store=store)
+    contexts = itertools.islice(pack_contexts(docs, lm.tokenizer, context_len=context_len,
+                                              prepend_bos=False, doc_separator="\n\n"),
+                                -(-spec.max_tokens // context_len))
+
+    def batches():
+        while chunk := list(itertools.islice(contexts, spec.batch_size)):
+            yield torch.tensor([ids for ids, _ in chunk])
+
+    t0 = time.monotonic()
+    result = evaluate_sae(sae, lm, hook, batches(), sinks=sinks, dense_threshold=spec.dense_threshold,
+                          should_stop=job.should_stop,
+                          on_batch=lambda n: job.report(n / spec.max_tokens, "evaluate", f"{n:,} tokens",
+                                                        tokens=n, tokens_per_s=n / max(time.monotonic() - t0, 1e-9)))
+    job.check()
+
+    provenance = {"metrics_version": METRICS_VERSION, "saeq_version": saeq.__version__,
+                  "saeq_git_commit": _git_commit(), "model": lm.provenance, "hook": hook,
+                  "sae": provenance_sae, "corpus": corpus.model_dump(mode="json"),
+                  "sink_rule": None if sinks is None else {"median_norm": sinks.median_norm,
+                                                           "norm_factor": sinks.norm_factor}}
+    pngs = report.plots(result, sae_name)
+    for name, data in pngs.items():
+        store.put(keys.report_file(job.id, name), data, content_type="image/png")
+    metrics_doc = {**provenance, "metrics": result.metrics, "counts": result.counts,
+                   "l0_histogram": result.l0_histogram, "l0_max": result.l0_max,
+                   "log_density_histogram": result.log_density_histogram,
+                   "fvu_by_position": result.fvu_by_position,
+                   "feature_density": result.feature_density.tolist()}
+    store.put(keys.report_file(job.id, "metrics.json"), json.dumps(metrics_doc).encode(),
+              content_type="application/json")
+    page = report.markdown(result, {k: v for k, v in provenance.items() if k != "corpus"}, list(pngs))
+    store.put(keys.report_file(job.id, "report.md"), page.encode(), content_type="text/markdown")
+    manifest = {"format": MANIFEST_FORMAT, "kind": "evaluate", "job_id": job.id, "created_at": time.time(),
+                "spec": spec.model_dump(mode="json"), **provenance, "sae": {**provenance_sae, "name": sae_name},
+                "metrics": result.metrics, "counts": result.counts,
+                "report_key": keys.report_file(job.id, "report.md"),
+                "metrics_key": keys.report_file(job.id, "metrics.json"),
+                "plots": [keys.report_file(job.id, n) for n in pngs]}
+    key = keys.manifest(job.id)
+    store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    m = result.metrics
+    job.report(1.0, "done", f"FVU {m['fvu']:.4f}, L0 {m['l0']:.1f}, CE recovered {m['ce_loss_recovered']:.4f}",
+               force=True, fvu=m["fvu"], l0=m["l0"], ce_loss_recovered=m["ce_loss_recovered"])
+    return key
+
+
+def held_out_corpus(harvest_corpus: dict):
+    """The documents after those the harvest used, in the same corpus and order."""
+    from pydantic import TypeAdapter
+
+    from saeq.specs import CorpusSpec
+
+    used = harvest_corpus.get("n_docs_used", 0)
+    spec = {k: v for k, v in harvest_corpus.items() if k != "n_docs_used"}
+    # +1: the harvest's last document may have been cut by its token budget, not read whole.
+    spec.update(first_doc=spec.get("first_doc", 0) + used + 1, max_docs=None)
+    return TypeAdapter(CorpusSpec).validate_python(spec)

@@ -1,0 +1,114 @@
+"""The I/O around `saeq.jobs.train`: read the harvest, resume from the newest checkpoint, store
+checkpoints as training goes, export every SAE in SAELens's and sparsify's formats, and publish
+the manifest last."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import saeq
+from saeq import keys
+from saeq.errors import InvalidSpec, NotFound
+from saeq.jobs.train import TrainProgress, TrainState, train_from_harvest
+from saeq.specs import TrainSpec
+from saeq.store import AlreadyExists, MissingObject, ObjectStore
+from saeq_worker.running import RunningJob
+
+MANIFEST_FORMAT = "saeq.train/1"
+
+
+def read_harvest_manifest(store: ObjectStore, job_id: str, hook: str, *, field: str) -> dict:
+    """The published manifest of a harvest, checked to hold `hook`."""
+    try:
+        manifest = json.loads(store.get(keys.manifest(job_id)))
+    except MissingObject:
+        raise NotFound(f"harvest job {job_id} has published no activations (it does not exist, or it "
+                       "has not finished: list it in depends_on to wait for it)", field=f"{field}.job_id") from None
+    if manifest.get("kind") != "harvest":
+        raise InvalidSpec(f"job {job_id} is a {manifest.get('kind')} job, not a harvest", field=f"{field}.job_id")
+    if hook not in manifest["hooks"]:
+        raise InvalidSpec(f"harvest {job_id} has no hook {hook!r}; it has {sorted(manifest['hooks'])}",
+                          field=f"{field}.hook")
+    return manifest
+
+
+def _latest_checkpoint(store: ObjectStore, job_id: str) -> TrainState | None:
+    found = store.list(keys.checkpoint_prefix(job_id))
+    if not found:
+        return None
+    return TrainState.from_bytes(store.get(found[-1].key))  # keys sort by token count
+
+
+def run_train(job: RunningJob) -> str:
+    spec: TrainSpec = job.spec
+    store = job.store
+    harvest = read_harvest_manifest(store, spec.activations.job_id, spec.activations.hook, field="spec.activations")
+    resume = _latest_checkpoint(store, job.id)
+    if resume is not None:
+        job.event("resumed", f"resuming from the checkpoint at {resume.tokens:,} tokens")
+
+    def on_progress(p: TrainProgress) -> None:
+        first = next(iter(p.saes.values()))
+        figures = {k: first[k] for k in ("loss", "mse", "fvu", "l0", "dead_fraction") if k in first}
+        job.report(p.tokens / p.total_tokens, "train", f"{p.tokens:,} of {p.total_tokens:,} tokens",
+                   tokens=p.tokens, tokens_per_s=p.tokens_per_s, **figures)
+
+    def on_checkpoint(state: TrainState) -> None:
+        try:
+            store.put(keys.train_checkpoint(job.id, state.tokens), state.to_bytes())
+        except AlreadyExists:
+            pass  # an earlier attempt saved the same state (same data, same arithmetic)
+        job.event("checkpoint", f"checkpoint at {state.tokens:,} tokens")
+
+    result = train_from_harvest(spec, harvest, store, device=job.device, resume=resume,
+                                on_progress=on_progress, should_stop=job.should_stop,
+                                on_checkpoint=on_checkpoint)
+    job.check()
+    job.report(1.0, "export", "writing SAEs", force=True)
+    files = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, sae in result.saes.items():
+            metadata = {"hook_name": spec.activations.hook, "model_name": harvest["model"]["name"],
+                        "context_size": harvest["context_len"], "prepend_bos": harvest["prepend_bos"],
+                        "saeq_job_id": job.id, "harvest_job_id": spec.activations.job_id}
+            for fmt in _formats(sae.architecture):
+                out = Path(tmp, name, fmt)
+                sae.save(out, format=fmt, metadata=metadata)
+                for path in sorted(out.iterdir()):
+                    key = keys.sae_file(job.id, name, fmt, path.name)
+                    try:
+                        store.put_file(key, path)
+                    except AlreadyExists:
+                        pass  # written by an attempt that died before its manifest
+                    files.append({"sae": name, "format": fmt, "key": key, "size": path.stat().st_size})
+    figures = result.to_dict()
+    manifest = {
+        "format": MANIFEST_FORMAT, "kind": "train", "job_id": job.id, "saeq_version": saeq.__version__,
+        "created_at": time.time(), "spec": spec.model_dump(mode="json"),
+        "harvest": {"job_id": spec.activations.job_id, "hook": spec.activations.hook,
+                    "model": harvest["model"], "context_len": harvest["context_len"],
+                    "prepend_bos": harvest["prepend_bos"], "corpus": harvest["corpus"],
+                    "sinks": harvest["hooks"][spec.activations.hook]["sinks"]},
+        "saes": {name: {"d_in": sae.d_in, "d_sae": sae.d_sae, "architecture": sae.architecture,
+                        "saelens": keys.sae_prefix(job.id, name, "saelens"),
+                        "sparsify": (keys.sae_prefix(job.id, name, "sparsify")
+                                     if "sparsify" in _formats(sae.architecture) else None),
+                        "metrics": figures["saes"][name]} for name, sae in result.saes.items()},
+        "result": figures, "files": files,
+    }
+    key = keys.manifest(job.id)
+    store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    first = next(iter(figures["saes"].values()))
+    job.report(1.0, "done", f"FVU {first['fvu']:.4f}, L0 {first['l0']:.1f}, dead {first['dead_fraction']:.1%}",
+               force=True, fvu=first["fvu"], l0=first["l0"], dead_fraction=first["dead_fraction"],
+               tokens=figures["tokens"])
+    return key
+
+
+
+def _formats(architecture: str) -> tuple[str, ...]:
+    """sparsify's format holds TopK SAEs only."""
+    return ("saelens", "sparsify") if architecture == "topk" else ("saelens",)
