@@ -116,3 +116,20 @@ def test_killed_training_resumes_to_the_same_weights(stack, client_module, harve
         diff = (b.state_dict()[name] - tensor).abs().max().item()
         assert diff <= 1e-6, (name, diff)
     assert client.manifest(job["id"])["result"]["tokens"] == client.manifest(reference["id"])["result"]["tokens"]
+
+
+def test_imported_sae_is_evaluated_and_a_wrong_d_in_fails_clearly(client_module, harvest_job, tmp_path):
+    from saeq.sae import SparseAutoencoder
+
+    client = client_module
+    model = harvest_job["spec"]["model"]
+    common = {"model": model, "hook": HOOK, "max_tokens": 1024, "sinks": {"exclude": False},
+              "corpus": {"source": "builtin", "name": "wiki-en", "first_doc": 5000}}
+    SparseAutoencoder(64, 256, "topk", k=4).save(tmp_path / "good", format="sparsify")
+    SparseAutoencoder(48, 256, "topk", k=4).save(tmp_path / "bad", format="saelens")
+    good = client.submit(EvaluateSpec(sae={"source": "path", "path": str(tmp_path / "good")}, **common))
+    bad = client.submit(EvaluateSpec(sae={"source": "path", "path": str(tmp_path / "bad")}, **common))
+    assert client.wait(good["id"], timeout=120)["progress"]["figures"]["l0"] == pytest.approx(4, abs=0.01)
+    failed = client.wait(bad["id"], timeout=120, raise_on_failure=False)
+    assert failed["state"] == "failed" and failed["error"]["code"] == "invalid_spec"
+    assert failed["error"]["field"] == "spec.sae" and "d_in=48" in failed["error"]["message"]
