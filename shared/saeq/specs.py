@@ -198,7 +198,7 @@ class SaeConfig(Frozen):
     dead_window_tokens: int = Field(default=262_144, ge=1, le=10_000_000_000)
     """A latent is dead when it has not fired in this many training tokens (AuxK's target and
     the `dead_fraction` figure)."""
-    lr: float = Field(default=2e-3, gt=0.0, le=1.0)
+    lr: float = Field(default=3e-3, gt=0.0, le=1.0)
     """Peak Adam learning rate (see TrainSpec for warmup and decay)."""
     normalize_decoder: bool = True
     """Keep decoder rows at unit norm: the gradient's component along each row is removed before
@@ -265,7 +265,7 @@ class TrainSpec(Frozen):
     activations: ActivationsRef
     saes: list[SaeConfig] = Field(default=[SaeConfig()], min_length=1, max_length=16)
     """The SAEs to train, each with its own architecture, width and learning rate."""
-    total_tokens: int = Field(default=2_457_600, gt=0, le=100_000_000_000)
+    total_tokens: int = Field(default=3_276_800, gt=0, le=100_000_000_000)
     """Training tokens (token-steps); when the harvest holds fewer ordinary tokens, the data is
     read again in new epochs, each in a new order (the result says how many epochs)."""
     batch_size: int = Field(default=4096, ge=16, le=1 << 20)

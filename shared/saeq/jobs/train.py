@@ -14,8 +14,10 @@ tokens (attention sinks excluded, see saeq.sinks) with mean(x) taken over that s
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -282,6 +284,8 @@ def train_saes(
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    elif device == "cpu":
+        _keep_freed_memory()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
                 else contextlib.nullcontext())
 
@@ -354,6 +358,22 @@ def train_saes(
         metrics[t.name] = measure(sae, validation, name=t.name, dead_fraction=t.dead_fraction(),
                                   device=device)
     return TrainResult(saes, metrics, tokens, step, wall, scale)
+
+
+def _keep_freed_memory() -> None:
+    """Make glibc keep freed blocks up to 32 MB in the heap instead of handing them back to the
+    OS: every step frees and reallocates gradients and activations of that size, and faulting
+    their pages in again costs ~7% of a TopK step on CPU. Process-wide, like the TF32 switch."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's largest; bigger blocks are mmapped
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TOP_PAD, 64 << 20)
 
 
 def _acts(item: Batch | Tensor) -> Tensor:
