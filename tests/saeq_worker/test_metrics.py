@@ -143,7 +143,8 @@ def test_two_prefork_children_are_counted_by_their_parent(worker_stack, tmp_path
     spec = HarvestSpec(model=ModelSpec(name=str(model)), hooks=["blocks.0.hook_resid_post"],
                        max_tokens=8192, context_len=32, batch_size=4, shard_tokens=2048)
     with Client(worker_stack.url, timeout=60) as client:
-        first = client.submit(spec)["id"]
+        # Long enough to still be running when the second, short job is handed out.
+        first = client.submit(spec.model_copy(update={"max_tokens": 65_536, "shard_tokens": 16_384}))["id"]
         # Once a child has taken the first job, the pool hands the second to the idle child.
         deadline = time.monotonic() + 60
         while client.get(first)["state"] == "queued":
