@@ -20,22 +20,16 @@ from saeq.jobs.evaluate import METRICS_VERSION, SinkReference, evaluate_sae
 from saeq.jobs.harvest import pack_contexts
 from saeq.sae import SparseAutoencoder
 from saeq.specs import EvaluateSpec, ModelSpec
-from saeq.store import MissingObject, ObjectStore
+from saeq.store import ObjectStore
 from saeq_worker.harvest import cached_model
-from saeq_worker.running import RunningJob
+from saeq_worker.running import RunningJob, read_published_manifest
 
 MANIFEST_FORMAT = "saeq.evaluate/1"
 
 
 def load_trained_sae(store: ObjectStore, job_id: str, name: str | None, *, field: str) -> tuple[SparseAutoencoder, str, dict]:
     """(SAE, its name, the train manifest) of a train job's output."""
-    try:
-        manifest = json.loads(store.get(keys.manifest(job_id)))
-    except MissingObject:
-        raise NotFound(f"train job {job_id} has published no SAEs (it does not exist or has not "
-                       "finished: list it in depends_on to wait for it)", field=f"{field}.job_id") from None
-    if manifest.get("kind") != "train":
-        raise InvalidSpec(f"job {job_id} is a {manifest.get('kind')} job, not a train job", field=f"{field}.job_id")
+    manifest = read_published_manifest(store, job_id, "train", field=field)
     name = name or next(iter(manifest["saes"]))
     if name not in manifest["saes"]:
         raise InvalidSpec(f"train job {job_id} has no SAE {name!r}; it has {sorted(manifest['saes'])}",

@@ -66,6 +66,25 @@ class RunningJob:
         self.registry.event(self.id, phase, message, **figures)
 
 
+def read_published_manifest(store: ObjectStore, job_id: str, kind: str, *, field: str) -> dict:
+    """The manifest of a `kind` job whose output this job reads; NotFound while it is unpublished."""
+    import json
+
+    from saeq import keys
+    from saeq.errors import InvalidSpec, NotFound
+    from saeq.store import MissingObject
+
+    try:
+        manifest = json.loads(store.get(keys.manifest(job_id)))
+    except MissingObject:
+        raise NotFound(f"{kind} job {job_id} has published no output (it does not exist, or it has "
+                       "not finished: list it in depends_on to wait for it)", field=f"{field}.job_id") from None
+    if manifest.get("kind") != kind:
+        raise InvalidSpec(f"job {job_id} is a {manifest.get('kind')} job, not a {kind} job",
+                          field=f"{field}.job_id")
+    return manifest
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 

@@ -11,24 +11,18 @@ from pathlib import Path
 
 import saeq
 from saeq import keys
-from saeq.errors import InvalidSpec, NotFound
+from saeq.errors import InvalidSpec
 from saeq.jobs.train import TrainProgress, TrainState, train_from_harvest
 from saeq.specs import TrainSpec
-from saeq.store import AlreadyExists, MissingObject, ObjectStore
-from saeq_worker.running import RunningJob
+from saeq.store import AlreadyExists, ObjectStore
+from saeq_worker.running import RunningJob, read_published_manifest
 
 MANIFEST_FORMAT = "saeq.train/1"
 
 
 def read_harvest_manifest(store: ObjectStore, job_id: str, hook: str, *, field: str) -> dict:
     """The published manifest of a harvest, checked to hold `hook`."""
-    try:
-        manifest = json.loads(store.get(keys.manifest(job_id)))
-    except MissingObject:
-        raise NotFound(f"harvest job {job_id} has published no activations (it does not exist, or it "
-                       "has not finished: list it in depends_on to wait for it)", field=f"{field}.job_id") from None
-    if manifest.get("kind") != "harvest":
-        raise InvalidSpec(f"job {job_id} is a {manifest.get('kind')} job, not a harvest", field=f"{field}.job_id")
+    manifest = read_published_manifest(store, job_id, "harvest", field=field)
     if hook not in manifest["hooks"]:
         raise InvalidSpec(f"harvest {job_id} has no hook {hook!r}; it has {sorted(manifest['hooks'])}",
                           field=f"{field}.hook")
