@@ -16,8 +16,13 @@ _db = itertools.count(1)
 
 
 def make_stack(tmp_path, redis_srv, s3_srv, **env) -> LocalStack:
+    import redis
+
+    url = f"{redis_srv.url.rsplit('/', 1)[0]}/{next(_db) % 16}"
+    # A database an earlier stack used may still hold its queued messages and job records.
+    redis.Redis.from_url(url).flushdb()
     opts = StackOptions(
-        home=tmp_path, port=free_port(), redis_url=f"{redis_srv.url.rsplit('/', 1)[0]}/{next(_db) % 16}",
+        home=tmp_path, port=free_port(), redis_url=url,
         store=f"s3://{s3_srv.bucket}", s3_endpoint=s3_srv.endpoint, s3_access_key=s3_srv.access_key,
         s3_secret_key=s3_srv.secret_key,
         # The hub is unreachable here: offline mode makes "not found" answer at once, not after retries.
