@@ -6,10 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from saeq.errors import ERROR_CODES
+
 
 class JobError(BaseModel):
-    code: Literal["invalid_spec", "not_found", "out_of_memory", "worker_lost", "cancelled",
-                  "upstream_failed", "store_error", "internal"]
+    code: Literal[ERROR_CODES]  # type: ignore[valid-type]
     field: str | None = None
     message: str
 

@@ -40,3 +40,20 @@ class WorkerLost(JobError):
 
 class StoreError(JobError):
     code = "store_error"
+
+
+class EndpointError(JobError):
+    """An LLM endpoint (explainer, judge) failed or answered something unusable."""
+
+    code = "endpoint_error"
+
+
+class TokenBudgetExhausted(JobError):
+    """The job's token budget is spent; more requests would cost money the user did not grant."""
+
+    code = "token_budget_exhausted"
+
+
+ERROR_CODES = ("invalid_spec", "not_found", "out_of_memory", "worker_lost", "cancelled", "upstream_failed",
+               "store_error", "endpoint_error", "token_budget_exhausted", "internal")
+"""Every code a failed job can carry (the API's JobError.code)."""

@@ -6,7 +6,10 @@ Layout:
   jobs/{job_id}/checkpoints/train-{tokens:012d}.pt  resumable state of a training job
   jobs/{job_id}/saes/{name}/{saelens,sparsify}/...  trained SAEs in SAELens's and sparsify's formats
   jobs/{job_id}/report/...                         an evaluation's metrics.json, plots, report.md
+  jobs/{job_id}/index/feature-index.safetensors    a label job's feature index (sparse activations)
+  jobs/{job_id}/labels/labels.jsonl                its labels and their scores
   uploads/{upload_id}/{filename}                   corpora uploaded through the API
+  cache/llm/{digest[:2]}/{digest}.json             an LLM endpoint's answer to one exact request
 Keys are write-once; a job's artifacts all live under its own prefix.
 """
 
@@ -16,6 +19,7 @@ import re
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _job(job_id: str) -> str:
@@ -62,6 +66,14 @@ def report_file(job_id: str, filename: str) -> str:
     return _job(job_id) + f"report/{filename}"
 
 
+def feature_index(job_id: str) -> str:
+    return _job(job_id) + "index/feature-index.safetensors"
+
+
+def labels_file(job_id: str) -> str:
+    return _job(job_id) + "labels/labels.jsonl"
+
+
 def upload_prefix(upload_id: str) -> str:
     if not _JOB_ID.match(upload_id):
         raise ValueError(f"not an upload id: {upload_id!r}")
@@ -72,6 +84,13 @@ def upload(upload_id: str, filename: str) -> str:
     if not _SAFE_NAME.match(filename) or ".." in filename:
         raise ValueError(f"unsafe file name {filename!r}")
     return upload_prefix(upload_id) + filename
+
+
+def llm_cache(digest: str) -> str:
+    """A cached LLM response, by the sha256 of its request; fanned out so no directory gets huge."""
+    if not _SHA256.match(digest):
+        raise ValueError(f"not a sha256 hex digest: {digest!r}")
+    return f"cache/llm/{digest[:2]}/{digest}.json"
 
 
 def job_of(key: str) -> str | None:
