@@ -105,6 +105,13 @@ def _tag(default: str):
     return Discriminator(tag)
 
 
+def _backend_tag(default: str):
+    """Discriminate on `backend`, taking `default` when it is left out."""
+    def tag(v):
+        return v.get("backend", default) if isinstance(v, dict) else getattr(v, "backend", default)
+    return Discriminator(tag)
+
+
 CorpusSpec = Annotated[Union[Annotated[BuiltinCorpus, Tag("builtin")], Annotated[HubCorpus, Tag("hf")],
                              Annotated[UploadCorpus, Tag("upload")]], _tag("builtin")]
 
@@ -379,9 +386,114 @@ class EvaluateSpec(Frozen):
         return self
 
 
-JobSpec = Annotated[Union[HarvestSpec, TrainSpec, EvaluateSpec], Field(discriminator="kind")]
+class LocalLLM(Frozen):
+    """A Hugging Face causal LM run on the worker, prompted few-shot (FIELD-NOTES: SmolLM2-135M
+    is a weak but honest offline fallback)."""
+
+    backend: Literal["local"] = "local"
+    model: ModelSpec = ModelSpec()
+    max_new_tokens: int = Field(default=24, ge=4, le=256)
+    """Tokens generated per label."""
+
+
+class EndpointLLM(Frozen):
+    """Any OpenAI-compatible chat endpoint (vLLM, a hosted API)."""
+
+    backend: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://", max_length=500)
+    """E.g. `http://vllm:8000/v1` or `https://api.openai.com/v1`."""
+    model: str = Field(min_length=1, max_length=200)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")
+    """Name of the environment variable on the worker that holds the key (mounted from a
+    Kubernetes secret); the key itself never goes into a spec."""
+    timeout_s: float = Field(default=60.0, gt=0.0, le=600.0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """Retries on rate limits, 5xx and connection errors, with backoff."""
+    token_budget: int | None = Field(default=2_000_000, gt=0)
+    """Stop (failed job, responses cached) once the endpoint has used this many tokens."""
+    max_concurrency: int = Field(default=4, ge=1, le=64)
+    max_new_tokens: int = Field(default=80, ge=4, le=2048)
+
+
+class MetadataLabeller(Frozen):
+    """No LLM: name a feature from the corpus metadata (titles, topics) of its top contexts."""
+
+    backend: Literal["metadata"]
+
+
+ExplainerSpec = Annotated[Union[Annotated[LocalLLM, Tag("local")], Annotated[EndpointLLM, Tag("openai")],
+                                Annotated[MetadataLabeller, Tag("metadata")]], _backend_tag("local")]
+JudgeSpec = Annotated[Union[Annotated[LocalLLM, Tag("local")], Annotated[EndpointLLM, Tag("openai")]],
+                      _backend_tag("local")]
+Scorer = Literal["detection", "fuzzing", "embedding"]
+
+
+class LabelSpec(Frozen):
+    """Index an SAE's features on held-out text, label them, and score each label."""
+
+    kind: Literal["label"] = "label"
+    sae: SaeRef
+    model: ModelSpec | None = None
+    """None: the model the SAE's harvest read (required for an imported SAE)."""
+    hook: str | None = None
+    """None: the hook point the SAE was trained on (required for an imported SAE)."""
+    corpus: CorpusSpec | None = None
+    """None: documents of the harvest's corpus that neither harvest nor training saw."""
+    context_len: int | None = Field(default=None, ge=8, le=32_768)
+    """None: the harvest's context length."""
+    index_tokens: int = Field(default=131_072, gt=0, le=100_000_000)
+    """Held-out tokens in the feature index (rounded up to whole contexts)."""
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    """Contexts per forward pass while indexing."""
+    features: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, max_length=1_000_000)
+    """Which features to label; None: the `n_most_active` most active (or all, when that is None)."""
+    n_most_active: int | None = Field(default=64, gt=0)
+    """When `features` is None: label the N features that fire most often; None: every feature
+    that fires at least `min_activating` times."""
+    min_activating: int = Field(default=4, ge=1)
+    """A feature needs this many activating contexts to be labelled and scored."""
+    explainers: list[ExplainerSpec] = Field(default=[LocalLLM(), MetadataLabeller(backend="metadata")],
+                                            min_length=1, max_length=4)
+    """Each writes its own label for every feature."""
+    judge: JudgeSpec | None = LocalLLM()
+    """The LLM that answers the detection and fuzzing questions; None: embedding scoring only."""
+    scorers: list[Scorer] = Field(default=["detection", "fuzzing", "embedding"], max_length=3)
+    n_explain_examples: int = Field(default=10, ge=1, le=100)
+    """Top-activating windows shown to an explainer."""
+    n_score_examples: int = Field(default=10, ge=2, le=200)
+    """Activating windows per scorer (from activation quantiles, none shown to the explainer);
+    as many silent windows are added."""
+    window_before: int = Field(default=12, ge=0, le=256)
+    """Tokens shown before a window's peak."""
+    window_after: int = Field(default=4, ge=0, le=256)
+    sinks: SinkRule = SinkRule()
+    seed: int = 0
+    """Seeds the choice of scoring windows (and the document order of a builtin corpus)."""
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_name(cls, name: str | None) -> str | None:
+        if name is not None:
+            hooks.parse(name)
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LabelSpec":
+        if isinstance(self.sae, ImportedSae):
+            missing = [f for f in ("model", "hook", "corpus") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"an imported SAE needs {', '.join(missing)}: there is no harvest to take "
+                                 "them from")
+        if self.judge is None and {"detection", "fuzzing"} & set(self.scorers):
+            raise ValueError("detection and fuzzing scorers need a judge")
+        if len(set(self.scorers)) != len(self.scorers):
+            raise ValueError("scorers: listed twice")
+        return self
+
+
+JobSpec = Annotated[Union[HarvestSpec, TrainSpec, LabelSpec, EvaluateSpec], Field(discriminator="kind")]
 JOB_KINDS = ("harvest", "train", "label", "evaluate", "steer")
-IMPLEMENTED_KINDS = ("harvest", "train", "evaluate")
+IMPLEMENTED_KINDS = ("harvest", "train", "label", "evaluate")
 
 
 class JobCreate(Frozen):
@@ -394,7 +506,7 @@ class JobCreate(Frozen):
     """Free text shown in listings."""
 
 
-def parse_spec(data: dict) -> HarvestSpec | TrainSpec | EvaluateSpec:
+def parse_spec(data: dict) -> HarvestSpec | TrainSpec | LabelSpec | EvaluateSpec:
     """Re-read a stored spec with the same class that validated it at the API edge."""
     from pydantic import TypeAdapter
 

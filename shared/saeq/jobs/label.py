@@ -1,0 +1,121 @@
+"""Label an SAE's features: pick them from the feature index, show each explainer the top windows,
+then score every label on windows the explainer never saw (saeq.scoring)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from saeq.errors import Cancelled, InvalidSpec
+from saeq.explainers import PROMPT_VERSION, Decode, Evidence, Explainer, Judge
+from saeq.features import Example, FeatureIndex
+from saeq.scoring import EmbeddingScorer, detection_items, fuzzing_items, judge_scores
+from saeq.specs import LabelSpec
+
+QUANTILE_BINS = 5
+FEATURES_PER_ROUND = 8  # features whose prompts are batched together
+
+
+@dataclass(frozen=True)
+class FeatureSample:
+    """One feature's windows: `top` for the explainers, `activating` and `silent` for scoring."""
+
+    feature: int
+    top: list[Example]
+    activating: list[Example]
+    silent: list[Example]
+
+
+def select_features(index: FeatureIndex, spec: LabelSpec) -> list[int]:
+    """The features to label: the spec's list, or the most active ones, each with at least
+    `min_activating` activating contexts."""
+    if spec.features is not None:
+        bad = [f for f in spec.features if f >= index.d_sae]
+        if bad:
+            raise InvalidSpec(f"features {bad[:5]} are not in 0..{index.d_sae - 1}", field="spec.features")
+        return list(dict.fromkeys(spec.features))
+    n_contexts = _activating_contexts(index)
+    density = index.density()
+    ranked = [f for f in density.argsort(descending=True).tolist() if n_contexts[f] >= spec.min_activating]
+    return ranked[:spec.n_most_active] if spec.n_most_active else ranked
+
+
+def _activating_contexts(index: FeatureIndex) -> torch.Tensor:
+    """(d_sae,) number of contexts in which each feature fires."""
+    T = index.token_ids_CT.shape[1]
+    feature_of = torch.repeat_interleave(torch.arange(index.d_sae), index.feature_ptr.diff())
+    pairs = torch.unique(feature_of * index.token_ids_CT.shape[0] + index.flat_pos.long() // T)
+    return torch.bincount(pairs // index.token_ids_CT.shape[0], minlength=index.d_sae)
+
+
+def sample_feature(index: FeatureIndex, feature: int, spec: LabelSpec) -> FeatureSample:
+    """Top windows, then scoring windows from the other activating contexts spread over
+    activation quantiles, and as many silent windows; seeded per feature."""
+    g = torch.Generator().manual_seed(spec.seed * 1_000_003 + feature)
+    w = {"before": spec.window_before, "after": spec.window_after}
+    top = index.top_examples(feature, spec.n_explain_examples, **w)
+    per_bin = math.ceil(spec.n_score_examples / QUANTILE_BINS)
+    bins = index.quantile_examples(feature, per_bin, QUANTILE_BINS, exclude={e.context for e in top},
+                                   generator=g, **w)
+    activating = _round_robin(bins)[:spec.n_score_examples]
+    silent = index.silent_examples(feature, len(activating), length=spec.window_before + spec.window_after + 1,
+                                   generator=g)
+    return FeatureSample(feature, top, activating, silent)
+
+
+def _round_robin(bins: list[list[Example]]) -> list[Example]:
+    """Interleave bins so a cut keeps every quantile represented."""
+    out = []
+    for i in range(max((len(b) for b in bins), default=0)):
+        out += [b[i] for b in bins if i < len(b)]
+    return out
+
+
+def label_features(
+    index: FeatureIndex, features: list[int], spec: LabelSpec, *, explainers: list[Explainer],
+    judge: Judge | None, embedder: EmbeddingScorer | None, decode: Decode,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+) -> list[dict]:
+    """One record per (feature, explainer): label, description, scores; the labels.jsonl rows."""
+    density, max_act = index.density(), index.max_act()
+    records: list[dict] = []
+    for r0 in range(0, len(features), FEATURES_PER_ROUND):
+        if should_stop():
+            raise Cancelled("labelling cancelled")
+        samples = [sample_feature(index, f, spec) for f in features[r0:r0 + FEATURES_PER_ROUND]]
+        evidence = [Evidence(s.feature, s.top) for s in samples]
+        for explainer in explainers:
+            explanations = explainer.explain(evidence)
+            scores = _score(samples, explanations, spec, judge, embedder, decode)
+            for s, e, sc in zip(samples, explanations, scores):
+                records.append({
+                    "feature": s.feature, "explainer": explainer.name, "label": e.label,
+                    "description": e.description, "scores": sc, "prompt_version": PROMPT_VERSION,
+                    "judge": judge.name if judge else None, "density": float(density[s.feature]),
+                    "max_activation": float(max_act[s.feature]), "n_top": len(s.top),
+                    "n_activating_scored": len(s.activating), "n_silent_scored": len(s.silent)})
+        on_progress(min(r0 + FEATURES_PER_ROUND, len(features)), len(features))
+    return records
+
+
+def _score(samples, explanations, spec, judge, embedder, decode) -> list[dict]:
+    out: list[dict] = [{} for _ in samples]
+    scorable = [i for i, s in enumerate(samples) if s.activating and s.silent]
+    for kind in spec.scorers:
+        if kind == "embedding":
+            for i in scorable:
+                s = samples[i]
+                out[i]["embedding"] = embedder.score(explanations[i], s.activating, s.silent, decode).to_dict()
+            continue
+        batch = [detection_items(explanations[i], samples[i].activating, samples[i].silent, decode)
+                 if kind == "detection" else
+                 fuzzing_items(explanations[i], samples[i].activating, decode,
+                               torch.Generator().manual_seed(spec.seed * 1_000_003 + samples[i].feature + 1))
+                 for i in scorable]
+        for i, sc in zip(scorable, judge_scores(judge, kind, batch)):
+            out[i][kind] = sc.to_dict()
+    return out
