@@ -55,7 +55,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         errors = []
         for e in exc.errors():
             loc = [str(p) for p in e["loc"] if p not in ("body",)]
-            loc = [p for p in loc if p not in _UNION_TAGS]  # drop the union branch name
+            # Drop union branch names; a tag is never the last part (a field follows it), while a
+            # field may share a tag's name (ImportedSae's `path`).
+            loc = [p for i, p in enumerate(loc) if not (p in _UNION_TAGS and i + 1 < len(loc))]
             errors.append({"loc": e["loc"], "field": ".".join(loc), "msg": e["msg"], "type": e["type"]})
         return JSONResponse(status_code=422, content={"detail": errors})
 
@@ -75,7 +77,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     return app
 
 
-_UNION_TAGS = {"harvest", "train", "label", "evaluate", "steer", "builtin", "hf", "upload"}
+_UNION_TAGS = {"harvest", "train", "label", "evaluate", "steer", "builtin", "hf", "upload", "job", "path",
+               "local", "openai", "metadata"}
 
 
 async def _reap_forever(svc: Services) -> None:

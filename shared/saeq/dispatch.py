@@ -13,7 +13,7 @@ from saeq.config import PlatformSettings
 
 QUEUES = ("gpu", "cpu")
 # Which queue a job kind goes to. GPU work: anything that runs the language model or trains.
-KIND_QUEUE = {"harvest": "gpu", "train": "gpu", "evaluate": "gpu", "steer": "gpu", "label": "cpu"}
+KIND_QUEUE = {"harvest": "gpu", "train": "gpu", "evaluate": "gpu", "steer": "gpu", "label": "gpu"}
 
 
 def task_name(kind: str) -> str:

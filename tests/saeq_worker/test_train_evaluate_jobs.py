@@ -9,27 +9,10 @@ import torch
 
 from saeq import keys
 from saeq.client import ApiError
-from saeq.specs import EvaluateSpec, HarvestSpec, ModelSpec, SaeConfig, TrainedSae, TrainSpec
-from tests.tiny_model import save_tiny_llama
+from saeq.specs import EvaluateSpec, HarvestSpec, SaeConfig, TrainedSae, TrainSpec
+from tests.saeq_worker.conftest import HOOK
 
 pytestmark = pytest.mark.integration
-HOOK = "blocks.1.hook_resid_post"
-
-
-@pytest.fixture(scope="module")
-def harvest_job(client_module, tmp_path_factory):
-    model_dir = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), n_layers=3, d_model=64)
-    spec = HarvestSpec(model=ModelSpec(name=str(model_dir)), hooks=[HOOK], max_tokens=24_576,
-                       context_len=64, batch_size=8, shard_tokens=4096)
-    return client_module.wait(client_module.submit(spec)["id"], timeout=180)
-
-
-@pytest.fixture(scope="module")
-def client_module(stack):
-    from saeq.client import Client
-
-    with Client(stack.url, timeout=60) as c:
-        yield c
 
 
 def _train_spec(harvest_id: str, **kw) -> TrainSpec:

@@ -8,6 +8,7 @@ import json
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,6 +42,50 @@ def load_trained_sae(store: ObjectStore, job_id: str, name: str | None, *, field
         return SparseAutoencoder.load(tmp), name, manifest
 
 
+@dataclass
+class SaeContext:
+    """An SAE and what it reads: model, hook point, held-out corpus, context length, sink rule."""
+
+    sae: SparseAutoencoder
+    name: str
+    model: ModelSpec
+    hook: str
+    corpus: object
+    context_len: int
+    sink_info: dict | None
+    provenance: dict
+
+
+def sae_context(spec, store: ObjectStore) -> SaeContext:
+    """For a spec with `sae`, `model`, `hook`, `corpus` and `context_len` (evaluate, label): what
+    the spec names, falling back to the SAE's train and harvest manifests."""
+    if spec.sae.source == "job":
+        sae, name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
+        harvest = train["harvest"]
+        model = spec.model or ModelSpec(**{k: harvest["model"].get(k) for k in ("name", "revision", "gguf_file", "dtype")})
+        return SaeContext(sae, name, model, spec.hook or harvest["hook"],
+                          spec.corpus or held_out_corpus(harvest["corpus"]),
+                          spec.context_len or harvest["context_len"], harvest["sinks"],
+                          {"source": "job", "job_id": spec.sae.job_id, "name": name,
+                           "architecture": sae.architecture, "d_sae": sae.d_sae})
+    path = Path(spec.sae.path)
+    if not path.is_dir():
+        raise NotFound(f"no SAE directory {path} on the worker", field="spec.sae.path")
+    sae = SparseAutoencoder.load(path)
+    return SaeContext(sae, path.name, spec.model, spec.hook, spec.corpus, spec.context_len or 128, None,
+                      {"source": "path", "path": str(path), "architecture": sae.architecture, "d_sae": sae.d_sae})
+
+
+def sink_reference(spec, sink_info: dict | None) -> SinkReference | None:
+    """The sink rule to apply, or None when the spec turns it off."""
+    if not spec.sinks.exclude:
+        return None
+    if sink_info is None:
+        raise InvalidSpec("an imported SAE has no harvest to take the sink rule's median norm "
+                          "from; set sinks.exclude=false or use a trained SAE", field="spec.sinks")
+    return SinkReference(sink_info["median_norm"], spec.sinks.norm_factor or sink_info["norm_factor"])
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -54,33 +99,13 @@ def run_evaluate(job: RunningJob, *, cache_dir: str) -> str:
     spec: EvaluateSpec = job.spec
     store = job.store
     job.report(0.0, "loading", "SAE and model", force=True)
-    if spec.sae.source == "job":
-        sae, sae_name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
-        harvest = train["harvest"]
-        model_spec = spec.model or ModelSpec(**{k: harvest["model"].get(k) for k in ("name", "revision", "gguf_file", "dtype")})
-        hook = spec.hook or harvest["hook"]
-        context_len = spec.context_len or harvest["context_len"]
-        sink_info = harvest["sinks"]
-        corpus = spec.corpus or held_out_corpus(harvest["corpus"])
-        provenance_sae = {"source": "job", "job_id": spec.sae.job_id, "name": sae_name,
-                          "architecture": sae.architecture, "d_sae": sae.d_sae}
-    else:
-        path = Path(spec.sae.path)
-        if not path.is_dir():
-            raise NotFound(f"no SAE directory {path} on the worker", field="spec.sae.path")
-        sae, sae_name = SparseAutoencoder.load(path), path.name
-        model_spec, hook, corpus = spec.model, spec.hook, spec.corpus
-        context_len, sink_info = spec.context_len or 128, None
-        provenance_sae = {"source": "path", "path": str(path), "architecture": sae.architecture, "d_sae": sae.d_sae}
+    ctx = sae_context(spec, store)
+    sae, sae_name, model_spec, hook, corpus = ctx.sae, ctx.name, ctx.model, ctx.hook, ctx.corpus
+    context_len, sink_info, provenance_sae = ctx.context_len, ctx.sink_info, ctx.provenance
     lm = cached_model(model_spec, job.device, cache_dir)
     job.check()
 
-    sinks = None
-    if spec.sinks.exclude:
-        if sink_info is None:
-            raise InvalidSpec("an imported SAE has no harvest to take the sink rule's median norm "
-                              "from; set sinks.exclude=false or evaluate a trained SAE", field="spec.sinks")
-        sinks = SinkReference(sink_info["median_norm"], spec.sinks.norm_factor or sink_info["norm_factor"])
+    sinks = sink_reference(spec, sink_info)
 
     docs = iter_documents(corpus, seed=spec.seed, store=store)
     contexts = itertools.islice(pack_contexts(docs, lm.tokenizer, context_len=context_len,

@@ -58,3 +58,10 @@ def evaluate(job_id: str, dispatch_id: str) -> None:
     from saeq_worker.evaluate import run_evaluate
 
     _run(job_id, dispatch_id, lambda job: run_evaluate(job, cache_dir=settings.cache_dir))
+
+
+@app.task(name=task_name("label"))
+def label(job_id: str, dispatch_id: str) -> None:
+    from saeq_worker.label import run_label
+
+    _run(job_id, dispatch_id, lambda job: run_label(job, cache_dir=settings.cache_dir))

@@ -1,0 +1,26 @@
+"""A harvest of a tiny Llama, once per module, and a client of the module's stack."""
+
+from __future__ import annotations
+
+import pytest
+
+from saeq.specs import HarvestSpec, ModelSpec
+from tests.tiny_model import save_tiny_llama
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def harvest_job(client_module, tmp_path_factory):
+    model_dir = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), n_layers=3, d_model=64)
+    spec = HarvestSpec(model=ModelSpec(name=str(model_dir)), hooks=[HOOK], max_tokens=24_576,
+                       context_len=64, batch_size=8, shard_tokens=4096)
+    return client_module.wait(client_module.submit(spec)["id"], timeout=180)
+
+
+@pytest.fixture(scope="module")
+def client_module(stack):
+    from saeq.client import Client
+
+    with Client(stack.url, timeout=60) as c:
+        yield c

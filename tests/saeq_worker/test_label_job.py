@@ -1,0 +1,84 @@
+"""Label jobs through the API and a real worker: harvest -> train -> label, labels.jsonl and the
+feature index in the store; an OpenAI-compatible endpoint as explainer and judge, failing or not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saeq import keys
+from saeq.client import ApiError
+from saeq.specs import LabelSpec, SaeConfig, TrainSpec
+from tests.saeq_worker.conftest import HOOK
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def train_job(client_module, harvest_job):
+    spec = TrainSpec(activations={"job_id": harvest_job["id"], "hook": HOOK},
+                     saes=[SaeConfig(name="topk", d_sae=256, k=8)], batch_size=512,
+                     total_tokens=30_720, validation_tokens=2048)
+    return client_module.wait(client_module.submit(spec)["id"], timeout=300)
+
+
+def _answer(request: dict) -> str:
+    user = request["messages"][-1]["content"]
+    if user.startswith("Excerpts:"):
+        return "Label: tiny pattern\nDescription: Whatever the tiny model's feature marks."
+    return "Yes" if "Text:" in user else "No"
+
+
+def test_train_then_label_with_local_metadata_and_endpoint(client_module, harvest_job, train_job, openai_server,
+                                                           tmp_path):
+    client = client_module
+    server = openai_server(_answer)
+    spec = LabelSpec(
+        sae={"job_id": train_job["id"], "name": "topk"}, index_tokens=4096, n_most_active=6,
+        explainers=[{"backend": "local", "model": harvest_job["spec"]["model"], "max_new_tokens": 6},
+                    {"backend": "metadata"},
+                    {"backend": "openai", "base_url": server.base_url, "model": "judge-model"}],
+        judge={"backend": "openai", "base_url": server.base_url, "model": "judge-model"},
+        n_explain_examples=4, n_score_examples=4)
+    done = client.wait(client.submit(spec)["id"], timeout=300)
+    manifest = client.manifest(done["id"])
+    assert manifest["n_features"] == 6 and manifest["index"]["n_sinks"] > 0
+    files = client.download(done["id"], tmp_path, prefix="labels/")
+    assert [f.name for f in files] == ["labels.jsonl"]
+    records = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert len(records) == 6 * 3
+    assert {r["explainer"] for r in records} == {f"local:{harvest_job['spec']['model']['name']}", "metadata",
+                                                 "openai:judge-model"}
+    for r in records:
+        assert r["label"] and r["description"] and r["judge"] == "openai:judge-model"
+        assert set(r["scores"]) == {"detection", "fuzzing", "embedding"}
+        assert r["scores"]["detection"]["balanced_accuracy"] == 0.5  # a judge that always says yes
+    assert {r["label"] for r in records if r["explainer"] == "openai:judge-model"} == {"tiny pattern"}
+    arts = {a["key"] for a in client.artifacts(done["id"])["artifacts"]}
+    assert keys.feature_index(done["id"]) in arts
+
+
+def test_a_failing_endpoint_fails_the_job_with_the_reason(client_module, train_job, openai_server):
+    server = openai_server(lambda req: (500, {"error": {"message": "GPU fell off the bus"}}))
+    spec = LabelSpec(sae={"job_id": train_job["id"]}, index_tokens=2048, n_most_active=2,
+                     explainers=[{"backend": "openai", "base_url": server.base_url, "model": "m",
+                                  "max_retries": 0}],
+                     judge=None, scorers=["embedding"], n_explain_examples=2, n_score_examples=2)
+    failed = client_module.wait(client_module.submit(spec)["id"], timeout=300, raise_on_failure=False)
+    assert failed["state"] == "failed" and failed["error"]["code"] == "endpoint_error"
+    assert "GPU fell off the bus" in failed["error"]["message"] and "500" in failed["error"]["message"]
+    assert not client_module.artifacts(failed["id"])["artifacts"] or \
+        keys.manifest(failed["id"]) not in {a["key"] for a in client_module.artifacts(failed["id"])["artifacts"]}
+
+
+def test_bad_label_specs_are_refused_at_submit(client_module, harvest_job):
+    with pytest.raises(ApiError) as e:
+        client_module.submit(LabelSpec(sae={"job_id": harvest_job["id"]}))
+    assert e.value.status == 422 and "is a harvest job, not a train job" in str(e.value)
+    with pytest.raises(ApiError) as e:
+        client_module.submit({"kind": "label", "sae": {"job_id": "0" * 32}, "explainers": [{"backend": "gpt"}]})
+    assert e.value.status == 422 and "spec.explainers" in str(e.value)
+    with pytest.raises(ApiError) as e:
+        client_module.submit({"kind": "label", "sae": {"job_id": "0" * 32}, "judge": None})
+    assert e.value.status == 422 and "need a judge" in str(e.value)

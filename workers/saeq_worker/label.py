@@ -1,0 +1,163 @@
+"""The I/O around `saeq.jobs.label`: the SAE and its held-out text, the feature index (stored, and
+reused when the job is retried), the explainers and judge the spec names, labels.jsonl, and the
+manifest last."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import time
+
+import torch
+
+from saeq import keys
+from saeq.corpus import document_info, iter_documents
+from saeq.errors import InvalidSpec
+from saeq.explainers import (PROMPT_VERSION, EndpointExplainer, EndpointJudge, LocalExplainer, LocalJudge,
+                             LocalLLM, MetadataExplainer)
+from saeq.features import FeatureIndex, build_feature_index
+from saeq.jobs.harvest import pack_contexts
+from saeq.jobs.label import label_features, select_features
+from saeq.llm import ChatEndpoint, ResponseCache
+from saeq.scoring import EmbeddingScorer
+from saeq.specs import EndpointLLM, LabelSpec, LocalLLM as LocalLLMSpec
+from saeq_worker.evaluate import sae_context, sink_reference
+from saeq_worker.harvest import cached_model
+from saeq_worker.running import RunningJob
+
+MANIFEST_FORMAT = "saeq.label/1"
+
+
+def run_label(job: RunningJob, *, cache_dir: str) -> str:
+    spec: LabelSpec = job.spec
+    store = job.store
+    job.report(0.0, "loading", "SAE and model", force=True)
+    ctx = sae_context(spec, store)
+    lm = cached_model(ctx.model, job.device, cache_dir)
+    sinks = sink_reference(spec, ctx.sink_info)
+    job.check()
+
+    index_key = keys.feature_index(job.id)
+    if store.exists(index_key):  # a retried job: the index of the earlier attempt is complete
+        index = FeatureIndex.from_bytes(store.get(index_key))
+    else:
+        index = _build_index(job, spec, ctx, lm, sinks)
+        meta = {"hook": ctx.hook, "sae": json.dumps(ctx.provenance), "context_len": str(ctx.context_len)}
+        store.put(index_key, index.to_bytes(meta), content_type="application/octet-stream")
+    features = select_features(index, spec)
+    if not features:
+        raise InvalidSpec(f"no feature fires in {spec.min_activating} or more of the "
+                          f"{index.token_ids_CT.shape[0]} indexed contexts; index more tokens",
+                          field="spec.index_tokens")
+    job.check()
+
+    decode = _decoder(lm.tokenizer)
+    models = {ctx.model: lm}
+
+    def local_llm(s: LocalLLMSpec) -> LocalLLM:
+        if s.model not in models:
+            models[s.model] = cached_model(s.model, job.device, cache_dir)
+        return LocalLLM(models[s.model])
+
+    explainers = []
+    for i, e in enumerate(spec.explainers):
+        if e.backend == "metadata":
+            explainers.append(MetadataExplainer(
+                lambda ids: document_info(ctx.corpus, ids, store=store), decode))
+        elif e.backend == "local":
+            explainers.append(LocalExplainer(local_llm(e), decode, e.max_new_tokens, f"local:{e.model.name}"))
+        else:
+            explainers.append(EndpointExplainer(_endpoint(e, store, f"spec.explainers[{i}]"), decode,
+                                                e.max_new_tokens, f"openai:{e.model}"))
+    judge = None
+    if spec.judge is not None and spec.judge.backend == "local":
+        judge = LocalJudge(local_llm(spec.judge), f"local:{spec.judge.model.name}")
+    elif spec.judge is not None:
+        judge = EndpointJudge(_endpoint(spec.judge, store, "spec.judge"), f"openai:{spec.judge.model}")
+    embedder = EmbeddingScorer(device=str(lm.device)) if "embedding" in spec.scorers else None
+
+    t0 = time.monotonic()
+    records = label_features(
+        index, features, spec, explainers=explainers, judge=judge, embedder=embedder, decode=decode,
+        should_stop=job.should_stop,
+        on_progress=lambda done, total: job.report(0.5 + 0.5 * done / total, "label", f"{done}/{total} features",
+                                                   features_done=done,
+                                                   features_per_min=60 * done / max(time.monotonic() - t0, 1e-9)))
+    job.check()
+
+    labels_key = keys.labels_file(job.id)
+    store.put(labels_key, "".join(json.dumps(r) + "\n" for r in records).encode(),
+              content_type="application/x-ndjson")
+    summary = summarize(records)
+    manifest = {"format": MANIFEST_FORMAT, "kind": "label", "job_id": job.id, "created_at": time.time(),
+                "spec": spec.model_dump(mode="json"), "sae": ctx.provenance, "model": lm.provenance,
+                "hook": ctx.hook, "corpus": _jsonable(ctx.corpus), "prompt_version": PROMPT_VERSION,
+                "sink_rule": None if sinks is None else {"median_norm": sinks.median_norm,
+                                                         "norm_factor": sinks.norm_factor},
+                "index": {"key": index_key, "n_contexts": index.token_ids_CT.shape[0],
+                          "context_len": index.token_ids_CT.shape[1], "n_ordinary_tokens": index.n_ordinary,
+                          "n_sinks": int(index.sinks_CT.sum()), "nnz": index.values.numel()},
+                "labels_key": labels_key, "n_features": len(features), "summary": summary,
+                "labelling_s": time.monotonic() - t0}
+    key = keys.manifest(job.id)
+    store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    job.report(1.0, "done", f"{len(features)} features labelled by {len(explainers)} explainer(s)", force=True)
+    return key
+
+
+def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureIndex:
+    docs = iter_documents(ctx.corpus, seed=spec.seed, store=job.store)
+    contexts = itertools.islice(pack_contexts(docs, lm.tokenizer, context_len=ctx.context_len,
+                                              prepend_bos=False, doc_separator="\n\n"),
+                                -(-spec.index_tokens // ctx.context_len))
+
+    def batches():
+        while chunk := list(itertools.islice(contexts, spec.batch_size)):
+            yield torch.tensor([ids for ids, _ in chunk]), torch.tensor([docs for _, docs in chunk])
+
+    t0 = time.monotonic()
+    return build_feature_index(
+        ctx.sae, lm, ctx.hook, batches(), sinks=sinks, should_stop=job.should_stop,
+        on_batch=lambda n: job.report(0.5 * n / spec.index_tokens, "index", f"{n:,} tokens", tokens=n,
+                                      tokens_per_s=n / max(time.monotonic() - t0, 1e-9)))
+
+
+def _endpoint(e: EndpointLLM, store, field: str) -> ChatEndpoint:
+    key = None
+    if e.api_key_env:
+        key = os.environ.get(e.api_key_env)
+        if not key:
+            raise InvalidSpec(f"the worker has no environment variable {e.api_key_env} (mount the key's "
+                              "secret into the worker)", field=f"{field}.api_key_env")
+    return ChatEndpoint(e.base_url, e.model, api_key=key, timeout_s=e.timeout_s, max_retries=e.max_retries,
+                        token_budget=e.token_budget, cache=ResponseCache(store),
+                        max_concurrency=e.max_concurrency)
+
+
+def _decoder(tokenizer):
+    @functools.lru_cache(maxsize=None)
+    def piece(token_id: int) -> str:
+        return tokenizer.decode([token_id])
+
+    return lambda ids: [piece(int(i)) for i in ids]
+
+
+def summarize(records: list[dict]) -> dict:
+    """Per explainer: features labelled and the mean of each score (over features scored)."""
+    out: dict[str, dict] = {}
+    for r in records:
+        s = out.setdefault(r["explainer"], {"n_features": 0, "scores": {}})
+        s["n_features"] += 1
+        for scorer, sc in r["scores"].items():
+            for metric, v in sc.items():
+                if metric != "n" and v is not None:
+                    s["scores"].setdefault(scorer, {}).setdefault(metric, []).append(v)
+    for s in out.values():
+        s["scores"] = {k: {m: sum(v) / len(v) for m, v in ms.items()} for k, ms in s["scores"].items()}
+    return out
+
+
+def _jsonable(corpus) -> dict:
+    return corpus.model_dump(mode="json") if hasattr(corpus, "model_dump") else dict(corpus)
