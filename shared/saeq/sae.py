@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -404,10 +405,19 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
+def stable_order(latents: Tensor, d_sae: int) -> Tensor:
+    """torch.argsort(latents, stable=True). On CPU, numpy's radix sort on int16 keys: about 1 ms
+    for 131k entries, where torch 2.13's CPU sort takes about 190 ms (bench/train.py's shape)."""
+    if latents.device.type != "cpu":
+        return torch.argsort(latents, stable=True)
+    keys = latents.detach().numpy().astype(np.int16 if d_sae <= np.iinfo(np.int16).max else np.int32)
+    return torch.from_numpy(np.argsort(keys, kind="stable"))
+
+
 def _by_latent(latents: Tensor, rows: Tensor, values: Tensor, d_sae: int, n_rows: int) -> Tensor:
     """The (d_sae, n_rows) CSR matrix with `values` at (latents, rows): entries grouped by latent,
     so S @ dense sums each latent's entries without scattering."""
-    order = torch.argsort(latents, stable=True)
+    order = stable_order(latents, d_sae)
     crow = torch.zeros(d_sae + 1, dtype=torch.long, device=latents.device)
     crow[1:] = torch.bincount(latents, minlength=d_sae).cumsum(0)
     return _csr(crow, rows[order], values[order], (d_sae, n_rows))
