@@ -19,7 +19,7 @@ from torch import Tensor
 from saeq.errors import Cancelled, InvalidSpec
 from saeq.jobs.evaluate import SinkReference
 from saeq.models import LoadedModel
-from saeq.sae import SparseAutoencoder
+from saeq.sae import SparseAutoencoder, stable_order
 from saeq.sinks import sink_mask
 from saeq.splice import splice
 
@@ -219,7 +219,7 @@ def build_feature_index(
 def _assemble(ids_parts, doc_parts, sink_parts, pos_parts, feat_parts, val_parts, d_sae: int) -> FeatureIndex:
     """Concatenate batches and group the non-zeros by feature."""
     feats = torch.cat(feat_parts)
-    order = torch.argsort(feats, stable=True)
+    order = stable_order(feats, d_sae)
     ptr = torch.zeros(d_sae + 1, dtype=torch.int64)
     ptr[1:] = torch.bincount(feats, minlength=d_sae).cumsum(0)
     return FeatureIndex(torch.cat(ids_parts).to(torch.int32), torch.cat(doc_parts).to(torch.int32),

@@ -45,10 +45,11 @@ def select_features(index: FeatureIndex, spec: LabelSpec) -> list[int]:
 
 def _activating_contexts(index: FeatureIndex) -> torch.Tensor:
     """(d_sae,) number of contexts in which each feature fires."""
-    T = index.token_ids_CT.shape[1]
+    C, T = index.token_ids_CT.shape
     feature_of = torch.repeat_interleave(torch.arange(index.d_sae), index.feature_ptr.diff())
-    pairs = torch.unique(feature_of * index.token_ids_CT.shape[0] + index.flat_pos.long() // T)
-    return torch.bincount(pairs // index.token_ids_CT.shape[0], minlength=index.d_sae)
+    fires = torch.zeros(index.d_sae * C, dtype=torch.bool)  # (feature, context) pairs, no sort needed
+    fires[feature_of * C + index.flat_pos.long() // T] = True
+    return fires.view(index.d_sae, C).sum(1)
 
 
 def sample_feature(index: FeatureIndex, feature: int, spec: LabelSpec) -> FeatureSample:
