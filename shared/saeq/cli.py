@@ -197,6 +197,26 @@ def report(ctx, job_id) -> None:
 
 
 @main.command()
+@click.argument("job_id")
+@click.option("--limit", default=50, show_default=True, help="Features shown.")
+@click.pass_context
+def labels(ctx, job_id, limit) -> None:
+    """Print a label job's labels and their detection scores, per explainer."""
+    from saeq.report import labels_summary, labels_table
+
+    client = _client(ctx)
+    try:
+        manifest = client.manifest(job_id)
+        if manifest.get("kind") != "label":
+            raise click.ClickException(f"job {job_id} is a {manifest.get('kind')} job; `labels` reads label jobs")
+        records = client.labels(job_id)
+    except ApiError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(labels_table(records, limit=limit))
+    click.echo("\n" + labels_summary(manifest["summary"]))
+
+
+@main.command()
 @click.option("--tokens", default=262_144, show_default=True, help="Harvest token budget.")
 @click.option("--train-tokens", default=2_457_600, show_default=True, help="SAE training tokens (token-steps).")
 @click.option("--home", type=click.Path(path_type=Path), default=None)

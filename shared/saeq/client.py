@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import time
 from pathlib import Path
@@ -154,6 +156,20 @@ class Client:
                         f.write(chunk)
             out.append(target)
         return out
+
+    def read(self, job_id: str, path: str) -> bytes:
+        """One artifact's bytes, by its path relative to the job (e.g. `labels/labels.jsonl`)."""
+        key = f"jobs/{job_id}/{path}"
+        art = next((a for a in self.artifacts(job_id)["artifacts"] if a["key"] == key), None)
+        if art is None:
+            raise ApiError(404, f"job {job_id} has no artifact {path}")
+        resp = httpx.get(art["url"], timeout=self.http.timeout)
+        resp.raise_for_status()
+        return resp.content
+
+    def labels(self, job_id: str) -> list[dict]:
+        """A label job's labels.jsonl: one dict per (feature, explainer)."""
+        return [json.loads(line) for line in self.read(job_id, "labels/labels.jsonl").splitlines() if line.strip()]
 
     def manifest(self, job_id: str) -> dict:
         arts = self.artifacts(job_id)

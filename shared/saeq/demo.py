@@ -8,13 +8,13 @@ from pathlib import Path
 
 from saeq.client import Client
 from saeq.local_stack import LocalStack, StackOptions, free_port, saeq_home
-from saeq.report import summary_table
-from saeq.specs import EvaluateSpec, HarvestSpec, SaeConfig, TrainedSae, TrainSpec
+from saeq.report import labels_summary, labels_table, summary_table
+from saeq.specs import EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainedSae, TrainSpec
 
 HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]
 
 
-def run_demo(*, tokens: int, train_tokens: int, home: Path | None = None) -> dict:
+def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, home: Path | None = None) -> dict:
     home = home or saeq_home() / "demo"
     with LocalStack(StackOptions(home=home, port=free_port())) as stack:
         print(f"local stack up: API {stack.url} (docs {stack.url}/docs), logs in {stack.logs}")
@@ -27,26 +27,39 @@ def run_demo(*, tokens: int, train_tokens: int, home: Path | None = None) -> dic
             depends_on=[harvest["id"]], name="demo: TopK SAE, 8x width, k=32")
         evaluate = client.submit(EvaluateSpec(sae=TrainedSae(job_id=train["id"])), depends_on=[train["id"]],
                                  name="demo: evaluate on held-out articles")
-        print(f"submitted harvest {harvest['id']}, train {train['id']}, evaluate {evaluate['id']}")
+        label = client.submit(LabelSpec(sae=TrainedSae(job_id=train["id"]), n_most_active=label_features,
+                                        index_tokens=65_536, n_score_examples=8),
+                              depends_on=[train["id"]], name="demo: label the most active features")
+        print(f"submitted harvest {harvest['id']}, train {train['id']}, evaluate {evaluate['id']}, "
+              f"label {label['id']}")
 
-        print(f"\n[1/3] harvest: {tokens:,} tokens of {HOOK} (layer 15) of SmolLM2-135M-Instruct")
+        print(f"\n[1/4] harvest: {tokens:,} tokens of {HOOK} (layer 15) of SmolLM2-135M-Instruct")
         job = client.wait(harvest["id"], progress=True)
         manifest = client.manifest(job["id"])
         _print_harvest(job, manifest, stack)
 
-        print(f"\n[2/3] train: TopK SAE, 4,608 latents, k=32, {train_tokens:,} tokens")
+        print(f"\n[2/4] train: TopK SAE, 4,608 latents, k=32, {train_tokens:,} tokens")
         job = client.wait(train["id"], progress=True)
         trained = client.manifest(job["id"])
         _print_train(job, trained)
 
-        print("\n[3/3] evaluate: held-out articles, SAE spliced into the model")
+        print("\n[3/4] evaluate: held-out articles, SAE spliced into the model")
         job = client.wait(evaluate["id"], progress=True)
         report = client.manifest(job["id"])
         print(summary_table(report["metrics"]))
         c = report["counts"]
         print(f"{c['n_ordinary']:,} ordinary held-out tokens; {c['n_sinks_excluded']:,} attention sinks left out "
               f"and kept clean\nreport: {_where(stack, report['report_key'])}")
-        return {"harvest": manifest, "train": trained, "evaluate": report}
+
+        print(f"\n[4/4] label: the {label_features} most active features, by SmolLM2 (few-shot) and by "
+              "article metadata; each label scored on windows its explainer never saw")
+        job = client.wait(label["id"], progress=True)
+        labelled = client.manifest(job["id"])
+        print(labels_table(client.labels(job["id"])))
+        print(labels_summary(labelled["summary"]))
+        print(f"detection: balanced accuracy and AUC of the judge (SmolLM2) telling activating from silent "
+              f"windows given the label; 0.5 is chance.\nlabels: {_where(stack, labelled['labels_key'])}")
+        return {"harvest": manifest, "train": trained, "evaluate": report, "label": labelled}
 
 
 def _where(stack: LocalStack, key: str) -> str:

@@ -93,3 +93,46 @@ def summary_table(metrics: dict[str, float]) -> str:
     width = max(len(label) for _, label, _ in HEADLINE)
     return "\n".join(f"{label:<{width}}  {fmt.format(metrics[key])}" for key, label, fmt in HEADLINE
                      if key in metrics)
+
+
+def labels_table(records: list[dict], *, limit: int | None = None) -> str:
+    """Feature | density | for each explainer: its label and detection score (balanced accuracy
+    and AUC; 0.5 is chance)."""
+    explainers = list(dict.fromkeys(r["explainer"] for r in records))
+    by_feature: dict[int, dict[str, dict]] = {}
+    for r in records:
+        by_feature.setdefault(r["feature"], {})[r["explainer"]] = r
+    header = ["feature", "density"]
+    for e in explainers:
+        header += [f"label ({e})", "detection bal.acc / AUC"]
+    rows = []
+    for f, rs in list(by_feature.items())[:limit]:
+        row = [str(f), f"{next(iter(rs.values()))['density']:.2%}"]
+        for e in explainers:
+            r = rs.get(e)
+            det = (r or {}).get("scores", {}).get("detection")
+            row += [_clip(r["label"], 32) if r else "-",
+                    f"{_num(det['balanced_accuracy'])} / {_num(det['auc'])}" if det else "-"]
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)),
+             "-+-".join("-" * w for w in widths)]
+    lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def labels_summary(summary: dict) -> str:
+    """One line per explainer: mean scores over its labelled features."""
+    out = []
+    for e, s in summary.items():
+        parts = [f"{k} " + " ".join(f"{m}={v:.3f}" for m, v in ms.items()) for k, ms in s["scores"].items()]
+        out.append(f"{e}: {s['n_features']} features; mean " + "; ".join(parts))
+    return "\n".join(out)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
