@@ -12,3 +12,5 @@ class ApiSettings(PlatformSettings):
     """How often the API looks for running jobs whose worker was lost."""
     max_upload_bytes: int = 512 << 20
     """Largest corpus file accepted by `POST /v1/uploads`."""
+    live_timeout_s: float = Field(default=120.0, gt=0)
+    """How long `POST /v1/steer` and `/v1/chat/completions` wait for a worker's answer."""

@@ -171,6 +171,18 @@ class Client:
         """A label job's labels.jsonl: one dict per (feature, explainer)."""
         return [json.loads(line) for line in self.read(job_id, "labels/labels.jsonl").splitlines() if line.strip()]
 
+    def steer(self, request: dict | BaseModel) -> dict:
+        """`POST /v1/steer`: a steered completion with the default one beside it (a SteerRequest)."""
+        if isinstance(request, BaseModel):
+            request = request.model_dump(mode="json")
+        return self._call("POST", "/v1/steer", json=request, timeout=max(self.http.timeout.read or 0, 300))
+
+    def search_labels(self, label_job: str, query: str, *, top: int = 10) -> list[dict]:
+        """Features of a label job whose labels are closest in meaning to `query`, best first."""
+        return self._call("POST", "/v1/labels/search",
+                          json={"label_job": label_job, "query": query, "top": top},
+                          timeout=max(self.http.timeout.read or 0, 300))["results"]
+
     def manifest(self, job_id: str) -> dict:
         arts = self.artifacts(job_id)
         if not arts["published"]:

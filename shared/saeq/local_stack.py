@@ -66,7 +66,7 @@ class StackOptions:
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
     worker_concurrency: int = 1
-    queues: str = "gpu,cpu"
+    queues: str = "gpu,cpu,steer"
     extra_env: dict[str, str] = field(default_factory=dict)
 
 

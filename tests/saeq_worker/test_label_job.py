@@ -58,6 +58,15 @@ def test_train_then_label_with_local_metadata_and_endpoint(client_module, harves
     arts = {a["key"] for a in client.artifacts(done["id"])["artifacts"]}
     assert keys.feature_index(done["id"]) in arts
 
+    # Finding features to steer: label search by meaning, each feature once, best first.
+    hits = client.search_labels(done["id"], "a tiny pattern", top=3)
+    assert len(hits) == 3 and len({h["feature"] for h in hits}) == 3
+    assert hits[0]["label"] == "tiny pattern" and hits[0]["similarity"] > 0.5
+    assert hits[0]["similarity"] >= hits[1]["similarity"] >= hits[2]["similarity"]
+    with pytest.raises(ApiError) as e:
+        client.search_labels(train_job["id"], "x")
+    assert e.value.status == 422 and "not a label job" in str(e.value)
+
 
 def test_a_failing_endpoint_fails_the_job_with_the_reason(client_module, train_job, openai_server):
     server = openai_server(lambda req: (500, {"error": {"message": "GPU fell off the bus"}}))

@@ -57,22 +57,23 @@ class SaeContext:
 
 
 def sae_context(spec, store: ObjectStore) -> SaeContext:
-    """For a spec with `sae`, `model`, `hook`, `corpus` and `context_len` (evaluate, label): what
-    the spec names, falling back to the SAE's train and harvest manifests."""
+    """For a spec with `sae`, `model`, `hook` and maybe `corpus` and `context_len` (evaluate,
+    label, steer): what the spec names, falling back to the SAE's train and harvest manifests."""
     if spec.sae.source == "job":
         sae, name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
         harvest = train["harvest"]
         model = spec.model or ModelSpec(**{k: harvest["model"].get(k) for k in ("name", "revision", "gguf_file", "dtype")})
         return SaeContext(sae, name, model, spec.hook or harvest["hook"],
-                          spec.corpus or held_out_corpus(harvest["corpus"]),
-                          spec.context_len or harvest["context_len"], harvest["sinks"],
+                          getattr(spec, "corpus", None) or held_out_corpus(harvest["corpus"]),
+                          getattr(spec, "context_len", None) or harvest["context_len"], harvest["sinks"],
                           {"source": "job", "job_id": spec.sae.job_id, "name": name,
                            "architecture": sae.architecture, "d_sae": sae.d_sae})
     path = Path(spec.sae.path)
     if not path.is_dir():
         raise NotFound(f"no SAE directory {path} on the worker", field="spec.sae.path")
     sae = SparseAutoencoder.load(path)
-    return SaeContext(sae, path.name, spec.model, spec.hook, spec.corpus, spec.context_len or 128, None,
+    return SaeContext(sae, path.name, spec.model, spec.hook, getattr(spec, "corpus", None),
+                      getattr(spec, "context_len", None) or 128, None,
                       {"source": "path", "path": str(path), "architecture": sae.architecture, "d_sae": sae.d_sae})
 
 

@@ -5,13 +5,16 @@ Tasks take ids, never objects; the spec is re-read from the registry with the AP
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 from saeq.config import open_store
-from saeq.dispatch import sender, task_name
+from saeq.dispatch import LIVE_TASK, live_reply_key, sender, task_name
 from saeq.registry import Registry
 from saeq_worker.celery_app import app, settings
 from saeq_worker.running import run_job
+
+log = logging.getLogger("saeq.worker")
 
 
 @lru_cache(maxsize=1)
@@ -65,3 +68,35 @@ def label(job_id: str, dispatch_id: str) -> None:
     from saeq_worker.label import run_label
 
     _run(job_id, dispatch_id, lambda job: run_label(job, cache_dir=settings.cache_dir))
+
+
+@app.task(name=task_name("steer"))
+def steer(job_id: str, dispatch_id: str) -> None:
+    from saeq_worker.steer import run_steer
+
+    _run(job_id, dispatch_id, lambda job: run_steer(job, cache_dir=settings.cache_dir))
+
+
+@app.task(name=LIVE_TASK)
+def live(request_id: str, op: str, payload: dict) -> None:
+    """Answer a live request (steer, label search); the reply goes to a Redis list the API waits on."""
+    import json
+
+    from saeq.specs import LabelSearch, SteerRequest
+    from saeq_worker.steer import error_reply, search_labels, serve_steer
+
+    try:
+        if op == "steer":
+            reply = serve_steer(SteerRequest.model_validate(payload), _store(), device=_device(),
+                                cache_dir=settings.cache_dir)
+        elif op == "search_labels":
+            reply = search_labels(LabelSearch.model_validate(payload), _store(), device=_device())
+        else:
+            raise ValueError(f"unknown live operation {op!r}")
+    except Exception as e:  # every failure goes back to the caller, not only to the log
+        log.exception("live %s request %s failed", op, request_id)
+        reply = error_reply(e)
+    r = _registry().r
+    key = live_reply_key(request_id)
+    r.rpush(key, json.dumps(reply))
+    r.expire(key, 300)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 from saeq import keys
 from saeq.dispatch import KIND_QUEUE
 from saeq.registry import STATES, dispatch_ready
-from saeq.specs import JOB_KINDS, EvaluateSpec, JobCreate, LabelSpec, TrainedSae, TrainSpec, UploadCorpus
+from saeq.specs import JOB_KINDS, EvaluateSpec, JobCreate, LabelSpec, SteerSpec, TrainedSae, TrainSpec, UploadCorpus
 from saeq_api.deps import Services, services
 from saeq_api.metrics import observe_submit
 from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic
@@ -79,11 +79,13 @@ def _check_references(svc: Services, spec, depends_on: list[str]) -> None:
         if spec.activations.hook not in harvest["spec"]["hooks"]:
             raise _unprocessable("spec.activations.hook", f"harvest {harvest['id']} has hooks "
                                                          f"{harvest['spec']['hooks']}, not {spec.activations.hook!r}")
-    elif isinstance(spec, (EvaluateSpec, LabelSpec)) and isinstance(spec.sae, TrainedSae):
+    elif isinstance(spec, (EvaluateSpec, LabelSpec, SteerSpec)) and isinstance(spec.sae, TrainedSae):
         train = _referenced_job(svc, spec.sae.job_id, "train", "spec.sae.job_id", depends_on)
         names = [s.get("name") or f"sae{i}" for i, s in enumerate(train["spec"]["saes"])]
         if spec.sae.name is not None and spec.sae.name not in names:
             raise _unprocessable("spec.sae.name", f"train job {train['id']} has SAEs {names}, not {spec.sae.name!r}")
+    if isinstance(spec, SteerSpec) and spec.label_job:
+        _referenced_job(svc, spec.label_job, "label", "spec.label_job", depends_on)
 
 
 @router.get("", response_model=JobList)

@@ -1,0 +1,135 @@
+"""Live requests answered in seconds by workers on the `steer` queue, which keep the model and the
+SAE loaded: steering, an OpenAI-compatible chat endpoint with a `steering` field, label search."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from saeq import keys
+from saeq.dispatch import LIVE_QUEUE, LIVE_TASK, live_reply_key
+from saeq.specs import (BUILTIN_MODEL, ChatMessage, Intervention, LabelSearch, ModelSpec, SaeRef,
+                        SteerRequest, TrainedSae)
+from saeq_api.deps import Services, services
+from saeq_api.routes.jobs import _referenced_job, _unprocessable
+
+router = APIRouter(prefix="/v1", tags=["live"])
+Svc = Annotated[Services, Depends(services)]
+
+
+async def _ask_worker(svc: Services, op: str, payload: dict, *, field_prefix: str = "") -> dict:
+    request_id = uuid.uuid4().hex
+    svc.celery.send_task(LIVE_TASK, args=[request_id, op, payload], queue=LIVE_QUEUE)
+    timeout = svc.settings.live_timeout_s
+    reply = await asyncio.to_thread(svc.registry.r.blpop, [live_reply_key(request_id)], timeout)
+    if reply is None:
+        raise HTTPException(504, detail=f"no worker on the '{LIVE_QUEUE}' queue answered within {timeout:g} s")
+    data = json.loads(reply[1])
+    if "error" in data:
+        e = data["error"]
+        if e["code"] in ("invalid_spec", "not_found", "upstream_failed"):
+            raise _unprocessable(field_prefix + (e["field"] or "").removeprefix("spec."), e["message"])
+        raise HTTPException(500, detail=f"{e['code']}: {e['message']}")
+    return data
+
+
+def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: str) -> None:
+    """A trained SAE must exist and have succeeded; feature indices must be below its d_sae."""
+    if not isinstance(sae, TrainedSae):
+        return
+    train = _referenced_job(svc, sae.job_id, "train", f"{prefix}sae.job_id", [])
+    manifest = json.loads(svc.store.get(keys.manifest(train["id"])))
+    name = sae.name or next(iter(manifest["saes"]))
+    if name not in manifest["saes"]:
+        raise _unprocessable(f"{prefix}sae.name", f"train job {train['id']} has SAEs {sorted(manifest['saes'])}, "
+                                                  f"not {name!r}")
+    d_sae = manifest["saes"][name]["d_sae"]
+    for i, edit in enumerate(interventions):
+        if edit.feature >= d_sae:
+            raise _unprocessable(f"{prefix}interventions.{i}.feature",
+                                 f"feature {edit.feature} is not in 0..{d_sae - 1} (SAE {name} has d_sae={d_sae})")
+
+
+@router.post("/steer")
+async def steer(body: SteerRequest, svc: Svc) -> dict:
+    """Generate with features boosted, clamped or ablated; the default completion beside it (same
+    seed) with the KL of the next-token distribution and the perplexity under the unsteered model."""
+    _check_sae(svc, body.sae, body.interventions, "")
+    return await _ask_worker(svc, "steer", body.model_dump(mode="json"))
+
+
+@router.post("/labels/search")
+async def search_labels(body: LabelSearch, svc: Svc) -> dict:
+    """Features of a label job whose labels are closest in meaning to `query` (MiniLM embeddings)."""
+    _referenced_job(svc, body.label_job, "label", "label_job", [])
+    return await _ask_worker(svc, "search_labels", body.model_dump(mode="json"))
+
+
+class Steering(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    sae: SaeRef
+    hook: str | None = None
+    interventions: list[Intervention] = Field(min_length=1, max_length=16)
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat-completions body (the fields saeq uses; others are accepted and ignored),
+    plus `steering`."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = BUILTIN_MODEL
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    max_tokens: int | None = Field(default=None, ge=1, le=512)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=512)
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    seed: int | None = None
+    steering: Steering | None = None
+    """saeq's extension (send it with the openai client's `extra_body`): which SAE and features."""
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, svc: Svc) -> Any:
+    """OpenAI-compatible chat completions, steered when the body has `steering`. Errors come in
+    OpenAI's shape too (`error.message`, `error.param`), beside saeq's `detail`."""
+    try:
+        return await _chat(body, svc)
+    except HTTPException as e:
+        detail = e.detail if isinstance(e.detail, list) else [{"field": None, "msg": str(e.detail)}]
+        first = detail[0]
+        message = f"{first['field']}: {first['msg']}" if first.get("field") else first["msg"]
+        return JSONResponse(status_code=e.status_code, content={
+            "error": {"message": message, "type": "invalid_request_error" if e.status_code < 500 else "server_error",
+                      "param": first.get("field"), "code": None}, "detail": e.detail})
+
+
+async def _chat(body: ChatCompletionRequest, svc: Services) -> dict[str, Any]:
+    try:
+        model = ModelSpec(name=body.model)
+    except ValueError as e:
+        raise _unprocessable("model", str(e).splitlines()[-1]) from None
+    steering = body.steering
+    if steering is not None:
+        _check_sae(svc, steering.sae, steering.interventions, "steering.")
+    request = SteerRequest(
+        sae=steering.sae if steering else None, hook=steering.hook if steering else None,
+        model=None if steering and body.model == BUILTIN_MODEL else model, messages=body.messages,
+        interventions=steering.interventions if steering else [],
+        max_new_tokens=body.max_completion_tokens or body.max_tokens or 64,
+        temperature=body.temperature or 0.0, seed=body.seed or 0, include_default=False)
+    out = await _ask_worker(svc, "steer", request.model_dump(mode="json"), field_prefix="steering.")
+    n_out = len(out["steered_token_ids"])
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "model": body.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": out["steered"]},
+                     "finish_reason": "length" if n_out >= request.max_new_tokens else "stop", "logprobs": None}],
+        "usage": {"prompt_tokens": out["prompt_tokens"], "completion_tokens": n_out,
+                  "total_tokens": out["prompt_tokens"] + n_out},
+    }

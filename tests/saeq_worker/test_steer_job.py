@@ -1,0 +1,83 @@
+"""Steering through the API and a real worker: a batch steer job, live `POST /v1/steer`, and the
+OpenAI-compatible chat endpoint driven by the official `openai` client."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from saeq.client import ApiError
+from saeq.specs import SaeConfig, SteerSpec, TrainSpec
+from tests.saeq_worker.conftest import HOOK
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def train_job(client_module, harvest_job):
+    spec = TrainSpec(activations={"job_id": harvest_job["id"], "hook": HOOK},
+                     saes=[SaeConfig(name="topk", d_sae=256, k=8)], batch_size=512,
+                     total_tokens=30_720, validation_tokens=2048)
+    return client_module.wait(client_module.submit(spec)["id"], timeout=300)
+
+
+def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, train_job, tmp_path):
+    spec = SteerSpec(sae={"job_id": train_job["id"]}, prompts=["The capital of France", "Cats are"], chat=False,
+                     interventions=[{"name": "f3", "edits": [{"feature": 3, "mode": "add", "value": 40.0}]},
+                                    {"name": "scale1", "edits": [{"feature": 3, "mode": "scale", "value": 1.0}]}],
+                     strengths=[0.0, 1.0], max_new_tokens=8)
+    done = client_module.wait(client_module.submit(spec)["id"], timeout=300)
+    manifest = client_module.manifest(done["id"])
+    assert manifest["n_completions"] == 2 * 2 * 2
+    rows = [json.loads(line) for line in client_module.read(done["id"], "report/completions.jsonl").splitlines()]
+    for r in rows:
+        assert r["default"] and "steered" in r
+        # Adding 0 x the direction, or scaling the activation by 1, changes nothing: same text, KL 0.
+        if (r["set"], r["strength"]) in (("f3", 0.0), ("scale1", 1.0)):
+            assert r["steered"] == r["default"] and r["kl_from_default"] == pytest.approx(0, abs=1e-6)
+    strong = [r for r in rows if r["set"] == "f3" and r["strength"] == 1.0]
+    assert all(r["kl_from_default"] > 0 for r in strong)
+
+
+def test_live_steer_and_its_errors_name_the_field(stack, client_module, train_job):
+    with httpx.Client(base_url=stack.url, timeout=120) as http:
+        body = {"sae": {"job_id": train_job["id"]}, "prompt": "Hello", "chat": False, "max_new_tokens": 6,
+                "interventions": [{"feature": 5, "mode": "add", "value": 30.0}]}
+        r = http.post("/v1/steer", json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["default"] != out["steered"] or out["kl_from_default"] > 0
+        assert out["hook"] == HOOK and out["sae"]["job_id"] == train_job["id"]
+
+        bad_feature = {**body, "interventions": [{"feature": 256, "value": 1.0}]}
+        r = http.post("/v1/steer", json=bad_feature)
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "interventions.0.feature"
+        unknown = {**body, "sae": {"job_id": "f" * 32}}
+        r = http.post("/v1/steer", json=unknown)
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "sae.job_id"
+
+
+def test_openai_client_gets_a_steered_chat_completion(stack, harvest_job, train_job):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=120, max_retries=0)
+    model = harvest_job["spec"]["model"]["name"]
+    plain = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
+    assert plain.choices[0].message.role == "assistant" and plain.usage.completion_tokens <= 5
+    steering = {"sae": {"job_id": train_job["id"]}, "interventions": [{"feature": 7, "mode": "add", "value": 40.0}]}
+    steered = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
+                                             max_tokens=5, extra_body={"steering": steering})
+    assert isinstance(steered.choices[0].message.content, str)
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
+                                       extra_body={"steering": {**steering, "interventions": [{"feature": 999}]}})
+    assert "steering.interventions.0.feature: feature 999 is not in 0..255" in str(e.value)  # OpenAI error shape
+    assert e.value.body["param"] == "steering.interventions.0.feature"
+
+
+def test_steer_specs_refer_to_train_jobs(client_module, harvest_job):
+    with pytest.raises(ApiError) as e:
+        client_module.submit(SteerSpec(sae={"job_id": harvest_job["id"]}, prompts=["x"],
+                                       interventions=[{"edits": [{"feature": 1}]}]))
+    assert e.value.status == 422 and "not a train job" in str(e.value)

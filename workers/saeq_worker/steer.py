@@ -1,0 +1,197 @@
+"""The I/O around `saeq.jobs.steer`: batch steer jobs (completions.jsonl, manifest last) and live
+requests (`POST /v1/steer`, `/v1/chat/completions`) answered by a worker that keeps the model and
+the SAE loaded between requests."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from saeq import keys
+from saeq.errors import JobError
+from saeq.jobs.steer import FeatureEdit, chat_prompt, check_edits, generate, side_effects
+from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
+from saeq.store import ObjectStore
+from saeq_worker.evaluate import SaeContext, sae_context
+from saeq_worker.harvest import cached_model
+from saeq_worker.running import RunningJob, read_published_manifest
+
+MANIFEST_FORMAT = "saeq.steer/1"
+
+
+def _edits(interventions, strength: float = 1.0) -> list[FeatureEdit]:
+    return [FeatureEdit(i.feature, i.mode, i.value * strength, i.positions) for i in interventions]
+
+
+def _prompt_ids(lm, prompt: str, chat: bool) -> list[int]:
+    if chat:
+        return chat_prompt(lm, [{"role": "user", "content": prompt}])
+    return lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def run_steer(job: RunningJob, *, cache_dir: str) -> str:
+    spec: SteerSpec = job.spec
+    store = job.store
+    job.report(0.0, "loading", "SAE and model", force=True)
+    ctx = sae_context(spec, store)
+    for i, s in enumerate(spec.interventions):
+        check_edits(_edits(s.edits), ctx.sae, field=f"spec.interventions[{i}].edits")
+    lm = cached_model(ctx.model, job.device, cache_dir)
+    labels = _labels(store, spec.label_job) if spec.label_job else {}
+    embedder = None
+    if labels:
+        from saeq.scoring import EmbeddingScorer
+
+        embedder = EmbeddingScorer(device=str(lm.device))
+    rows, total, done = [], len(spec.prompts) * len(spec.interventions) * len(spec.strengths), 0
+    for p_i, prompt in enumerate(spec.prompts):
+        ids = _prompt_ids(lm, prompt, spec.chat)
+        default = generate(lm, ids, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, seed=spec.seed)
+        for s_i, steer_set in enumerate(spec.interventions):
+            concept = "; ".join(labels[e.feature] for e in steer_set.edits if e.feature in labels)
+            for strength in spec.strengths:
+                job.check()
+                edits = _edits(steer_set.edits, strength)
+                steered = generate(lm, ids, max_new_tokens=spec.max_new_tokens, hook=ctx.hook, sae=ctx.sae,
+                                   edits=edits, temperature=spec.temperature, seed=spec.seed)
+                fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits)
+                row = {"prompt_index": p_i, "prompt": prompt, "set": steer_set.name or f"set{s_i}",
+                       "edits": [e.model_dump() for e in steer_set.edits], "strength": strength,
+                       "default": default.text, "steered": steered.text,
+                       "kl_from_default": fx.kl_from_default, "perplexity_unsteered": fx.perplexity_unsteered,
+                       "concept": concept or None}
+                if embedder is not None and concept:
+                    sim = embedder.similarity(concept, [default.text, steered.text])
+                    row.update(concept_similarity_default=sim[0], concept_similarity_steered=sim[1])
+                rows.append(row)
+                done += 1
+                job.report(done / total, "steer", f"{done}/{total} completions", completions=done)
+    key = keys.report_file(job.id, "completions.jsonl")
+    store.put(key, "".join(json.dumps(r) + "\n" for r in rows).encode(), content_type="application/x-ndjson")
+    manifest = {"format": MANIFEST_FORMAT, "kind": "steer", "job_id": job.id, "created_at": time.time(),
+                "spec": spec.model_dump(mode="json"), "sae": ctx.provenance, "model": lm.provenance,
+                "hook": ctx.hook, "completions_key": key, "n_completions": len(rows),
+                "summary": _summary(rows)}
+    mkey = keys.manifest(job.id)
+    store.put(mkey, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    job.report(1.0, "done", f"{len(rows)} steered completions", force=True)
+    return mkey
+
+
+def _summary(rows: list[dict]) -> list[dict]:
+    """Mean side effects per (set, strength)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["set"], r["strength"]), []).append(r)
+    out = []
+    for (name, strength), rs in groups.items():
+        item = {"set": name, "strength": strength, "n": len(rs),
+                "kl_from_default": sum(r["kl_from_default"] for r in rs) / len(rs),
+                "perplexity_unsteered": sum(r["perplexity_unsteered"] for r in rs) / len(rs)}
+        if "concept_similarity_steered" in rs[0]:
+            for k in ("concept_similarity_default", "concept_similarity_steered"):
+                item[k] = sum(r[k] for r in rs) / len(rs)
+        out.append(item)
+    return out
+
+
+def _labels(store: ObjectStore, label_job: str) -> dict[int, str]:
+    """feature -> label, preferring the label with the best detection AUC among explainers."""
+    manifest = read_published_manifest(store, label_job, "label", field="spec.label_job")
+    best: dict[int, tuple[float, str]] = {}
+    for line in store.get(manifest["labels_key"]).decode().splitlines():
+        r = json.loads(line)
+        auc = (r["scores"].get("detection") or r["scores"].get("embedding") or {}).get("auc") or 0.0
+        if r["feature"] not in best or auc > best[r["feature"]][0]:
+            best[r["feature"]] = (auc, r["label"])
+    return {f: label for f, (_, label) in best.items()}
+
+
+# --- live --------------------------------------------------------------------------------------
+
+_LIVE: dict[str, SaeContext] = {}  # the SAEs of recent live requests, kept loaded
+_LIVE_MAX = 4
+
+
+def _live_context(ref: SteerRequest, store: ObjectStore) -> SaeContext:
+    key = ref.model_dump_json()
+    if key not in _LIVE:
+        if len(_LIVE) >= _LIVE_MAX:
+            _LIVE.pop(next(iter(_LIVE)))
+        _LIVE[key] = sae_context(ref, store)
+    return _LIVE[key]
+
+
+def serve_steer(request: SteerRequest, store: ObjectStore, *, device: str, cache_dir: str) -> dict:
+    """One live request: the steered completion and, when asked, the default one beside it."""
+    t0 = time.monotonic()
+    ctx = None
+    if request.sae is not None:
+        # Keyed by what picks the SAE, model and hook only, so other fields do not reload it.
+        ctx = _live_context(SteerRequest(sae=request.sae, model=request.model, hook=request.hook, prompt="-"), store)
+        check_edits(_edits(request.interventions), ctx.sae, field="interventions")
+    model = ctx.model if ctx else (request.model or ModelSpec())
+    lm = cached_model(model, device, cache_dir)
+    if request.messages is not None:
+        ids = chat_prompt(lm, [m.model_dump() for m in request.messages])
+    else:
+        ids = _prompt_ids(lm, request.prompt, request.chat)
+    edits = _edits(request.interventions)
+    steered = generate(lm, ids, max_new_tokens=request.max_new_tokens, hook=ctx.hook if ctx else None,
+                       sae=ctx.sae if ctx else None, edits=edits, temperature=request.temperature,
+                       seed=request.seed)
+    out = {"steered": steered.text, "steered_token_ids": steered.token_ids, "prompt_tokens": len(ids),
+           "sae": ctx.provenance if ctx else None, "hook": ctx.hook if ctx else None, "model": model.name}
+    if request.include_default and edits:
+        default = generate(lm, ids, max_new_tokens=request.max_new_tokens, temperature=request.temperature,
+                           seed=request.seed)
+        fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits)
+        out.update(default=default.text, kl_from_default=fx.kl_from_default,
+                   perplexity_unsteered=fx.perplexity_unsteered)
+    elif request.include_default:
+        out.update(default=steered.text, kl_from_default=0.0, perplexity_unsteered=None)
+    out["seconds"] = time.monotonic() - t0
+    return out
+
+
+_EMBEDDED: dict[str, tuple] = {}  # label job -> (records, label embeddings, manifest)
+
+
+def search_labels(search: LabelSearch, store: ObjectStore, *, device: str) -> dict:
+    """Features of a label job ranked by cosine similarity of their label and description to the
+    query (MiniLM); each feature once, with its best-matching label."""
+    from saeq.scoring import EmbeddingScorer
+
+    global _EMBEDDER
+    if _EMBEDDER is None:
+        _EMBEDDER = EmbeddingScorer(device=device)
+    if search.label_job not in _EMBEDDED:
+        manifest = read_published_manifest(store, search.label_job, "label", field="label_job")
+        records = [json.loads(line) for line in store.get(manifest["labels_key"]).decode().splitlines()]
+        texts = [f"{r['label']}: {r['description']}" for r in records]
+        emb = _EMBEDDER.model.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
+                                     show_progress_bar=False)
+        _EMBEDDED[search.label_job] = (records, emb, manifest)
+    records, emb, manifest = _EMBEDDED[search.label_job]
+    q = _EMBEDDER.model.encode([search.query], convert_to_tensor=True, normalize_embeddings=True,
+                               show_progress_bar=False)[0]
+    sims = (emb @ q).tolist()
+    best: dict[int, tuple[float, dict]] = {}
+    for r, sim in zip(records, sims):
+        if r["feature"] not in best or sim > best[r["feature"]][0]:
+            best[r["feature"]] = (sim, r)
+    ranked = sorted(best.values(), key=lambda t: -t[0])[:search.top]
+    return {"label_job": search.label_job, "query": search.query, "sae": manifest["sae"], "hook": manifest["hook"],
+            "results": [{"feature": r["feature"], "similarity": sim, "label": r["label"],
+                         "description": r["description"], "explainer": r["explainer"],
+                         "detection_auc": (r["scores"].get("detection") or {}).get("auc")}
+                        for sim, r in ranked]}
+
+
+_EMBEDDER = None
+
+
+def error_reply(e: Exception) -> dict:
+    if isinstance(e, JobError):
+        return {"error": {"code": e.code, "field": e.field, "message": e.message}}
+    return {"error": {"code": "internal", "field": None, "message": f"{type(e).__name__}: {e}"}}
