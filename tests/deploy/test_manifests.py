@@ -129,6 +129,11 @@ def test_worker_deployments_fit_gpu_nodes_and_long_jobs(overlay):
     assert gpu["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
     assert "nvidia.com/gpu" not in deployments["saeq-worker-cpu"]["spec"]["template"]["spec"]["containers"][0][
         "resources"].get("limits", {})
+    # Live steering: one always-warm pod on the `steer` queue, with a GPU.
+    steer = deployments["saeq-worker-steer"]["spec"]
+    (worker,) = steer["template"]["spec"]["containers"]
+    assert worker["args"][worker["args"].index("-Q") + 1] == "steer" and steer["replicas"] >= 1
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
