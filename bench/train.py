@@ -6,7 +6,7 @@ same peak lr) to the same batches, in the same order, of real SmolLM2 block-14 a
 same number of tokens; each is then scored on the same held-out ordinary tokens. saeq runs its
 shipped recipe (the TrainSpec defaults); sparsify runs its own Trainer.fit; SAELens its
 SAETrainer. Only training is timed. `--acceptance` also trains saeq's default spec end to end
-(harvest reader, 2.4M tokens) and reports held-out FVU and dead latents.
+(harvest reader, its default token budget) and reports held-out FVU and dead latents.
 Usage: python bench/train.py [--tokens 1024000] [--peers sparsify,saelens] [--synthetic]
        [--acceptance]
 """
@@ -22,9 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # sparsify's and SAELens' progress bars
-
-import torch  # noqa: E402
+import torch
 
 HOOK = "blocks.14.hook_resid_post"
 BENCH_JOB = "b" * 32  # the cached harvest lives under this job id in a local store
@@ -109,31 +107,86 @@ class Order:
         self.idx = torch.cat(perms)[:steps * BATCH].view(steps, BATCH)  # (steps, BATCH)
 
 
-def train_saeq(table: torch.Tensor, order: Order, spec) -> tuple[float, object]:
+class Turns:
+    """Round robin between the trainers' processes, one step each: only the process holding the
+    turn computes, so load from other programs on the machine falls on all of them alike, and
+    each one's time is the sum of its turns."""
+
+    def __init__(self, ctx, n: int):
+        self.sems = [ctx.Semaphore(0) for _ in range(n)]
+        self.done = ctx.Array("b", n)
+        self.barrier = ctx.Barrier(n)
+        self.me, self.seconds, self._t0 = 0, 0.0, None
+
+    def start(self, me: int) -> None:
+        """Called by every process when it is ready; the first step goes to process 0."""
+        self.me = me
+        self.barrier.wait()
+        if me == 0:
+            self.sems[0].release()
+
+    def begin(self) -> None:
+        self.sems[self.me].acquire()
+        self._t0 = time.perf_counter()
+
+    def end(self) -> None:
+        if self._t0 is None:
+            return
+        self.seconds += time.perf_counter() - self._t0
+        self._t0 = None
+        self._pass()
+
+    def finish(self) -> None:
+        """No more steps here: leave the round, then wait for the others to finish theirs."""
+        self.end()
+        self.done[self.me] = 1
+        self._pass()
+        self.barrier.wait()
+
+    def _pass(self) -> None:
+        n = len(self.sems)
+        for j in range(1, n + 1):
+            k = (self.me + j) % n
+            if not self.done[k]:
+                self.sems[k].release()
+                return
+
+
+def train_saeq(table: torch.Tensor, order: Order, spec, turns: Turns):
     from saeq.jobs.train import train_saes
 
-    t0 = time.perf_counter()
-    result = train_saes(spec, (table[i] for i in order.idx))  # no validation: not training time
-    return time.perf_counter() - t0, result
+    def batches():
+        for i in order.idx:
+            turns.end()  # the previous step is done
+            turns.begin()
+            yield table[i]
+
+    result = train_saes(spec, batches())  # no validation set: measuring it is not training
+    turns.finish()
+    return result
 
 
 class _Rows(torch.nn.Module):
-    """Stands for "the hooked layer": its output for token ids is their rows of the table."""
+    """Stands for "the hooked layer": its output for token ids is their rows of the table. Each
+    call starts a training step, and so a turn."""
 
-    def __init__(self, table: torch.Tensor):
+    def __init__(self, table: torch.Tensor, turns: Turns):
         super().__init__()
-        self.table = table
+        self.table, self.turns, self.armed = table, turns, False
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.armed:
+            self.turns.end()
+            self.turns.begin()
         return self.table[ids]  # (B, T) -> (B, T, d)
 
 
 class _TableLM(torch.nn.Module):
     """The least a sparsify Trainer needs of a model: a module to hook at `layers.0`."""
 
-    def __init__(self, table: torch.Tensor):
+    def __init__(self, table: torch.Tensor, turns: Turns):
         super().__init__()
-        self.layers = torch.nn.ModuleList([_Rows(table)])
+        self.layers = torch.nn.ModuleList([_Rows(table, turns)])
 
     base_model = property(lambda self: self)
     device = property(lambda self: torch.device("cpu"))
@@ -143,7 +196,7 @@ class _TableLM(torch.nn.Module):
         return self.layers[0](input_ids)
 
 
-def train_sparsify(table: torch.Tensor, order: Order, spec) -> tuple[float, object]:
+def train_sparsify(table: torch.Tensor, order: Order, spec, turns: Turns):
     """sparsify's own Trainer.fit (hooks, masking, FVU loss, AuxK, decoder projection, its
     linear-decay schedule), on a stand-in model whose hooked layer returns the same batches.
     Adam at saeq's peak lr and the same AuxK settings, so the comparison is of the trainers."""
@@ -154,20 +207,20 @@ def train_sparsify(table: torch.Tensor, order: Order, spec) -> tuple[float, obje
     dataset = [{"input_ids": s} for s in seqs]
     with tempfile.TemporaryDirectory() as tmp:
         tc = TrainConfig(SparseCoderConfig(num_latents=D_SAE, k=K), batch_size=BATCH // 128,
-                         optimizer="adam", lr=cfg.lr, lr_warmup_steps=int(spec.lr_warmup * len(order.idx)),
+                         optimizer="adam", lr=cfg.lr,
+                         lr_warmup_steps=int(spec.lr_warmup * len(order.idx)),
                          auxk_alpha=cfg.auxk_alpha, dead_feature_threshold=cfg.dead_window_tokens,
                          hookpoints=["layers.0"], log_to_wandb=False, save_every=10**9, save_dir=tmp)
-        precision = torch.get_float32_matmul_precision()
         torch.manual_seed(0)
-        trainer = Trainer(tc, dataset, _TableLM(table))
-        t0 = time.perf_counter()
+        lm = _TableLM(table, turns)
+        trainer = Trainer(tc, dataset, lm)
+        lm.layers[0].armed = True
         trainer.fit()
-        dt = time.perf_counter() - t0
-        torch.set_float32_matmul_precision(precision)  # fit() sets "high" for everyone after it
-    return dt, trainer
+        turns.finish()
+    return trainer
 
 
-def train_saelens(table: torch.Tensor, order: Order, spec) -> tuple[float, object]:
+def train_saelens(table: torch.Tensor, order: Order, spec, turns: Turns):
     """SAELens 6's SAETrainer with its TopK training SAE and its defaults (aux loss 1.0, decoder
     init norm 0.1, rescale by decoder norm), one `step` per batch (the seam its fit and its
     MultiSAETrainer use); activations normalised to mean norm sqrt(d_in)
@@ -187,14 +240,15 @@ def train_saelens(table: torch.Tensor, order: Order, spec) -> tuple[float, objec
         lr_end=0.0, dead_feature_window=max(1, cfg.dead_window_tokens // BATCH),
         logger=LoggingConfig(log_to_wandb=False))
     trainer = SAETrainer(tc, sae, data_provider=iter(()))
-    t0 = time.perf_counter()
     trainer.activation_scaler.scaling_factor = d_in ** 0.5 / float(table[order.idx[0]].norm(dim=1).mean())
     for i in order.idx:
+        turns.begin()
         trainer.step(table[i])
         trainer.n_training_steps += 1
-    dt = time.perf_counter() - t0
+        turns.end()
+    turns.finish()
     sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
-    return dt, trainer
+    return trainer
 
 
 @torch.no_grad()
@@ -209,41 +263,78 @@ def scores(encode, decode, x: torch.Tensor, chunk: int = 4096) -> tuple[float, f
     return err / float((x - x.mean(0)).pow(2).sum()), float((~fired).float().mean())
 
 
-def compare(manifest: dict, store, tokens: int, peers: list[str]) -> list[dict]:
-    """saeq (the TrainSpec defaults: the recipe it ships) and its peers, each on the same
-    batches in the same order, one after the other; training time only."""
+TRAINERS = {"saeq": train_saeq, "sparsify": train_sparsify, "SAELens": train_saelens}
+
+
+def run_one(name: str, me: int, turns: Turns, args, results) -> None:
+    """A trainer's process: the shared batches, its turns of training, its held-out figures."""
+    import traceback
+
     from saeq.jobs.train import harvest_data
     from saeq.specs import SaeConfig, TrainSpec
+    from saeq.store import LocalStore
 
-    spec = TrainSpec(activations={"job_id": BENCH_JOB, "hook": HOOK},
-                     saes=[SaeConfig(d_sae=D_SAE, k=K)], total_tokens=tokens, batch_size=BATCH,
-                     checkpoint_every_tokens=None)
-    data = harvest_data(spec, manifest, store)
-    table, val = data.train_rows(), data.validation()
-    order = Order(table.shape[0], tokens // BATCH)
-    rows = []
+    devnull = os.open(os.devnull, os.O_WRONLY)  # the peers' progress bars and prints
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    try:
+        root = Path(args.cache) / ("synthetic" if args.synthetic else "store")
+        manifest = json.loads(LocalStore(root).get(f"jobs/{BENCH_JOB}/manifest.json"))
+        spec = TrainSpec(activations={"job_id": BENCH_JOB, "hook": HOOK},
+                         saes=[SaeConfig(d_sae=D_SAE, k=K)], total_tokens=args.tokens,
+                         batch_size=BATCH, checkpoint_every_tokens=None)
+        data = harvest_data(spec, manifest, LocalStore(root))
+        table, val = data.train_rows(), data.validation()
+        order = Order(table.shape[0], args.tokens // BATCH)
+        turns.start(me)
+        trained = TRAINERS[name](table, order, spec, turns)
+        if name == "saeq":
+            sae = trained.saes["sae0"]
+            encode, decode = sae.encode, sae.decode
+        elif name == "sparsify":
+            coder = next(iter(trained.saes.values()))
 
-    dt, result = train_saeq(table, order, spec)
-    sae = result.saes["sae0"]
-    rows.append(("saeq", dt, *scores(sae.encode, sae.decode, val)))
-    print(f"  saeq done in {dt:.0f} s", flush=True)
-    if "sparsify" in peers:
-        dt, trainer = train_sparsify(table, order, spec)
-        coder = next(iter(trainer.saes.values()))
+            def encode(x):
+                top = coder.encode(x)
+                return top.top_acts.new_zeros(x.shape[0], D_SAE).scatter_(1, top.top_indices,
+                                                                          top.top_acts)
 
-        def encode(x):
-            top = coder.encode(x)
-            return top.top_acts.new_zeros(x.shape[0], D_SAE).scatter_(1, top.top_indices, top.top_acts)
+            def decode(a):
+                return a @ coder.W_dec + coder.b_dec
+        else:
+            sl = trained.sae.eval()
+            encode, decode = sl.encode, sl.decode
+        f, never = scores(encode, decode, val)
+        results.put({"trainer": name, "tokens_per_s": args.tokens / turns.seconds,
+                     "seconds": turns.seconds, "fvu": f, "never_fired": never,
+                     "validation_tokens": val.shape[0]})
+    except BaseException:
+        results.put({"trainer": name, "error": traceback.format_exc()})
+        turns.barrier.abort()
+        raise
 
-        rows.append(("sparsify", dt, *scores(encode, lambda a: a @ coder.W_dec + coder.b_dec, val)))
-        print(f"  sparsify done in {dt:.0f} s", flush=True)
-    if "saelens" in peers:
-        dt, trainer = train_saelens(table, order, spec)
-        sl = trainer.sae.eval()
-        rows.append(("SAELens", dt, *scores(sl.encode, sl.decode, val)))
-        print(f"  SAELens done in {dt:.0f} s", flush=True)
-    return [{"trainer": name, "tokens_per_s": tokens / dt, "fvu": f, "never_fired": nf}
-            for name, dt, f, nf in rows]
+
+def compare(args, names: list[str]) -> list[dict]:
+    """Every trainer in its own fresh process (none inherits another's process state: sparsify's
+    fit sets the float32 matmul precision, saeq tunes glibc's malloc), taking turns step by step."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    turns, results = Turns(ctx, len(names)), ctx.Queue()
+    procs = [ctx.Process(target=run_one, args=(n, i, turns, args, results)) for i, n in enumerate(names)]
+    for p in procs:
+        p.start()
+    rows = {}
+    for _ in names:
+        r = results.get()
+        if "error" in r:
+            for p in procs:
+                p.terminate()
+            raise SystemExit(f"{r['trainer']} failed:\n{r['error']}")
+        rows[r["trainer"]] = r
+    for p in procs:
+        p.join()
+    return [rows[n] for n in names]
 
 
 def acceptance(manifest: dict, store) -> dict:
@@ -272,25 +363,24 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true",
                     help="planted-dictionary activations instead of SmolLM2's")
     ap.add_argument("--acceptance", action="store_true",
-                    help="also train saeq's default spec (2.4M tokens) and report FVU and dead latents")
+                    help="also train saeq's default TrainSpec end to end and report FVU and dead latents")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/saeq/bench"))
     ap.add_argument("--harvest-only", action="store_true")
     args = ap.parse_args()
-
-    from saeq.store import LocalStore
 
     root = Path(args.cache) / ("synthetic" if args.synthetic else "store")
     manifest = (synthetic_store(root, args.harvest_tokens) if args.synthetic
                 else harvest(root, args.harvest_tokens))
     if args.harvest_only:
         return
-    store = LocalStore(root)
+
     print(f"{'synthetic' if args.synthetic else 'SmolLM2-135M-Instruct ' + HOOK}, "
           f"{manifest['n_tokens']:,} tokens harvested; TopK d_sae={D_SAE} k={K} batch={BATCH}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    rows = compare(manifest, store, args.tokens, args.peers.split(",") if args.peers else [])
-    print(f"\n{args.tokens:,} training tokens each, FVU on the held-out ordinary tokens:")
+          f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}", flush=True)
+    names = ["saeq"] + [p for p in ("sparsify", "SAELens") if p.lower() in args.peers.lower().split(",")]
+    rows = compare(args, names)
+    print(f"\n{args.tokens:,} training tokens each; FVU on {rows[0]['validation_tokens']:,} "
+          "held-out ordinary tokens:")
     print(f"{'trainer':10s} {'tokens/s':>9s} {'FVU':>7s} {'never firing':>13s}")
     for r in rows:
         print(f"{r['trainer']:10s} {r['tokens_per_s']:9,.0f} {r['fvu']:7.4f} {r['never_fired']:13.1%}")
@@ -299,7 +389,9 @@ def main() -> None:
         if peer in base:
             print(f"saeq / {peer}: {base['saeq'] / base[peer]:.2f}x tokens/s")
     if args.acceptance:
-        a = acceptance(manifest, store)
+        from saeq.store import LocalStore
+
+        a = acceptance(manifest, LocalStore(root))
         print(f"\nacceptance (default TrainSpec): {a['tokens']:,} tokens "
               f"({a['epochs']:.1f} epochs of {a['train_tokens']:,}) in {a['wall_s']:.0f} s: "
               f"FVU {a['fvu']:.4f} on {a['validation_tokens']:,} held-out tokens, L0 {a['l0']:.1f}, "

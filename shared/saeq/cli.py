@@ -217,6 +217,44 @@ def labels(ctx, job_id, limit) -> None:
 
 
 @main.command()
+@click.argument("label_job")
+@click.argument("query")
+@click.option("--top", default=10, show_default=True)
+@click.pass_context
+def search(ctx, label_job, query, top) -> None:
+    """Features of a label job whose labels mean what QUERY says (to pick features to steer)."""
+    try:
+        hits = _client(ctx).search_labels(label_job, query, top=top)
+    except ApiError as e:
+        raise click.ClickException(str(e)) from None
+    for h in hits:
+        click.echo(f"{h['feature']:6d}  {h['similarity']:.3f}  {h['label']}  ({h['explainer']})")
+
+
+@main.command()
+@click.argument("train_job")
+@click.argument("prompt")
+@click.option("--feature", "-f", type=int, multiple=True, required=True, help="SAE latent (repeatable).")
+@click.option("--mode", type=click.Choice(["add", "clamp", "ablate", "scale"]), default="clamp", show_default=True)
+@click.option("--value", type=float, default=10.0, show_default=True,
+              help="add: coefficient; clamp: activation; scale: factor.")
+@click.option("--sae-name", default=None, help="Which SAE of the train job (default: the first).")
+@click.option("--tokens", default=32, show_default=True)
+@click.pass_context
+def steer(ctx, train_job, prompt, feature, mode, value, sae_name, tokens) -> None:
+    """Generate after PROMPT with features of a trained SAE edited; print the default beside it."""
+    body = {"sae": {"job_id": train_job, "name": sae_name}, "prompt": prompt, "max_new_tokens": tokens,
+            "interventions": [{"feature": f, "mode": mode, "value": value} for f in feature]}
+    try:
+        out = _client(ctx).steer(body)
+    except ApiError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"default: {out['default']}\nsteered: {out['steered']}")
+    click.echo(f"KL from default {out['kl_from_default']:.3f} nats/token, perplexity under the unsteered "
+               f"model {out['perplexity_unsteered']}")
+
+
+@main.command()
 @click.option("--tokens", default=262_144, show_default=True, help="Harvest token budget.")
 @click.option("--train-tokens", default=2_457_600, show_default=True, help="SAE training tokens (token-steps).")
 @click.option("--home", type=click.Path(path_type=Path), default=None)

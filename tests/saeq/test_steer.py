@@ -72,3 +72,16 @@ def test_a_feature_outside_the_sae_is_refused_naming_the_field(sae):
     with pytest.raises(InvalidSpec) as e:
         check_edits([FeatureEdit(3, "add", 1.0), FeatureEdit(128, "add", 1.0)], sae)
     assert e.value.field == "spec.interventions[1].feature" and "0..127" in e.value.message
+
+
+def test_chat_prompts_use_the_tokenizers_template(tiny_llama):
+    import copy
+
+    from saeq.jobs.steer import chat_prompt
+    from saeq.models import LoadedModel
+
+    tok = copy.deepcopy(tiny_llama.tokenizer)
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    lm = LoadedModel(tiny_llama.model, tok, tiny_llama.d_model, tiny_llama.n_layers)
+    ids = chat_prompt(lm, [{"role": "user", "content": "Hi there"}])
+    assert all(isinstance(i, int) for i in ids) and tok.decode(ids) == "<user>Hi there<assistant>"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,11 +98,11 @@ class Completion:
 @torch.inference_mode()
 def generate(lm: LoadedModel, prompt_ids: Sequence[int], *, max_new_tokens: int, hook: str | None = None,
              sae: SparseAutoencoder | None = None, edits: Sequence[FeatureEdit] = (), temperature: float = 0.0,
-             seed: int = 0) -> Completion:
+             seed: int = 0, min_new_tokens: int = 0) -> Completion:
     """Sample (greedy when temperature is 0) `max_new_tokens` after the prompt, with `edits`
     applied at `hook`; the same seed gives the same draws steered or not."""
     ids = torch.tensor([list(prompt_ids)], device=lm.device)
-    gen_kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id}
+    gen_kwargs = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "pad_token_id": lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id}
     if temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     else:
@@ -149,9 +149,9 @@ def chat_prompt(lm: LoadedModel, messages: list[dict]) -> list[int]:
     """Token ids of a chat, by the tokenizer's chat template when it has one."""
     tok = lm.tokenizer
     if getattr(tok, "chat_template", None):
-        return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        # Text first, then ids: what tokenize=True returns differs between transformers versions.
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
     return tok(text, add_special_tokens=False)["input_ids"]
 
-
-ConceptScore = Callable[[str, list[str]], list[float]]
