@@ -14,7 +14,8 @@ from saeq.specs import EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainedS
 HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]
 
 
-def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, home: Path | None = None) -> dict:
+def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_query: str = "science",
+             steer_prompt: str = "Tell me about your weekend.", home: Path | None = None) -> dict:
     home = home or saeq_home() / "demo"
     with LocalStack(StackOptions(home=home, port=free_port())) as stack:
         print(f"local stack up: API {stack.url} (docs {stack.url}/docs), logs in {stack.logs}")
@@ -33,17 +34,17 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, home: 
         print(f"submitted harvest {harvest['id']}, train {train['id']}, evaluate {evaluate['id']}, "
               f"label {label['id']}")
 
-        print(f"\n[1/4] harvest: {tokens:,} tokens of {HOOK} (layer 15) of SmolLM2-135M-Instruct")
+        print(f"\n[1/5] harvest: {tokens:,} tokens of {HOOK} (layer 15) of SmolLM2-135M-Instruct")
         job = client.wait(harvest["id"], progress=True)
         manifest = client.manifest(job["id"])
         _print_harvest(job, manifest, stack)
 
-        print(f"\n[2/4] train: TopK SAE, 4,608 latents, k=32, {train_tokens:,} tokens")
+        print(f"\n[2/5] train: TopK SAE, 4,608 latents, k=32, {train_tokens:,} tokens")
         job = client.wait(train["id"], progress=True)
         trained = client.manifest(job["id"])
         _print_train(job, trained)
 
-        print("\n[3/4] evaluate: held-out articles, SAE spliced into the model")
+        print("\n[3/5] evaluate: held-out articles, SAE spliced into the model")
         job = client.wait(evaluate["id"], progress=True)
         report = client.manifest(job["id"])
         print(summary_table(report["metrics"]))
@@ -51,7 +52,7 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, home: 
         print(f"{c['n_ordinary']:,} ordinary held-out tokens; {c['n_sinks_excluded']:,} attention sinks left out "
               f"and kept clean\nreport: {_where(stack, report['report_key'])}")
 
-        print(f"\n[4/4] label: the {label_features} most active features, by SmolLM2 (few-shot) and by "
+        print(f"\n[4/5] label: the {label_features} most active features, by SmolLM2 (few-shot) and by "
               "article metadata; each label scored on windows its explainer never saw")
         job = client.wait(label["id"], progress=True)
         labelled = client.manifest(job["id"])
@@ -59,7 +60,21 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, home: 
         print(labels_summary(labelled["summary"]))
         print(f"detection: balanced accuracy and AUC of the judge (SmolLM2) telling activating from silent "
               f"windows given the label; 0.5 is chance.\nlabels: {_where(stack, labelled['labels_key'])}")
-        return {"harvest": manifest, "train": trained, "evaluate": report, "label": labelled}
+
+        print(f"\n[5/5] steer: find a feature by label search ({steer_query!r}), clamp it during generation")
+        hits = client.search_labels(job["id"], steer_query, top=3)
+        for h in hits:
+            print(f"  feature {h['feature']}: {h['label']!r} ({h['explainer']}), similarity {h['similarity']:.2f}, "
+                  f"detection AUC {h['detection_auc'] if h['detection_auc'] is None else round(h['detection_auc'], 2)}")
+        feature = hits[0]["feature"]
+        max_act = max(r["max_activation"] for r in client.labels(job["id"]) if r["feature"] == feature)
+        out = client.steer({"sae": {"job_id": train["id"]}, "prompt": steer_prompt, "max_new_tokens": 32,
+                            "interventions": [{"feature": feature, "mode": "clamp", "value": 8 * max_act}]})
+        print(f"prompt: {steer_prompt!r}; feature {feature} clamped to 8 x its max activation ({8 * max_act:.1f})")
+        print(f"  default: {out['default']!r}\n  steered: {out['steered']!r}")
+        print(f"  KL from default {out['kl_from_default']:.3f} nats/token; perplexity of the steered text under "
+              f"the unsteered model {out['perplexity_unsteered']:.1f}; {out['seconds']:.1f} s")
+        return {"harvest": manifest, "train": trained, "evaluate": report, "label": labelled, "steer": out}
 
 
 def _where(stack: LocalStack, key: str) -> str:

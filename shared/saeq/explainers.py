@@ -126,10 +126,10 @@ class MetadataExplainer:
 
 # --- a local Hugging Face model ----------------------------------------------------------------
 
-_FEW_SHOT = (
+_FEW_SHOT = (  # one topical, one syntactic, one named-entity shot: a 135M model copies a lone theme
     "Words: apple, banana, cherry, mango\nTheme: fruit\nMeaning: names of fruits.\n\n"
+    "Words: the, a, an, this\nTheme: articles\nMeaning: small words that introduce a noun.\n\n"
     "Words: Paris, London, Berlin, Madrid\nTheme: European capitals\nMeaning: capital cities of European countries.\n\n"
-    "Words: neurons, cortex, synapse, hippocampus\nTheme: the brain\nMeaning: parts and cells of the brain.\n\n"
 )
 
 
