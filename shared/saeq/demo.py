@@ -14,7 +14,7 @@ from saeq.specs import EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainedS
 HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]
 
 
-def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_query: str = "science",
+def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_query: str = "geography",
              steer_prompt: str = "Tell me about your weekend.", home: Path | None = None) -> dict:
     home = home or saeq_home() / "demo"
     with LocalStack(StackOptions(home=home, port=free_port())) as stack:
@@ -69,8 +69,9 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
         feature = hits[0]["feature"]
         max_act = max(r["max_activation"] for r in client.labels(job["id"]) if r["feature"] == feature)
         out = client.steer({"sae": {"job_id": train["id"]}, "prompt": steer_prompt, "max_new_tokens": 32,
-                            "interventions": [{"feature": feature, "mode": "clamp", "value": 8 * max_act}]})
-        print(f"prompt: {steer_prompt!r}; feature {feature} clamped to 8 x its max activation ({8 * max_act:.1f})")
+                            "interventions": [{"feature": feature, "mode": "clamp", "value": 2 * max_act}]})
+        # 2x the largest activation seen: enough to take over a 135M model's topic (4x breaks its grammar).
+        print(f"prompt: {steer_prompt!r}; feature {feature} clamped to 2 x its max activation ({2 * max_act:.1f})")
         print(f"  default: {out['default']!r}\n  steered: {out['steered']!r}")
         print(f"  KL from default {out['kl_from_default']:.3f} nats/token; perplexity of the steered text under "
               f"the unsteered model {out['perplexity_unsteered']:.1f}; {out['seconds']:.1f} s")

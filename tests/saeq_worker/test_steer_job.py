@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from saeq.client import ApiError
-from saeq.specs import SaeConfig, SteerSpec, TrainSpec
+from saeq.specs import LabelSpec, SaeConfig, SteerSpec, TrainSpec
 from tests.saeq_worker.conftest import HOOK
 
 pytestmark = pytest.mark.integration
@@ -24,16 +24,23 @@ def train_job(client_module, harvest_job):
 
 
 def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, train_job, tmp_path):
-    spec = SteerSpec(sae={"job_id": train_job["id"]}, prompts=["The capital of France", "Cats are"], chat=False,
+    # Labels (metadata only: cheap) name the features and give the concept to look for.
+    label = client_module.submit(LabelSpec(sae={"job_id": train_job["id"]}, index_tokens=2048, features=[3],
+                                           min_activating=1, explainers=[{"backend": "metadata"}], judge=None,
+                                           scorers=["embedding"], n_explain_examples=2, n_score_examples=2))
+    spec = SteerSpec(sae={"job_id": train_job["id"]}, label_job=label["id"],
+                     prompts=["The capital of France", "Cats are"], chat=False,
                      interventions=[{"name": "f3", "edits": [{"feature": 3, "mode": "add", "value": 40.0}]},
                                     {"name": "scale1", "edits": [{"feature": 3, "mode": "scale", "value": 1.0}]}],
                      strengths=[0.0, 1.0], max_new_tokens=8)
-    done = client_module.wait(client_module.submit(spec)["id"], timeout=300)
+    done = client_module.wait(client_module.submit(spec, depends_on=[label["id"]])["id"], timeout=300)
     manifest = client_module.manifest(done["id"])
+    concept = client_module.labels(label["id"])[0]["label"]
     assert manifest["n_completions"] == 2 * 2 * 2
     rows = [json.loads(line) for line in client_module.read(done["id"], "report/completions.jsonl").splitlines()]
     for r in rows:
         assert r["default"] and "steered" in r
+        assert r["concept"] == concept and -1 <= r["concept_similarity_steered"] <= 1
         # Adding 0 x the direction, or scaling the activation by 1, changes nothing: same text, KL 0.
         if (r["set"], r["strength"]) in (("f3", 0.0), ("scale1", 1.0)):
             assert r["steered"] == r["default"] and r["kl_from_default"] == pytest.approx(0, abs=1e-6)

@@ -28,7 +28,10 @@ async def _ask_worker(svc: Services, op: str, payload: dict, *, field_prefix: st
     request_id = uuid.uuid4().hex
     svc.celery.send_task(LIVE_TASK, args=[request_id, op, payload], queue=LIVE_QUEUE)
     timeout = svc.settings.live_timeout_s
-    reply = await asyncio.to_thread(svc.registry.r.blpop, [live_reply_key(request_id)], timeout)
+    deadline, reply = time.monotonic() + timeout, None
+    while reply is None and time.monotonic() < deadline:
+        # Short waits: a Redis connection may have a socket timeout shorter than a model load.
+        reply = await asyncio.to_thread(svc.registry.r.blpop, [live_reply_key(request_id)], 1)
     if reply is None:
         raise HTTPException(504, detail=f"no worker on the '{LIVE_QUEUE}' queue answered within {timeout:g} s")
     data = json.loads(reply[1])
