@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from saeq.dispatch import QUEUES
@@ -14,6 +14,16 @@ from saeq.registry import DURATION_BUCKETS_S, Registry
 
 REQUESTS = Counter("saeq_api_job_submissions_total", "Job submissions accepted by this API process",
                    ["kind"], registry=None)
+
+
+LIVE_SECONDS = Histogram("saeq_api_live_request_seconds",
+                         "Live requests (steer, chat, label search) answered by this API process, "
+                         "wall time including the worker", ["op", "outcome"],
+                         buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=None)
+
+
+def observe_live(op: str, outcome: str, seconds: float) -> None:
+    LIVE_SECONDS.labels(op=op, outcome=outcome).observe(seconds)
 
 
 def observe_submit(kind: str) -> None:
@@ -94,6 +104,7 @@ def _tally(census: list[dict], *fields: str) -> list[tuple[tuple, int]]:
 def make_registry(registry: Registry) -> CollectorRegistry:
     reg = CollectorRegistry()
     reg.register(REQUESTS)
+    reg.register(LIVE_SECONDS)
     reg.register(JobCollector(registry))
     return reg
 

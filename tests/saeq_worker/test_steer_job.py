@@ -64,6 +64,8 @@ def test_live_steer_and_its_errors_name_the_field(stack, client_module, train_jo
         unknown = {**body, "sae": {"job_id": "f" * 32}}
         r = http.post("/v1/steer", json=unknown)
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "sae.job_id"
+        scrape = http.get("/metrics").text  # live latency is on the API's dashboard
+        assert 'saeq_api_live_request_seconds_count{op="steer",outcome="ok"}' in scrape
 
 
 def test_openai_client_gets_a_steered_chat_completion(stack, harvest_job, train_job):

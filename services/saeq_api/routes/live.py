@@ -18,6 +18,7 @@ from saeq.dispatch import LIVE_QUEUE, LIVE_TASK, live_reply_key
 from saeq.specs import (BUILTIN_MODEL, ChatMessage, Intervention, LabelSearch, ModelSpec, SaeRef,
                         SteerRequest, TrainedSae)
 from saeq_api.deps import Services, services
+from saeq_api.metrics import observe_live
 from saeq_api.routes.jobs import _referenced_job, _unprocessable
 
 router = APIRouter(prefix="/v1", tags=["live"])
@@ -25,6 +26,16 @@ Svc = Annotated[Services, Depends(services)]
 
 
 async def _ask_worker(svc: Services, op: str, payload: dict, *, field_prefix: str = "") -> dict:
+    t0, outcome = time.monotonic(), "error"
+    try:
+        data = await _round_trip(svc, op, payload, field_prefix)
+        outcome = "ok"
+        return data
+    finally:
+        observe_live(op, outcome, time.monotonic() - t0)
+
+
+async def _round_trip(svc: Services, op: str, payload: dict, field_prefix: str) -> dict:
     request_id = uuid.uuid4().hex
     svc.celery.send_task(LIVE_TASK, args=[request_id, op, payload], queue=LIVE_QUEUE)
     timeout = svc.settings.live_timeout_s
