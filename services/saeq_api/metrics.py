@@ -17,9 +17,14 @@ REQUESTS = Counter("saeq_api_job_submissions_total", "Job submissions accepted b
 
 
 LIVE_SECONDS = Histogram("saeq_api_live_request_seconds",
-                         "Live requests (steer, chat, label search) answered by this API process, "
+                         "Live requests (steer and chat: op=steer; label search) answered by this API process, "
                          "wall time including the worker", ["op", "outcome"],
                          buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=None)
+
+
+for _op in ("steer", "search_labels"):  # exported at 0 before the first request
+    for _outcome in ("ok", "error"):
+        LIVE_SECONDS.labels(op=_op, outcome=_outcome)
 
 
 def observe_live(op: str, outcome: str, seconds: float) -> None:

@@ -81,7 +81,8 @@ def test_the_dashboards_cover_what_operators_watch():
     queries = " ".join(q for _, q in all_queries())
     for metric in ("saeq_queue_depth", "saeq_queue_oldest_wait_seconds", "saeq_jobs_finished_total",
                    "saeq_job_duration_seconds_bucket", "saeq_worker_tokens_per_second", "saeq_worker_up",
-                   "saeq_team_jobs", "saeq_worker_gpu_memory_used_bytes", "saeq_worker_gpu_utilization_ratio"):
+                   "saeq_team_jobs", "saeq_worker_gpu_memory_used_bytes", "saeq_worker_gpu_utilization_ratio",
+                   "saeq_api_live_request_seconds_bucket"):
         assert metric in queries, metric
     alerts = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
     assert {"SaeqNoWorkers", "SaeqBacklogGrowing", "SaeqHighFailureRatio"} <= alerts
