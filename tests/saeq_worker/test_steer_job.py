@@ -44,6 +44,9 @@ def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, 
         # Adding 0 x the direction, or scaling the activation by 1, changes nothing: same text, KL 0.
         if (r["set"], r["strength"]) in (("f3", 0.0), ("scale1", 1.0)):
             assert r["steered"] == r["default"] and r["kl_from_default"] == pytest.approx(0, abs=1e-6)
+    summary = {(g["set"], g["strength"]): g for g in manifest["summary"]}
+    assert summary[("scale1", 1.0)]["concept_rate"] == 0.0  # identical text is never "more" about it
+    assert summary[("f3", 0.0)]["kl_from_default"] == pytest.approx(0, abs=1e-6)
     strong = [r for r in rows if r["set"] == "f3" and r["strength"] == 1.0]
     assert all(r["kl_from_default"] > 0 for r in strong)
 

@@ -91,6 +91,10 @@ def _summary(rows: list[dict]) -> list[dict]:
         if "concept_similarity_steered" in rs[0]:
             for k in ("concept_similarity_default", "concept_similarity_steered"):
                 item[k] = sum(r[k] for r in rs) / len(rs)
+            # How often the concept shows up more than without steering (a margin: the same text
+            # embedded twice in one batch can differ in the last float bits).
+            item["concept_rate"] = sum(r["concept_similarity_steered"] > r["concept_similarity_default"] + 1e-4
+                                       for r in rs) / len(rs)
         out.append(item)
     return out
 
