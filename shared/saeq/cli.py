@@ -250,8 +250,9 @@ def steer(ctx, train_job, prompt, feature, mode, value, sae_name, tokens) -> Non
     except ApiError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"default: {out['default']}\nsteered: {out['steered']}")
+    ppl = out["perplexity_unsteered"]
     click.echo(f"KL from default {out['kl_from_default']:.3f} nats/token, perplexity under the unsteered "
-               f"model {out['perplexity_unsteered']}")
+               f"model {'-' if ppl is None else f'{ppl:.1f}'}")
 
 
 @main.command()
