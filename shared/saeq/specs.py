@@ -8,13 +8,22 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from saeq import hooks
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _valid_hook(name: str) -> str:
+    hooks.parse(name)  # ValueError naming what is wrong
+    return name
+
+
+HookName = Annotated[str, AfterValidator(_valid_hook)]
+"""`blocks.{i}.hook_{resid_pre,resid_post,mlp_out,attn_out}` (saeq.hooks)."""
 
 
 BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
@@ -242,14 +251,8 @@ class ActivationsRef(Frozen):
 
     job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     """Id of a harvest job (it must have succeeded; list it in `depends_on` to wait for it)."""
-    hook: str = "blocks.14.hook_resid_post"
+    hook: HookName = "blocks.14.hook_resid_post"
     """One of that harvest's hook points."""
-
-    @field_validator("hook")
-    @classmethod
-    def _hook_name(cls, name: str) -> str:
-        hooks.parse(name)
-        return name
 
 
 class SinkRule(Frozen):
@@ -343,6 +346,15 @@ class ImportedSae(Frozen):
         return path
 
 
+def _require_for_imported(spec, fields: tuple[str, ...]) -> None:
+    """An imported SAE has no harvest to take these from: the spec must give them."""
+    if isinstance(spec.sae, ImportedSae):
+        missing = [f for f in fields if getattr(spec, f) is None]
+        if missing:
+            raise ValueError(f"an imported SAE needs {', '.join(missing)}: there is no harvest to take "
+                             "them from")
+
+
 SaeRef = Annotated[Union[Annotated[TrainedSae, Tag("job")], Annotated[ImportedSae, Tag("path")]], _tag("job")]
 
 
@@ -353,7 +365,7 @@ class EvaluateSpec(Frozen):
     sae: SaeRef
     model: ModelSpec | None = None
     """None: the model the SAE's harvest read (required for an imported SAE)."""
-    hook: str | None = None
+    hook: HookName | None = None
     """None: the hook point the SAE was trained on (required for an imported SAE)."""
     corpus: CorpusSpec | None = None
     """None: documents of the harvest's corpus that neither harvest nor training saw."""
@@ -369,20 +381,9 @@ class EvaluateSpec(Frozen):
     seed: int = 0
     """Document order of a builtin corpus given explicitly."""
 
-    @field_validator("hook")
-    @classmethod
-    def _hook_name(cls, name: str | None) -> str | None:
-        if name is not None:
-            hooks.parse(name)
-        return name
-
     @model_validator(mode="after")
     def _imported_needs_context(self) -> "EvaluateSpec":
-        if isinstance(self.sae, ImportedSae):
-            missing = [f for f in ("model", "hook", "corpus") if getattr(self, f) is None]
-            if missing:
-                raise ValueError(f"an imported SAE needs {', '.join(missing)}: there is no harvest to take "
-                                 "them from")
+        _require_for_imported(self, ("model", "hook", "corpus"))
         return self
 
 
@@ -435,7 +436,7 @@ class LabelSpec(Frozen):
     sae: SaeRef
     model: ModelSpec | None = None
     """None: the model the SAE's harvest read (required for an imported SAE)."""
-    hook: str | None = None
+    hook: HookName | None = None
     """None: the hook point the SAE was trained on (required for an imported SAE)."""
     corpus: CorpusSpec | None = None
     """None: documents of the harvest's corpus that neither harvest nor training saw."""
@@ -470,20 +471,9 @@ class LabelSpec(Frozen):
     seed: int = 0
     """Seeds the choice of scoring windows (and the document order of a builtin corpus)."""
 
-    @field_validator("hook")
-    @classmethod
-    def _hook_name(cls, name: str | None) -> str | None:
-        if name is not None:
-            hooks.parse(name)
-        return name
-
     @model_validator(mode="after")
     def _consistent(self) -> "LabelSpec":
-        if isinstance(self.sae, ImportedSae):
-            missing = [f for f in ("model", "hook", "corpus") if getattr(self, f) is None]
-            if missing:
-                raise ValueError(f"an imported SAE needs {', '.join(missing)}: there is no harvest to take "
-                                 "them from")
+        _require_for_imported(self, ("model", "hook", "corpus"))
         if self.judge is None and {"detection", "fuzzing"} & set(self.scorers):
             raise ValueError("detection and fuzzing scorers need a judge")
         if len(set(self.scorers)) != len(self.scorers):
@@ -522,7 +512,7 @@ class SteerSpec(Frozen):
     sae: SaeRef
     model: ModelSpec | None = None
     """None: the model the SAE's harvest read (required for an imported SAE)."""
-    hook: str | None = None
+    hook: HookName | None = None
     """None: the hook point the SAE was trained on (required for an imported SAE)."""
     prompts: list[Annotated[str, Field(min_length=1, max_length=8000)]] = Field(min_length=1, max_length=256)
     chat: bool = True
@@ -537,19 +527,9 @@ class SteerSpec(Frozen):
     """A label job of this SAE: the features' labels name them in the output and the concept
     similarity (embedding of the completion against the label) is reported."""
 
-    @field_validator("hook")
-    @classmethod
-    def _hook_name(cls, name: str | None) -> str | None:
-        if name is not None:
-            hooks.parse(name)
-        return name
-
     @model_validator(mode="after")
     def _imported_needs_context(self) -> "SteerSpec":
-        if isinstance(self.sae, ImportedSae):
-            missing = [f for f in ("model", "hook") if getattr(self, f) is None]
-            if missing:
-                raise ValueError(f"an imported SAE needs {', '.join(missing)}")
+        _require_for_imported(self, ("model", "hook"))
         return self
 
 
@@ -566,7 +546,7 @@ class SteerRequest(Frozen):
     """None: no SAE, plain generation with `model` (the chat endpoint without `steering`)."""
     model: ModelSpec | None = None
     """None: the model the SAE's harvest read."""
-    hook: str | None = None
+    hook: HookName | None = None
     prompt: str | None = Field(default=None, min_length=1, max_length=8000)
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=64)
     """A chat, instead of `prompt`; always put through the chat template."""
@@ -579,19 +559,11 @@ class SteerRequest(Frozen):
     include_default: bool = True
     """Also generate without interventions (same seed), and report KL and perplexity."""
 
-    @field_validator("hook")
-    @classmethod
-    def _hook_name(cls, name: str | None) -> str | None:
-        if name is not None:
-            hooks.parse(name)
-        return name
-
     @model_validator(mode="after")
     def _consistent(self) -> "SteerRequest":
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt and messages")
-        if isinstance(self.sae, ImportedSae) and (self.model is None or self.hook is None):
-            raise ValueError("an imported SAE needs model and hook")
+        _require_for_imported(self, ("model", "hook"))
         if self.sae is None and self.interventions:
             raise ValueError("interventions need an sae")
         return self
