@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from saeq.client import Client
 from saeq.specs import HarvestSpec, ModelSpec
 from tests.fixtures_stack import make_stack
-from tests.servers import find_binary, free_port
+from tests.deploy import promtool_or_skip
+from tests.servers import free_port
 from tests.tiny_model import save_tiny_llama
 
 pytestmark = pytest.mark.integration
@@ -90,7 +91,7 @@ def test_the_dashboards_cover_what_operators_watch():
 
 def test_every_dashboard_query_parses(tmp_path):
     # promtool parses PromQL: each query becomes a recording rule, Grafana's variables filled in.
-    promtool = _promtool()
+    promtool = promtool_or_skip()
     rules = []
     for i, (where, expr) in enumerate(all_queries()):
         for var, value in GRAFANA_VARS.items():
@@ -173,13 +174,8 @@ def test_worker_metrics_describe_this_worker(scrapes):
 
 @pytest.mark.parametrize("side", ["api", "worker"])
 def test_promtool_check_metrics_passes(scrapes, side):
-    out = subprocess.run([_promtool(), "check", "metrics"], input=scrapes[side], capture_output=True,
+    out = subprocess.run([promtool_or_skip(), "check", "metrics"], input=scrapes[side], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _promtool() -> str:
-    try:
-        return find_binary("promtool")
-    except RuntimeError:
-        pytest.skip("promtool not installed (Debian package `prometheus`; .ci/run installs it)")

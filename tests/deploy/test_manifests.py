@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.deploy import promtool_or_skip
 from tests.servers import find_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,18 +264,13 @@ def test_prometheus_config_scrapes_the_api_and_every_worker():
 
 @pytest.mark.parametrize("what", ["config", "rules"])
 def test_promtool_accepts_the_prometheus_config_and_rules(what):
-    promtool = _promtool()
+    promtool = promtool_or_skip()
     target = {"config": "prometheus.yml", "rules": "alerts.yml"}[what]
     out = subprocess.run([promtool, "check", what, target], cwd=ROOT / "deploy" / "prometheus",
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _promtool() -> str:
-    try:
-        return find_binary("promtool")
-    except RuntimeError:
-        pytest.skip("promtool not installed (Debian package `prometheus`; .ci/run installs it)")
 
 
 # -------------------------------------------------------------------------------- Dockerfiles

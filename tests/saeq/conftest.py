@@ -12,6 +12,16 @@ from saeq.corpus import builtin_documents
 from saeq.models import LoadedModel, decoder_blocks
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from threads, and two busy processes sharing this machine's
+    cores make OpenMP's spinning threads crawl: run a test on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """Byte-level BPE (512 tokens) trained on 200 builtin articles, with a BOS token."""

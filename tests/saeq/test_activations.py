@@ -17,14 +17,7 @@ HOOK = "blocks.1.hook_resid_post"
 T, N, D = 16, 1024, 8  # context length, tokens, width: 16 shards of 64 tokens
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and two busy processes sharing this machine's
-    cores make OpenMP's spinning threads crawl: run these tests on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def labelled_acts(n: int = N) -> torch.Tensor:

@@ -13,14 +13,7 @@ from saeq.sae import SparseAutoencoder
 D, M = 16, 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and two busy processes sharing this machine's
-    cores make OpenMP's spinning threads crawl: run these tests on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_sae(arch: str, *, k: int = 5, seed: int = 0) -> SparseAutoencoder:

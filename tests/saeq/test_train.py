@@ -18,14 +18,7 @@ JOB = "d" * 32
 HOOK = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and two busy processes sharing this machine's
-    cores make OpenMP's spinning threads crawl: run these tests on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec(*saes: SaeConfig, **kw) -> TrainSpec:

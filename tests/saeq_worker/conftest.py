@@ -1,10 +1,11 @@
-"""A harvest of a tiny Llama, once per module, and a client of the module's stack."""
+"""A harvest of a tiny Llama and a small TopK SAE trained on it, once per module, and a client of the
+module's stack."""
 
 from __future__ import annotations
 
 import pytest
 
-from saeq.specs import HarvestSpec, ModelSpec
+from saeq.specs import HarvestSpec, ModelSpec, SaeConfig, TrainSpec
 from tests.tiny_model import save_tiny_llama
 
 HOOK = "blocks.1.hook_resid_post"
@@ -24,3 +25,11 @@ def client_module(stack):
 
     with Client(stack.url, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def train_job(client_module, harvest_job):
+    spec = TrainSpec(activations={"job_id": harvest_job["id"], "hook": HOOK},
+                     saes=[SaeConfig(name="topk", d_sae=256, k=8)], batch_size=512,
+                     total_tokens=30_720, validation_tokens=2048)
+    return client_module.wait(client_module.submit(spec)["id"], timeout=300)

@@ -9,18 +9,9 @@ import pytest
 
 from saeq import keys
 from saeq.client import ApiError
-from saeq.specs import LabelSpec, SaeConfig, TrainSpec
-from tests.saeq_worker.conftest import HOOK
+from saeq.specs import LabelSpec
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def train_job(client_module, harvest_job):
-    spec = TrainSpec(activations={"job_id": harvest_job["id"], "hook": HOOK},
-                     saes=[SaeConfig(name="topk", d_sae=256, k=8)], batch_size=512,
-                     total_tokens=30_720, validation_tokens=2048)
-    return client_module.wait(client_module.submit(spec)["id"], timeout=300)
 
 
 def _answer(request: dict) -> str:

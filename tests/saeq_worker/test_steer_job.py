@@ -9,18 +9,10 @@ import httpx
 import pytest
 
 from saeq.client import ApiError
-from saeq.specs import LabelSpec, SaeConfig, SteerSpec, TrainSpec
+from saeq.specs import LabelSpec, SteerSpec
 from tests.saeq_worker.conftest import HOOK
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def train_job(client_module, harvest_job):
-    spec = TrainSpec(activations={"job_id": harvest_job["id"], "hook": HOOK},
-                     saes=[SaeConfig(name="topk", d_sae=256, k=8)], batch_size=512,
-                     total_tokens=30_720, validation_tokens=2048)
-    return client_module.wait(client_module.submit(spec)["id"], timeout=300)
 
 
 def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, train_job, tmp_path):
