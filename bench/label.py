@@ -11,7 +11,6 @@ Usage: python bench/label.py [--features 32] [--index-tokens 65536] [--sae DIR]
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import platform
 import sys
@@ -76,10 +75,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from saeq.corpus import iter_documents, document_info
-    from saeq.explainers import LocalExplainer, LocalJudge, LocalLLM, MetadataExplainer
+    from saeq.explainers import LocalExplainer, LocalJudge, LocalLLM, MetadataExplainer, token_pieces
     from saeq.features import build_feature_index
     from saeq.jobs.evaluate import SinkReference
-    from saeq.jobs.harvest import pack_contexts
+    from saeq.jobs.harvest import context_batches
     from saeq.jobs.label import label_features, select_features
     from saeq.models import load_model
     from saeq.sae import SparseAutoencoder
@@ -97,24 +96,16 @@ def main() -> None:
           f"SmolLM2-135M-Instruct {HOOK}, d_sae {sae.d_sae}", flush=True)
 
     corpus = BuiltinCorpus(first_doc=5000)  # past the harvest's documents
-    contexts = itertools.islice(pack_contexts(iter_documents(corpus, seed=0), lm.tokenizer, context_len=128,
-                                              prepend_bos=False, doc_separator="\n\n"),
-                                args.index_tokens // 128)
-
-    def batches():
-        while chunk := list(itertools.islice(contexts, 16)):
-            yield torch.tensor([c for c, _ in chunk]), torch.tensor([d for _, d in chunk])
+    batches = context_batches(iter_documents(corpus, seed=0), lm.tokenizer, context_len=128,
+                              max_tokens=args.index_tokens, batch_size=16)
 
     t0 = time.perf_counter()
-    index = build_feature_index(sae, lm, HOOK, batches(), sinks=sinks)
+    index = build_feature_index(sae, lm, HOOK, batches, sinks=sinks)
     t_index = time.perf_counter() - t0
 
     spec = LabelSpec(sae={"job_id": "0" * 32}, n_most_active=args.features, n_score_examples=args.score_examples)
     features = select_features(index, spec)
-    pieces: dict[int, str] = {}
-
-    def decode(ids):
-        return [pieces.setdefault(int(i), lm.tokenizer.decode([int(i)])) for i in ids]
+    decode = token_pieces(lm.tokenizer)
 
     llm = Timed(LocalLLM(lm), ("generate", "yes_probability"))
     embedder = Timed(EmbeddingScorer(), ("score",))

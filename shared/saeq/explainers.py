@@ -55,6 +55,22 @@ class Judge(Protocol):
 
 # --- shared text helpers -------------------------------------------------------------------------
 
+def token_pieces(tokenizer) -> Decode:
+    """A Decode for `tokenizer`: each token id decoded alone, memoised (windows repeat tokens)."""
+    cache: dict[int, str] = {}
+
+    def decode(ids: list[int]) -> list[str]:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i not in cache:
+                cache[i] = tokenizer.decode([i])
+            out.append(cache[i])
+        return out
+
+    return decode
+
+
 def text_of(example: Example, decode: Decode) -> str:
     return "".join(decode(example.token_ids))
 

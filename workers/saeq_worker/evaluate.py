@@ -3,7 +3,6 @@ contexts, store metrics.json, plots and a report page, and publish the manifest 
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import tempfile
@@ -11,14 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import saeq
 from saeq import keys, report
 from saeq.corpus import iter_documents
 from saeq.errors import InvalidSpec, NotFound
 from saeq.jobs.evaluate import METRICS_VERSION, SinkReference, evaluate_sae
-from saeq.jobs.harvest import pack_contexts
+from saeq.jobs.harvest import context_batches
 from saeq.sae import SparseAutoencoder
 from saeq.specs import EvaluateSpec, ModelSpec
 from saeq.store import ObjectStore
@@ -109,16 +106,11 @@ def run_evaluate(job: RunningJob, *, cache_dir: str) -> str:
     sinks = sink_reference(spec, sink_info)
 
     docs = iter_documents(corpus, seed=spec.seed, store=store)
-    contexts = itertools.islice(pack_contexts(docs, lm.tokenizer, context_len=context_len,
-                                              prepend_bos=False, doc_separator="\n\n"),
-                                -(-spec.max_tokens // context_len))
-
-    def batches():
-        while chunk := list(itertools.islice(contexts, spec.batch_size)):
-            yield torch.tensor([ids for ids, _ in chunk])
+    batches = (ids for ids, _ in context_batches(docs, lm.tokenizer, context_len=context_len,
+                                                 max_tokens=spec.max_tokens, batch_size=spec.batch_size))
 
     t0 = time.monotonic()
-    result = evaluate_sae(sae, lm, hook, batches(), sinks=sinks, dense_threshold=spec.dense_threshold,
+    result = evaluate_sae(sae, lm, hook, batches, sinks=sinks, dense_threshold=spec.dense_threshold,
                           should_stop=job.should_stop,
                           on_batch=lambda n: job.report(n / spec.max_tokens, "evaluate", f"{n:,} tokens",
                                                         tokens=n, tokens_per_s=n / max(time.monotonic() - t0, 1e-9)))

@@ -4,21 +4,17 @@ manifest last."""
 
 from __future__ import annotations
 
-import functools
-import itertools
 import json
 import os
 import time
-
-import torch
 
 from saeq import keys
 from saeq.corpus import document_info, iter_documents
 from saeq.errors import InvalidSpec
 from saeq.explainers import (PROMPT_VERSION, EndpointExplainer, EndpointJudge, LocalExplainer, LocalJudge,
-                             LocalLLM, MetadataExplainer)
+                             LocalLLM, MetadataExplainer, token_pieces)
 from saeq.features import FeatureIndex, build_feature_index
-from saeq.jobs.harvest import pack_contexts
+from saeq.jobs.harvest import context_batches
 from saeq.jobs.label import label_features, select_features
 from saeq.llm import ChatEndpoint, ResponseCache
 from saeq.scoring import EmbeddingScorer
@@ -53,7 +49,7 @@ def run_label(job: RunningJob, *, cache_dir: str) -> str:
                           field="spec.index_tokens")
     job.check()
 
-    decode = _decoder(lm.tokenizer)
+    decode = token_pieces(lm.tokenizer)
     models = {ctx.model: lm}
 
     def local_llm(s: LocalLLMSpec) -> LocalLLM:
@@ -109,17 +105,11 @@ def run_label(job: RunningJob, *, cache_dir: str) -> str:
 
 def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureIndex:
     docs = iter_documents(ctx.corpus, seed=spec.seed, store=job.store)
-    contexts = itertools.islice(pack_contexts(docs, lm.tokenizer, context_len=ctx.context_len,
-                                              prepend_bos=False, doc_separator="\n\n"),
-                                -(-spec.index_tokens // ctx.context_len))
-
-    def batches():
-        while chunk := list(itertools.islice(contexts, spec.batch_size)):
-            yield torch.tensor([ids for ids, _ in chunk]), torch.tensor([docs for _, docs in chunk])
-
+    batches = context_batches(docs, lm.tokenizer, context_len=ctx.context_len, max_tokens=spec.index_tokens,
+                              batch_size=spec.batch_size)
     t0 = time.monotonic()
     return build_feature_index(
-        ctx.sae, lm, ctx.hook, batches(), sinks=sinks, should_stop=job.should_stop,
+        ctx.sae, lm, ctx.hook, batches, sinks=sinks, should_stop=job.should_stop,
         on_batch=lambda n: job.report(0.5 * n / spec.index_tokens, "index", f"{n:,} tokens", tokens=n,
                                       tokens_per_s=n / max(time.monotonic() - t0, 1e-9)))
 
@@ -134,14 +124,6 @@ def _endpoint(e: EndpointLLM, store, field: str) -> ChatEndpoint:
     return ChatEndpoint(e.base_url, e.model, api_key=key, timeout_s=e.timeout_s, max_retries=e.max_retries,
                         token_budget=e.token_budget, cache=ResponseCache(store),
                         max_concurrency=e.max_concurrency)
-
-
-def _decoder(tokenizer):
-    @functools.lru_cache(maxsize=None)
-    def piece(token_id: int) -> str:
-        return tokenizer.decode([token_id])
-
-    return lambda ids: [piece(int(i)) for i in ids]
 
 
 def summarize(records: list[dict]) -> dict:

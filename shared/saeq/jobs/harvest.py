@@ -151,6 +151,16 @@ def pack_contexts(
         del ids[:n_full * body], owners[:n_full * body]
 
 
+def context_batches(docs: Iterable[Document], tokenizer, *, context_len: int, max_tokens: int,
+                    batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(token ids (B, T), doc ids (B, T)) batches of packed contexts (no BOS, documents joined by a
+    blank line) until `max_tokens`, rounded up to whole contexts: what evaluation and labelling read."""
+    contexts = itertools.islice(pack_contexts(docs, tokenizer, context_len=context_len, prepend_bos=False,
+                                              doc_separator="\n\n"), math.ceil(max_tokens / context_len))
+    while chunk := list(itertools.islice(contexts, batch_size)):
+        yield torch.tensor([ids for ids, _ in chunk]), torch.tensor([owners for _, owners in chunk])
+
+
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda only
 
 
