@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import lru_cache
 
 from saeq import keys
 from saeq.errors import JobError
@@ -38,11 +39,7 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
         check_edits(_edits(s.edits), ctx.sae, field=f"spec.interventions[{i}].edits")
     lm = cached_model(ctx.model, job.device, cache_dir)
     labels = _labels(store, spec.label_job) if spec.label_job else {}
-    embedder = None
-    if labels:
-        from saeq.scoring import EmbeddingScorer
-
-        embedder = EmbeddingScorer(device=str(lm.device))
+    embedder = _embedder(str(lm.device)) if labels else None
     rows, total, done = [], len(spec.prompts) * len(spec.interventions) * len(spec.strengths), 0
     for p_i, prompt in enumerate(spec.prompts):
         ids = _prompt_ids(lm, prompt, spec.chat)
@@ -91,9 +88,10 @@ def _summary(rows: list[dict]) -> list[dict]:
         if "concept_similarity_steered" in rs[0]:
             for k in ("concept_similarity_default", "concept_similarity_steered"):
                 item[k] = sum(r[k] for r in rs) / len(rs)
-            # How often the concept shows up more than without steering (a margin: the same text
-            # embedded twice in one batch can differ in the last float bits).
-            item["concept_rate"] = sum(r["concept_similarity_steered"] > r["concept_similarity_default"] + 1e-4
+            # How often the concept shows up more than without steering; an unchanged text never
+            # counts (the same text embedded twice can differ in the last float bits).
+            item["concept_rate"] = sum(r["steered"] != r["default"] and
+                                       r["concept_similarity_steered"] > r["concept_similarity_default"]
                                        for r in rs) / len(rs)
         out.append(item)
     return out
@@ -164,20 +162,16 @@ _EMBEDDED: dict[str, tuple] = {}  # label job -> (records, label embeddings, man
 def search_labels(search: LabelSearch, store: ObjectStore, *, device: str) -> dict:
     """Features of a label job ranked by cosine similarity of their label and description to the
     query (MiniLM); each feature once, with its best-matching label."""
-    from saeq.scoring import EmbeddingScorer
-
-    global _EMBEDDER
-    if _EMBEDDER is None:
-        _EMBEDDER = EmbeddingScorer(device=device)
+    embedder = _embedder(device)
     if search.label_job not in _EMBEDDED:
         manifest = read_published_manifest(store, search.label_job, "label", field="label_job")
         records = [json.loads(line) for line in store.get(manifest["labels_key"]).decode().splitlines()]
         texts = [f"{r['label']}: {r['description']}" for r in records]
-        emb = _EMBEDDER.model.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
+        emb = embedder.model.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
                                      show_progress_bar=False)
         _EMBEDDED[search.label_job] = (records, emb, manifest)
     records, emb, manifest = _EMBEDDED[search.label_job]
-    q = _EMBEDDER.model.encode([search.query], convert_to_tensor=True, normalize_embeddings=True,
+    q = embedder.model.encode([search.query], convert_to_tensor=True, normalize_embeddings=True,
                                show_progress_bar=False)[0]
     sims = (emb @ q).tolist()
     best: dict[int, tuple[float, dict]] = {}
@@ -192,7 +186,12 @@ def search_labels(search: LabelSearch, store: ObjectStore, *, device: str) -> di
                         for sim, r in ranked]}
 
 
-_EMBEDDER = None
+@lru_cache(maxsize=1)
+def _embedder(device: str):
+    """MiniLM, loaded once per worker process (label search and steer jobs use it)."""
+    from saeq.scoring import EmbeddingScorer
+
+    return EmbeddingScorer(device=device)
 
 
 def error_reply(e: Exception) -> dict:
