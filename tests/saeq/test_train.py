@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from pydantic import ValidationError
 import torch
 
 from saeq.errors import Cancelled, InvalidSpec
@@ -141,6 +142,9 @@ def test_sinks_are_left_out_of_training_and_metrics_and_counted(tmp_path):
 def test_impossible_requests_are_refused():
     with pytest.raises(ValueError, match="k=9 exceeds d_sae=8"):
         SaeConfig(d_sae=8, k=9)
+    with pytest.raises(ValidationError) as unknown:
+        SaeConfig(architecture="gated")
+    assert unknown.value.errors()[0]["loc"] == ("architecture",) and "topk" in str(unknown.value)
     with pytest.raises(ValueError, match="l1_coefficient applies to architecture relu"):
         SaeConfig(architecture="topk", l1_coefficient=3.0)
     with pytest.raises(ValueError, match="duplicate name"):
