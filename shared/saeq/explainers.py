@@ -101,7 +101,7 @@ def top_words(evidence: Evidence, decode: Decode, n: int = 10) -> list[str]:
     return [w for w, _ in counts.most_common(n)]
 
 
-def _one_line(text: str, limit: int = 200) -> str:
+def one_line(text: str, limit: int = 200) -> str:
     return " ".join(text.split())[:limit]
 
 
@@ -177,15 +177,32 @@ class LocalLLM:
             out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         return out
 
-    @torch.inference_mode()
     def yes_probability(self, prompts: list[str]) -> list[float]:
         """P(" Yes") / (P(" Yes") + P(" No")) for the token after each prompt."""
+        return [p[0] for p in self._next_token_shares(prompts, [self.yes_id, self.no_id])]
+
+    def option_probabilities(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+        """For prompts ending in "...:", the probabilities of answering each option (" 0" or, with
+        tokenizers that split the space from digits, " " then "0"), renormalised over the options."""
+        tok = self.lm.tokenizer
+        head = tok("Answer:", add_special_tokens=False)["input_ids"]
+        option_ids, suffix = [], ""
+        for o in options:
+            ids = tok(f"Answer: {o}", add_special_tokens=False)["input_ids"]
+            if ids[:-1] == head:  # " 0" is one token
+                option_ids.append(ids[-1])
+            else:  # "Answer:", " ", "0": the prompt takes the space, the option is the last token
+                option_ids.append(ids[-1])
+                suffix = " "
+        return self._next_token_shares([p + suffix for p in prompts], option_ids)
+
+    @torch.inference_mode()
+    def _next_token_shares(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
         out = []
         for i in range(0, len(prompts), self.batch_size):
             enc = self._encode(prompts[i:i + self.batch_size])
             logits = self.lm.model(**enc, use_cache=False).logits[:, -1].float()
-            pair = logits[:, [self.yes_id, self.no_id]].softmax(-1)
-            out += pair[:, 0].tolist()
+            out += logits[:, token_ids].softmax(-1).tolist()
         return out
 
 
@@ -205,9 +222,9 @@ class LocalExplainer:
 def parse_theme(completion: str) -> Explanation:
     """'<label>\\nMeaning: <description>...' -> Explanation; the label is never empty."""
     lines = [ln.strip() for ln in completion.split("\n")]
-    label = _one_line(lines[0] if lines else "", 80) or "unclear"
+    label = one_line(lines[0] if lines else "", 80) or "unclear"
     meaning = next((ln.split(":", 1)[1].strip() for ln in lines[1:3] if ln.lower().startswith("meaning:")), "")
-    return Explanation(label, _one_line(meaning) or f"Text about {label}.")
+    return Explanation(label, one_line(meaning) or f"Text about {label}.")
 
 
 class LocalJudge:
@@ -218,12 +235,12 @@ class LocalJudge:
 
     def detect(self, items: list[tuple[Explanation, str]]) -> list[float]:
         return self.llm.yes_probability([
-            f'Text: "{_one_line(text, 400)}"\nQuestion: Is this text about {e.label}? Answer Yes or No.\nAnswer:'
+            f'Text: "{one_line(text, 400)}"\nQuestion: Is this text about {e.label}? Answer Yes or No.\nAnswer:'
             for e, text in items])
 
     def fuzz(self, items: list[tuple[Explanation, str]]) -> list[float]:
         return self.llm.yes_probability([
-            f'Text: "{_one_line(text, 400)}"\nQuestion: Are the words marked {MARK_OPEN} {MARK_CLOSE} examples of '
+            f'Text: "{one_line(text, 400)}"\nQuestion: Are the words marked {MARK_OPEN} {MARK_CLOSE} examples of '
             f'{e.label}? Answer Yes or No.\nAnswer:' for e, text in items])
 
 
@@ -244,7 +261,7 @@ class EndpointExplainer:
     def explain(self, evidence: list[Evidence]) -> list[Explanation]:
         requests = []
         for ev in evidence:
-            excerpts = "\n".join(f"{i + 1}. {_one_line(marked_text(ex, self.decode), 600)}"
+            excerpts = "\n".join(f"{i + 1}. {one_line(marked_text(ex, self.decode), 600)}"
                                  for i, ex in enumerate(ev.top))
             requests.append([{"role": "system", "content": _EXPLAIN_SYSTEM},
                              {"role": "user", "content": f"Excerpts:\n{excerpts}"}])
@@ -258,8 +275,8 @@ def parse_label_reply(reply: str) -> Explanation:
     label = re.search(r"^[\s*_#]*label[\s*_]*:[\s*_]*(.+)$", reply, re.I | re.M)
     desc = re.search(r"^[\s*_#]*description[\s*_]*:[\s*_]*(.+)$", reply, re.I | re.M)
     first = next((ln for ln in reply.splitlines() if ln.strip()), "unclear")
-    lab = _one_line(label.group(1) if label else first, 80)
-    return Explanation(lab, _one_line(desc.group(1)) if desc else f"Text about {lab}.")
+    lab = one_line(label.group(1) if label else first, 80)
+    return Explanation(lab, one_line(desc.group(1)) if desc else f"Text about {lab}.")
 
 
 class EndpointJudge:
@@ -271,10 +288,10 @@ class EndpointJudge:
             [[{"role": "system", "content": _JUDGE_SYSTEM}, {"role": "user", "content": q}] for q in questions])
 
     def detect(self, items: list[tuple[Explanation, str]]) -> list[float]:
-        return self._ask([f"Concept: {e.label} ({e.description})\nText: {_one_line(t, 1000)}\n"
+        return self._ask([f"Concept: {e.label} ({e.description})\nText: {one_line(t, 1000)}\n"
                           "Is this text about the concept?" for e, t in items])
 
     def fuzz(self, items: list[tuple[Explanation, str]]) -> list[float]:
-        return self._ask([f"Concept: {e.label} ({e.description})\nText: {_one_line(t, 1000)}\n"
+        return self._ask([f"Concept: {e.label} ({e.description})\nText: {one_line(t, 1000)}\n"
                           f"Are the tokens marked {MARK_OPEN} {MARK_CLOSE} examples of the concept?"
                           for e, t in items])

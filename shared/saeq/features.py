@@ -231,7 +231,7 @@ def _encode_batch(sae, lm, hook, ids_BT, sinks) -> tuple[Tensor, Tensor, Tensor,
     """Non-zero activations of one batch: (flat positions, features, values) and the sink mask,
     on the CPU."""
     B, T = ids_BT.shape
-    x_ND = _read_hook(lm, hook, ids_BT.to(lm.device, torch.long))
+    x_ND = read_hook(lm, hook, ids_BT.to(lm.device, torch.long))
     positions_N = torch.arange(T, device=x_ND.device).repeat(B)
     sink_N = (torch.zeros(B * T, dtype=torch.bool, device=x_ND.device) if sinks is None else
               sink_mask(positions_N, x_ND.norm(dim=-1), sinks.median_norm, sinks.norm_factor))
@@ -242,7 +242,7 @@ def _encode_batch(sae, lm, hook, ids_BT, sinks) -> tuple[Tensor, Tensor, Tensor,
             sink_N.cpu())
 
 
-def _read_hook(lm: LoadedModel, hook: str, ids_BT: Tensor) -> Tensor:
+def read_hook(lm: LoadedModel, hook: str, ids_BT: Tensor) -> Tensor:
     """(B*T, d) activations at `hook`, float32; the forward pass stops there."""
     captured = {}
 

@@ -107,6 +107,31 @@ class ChatEndpoint:
         self._save(request, {"content": content, "yes_probability": p, "usage": usage})
         return p
 
+    def option_probabilities(self, messages: list[dict], options: list[str]) -> list[float]:
+        """P(each option) of a one-word answer, renormalised: from the first token's logprobs when
+        the server gives them, else all mass on the option the answer starts with."""
+        request = self._request(messages, max_tokens=2, logprobs=True, top_logprobs=10)
+        if (hit := self._cached(request)) is not None:
+            return hit["option_probabilities"]
+        content, top, usage = self._send(request)
+        mass = [0.0] * len(options)
+        for token, logprob in top:
+            word = token.strip().rstrip(".!?,;:")
+            if word in options:
+                mass[options.index(word)] += math.exp(logprob)
+        if sum(mass) == 0:
+            word = (content or "").strip()
+            first = next((o for o in options if word.startswith(o)), None)
+            if first is None:
+                raise self._error(f"answered {content!r}, none of {options}")
+            mass[options.index(first)] = 1.0
+        probs = [m / sum(mass) for m in mass]
+        self._save(request, {"content": content, "option_probabilities": probs, "usage": usage})
+        return probs
+
+    def option_probability_batch(self, conversations: list[list[dict]], options: list[str]) -> list[list[float]]:
+        return self._map(lambda m: self.option_probabilities(m, options), conversations)
+
     def complete_batch(self, conversations: list[list[dict]], *, max_tokens: int) -> list[str]:
         return self._map(lambda m: self.complete(m, max_tokens=max_tokens), conversations)
 

@@ -22,7 +22,7 @@ HEADLINE = [("fvu", "FVU (ordinary tokens)", "{:.4f}"), ("explained_variance", "
             ("delta_lm_loss", "delta LM loss (nats)", "{:.4f}"), ("kl_div_with_sae", "KL with SAE (nats)", "{:.4f}")]
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -46,19 +46,19 @@ def plots(result: EvalResult, title: str) -> dict[str, bytes]:
     ax.stairs(result.log_density_histogram, edges, fill=True)
     ax.set(xlabel="log10 feature density (fraction of ordinary tokens)", ylabel="latents",
            title=f"{title}: feature density ({result.counts['n_dead']} dead, not shown)")
-    out["feature_density.png"] = _png(fig)
+    out["feature_density.png"] = png_bytes(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = result.l0_max / L0_BINS
     ax.stairs(result.l0_histogram, [i * width for i in range(L0_BINS + 1)], fill=True)
     ax.set(xlabel="L0 (active latents per token)", ylabel="tokens", title=f"{title}: L0")
-    out["l0_histogram.png"] = _png(fig)
+    out["l0_histogram.png"] = png_bytes(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     pos = [(t, v) for t, v in enumerate(result.fvu_by_position) if v is not None]
     ax.plot([t for t, _ in pos], [v for _, v in pos], marker=".", lw=1)
     ax.set(xlabel="position in context", ylabel="FVU", title=f"{title}: FVU by position (sinks left out)")
-    out["fvu_by_position.png"] = _png(fig)
+    out["fvu_by_position.png"] = png_bytes(fig)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from saeq.features import FeatureIndex, _read_hook, build_feature_index
+from saeq.features import FeatureIndex, read_hook, build_feature_index
 from saeq.jobs.evaluate import SinkReference
 from saeq.sae import SparseAutoencoder
 
@@ -22,7 +22,7 @@ def test_index_matches_a_direct_forward_and_leaves_out_sinks(tiny_llama):
     sae = SparseAutoencoder(32, 96, "topk", k=4)
     ids_CT = torch.randint(3, 512, (10, 16))
     docs_CT = torch.arange(10).repeat_interleave(16).view(10, 16)
-    x_ND = _read_hook(tiny_llama, HOOK, ids_CT)
+    x_ND = read_hook(tiny_llama, HOOK, ids_CT)
     median = float(x_ND.view(10, 16, -1)[:, 1:].norm(dim=-1).median())
     index = build_feature_index(sae, tiny_llama, HOOK, _batches(ids_CT, docs_CT),
                                 sinks=SinkReference(median, 5.0))

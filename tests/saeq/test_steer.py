@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from saeq.errors import InvalidSpec
-from saeq.features import _read_hook
+from saeq.features import read_hook
 from saeq.jobs.steer import FeatureEdit, Steering, check_edits, generate, side_effects
 from saeq.sae import SparseAutoencoder
 
@@ -23,7 +23,7 @@ def sae():
 
 def _active_and_silent(lm, sae):
     with torch.no_grad():
-        acts = sae.encode(_read_hook(lm, HOOK, torch.tensor([PROMPT])))
+        acts = sae.encode(read_hook(lm, HOOK, torch.tensor([PROMPT])))
     fired = (acts > 0).sum(0)
     return int(fired.argmax()), int((fired == 0).nonzero()[0])
 
@@ -40,7 +40,7 @@ def test_edits_that_keep_the_error_term_reproduce_the_default_generation_exactly
 
 def test_a_clamp_moves_the_stream_along_that_feature_only(tiny_llama, sae):
     active, _ = _active_and_silent(tiny_llama, sae)
-    x = _read_hook(tiny_llama, HOOK, torch.tensor([PROMPT])).view(1, len(PROMPT), -1)
+    x = read_hook(tiny_llama, HOOK, torch.tensor([PROMPT])).view(1, len(PROMPT), -1)
     with torch.no_grad():
         a_f = sae.encode(x[0])[:, active]
         out = Steering(sae, [FeatureEdit(active, "clamp", 5.0)], len(PROMPT))(x)
@@ -49,7 +49,7 @@ def test_a_clamp_moves_the_stream_along_that_feature_only(tiny_llama, sae):
 
 
 def test_positions_prompt_and_generated(tiny_llama, sae):
-    x = _read_hook(tiny_llama, HOOK, torch.tensor([PROMPT])).view(1, len(PROMPT), -1)
+    x = read_hook(tiny_llama, HOOK, torch.tensor([PROMPT])).view(1, len(PROMPT), -1)
     step = x[:, -1:]
     for positions, changes_prompt, changes_step in (("prompt", True, False), ("generated", False, True),
                                                    ("all", True, True)):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import saeq
 from saeq import keys, report
+from saeq.checks.summary import checks_markdown, checks_summary
 from saeq.corpus import iter_documents
 from saeq.errors import InvalidSpec, NotFound
 from saeq.jobs.evaluate import METRICS_VERSION, SinkReference, evaluate_sae
@@ -110,11 +111,18 @@ def run_evaluate(job: RunningJob, *, cache_dir: str) -> str:
                                                  max_tokens=spec.max_tokens, batch_size=spec.batch_size))
 
     t0 = time.monotonic()
+    share = 0.5 if spec.checks is not None else 1.0  # of the progress bar; the checks take the rest
     result = evaluate_sae(sae, lm, hook, batches, sinks=sinks, dense_threshold=spec.dense_threshold,
                           should_stop=job.should_stop,
-                          on_batch=lambda n: job.report(n / spec.max_tokens, "evaluate", f"{n:,} tokens",
+                          on_batch=lambda n: job.report(share * n / spec.max_tokens, "evaluate", f"{n:,} tokens",
                                                         tokens=n, tokens_per_s=n / max(time.monotonic() - t0, 1e-9)))
     job.check()
+    checks = None
+    if spec.checks is not None:
+        from saeq_worker.checks import evaluate_checks  # imports the evaluate adapter itself
+
+        checks = evaluate_checks(job, ctx, lm, sinks, cache_dir=cache_dir)
+        job.check()
 
     provenance = {"metrics_version": METRICS_VERSION, "saeq_version": saeq.__version__,
                   "saeq_git_commit": _git_commit(), "model": lm.provenance, "hook": hook,
@@ -122,20 +130,27 @@ def run_evaluate(job: RunningJob, *, cache_dir: str) -> str:
                   "sink_rule": None if sinks is None else {"median_norm": sinks.median_norm,
                                                            "norm_factor": sinks.norm_factor}}
     pngs = report.plots(result, sae_name)
+    if checks is not None:
+        pngs.update(checks.pngs)
     for name, data in pngs.items():
         store.put(keys.report_file(job.id, name), data, content_type="image/png")
     metrics_doc = {**provenance, "metrics": result.metrics, "counts": result.counts,
                    "l0_histogram": result.l0_histogram, "l0_max": result.l0_max,
                    "log_density_histogram": result.log_density_histogram,
                    "fvu_by_position": result.fvu_by_position,
-                   "feature_density": result.feature_density.tolist()}
+                   "feature_density": result.feature_density.tolist(),
+                   "checks": None if checks is None else checks.doc}
     store.put(keys.report_file(job.id, "metrics.json"), json.dumps(metrics_doc).encode(),
               content_type="application/json")
-    page = report.markdown(result, {k: v for k, v in provenance.items() if k != "corpus"}, list(pngs))
+    page = report.markdown(result, {k: v for k, v in provenance.items() if k != "corpus"},
+                           [n for n in pngs if checks is None or n not in checks.pngs])
+    if checks is not None:
+        page += "\n" + checks_markdown(checks.doc, list(checks.pngs))
     store.put(keys.report_file(job.id, "report.md"), page.encode(), content_type="text/markdown")
     manifest = {"format": MANIFEST_FORMAT, "kind": "evaluate", "job_id": job.id, "created_at": time.time(),
                 "spec": spec.model_dump(mode="json"), **provenance, "sae": {**provenance_sae, "name": sae_name},
                 "metrics": result.metrics, "counts": result.counts,
+                "checks": None if checks is None else checks_summary(checks.doc),
                 "report_key": keys.report_file(job.id, "report.md"),
                 "metrics_key": keys.report_file(job.id, "metrics.json"),
                 "plots": [keys.report_file(job.id, n) for n in pngs]}

@@ -66,8 +66,10 @@ class RunningJob:
         self.registry.event(self.id, phase, message, **figures)
 
 
-def read_published_manifest(store: ObjectStore, job_id: str, kind: str, *, field: str) -> dict:
-    """The manifest of a `kind` job whose output this job reads; NotFound while it is unpublished."""
+def read_published_manifest(store: ObjectStore, job_id: str, kind: str, *, field: str,
+                            id_field: str | None = None) -> dict:
+    """The manifest of a `kind` job whose output this job reads; NotFound while it is unpublished.
+    Errors name `id_field`, by default `{field}.job_id`."""
     import json
 
     from saeq import keys
@@ -78,10 +80,11 @@ def read_published_manifest(store: ObjectStore, job_id: str, kind: str, *, field
         manifest = json.loads(store.get(keys.manifest(job_id)))
     except MissingObject:
         raise NotFound(f"{kind} job {job_id} has published no output (it does not exist, or it has "
-                       "not finished: list it in depends_on to wait for it)", field=f"{field}.job_id") from None
+                       "not finished: list it in depends_on to wait for it)",
+                       field=id_field or f"{field}.job_id") from None
     if manifest.get("kind") != kind:
         raise InvalidSpec(f"job {job_id} is a {manifest.get('kind')} job, not a {kind} job",
-                          field=f"{field}.job_id")
+                          field=id_field or f"{field}.job_id")
     return manifest
 
 

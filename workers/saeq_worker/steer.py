@@ -99,7 +99,7 @@ def _summary(rows: list[dict]) -> list[dict]:
 
 def _labels(store: ObjectStore, label_job: str) -> dict[int, str]:
     """feature -> label, preferring the label with the best detection AUC among explainers."""
-    manifest = read_published_manifest(store, label_job, "label", field="spec.label_job")
+    manifest = read_published_manifest(store, label_job, "label", field="spec", id_field="spec.label_job")
     best: dict[int, tuple[float, str]] = {}
     for line in store.get(manifest["labels_key"]).decode().splitlines():
         r = json.loads(line)

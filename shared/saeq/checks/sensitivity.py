@@ -1,0 +1,59 @@
+"""Sensitivity: a feature that fires on an English article, does it fire on the same article in
+another language? Articles are paired by title (exact, then case- and accent-folded)."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import torch
+from torch import Tensor
+
+
+def fold_title(title: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", title.casefold())
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
+
+
+def pair_titles(english: list[str], other: list[str]) -> dict[int, int]:
+    """English index -> other-language index of the article with the same (folded) title;
+    titles that fold to the same string on either side are left unpaired."""
+    def unique(titles):
+        seen: dict[str, int | None] = {}
+        for i, t in enumerate(titles):
+            k = fold_title(t)
+            seen[k] = None if k in seen else i
+        return {k: i for k, i in seen.items() if i is not None}
+
+    en, ot = unique(english), unique(other)
+    return {en[k]: ot[k] for k in en.keys() & ot.keys()}
+
+
+def sensitivity(en_max_PS: Tensor, other_max_PS: Tensor, *, max_doc_share: float) -> dict:
+    """Row p of both matrices is the same article (English, other language); entries are each
+    feature's largest activation. For every feature firing on between 1 and `max_doc_share` of
+    the English articles: recall = share of those articles whose other version it fires on;
+    false-positive rate = share of the other articles' versions it fires on."""
+    P = en_max_PS.shape[0]
+    en_fires = en_max_PS > 0
+    ot_fires = other_max_PS > 0
+    n_en_S = en_fires.sum(0)
+    chosen = ((n_en_S >= 1) & (n_en_S <= max(1, int(max_doc_share * P)))).nonzero()[:, 0]
+    per_feature = []
+    hits = total = 0
+    for f in chosen.tolist():
+        on = en_fires[:, f]
+        n_on, n_off = int(on.sum()), int((~on).sum())
+        hit = int((ot_fires[:, f] & on).sum())
+        false_pos = int((ot_fires[:, f] & ~on).sum())
+        hits, total = hits + hit, total + n_on
+        per_feature.append({"feature": f, "n_english": n_on, "recall": hit / n_on,
+                            "false_positive_rate": false_pos / n_off if n_off else None})
+    recalls = torch.tensor([r["recall"] for r in per_feature])
+    fprs = torch.tensor([r["false_positive_rate"] for r in per_feature if r["false_positive_rate"] is not None])
+    summary = {"n_pairs": P, "n_features": len(per_feature),
+               "pooled_recall": hits / total if total else None,
+               "mean_recall": float(recalls.mean()) if recalls.numel() else None,
+               "share_recall_at_least_half": float((recalls >= 0.5).float().mean()) if recalls.numel() else None,
+               "mean_false_positive_rate": float(fprs.mean()) if fprs.numel() else None}
+    per_feature.sort(key=lambda r: (-r["n_english"], r["feature"]))
+    return {"summary": summary, "features": per_feature}

@@ -1,0 +1,59 @@
+"""The checks as part of an evaluate job, through the API and a real worker: a label job's labels
+are rated for specificity, and the report holds all four checks with their plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saeq.specs import EvaluateSpec, LabelSpec
+
+pytestmark = pytest.mark.integration
+
+
+def _checks(label_job: str | None, judge: dict) -> dict:
+    return {"label_job": label_job, "n_docs": 96, "context_len": 32,
+            "specificity": {"judge": judge, "max_features": 4, "n_zero": 2, "n_bins": 2, "n_per_bin": 2},
+            "sensitivity": {"n_pairs": 16, "max_doc_share": 0.25},
+            "probing": {"ks": [1, 5], "min_per_class": 6}}
+
+
+def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job, train_job, tmp_path):
+    client = client_module
+    label = client.submit(LabelSpec(sae={"job_id": train_job["id"]}, index_tokens=4096, n_most_active=6,
+                                    explainers=[{"backend": "metadata"}], judge=None, scorers=["embedding"],
+                                    n_explain_examples=4, n_score_examples=4))
+    label = client.wait(label["id"], timeout=300)
+    judge = {"backend": "local", "model": harvest_job["spec"]["model"], "max_new_tokens": 4}
+    spec = EvaluateSpec(sae={"job_id": train_job["id"]}, max_tokens=1024, checks=_checks(label["id"], judge))
+    done = client.wait(client.submit(spec)["id"], timeout=400)
+    manifest = client.manifest(done["id"])
+    summary = manifest["checks"]
+    assert summary["specificity"]["n_features"] == 4 and summary["specificity"]["rater"].startswith("local:")
+    assert set(summary["sensitivity"]) == {"fr", "es"}
+    assert summary["sensitivity"]["fr"]["n_pairs"] == 16
+    elements = summary["completeness"]["chemical elements"]
+    assert elements["n_members"] == 96 and 0 <= elements["n_covered"] <= 96
+    assert summary["probing"]["n_topics"] >= 1 and set(summary["probing"]["sae"]) == {"1", "5"}
+    names = {p.rsplit("/", 1)[1] for p in manifest["plots"]}
+    assert {"specificity.png", "sensitivity.png", "completeness_0.png", "probing.png"} <= names
+
+    files = {f.name: f for f in client.download(done["id"], tmp_path, prefix="report/")}
+    doc = json.loads(files["metrics.json"].read_text())["checks"]
+    assert doc["label_job"] == label["id"]
+    rated = doc["specificity"]["features"][0]["contexts"]
+    assert rated and all(0 <= c["rating"] <= 3 and c["activation"] >= 0 for c in rated)
+    page = files["report.md"].read_text()
+    assert "## Checks" in page and "![completeness_0.png](completeness_0.png)" in page
+    assert files["completeness_0.png"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_label_job_of_another_sae_or_kind_fails_naming_the_field(client_module, train_job, harvest_job):
+    client = client_module
+    spec = EvaluateSpec(sae={"job_id": train_job["id"]}, max_tokens=512,
+                        checks={"label_job": harvest_job["id"], "sensitivity": None, "completeness": None,
+                                "probing": None})
+    failed = client.wait(client.submit(spec)["id"], timeout=300, raise_on_failure=False)
+    assert failed["state"] == "failed"
+    assert failed["error"]["field"] == "spec.checks.label_job" and "not a label job" in failed["error"]["message"]

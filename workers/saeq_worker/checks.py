@@ -1,0 +1,84 @@
+"""The I/O around `saeq.checks`: which documents the SAE was trained on, the label job's labels and
+feature index, the rating judge the spec names."""
+
+from __future__ import annotations
+
+import json
+
+from saeq.checks.run import ChecksResult, LabelContext, run_checks
+from saeq.checks.specificity import EmbeddingRater, EndpointRater, LocalRater
+from saeq.corpus import builtin_order
+from saeq.errors import InvalidSpec
+from saeq.explainers import Explanation, LocalLLM, token_pieces
+from saeq.features import FeatureIndex
+from saeq.scoring import EmbeddingScorer
+from saeq.specs import EvaluateSpec
+from saeq_worker.evaluate import SaeContext
+from saeq_worker.harvest import cached_model
+from saeq_worker.label import _endpoint
+from saeq_worker.running import RunningJob, read_published_manifest
+
+
+def evaluate_checks(job: RunningJob, ctx: SaeContext, lm, sinks, *, cache_dir: str) -> ChecksResult:
+    spec: EvaluateSpec = job.spec
+    checks = spec.checks
+    labelled, all_labels = None, {}
+    if checks.label_job is not None:
+        records, manifest = _label_records(job.store, checks.label_job, ctx)
+        explainer = checks.specificity.explainer if checks.specificity else None
+        explainer = explainer or records[0]["explainer"]
+        names = sorted({r["explainer"] for r in records})
+        if explainer not in names:
+            raise InvalidSpec(f"label job {checks.label_job} has no labels by {explainer!r}; it has {names}",
+                              field="spec.checks.specificity.explainer")
+        all_labels = {r["feature"]: Explanation(r["label"], r["description"])
+                      for r in records if r["explainer"] == explainer}
+        if checks.specificity is not None:
+            chosen = dict(list(all_labels.items())[:checks.specificity.max_features])
+            index = FeatureIndex.from_bytes(job.store.get(manifest["index"]["key"]))
+            labelled = LabelContext(chosen, index, token_pieces(lm.tokenizer),
+                                    _rater(checks.specificity.judge, job, lm, cache_dir),
+                                    manifest["spec"]["window_before"], manifest["spec"]["window_after"])
+    result = run_checks(
+        checks, ctx.sae, lm, ctx.hook, sinks=sinks, training_docs=_training_docs(job.store, ctx),
+        seed=spec.seed, labelled=labelled, all_labels=all_labels, title=ctx.name,
+        should_stop=job.should_stop,
+        on_progress=lambda stage, fraction: job.report(0.5 + 0.5 * fraction, "checks", stage))
+    result.doc["label_job"] = checks.label_job
+    return result
+
+
+def _label_records(store, label_job: str, ctx: SaeContext) -> tuple[list[dict], dict]:
+    manifest = read_published_manifest(store, label_job, "label", field="spec.checks",
+                                       id_field="spec.checks.label_job")
+    theirs, ours = manifest["sae"], ctx.provenance
+    same = all(theirs.get(k) == ours.get(k) for k in ("source", "job_id", "name", "path"))
+    if not same:
+        raise InvalidSpec(f"label job {label_job} labelled another SAE ({theirs}), not this one ({ours})",
+                          field="spec.checks.label_job")
+    records = [json.loads(line) for line in store.get(manifest["labels_key"]).decode().splitlines() if line]
+    if not records:
+        raise InvalidSpec(f"label job {label_job} labelled no feature", field="spec.checks.label_job")
+    return records, manifest
+
+
+def _rater(judge, job: RunningJob, lm, cache_dir: str):
+    if judge.backend == "embedding":
+        return EmbeddingRater(EmbeddingScorer(device=str(lm.device)))
+    if judge.backend == "openai":
+        return EndpointRater(_endpoint(judge, job.store, "spec.checks.specificity.judge"), f"openai:{judge.model}")
+    return LocalRater(LocalLLM(cached_model(judge.model, job.device, cache_dir)), f"local:{judge.model.name}")
+
+
+def _training_docs(store, ctx: SaeContext) -> set[int]:
+    """Ids of the builtin English articles the SAE's harvest read (empty for other corpora)."""
+    if ctx.provenance.get("source") != "job":
+        return set()
+    train = read_published_manifest(store, ctx.provenance["job_id"], "train", field="spec.sae")
+    harvest = read_published_manifest(store, train["harvest"]["job_id"], "harvest", field="spec.sae")
+    corpus = harvest["corpus"]
+    if corpus.get("source") != "builtin" or corpus.get("name") != "wiki-en":
+        return set()
+    order = builtin_order("wiki-en", harvest["spec"]["seed"])
+    first = corpus.get("first_doc", 0)
+    return set(order[first:first + corpus["n_docs_used"] + 1])  # +1: the last may be cut short
