@@ -193,6 +193,10 @@ def report(ctx, job_id) -> None:
     click.echo(summary_table(manifest["metrics"]))
     c = manifest["counts"]
     click.echo(f"\n{c['n_ordinary']:,} ordinary tokens; {c['n_sinks_excluded']:,} attention sinks left out")
+    if manifest.get("checks"):
+        from saeq.checks.summary import checks_lines
+
+        click.echo("\n" + "\n".join(checks_lines(manifest["checks"])))
     click.echo(f"report: {manifest['report_key']}")
 
 

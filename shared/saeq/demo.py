@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from saeq.checks.summary import checks_lines
 from saeq.client import Client
 from saeq.local_stack import LocalStack, StackOptions, free_port, saeq_home
 from saeq.report import labels_summary, labels_table, summary_table
-from saeq.specs import EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainedSae, TrainSpec
+from saeq.specs import Checks, EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainedSae, TrainSpec
 
 HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]
 
@@ -26,13 +27,13 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
             TrainSpec(activations={"job_id": harvest["id"], "hook": HOOK}, total_tokens=train_tokens,
                       saes=[SaeConfig(name="topk-8x-k32", architecture="topk", expansion_factor=8, k=32)]),
             depends_on=[harvest["id"]], name="demo: TopK SAE, 8x width, k=32")
-        evaluate = client.submit(EvaluateSpec(sae=TrainedSae(job_id=train["id"])), depends_on=[train["id"]],
-                                 name="demo: evaluate on held-out articles")
         label = client.submit(LabelSpec(sae=TrainedSae(job_id=train["id"]), n_most_active=label_features,
                                         index_tokens=65_536, n_score_examples=8),
                               depends_on=[train["id"]], name="demo: label the most active features")
-        print(f"submitted harvest {harvest['id']}, train {train['id']}, evaluate {evaluate['id']}, "
-              f"label {label['id']}")
+        evaluate = client.submit(EvaluateSpec(sae=TrainedSae(job_id=train["id"]), checks=Checks(label_job=label["id"])),
+                                 depends_on=[label["id"]], name="demo: evaluate on held-out articles, with the checks")
+        print(f"submitted harvest {harvest['id']}, train {train['id']}, label {label['id']}, "
+              f"evaluate {evaluate['id']}")
 
         print(f"\n[1/5] harvest: {tokens:,} tokens of {HOOK} (layer 15) of SmolLM2-135M-Instruct")
         job = client.wait(harvest["id"], progress=True)
@@ -44,15 +45,7 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
         trained = client.manifest(job["id"])
         _print_train(job, trained)
 
-        print("\n[3/5] evaluate: held-out articles, SAE spliced into the model")
-        job = client.wait(evaluate["id"], progress=True)
-        report = client.manifest(job["id"])
-        print(summary_table(report["metrics"]))
-        c = report["counts"]
-        print(f"{c['n_ordinary']:,} ordinary held-out tokens; {c['n_sinks_excluded']:,} attention sinks left out "
-              f"and kept clean\nreport: {_where(stack, report['report_key'])}")
-
-        print(f"\n[4/5] label: the {label_features} most active features, by SmolLM2 (few-shot) and by "
+        print(f"\n[3/5] label: the {label_features} most active features, by SmolLM2 (few-shot) and by "
               "article metadata; each label scored on windows its explainer never saw")
         job = client.wait(label["id"], progress=True)
         labelled = client.manifest(job["id"])
@@ -61,13 +54,25 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
         print(f"detection: balanced accuracy and AUC of the judge (SmolLM2) telling activating from silent "
               f"windows given the label; 0.5 is chance.\nlabels: {_where(stack, labelled['labels_key'])}")
 
+        print("\n[4/5] evaluate: held-out articles, SAE spliced into the model; then the checks (specificity "
+              "of the SmolLM2 labels, sensitivity across en/fr/es, completeness over the chemical elements, "
+              "sparse probing of topics)")
+        job = client.wait(evaluate["id"], progress=True)
+        report = client.manifest(job["id"])
+        print(summary_table(report["metrics"]))
+        c = report["counts"]
+        print(f"{c['n_ordinary']:,} ordinary held-out tokens; {c['n_sinks_excluded']:,} attention sinks left out "
+              f"and kept clean")
+        print("\n".join(checks_lines(report["checks"])))
+        print(f"report (with plots): {_where(stack, report['report_key'])}")
+
         print(f"\n[5/5] steer: find a feature by label search ({steer_query!r}), clamp it during generation")
-        hits = client.search_labels(job["id"], steer_query, top=3)
+        hits = client.search_labels(label["id"], steer_query, top=3)
         for h in hits:
             print(f"  feature {h['feature']}: {h['label']!r} ({h['explainer']}), similarity {h['similarity']:.2f}, "
                   f"detection AUC {h['detection_auc'] if h['detection_auc'] is None else round(h['detection_auc'], 2)}")
         feature = hits[0]["feature"]
-        max_act = max(r["max_activation"] for r in client.labels(job["id"]) if r["feature"] == feature)
+        max_act = max(r["max_activation"] for r in client.labels(label["id"]) if r["feature"] == feature)
         out = client.steer({"sae": {"job_id": train["id"]}, "prompt": steer_prompt, "max_new_tokens": 32,
                             "interventions": [{"feature": feature, "mode": "clamp", "value": 2 * max_act}]})
         # 2x the largest activation seen: enough to take over a 135M model's topic (4x breaks its grammar).

@@ -4,6 +4,8 @@ are rated for specificity, and the report holds all four checks with their plots
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -47,6 +49,12 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     page = files["report.md"].read_text()
     assert "## Checks" in page and "![completeness_0.png](completeness_0.png)" in page
     assert files["completeness_0.png"].read_bytes().startswith(b"\x89PNG")
+
+    cli = subprocess.run([sys.executable, "-m", "saeq.cli", "--url", client.url, "report", done["id"]],
+                         capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert "specificity (local:" in cli.stdout and "completeness, chemical elements:" in cli.stdout
+    assert "sensitivity en->fr (16 article pairs" in cli.stdout and "sparse probing" in cli.stdout
 
 
 def test_a_label_job_of_another_sae_or_kind_fails_naming_the_field(client_module, train_job, harvest_job):
