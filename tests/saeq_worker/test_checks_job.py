@@ -65,3 +65,21 @@ def test_a_label_job_of_another_sae_or_kind_fails_naming_the_field(client_module
     failed = client.wait(client.submit(spec)["id"], timeout=300, raise_on_failure=False)
     assert failed["state"] == "failed"
     assert failed["error"]["field"] == "spec.checks.label_job" and "not a label job" in failed["error"]["message"]
+
+
+def test_held_out_text_follows_the_harvests_document_order(s3_srv, train_job, harvest_job):
+    """Evaluate and label read the documents after those the harvest used, in the harvest's order:
+    the harvest's seed, not the job's, or held-out text would overlap the training text."""
+    from saeq.store import S3Store
+    from saeq_worker.evaluate import sae_context
+
+    store = S3Store(s3_srv.endpoint, s3_srv.access_key, s3_srv.secret_key, s3_srv.bucket)
+    ctx = sae_context(EvaluateSpec(sae={"job_id": train_job["id"]}, seed=7), store)
+    assert ctx.seed(7) == harvest_job["spec"]["seed"] == 0
+    assert ctx.corpus.first_doc == harvest_job_docs(store, harvest_job) + 1
+    given = sae_context(EvaluateSpec(sae={"job_id": train_job["id"]}, seed=7, corpus={"name": "wiki-en"}), store)
+    assert given.seed(7) == 7
+
+
+def harvest_job_docs(store, harvest_job) -> int:
+    return json.loads(store.get(harvest_job["manifest_key"]))["corpus"]["n_docs_used"]

@@ -52,6 +52,12 @@ class SaeContext:
     context_len: int
     sink_info: dict | None
     provenance: dict
+    corpus_seed: int | None = None
+    """Seed of the builtin corpus's document order when `corpus` is the harvest's held-out part (the
+    harvest's seed, so held-out stays held out); None: the job's own seed."""
+
+    def seed(self, spec_seed: int) -> int:
+        return spec_seed if self.corpus_seed is None else self.corpus_seed
 
 
 def sae_context(spec, store: ObjectStore) -> SaeContext:
@@ -61,11 +67,15 @@ def sae_context(spec, store: ObjectStore) -> SaeContext:
         sae, name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
         harvest = train["harvest"]
         model = spec.model or ModelSpec(**{k: harvest["model"].get(k) for k in ("name", "revision", "gguf_file", "dtype")})
-        return SaeContext(sae, name, model, spec.hook or harvest["hook"],
-                          getattr(spec, "corpus", None) or held_out_corpus(harvest["corpus"]),
+        corpus, corpus_seed = getattr(spec, "corpus", None), None
+        if corpus is None:
+            corpus = held_out_corpus(harvest["corpus"])
+            harvested = read_published_manifest(store, harvest["job_id"], "harvest", field="spec.sae")
+            corpus_seed = harvested["spec"]["seed"]
+        return SaeContext(sae, name, model, spec.hook or harvest["hook"], corpus,
                           getattr(spec, "context_len", None) or harvest["context_len"], harvest["sinks"],
                           {"source": "job", "job_id": spec.sae.job_id, "name": name,
-                           "architecture": sae.architecture, "d_sae": sae.d_sae})
+                           "architecture": sae.architecture, "d_sae": sae.d_sae}, corpus_seed)
     path = Path(spec.sae.path)
     if not path.is_dir():
         raise NotFound(f"no SAE directory {path} on the worker", field="spec.sae.path")
@@ -106,7 +116,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str) -> str:
 
     sinks = sink_reference(spec, sink_info)
 
-    docs = iter_documents(corpus, seed=spec.seed, store=store)
+    docs = iter_documents(corpus, seed=ctx.seed(spec.seed), store=store)
     batches = (ids for ids, _ in context_batches(docs, lm.tokenizer, context_len=context_len,
                                                  max_tokens=spec.max_tokens, batch_size=spec.batch_size))
 

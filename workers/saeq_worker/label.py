@@ -104,7 +104,7 @@ def run_label(job: RunningJob, *, cache_dir: str) -> str:
 
 
 def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureIndex:
-    docs = iter_documents(ctx.corpus, seed=spec.seed, store=job.store)
+    docs = iter_documents(ctx.corpus, seed=ctx.seed(spec.seed), store=job.store)
     batches = context_batches(docs, lm.tokenizer, context_len=ctx.context_len, max_tokens=spec.index_tokens,
                               batch_size=spec.batch_size)
     t0 = time.monotonic()
