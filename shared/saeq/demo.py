@@ -55,7 +55,7 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
               f"windows given the label; 0.5 is chance.\nlabels: {_where(stack, labelled['labels_key'])}")
 
         print("\n[4/5] evaluate: held-out articles, SAE spliced into the model; then the checks (specificity "
-              "of the SmolLM2 labels, sensitivity across en/fr/es, completeness over the chemical elements, "
+              "of the SmolLM2 labels as MiniLM rates them, sensitivity across en/fr/es, completeness over the chemical elements, "
               "sparse probing of topics)")
         job = client.wait(evaluate["id"], progress=True)
         report = client.manifest(job["id"])

@@ -490,14 +490,16 @@ class EmbeddingRater(Frozen):
 
 
 RaterSpec = Annotated[Union[Annotated[LocalLLM, Tag("local")], Annotated[EndpointLLM, Tag("openai")],
-                            Annotated[EmbeddingRater, Tag("embedding")]], _backend_tag("local")]
+                            Annotated[EmbeddingRater, Tag("embedding")]], _backend_tag("embedding")]
 
 
 class SpecificityCheck(Frozen):
     """A judge rates contexts sampled across each labelled feature's activation range, zero
     included, on the 0-3 scale of Scaling Monosemanticity."""
 
-    judge: RaterSpec = LocalLLM()
+    judge: RaterSpec = EmbeddingRater(backend="embedding")
+    """Who rates: `embedding` (MiniLM, offline), `openai` (an endpoint; the article's method) or
+    `local` (a Hugging Face model; SmolLM2-135M cannot rate: docs/checks.md)."""
     explainer: str | None = Field(default=None, max_length=300)
     """Whose labels to check (an explainer name of the label job, e.g. `metadata`); None: the
     label job's first explainer."""
