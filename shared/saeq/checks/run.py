@@ -163,7 +163,7 @@ def run_checks(spec: Checks, sae: SparseAutoencoder, lm: LoadedModel, hook: str,
         out.pngs["sensitivity.png"] = plots.sensitivity_plot(doc["sensitivity"]["languages"], title)
 
     if spec.probing is not None:
-        rows = [i for i in range(len(plan.english)) if plan.topics[i] is not None]
+        rows = [i for i in plan.sample if plan.topics[i] is not None]  # held out, no category member
         p = spec.probing
         doc["probing"] = sparse_probing(english.mean_DS[rows].numpy(), english.raw_mean_DM[rows].numpy(),
                                         [plan.topics[i] for i in rows], ks=p.ks, test_share=p.test_share,
