@@ -31,7 +31,8 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
                                         index_tokens=65_536, n_score_examples=8),
                               depends_on=[train["id"]], name="demo: label the most active features")
         evaluate = client.submit(EvaluateSpec(sae=TrainedSae(job_id=train["id"]), checks=Checks(label_job=label["id"])),
-                                 depends_on=[label["id"]], name="demo: evaluate on held-out articles, with the checks")
+                                 depends_on=[train["id"], label["id"]],
+                                 name="demo: evaluate on held-out articles, with the checks")
         print(f"submitted harvest {harvest['id']}, train {train['id']}, label {label['id']}, "
               f"evaluate {evaluate['id']}")
 

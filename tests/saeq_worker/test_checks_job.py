@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from saeq.client import ApiError
 from saeq.specs import EvaluateSpec, LabelSpec
 
 pytestmark = pytest.mark.integration
@@ -57,14 +58,30 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     assert "sensitivity en->fr (16 article pairs" in cli.stdout and "sparse probing" in cli.stdout
 
 
-def test_a_label_job_of_another_sae_or_kind_fails_naming_the_field(client_module, train_job, harvest_job):
+def test_a_label_job_of_another_kind_sae_or_unfinished_is_refused_at_submit(client_module, train_job, harvest_job):
     client = client_module
-    spec = EvaluateSpec(sae={"job_id": train_job["id"]}, max_tokens=512,
-                        checks={"label_job": harvest_job["id"], "sensitivity": None, "completeness": None,
-                                "probing": None})
-    failed = client.wait(client.submit(spec)["id"], timeout=300, raise_on_failure=False)
-    assert failed["state"] == "failed"
-    assert failed["error"]["field"] == "spec.checks.label_job" and "not a label job" in failed["error"]["message"]
+    label = client.submit(LabelSpec(sae={"job_id": train_job["id"]}, explainers=[{"backend": "metadata"}],
+                                    judge=None, scorers=["embedding"], index_tokens=2048))
+    cases = [(harvest_job["id"], [], "not a label job"),
+             (label["id"], [], "list it in depends_on"),
+             (label["id"], [label["id"]], None)]
+    for label_job, depends_on, refusal in cases:
+        spec = EvaluateSpec(sae={"job_id": train_job["id"]}, max_tokens=512,
+                            checks={"label_job": label_job, "sensitivity": None, "completeness": None,
+                                    "probing": None})
+        if refusal is None:
+            client.cancel(client.submit(spec, depends_on=depends_on)["id"])
+            continue
+        with pytest.raises(ApiError) as e:
+            client.submit(spec, depends_on=depends_on)
+        assert e.value.status == 422 and "spec.checks.label_job" in str(e.value) and refusal in str(e.value)
+    other_sae = EvaluateSpec(sae={"source": "path", "path": "/nowhere/sae"}, model={"name": "/nowhere/model"},
+                             hook="blocks.1.hook_resid_post", corpus={"name": "wiki-en"},
+                             checks={"label_job": label["id"]})
+    with pytest.raises(ApiError) as e:
+        client.submit(other_sae, depends_on=[label["id"]])
+    assert e.value.status == 422 and "labelled the SAE" in str(e.value)
+    client.cancel(label["id"])
 
 
 def test_held_out_text_follows_the_harvests_document_order(s3_srv, train_job, harvest_job):

@@ -86,6 +86,14 @@ def _check_references(svc: Services, spec, depends_on: list[str]) -> None:
             raise _unprocessable("spec.sae.name", f"train job {train['id']} has SAEs {names}, not {spec.sae.name!r}")
     if isinstance(spec, SteerSpec) and spec.label_job:
         _referenced_job(svc, spec.label_job, "label", "spec.label_job", depends_on)
+    if isinstance(spec, EvaluateSpec) and spec.checks is not None and spec.checks.label_job:
+        label = _referenced_job(svc, spec.checks.label_job, "label", "spec.checks.label_job", depends_on)
+        theirs, ours = label["spec"]["sae"], spec.sae.model_dump(mode="json")
+        same = theirs.get("job_id") == ours.get("job_id") and theirs.get("path") == ours.get("path") and (
+            None in (theirs.get("name"), ours.get("name")) or theirs.get("name") == ours.get("name"))
+        if not same:
+            raise _unprocessable("spec.checks.label_job", f"label job {label['id']} labelled the SAE "
+                                                          f"{theirs}, not {ours}")
 
 
 @router.get("", response_model=JobList)
