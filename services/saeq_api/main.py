@@ -79,7 +79,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
 
 _UNION_TAGS = {"harvest", "train", "label", "evaluate", "steer", "builtin", "hf", "upload", "job", "path",
-               "local", "openai", "metadata"}
+               "local", "openai", "metadata", "embedding"}
 
 
 async def _reap_forever(svc: Services) -> None:
