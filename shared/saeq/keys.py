@@ -74,6 +74,18 @@ def labels_file(job_id: str) -> str:
     return _job(job_id) + "labels/labels.jsonl"
 
 
+def feature_summaries(job_id: str) -> str:
+    """The feature browser's list: one row per feature of a label job's SAE."""
+    return _job(job_id) + "browser/features.json"
+
+
+def feature_pages(job_id: str, chunk: int) -> str:
+    """The feature browser's pages of features [chunk * CHUNK, (chunk + 1) * CHUNK)."""
+    if chunk < 0:
+        raise ValueError(f"chunk {chunk} < 0")
+    return _job(job_id) + f"browser/pages-{chunk:05d}.json"
+
+
 def upload_prefix(upload_id: str) -> str:
     if not _JOB_ID.match(upload_id):
         raise ValueError(f"not an upload id: {upload_id!r}")

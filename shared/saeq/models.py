@@ -79,6 +79,18 @@ def decoder_blocks(model: nn.Module) -> list[BlockModules]:
                      f"as {known}")
 
 
+_FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm")
+
+
+def final_norm_gain(model: nn.Module):
+    """The final norm's elementwise gain (Llama, GPT-2, GPT-NeoX), or None when there is none."""
+    for path in _FINAL_NORMS:
+        weight = _get_path(model, path + ".weight")
+        if weight is not None:
+            return weight
+    return None
+
+
 def _get_path(obj: object, path: str) -> object | None:
     for name in path.split("."):
         obj = getattr(obj, name, None)

@@ -20,6 +20,7 @@ from saeq.llm import ChatEndpoint, ResponseCache
 from saeq.scoring import EmbeddingScorer
 from saeq.specs import EndpointLLM, LabelSpec, LocalLLM as LocalLLMSpec
 from saeq_worker.evaluate import sae_context, sink_reference
+from saeq_worker.feature_pages import write_feature_pages
 from saeq_worker.harvest import cached_model
 from saeq_worker.running import RunningJob
 
@@ -78,7 +79,7 @@ def run_label(job: RunningJob, *, cache_dir: str) -> str:
     records = label_features(
         index, features, spec, explainers=explainers, judge=judge, embedder=embedder, decode=decode,
         should_stop=job.should_stop,
-        on_progress=lambda done, total: job.report(0.5 + 0.5 * done / total, "label", f"{done}/{total} features",
+        on_progress=lambda done, total: job.report(0.5 + 0.45 * done / total, "label", f"{done}/{total} features",
                                                    features_done=done,
                                                    features_per_min=60 * done / max(time.monotonic() - t0, 1e-9)))
     job.check()
@@ -86,6 +87,8 @@ def run_label(job: RunningJob, *, cache_dir: str) -> str:
     labels_key = keys.labels_file(job.id)
     store.put(labels_key, "".join(json.dumps(r) + "\n" for r in records).encode(),
               content_type="application/x-ndjson")
+    job.report(0.95, "pages", "feature browser pages")
+    pages = write_feature_pages(job, spec, index, records, ctx.sae, lm, decode)
     summary = summarize(records)
     manifest = {"format": MANIFEST_FORMAT, "kind": "label", "job_id": job.id, "created_at": time.time(),
                 "spec": spec.model_dump(mode="json"), "sae": ctx.provenance, "model": lm.provenance,
@@ -96,6 +99,7 @@ def run_label(job: RunningJob, *, cache_dir: str) -> str:
                           "context_len": index.token_ids_CT.shape[1], "n_ordinary_tokens": index.n_ordinary,
                           "n_sinks": int(index.sinks_CT.sum()), "nnz": index.values.numel()},
                 "labels_key": labels_key, "n_features": len(features), "summary": summary,
+                "browser": pages,
                 "labelling_s": time.monotonic() - t0}
     key = keys.manifest(job.id)
     store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
