@@ -16,7 +16,7 @@ from saeq.dispatch import make_celery, sender
 from saeq.registry import Registry, after_finish
 from saeq_api.deps import Services
 from saeq_api.metrics import make_registry, scrape
-from saeq_api.routes import files, jobs, live, uploads
+from saeq_api.routes import browser, files, jobs, live, uploads
 from saeq_api.settings import ApiSettings
 
 log = logging.getLogger("saeq.api")
@@ -49,6 +49,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(files.router)
     app.include_router(live.router)
+    app.include_router(browser.router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

@@ -1,0 +1,241 @@
+// The saeq feature browser: one page, hash routes, plain DOM (no build step). It reads the API's
+// /v1/browser routes, /v1/jobs and /v1/steer; text goes in through textContent, never as HTML.
+"use strict";
+
+const app = document.getElementById("app");
+let timer = null; // the jobs page's poller, stopped on every route change
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "on") for (const [ev, fn] of Object.entries(v)) node.addEventListener(ev, fn);
+    else if (k === "style") node.style.cssText = v;
+    else if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) node.append(c instanceof Node ? c : String(c ?? ""));
+  return node;
+}
+
+async function api(path, options = {}) {
+  const resp = await fetch(path, { headers: { "Content-Type": "application/json" }, ...options });
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const detail = Array.isArray(body.detail) ? body.detail.map(d => `${d.field || ""}: ${d.msg}`).join("\n")
+      : body.detail || body.error?.message || resp.statusText;
+    throw new Error(`HTTP ${resp.status}: ${detail}`);
+  }
+  return body;
+}
+
+const fmt = (v, digits = 3) => v === null || v === undefined ? "–" : Number(v).toFixed(digits);
+const pct = v => v === null || v === undefined ? "–" : `${(100 * v).toFixed(v < 0.01 ? 3 : 2)}%`;
+const params = () => new URLSearchParams(location.hash.split("?")[1] || "");
+const show = (...nodes) => app.replaceChildren(...nodes);
+const failure = e => el("p", { class: "error" }, String(e.message || e));
+
+// --- SAEs -------------------------------------------------------------------------------------
+
+async function saesPage() {
+  const { saes } = await api("/v1/browser/saes");
+  if (!saes.length) return show(el("h1", {}, "SAEs"), el("p", { class: "muted" }, "No trained SAE yet."));
+  const rows = saes.map(s => {
+    const ev = s.evaluation, m = ev?.metrics || {}, ch = ev?.checks || {};
+    const elements = ch.completeness && Object.values(ch.completeness)[0];
+    const probe = ch.probing && ch.probing.n_topics ? `SAE ${fmt(ch.probing.sae["1"], 2)} / raw ${fmt(ch.probing.raw["1"], 2)}` : "–";
+    const browse = s.label_jobs.filter(l => l.browsable).map(l =>
+      el("div", {}, el("a", { href: `#/features/${l.job_id}` }, `features (${l.job_id.slice(0, 8)})`)));
+    return el("tr", {},
+      el("td", {}, el("b", {}, s.name), el("div", { class: "muted" }, `${s.architecture}, ${s.hook}`)),
+      el("td", {}, s.job_name || s.train_job.slice(0, 8)),
+      el("td", { class: "num" }, s.d_sae), el("td", { class: "num" }, fmt(m.fvu ?? s.train_metrics?.fvu)),
+      el("td", { class: "num" }, fmt(m.l0 ?? s.train_metrics?.l0, 1)), el("td", { class: "num" }, fmt(m.ce_loss_recovered)),
+      el("td", { class: "num" }, elements ? `${elements.n_covered}/${elements.n_members}` : "–"),
+      el("td", {}, probe),
+      el("td", {}, browse.length ? browse : el("span", { class: "muted" }, "no label job"),
+         el("div", {}, el("a", { href: `#/steer?train=${s.train_job}&name=${encodeURIComponent(s.name)}` }, "steer"))));
+  });
+  show(el("h1", {}, "SAEs"), el("table", {},
+    el("thead", {}, el("tr", {}, ["SAE", "job", "latents", "FVU", "L0", "CE recovered", "elements covered",
+      "probing k=1", ""].map(h => el("th", {}, h)))), el("tbody", {}, rows)));
+}
+
+// --- feature list -----------------------------------------------------------------------------
+
+async function featuresPage(labelJob) {
+  const p = params();
+  const state = { q: p.get("q") || "", sort: p.get("sort") || "density", order: p.get("order") || "desc",
+                  labelled: p.get("labelled") === "1", page: Number(p.get("page") || 0) };
+  const size = 50;
+  const query = new URLSearchParams({ sort: state.sort, order: state.order, offset: state.page * size, limit: size,
+                                      labelled: state.labelled });
+  if (state.q) query.set("q", state.q);
+  const data = await api(`/v1/browser/labels/${labelJob}/features?${query}`);
+  const go = changes => {
+    const next = { ...state, ...changes };
+    const qs = new URLSearchParams({ q: next.q, sort: next.sort, order: next.order, labelled: next.labelled ? 1 : 0, page: next.page });
+    location.hash = `#/features/${labelJob}?${qs}`;
+  };
+  const search = el("input", { type: "search", placeholder: "search labels or a feature number", value: state.q, size: 34 });
+  search.addEventListener("keydown", e => { if (e.key === "Enter") go({ q: search.value, page: 0 }); });
+  const sort = el("select", { on: { change: e => go({ sort: e.target.value, page: 0 }) } },
+    ["density", "score", "max_activation", "feature"].map(s => el("option", { value: s, selected: s === state.sort }, `sort: ${s}`)));
+  const order = el("select", { on: { change: e => go({ order: e.target.value, page: 0 }) } },
+    ["desc", "asc"].map(o => el("option", { value: o, selected: o === state.order }, o)));
+  const labelled = el("input", { type: "checkbox", checked: state.labelled, on: { change: e => go({ labelled: e.target.checked, page: 0 }) } });
+  const pages = Math.max(1, Math.ceil(data.total / size));
+  const rows = data.features.map(f => el("tr", {},
+    el("td", { class: "num" }, el("a", { href: `#/feature/${labelJob}/${f.feature}` }, f.feature)),
+    el("td", {}, f.label ?? el("span", { class: "muted" }, "unlabelled")),
+    el("td", { class: "num" }, pct(f.density)), el("td", { class: "num" }, fmt(f.max_activation, 2)),
+    el("td", { class: "num" }, fmt(f.score, 2))));
+  show(el("h1", {}, `Features of ${data.sae.name} `, el("span", { class: "muted" }, `(label job ${labelJob.slice(0, 8)})`)),
+    el("div", { class: "controls" }, search, el("button", { on: { click: () => go({ q: search.value, page: 0 }) } }, "Search"),
+      sort, order, el("label", {}, labelled, " labelled only"),
+      el("span", { class: "muted", id: "total" }, `${data.total.toLocaleString()} features`)),
+    el("table", { id: "features" }, el("thead", {}, el("tr", {}, ["feature", "label", "density", "max act", "score (AUC)"].map(h => el("th", {}, h)))),
+      el("tbody", {}, rows)),
+    el("div", { class: "controls" },
+      el("button", { disabled: state.page === 0, on: { click: () => go({ page: state.page - 1 }) } }, "‹ previous"),
+      el("span", {}, `page ${state.page + 1} of ${pages}`),
+      el("button", { disabled: state.page + 1 >= pages, on: { click: () => go({ page: state.page + 1 }) } }, "next ›")));
+}
+
+// --- feature page -----------------------------------------------------------------------------
+
+function shaded(win, max) {
+  return el("div", { class: "window" }, win.tokens.map((t, i) => {
+    const a = win.acts[i];
+    const alpha = max > 0 ? Math.min(1, a / max) : 0;
+    return el("span", { class: "tok", "data-act": a > 0 ? a.toFixed(2) : null, title: a > 0 ? `activation ${a.toFixed(3)}` : null,
+                        style: a > 0 ? `background: rgba(249, 115, 22, ${(0.15 + 0.85 * alpha).toFixed(3)})` : "" }, t);
+  }));
+}
+
+function histogram(counts, edges) {
+  if (!counts.length) return el("p", { class: "muted" }, "never fires on the indexed text");
+  const W = 480, H = 120, top = Math.max(...counts), bw = W / counts.length;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "hist"); svg.setAttribute("width", W); svg.setAttribute("height", H + 18);
+  counts.forEach((c, i) => {
+    const h = top ? (H * c) / top : 0;
+    const r = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    Object.entries({ x: i * bw + 1, y: H - h, width: bw - 2, height: h }).forEach(([k, v]) => r.setAttribute(k, v));
+    const tip = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    tip.textContent = `${fmt(edges[i], 2)}–${fmt(edges[i + 1], 2)}: ${c}`;
+    r.append(tip); svg.append(r);
+  });
+  const axis = document.createElementNS("http://www.w3.org/2000/svg", "text");
+  axis.setAttribute("x", 0); axis.setAttribute("y", H + 14); axis.setAttribute("font-size", 11);
+  axis.textContent = `activation 0 … ${fmt(edges[edges.length - 1], 2)} (non-zero activations only)`;
+  svg.append(axis);
+  return svg;
+}
+
+async function featurePage(labelJob, feature) {
+  const f = await api(`/v1/browser/labels/${labelJob}/features/${feature}`);
+  const max = f.max_activation;
+  const labels = f.records.length ? f.records.map(r => el("div", { class: "card" },
+    el("div", {}, el("b", { class: "label" }, r.label), el("span", { class: "muted" }, `  by ${r.explainer}`)),
+    el("div", {}, r.description),
+    el("div", { class: "muted" }, Object.entries(r.scores || {}).map(([k, s]) =>
+      `${k}: AUC ${fmt(s.auc, 2)}${s.balanced_accuracy != null ? `, balanced accuracy ${fmt(s.balanced_accuracy, 2)}` : ""}`).join(" · "))))
+    : [el("p", { class: "muted" }, "Not labelled by this job.")];
+  const effects = (list, title) => el("div", {}, el("h2", {}, title), el("table", {},
+    el("tbody", {}, (list || []).map(([tok, v]) => el("tr", {}, el("td", {}, el("code", {}, JSON.stringify(tok))), el("td", { class: "num" }, fmt(v, 3)))))));
+  const steerValue = (2 * max).toFixed(1);
+  show(
+    el("h1", {}, `Feature ${f.feature} `, el("span", { class: "muted" }, `of ${f.sae.name}`)),
+    el("p", {}, `density ${pct(f.density)} · max activation ${fmt(max, 2)} · ${f.n_activations.toLocaleString()} activations indexed · `,
+      el("a", { href: `#/steer?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&f=${f.feature}&mode=clamp&value=${steerValue}` }, "steer with it"),
+      " · ", el("a", { href: `#/features/${labelJob}` }, "all features")),
+    ...labels,
+    el("h2", {}, "Activation histogram"), histogram(f.histogram, f.histogram_edges),
+    el("h2", {}, "Top activations"), el("div", { id: "top" }, f.top.map(w => shaded(w, max))),
+    el("h2", {}, "Samples across the activation range (lowest quantile first)"),
+    el("div", { id: "quantiles" }, f.quantiles.map((bin, i) => el("div", {},
+      el("div", { class: "muted" }, `quantile ${i + 1} of ${f.quantiles.length}`), bin.map(w => shaded(w, max))))),
+    el("div", { class: "columns" }, effects(f.logit_effects?.positive, "Logits it raises most"),
+      effects(f.logit_effects?.negative, "Logits it lowers most")));
+}
+
+// --- jobs -------------------------------------------------------------------------------------
+
+async function jobsPage() {
+  const table = el("tbody");
+  const draw = async () => {
+    const { jobs } = await api("/v1/jobs?limit=50");
+    table.replaceChildren(...jobs.map(j => {
+      const p = j.progress || {};
+      const frac = Math.max(0, Math.min(1, p.fraction ?? (j.state === "succeeded" ? 1 : 0)));
+      return el("tr", { "data-job": j.id },
+        el("td", {}, j.id.slice(0, 8)), el("td", {}, j.kind), el("td", {}, j.name || ""),
+        el("td", { class: "state" }, j.state),
+        el("td", {}, el("span", { class: "bar" }, el("span", { style: `width: ${(100 * frac).toFixed(0)}%` })),
+          ` ${(100 * frac).toFixed(0)}% `, el("span", { class: "muted" }, p.message || j.error?.message || "")));
+    }));
+  };
+  show(el("h1", {}, "Jobs ", el("span", { class: "muted" }, "(live)")), el("table", {},
+    el("thead", {}, el("tr", {}, ["job", "kind", "name", "state", "progress"].map(h => el("th", {}, h)))), table));
+  await draw();
+  timer = setInterval(() => draw().catch(() => {}), 2000);
+}
+
+// --- steering ---------------------------------------------------------------------------------
+
+function steerPage() {
+  const p = params();
+  const train = el("input", { name: "train", value: p.get("train") || "", size: 34, placeholder: "train job id" });
+  const name = el("input", { name: "name", value: p.get("name") || "", size: 16, placeholder: "SAE name (optional)" });
+  const prompt = el("textarea", { name: "prompt", rows: 3, cols: 70 }, "Tell me about your weekend.");
+  const rows = el("tbody");
+  const addRow = (feature = "", mode = "clamp", value = "") => rows.append(el("tr", {},
+    el("td", {}, el("input", { name: "feature", type: "number", min: 0, value: feature, size: 7 })),
+    el("td", {}, el("select", { name: "mode" }, ["clamp", "add", "scale", "ablate"].map(m => el("option", { value: m, selected: m === mode }, m)))),
+    el("td", {}, el("input", { name: "value", type: "number", step: "any", value: value, size: 8 }))));
+  addRow(p.get("f") || "", p.get("mode") || "clamp", p.get("value") || "");
+  const tokens = el("input", { name: "max_new_tokens", type: "number", min: 1, max: 512, value: 32, size: 5 });
+  const out = { default: el("pre", { class: "out", id: "default" }), steered: el("pre", { class: "out", id: "steered" }),
+                figures: el("p", { class: "muted", id: "figures" }), error: el("p", { class: "error", id: "error" }) };
+  const run = el("button", { id: "run" }, "Generate");
+  run.addEventListener("click", async () => {
+    out.error.textContent = ""; out.steered.textContent = out.default.textContent = "…"; run.disabled = true;
+    const interventions = [...rows.children].map(tr => ({
+      feature: Number(tr.querySelector("[name=feature]").value), mode: tr.querySelector("[name=mode]").value,
+      value: Number(tr.querySelector("[name=value]").value || 0) })).filter((e, i, all) => rows.children[i].querySelector("[name=feature]").value !== "");
+    try {
+      const sae = { job_id: train.value.trim() };
+      if (name.value.trim()) sae.name = name.value.trim();
+      const r = await api("/v1/steer", { method: "POST", body: JSON.stringify({
+        sae, prompt: prompt.value, interventions, max_new_tokens: Number(tokens.value) }) });
+      out.default.textContent = r.default ?? "";
+      out.steered.textContent = r.steered;
+      out.figures.textContent = `KL from default ${fmt(r.kl_from_default)} nats/token · perplexity under the unsteered model ${fmt(r.perplexity_unsteered, 1)} · ${fmt(r.seconds, 1)} s`;
+    } catch (e) { out.error.textContent = e.message; out.steered.textContent = out.default.textContent = ""; }
+    finally { run.disabled = false; }
+  });
+  show(el("h1", {}, "Steering playground"),
+    el("div", { class: "controls" }, "SAE ", train, name),
+    el("div", {}, prompt),
+    el("table", { style: "width: auto" }, el("thead", {}, el("tr", {}, ["feature", "mode", "value"].map(h => el("th", {}, h)))), rows),
+    el("div", { class: "controls" }, el("button", { on: { click: () => addRow() } }, "+ feature"), "max new tokens ", tokens, run),
+    out.error,
+    el("div", { class: "columns" }, el("div", {}, el("h2", {}, "Default"), out.default), el("div", {}, el("h2", {}, "Steered"), out.steered)),
+    out.figures);
+}
+
+// --- routing ----------------------------------------------------------------------------------
+
+async function route() {
+  clearInterval(timer);
+  const path = (location.hash.slice(1) || "/").split("?")[0].split("/").filter(Boolean);
+  try {
+    if (path[0] === "features" && path[1]) await featuresPage(path[1]);
+    else if (path[0] === "feature" && path[1] && path[2]) await featurePage(path[1], path[2]);
+    else if (path[0] === "jobs") await jobsPage();
+    else if (path[0] === "steer") steerPage();
+    else await saesPage();
+  } catch (e) { show(failure(e)); }
+}
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,80 @@
+"""The feature browser in a real headless Chromium (Debian's, driven by Playwright): a label job of
+a trained SAE publishes its pages; the feature page shows the label and the shaded tokens, and the
+steering playground runs a request on a live worker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from saeq.specs import LabelSpec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        path = None
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Debian's chromium and the playwright package (.ci/run installs them)")
+        pytest.skip("no chromium or playwright (apt-get install chromium; .ci/run installs it)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        yield browser
+        browser.close()
+
+
+def test_feature_page_list_and_playground(client_module, train_job, chromium, tmp_path):
+    client = client_module
+    label = client.wait(client.submit(LabelSpec(
+        sae={"job_id": train_job["id"]}, index_tokens=4096, n_most_active=6, explainers=[{"backend": "metadata"}],
+        judge=None, scorers=["embedding"], n_explain_examples=4, n_score_examples=4))["id"], timeout=300)
+    manifest = client.manifest(label["id"])
+    assert manifest["browser"]["n_chunks"] == 1  # 256 latents
+    record = max(client.labels(label["id"]), key=lambda r: r["max_activation"])
+    feature = record["feature"]
+
+    page = chromium.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{client.url}/browse#/feature/{label['id']}/{feature}")
+    page.wait_for_selector(".label")
+    assert page.locator(".label").first.inner_text() == record["label"]
+    shaded = page.locator("#top .tok[data-act]")
+    assert shaded.count() > 0
+    assert "rgba(249, 115, 22" in shaded.first.get_attribute("style")
+    assert page.locator("svg.hist rect").count() > 0
+    assert page.locator("#quantiles .window").count() > 0 and "[object" not in page.content()
+    page.screenshot(path=str(tmp_path / "feature.png"), full_page=True)
+
+    page.goto(f"{client.url}/browse#/features/{label['id']}?labelled=1")
+    page.wait_for_selector("#features tbody tr")
+    assert page.locator("#features tbody tr").count() == 6
+    assert page.locator("#total").inner_text() == "6 features"
+
+    page.goto(f"{client.url}/browse#/feature/{label['id']}/{feature}")
+    page.get_by_text("steer with it").click()
+    page.wait_for_selector("#run")
+    assert page.locator("[name=feature]").input_value() == str(feature)
+    page.locator("[name=max_new_tokens]").fill("6")
+    page.locator("#run").click()
+    page.wait_for_function("document.getElementById('figures').textContent.startsWith('KL')", timeout=120_000)
+    assert page.locator("#steered").inner_text().strip() and page.locator("#default").inner_text().strip()
+    assert page.locator("#error").inner_text() == ""
+    page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+    assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+    page.goto(f"{client.url}/browse#/")
+    page.wait_for_selector("table")
+    assert page.get_by_text("topk").count() > 0 and page.locator(f"a[href='#/features/{label['id']}']").count() == 1
+    page.goto(f"{client.url}/browse#/jobs")
+    page.wait_for_selector(f"tr[data-job='{label['id']}'] .state")
+    assert page.locator(f"tr[data-job='{label['id']}'] .state").inner_text() == "succeeded"
+    assert errors == []
