@@ -47,8 +47,8 @@ def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, 
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     with LocalStack(opts) as stack:
-        click.echo(f"saeq is up: API {stack.url} (docs {stack.url}/docs), Redis {stack.redis_url}, "
-                   f"logs {stack.logs}. Ctrl-C stops it.")
+        click.echo(f"saeq is up: API {stack.url} (docs {stack.url}/docs, feature browser {stack.url}/browse), "
+                   f"Redis {stack.redis_url}, logs {stack.logs}. Ctrl-C stops it.")
         try:
             while not stop["now"]:
                 for name, proc in stack.procs.items():

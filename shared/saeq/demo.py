@@ -4,6 +4,7 @@ progress, print what they produced."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from saeq.checks.summary import checks_lines
@@ -81,7 +82,15 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
         print(f"  default: {out['default']!r}\n  steered: {out['steered']!r}")
         print(f"  KL from default {out['kl_from_default']:.3f} nats/token; perplexity of the steered text under "
               f"the unsteered model {out['perplexity_unsteered']:.1f}; {out['seconds']:.1f} s")
-        return {"harvest": manifest, "train": trained, "evaluate": report, "label": labelled, "steer": out}
+        browse = f"/browse#/features/{label['id']}"
+        print(f"\nfeature browser of this SAE: {stack.url}{browse}")
+        if sys.stdin.isatty():
+            input("The local stack stays up while you browse; press Enter to stop it. ")
+        else:
+            print(f"(the stack stops now; to browse later: .venv/bin/saeq up --home {home} and open "
+                  f"http://127.0.0.1:8000{browse})")
+        return {"harvest": manifest, "train": trained, "evaluate": report, "label": labelled, "steer": out,
+                "browser_url": f"{stack.url}{browse}"}
 
 
 def _where(stack: LocalStack, key: str) -> str:
