@@ -3,6 +3,7 @@ install finds new subpackages by path, a real install only those listed in pypro
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,8 +15,14 @@ SOURCES = {"saeq": ROOT / "shared" / "saeq", "saeq_api": ROOT / "services" / "sa
 
 
 def test_the_wheel_has_every_module_and_static_file(tmp_path):
+    # From a copy of the tracked files: a stale build/ beside the sources would hide a missing package.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    src = tmp_path / "src"
+    for name in tracked.splitlines():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    "-w", str(tmp_path), str(src)], check=True, capture_output=True, timeout=300)
     names = set(zipfile.ZipFile(next(tmp_path.glob("saeq-*.whl"))).namelist())
     expected = {f"{package}/{path.relative_to(src).as_posix()}" for package, src in SOURCES.items()
                 for path in src.rglob("*") if path.suffix in (".py", ".js", ".css", ".html")
