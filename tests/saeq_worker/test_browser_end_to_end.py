@@ -72,8 +72,9 @@ def test_feature_page_list_and_playground(client_module, train_job, chromium, tm
     assert (tmp_path / "playground.png").stat().st_size > 10_000
 
     page.goto(f"{client.url}/browse#/")
-    page.wait_for_selector("table")
-    assert page.get_by_text("topk").count() > 0 and page.locator(f"a[href='#/features/{label['id']}']").count() == 1
+    page.wait_for_selector("#saes")  # not just any table: the playground's is still there until then
+    assert page.locator("#saes").get_by_text("topk").count() > 0
+    assert page.locator(f"#saes a[href='#/features/{label['id']}']").count() == 1
     page.goto(f"{client.url}/browse#/jobs")
     page.wait_for_selector(f"tr[data-job='{label['id']}'] .state")
     assert page.locator(f"tr[data-job='{label['id']}'] .state").inner_text() == "succeeded"

@@ -54,7 +54,7 @@ async function saesPage() {
       el("td", {}, browse.length ? browse : el("span", { class: "muted" }, "no label job"),
          el("div", {}, el("a", { href: `#/steer?train=${s.train_job}&name=${encodeURIComponent(s.name)}` }, "steer"))));
   });
-  show(el("h1", {}, "SAEs"), el("table", {},
+  show(el("h1", {}, "SAEs"), el("table", { id: "saes" },
     el("thead", {}, el("tr", {}, ["SAE", "job", "latents", "FVU", "L0", "CE recovered", "elements covered",
       "probing k=1", ""].map(h => el("th", {}, h)))), el("tbody", {}, rows)));
 }
