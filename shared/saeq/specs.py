@@ -472,6 +472,9 @@ class LabelSpec(Frozen):
     sinks: SinkRule = SinkRule()
     seed: int = 0
     """Seeds the choice of scoring windows (and the document order of a builtin corpus)."""
+    browser: bool = True
+    """Publish the feature browser's list and pages for every feature (about 7 KB and 5 ms per
+    feature; docs/browser.md)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "LabelSpec":

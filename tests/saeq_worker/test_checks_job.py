@@ -26,8 +26,11 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     client = client_module
     label = client.submit(LabelSpec(sae={"job_id": train_job["id"]}, index_tokens=4096, n_most_active=6,
                                     explainers=[{"backend": "metadata"}], judge=None, scorers=["embedding"],
-                                    n_explain_examples=4, n_score_examples=4))
+                                    n_explain_examples=4, n_score_examples=4, browser=False))
     label = client.wait(label["id"], timeout=300)
+    assert client.manifest(label["id"])["browser"] is None  # no pages asked for: none written
+    r = client.http.get(f"/v1/browser/labels/{label['id']}/features")
+    assert r.status_code == 404 and "browser=false" in r.json()["detail"]
     judge = {"backend": "local", "model": harvest_job["spec"]["model"], "max_new_tokens": 4}
     spec = EvaluateSpec(sae={"job_id": train_job["id"]}, max_tokens=1024, checks=_checks(label["id"], judge))
     done = client.wait(client.submit(spec)["id"], timeout=400)

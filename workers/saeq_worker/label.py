@@ -87,8 +87,10 @@ def run_label(job: RunningJob, *, cache_dir: str) -> str:
     labels_key = keys.labels_file(job.id)
     store.put(labels_key, "".join(json.dumps(r) + "\n" for r in records).encode(),
               content_type="application/x-ndjson")
-    job.report(0.95, "pages", "feature browser pages")
-    pages = write_feature_pages(job, spec, index, records, ctx.sae, lm, decode)
+    pages = None
+    if spec.browser:
+        job.report(0.95, "pages", "feature browser pages")
+        pages = write_feature_pages(job, spec, index, records, ctx.sae, lm, decode)
     summary = summarize(records)
     manifest = {"format": MANIFEST_FORMAT, "kind": "label", "job_id": job.id, "created_at": time.time(),
                 "spec": spec.model_dump(mode="json"), "sae": ctx.provenance, "model": lm.provenance,

@@ -106,7 +106,8 @@ def _browsable(svc: Services, label_job: str) -> dict:
     if m is None:
         raise HTTPException(409, f"label job {label_job} is {job['state']}; its features appear once it succeeds")
     if not m.get("browser"):
-        raise HTTPException(404, f"label job {label_job} predates the feature browser; label the SAE again")
+        raise HTTPException(404, f"label job {label_job} published no browser pages (it ran with browser=false, "
+                                 "or before the browser existed); label the SAE again")
     return m
 
 
