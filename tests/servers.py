@@ -282,13 +282,16 @@ class S3Server:
                 f"-filer.localSocket={w / 'filer.sock'}", f"-s3.localSocket={w / 's3.sock'}",
                 "-master.volumeSizeLimitMB=64"]  # tests write little; the floor for mini
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, *, keep_data: bool = False) -> None:
+        """Start on `self.ports`; the data dir is emptied first unless `keep_data` (a restart
+        after `stop`, as S3 coming back from an outage)."""
         (self.work / "s3.json").write_text(json.dumps({"identities": [{
             "name": "saeq-test",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-        shutil.rmtree(self.work / "data", ignore_errors=True)  # a failed attempt's leftovers
-        (self.work / "data").mkdir()
+        if not keep_data:
+            shutil.rmtree(self.work / "data", ignore_errors=True)  # a failed attempt's leftovers
+        (self.work / "data").mkdir(exist_ok=True)
         # weed mini reads these too; only s3.json may define identities and buckets. TMPDIR keeps
         # any stray temp files of weed's in our work dir.
         env = {k: v for k, v in os.environ.items()
@@ -309,11 +312,20 @@ class S3Server:
         except (S3Error, HTTPError, OSError):
             return False
 
+    def pause(self) -> None:
+        """SIGSTOP the server: connections are still accepted by the kernel but never answered,
+        as a hung S3. `resume` undoes it."""
+        os.killpg(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is None:
             return
-        # SIGKILL: the data is thrown away, and a graceful stop takes 1.2 s at best and can hang
-        # ~10 s (the volume server waits on connections the S3 gateway kept open).
+        # SIGKILL: the data is thrown away (or kept, what was written, for `start(keep_data=True)`),
+        # and a graceful stop takes 1.2 s at best and can hang ~10 s (the volume server waits on
+        # connections the S3 gateway kept open).
         self.proc.stop(sig=signal.SIGKILL)
         self.proc = None
         # weed puts its gRPC unix sockets in /tmp by port; a clean exit removes them, a kill not.

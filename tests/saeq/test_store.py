@@ -6,12 +6,15 @@ import os
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from saeq.store import AlreadyExists, LocalStore, MissingObject, S3Store, sign_local
+from saeq.errors import StoreError
+from saeq.store import AlreadyExists, LocalStore, MissingObject, S3Store, sign_local, transient_s3_error
+from tests.servers import s3_server
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -145,3 +148,103 @@ def _raises(exc: type[Exception], call) -> bool:
     except exc:
         return True
     return False
+
+
+# ---- S3 outages: on a SeaweedFS of this module's own, so the session's server never goes down
+
+@pytest.fixture(scope="module")
+def flaky_s3(tmp_path_factory):
+    """A SeaweedFS that tests stop and start again (data kept), or pause (hung)."""
+    with s3_server(log_dir=tmp_path_factory.mktemp("flaky-s3")) as srv:
+        yield srv
+
+
+def _s3_store(srv, **kw) -> S3Store:
+    store = S3Store(srv.endpoint, srv.access_key, srv.secret_key, f"t-{uuid.uuid4().hex[:12]}", **kw)
+    store.ensure_bucket()
+    return store
+
+
+def test_an_outage_shorter_than_the_retry_budget_is_ridden_out(flaky_s3):
+    store = _s3_store(flaky_s3, retry_s=30, timeout_s=0.5)
+    data = os.urandom(1 << 20)
+    store.put("jobs/j1/before.bin", data)
+    with ThreadPoolExecutor(2) as pool:
+        flaky_s3.stop()  # down: connections refused
+        try:
+            put = pool.submit(store.put, "jobs/j1/during.bin", io.BytesIO(data[::-1]), length=len(data))
+            get = pool.submit(store.get, "jobs/j1/before.bin")
+            time.sleep(0.5)
+            assert not put.done() and not get.done()  # still retrying
+        finally:
+            flaky_s3.start(keep_data=True)
+        assert put.result(timeout=30) is None and get.result(timeout=30) == data
+
+        flaky_s3.pause()  # hung: connections accepted, never answered; each try times out
+        try:
+            put = pool.submit(store.put, "jobs/j1/hung.bin", b"written while S3 hung")
+            time.sleep(1.0)  # two timed-out tries
+            assert not put.done()
+        finally:
+            flaky_s3.resume()
+        put.result(timeout=30)
+    assert store.get("jobs/j1/during.bin") == data[::-1]  # intact, not a partial or doubled stream
+    assert store.get("jobs/j1/hung.bin") == b"written while S3 hung"
+    assert [o.key for o in store.list("jobs/j1/")] == ["jobs/j1/before.bin", "jobs/j1/during.bin",
+                                                      "jobs/j1/hung.bin"]
+
+
+def test_an_outage_longer_than_the_retry_budget_fails_clearly_and_loses_nothing(flaky_s3):
+    store = _s3_store(flaky_s3, retry_s=2, timeout_s=0.5)
+    kept, late = "jobs/j2/shard-00000.safetensors", "jobs/j2/shard-00001.safetensors"
+    store.put(kept, b"stored before the outage")
+    flaky_s3.stop()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StoreError) as e:
+            store.put(late, b"late")
+        took = time.monotonic() - t0
+    finally:
+        flaky_s3.start(keep_data=True)
+    assert 2 <= took < 5
+    assert e.value.code == "store_error" and not isinstance(e.value, (MissingObject, AlreadyExists))
+    msg = str(e.value)
+    assert msg.startswith(f"S3 put of '{late}' at {flaky_s3.endpoint}")
+    assert "still failing after retrying for" in msg and "SAEQ_S3_RETRY_S=2)" in msg
+    assert "Connection refused" in msg or "NewConnectionError" in msg, msg
+    # Back: its volume server may answer InternalError for a moment, which a longer budget rides out.
+    store = S3Store(flaky_s3.endpoint, flaky_s3.access_key, flaky_s3.secret_key, store.bucket, retry_s=30)
+    assert store.get(kept) == b"stored before the outage" and not store.exists(late)
+    store.put(late, b"late")  # the job's next attempt writes it
+    assert store.get(late) == b"late"
+
+
+def test_missing_and_existing_keys_are_answered_at_once(flaky_s3):
+    store = _s3_store(flaky_s3, retry_s=30)
+    store.put("k", b"x")
+    t0 = time.monotonic()
+    with pytest.raises(MissingObject):
+        store.get("nope")
+    with pytest.raises(MissingObject):
+        store.size("nope")
+    with pytest.raises(AlreadyExists):
+        store.put("k", b"y")
+    assert time.monotonic() - t0 < 1
+
+
+def test_which_failures_are_retried():
+    from minio.error import S3Error, ServerError
+    from urllib3 import HTTPResponse
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+    def s3_error(status: int, code: str) -> S3Error:
+        return S3Error(HTTPResponse(status=status), code, "message", "/bucket/key", "request", "host")
+
+    for e in (s3_error(503, "SlowDown"), s3_error(500, "InternalError"), s3_error(429, "TooManyRequests"),
+              ServerError("server failed with HTTP status code 502", 502), ConnectionRefusedError(),
+              ProtocolError("Connection aborted.", ConnectionResetError()),
+              ReadTimeoutError(None, "/bucket/key", "Read timed out.")):
+        assert transient_s3_error(e), e
+    for e in (s3_error(404, "NoSuchKey"), s3_error(403, "AccessDenied"), s3_error(400, "InvalidArgument"),
+              FileNotFoundError("/tmp/upload.bin"), ValueError("invalid object key")):
+        assert not transient_s3_error(e), e

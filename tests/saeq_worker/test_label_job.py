@@ -1,5 +1,6 @@
 """Label jobs through the API and a real worker: harvest -> train -> label, labels.jsonl and the
-feature index in the store; an OpenAI-compatible endpoint as explainer and judge, failing or not."""
+feature index in the store; an OpenAI-compatible endpoint as explainer and judge, failing or not,
+named in specs and allowed by the deployment's SAEQ_LLM_ENDPOINTS."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from saeq import keys
 from saeq.client import ApiError
 from saeq.specs import LabelSpec
+from tests.fixtures_stack import make_stack
+from tests.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.integration
 
@@ -21,16 +24,26 @@ def _answer(request: dict) -> str:
     return "Yes" if "Text:" in user else "No"
 
 
-def test_train_then_label_with_local_metadata_and_endpoint(client_module, harvest_job, train_job, openai_server,
-                                                           tmp_path):
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_srv, s3_srv):
+    """The module's API and worker, whose deployment allows two LLM endpoints: `tiny` answers
+    sensibly, `broken` always fails."""
+    with OpenAIServer(_answer) as tiny, \
+            OpenAIServer(lambda req: (500, {"error": {"message": "GPU fell off the bus"}})) as broken:
+        endpoints = {"tiny": {"base_url": tiny.base_url}, "broken": {"base_url": broken.base_url}}
+        with make_stack(tmp_path_factory.mktemp("stack"), redis_srv, s3_srv,
+                        SAEQ_LLM_ENDPOINTS=json.dumps(endpoints)) as st:
+            yield st
+
+
+def test_train_then_label_with_local_metadata_and_endpoint(client_module, harvest_job, train_job, tmp_path):
     client = client_module
-    server = openai_server(_answer)
     spec = LabelSpec(
         sae={"job_id": train_job["id"], "name": "topk"}, index_tokens=4096, n_most_active=6,
         explainers=[{"backend": "local", "model": harvest_job["spec"]["model"], "max_new_tokens": 6},
                     {"backend": "metadata"},
-                    {"backend": "openai", "base_url": server.base_url, "model": "judge-model"}],
-        judge={"backend": "openai", "base_url": server.base_url, "model": "judge-model"},
+                    {"backend": "openai", "endpoint": "tiny", "model": "judge-model"}],
+        judge={"backend": "openai", "endpoint": "tiny", "model": "judge-model"},
         n_explain_examples=4, n_score_examples=4)
     done = client.wait(client.submit(spec)["id"], timeout=300)
     manifest = client.manifest(done["id"])
@@ -59,11 +72,9 @@ def test_train_then_label_with_local_metadata_and_endpoint(client_module, harves
     assert e.value.status == 422 and "not a label job" in str(e.value)
 
 
-def test_a_failing_endpoint_fails_the_job_with_the_reason(client_module, train_job, openai_server):
-    server = openai_server(lambda req: (500, {"error": {"message": "GPU fell off the bus"}}))
+def test_a_failing_endpoint_fails_the_job_with_the_reason(client_module, train_job):
     spec = LabelSpec(sae={"job_id": train_job["id"]}, index_tokens=2048, n_most_active=2,
-                     explainers=[{"backend": "openai", "base_url": server.base_url, "model": "m",
-                                  "max_retries": 0}],
+                     explainers=[{"backend": "openai", "endpoint": "broken", "model": "m", "max_retries": 0}],
                      judge=None, scorers=["embedding"], n_explain_examples=2, n_score_examples=2)
     failed = client_module.wait(client_module.submit(spec)["id"], timeout=300, raise_on_failure=False)
     assert failed["state"] == "failed" and failed["error"]["code"] == "endpoint_error"
@@ -82,3 +93,17 @@ def test_bad_label_specs_are_refused_at_submit(client_module, harvest_job):
     with pytest.raises(ApiError) as e:
         client_module.submit({"kind": "label", "sae": {"job_id": "0" * 32}, "judge": None})
     assert e.value.status == 422 and "need a judge" in str(e.value)
+
+
+def test_only_the_deployments_endpoints_can_be_named(client_module):
+    """A spec names an endpoint; where it lives and its key are the deployment's, never the spec's."""
+    explainers = [{"backend": "metadata"}, {"backend": "openai", "endpoint": "elsewhere", "model": "m"}]
+    with pytest.raises(ApiError) as e:
+        client_module.submit({"kind": "label", "sae": {"job_id": "0" * 32}, "explainers": explainers})
+    assert e.value.status == 422
+    assert [d["field"] for d in e.value.detail] == ["spec.explainers.1.endpoint"]
+    assert "'elsewhere'" in str(e.value) and "allowed: broken, tiny" in str(e.value)
+    with pytest.raises(ApiError) as e:
+        client_module.submit({"kind": "label", "sae": {"job_id": "0" * 32}, "explainers": [{
+            "backend": "openai", "endpoint": "tiny", "model": "m", "base_url": "http://attacker.example/v1"}]})
+    assert e.value.status == 422 and [d["field"] for d in e.value.detail] == ["spec.explainers.0.base_url"]

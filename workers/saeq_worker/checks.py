@@ -4,9 +4,11 @@ feature index, the rating judge the spec names."""
 from __future__ import annotations
 
 import json
+from typing import Mapping
 
 from saeq.checks.run import ChecksResult, LabelContext, run_checks
 from saeq.checks.specificity import EmbeddingRater, EndpointRater, LocalRater
+from saeq.config import LlmEndpoint
 from saeq.corpus import builtin_order
 from saeq.errors import InvalidSpec
 from saeq.explainers import Explanation, LocalLLM, token_pieces
@@ -19,7 +21,8 @@ from saeq_worker.label import _endpoint
 from saeq_worker.running import RunningJob, read_published_manifest
 
 
-def evaluate_checks(job: RunningJob, ctx: SaeContext, lm, sinks, *, cache_dir: str) -> ChecksResult:
+def evaluate_checks(job: RunningJob, ctx: SaeContext, lm, sinks, *, cache_dir: str,
+                    llm_endpoints: Mapping[str, LlmEndpoint]) -> ChecksResult:
     spec: EvaluateSpec = job.spec
     checks = spec.checks
     labelled, all_labels = None, {}
@@ -37,7 +40,7 @@ def evaluate_checks(job: RunningJob, ctx: SaeContext, lm, sinks, *, cache_dir: s
             chosen = dict(list(all_labels.items())[:checks.specificity.max_features])
             index = FeatureIndex.from_bytes(job.store.get(manifest["index"]["key"]))
             labelled = LabelContext(chosen, index, token_pieces(lm.tokenizer),
-                                    _rater(checks.specificity.judge, job, lm, cache_dir),
+                                    _rater(checks.specificity.judge, job, lm, cache_dir, llm_endpoints),
                                     manifest["spec"]["window_before"], manifest["spec"]["window_after"])
     result = run_checks(
         checks, ctx.sae, lm, ctx.hook, sinks=sinks, training_docs=_training_docs(job.store, ctx),
@@ -62,11 +65,12 @@ def _label_records(store, label_job: str, ctx: SaeContext) -> tuple[list[dict], 
     return records, manifest
 
 
-def _rater(judge, job: RunningJob, lm, cache_dir: str):
+def _rater(judge, job: RunningJob, lm, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]):
     if judge.backend == "embedding":
         return EmbeddingRater(EmbeddingScorer(device=str(lm.device)))
     if judge.backend == "openai":
-        return EndpointRater(_endpoint(judge, job.store, "spec.checks.specificity.judge"), f"openai:{judge.model}")
+        return EndpointRater(_endpoint(judge, job.store, "spec.checks.specificity.judge", llm_endpoints),
+                             f"openai:{judge.model}")
     return LocalRater(LocalLLM(cached_model(judge.model, job.device, cache_dir)), f"local:{judge.model.name}")
 
 

@@ -9,10 +9,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import saeq
 from saeq import keys, report
 from saeq.checks.summary import checks_markdown, checks_summary
+from saeq.config import LlmEndpoint
 from saeq.corpus import iter_documents
 from saeq.errors import InvalidSpec, NotFound
 from saeq.jobs.evaluate import METRICS_VERSION, SinkReference, evaluate_sae
@@ -104,7 +106,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def run_evaluate(job: RunningJob, *, cache_dir: str) -> str:
+def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> str:
     spec: EvaluateSpec = job.spec
     store = job.store
     job.report(0.0, "loading", "SAE and model", force=True)
@@ -131,7 +133,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str) -> str:
     if spec.checks is not None:
         from saeq_worker.checks import evaluate_checks  # imports the evaluate adapter itself
 
-        checks = evaluate_checks(job, ctx, lm, sinks, cache_dir=cache_dir)
+        checks = evaluate_checks(job, ctx, lm, sinks, cache_dir=cache_dir, llm_endpoints=llm_endpoints)
         job.check()
 
     provenance = {"metrics_version": METRICS_VERSION, "saeq_version": saeq.__version__,

@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Mapping
 
 from saeq import keys
+from saeq.admission import resolve_endpoint
+from saeq.config import LlmEndpoint
 from saeq.corpus import document_info, iter_documents
 from saeq.errors import InvalidSpec
 from saeq.explainers import (PROMPT_VERSION, EndpointExplainer, EndpointJudge, LocalExplainer, LocalJudge,
@@ -27,7 +30,7 @@ from saeq_worker.running import RunningJob
 MANIFEST_FORMAT = "saeq.label/1"
 
 
-def run_label(job: RunningJob, *, cache_dir: str) -> str:
+def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> str:
     spec: LabelSpec = job.spec
     store = job.store
     job.report(0.0, "loading", "SAE and model", force=True)
@@ -66,13 +69,13 @@ def run_label(job: RunningJob, *, cache_dir: str) -> str:
         elif e.backend == "local":
             explainers.append(LocalExplainer(local_llm(e), decode, e.max_new_tokens, f"local:{e.model.name}"))
         else:
-            explainers.append(EndpointExplainer(_endpoint(e, store, f"spec.explainers[{i}]"), decode,
+            explainers.append(EndpointExplainer(_endpoint(e, store, f"spec.explainers.{i}", llm_endpoints), decode,
                                                 e.max_new_tokens, f"openai:{e.model}"))
     judge = None
     if spec.judge is not None and spec.judge.backend == "local":
         judge = LocalJudge(local_llm(spec.judge), f"local:{spec.judge.model.name}")
     elif spec.judge is not None:
-        judge = EndpointJudge(_endpoint(spec.judge, store, "spec.judge"), f"openai:{spec.judge.model}")
+        judge = EndpointJudge(_endpoint(spec.judge, store, "spec.judge", llm_endpoints), f"openai:{spec.judge.model}")
     embedder = EmbeddingScorer(device=str(lm.device)) if "embedding" in spec.scorers else None
 
     t0 = time.monotonic()
@@ -120,14 +123,17 @@ def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureInd
                                       tokens_per_s=n / max(time.monotonic() - t0, 1e-9)))
 
 
-def _endpoint(e: EndpointLLM, store, field: str) -> ChatEndpoint:
+def _endpoint(e: EndpointLLM, store, field: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> ChatEndpoint:
+    """The chat endpoint `e` names, resolved with this worker's own `llm_endpoints` setting."""
+    where = resolve_endpoint(e, llm_endpoints, field)
     key = None
-    if e.api_key_env:
-        key = os.environ.get(e.api_key_env)
+    if where.api_key_env:
+        key = os.environ.get(where.api_key_env)
         if not key:
-            raise InvalidSpec(f"the worker has no environment variable {e.api_key_env} (mount the key's "
-                              "secret into the worker)", field=f"{field}.api_key_env")
-    return ChatEndpoint(e.base_url, e.model, api_key=key, timeout_s=e.timeout_s, max_retries=e.max_retries,
+            raise InvalidSpec(f"the worker has no environment variable {where.api_key_env}, which "
+                              f"SAEQ_LLM_ENDPOINTS names as the key of endpoint {e.endpoint!r} (mount the "
+                              "saeq-llm-keys Secret into the worker)", field=f"{field}.endpoint")
+    return ChatEndpoint(where.base_url, e.model, api_key=key, timeout_s=e.timeout_s, max_retries=e.max_retries,
                         token_budget=e.token_budget, cache=ResponseCache(store),
                         max_concurrency=e.max_concurrency)
 
