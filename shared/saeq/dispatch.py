@@ -6,6 +6,8 @@ particular must be identical everywhere, or a short one redelivers long jobs tha
 
 from __future__ import annotations
 
+import json
+
 from celery import Celery
 from kombu import Queue
 
@@ -42,6 +44,10 @@ def make_celery(settings: PlatformSettings) -> Celery:
         task_serializer="json", accept_content=["json"],
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        # Ride out a broker restart when sending (~25 s, as saeq.registry's Redis calls do): the
+        # default gives up after 0.6 s, and the job would wait for the reaper to send it again.
+        task_publish_retry_policy={"max_retries": 15, "interval_start": 0.2, "interval_step": 0.5,
+                                   "interval_max": 2.0},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_track_started=False,
@@ -53,6 +59,26 @@ def sender(app: Celery):
     """A `send(job, dispatch_id)` for the registry."""
 
     def send(job: dict, dispatch_id: str) -> None:
-        app.send_task(task_name(job["kind"]), args=[job["id"], dispatch_id], queue=job["queue"])
+        # The task id is the dispatch id, so the reaper can tell a waiting message from a lost one.
+        app.send_task(task_name(job["kind"]), args=[job["id"], dispatch_id], queue=job["queue"],
+                      task_id=dispatch_id)
 
     return send
+
+
+def waiting_dispatches(r) -> set[str]:
+    """Dispatch ids of the job messages waiting on the queues of a Redis broker (`r`, a redis-py
+    client of the broker's database). Kombu's Redis transport keeps a queue as lists, one per
+    priority step (`gpu`, `gpu\\x06\\x163`, ...); a message taken by a worker is in none of them."""
+    from kombu.transport.redis import Channel
+
+    ids = set()
+    for queue in QUEUES:
+        for step in Channel.priority_steps:
+            key = queue if not step else f"{queue}{Channel.sep}{step}"
+            for raw in r.lrange(key, 0, -1):
+                try:
+                    ids.add(json.loads(raw)["headers"]["id"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return ids

@@ -1,5 +1,5 @@
-"""Everything around a job's real work: claim, lease and heartbeats, cancel flag, progress,
-error mapping, finishing, and starting the jobs that waited for it."""
+"""Everything around a job's real work: claim, lease and heartbeats, cancel flag, time limit,
+progress, error mapping, finishing, and starting the jobs that waited for it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from saeq.errors import Cancelled, JobError, OutOfMemory
-from saeq.registry import Registry, Send, after_finish
+import redis
+
+from saeq import keys
+from saeq.errors import Cancelled, JobError, OutOfMemory, TimeLimitExceeded
+from saeq.registry import Registry, Send, after_finish, time_limit_message
 from saeq.specs import parse_spec
 from saeq.store import ObjectStore
 from saeq_worker.metrics import CountingStore, JobMeter
@@ -43,13 +46,23 @@ class RunningJob:
     """Sees every report's figures, throttled or not (the worker's metrics)."""
 
     def should_stop(self) -> bool:
-        return self._stop.is_set() or self._lease_lost.is_set()
+        return self._stop.is_set() or self._lease_lost.is_set() or self.over_time() is not None
 
     def check(self) -> None:
         if self._lease_lost.is_set():
             raise LeaseLost(self.id)
         if self._stop.is_set():
             raise Cancelled("cancelled by request")
+        if (elapsed := self.over_time()) is not None:
+            raise TimeLimitExceeded(time_limit_message(self.record["time_limit_s"], elapsed))
+
+    def over_time(self) -> float | None:
+        """Seconds since the job first started (on any attempt) once past its time limit, else None."""
+        limit, started = self.record.get("time_limit_s"), self.record.get("started_at")
+        if not limit or not started:
+            return None
+        elapsed = time.time() - started  # wall clock: started_at may come from another machine
+        return elapsed if elapsed > limit else None
 
     def report(self, fraction: float, phase: str, message: str = "", *, force: bool = False,
                **figures: float) -> None:
@@ -59,11 +72,17 @@ class RunningJob:
         if not force and now - self._last_report < 0.5:
             return
         self._last_report = now
-        self.registry.report(self.id, {"fraction": max(0.0, min(1.0, fraction)), "phase": phase,
-                                       "message": message, "figures": figures})
+        try:
+            self.registry.report(self.id, {"fraction": max(0.0, min(1.0, fraction)), "phase": phase,
+                                           "message": message, "figures": figures})
+        except redis.RedisError as e:  # Redis away longer than the registry retries: work on
+            log.warning("job %s: progress not recorded: %s", self.id, e)
 
     def event(self, phase: str, message: str, **figures: Any) -> None:
-        self.registry.event(self.id, phase, message, **figures)
+        try:
+            self.registry.event(self.id, phase, message, **figures)
+        except redis.RedisError as e:
+            log.warning("job %s: event %r not recorded: %s", self.id, phase, e)
 
 
 def read_published_manifest(store: ObjectStore, job_id: str, kind: str, *, field: str,
@@ -72,7 +91,6 @@ def read_published_manifest(store: ObjectStore, job_id: str, kind: str, *, field
     Errors name `id_field`, by default `{field}.job_id`."""
     import json
 
-    from saeq import keys
     from saeq.errors import InvalidSpec, NotFound
     from saeq.store import MissingObject
 
@@ -115,6 +133,12 @@ def run_job(registry: Registry, store: ObjectStore, job_id: str, dispatch_id: st
         registry.finish(job_id, claim.token, "failed", error=_error("invalid_spec", str(e)))
         after_finish(registry, job_id, send)
         return
+    if claim.attempt > 1 and store.exists(keys.manifest(job_id)):
+        # An earlier attempt published its output and died before recording it: the job is done.
+        log.info("job %s: found the manifest of an earlier attempt", job_id)
+        if registry.finish(job_id, claim.token, "succeeded", manifest_key=keys.manifest(job_id)):
+            after_finish(registry, job_id, send)
+        return
     meter = JobMeter(record["kind"], record.get("team") or "default")
     job = RunningJob(job_id, spec, claim.attempt, record, registry, CountingStore(store, meter.wrote), device,
                      on_report=meter.progress)
@@ -123,6 +147,7 @@ def run_job(registry: Registry, store: ObjectStore, job_id: str, dispatch_id: st
     beat.start()
     state, error, manifest_key = "failed", None, None
     try:
+        job.check()  # a job sent again after its time limit passed does not start
         manifest_key = body(job)
         state = "succeeded"
     except LeaseLost:
@@ -130,7 +155,11 @@ def run_job(registry: Registry, store: ObjectStore, job_id: str, dispatch_id: st
         state = "lease_lost"
         return
     except Cancelled as e:
-        state, error = "cancelled", _error("cancelled", e.message)
+        if not job._stop.is_set() and (elapsed := job.over_time()) is not None:
+            # The job function stopped at should_stop(): the time limit, not a cancel, said so.
+            error = _error(TimeLimitExceeded.code, time_limit_message(record["time_limit_s"], elapsed))
+        else:
+            state, error = "cancelled", _error("cancelled", e.message)
     except JobError as e:
         error = _error(e.code, e.message, e.field)
     except MemoryError:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
+from celery.signals import task_prerun
+
+from saeq.admission import check_admissible, check_local_paths
 from saeq.config import open_store
 from saeq.dispatch import LIVE_TASK, live_reply_key, sender, task_name
 from saeq.registry import Registry
@@ -21,7 +24,7 @@ log = logging.getLogger("saeq.worker")
 def _registry() -> Registry:
     # Built lazily in the child process: connections must not cross a fork.
     return Registry.from_url(settings.redis_url, max_attempts=settings.max_attempts,
-                             lease_ttl_s=settings.lease_ttl_s)
+                             lease_ttl_s=settings.lease_ttl_s, retry_s=settings.redis_retry_s)
 
 
 @lru_cache(maxsize=1)
@@ -37,8 +40,21 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@task_prerun.connect
+def _received(sender=None, args=(), **_) -> None:
+    # Before the task imports torch (seconds, up to tens on a busy node) and claims the job: tells
+    # the reaper this job's message reached a worker, so it is not sent again meanwhile.
+    if sender is not None and sender.name != LIVE_TASK and args:
+        _registry().received(args[0])
+
+
 def _run(job_id: str, dispatch_id: str, body) -> None:
-    run_job(_registry(), _store(), job_id, dispatch_id, body=body, send=sender(app),
+    def admitted_body(job) -> str:
+        # The API checked at submit, but this worker's own settings decide what it loads and calls.
+        check_admissible(job.spec, llm_endpoints=settings.llm_endpoints, local_path_roots=settings.local_path_roots)
+        return body(job)
+
+    run_job(_registry(), _store(), job_id, dispatch_id, body=admitted_body, send=sender(app),
             device=_device(), heartbeat_s=settings.heartbeat_s, heartbeat_file=settings.heartbeat_file)
 
 
@@ -60,14 +76,16 @@ def train(job_id: str, dispatch_id: str) -> None:
 def evaluate(job_id: str, dispatch_id: str) -> None:
     from saeq_worker.evaluate import run_evaluate
 
-    _run(job_id, dispatch_id, lambda job: run_evaluate(job, cache_dir=settings.cache_dir))
+    _run(job_id, dispatch_id, lambda job: run_evaluate(job, cache_dir=settings.cache_dir,
+                                                       llm_endpoints=settings.llm_endpoints))
 
 
 @app.task(name=task_name("label"))
 def label(job_id: str, dispatch_id: str) -> None:
     from saeq_worker.label import run_label
 
-    _run(job_id, dispatch_id, lambda job: run_label(job, cache_dir=settings.cache_dir))
+    _run(job_id, dispatch_id, lambda job: run_label(job, cache_dir=settings.cache_dir,
+                                                    llm_endpoints=settings.llm_endpoints))
 
 
 @app.task(name=task_name("steer"))
@@ -87,7 +105,9 @@ def live(request_id: str, op: str, payload: dict) -> None:
 
     try:
         if op == "steer":
-            reply = serve_steer(SteerRequest.model_validate(payload), _store(), device=_device(),
+            request = SteerRequest.model_validate(payload)
+            check_local_paths(request, settings.local_path_roots)  # before a model or SAE is loaded
+            reply = serve_steer(request, _store(), device=_device(),
                                 cache_dir=settings.cache_dir)
         elif op == "search_labels":
             reply = search_labels(LabelSearch.model_validate(payload), _store(), device=_device())
