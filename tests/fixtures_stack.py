@@ -40,5 +40,5 @@ def stack(tmp_path_factory, redis_srv, s3_srv):
 
 @pytest.fixture
 def client(stack) -> Client:
-    with Client(stack.url, timeout=60) as c:
+    with Client(stack.url, api_key=stack.admin_key, timeout=60) as c:
         yield c

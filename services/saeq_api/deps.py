@@ -1,15 +1,19 @@
-"""Objects the routes share, built once per app."""
+"""Objects the routes share, built once per app, and the caller's identity."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from celery import Celery
-from fastapi import Request
+from fastapi import Depends, HTTPException, Request
 
 from saeq.registry import Registry, Send
 from saeq.store import ObjectStore
+from saeq.teams import Principal, Teams
 from saeq_api.settings import ApiSettings
+
+_ANONYMOUS_ADMIN = Principal(team="default", role="admin")
 
 
 @dataclass
@@ -20,6 +24,36 @@ class Services:
     celery: Celery
     send: Send
 
+    @property
+    def teams(self) -> Teams:
+        return self.registry.teams
+
 
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+def principal(request: Request) -> Principal:
+    """The team and role behind the request's bearer key; 401 without a valid one. The key is
+    never logged or stored: only its SHA-256 is compared."""
+    svc: Services = request.app.state.services
+    if svc.settings.auth == "off":
+        return _ANONYMOUS_ADMIN
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    who = svc.teams.authenticate(key.strip()) if scheme.lower() == "bearer" else None
+    if who is None:
+        raise HTTPException(401, detail="a valid API key is required: send `Authorization: Bearer <key>` "
+                                        "(an admin creates keys with `saeq keys create TEAM`)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return who
+
+
+def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    if not who.is_admin:
+        raise HTTPException(403, detail=f"this needs an admin key; yours belongs to team {who.team!r}")
+    return who
+
+
+Svc = Annotated[Services, Depends(services)]
+Caller = Annotated[Principal, Depends(principal)]
+Admin = Annotated[Principal, Depends(admin)]

@@ -6,17 +6,20 @@ import asyncio
 import contextlib
 import logging
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from kombu.exceptions import OperationalError
 
 import saeq
 from saeq.config import open_store
-from saeq.dispatch import make_celery, sender
-from saeq.registry import Registry, after_finish
+from saeq.dispatch import make_celery, sender, waiting_dispatches
+from saeq.registry import Registry, after_finish, start_waiting
 from saeq_api.deps import Services
+from saeq_api.limits import BodySizeLimit, body_limits
 from saeq_api.metrics import make_registry, scrape
-from saeq_api.routes import browser, files, jobs, live, uploads
+from saeq_api.routes import admin, browser, files, jobs, live, uploads
 from saeq_api.settings import ApiSettings
 
 log = logging.getLogger("saeq.api")
@@ -28,9 +31,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         registry = Registry.from_url(settings.redis_url, max_attempts=settings.max_attempts,
-                                     lease_ttl_s=settings.lease_ttl_s)
+                                     lease_ttl_s=settings.lease_ttl_s, retry_s=settings.redis_retry_s)
         celery = make_celery(settings)
         svc = Services(settings, registry, open_store(settings), celery, sender(celery))
+        registry.teams.set_default_quota(settings.default_quota)
+        if settings.bootstrap_admin_key is not None:
+            registry.teams.ensure_key(settings.bootstrap_admin_key.get_secret_value(), "admin", "admin",
+                                      "bootstrap (SAEQ_BOOTSTRAP_ADMIN_KEY)")
         app.state.services = svc
         app.state.metrics = make_registry(registry)
         reaper = asyncio.create_task(_reap_forever(svc))
@@ -45,11 +52,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="saeq", version=saeq.__version__, lifespan=lifespan,
                   description="Queue sparse-autoencoder experiments: harvest, train, label, "
                               "evaluate, steer.")
+    app.add_middleware(BodySizeLimit, **body_limits(settings))
     app.include_router(jobs.router)
     app.include_router(uploads.router)
     app.include_router(files.router)
     app.include_router(live.router)
     app.include_router(browser.router)
+    app.include_router(admin.router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -62,6 +71,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             loc = [p for i, p in enumerate(loc) if not (p in _UNION_TAGS and i + 1 < len(loc))]
             errors.append({"loc": e["loc"], "field": ".".join(loc), "msg": e["msg"], "type": e["type"]})
         return JSONResponse(status_code=422, content={"detail": errors})
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    @app.exception_handler(OperationalError)
+    async def _redis_unreachable(request: Request, exc: Exception):
+        # Raised once the registry's retries (settings.redis_retry_s) or Celery's publish
+        # retries are spent: Redis is down for longer than a restart takes. 503, so clients retry.
+        log.warning("%s %s: Redis unreachable: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            status_code=503, headers={"Retry-After": str(_RETRY_AFTER_S)},
+            content={"detail": f"the job registry and broker (Redis) did not answer for "
+                               f"{settings.redis_retry_s:g} s; retry in a few seconds (a submit retried with "
+                               "the same Idempotency-Key never creates a second job)"})
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
@@ -79,6 +101,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     return app
 
 
+_RETRY_AFTER_S = 5
 _UNION_TAGS = {"harvest", "train", "label", "evaluate", "steer", "builtin", "hf", "upload", "job", "path",
                "local", "openai", "metadata", "embedding"}
 
@@ -96,12 +119,23 @@ async def _reap_forever(svc: Services) -> None:
 def _reap_once(svc: Services) -> None:
     if not svc.registry.try_lock("reaper", ttl_s=svc.settings.reap_every_s * 0.9):
         return  # another API replica reaps this round
-    resend, ended = svc.registry.reap()
+    s, registry = svc.settings, svc.registry
+    resend, ended = registry.reap(
+        # A worker stops a job at its limit by itself; this ends one whose worker hangs.
+        time_limit_grace_s=5 * s.heartbeat_s,
+        # Longer than a worker takes from receiving a message to claiming the job: importing
+        # torch on a busy node, or waiting out a dead predecessor's lease (running.run_job).
+        lost_after_s=max(30.0, 2 * s.lease_ttl_s + 2), waiting=lambda: waiting_dispatches(registry.r))
     for job, dispatch_id in resend:
-        log.warning("job %s lost its worker; dispatching attempt %d", job["id"], job["attempts"] + 1)
+        log.warning("job %s sent again (attempt %d to come)", job["id"], job["attempts"] + 1)
         svc.send(job, dispatch_id)
-    for job_id in ended:
-        after_finish(svc.registry, job_id, svc.send)
+    # Jobs ended here, and ended recently by processes that may have died before starting the
+    # jobs that waited for them: starting those twice is harmless.
+    for job_id in dict.fromkeys([*ended, *registry.recently_ended()]):
+        after_finish(registry, job_id, svc.send)
+    # A slot freed by a process that died between ending a job and starting the next.
+    for team in svc.registry.teams_waiting():
+        start_waiting(svc.registry, team, svc.send)
 
 
 app = create_app()

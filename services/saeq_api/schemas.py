@@ -9,6 +9,25 @@ from pydantic import BaseModel
 from saeq.errors import ERROR_CODES
 
 
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: `detail` is a sentence, or (422, and 403 for quotas) a list of
+    {loc, field, msg, type} naming each field at fault."""
+
+    detail: str | list[dict[str, Any]]
+
+
+_WHY = {401: "No valid API key (`Authorization: Bearer <key>`).", 403: "The key's role or team quota forbids it.",
+        404: "No such object visible to the key's team.", 409: "Not ready yet.", 413: "Request body too large.",
+        422: "Invalid request: `detail` names the field.", 429: "The team's quota of waiting jobs is full.",
+        500: "A worker failed to answer.", 503: "A backing service (Redis) is unreachable; retry.",
+        504: "No worker answered in time."}
+
+
+def errors(*codes: int) -> dict[int, dict]:
+    """OpenAPI `responses` for these error statuses."""
+    return {c: {"model": ErrorBody, "description": _WHY[c]} for c in codes}
+
+
 class JobError(BaseModel):
     code: Literal[ERROR_CODES]  # type: ignore[valid-type]
     field: str | None = None
@@ -40,10 +59,17 @@ class JobPublic(BaseModel):
     error: JobError | None
     manifest_key: str | None
     worker: str | None
+    team: str = "default"
+    priority: int = 0
+    time_limit_s: float | None = None
+    """The job fails with code `time_limit` once it has run this long since it first started."""
+    dispatched: bool = False
+    """Sent to a worker queue; a queued job that is not waits for its dependencies or for a slot of
+    its team's quota (max_running)."""
 
     @classmethod
     def of(cls, record: dict) -> "JobPublic":
-        return cls.model_validate({k: record.get(k) for k in cls.model_fields})
+        return cls.model_validate({k: record[k] for k in cls.model_fields if k in record})
 
 
 class JobList(BaseModel):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, SecretStr
 
 from saeq.config import PlatformSettings
+from saeq.teams import TeamQuota
 
 
 class ApiSettings(PlatformSettings):
@@ -12,5 +15,17 @@ class ApiSettings(PlatformSettings):
     """How often the API looks for running jobs whose worker was lost."""
     max_upload_bytes: int = 512 << 20
     """Largest corpus file accepted by `POST /v1/uploads`."""
+    max_request_bytes: int = Field(default=1 << 20, gt=0)
+    """Largest request body of every other route (a job spec is a few KB); larger ones get 413,
+    counted as they stream in when they declare no length."""
     live_timeout_s: float = Field(default=120.0, gt=0)
     """How long `POST /v1/steer` and `/v1/chat/completions` wait for a worker's answer."""
+    auth: Literal["keys", "off"] = "keys"
+    """`keys`: every /v1 request carries `Authorization: Bearer <API key>` and sees only its team's
+    jobs. `off`: no keys; everyone is an admin of team `default` (a one-person machine only)."""
+    bootstrap_admin_key: SecretStr | None = None
+    """An admin key the API stores (hashed) at start, for the first `saeq keys create`; make one
+    with `saeq keys new`. Team `admin`."""
+    default_quota: TeamQuota = TeamQuota()
+    """Quota of every team without its own (JSON, e.g. {"max_running": 2}); admins set per-team
+    quotas with `PUT /v1/admin/teams/{team}/quota`."""

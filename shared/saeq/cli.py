@@ -15,16 +15,18 @@ from saeq.client import ApiError, Client, JobFailed
 
 
 def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj.get("url"))
+    return Client(ctx.obj.get("url"), api_key=ctx.obj.get("api_key"))
 
 
 @click.group()
 @click.option("--url", envvar="SAEQ_URL", default=None,
               help="API base URL (default: the stack `saeq up` started, else http://127.0.0.1:8000).")
+@click.option("--api-key", envvar="SAEQ_API_KEY", default=None, show_envvar=True,
+              help="Your team's API key (default: the admin key of the stack `saeq up` started).")
 @click.pass_context
-def main(ctx: click.Context, url: str | None) -> None:
+def main(ctx: click.Context, url: str | None, api_key: str | None) -> None:
     """saeq: queue sparse-autoencoder experiments."""
-    ctx.ensure_object(dict)["url"] = url
+    ctx.ensure_object(dict).update(url=url, api_key=api_key)
 
 
 @main.command()
@@ -47,8 +49,11 @@ def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, 
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     with LocalStack(opts) as stack:
-        click.echo(f"saeq is up: API {stack.url} (docs {stack.url}/docs, feature browser {stack.url}/browse), "
-                   f"Redis {stack.redis_url}, logs {stack.logs}. Ctrl-C stops it.")
+        click.echo(f"saeq is up: API {stack.url} (docs {stack.url}/docs), Redis {stack.redis_url}, logs "
+                   f"{stack.logs}. Ctrl-C stops it.\n"
+                   f"Its admin key is in {opts.home / 'stack.json'} (the saeq command and saeq.Client use it "
+                   f"on this machine); `saeq keys create TEAM` makes keys for teams.\n"
+                   f"Feature browser, signed in as admin: {stack.url}/browse#/login?key={stack.admin_key}")
         try:
             while not stop["now"]:
                 for name, proc in stack.procs.items():
@@ -292,6 +297,12 @@ def _print_job(job: dict) -> None:
     if job["manifest_key"]:
         click.echo(f"  manifest: {job['manifest_key']}")
 
+
+from saeq.cli_teams import keys, teams, whoami  # noqa: E402  (they use the group above)
+
+main.add_command(keys)
+main.add_command(teams)
+main.add_command(whoami)
 
 if __name__ == "__main__":
     main()

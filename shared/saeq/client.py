@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import itertools
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,6 +15,10 @@ import httpx
 from pydantic import BaseModel
 
 from saeq.registry import TERMINAL
+
+RETRY_STATUS = (502, 503, 504)
+"""Answers that mean "not now" (a restarting API, Redis unreachable): worth repeating a request."""
+_TRANSIENT = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 
 
 class ApiError(Exception):
@@ -47,9 +53,19 @@ def default_url() -> str:
     return read_stack_url() or "http://127.0.0.1:8000"
 
 
+def default_api_key(url: str) -> str | None:
+    """SAEQ_API_KEY, else the admin key of the local stack (`saeq up`) serving `url`."""
+    if key := os.environ.get("SAEQ_API_KEY"):
+        return key
+    from saeq.local_stack import read_stack_key
+
+    return read_stack_key(url)
+
+
 class Client:
     def __init__(self, url: str | None = None, *, api_key: str | None = None, timeout: float = 30.0):
         self.url = (url or default_url()).rstrip("/")
+        self.api_key = api_key = api_key or default_api_key(self.url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -59,8 +75,27 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.http.close()
 
-    def _call(self, method: str, path: str, **kw) -> Any:
-        resp = self.http.request(method, path, **kw)
+    retry_for_s: float = 30.0
+    """How long a request that is safe to repeat (a GET; a submit, which carries an
+    Idempotency-Key) is retried, with backoff, on connection errors and 502/503/504."""
+
+    def _call(self, method: str, path: str, *, retry: bool | None = None, **kw) -> Any:
+        """One API request; `retry` (default: GETs only) repeats it while the API is unavailable."""
+        if retry is None:
+            retry = method == "GET"
+        deadline = time.monotonic() + self.retry_for_s
+        for attempt in itertools.count():
+            try:
+                resp = self.http.request(method, path, **kw)
+            except _TRANSIENT:
+                if not retry or time.monotonic() > deadline:
+                    raise
+                pause = _backoff_s(attempt)
+            else:
+                if not (retry and resp.status_code in RETRY_STATUS and time.monotonic() < deadline):
+                    break
+                pause = _backoff_s(attempt, resp.headers.get("Retry-After"))
+            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail")
@@ -70,13 +105,16 @@ class Client:
         return resp.json()
 
     def submit(self, spec: dict | BaseModel, *, depends_on: list[str] = (), name: str | None = None,
-               idempotency_key: str | None = None) -> dict:
-        """Queue a job; `spec` is a spec model or dict with a `kind`."""
+               idempotency_key: str | None = None, priority: int = 0, time_limit_s: float | None = None) -> dict:
+        """Queue a job; `spec` is a spec model or dict with a `kind`. `priority` (0-9) orders the
+        team's jobs waiting for a slot; `time_limit_s` stops the job after that long."""
         if isinstance(spec, BaseModel):
             spec = spec.model_dump(mode="json")
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = {"spec": spec, "depends_on": list(depends_on), "name": name}
-        return self._call("POST", "/v1/jobs", json=body, headers=headers)
+        # Always a key, so a submit repeated after a lost answer returns the job the first made.
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        body = {"spec": spec, "depends_on": list(depends_on), "name": name, "priority": priority,
+                "time_limit_s": time_limit_s}
+        return self._call("POST", "/v1/jobs", json=body, headers=headers, retry=True)
 
     def get(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}")
@@ -111,7 +149,7 @@ class Client:
     def wait(self, job_id: str, *, timeout: float | None = None, progress: bool = False,
              poll_s: float = 1.0, raise_on_failure: bool = True) -> dict:
         """Block until the job ends; with `progress`, draw a progress bar. Raises JobFailed unless
-        it succeeded (and `raise_on_failure`)."""
+        it succeeded (and `raise_on_failure`). Rides out an unavailable API until `timeout`."""
         bar = None
         if progress:
             from tqdm import tqdm
@@ -120,7 +158,15 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
-                job = self.get(job_id)
+                try:
+                    job = self.get(job_id)
+                except (ApiError, *_TRANSIENT) as e:
+                    if isinstance(e, ApiError) and e.status not in RETRY_STATUS:
+                        raise
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"job {job_id}: the API is unavailable ({e})") from e
+                    time.sleep(poll_s)
+                    continue
                 if bar is not None:
                     p = job["progress"]
                     bar.n = int(1000 * p["fraction"])
@@ -183,6 +229,31 @@ class Client:
                           json={"label_job": label_job, "query": query, "top": top},
                           timeout=max(self.http.timeout.read or 0, 300))["results"]
 
+    # ---- teams and keys ---------------------------------------------------------------------
+
+    def me(self) -> dict:
+        """The caller's team, role, quota and use."""
+        return self._call("GET", "/v1/me")
+
+    def create_key(self, team: str, *, role: str = "member", name: str = "") -> dict:
+        """(admin) A new API key for `team`; its `key` appears in this answer only."""
+        return self._call("POST", "/v1/admin/keys", json={"team": team, "role": role, "name": name})
+
+    def keys(self, team: str | None = None) -> list[dict]:
+        """(admin) Public records of the keys (never the keys)."""
+        return self._call("GET", "/v1/admin/keys", params={"team": team} if team else {})
+
+    def revoke_key(self, key_id: str) -> dict:
+        return self._call("DELETE", f"/v1/admin/keys/{key_id}")
+
+    def teams(self) -> list[dict]:
+        """(admin) Every team with its quota and use."""
+        return self._call("GET", "/v1/admin/teams")
+
+    def set_quota(self, team: str, **quota) -> dict:
+        """(admin) Replace a team's quota; fields left out take their defaults (saeq.teams.TeamQuota)."""
+        return self._call("PUT", f"/v1/admin/teams/{team}/quota", json=quota)
+
     def manifest(self, job_id: str) -> dict:
         arts = self.artifacts(job_id)
         if not arts["published"]:
@@ -191,6 +262,14 @@ class Client:
         resp = httpx.get(url, timeout=self.http.timeout)
         resp.raise_for_status()
         return resp.json()
+
+
+def _backoff_s(attempt: int, retry_after: str | None = None) -> float:
+    """0.25 s doubling to 4 s, or what the server's Retry-After asks (at most 10 s)."""
+    try:
+        return min(10.0, float(retry_after))
+    except (TypeError, ValueError):
+        return min(4.0, 0.25 * 2 ** attempt)
 
 
 def _fmt(v: Any) -> str:

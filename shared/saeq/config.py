@@ -6,11 +6,25 @@ Job knobs never live here: they are in the job's spec.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from saeq.specs import ENDPOINT_NAME
 from saeq.store import LocalStore, ObjectStore, S3Store
+
+
+class LlmEndpoint(BaseModel):
+    """Where an LLM endpoint that specs name lives, and which variable holds its key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = Field(pattern=r"^https?://", max_length=500)
+    """E.g. `http://vllm:8000/v1` or `https://api.openai.com/v1`."""
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")
+    """Environment variable of the workers that holds the key (mounted from the optional
+    `saeq-llm-keys` Secret); None: the endpoint takes no key."""
 
 
 class PlatformSettings(BaseSettings):
@@ -18,6 +32,9 @@ class PlatformSettings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Broker and job records."""
+    redis_retry_s: float = Field(default=25.0, ge=0)
+    """How long a job-record operation is retried, with backoff, while Redis is unreachable (a
+    restart) before it fails: the API then answers 503, a running job keeps running."""
     store: str = "file://" + str(Path.home() / ".saeq" / "store")
     """`file:///abs/dir` (local directory) or `s3://bucket` (with the s3_* settings)."""
     s3_endpoint: str = "127.0.0.1:9000"
@@ -27,6 +44,9 @@ class PlatformSettings(BaseSettings):
     s3_region: str | None = None
     s3_public_endpoint: str | None = None
     """Host:port put into presigned download URLs, when users reach S3 by another name."""
+    s3_retry_s: float = Field(default=60.0, ge=0)
+    """How long an S3 operation is retried, with backoff, through connection errors, timeouts and
+    5xx answers before it fails (a job then fails with store_error)."""
     public_url: str = "http://127.0.0.1:8000"
     """Base URL of the API as users reach it (for local-store download links)."""
     signing_key: SecretStr = SecretStr("saeq-dev-signing-key")
@@ -40,6 +60,15 @@ class PlatformSettings(BaseSettings):
     """Redis-broker visibility timeout: longer than the longest job, identical in every app."""
     cache_dir: str = str(Path.home() / ".cache" / "saeq")
     """Worker-side cache (converted models)."""
+    llm_endpoints: dict[Annotated[str, Field(pattern=ENDPOINT_NAME)], LlmEndpoint] = {}
+    """The LLM endpoints that label jobs and checks may name (`endpoint` in a spec), as JSON:
+    `{"vllm": {"base_url": "http://vllm:8000/v1"}, "openai": {"base_url":
+    "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"}}`. A spec naming another is
+    refused; none is allowed by default."""
+    local_path_roots: list[Annotated[str, Field(pattern=r"^/")]] = ["/"]
+    """Directories under which specs may name local paths (a model directory, an imported SAE),
+    as a JSON list, e.g. `["/models"]`; symlinks and `..` are resolved before the check. The default
+    lets a spec read anything the workers can: set this in multi-team deployments."""
 
 
 def open_store(s: PlatformSettings) -> ObjectStore:
@@ -49,7 +78,8 @@ def open_store(s: PlatformSettings) -> ObjectStore:
     if s.store.startswith("s3://"):
         bucket = s.store[len("s3://"):].strip("/")
         store = S3Store(s.s3_endpoint, s.s3_access_key, s.s3_secret_key.get_secret_value(), bucket,
-                        secure=s.s3_secure, region=s.s3_region, public_endpoint=s.s3_public_endpoint)
+                        secure=s.s3_secure, region=s.s3_region, public_endpoint=s.s3_public_endpoint,
+                        retry_s=s.s3_retry_s)
         store.ensure_bucket()
         return store
     raise ValueError(f"SAEQ_STORE must start with file:// or s3://, got {s.store!r}")

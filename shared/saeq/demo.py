@@ -21,7 +21,7 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
     home = home or saeq_home() / "demo"
     with LocalStack(StackOptions(home=home, port=free_port())) as stack:
         print(f"local stack up: API {stack.url} (docs {stack.url}/docs), logs in {stack.logs}")
-        client = Client(stack.url, timeout=60)
+        client = Client(stack.url, api_key=stack.admin_key, timeout=60)
         harvest = client.submit(HarvestSpec(hooks=[HOOK], max_tokens=tokens),
                                 name="demo: harvest layer 15 of SmolLM2 on English Wikipedia")
         train = client.submit(
@@ -83,12 +83,14 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
         print(f"  KL from default {out['kl_from_default']:.3f} nats/token; perplexity of the steered text under "
               f"the unsteered model {out['perplexity_unsteered']:.1f}; {out['seconds']:.1f} s")
         browse = f"/browse#/features/{label['id']}"
-        print(f"\nfeature browser of this SAE: {stack.url}{browse}")
+        # The fragment is never sent to the server: the page stores the key and drops it from the address.
+        print(f"\nfeature browser of this SAE (the link signs you in with this local stack's admin key):\n"
+              f"  {stack.url}/browse#/login?key={stack.admin_key}&next=/features/{label['id']}")
         if sys.stdin.isatty():
             input("The local stack stays up while you browse; press Enter to stop it. ")
         else:
-            print(f"(the stack stops now; to browse later: .venv/bin/saeq up --home {home} and open "
-                  f"http://127.0.0.1:8000{browse})")
+            print(f"(the stack stops now; to browse later: .venv/bin/saeq up --home {home}, open the "
+                  f"feature browser link it prints, and go to {browse})")
         return {"harvest": manifest, "train": trained, "evaluate": report, "label": labelled, "steer": out,
                 "browser_url": f"{stack.url}{browse}"}
 

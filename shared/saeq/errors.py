@@ -54,6 +54,12 @@ class TokenBudgetExhausted(JobError):
     code = "token_budget_exhausted"
 
 
+class TimeLimitExceeded(JobError):
+    """The job ran longer than its time limit (the spec's, capped by its team's quota)."""
+
+    code = "time_limit"
+
+
 ERROR_CODES = ("invalid_spec", "not_found", "out_of_memory", "worker_lost", "cancelled", "upstream_failed",
-               "store_error", "endpoint_error", "token_budget_exhausted", "internal")
+               "store_error", "endpoint_error", "token_budget_exhausted", "time_limit", "internal")
 """Every code a failed job can carry (the API's JobError.code)."""

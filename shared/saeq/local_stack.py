@@ -23,12 +23,22 @@ def saeq_home() -> Path:
     return Path(os.environ.get("SAEQ_HOME", Path.home() / ".saeq"))
 
 
-def read_stack_url() -> str | None:
+def _stack_info() -> dict:
     try:
         info = json.loads((saeq_home() / "stack.json").read_text())
     except (OSError, ValueError):
-        return None
-    return info.get("url") if _alive(info.get("api_pid", -1)) else None
+        return {}
+    return info if _alive(info.get("api_pid", -1)) else {}
+
+
+def read_stack_url() -> str | None:
+    return _stack_info().get("url")
+
+
+def read_stack_key(url: str) -> str | None:
+    """The admin key of the running local stack at `url` (stack.json is readable by its owner only)."""
+    info = _stack_info()
+    return info.get("api_key") if info.get("url", "").rstrip("/") == url.rstrip("/") else None
 
 
 def free_port() -> int:
@@ -66,8 +76,12 @@ class StackOptions:
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
     worker_concurrency: int = 1
+    workers: int = 1
+    """Worker processes, named `worker`, `worker2`, ...: killing one leaves the others."""
     queues: str = "gpu,cpu,steer"
     extra_env: dict[str, str] = field(default_factory=dict)
+    admin_key: str | None = None
+    """The API's bootstrap admin key; None: $SAEQ_BOOTSTRAP_ADMIN_KEY, else a new one."""
 
 
 class LocalStack:
@@ -78,6 +92,9 @@ class LocalStack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.url = f"http://127.0.0.1:{opts.port}"
         self.logs = opts.home / "logs"
+        from saeq.teams import new_key
+
+        self.admin_key = opts.admin_key or os.environ.get("SAEQ_BOOTSTRAP_ADMIN_KEY") or new_key()[1]
 
     def env(self) -> dict[str, str]:
         o = self.opts
@@ -110,10 +127,14 @@ class LocalStack:
             self.redis_url = f"redis://127.0.0.1:{rport}/0"
             _wait_for(lambda: _redis_ping(rport), 20, "redis", self.logs / "redis.log")
         self.respawn("api")
-        self.respawn("worker")
-        (o.home / "stack.json").write_text(json.dumps({
+        for name in self.worker_names():
+            self.respawn(name)
+        info = o.home / "stack.json"
+        info.touch(mode=0o600)
+        info.chmod(0o600)  # it holds the admin key
+        info.write_text(json.dumps({
             "url": self.url, "redis_url": self.redis_url, "api_pid": self.procs["api"].pid,
-            "pids": {k: p.pid for k, p in self.procs.items()}}))
+            "pids": {k: p.pid for k, p in self.procs.items()}, "api_key": self.admin_key}))
         return self
 
     def _spawn(self, name: str, argv: list[str], *, env: dict[str, str]) -> None:
@@ -130,26 +151,32 @@ class LocalStack:
             pass
         proc.wait(timeout=30)
 
+    def worker_names(self) -> list[str]:
+        return ["worker"] + [f"worker{i}" for i in range(2, self.opts.workers + 1)]
+
     def respawn(self, name: str) -> None:
-        """Start the API or the worker (again) with the same settings."""
+        """Start the API or a worker (again) with the same settings."""
         o = self.opts
         if name == "api":
             argv = ["-m", "uvicorn", "saeq_api.main:app", "--host", "127.0.0.1", "--port", str(o.port),
-                    "--log-level", "warning"]
-        elif name == "worker":
+                    "--log-level", "info"]  # access log: method, path, status (never headers)
+        elif name in self.worker_names():
             argv = ["-m", "celery", "-A", "saeq_worker.celery_app", "worker", "-Q", o.queues,
                     "-c", str(o.worker_concurrency), "-n", f"saeq-{o.port}-{time.time_ns()}@%h",
                     "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
         else:
             raise ValueError(f"cannot respawn {name!r}")
-        self._spawn(name, [sys.executable, *argv], env=self.env())
+        env = self.env()
+        if name == "api":  # only the API needs the admin key
+            env["SAEQ_BOOTSTRAP_ADMIN_KEY"] = self.admin_key
+        self._spawn(name, [sys.executable, *argv], env=env)
         if name == "api":
             _wait_for(lambda: _http_ok(self.url + "/readyz"), 60, "api", self.logs / "api.log",
                       proc=self.procs["api"])
 
     def stop(self) -> None:
-        # Worker first, with SIGTERM: Celery's warm shutdown lets a running task end its batch.
-        for name in ("worker", "api", "redis"):
+        # Workers first, with SIGTERM: Celery's warm shutdown lets a running task end its batch.
+        for name in (*self.worker_names(), "api", "redis"):
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue

@@ -4,7 +4,9 @@ Celery's result backend is not used: a record outlives broker messages and API r
 Every state change is a compare-and-set (WATCH/MULTI), so the API, the reaper and a worker never
 overwrite each other. States: queued -> running -> succeeded | failed | cancelled.
 A worker holds a lease (a key with a TTL it renews); a running job whose lease expired lost its
-worker, and the reaper dispatches it again or fails it as `worker_lost` after `max_attempts`.
+worker, and the reaper dispatches it again or fails it as `worker_lost` after `max_attempts`. The
+reaper also sends again a job whose message died with a worker before its claim, and fails as
+`time_limit` a job long past its time limit that its worker did not stop.
 """
 
 from __future__ import annotations
@@ -16,12 +18,53 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from saeq.teams import Teams
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 DURATION_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
 STATES = ("queued", "running") + TERMINAL
 _P = "saeq:"
 _CENSUS = ("kind", "state", "queue", "team", "created_at", "dispatched")
+_DISPATCHED = f"{_P}dispatched"
+"""Queued jobs with a message on their queue that no worker has claimed yet, scored by when it
+was sent: the reaper sends again those whose message was lost."""
+
+
+REDIS_RETRY_S = 25.0
+"""How long a registry call rides out an unreachable Redis (a restart, a failover) before it
+raises: long enough for a restart replaying its AOF, short enough that a request still answers."""
+
+
+class RetryFor(Retry):
+    """redis-py's Retry bounded by time instead of by count: exponential backoff (50 ms doubling
+    to 1 s) on connection errors and timeouts until `seconds` have passed. A WATCH broken by a
+    reconnect raises WatchError, so every compare-and-set below simply runs again."""
+
+    def __init__(self, seconds: float = REDIS_RETRY_S):
+        super().__init__(ExponentialBackoff(cap=1.0, base=0.025), retries=1 << 20)
+        self.seconds = seconds
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        deadline = time.monotonic() + self.seconds
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                if is_retryable and not is_retryable(error):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                pause = self._backoff.compute(failures)
+                if time.monotonic() + pause > deadline:
+                    raise error
+                time.sleep(pause)
 
 
 def new_id() -> str:
@@ -30,6 +73,21 @@ def new_id() -> str:
 
 def _k(job_id: str, suffix: str = "") -> str:
     return f"{_P}job:{job_id}{suffix}"
+
+
+def _team(team: str, what: str) -> str:
+    """Per-team keys: `jobs` (every job, by creation time), `open` (not ended), `active`
+    (dispatched, not ended), `waiting` (ready but held for a slot; highest priority, then oldest,
+    first)."""
+    return f"{_P}team:{team}:{what}"
+
+
+def _waiting_score(priority: int, created_at: float) -> float:
+    return (9 - priority) * 1e10 + created_at
+
+
+class QuotaExceeded(Exception):
+    """The team has as many waiting jobs as its quota allows."""
 
 
 @dataclass
@@ -47,10 +105,16 @@ class Registry:
         self.r = client
         self.max_attempts = max_attempts
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
+        self.teams = Teams(client)
+        self._dispatch = client.register_script(_DISPATCH)
 
     @classmethod
-    def from_url(cls, url: str, **kw) -> "Registry":
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30), **kw)
+    def from_url(cls, url: str, *, retry_s: float = REDIS_RETRY_S, **kw) -> "Registry":
+        """A registry whose calls retry for `retry_s` while Redis is unreachable."""
+        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
+                                      retry=RetryFor(retry_s), socket_connect_timeout=5,
+                                      socket_keepalive=True)
+        return cls(client, **kw)
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -60,17 +124,22 @@ class Registry:
 
     def list(self, *, kind: str | None = None, state: str | None = None, limit: int = 50,
              before: float | None = None, team: str | None = None) -> list[dict[str, Any]]:
-        """Newest first; `before` is the created_at of the last job of the previous page."""
+        """Newest first; `before` is the created_at of the last job of the previous page. A team's
+        jobs come from its own index, so one team's listing never reads the others'."""
         out: list[dict[str, Any]] = []
         hi = f"({before}" if before is not None else "+inf"
+        index = _team(team, "jobs") if team is not None else f"{_P}jobs"
+        batch = limit if kind is None and state is None else 200
         while len(out) < limit:
-            ids = self.r.zrevrangebyscore(f"{_P}jobs", hi, "-inf", start=0, num=200, withscores=True)
+            ids = self.r.zrevrangebyscore(index, hi, "-inf", start=0, num=batch, withscores=True)
             if not ids:
                 break
-            for job_id, score in ids:
-                job = self.get(job_id)
-                if job and (kind is None or job["kind"] == kind) and (state is None or job["state"] == state) \
-                        and (team is None or job.get("team") == team):
+            pipe = self.r.pipeline(transaction=False)
+            for job_id, _ in ids:
+                pipe.hgetall(_k(job_id))
+            for raw in pipe.execute():
+                job = _decode(raw) if raw else None
+                if job and (kind is None or job["kind"] == kind) and (state is None or job["state"] == state):
                     out.append(job)
                     if len(out) == limit:
                         break
@@ -84,10 +153,15 @@ class Registry:
     # ---- creating and dispatching --------------------------------------------------------
 
     def create(self, *, kind: str, spec: dict, queue: str, depends_on: list[str], name: str | None = None,
-               team: str = "default", idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+               team: str = "default", idempotency_key: str | None = None, priority: int = 0,
+               time_limit_s: float | None = None, max_queued: int | None = None) -> tuple[dict[str, Any], bool]:
         """Store a queued job. Returns (job, created); an idempotency key seen before returns the
-        job it created the first time."""
+        job it created the first time. QuotaExceeded when the team already has `max_queued` jobs
+        waiting."""
         job_id = new_id()
+        if max_queued is not None and self.waiting_count(team) >= max_queued:
+            raise QuotaExceeded(f"team {team!r} already has {max_queued} jobs waiting to run "
+                                f"(quota max_queued={max_queued}); wait for some to finish or cancel some")
         if idempotency_key:
             idem = f"{_P}idem:{team}:{idempotency_key}"
             if not self.r.set(idem, job_id, nx=True, ex=7 * 24 * 3600):
@@ -99,6 +173,7 @@ class Registry:
         record = {
             "id": job_id, "kind": kind, "state": "queued", "spec": spec, "queue": queue,
             "depends_on": depends_on, "name": name, "team": team, "created_at": now,
+            "priority": priority, "time_limit_s": time_limit_s,
             "started_at": None, "finished_at": None, "attempts": 0, "max_attempts": self.max_attempts,
             "dispatch_id": "", "dispatched": False, "error": None, "manifest_key": None,
             "progress": {"fraction": 0.0, "phase": "queued", "message": "", "figures": {}},
@@ -107,47 +182,69 @@ class Registry:
         pipe = self.r.pipeline()
         pipe.hset(_k(job_id), mapping=_encode(record))
         pipe.zadd(f"{_P}jobs", {job_id: now})
+        pipe.zadd(_team(team, "jobs"), {job_id: now})
+        pipe.sadd(_team(team, "open"), job_id)
         pipe.hincrby(f"{_P}stats:submitted", kind, 1)
         for dep in depends_on:
             pipe.sadd(_k(dep, ":dependents"), job_id)
+        pipe.xadd(_k(job_id, ":events"), {"e": json.dumps(_event_entry("queued", f"{kind} job submitted", {}))},
+                  maxlen=2000, approximate=True)
         pipe.execute()
-        self.event(job_id, "queued", f"{kind} job submitted")
         return record, True
 
-    def ready_to_dispatch(self, job_id: str) -> tuple[bool, str | None]:
-        """Mark the job dispatched if all its dependencies succeeded (once, whoever asks first).
-        Returns (dispatch_now, dispatch_id). A failed dependency fails the job."""
-        key = _k(job_id)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    job = _decode(pipe.hgetall(key))
-                    if not job or job["state"] != "queued" or job["dispatched"]:
-                        pipe.reset()
-                        return False, None
-                    deps = [self.get(d) for d in job["depends_on"]]
-                    bad = [d for d in deps if d is None or d["state"] in ("failed", "cancelled")]
-                    if bad:
-                        pipe.reset()
-                        which = bad[0]["id"] if bad[0] else "?"
-                        self.finish_unowned(job_id, "failed", error={
-                            "code": "upstream_failed", "field": "depends_on",
-                            "message": f"job {which} that this job depends on did not succeed"})
-                        return False, None
-                    if any(d["state"] != "succeeded" for d in deps):
-                        pipe.reset()
-                        return False, None
-                    dispatch_id = new_id()
-                    pipe.multi()
-                    pipe.hset(key, mapping=_encode({"dispatched": True, "dispatch_id": dispatch_id}))
-                    pipe.execute()
-                    return True, dispatch_id
-                except redis.WatchError:
-                    continue
+    def ready_to_dispatch(self, job_id: str, job: dict | None = None) -> tuple[bool, str | None]:
+        """Mark the job dispatched if all its dependencies succeeded (once, whoever asks first) and
+        its team has a free slot (quota max_running); a job without a slot waits in the team's
+        `waiting` set. Returns (dispatch_now, dispatch_id). A failed dependency fails the job.
+        `job`: the record, when the caller holds it (saves a read)."""
+        job = job or self.get(job_id)
+        if not job or job["state"] != "queued" or job["dispatched"]:
+            return False, None
+        if job["depends_on"]:
+            deps = [self.get(d) for d in job["depends_on"]]
+            bad = [d for d in deps if d is None or d["state"] in ("failed", "cancelled")]
+            if bad:
+                which = bad[0]["id"] if bad[0] else "?"
+                self.finish_unowned(job_id, "failed", error={
+                    "code": "upstream_failed", "field": "depends_on",
+                    "message": f"job {which} that this job depends on did not succeed"})
+                return False, None
+            if any(d["state"] != "succeeded" for d in deps):
+                return False, None
+        # The slot check and the dispatch in one script: concurrent submits of one team would
+        # otherwise keep invalidating each other's WATCH on the shared `active` set.
+        team = job.get("team") or "default"
+        dispatch_id = new_id()
+        sent = self._dispatch(keys=[_k(job_id), _team(team, "active"), _team(team, "waiting"), _DISPATCHED],
+                              args=[self.teams.quota(team).max_running, dispatch_id,
+                                    _waiting_score(job.get("priority") or 0, job["created_at"]), job_id, time.time()])
+        return (True, dispatch_id) if sent == 1 else (False, None)
+
+    def received(self, job_id: str) -> None:
+        """A worker took the job's message and prepares to claim it: the reaper gives it time."""
+        self.r.zadd(_DISPATCHED, {job_id: time.time()}, xx=True)
 
     def dependents(self, job_id: str) -> list[str]:
         return sorted(self.r.smembers(_k(job_id, ":dependents")))
+
+    def next_waiting(self, team: str) -> str | None:
+        """The team's waiting job to start next: highest priority, then oldest."""
+        ids = self.r.zrange(_team(team, "waiting"), 0, 0)
+        return ids[0] if ids else None
+
+    def teams_waiting(self) -> list[str]:
+        return [t for t in self.teams.teams() if self.r.zcard(_team(t, "waiting"))]
+
+    def usage(self, team: str) -> dict[str, int]:
+        """How many of the team's jobs are dispatched (running or about to), and waiting."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.scard(_team(team, "open"))
+        pipe.scard(_team(team, "active"))
+        open_, active = pipe.execute()
+        return {"active": active, "waiting": max(0, open_ - active)}
+
+    def waiting_count(self, team: str) -> int:
+        return self.usage(team)["waiting"]
 
     # ---- worker side ---------------------------------------------------------------------
 
@@ -182,6 +279,7 @@ class Registry:
                         "state": "running", "attempts": job["attempts"] + 1, "worker": worker,
                         "started_at": job["started_at"] or now, "heartbeat_at": now}))
                     pipe.sadd(f"{_P}running", job_id)
+                    pipe.zrem(_DISPATCHED, job_id)
                     pipe.execute()
                     self.event(job_id, "running", f"attempt {job['attempts'] + 1} on {worker}")
                     return Claim("run", attempt=job["attempts"] + 1, token=token)
@@ -200,7 +298,7 @@ class Registry:
         self.r.hset(_k(job_id), "progress", json.dumps(progress))
 
     def event(self, job_id: str, phase: str, message: str, **figures: Any) -> None:
-        entry = {"t": time.time(), "phase": phase, "message": message, "figures": figures}
+        entry = _event_entry(phase, message, figures)
         self.r.xadd(_k(job_id, ":events"), {"e": json.dumps(entry)}, maxlen=2000, approximate=True)
 
     def finish(self, job_id: str, token: str, state: str, *, error: dict | None = None,
@@ -224,15 +322,17 @@ class Registry:
         self.event(job_id, state, (error or {}).get("message", state))
         return True
 
-    def finish_unowned(self, job_id: str, state: str, *, error: dict | None = None) -> bool:
-        """End a job nobody runs (queued, or running with a lost worker)."""
+    def finish_unowned(self, job_id: str, state: str, *, error: dict | None = None,
+                       states: tuple[str, ...] = ("queued", "running")) -> bool:
+        """End a job nobody runs (queued, or running with a lost worker), if it is in one of
+        `states`. False if it was not."""
         key = _k(job_id)
         with self.r.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key)
                     job = _decode(pipe.hgetall(key))
-                    if not job or job["state"] in TERMINAL:
+                    if not job or job["state"] not in states:
                         pipe.reset()
                         return False
                     pipe.multi()
@@ -252,6 +352,11 @@ class Registry:
             "state": state, "finished_at": time.time(), "error": error,
             "manifest_key": manifest_key, "progress": progress}))
         pipe.srem(f"{_P}running", job["id"])
+        pipe.zrem(_DISPATCHED, job["id"])
+        team = job.get("team") or "default"
+        pipe.srem(_team(team, "open"), job["id"])
+        pipe.srem(_team(team, "active"), job["id"])
+        pipe.zrem(_team(team, "waiting"), job["id"])
         pipe.zadd(f"{_P}finished", {job["id"]: time.time()})
         # Counters live in Redis so every API replica and worker process exports the same totals.
         kind = job["kind"]
@@ -266,21 +371,34 @@ class Registry:
     # ---- cancel and reap -----------------------------------------------------------------
 
     def request_cancel(self, job_id: str) -> dict[str, Any] | None:
-        """Cancel a queued job at once; ask a running one to stop (its worker polls the flag)."""
+        """Cancel a queued job at once (waiting on its dependencies, or sent and not yet claimed:
+        its message is skipped); ask a running one to stop (its worker polls the flag, and the
+        reaper ends it if the worker is gone). An ended job is left as it is."""
         job = self.get(job_id)
         if job is None or job["state"] in TERMINAL:
             return job
+        # The flag first: a claim from now on sees it (claim WATCHes the record) and runs nothing,
+        # so a job claimed meanwhile is never ended under its running worker.
         self.r.hset(_k(job_id), "cancel_requested", "true")
-        if job["state"] == "queued":
-            self.finish_unowned(job_id, "cancelled", error=_cancelled())
-        else:
-            self.event(job_id, "cancelling", "cancel requested")
+        if not self.finish_unowned(job_id, "cancelled", error=_cancelled(), states=("queued",)):
+            if (self.get(job_id) or {}).get("state") == "running":
+                self.event(job_id, "cancelling", "cancel requested")
         return self.get(job_id)
 
-    def reap(self, grace_s: float = 0.0) -> tuple[list[tuple[dict, str]], list[str]]:
-        """Find running jobs whose worker is lost. Returns ((job, dispatch_id) to re-send, ids of
-        jobs ended here): jobs out of attempts are failed as `worker_lost`."""
-        resend, ended = [], []
+    def reap(self, grace_s: float = 0.0, *, time_limit_grace_s: float = 15.0,
+             lost_after_s: float | None = None, waiting: Callable[[], set[str]] | None = None,
+             ) -> tuple[list[tuple[dict, str]], list[str]]:
+        """Find running jobs whose worker is lost, jobs long past their time limit, and sent jobs
+        whose message was lost. Returns ((job, dispatch_id) to re-send, ids of jobs ended here).
+
+        A job out of attempts fails as `worker_lost`. One that ran more than `time_limit_grace_s`
+        past its `time_limit_s` fails as `time_limit`, running or queued again, even while its
+        (hung) worker still renews the lease. With `lost_after_s` and `waiting` (the dispatch ids of
+        the messages waiting on the broker's queues), a job sent that long ago that no worker
+        claimed and whose message is not waiting is sent again: its message died with a worker
+        that had taken it, or was never sent.
+        """
+        resend, ended = [], self._end_overdue(time_limit_grace_s)
         for job_id in self.r.smembers(f"{_P}running"):
             if self.r.exists(_k(job_id, ":lease")):
                 continue
@@ -307,13 +425,91 @@ class Registry:
                     pipe.multi()
                     pipe.hset(key, mapping=_encode({"state": "queued", "dispatch_id": dispatch_id}))
                     pipe.srem(f"{_P}running", job_id)
+                    pipe.zadd(_DISPATCHED, {job_id: time.time()})
                     pipe.execute()
                 except redis.WatchError:
                     continue
             self.event(job_id, "requeued", f"worker {job['worker']} lost; requeued after attempt "
                                            f"{job['attempts']} of {job['max_attempts']}")
             resend.append((job, dispatch_id))
+        if lost_after_s is not None and waiting is not None:
+            resend += self._redispatch_lost(lost_after_s, waiting)
         return resend, ended
+
+    def _end_overdue(self, grace_s: float) -> list[str]:
+        """Fail, as `time_limit`, running and requeued jobs more than `grace_s` past their limit."""
+        ended = []
+        candidates = self.r.smembers(f"{_P}running") | set(self.r.zrange(_DISPATCHED, 0, -1))
+        for job_id in candidates:
+            limit, started = (json.loads(v) if v else None
+                              for v in self.r.hmget(_k(job_id), "time_limit_s", "started_at"))
+            if not limit or not started or time.time() - started <= limit + grace_s:
+                continue
+            key = _k(job_id)
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    job = _decode(pipe.hgetall(key))
+                    if not job or job["state"] in TERMINAL:
+                        continue
+                    error = _time_limit(job["time_limit_s"], time.time() - job["started_at"])
+                    error["message"] += "; its worker did not stop it, so it was ended without it"
+                    pipe.multi()
+                    self._end(pipe, job, "failed", error, None)
+                    # A worker still running it finds its lease gone and stops without writing.
+                    pipe.delete(_k(job_id, ":lease"))
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+            self.event(job_id, "failed", error["message"])
+            ended.append(job_id)
+        return ended
+
+    def _redispatch_lost(self, older_than_s: float, waiting: Callable[[], set[str]]) -> list[tuple[dict, str]]:
+        due = self.r.zrangebyscore(_DISPATCHED, "-inf", time.time() - older_than_s)
+        if not due:
+            return []
+        on_queue = waiting()
+        resend = []
+        for job_id in due:
+            key = _k(job_id)
+            with self.r.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    job = _decode(pipe.hgetall(key))
+                    if not job or job["state"] != "queued" or not job["dispatched"]:
+                        pipe.reset()
+                        self.r.zrem(_DISPATCHED, job_id)
+                        continue
+                    if job["dispatch_id"] in on_queue:
+                        continue  # waiting its turn
+                    # A new dispatch id: should the old message turn up after all, it is skipped.
+                    dispatch_id = new_id()
+                    pipe.multi()
+                    pipe.hset(key, "dispatch_id", json.dumps(dispatch_id))
+                    pipe.zadd(_DISPATCHED, {job_id: time.time()})
+                    pipe.execute()
+                except redis.WatchError:
+                    continue
+            self.event(job_id, "redispatched", f"no worker took the job within {older_than_s:.0f} s "
+                                               "and its message is not on its queue; sent again")
+            resend.append((job, dispatch_id))
+        return resend
+
+    def recently_ended(self, slack_s: float = 2 * REDIS_RETRY_S + 10) -> list[str]:
+        """Jobs ended since the previous call (by any API replica), and in the `slack_s` before it.
+        The reaper starts their dependents again, in case the process that ended them died first
+        (starting them twice is harmless)."""
+        now = time.time()
+        last = self.r.getset(f"{_P}reaper:ended_seen", json.dumps(now))
+        since = (json.loads(last) if last else now) - slack_s
+        return self.r.zrangebyscore(f"{_P}finished", since, "+inf")
+
+    def set_upload_owner(self, upload_id: str, team: str) -> None:
+        self.r.set(f"{_P}upload:{upload_id}", team)
+
+    def upload_owner(self, upload_id: str) -> str | None:
+        return self.r.get(f"{_P}upload:{upload_id}")
 
     def try_lock(self, name: str, ttl_s: float) -> bool:
         return bool(self.r.set(f"{_P}lock:{name}", "1", nx=True, px=int(ttl_s * 1000)))
@@ -346,24 +542,51 @@ Send = Callable[[dict, str], None]
 """send(job, dispatch_id) puts a message for the job on its queue."""
 
 
-def dispatch_ready(registry: Registry, job_id: str, send: Send) -> None:
-    """Send the job to its queue if its dependencies allow."""
-    ok, dispatch_id = registry.ready_to_dispatch(job_id)
+def dispatch_ready(registry: Registry, job_id: str, send: Send, job: dict | None = None) -> str | None:
+    """Send the job to its queue if its dependencies and its team's slots allow. Returns the
+    dispatch id if sent. `job`: the record, when the caller holds it."""
+    job = job or registry.get(job_id)
+    ok, dispatch_id = registry.ready_to_dispatch(job_id, job)
     if ok:
-        send(registry.get(job_id), dispatch_id)
-    elif (job := registry.get(job_id)) and job["state"] == "failed":
-        for dep in registry.dependents(job_id):
-            dispatch_ready(registry, dep, send)
+        send(job, dispatch_id)  # reads only id, kind and queue, which never change
+        return dispatch_id
+    if job and job["depends_on"] and (now := registry.get(job_id)) and now["state"] == "failed":
+        after_finish(registry, job_id, send)  # failed here for a failed dependency: tell its dependents
+    return None
+
+
+def start_waiting(registry: Registry, team: str, send: Send) -> None:
+    """Fill the team's free slots with its waiting jobs, best first."""
+    while (job_id := registry.next_waiting(team)) is not None:
+        if not dispatch_ready(registry, job_id, send):
+            job = registry.get(job_id)
+            if job is None or job["state"] != "queued" or job["dispatched"]:
+                registry.r.zrem(_team(team, "waiting"), job_id)  # ended or sent meanwhile
+            else:
+                return  # no slot: it went back to waiting
 
 
 def after_finish(registry: Registry, job_id: str, send: Send) -> None:
-    """A job ended: start (or fail) the jobs that waited for it."""
+    """A job ended: start (or fail) the jobs that waited for it, and give its slot to the next of
+    its team's waiting jobs."""
     for dependent in registry.dependents(job_id):
         dispatch_ready(registry, dependent, send)
+    if (job := registry.get(job_id)) is not None:
+        start_waiting(registry, job.get("team") or "default", send)
 
 
 def _cancelled() -> dict:
     return {"code": "cancelled", "field": None, "message": "cancelled by request"}
+
+
+def _time_limit(limit_s: float, elapsed_s: float) -> dict:
+    return {"code": "time_limit", "field": None,
+            "message": time_limit_message(limit_s, elapsed_s)}
+
+
+def time_limit_message(limit_s: float, elapsed_s: float) -> str:
+    return (f"the job ran for {elapsed_s:,.1f} s since it first started, past its time limit "
+            f"of {limit_s:,g} s")
 
 
 def _worker_lost(job: dict) -> dict:
@@ -371,6 +594,30 @@ def _worker_lost(job: dict) -> dict:
             "message": f"the worker running this job was lost on each of {job['attempts']} attempts "
                        f"(last: {job['worker']}); giving up after max_attempts={job['max_attempts']}"}
 
+
+def _event_entry(phase: str, message: str, figures: dict[str, Any]) -> dict[str, Any]:
+    return {"t": time.time(), "phase": phase, "message": message, "figures": figures}
+
+
+# KEYS: job, team's active set, team's waiting set, dispatched-not-claimed set.
+# ARGV: max_running, dispatch_id, waiting score, job id, now. Fields are JSON-encoded (_encode).
+# Returns 1: dispatched; 0: no slot, waiting; -1: not queued, or already dispatched.
+_DISPATCH = """
+local state = redis.call('hget', KEYS[1], 'state')
+if state ~= '"queued"' or redis.call('hget', KEYS[1], 'dispatched') == 'true' then
+  redis.call('zrem', KEYS[3], ARGV[4])
+  return -1
+end
+if redis.call('scard', KEYS[2]) >= tonumber(ARGV[1]) then
+  redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+  return 0
+end
+redis.call('hset', KEYS[1], 'dispatched', 'true', 'dispatch_id', '"' .. ARGV[2] .. '"')
+redis.call('sadd', KEYS[2], ARGV[4])
+redis.call('zrem', KEYS[3], ARGV[4])
+redis.call('zadd', KEYS[4], ARGV[5], ARGV[4])
+return 1
+"""
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then

@@ -399,16 +399,21 @@ class LocalLLM(Frozen):
     """Tokens generated per label."""
 
 
+ENDPOINT_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+"""An LLM endpoint's name in the deployment's `llm_endpoints` setting and in specs."""
+
+
 class EndpointLLM(Frozen):
-    """Any OpenAI-compatible chat endpoint (vLLM, a hosted API)."""
+    """An OpenAI-compatible chat endpoint (vLLM, a hosted API) that the deployment names.
+
+    A spec carries the name only: the URL and the key's variable are the deployment's
+    `SAEQ_LLM_ENDPOINTS` setting, so a job cannot send requests, or a key, anywhere else."""
 
     backend: Literal["openai"]
-    base_url: str = Field(pattern=r"^https?://", max_length=500)
-    """E.g. `http://vllm:8000/v1` or `https://api.openai.com/v1`."""
+    endpoint: str = Field(pattern=ENDPOINT_NAME)
+    """Name of an endpoint in the deployment's `llm_endpoints` setting, e.g. `vllm`; a submit
+    naming another one is refused with the list of names allowed."""
     model: str = Field(min_length=1, max_length=200)
-    api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")
-    """Name of the environment variable on the worker that holds the key (mounted from a
-    Kubernetes secret); the key itself never goes into a spec."""
     timeout_s: float = Field(default=60.0, gt=0.0, le=600.0)
     max_retries: int = Field(default=2, ge=0, le=10)
     """Retries on rate limits, 5xx and connection errors, with backoff."""
@@ -687,6 +692,11 @@ class JobCreate(Frozen):
     """Ids of jobs that must succeed before this one starts."""
     name: str | None = Field(default=None, max_length=200)
     """Free text shown in listings."""
+    priority: int = Field(default=0, ge=0, le=9)
+    """Among its team's jobs waiting for a slot (quota max_running), higher starts first."""
+    time_limit_s: float | None = Field(default=None, gt=0)
+    """Stop the job (failed, code `time_limit`) once it has run this long since it first started;
+    None: the team's max_time_s."""
 
 
 def parse_spec(data: dict) -> HarvestSpec | TrainSpec | LabelSpec | EvaluateSpec | SteerSpec:

@@ -113,7 +113,7 @@ def scrapes(tmp_path_factory, redis_srv, s3_srv) -> dict[str, str]:
     port = free_port()
     stack = make_stack(tmp_path_factory.mktemp("stack"), redis_srv, s3_srv, SAEQ_METRICS_PORT=str(port),
                        SAEQ_METRICS_ADDR="127.0.0.1")
-    with stack as st, Client(st.url, timeout=60) as client:
+    with stack as st, Client(st.url, api_key=st.admin_key, timeout=60) as client:
         spec = HarvestSpec(model=ModelSpec(name=str(model)), hooks=["blocks.0.hook_resid_post"],
                            max_tokens=256, context_len=32, batch_size=4, shard_tokens=128)
         job = client.wait(client.submit(spec)["id"], timeout=120)

@@ -102,9 +102,10 @@ def test_events_and_artifacts_of_a_queued_job(api):
 
 
 def test_jobs_survive_an_api_restart(api_settings):
-    with TestClient(create_app(api_settings)) as first:
+    auth = {"Authorization": f"Bearer {api_settings.bootstrap_admin_key.get_secret_value()}"}
+    with TestClient(create_app(api_settings), headers=auth) as first:
         job_id = submit(first).json()["id"]
-    with TestClient(create_app(api_settings)) as second:
+    with TestClient(create_app(api_settings), headers=auth) as second:
         assert second.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
 
 

@@ -23,7 +23,7 @@ def harvest_job(client_module, tmp_path_factory):
 def client_module(stack):
     from saeq.client import Client
 
-    with Client(stack.url, timeout=60) as c:
+    with Client(stack.url, api_key=stack.admin_key, timeout=60) as c:
         yield c
 
 

@@ -45,6 +45,9 @@ def test_feature_page_list_and_playground(client_module, train_job, chromium, tm
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(f"{client.url}/browse#/feature/{label['id']}/{feature}")
+    page.wait_for_selector("#signin")  # no key yet: the page asks for one
+    page.locator("[name=api_key]").fill(client.api_key)
+    page.locator("#signin button").click()
     page.wait_for_selector(".label")
     assert page.locator(".label").first.inner_text() == record["label"]
     shaded = page.locator("#top .tok[data-act]")
@@ -71,8 +74,11 @@ def test_feature_page_list_and_playground(client_module, train_job, chromium, tm
     page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
     assert (tmp_path / "playground.png").stat().st_size > 10_000
 
-    page.goto(f"{client.url}/browse#/")
-    page.wait_for_selector("#saes")  # not just any table: the playground's is still there until then
+    page.goto(f"{client.url}/browse#/logout")
+    page.wait_for_selector("#signin")
+    page.goto(f"{client.url}/browse#/login?key={client.api_key}&next=/")  # the demo's link signs in too
+    page.wait_for_selector("#saes")
+    assert "key=" not in page.url  # and the key leaves the address bar  # not just any table: the playground's is still there until then
     assert page.locator("#saes").get_by_text("topk").count() > 0
     assert page.locator(f"#saes a[href='#/features/{label['id']}']").count() == 1
     page.goto(f"{client.url}/browse#/jobs")

@@ -54,7 +54,8 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     assert "## Checks" in page and "![completeness_0.png](completeness_0.png)" in page
     assert files["completeness_0.png"].read_bytes().startswith(b"\x89PNG")
 
-    cli = subprocess.run([sys.executable, "-m", "saeq.cli", "--url", client.url, "report", done["id"]],
+    cli = subprocess.run([sys.executable, "-m", "saeq.cli", "--url", client.url, "--api-key", client.api_key,
+                          "report", done["id"]],
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
     assert "specificity (local:" in cli.stdout and "completeness, chemical elements:" in cli.stdout

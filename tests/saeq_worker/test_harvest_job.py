@@ -157,7 +157,7 @@ def test_job_fails_as_worker_lost_when_attempts_run_out(tmp_path, redis_srv, s3_
     from saeq.client import Client
     from tests.fixtures_stack import make_stack
 
-    with make_stack(tmp_path, redis_srv, s3_srv, SAEQ_MAX_ATTEMPTS="1") as st, Client(st.url) as c:
+    with make_stack(tmp_path, redis_srv, s3_srv, SAEQ_MAX_ATTEMPTS="1") as st, Client(st.url, api_key=st.admin_key) as c:
         job = c.submit(HarvestSpec(**SLOW))
         _wait_for(lambda: c.get(job["id"])["progress"]["figures"].get("tokens", 0) > 0, 120, "harvest to run")
         st.kill("worker")

@@ -54,9 +54,9 @@ def test_a_child_killed_outright_no_longer_counts_as_running(tmp_path):
     reg = CollectorRegistry()
     reg.register(metrics.WorkerCollector(_FakeWorker(), str(tmp_path)))
     scrape = values(generate_latest(reg).decode())
-    assert value(scrape, "saeq_worker_jobs_running", kind="harvest", team="default") == 0
+    assert value(scrape, "saeq_worker_jobs_running", kind="harvest", team="admin") == 0
     assert value(scrape, "saeq_worker_tokens_per_second", kind="harvest") == 0
-    assert value(scrape, "saeq_worker_job_run_seconds_total", kind="harvest", team="default") >= 0
+    assert value(scrape, "saeq_worker_job_run_seconds_total", kind="harvest", team="admin") >= 0
     assert value(scrape, "saeq_worker_up", queue="gpu") == 1
     assert value(scrape, "saeq_worker_pool_processes") == 3
 
@@ -142,7 +142,7 @@ def test_two_prefork_children_are_counted_by_their_parent(worker_stack, tmp_path
     assert value(before, "saeq_worker_pool_processes") == 2
     spec = HarvestSpec(model=ModelSpec(name=str(model)), hooks=["blocks.0.hook_resid_post"],
                        max_tokens=8192, context_len=32, batch_size=4, shard_tokens=2048)
-    with Client(worker_stack.url, timeout=60) as client:
+    with Client(worker_stack.url, api_key=worker_stack.admin_key, timeout=60) as client:
         # Long enough to still be running when the second, short job is handed out.
         first = client.submit(spec.model_copy(update={"max_tokens": 65_536, "shard_tokens": 16_384}))["id"]
         # Once a child has taken the first job, the pool hands the second to the idle child.
@@ -159,9 +159,9 @@ def test_two_prefork_children_are_counted_by_their_parent(worker_stack, tmp_path
     after = _scrape(worker_stack.metrics_url)
     delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
     assert delta("saeq_worker_job_duration_seconds_count", kind="harvest", outcome="succeeded") == 2
-    assert delta("saeq_worker_artifact_written_bytes_total", kind="harvest", team="default") == stored
-    run_s = delta("saeq_worker_job_run_seconds_total", kind="harvest", team="default")
+    assert delta("saeq_worker_artifact_written_bytes_total", kind="harvest", team="admin") == stored
+    run_s = delta("saeq_worker_job_run_seconds_total", kind="harvest", team="admin")
     took_s = delta("saeq_worker_job_duration_seconds_sum", kind="harvest", outcome="succeeded")
     assert 0 < run_s == pytest.approx(took_s, rel=0.05)
-    assert value(after, "saeq_worker_jobs_running", kind="harvest", team="default") == 0
+    assert value(after, "saeq_worker_jobs_running", kind="harvest", team="admin") == 0
     assert value(after, "saeq_worker_tokens_per_second", kind="harvest") == 0

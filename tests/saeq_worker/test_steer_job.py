@@ -44,7 +44,7 @@ def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, 
 
 
 def test_live_steer_and_its_errors_name_the_field(stack, client_module, train_job):
-    with httpx.Client(base_url=stack.url, timeout=120) as http:
+    with httpx.Client(base_url=stack.url, timeout=120, headers={"Authorization": f"Bearer {stack.admin_key}"}) as http:
         body = {"sae": {"job_id": train_job["id"]}, "prompt": "Hello", "chat": False, "max_new_tokens": 6,
                 "interventions": [{"feature": 5, "mode": "add", "value": 30.0}]}
         r = http.post("/v1/steer", json=body)
@@ -65,7 +65,7 @@ def test_live_steer_and_its_errors_name_the_field(stack, client_module, train_jo
 
 def test_openai_client_gets_a_steered_chat_completion(stack, harvest_job, train_job):
     openai = pytest.importorskip("openai")
-    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=120, max_retries=0)
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.admin_key, timeout=120, max_retries=0)
     model = harvest_job["spec"]["model"]["name"]
     plain = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
     assert plain.choices[0].message.role == "assistant" and plain.usage.completion_tokens <= 5

@@ -15,10 +15,12 @@ from fastapi.responses import FileResponse
 
 from saeq import keys
 from saeq.store import MissingObject
-from saeq_api.deps import Services, services
+from saeq.teams import Principal
+from saeq_api.deps import Caller, Services, services
+from saeq_api.schemas import errors
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-router = APIRouter(tags=["browser"])
+router = APIRouter(tags=["browser"], responses=errors(401, 404, 409, 503))
 Svc = Annotated[Services, Depends(services)]
 
 
@@ -67,16 +69,18 @@ def _manifest(svc: Services, job: dict) -> dict | None:
 
 
 @router.get("/v1/browser/saes")
-def list_saes(svc: Svc, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
-    """Trained SAEs, newest first, each with its latest evaluation and its label jobs."""
+def list_saes(svc: Svc, who: Caller, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict:
+    """The team's trained SAEs (an admin's: every team's), newest first, each with its latest
+    evaluation and its label jobs."""
+    team = None if who.is_admin else who.team
     evaluations: dict[tuple[str, str | None], dict] = {}
     labels: dict[str, list[dict]] = {}
-    for job in svc.registry.list(kind="evaluate", state="succeeded", limit=500):
+    for job in svc.registry.list(kind="evaluate", state="succeeded", limit=500, team=team):
         m = _manifest(svc, job)
         if m and m["sae"].get("source") == "job":
             evaluations.setdefault((m["sae"]["job_id"], m["sae"]["name"]), {
                 "job_id": job["id"], "metrics": m["metrics"], "checks": m.get("checks")})
-    for job in svc.registry.list(kind="label", state="succeeded", limit=500):
+    for job in svc.registry.list(kind="label", state="succeeded", limit=500, team=team):
         sae = job["spec"]["sae"]
         if sae.get("source", "job") == "job":
             m = _manifest(svc, job)
@@ -84,7 +88,7 @@ def list_saes(svc: Svc, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict
                 "job_id": job["id"], "sae": sae.get("name") or (m or {}).get("sae", {}).get("name"),
                 "n_features": (m or {}).get("n_features"), "browsable": bool(m and m.get("browser"))})
     out = []
-    for job in svc.registry.list(kind="train", state="succeeded", limit=limit):
+    for job in svc.registry.list(kind="train", state="succeeded", limit=limit, team=team):
         m = _manifest(svc, job)
         if m is None:
             continue
@@ -98,9 +102,9 @@ def list_saes(svc: Svc, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict
     return {"saes": out}
 
 
-def _browsable(svc: Services, label_job: str) -> dict:
-    job = svc.registry.get(label_job)
-    if job is None or job["kind"] != "label":
+def _browsable(svc: Services, label_job: str, who: Principal) -> dict:
+    job = svc.registry.get(label_job) if len(label_job) == 32 else None
+    if job is None or job["kind"] != "label" or not who.sees(job):
         raise HTTPException(404, f"no label job {label_job}")
     m = _manifest(svc, job)
     if m is None:
@@ -112,13 +116,13 @@ def _browsable(svc: Services, label_job: str) -> dict:
 
 
 @router.get("/v1/browser/labels/{label_job}/features")
-def list_features(label_job: str, svc: Svc,
+def list_features(label_job: str, svc: Svc, who: Caller,
                   q: Annotated[str | None, Query(max_length=200, description="words of a label, or a feature index")] = None,
                   sort: Literal["feature", "density", "score", "max_activation"] = "density",
                   order: Literal["asc", "desc"] = "desc", labelled: bool = False,
                   offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
     """A page of the label job's features, searched and sorted."""
-    m = _browsable(svc, label_job)
+    m = _browsable(svc, label_job, who)
     rows = _CACHE.get(svc.store, m["browser"]["summaries_key"])["features"]
     if labelled:
         rows = [r for r in rows if r["label"] is not None]
@@ -136,9 +140,9 @@ def list_features(label_job: str, svc: Svc,
 
 
 @router.get("/v1/browser/labels/{label_job}/features/{feature}")
-def feature_page(label_job: str, feature: int, svc: Svc) -> dict:
+def feature_page(label_job: str, feature: int, svc: Svc, who: Caller) -> dict:
     """Everything the feature page draws."""
-    m = _browsable(svc, label_job)
+    m = _browsable(svc, label_job, who)
     rows = _CACHE.get(svc.store, m["browser"]["summaries_key"])["features"]
     if not 0 <= feature < len(rows):
         raise HTTPException(404, f"feature {feature} is not in 0..{len(rows) - 1}")

@@ -11,8 +11,9 @@ from fastapi.responses import FileResponse
 
 from saeq.store import LocalStore, sign_local
 from saeq_api.deps import Services, services
+from saeq_api.schemas import errors
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], responses=errors(403, 404))
 
 
 @router.get("/v1/files/{key:path}", response_class=FileResponse)

@@ -2,65 +2,123 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
 from saeq import keys
+from saeq.admission import check_admissible
 from saeq.dispatch import KIND_QUEUE
-from saeq.registry import STATES, dispatch_ready
-from saeq.specs import JOB_KINDS, EvaluateSpec, JobCreate, LabelSpec, SteerSpec, TrainedSae, TrainSpec, UploadCorpus
-from saeq_api.deps import Services, services
+from saeq.errors import InvalidSpec
+from saeq.registry import STATES, QuotaExceeded, after_finish, dispatch_ready
+from saeq.specs import (JOB_KINDS, EvaluateSpec, HarvestSpec, JobCreate, LabelSpec, SteerSpec, TrainedSae, TrainSpec,
+                        UploadCorpus)
+from saeq.teams import Principal, TeamQuota
+from saeq_api.deps import Caller, Services, services
 from saeq_api.metrics import observe_submit
-from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic
+from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic, errors
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 403, 404, 413, 429, 503))
 Svc = Annotated[Services, Depends(services)]
 
 
-def _unprocessable(field: str, message: str) -> HTTPException:
-    return HTTPException(422, detail=[{"loc": ["body", *field.split(".")], "field": field,
-                                       "msg": message, "type": "value_error"}])
+def _unprocessable(field: str, message: str, status: int = 422) -> HTTPException:
+    return HTTPException(status, detail=[{"loc": ["body", *field.split(".")], "field": field,
+                                          "msg": message, "type": "value_error"}])
 
 
-def _job_or_404(svc: Services, job_id: str) -> dict:
+def visible_job(svc: Services, job_id: str, who: Principal) -> dict | None:
+    """The job if the caller may see it: their team's, or any for an admin. Another team's job is
+    answered exactly like a missing one, so ids reveal nothing."""
     job = svc.registry.get(job_id) if len(job_id) == 32 else None
+    return job if job is not None and who.sees(job) else None
+
+
+def _job_or_404(svc: Services, job_id: str, who: Principal) -> dict:
+    job = visible_job(svc, job_id, who)
     if job is None:
         raise HTTPException(404, detail=f"no job {job_id!r}")
     return job
 
 
 @router.post("", status_code=201, response_model=JobPublic)
-def submit_job(body: JobCreate, svc: Svc, response: Response,
+def submit_job(body: JobCreate, svc: Svc, who: Caller, response: Response,
                idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
-    """Queue a job. The spec's `kind` selects its model. With an `Idempotency-Key` header a repeated
-    request returns the job the first one created (status 200) instead of a second job."""
+    """Queue a job for the caller's team. The spec's `kind` selects its model. With an
+    `Idempotency-Key` header a repeated request returns the job the first one created (status 200)
+    instead of a second job. Beyond the team's quota: 403 (a job too large) or 429 (too many
+    waiting)."""
     spec = body.spec
     corpus = getattr(spec, "corpus", None)
-    if isinstance(corpus, UploadCorpus) and not svc.store.list(keys.upload_prefix(corpus.upload_id)):
-        raise _unprocessable("spec.corpus.upload_id", f"no upload {corpus.upload_id!r}")
-    _check_references(svc, spec, body.depends_on)
+    if isinstance(corpus, UploadCorpus):
+        owner = svc.registry.upload_owner(corpus.upload_id)
+        if owner is None or not who.sees({"team": owner}) or not svc.store.list(keys.upload_prefix(corpus.upload_id)):
+            raise _unprocessable("spec.corpus.upload_id", f"no upload {corpus.upload_id!r}")
+    quota = svc.teams.quota(who.team)
+    _check_limits(svc, body, quota, who)
+    _check_references(svc, spec, body.depends_on, who)
     for i, dep_id in enumerate(body.depends_on):
-        dep = svc.registry.get(dep_id) if len(dep_id) == 32 else None
+        dep = visible_job(svc, dep_id, who)
         if dep is None:
             raise _unprocessable(f"depends_on.{i}", f"no job {dep_id!r}")
         if dep["state"] in ("failed", "cancelled"):
             raise _unprocessable(f"depends_on.{i}", f"job {dep_id} {dep['state']}; this job could never start")
-    record, created = svc.registry.create(
-        kind=spec.kind, spec=spec.model_dump(mode="json"), queue=KIND_QUEUE[spec.kind],
-        depends_on=list(body.depends_on), name=body.name, idempotency_key=idempotency_key)
-    if created:
-        observe_submit(spec.kind)
-        dispatch_ready(svc.registry, record["id"], svc.send)
-    else:
+    try:
+        record, created = svc.registry.create(
+            kind=spec.kind, spec=spec.model_dump(mode="json"), queue=KIND_QUEUE[spec.kind],
+            depends_on=list(body.depends_on), name=body.name, team=who.team, idempotency_key=idempotency_key,
+            priority=body.priority, time_limit_s=body.time_limit_s or quota.max_time_s,
+            max_queued=quota.max_queued)
+    except QuotaExceeded as e:
+        raise HTTPException(429, detail=str(e), headers={"Retry-After": "30"}) from None
+    if not created:
         response.status_code = 200
-    return JobPublic.of(svc.registry.get(record["id"]))
+        return JobPublic.of(record)
+    observe_submit(spec.kind)
+    if dispatch_id := dispatch_ready(svc.registry, record["id"], svc.send, record):
+        record = {**record, "dispatched": True, "dispatch_id": dispatch_id}
+    return JobPublic.of(record)
 
 
-def _referenced_job(svc: Services, job_id: str, kind: str, field: str, depends_on: list[str]) -> dict:
-    """A job whose output this spec reads: it must exist, be of `kind`, and have succeeded or be
-    one this job waits for."""
-    job = svc.registry.get(job_id)
+def _check_limits(svc: Services, body: JobCreate, quota: TeamQuota, who: Principal) -> None:
+    """A job larger than the team's per-job quota is refused (403), naming the field."""
+    spec = body.spec
+    tokens_field = {"harvest": "max_tokens", "train": "total_tokens", "evaluate": "max_tokens",
+                    "label": "index_tokens"}.get(spec.kind)
+    if tokens_field and getattr(spec, tokens_field) > quota.max_tokens:
+        raise _unprocessable(f"spec.{tokens_field}", f"{getattr(spec, tokens_field):,} tokens exceed team "
+                                                     f"{who.team!r}'s quota max_tokens={quota.max_tokens:,}", 403)
+    if isinstance(spec, TrainSpec):
+        d_in = _harvest_d_model(svc, spec.activations.job_id)
+        for i, sae in enumerate(spec.saes):
+            d_sae = sae.d_sae or (sae.expansion_factor * d_in if d_in else None)
+            if d_sae is not None and d_sae > quota.max_latents:
+                raise _unprocessable(f"spec.saes.{i}.{'d_sae' if sae.d_sae else 'expansion_factor'}",
+                                     f"{d_sae:,} latents exceed team {who.team!r}'s quota "
+                                     f"max_latents={quota.max_latents:,}", 403)
+    if body.time_limit_s is not None and body.time_limit_s > quota.max_time_s:
+        raise _unprocessable("time_limit_s", f"{body.time_limit_s:g} s exceeds team {who.team!r}'s quota "
+                                             f"max_time_s={quota.max_time_s:g}", 403)
+
+
+def _harvest_d_model(svc: Services, harvest_id: str) -> int | None:
+    """d_model of a harvest's activations, when it is known before the harvest ends."""
+    job = svc.registry.get(harvest_id)
+    if job is None or job["kind"] != "harvest":
+        return None
+    if job.get("manifest_key"):
+        import json
+
+        return json.loads(svc.store.get(job["manifest_key"])).get("d_model")
+    model = HarvestSpec.model_validate(job["spec"]).model
+    return 576 if model.name.startswith("builtin:") else None  # SmolLM2-135M (FIELD-NOTES)
+
+
+def _referenced_job(svc: Services, job_id: str, kind: str, field: str, depends_on: list[str],
+                    who: Principal) -> dict:
+    """A job whose output this spec reads: it must be visible to the caller, be of `kind`, and
+    have succeeded or be one this job waits for."""
+    job = visible_job(svc, job_id, who)
     if job is None:
         raise _unprocessable(field, f"no job {job_id!r}")
     if job["kind"] != kind:
@@ -73,21 +131,32 @@ def _referenced_job(svc: Services, job_id: str, kind: str, field: str, depends_o
     return job
 
 
-def _check_references(svc: Services, spec, depends_on: list[str]) -> None:
+def _check_deployment_allows(svc: Services, spec) -> None:
+    """LLM endpoints from the deployment's allow-list, local paths under its roots (saeq.admission)."""
+    try:
+        check_admissible(spec, llm_endpoints=svc.settings.llm_endpoints,
+                         local_path_roots=svc.settings.local_path_roots)
+    except InvalidSpec as e:
+        raise _unprocessable(e.field, e.message) from None
+
+
+def _check_references(svc: Services, spec, depends_on: list[str], who: Principal) -> None:
+    _check_deployment_allows(svc, spec)
     if isinstance(spec, TrainSpec):
-        harvest = _referenced_job(svc, spec.activations.job_id, "harvest", "spec.activations.job_id", depends_on)
+        harvest = _referenced_job(svc, spec.activations.job_id, "harvest", "spec.activations.job_id", depends_on,
+                                  who)
         if spec.activations.hook not in harvest["spec"]["hooks"]:
             raise _unprocessable("spec.activations.hook", f"harvest {harvest['id']} has hooks "
                                                          f"{harvest['spec']['hooks']}, not {spec.activations.hook!r}")
     elif isinstance(spec, (EvaluateSpec, LabelSpec, SteerSpec)) and isinstance(spec.sae, TrainedSae):
-        train = _referenced_job(svc, spec.sae.job_id, "train", "spec.sae.job_id", depends_on)
+        train = _referenced_job(svc, spec.sae.job_id, "train", "spec.sae.job_id", depends_on, who)
         names = [s.get("name") or f"sae{i}" for i, s in enumerate(train["spec"]["saes"])]
         if spec.sae.name is not None and spec.sae.name not in names:
             raise _unprocessable("spec.sae.name", f"train job {train['id']} has SAEs {names}, not {spec.sae.name!r}")
     if isinstance(spec, SteerSpec) and spec.label_job:
-        _referenced_job(svc, spec.label_job, "label", "spec.label_job", depends_on)
+        _referenced_job(svc, spec.label_job, "label", "spec.label_job", depends_on, who)
     if isinstance(spec, EvaluateSpec) and spec.checks is not None and spec.checks.label_job:
-        label = _referenced_job(svc, spec.checks.label_job, "label", "spec.checks.label_job", depends_on)
+        label = _referenced_job(svc, spec.checks.label_job, "label", "spec.checks.label_job", depends_on, who)
         theirs, ours = label["spec"]["sae"], spec.sae.model_dump(mode="json")
         same = theirs.get("job_id") == ours.get("job_id") and theirs.get("path") == ours.get("path") and (
             None in (theirs.get("name"), ours.get("name")) or theirs.get("name") == ours.get("name"))
@@ -97,18 +166,20 @@ def _check_references(svc: Services, spec, depends_on: list[str]) -> None:
 
 
 @router.get("", response_model=JobList)
-def list_jobs(svc: Svc,
-              kind: Annotated[str | None, Query(description=f"one of {', '.join(JOB_KINDS)}")] = None,
-              state: Annotated[str | None, Query(description=f"one of {', '.join(STATES)}")] = None,
+def list_jobs(svc: Svc, who: Caller,
+              kind: Literal[JOB_KINDS] | None = None,  # type: ignore[valid-type]
+              state: Literal[STATES] | None = None,  # type: ignore[valid-type]
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
               before: Annotated[float | None, Query(description="created_at cursor from the previous page")] = None,
+              team: Annotated[str | None, Query(max_length=63, description="admins only: another team's jobs; "
+                                                                           "default: every team's")] = None,
               ) -> JobList:
-    """Jobs, newest first, filtered by kind and state, a page at a time."""
-    if kind is not None and kind not in JOB_KINDS:
-        raise HTTPException(422, detail=f"kind must be one of {', '.join(JOB_KINDS)}")
-    if state is not None and state not in STATES:
-        raise HTTPException(422, detail=f"state must be one of {', '.join(STATES)}")
-    jobs = svc.registry.list(kind=kind, state=state, limit=limit + 1, before=before)
+    """The team's jobs (an admin's: every team's), newest first, filtered by kind and state, a page
+    at a time."""
+    if team is not None and not who.is_admin and team != who.team:
+        raise HTTPException(403, detail=f"only admins list other teams' jobs; your team is {who.team!r}")
+    jobs = svc.registry.list(kind=kind, state=state, limit=limit + 1, before=before,
+                             team=team if who.is_admin else who.team)
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return JobList(jobs=[JobPublic.of(j) for j in jobs],
@@ -116,34 +187,33 @@ def list_jobs(svc: Svc,
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, svc: Svc) -> JobPublic:
-    return JobPublic.of(_job_or_404(svc, job_id))
+def get_job(job_id: str, svc: Svc, who: Caller) -> JobPublic:
+    return JobPublic.of(_job_or_404(svc, job_id, who))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, svc: Svc) -> JobPublic:
+def cancel_job(job_id: str, svc: Svc, who: Caller) -> JobPublic:
     """Cancel a queued job at once; a running job stops within seconds. Cancelling an ended job
     changes nothing."""
-    _job_or_404(svc, job_id)
+    _job_or_404(svc, job_id, who)
     svc.registry.request_cancel(job_id)
     job = svc.registry.get(job_id)
     if job["state"] == "cancelled":
-        for dep in svc.registry.dependents(job_id):
-            dispatch_ready(svc.registry, dep, svc.send)
+        after_finish(svc.registry, job_id, svc.send)
     return JobPublic.of(job)
 
 
 @router.get("/{job_id}/events", response_model=JobEvents)
-def job_events(job_id: str, svc: Svc, after: Annotated[str, Query(pattern=r"^\d+-\d+$")] = "0-0") -> JobEvents:
+def job_events(job_id: str, svc: Svc, who: Caller, after: Annotated[str, Query(pattern=r"^\d+-\d+$")] = "0-0") -> JobEvents:
     """The job's log of phases and progress messages; pass the last event's id as `after`."""
-    _job_or_404(svc, job_id)
+    _job_or_404(svc, job_id, who)
     return JobEvents(events=svc.registry.events(job_id, after=after))
 
 
 @router.get("/{job_id}/artifacts", response_model=JobArtifacts)
-def job_artifacts(job_id: str, svc: Svc) -> JobArtifacts:
-    """Objects the job wrote, with presigned download URLs."""
-    job = _job_or_404(svc, job_id)
+def job_artifacts(job_id: str, svc: Svc, who: Caller) -> JobArtifacts:
+    """Objects the job wrote, with presigned download URLs (issued only to the job's team)."""
+    job = _job_or_404(svc, job_id, who)
     infos = svc.store.list(keys.job_prefix(job_id))
     return JobArtifacts(
         job_id=job_id, published=job["manifest_key"] is not None, manifest_key=job["manifest_key"],

@@ -11,17 +11,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saeq import keys
 from saeq.dispatch import LIVE_QUEUE, LIVE_TASK, live_reply_key
 from saeq.specs import (BUILTIN_MODEL, ChatMessage, Intervention, LabelSearch, ModelSpec, SaeRef,
                         SteerRequest, TrainedSae)
-from saeq_api.deps import Services, services
+from saeq.teams import Principal
+from saeq_api.deps import Caller, Services, services
+from saeq_api.schemas import errors
 from saeq_api.metrics import observe_live
 from saeq_api.routes.jobs import _referenced_job, _unprocessable
 
-router = APIRouter(prefix="/v1", tags=["live"])
+router = APIRouter(prefix="/v1", tags=["live"], responses=errors(401, 413, 500, 503, 504))
 Svc = Annotated[Services, Depends(services)]
 
 
@@ -54,11 +56,12 @@ async def _round_trip(svc: Services, op: str, payload: dict, field_prefix: str) 
     return data
 
 
-def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: str) -> None:
-    """A trained SAE must exist and have succeeded; feature indices must be below its d_sae."""
+def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: str, who: Principal) -> None:
+    """A trained SAE must be the caller's team's and have succeeded; feature indices must be below
+    its d_sae."""
     if not isinstance(sae, TrainedSae):
         return
-    train = _referenced_job(svc, sae.job_id, "train", f"{prefix}sae.job_id", [])
+    train = _referenced_job(svc, sae.job_id, "train", f"{prefix}sae.job_id", [], who)
     manifest = json.loads(svc.store.get(keys.manifest(train["id"])))
     name = sae.name or next(iter(manifest["saes"]))
     if name not in manifest["saes"]:
@@ -72,17 +75,17 @@ def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: st
 
 
 @router.post("/steer")
-async def steer(body: SteerRequest, svc: Svc) -> dict:
+async def steer(body: SteerRequest, svc: Svc, who: Caller) -> dict:
     """Generate with features boosted, clamped or ablated; the default completion beside it (same
     seed) with the KL of the next-token distribution and the perplexity under the unsteered model."""
-    _check_sae(svc, body.sae, body.interventions, "")
+    _check_sae(svc, body.sae, body.interventions, "", who)
     return await _ask_worker(svc, "steer", body.model_dump(mode="json"))
 
 
 @router.post("/labels/search")
-async def search_labels(body: LabelSearch, svc: Svc) -> dict:
+async def search_labels(body: LabelSearch, svc: Svc, who: Caller) -> dict:
     """Features of a label job whose labels are closest in meaning to `query` (MiniLM embeddings)."""
-    _referenced_job(svc, body.label_job, "label", "label_job", [])
+    _referenced_job(svc, body.label_job, "label", "label_job", [], who)
     return await _ask_worker(svc, "search_labels", body.model_dump(mode="json"))
 
 
@@ -109,11 +112,11 @@ class ChatCompletionRequest(BaseModel):
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, svc: Svc) -> Any:
+async def chat_completions(body: ChatCompletionRequest, svc: Svc, who: Caller) -> Any:
     """OpenAI-compatible chat completions, steered when the body has `steering`. Errors come in
     OpenAI's shape too (`error.message`, `error.param`), beside saeq's `detail`."""
     try:
-        return await _chat(body, svc)
+        return await _chat(body, svc, who)
     except HTTPException as e:
         detail = e.detail if isinstance(e.detail, list) else [{"field": None, "msg": str(e.detail)}]
         first = detail[0]
@@ -123,20 +126,24 @@ async def chat_completions(body: ChatCompletionRequest, svc: Svc) -> Any:
                       "param": first.get("field"), "code": None}, "detail": e.detail})
 
 
-async def _chat(body: ChatCompletionRequest, svc: Services) -> dict[str, Any]:
+async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal) -> dict[str, Any]:
     try:
         model = ModelSpec(name=body.model)
     except ValueError as e:
         raise _unprocessable("model", str(e).splitlines()[-1]) from None
     steering = body.steering
     if steering is not None:
-        _check_sae(svc, steering.sae, steering.interventions, "steering.")
-    request = SteerRequest(
-        sae=steering.sae if steering else None, hook=steering.hook if steering else None,
-        model=None if steering and body.model == BUILTIN_MODEL else model, messages=body.messages,
-        interventions=steering.interventions if steering else [],
-        max_new_tokens=body.max_completion_tokens or body.max_tokens or 64,
-        temperature=body.temperature or 0.0, seed=body.seed or 0, include_default=False)
+        _check_sae(svc, steering.sae, steering.interventions, "steering.", who)
+    try:
+        request = SteerRequest(
+            sae=steering.sae if steering else None, hook=steering.hook if steering else None,
+            model=None if steering and body.model == BUILTIN_MODEL else model, messages=body.messages,
+            interventions=steering.interventions if steering else [],
+            max_new_tokens=body.max_completion_tokens or body.max_tokens or 64,
+            temperature=body.temperature or 0.0, seed=body.seed or 0, include_default=False)
+    except ValidationError as e:  # cross-field rules (an imported SAE needs a hook, ...): the caller's fault
+        first = e.errors()[0]
+        raise _unprocessable(".".join(["steering", *map(str, first["loc"])]), first["msg"]) from None
     out = await _ask_worker(svc, "steer", request.model_dump(mode="json"), field_prefix="steering.")
     n_out = len(out["steered_token_ids"])
     return {

@@ -16,9 +16,18 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// The API key lives in this browser's localStorage, never in an address the server sees: a link
+// `#/login?key=...&next=...` (the fragment is not sent) stores it and is then wiped from history.
+const KEY = "saeq-api-key";
+class Unauthorized extends Error {}
+
 async function api(path, options = {}) {
-  const resp = await fetch(path, { headers: { "Content-Type": "application/json" }, ...options });
+  const headers = { "Content-Type": "application/json" };
+  const key = localStorage.getItem(KEY);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const resp = await fetch(path, { headers, ...options });
   const body = await resp.json().catch(() => ({}));
+  if (resp.status === 401) throw new Unauthorized(body.detail || "an API key is required");
   if (!resp.ok) {
     const detail = Array.isArray(body.detail) ? body.detail.map(d => `${d.field || ""}: ${d.msg}`).join("\n")
       : body.detail || body.error?.message || resp.statusText;
@@ -225,16 +234,40 @@ function steerPage() {
 
 // --- routing ----------------------------------------------------------------------------------
 
+function signInPage(message) {
+  const input = el("input", { type: "password", name: "api_key", placeholder: "saeq_…", size: 60, autocomplete: "off" });
+  const submit = e => {
+    e.preventDefault();
+    localStorage.setItem(KEY, input.value.trim());
+    route();
+  };
+  show(el("h1", {}, "Sign in"), el("p", { class: "muted" }, message),
+    el("form", { id: "signin", on: { submit } }, input, " ", el("button", { type: "submit" }, "Sign in")));
+}
+
+function login() {
+  const p = params();
+  if (p.get("key")) localStorage.setItem(KEY, p.get("key"));
+  const next = p.get("next") || "/";
+  history.replaceState(null, "", `${location.pathname}#${next}`); // the key leaves the address bar
+  route();
+}
+
 async function route() {
   clearInterval(timer);
   const path = (location.hash.slice(1) || "/").split("?")[0].split("/").filter(Boolean);
   try {
+    if (path[0] === "login") return login();
+    if (path[0] === "logout") { localStorage.removeItem(KEY); return signInPage("Signed out."); }
     if (path[0] === "features" && path[1]) await featuresPage(path[1]);
     else if (path[0] === "feature" && path[1] && path[2]) await featurePage(path[1], path[2]);
     else if (path[0] === "jobs") await jobsPage();
     else if (path[0] === "steer") steerPage();
     else await saesPage();
-  } catch (e) { show(failure(e)); }
+  } catch (e) {
+    if (e instanceof Unauthorized) signInPage(`${e.message}. Paste an API key of your team.`);
+    else show(failure(e));
+  }
 }
 
 window.addEventListener("hashchange", route);

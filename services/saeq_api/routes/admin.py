@@ -1,0 +1,106 @@
+"""Who am I, and (admins) API keys and team quotas."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from saeq.teams import TEAM_PATTERN, Role, TeamQuota
+from saeq_api.deps import Admin, Caller, Svc
+from saeq_api.schemas import errors
+
+router = APIRouter(prefix="/v1", tags=["teams"], responses=errors(401, 403, 404, 413, 503))
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    team: str = Field(pattern=TEAM_PATTERN)
+    """The team whose jobs the key submits and sees (created if new)."""
+    role: Role = "member"
+    """`admin` sees and manages every team."""
+    name: str = Field(default="", max_length=200)
+    """Whose key it is, for listings."""
+
+
+class KeyPublic(BaseModel):
+    key_id: str
+    team: str
+    role: Role
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+
+class KeyCreated(KeyPublic):
+    key: str
+    """The API key itself: shown in this answer only (saeq stores its SHA-256)."""
+
+
+class TeamPublic(BaseModel):
+    team: str
+    quota: TeamQuota
+    active: int
+    """Jobs dispatched to workers (running, or about to)."""
+    waiting: int
+    """Jobs waiting for a slot or for their dependencies."""
+
+
+class Me(BaseModel):
+    team: str
+    role: Role
+    key_id: str | None
+    quota: TeamQuota
+    active: int
+    waiting: int
+
+
+def _team(svc, team: str) -> TeamPublic:
+    return TeamPublic(team=team, quota=svc.teams.quota(team), **svc.registry.usage(team))
+
+
+@router.get("/me", response_model=Me)
+def whoami(svc: Svc, who: Caller) -> Me:
+    """The caller's team, role, quota and the team's current use of it."""
+    t = _team(svc, who.team)
+    return Me(team=who.team, role=who.role, key_id=who.key_id, quota=t.quota, active=t.active, waiting=t.waiting)
+
+
+@router.post("/admin/keys", status_code=201, response_model=KeyCreated)
+def create_key(body: KeyCreate, svc: Svc, _: Admin) -> KeyCreated:
+    """A new API key; the answer is the only place its text appears."""
+    record, key = svc.teams.create_key(body.team, body.role, body.name)
+    return KeyCreated(**record, key=key)
+
+
+@router.get("/admin/keys", response_model=list[KeyPublic])
+def list_keys(svc: Svc, _: Admin,
+              team: Annotated[str | None, Query(pattern=TEAM_PATTERN)] = None) -> list[KeyPublic]:
+    """Every key's public record (never the key)."""
+    return [KeyPublic(**r) for r in svc.teams.keys(team)]
+
+
+@router.delete("/admin/keys/{key_id}", response_model=KeyPublic)
+def revoke_key(key_id: str, svc: Svc, _: Admin) -> KeyPublic:
+    """Revoke a key: requests with it get 401 from now on; its team's jobs are untouched."""
+    record = svc.teams.revoke(key_id)
+    if record is None:
+        raise HTTPException(404, detail=f"no key {key_id!r}")
+    return KeyPublic(**record)
+
+
+@router.get("/admin/teams", response_model=list[TeamPublic])
+def list_teams(svc: Svc, _: Admin) -> list[TeamPublic]:
+    """Every team with its quota and use."""
+    return [_team(svc, t) for t in svc.teams.teams()]
+
+
+@router.put("/admin/teams/{team}/quota", response_model=TeamPublic)
+def set_quota(team: Annotated[str, Path(pattern=TEAM_PATTERN)], body: TeamQuota, svc: Svc, _: Admin) -> TeamPublic:
+    """Replace a team's quota. A larger max_running starts its waiting jobs at once."""
+    from saeq.registry import start_waiting
+
+    svc.teams.set_quota(team, body)
+    start_waiting(svc.registry, team, svc.send)
+    return _team(svc, team)

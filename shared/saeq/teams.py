@@ -1,0 +1,175 @@
+"""Teams, their API keys and their quotas, stored in Redis beside the job records.
+
+A key is `saeq_{key_id}_{secret}`: the key id finds the record, and only a SHA-256 of the whole
+key is stored. The secret holds 256 random bits, so a fast hash is as safe as a slow one here (no
+dictionary to try) and costs microseconds on every request. A key's plain text exists only in the
+answer that created it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+_P = "saeq:"
+TEAM_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_TEAM = re.compile(TEAM_PATTERN)
+_KEY = re.compile(r"^saeq_([0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
+Role = Literal["member", "admin"]
+
+
+class TeamQuota(BaseModel):
+    """What one team may use. Jobs beyond `max_running` wait their turn; beyond the others they are
+    refused at submit, with the reason."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_running: int = Field(default=4, ge=0, le=10_000)
+    """Jobs of the team dispatched to workers at once; the rest wait, highest priority first."""
+    max_queued: int = Field(default=200, ge=0, le=1_000_000)
+    """Jobs of the team waiting to run (for a slot, or for their dependencies); more are refused (429)."""
+    max_tokens: int = Field(default=100_000_000, gt=0)
+    """Tokens one job may read: a harvest's or evaluation's max_tokens, a training's total_tokens,
+    a label job's index_tokens (403 beyond)."""
+    max_latents: int = Field(default=1 << 20, gt=0)
+    """Latents (d_sae) of one SAE a train job may create (403 beyond)."""
+    max_time_s: float = Field(default=24 * 3600.0, gt=0)
+    """Longest a job may run, and the time limit of a job that asks for none (403 beyond)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a team and a role (an admin sees and manages every team)."""
+
+    team: str
+    role: Role
+    key_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def sees(self, job: dict) -> bool:
+        return self.is_admin or job.get("team") == self.team
+
+
+def valid_team(team: str) -> str:
+    if not _TEAM.match(team):
+        raise ValueError(f"team {team!r} must match {TEAM_PATTERN}")
+    return team
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    """(key_id, key): the id is public (listings, revocation); the key is the secret."""
+    key_id = secrets.token_hex(8)
+    return key_id, f"saeq_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+class Teams:
+    """Keys and quotas in Redis. Job counts per team live in the registry's sets."""
+
+    QUOTA_TTL_S = 5.0
+    """A quota is read at most this often per process (every submit and dispatch needs it); a
+    change takes effect within this long, at once in the process that made it."""
+
+    def __init__(self, client: redis.Redis):
+        self.r = client
+        self._quotas: dict[str, tuple[float, TeamQuota]] = {}
+
+    # ---- keys --------------------------------------------------------------------------------
+
+    def create_key(self, team: str, role: Role = "member", name: str = "") -> tuple[dict[str, Any], str]:
+        """A new key for `team`. Returns (its public record, the key: shown once, never stored)."""
+        key_id, key = new_key()
+        return self._store(key_id, key, team, role, name), key
+
+    def ensure_key(self, key: str, team: str, role: Role, name: str) -> dict[str, Any]:
+        """Store a key chosen by the deployment (the bootstrap admin key); idempotent."""
+        m = _KEY.match(key)
+        if not m:
+            raise ValueError("a bootstrap key must look like saeq_<16 hex>_<43 url-safe chars>; "
+                             "make one with `saeq keys new`")
+        return self._store(m.group(1), key, team, role, name)
+
+    def _store(self, key_id: str, key: str, team: str, role: Role, name: str) -> dict[str, Any]:
+        record = {"key_id": key_id, "team": valid_team(team), "role": role, "name": name,
+                  "created_at": time.time(), "revoked_at": None}
+        pipe = self.r.pipeline()
+        pipe.hset(f"{_P}key:{key_id}", mapping={"record": json.dumps(record), "digest": digest(key)})
+        pipe.sadd(f"{_P}keys", key_id)
+        pipe.sadd(f"{_P}teams", team)
+        pipe.execute()
+        return record
+
+    def authenticate(self, key: str) -> Principal | None:
+        """The caller behind a key, or None for a malformed, unknown or revoked key."""
+        m = _KEY.match(key)
+        if not m:
+            return None
+        stored = self.r.hgetall(f"{_P}key:{m.group(1)}")
+        if not stored or not hmac.compare_digest(stored["digest"], digest(key)):
+            return None
+        record = json.loads(stored["record"])
+        if record["revoked_at"] is not None:
+            return None
+        return Principal(team=record["team"], role=record["role"], key_id=record["key_id"])
+
+    def keys(self, team: str | None = None) -> list[dict[str, Any]]:
+        ids = sorted(self.r.smembers(f"{_P}keys"))
+        pipe = self.r.pipeline(transaction=False)
+        for key_id in ids:
+            pipe.hget(f"{_P}key:{key_id}", "record")
+        records = [json.loads(raw) for raw in pipe.execute() if raw] if ids else []
+        return sorted((r for r in records if team is None or r["team"] == team), key=lambda r: r["created_at"])
+
+    def revoke(self, key_id: str) -> dict[str, Any] | None:
+        raw = self.r.hget(f"{_P}key:{key_id}", "record") if re.fullmatch(r"[0-9a-f]{16}", key_id) else None
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        if record["revoked_at"] is None:
+            record["revoked_at"] = time.time()
+            self.r.hset(f"{_P}key:{key_id}", "record", json.dumps(record))
+        return record
+
+    # ---- quotas ------------------------------------------------------------------------------
+
+    def set_default_quota(self, quota: TeamQuota) -> None:
+        """The deployment's default, written by the API at start so workers read the same."""
+        self.r.set(f"{_P}quota:default", quota.model_dump_json())
+        self._quotas.clear()
+
+    def set_quota(self, team: str, quota: TeamQuota) -> None:
+        pipe = self.r.pipeline()
+        pipe.set(f"{_P}quota:team:{valid_team(team)}", quota.model_dump_json())
+        pipe.sadd(f"{_P}teams", team)
+        pipe.execute()
+        self._quotas.pop(team, None)
+
+    def quota(self, team: str) -> TeamQuota:
+        cached = self._quotas.get(team)
+        if cached is not None and time.monotonic() - cached[0] < self.QUOTA_TTL_S:
+            return cached[1]
+        team_raw, default_raw = self.r.mget(f"{_P}quota:team:{team}", f"{_P}quota:default")
+        raw = team_raw or default_raw
+        quota = TeamQuota.model_validate_json(raw) if raw else TeamQuota()
+        self._quotas[team] = (time.monotonic(), quota)
+        return quota
+
+    def teams(self) -> list[str]:
+        return sorted(self.r.smembers(f"{_P}teams"))
+
+    def add_team(self, team: str) -> None:
+        self.r.sadd(f"{_P}teams", valid_team(team))
