@@ -40,15 +40,15 @@ def _stack(tmp_path, s3_srv, *, workers: int):
             yield stack, redis_srv, client
 
 
-def _harvest(model_dir, max_tokens: int = 4096) -> HarvestSpec:
+def _harvest(model_dir, max_tokens: int = 16_384) -> HarvestSpec:
     return HarvestSpec(model=ModelSpec(name=str(model_dir)), hooks=[HOOK], max_tokens=max_tokens,
                        context_len=64, batch_size=4, shard_tokens=512)
 
 
 def _train(harvest_id: str) -> TrainSpec:
     return TrainSpec(activations={"job_id": harvest_id, "hook": HOOK},
-                     saes=[SaeConfig(name="topk", d_sae=64, k=4)], batch_size=256, total_tokens=8192,
-                     validation_tokens=512, checkpoint_every_tokens=1024)
+                     saes=[SaeConfig(name="topk", d_sae=64, k=4)], batch_size=256, total_tokens=32_768,
+                     validation_tokens=512, checkpoint_every_tokens=4096)
 
 
 def _worker_of(stack, job: dict) -> str | None:
@@ -65,10 +65,13 @@ def _busy_worker(stack, client, kind: str, timeout: float) -> str | None:
     before this returns (a kill then makes the job resume)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for job in client.list(kind=kind, state="running"):
+        running = list(client.list(kind=kind, state="running"))
+        for job in running:
             if 0.3 < job["progress"]["fraction"] < 0.9 and (name := _worker_of(stack, job)):
                 if client.get(job["id"])["progress"]["fraction"] < 0.9:
                     return name
+        if not running and not list(client.list(kind=kind, state="queued", limit=1)):
+            return None  # every such job has ended: nothing left to interrupt
         time.sleep(0.05)
     return None
 
