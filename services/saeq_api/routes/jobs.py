@@ -54,9 +54,9 @@ def submit_job(body: JobCreate, svc: Svc, who: Caller, response: Response,
         owner = svc.registry.upload_owner(corpus.upload_id)
         if owner is None or not who.sees({"team": owner}) or not svc.store.list(keys.upload_prefix(corpus.upload_id)):
             raise _unprocessable("spec.corpus.upload_id", f"no upload {corpus.upload_id!r}")
+    _check_references(svc, spec, body.depends_on, who)  # first: limits then read only the team's own jobs
     quota = svc.teams.quota(who.team)
     _check_limits(svc, body, quota, who)
-    _check_references(svc, spec, body.depends_on, who)
     for i, dep_id in enumerate(body.depends_on):
         dep = visible_job(svc, dep_id, who)
         if dep is None:
