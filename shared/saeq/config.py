@@ -58,6 +58,9 @@ class PlatformSettings(BaseSettings):
     heartbeat_s: float = Field(default=3.0, gt=0)
     visibility_timeout_s: int = 48 * 3600
     """Redis-broker visibility timeout: longer than the longest job, identical in every app."""
+    job_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """How long an ended job's record (and its events) stays in Redis; its artifacts stay in the
+    store. Admins purge earlier with `POST /v1/admin/purge`."""
     cache_dir: str = str(Path.home() / ".cache" / "saeq")
     """Worker-side cache (converted models)."""
     llm_endpoints: dict[Annotated[str, Field(pattern=ENDPOINT_NAME)], LlmEndpoint] = {}

@@ -43,6 +43,24 @@ class TeamQuota(BaseModel):
     """Latents (d_sae) of one SAE a train job may create (403 beyond)."""
     max_time_s: float = Field(default=24 * 3600.0, gt=0)
     """Longest a job may run, and the time limit of a job that asks for none (403 beyond)."""
+    max_stored_jobs: int = Field(default=1_000, ge=0, le=1_000_000)
+    """Job records of the team kept in Redis, in any state; ended ones expire after the
+    deployment's `job_retention_s` (or an admin purge). A submit beyond it is refused (429)."""
+    submits_per_minute: int = Field(default=120, ge=0, le=1_000_000)
+    """Job submits the team may make in any 60 s (429 with Retry-After beyond)."""
+    max_job_cost: int = Field(default=1_000_000_000, gt=0)
+    """What one job may cost as a whole, in token-units: a harvest's tokens x hooks, a training's
+    tokens x SAEs (weighted by width), an evaluation's or label job's tokens, a steer job's
+    generated tokens (403 beyond, naming the field that drives it)."""
+    max_upload_bytes: int = Field(default=8 << 30, ge=0)
+    """Bytes of uploaded corpora the team may keep in the store at once (413 beyond); delete
+    uploads with `DELETE /v1/uploads/{id}`."""
+    live_concurrency: int = Field(default=2, ge=0, le=1_000)
+    """Live steer/chat requests of the team being computed or waiting at once (429 beyond)."""
+    live_per_minute: int = Field(default=60, ge=0, le=1_000_000)
+    """Live steer/chat requests the team may make in any 60 s (429 beyond)."""
+    live_prompt_tokens: int = Field(default=2_048, ge=1, le=1_000_000)
+    """Longest prompt (in model tokens, chat template included) of a live request (422 beyond)."""
 
 
 @dataclass(frozen=True)
