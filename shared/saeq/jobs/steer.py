@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from saeq.errors import InvalidSpec
 from saeq.models import LoadedModel
@@ -98,11 +99,14 @@ class Completion:
 @torch.inference_mode()
 def generate(lm: LoadedModel, prompt_ids: Sequence[int], *, max_new_tokens: int, hook: str | None = None,
              sae: SparseAutoencoder | None = None, edits: Sequence[FeatureEdit] = (), temperature: float = 0.0,
-             seed: int = 0, min_new_tokens: int = 0) -> Completion:
+             seed: int = 0, min_new_tokens: int = 0, check: Callable[[], None] | None = None) -> Completion:
     """Sample (greedy when temperature is 0) `max_new_tokens` after the prompt, with `edits`
-    applied at `hook`; the same seed gives the same draws steered or not."""
+    applied at `hook`; the same seed gives the same draws steered or not. `check` is called after
+    every generated token and raises to stop (a cancel, a time limit)."""
     ids = torch.tensor([list(prompt_ids)], device=lm.device)
     gen_kwargs = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "pad_token_id": lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id}
+    if check is not None:
+        gen_kwargs["stopping_criteria"] = StoppingCriteriaList([_Checked(check)])
     if temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     else:
@@ -116,6 +120,17 @@ def generate(lm: LoadedModel, prompt_ids: Sequence[int], *, max_new_tokens: int,
         out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
     new = out[0, ids.shape[1]:].tolist()
     return Completion(lm.tokenizer.decode(new, skip_special_tokens=True), new)
+
+
+class _Checked(StoppingCriteria):
+    """Runs a callback between tokens; it stops generation by raising, never by returning."""
+
+    def __init__(self, check: Callable[[], None]):
+        self.check = check
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **_) -> Tensor:
+        self.check()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass(frozen=True)
