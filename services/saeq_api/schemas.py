@@ -14,12 +14,15 @@ class ErrorBody(BaseModel):
     {loc, field, msg, type} naming each field at fault."""
 
     detail: str | list[dict[str, Any]]
+    code: str | None = None
+    """`store_error` when the object store failed (what to check is in `detail`)."""
 
 
 _WHY = {401: "No valid API key (`Authorization: Bearer <key>`).", 403: "The key's role or team quota forbids it.",
         404: "No such object visible to the key's team.", 409: "Not ready yet.", 413: "Request body too large.",
         422: "Invalid request: `detail` names the field.", 429: "The team's quota of waiting jobs is full.",
-        500: "A worker failed to answer.", 503: "A backing service (Redis) is unreachable; retry.",
+        500: "A worker failed to answer.",
+        503: "A backing service (Redis, the object store) is unreachable or failing: `detail` says which.",
         504: "No worker answered in time."}
 
 
@@ -110,3 +113,13 @@ class UploadPublic(BaseModel):
     key: str
     size: int
     n_documents: int
+    created_at: float | None = None
+
+
+class UploadList(BaseModel):
+    uploads: list[UploadPublic]
+    """The team's uploads, oldest first."""
+    used_bytes: int
+    """Bytes they count against the team's quota."""
+    max_upload_bytes: int
+    """The team's quota (413 for an upload beyond it)."""

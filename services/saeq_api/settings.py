@@ -14,7 +14,9 @@ class ApiSettings(PlatformSettings):
     reap_every_s: float = Field(default=5.0, gt=0)
     """How often the API looks for running jobs whose worker was lost."""
     max_upload_bytes: int = 512 << 20
-    """Largest corpus file accepted by `POST /v1/uploads`."""
+    """Largest corpus file accepted by `POST /v1/uploads` (413 beyond). The API spools it to a
+    temporary file and streams it to the store, so this bounds temporary disk, not memory; what a
+    team may keep stored in all is its quota's `max_upload_bytes`."""
     max_request_bytes: int = Field(default=1 << 20, gt=0)
     """Largest request body of every other route (a job spec is a few KB); larger ones get 413,
     counted as they stream in when they declare no length."""

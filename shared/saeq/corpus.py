@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import io
 import itertools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from saeq import keys
 from saeq.errors import InvalidSpec, NotFound
@@ -130,40 +131,46 @@ class UploadError(ValueError):
         self.field = field
 
 
-def validate_upload(filename: str, data: bytes, text_field: str) -> int:
-    """Number of documents in an uploaded file; ValueError saying what is wrong and on which line."""
-    n = sum(1 for _ in parse_upload(filename, data, text_field))
+def validate_upload(filename: str, data: bytes | BinaryIO, text_field: str) -> int:
+    """Number of documents in an uploaded file, read line by line (a file object is never held
+    whole); ValueError saying what is wrong and on which line."""
+    if filename.endswith(".txt"):
+        n, in_doc = 0, False  # count blocks without keeping their text
+        for _, line in _upload_lines(filename, data):
+            if _BLANK_LINE.fullmatch(line):
+                in_doc = False
+            elif not in_doc and line.strip():
+                n, in_doc = n + 1, True
+    else:
+        n = sum(1 for _ in parse_upload(filename, data, text_field))
     if n == 0:
         raise UploadError(f"{filename}: no documents found")
     return n
 
 
-def parse_upload(filename: str, data: bytes,
+def parse_upload(filename: str, data: bytes | BinaryIO,
                  text_field: str) -> Iterator[tuple[str, str | None, str | None]]:
     """(text, title, topic) per non-empty document of a .txt (blank-line separated) or .jsonl file."""
-    if not filename.endswith(UPLOAD_SUFFIXES):
-        raise UploadError(f"{filename}: expected a {' or '.join(UPLOAD_SUFFIXES)} file")
-    if b"\x00" in data:
-        line = data[:data.index(b"\x00")].count(b"\n") + 1
-        raise UploadError(f"{filename}: line {line}: binary content (NUL byte); expected UTF-8 text")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise UploadError(f"{filename}: line {line}: not UTF-8 text ({e.reason})") from None
-    text = text.replace("\r\n", "\n")
+    lines = _upload_lines(filename, data)
     if filename.endswith(".txt"):
-        for block in re.split(r"\n[ \t]*\n", text):
-            if block.strip():
-                yield block.strip(), None, None
+        block: list[str] = []
+        for _, line in itertools.chain(lines, [(0, "")]):  # a blank line after the last ends it
+            if not _BLANK_LINE.fullmatch(line):
+                block.append(line)
+                continue
+            if doc := "\n".join(block).strip():
+                yield doc, None, None
+            block = []
         return
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    for lineno, line in lines:
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise UploadError(f"{filename}: line {lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:  # Python's JSON parser recurses once per level of nesting
+            raise UploadError(f"{filename}: line {lineno}: JSON nested too deeply") from None
         if not isinstance(row, dict):
             raise UploadError(f"{filename}: line {lineno}: expected a JSON object")
         if not isinstance(row.get(text_field), str):
@@ -171,6 +178,24 @@ def parse_upload(filename: str, data: bytes,
                               field="text_field")
         if row[text_field].strip():
             yield row[text_field], _opt_str(row.get("title")), _opt_str(row.get("topic"))
+
+
+_BLANK_LINE = re.compile(r"[ \t]*")
+
+
+def _upload_lines(filename: str, data: bytes | BinaryIO) -> Iterator[tuple[int, str]]:
+    """(line number, text without its line ending) of a UTF-8 file, one line in memory at a time."""
+    if not filename.endswith(UPLOAD_SUFFIXES):
+        raise UploadError(f"{filename}: expected a {' or '.join(UPLOAD_SUFFIXES)} file")
+    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    for lineno, raw in enumerate(f, start=1):
+        if b"\x00" in raw:
+            raise UploadError(f"{filename}: line {lineno}: binary content (NUL byte); expected UTF-8 text")
+        try:  # a line ending never splits a UTF-8 character, so lines decode on their own
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise UploadError(f"{filename}: line {lineno}: not UTF-8 text ({e.reason})") from None
+        yield lineno, line.removesuffix("\n").removesuffix("\r")
 
 
 def _upload_documents(corpus: UploadCorpus, store) -> list[Document]:

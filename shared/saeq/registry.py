@@ -505,8 +505,31 @@ class Registry:
         since = (json.loads(last) if last else now) - slack_s
         return self.r.zrangebyscore(f"{_P}finished", since, "+inf")
 
-    def set_upload_owner(self, upload_id: str, team: str) -> None:
-        self.r.set(f"{_P}upload:{upload_id}", team)
+    def reserve_upload(self, upload_id: str, team: str, size: int, limit: int,
+                       record: dict[str, Any]) -> tuple[bool, int]:
+        """Count an upload's bytes against its team's `limit` and record it (owner, and `record`:
+        key, size, documents) in one step: (True, bytes now counted), or (False, bytes counted
+        already) when it would pass the limit. Called before the bytes are stored, so a crash in
+        between leaves a record the team can delete, never stored bytes that nobody counts."""
+        ok, used = self.r.register_script(_RESERVE_UPLOAD)(
+            keys=[_team(team, "upload_bytes"), _team(team, "uploads"), f"{_P}upload:{upload_id}"],
+            args=[upload_id, size, limit, json.dumps({**record, "size": size}), team])
+        return bool(ok), int(used)
+
+    def release_upload(self, upload_id: str, team: str) -> int:
+        """Forget an upload (its bytes stop counting); the bytes freed."""
+        return int(self.r.register_script(_RELEASE_UPLOAD)(
+            keys=[_team(team, "upload_bytes"), _team(team, "uploads"), f"{_P}upload:{upload_id}"],
+            args=[upload_id]))
+
+    def uploads(self, team: str) -> tuple[list[dict[str, Any]], int]:
+        """The team's uploads (oldest first) and the bytes they count."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(_team(team, "uploads"))
+        pipe.get(_team(team, "upload_bytes"))
+        records, used = pipe.execute()
+        rows = [{"upload_id": upload_id, **json.loads(v)} for upload_id, v in records.items()]
+        return sorted(rows, key=lambda u: u.get("created_at", 0)), int(used or 0)
 
     def upload_owner(self, upload_id: str) -> str | None:
         return self.r.get(f"{_P}upload:{upload_id}")
@@ -617,6 +640,29 @@ redis.call('sadd', KEYS[2], ARGV[4])
 redis.call('zrem', KEYS[3], ARGV[4])
 redis.call('zadd', KEYS[4], ARGV[5], ARGV[4])
 return 1
+"""
+
+_RESERVE_UPLOAD = """
+local used = tonumber(redis.call('get', KEYS[1]) or '0')
+if used + tonumber(ARGV[2]) > tonumber(ARGV[3]) then
+  return {0, used}
+end
+redis.call('incrby', KEYS[1], ARGV[2])
+redis.call('hset', KEYS[2], ARGV[1], ARGV[4])
+redis.call('set', KEYS[3], ARGV[5])
+return {1, used + tonumber(ARGV[2])}
+"""
+
+_RELEASE_UPLOAD = """
+local record = redis.call('hget', KEYS[2], ARGV[1])
+local size = 0
+if record then
+  size = cjson.decode(record)['size']
+  redis.call('hdel', KEYS[2], ARGV[1])
+  redis.call('decrby', KEYS[1], string.format('%d', size))
+end
+redis.call('del', KEYS[3])
+return size
 """
 
 _RENEW = """

@@ -8,13 +8,27 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from saeq import hooks
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: `Infinity` and `NaN` (which JSON parsers accept) are no number a job can use.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def invalid(model: BaseModel, loc: str, message: str) -> ValidationError:
+    """The error of a check across fields, raised from a model validator, located at the field to
+    change (`loc`, dotted, relative to the model) instead of at the whole model."""
+    parts = tuple(int(p) if p.isdigit() else p for p in loc.split("."))
+    value = model
+    for p in parts:
+        value = value[p] if isinstance(p, int) else getattr(value, p, None)
+    return ValidationError.from_exception_data(type(model).__name__, [InitErrorDetails(
+        type=PydanticCustomError("value_error", message), loc=parts, input=value)])
 
 
 def _valid_hook(name: str) -> str:
@@ -171,11 +185,10 @@ class HarvestSpec(Frozen):
             for i, name in enumerate(self.hooks):
                 block = hooks.parse(name).block
                 if block >= BUILTIN_N_LAYERS:
-                    raise ValueError(
-                        f"hooks[{i}]: {name!r} asks for block {block}, but {BUILTIN_MODEL} has "
-                        f"{BUILTIN_N_LAYERS} blocks (0..{BUILTIN_N_LAYERS - 1})")
+                    raise invalid(self, f"hooks.{i}", f"{name!r} asks for block {block}, but {BUILTIN_MODEL} has "
+                                                      f"{BUILTIN_N_LAYERS} blocks (0..{BUILTIN_N_LAYERS - 1})")
         if self.shard_tokens < self.context_len:
-            raise ValueError("shard_tokens must hold at least one context (>= context_len)")
+            raise invalid(self, "shard_tokens", "shard_tokens must hold at least one context (>= context_len)")
         return self
 
 
@@ -236,13 +249,13 @@ class SaeConfig(Frozen):
             # A non-default value only: a stored spec is re-read with every field written out.
             default = type(self).model_fields[name].default
             if getattr(self, name) != default and self.architecture not in archs:
-                raise ValueError(f"{name} applies to architecture {' or '.join(archs)}, "
-                                 f"not {self.architecture}")
+                raise invalid(self, name, f"{name} applies to architecture {' or '.join(archs)}, "
+                                          f"not {self.architecture}")
         if self.d_sae is not None:
             if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
-                raise ValueError(f"k={self.k} exceeds d_sae={self.d_sae}")
+                raise invalid(self, "k", f"k={self.k} exceeds d_sae={self.d_sae}")
             if self.aux_k is not None and self.aux_k > self.d_sae:
-                raise ValueError(f"aux_k={self.aux_k} exceeds d_sae={self.d_sae}")
+                raise invalid(self, "aux_k", f"aux_k={self.aux_k} exceeds d_sae={self.d_sae}")
         return self
 
 
@@ -310,14 +323,15 @@ class TrainSpec(Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainSpec":
-        names = [s.name for s in self.saes if s.name is not None]
-        if len(set(names)) != len(names):
-            raise ValueError("saes: duplicate name")
+        names = [s.name for s in self.saes]
+        for i, name in enumerate(names):
+            if name is not None and name in names[:i]:
+                raise invalid(self, f"saes.{i}.name", f"saes: duplicate name {name!r}")
         if self.total_tokens < self.batch_size:
-            raise ValueError(f"total_tokens={self.total_tokens} is less than one batch "
-                             f"({self.batch_size})")
+            raise invalid(self, "total_tokens", f"total_tokens={self.total_tokens} is less than one batch "
+                                                f"({self.batch_size})")
         if self.lr_warmup + self.lr_decay > 1.0:
-            raise ValueError("lr_warmup + lr_decay exceed the whole run (1.0)")
+            raise invalid(self, "lr_decay", "lr_warmup + lr_decay exceed the whole run (1.0)")
         return self
 
 
@@ -351,8 +365,8 @@ def _require_for_imported(spec, fields: tuple[str, ...]) -> None:
     if isinstance(spec.sae, ImportedSae):
         missing = [f for f in fields if getattr(spec, f) is None]
         if missing:
-            raise ValueError(f"an imported SAE needs {', '.join(missing)}: there is no harvest to take "
-                             "them from")
+            raise invalid(spec, missing[0], f"an imported SAE needs {', '.join(missing)}: there is no harvest "
+                                            "to take them from")
 
 
 SaeRef = Annotated[Union[Annotated[TrainedSae, Tag("job")], Annotated[ImportedSae, Tag("path")]], _tag("job")]
@@ -485,9 +499,9 @@ class LabelSpec(Frozen):
     def _consistent(self) -> "LabelSpec":
         _require_for_imported(self, ("model", "hook", "corpus"))
         if self.judge is None and {"detection", "fuzzing"} & set(self.scorers):
-            raise ValueError("detection and fuzzing scorers need a judge")
+            raise invalid(self, "scorers", "detection and fuzzing scorers need a judge")
         if len(set(self.scorers)) != len(self.scorers):
-            raise ValueError("scorers: listed twice")
+            raise invalid(self, "scorers", "scorers: listed twice")
         return self
 
 
@@ -662,10 +676,11 @@ class SteerRequest(Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> "SteerRequest":
         if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of prompt and messages")
+            raise invalid(self, "prompt" if self.prompt is None else "messages",
+                          "give exactly one of prompt and messages")
         _require_for_imported(self, ("model", "hook"))
         if self.sae is None and self.interventions:
-            raise ValueError("interventions need an sae")
+            raise invalid(self, "interventions", "interventions need an sae")
         return self
 
 

@@ -6,6 +6,7 @@ under a reader. Writes are atomic: an object is either absent or complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
@@ -75,23 +76,33 @@ class LocalStore:
 
     def put(self, key, data, *, length=None, content_type="application/octet-stream"):
         path = self.local_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as f:
-                if isinstance(data, (bytes, bytearray, memoryview)):
-                    f.write(data)
-                else:
-                    while chunk := data.read(1 << 20):
-                        f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
-                os.link(tmp, path)  # atomic and fails if the key exists: write-once
-            except FileExistsError:
-                raise AlreadyExists(f"object {key!r} already exists") from None
-        finally:
-            os.unlink(tmp)
+                with os.fdopen(fd, "wb") as f:
+                    if isinstance(data, (bytes, bytearray, memoryview)):
+                        f.write(data)
+                    else:
+                        while chunk := data.read(1 << 20):
+                            f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, path)  # atomic and fails if the key exists: write-once
+                except FileExistsError:
+                    raise AlreadyExists(f"object {key!r} already exists") from None
+            finally:
+                os.unlink(tmp)
+        except OSError as e:  # not writable, disk full, a file where a directory should be
+            raise StoreError(self._failed("write", key, e)) from e
+
+    def _failed(self, operation: str, key: str, e: OSError) -> str:
+        where = f" on {e.filename}" if e.filename else ""
+        return (f"cannot {operation} object {key!r} in the local store {self.root}: "
+                f"{e.strerror or e}{where} ({type(e).__name__}). Check that the API's and the "
+                f"workers' user can write to the SAEQ_STORE directory {self.root} (its owner and "
+                "mode, a read-only mount) and that its disk has room.")
 
     def put_file(self, key, path):
         with open(path, "rb") as f:
@@ -130,7 +141,10 @@ class LocalStore:
         return sorted(out, key=lambda o: o.key)
 
     def delete(self, key):
-        self.local_path(key).unlink(missing_ok=True)
+        try:
+            self.local_path(key).unlink(missing_ok=True)
+        except OSError as e:
+            raise StoreError(self._failed("delete", key, e)) from e
 
     def download_url(self, key, expires_s=3600):
         _check_key(key)
@@ -245,14 +259,29 @@ class S3Store:
         # same bytes again replaces it with itself.)
         seekable = getattr(data, "seekable", lambda: False)()
         at = data.tell() if seekable else 0
-        self._retrying("put", key, lambda: self.client.put_object(
-            self.bucket, key, data, length=length if length is not None else -1, part_size=16 << 20,
-            content_type=content_type), rewind=lambda: data.seek(at), once=not seekable)
+        with self._write_refused(key):
+            self._retrying("put", key, lambda: self.client.put_object(
+                self.bucket, key, data, length=length if length is not None else -1, part_size=16 << 20,
+                content_type=content_type), rewind=lambda: data.seek(at), once=not seekable)
 
     def put_file(self, key, path):
         if self._stat(key, "put") is not None:
             raise AlreadyExists(f"object {key!r} already exists")
-        self._retrying("put", key, lambda: self.client.fput_object(self.bucket, key, str(path)))
+        with self._write_refused(key):
+            self._retrying("put", key, lambda: self.client.fput_object(self.bucket, key, str(path)))
+
+    @contextlib.contextmanager
+    def _write_refused(self, key: str):
+        """A put S3 refused for good (access denied, no such bucket, quota) as a StoreError saying
+        what to check, instead of the raw S3Error (transient ones were retried already)."""
+        from minio.error import S3Error
+
+        try:
+            yield
+        except S3Error as e:
+            raise StoreError(f"S3 refused to write {key!r} to bucket {self.bucket!r} at {self.endpoint}: "
+                             f"{e.code}: {e.message}. Check that the bucket exists and that the access "
+                             "key (SAEQ_S3_ACCESS_KEY) may write to it.") from e
 
     def get(self, key):
         from minio.error import S3Error

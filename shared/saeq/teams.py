@@ -29,9 +29,9 @@ Role = Literal["member", "admin"]
 
 class TeamQuota(BaseModel):
     """What one team may use. Jobs beyond `max_running` wait their turn; beyond the others they are
-    refused at submit, with the reason."""
+    refused at submit, with the reason. The per-job limits (403) are checked by `saeq.costs`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     max_running: int = Field(default=4, ge=0, le=10_000)
     """Jobs of the team dispatched to workers at once; the rest wait, highest priority first."""
     max_queued: int = Field(default=200, ge=0, le=1_000_000)
@@ -40,7 +40,8 @@ class TeamQuota(BaseModel):
     """Tokens one job may read: a harvest's or evaluation's max_tokens, a training's total_tokens,
     a label job's index_tokens (403 beyond)."""
     max_latents: int = Field(default=1 << 20, gt=0)
-    """Latents (d_sae) of one SAE a train job may create (403 beyond)."""
+    """Latents (d_sae) a train job may create, summed over its SAEs: every batch feeds every one
+    (403 beyond, naming the SAE's width field, or `spec.saes` for the sum)."""
     max_time_s: float = Field(default=24 * 3600.0, gt=0)
     """Longest a job may run, and the time limit of a job that asks for none (403 beyond)."""
     max_stored_jobs: int = Field(default=1_000, ge=0, le=1_000_000)
@@ -49,9 +50,17 @@ class TeamQuota(BaseModel):
     submits_per_minute: int = Field(default=120, ge=0, le=1_000_000)
     """Job submits the team may make in any 60 s (429 with Retry-After beyond)."""
     max_job_cost: int = Field(default=1_000_000_000, gt=0)
-    """What one job may cost as a whole, in token-units: a harvest's tokens x hooks, a training's
-    tokens x SAEs (weighted by width), an evaluation's or label job's tokens, a steer job's
-    generated tokens (403 beyond, naming the field that drives it)."""
+    """What one job may cost as a whole, in token-units (one: a token read in a batch at one hook):
+    a harvest's max_tokens x hooks; a training's total_tokens x its SAEs' latents summed / 16,384;
+    an evaluation's max_tokens x 3 (three passes per batch); a label job's index_tokens; a steer
+    job's prompts x (1 + sets x strengths) generations x max_new_tokens x 200 (a generated token
+    holds the worker about 200 times as long) plus their prompts (4 characters a token). 403
+    beyond, naming the factor nearest its own limit in the spec (e.g. `spec.hooks`, `spec.saes`,
+    `spec.prompts`). The demo's largest job, its training, costs 691,200."""
+    max_batch_tokens: int = Field(default=65_536, gt=0)
+    """Tokens of one forward pass a job may ask for: batch_size x context_len of a harvest (and of
+    an evaluation or label job that gives its context_len), capped by the job's own tokens. A
+    pass holds the worker, and a cancel waits for it (403 beyond, naming `spec.batch_size`)."""
     max_upload_bytes: int = Field(default=8 << 30, ge=0)
     """Bytes of uploaded corpora the team may keep in the store at once (413 beyond); delete
     uploads with `DELETE /v1/uploads/{id}`."""

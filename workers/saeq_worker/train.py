@@ -11,6 +11,7 @@ from pathlib import Path
 
 import saeq
 from saeq import keys
+from saeq.costs import check_quota
 from saeq.errors import InvalidSpec
 from saeq.jobs.train import TrainProgress, TrainState, train_from_harvest
 from saeq.specs import TrainSpec
@@ -36,23 +37,18 @@ def _latest_checkpoint(store: ObjectStore, job_id: str) -> TrainState | None:
     return TrainState.from_bytes(store.get(found[-1].key))  # keys sort by token count
 
 
-def _check_latents(spec: TrainSpec, d_in: int, job: RunningJob) -> None:
-    """The API checks latents against the team's quota when it knows d_in; this catches the rest
-    (an expansion factor over a harvest that had not finished at submit)."""
+def _check_quota(spec: TrainSpec, d_in: int, job: RunningJob) -> None:
+    """The API checks the team's quota when it knows d_in; this catches the rest (an expansion
+    factor over a harvest that had not finished at submit), with the same rules (saeq.costs)."""
     team = job.record.get("team") or "default"
-    max_latents = job.registry.teams.quota(team).max_latents
-    for i, sae in enumerate(spec.saes):
-        d_sae = sae.d_sae or sae.expansion_factor * d_in
-        if d_sae > max_latents:
-            raise InvalidSpec(f"{d_sae:,} latents exceed team {team!r}'s quota max_latents={max_latents:,}",
-                              field=f"spec.saes.{i}.{'d_sae' if sae.d_sae else 'expansion_factor'}")
+    check_quota(spec, job.registry.teams.quota(team), team=team, d_in=d_in)
 
 
 def run_train(job: RunningJob) -> str:
     spec: TrainSpec = job.spec
     store = job.store
     harvest = read_harvest_manifest(store, spec.activations.job_id, spec.activations.hook, field="spec.activations")
-    _check_latents(spec, harvest["hooks"][spec.activations.hook]["d_model"], job)
+    _check_quota(spec, harvest["hooks"][spec.activations.hook]["d_model"], job)
     resume = _latest_checkpoint(store, job.id)
     if resume is not None:
         job.event("resumed", f"resuming from the checkpoint at {resume.tokens:,} tokens")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
-from saeq import keys
+from saeq import costs, keys
 from saeq.admission import check_admissible
 from saeq.dispatch import KIND_QUEUE
 from saeq.errors import InvalidSpec
@@ -81,24 +83,13 @@ def submit_job(body: JobCreate, svc: Svc, who: Caller, response: Response,
 
 
 def _check_limits(svc: Services, body: JobCreate, quota: TeamQuota, who: Principal) -> None:
-    """A job larger than the team's per-job quota is refused (403), naming the field."""
+    """A job larger than the team's per-job quota is refused (403), naming the field (saeq.costs)."""
     spec = body.spec
-    tokens_field = {"harvest": "max_tokens", "train": "total_tokens", "evaluate": "max_tokens",
-                    "label": "index_tokens"}.get(spec.kind)
-    if tokens_field and getattr(spec, tokens_field) > quota.max_tokens:
-        raise _unprocessable(f"spec.{tokens_field}", f"{getattr(spec, tokens_field):,} tokens exceed team "
-                                                     f"{who.team!r}'s quota max_tokens={quota.max_tokens:,}", 403)
-    if isinstance(spec, TrainSpec):
-        d_in = _harvest_d_model(svc, spec.activations.job_id)
-        for i, sae in enumerate(spec.saes):
-            d_sae = sae.d_sae or (sae.expansion_factor * d_in if d_in else None)
-            if d_sae is not None and d_sae > quota.max_latents:
-                raise _unprocessable(f"spec.saes.{i}.{'d_sae' if sae.d_sae else 'expansion_factor'}",
-                                     f"{d_sae:,} latents exceed team {who.team!r}'s quota "
-                                     f"max_latents={quota.max_latents:,}", 403)
-    if body.time_limit_s is not None and body.time_limit_s > quota.max_time_s:
-        raise _unprocessable("time_limit_s", f"{body.time_limit_s:g} s exceeds team {who.team!r}'s quota "
-                                             f"max_time_s={quota.max_time_s:g}", 403)
+    d_in = _harvest_d_model(svc, spec.activations.job_id) if isinstance(spec, TrainSpec) else None
+    try:
+        costs.check_quota(spec, quota, team=who.team, d_in=d_in, time_limit_s=body.time_limit_s)
+    except costs.OverQuota as e:
+        raise _unprocessable(e.field, e.message, 403) from None
 
 
 def _harvest_d_model(svc: Services, harvest_id: str) -> int | None:
@@ -107,8 +98,6 @@ def _harvest_d_model(svc: Services, harvest_id: str) -> int | None:
     if job is None or job["kind"] != "harvest":
         return None
     if job.get("manifest_key"):
-        import json
-
         return json.loads(svc.store.get(job["manifest_key"])).get("d_model")
     model = HarvestSpec.model_validate(job["spec"]).model
     return 576 if model.name.startswith("builtin:") else None  # SmolLM2-135M (FIELD-NOTES)
@@ -155,6 +144,7 @@ def _check_references(svc: Services, spec, depends_on: list[str], who: Principal
             raise _unprocessable("spec.sae.name", f"train job {train['id']} has SAEs {names}, not {spec.sae.name!r}")
     if isinstance(spec, SteerSpec) and spec.label_job:
         _referenced_job(svc, spec.label_job, "label", "spec.label_job", depends_on, who)
+    _check_against_outputs(svc, spec, who)
     if isinstance(spec, EvaluateSpec) and spec.checks is not None and spec.checks.label_job:
         label = _referenced_job(svc, spec.checks.label_job, "label", "spec.checks.label_job", depends_on, who)
         theirs, ours = label["spec"]["sae"], spec.sae.model_dump(mode="json")
@@ -163,6 +153,42 @@ def _check_references(svc: Services, spec, depends_on: list[str], who: Principal
         if not same:
             raise _unprocessable("spec.checks.label_job", f"label job {label['id']} labelled the SAE "
                                                           f"{theirs}, not {ours}")
+
+
+def _published(svc: Services, job_id: str, who: Principal) -> dict | None:
+    """The manifest of a visible job that has succeeded; None before."""
+    job = visible_job(svc, job_id, who)
+    if job is None or job["state"] != "succeeded" or not job.get("manifest_key"):
+        return None
+    return json.loads(svc.store.get(job["manifest_key"]))
+
+
+def _check_against_outputs(svc: Services, spec, who: Principal) -> None:
+    """What the worker checks against a referenced job's output, checked at submit once that job has
+    succeeded (422, naming the field); before, the worker still checks it when it runs."""
+    if isinstance(spec, TrainSpec):
+        harvest = _published(svc, spec.activations.job_id, who)
+        entry = harvest["hooks"].get(spec.activations.hook) if harvest else None
+        if entry is not None:
+            held_out = math.ceil(spec.validation_tokens / harvest["context_len"]) * harvest["context_len"]
+            if held_out >= entry["n_tokens"]:
+                raise _unprocessable("spec.validation_tokens", f"validation_tokens={spec.validation_tokens:,} "
+                                     f"leaves nothing to train on: harvest {spec.activations.job_id} holds "
+                                     f"{entry['n_tokens']:,} tokens")
+    elif isinstance(spec, (LabelSpec, SteerSpec)) and isinstance(spec.sae, TrainedSae):
+        train = _published(svc, spec.sae.job_id, who)
+        sae = train["saes"].get(spec.sae.name or next(iter(train["saes"]))) if train else None
+        if sae is None:
+            return
+        d_sae = sae["d_sae"]
+        fields = ([(f"spec.features.{j}", f) for j, f in enumerate(spec.features or [])]
+                  if isinstance(spec, LabelSpec) else
+                  [(f"spec.interventions.{i}.edits.{j}.feature", e.feature)
+                   for i, s in enumerate(spec.interventions) for j, e in enumerate(s.edits)])
+        for field, feature in fields:
+            if feature >= d_sae:
+                raise _unprocessable(field, f"feature {feature} is not in 0..{d_sae - 1} (the SAE has "
+                                            f"d_sae={d_sae:,})")
 
 
 @router.get("", response_model=JobList)

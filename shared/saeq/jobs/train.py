@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from saeq.activations import Batch, DataPosition, HarvestData
+from saeq.costs import sae_latents
 from saeq.errors import Cancelled, InvalidSpec
 from saeq.sae import SparseAutoencoder, SparseCodes, Step
 from saeq.specs import SaeConfig, TrainSpec
@@ -392,7 +393,7 @@ def _build(spec: TrainSpec, names: list[str], d_in: int, device: str,
     if first_x is not None and spec.b_dec_init != "zeros":
         b_dec = geometric_median(first_x) if spec.b_dec_init == "geometric_median" else first_x.mean(0)
     for i, (name, cfg) in enumerate(zip(names, spec.saes)):
-        d_sae = cfg.d_sae or cfg.expansion_factor * d_in
+        d_sae = sae_latents(cfg, d_in)
         if cfg.architecture in ("topk", "batchtopk") and cfg.k > d_sae:
             raise InvalidSpec(f"k={cfg.k} exceeds d_sae={d_sae}", field=f"spec.saes[{i}].k")
         gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + i)
