@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 
 import redis
@@ -19,9 +20,10 @@ from saeq.registry import Registry, after_finish, start_waiting
 from saeq.errors import StoreError
 from saeq_api.deps import Services
 from saeq_api.limits import BodySizeLimit, body_limits
-from saeq_api.metrics import make_registry, scrape
+from saeq_api.metrics import CachedScrape, make_registry
 from saeq_api.routes import admin, browser, files, jobs, live, uploads
 from saeq_api.settings import ApiSettings
+from saeq_api.web import SecurityHeaders, docs_router
 
 log = logging.getLogger("saeq.api")
 
@@ -40,7 +42,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             registry.teams.ensure_key(settings.bootstrap_admin_key.get_secret_value(), "admin", "admin",
                                       "bootstrap (SAEQ_BOOTSTRAP_ADMIN_KEY)")
         app.state.services = svc
-        app.state.metrics = make_registry(registry)
+        app.state.metrics = CachedScrape(make_registry(registry), settings.metrics_cache_s)
         reaper = asyncio.create_task(_reap_forever(svc))
         try:
             yield
@@ -50,16 +52,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 await reaper
             registry.r.close()
 
-    app = FastAPI(title="saeq", version=saeq.__version__, lifespan=lifespan,
+    # /docs is Swagger UI from this origin (saeq_api.web); ReDoc would load from a CDN.
+    app = FastAPI(title="saeq", version=saeq.__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Queue sparse-autoencoder experiments: harvest, train, label, "
                               "evaluate, steer.")
     app.add_middleware(BodySizeLimit, **body_limits(settings))
+    app.add_middleware(SecurityHeaders)  # outermost: a 413 gets them too
     app.include_router(jobs.router)
     app.include_router(uploads.router)
     app.include_router(files.router)
     app.include_router(live.router)
     app.include_router(browser.router)
     app.include_router(admin.router)
+    app.include_router(docs_router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -87,8 +92,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                "the same Idempotency-Key never creates a second job)"})
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        return Response(scrape(app.state.metrics), media_type="text/plain; version=0.0.4")
+    def metrics(request: Request) -> Response:
+        token = settings.metrics_token
+        if token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if not (scheme.lower() == "bearer" and
+                    hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())):
+                return JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"},
+                                    content={"detail": "metrics need `Authorization: Bearer <token>`, "
+                                                       "the API's SAEQ_METRICS_TOKEN"})
+        return Response(app.state.metrics(), media_type="text/plain; version=0.0.4")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:

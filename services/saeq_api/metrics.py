@@ -1,9 +1,11 @@
 """Prometheus metrics of the API. Job totals are read from Redis at scrape time, so every API
 replica reports the same numbers and restarts lose nothing (aggregate them across replicas with
-`max by`, not `sum by`). Each worker exports its own figures (saeq_worker.metrics)."""
+`max by`, not `sum by`); a scrape is cached for `metrics_cache_s`. Each worker exports its own
+figures (saeq_worker.metrics)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -114,5 +116,18 @@ def make_registry(registry: Registry) -> CollectorRegistry:
     return reg
 
 
-def scrape(reg: CollectorRegistry) -> bytes:
-    return generate_latest(reg)
+class CachedScrape:
+    """The registry's exposition text, computed at most every `cache_s` seconds: a scrape reads a
+    few fields of every stored job, so scrapers in a loop must not cost Redis one read per job
+    each. Concurrent scrapes wait for the one computing it."""
+
+    def __init__(self, reg: CollectorRegistry, cache_s: float):
+        self.reg, self.cache_s = reg, cache_s
+        self.lock = threading.Lock()
+        self.body, self.at = b"", float("-inf")
+
+    def __call__(self) -> bytes:
+        with self.lock:
+            if time.monotonic() - self.at >= self.cache_s:
+                self.body, self.at = generate_latest(self.reg), time.monotonic()
+            return self.body

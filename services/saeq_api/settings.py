@@ -31,3 +31,9 @@ class ApiSettings(PlatformSettings):
     default_quota: TeamQuota = TeamQuota()
     """Quota of every team without its own (JSON, e.g. {"max_running": 2}); admins set per-team
     quotas with `PUT /v1/admin/teams/{team}/quota`."""
+    metrics_token: SecretStr | None = None
+    """When set, `GET /metrics` needs `Authorization: Bearer <token>` (401 otherwise): the metrics
+    name every team and its job counts. Unset: anyone who reaches the API can scrape it."""
+    metrics_cache_s: float = Field(default=5.0, ge=0)
+    """A scrape is computed at most this often per API process (it reads a few fields of every
+    stored job); scrapes in between get the same answer. 0: every scrape reads Redis."""

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+
+@pytest.fixture
+def api_settings(api_settings):
+    """Every scrape fresh: these tests read gauges right after changing them."""
+    return api_settings.model_copy(update={"metrics_cache_s": 0.0})
 
 
 def gauges(api) -> dict[tuple[str, tuple], float]:
