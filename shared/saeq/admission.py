@@ -43,11 +43,12 @@ def check_endpoints(spec: BaseModel, llm_endpoints: Mapping[str, LlmEndpoint], p
 
 
 def local_paths(spec: BaseModel, prefix: str = "spec") -> Iterator[tuple[str, str]]:
-    """(field, path) of every local file or directory the spec names."""
+    """(field, path) of every local file or directory the spec names. A hub id is never one: the
+    loaders resolve it through the hub's cache only (saeq.models, saeq.corpus)."""
     for field, value in spec_values(spec, prefix):
-        if isinstance(value, ModelSpec) and value.name.startswith("/"):
+        if isinstance(value, ModelSpec) and value.source == "path":
             yield f"{field}.name", value.name
-            if value.gguf_file:  # joined to the directory: an absolute or `..` name would leave it
+            if value.gguf_file:  # a plain file name (saeq.specs), but it may be a link out of the directory
                 yield f"{field}.gguf_file", os.path.join(value.name, value.gguf_file)
         elif isinstance(value, ImportedSae):
             yield f"{field}.path", value.path
@@ -55,14 +56,37 @@ def local_paths(spec: BaseModel, prefix: str = "spec") -> Iterator[tuple[str, st
 
 def check_local_paths(spec: BaseModel, roots: Sequence[str], prefix: str = "spec") -> None:
     """InvalidSpec naming the first local path that does not lie under one of `roots` once
-    symlinks and `..` are resolved (on this machine: the worker checks again on its own)."""
+    symlinks and `..` are resolved, or a directory holding a link that leads out of them (the
+    loaders read the files in it). Checked on this machine: the worker checks again on its own."""
     real_roots = [Path(os.path.realpath(r)) for r in roots]
-    for field, path in local_paths(spec, prefix):
+
+    def allowed(path: str) -> bool:
         real = Path(os.path.realpath(path))
-        if not any(real == root or root in real.parents for root in real_roots):
-            shown = path if str(real) == path else f"{path} (resolved: {real})"
-            raise InvalidSpec(f"{shown} is outside the directories this deployment allows local paths "
-                              f"under: {', '.join(roots) or 'none'}", field=field)
+        return any(real == root or root in real.parents for root in real_roots)
+
+    def refuse(path: str, field: str, what: str = "") -> None:
+        real = os.path.realpath(path)
+        shown = path if real == path else f"{path} (resolved: {real})"
+        raise InvalidSpec(f"{what}{shown} is outside the directories this deployment allows local paths "
+                          f"under: {', '.join(roots) or 'none'}", field=field)
+
+    named = list(local_paths(spec, prefix))
+    for field, path in named:
+        if not allowed(path):
+            refuse(path, field)
+    for field, path in named:
+        for link in _links_in(path):
+            if not allowed(link):
+                refuse(link, field, f"{path} holds a link out of the allowed directories: ")
+
+
+def _links_in(path: str) -> list[str]:
+    """The symbolic links directly inside directory `path` (none when it is no directory here)."""
+    try:
+        with os.scandir(path) as entries:
+            return [e.path for e in entries if e.is_symlink()]
+    except OSError:  # missing, not a directory, not readable: the loader reports it, under the roots
+        return []
 
 
 def check_admissible(spec: BaseModel, *, llm_endpoints: Mapping[str, LlmEndpoint], local_path_roots: Sequence[str],

@@ -95,11 +95,28 @@ def document_info(corpus: CorpusSpec, doc_ids: Iterable[int], *, store=None) -> 
 
 # --- hub ---------------------------------------------------------------------------------------
 
+def hub_dataset_path(dataset: str) -> str:
+    """What to hand `datasets.load_dataset` for a hub dataset id, so that it can only be read from the
+    hub (or its cache), never from the worker's filesystem.
+
+    `load_dataset` tries, in order: a builder of its own that reads local files (`json`, `text`,
+    ...: refused), a local directory or script of that name relative to the working directory
+    (skipped by the `hf://datasets/` form; and the worker runs in an empty private directory,
+    saeq_worker.celery_app), then the hub. The refusals depend on the name only, never on what
+    exists on the worker's filesystem."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    if dataset.lower() in _PACKAGED_DATASETS_MODULES:
+        raise InvalidSpec(f"{dataset!r} names one of the datasets library's builders of local files, "
+                          "not a dataset on the hub", field="spec.corpus.dataset")
+    return f"hf://datasets/{dataset}"
+
+
 def _hub_documents(corpus: HubCorpus) -> Iterator[Document]:
     import datasets  # heavy, and only the worker needs it
 
     try:
-        ds = datasets.load_dataset(corpus.dataset, corpus.config, split=corpus.split,
+        ds = datasets.load_dataset(hub_dataset_path(corpus.dataset), corpus.config, split=corpus.split,
                                    streaming=corpus.streaming, revision=corpus.revision)
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
         raise NotFound(f"cannot load dataset {corpus.dataset!r}: not found on the hub, or the hub "

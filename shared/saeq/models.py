@@ -100,45 +100,74 @@ def _get_path(obj: object, path: str) -> object | None:
 
 
 def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> LoadedModel:
-    """Load the model and tokenizer a spec names; NotFound when it cannot be had."""
+    """Load the model and tokenizer a spec names; NotFound when it cannot be had.
+
+    transformers is only ever handed an absolute directory: the builtin copy, a local path (under
+    the deployment's roots: saeq.admission checked it) or the hub cache's snapshot of a hub id, so
+    a hub id can never name a directory relative to the worker's working directory.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, spec.dtype)
     provenance = {"name": spec.name, "revision": spec.revision, "gguf_file": spec.gguf_file,
                   "commit": None, "dtype": spec.dtype}
-    if spec.name == BUILTIN_MODEL:
+    if spec.source == "builtin":
         source = builtin_model_dir(cache_dir)
-        kwargs = {}
         provenance.update(json.loads((source / _PROVENANCE_FILE).read_text()))
+    elif spec.source == "path":
+        source = Path(spec.name)
+        needed = source / (spec.gguf_file or "config.json")
+        if not needed.is_file():
+            raise NotFound(f"model directory {spec.name}: no {needed.name} there on the worker",
+                           field="spec.model.name")
     else:
-        source = spec.name
-        kwargs = {"revision": spec.revision, "gguf_file": spec.gguf_file}
-        if spec.name.startswith("/"):
-            needed = Path(spec.name) / (spec.gguf_file or "config.json")
-            if not needed.is_file():
-                raise NotFound(f"model directory {spec.name}: no {needed.name} there on the worker",
-                               field="spec.model.name")
+        source = hub_snapshot(spec)
+        provenance["commit"] = source.name  # the snapshot directory is named by its commit
+    kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file and spec.source != "builtin" else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except OSError as e:
-        # transformers reports a missing repo, a missing file and an unreachable hub as OSError.
-        where = ("at that path" if spec.name.startswith("/") else "on the hub (or the hub is "
-                 "unreachable from the worker and the model is not in its cache)")
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError as e:  # transformers reports a missing or unreadable file as OSError
         raise NotFound(f"cannot load model {spec.name!r} (revision {spec.revision}, gguf_file "
-                       f"{spec.gguf_file}): not found {where}. Detail: {e}",
-                       field="spec.model.name") from e
+                       f"{spec.gguf_file}): {_detail(e, source)}", field="spec.model.name") from e
     except ValueError as e:  # e.g. an architecture this transformers version does not know
-        raise InvalidSpec(f"cannot load model {spec.name!r}: {e}", field="spec.model.name") from e
+        raise InvalidSpec(f"cannot load model {spec.name!r}: {_detail(e, source)}",
+                          field="spec.model.name") from e
     model.eval().requires_grad_(False).to(device)
-    if spec.name != BUILTIN_MODEL:
-        provenance["commit"] = getattr(model.config, "_commit_hash", None)
     try:
         blocks = decoder_blocks(model)
     except ValueError as e:
         raise InvalidSpec(str(e), field="spec.model.name") from None
     return LoadedModel(model, tokenizer, d_model=model.config.hidden_size, n_layers=len(blocks),
                        provenance=provenance)
+
+
+# What a hub model needs (safetensors weights, never pickles); a GGUF repository: its one file.
+_HUB_MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt"]
+
+
+def hub_snapshot(spec: ModelSpec) -> Path:
+    """The hub cache's absolute snapshot directory of a hub model, downloaded when the hub is
+    reachable (HF_HUB_OFFLINE: from the cache or NotFound at once). Never looks at the working
+    directory, so the answer does not depend on what exists on the worker's filesystem."""
+    from huggingface_hub import snapshot_download
+
+    patterns = [spec.gguf_file] if spec.gguf_file else _HUB_MODEL_FILES
+    try:
+        path = Path(snapshot_download(repo_id=spec.name, revision=spec.revision, allow_patterns=patterns))
+    except Exception as e:  # missing repo or revision, gated, offline, hub down: all the user's to fix
+        raise NotFound(f"cannot load model {spec.name!r} (revision {spec.revision}): not found on the hub "
+                       f"(or the hub is unreachable from the worker and the model is not in its cache). "
+                       f"Detail: {type(e).__name__}: {e}", field="spec.model.name") from e
+    if spec.gguf_file and not (path / spec.gguf_file).is_file():
+        raise NotFound(f"hub model {spec.name!r} (revision {spec.revision}) has no file {spec.gguf_file}",
+                       field="spec.model.gguf_file")
+    return path
+
+
+def _detail(e: Exception, source: Path) -> str:
+    """transformers' message, with the directory it read shown once, as the spec named it."""
+    return str(e).replace(str(source), "<model directory>") or type(e).__name__
 
 
 def builtin_gguf_path() -> Path:

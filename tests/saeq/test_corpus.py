@@ -92,7 +92,7 @@ def test_hub_dataset(monkeypatch):
 
     def fake_load(name, config, *, split, streaming, revision):
         calls.append((name, config, split, streaming, revision))
-        if name == "nobody/nothing":
+        if name == "hf://datasets/nobody/nothing":
             raise datasets.exceptions.DatasetNotFoundError("Dataset 'nobody/nothing' doesn't exist")
         return datasets.Dataset.from_dict(rows)
 
@@ -101,7 +101,7 @@ def test_hub_dataset(monkeypatch):
                      revision="v1")
     docs = list(iter_documents(spec, seed=0))
     assert docs == [Document(i, f"doc {i}", f"t{i}") for i in (2, 3, 4)]
-    assert calls[0] == ("me/wiki", None, "train", True, "v1")
+    assert calls[0] == ("hf://datasets/me/wiki", None, "train", True, "v1")  # the hub's, never a local directory
     with pytest.raises(InvalidSpec) as e:
         list(iter_documents(HubCorpus(source="hf", dataset="me/wiki"), seed=0))
     assert e.value.field == "spec.corpus.text_field" and "content" in e.value.message

@@ -1,0 +1,197 @@
+"""Hub names never reach the filesystem: a hub id is resolved through the hub's cache only, a local
+path must be absolute, normalised and under the roots, a file name is a file name (issue 15)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from pydantic import ValidationError
+
+from saeq.admission import check_local_paths
+from saeq.corpus import iter_documents
+from saeq.errors import InvalidSpec, NotFound
+from saeq.models import load_model
+from saeq.specs import EvaluateSpec, HubCorpus, ImportedSae, ModelSpec, SteerRequest, TrainedSae
+from tests.tiny_model import save_tiny_llama
+
+MARKER = "PRIVATE-MARKER-7f3a the text no job may read"
+
+# Relative names that a loader would look up in its working directory, or that are no hub id.
+RELATIVE = ["../secretdir", "a/../b", "./secretdir", ".secretdir", "secretdir/", "a/b/c", "..", ".",
+            "a\\b", "a\x00b", "secretdir\n", "~/x", "~root", " secretdir", "a//b", "hf://datasets/x",
+            "file:///etc/passwd", "C:\\x", "a/.git", "-x", "x.", "a--b"]
+# Absolute paths that are not what they look like.
+ABSOLUTE = ["/models/../etc", "/models/./x", "//etc", "/models/", "/a\x00b", "/a\nb", "/..", "/models/x/.."]
+# File names that are no plain file name.
+GGUF = ["../../../etc/passwd", "../../../../etc/passwd.gguf", "/etc/passwd.gguf", "sub/x.gguf",
+        "..\\x.gguf", "x.gguf\x00", "x\x00.gguf", ".x.gguf", "..gguf", "passwd", "x.gguf/"]
+REVISIONS = ["../../../../etc/passwd", "main/../../x", "/abs", "a\x00", "refs//x", "..", "main\n", ".hidden"]
+
+
+def _loc(call) -> tuple:
+    with pytest.raises(ValidationError) as e:
+        call()
+    return e.value.errors()[0]["loc"]
+
+
+@pytest.mark.parametrize("name", RELATIVE + ABSOLUTE)
+def test_model_names_that_are_neither_hub_ids_nor_clean_paths_are_refused(name):
+    assert _loc(lambda: ModelSpec(name=name)) == ("name",)
+
+
+@pytest.mark.parametrize("name", RELATIVE)
+def test_dataset_names_are_hub_ids_only(name):
+    assert _loc(lambda: HubCorpus(source="hf", dataset=name)) == ("dataset",)
+    assert _loc(lambda: HubCorpus(source="hf", dataset=f"/{name}")) == ("dataset",)
+
+
+@pytest.mark.parametrize("gguf", GGUF)
+def test_gguf_file_is_a_plain_file_name(gguf):
+    for model in ("secretdir", "/models/llama"):
+        assert _loc(lambda: ModelSpec(name=model, gguf_file=gguf)) == ("gguf_file",)
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_revisions_name_no_file(revision):
+    assert _loc(lambda: ModelSpec(name="me/model", revision=revision)) == ("revision",)
+    assert _loc(lambda: HubCorpus(source="hf", dataset="me/data", revision=revision)) == ("revision",)
+
+
+@pytest.mark.parametrize("path", [*ABSOLUTE, *RELATIVE])
+def test_sae_paths_are_absolute_and_clean(path):
+    assert _loc(lambda: ImportedSae(source="path", path=path)) == ("path",)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "..", "a\\b", "a\x00b", "/abs", "x\n", "~x"])
+def test_trained_sae_names_are_names(name):
+    assert _loc(lambda: TrainedSae(job_id="0" * 32, name=name)) == ("name",)
+
+
+def test_clean_names_still_pass():
+    assert ModelSpec(name="HuggingFaceTB/SmolLM2-135M", revision="refs/pr/1").source == "hub"
+    assert ModelSpec(name="gpt2", gguf_file="model.Q4_K.gguf").source == "hub"
+    assert ModelSpec(name="/models/llama-3", gguf_file="w.gguf").source == "path"
+    assert ModelSpec().source == "builtin"
+    assert HubCorpus(source="hf", dataset="wikitext", revision="0123abcd").dataset == "wikitext"
+    assert ImportedSae(source="path", path="/saes/gemma-scope/layer_12").path == "/saes/gemma-scope/layer_12"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny"), n_layers=2, d_model=32)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty hub cache, offline: what the stack's workers have."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    return tmp_path / "hub-cache"
+
+
+@pytest.fixture
+def cwd_with_secrets(tmp_path, tiny_dir, monkeypatch):
+    """A working directory holding, under hub-id-shaped names, a loadable model (with a GGUF-named
+    file) and data files carrying MARKER."""
+    cwd = tmp_path / "cwd"
+    for name in ("secretdir", "me/tiny"):
+        shutil.copytree(tiny_dir, cwd / name)
+        (cwd / name / "x.gguf").write_text(MARKER)
+        (cwd / name / "secret.txt").write_text(MARKER + "\n")
+    (cwd / "top.txt").write_text(MARKER + "\n")
+    (cwd / "top.json").write_text(json.dumps({"text": MARKER}) + "\n")
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+@pytest.mark.parametrize("spec", [ModelSpec(name="secretdir"), ModelSpec(name="me/tiny"),
+                                  ModelSpec(name="secretdir", gguf_file="x.gguf"),
+                                  ModelSpec(name="me/tiny", revision="main")])
+def test_hub_ids_never_load_a_model_or_tokenizer_from_the_working_directory(spec, cwd_with_secrets, offline_hub,
+                                                                             tmp_path):
+    with pytest.raises(NotFound) as e:
+        load_model(spec, cache_dir=str(tmp_path / "cache"))
+    assert e.value.field == "spec.model.name" and MARKER not in e.value.message
+    # The answer is the same whether or not the working directory holds that name: no oracle.
+    shutil.rmtree(cwd_with_secrets)
+    cwd_with_secrets.mkdir()
+    with pytest.raises(NotFound) as again:
+        load_model(spec, cache_dir=str(tmp_path / "cache"))
+    assert again.value.message == e.value.message
+
+
+def _fake_hub_cache(cache, repo_id: str, model_dir, commit: str = "c0ffee" * 6 + "abcd"):
+    """The layout huggingface_hub writes: refs/main names the commit, snapshots/<commit> holds the files."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    return commit
+
+
+def test_a_hub_id_loads_from_the_hub_cache_not_from_a_same_named_directory(cwd_with_secrets, offline_hub, tmp_path):
+    cached = save_tiny_llama(tmp_path / "cached", n_layers=3, d_model=64)  # differs from the cwd's 2 x 32
+    commit = _fake_hub_cache(offline_hub, "me/tiny", cached)
+    lm = load_model(ModelSpec(name="me/tiny"), cache_dir=str(tmp_path / "cache"))
+    assert (lm.n_layers, lm.d_model) == (3, 64) and lm.provenance["commit"] == commit
+    assert lm.tokenizer("a b")["input_ids"]
+    with pytest.raises(NotFound) as e:  # a GGUF file the snapshot lacks is not taken from the cwd's me/tiny
+        load_model(ModelSpec(name="me/tiny", gguf_file="x.gguf"), cache_dir=str(tmp_path / "cache"))
+    assert MARKER not in e.value.message
+
+
+@pytest.mark.parametrize("dataset", ["secretdir", "me/tiny"])
+def test_hub_datasets_never_read_the_working_directory(dataset, cwd_with_secrets, offline_hub, monkeypatch):
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(NotFound) as e:
+        list(iter_documents(HubCorpus(source="hf", dataset=dataset), seed=0))
+    assert e.value.field == "spec.corpus.dataset"
+    assert MARKER not in e.value.message and str(cwd_with_secrets) not in e.value.message
+
+
+@pytest.mark.parametrize("builder", ["text", "json", "csv", "parquet", "imagefolder", "Text"])
+def test_the_datasets_librarys_local_file_builders_are_no_hub_datasets(builder, cwd_with_secrets):
+    with pytest.raises(InvalidSpec) as e:
+        list(iter_documents(HubCorpus(source="hf", dataset=builder), seed=0))
+    assert e.value.field == "spec.corpus.dataset" and MARKER not in e.value.message
+
+
+def test_links_out_of_the_roots_are_refused_wherever_they_are(tmp_path):
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    (root / "llama").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "passwd.gguf").write_text(MARKER)
+    (root / "escape").symlink_to(outside)
+    (root / "gguf").mkdir()
+    (root / "gguf" / "w.gguf").symlink_to(outside / "passwd.gguf")
+    (root / "leaky").mkdir()
+    (root / "leaky" / "config.json").symlink_to(outside / "passwd.gguf")  # a file the loader reads
+    roots = [str(root)]
+
+    def refused(spec) -> str:
+        with pytest.raises(InvalidSpec) as e:
+            check_local_paths(spec, roots)
+        assert MARKER not in e.value.message
+        return e.value.field
+
+    base = dict(hook="blocks.0.hook_resid_post", corpus={"source": "builtin"})
+    assert refused(EvaluateSpec(sae={"source": "path", "path": str(root / "escape")},
+                                model={"name": str(root / "llama")}, **base)) == "spec.sae.path"
+    assert refused(EvaluateSpec(sae={"source": "path", "path": str(root / "llama")},
+                                model={"name": str(root / "escape")}, **base)) == "spec.model.name"
+    assert refused(EvaluateSpec(sae={"source": "path", "path": str(root / "llama")},
+                                model={"name": str(root / "gguf"), "gguf_file": "w.gguf"}, **base)) == \
+        "spec.model.gguf_file"
+    assert refused(EvaluateSpec(sae={"source": "path", "path": str(root / "leaky")},
+                                model={"name": str(root / "llama")}, **base)) == "spec.sae.path"
+    assert refused(SteerRequest(sae={"source": "path", "path": str(root / "llama")}, hook="blocks.0.hook_resid_post",
+                                model={"name": str(root / "leaky")}, prompt="hi")) == "spec.model.name"
+    # Hub ids are never paths, whatever exists under that name.
+    check_local_paths(EvaluateSpec(sae={"source": "path", "path": str(root / "llama")}, model={"name": "escape"},
+                                   **base), roots)
