@@ -5,6 +5,7 @@ frame it."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
@@ -68,12 +69,13 @@ docs_router = APIRouter(include_in_schema=False)
 
 
 def _swagger_dir() -> Path:
-    try:
-        from swagger_ui_bundle import swagger_ui_path  # PyPI swagger-ui-bundle (the api extra)
-    except ImportError:
-        raise HTTPException(404, detail="API docs need the PyPI package swagger-ui-bundle on the API "
-                                        "(pip install 'saeq[api]'); the schema is at /openapi.json") from None
-    return Path(str(swagger_ui_path))
+    # Swagger UI 5 (OpenAPI 3.1) as the PyPI package swagger-ui-py ships it; found, not imported
+    # (its handlers import web frameworks).
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise HTTPException(404, detail="API docs need the PyPI package swagger-ui-py on the API "
+                                        "(pip install 'saeq[api]'); the schema is at /openapi.json")
+    return Path(spec.submodule_search_locations[0]) / "static"
 
 
 @docs_router.get("/docs")

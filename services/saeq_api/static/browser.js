@@ -245,12 +245,30 @@ function signInPage(message) {
     el("form", { id: "signin", on: { submit } }, input, " ", el("button", { type: "submit" }, "Sign in")));
 }
 
+// Anyone can send a login link, with a key of their own team: had it replaced the stored key
+// silently, what the user did next (uploads, jobs) would go to the sender's team. So a link only
+// fills an empty slot; a different stored key is replaced only when the user says so.
 function login() {
   const p = params();
-  if (p.get("key")) localStorage.setItem(KEY, p.get("key"));
+  const key = (p.get("key") || "").trim();
   const next = p.get("next") || "/";
   history.replaceState(null, "", `${location.pathname}#${next}`); // the key leaves the address bar
-  route();
+  const stored = localStorage.getItem(KEY);
+  if (!key || key === stored) return route();
+  if (!stored) { localStorage.setItem(KEY, key); return route(); }
+  const keyId = k => (k.match(/^saeq_([0-9a-f]{16})_/) || [])[1] || "unknown";
+  const team = el("span", {});
+  fetch("/v1/me", { headers: { Authorization: `Bearer ${key}` } })
+    .then(r => r.ok ? r.json() : null).then(me => { if (me) team.textContent = ` It belongs to team “${me.team}”.`; })
+    .catch(() => {});
+  const use = () => { localStorage.setItem(KEY, key); route(); };
+  show(el("h1", {}, "Switch API key?"),
+    el("p", {}, `This link signs this browser in with another API key (id ${keyId(key)}) in place of `,
+      `the one stored here (id ${keyId(stored)}).`, team,
+      " Everything you do next would act for that key's team: switch only if you expected this link."),
+    el("div", { id: "switch-key", class: "controls" },
+      el("button", { id: "use-link-key", on: { click: use } }, "Use the link's key"), " ",
+      el("button", { id: "keep-key", on: { click: () => route() } }, "Keep my key")));
 }
 
 async function route() {
