@@ -237,7 +237,8 @@ def main() -> None:
     ap.add_argument("--api-workers", type=int, default=1,
                     help="uvicorn worker processes of the API. Above 1, uvicorn 0.54 leaves Nagle on (its "
                          "pre-bound socket has proto 0): +44 ms per keep-alive request (Kludex/uvicorn#3149)")
-    ap.add_argument("--quota", default='{"max_running": 10000, "max_queued": 1000000}',
+    ap.add_argument("--quota", default='{"max_running": 10000, "max_queued": 1000000, "max_stored_jobs": 1000000, '
+                                         '"submits_per_minute": 1000000}',
                     help="the teams' default quota (SAEQ_DEFAULT_QUOTA): high, so that every job is "
                          "dispatched as it would be with workers free, and none is refused")
     ap.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s")

@@ -38,6 +38,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         celery = make_celery(settings)
         svc = Services(settings, registry, open_store(settings), celery, sender(celery))
         registry.teams.set_default_quota(settings.default_quota)
+        registry.spec_store = svc.store  # specs over registry.INLINE_SPEC_BYTES live there
+        registry.set_job_retention(settings.job_retention_s)
         if settings.bootstrap_admin_key is not None:
             registry.teams.ensure_key(settings.bootstrap_admin_key.get_secret_value(), "admin", "admin",
                                       "bootstrap (SAEQ_BOOTSTRAP_ADMIN_KEY)")
@@ -69,13 +71,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         # FastAPI's usual 422 body, plus a dotted `field` a person can read ("spec.max_tokens").
-        errors = []
-        for e in exc.errors():
-            loc = [str(p) for p in e["loc"] if p not in ("body",)]
+        errors, found = [], exc.errors()
+        # The first few, each cut short: a 1 MB body can hold 100,000 errors, or a 1 MB tag.
+        for e in found[:_MAX_ERRORS]:
+            loc = [str(p)[:_MAX_ERROR_CHARS] for p in e["loc"] if p not in ("body",)]
             # Drop union branch names; a tag is never the last part (a field follows it), while a
             # field may share a tag's name (ImportedSae's `path`).
             loc = [p for i, p in enumerate(loc) if not (p in _UNION_TAGS and i + 1 < len(loc))]
-            errors.append({"loc": e["loc"], "field": ".".join(loc), "msg": e["msg"], "type": e["type"]})
+            errors.append({"loc": [p if isinstance(p, int) else str(p)[:_MAX_ERROR_CHARS] for p in e["loc"]],
+                           "field": ".".join(loc), "msg": e["msg"][:_MAX_ERROR_CHARS], "type": e["type"]})
+        if len(found) > _MAX_ERRORS:
+            errors.append({"loc": [], "field": "", "type": "too_many_errors",
+                           "msg": f"and {len(found) - _MAX_ERRORS:,} more errors"})
         return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.exception_handler(redis.ConnectionError)
@@ -124,6 +131,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
 
 _RETRY_AFTER_S = 5
+_MAX_ERRORS = 20
+_MAX_ERROR_CHARS = 300
 _UNION_TAGS = {"harvest", "train", "label", "evaluate", "steer", "builtin", "hf", "upload", "job", "path",
                "local", "openai", "metadata", "embedding"}
 
@@ -158,6 +167,7 @@ def _reap_once(svc: Services) -> None:
     # A slot freed by a process that died between ending a job and starting the next.
     for team in svc.registry.teams_waiting():
         start_waiting(svc.registry, team, svc.send)
+    registry.sweep_expired()  # index entries (and stored specs) of records that expired
 
 
 app = create_app()

@@ -20,7 +20,8 @@ class ErrorBody(BaseModel):
 
 _WHY = {401: "No valid API key (`Authorization: Bearer <key>`).", 403: "The key's role or team quota forbids it.",
         404: "No such object visible to the key's team.", 409: "Not ready yet.", 413: "Request body too large.",
-        422: "Invalid request: `detail` names the field.", 429: "The team's quota of waiting jobs is full.",
+        422: "Invalid request: `detail` names the field.",
+        429: "A team quota (waiting jobs, stored jobs, submits per minute) is full; see Retry-After.",
         500: "A worker failed to answer.",
         503: "A backing service (Redis, the object store) is unreachable or failing: `detail` says which.",
         504: "No worker answered in time."}
@@ -44,12 +45,17 @@ class Progress(BaseModel):
     figures: dict[str, float] = {}
 
 
-class JobPublic(BaseModel):
+SUMMARY_MESSAGE_CHARS = 1000
+"""Longest error or progress message in a listing (the job's own page has the whole)."""
+
+
+class JobSummary(BaseModel):
+    """A job in listings: everything but its spec (`GET /v1/jobs/{id}` has it), a few KB at most."""
+
     id: str
     kind: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     name: str | None
-    spec: dict[str, Any]
     depends_on: list[str]
     queue: str
     created_at: float
@@ -71,12 +77,25 @@ class JobPublic(BaseModel):
     its team's quota (max_running)."""
 
     @classmethod
-    def of(cls, record: dict) -> "JobPublic":
-        return cls.model_validate({k: record[k] for k in cls.model_fields if k in record})
+    def of(cls, record: dict):
+        data = {k: record[k] for k in cls.model_fields if k in record}
+        if cls is JobSummary:  # messages a worker wrote may quote user text: a listing cuts them short
+            if data.get("error"):
+                data["error"] = {**data["error"], "message": data["error"]["message"][:SUMMARY_MESSAGE_CHARS]}
+            if data.get("progress"):
+                data["progress"] = {**data["progress"],
+                                    "message": data["progress"].get("message", "")[:SUMMARY_MESSAGE_CHARS]}
+        return cls.model_validate(data)
+
+
+class JobPublic(JobSummary):
+    """A job with its spec."""
+
+    spec: dict[str, Any]
 
 
 class JobList(BaseModel):
-    jobs: list[JobPublic]
+    jobs: list[JobSummary]
     next_before: float | None
     """Pass as `before` to get the next page; null on the last page."""
 

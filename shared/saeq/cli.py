@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import click
@@ -119,7 +120,29 @@ def status(ctx, job_id, kind, state, limit, as_json) -> None:
     click.echo(f"{'id':32}  {'kind':8}  {'state':9}  {'progress':>8}  name")
     for job in jobs:
         click.echo(f"{job['id']:32}  {job['kind']:8}  {job['state']:9}  "
-                   f"{100 * job['progress']['fraction']:7.1f}%  {job['name'] or ''}")
+                   f"{100 * job['progress']['fraction']:7.1f}%  {printable(job['name'] or '')}")
+
+
+def printable(text: str) -> str:
+    """`text` with control and format characters escaped (`\\x1b`, `\\u202e`): a job's name or
+    message is anyone's text, and a terminal would obey the escapes in it."""
+    return "".join(c if c.isprintable() and unicodedata.category(c) != "Cf"
+                   else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in text)
+
+
+@main.command()
+@click.option("--team", default=None, help="Whose ended jobs (default: every team's).")
+@click.option("--older-than", type=float, default=0.0, show_default=True,
+              help="Only jobs that ended more than this many seconds ago.")
+@click.pass_context
+def purge(ctx, team, older_than) -> None:
+    """(admin) Delete ended jobs' records now, before their retention ends; artifacts stay."""
+    try:
+        out = _client(ctx).purge(team=team, ended_before=time.time() - older_than if older_than else None)
+    except ApiError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"purged {out['purged']} ended job{'s' if out['purged'] != 1 else ''}"
+               f"{f' of team {team}' if team else ''}")
 
 
 @main.command()
@@ -143,7 +166,7 @@ def logs(ctx, job_id, follow) -> None:
         for ev in client.events(job_id, after=after):
             after = ev["id"]
             stamp = time.strftime("%H:%M:%S", time.localtime(ev["t"]))
-            click.echo(f"{stamp}  {ev['phase']:10}  {ev['message']}")
+            click.echo(f"{stamp}  {printable(ev['phase']):10}  {printable(ev['message'])}")
         if not follow or client.get(job_id)["state"] in ("succeeded", "failed", "cancelled"):
             return
         time.sleep(1)
@@ -288,12 +311,13 @@ def _wait(client: Client, job_id: str, timeout: float | None = None) -> dict:
 
 def _print_job(job: dict) -> None:
     p = job["progress"]
-    click.echo(f"job {job['id']}  {job['kind']}  {job['state']}  ({p['phase']}, {100 * p['fraction']:.1f}%)")
+    click.echo(f"job {job['id']}  {job['kind']}  {job['state']}  ({p['phase']}, {100 * p['fraction']:.1f}%)"
+               f"{'  ' + printable(job['name']) if job.get('name') else ''}")
     if p["figures"]:
         click.echo("  " + "  ".join(f"{k}={v:,.4g}" for k, v in p["figures"].items()))
     if job["error"]:
         e = job["error"]
-        click.echo(f"  error: {e['code']}{' (' + e['field'] + ')' if e['field'] else ''}: {e['message']}")
+        click.echo(f"  error: {e['code']}{' (' + e['field'] + ')' if e['field'] else ''}: {printable(e['message'])}")
     if job["manifest_key"]:
         click.echo(f"  manifest: {job['manifest_key']}")
 

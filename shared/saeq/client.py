@@ -254,6 +254,11 @@ class Client:
         """(admin) Replace a team's quota; fields left out take their defaults (saeq.teams.TeamQuota)."""
         return self._call("PUT", f"/v1/admin/teams/{team}/quota", json=quota)
 
+    def purge(self, *, team: str | None = None, ended_before: float | None = None) -> dict:
+        """(admin) Delete ended jobs' records now (of `team`, or every team's) that ended before
+        `ended_before` (Unix seconds; default: all): {purged, job_ids}. Artifacts stay."""
+        return self._call("POST", "/v1/admin/purge", json={"team": team, "ended_before": ended_before})
+
     def manifest(self, job_id: str) -> dict:
         arts = self.artifacts(job_id)
         if not arts["published"]:

@@ -60,7 +60,8 @@ class PlatformSettings(BaseSettings):
     """Redis-broker visibility timeout: longer than the longest job, identical in every app."""
     job_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     """How long an ended job's record (and its events) stays in Redis; its artifacts stay in the
-    store. Admins purge earlier with `POST /v1/admin/purge`."""
+    store. Admins purge earlier with `POST /v1/admin/purge` (`saeq purge`). The API's value wins:
+    it publishes it in Redis at start for the workers."""
     cache_dir: str = str(Path.home() / ".cache" / "saeq")
     """Worker-side cache (converted models)."""
     llm_endpoints: dict[Annotated[str, Field(pattern=ENDPOINT_NAME)], LlmEndpoint] = {}

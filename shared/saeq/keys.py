@@ -10,6 +10,7 @@ Layout:
   jobs/{job_id}/labels/labels.jsonl                its labels and their scores
   uploads/{upload_id}/{filename}                   corpora uploaded through the API
   cache/llm/{digest[:2]}/{digest}.json             an LLM endpoint's answer to one exact request
+  specs/{job_id}.json                              a job's spec, when too large for its Redis record
 Keys are write-once; a job's artifacts all live under its own prefix.
 """
 
@@ -103,6 +104,12 @@ def llm_cache(digest: str) -> str:
     if not _SHA256.match(digest):
         raise ValueError(f"not a sha256 hex digest: {digest!r}")
     return f"cache/llm/{digest[:2]}/{digest}.json"
+
+
+def job_spec(job_id: str) -> str:
+    """A large spec, kept out of the job's Redis record (saeq.registry); deleted with the record."""
+    _job(job_id)  # refuses anything but a job id
+    return f"specs/{job_id}.json"
 
 
 def job_of(key: str) -> str | None:

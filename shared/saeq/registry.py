@@ -15,13 +15,17 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from saeq import keys
 from saeq.teams import Teams
+
+if TYPE_CHECKING:
+    from saeq.store import ObjectStore
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 DURATION_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
@@ -86,8 +90,39 @@ def _waiting_score(priority: int, created_at: float) -> float:
     return (9 - priority) * 1e10 + created_at
 
 
+INLINE_SPEC_BYTES = 16 << 10
+"""A spec larger than this (as JSON) lives in the object store (keys.job_spec), not in the job's
+Redis record: a record then costs Redis a few KB whatever its spec holds (the body limit is 1 MiB)."""
+DEFAULT_RETENTION_S = 7 * 24 * 3600.0
+IDEMPOTENCY_TTL_S = 7 * 24 * 3600
+SUMMARY_FIELDS = ("id", "kind", "state", "name", "team", "queue", "depends_on", "created_at", "started_at",
+                  "finished_at", "attempts", "max_attempts", "cancel_requested", "progress", "error",
+                  "manifest_key", "worker", "priority", "time_limit_s", "dispatched")
+"""What listings read of a record: everything but the spec."""
+_LAST_EVENT_ID = f"{(1 << 64) - 1}-{(1 << 64) - 1}"
+_RETENTION = f"{_P}settings:job_retention_s"
+_EXPIRING = f"{_P}expiring"
+"""Ended jobs as `team/job_id`, scored by when their record expires (sweep_expired)."""
+_SPECS_IN_STORE = f"{_P}specs_in_store"
+"""Ids of jobs whose spec lives in the object store, to delete it with the record."""
+
+
 class QuotaExceeded(Exception):
-    """The team has as many waiting jobs as its quota allows."""
+    """The team has as many waiting or stored jobs, or made as many submits this minute, as its
+    quota allows."""
+
+    def __init__(self, message: str, retry_after_s: int = 30):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key seen before, sent with a different request; `job_id` is the job the
+    first request created."""
+
+    def __init__(self, job_id: str):
+        super().__init__(job_id)
+        self.job_id = job_id
 
 
 @dataclass
@@ -101,12 +136,18 @@ class Claim:
 
 
 class Registry:
-    def __init__(self, client: redis.Redis, *, max_attempts: int = 3, lease_ttl_s: float = 15.0):
+    def __init__(self, client: redis.Redis, *, max_attempts: int = 3, lease_ttl_s: float = 15.0,
+                 spec_store: "ObjectStore | None" = None):
+        """`spec_store`: where specs over INLINE_SPEC_BYTES go (the API's and workers' store);
+        without it every spec stays in its record."""
         self.r = client
         self.max_attempts = max_attempts
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.teams = Teams(client)
+        self.spec_store = spec_store
+        self._retention = (float("-inf"), DEFAULT_RETENTION_S)
         self._dispatch = client.register_script(_DISPATCH)
+        self._create = client.register_script(_CREATE)
 
     @classmethod
     def from_url(cls, url: str, *, retry_s: float = REDIS_RETRY_S, **kw) -> "Registry":
@@ -119,13 +160,28 @@ class Registry:
     # ---- reading -------------------------------------------------------------------------
 
     def get(self, job_id: str) -> dict[str, Any] | None:
+        """The whole record, spec included (read from the store when it lives there)."""
         raw = self.r.hgetall(_k(job_id))
-        return _decode(raw) if raw else None
+        return self._with_spec(_decode(raw)) if "id" in raw else None  # not a field a late write left
+
+    def _with_spec(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        if not job.get("spec_key"):
+            return job
+        from saeq.store import MissingObject
+
+        if self.spec_store is None:
+            raise RuntimeError(f"job {job['id']}'s spec is in the object store, and this registry has "
+                               "no spec_store")
+        try:
+            return {**job, "spec": json.loads(self.spec_store.get(job["spec_key"]))}
+        except MissingObject:
+            return None  # purged meanwhile
 
     def list(self, *, kind: str | None = None, state: str | None = None, limit: int = 50,
-             before: float | None = None, team: str | None = None) -> list[dict[str, Any]]:
+             before: float | None = None, team: str | None = None, summary: bool = False) -> list[dict[str, Any]]:
         """Newest first; `before` is the created_at of the last job of the previous page. A team's
-        jobs come from its own index, so one team's listing never reads the others'."""
+        jobs come from its own index, so one team's listing never reads the others'. `summary`:
+        SUMMARY_FIELDS only, never the spec, so a page costs a few KB a job whatever specs hold."""
         out: list[dict[str, Any]] = []
         hi = f"({before}" if before is not None else "+inf"
         index = _team(team, "jobs") if team is not None else f"{_P}jobs"
@@ -136,9 +192,13 @@ class Registry:
                 break
             pipe = self.r.pipeline(transaction=False)
             for job_id, _ in ids:
-                pipe.hgetall(_k(job_id))
+                pipe.hmget(_k(job_id), *SUMMARY_FIELDS) if summary else pipe.hgetall(_k(job_id))
             for raw in pipe.execute():
-                job = _decode(raw) if raw else None
+                if summary:
+                    raw = {f: v for f, v in zip(SUMMARY_FIELDS, raw) if v is not None}
+                job = _decode(raw) if "id" in raw else None  # expired since the index was read
+                if job and not summary:
+                    job = self._with_spec(job)
                 if job and (kind is None or job["kind"] == kind) and (state is None or job["state"] == state):
                     out.append(job)
                     if len(out) == limit:
@@ -147,29 +207,24 @@ class Registry:
         return out
 
     def events(self, job_id: str, *, after: str = "0-0", count: int = 500) -> list[dict[str, Any]]:
+        if after == _LAST_EVENT_ID:
+            return []  # nothing can follow it (and Redis refuses an exclusive range from it)
         rows = self.r.xrange(_k(job_id, ":events"), min=f"({after}" if after != "0-0" else "-", count=count)
         return [{"id": eid, **json.loads(fields["e"])} for eid, fields in rows]
 
     # ---- creating and dispatching --------------------------------------------------------
 
     def create(self, *, kind: str, spec: dict, queue: str, depends_on: list[str], name: str | None = None,
-               team: str = "default", idempotency_key: str | None = None, priority: int = 0,
-               time_limit_s: float | None = None, max_queued: int | None = None) -> tuple[dict[str, Any], bool]:
-        """Store a queued job. Returns (job, created); an idempotency key seen before returns the
-        job it created the first time. QuotaExceeded when the team already has `max_queued` jobs
-        waiting."""
-        job_id = new_id()
-        if max_queued is not None and self.waiting_count(team) >= max_queued:
-            raise QuotaExceeded(f"team {team!r} already has {max_queued} jobs waiting to run "
-                                f"(quota max_queued={max_queued}); wait for some to finish or cancel some")
-        if idempotency_key:
-            idem = f"{_P}idem:{team}:{idempotency_key}"
-            if not self.r.set(idem, job_id, nx=True, ex=7 * 24 * 3600):
-                existing = self.get(self.r.get(idem) or "")
-                if existing:
-                    return existing, False
-                self.r.set(idem, job_id, ex=7 * 24 * 3600)
-        now = time.time()
+               team: str = "default", idempotency_key: str | None = None, request_digest: str = "",
+               priority: int = 0, time_limit_s: float | None = None, max_queued: int | None = None,
+               max_stored: int | None = None, submits_per_minute: int | None = None,
+               ) -> tuple[dict[str, Any], bool]:
+        """Store a queued job, counted against its team's quotas in the same step (one script), so
+        concurrent submits never pass a limit together. Returns (job, created): an idempotency key
+        seen before returns the job it created, or raises IdempotencyConflict when that request's
+        `request_digest` differs. QuotaExceeded when the team has `max_queued` jobs waiting,
+        `max_stored` records in any state, or made `submits_per_minute` submits in the last 60 s."""
+        job_id, now = new_id(), time.time()
         record = {
             "id": job_id, "kind": kind, "state": "queued", "spec": spec, "queue": queue,
             "depends_on": depends_on, "name": name, "team": team, "created_at": now,
@@ -179,18 +234,43 @@ class Registry:
             "progress": {"fraction": 0.0, "phase": "queued", "message": "", "figures": {}},
             "cancel_requested": False, "worker": None, "heartbeat_at": None,
         }
-        pipe = self.r.pipeline()
-        pipe.hset(_k(job_id), mapping=_encode(record))
-        pipe.zadd(f"{_P}jobs", {job_id: now})
-        pipe.zadd(_team(team, "jobs"), {job_id: now})
-        pipe.sadd(_team(team, "open"), job_id)
-        pipe.hincrby(f"{_P}stats:submitted", kind, 1)
-        for dep in depends_on:
-            pipe.sadd(_k(dep, ":dependents"), job_id)
-        pipe.xadd(_k(job_id, ":events"), {"e": json.dumps(_event_entry("queued", f"{kind} job submitted", {}))},
-                  maxlen=2000, approximate=True)
-        pipe.execute()
-        return record, True
+        spec_json = json.dumps(spec)
+        stored = dict(record)
+        if self.spec_store is not None and len(spec_json) > INLINE_SPEC_BYTES:
+            stored.update(spec=None, spec_key=keys.job_spec(job_id), spec_bytes=len(spec_json))
+            self.spec_store.put(stored["spec_key"], spec_json.encode(), content_type="application/json")
+        deps = [k for dep in depends_on for k in (_k(dep, ":dependents"), _k(dep))]
+        no_limit = -1
+        status, other = self._create(
+            keys=[_k(job_id), _k(job_id, ":events"), f"{_P}jobs", _team(team, "jobs"), _team(team, "open"),
+                  _team(team, "active"), _team(team, "ended"), _team(team, "submits"),
+                  f"{_P}idem:{team}:{idempotency_key or ''}", f"{_P}stats:submitted", _SPECS_IN_STORE, *deps],
+            args=[job_id, now, no_limit if max_queued is None else max_queued,
+                  no_limit if max_stored is None else max_stored,
+                  no_limit if submits_per_minute is None else submits_per_minute, request_digest,
+                  IDEMPOTENCY_TTL_S if idempotency_key else 0, kind,
+                  json.dumps(_event_entry("queued", f"{kind} job submitted", {})), _k(""),
+                  int("spec_key" in stored), *(x for kv in _encode(stored).items() for x in kv)])
+        if status == "created":
+            return record, True
+        if "spec_key" in stored:
+            self.spec_store.delete(stored["spec_key"])
+        if status == "existing" and (existing := self.get(other)) is not None:
+            return existing, False
+        if status == "conflict":
+            raise IdempotencyConflict(other)
+        if status == "rate":
+            raise QuotaExceeded(f"team {team!r} made {submits_per_minute} submits in the last 60 s (quota "
+                                f"submits_per_minute={submits_per_minute}); retry in {other} s", int(other))
+        if status == "stored":
+            raise QuotaExceeded(
+                f"team {team!r} already stores {max_stored} jobs (quota max_stored_jobs={max_stored}); ended "
+                f"jobs are kept for {self.job_retention_s():,.0f} s, then expire; an admin can purge them "
+                f"sooner (`saeq purge --team {team}`)", 60)
+        if status == "queued":
+            raise QuotaExceeded(f"team {team!r} already has {max_queued} jobs waiting to run "
+                                f"(quota max_queued={max_queued}); wait for some to finish or cancel some")
+        raise RuntimeError(f"job {other} of this Idempotency-Key was purged while this request read it; retry")
 
     def ready_to_dispatch(self, job_id: str, job: dict | None = None) -> tuple[bool, str | None]:
         """Mark the job dispatched if all its dependencies succeeded (once, whoever asks first) and
@@ -358,6 +438,7 @@ class Registry:
         pipe.srem(_team(team, "active"), job["id"])
         pipe.zrem(_team(team, "waiting"), job["id"])
         pipe.zadd(f"{_P}finished", {job["id"]: time.time()})
+        self._expire_later(pipe, team, job["id"])
         # Counters live in Redis so every API replica and worker process exports the same totals.
         kind = job["kind"]
         pipe.hincrby(f"{_P}stats:finished", f"{kind}|{state}", 1)
@@ -495,6 +576,89 @@ class Registry:
                                                "and its message is not on its queue; sent again")
             resend.append((job, dispatch_id))
         return resend
+
+    # ---- retention and purge -------------------------------------------------------------
+
+    def set_job_retention(self, seconds: float) -> None:
+        """The deployment's retention of ended jobs (settings.job_retention_s), written by the API at
+        start so that the workers, which end most jobs, use the same."""
+        self.r.set(_RETENTION, json.dumps(seconds))
+        self._retention = (time.monotonic(), seconds)
+
+    def job_retention_s(self) -> float:
+        """How long an ended record stays (read at most every 5 s)."""
+        read_at, seconds = self._retention
+        if time.monotonic() - read_at > 5.0:
+            raw = self.r.get(_RETENTION)
+            seconds = json.loads(raw) if raw else DEFAULT_RETENTION_S
+            self._retention = (time.monotonic(), seconds)
+        return seconds
+
+    def _expire_later(self, pipe, team: str, job_id: str) -> None:
+        """An ended record, its events and its dependents set expire after the retention; the
+        indexes drop the id then (sweep_expired), and a team's count of stored jobs at once."""
+        ttl_s = self.job_retention_s()
+        for key in (_k(job_id), _k(job_id, ":events"), _k(job_id, ":dependents")):
+            pipe.pexpire(key, max(1, int(ttl_s * 1000)))
+        expires = time.time() + ttl_s
+        pipe.zadd(_team(team, "ended"), {job_id: expires})
+        pipe.zadd(_EXPIRING, {f"{team}/{job_id}": expires})
+
+    def stored_jobs(self, team: str) -> int:
+        """The team's records in Redis (what quota max_stored_jobs counts)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(_team(team, "jobs"))
+        pipe.zcount(_team(team, "ended"), "-inf", time.time())
+        total, expired = pipe.execute()
+        return total - expired
+
+    def sweep_expired(self, limit: int = 1000) -> int:
+        """Drop from the indexes up to `limit` jobs whose records expired, and delete their specs
+        kept in the store. The reaper calls it; the counts are right without it."""
+        due = self.r.zrangebyscore(_EXPIRING, "-inf", time.time(), start=0, num=limit)
+        self._forget([tuple(m.split("/", 1)) for m in due])
+        return len(due)
+
+    def purge(self, *, team: str | None = None, ended_before: float | None = None) -> list[str]:
+        """Delete now the ended jobs (of one team, or all) that ended before `ended_before`
+        (default: now): records, events, index entries and specs in the store. Their artifacts
+        stay. Returns their ids."""
+        cutoff = time.time() if ended_before is None else ended_before
+        if team is not None:
+            candidates = [(team, job_id) for job_id in self.r.zrange(_team(team, "ended"), 0, -1)]
+        else:
+            candidates = [tuple(m.split("/", 1)) for m in self.r.zrange(_EXPIRING, 0, -1)]
+        purged = []
+        for i in range(0, len(candidates), 500):
+            chunk = candidates[i:i + 500]
+            pipe = self.r.pipeline(transaction=False)
+            for _, job_id in chunk:
+                pipe.hget(_k(job_id), "finished_at")
+            for (t, job_id), finished in zip(chunk, pipe.execute()):
+                if finished is None or json.loads(finished) < cutoff:  # None: expired already
+                    purged.append((t, job_id))
+        self._forget(purged, delete=True)
+        return [job_id for _, job_id in purged]
+
+    def _forget(self, jobs: list[tuple[str, str]], *, delete: bool = False) -> None:
+        """Remove ended jobs (team, id) from every index, and their specs from the store; `delete`:
+        their records too (else they expired)."""
+        if not jobs:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for team, job_id in jobs:
+            if delete:
+                pipe.delete(_k(job_id), _k(job_id, ":events"), _k(job_id, ":dependents"))
+            pipe.zrem(f"{_P}jobs", job_id)
+            pipe.zrem(_team(team, "jobs"), job_id)
+            pipe.zrem(_team(team, "ended"), job_id)
+            pipe.zrem(_EXPIRING, f"{team}/{job_id}")
+            pipe.zrem(f"{_P}finished", job_id)
+            pipe.srem(_SPECS_IN_STORE, job_id)
+        had_spec = pipe.execute()[5 + int(delete)::6 + int(delete)]  # the srem of each job
+        for (_, job_id), in_store in zip(jobs, had_spec):
+            if in_store and self.spec_store is not None:
+                self.spec_store.delete(keys.job_spec(job_id))
 
     def recently_ended(self, slack_s: float = 2 * REDIS_RETRY_S + 10) -> list[str]:
         """Jobs ended since the previous call (by any API replica), and in the `slack_s` before it.
@@ -663,6 +827,65 @@ if record then
 end
 redis.call('del', KEYS[3])
 return size
+"""
+
+# KEYS: 1 record, 2 its events, 3 all jobs, 4 team's jobs, 5 team's open, 6 team's active,
+#   7 team's ended, 8 team's recent submits, 9 idempotency key, 10 submit counters, 11 specs in the
+#   store, then per dependency: its dependents set, its record.
+# ARGV: 1 job id, 2 now, 3 max_queued, 4 max_stored, 5 submits_per_minute (-1: no limit), 6 request
+#   digest, 7 idempotency TTL (0: no key), 8 kind, 9 first event, 10 record key prefix, 11 spec in
+#   the store (1/0), 12... the record's field, value pairs.
+# Returns {status, id or seconds}: created, existing, conflict, rate (retry after), queued, stored.
+_CREATE = """
+local now = tonumber(ARGV[2])
+if ARGV[7] ~= '0' then
+  local seen = redis.call('get', KEYS[9])
+  if seen then
+    local id, digest = string.match(seen, '^(%x+) ?(%x*)$')
+    -- The earlier job's record key is built here: saeq's Redis is never a cluster.
+    if id and redis.call('exists', ARGV[10] .. id) == 1 then
+      if digest == '' or digest == ARGV[6] then return {'existing', id} end
+      return {'conflict', id}
+    end
+  end
+end
+local per_minute = tonumber(ARGV[5])
+if per_minute >= 0 then
+  redis.call('zremrangebyscore', KEYS[8], '-inf', now - 60)
+  if redis.call('zcard', KEYS[8]) >= per_minute then
+    local oldest = redis.call('zrange', KEYS[8], 0, 0, 'WITHSCORES')
+    local wait = 60
+    if oldest[2] then wait = tonumber(oldest[2]) + 60 - now end
+    return {'rate', tostring(math.max(1, math.ceil(wait)))}
+  end
+end
+local max_queued = tonumber(ARGV[3])
+if max_queued >= 0 and redis.call('scard', KEYS[5]) - redis.call('scard', KEYS[6]) >= max_queued then
+  return {'queued', ''}
+end
+local max_stored = tonumber(ARGV[4])
+if max_stored >= 0 and redis.call('zcard', KEYS[4]) - redis.call('zcount', KEYS[7], '-inf', ARGV[2]) >= max_stored then
+  return {'stored', ''}
+end
+redis.call('hset', KEYS[1], unpack(ARGV, 12))
+redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
+redis.call('zadd', KEYS[4], ARGV[2], ARGV[1])
+redis.call('sadd', KEYS[5], ARGV[1])
+redis.call('hincrby', KEYS[10], ARGV[8], 1)
+redis.call('xadd', KEYS[2], 'MAXLEN', '~', '2000', '*', 'e', ARGV[9])
+if ARGV[11] == '1' then redis.call('sadd', KEYS[11], ARGV[1]) end
+if per_minute >= 0 then
+  redis.call('zadd', KEYS[8], ARGV[2], ARGV[1])
+  redis.call('expire', KEYS[8], 61)
+end
+if ARGV[7] ~= '0' then redis.call('set', KEYS[9], ARGV[1] .. ' ' .. ARGV[6], 'EX', ARGV[7]) end
+for i = 12, #KEYS, 2 do
+  redis.call('sadd', KEYS[i], ARGV[1])
+  -- A dependency that ended already expires: so does the set of its dependents.
+  local ttl = redis.call('pttl', KEYS[i + 1])
+  if ttl > 0 then redis.call('pexpire', KEYS[i], ttl) end
+end
+return {'created', ARGV[1]}
 """
 
 _RENEW = """

@@ -132,7 +132,7 @@ def test_a_team_runs_max_running_jobs_at_once_highest_priority_first(api):
     assert get(first)["dispatched"] and not any(get(j)["dispatched"] for j in (low, high, mid))
     assert api.get("/v1/me", headers=a).json() | {"quota": None} == {
         "team": "prio", "role": "member", "key_id": api.get("/v1/me", headers=a).json()["key_id"],
-        "quota": None, "active": 1, "waiting": 3}
+        "quota": None, "active": 1, "waiting": 3, "stored": 4}
     api.post(f"/v1/jobs/{first['id']}/cancel", headers=a)  # its slot goes to the highest priority
     assert get(high)["dispatched"] and not get(mid)["dispatched"] and not get(low)["dispatched"]
     api.post(f"/v1/jobs/{high['id']}/cancel", headers=a)

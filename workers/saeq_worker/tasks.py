@@ -24,7 +24,8 @@ log = logging.getLogger("saeq.worker")
 def _registry() -> Registry:
     # Built lazily in the child process: connections must not cross a fork.
     return Registry.from_url(settings.redis_url, max_attempts=settings.max_attempts,
-                             lease_ttl_s=settings.lease_ttl_s, retry_s=settings.redis_retry_s)
+                             lease_ttl_s=settings.lease_ttl_s, retry_s=settings.redis_retry_s,
+                             spec_store=_store())  # large specs live there
 
 
 @lru_cache(maxsize=1)

@@ -45,6 +45,22 @@ class TeamPublic(BaseModel):
     """Jobs dispatched to workers (running, or about to)."""
     waiting: int
     """Jobs waiting for a slot or for their dependencies."""
+    stored: int = 0
+    """Job records kept, in any state (quota max_stored_jobs; ended ones expire)."""
+
+
+class PurgeRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    team: str | None = Field(default=None, pattern=TEAM_PATTERN)
+    """Whose ended jobs; None: every team's."""
+    ended_before: float | None = Field(default=None, allow_inf_nan=False)
+    """Only jobs that ended before this time (Unix seconds); None: every ended job."""
+
+
+class PurgeResult(BaseModel):
+    purged: int
+    """Ended jobs deleted: their records, events and stored specs (their artifacts stay)."""
+    job_ids: list[str]
 
 
 class Me(BaseModel):
@@ -54,17 +70,20 @@ class Me(BaseModel):
     quota: TeamQuota
     active: int
     waiting: int
+    stored: int = 0
 
 
 def _team(svc, team: str) -> TeamPublic:
-    return TeamPublic(team=team, quota=svc.teams.quota(team), **svc.registry.usage(team))
+    return TeamPublic(team=team, quota=svc.teams.quota(team), stored=svc.registry.stored_jobs(team),
+                      **svc.registry.usage(team))
 
 
 @router.get("/me", response_model=Me)
 def whoami(svc: Svc, who: Caller) -> Me:
     """The caller's team, role, quota and the team's current use of it."""
     t = _team(svc, who.team)
-    return Me(team=who.team, role=who.role, key_id=who.key_id, quota=t.quota, active=t.active, waiting=t.waiting)
+    return Me(team=who.team, role=who.role, key_id=who.key_id, quota=t.quota, active=t.active, waiting=t.waiting,
+              stored=t.stored)
 
 
 @router.post("/admin/keys", status_code=201, response_model=KeyCreated)
@@ -104,3 +123,11 @@ def set_quota(team: Annotated[str, Path(pattern=TEAM_PATTERN)], body: TeamQuota,
     svc.teams.set_quota(team, body)
     start_waiting(svc.registry, team, svc.send)
     return _team(svc, team)
+
+
+@router.post("/admin/purge", response_model=PurgeResult)
+def purge(body: PurgeRequest, svc: Svc, _: Admin) -> PurgeResult:
+    """Delete ended jobs' records now, before their retention (SAEQ_JOB_RETENTION_S) ends: they
+    stop counting against the team's max_stored_jobs. Queued and running jobs are never touched."""
+    ids = svc.registry.purge(team=body.team, ended_before=body.ended_before)
+    return PurgeResult(purged=len(ids), job_ids=ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Annotated, Literal
@@ -12,13 +13,13 @@ from saeq import costs, keys
 from saeq.admission import check_admissible
 from saeq.dispatch import KIND_QUEUE
 from saeq.errors import InvalidSpec
-from saeq.registry import STATES, QuotaExceeded, after_finish, dispatch_ready
+from saeq.registry import STATES, IdempotencyConflict, QuotaExceeded, after_finish, dispatch_ready
 from saeq.specs import (JOB_KINDS, EvaluateSpec, HarvestSpec, JobCreate, LabelSpec, SteerSpec, TrainedSae, TrainSpec,
                         UploadCorpus)
 from saeq.teams import Principal, TeamQuota
 from saeq_api.deps import Caller, Services, services
 from saeq_api.metrics import observe_submit
-from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic, errors
+from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic, JobSummary, errors
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 403, 404, 413, 429, 503))
 Svc = Annotated[Services, Depends(services)]
@@ -69,10 +70,17 @@ def submit_job(body: JobCreate, svc: Svc, who: Caller, response: Response,
         record, created = svc.registry.create(
             kind=spec.kind, spec=spec.model_dump(mode="json"), queue=KIND_QUEUE[spec.kind],
             depends_on=list(body.depends_on), name=body.name, team=who.team, idempotency_key=idempotency_key,
+            request_digest=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
             priority=body.priority, time_limit_s=body.time_limit_s or quota.max_time_s,
-            max_queued=quota.max_queued)
+            max_queued=quota.max_queued, max_stored=quota.max_stored_jobs,
+            submits_per_minute=quota.submits_per_minute)
     except QuotaExceeded as e:
-        raise HTTPException(429, detail=str(e), headers={"Retry-After": "30"}) from None
+        raise HTTPException(429, detail=str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
+    except IdempotencyConflict as e:
+        raise HTTPException(422, detail=[{
+            "loc": ["header", "Idempotency-Key"], "field": "Idempotency-Key", "type": "value_error",
+            "msg": f"this Idempotency-Key came with another request, which created job {e.job_id}; "
+                   "use a new key for a different job"}]) from None
     if not created:
         response.status_code = 200
         return JobPublic.of(record)
@@ -196,19 +204,20 @@ def list_jobs(svc: Svc, who: Caller,
               kind: Literal[JOB_KINDS] | None = None,  # type: ignore[valid-type]
               state: Literal[STATES] | None = None,  # type: ignore[valid-type]
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              before: Annotated[float | None, Query(description="created_at cursor from the previous page")] = None,
+              before: Annotated[float | None, Query(allow_inf_nan=False,
+                                                    description="created_at cursor from the previous page")] = None,
               team: Annotated[str | None, Query(max_length=63, description="admins only: another team's jobs; "
                                                                            "default: every team's")] = None,
               ) -> JobList:
     """The team's jobs (an admin's: every team's), newest first, filtered by kind and state, a page
-    at a time."""
+    at a time: summaries without their specs (`GET /v1/jobs/{id}` has the spec), a few KB each."""
     if team is not None and not who.is_admin and team != who.team:
         raise HTTPException(403, detail=f"only admins list other teams' jobs; your team is {who.team!r}")
     jobs = svc.registry.list(kind=kind, state=state, limit=limit + 1, before=before,
-                             team=team if who.is_admin else who.team)
+                             team=team if who.is_admin else who.team, summary=True)
     more = len(jobs) > limit
     jobs = jobs[:limit]
-    return JobList(jobs=[JobPublic.of(j) for j in jobs],
+    return JobList(jobs=[JobSummary.of(j) for j in jobs],
                    next_before=jobs[-1]["created_at"] if more else None)
 
 
@@ -230,8 +239,12 @@ def cancel_job(job_id: str, svc: Svc, who: Caller) -> JobPublic:
 
 
 @router.get("/{job_id}/events", response_model=JobEvents)
-def job_events(job_id: str, svc: Svc, who: Caller, after: Annotated[str, Query(pattern=r"^\d+-\d+$")] = "0-0") -> JobEvents:
+def job_events(job_id: str, svc: Svc, who: Caller,
+               after: Annotated[str, Query(pattern=r"^\d+-\d+$", max_length=41)] = "0-0") -> JobEvents:
     """The job's log of phases and progress messages; pass the last event's id as `after`."""
+    if any(int(part) >= 1 << 64 for part in after.split("-")):
+        raise HTTPException(422, detail=[{"loc": ["query", "after"], "field": "query.after", "type": "value_error",
+                                          "msg": "an event id is two numbers below 2**64, as `<ms>-<seq>`"}])
     _job_or_404(svc, job_id, who)
     return JobEvents(events=svc.registry.events(job_id, after=after))
 
