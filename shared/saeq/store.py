@@ -64,21 +64,48 @@ def _check_key(key: str) -> str:
 class LocalStore:
     """A directory on a shared file system. Download URLs point at the API's signed file route."""
 
-    def __init__(self, root: str | Path, *, url_base: str = "", signing_key: bytes = b""):
+    def __init__(self, root: str | Path, *, url_base: str = "", signing_key: bytes = b"",
+                 link_ttl_s: int = 3600):
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new store: its owner's only
         self.url_base = url_base.rstrip("/")
         self.signing_key = signing_key
+        self.link_ttl_s = link_ttl_s
+        # Partial writes live in one directory (on the same file system, so a finished one is
+        # linked into place), where those a killed process left are cheap to find and sweep.
+        self.tmp_dir = self.root / TMP_DIR
+        try:
+            self.tmp_dir.mkdir(mode=0o700, exist_ok=True)
+            self.sweep_temp_files()
+        except OSError as e:  # a read-only mount: nothing to write, nothing to sweep
+            log.warning("cannot sweep partial writes in %s: %s", self.tmp_dir, e)
+
+    def sweep_temp_files(self) -> int:
+        """Delete partial writes untouched for the grace period (a live put touches its file as it
+        writes); the number deleted."""
+        cutoff = time.time() - TMP_GRACE_S
+        swept = 0
+        with os.scandir(self.tmp_dir) as entries:
+            for entry in entries:
+                try:
+                    if entry.name.startswith(".tmp-") and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        swept += 1
+                except FileNotFoundError:  # another process swept it first
+                    pass
+        return swept
 
     def local_path(self, key: str) -> Path:
         """The file behind a key (which may not exist yet)."""
-        return self.root / _check_key(key)
+        if _check_key(key).split("/", 1)[0] == TMP_DIR:
+            raise ValueError(f"invalid object key {key!r}: {TMP_DIR}/ holds partial writes")
+        return self.root / key
 
     def put(self, key, data, *, length=None, content_type="application/octet-stream"):
         path = self.local_path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
                     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -131,7 +158,9 @@ class LocalStore:
         # directory part ("runs") and filter.
         start = self.root / prefix.rpartition("/")[0]
         out = []
-        for dirpath, _, files in os.walk(start):
+        for dirpath, dirs, files in os.walk(start):
+            if Path(dirpath) == self.root and TMP_DIR in dirs:
+                dirs.remove(TMP_DIR)
             for name in files:
                 if name.startswith(".tmp-"):
                     continue
@@ -148,9 +177,30 @@ class LocalStore:
 
     def download_url(self, key, expires_s=3600):
         _check_key(key)
-        expires = int(time.time()) + expires_s
+        expires = int(time.time()) + min(expires_s, self.link_ttl_s)
         sig = sign_local(self.signing_key, key, expires)
         return f"{self.url_base}/v1/files/{quote(key)}?expires={expires}&sig={sig}"
+
+    def link_refusal(self, key: str, expires: int, sig: str) -> str | None:
+        """Why a download link for `key` is refused (for a 403), or None when this store issued it
+        and it is still valid. A link never outlives the store's link TTL, whoever signed it."""
+        now = time.time()
+        if expires < now:
+            return "download link expired"
+        if expires > now + self.link_ttl_s + LINK_CLOCK_SKEW_S:
+            return (f"download link refused: its expires lies {expires - int(now)} s ahead, more than "
+                    f"links live here ({self.link_ttl_s} s)")
+        if not hmac.compare_digest(sign_local(self.signing_key, key, expires).encode(), sig.encode()):
+            return "bad download signature"
+        return None
+
+
+TMP_DIR = ".tmp"
+"""The directory of the local store's partial writes."""
+TMP_GRACE_S = 3600
+"""A partial write untouched this long belongs to a killed process: a store that opens sweeps it."""
+LINK_CLOCK_SKEW_S = 60
+"""How far the clocks of the API replica that issued a link and the one that checks it may differ."""
 
 
 def sign_local(signing_key: bytes, key: str, expires: int) -> str:
