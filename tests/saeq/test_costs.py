@@ -1,0 +1,37 @@
+"""The cost rules of saeq.costs on their own: what the demo's jobs cost under the default quota, and
+the rules the worker applies again once it knows d_in."""
+
+from __future__ import annotations
+
+import pytest
+
+from saeq.costs import OverQuota, check_quota, job_cost
+from saeq.errors import InvalidSpec
+from saeq.specs import EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainSpec
+from saeq.teams import TeamQuota
+
+HOOK = "blocks.14.hook_resid_post"
+JOB = "0" * 32
+
+
+def test_the_demos_jobs_cost_well_under_the_default_quota():
+    demo = [HarvestSpec(hooks=[HOOK], max_tokens=262_144),
+            TrainSpec(activations={"job_id": JOB}, total_tokens=2_457_600, saes=[SaeConfig(expansion_factor=8)]),
+            LabelSpec(sae={"job_id": JOB}, n_most_active=32, index_tokens=65_536),
+            EvaluateSpec(sae={"job_id": JOB})]
+    assert [job_cost(s, d_in=576).units for s in demo] == [262_144, 691_200, 65_536, 49_152]
+    for spec in demo:
+        check_quota(spec, TeamQuota(), team="demo", d_in=576)
+
+
+def test_widths_unknown_until_d_in_are_checked_when_it_is():
+    quota = TeamQuota(max_latents=1000)
+    two = TrainSpec(activations={"job_id": JOB}, saes=[SaeConfig(name="a", k=4), SaeConfig(name="b", d_sae=600)])
+    assert job_cost(two) is None  # 8 x d_in latents for "a": unknown at submit
+    check_quota(two, quota, team="t")  # 600 known latents fit
+    with pytest.raises(OverQuota) as e:
+        check_quota(two, quota, team="t", d_in=64)  # 512 + 600
+    assert isinstance(e.value, InvalidSpec) and e.value.field == "spec.saes" and "1,112 latents" in e.value.message
+    with pytest.raises(OverQuota) as e:
+        check_quota(two, quota, team="t", d_in=128)  # "a" alone: 1,024
+    assert e.value.field == "spec.saes.0.expansion_factor"
