@@ -837,6 +837,9 @@ return size
 #   the store (1/0), 12... the record's field, value pairs.
 # Returns {status, id or seconds}: created, existing, conflict, rate (retry after), queued, stored.
 _CREATE = """
+if redis.call('exists', KEYS[1]) == 1 then
+  return {'created', ARGV[1]}  -- a new id: this call ran already, and its answer was lost (retried)
+end
 local now = tonumber(ARGV[2])
 if ARGV[7] ~= '0' then
   local seen = redis.call('get', KEYS[9])

@@ -206,6 +206,22 @@ def test_ended_jobs_expire_after_the_retention_and_free_the_quota(api, api_with,
     assert _submit(api, member).status_code == 201  # the expired record no longer counts
 
 
+def test_the_reaper_forgets_expired_jobs_and_deletes_their_stored_specs(api, api_with, api_settings):
+    quick = api_with(job_retention_s=1.0, reap_every_s=0.5)
+    spec, deps = _big_steer(quick, n_prompts=10)
+    job = _submit(quick, spec=spec, depends_on=deps).json()["id"]
+    store, r = open_store(api_settings), _redis(api_settings)
+    assert store.list(keys.job_spec(job))  # 80 KB: kept in the store, not in Redis
+    quick.post(f"/v1/jobs/{job}/cancel")
+    deadline = time.monotonic() + 30
+    while store.list(keys.job_spec(job)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not store.list(keys.job_spec(job))
+    assert r.zscore("saeq:team:admin:jobs", job) is None and r.zscore("saeq:jobs", job) is None
+    assert not r.exists(f"saeq:job:{job}") and r.zcard("saeq:expiring") == 0
+    assert r.zcard("saeq:team:admin:jobs") == 2  # the queued harvest and train stay
+
+
 def test_admins_purge_ended_jobs_of_a_team(api, api_settings):
     a, b = api.key_for("purged"), api.key_for("kept")
     spec, deps = _big_steer(api, a, n_prompts=10)
