@@ -5,6 +5,7 @@ database, so jobs and queues of one test module never reach another's worker."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
@@ -13,6 +14,14 @@ from saeq.local_stack import LocalStack, StackOptions
 from tests.servers import free_port
 
 _db = itertools.count(1)
+_local_roots: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tests_save_models_under_basetemp(tmp_path_factory):
+    """Stacks allow local paths under pytest's temporary root only, where tests save their tiny
+    models and SAEs: `saeq up` allows none by default."""
+    _local_roots[:] = [str(tmp_path_factory.getbasetemp().resolve())]
 
 
 def make_stack(tmp_path, redis_srv, s3_srv, **env) -> LocalStack:
@@ -27,7 +36,8 @@ def make_stack(tmp_path, redis_srv, s3_srv, **env) -> LocalStack:
         s3_secret_key=s3_srv.secret_key,
         # The hub is unreachable here: offline mode makes "not found" answer at once, not after retries.
         extra_env={"SAEQ_LEASE_TTL_S": "6", "SAEQ_HEARTBEAT_S": "1", "SAEQ_REAP_EVERY_S": "1",
-                   "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env})
+                   "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                   "SAEQ_LOCAL_PATH_ROOTS": json.dumps(_local_roots), **env})
     return LocalStack(opts)
 
 

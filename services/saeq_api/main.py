@@ -33,6 +33,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        settings.require_signing_key("API")  # InsecureSettings: uvicorn exits with its message
         registry = Registry.from_url(settings.redis_url, max_attempts=settings.max_attempts,
                                      lease_ttl_s=settings.lease_ttl_s, retry_s=settings.redis_retry_s)
         celery = make_celery(settings)

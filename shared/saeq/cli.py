@@ -40,21 +40,27 @@ def main(ctx: click.Context, url: str | None, api_key: str | None) -> None:
 @click.option("--s3-access-key", default=None)
 @click.option("--s3-secret-key", default=None)
 @click.option("--concurrency", default=1, show_default=True, help="Worker processes.")
-def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, concurrency) -> None:
+@click.option("--local-path-root", "local_path_roots", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A directory specs may name local models and SAEs under (repeatable; default: none).")
+def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, concurrency,
+       local_path_roots) -> None:
     """Start Redis, the API, one worker and a local store; stop them with Ctrl-C."""
-    from saeq.local_stack import LocalStack, StackOptions, saeq_home
+    from saeq.local_stack import LocalStack, StackOptions, saeq_home, stack_info_path
 
     opts = StackOptions(home=home or saeq_home(), port=port, redis_url=redis_url, store=store,
                         s3_endpoint=s3_endpoint, s3_access_key=s3_access_key,
-                        s3_secret_key=s3_secret_key, worker_concurrency=concurrency)
+                        s3_secret_key=s3_secret_key, worker_concurrency=concurrency,
+                        local_path_roots=[str(r) for r in local_path_roots] or None)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     with LocalStack(opts) as stack:
-        click.echo(f"saeq is up: API {stack.url} (docs {stack.url}/docs), Redis {stack.redis_url}, logs "
-                   f"{stack.logs}. Ctrl-C stops it.\n"
-                   f"Its admin key is in {opts.home / 'stack.json'} (the saeq command and saeq.Client use it "
-                   f"on this machine); `saeq keys create TEAM` makes keys for teams.\n"
-                   f"Feature browser, signed in as admin: {stack.url}/browse#/login?key={stack.admin_key}")
+        # No secret on stdout (a terminal log, a CI log, a shared tmux): only where they are.
+        click.echo(f"saeq is up: API {stack.url} (docs {stack.url}/docs), Redis {stack.redis_url_shown()}, "
+                   f"logs {stack.logs}. Ctrl-C stops it.\n"
+                   f"Its admin key is `api_key` in {stack_info_path(opts.home)} (readable by you only; the saeq "
+                   f"command and saeq.Client use it on this machine); `saeq keys create TEAM` makes keys for teams.\n"
+                   f"Feature browser: {stack.url}/browse (sign in with that key)")
         try:
             while not stop["now"]:
                 for name, proc in stack.procs.items():

@@ -1,12 +1,16 @@
 """`saeq up`: a complete local stack with no configuration (Redis, API, one worker, local store).
 
-Each part runs as a child process on loopback; external Redis or S3 replace the local ones.
+Each part runs as a child process on loopback; external Redis or S3 replace the local ones. The
+host may be shared: the state directory is its owner's only (0700, files 0600), Redis takes a
+password, and the secrets (admin key, signing key, Redis password) are new per start and kept in
+stack.json, never printed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -15,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -25,7 +30,7 @@ def saeq_home() -> Path:
 
 def _stack_info() -> dict:
     try:
-        info = json.loads((saeq_home() / "stack.json").read_text())
+        info = json.loads(stack_info_path().read_text())
     except (OSError, ValueError):
         return {}
     return info if _alive(info.get("api_pid", -1)) else {}
@@ -33,6 +38,11 @@ def _stack_info() -> dict:
 
 def read_stack_url() -> str | None:
     return _stack_info().get("url")
+
+
+def stack_info_path(home: Path | None = None) -> Path:
+    """The file that holds the running stack's address and secrets (mode 0600)."""
+    return (home or saeq_home()) / "stack.json"
 
 
 def read_stack_key(url: str) -> str | None:
@@ -82,6 +92,9 @@ class StackOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     admin_key: str | None = None
     """The API's bootstrap admin key; None: $SAEQ_BOOTSTRAP_ADMIN_KEY, else a new one."""
+    local_path_roots: list[str] | None = None
+    """Directories under which specs may name local paths (SAEQ_LOCAL_PATH_ROOTS); None: the
+    environment's, whose default allows none."""
 
 
 class LocalStack:
@@ -95,6 +108,8 @@ class LocalStack:
         from saeq.teams import new_key
 
         self.admin_key = opts.admin_key or os.environ.get("SAEQ_BOOTSTRAP_ADMIN_KEY") or new_key()[1]
+        self.signing_key = secrets.token_hex(32)  # per stack: links of an earlier one stop working
+        self.redis_password = secrets.token_hex(24)  # hex: it goes into a URL as it is
 
     def env(self) -> dict[str, str]:
         o = self.opts
@@ -103,44 +118,59 @@ class LocalStack:
             "SAEQ_REDIS_URL": self.redis_url,
             "SAEQ_STORE": o.store or f"file://{(o.home / 'store').resolve()}",
             "SAEQ_PUBLIC_URL": self.url,
+            "SAEQ_SIGNING_KEY": self.signing_key,
             "SAEQ_CACHE_DIR": env.get("SAEQ_CACHE_DIR", str(Path.home() / ".cache" / "saeq")),
             "PYTHONUNBUFFERED": "1",
         })
         for name in ("s3_endpoint", "s3_access_key", "s3_secret_key"):
             if getattr(o, name):
                 env[f"SAEQ_{name.upper()}"] = getattr(o, name)
+        if o.local_path_roots is not None:
+            env["SAEQ_LOCAL_PATH_ROOTS"] = json.dumps([str(Path(r).resolve()) for r in o.local_path_roots])
         env.update(o.extra_env)
         return env
 
     def start(self) -> "LocalStack":
         o = self.opts
-        self.logs.mkdir(parents=True, exist_ok=True)
+        _private_dir(o.home)
+        _private_dir(self.logs)
+        if not o.store:
+            _private_dir(o.home / "store")
         if o.redis_url:
             self.redis_url = o.redis_url
         else:
             rport = free_port()
-            data = o.home / "redis"
-            data.mkdir(parents=True, exist_ok=True)
-            self._spawn("redis", [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(rport),
+            data = _private_dir(o.home / "redis")
+            for old in data.iterdir():  # an append-only file an earlier version left world-readable
+                old.chmod(0o700 if old.is_dir() else 0o600)
+            # The password goes in a 0600 file, not on the command line where `ps` shows it.
+            conf = o.home / "redis.conf"
+            _write_private(conf, f"requirepass {self.redis_password}\n")
+            self._spawn("redis", [redis_server_binary(), str(conf), "--bind", "127.0.0.1", "--port", str(rport),
                                   "--dir", str(data), "--appendonly", "yes", "--save", "",
                                   "--protected-mode", "yes"], env=dict(os.environ))
-            self.redis_url = f"redis://127.0.0.1:{rport}/0"
-            _wait_for(lambda: _redis_ping(rport), 20, "redis", self.logs / "redis.log")
+            self.redis_url = f"redis://:{self.redis_password}@127.0.0.1:{rport}/0"
+            _wait_for(lambda: _redis_ping(rport, self.redis_password), 20, "redis", self.logs / "redis.log")
         self.respawn("api")
         for name in self.worker_names():
             self.respawn(name)
-        info = o.home / "stack.json"
-        info.touch(mode=0o600)
-        info.chmod(0o600)  # it holds the admin key
-        info.write_text(json.dumps({
+        _write_private(stack_info_path(o.home), json.dumps({
             "url": self.url, "redis_url": self.redis_url, "api_pid": self.procs["api"].pid,
-            "pids": {k: p.pid for k, p in self.procs.items()}, "api_key": self.admin_key}))
+            "pids": {k: p.pid for k, p in self.procs.items()}, "api_key": self.admin_key,
+            "signing_key": self.signing_key}))
         return self
 
+    def redis_url_shown(self) -> str:
+        """The Redis URL without its password, to print."""
+        password = urlsplit(self.redis_url).password
+        return self.redis_url.replace(f":{password}@", ":***@") if password else self.redis_url
+
     def _spawn(self, name: str, argv: list[str], *, env: dict[str, str]) -> None:
-        with open(self.logs / f"{name}.log", "ab") as log:
+        fd = os.open(self.logs / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, "ab") as log:
+            # umask 077: what the parts write (Redis's append-only file, store objects) is the owner's only.
             self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                                stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill one part (tests use this for fault injection)."""
@@ -188,7 +218,7 @@ class LocalStack:
                 proc.wait()
             except ProcessLookupError:
                 pass
-        (self.opts.home / "stack.json").unlink(missing_ok=True)
+        stack_info_path(self.opts.home).unlink(missing_ok=True)
 
     def __enter__(self) -> "LocalStack":
         try:
@@ -209,11 +239,29 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _redis_ping(port: int) -> bool:
+def _private_dir(path: Path) -> Path:
+    """`path`, created if need be, readable by its owner only (also when an earlier run made it)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file an earlier version made with another mode
+    with open(fd, "w") as f:
+        f.write(text)
+
+
+def _redis_ping(port: int, password: str) -> bool:
+    auth = f"*2\r\n$4\r\nAUTH\r\n${len(password)}\r\n{password}\r\n*1\r\n$4\r\nPING\r\n".encode()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            s.sendall(auth)
+            answer = b""
+            while answer.count(b"\r\n") < 2 and (chunk := s.recv(64)):
+                answer += chunk
+            return answer == b"+OK\r\n+PONG\r\n"
     except OSError:
         return False
 

@@ -30,7 +30,7 @@ def test_the_setting_is_read_from_json_in_the_environment(monkeypatch):
     monkeypatch.setenv("SAEQ_LOCAL_PATH_ROOTS", '["/models", "/saes"]')
     s = PlatformSettings()
     assert s.llm_endpoints == ENDPOINTS and s.local_path_roots == ["/models", "/saes"]
-    assert PlatformSettings.model_fields["local_path_roots"].default == ["/"]
+    assert PlatformSettings.model_fields["local_path_roots"].default == []  # none unless a deployment says
     for bad in ({"vllm": {"base_url": "file:///etc/passwd"}}, {"Bad Name": {"base_url": "http://x"}},
                 {"vllm": {"base_url": "http://x", "api_key": "sk-..."}}):
         monkeypatch.setenv("SAEQ_LLM_ENDPOINTS", json.dumps(bad))

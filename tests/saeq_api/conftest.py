@@ -1,4 +1,5 @@
 import itertools
+import secrets
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,7 +21,7 @@ def api_settings(redis_srv, s3_srv) -> ApiSettings:
     redis.Redis.from_url(url).flushdb()
     return ApiSettings(redis_url=url, store=f"s3://{s3_srv.bucket}", s3_endpoint=s3_srv.endpoint,
                        s3_access_key=s3_srv.access_key, s3_secret_key=s3_srv.secret_key,
-                       bootstrap_admin_key=new_key()[1])
+                       bootstrap_admin_key=new_key()[1], signing_key=secrets.token_hex(32))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ the Python client riding that out. A Redis of this test's own, with the append-o
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +57,8 @@ def test_api_waits_through_a_redis_restart_and_answers_503_past_it(tmp_path, s3_
     with redis_server(appendonly=True, log_dir=tmp_path) as srv:
         settings = ApiSettings(redis_url=srv.url, redis_retry_s=3, store=f"s3://{s3_srv.bucket}",
                                s3_endpoint=s3_srv.endpoint, s3_access_key=s3_srv.access_key,
-                               s3_secret_key=s3_srv.secret_key, bootstrap_admin_key=key)
+                               s3_secret_key=s3_srv.secret_key, bootstrap_admin_key=key,
+                               signing_key=secrets.token_hex(32))
         with _api(settings) as url, Client(url, api_key=key, timeout=30) as client:
             job = client.submit(HARVEST)
 

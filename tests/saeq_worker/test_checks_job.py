@@ -62,7 +62,8 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     assert "sensitivity en->fr (16 article pairs" in cli.stdout and "sparse probing" in cli.stdout
 
 
-def test_a_label_job_of_another_kind_sae_or_unfinished_is_refused_at_submit(client_module, train_job, harvest_job):
+def test_a_label_job_of_another_kind_sae_or_unfinished_is_refused_at_submit(client_module, train_job, harvest_job,
+                                                                          tmp_path):
     client = client_module
     label = client.submit(LabelSpec(sae={"job_id": train_job["id"]}, explainers=[{"backend": "metadata"}],
                                     judge=None, scorers=["embedding"], index_tokens=2048))
@@ -79,8 +80,10 @@ def test_a_label_job_of_another_kind_sae_or_unfinished_is_refused_at_submit(clie
         with pytest.raises(ApiError) as e:
             client.submit(spec, depends_on=depends_on)
         assert e.value.status == 422 and "spec.checks.label_job" in str(e.value) and refusal in str(e.value)
-    other_sae = EvaluateSpec(sae={"source": "path", "path": "/nowhere/sae"}, model={"name": "/nowhere/model"},
-                             hook="blocks.1.hook_resid_post", corpus={"name": "wiki-en"},
+    # Paths under the stack's local-path root (pytest's temporary root), so only the label job is wrong.
+    other_sae = EvaluateSpec(sae={"source": "path", "path": str(tmp_path / "sae")},
+                             model={"name": str(tmp_path / "model")}, hook="blocks.1.hook_resid_post",
+                             corpus={"name": "wiki-en"},
                              checks={"label_job": label["id"]})
     with pytest.raises(ApiError) as e:
         client.submit(other_sae, depends_on=[label["id"]])

@@ -11,6 +11,7 @@ import sys
 
 from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 
+from saeq.config import InsecureSettings
 from saeq.dispatch import make_celery
 from saeq_worker import liveness, metrics
 from saeq_worker.settings import WorkerSettings
@@ -24,6 +25,15 @@ app.conf.update(
 app.autodiscover_tasks(["saeq_worker"], related_name="tasks", force=True)
 if settings.heartbeat_file:
     app.steps["consumer"].add(liveness.heartbeat_step(settings.heartbeat_file, settings.heartbeat_s))
+
+
+@worker_init.connect
+def _refuse_insecure_settings(**_):
+    # SystemExit: Celery logs and ignores a receiver's ordinary exceptions, and the worker would run.
+    try:
+        settings.require_signing_key("worker")
+    except InsecureSettings as e:
+        raise SystemExit(str(e)) from None
 
 
 @worker_init.connect
