@@ -334,5 +334,9 @@ main.add_command(keys)
 main.add_command(teams)
 main.add_command(whoami)
 
+from saeq.cli_uploads import uploads  # noqa: E402
+
+main.add_command(uploads)
+
 if __name__ == "__main__":
     main()

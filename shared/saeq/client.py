@@ -102,7 +102,7 @@ class Client:
             except ValueError:
                 detail = resp.text
             raise ApiError(resp.status_code, detail)
-        return resp.json()
+        return resp.json() if resp.content else None  # 204: no body
 
     def submit(self, spec: dict | BaseModel, *, depends_on: list[str] = (), name: str | None = None,
                idempotency_key: str | None = None, priority: int = 0, time_limit_s: float | None = None) -> dict:
@@ -145,6 +145,14 @@ class Client:
         with path.open("rb") as f:
             return self._call("POST", "/v1/uploads", params={"text_field": text_field},
                               files={"file": (path.name, f, "text/plain")})
+
+    def uploads(self) -> dict:
+        """The team's uploads, the bytes they count and the team's max_upload_bytes quota."""
+        return self._call("GET", "/v1/uploads")
+
+    def delete_upload(self, upload_id: str) -> None:
+        """Delete an upload of the team, freeing its quota."""
+        self._call("DELETE", f"/v1/uploads/{upload_id}")
 
     def wait(self, job_id: str, *, timeout: float | None = None, progress: bool = False,
              poll_s: float = 1.0, raise_on_failure: bool = True) -> dict:
