@@ -3,11 +3,18 @@
 The parent process never imports torch, so CUDA is never initialised before the pool forks;
 each task imports it in the child that runs it. The parent serves the pool's Prometheus metrics
 (saeq_worker.metrics) and touches the liveness file (saeq_worker.liveness).
+
+The worker runs in an empty private working directory it makes at start: transformers and datasets
+look a name up relative to the working directory before they ask the hub, so there must be nothing
+there to find (saeq.models and saeq.corpus never hand them a relative name either).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 
 from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 
@@ -17,6 +24,16 @@ from saeq_worker import liveness, metrics
 from saeq_worker.settings import WorkerSettings
 
 settings = WorkerSettings()
+# A relative path the operator gave means the directory the worker was started in, not the private
+# one it moves to (_private_working_directory).
+settings.cache_dir = os.path.abspath(settings.cache_dir)
+if settings.heartbeat_file:
+    settings.heartbeat_file = os.path.abspath(settings.heartbeat_file)
+if settings.store.startswith("file://"):
+    settings.store = "file://" + os.path.abspath(settings.store[len("file://"):])
+for _var in ("PROMETHEUS_MULTIPROC_DIR", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE"):
+    if os.environ.get(_var):
+        os.environ[_var] = os.path.abspath(os.environ[_var])
 app = make_celery(settings)
 app.conf.update(
     worker_max_tasks_per_child=50,  # bounds memory creep from model caches across many jobs
@@ -50,6 +67,17 @@ def _serve_metrics(sender, **_):
         metrics.serve(sender, settings.metrics_port, settings.metrics_addr)
 
 
+@worker_init.connect
+def _private_working_directory(**_):
+    # Last of the worker_init receivers, before the pool forks: every child inherits it.
+    global _work_dir
+    _work_dir = tempfile.mkdtemp(prefix="saeq-worker-cwd-")  # empty, mode 0700
+    os.chdir(_work_dir)
+
+
+_work_dir: str | None = None
+
+
 @worker_process_shutdown.connect
 def _child_exited(pid, **_):
     metrics.process_died(pid)
@@ -58,3 +86,5 @@ def _child_exited(pid, **_):
 @worker_shutdown.connect
 def _remove_metrics_dir(**_):
     metrics.cleanup()
+    if _work_dir is not None:
+        shutil.rmtree(_work_dir, ignore_errors=True)

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import saeq
 from saeq import keys, report
+from saeq.admission import check_local_paths
 from saeq.checks.summary import checks_markdown, checks_summary
 from saeq.config import LlmEndpoint
 from saeq.corpus import iter_documents
@@ -22,6 +23,7 @@ from saeq.jobs.harvest import context_batches
 from saeq.sae import SparseAutoencoder
 from saeq.specs import EvaluateSpec, ModelSpec
 from saeq.store import ObjectStore
+from saeq_worker.celery_app import settings
 from saeq_worker.harvest import cached_model
 from saeq_worker.running import RunningJob, read_published_manifest
 
@@ -69,6 +71,8 @@ def sae_context(spec, store: ObjectStore) -> SaeContext:
         sae, name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
         harvest = train["harvest"]
         model = spec.model or ModelSpec(**{k: harvest["model"].get(k) for k in ("name", "revision", "gguf_file", "dtype")})
+        # The harvest's model passed the roots when it ran; the deployment may allow fewer since.
+        check_local_paths(model, settings.local_path_roots, prefix="spec.model")
         corpus, corpus_seed = getattr(spec, "corpus", None), None
         if corpus is None:
             corpus = held_out_corpus(harvest["corpus"])

@@ -14,7 +14,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saeq import keys
+from saeq.admission import check_local_paths
 from saeq.dispatch import LIVE_QUEUE, LIVE_TASK, live_reply_key
+from saeq.errors import InvalidSpec
 from saeq.specs import (BUILTIN_MODEL, ChatMessage, Intervention, LabelSearch, ModelSpec, SaeRef,
                         SteerRequest, TrainedSae)
 from saeq.teams import Principal
@@ -74,10 +76,21 @@ def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: st
                                  f"feature {edit.feature} is not in 0..{d_sae - 1} (SAE {name} has d_sae={d_sae})")
 
 
+def _check_paths(svc: Services, request: SteerRequest, fields: dict[str, str] | None = None) -> None:
+    """Local paths under the deployment's roots, as at submit (saeq.admission); the worker checks
+    again. `fields` renames a field of the request to the body's own (the chat endpoint's `model`)."""
+    try:
+        check_local_paths(request, svc.settings.local_path_roots, prefix="body")
+    except InvalidSpec as e:
+        field = e.field.removeprefix("body.")
+        raise _unprocessable((fields or {}).get(field, field), e.message) from None
+
+
 @router.post("/steer")
 async def steer(body: SteerRequest, svc: Svc, who: Caller) -> dict:
     """Generate with features boosted, clamped or ablated; the default completion beside it (same
     seed) with the KL of the next-token distribution and the perplexity under the unsteered model."""
+    _check_paths(svc, body)
     _check_sae(svc, body.sae, body.interventions, "", who)
     return await _ask_worker(svc, "steer", body.model_dump(mode="json"))
 
@@ -129,8 +142,8 @@ async def chat_completions(body: ChatCompletionRequest, svc: Svc, who: Caller) -
 async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal) -> dict[str, Any]:
     try:
         model = ModelSpec(name=body.model)
-    except ValueError as e:
-        raise _unprocessable("model", str(e).splitlines()[-1]) from None
+    except ValidationError as e:  # its message, not pydantic's trailing "For further information" line
+        raise _unprocessable("model", e.errors()[0]["msg"]) from None
     steering = body.steering
     if steering is not None:
         _check_sae(svc, steering.sae, steering.interventions, "steering.", who)
@@ -144,6 +157,7 @@ async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal) -> d
     except ValidationError as e:  # cross-field rules (an imported SAE needs a hook, ...): the caller's fault
         first = e.errors()[0]
         raise _unprocessable(".".join(["steering", *map(str, first["loc"])]), first["msg"]) from None
+    _check_paths(svc, request, {"model.name": "model", "sae.path": "steering.sae.path"})
     out = await _ask_worker(svc, "steer", request.model_dump(mode="json"), field_prefix="steering.")
     n_out = len(out["steered_token_ids"])
     return {
