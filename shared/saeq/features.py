@@ -22,6 +22,7 @@ from saeq.models import LoadedModel
 from saeq.sae import SparseAutoencoder, stable_order
 from saeq.sinks import sink_mask
 from saeq.splice import splice
+from saeq.stopping import micro_batches, stop_between_blocks
 
 INDEX_FORMAT = "saeq.feature-index/1"
 
@@ -197,20 +198,23 @@ def build_feature_index(
     sae = sae.to(lm.device).eval()
     ids_parts, doc_parts, sink_parts, pos_parts, feat_parts, val_parts = [], [], [], [], [], []
     offset = 0
-    for ids_BT, docs_BT in contexts:
-        if should_stop():
-            raise Cancelled("labelling cancelled")
-        B, T = ids_BT.shape
-        with torch.inference_mode():
-            pos_N, feats_N, vals_N, sink_N = _encode_batch(sae, lm, hook, ids_BT, sinks)
-        pos_parts.append(pos_N + offset)
-        feat_parts.append(feats_N)
-        val_parts.append(vals_N)
-        ids_parts.append(ids_BT.to(torch.int32).cpu())
-        doc_parts.append(docs_BT.to(torch.int32).cpu())
-        sink_parts.append(sink_N.reshape(B, T))
-        offset += B * T
-        on_batch(offset)
+    # Micro-batches and checks between blocks: a cancel acts within seconds whatever batch_size is.
+    with stop_between_blocks(lm.model, should_stop, "labelling cancelled"):
+        for ids_BT, docs_BT in contexts:
+            for micro in micro_batches(*ids_BT.shape):
+                if should_stop():
+                    raise Cancelled("labelling cancelled")
+                B, T = ids_BT[micro].shape
+                with torch.inference_mode():
+                    pos_N, feats_N, vals_N, sink_N = _encode_batch(sae, lm, hook, ids_BT[micro], sinks)
+                pos_parts.append(pos_N + offset)
+                feat_parts.append(feats_N)
+                val_parts.append(vals_N)
+                ids_parts.append(ids_BT[micro].to(torch.int32).cpu())
+                doc_parts.append(docs_BT[micro].to(torch.int32).cpu())
+                sink_parts.append(sink_N.reshape(B, T))
+                offset += B * T
+            on_batch(offset)
     if not ids_parts:
         raise InvalidSpec("the corpus gave no contexts to index", field="spec.corpus")
     return _assemble(ids_parts, doc_parts, sink_parts, pos_parts, feat_parts, val_parts, sae.d_sae)

@@ -43,14 +43,16 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
     rows, total, done = [], len(spec.prompts) * len(spec.interventions) * len(spec.strengths), 0
     for p_i, prompt in enumerate(spec.prompts):
         ids = _prompt_ids(lm, prompt, spec.chat)
-        default = generate(lm, ids, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, seed=spec.seed)
+        # job.check between generated tokens: a cancel or a time limit acts within one token.
+        default = generate(lm, ids, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, seed=spec.seed,
+                           check=job.check)
         for s_i, steer_set in enumerate(spec.interventions):
             concept = "; ".join(labels[e.feature] for e in steer_set.edits if e.feature in labels)
             for strength in spec.strengths:
                 job.check()
                 edits = _edits(steer_set.edits, strength)
                 steered = generate(lm, ids, max_new_tokens=spec.max_new_tokens, hook=ctx.hook, sae=ctx.sae,
-                                   edits=edits, temperature=spec.temperature, seed=spec.seed)
+                                   edits=edits, temperature=spec.temperature, seed=spec.seed, check=job.check)
                 fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits)
                 row = {"prompt_index": p_i, "prompt": prompt, "set": steer_set.name or f"set{s_i}",
                        "edits": [e.model_dump() for e in steer_set.edits], "strength": strength,

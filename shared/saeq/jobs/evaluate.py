@@ -21,6 +21,7 @@ from saeq.models import LoadedModel
 from saeq.sae import SparseAutoencoder
 from saeq.sinks import sink_mask
 from saeq.splice import splice
+from saeq.stopping import micro_batches, stop_between_blocks
 
 METRICS_VERSION = "saeq.metrics/1"
 L0_BINS = 64
@@ -88,15 +89,18 @@ def evaluate_sae(sae: SparseAutoencoder, lm: LoadedModel, hook: str, contexts: I
     device = lm.device
     sae = sae.to(device).eval()
     stats, done, n_sinks, T = None, 0, 0, None
-    for ids_BT in contexts:
-        if should_stop():
-            raise Cancelled("evaluation cancelled")
-        ids_BT = ids_BT.to(device, torch.long)
-        B, T = ids_BT.shape
-        stats = stats or _Stats(sae.d_in, sae.d_sae, T)
-        n_sinks += _evaluate_batch(sae, lm, hook, ids_BT, sinks, stats)
-        done += B * T
-        on_batch(done)
+    # Micro-batches and checks between blocks: a cancel acts within seconds whatever batch_size is.
+    with stop_between_blocks(lm.model, should_stop, "evaluation cancelled"):
+        for ids_BT in contexts:
+            ids_BT = ids_BT.to(device, torch.long)
+            B, T = ids_BT.shape
+            stats = stats or _Stats(sae.d_in, sae.d_sae, T)
+            for micro in micro_batches(B, T):
+                if should_stop():
+                    raise Cancelled("evaluation cancelled")
+                n_sinks += _evaluate_batch(sae, lm, hook, ids_BT[micro], sinks, stats)
+            done += B * T
+            on_batch(done)
     if stats is None or stats.n == 0:
         raise InvalidSpec("no ordinary tokens to evaluate on", field="spec.corpus")
     return _finish(stats, n_sinks, done, dense_threshold)

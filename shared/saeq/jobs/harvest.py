@@ -21,6 +21,7 @@ from saeq.errors import Cancelled, InvalidSpec, OutOfMemory
 from saeq.models import LoadedModel, decoder_blocks
 from saeq.sinks import SinkStats, median_norm, sink_stats
 from saeq.specs import HarvestSpec
+from saeq.stopping import MICRO_BATCH_TOKENS, micro_batches, stop_between_blocks
 
 
 @dataclass
@@ -47,6 +48,7 @@ def harvest_activations(
     median_norms: Mapping[str, float] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda tokens_done: None,
+    micro_batch_tokens: int = MICRO_BATCH_TOKENS,
 ) -> Iterator[Shard]:
     """Yield shards `start_shard, start_shard + 1, ...` of the harvest `spec` describes.
 
@@ -55,7 +57,9 @@ def harvest_activations(
     (a final incomplete context is dropped). `median_norms` (hook -> the first shard's median
     norm, as in its metadata) is the sink rule's reference; when resuming, pass the values of
     shard 0 so counts agree with an uninterrupted run. `on_batch` gets the tokens done so far,
-    counting skipped shards.
+    counting skipped shards, after each batch of `spec.batch_size` contexts. `should_stop` is
+    polled between micro-batches of at most `micro_batch_tokens` and between blocks (a cheap flag:
+    see saeq.stopping); once true, Cancelled.
     """
     points = _check_spec(spec, lm)
     if spec.prepend_bos and lm.tokenizer.bos_token_id is None:
@@ -75,13 +79,13 @@ def harvest_activations(
             if not chunk:
                 return
             shard = _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop,
-                                   on_batch, tokens_done)
+                                   on_batch, tokens_done, micro_batch_tokens)
             tokens_done += shard.n_tokens
             yield shard
 
 
 def _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop, on_batch,
-                   tokens_before: int) -> Shard:
+                   tokens_before: int, micro_batch_tokens: int) -> Shard:
     C, T, D = len(chunk), spec.context_len, lm.d_model
     N = C * T
     token_ids_CT = torch.tensor([ids for ids, _ in chunk], dtype=torch.int32)
@@ -89,14 +93,18 @@ def _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop, on_ba
     positions_N = torch.arange(T, dtype=torch.int32).repeat(C)
     acts = {p.name: torch.empty(N, D, dtype=getattr(torch, spec.dtype)) for p in recorder.points}
     norms = {p.name: torch.empty(N, dtype=torch.float32) for p in recorder.points}
-    for c0 in range(0, C, spec.batch_size):
-        if should_stop():
-            raise Cancelled("harvest cancelled")
-        c1 = min(c0 + spec.batch_size, C)
-        rows = slice(c0 * T, c1 * T)
-        ids_BT = token_ids_CT[c0:c1].to(lm.device, torch.long)
-        recorder.run(lm.model, ids_BT, {h: (acts[h][rows], norms[h][rows]) for h in acts})
-        on_batch(tokens_before + c1 * T)
+    # Entered per shard, never across a yield: the model is cached for the worker's next job.
+    with stop_between_blocks(lm.model, should_stop, "harvest cancelled"):
+        for c0 in range(0, C, spec.batch_size):
+            c1 = min(c0 + spec.batch_size, C)
+            for micro in micro_batches(c1 - c0, T, micro_batch_tokens):
+                if should_stop():
+                    raise Cancelled("harvest cancelled")
+                m0, m1 = c0 + micro.start, c0 + micro.stop
+                rows = slice(m0 * T, m1 * T)
+                ids_BT = token_ids_CT[m0:m1].to(lm.device, torch.long)
+                recorder.run(lm.model, ids_BT, {h: (acts[h][rows], norms[h][rows]) for h in acts})
+            on_batch(tokens_before + c1 * T)
 
     tensors, sinks = {}, {}
     for h in acts:
