@@ -84,24 +84,35 @@ def job_cost(spec, d_in: int | None = None) -> JobCost | None:
     return None
 
 
-def forward_batch_tokens(spec) -> int | None:
-    """Tokens of one forward pass, which holds the worker (a cancel waits for it); None: unknown at
-    submit (a context length taken from the harvest)."""
+def forward_passes(spec, context_len: int | None = None) -> list[tuple[str, int]]:
+    """(field, tokens) of each kind of forward pass the job runs: one holds the worker, and a cancel
+    waits for it. `context_len`: the harvest's, for a job that takes its own from there (None:
+    unknown, that pass is not counted)."""
     if isinstance(spec, HarvestSpec):
-        return min(spec.batch_size, math.ceil(spec.max_tokens / spec.context_len)) * spec.context_len
-    if isinstance(spec, (EvaluateSpec, LabelSpec)) and spec.context_len is not None:
+        return [("spec.batch_size", _pass(spec.batch_size, spec.max_tokens, spec.context_len))]
+    passes = []
+    if isinstance(spec, (EvaluateSpec, LabelSpec)) and (spec.context_len or context_len):
         tokens = spec.max_tokens if isinstance(spec, EvaluateSpec) else spec.index_tokens
-        return min(spec.batch_size, math.ceil(tokens / spec.context_len)) * spec.context_len
-    return None
+        passes.append(("spec.batch_size", _pass(spec.batch_size, tokens, spec.context_len or context_len)))
+    if isinstance(spec, EvaluateSpec) and spec.checks is not None:
+        c = spec.checks
+        passes.append(("spec.checks.batch_size", min(c.batch_size, c.n_docs) * c.context_len))
+    return passes
+
+
+def _pass(batch_size: int, tokens: int, context_len: int) -> int:
+    """A batch of whole contexts, no more of them than the job reads."""
+    return min(batch_size, math.ceil(tokens / context_len)) * context_len
 
 
 _TOKENS_FIELD = {"harvest": "max_tokens", "train": "total_tokens", "evaluate": "max_tokens", "label": "index_tokens"}
 
 
-def check_quota(spec, quota: TeamQuota, *, team: str, d_in: int | None = None,
+def check_quota(spec, quota: TeamQuota, *, team: str, d_in: int | None = None, context_len: int | None = None,
                 time_limit_s: float | None = None) -> None:
     """Raise OverQuota, naming the field, for the first per-job limit the job exceeds. Rules that
-    need d_in are skipped while it is None (the worker checks them again with it)."""
+    need d_in are skipped while it is None (the worker checks them again with it); `context_len`
+    is the harvest's, for an evaluate or label job that gives none."""
     tokens_field = _TOKENS_FIELD.get(spec.kind)
     if tokens_field and getattr(spec, tokens_field) > quota.max_tokens:
         raise OverQuota(f"{getattr(spec, tokens_field):,} tokens exceed team {team!r}'s quota "
@@ -112,10 +123,11 @@ def check_quota(spec, quota: TeamQuota, *, team: str, d_in: int | None = None,
     if cost is not None and cost.units > quota.max_job_cost:
         raise OverQuota(f"the job costs {cost.formula} = {cost.units:,} token-units, beyond team {team!r}'s "
                         f"quota max_job_cost={quota.max_job_cost:,}", field=cost.field)
-    batch = forward_batch_tokens(spec)
-    if batch is not None and batch > quota.max_batch_tokens:
-        raise OverQuota(f"one forward pass of {batch:,} tokens (batch_size x context_len) exceeds team "
-                        f"{team!r}'s quota max_batch_tokens={quota.max_batch_tokens:,}", field="spec.batch_size")
+    for field, tokens in forward_passes(spec, context_len):
+        if tokens > quota.max_batch_tokens:
+            raise OverQuota(f"one forward pass of {tokens:,} tokens ({field.removeprefix('spec.')} contexts x "
+                            f"their length) exceeds team {team!r}'s quota max_batch_tokens="
+                            f"{quota.max_batch_tokens:,}", field=field)
     if time_limit_s is not None and time_limit_s > quota.max_time_s:
         raise OverQuota(f"{time_limit_s:g} s exceeds team {team!r}'s quota max_time_s={quota.max_time_s:g}",
                         field="time_limit_s")

@@ -58,9 +58,10 @@ class TeamQuota(BaseModel):
     beyond, naming the factor nearest its own limit in the spec (e.g. `spec.hooks`, `spec.saes`,
     `spec.prompts`). The demo's largest job, its training, costs 691,200."""
     max_batch_tokens: int = Field(default=65_536, gt=0)
-    """Tokens of one forward pass a job may ask for: batch_size x context_len of a harvest (and of
-    an evaluation or label job that gives its context_len), capped by the job's own tokens. A
-    pass holds the worker, and a cancel waits for it (403 beyond, naming `spec.batch_size`)."""
+    """Tokens of one forward pass a job may ask for: batch_size x context_len of a harvest, of an
+    evaluate or label job (its own context_len, or its harvest's for a trained SAE) and of an
+    evaluation's checks, capped by the job's own tokens. A pass holds the worker, and a cancel
+    waits for it (403 beyond, naming `spec.batch_size` or `spec.checks.batch_size`)."""
     max_upload_bytes: int = Field(default=8 << 30, ge=0)
     """Bytes of uploaded corpora the team may keep in the store at once (413 beyond); delete
     uploads with `DELETE /v1/uploads/{id}`."""

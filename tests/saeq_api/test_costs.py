@@ -81,6 +81,12 @@ def test_a_team_quota_bounds_each_kind_of_cost(api):
     evaluate = {"kind": "evaluate", "sae": {"job_id": train_id}, "max_tokens": 40_000, "checks": None}
     d = refusal(submit(api, evaluate, small, depends_on=[train_id]), 403)  # the model runs 3 times per batch
     assert d["field"] == "spec.max_tokens" and "120,000" in d["msg"]
+    wide = {**evaluate, "max_tokens": 8192, "batch_size": 64}  # 64 of the harvest's 128-token contexts
+    d = refusal(submit(api, wide, small, depends_on=[train_id]), 403)
+    assert d["field"] == "spec.batch_size" and "8,192 tokens" in d["msg"]
+    checks = {**evaluate, "max_tokens": 8192, "checks": {"batch_size": 64}}
+    d = refusal(submit(api, checks, small, depends_on=[train_id]), 403)
+    assert d["field"] == "spec.checks.batch_size" and "8,192 tokens" in d["msg"]
     steer = {"kind": "steer", "sae": {"job_id": train_id}, "prompts": ["x" * 400],
              "interventions": [{"edits": [{"feature": 1, "value": 2.0}]}], "strengths": [1.0, 2.0, 3.0],
              "max_new_tokens": 1024}

@@ -95,9 +95,19 @@ def _check_limits(svc: Services, body: JobCreate, quota: TeamQuota, who: Princip
     spec = body.spec
     d_in = _harvest_d_model(svc, spec.activations.job_id) if isinstance(spec, TrainSpec) else None
     try:
-        costs.check_quota(spec, quota, team=who.team, d_in=d_in, time_limit_s=body.time_limit_s)
+        costs.check_quota(spec, quota, team=who.team, d_in=d_in, context_len=_sae_context_len(svc, spec, who),
+                          time_limit_s=body.time_limit_s)
     except costs.OverQuota as e:
         raise _unprocessable(e.field, e.message, 403) from None
+
+
+def _sae_context_len(svc: Services, spec, who: Principal) -> int | None:
+    """The context length an evaluate or label job without its own takes from its SAE's harvest."""
+    if not isinstance(spec, (EvaluateSpec, LabelSpec)) or not isinstance(spec.sae, TrainedSae) or spec.context_len:
+        return None
+    train = visible_job(svc, spec.sae.job_id, who)  # checked visible, a train job, by _check_references
+    harvest = visible_job(svc, train["spec"]["activations"]["job_id"], who) if train else None
+    return harvest["spec"]["context_len"] if harvest else None
 
 
 def _harvest_d_model(svc: Services, harvest_id: str) -> int | None:
