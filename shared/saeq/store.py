@@ -298,9 +298,7 @@ class S3Store:
         return self._retrying(operation, _check_key(key), stat)
 
     def put(self, key, data, *, length=None, content_type="application/octet-stream"):
-        # Write-once at the application level: each job's keys have one writer (the job's lease).
-        if self._stat(key, "put") is not None:
-            raise AlreadyExists(f"object {key!r} already exists")
+        self._check_absent(key)
         if isinstance(data, (bytes, bytearray, memoryview)):
             length = len(data)
             data = io.BytesIO(bytes(data))
@@ -315,10 +313,15 @@ class S3Store:
                 content_type=content_type), rewind=lambda: data.seek(at), once=not seekable)
 
     def put_file(self, key, path):
-        if self._stat(key, "put") is not None:
-            raise AlreadyExists(f"object {key!r} already exists")
+        self._check_absent(key)
         with self._write_refused(key):
             self._retrying("put", key, lambda: self.client.fput_object(self.bucket, key, str(path)))
+
+    def _check_absent(self, key: str) -> None:
+        # Write-once at the application level: each job's keys have one writer (the job's lease).
+        with self._write_refused(key):  # a bad key or bucket shows first here
+            if self._stat(key, "put") is not None:
+                raise AlreadyExists(f"object {key!r} already exists")
 
     @contextlib.contextmanager
     def _write_refused(self, key: str):
