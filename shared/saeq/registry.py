@@ -367,12 +367,13 @@ class Registry:
                     continue
 
     def heartbeat(self, job_id: str, token: str) -> tuple[bool, bool]:
-        """Renew the lease. Returns (still_owner, cancel_requested)."""
+        """Renew the lease. Returns (still_owner, stop): stop when a cancel was requested, or
+        the job was ended under its worker (the reaper, past its time limit)."""
         renewed = self.r.eval(_RENEW, 1, _k(job_id, ":lease"), token, self.lease_ttl_ms)
         if renewed:
             self.r.hset(_k(job_id), "heartbeat_at", json.dumps(time.time()))
-        cancel = self.r.hget(_k(job_id), "cancel_requested") == "true"
-        return bool(renewed), cancel
+        cancel, state = self.r.hmget(_k(job_id), "cancel_requested", "state")
+        return bool(renewed), cancel == "true" or (state is not None and json.loads(state) in TERMINAL)
 
     def report(self, job_id: str, progress: dict[str, Any]) -> None:
         self.r.hset(_k(job_id), "progress", json.dumps(progress))
@@ -383,7 +384,8 @@ class Registry:
 
     def finish(self, job_id: str, token: str, state: str, *, error: dict | None = None,
                manifest_key: str | None = None) -> bool:
-        """End a running job that this worker owns. False if it lost the lease meanwhile."""
+        """End a running job that this worker owns. False if it lost the lease meanwhile. A job
+        the reaper ended under this worker keeps its end; only its slot is freed now."""
         key, lease = _k(job_id), _k(job_id, ":lease")
         with self.r.pipeline() as pipe:
             while True:
@@ -392,14 +394,24 @@ class Registry:
                     if pipe.get(lease) != token:
                         return False
                     job = _decode(pipe.hgetall(key))
+                    if not job:  # purged or expired meanwhile: nothing left to record
+                        return False
+                    ended_before = job["state"] in TERMINAL
                     pipe.multi()
-                    self._end(pipe, job, state, error, manifest_key)
+                    if ended_before:
+                        self._release(pipe, job)
+                    else:
+                        self._end(pipe, job, state, error, manifest_key)
                     pipe.delete(lease)
                     pipe.execute()
                     break
                 except redis.WatchError:
                     continue
-        self.event(job_id, state, (error or {}).get("message", state))
+        if ended_before:
+            self.event(job_id, "released", f"the worker let go of the job ({job['state']} before it "
+                                           "stopped); its slot is free")
+        else:
+            self.event(job_id, state, (error or {}).get("message", state))
         return True
 
     def finish_unowned(self, job_id: str, state: str, *, error: dict | None = None,
@@ -424,18 +436,21 @@ class Registry:
         self.event(job_id, state, (error or {}).get("message", state))
         return True
 
-    def _end(self, pipe, job: dict, state: str, error: dict | None, manifest_key: str | None) -> None:
+    def _end(self, pipe, job: dict, state: str, error: dict | None, manifest_key: str | None, *,
+             release: bool = True) -> None:
+        """Record the end. `release` False: a worker still computes the job, so it keeps its
+        team's slot (and its place in `running`) until `_release`: the worker lets go, or its
+        lease expires (the reaper)."""
         progress = dict(job["progress"], phase=state)
         if state == "succeeded":
             progress["fraction"] = 1.0
         pipe.hset(_k(job["id"]), mapping=_encode({
             "state": state, "finished_at": time.time(), "error": error,
             "manifest_key": manifest_key, "progress": progress}))
-        pipe.srem(f"{_P}running", job["id"])
         pipe.zrem(_DISPATCHED, job["id"])
         team = job.get("team") or "default"
-        pipe.srem(_team(team, "open"), job["id"])
-        pipe.srem(_team(team, "active"), job["id"])
+        if release:
+            self._release(pipe, job)
         pipe.zrem(_team(team, "waiting"), job["id"])
         pipe.zadd(f"{_P}finished", {job["id"]: time.time()})
         self._expire_later(pipe, team, job["id"])
@@ -448,6 +463,21 @@ class Registry:
                 pipe.hincrby(f"{_P}stats:duration", f"{kind}|{le}", 1)
         pipe.hincrby(f"{_P}stats:duration", f"{kind}|+Inf", 1)
         pipe.hincrbyfloat(f"{_P}stats:duration", f"{kind}|sum", duration)
+
+    def _release_lost(self, job: dict) -> None:
+        with self.r.pipeline() as pipe:
+            self._release(pipe, job)
+            pipe.execute()
+        self.event(job["id"], "released", f"worker {job['worker']} lost (its lease expired) before it "
+                                          f"let go of the job; its slot is free")
+
+    @staticmethod
+    def _release(pipe, job: dict) -> None:
+        """Free the team's slot of an ended job: no worker computes it any more."""
+        team = job.get("team") or "default"
+        pipe.srem(f"{_P}running", job["id"])
+        pipe.srem(_team(team, "open"), job["id"])
+        pipe.srem(_team(team, "active"), job["id"])
 
     # ---- cancel and reap -----------------------------------------------------------------
 
@@ -474,7 +504,8 @@ class Registry:
 
         A job out of attempts fails as `worker_lost`. One that ran more than `time_limit_grace_s`
         past its `time_limit_s` fails as `time_limit`, running or queued again, even while its
-        (hung) worker still renews the lease. With `lost_after_s` and `waiting` (the dispatch ids of
+        (hung) worker still renews the lease; it keeps its team's slot until that worker lets go
+        or its lease expires, so `max_running` counts every job a worker computes. With `lost_after_s` and `waiting` (the dispatch ids of
         the messages waiting on the broker's queues), a job sent that long ago that no worker
         claimed and whose message is not waiting is sent again: its message died with a worker
         that had taken it, or was never sent.
@@ -490,7 +521,12 @@ class Registry:
                     job = _decode(pipe.hgetall(key))
                     if not job or job["state"] != "running" or pipe.exists(_k(job_id, ":lease")):
                         pipe.reset()
-                        if job and job["state"] != "running":
+                        if job and job["state"] in TERMINAL and not self.r.exists(_k(job_id, ":lease")):
+                            # Ended under a worker that never let go: its lease expired, so it is
+                            # lost, and the slot it kept is free now.
+                            self._release_lost(job)
+                            ended.append(job_id)
+                        elif job and job["state"] != "running":
                             self.r.srem(f"{_P}running", job_id)
                         continue
                     if time.time() - (job["heartbeat_at"] or 0) < grace_s:
@@ -526,19 +562,22 @@ class Registry:
                               for v in self.r.hmget(_k(job_id), "time_limit_s", "started_at"))
             if not limit or not started or time.time() - started <= limit + grace_s:
                 continue
-            key = _k(job_id)
+            key, lease = _k(job_id), _k(job_id, ":lease")
             with self.r.pipeline() as pipe:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(key, lease)
                     job = _decode(pipe.hgetall(key))
                     if not job or job["state"] in TERMINAL:
                         continue
                     error = _time_limit(job["time_limit_s"], time.time() - job["started_at"])
                     error["message"] += "; its worker did not stop it, so it was ended without it"
+                    # A worker that still holds the lease still computes: it keeps the team's slot
+                    # until it lets go (its next heartbeat tells it to stop) or its lease expires.
+                    held = job["state"] == "running" and pipe.exists(lease)
                     pipe.multi()
-                    self._end(pipe, job, "failed", error, None)
-                    # A worker still running it finds its lease gone and stops without writing.
-                    pipe.delete(_k(job_id, ":lease"))
+                    self._end(pipe, job, "failed", error, None, release=not held)
+                    if not held:
+                        pipe.delete(lease)
                     pipe.execute()
                 except redis.WatchError:
                     continue
@@ -629,6 +668,10 @@ class Registry:
         else:
             candidates = [tuple(m.split("/", 1)) for m in self.r.zrange(_EXPIRING, 0, -1)]
         purged = []
+        # Ended under a worker that still computes it: its team's slot is freed when the worker
+        # lets go, which needs the record; purged on a later call.
+        held = self.r.smembers(f"{_P}running")
+        candidates = [(t, job_id) for t, job_id in candidates if job_id not in held]
         for i in range(0, len(candidates), 500):
             chunk = candidates[i:i + 500]
             pipe = self.r.pipeline(transaction=False)

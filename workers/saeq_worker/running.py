@@ -183,14 +183,14 @@ def run_job(registry: Registry, store: ObjectStore, job_id: str, dispatch_id: st
 def _heartbeat(job: RunningJob, token: str, every_s: float, heartbeat_file: str | None) -> None:
     while not job._done.wait(every_s):
         try:
-            owner, cancel = job.registry.heartbeat(job.id, token)
+            owner, stop = job.registry.heartbeat(job.id, token)
         except Exception as e:  # Redis briefly away: keep working, the lease TTL has slack
             log.warning("heartbeat for %s failed: %s", job.id, e)
             continue
         if not owner:
             job._lease_lost.set()
             return
-        if cancel:
+        if stop:  # a cancel, or the reaper ended the job: it keeps its slot until we let go
             job._stop.set()  # keep beating: the job still has to stop and record it
         if heartbeat_file:
             Path(heartbeat_file).touch()
