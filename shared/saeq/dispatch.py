@@ -16,13 +16,9 @@ from saeq.config import PlatformSettings
 QUEUES = ("gpu", "cpu", "steer")
 # Live requests (steering, label search) go to the "steer" queue, served by workers that keep the
 # model and SAE loaded between requests.
+# The requests themselves wait in per-team queues in Redis (saeq.live); a message only wakes a worker.
 LIVE_TASK = "saeq.live"
 LIVE_QUEUE = "steer"
-
-
-def live_reply_key(request_id: str) -> str:
-    """Redis list a live request's answer is pushed to (the API waits on it with BLPOP)."""
-    return f"saeq:live:{request_id}"
 
 # Which queue a job kind goes to. GPU work: anything that runs the language model or trains.
 KIND_QUEUE = {"harvest": "gpu", "train": "gpu", "evaluate": "gpu", "steer": "gpu", "label": "gpu"}

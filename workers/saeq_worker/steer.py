@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import time
 from functools import lru_cache
+from typing import Callable
 
 from saeq import keys
-from saeq.errors import JobError
+from saeq.errors import InvalidSpec, JobError
 from saeq.jobs.steer import FeatureEdit, chat_prompt, check_edits, generate, side_effects
 from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
 from saeq.store import ObjectStore
@@ -126,8 +127,11 @@ def _live_context(ref: SteerRequest, store: ObjectStore) -> SaeContext:
     return _LIVE[key]
 
 
-def serve_steer(request: SteerRequest, store: ObjectStore, *, device: str, cache_dir: str) -> dict:
-    """One live request: the steered completion and, when asked, the default one beside it."""
+def serve_steer(request: SteerRequest, store: ObjectStore, *, device: str, cache_dir: str,
+                max_prompt_tokens: int | None = None, check: Callable[[], None] | None = None) -> dict:
+    """One live request: the steered completion and, when asked, the default one beside it.
+    `max_prompt_tokens`: the team's cap, counted after the chat template; `check` runs between
+    generated tokens and raises to stop (the caller gave up)."""
     t0 = time.monotonic()
     ctx = None
     if request.sae is not None:
@@ -140,15 +144,20 @@ def serve_steer(request: SteerRequest, store: ObjectStore, *, device: str, cache
         ids = chat_prompt(lm, [m.model_dump() for m in request.messages])
     else:
         ids = _prompt_ids(lm, request.prompt, request.chat)
+    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+        field = "prompt" if request.messages is None else "messages"
+        raise InvalidSpec(f"the {field} is {len(ids)} tokens as the model reads it (chat template included); "
+                          f"this team's live requests may have at most {max_prompt_tokens} (quota "
+                          f"live_prompt_tokens)", field=field)
     edits = _edits(request.interventions)
     steered = generate(lm, ids, max_new_tokens=request.max_new_tokens, hook=ctx.hook if ctx else None,
                        sae=ctx.sae if ctx else None, edits=edits, temperature=request.temperature,
-                       seed=request.seed)
+                       seed=request.seed, check=check)
     out = {"steered": steered.text, "steered_token_ids": steered.token_ids, "prompt_tokens": len(ids),
            "sae": ctx.provenance if ctx else None, "hook": ctx.hook if ctx else None, "model": model.name}
     if request.include_default and edits:
         default = generate(lm, ids, max_new_tokens=request.max_new_tokens, temperature=request.temperature,
-                           seed=request.seed)
+                           seed=request.seed, check=check)
         fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits)
         out.update(default=default.text, kl_from_default=fx.kl_from_default,
                    perplexity_unsteered=fx.perplexity_unsteered)

@@ -12,7 +12,7 @@ from celery.signals import task_prerun
 
 from saeq.admission import check_admissible, check_local_paths
 from saeq.config import open_store
-from saeq.dispatch import LIVE_TASK, live_reply_key, sender, task_name
+from saeq.dispatch import LIVE_TASK, sender, task_name
 from saeq.registry import Registry
 from saeq_worker.celery_app import app, settings
 from saeq_worker.running import run_job
@@ -97,27 +97,47 @@ def steer(job_id: str, dispatch_id: str) -> None:
 
 
 @app.task(name=LIVE_TASK)
-def live(request_id: str, op: str, payload: dict) -> None:
-    """Answer a live request (steer, label search); the reply goes to a Redis list the API waits on."""
-    import json
-
+def live(request_id: str = "", *_: object) -> None:
+    """Answer the fairest waiting live request (steer, label search): this message announces that
+    `request_id` was queued, but the workers serve the teams in turn (saeq.live), so it may answer
+    another team's first. The reply goes to a Redis list the API waits on."""
+    from saeq.errors import Cancelled
     from saeq.specs import LabelSearch, SteerRequest
     from saeq_worker.steer import error_reply, search_labels, serve_steer
 
+    requests = _live_requests()
+    entry = requests.next_request()
+    if entry is None:  # the API withdrew it, or an earlier message served it
+        return
+    op, request_id, payload = entry["op"], entry["id"], entry["payload"]
+    if requests.cancelled(entry):
+        log.info("live %s request %s of team %s skipped: its caller gave up", op, request_id, entry["team"])
+        requests.record(op, "skipped")
+        return
+    outcome = "ok"
     try:
         if op == "steer":
             request = SteerRequest.model_validate(payload)
             check_local_paths(request, settings.local_path_roots)  # before a model or SAE is loaded
             reply = serve_steer(request, _store(), device=_device(),
-                                cache_dir=settings.cache_dir)
+                                cache_dir=settings.cache_dir, max_prompt_tokens=entry["max_prompt_tokens"],
+                                check=requests.check_for(entry))
         elif op == "search_labels":
             reply = search_labels(LabelSearch.model_validate(payload), _store(), device=_device())
         else:
             raise ValueError(f"unknown live operation {op!r}")
+    except Cancelled:
+        log.info("live %s request %s of team %s stopped: its caller gave up", op, request_id, entry["team"])
+        requests.record(op, "stopped")
+        return
     except Exception as e:  # every failure goes back to the caller, not only to the log
         log.exception("live %s request %s failed", op, request_id)
-        reply = error_reply(e)
-    r = _registry().r
-    key = live_reply_key(request_id)
-    r.rpush(key, json.dumps(reply))
-    r.expire(key, 300)
+        reply, outcome = error_reply(e), "error"
+    requests.answer(entry, reply, outcome)
+
+
+@lru_cache(maxsize=1)
+def _live_requests():
+    from saeq.live import LiveRequests
+
+    return LiveRequests(_registry().r)

@@ -3,20 +3,21 @@ SAE loaded: steering, an OpenAI-compatible chat endpoint with a `steering` field
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saeq import keys
 from saeq.admission import check_local_paths
-from saeq.dispatch import LIVE_QUEUE, LIVE_TASK, live_reply_key
+from saeq.dispatch import LIVE_QUEUE, LIVE_TASK
 from saeq.errors import InvalidSpec
+from saeq.live import MAX_CHARS_PER_TOKEN, LiveRequests, prompt_chars, reply_key
 from saeq.specs import (BUILTIN_MODEL, ChatMessage, Intervention, LabelSearch, ModelSpec, SaeRef,
                         SteerRequest, TrainedSae)
 from saeq.teams import Principal
@@ -25,35 +26,65 @@ from saeq_api.schemas import errors
 from saeq_api.metrics import observe_live
 from saeq_api.routes.jobs import _referenced_job, _unprocessable
 
-router = APIRouter(prefix="/v1", tags=["live"], responses=errors(401, 413, 500, 503, 504))
+router = APIRouter(prefix="/v1", tags=["live"], responses=errors(401, 413, 422, 429, 500, 503, 504))
 Svc = Annotated[Services, Depends(services)]
 
 
-async def _ask_worker(svc: Services, op: str, payload: dict, *, field_prefix: str = "") -> dict:
+async def _ask_worker(svc: Services, op: str, payload: dict, who: Principal, request: Request, *,
+                      field_prefix: str = "") -> dict:
     t0, outcome = time.monotonic(), "error"
     try:
-        data = await _round_trip(svc, op, payload, field_prefix)
+        data = await _round_trip(svc, op, payload, who, request, field_prefix)
         outcome = "ok"
         return data
     finally:
         observe_live(op, outcome, time.monotonic() - t0)
 
 
-async def _round_trip(svc: Services, op: str, payload: dict, field_prefix: str) -> dict:
-    request_id = uuid.uuid4().hex
-    svc.celery.send_task(LIVE_TASK, args=[request_id, op, payload], queue=LIVE_QUEUE)
-    timeout = svc.settings.live_timeout_s
-    deadline, reply = time.monotonic() + timeout, None
-    while reply is None and time.monotonic() < deadline:
-        # Short waits: a Redis connection may have a socket timeout shorter than a model load.
-        reply = await asyncio.to_thread(svc.registry.r.blpop, [live_reply_key(request_id)], 1)
+async def _round_trip(svc: Services, op: str, payload: dict, who: Principal, request: Request,
+                      field_prefix: str) -> dict:
+    quota = svc.teams.quota(who.team)
+    if op == "steer":
+        field, n_chars = prompt_chars(payload)
+        if n_chars > quota.live_prompt_tokens * MAX_CHARS_PER_TOKEN:
+            raise _unprocessable(field, f"{n_chars} characters: more than this team's limit of "
+                                        f"{quota.live_prompt_tokens} tokens (quota live_prompt_tokens) can hold")
+    request_id, timeout = uuid.uuid4().hex, svc.settings.live_timeout_s
+    live = LiveRequests(svc.registry.r)
+    # A slot is held until the answer or the give-up below; `hold_s` frees it if this process dies.
+    refusal = await run_in_threadpool(live.admit, who.team, request_id, quota, hold_s=timeout + 30)
+    if refusal is not None:
+        raise HTTPException(429, headers={"Retry-After": str(refusal.retry_after_s)}, detail=(
+            f"team {who.team!r} has {quota.live_concurrency} live requests in progress, its limit "
+            f"(quota live_concurrency)" if refusal.limit == "live_concurrency" else
+            f"team {who.team!r} made {quota.live_per_minute} live requests in the last 60 s, its limit "
+            f"(quota live_per_minute); retry in {refusal.retry_after_s} s"))
+    entry = {"id": request_id, "team": who.team, "op": op, "payload": payload,
+             "max_prompt_tokens": quota.live_prompt_tokens, "deadline": time.time() + timeout}
+    raw, reply = None, None
+    try:
+        raw = await run_in_threadpool(live.enqueue, who.team, entry, ttl_s=timeout + 60)
+        svc.celery.send_task(LIVE_TASK, args=[request_id], queue=LIVE_QUEUE)
+        deadline = time.monotonic() + timeout
+        while reply is None and time.monotonic() < deadline:
+            # Short waits: a Redis connection may have a socket timeout shorter than a model load.
+            reply = await run_in_threadpool(svc.registry.r.blpop, [reply_key(request_id)], 0.25)
+            if reply is None and await request.is_disconnected():
+                raise HTTPException(499, detail="the client closed the connection")
+    finally:
+        if reply is None and raw is not None:  # 504, a client gone, an error: nobody wants the answer
+            await run_in_threadpool(live.cancel, who.team, request_id, raw, op)
+        await run_in_threadpool(live.release, who.team, request_id)
     if reply is None:
-        raise HTTPException(504, detail=f"no worker on the '{LIVE_QUEUE}' queue answered within {timeout:g} s")
+        raise HTTPException(504, detail=f"no worker on the '{LIVE_QUEUE}' queue answered within {timeout:g} s "
+                                        "(setting live_timeout_s); the request was cancelled")
     data = json.loads(reply[1])
     if "error" in data:
         e = data["error"]
         if e["code"] in ("invalid_spec", "not_found", "upstream_failed"):
-            raise _unprocessable(field_prefix + (e["field"] or "").removeprefix("spec."), e["message"])
+            field = (e["field"] or "").removeprefix("spec.")
+            # The prompt is the chat request's own field; the others are its steering's.
+            raise _unprocessable(field if field in ("prompt", "messages") else field_prefix + field, e["message"])
         raise HTTPException(500, detail=f"{e['code']}: {e['message']}")
     return data
 
@@ -87,19 +118,19 @@ def _check_paths(svc: Services, request: SteerRequest, fields: dict[str, str] | 
 
 
 @router.post("/steer")
-async def steer(body: SteerRequest, svc: Svc, who: Caller) -> dict:
+async def steer(body: SteerRequest, svc: Svc, who: Caller, request: Request) -> dict:
     """Generate with features boosted, clamped or ablated; the default completion beside it (same
     seed) with the KL of the next-token distribution and the perplexity under the unsteered model."""
     _check_paths(svc, body)
     _check_sae(svc, body.sae, body.interventions, "", who)
-    return await _ask_worker(svc, "steer", body.model_dump(mode="json"))
+    return await _ask_worker(svc, "steer", body.model_dump(mode="json"), who, request)
 
 
 @router.post("/labels/search")
-async def search_labels(body: LabelSearch, svc: Svc, who: Caller) -> dict:
+async def search_labels(body: LabelSearch, svc: Svc, who: Caller, request: Request) -> dict:
     """Features of a label job whose labels are closest in meaning to `query` (MiniLM embeddings)."""
     _referenced_job(svc, body.label_job, "label", "label_job", [], who)
-    return await _ask_worker(svc, "search_labels", body.model_dump(mode="json"))
+    return await _ask_worker(svc, "search_labels", body.model_dump(mode="json"), who, request)
 
 
 class Steering(BaseModel):
@@ -125,21 +156,21 @@ class ChatCompletionRequest(BaseModel):
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, svc: Svc, who: Caller) -> Any:
+async def chat_completions(body: ChatCompletionRequest, svc: Svc, who: Caller, request: Request) -> Any:
     """OpenAI-compatible chat completions, steered when the body has `steering`. Errors come in
     OpenAI's shape too (`error.message`, `error.param`), beside saeq's `detail`."""
     try:
-        return await _chat(body, svc, who)
+        return await _chat(body, svc, who, request)
     except HTTPException as e:
         detail = e.detail if isinstance(e.detail, list) else [{"field": None, "msg": str(e.detail)}]
         first = detail[0]
         message = f"{first['field']}: {first['msg']}" if first.get("field") else first["msg"]
-        return JSONResponse(status_code=e.status_code, content={
+        return JSONResponse(status_code=e.status_code, headers=e.headers, content={
             "error": {"message": message, "type": "invalid_request_error" if e.status_code < 500 else "server_error",
                       "param": first.get("field"), "code": None}, "detail": e.detail})
 
 
-async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal) -> dict[str, Any]:
+async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http: Request) -> dict[str, Any]:
     try:
         model = ModelSpec(name=body.model)
     except ValidationError as e:  # its message, not pydantic's trailing "For further information" line
@@ -158,7 +189,7 @@ async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal) -> d
         first = e.errors()[0]
         raise _unprocessable(".".join(["steering", *map(str, first["loc"])]), first["msg"]) from None
     _check_paths(svc, request, {"model.name": "model", "sae.path": "steering.sae.path"})
-    out = await _ask_worker(svc, "steer", request.model_dump(mode="json"), field_prefix="steering.")
+    out = await _ask_worker(svc, "steer", request.model_dump(mode="json"), who, http, field_prefix="steering.")
     n_out = len(out["steered_token_ids"])
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),

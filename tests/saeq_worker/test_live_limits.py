@@ -1,0 +1,224 @@
+"""Live steer and chat are metered and fair, through the real API and a real worker: a team over its
+concurrency or rate gets 429 while another team is served; an over-long prompt gets 422 naming
+it; a request whose caller left (or got a 504) stops computing; a team's one request is not queued
+behind all of another team's."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from saeq.client import Client
+from saeq.live import MAX_CHARS_PER_TOKEN, LiveRequests
+from tests.fixtures_stack import make_stack
+from tests.tiny_model import save_tiny_llama
+
+pytestmark = pytest.mark.integration
+
+TEXT = "The history of the city begins with a river crossing. "
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(root, a fast model, a slower one). On 2 idle CPU cores 512 tokens take 2 and 3 s, on busy
+    ones 5 to 10 times longer; 4 tokens of the fast one take 0.03 to 0.3 s."""
+    root = tmp_path_factory.mktemp("live-models")
+    return root, save_tiny_llama(root / "fast", n_layers=3, d_model=64), save_tiny_llama(root / "slow", n_layers=4,
+                                                                                         d_model=128)
+
+
+def _stack(tmp_path_factory, redis_srv, s3_srv, models, timeout_s: float):
+    return make_stack(tmp_path_factory.mktemp("live"), redis_srv, s3_srv, SAEQ_LIVE_TIMEOUT_S=str(timeout_s),
+                      SAEQ_LOCAL_PATH_ROOTS=json.dumps([str(models[0].resolve())]))
+
+
+@pytest.fixture(scope="module")
+def live_stack(tmp_path_factory, redis_srv, s3_srv, models):
+    with _stack(tmp_path_factory, redis_srv, s3_srv, models, 60) as st:
+        yield st
+
+
+def team_http(stack, team: str, **quota) -> httpx.Client:
+    """A new member key of `team` (with that quota) as an HTTP client of the stack."""
+    with Client(stack.url, api_key=stack.admin_key) as admin:
+        key = admin.create_key(team)["key"]
+        if quota:
+            admin.set_quota(team, **quota)
+    return httpx.Client(base_url=stack.url, timeout=120, headers={"Authorization": f"Bearer {key}"})
+
+
+def body(model, max_new_tokens: int = 4, prompt: str = "Hello there", **kw) -> dict:
+    return {"model": {"name": str(model)}, "prompt": prompt, "chat": False, "max_new_tokens": max_new_tokens, **kw}
+
+
+def outcomes(stack) -> dict[str, int]:
+    import redis
+
+    return LiveRequests(redis.Redis.from_url(stack.opts.redis_url, decode_responses=True)).outcomes()
+
+
+def warm(http: httpx.Client, model, tries: int = 60) -> None:
+    """Load the model on the worker (retried past 504s while torch imports)."""
+    for _ in range(tries):
+        if http.post("/v1/steer", json=body(model)).status_code == 200:
+            return
+    pytest.fail("the worker never answered a live request")
+
+
+def timed_posts(http: httpx.Client, bodies: list[dict], gap_s: float, done: dict, tag: str) -> list[threading.Thread]:
+    """Send `bodies` in order, `gap_s` apart, each on its own thread; `done[tag+i]` = (status, finish time)."""
+    def one(i, b):
+        r = http.post("/v1/steer", json=b)
+        done[f"{tag}{i}"] = (r.status_code, time.monotonic())
+
+    threads = []
+    for i, b in enumerate(bodies):
+        threads.append(threading.Thread(target=one, args=(i, b)))
+        threads[-1].start()
+        time.sleep(gap_s)
+    return threads
+
+
+def test_a_team_over_its_concurrency_or_rate_gets_429_while_another_is_served(live_stack, models):
+    _, fast, slow = models
+    busy, calm = team_http(live_stack, "busy", live_concurrency=1, live_per_minute=3), team_http(live_stack, "calm")
+    warm(calm, fast)
+    done: dict = {}
+    threads = timed_posts(busy, [body(fast, 256)], 0.5, done, "long")  # holds busy's one slot
+    r = busy.post("/v1/steer", json=body(fast))
+    assert r.status_code == 429, r.text
+    assert "live_concurrency" in r.json()["detail"] and int(r.headers["Retry-After"]) >= 1
+    assert calm.post("/v1/steer", json=body(fast)).status_code == 200  # another team is served meanwhile
+    for t in threads:
+        t.join()
+    assert done["long0"][0] == 200
+
+    # busy has made 1 request (the refused one does not count): 2 more fit its 3 a minute.
+    assert [busy.post("/v1/steer", json=body(fast)).status_code for _ in range(2)] == [200, 200]
+    r = busy.post("/v1/steer", json=body(fast))
+    assert r.status_code == 429 and "live_per_minute" in r.json()["detail"]
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    chat = busy.post("/v1/chat/completions", json={"model": str(fast), "messages": [{"role": "user", "content": "Hi"}]})
+    assert chat.status_code == 429 and "live_per_minute" in chat.json()["error"]["message"]
+    assert "Retry-After" in chat.headers
+    assert calm.post("/v1/steer", json=body(fast)).status_code == 200
+    print(f"\n429s: live_concurrency with Retry-After 1, live_per_minute with Retry-After {r.headers['Retry-After']} s")
+
+
+def test_an_over_long_prompt_gets_422_naming_it(live_stack, models):
+    _, fast, _ = models
+    http = team_http(live_stack, "terse", live_prompt_tokens=64)
+    warm(http, fast)
+    fits = http.post("/v1/steer", json=body(fast, prompt=TEXT[:60]))
+    assert fits.status_code == 200 and fits.json()["prompt_tokens"] <= 64
+
+    # ~3 characters a token with this tokenizer: under the API's bound, so the worker counts it.
+    long = TEXT * 6
+    assert len(long) < 64 * MAX_CHARS_PER_TOKEN
+    r = http.post("/v1/steer", json=body(fast, prompt=long))
+    assert r.status_code == 422, r.text
+    err = r.json()["detail"][0]
+    assert err["field"] == "prompt" and "live_prompt_tokens" in err["msg"] and "at most 64" in err["msg"]
+
+    # Far over: refused by the API at once, without a worker.
+    t0 = time.monotonic()
+    r = http.post("/v1/steer", json=body(fast, prompt="x" * (64 * MAX_CHARS_PER_TOKEN + 1)))
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "prompt"
+    print(f"\nAPI's bound refused {64 * MAX_CHARS_PER_TOKEN + 1} characters in {time.monotonic() - t0:.3f} s")
+
+    chat = http.post("/v1/chat/completions", json={"model": str(fast), "max_tokens": 4, "messages": [
+        {"role": "system", "content": TEXT * 3}, {"role": "user", "content": TEXT * 3}]})
+    assert chat.status_code == 422, chat.text
+    assert chat.json()["error"]["param"] == "messages" and "live_prompt_tokens" in chat.json()["error"]["message"]
+
+
+def test_one_request_of_team_b_does_not_wait_behind_all_of_team_a(live_stack, models):
+    _, fast, _ = models
+    a, b = team_http(live_stack, "team-a", live_concurrency=8), team_http(live_stack, "team-b")
+    warm(b, fast)
+    done: dict = {}
+    t0 = time.monotonic()
+    threads = timed_posts(a, [body(fast, 128, prompt=f"{TEXT} {i}") for i in range(5)], 0.1, done, "a")
+    threads += timed_posts(b, [body(fast, 4)], 0, done, "b")
+    for t in threads:
+        t.join()
+    assert all(status == 200 for status, _ in done.values()), done
+    t_b = done["b0"][1]
+    print("\nfinished (s after the first send): " +
+          ", ".join(f"{k} {t - t0:.2f}" for k, (_, t) in sorted(done.items(), key=lambda kv: kv[1][1])))
+    # Served in turn: at most two of A's (the one running, the next in the ring) before B's.
+    assert sum(t > t_b for _, t in (done[f"a{i}"] for i in range(5))) >= 3
+
+
+def test_a_request_whose_client_left_stops_computing(live_stack, models):
+    _, fast, slow = models
+    gone, other = team_http(live_stack, "gone", live_concurrency=4), team_http(live_stack, "other")
+    warm(other, slow)
+    warm(other, fast)
+    before = outcomes(live_stack)
+    impatient = httpx.Client(base_url=live_stack.url, timeout=1.0, headers=gone.headers)
+    done: dict = {}
+
+    def leave(i):
+        try:
+            impatient.post("/v1/steer", json=body(slow, 512, prompt=f"{TEXT} {i}"))
+        except httpx.TimeoutException:
+            done[i] = time.monotonic()
+
+    threads = [threading.Thread(target=leave, args=(i,)) for i in range(2)]  # one running, one queued
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    for t in threads:
+        t.join()
+    t0 = time.monotonic()
+    assert other.post("/v1/steer", json=body(fast)).status_code == 200
+    waited = time.monotonic() - t0
+    after = _settled(live_stack, before, want=2)
+    print(f"\nafter two callers left, another team's request was answered in {waited:.2f} s; outcomes {after}")
+    # The running one stops between tokens; the queued one is withdrawn, skipped, or (taken by the
+    # worker just before its caller was noticed gone) stopped at its first token. Neither ends "ok".
+    assert after.get("steer|stopped", 0) >= 1 and after.get("steer|ok", 0) == 1  # the other team's
+    assert sum(after.get(f"steer|{o}", 0) for o in ("stopped", "withdrawn", "skipped")) == 2
+    assert waited < 10  # not behind the rest of two 512-token generations (3 s each on idle cores, 60 on busy)
+
+
+def _settled(stack, before: dict, want: int, timeout_s: float = 30) -> dict[str, int]:
+    """Outcome counts since `before`, once `want` of them are stopped, withdrawn or skipped."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = outcomes(stack)
+        diff = {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
+        cut = sum(diff.get(f"steer|{o}", 0) for o in ("stopped", "withdrawn", "skipped"))
+        if cut >= want or time.monotonic() > deadline:
+            return diff
+        time.sleep(0.2)
+
+
+def test_a_request_that_got_a_504_is_not_computed(tmp_path_factory, redis_srv, s3_srv, models):
+    _, fast, slow = models
+    with _stack(tmp_path_factory, redis_srv, s3_srv, models, 3) as st:
+        http = team_http(st, "hasty", live_concurrency=4)
+        for model in (slow, fast):  # the first requests load torch and the model, past the 3 s
+            warm(http, model)
+        before = outcomes(st)
+        done: dict = {}
+        threads = timed_posts(http, [body(slow, 512, prompt=f"{TEXT} {i}") for i in range(2)], 0.2, done, "long")
+        for t in threads:
+            t.join()
+        assert [s for s, _ in done.values()] == [504, 504]
+        r = http.post("/v1/steer", json=body(slow, 512))
+        assert r.status_code == 504 and "live_timeout_s" in r.json()["detail"]
+        t0 = time.monotonic()
+        for _ in range(5):  # the worker is free at once; a short request fits in 3 s
+            if http.post("/v1/steer", json=body(fast)).status_code == 200:
+                break
+        waited = time.monotonic() - t0
+        after = _settled(st, before, want=3)
+        print(f"\nafter three 504s a short request was answered in {waited:.2f} s; outcomes {after}")
+        assert after.get("steer|stopped", 0) >= 1
+        assert after.get("steer|ok", 0) <= 1  # only the short one; none of the three long ones
