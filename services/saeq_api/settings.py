@@ -21,7 +21,10 @@ class ApiSettings(PlatformSettings):
     """Largest request body of every other route (a job spec is a few KB); larger ones get 413,
     counted as they stream in when they declare no length."""
     live_timeout_s: float = Field(default=120.0, gt=0)
-    """How long `POST /v1/steer` and `/v1/chat/completions` wait for a worker's answer."""
+    """How long `POST /v1/steer`, `/v1/chat/completions` and `/v1/labels/search` wait for a
+    worker's answer. Then (or when the client disconnects first) the answer is 504 and the request
+    is cancelled: taken out of its queue, or stopped by its worker between tokens. A team's live
+    slot (quota live_concurrency) is freed at once, or this + 30 s after an API that died took it."""
     auth: Literal["keys", "off"] = "keys"
     """`keys`: every /v1 request carries `Authorization: Bearer <API key>` and sees only its team's
     jobs. `off`: no keys; everyone is an admin of team `default` (a one-person machine only)."""

@@ -66,11 +66,17 @@ class TeamQuota(BaseModel):
     """Bytes of uploaded corpora the team may keep in the store at once (413 beyond); delete
     uploads with `DELETE /v1/uploads/{id}`."""
     live_concurrency: int = Field(default=2, ge=0, le=1_000)
-    """Live steer/chat requests of the team being computed or waiting at once (429 beyond)."""
+    """Live requests of the team (steer, chat, label search) being computed or waiting at once
+    (429 with Retry-After beyond). Whatever it is, the steer workers take the waiting requests of
+    all teams in turn, one per team, so one team's queue never delays another's by more than one
+    request each."""
     live_per_minute: int = Field(default=60, ge=0, le=1_000_000)
-    """Live steer/chat requests the team may make in any 60 s (429 beyond)."""
+    """Live requests (steer, chat, label search) the team may start in any 60 s (429 with
+    Retry-After: when the oldest of them leaves the window)."""
     live_prompt_tokens: int = Field(default=2_048, ge=1, le=1_000_000)
-    """Longest prompt (in model tokens, chat template included) of a live request (422 beyond)."""
+    """Longest prompt (in model tokens, chat template included) of a live steer or chat request:
+    422 naming `prompt` or `messages`, from the worker, which counts the tokens; the API refuses at
+    once a text longer than 16 characters a token (saeq.live.MAX_CHARS_PER_TOKEN)."""
 
 
 @dataclass(frozen=True)
