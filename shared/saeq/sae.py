@@ -266,6 +266,8 @@ class SparseAutoencoder(nn.Module):
         from safetensors.torch import load_file
 
         path = Path(path)
+        if not path.is_absolute():  # a relative name would be looked up in the working directory
+            raise ValueError(f"{path}: an SAE is loaded from an absolute directory, never a name")
         cfg = json.loads((path / "cfg.json").read_text())
         if (path / "sae_weights.safetensors").is_file():
             sd = load_file(path / "sae_weights.safetensors", device=str(device))

@@ -195,3 +195,13 @@ def test_links_out_of_the_roots_are_refused_wherever_they_are(tmp_path):
     # Hub ids are never paths, whatever exists under that name.
     check_local_paths(EvaluateSpec(sae={"source": "path", "path": str(root / "llama")}, model={"name": "escape"},
                                    **base), roots)
+
+
+def test_an_sae_is_never_loaded_from_a_relative_name(tmp_path, monkeypatch):
+    from saeq.sae import SparseAutoencoder
+
+    SparseAutoencoder(8, 16, k=4).save(tmp_path / "secretdir")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="absolute directory"):
+        SparseAutoencoder.load("secretdir")
+    assert SparseAutoencoder.load(tmp_path / "secretdir").d_sae == 16
