@@ -166,7 +166,8 @@ def hub_snapshot(spec: ModelSpec) -> Path:
 
 
 def _detail(e: Exception, source: Path) -> str:
-    """transformers' message, with the directory it read shown once, as the spec named it."""
+    """transformers' message without the directory it read (for a hub id, a path in the worker's
+    cache); the message already names the model as the spec does."""
     return str(e).replace(str(source), "<model directory>") or type(e).__name__
 
 
