@@ -119,3 +119,14 @@ def test_unwritable_local_store_is_a_store_error_naming_the_directory(local_api)
     assert str(root) in body["detail"] and "writ" in body["detail"] and "SAEQ_STORE" in body["detail"]
     assert api.get("/v1/uploads").json()["used_bytes"] == 0  # nothing counted for the failed write
     assert _upload(api, "notes.txt", b"a doc").status_code == 201  # fixed: uploads work again
+
+
+def test_concurrent_uploads_cannot_overshoot_the_quota(api):
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert api.put("/v1/admin/teams/racers/quota", json={"max_upload_bytes": 300}).status_code == 200
+    member = api.key_for("racers")
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda i: _upload(api, f"r{i}.txt", b"z" * 60, member).status_code, range(12)))
+    assert sorted(codes) == [201] * 5 + [413] * 7
+    assert api.get("/v1/uploads", headers=member).json()["used_bytes"] == 300
