@@ -97,6 +97,21 @@ def test_a_cancel_mid_batch_frees_the_slot_within_seconds(lab, model_dir):
     assert lab.wait(nxt["id"], timeout=120)["state"] == "succeeded"
 
 
+def test_a_time_limit_stops_a_big_batch_within_seconds(lab, model_dir):
+    job = lab.submit(_big(model_dir), time_limit_s=5)
+    nxt = lab.submit(_short(model_dir))
+    done = lab.wait(job["id"], timeout=120, raise_on_failure=False)
+    after = lab.wait(nxt["id"], timeout=120)
+    ran_s = done["finished_at"] - done["started_at"]
+    print(f"\ntime_limit_s=5: ended {ran_s:.1f} s after it started, next job started "
+          f"{after['started_at'] - done['started_at']:.1f} s after it")
+    assert (done["state"], done["error"]["code"]) == ("failed", "time_limit"), done["error"]
+    assert "did not stop it" not in done["error"]["message"]  # its worker stopped it, mid-batch
+    assert done["progress"]["figures"].get("tokens", 0) == 0
+    assert 5 <= ran_s < 5 + CANCEL_BOUND_S
+    assert done["finished_at"] <= after["started_at"] < done["started_at"] + 5 + CANCEL_BOUND_S
+
+
 def test_a_job_held_past_its_time_limit_keeps_its_slot_until_its_worker_lets_go(lab, flaky_s3, model_dir):
     for job in lab.list():  # the team's slot free, its jobs from earlier tests ended
         lab.wait(job["id"], timeout=300, raise_on_failure=False)
