@@ -5,6 +5,7 @@ steering playground runs a request on a live worker."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -68,7 +69,8 @@ def test_feature_page_list_and_playground(client_module, train_job, chromium, tm
     assert page.locator("[name=feature]").input_value() == str(feature)
     page.locator("[name=max_new_tokens]").fill("6")
     page.locator("#run").click()
-    page.wait_for_function("document.getElementById('figures').textContent.startsWith('KL')", timeout=120_000)
+    # A locator, not wait_for_function: that evaluates a string, which the page's CSP forbids.
+    page.locator("#figures", has_text=re.compile(r"^KL")).wait_for(timeout=120_000)
     assert page.locator("#steered").inner_text().strip() and page.locator("#default").inner_text().strip()
     assert page.locator("#error").inner_text() == ""
     page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
