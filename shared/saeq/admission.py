@@ -66,7 +66,10 @@ def check_local_paths(spec: BaseModel, roots: Sequence[str], prefix: str = "spec
 
     def refuse(path: str, field: str, what: str = "") -> None:
         real = os.path.realpath(path)
-        shown = path if real == path else f"{path} (resolved: {real})"
+        # Where a link leads is shown for links inside the roots only: elsewhere it would tell the
+        # caller what exists outside them.
+        inside = any(Path(path) == Path(r) or Path(r) in Path(path).parents for r in roots)
+        shown = f"{path} (resolved: {real})" if real != path and inside else path
         raise InvalidSpec(f"{what}{shown} is outside the directories this deployment allows local paths "
                           f"under: {', '.join(roots) or 'none'}", field=field)
 

@@ -205,3 +205,16 @@ def test_an_sae_is_never_loaded_from_a_relative_name(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="absolute directory"):
         SparseAutoencoder.load("secretdir")
     assert SparseAutoencoder.load(tmp_path / "secretdir").d_sae == 16
+
+
+def test_refusals_outside_the_roots_do_not_say_what_exists_there(tmp_path):
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    root.mkdir()
+    (outside / "real-target").mkdir(parents=True)
+    (outside / "link").symlink_to(outside / "real-target")
+    messages = []
+    for name in ("link", "missing"):
+        with pytest.raises(InvalidSpec) as e:
+            check_local_paths(ModelSpec(name=str(outside / name)), [str(root)])
+        messages.append(e.value.message.replace(name, "NAME"))
+    assert messages[0] == messages[1] and "real-target" not in messages[0]
