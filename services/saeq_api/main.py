@@ -16,8 +16,8 @@ from kombu.exceptions import OperationalError
 import saeq
 from saeq.config import open_store
 from saeq.dispatch import make_celery, sender, waiting_dispatches
-from saeq.registry import Registry, after_finish, start_waiting
 from saeq.errors import StoreError
+from saeq.registry import Registry, after_finish, start_waiting
 from saeq_api.deps import Services
 from saeq_api.limits import BodySizeLimit, body_limits
 from saeq_api.metrics import CachedScrape, make_registry
@@ -99,6 +99,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                                f"{settings.redis_retry_s:g} s; retry in a few seconds (a submit retried with "
                                "the same Idempotency-Key never creates a second job)"})
 
+    @app.exception_handler(StoreError)
+    async def _store_failed(request: Request, exc: StoreError):
+        # Not found and already-exists are answered by the routes; what reaches here is the
+        # store itself failing (S3 unreachable past its retries, a directory not writable).
+        log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        return JSONResponse(status_code=503, headers={"Retry-After": str(_RETRY_AFTER_S)},
+                            content={"detail": exc.message, "code": exc.code})
+
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:
         token = settings.metrics_token
@@ -119,14 +127,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     def readyz(request: Request) -> dict:
         request.app.state.services.registry.r.ping()
         return {"ok": True}
-
-    @app.exception_handler(StoreError)
-    async def _store_failed(request: Request, exc: StoreError):
-        # Not found and already-exists are answered by the routes; what reaches here is the
-        # store itself failing (S3 unreachable past its retries, a directory not writable).
-        log.error("%s %s: %s", request.method, request.url.path, exc.message)
-        return JSONResponse(status_code=503, headers={"Retry-After": str(_RETRY_AFTER_S)},
-                            content={"detail": exc.message, "code": exc.code})
 
     return app
 
