@@ -9,7 +9,7 @@ from pathlib import Path
 
 from saeq.checks.summary import checks_lines
 from saeq.client import Client
-from saeq.local_stack import LocalStack, StackOptions, free_port, saeq_home
+from saeq.local_stack import LocalStack, StackOptions, free_port, saeq_home, stack_info_path
 from saeq.report import labels_summary, labels_table, summary_table
 from saeq.specs import Checks, EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainedSae, TrainSpec
 
@@ -83,9 +83,9 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
         print(f"  KL from default {out['kl_from_default']:.3f} nats/token; perplexity of the steered text under "
               f"the unsteered model {out['perplexity_unsteered']:.1f}; {out['seconds']:.1f} s")
         browse = f"/browse#/features/{label['id']}"
-        # The fragment is never sent to the server: the page stores the key and drops it from the address.
-        print(f"\nfeature browser of this SAE (the link signs you in with this local stack's admin key):\n"
-              f"  {stack.url}/browse#/login?key={stack.admin_key}&next=/features/{label['id']}")
+        # No key on stdout (a shared host's logs and terminals outlive the demo): say where it is.
+        print(f"\nfeature browser of this SAE (sign in with `api_key` from {stack_info_path(home)}):\n"
+              f"  {stack.url}{browse}")
         if sys.stdin.isatty():
             input("The local stack stays up while you browse; press Enter to stop it. ")
         else:
