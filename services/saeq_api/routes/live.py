@@ -47,8 +47,9 @@ async def _round_trip(svc: Services, op: str, payload: dict, who: Principal, req
     if op == "steer":
         field, n_chars = prompt_chars(payload)
         if n_chars > quota.live_prompt_tokens * MAX_CHARS_PER_TOKEN:
-            raise _unprocessable(field, f"{n_chars} characters: more than this team's limit of "
-                                        f"{quota.live_prompt_tokens} tokens (quota live_prompt_tokens) can hold")
+            raise _unprocessable(field, f"{n_chars} characters: more than {quota.live_prompt_tokens} tokens, this "
+                                        f"team's limit (quota live_prompt_tokens), can hold at "
+                                        f"{MAX_CHARS_PER_TOKEN} characters a token")
     request_id, timeout = uuid.uuid4().hex, svc.settings.live_timeout_s
     live = LiveRequests(svc.registry.r)
     # A slot is held until the answer or the give-up below; `hold_s` frees it if this process dies.
@@ -72,9 +73,10 @@ async def _round_trip(svc: Services, op: str, payload: dict, who: Principal, req
             if reply is None and await request.is_disconnected():
                 raise HTTPException(499, detail="the client closed the connection")
     finally:
+        # Not awaited: this runs even in a cancelled task, where a further await would be cancelled too.
         if reply is None and raw is not None:  # 504, a client gone, an error: nobody wants the answer
-            await run_in_threadpool(live.cancel, who.team, request_id, raw, op)
-        await run_in_threadpool(live.release, who.team, request_id)
+            live.cancel(who.team, request_id, raw, op)
+        live.release(who.team, request_id)
     if reply is None:
         raise HTTPException(504, detail=f"no worker on the '{LIVE_QUEUE}' queue answered within {timeout:g} s "
                                         "(setting live_timeout_s); the request was cancelled")
