@@ -95,6 +95,14 @@ def teams_list(ctx) -> None:
 @click.option("--max-tokens", type=int, default=None)
 @click.option("--max-latents", type=int, default=None)
 @click.option("--max-time-s", type=float, default=None)
+@click.option("--max-stored-jobs", type=int, default=None)
+@click.option("--submits-per-minute", type=int, default=None)
+@click.option("--max-job-cost", type=int, default=None)
+@click.option("--max-batch-tokens", type=int, default=None)
+@click.option("--max-upload-bytes", type=int, default=None)
+@click.option("--live-concurrency", type=int, default=None)
+@click.option("--live-per-minute", type=int, default=None)
+@click.option("--live-prompt-tokens", type=int, default=None)
 @click.pass_context
 def teams_set_quota(ctx, team, **given) -> None:
     """Change TEAM's quota; options left out keep their current values."""
