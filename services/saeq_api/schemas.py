@@ -21,7 +21,7 @@ class ErrorBody(BaseModel):
 _WHY = {401: "No valid API key (`Authorization: Bearer <key>`).", 403: "The key's role or team quota forbids it.",
         404: "No such object visible to the key's team.", 409: "Not ready yet.", 413: "Request body too large.",
         422: "Invalid request: `detail` names the field.",
-        429: "A team quota (waiting jobs, stored jobs, submits per minute) is full; see Retry-After.",
+        429: "A team quota is full (waiting or stored jobs, submits or live requests per minute, live requests at once); see Retry-After.",
         500: "A worker failed to answer.",
         503: "A backing service (Redis, the object store) is unreachable or failing: `detail` says which.",
         504: "No worker answered in time."}
