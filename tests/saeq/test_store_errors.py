@@ -3,40 +3,26 @@ store_error rather than internal) and a message saying what to check, for both b
 
 from __future__ import annotations
 
-import contextlib
-import os
 import uuid
 
 import pytest
-
 from saeq.errors import StoreError
 from saeq.store import LocalStore, S3Store
+
+from tests.helpers import unprivileged
 
 
 def test_local_store_directory_not_writable(tmp_path):
     store = LocalStore(tmp_path / "store")
     store.root.chmod(0o555)
     try:
-        with _unprivileged(), pytest.raises(StoreError) as e:
+        with unprivileged(), pytest.raises(StoreError) as e:
             store.put("runs/r1/sae.safetensors", b"weights")
     finally:
         store.root.chmod(0o755)
     assert e.value.code == "store_error"
     assert "runs/r1/sae.safetensors" in e.value.message and str(store.root) in e.value.message
     assert "Permission denied" in e.value.message and "SAEQ_STORE" in e.value.message
-
-
-@contextlib.contextmanager
-def _unprivileged():
-    """As `nobody` meanwhile, where the tests run as root (which writes anywhere)."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
 
 
 def test_a_file_where_a_directory_should_be(tmp_path):

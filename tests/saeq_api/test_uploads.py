@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import pytest
 from fastapi.testclient import TestClient
-
 from saeq_api.main import create_app
+
+from tests.helpers import unprivileged
 
 
 def test_upload_text_and_use_it(api):
@@ -92,24 +90,11 @@ def local_api(api_settings, tmp_path):
         yield c, tmp_path / "store"
 
 
-@contextlib.contextmanager
-def _unprivileged():
-    """Run as `nobody` meanwhile, where the tests run as root (which writes anywhere)."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.seteuid(65534)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-
-
 def test_unwritable_local_store_is_a_store_error_naming_the_directory(local_api):
     api, root = local_api
     root.chmod(0o555)  # readable, not writable: no upload directory can be made
     try:
-        with _unprivileged():
+        with unprivileged():
             r = _upload(api, "notes.txt", b"a doc")
     finally:
         root.chmod(0o755)

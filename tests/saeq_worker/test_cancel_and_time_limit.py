@@ -7,9 +7,10 @@ import signal
 import time
 
 import pytest
-
 from saeq import keys
 from saeq.specs import HarvestSpec, ModelSpec
+
+from tests.helpers import wait_for
 from tests.tiny_model import save_tiny_llama
 
 pytestmark = pytest.mark.integration
@@ -31,18 +32,9 @@ def _short(model_dir) -> HarvestSpec:
                        max_tokens=512, context_len=64, shard_tokens=512)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_cancel_in_every_state(stack, client, tiny_model_dir):
     running = client.submit(_long(tiny_model_dir))
-    _wait_for(lambda: client.get(running["id"])["progress"]["figures"].get("tokens", 0) > 0, 120,
+    wait_for(lambda: client.get(running["id"])["progress"]["figures"].get("tokens", 0) > 0, 120,
               "the harvest to run")
     # The one worker is busy: this one is sent to the queue, and no worker claims it.
     sent = client.submit(_short(tiny_model_dir))
@@ -96,7 +88,7 @@ def test_a_job_past_its_time_limit_is_stopped_by_its_worker(client, tiny_model_d
 
 def test_the_reaper_ends_a_job_past_its_time_limit_when_its_worker_hangs(stack, client, tiny_model_dir):
     job = client.submit(_long(tiny_model_dir), time_limit_s=4)
-    _wait_for(lambda: client.get(job["id"])["state"] == "running", 60, "the job to start")
+    wait_for(lambda: client.get(job["id"])["state"] == "running", 60, "the job to start")
     worker = stack.procs["worker"].pid
     os.killpg(worker, signal.SIGSTOP)  # hung: no heartbeats, no progress, no check of the limit
     try:

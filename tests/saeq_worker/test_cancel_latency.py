@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from saeq.client import Client
 from saeq.specs import HarvestSpec, ModelSpec
+
 from tests.fixtures_stack import make_stack
+from tests.helpers import wait_for
 from tests.servers import s3_server
 from tests.tiny_model import save_tiny_llama
 
@@ -64,15 +65,6 @@ def _short(model_dir) -> HarvestSpec:
                        max_tokens=512, context_len=64, shard_tokens=512)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _phase_time(client: Client, job_id: str, phase: str) -> float:
     return next(e["t"] for e in client.events(job_id) if e["phase"] == phase)
 
@@ -80,7 +72,7 @@ def _phase_time(client: Client, job_id: str, phase: str) -> float:
 def test_a_cancel_mid_batch_frees_the_slot_within_seconds(lab, model_dir):
     big = lab.submit(_big(model_dir))
     nxt = lab.submit(_short(model_dir))
-    _wait_for(lambda: lab.get(big["id"])["state"] == "running", 60, "the big harvest to start")
+    wait_for(lambda: lab.get(big["id"])["state"] == "running", 60, "the big harvest to start")
     time.sleep(5)  # into the first batch's forward passes
     assert lab.get(big["id"])["progress"]["figures"].get("tokens", 0) == 0, "the first batch already ended"
     assert lab.get(nxt["id"])["state"] == "queued" and not lab.get(nxt["id"])["dispatched"]
@@ -88,7 +80,7 @@ def test_a_cancel_mid_batch_frees_the_slot_within_seconds(lab, model_dir):
     t0 = time.time()
     lab.cancel(big["id"])
     done = lab.wait(big["id"], timeout=120, raise_on_failure=False)
-    started = _wait_for(lambda: lab.get(nxt["id"])["started_at"], 120, "the next job to start")
+    started = wait_for(lambda: lab.get(nxt["id"])["started_at"], 120, "the next job to start")
     print(f"\ncancel -> job ended {done['finished_at'] - t0:.1f} s, next job started {started - t0:.1f} s")
     assert (done["state"], done["error"]["code"]) == ("cancelled", "cancelled")
     assert done["progress"]["figures"].get("tokens", 0) == 0  # stopped inside its first batch

@@ -9,10 +9,11 @@ import time
 import httpx
 import pytest
 import torch
-
 from saeq import keys
 from saeq.shards import read_shard
 from saeq.specs import HarvestSpec, ModelSpec
+
+from tests.helpers import wait_for
 from tests.tiny_model import save_tiny_llama
 
 pytestmark = pytest.mark.integration
@@ -99,22 +100,12 @@ def test_harvest_an_uploaded_corpus(client, tiny_model_dir, tmp_path):
     assert manifest["corpus"]["n_docs_used"] >= 190
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 SLOW = dict(max_tokens=12 * 1024, shard_tokens=1024, context_len=128, batch_size=4)
 
 
 def test_cancel_a_running_harvest(client):
     job = client.submit(HarvestSpec(**SLOW))
-    _wait_for(lambda: client.get(job["id"])["progress"]["figures"].get("tokens", 0) > 0, 120, "harvest to run")
+    wait_for(lambda: client.get(job["id"])["progress"]["figures"].get("tokens", 0) > 0, 120, "harvest to run")
     t0 = time.monotonic()
     assert client.cancel(job["id"])["cancel_requested"]
     done = client.wait(job["id"], timeout=30, raise_on_failure=False)
@@ -127,7 +118,7 @@ def test_killed_worker_job_continues_without_torn_or_duplicate_shards(stack, cli
     job = client.submit(HarvestSpec(**SLOW))
     hook = "blocks.14.hook_resid_post"
     arts = lambda: [a["key"] for a in client.artifacts(job["id"])["artifacts"]]  # noqa: E731
-    _wait_for(lambda: len(arts()) >= 3, 180, "three shards")
+    wait_for(lambda: len(arts()) >= 3, 180, "three shards")
     stack.kill("worker")  # SIGKILL, whole process group: no chance to clean up
     written_before = set(arts())
     stack.respawn("worker")
@@ -156,11 +147,12 @@ def test_jobs_survive_an_api_restart(stack, client):
 
 def test_job_fails_as_worker_lost_when_attempts_run_out(tmp_path, redis_srv, s3_srv):
     from saeq.client import Client
+
     from tests.fixtures_stack import make_stack
 
     with make_stack(tmp_path, redis_srv, s3_srv, SAEQ_MAX_ATTEMPTS="1") as st, Client(st.url, api_key=st.admin_key) as c:
         job = c.submit(HarvestSpec(**SLOW))
-        _wait_for(lambda: c.get(job["id"])["progress"]["figures"].get("tokens", 0) > 0, 120, "harvest to run")
+        wait_for(lambda: c.get(job["id"])["progress"]["figures"].get("tokens", 0) > 0, 120, "harvest to run")
         st.kill("worker")
         st.respawn("worker")
         done = c.wait(job["id"], timeout=60, raise_on_failure=False)
