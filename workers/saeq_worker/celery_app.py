@@ -57,8 +57,9 @@ def _refuse_insecure_settings(**_):
 def _no_cuda_in_parent(**_):
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
-        raise RuntimeError("CUDA was initialised in the worker's parent process; forked children "
-                           "would inherit a broken CUDA context")
+        # SystemExit, as above: a RuntimeError would be logged and the worker would start anyway.
+        raise SystemExit("CUDA was initialised in the worker's parent process; forked children "
+                         "would inherit a broken CUDA context")
 
 
 @worker_init.connect
