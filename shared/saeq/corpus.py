@@ -115,9 +115,17 @@ def hub_dataset_path(dataset: str) -> str:
 def _hub_documents(corpus: HubCorpus) -> Iterator[Document]:
     import datasets  # heavy, and only the worker needs it
 
+    path = hub_dataset_path(corpus.dataset)
     try:
-        ds = datasets.load_dataset(hub_dataset_path(corpus.dataset), corpus.config, split=corpus.split,
-                                   streaming=corpus.streaming, revision=corpus.revision)
+        commit = checked_dataset_commit(corpus)
+        ds = datasets.load_dataset(path, corpus.config, split=corpus.split, streaming=corpus.streaming,
+                                   revision=commit)
+    except InvalidSpec:
+        raise
+    except _HubUnavailable as e:
+        raise NotFound(f"cannot load dataset {corpus.dataset!r} (revision {corpus.revision}): not found on "
+                       f"the hub, or the hub is unreachable from the worker and it is not cached. Detail: "
+                       f"{type(e.__cause__).__name__}: {e.__cause__}", field="spec.corpus.dataset") from e
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
         raise NotFound(f"cannot load dataset {corpus.dataset!r}: not found on the hub, or the hub "
                        f"is unreachable from the worker and it is not cached. Detail: {e}",
@@ -132,6 +140,87 @@ def _hub_documents(corpus: HubCorpus) -> Iterator[Document]:
         text = row[corpus.text_field]
         if isinstance(text, str) and text.strip():
             yield Document(i, text, _opt_str(row.get("title")), _opt_str(row.get("topic")))
+
+
+class _HubUnavailable(Exception):
+    """The hub (or its cache) could not give the dataset's card or commit; the cause says why."""
+
+
+# The files of a dataset repository that `datasets` reads its `configs` (which choose the data
+# files) from: the card's YAML header and the standalone YAML.
+_CARD_FILES = ("README.md", ".huggingface.yaml")
+
+
+def checked_dataset_commit(corpus: HubCorpus) -> str:
+    """The commit the dataset's revision names, once its card is checked to choose data files inside
+    the repository only; InvalidSpec otherwise, before anything is globbed or fetched.
+
+    A card's `configs: data_files:` (or `data_dir:`) is handed to fsspec as is: an absolute path
+    would be globbed and read on the worker, a URL fetched from it (`http://` inside the cluster,
+    `hf://` another repository with the worker's token). The card is read at a commit and that
+    commit is what `load_dataset` gets, so the card it reads is the one checked."""
+    import yaml
+    from huggingface_hub import DatasetCard, HfApi
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    api = HfApi()
+
+    def download(filename: str, revision: str | None) -> Path | None:
+        try:
+            return Path(api.hf_hub_download(corpus.dataset, filename, repo_type="dataset", revision=revision))
+        except LocalEntryNotFoundError as e:  # offline and not cached: not "absent from the repo"
+            raise _HubUnavailable() from e
+        except EntryNotFoundError:
+            return None
+        except Exception as e:  # missing repo or revision, gated, offline, hub down
+            raise _HubUnavailable() from e
+
+    readme = download(_CARD_FILES[0], corpus.revision)
+    if readme is None:  # no card, so no configs: datasets picks files by its own relative patterns
+        try:
+            return api.dataset_info(corpus.dataset, revision=corpus.revision).sha
+        except Exception as e:
+            raise _HubUnavailable() from e
+    commit = readme.parent.name  # the snapshot directory is named by its commit
+    cards = [DatasetCard.load(readme).data.to_dict()]
+    if (standalone := download(_CARD_FILES[1], commit)) is not None:
+        cards.append(yaml.safe_load(standalone.read_text(encoding="utf-8")))
+    for card in cards:
+        configs = card.get("configs") if isinstance(card, dict) else None
+        for config in configs if isinstance(configs, list) else [configs]:
+            if not isinstance(config, dict):
+                continue
+            for key in ("data_files", "data_dir"):
+                if any(not _inside_repository(p) for p in _strings(config.get(key))):
+                    raise InvalidSpec(
+                        f"dataset {corpus.dataset!r}: its card's configs choose data files outside the "
+                        f"repository ({key}: an absolute path, a URL or '..'); saeq reads only the "
+                        "repository's own files", field="spec.corpus.dataset")
+    return commit
+
+
+def _inside_repository(pattern: str) -> bool:
+    """A glob relative to the repository's root: no root, drive, home, URL, fsspec chain or `..`."""
+    parts = re.split(r"[/\\]", pattern)
+    return not (pattern.startswith(("/", "\\", "~")) or re.match(r"[A-Za-z]:", pattern) or "://" in pattern
+                or "::" in pattern or ".." in parts or _CONTROL_CHAR.search(pattern))
+
+
+_CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string in a YAML value (patterns, lists of them, {split, path} entries)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+    elif value is not None:
+        yield str(value)
 
 
 def _opt_str(value: object) -> str | None:

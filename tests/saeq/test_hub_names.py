@@ -218,3 +218,112 @@ def test_refusals_outside_the_roots_do_not_say_what_exists_there(tmp_path):
             check_local_paths(ModelSpec(name=str(outside / name)), [str(root)])
         messages.append(e.value.message.replace(name, "NAME"))
     assert messages[0] == messages[1] and "real-target" not in messages[0]
+
+
+# --- a hub repository's own files (round 2) ----------------------------------------------------
+
+DATASET_COMMIT = "0123456789abcdef" * 2 + "01234567"
+
+
+@pytest.fixture
+def hub_dataset(tmp_path, monkeypatch):
+    """Stands in for the hub serving the dataset repository `attacker/ds`: `write(name, text)` puts a
+    file in it; huggingface_hub downloads it from there (a snapshot directory named by the commit),
+    a file the repository lacks is EntryNotFoundError, as the hub answers."""
+    import datasets.load
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import EntryNotFoundError
+
+    snapshot = tmp_path / "hub" / DATASET_COMMIT
+    snapshot.mkdir(parents=True)
+
+    def download(self, repo_id, filename, **kw):
+        if repo_id == "attacker/ds" and (snapshot / filename).is_file():
+            return str(snapshot / filename)
+        raise EntryNotFoundError(f"{filename} not in {repo_id}")
+
+    def not_in_repo(*a, **kw):
+        raise FileNotFoundError("not in the repository")
+
+    monkeypatch.setattr(HfApi, "hf_hub_download", download)
+    monkeypatch.setattr(datasets.load, "cached_path", not_in_repo)  # .huggingface.yaml, dataset_infos.json
+
+    def write(name: str, text: str) -> None:
+        (snapshot / name).write_text(text)
+    return write
+
+
+def _card(data_files: str, key: str = "data_files") -> str:
+    if key == "data_dir":
+        return f"---\nconfigs:\n- config_name: default\n  data_dir: {json.dumps(data_files)}\n---\n"
+    return (f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+            f"    path: {json.dumps(data_files)}\n---\n")
+
+
+def _card_refused(corpus=HubCorpus(source="hf", dataset="attacker/ds"), *hidden: str) -> None:
+    with pytest.raises(InvalidSpec) as e:
+        list(iter_documents(corpus, seed=0))
+    assert e.value.field == "spec.corpus.dataset" and "outside the repository" in e.value.message
+    for text in (MARKER, *hidden):
+        assert text not in e.value.message
+
+
+def test_a_dataset_card_cannot_make_the_worker_read_its_files(hub_dataset, tmp_path):
+    private = tmp_path / "another-team"
+    private.mkdir()
+    (private / "data.jsonl").write_text(json.dumps({"text": MARKER}) + "\n")
+    hub_dataset("README.md", _card(f"{private}/*.jsonl"))
+    _card_refused(HubCorpus(source="hf", dataset="attacker/ds"), str(private))
+
+
+def test_a_dataset_card_cannot_make_the_worker_fetch_a_url(hub_dataset):
+    import http.server
+    import threading
+
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's names)
+            requests.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(json.dumps({"text": MARKER}).encode() + b"\n")
+        do_HEAD = do_GET
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/internal/meta.jsonl"
+        hub_dataset("README.md", _card(url))
+        _card_refused(HubCorpus(source="hf", dataset="attacker/ds"), url)
+    finally:
+        server.shutdown()
+    assert requests == []  # refused before anything was fetched
+
+
+@pytest.mark.parametrize("pattern, key", [
+    ("hf://datasets/other-team/private/*.jsonl", "data_files"), ("file:///etc/passwd", "data_files"),
+    ("../../other-team/private/*.jsonl", "data_files"), ("data/../../x/*.jsonl", "data_files"),
+    ("~/x/*.jsonl", "data_files"), ("zip://*.jsonl::/tmp/x.zip", "data_files"), ("C:\\x\\*.jsonl", "data_files"),
+    ("/tmp", "data_dir"), ("../other", "data_dir"), ("s3://bucket/x", "data_dir")])
+def test_every_card_pattern_that_leaves_the_repository_is_refused(hub_dataset, pattern, key):
+    hub_dataset("README.md", _card(pattern, key))
+    _card_refused(HubCorpus(source="hf", dataset="attacker/ds"), pattern)
+
+
+def test_the_standalone_yaml_is_checked_too(hub_dataset, tmp_path):
+    hub_dataset("README.md", "---\nlicense: mit\n---\n")
+    hub_dataset(".huggingface.yaml", f"configs:\n- config_name: default\n  data_files: {tmp_path}/*.jsonl\n")
+    _card_refused(HubCorpus(source="hf", dataset="attacker/ds", config="default"), str(tmp_path))
+
+
+def test_cards_choosing_the_repositorys_own_files_pass_at_a_pinned_commit(hub_dataset):
+    from saeq.corpus import checked_dataset_commit
+
+    hub_dataset("README.md", "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                             "    path: [\"data/train-*.jsonl\", \"**/*.parquet\"]\n  - split: test\n"
+                             "    path: data/test.jsonl\n- config_name: fr\n  data_dir: fr\n---\n")
+    assert checked_dataset_commit(HubCorpus(source="hf", dataset="attacker/ds")) == DATASET_COMMIT
