@@ -17,7 +17,8 @@ function el(tag, attrs = {}, ...children) {
 }
 
 // The API key lives in this browser's localStorage, never in an address the server sees: a link
-// `#/login?key=...&next=...` (the fragment is not sent) stores it and is then wiped from history.
+// `#/login?key=...&next=...` (the fragment is not sent) is wiped from history at once and offers
+// its key, stored only when the user clicks to sign in with it (see login()).
 const KEY = "saeq-api-key";
 class Unauthorized extends Error {}
 
@@ -245,9 +246,17 @@ function signInPage(message) {
     el("form", { id: "signin", on: { submit } }, input, " ", el("button", { type: "submit" }, "Sign in")));
 }
 
-// Anyone can send a login link, with a key of their own team: had it replaced the stored key
-// silently, what the user did next (uploads, jobs) would go to the sender's team. So a link only
-// fills an empty slot; a different stored key is replaced only when the user says so.
+// Anyone can send a login link with a key of their own team, and a page that opened this one can
+// also set its fragment (`#/logout`, then `#/login?key=`). Had a link stored its key by itself,
+// what the user did next (uploads, jobs) would go to the sender's team. So a link only offers its
+// key: it names the key's team, and nothing is stored until the user clicks "Sign in as team X".
+const ARM_MS = 800; // the sign-in button waits this long, so a click aimed elsewhere cannot land on it
+
+async function whoIs(key) {
+  const r = await fetch("/v1/me", { headers: { Authorization: `Bearer ${key}` } }).catch(() => null);
+  return r && r.ok ? r.json() : null;
+}
+
 function login() {
   const p = params();
   const key = (p.get("key") || "").trim();
@@ -255,20 +264,37 @@ function login() {
   history.replaceState(null, "", `${location.pathname}#${next}`); // the key leaves the address bar
   const stored = localStorage.getItem(KEY);
   if (!key || key === stored) return route();
-  if (!stored) { localStorage.setItem(KEY, key); return route(); }
-  const keyId = k => (k.match(/^saeq_([0-9a-f]{16})_/) || [])[1] || "unknown";
-  const team = el("span", {});
-  fetch("/v1/me", { headers: { Authorization: `Bearer ${key}` } })
-    .then(r => r.ok ? r.json() : null).then(me => { if (me) team.textContent = ` It belongs to team “${me.team}”.`; })
-    .catch(() => {});
-  const use = () => { localStorage.setItem(KEY, key); route(); };
-  show(el("h1", {}, "Switch API key?"),
-    el("p", {}, `This link signs this browser in with another API key (id ${keyId(key)}) in place of `,
-      `the one stored here (id ${keyId(stored)}).`, team,
-      " Everything you do next would act for that key's team: switch only if you expected this link."),
-    el("div", { id: "switch-key", class: "controls" },
-      el("button", { id: "use-link-key", on: { click: use } }, "Use the link's key"), " ",
-      el("button", { id: "keep-key", on: { click: () => route() } }, "Keep my key")));
+  const text = el("p", {}, "Checking the link's API key…");
+  const choice = el("div", { id: "switch-key", class: "controls" },
+    el("button", { id: "keep-key", on: { click: () => route() } }, stored ? "Keep my key" : "Cancel"));
+  const page = el("div", {}, el("h1", {}, "Sign in from a link?"), text, choice);
+  show(page);
+  Promise.all([whoIs(key), stored ? whoIs(stored) : null]).then(([them, me]) => {
+    if (!page.isConnected) return; // the user (or the opener) went elsewhere meanwhile
+    if (!them) return text.replaceChildren("This link's API key is not accepted here (revoked, or not a key of this ",
+      "server): nothing changed.");
+    const team = `team “${them.team}”${them.role === "admin" ? " (admin)" : ""}`;
+    text.replaceChildren(`This link signs this browser in with an API key of ${team} (key id ${them.key_id}). `,
+      stored ? `It would replace the key stored here${me ? ` (team “${me.team}”, key id ${me.key_id})` : ""}. ` : "",
+      `Everything you do next (uploads, jobs, steering) would act for ${team}: sign in only if you expected this link.`);
+    const use = el("button", { id: "use-link-key", disabled: true,
+                              on: { click: () => { localStorage.setItem(KEY, key); route(); } } }, `Sign in as ${team}`);
+    choice.prepend(use, " ");
+    setTimeout(() => { use.disabled = false; }, ARM_MS);
+  });
+}
+
+// A `#/logout` address only asks: signing out is one click on its button, never the fragment.
+function logoutPage() {
+  if (!localStorage.getItem(KEY)) return signInPage("Not signed in.");
+  const signOut = () => {
+    localStorage.removeItem(KEY);
+    history.replaceState(null, "", `${location.pathname}#/`); // signing in again lands on the SAEs
+    signInPage("Signed out.");
+  };
+  show(el("h1", {}, "Sign out?"), el("p", {}, "This forgets the API key stored in this browser."),
+    el("div", { class: "controls" }, el("button", { id: "sign-out", on: { click: signOut } }, "Sign out"), " ",
+      el("button", { id: "stay", on: { click: () => { location.hash = "#/"; } } }, "Cancel")));
 }
 
 async function route() {
@@ -276,7 +302,7 @@ async function route() {
   const path = (location.hash.slice(1) || "/").split("?")[0].split("/").filter(Boolean);
   try {
     if (path[0] === "login") return login();
-    if (path[0] === "logout") { localStorage.removeItem(KEY); return signInPage("Signed out."); }
+    if (path[0] === "logout") return logoutPage();
     if (path[0] === "features" && path[1]) await featuresPage(path[1]);
     else if (path[0] === "feature" && path[1] && path[2]) await featurePage(path[1], path[2]);
     else if (path[0] === "jobs") await jobsPage();
