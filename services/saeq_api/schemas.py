@@ -133,12 +133,20 @@ class UploadPublic(BaseModel):
     size: int
     n_documents: int
     created_at: float | None = None
+    state: Literal["storing", "stored"] = "stored"
+    """`storing` while its bytes are copied to the store (a DELETE then answers 409)."""
 
 
 class UploadList(BaseModel):
     uploads: list[UploadPublic]
-    """The team's uploads, oldest first."""
+    """A page of the team's uploads, oldest first."""
+    next_cursor: str | None = None
+    """Pass as `cursor` to get the next page; null on the last page."""
     used_bytes: int
     """Bytes they count against the team's quota."""
     max_upload_bytes: int
     """The team's quota (413 for an upload beyond it)."""
+    n_uploads: int
+    """Uploads the team keeps, on every page, stored or being stored."""
+    max_uploads: int
+    """The team's quota of uploads (429 for one beyond it)."""

@@ -100,6 +100,7 @@ def teams_list(ctx) -> None:
 @click.option("--max-job-cost", type=int, default=None)
 @click.option("--max-batch-tokens", type=int, default=None)
 @click.option("--max-upload-bytes", type=int, default=None)
+@click.option("--max-uploads", type=int, default=None)
 @click.option("--live-concurrency", type=int, default=None)
 @click.option("--live-per-minute", type=int, default=None)
 @click.option("--live-prompt-tokens", type=int, default=None)

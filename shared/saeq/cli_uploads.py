@@ -28,10 +28,16 @@ def uploads_add(ctx, path: Path, text_field: str) -> None:
 @click.pass_context
 def uploads_list(ctx) -> None:
     """Your team's uploads and how much of its quota they use."""
-    listed = _call(ctx, "uploads")
-    for up in listed["uploads"]:
-        click.echo(f"{up['upload_id']}  {up['size']:>14,}  {up['n_documents']:>9,} docs  {up['key']}")
+    cursor = None
+    while True:  # a page at a time: at most the team's max_uploads in all
+        listed = _call(ctx, "uploads", cursor=cursor)
+        for up in listed["uploads"]:
+            storing = "  (storing)" if up.get("state") == "storing" else ""
+            click.echo(f"{up['upload_id']}  {up['size']:>14,}  {up['n_documents']:>9,} docs  {up['key']}{storing}")
+        if (cursor := listed["next_cursor"]) is None:
+            break
     click.echo(f"{listed['used_bytes']:,} of {listed['max_upload_bytes']:,} bytes used")
+    click.echo(f"{listed['n_uploads']:,} of {listed['max_uploads']:,} uploads")
 
 
 @uploads.command("delete")

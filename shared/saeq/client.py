@@ -146,9 +146,20 @@ class Client:
             return self._call("POST", "/v1/uploads", params={"text_field": text_field},
                               files={"file": (path.name, f, "text/plain")})
 
-    def uploads(self) -> dict:
-        """The team's uploads, the bytes they count and the team's max_upload_bytes quota."""
-        return self._call("GET", "/v1/uploads")
+    def uploads(self, *, limit: int = 500, cursor: str | None = None) -> dict:
+        """A page of the team's uploads, oldest first (`next_cursor`, as `cursor`, gets the next),
+        the bytes and uploads they count and the team's max_upload_bytes and max_uploads quotas."""
+        params = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        return self._call("GET", "/v1/uploads", params=params)
+
+    def iter_uploads(self) -> Iterator[dict]:
+        """All the team's uploads, oldest first, fetched a page at a time."""
+        cursor = None
+        while True:
+            page = self.uploads(cursor=cursor)
+            yield from page["uploads"]
+            if (cursor := page["next_cursor"]) is None:
+                return
 
     def delete_upload(self, upload_id: str) -> None:
         """Delete an upload of the team, freeing its quota."""

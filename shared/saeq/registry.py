@@ -86,6 +86,12 @@ def _team(team: str, what: str) -> str:
     return f"{_P}team:{team}:{what}"
 
 
+def _upload_order(created_at: float, upload_id: str) -> str:
+    """An upload's member in its team's `upload_order` (all scores 0): sorted by name, oldest
+    first, ties by id, so a page resumes exactly after the previous page's last member."""
+    return f"{created_at:017.6f}/{upload_id}"
+
+
 def _waiting_score(priority: int, created_at: float) -> float:
     return (9 - priority) * 1e10 + created_at
 
@@ -712,34 +718,66 @@ class Registry:
         since = (json.loads(last) if last else now) - slack_s
         return self.r.zrangebyscore(f"{_P}finished", since, "+inf")
 
-    def reserve_upload(self, upload_id: str, team: str, size: int, limit: int,
-                       record: dict[str, Any]) -> tuple[bool, int]:
-        """Count an upload's bytes against its team's `limit` and record it (owner, and `record`:
-        key, size, documents) in one step: (True, bytes now counted), or (False, bytes counted
-        already) when it would pass the limit. Called before the bytes are stored, so a crash in
+    def reserve_upload(self, upload_id: str, team: str, size: int, record: dict[str, Any], *,
+                       max_bytes: int, max_uploads: int, per_minute: int) -> tuple[str, int]:
+        """Count an upload against its team's quota and record it, `storing` (owner, and `record`:
+        key, documents, created_at), in one step. Returns (status, figure): ("ok", bytes now
+        counted), ("bytes", bytes counted already), ("count", uploads kept) or ("rate", seconds to
+        wait; `per_minute` reserves in any 60 s). Called before the bytes are stored, so a crash in
         between leaves a record the team can delete, never stored bytes that nobody counts."""
-        ok, used = self.r.register_script(_RESERVE_UPLOAD)(
-            keys=[_team(team, "upload_bytes"), _team(team, "uploads"), f"{_P}upload:{upload_id}"],
-            args=[upload_id, size, limit, json.dumps({**record, "size": size}), team])
-        return bool(ok), int(used)
+        status, figure = self.r.register_script(_RESERVE_UPLOAD)(
+            keys=[*self._upload_keys(team, upload_id), _team(team, "upload_times")],
+            args=[upload_id, size, max_bytes, self._upload_json(record, size, "storing"), team,
+                  _upload_order(record["created_at"], upload_id), max_uploads, per_minute, time.time()])
+        return str(status), int(figure)
+
+    def commit_upload(self, upload_id: str, team: str, size: int, record: dict[str, Any]) -> bool:
+        """Mark a reserved upload `stored` once its bytes are; False when it was deleted meanwhile
+        (the caller then deletes the bytes it stored)."""
+        return bool(self.r.register_script(_COMMIT_UPLOAD)(
+            keys=[_team(team, "uploads")],
+            args=[upload_id, self._upload_json(record, size, "storing"), self._upload_json(record, size, "stored")]))
 
     def release_upload(self, upload_id: str, team: str) -> int:
         """Forget an upload (its bytes stop counting); the bytes freed."""
         return int(self.r.register_script(_RELEASE_UPLOAD)(
-            keys=[_team(team, "upload_bytes"), _team(team, "uploads"), f"{_P}upload:{upload_id}"],
-            args=[upload_id]))
+            keys=self._upload_keys(team, upload_id), args=[upload_id]))
 
-    def uploads(self, team: str) -> tuple[list[dict[str, Any]], int]:
-        """The team's uploads (oldest first) and the bytes they count."""
+    def uploads(self, team: str, *, limit: int, after: str | None = None
+                ) -> tuple[list[dict[str, Any]], str | None, int, int]:
+        """A page of the team's uploads, oldest first, after the cursor `after`: (rows, the next
+        page's cursor or None, bytes counted, uploads kept)."""
+        order = _team(team, "upload_order")
+        if self.r.zcard(order) < self.r.hlen(_team(team, "uploads")):  # records older than the order
+            self.r.zadd(order, {_upload_order(json.loads(v).get("created_at") or 0, k): 0
+                                for k, v in self.r.hgetall(_team(team, "uploads")).items()}, nx=True)
+        members = self.r.zrange(order, f"({after}" if after else "-", "+", bylex=True, offset=0, num=limit + 1)
+        ids = [m.rsplit("/", 1)[1] for m in members[:limit]]
         pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(_team(team, "uploads"))
         pipe.get(_team(team, "upload_bytes"))
-        records, used = pipe.execute()
-        rows = [{"upload_id": upload_id, **json.loads(v)} for upload_id, v in records.items()]
-        return sorted(rows, key=lambda u: u.get("created_at", 0)), int(used or 0)
+        pipe.hlen(_team(team, "uploads"))
+        for upload_id in ids:
+            pipe.hget(_team(team, "uploads"), upload_id)
+        used, n, *records = pipe.execute()
+        # "stored": records older than the states were all stored
+        rows = [{"upload_id": i, "state": "stored", **json.loads(v)} for i, v in zip(ids, records) if v]
+        return rows, (members[limit - 1] if len(members) > limit else None), int(used or 0), int(n)
+
+    def upload_record(self, upload_id: str, team: str) -> dict[str, Any] | None:
+        raw = self.r.hget(_team(team, "uploads"), upload_id)
+        return {"upload_id": upload_id, "state": "stored", **json.loads(raw)} if raw else None
 
     def upload_owner(self, upload_id: str) -> str | None:
         return self.r.get(f"{_P}upload:{upload_id}")
+
+    @staticmethod
+    def _upload_keys(team: str, upload_id: str) -> list[str]:
+        return [_team(team, "upload_bytes"), _team(team, "uploads"), f"{_P}upload:{upload_id}",
+                _team(team, "upload_order")]
+
+    @staticmethod
+    def _upload_json(record: dict[str, Any], size: int, state: str) -> str:
+        return json.dumps({**record, "size": size, "state": state}, sort_keys=True)
 
     def try_lock(self, name: str, ttl_s: float) -> bool:
         return bool(self.r.set(f"{_P}lock:{name}", "1", nx=True, px=int(ttl_s * 1000)))
@@ -849,15 +887,39 @@ redis.call('zadd', KEYS[4], ARGV[5], ARGV[4])
 return 1
 """
 
+# KEYS: 1 team's upload bytes, 2 its records, 3 the upload's owner, 4 the team's uploads in order,
+#   5 its recent reserves. ARGV: 1 id, 2 size, 3 max bytes, 4 record, 5 team, 6 order member,
+#   7 max uploads, 8 per minute, 9 now.
 _RESERVE_UPLOAD = """
+local now = tonumber(ARGV[9])
+redis.call('zremrangebyscore', KEYS[5], '-inf', now - 60)
+if redis.call('zcard', KEYS[5]) >= tonumber(ARGV[8]) then
+  local oldest = redis.call('zrange', KEYS[5], 0, 0, 'WITHSCORES')
+  local wait = 60
+  if oldest[2] then wait = tonumber(oldest[2]) + 60 - now end
+  return {'rate', math.max(1, math.ceil(wait))}
+end
+local kept = redis.call('hlen', KEYS[2])
+if kept >= tonumber(ARGV[7]) then
+  return {'count', kept}
+end
 local used = tonumber(redis.call('get', KEYS[1]) or '0')
 if used + tonumber(ARGV[2]) > tonumber(ARGV[3]) then
-  return {0, used}
+  return {'bytes', used}
 end
 redis.call('incrby', KEYS[1], ARGV[2])
 redis.call('hset', KEYS[2], ARGV[1], ARGV[4])
 redis.call('set', KEYS[3], ARGV[5])
-return {1, used + tonumber(ARGV[2])}
+redis.call('zadd', KEYS[4], 0, ARGV[6])
+redis.call('zadd', KEYS[5], now, ARGV[1])
+redis.call('expire', KEYS[5], 61)
+return {'ok', used + tonumber(ARGV[2])}
+"""
+
+_COMMIT_UPLOAD = """
+if redis.call('hget', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[3])
+return 1
 """
 
 _RELEASE_UPLOAD = """
@@ -867,6 +929,8 @@ if record then
   size = cjson.decode(record)['size']
   redis.call('hdel', KEYS[2], ARGV[1])
   redis.call('decrby', KEYS[1], string.format('%d', size))
+  local created = string.format('%017.6f', cjson.decode(record)['created_at'] or 0)
+  redis.call('zrem', KEYS[4], created .. '/' .. ARGV[1])
 end
 redis.call('del', KEYS[3])
 return size

@@ -48,7 +48,8 @@ class TeamQuota(BaseModel):
     """Job records of the team kept in Redis, in any state; ended ones expire after the
     deployment's `job_retention_s` (or an admin purge). A submit beyond it is refused (429)."""
     submits_per_minute: int = Field(default=120, ge=0, le=1_000_000)
-    """Job submits the team may make in any 60 s (429 with Retry-After beyond)."""
+    """Job submits the team may make in any 60 s (429 with Retry-After beyond). Uploads
+    (`POST /v1/uploads`) count against the same number in a window of their own."""
     max_job_cost: int = Field(default=1_000_000_000, gt=0)
     """What one job may cost as a whole, in token-units (one: a token read in a batch at one hook):
     a harvest's max_tokens x hooks; a training's total_tokens x its SAEs' latents summed / 16,384;
@@ -65,6 +66,9 @@ class TeamQuota(BaseModel):
     max_upload_bytes: int = Field(default=8 << 30, ge=0)
     """Bytes of uploaded corpora the team may keep in the store at once (413 beyond); delete
     uploads with `DELETE /v1/uploads/{id}`."""
+    max_uploads: int = Field(default=1_000, ge=0, le=1_000_000)
+    """Uploads the team may keep at once, stored or being stored (429 beyond): each costs a Redis
+    record and a store object whatever its size."""
     live_concurrency: int = Field(default=2, ge=0, le=1_000)
     """Live requests of the team (steer, chat, label search) being computed or waiting at once
     (429 with Retry-After beyond). Whatever it is, the steer workers take the waiting requests of

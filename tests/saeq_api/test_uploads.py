@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from saeq_api.main import create_app
 
-from tests.helpers import unprivileged
+from tests.helpers import unprivileged, wait_for
 
 
 def test_upload_text_and_use_it(api):
@@ -59,8 +61,9 @@ def test_team_upload_quota_413_until_an_upload_is_deleted(api, s3_srv):
     assert [u["upload_id"] for u in listed["uploads"]] == [first.json()["upload_id"]]
 
     assert api.delete(f"/v1/uploads/{first.json()['upload_id']}", headers=member).status_code == 204
-    assert api.get("/v1/uploads", headers=member).json() == {"uploads": [], "used_bytes": 0,
-                                                             "max_upload_bytes": 100}
+    assert api.get("/v1/uploads", headers=member).json() == {
+        "uploads": [], "next_cursor": None, "used_bytes": 0, "max_upload_bytes": 100, "n_uploads": 0,
+        "max_uploads": 1000}
     assert _upload(api, "b.txt", b"y" * 60, member).status_code == 201  # the bytes were freed
 
 
@@ -102,7 +105,8 @@ def test_unwritable_local_store_is_a_store_error_naming_the_directory(local_api)
     body = r.json()
     assert body["code"] == "store_error"
     assert str(root) in body["detail"] and "writ" in body["detail"] and "SAEQ_STORE" in body["detail"]
-    assert api.get("/v1/uploads").json()["used_bytes"] == 0  # nothing counted for the failed write
+    listed = api.get("/v1/uploads").json()
+    assert listed["used_bytes"] == 0 and listed["uploads"] == []  # nothing counted for the failed write
     assert _upload(api, "notes.txt", b"a doc").status_code == 201  # fixed: uploads work again
 
 
@@ -115,3 +119,108 @@ def test_concurrent_uploads_cannot_overshoot_the_quota(api):
         codes = list(pool.map(lambda i: _upload(api, f"r{i}.txt", b"z" * 60, member).status_code, range(12)))
     assert sorted(codes) == [201] * 5 + [413] * 7
     assert api.get("/v1/uploads", headers=member).json()["used_bytes"] == 300
+
+
+def _listed(api, headers, **params) -> dict:
+    r = api.get("/v1/uploads", headers=headers, params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_delete_while_the_bytes_are_stored_is_409_and_leaves_nothing_uncounted(api, s3_srv):
+    """A DELETE racing the put used to free the quota and drop the record, then the put stored an
+    object that nobody counted or could delete. Now the upload is `storing` until its put ends."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    member = api.key_for("racing")
+    store = api.app.state.services.store
+    with ThreadPoolExecutor(2) as pool:
+        s3_srv.pause()  # the put hangs: the upload is reserved, its bytes are not stored yet
+        try:
+            posted = pool.submit(_upload, api, "slow.txt", b"a slow doc\n" * 100, member)
+            listed = wait_for(lambda: _listed(api, member)["uploads"], timeout=30, what="the upload listed")
+            assert listed[0]["state"] == "storing" and _listed(api, member)["used_bytes"] == 1100
+            deleted = pool.submit(api.delete, f"/v1/uploads/{listed[0]['upload_id']}", headers=member)
+            early = deleted.result(timeout=5)  # the old code listed the hung store here
+        finally:
+            s3_srv.resume()
+        assert early.status_code == 409, early.text
+        assert "storing" in early.json()["detail"]
+        up = posted.result(timeout=60)
+    assert up.status_code == 201, up.text
+    prefix = f"uploads/{up.json()['upload_id']}/"
+    assert [o.size for o in store.list(prefix)] == [1100]
+    after = _listed(api, member)
+    assert [(u["upload_id"], u["state"]) for u in after["uploads"]] == [(up.json()["upload_id"], "stored")]
+    assert after["used_bytes"] == 1100 and after["n_uploads"] == 1  # the stored bytes are counted
+    assert api.delete(f"/v1/uploads/{up.json()['upload_id']}", headers=member).status_code == 204
+    assert store.list(prefix) == [] and _listed(api, member)["used_bytes"] == 0
+
+
+def test_upload_count_quota_is_429_naming_max_uploads_until_one_is_deleted(api):
+    assert api.put("/v1/admin/teams/counted/quota", json={"max_uploads": 3}).status_code == 200
+    member = api.key_for("counted")
+    ids = [_upload(api, f"t{i}.txt", b"x", member).json()["upload_id"] for i in range(3)]
+    refused = _upload(api, "t3.txt", b"x", member)
+    assert refused.status_code == 429, refused.text
+    assert "max_uploads=3" in refused.json()["detail"]
+    assert _listed(api, member)["n_uploads"] == 3 and _listed(api, member)["max_uploads"] == 3
+    assert api.delete(f"/v1/uploads/{ids[0]}", headers=member).status_code == 204
+    assert _upload(api, "t3.txt", b"x", member).status_code == 201
+
+
+def test_uploads_per_minute_are_bounded_by_submits_per_minute(api):
+    assert api.put("/v1/admin/teams/hasty/quota", json={"submits_per_minute": 2}).status_code == 200
+    member = api.key_for("hasty")
+    assert [_upload(api, f"h{i}.txt", b"x", member).status_code for i in range(2)] == [201, 201]
+    refused = _upload(api, "h2.txt", b"x", member)
+    assert refused.status_code == 429, refused.text
+    assert "submits_per_minute=2" in refused.json()["detail"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert _listed(api, member)["n_uploads"] == 2  # nothing stored, nothing counted for it
+
+
+def test_upload_listing_is_paged_oldest_first(api):
+    member = api.key_for("pager")
+    ids = [_upload(api, f"p{i}.txt", b"doc", member).json()["upload_id"] for i in range(5)]
+    seen, cursor = [], None
+    for _ in range(5):
+        page = _listed(api, member, limit=2, **({"cursor": cursor} if cursor else {}))
+        assert len(page["uploads"]) <= 2 and page["n_uploads"] == 5 and page["used_bytes"] == 15
+        seen += [u["upload_id"] for u in page["uploads"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids  # every upload once, oldest first
+    r = api.get("/v1/uploads", headers=member, params={"limit": 501})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "query.limit"
+    r = api.get("/v1/uploads", headers=member, params={"cursor": "not a cursor"})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "query.cursor"
+
+
+def test_a_stale_storing_upload_can_be_deleted_and_its_late_bytes_go_too(api, s3_srv, monkeypatch):
+    """An upload left `storing` (its API died mid-put) is deletable once stale; a put still
+    running then finds its record gone and deletes what it stored: nothing stays uncounted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from saeq_api.routes import uploads
+
+    member = api.key_for("stale")
+    store = api.app.state.services.store
+    with ThreadPoolExecutor(2) as pool:
+        s3_srv.pause()
+        try:
+            posted = pool.submit(_upload, api, "late.txt", b"a late doc\n" * 10, member)
+            upload_id = wait_for(lambda: _listed(api, member)["uploads"], timeout=30, what="listed")[0]["upload_id"]
+            monkeypatch.setattr(uploads, "STORING_STALE_S", 0.0)
+            deleted = pool.submit(api.delete, f"/v1/uploads/{upload_id}", headers=member)
+            time.sleep(1)
+        finally:
+            s3_srv.resume()
+        assert deleted.result(timeout=60).status_code == 204
+        late = posted.result(timeout=60)
+    assert late.status_code in (201, 409), late.text  # 409: its put ended after the delete
+    assert store.list(f"uploads/{upload_id}/") == []
+    assert _listed(api, member) | {"max_upload_bytes": 0} == {
+        "uploads": [], "next_cursor": None, "used_bytes": 0, "n_uploads": 0, "max_uploads": 1000,
+        "max_upload_bytes": 0}
