@@ -12,6 +12,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -123,6 +124,8 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
     else:
         source = hub_snapshot(spec)
         provenance["commit"] = source.name  # the snapshot directory is named by its commit
+    if spec.source != "builtin":  # the builtin copy is saeq's own conversion
+        check_named_files(source, spec.name)
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file and spec.source != "builtin" else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True, **kwargs)
@@ -167,8 +170,65 @@ def hub_snapshot(spec: ModelSpec) -> Path:
 
 def _detail(e: Exception, source: Path) -> str:
     """transformers' message without the directory it read (for a hub id, a path in the worker's
-    cache); the message already names the model as the spec does."""
-    return str(e).replace(str(source), "<model directory>") or type(e).__name__
+    cache) or any other absolute path (a file it resolved, a blob in the cache): the message
+    already names the model as the spec does."""
+    return _ABSOLUTE_PATH.sub("<path>", str(e).replace(str(source), "<model directory>")) or type(e).__name__
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.<])/[^\s'\"`,;)\]}]+")  # not a URL's or a hub id's '/'
+
+# A tokenizer's own data (vocabulary, merges), which names no file; it can be megabytes.
+_UNNAMING_JSON = {"tokenizer.json"}
+# Keys transformers (>= 5) never opens the value of: many repositories (Pythia's among them) carry
+# their author's absolute path there, left by an old save_pretrained.
+_UNOPENED_KEYS = {"special_tokens_map_file"}
+
+
+def check_named_files(directory: Path, name: str) -> None:
+    """InvalidSpec unless every file a model directory's JSON configs name is a plain file name, so
+    transformers (which joins such names to the directory) reads nothing outside it, and every
+    shard a `*.index.json` weight_map names is a file there.
+
+    A hub repository is anyone's: its `tokenizer_config.json` `fast_tokenizer_files` or a
+    `weight_map` value like `../../../etc/passwd` would make the loader read (or say whether there
+    exists) any file on the worker. The rule is generic: every string under a key named `*_file`,
+    `*_files` or `weight_map`, at any depth of any top-level `*.json` but tokenizer.json. The
+    message names the JSON file and key, never the value or what it resolves to."""
+    for config in sorted(directory.glob("*.json")):
+        if config.name in _UNNAMING_JSON or not config.is_file():
+            continue
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):  # transformers reports a JSON it cannot read
+            continue
+        for key, value in _named_files(data):
+            plain = bool(value) and not (set(value) & {"/", "\\"} or value.startswith(".") or _CONTROL.search(value))
+            if not plain or (key == "weight_map" and not (directory / value).is_file()):
+                raise InvalidSpec(f"model {name!r}: {config.name} names a file ({key}) that is no plain file "
+                                  "name in the model's directory; saeq reads only the repository's own files",
+                                  field="spec.model.name")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _named_files(data: object) -> list[tuple[str, str]]:
+    """(key, string) for every string under a `*_file`, `*_files` or `weight_map` key, at any depth
+    (walked with a stack: a JSON file may nest as deep as its parser allows)."""
+    found, stack = [], [(None, data)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, str):
+            if key is not None:
+                found.append((key, value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                names = isinstance(k, str) and (k.endswith(("_file", "_files")) or k == "weight_map") \
+                    and k not in _UNOPENED_KEYS
+                stack.append((k if names else key, v))
+        elif isinstance(value, list):
+            stack.extend((key, v) for v in value)
+    return found
 
 
 def builtin_gguf_path() -> Path:

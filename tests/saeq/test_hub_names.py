@@ -327,3 +327,131 @@ def test_cards_choosing_the_repositorys_own_files_pass_at_a_pinned_commit(hub_da
                              "    path: [\"data/train-*.jsonl\", \"**/*.parquet\"]\n  - split: test\n"
                              "    path: data/test.jsonl\n- config_name: fr\n  data_dir: fr\n---\n")
     assert checked_dataset_commit(HubCorpus(source="hf", dataset="attacker/ds")) == DATASET_COMMIT
+
+
+@pytest.fixture(scope="module")
+def sharded_dir(tmp_path_factory, tiny_dir):
+    """The tiny model saved in shards (a model.safetensors.index.json and its weight_map), as big
+    hub models are."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("sharded")
+    AutoModelForCausalLM.from_pretrained(tiny_dir).save_pretrained(out, max_shard_size="40KB")
+    for f in tiny_dir.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "special_tokens_map.json":
+            shutil.copy(f, out)
+    assert json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    return out
+
+
+def _edit_json(path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _secret_tokenizer(at) -> None:
+    """A tokenizer whose vocabulary holds MARKER's word, as another team's file outside the repository."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "SECRET_WORD_OF_TEAM_B": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(at)
+    (at / "tokenizer.json").rename(at / "tokenizer.1.json")
+
+
+def _model_refused(spec, cache_dir, *hidden: str) -> str:
+    with pytest.raises(InvalidSpec) as e:
+        load_model(spec, cache_dir=str(cache_dir))
+    assert e.value.field == "spec.model.name" and "no plain file name" in e.value.message
+    for text in (MARKER, "SECRET_WORD", *hidden):
+        assert text not in e.value.message
+    return e.value.message
+
+
+UP = "../" * 16
+
+
+def test_a_hub_tokenizer_config_cannot_load_a_tokenizer_from_outside_its_snapshot(sharded_dir, offline_hub, tmp_path):
+    outside = tmp_path / "team-b" / "tok"
+    _secret_tokenizer(outside)
+    repo = tmp_path / "repo"
+    shutil.copytree(sharded_dir, repo)
+    _edit_json(repo / "tokenizer_config.json", fast_tokenizer_files=[UP + str(outside / "tokenizer.1.json")[1:]])
+    _fake_hub_cache(offline_hub, "attacker/model", repo)
+    _model_refused(ModelSpec(name="attacker/model"), tmp_path / "cache", str(outside))
+
+
+def test_a_hub_repositorys_file_names_are_no_existence_oracle(sharded_dir, offline_hub, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(sharded_dir, repo)
+    (repo / "tokenizer.1.json").mkdir()  # a directory the names below climb out of
+    (repo / "tokenizer.1.json" / "x.json").write_text("{}")
+    commit = _fake_hub_cache(offline_hub, "attacker/model", repo)
+    snapshot = offline_hub / "models--attacker--model" / "snapshots" / commit
+    index = json.loads((snapshot / "model.safetensors.index.json").read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    messages = {}
+    for target in ("etc/passwd", "etc/no-such-file"):
+        _edit_json(snapshot / "tokenizer_config.json", fast_tokenizer_files=["tokenizer.1.json/" + UP + target])
+        messages["tokenizer", target] = _model_refused(ModelSpec(name="attacker/model"), tmp_path / "cache")
+        _edit_json(snapshot / "tokenizer_config.json", fast_tokenizer_files=[])
+        _edit_json(snapshot / "model.safetensors.index.json", weight_map={
+            k: UP + target if v == first else v for k, v in index["weight_map"].items()})
+        messages["weights", target] = _model_refused(ModelSpec(name="attacker/model"), tmp_path / "cache")
+        _edit_json(snapshot / "model.safetensors.index.json", weight_map=index["weight_map"])
+    assert messages["tokenizer", "etc/passwd"] == messages["tokenizer", "etc/no-such-file"]
+    assert messages["weights", "etc/passwd"] == messages["weights", "etc/no-such-file"]
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_a_weight_map_cannot_load_weights_from_outside_the_model(sharded_dir, offline_hub, tmp_path, absolute):
+    """Another team's shard, named by an absolute path or by ../ from the snapshot, is never read;
+    the same for a local model directory (the roots' check sees only the directory, not its JSON)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(sharded_dir, repo)
+    index = json.loads((repo / "model.safetensors.index.json").read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    (tmp_path / "team-b").mkdir()
+    stolen = tmp_path / "team-b" / first
+    shutil.move(repo / first, stolen)  # the snapshot lacks it: only the outside copy could load
+    commit = "c0ffee" * 6 + "abcd"
+    snapshot = offline_hub / "models--attacker--model" / "snapshots" / commit
+    name = str(stolen) if absolute else UP + str(stolen)[1:]
+    _edit_json(repo / "model.safetensors.index.json", weight_map={
+        k: name if v == first else v for k, v in index["weight_map"].items()})
+    _fake_hub_cache(offline_hub, "attacker/model", repo, commit)
+    _model_refused(ModelSpec(name="attacker/model"), tmp_path / "cache", str(stolen), str(snapshot))
+    _model_refused(ModelSpec(name=str(repo)), tmp_path / "cache", str(stolen))
+
+
+def test_a_local_model_directory_is_held_to_the_same_rule(tiny_dir, tmp_path):
+    outside = tmp_path / "team-b" / "tok"
+    _secret_tokenizer(outside)
+    local = tmp_path / "models" / "llama"
+    shutil.copytree(tiny_dir, local)
+    _edit_json(local / "tokenizer_config.json", fast_tokenizer_files=["../../team-b/tok/tokenizer.1.json"])
+    _model_refused(ModelSpec(name=str(local)), tmp_path / "cache", str(outside))
+    _edit_json(local / "tokenizer_config.json", fast_tokenizer_files=[], vocab_file="/etc/passwd")
+    _model_refused(ModelSpec(name=str(local)), tmp_path / "cache")
+
+
+def test_a_sharded_hub_model_with_its_own_file_names_still_loads(sharded_dir, offline_hub, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(sharded_dir, repo)
+    # An author's absolute path in a key transformers never opens (as Pythia's repositories have).
+    _edit_json(repo / "tokenizer_config.json", special_tokens_map_file="/admin/home/.cache/special_tokens_map.json",
+               fast_tokenizer_files=["tokenizer.json"])
+    _fake_hub_cache(offline_hub, "me/sharded", repo)
+    lm = load_model(ModelSpec(name="me/sharded"), cache_dir=str(tmp_path / "cache"))
+    assert (lm.n_layers, lm.d_model) == (2, 32) and lm.tokenizer("a b")["input_ids"]
+
+
+def test_load_errors_name_no_path_on_the_worker(tmp_path):
+    from saeq.models import _detail
+
+    source = tmp_path / "snapshots" / "abc"
+    e = OSError(f"Can't load {source}/config.json: it links to {tmp_path}/blobs/9f8e7d and '/etc/passwd' exists; "
+                "see https://huggingface.co/docs for attacker/model </s>")
+    shown = _detail(e, source)
+    assert str(tmp_path) not in shown and "/etc/passwd" not in shown and "/blobs/" not in shown
+    assert "https://huggingface.co/docs" in shown and "attacker/model" in shown and "</s>" in shown
