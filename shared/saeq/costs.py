@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from saeq.errors import InvalidSpec
-from saeq.specs import EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, SteerSpec, TrainSpec
+from saeq.specs import Checks, EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, SteerSpec, TrainSpec
 
 if TYPE_CHECKING:  # saeq.teams imports redis; the job functions that read widths here need not
     from saeq.teams import TeamQuota
@@ -28,6 +28,10 @@ CHARS_PER_PROMPT_TOKEN = 4
 """The API has no tokenizer: a prompt counts one token per this many characters."""
 EVALUATE_PASSES = 3
 """An evaluation runs the model three times per batch (clean, spliced, zero-ablated)."""
+JUDGE_PROMPT_TOKENS = 256
+"""A judge's question (detection or fuzzing: instructions, the label, one window) is a prompt of
+about this many tokens, read in a batch and answered from the next token's distribution (nothing
+generated): one unit a token, as a harvest's."""
 
 
 class OverQuota(InvalidSpec):
@@ -53,8 +57,10 @@ def latents_field(sae: SaeConfig, i: int) -> str:
     return f"spec.saes.{i}.{'d_sae' if sae.d_sae else 'expansion_factor'}"
 
 
-def job_cost(spec, d_in: int | None = None) -> JobCost | None:
-    """The whole job's cost, or None until it can be known (a train job's widths before d_in is)."""
+def job_cost(spec, d_in: int | None = None, n_features: int | None = None) -> JobCost | None:
+    """The whole job's cost, or None until it can be known (a train job's widths before d_in is).
+    `n_features`: how many features a label job without `features` or `n_most_active` labels (its
+    SAE's width; None: unknown, and so is the cost)."""
     if isinstance(spec, HarvestSpec):
         return _product(spec, f"{spec.max_tokens:,} tokens x {len(spec.hooks)} hooks",
                         [("max_tokens", spec.max_tokens), ("hooks", len(spec.hooks))])
@@ -67,10 +73,13 @@ def job_cost(spec, d_in: int | None = None) -> JobCost | None:
         return JobCost(units, _driver(spec, [("total_tokens", spec.total_tokens), ("saes", latents)]),
                        f"{spec.total_tokens:,} tokens x {latents:,} latents / {LATENTS_PER_UNIT:,}")
     if isinstance(spec, EvaluateSpec):
-        return _product(spec, f"{spec.max_tokens:,} tokens x {EVALUATE_PASSES} passes",
-                        [("max_tokens", spec.max_tokens)], EVALUATE_PASSES)
+        parts = [(spec.max_tokens * EVALUATE_PASSES, "spec.max_tokens",
+                  f"{spec.max_tokens:,} tokens x {EVALUATE_PASSES} passes")]
+        if spec.checks is not None:
+            parts += _checks_parts(spec.checks)
+        return _sum(parts)
     if isinstance(spec, LabelSpec):
-        return _product(spec, f"{spec.index_tokens:,} tokens", [("index_tokens", spec.index_tokens)])
+        return _label_cost(spec, n_features)
     if isinstance(spec, SteerSpec):
         per_prompt = 1 + len(spec.interventions) * len(spec.strengths)  # the default and every steered run
         prompt_tokens = sum(math.ceil(len(p) / CHARS_PER_PROMPT_TOKEN) for p in spec.prompts)
@@ -82,6 +91,57 @@ def job_cost(spec, d_in: int | None = None) -> JobCost | None:
                        f"{generations:,} generations x {spec.max_new_tokens:,} new tokens x "
                        f"{GENERATED_TOKEN_UNITS} + {per_prompt * prompt_tokens:,} prompt tokens")
     return None
+
+
+def _label_cost(spec: LabelSpec, n_features: int | None) -> JobCost | None:
+    """The feature index, then per feature each LLM explainer's label (max_new_tokens generated,
+    GENERATED_TOKEN_UNITS each) and the judge's questions: 2 x n_score_examples for detection
+    (activating and as many silent windows), n_score_examples for fuzzing."""
+    if spec.features is not None:
+        n, n_field = len(spec.features), "spec.features"
+    elif spec.n_most_active is not None:
+        n, n_field = spec.n_most_active, "spec.n_most_active"
+    elif n_features is not None:
+        n, n_field = n_features, "spec.n_most_active"  # None: every feature; a number bounds them
+    else:
+        return None
+    parts = [(spec.index_tokens, "spec.index_tokens", f"{spec.index_tokens:,} index tokens")]
+    for i, e in enumerate(spec.explainers):
+        if e.backend != "metadata":
+            parts.append((n * e.max_new_tokens * GENERATED_TOKEN_UNITS,
+                          _bigger(n_field, n, _FEATURES_LIMIT, f"spec.explainers.{i}.max_new_tokens", e),
+                          f"{n:,} features x {e.max_new_tokens} new tokens x {GENERATED_TOKEN_UNITS}"))
+    questions = sum({"detection": 2, "fuzzing": 1}.get(s, 0) for s in spec.scorers) * spec.n_score_examples
+    if spec.judge is not None and questions:
+        field = ("spec.n_score_examples" if spec.n_score_examples / _limit(LabelSpec.model_fields["n_score_examples"])
+                 >= n / _FEATURES_LIMIT else n_field)
+        parts.append((n * questions * JUDGE_PROMPT_TOKENS, field,
+                      f"{n:,} features x {questions} judge questions x {JUDGE_PROMPT_TOKENS} tokens"))
+    return _sum(parts)
+
+
+def _bigger(n_field: str, n: int, n_limit: float, tokens_field: str, explainer) -> str:
+    """The field nearer its limit: the features' count, or the explainer's max_new_tokens."""
+    tokens_limit = _limit(type(explainer).model_fields["max_new_tokens"])
+    return tokens_field if explainer.max_new_tokens / tokens_limit >= n / n_limit else n_field
+
+
+def _checks_parts(c: Checks) -> list[tuple[int, str, str]]:
+    """Each check reads its articles' first context_len tokens through the model: n_docs of them
+    (specificity, completeness and probing), or n_pairs in each language (sensitivity)."""
+    docs = {"specificity": c.n_docs, "completeness": c.n_docs, "probing": c.n_docs,
+            "sensitivity": c.sensitivity.n_pairs * (1 + len(c.sensitivity.languages)) if c.sensitivity else 0}
+    driver = "spec.checks." + max(("n_docs", "context_len"),
+                                  key=lambda f: getattr(c, f) / _limit(Checks.model_fields[f]))
+    return [(n * c.context_len, driver if check != "sensitivity" else "spec.checks.sensitivity.n_pairs",
+             f"{check}: {n:,} articles x {c.context_len} tokens")
+            for check, n in docs.items() if getattr(c, check) is not None]
+
+
+def _sum(parts: list[tuple[int, str, str]]) -> JobCost:
+    """Parts (units, field, formula) added up; the field is the largest part's."""
+    return JobCost(sum(u for u, _, _ in parts), max(parts, key=lambda p: p[0])[1],
+                   " + ".join(f"{f} ({u:,})" if len(parts) > 1 else f for u, _, f in parts))
 
 
 def forward_passes(spec, context_len: int | None = None) -> list[tuple[str, int]]:
@@ -109,17 +169,18 @@ _TOKENS_FIELD = {"harvest": "max_tokens", "train": "total_tokens", "evaluate": "
 
 
 def check_quota(spec, quota: TeamQuota, *, team: str, d_in: int | None = None, context_len: int | None = None,
-                time_limit_s: float | None = None) -> None:
+                time_limit_s: float | None = None, n_features: int | None = None) -> None:
     """Raise OverQuota, naming the field, for the first per-job limit the job exceeds. Rules that
     need d_in are skipped while it is None (the worker checks them again with it); `context_len`
-    is the harvest's, for an evaluate or label job that gives none."""
+    is the harvest's, for an evaluate or label job that gives none; `n_features`: the SAE's width,
+    for a label job of every feature (None: quota.max_latents, the widest SAE the team trains)."""
     tokens_field = _TOKENS_FIELD.get(spec.kind)
     if tokens_field and getattr(spec, tokens_field) > quota.max_tokens:
         raise OverQuota(f"{getattr(spec, tokens_field):,} tokens exceed team {team!r}'s quota "
                         f"max_tokens={quota.max_tokens:,}", field=f"spec.{tokens_field}")
     if isinstance(spec, TrainSpec):
         _check_latents(spec, quota, team, d_in)
-    cost = job_cost(spec, d_in)
+    cost = job_cost(spec, d_in, n_features or quota.max_latents)
     if cost is not None and cost.units > quota.max_job_cost:
         raise OverQuota(f"the job costs {cost.formula} = {cost.units:,} token-units, beyond team {team!r}'s "
                         f"quota max_job_cost={quota.max_job_cost:,}", field=cost.field)
@@ -169,3 +230,7 @@ def _limit(field: FieldInfo) -> float:
             if getattr(m, attr, None) is not None:
                 return float(getattr(m, attr))
     return math.inf
+
+
+_FEATURES_LIMIT = _limit(LabelSpec.model_fields["features"])
+"""The most features a label job may list: the scale of `n_most_active` too, which has no limit."""

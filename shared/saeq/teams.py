@@ -53,11 +53,14 @@ class TeamQuota(BaseModel):
     max_job_cost: int = Field(default=1_000_000_000, gt=0)
     """What one job may cost as a whole, in token-units (one: a token read in a batch at one hook):
     a harvest's max_tokens x hooks; a training's total_tokens x its SAEs' latents summed / 16,384;
-    an evaluation's max_tokens x 3 (three passes per batch); a label job's index_tokens; a steer
+    an evaluation's max_tokens x 3 (three passes per batch) plus, per check, its articles x
+    checks.context_len; a label job's index_tokens plus features x each LLM explainer's
+    max_new_tokens x 200 plus features x judge questions (3 x n_score_examples) x 256; a steer
     job's prompts x (1 + sets x strengths) generations x max_new_tokens x 200 (a generated token
     holds the worker about 200 times as long) plus their prompts (4 characters a token). 403
     beyond, naming the factor nearest its own limit in the spec (e.g. `spec.hooks`, `spec.saes`,
-    `spec.prompts`). The demo's largest job, its training, costs 691,200."""
+    `spec.prompts`). The demo's largest job, its training, costs 691,200 (its evaluation 540,672,
+    its label job 415,744)."""
     max_batch_tokens: int = Field(default=65_536, gt=0)
     """Tokens of one forward pass a job may ask for: batch_size x context_len of a harvest, of an
     evaluate or label job (its own context_len, or its harvest's for a trained SAE) and of an

@@ -4,6 +4,10 @@ the demo's own jobs pass, cross-field errors name the field, and non-finite numb
 
 from __future__ import annotations
 
+import json
+
+from saeq import keys
+
 HOOK = "blocks.14.hook_resid_post"
 
 
@@ -84,7 +88,7 @@ def test_a_team_quota_bounds_each_kind_of_cost(api):
     wide = {**evaluate, "max_tokens": 8192, "batch_size": 64}  # 64 of the harvest's 128-token contexts
     d = refusal(submit(api, wide, small, depends_on=[train_id]), 403)
     assert d["field"] == "spec.batch_size" and "8,192 tokens" in d["msg"]
-    checks = {**evaluate, "max_tokens": 8192, "checks": {"batch_size": 64}}
+    checks = {**evaluate, "max_tokens": 8192, "checks": {"batch_size": 64, "n_docs": 64, "sensitivity": None}}
     d = refusal(submit(api, checks, small, depends_on=[train_id]), 403)
     assert d["field"] == "spec.checks.batch_size" and "8,192 tokens" in d["msg"]
     steer = {"kind": "steer", "sae": {"job_id": train_id}, "prompts": ["x" * 400],
@@ -93,6 +97,50 @@ def test_a_team_quota_bounds_each_kind_of_cost(api):
     d = refusal(submit(api, steer, small, depends_on=[train_id]), 403)
     assert d["field"] == "spec.max_new_tokens" and "819,600" in d["msg"]  # 4 x (1,024 x 200 + 100)
     assert submit(api, {**steer, "max_new_tokens": 32}, small, depends_on=[train_id]).status_code == 201
+
+
+def test_a_label_jobs_explainers_and_judge_and_an_evaluations_checks_count_in_its_cost(api):
+    team = api.key_for("labels")
+    assert api.put("/v1/admin/teams/labels/quota", json={"max_job_cost": 200_000}).status_code == 200
+    train_id = _train(api, _harvest(api, team), team)
+    sae = {"sae": {"job_id": train_id}}
+    # 131,072 index tokens + 64 features x 24 new tokens x 200 + 64 x 30 judge questions x 256 tokens
+    d = refusal(submit(api, {"kind": "label", **sae}, team, depends_on=[train_id]), 403)
+    assert d["field"] == "spec.n_score_examples" and "929,792 token-units" in d["msg"], d
+    assert "64 features x 30 judge questions x 256 tokens (491,520)" in d["msg"]
+    long_labels = {"kind": "label", **sae, "n_most_active": 16, "index_tokens": 4096, "judge": None,
+                   "scorers": ["embedding"], "explainers": [{"backend": "local", "max_new_tokens": 256}]}
+    d = refusal(submit(api, long_labels, team, depends_on=[train_id]), 403)  # 16 x 256 x 200 = 819,200
+    assert d["field"] == "spec.explainers.0.max_new_tokens" and "819,200" in d["msg"], d
+    few = {**long_labels, "explainers": [{"backend": "local"}, {"backend": "metadata"}]}  # 4,096 + 76,800
+    assert submit(api, few, team, depends_on=[train_id]).status_code == 201
+    # 8,192 tokens x 3 passes, then 1,024 articles x 128 tokens for three checks, 768 for sensitivity
+    evaluate = {"kind": "evaluate", **sae, "max_tokens": 8192}
+    d = refusal(submit(api, evaluate, team, depends_on=[train_id]), 403)
+    assert d["field"] == "spec.checks.n_docs" and "516,096 token-units" in d["msg"], d
+    small_checks = {**evaluate, "checks": {"n_docs": 64, "sensitivity": None}}  # 24,576 + 3 x 8,192
+    assert submit(api, small_checks, team, depends_on=[train_id]).status_code == 201
+
+
+def test_max_batch_tokens_applies_once_the_harvests_record_expired(api):
+    """An evaluation reads the context length of its SAE's harvest from the train job's manifest,
+    which outlives the harvest's record."""
+    team = api.key_for("late")
+    assert api.put("/v1/admin/teams/late/quota", json={"max_batch_tokens": 4096}).status_code == 200
+    r = submit(api, {"kind": "harvest", "max_tokens": 4096, "context_len": 1024}, team)
+    harvest_id = r.json()["id"]
+    train_id = _train(api, harvest_id, team)
+    svc = api.app.state.services
+    manifest = keys.manifest(train_id)  # what the train worker publishes (workers/saeq_worker/train.py)
+    svc.store.put(manifest, json.dumps({"kind": "train", "harvest": {"job_id": harvest_id, "context_len": 1024},
+                                        "saes": {"sae0": {"d_sae": 4608}}}).encode(),
+                  content_type="application/json")
+    svc.registry.r.hset(f"saeq:job:{train_id}", mapping={"state": '"succeeded"', "manifest_key": json.dumps(manifest)})
+    svc.registry.r.delete(f"saeq:job:{harvest_id}")  # its retention ran out
+    evaluate = {"kind": "evaluate", "sae": {"job_id": train_id}, "max_tokens": 8192, "batch_size": 8, "checks": None}
+    d = refusal(submit(api, evaluate, team), 403)  # 8 contexts of the harvest's 1,024 tokens
+    assert d["field"] == "spec.batch_size" and "8,192 tokens" in d["msg"], d
+    assert submit(api, {**evaluate, "batch_size": 4}, team).status_code == 201
 
 
 def test_the_demos_jobs_are_accepted_under_the_default_quota(api):

@@ -96,7 +96,7 @@ def _check_limits(svc: Services, body: JobCreate, quota: TeamQuota, who: Princip
     d_in = _harvest_d_model(svc, spec.activations.job_id) if isinstance(spec, TrainSpec) else None
     try:
         costs.check_quota(spec, quota, team=who.team, d_in=d_in, context_len=_sae_context_len(svc, spec, who),
-                          time_limit_s=body.time_limit_s)
+                          time_limit_s=body.time_limit_s, n_features=_sae_width(svc, spec, who))
     except costs.OverQuota as e:
         raise _unprocessable(e.field, e.message, 403) from None
 
@@ -105,9 +105,21 @@ def _sae_context_len(svc: Services, spec, who: Principal) -> int | None:
     """The context length an evaluate or label job without its own takes from its SAE's harvest."""
     if not isinstance(spec, (EvaluateSpec, LabelSpec)) or not isinstance(spec.sae, TrainedSae) or spec.context_len:
         return None
+    # A trained job's manifest records its harvest's context_len: it outlives the harvest's record.
+    if (manifest := _published(svc, spec.sae.job_id, who)) is not None:
+        return manifest["harvest"]["context_len"]
     train = visible_job(svc, spec.sae.job_id, who)  # checked visible, a train job, by _check_references
     harvest = visible_job(svc, train["spec"]["activations"]["job_id"], who) if train else None
     return harvest["spec"]["context_len"] if harvest else None
+
+
+def _sae_width(svc: Services, spec, who: Principal) -> int | None:
+    """d_sae of a label job's trained SAE once its training published it (None: not yet known)."""
+    if not isinstance(spec, LabelSpec) or not isinstance(spec.sae, TrainedSae):
+        return None
+    manifest = _published(svc, spec.sae.job_id, who)
+    sae = manifest["saes"].get(spec.sae.name or next(iter(manifest["saes"]))) if manifest else None
+    return sae["d_sae"] if sae else None
 
 
 def _harvest_d_model(svc: Services, harvest_id: str) -> int | None:
