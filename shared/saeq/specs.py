@@ -78,10 +78,12 @@ def local_path(path: str) -> str:
 
 
 def file_name(name: str, suffix: str) -> str:
-    """A plain file name inside a directory or repository: no `/`, `\\`, `..` or control character."""
-    if _CONTROL.search(name) or "/" in name or "\\" in name or name.startswith(".") or not name.endswith(suffix):
-        raise ValueError(f"{name!r} is not a file name ending with {suffix} (no '/', '\\', leading '.' or "
-                         "control character)")
+    """A plain file name inside a directory or repository: no `/`, `\\`, `..` or control character,
+    and no glob character (`* ? [ ]`): the hub download takes the name as a pattern of files."""
+    if (_CONTROL.search(name) or set(name) & set("/\\*?[]") or name.startswith(".")
+            or not name.endswith(suffix)):
+        raise ValueError(f"{name!r} is not a file name ending with {suffix} (no '/', '\\', '*', '?', '[', "
+                         "']', leading '.' or control character)")
     return name
 
 

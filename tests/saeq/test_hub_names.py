@@ -26,7 +26,8 @@ RELATIVE = ["../secretdir", "a/../b", "./secretdir", ".secretdir", "secretdir/",
 ABSOLUTE = ["/models/../etc", "/models/./x", "//etc", "/models/", "/a\x00b", "/a\nb", "/..", "/models/x/.."]
 # File names that are no plain file name.
 GGUF = ["../../../etc/passwd", "../../../../etc/passwd.gguf", "/etc/passwd.gguf", "sub/x.gguf",
-        "..\\x.gguf", "x.gguf\x00", "x\x00.gguf", ".x.gguf", "..gguf", "passwd", "x.gguf/"]
+        "..\\x.gguf", "x.gguf\x00", "x\x00.gguf", ".x.gguf", "..gguf", "passwd", "x.gguf/",
+        "*.gguf", "x?.gguf", "[a-z]*.gguf", "x].gguf"]  # globs: snapshot_download takes it as a pattern
 REVISIONS = ["../../../../etc/passwd", "main/../../x", "/abs", "a\x00", "refs//x", "..", "main\n", ".hidden"]
 
 
