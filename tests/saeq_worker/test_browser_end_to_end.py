@@ -56,9 +56,11 @@ def test_feature_page_list_and_playground(client_module, train_job, chromium, tm
     page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
     assert (tmp_path / "playground.png").stat().st_size > 10_000
 
-    page.goto(f"{client.url}/browse#/logout")
+    page.goto(f"{client.url}/browse#/logout")  # only asks: signing out is the button's click
+    page.click("#sign-out")
     page.wait_for_selector("#signin")
-    page.goto(f"{client.url}/browse#/login?key={client.api_key}&next=/")  # the demo's link signs in too
+    page.goto(f"{client.url}/browse#/login?key={client.api_key}&next=/")  # the demo's link signs in too,
+    page.locator("#use-link-key", has_text="Sign in as team").click()  # on the user's click
     page.wait_for_selector("#saes")
     assert "key=" not in page.url  # and the key leaves the address bar  # not just any table: the playground's is still there until then
     assert page.locator("#saes").get_by_text("topk").count() > 0
