@@ -131,6 +131,14 @@ class IdempotencyConflict(Exception):
         self.job_id = job_id
 
 
+class MissingDependency(Exception):
+    """A job listed in depends_on (at `index`) has no record any more: it expired or was purged."""
+
+    def __init__(self, index: int, job_id: str):
+        super().__init__(f"no job {job_id!r}")
+        self.index, self.job_id = index, job_id
+
+
 @dataclass
 class Claim:
     """What a worker may do with a delivered message."""
@@ -247,16 +255,20 @@ class Registry:
             self.spec_store.put(stored["spec_key"], spec_json.encode(), content_type="application/json")
         deps = [k for dep in depends_on for k in (_k(dep, ":dependents"), _k(dep))]
         no_limit = -1
-        status, other = self._create(
-            keys=[_k(job_id), _k(job_id, ":events"), f"{_P}jobs", _team(team, "jobs"), _team(team, "open"),
-                  _team(team, "active"), _team(team, "ended"), _team(team, "submits"),
-                  f"{_P}idem:{team}:{idempotency_key or ''}", f"{_P}stats:submitted", _SPECS_IN_STORE, *deps],
-            args=[job_id, now, no_limit if max_queued is None else max_queued,
-                  no_limit if max_stored is None else max_stored,
-                  no_limit if submits_per_minute is None else submits_per_minute, request_digest,
-                  IDEMPOTENCY_TTL_S if idempotency_key else 0, kind,
-                  json.dumps(_event_entry("queued", f"{kind} job submitted", {})), _k(""),
-                  int("spec_key" in stored), *(x for kv in _encode(stored).items() for x in kv)])
+        try:
+            status, other = self._create(
+                keys=[_k(job_id), _k(job_id, ":events"), f"{_P}jobs", _team(team, "jobs"), _team(team, "open"),
+                      _team(team, "active"), _team(team, "ended"), _team(team, "submits"),
+                      f"{_P}idem:{team}:{idempotency_key or ''}", f"{_P}stats:submitted", _SPECS_IN_STORE, *deps],
+                args=[job_id, now, no_limit if max_queued is None else max_queued,
+                      no_limit if max_stored is None else max_stored,
+                      no_limit if submits_per_minute is None else submits_per_minute, request_digest,
+                      IDEMPOTENCY_TTL_S if idempotency_key else 0, kind,
+                      json.dumps(_event_entry("queued", f"{kind} job submitted", {})), _k(""),
+                      int("spec_key" in stored), *(x for kv in _encode(stored).items() for x in kv)])
+        except redis.RedisError:
+            self._drop_unrecorded_spec(stored, job_id)
+            raise
         if status == "created":
             return record, True
         if "spec_key" in stored:
@@ -265,6 +277,8 @@ class Registry:
             return existing, False
         if status == "conflict":
             raise IdempotencyConflict(other)
+        if status == "missing":
+            raise MissingDependency(int(other), depends_on[int(other)])
         if status == "rate":
             raise QuotaExceeded(f"team {team!r} made {submits_per_minute} submits in the last 60 s (quota "
                                 f"submits_per_minute={submits_per_minute}); retry in {other} s", int(other))
@@ -277,6 +291,18 @@ class Registry:
             raise QuotaExceeded(f"team {team!r} already has {max_queued} jobs waiting to run "
                                 f"(quota max_queued={max_queued}); wait for some to finish or cancel some")
         raise RuntimeError(f"job {other} of this Idempotency-Key was purged while this request read it; retry")
+
+    def _drop_unrecorded_spec(self, stored: dict, job_id: str) -> None:
+        """The create script failed (Redis unreachable past its retries): delete the spec it would
+        have pointed to, unless the script ran after all and only its answer was lost."""
+        if "spec_key" not in stored:
+            return
+        try:
+            recorded = self.r.exists(_k(job_id))
+        except redis.RedisError:
+            return  # cannot tell: a spec kept unreferenced costs less than a record without its spec
+        if not recorded:
+            self.spec_store.delete(stored["spec_key"])
 
     def ready_to_dispatch(self, job_id: str, job: dict | None = None) -> tuple[bool, str | None]:
         """Mark the job dispatched if all its dependencies succeeded (once, whoever asks first) and
@@ -377,16 +403,22 @@ class Registry:
         the job was ended under its worker (the reaper, past its time limit)."""
         renewed = self.r.eval(_RENEW, 1, _k(job_id, ":lease"), token, self.lease_ttl_ms)
         if renewed:
-            self.r.hset(_k(job_id), "heartbeat_at", json.dumps(time.time()))
+            self._hset_existing(job_id, "heartbeat_at", json.dumps(time.time()))
         cancel, state = self.r.hmget(_k(job_id), "cancel_requested", "state")
-        return bool(renewed), cancel == "true" or (state is not None and json.loads(state) in TERMINAL)
+        return bool(renewed), cancel == "true" or state is None or json.loads(state) in TERMINAL  # None: gone
 
     def report(self, job_id: str, progress: dict[str, Any]) -> None:
-        self.r.hset(_k(job_id), "progress", json.dumps(progress))
+        self._hset_existing(job_id, "progress", json.dumps(progress))
+
+    def _hset_existing(self, job_id: str, field: str, value: str) -> None:
+        """Write a field of a record that exists: a record purged or expired under its worker is
+        not brought back as a partial hash that never expires."""
+        self.r.eval(_HSET_EXISTING, 1, _k(job_id), field, value)
 
     def event(self, job_id: str, phase: str, message: str, **figures: Any) -> None:
+        """Log an event of a job whose record exists (else its log would outlive it, without TTL)."""
         entry = _event_entry(phase, message, figures)
-        self.r.xadd(_k(job_id, ":events"), {"e": json.dumps(entry)}, maxlen=2000, approximate=True)
+        self.r.eval(_XADD_EXISTING, 2, _k(job_id), _k(job_id, ":events"), json.dumps(entry))
 
     def finish(self, job_id: str, token: str, state: str, *, error: dict | None = None,
                manifest_key: str | None = None) -> bool:
@@ -406,6 +438,7 @@ class Registry:
                     pipe.multi()
                     if ended_before:
                         self._release(pipe, job)
+                        self._expire_later(pipe, job.get("team") or "default", job_id)
                     else:
                         self._end(pipe, job, state, error, manifest_key)
                     pipe.delete(lease)
@@ -459,7 +492,8 @@ class Registry:
             self._release(pipe, job)
         pipe.zrem(_team(team, "waiting"), job["id"])
         pipe.zadd(f"{_P}finished", {job["id"]: time.time()})
-        self._expire_later(pipe, team, job["id"])
+        if release:  # else at release: a record expiring under its worker would leak its slot
+            self._expire_later(pipe, team, job["id"])
         # Counters live in Redis so every API replica and worker process exports the same totals.
         kind = job["kind"]
         pipe.hincrby(f"{_P}stats:finished", f"{kind}|{state}", 1)
@@ -473,6 +507,7 @@ class Registry:
     def _release_lost(self, job: dict) -> None:
         with self.r.pipeline() as pipe:
             self._release(pipe, job)
+            self._expire_later(pipe, job.get("team") or "default", job["id"])
             pipe.execute()
         self.event(job["id"], "released", f"worker {job['worker']} lost (its lease expired) before it "
                                           f"let go of the job; its slot is free")
@@ -511,10 +546,12 @@ class Registry:
         A job out of attempts fails as `worker_lost`. One that ran more than `time_limit_grace_s`
         past its `time_limit_s` fails as `time_limit`, running or queued again, even while its
         (hung) worker still renews the lease; it keeps its team's slot until that worker lets go
-        or its lease expires, so `max_running` counts every job a worker computes. With `lost_after_s` and `waiting` (the dispatch ids of
-        the messages waiting on the broker's queues), a job sent that long ago that no worker
-        claimed and whose message is not waiting is sent again: its message died with a worker
-        that had taken it, or was never sent.
+        or its lease expires, so `max_running` counts every job a worker computes; its record
+        expires only after that. A running job whose record is gone frees its slot. With
+        `lost_after_s` and `waiting` (the dispatch ids of the messages waiting on the broker's
+        queues), a job sent that long ago that no worker claimed and whose message is not waiting
+        is sent again: its message died with a worker that had taken it, or was never sent; and a
+        job created that long ago, ready but never sent, is sent.
         """
         resend, ended = [], self._end_overdue(time_limit_grace_s)
         for job_id in self.r.smembers(f"{_P}running"):
@@ -525,14 +562,18 @@ class Registry:
                 try:
                     pipe.watch(key, _k(job_id, ":lease"))
                     job = _decode(pipe.hgetall(key))
-                    if not job or job["state"] != "running" or pipe.exists(_k(job_id, ":lease")):
+                    if "id" not in job:  # gone, or a partial hash a late write left: forget it
                         pipe.reset()
-                        if job and job["state"] in TERMINAL and not self.r.exists(_k(job_id, ":lease")):
+                        self._forget_slot(job_id)
+                        continue
+                    if job["state"] != "running" or pipe.exists(_k(job_id, ":lease")):
+                        pipe.reset()
+                        if job["state"] in TERMINAL and not self.r.exists(_k(job_id, ":lease")):
                             # Ended under a worker that never let go: its lease expired, so it is
                             # lost, and the slot it kept is free now.
                             self._release_lost(job)
                             ended.append(job_id)
-                        elif job and job["state"] != "running":
+                        elif job["state"] != "running":
                             self.r.srem(f"{_P}running", job_id)
                         continue
                     if time.time() - (job["heartbeat_at"] or 0) < grace_s:
@@ -557,7 +598,39 @@ class Registry:
             resend.append((job, dispatch_id))
         if lost_after_s is not None and waiting is not None:
             resend += self._redispatch_lost(lost_after_s, waiting)
+            resend += self._dispatch_stranded(lost_after_s)
         return resend, ended
+
+    def _dispatch_stranded(self, older_than_s: float) -> list[tuple[dict, str]]:
+        """Queued jobs never sent, though ready, created more than `older_than_s` ago: the process
+        that created one died (or lost Redis) before sending it, and its client never retried."""
+        out = []
+        for team in self.teams.teams():
+            pipe = self.r.pipeline(transaction=False)
+            pipe.sdiff(_team(team, "open"), _team(team, "active"))
+            pipe.zrange(_team(team, "waiting"), 0, -1)
+            unsent, waiting = pipe.execute()
+            for job_id in set(unsent) - set(waiting):  # at most the team's max_queued
+                raw = self.r.hmget(_k(job_id), *SUMMARY_FIELDS)  # not the spec: read again each pass
+                job = {f: json.loads(v) for f, v in zip(SUMMARY_FIELDS, raw) if v is not None}
+                if "id" not in job or job["state"] != "queued" or job["dispatched"] or \
+                        time.time() - job["created_at"] < older_than_s:
+                    continue
+                ok, dispatch_id = self.ready_to_dispatch(job_id, job)  # waits on its dependencies
+                if ok:
+                    self.event(job_id, "redispatched", "the job was created but never sent; sent now")
+                    out.append((job, dispatch_id))
+        return out
+
+    def _forget_slot(self, job_id: str) -> None:
+        """A running job without a record (older saeq let a held one expire): free whichever
+        team's slot it holds."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.srem(f"{_P}running", job_id)
+        for team in self.teams.teams():
+            pipe.srem(_team(team, "open"), job_id)
+            pipe.srem(_team(team, "active"), job_id)
+        pipe.execute()
 
     def _end_overdue(self, grace_s: float) -> list[str]:
         """Fail, as `time_limit`, running and requeued jobs more than `grace_s` past their limit."""
@@ -573,7 +646,7 @@ class Registry:
                 try:
                     pipe.watch(key, lease)
                     job = _decode(pipe.hgetall(key))
-                    if not job or job["state"] in TERMINAL:
+                    if "id" not in job or job["state"] in TERMINAL:
                         continue
                     error = _time_limit(job["time_limit_s"], time.time() - job["started_at"])
                     error["message"] += "; its worker did not stop it, so it was ended without it"
@@ -942,7 +1015,8 @@ return size
 # ARGV: 1 job id, 2 now, 3 max_queued, 4 max_stored, 5 submits_per_minute (-1: no limit), 6 request
 #   digest, 7 idempotency TTL (0: no key), 8 kind, 9 first event, 10 record key prefix, 11 spec in
 #   the store (1/0), 12... the record's field, value pairs.
-# Returns {status, id or seconds}: created, existing, conflict, rate (retry after), queued, stored.
+# Returns {status, id or seconds}: created, existing, conflict, rate (retry after), queued, stored,
+#   missing (index of a dependency whose record is gone).
 _CREATE = """
 if redis.call('exists', KEYS[1]) == 1 then
   return {'created', ARGV[1]}  -- a new id: this call ran already, and its answer was lost (retried)
@@ -977,6 +1051,10 @@ local max_stored = tonumber(ARGV[4])
 if max_stored >= 0 and redis.call('zcard', KEYS[4]) - redis.call('zcount', KEYS[7], '-inf', ARGV[2]) >= max_stored then
   return {'stored', ''}
 end
+for i = 12, #KEYS, 2 do
+  -- Expired or purged since the caller checked it: its dependents set would never expire.
+  if redis.call('exists', KEYS[i + 1]) == 0 then return {'missing', tostring((i - 12) / 2)} end
+end
 redis.call('hset', KEYS[1], unpack(ARGV, 12))
 redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
 redis.call('zadd', KEYS[4], ARGV[2], ARGV[1])
@@ -996,6 +1074,17 @@ for i = 12, #KEYS, 2 do
   if ttl > 0 then redis.call('pexpire', KEYS[i], ttl) end
 end
 return {'created', ARGV[1]}
+"""
+
+_HSET_EXISTING = """
+if redis.call('exists', KEYS[1]) == 1 then return redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: the record, its events. ARGV: the entry (JSON).
+_XADD_EXISTING = """
+if redis.call('exists', KEYS[1]) == 0 then return false end
+return redis.call('xadd', KEYS[2], 'MAXLEN', '~', '2000', '*', 'e', ARGV[1])
 """
 
 _RENEW = """

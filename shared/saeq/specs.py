@@ -89,6 +89,8 @@ def file_name(name: str, suffix: str) -> str:
 
 HubId = Annotated[str, AfterValidator(hub_id)]
 HubRevision = Annotated[str, Field(max_length=100), AfterValidator(hub_revision)]
+Seed = Annotated[int, Field(ge=0, lt=1 << 63)]
+"""A random seed: torch.manual_seed takes 0 <= seed < 2**63 (beyond it raises, so 422 at the edge)."""
 
 
 class ModelSpec(Frozen):
@@ -211,7 +213,7 @@ class HarvestSpec(Frozen):
     sink_norm_factor: float = Field(default=5.0, gt=1.0)
     """A token whose norm exceeds this many times the median norm counts as an attention sink
     (recorded in the manifest; training and evaluation apply the rule)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the document order."""
 
     @field_validator("hooks")
@@ -355,7 +357,7 @@ class TrainSpec(Frozen):
     take raw activations."""
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     """Decoder bias at the start: the geometric median (or mean) of the first batch."""
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
     """Seeds the SAEs' initialisation and the data order."""
     shuffle_tokens: int = Field(default=65_536, ge=1, le=1 << 30)
     """Shuffle buffer: whole shards are grouped into chunks of at least this many tokens, and
@@ -433,7 +435,7 @@ class EvaluateSpec(Frozen):
     sinks: SinkRule = SinkRule()
     dense_threshold: float = Field(default=0.1, gt=0.0, le=1.0)
     """A latent firing on more than this fraction of tokens counts as dense."""
-    seed: int = 0
+    seed: Seed = 0
     """Document order of a builtin corpus given explicitly; seeds the checks' samples."""
     checks: Checks | None = Field(default_factory=lambda: Checks())
     """Specificity, sensitivity, completeness and sparse probing (docs/checks.md); None: skip."""
@@ -530,7 +532,7 @@ class LabelSpec(Frozen):
     """Tokens shown before a window's peak."""
     window_after: int = Field(default=4, ge=0, le=256)
     sinks: SinkRule = SinkRule()
-    seed: int = 0
+    seed: Seed = 0
     """Seeds the choice of scoring windows (and the document order of a builtin corpus)."""
     browser: bool = True
     """Publish the feature browser's list and pages for every feature (about 7 KB and 5 ms per
@@ -677,7 +679,7 @@ class SteerSpec(Frozen):
     max_new_tokens: int = Field(default=32, ge=1, le=1024)
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)
     """0: greedy. Steered and default runs of a prompt share the seed."""
-    seed: int = 0
+    seed: Seed = 0
     label_job: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     """A label job of this SAE: the features' labels name them in the output and the concept
     similarity (embedding of the completion against the label) is reported."""
@@ -710,7 +712,7 @@ class SteerRequest(Frozen):
     interventions: list[Intervention] = Field(default=[], max_length=16)
     max_new_tokens: int = Field(default=32, ge=1, le=512)
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)
-    seed: int = 0
+    seed: Seed = 0
     include_default: bool = True
     """Also generate without interventions (same seed), and report KL and perplexity."""
 

@@ -69,3 +69,86 @@ def test_a_worker_lost_while_holding_an_ended_job_frees_the_slot_when_its_lease_
     assert sent == [waiting]
     assert not registry.finish(held, token, "cancelled")  # a late let-go changes nothing
     assert registry.get(held)["state"] == "failed"
+
+
+def test_a_record_ended_under_its_worker_expires_only_once_the_worker_lets_go(registry):
+    registry.set_job_retention(60)
+    held, token, _, _ = _held_past_its_limit(registry)
+    assert registry.r.pttl(f"saeq:job:{held}") == -1  # held: no TTL, so it cannot expire with its slot
+    assert registry.finish(held, token, "cancelled")
+    assert 0 < registry.r.pttl(f"saeq:job:{held}") <= 60_000
+    assert 0 < registry.r.pttl(f"saeq:job:{held}:events") <= 60_000
+
+
+def test_a_lost_workers_held_job_expires_once_its_lease_does(registry):
+    registry.set_job_retention(60)
+    held, _, _, _ = _held_past_its_limit(registry)
+    registry.r.delete(f"saeq:job:{held}:lease")
+    registry.reap(time_limit_grace_s=0)
+    assert 0 < registry.r.pttl(f"saeq:job:{held}") <= 60_000
+
+
+def test_a_worker_never_brings_back_a_record_that_is_gone(registry):
+    job, _ = registry.create(kind="harvest", spec={}, queue="cpu", depends_on=[], team="lab")
+    ok, dispatch_id = registry.ready_to_dispatch(job["id"])
+    claim = registry.claim(job["id"], dispatch_id, "worker-a")
+    for key in (f"saeq:job:{job['id']}", f"saeq:job:{job['id']}:events"):
+        registry.r.delete(key)  # expired or purged under its worker
+    assert registry.heartbeat(job["id"], claim.token) == (True, True)  # told to stop
+    registry.report(job["id"], {"fraction": 0.5})
+    registry.event(job["id"], "train", "half way")
+    assert not registry.r.exists(f"saeq:job:{job['id']}", f"saeq:job:{job['id']}:events")
+
+
+def test_the_reaper_frees_the_slot_of_a_running_job_whose_record_is_a_partial_hash(registry):
+    """What an older heartbeat left of an expired record: one field, no state."""
+    job, _ = registry.create(kind="harvest", spec={}, queue="cpu", depends_on=[], team="lab")
+    _, dispatch_id = registry.ready_to_dispatch(job["id"])
+    registry.claim(job["id"], dispatch_id, "worker-a")
+    registry.r.delete(f"saeq:job:{job['id']}", f"saeq:job:{job['id']}:lease")
+    registry.r.hset(f"saeq:job:{job['id']}", "heartbeat_at", "1.0")
+    assert registry.usage("lab")["active"] == 1
+    registry.reap(time_limit_grace_s=0)  # no KeyError
+    assert registry.usage("lab")["active"] == 0 and not registry.r.sismember("saeq:running", job["id"])
+    nxt, _ = registry.create(kind="harvest", spec={}, queue="cpu", depends_on=[], team="lab")
+    assert registry.ready_to_dispatch(nxt["id"])[0]  # the slot is free for the team's next job
+
+
+def test_a_dependency_gone_before_the_create_script_is_refused_and_leaves_no_key(registry):
+    from saeq.registry import MissingDependency
+
+    dep, _ = registry.create(kind="harvest", spec={}, queue="cpu", depends_on=[], team="lab")
+    registry.r.delete(f"saeq:job:{dep['id']}")  # expired or purged after the API checked it
+    with pytest.raises(MissingDependency) as e:
+        registry.create(kind="train", spec={}, queue="cpu", depends_on=[dep["id"]], team="lab")
+    assert e.value.index == 0 and not registry.r.exists(f"saeq:job:{dep['id']}:dependents")
+    assert registry.stored_jobs("lab") == 1  # the dependency's index entry only: no new record
+
+
+def test_a_large_spec_stored_for_a_create_that_failed_is_deleted(registry, tmp_path):
+    from saeq.registry import INLINE_SPEC_BYTES
+    from saeq.store import LocalStore
+
+    store = LocalStore(tmp_path)
+    with_store = Registry(registry.r, spec_store=store)
+    registry.r.set("saeq:team:lab:open", "not a set")  # the script fails (WRONGTYPE) after the spec is put
+    with pytest.raises(redis.ResponseError):
+        with_store.create(kind="steer", spec={"prompts": ["x" * INLINE_SPEC_BYTES]}, queue="cpu", depends_on=[],
+                          team="lab", max_queued=5)
+    assert [i.key for i in store.list("")] == []
+
+
+def test_the_reaper_sends_a_ready_job_that_was_created_but_never_sent(registry):
+    """The API died (or lost Redis) between creating a job and sending it, and its client never
+    retried: the reaper sends it once it is ready, and leaves alone what waits for a dependency."""
+    registry.teams.set_quota("lab", TeamQuota(max_running=5))
+    stranded, _ = registry.create(kind="harvest", spec={}, queue="cpu", depends_on=[], team="lab")
+    blocked, _ = registry.create(kind="train", spec={}, queue="cpu", depends_on=[stranded["id"]], team="lab")
+    for job in (stranded, blocked):
+        registry.r.hset(f"saeq:job:{job['id']}", "created_at", str(time.time() - 120))
+    fresh, _ = registry.create(kind="harvest", spec={}, queue="cpu", depends_on=[], team="lab")  # its API sends it
+    resend, _ = registry.reap(lost_after_s=60, waiting=set)
+    assert [job["id"] for job, _ in resend] == [stranded["id"]]
+    assert registry.get(stranded["id"])["dispatch_id"] == resend[0][1]
+    assert not registry.get(blocked["id"])["dispatched"] and not registry.get(fresh["id"])["dispatched"]
+    assert registry.reap(lost_after_s=60, waiting=set)[0] == []  # sent once

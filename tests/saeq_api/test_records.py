@@ -6,6 +6,7 @@ Run with `-s` to see the figures."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -175,6 +176,55 @@ def test_bad_list_and_event_parameters_are_422_naming_them(api):
         assert r.json()["detail"][0]["field"] == "query.after"
     events = api.get(f"/v1/jobs/{job}/events", params={"after": "18446744073709551615-18446744073709551615"})
     assert events.status_code == 200 and events.json()["events"] == []
+
+
+def test_an_event_id_of_other_unicode_digits_is_422_not_a_redis_error(api):
+    job = _submit(api).json()["id"]
+    for after in ("\u0663-\u0663", "\uff11-0", "1-\u0967"):  # Arabic-Indic, fullwidth, Devanagari
+        r = api.get(f"/v1/jobs/{job}/events", params={"after": after})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["field"] == "query.after"
+
+
+def test_seeds_beyond_what_torch_takes_are_422_naming_the_field(api):
+    train = {"kind": "train", "activations": {"job_id": "0" * 32, "hook": "blocks.14.hook_resid_post"}}
+    label = {"kind": "label", "sae": {"job_id": "0" * 32}}
+    steer = {"kind": "steer", "sae": {"job_id": "0" * 32}, "prompts": ["hi"],
+             "interventions": [{"edits": [{"feature": 1, "value": 1.0}]}]}
+    evaluate = {"kind": "evaluate", "sae": {"job_id": "0" * 32}}
+    for spec in (HARVEST, train, label, steer, evaluate):
+        for seed in (1 << 63, 1 << 64, -1):
+            r = _submit(api, spec={**spec, "seed": seed})
+            assert r.status_code == 422, (spec["kind"], seed, r.text)
+            assert r.json()["detail"][0]["field"] == "spec.seed", r.text
+    assert _submit(api, spec={**HARVEST, "seed": (1 << 63) - 1}).status_code == 201
+    live = [("/v1/steer", {"prompt": "hi"}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})]
+    for path, body in live:
+        r = api.post(path, json={**body, "seed": 1 << 64})
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["detail"][0]["field"] == "seed", r.text
+
+
+def test_a_retried_submit_dispatches_the_job_a_failed_first_attempt_created(api, api_settings):
+    """The first request created the job, then died before sending it (a Redis outage past its
+    retries, or the API process): the retry with the same key and body sends it."""
+    from saeq.dispatch import waiting_dispatches
+    from saeq.specs import JobCreate
+
+    body, member = {"spec": HARVEST, "name": "retried"}, api.key_for("retry")
+    svc = api.app.state.services
+    record, created = svc.registry.create(
+        kind="harvest", spec=JobCreate.model_validate(body).spec.model_dump(mode="json"), queue="gpu",
+        depends_on=[], name="retried", team="retry", idempotency_key="k-retry",
+        request_digest=hashlib.sha256(JobCreate.model_validate(body).model_dump_json().encode()).hexdigest())
+    assert created and not svc.registry.get(record["id"])["dispatched"]  # what the first attempt left
+    again = api.post("/v1/jobs", json=body, headers={**member, "Idempotency-Key": "k-retry"})
+    assert again.status_code == 200 and again.json()["id"] == record["id"], again.text
+    job = svc.registry.get(record["id"])
+    assert job["dispatched"] and job["dispatch_id"] in waiting_dispatches(_redis(api_settings))
+    third = api.post("/v1/jobs", json=body, headers={**member, "Idempotency-Key": "k-retry"})  # sent once only
+    assert third.status_code == 200 and svc.registry.get(record["id"])["dispatch_id"] == job["dispatch_id"]
 
 
 def test_a_huge_invalid_body_gets_a_small_answer(api):

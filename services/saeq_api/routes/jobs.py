@@ -13,7 +13,7 @@ from saeq import costs, keys
 from saeq.admission import check_admissible
 from saeq.dispatch import KIND_QUEUE
 from saeq.errors import InvalidSpec
-from saeq.registry import STATES, IdempotencyConflict, QuotaExceeded, after_finish, dispatch_ready
+from saeq.registry import STATES, IdempotencyConflict, MissingDependency, QuotaExceeded, after_finish, dispatch_ready
 from saeq.specs import (JOB_KINDS, EvaluateSpec, HarvestSpec, JobCreate, LabelSpec, SteerSpec, TrainedSae, TrainSpec,
                         UploadCorpus)
 from saeq.teams import Principal, TeamQuota
@@ -74,6 +74,8 @@ def submit_job(body: JobCreate, svc: Svc, who: Caller, response: Response,
             priority=body.priority, time_limit_s=body.time_limit_s or quota.max_time_s,
             max_queued=quota.max_queued, max_stored=quota.max_stored_jobs,
             submits_per_minute=quota.submits_per_minute)
+    except MissingDependency as e:  # expired or purged since it was checked above
+        raise _unprocessable(f"depends_on.{e.index}", str(e)) from None
     except QuotaExceeded as e:
         raise HTTPException(429, detail=str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
     except IdempotencyConflict as e:
@@ -83,8 +85,10 @@ def submit_job(body: JobCreate, svc: Svc, who: Caller, response: Response,
                    "use a new key for a different job"}]) from None
     if not created:
         response.status_code = 200
-        return JobPublic.of(record)
-    observe_submit(spec.kind)
+    else:
+        observe_submit(spec.kind)
+    # On a repeat too: the first request may have died (or met a Redis outage) between creating the
+    # job and sending it. Dispatching is once only (one script), so a job already sent stays as is.
     if dispatch_id := dispatch_ready(svc.registry, record["id"], svc.send, record):
         record = {**record, "dispatched": True, "dispatch_id": dispatch_id}
     return JobPublic.of(record)
@@ -262,8 +266,9 @@ def cancel_job(job_id: str, svc: Svc, who: Caller) -> JobPublic:
 
 @router.get("/{job_id}/events", response_model=JobEvents)
 def job_events(job_id: str, svc: Svc, who: Caller,
-               after: Annotated[str, Query(pattern=r"^\d+-\d+$", max_length=41)] = "0-0") -> JobEvents:
-    """The job's log of phases and progress messages; pass the last event's id as `after`."""
+               after: Annotated[str, Query(pattern=r"^[0-9]+-[0-9]+$", max_length=41)] = "0-0") -> JobEvents:
+    """The job's log of phases and progress messages; pass the last event's id as `after` (ASCII
+    digits: Redis refuses the other Unicode digits that `\\d` would let through)."""
     if any(int(part) >= 1 << 64 for part in after.split("-")):
         raise HTTPException(422, detail=[{"loc": ["query", "after"], "field": "query.after", "type": "value_error",
                                           "msg": "an event id is two numbers below 2**64, as `<ms>-<seq>`"}])

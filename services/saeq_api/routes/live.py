@@ -18,7 +18,7 @@ from saeq.admission import check_local_paths
 from saeq.dispatch import LIVE_QUEUE, LIVE_TASK
 from saeq.errors import InvalidSpec
 from saeq.live import MAX_CHARS_PER_TOKEN, LiveRequests, prompt_chars, reply_key
-from saeq.specs import (BUILTIN_MODEL, ChatMessage, Intervention, LabelSearch, ModelSpec, SaeRef,
+from saeq.specs import (BUILTIN_MODEL, ChatMessage, Intervention, LabelSearch, ModelSpec, SaeRef, Seed,
                         SteerRequest, TrainedSae)
 from saeq.teams import Principal
 from saeq_api.deps import Caller, Services, services
@@ -152,7 +152,7 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=512)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=512)
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
-    seed: int | None = None
+    seed: Seed | None = None
     steering: Steering | None = None
     """saeq's extension (send it with the openai client's `extra_body`): which SAE and features."""
 

@@ -122,7 +122,7 @@ def specificity(index: FeatureIndex, labels: dict[int, Explanation], rater: Rate
     max_act = index.max_act()
     samples = {}
     for f in labels:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + f)
+        g = torch.Generator().manual_seed((seed * 1_000_003 + f) % (1 << 63))
         samples[f] = specificity_examples(index, f, n_zero=n_zero, n_bins=n_bins, n_per_bin=n_per_bin,
                                           before=before, after=after, generator=g)
     items = [(labels[f], text_of(ex, decode)) for f, exs in samples.items() for ex in exs]

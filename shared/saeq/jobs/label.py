@@ -55,7 +55,7 @@ def _activating_contexts(index: FeatureIndex) -> torch.Tensor:
 def sample_feature(index: FeatureIndex, feature: int, spec: LabelSpec) -> FeatureSample:
     """Top windows, then scoring windows from the other activating contexts spread over
     activation quantiles, and as many silent windows; seeded per feature."""
-    g = torch.Generator().manual_seed(spec.seed * 1_000_003 + feature)
+    g = torch.Generator().manual_seed((spec.seed * 1_000_003 + feature) % (1 << 63))
     w = {"before": spec.window_before, "after": spec.window_after}
     top = index.top_examples(feature, spec.n_explain_examples, **w)
     per_bin = math.ceil(spec.n_score_examples / QUANTILE_BINS)
@@ -114,8 +114,8 @@ def _score(samples, explanations, spec, judge, embedder, decode) -> list[dict]:
             continue
         batch = [detection_items(explanations[i], samples[i].activating, samples[i].silent, decode)
                  if kind == "detection" else
-                 fuzzing_items(explanations[i], samples[i].activating, decode,
-                               torch.Generator().manual_seed(spec.seed * 1_000_003 + samples[i].feature + 1))
+                 fuzzing_items(explanations[i], samples[i].activating, decode, torch.Generator().manual_seed(
+                     (spec.seed * 1_000_003 + samples[i].feature + 1) % (1 << 63)))
                  for i in scorable]
         for i, sc in zip(scorable, judge_scores(judge, kind, batch)):
             out[i][kind] = sc.to_dict()

@@ -396,7 +396,7 @@ def _build(spec: TrainSpec, names: list[str], d_in: int, device: str,
         d_sae = sae_latents(cfg, d_in)
         if cfg.architecture in ("topk", "batchtopk") and cfg.k > d_sae:
             raise InvalidSpec(f"k={cfg.k} exceeds d_sae={d_sae}", field=f"spec.saes[{i}].k")
-        gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + i)
+        gen = torch.Generator().manual_seed((spec.seed * 1_000_003 + i) % (1 << 63))
         sae = SparseAutoencoder(d_in, d_sae, cfg.architecture, k=cfg.k, generator=gen).to(device)
         with torch.no_grad():
             if b_dec is not None:
