@@ -139,6 +139,8 @@ class LiveRequests:
         return Refusal(limit if isinstance(limit, str) else limit.decode(), max(1, math.ceil(float(retry))))
 
     def release(self, team: str, request_id: str) -> None:
+        """Free the request's slot: the API on an answer or a withdrawal, else the worker that took
+        it, when it answers, stops or skips it (whoever finishes last)."""
         self.r.zrem(slots_key(team), request_id)
 
     def enqueue(self, team: str, entry: dict[str, Any], *, ttl_s: float) -> str:
@@ -147,29 +149,49 @@ class LiveRequests:
         self._enqueue(keys=[queue_key(team), RING_KEY], args=[team, raw, math.ceil(ttl_s)])
         return raw
 
-    def cancel(self, team: str, request_id: str, raw_entry: str, op: str) -> None:
+    def cancel(self, team: str, request_id: str, raw_entry: str, op: str) -> bool:
         """The API gave up (504, or its client left): take the request out of its queue if no worker
-        has it yet, else flag it so the worker stops between tokens."""
+        has it yet (True: the caller frees its slot), else flag it so the worker stops before its
+        next load phase or token, and frees the slot then (False)."""
         pipe = self.r.pipeline()
         pipe.set(cancel_key(request_id), "1", ex=CANCEL_TTL_S)
         pipe.lrem(queue_key(team), 1, raw_entry)
         if pipe.execute()[1]:
             self.record(op, "withdrawn")
+            return True
+        return False
 
     # ---- the workers ---------------------------------------------------------------------------
 
     def next_request(self) -> dict[str, Any] | None:
-        """The fairest waiting request: the oldest of the next team in turn."""
+        """The fairest waiting request: the oldest of the next team in turn. The worker that takes
+        one holds its slot from then on: `hold` while it computes, `release` when it lets go."""
         raw = self._next(keys=[RING_KEY], args=[queue_key("")])
-        return json.loads(raw) if raw else None
+        if not raw:
+            return None
+        entry = json.loads(raw)
+        self.hold(entry)
+        return entry
+
+    def hold(self, entry: dict[str, Any]) -> None:
+        """Keep the slot of a request this worker computes for another `hold_s` (the API's first
+        hold may run out during a long load); a worker that dies stops renewing it."""
+        hold_s = entry.get("hold_s")
+        if hold_s is None:
+            return
+        pipe = self.r.pipeline()
+        pipe.zadd(slots_key(entry["team"]), {entry["id"]: time.time() + hold_s}, xx=True)
+        pipe.expire(slots_key(entry["team"]), math.ceil(hold_s) + 1)
+        pipe.execute()
 
     def cancelled(self, entry: dict[str, Any]) -> bool:
         """The API gave up on it, or its deadline passed (an API that died sets no flag)."""
         return time.time() > entry["deadline"] + DEADLINE_GRACE_S or bool(self.r.exists(cancel_key(entry["id"])))
 
     def check_for(self, entry: dict[str, Any], every_s: float = 0.2) -> Callable[[], None]:
-        """A callback for between tokens: raises Cancelled once the request is cancelled; asks
-        Redis at most every `every_s`, so a token costs no round trip."""
+        """A callback for before each load phase and between tokens: raises Cancelled once the
+        request is cancelled, else renews its slot's hold; asks Redis at most every `every_s`, so a
+        token costs no round trip."""
         asked = -math.inf
 
         def check() -> None:
@@ -178,6 +200,7 @@ class LiveRequests:
                 asked = time.monotonic()
                 if self.cancelled(entry):
                     raise Cancelled("the caller of this live request gave up (timeout or disconnect)")
+                self.hold(entry)
 
         return check
 

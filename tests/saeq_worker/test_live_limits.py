@@ -224,3 +224,70 @@ def test_a_request_that_got_a_504_is_not_computed(tmp_path_factory, redis_srv, s
         assert after.get("steer|stopped", 0) >= 1
         assert after.get("steer|ok", 0) == 1  # only the short one; none of the three long ones
         assert "live_timeout_s" in r.json()["detail"]  # the 504 names the setting
+
+
+def test_a_team_keeps_its_slot_while_a_worker_computes_a_request_its_caller_left(tmp_path_factory, redis_srv,
+                                                                                   s3_srv, models):
+    """A caller that leaves during a load (which cannot stop halfway) does not free its team's slot:
+    with live_concurrency=1 the team's next request is 429 until the worker lets go, while another
+    team is served by the other worker; the abandoned request is never generated."""
+    import shutil
+
+    from saeq.models import builtin_gguf_path
+
+    root, fast, _ = models
+    gguf = root / "gguf"  # transformers dequantises a GGUF on every load: ~10-70 s of one core
+    gguf.mkdir(exist_ok=True)
+    shutil.copy(builtin_gguf_path(), gguf / "model.gguf")
+    st = _stack(tmp_path_factory, redis_srv, s3_srv, models, 120)
+    st.opts.workers = 2  # one loads the abandoned request's model, the other serves the other team
+    with st:
+        keeper, served = team_http(st, "keeper", live_concurrency=1), team_http(st, "served")
+        warmers = [threading.Thread(target=warm, args=(served, fast)) for _ in range(2)]
+        for t in warmers:
+            t.start()
+        for t in warmers:
+            t.join()
+        before = outcomes(st)
+        leaving = httpx.Client(base_url=st.url, timeout=3.0, headers=keeper.headers)
+        with pytest.raises(httpx.TimeoutException):
+            leaving.post("/v1/steer", json={"model": {"name": str(gguf), "gguf_file": "model.gguf"},
+                                            "prompt": "Hello", "max_new_tokens": 64})
+        time.sleep(1.0)  # the API notices the disconnect within 0.25 s and cancels
+        r = keeper.post("/v1/steer", json=body(fast))
+        assert r.status_code == 429, r.text
+        assert "live_concurrency" in r.json()["detail"]
+        assert served.post("/v1/steer", json=body(fast)).status_code == 200  # another team meanwhile
+        computing = outcomes(st)
+        assert not any(computing.get(f"steer|{o}", 0) - before.get(f"steer|{o}", 0)
+                       for o in ("stopped", "skipped", "withdrawn")), "the load ended too soon to tell"
+        t0, statuses = time.monotonic(), [r.status_code]
+        while statuses[-1] == 429 and time.monotonic() - t0 < 300:
+            time.sleep(1.0)
+            statuses.append(keeper.post("/v1/steer", json=body(fast)).status_code)
+        after = {k: v - before.get(k, 0) for k, v in outcomes(st).items()}
+        print(f"\nkeeper's slot was free {time.monotonic() - t0:.1f} s after its caller left "
+              f"({len(statuses) - 1} requests refused with 429); outcomes {after}")
+        assert statuses[-1] == 200
+        # Let go after the load, at the check before generating: stopped, never answered.
+        assert after.get("steer|stopped", 0) == 1 and after.get("steer|ok", 0) == 2
+
+
+def test_an_edit_that_overflows_float16_answers_null_not_nan(live_stack, models):
+    """NaN is no JSON number: the API would answer 500. The worker gives null and a note."""
+    from saeq.sae import SparseAutoencoder
+
+    root, fast, _ = models
+    sae_dir = root / "sae-64"
+    if not sae_dir.exists():
+        SparseAutoencoder(64, 128, "topk", k=4).save(sae_dir, format="sparsify")
+    http = team_http(live_stack, "overflow")
+    warm(http, fast)
+    r = http.post("/v1/steer", json={
+        "model": {"name": str(fast), "dtype": "float16"}, "sae": {"source": "path", "path": str(sae_dir)},
+        "hook": "blocks.1.hook_resid_post", "prompt": "Hello there", "chat": False, "max_new_tokens": 4,
+        "interventions": [{"feature": 0, "mode": "add", "value": 1e6}]})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["kl_from_default"] is None
+    assert any("kl_from_default" in n and "overflowed" in n for n in out["notes"])

@@ -21,9 +21,10 @@ from saeq_worker.running import RunningJob
 MANIFEST_FORMAT = "saeq.harvest/1"
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=2)
 def cached_model(spec: ModelSpec, device: str, cache_dir: str) -> LoadedModel:
-    # Kept across jobs in this worker process: consecutive jobs often read the same model.
+    # Kept across jobs in this worker process: consecutive jobs often read the same model. Two, so
+    # a live worker answering for two models (the builtin and a team's) does not reload per request.
     return load_model(spec, device=device, cache_dir=cache_dir)
 
 

@@ -5,7 +5,9 @@ the SAE loaded between requests."""
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Callable
 
@@ -131,15 +133,20 @@ def serve_steer(request: SteerRequest, store: ObjectStore, *, device: str, cache
                 max_prompt_tokens: int | None = None, check: Callable[[], None] | None = None) -> dict:
     """One live request: the steered completion and, when asked, the default one beside it.
     `max_prompt_tokens`: the team's cap, counted after the chat template; `check` runs between
-    generated tokens and raises to stop (the caller gave up)."""
+    generated tokens and before each load phase, and raises to stop (the caller gave up): a load
+    cannot be stopped halfway, so a request given up during one goes no further."""
     t0 = time.monotonic()
+    check = check or (lambda: None)
     ctx = None
     if request.sae is not None:
+        check()
         # Keyed by what picks the SAE, model and hook only, so other fields do not reload it.
         ctx = _live_context(SteerRequest(sae=request.sae, model=request.model, hook=request.hook, prompt="-"), store)
         check_edits(_edits(request.interventions), ctx.sae, field="interventions")
     model = ctx.model if ctx else (request.model or ModelSpec())
+    check()
     lm = cached_model(model, device, cache_dir)
+    check()
     if request.messages is not None:
         ids = chat_prompt(lm, [m.model_dump() for m in request.messages])
     else:
@@ -164,24 +171,46 @@ def serve_steer(request: SteerRequest, store: ObjectStore, *, device: str, cache
     elif request.include_default:
         out.update(default=steered.text, kl_from_default=0.0, perplexity_unsteered=None)
     out["seconds"] = time.monotonic() - t0
+    return _finite(out)
+
+
+def _finite(out: dict) -> dict:
+    """NaN and infinity become null with a note saying why: JSON has no such numbers. Edits that
+    overflow the model's dtype (float16 tops out at 65,504) give NaN logits, an empty completion
+    a NaN perplexity."""
+    bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        out.update({k: None for k in bad}, notes=[
+            f"{k} is not a finite number (the steered activations overflowed the model's dtype, or "
+            f"nothing was generated): null" for k in bad])
     return out
 
 
-_EMBEDDED: dict[str, tuple] = {}  # label job -> (records, label embeddings, manifest)
+_EMBEDDED: OrderedDict[str, tuple] = OrderedDict()  # label job -> (records, embeddings, manifest, n labels)
+EMBEDDED_JOBS = 4
+"""Label jobs whose label embeddings a worker process keeps (least recently searched dropped)."""
+MAX_SEARCH_LABELS = 50_000
+"""Labels of one label job that label search embeds (the first ones; the reply says how many of
+how many). MiniLM's 384 float32s are 1.5 KB a label: 75 MB at the cap, 4x that for EMBEDDED_JOBS.
+A label job of a 32,768-feature SAE with one explainer fits whole."""
+EMBED_BATCH = 256
+"""Labels embedded between two cancel checks."""
 
 
-def search_labels(search: LabelSearch, store: ObjectStore, *, device: str) -> dict:
+def search_labels(search: LabelSearch, store: ObjectStore, *, device: str,
+                  check: Callable[[], None] | None = None) -> dict:
     """Features of a label job ranked by cosine similarity of their label and description to the
-    query (MiniLM); each feature once, with its best-matching label."""
+    query (MiniLM); each feature once, with its best-matching label. `check` runs before each
+    load and between batches of labels embedded, and raises to stop (the caller gave up)."""
+    check = check or (lambda: None)
+    check()
     embedder = _embedder(device)
     if search.label_job not in _EMBEDDED:
-        manifest = read_published_manifest(store, search.label_job, "label", field="label_job")
-        records = [json.loads(line) for line in store.get(manifest["labels_key"]).decode().splitlines()]
-        texts = [f"{r['label']}: {r['description']}" for r in records]
-        emb = embedder.model.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
-                                     show_progress_bar=False)
-        _EMBEDDED[search.label_job] = (records, emb, manifest)
-    records, emb, manifest = _EMBEDDED[search.label_job]
+        _EMBEDDED[search.label_job] = _embed_labels(store, search.label_job, embedder, check)
+        while len(_EMBEDDED) > EMBEDDED_JOBS:
+            _EMBEDDED.popitem(last=False)
+    _EMBEDDED.move_to_end(search.label_job)
+    records, emb, manifest, n_labels = _EMBEDDED[search.label_job]
     q = embedder.model.encode([search.query], convert_to_tensor=True, normalize_embeddings=True,
                                show_progress_bar=False)[0]
     sims = (emb @ q).tolist()
@@ -194,7 +223,26 @@ def search_labels(search: LabelSearch, store: ObjectStore, *, device: str) -> di
             "results": [{"feature": r["feature"], "similarity": sim, "label": r["label"],
                          "description": r["description"], "explainer": r["explainer"],
                          "detection_auc": (r["scores"].get("detection") or {}).get("auc")}
-                        for sim, r in ranked]}
+                        for sim, r in ranked],
+            "labels_searched": len(records), "labels_total": n_labels}
+
+
+def _embed_labels(store: ObjectStore, label_job: str, embedder, check: Callable[[], None]) -> tuple:
+    import torch
+
+    manifest = read_published_manifest(store, label_job, "label", field="label_job")
+    check()
+    lines = store.get(manifest["labels_key"]).decode().splitlines()
+    records = [json.loads(line) for line in lines[:MAX_SEARCH_LABELS]]
+    texts = [f"{r['label']}: {r['description']}" for r in records]
+    parts = []
+    for i in range(0, len(texts), EMBED_BATCH):
+        check()
+        parts.append(embedder.model.encode(texts[i:i + EMBED_BATCH], convert_to_tensor=True,
+                                           normalize_embeddings=True, show_progress_bar=False))
+    model = embedder.model
+    emb = torch.cat(parts) if parts else torch.zeros(0, model.get_sentence_embedding_dimension(), device=model.device)
+    return records, emb, manifest, len(lines)
 
 
 @lru_cache(maxsize=1)

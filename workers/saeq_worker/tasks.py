@@ -100,30 +100,40 @@ def steer(job_id: str, dispatch_id: str) -> None:
 def live(request_id: str = "", *_: object) -> None:
     """Answer the fairest waiting live request (steer, label search): this message announces that
     `request_id` was queued, but the workers serve the teams in turn (saeq.live), so it may answer
-    another team's first. The reply goes to a Redis list the API waits on."""
-    from saeq.errors import Cancelled
-    from saeq.specs import LabelSearch, SteerRequest
-    from saeq_worker.steer import error_reply, search_labels, serve_steer
+    another team's first. The reply goes to a Redis list the API waits on. The request's slot is
+    this worker's to free once taken: its caller may have left, and the team must not start another
+    while this one still computes."""
+    import saeq_worker.steer  # noqa: F401  torch is imported before a request is taken, not while it waits
 
     requests = _live_requests()
     entry = requests.next_request()
     if entry is None:  # the API withdrew it, or an earlier message served it
         return
+    try:
+        _serve_live(requests, entry)
+    finally:
+        requests.release(entry["team"], entry["id"])
+
+
+def _serve_live(requests, entry: dict) -> None:
+    from saeq.errors import Cancelled
+    from saeq.specs import LabelSearch, SteerRequest
+    from saeq_worker.steer import error_reply, search_labels, serve_steer
+
     op, request_id, payload = entry["op"], entry["id"], entry["payload"]
     if requests.cancelled(entry):
         log.info("live %s request %s of team %s skipped: its caller gave up", op, request_id, entry["team"])
         requests.record(op, "skipped")
         return
-    outcome = "ok"
+    outcome, check = "ok", requests.check_for(entry)
     try:
         if op == "steer":
             request = SteerRequest.model_validate(payload)
             check_local_paths(request, settings.local_path_roots)  # before a model or SAE is loaded
-            reply = serve_steer(request, _store(), device=_device(),
-                                cache_dir=settings.cache_dir, max_prompt_tokens=entry["max_prompt_tokens"],
-                                check=requests.check_for(entry))
+            reply = serve_steer(request, _store(), device=_device(), cache_dir=settings.cache_dir,
+                                max_prompt_tokens=entry["max_prompt_tokens"], check=check)
         elif op == "search_labels":
-            reply = search_labels(LabelSearch.model_validate(payload), _store(), device=_device())
+            reply = search_labels(LabelSearch.model_validate(payload), _store(), device=_device(), check=check)
         else:
             raise ValueError(f"unknown live operation {op!r}")
     except Cancelled:

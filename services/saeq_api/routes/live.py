@@ -52,8 +52,10 @@ async def _round_trip(svc: Services, op: str, payload: dict, who: Principal, req
                                         f"{MAX_CHARS_PER_TOKEN} characters a token")
     request_id, timeout = uuid.uuid4().hex, svc.settings.live_timeout_s
     live = LiveRequests(svc.registry.r)
-    # A slot is held until the answer or the give-up below; `hold_s` frees it if this process dies.
-    refusal = await run_in_threadpool(live.admit, who.team, request_id, quota, hold_s=timeout + 30)
+    # A slot is held until the answer, or until the worker that took a request its caller gave up on
+    # lets go of it; `hold_s` frees it if this process (or that worker) dies.
+    hold_s = timeout + 30
+    refusal = await run_in_threadpool(live.admit, who.team, request_id, quota, hold_s=hold_s)
     if refusal is not None:
         raise HTTPException(429, headers={"Retry-After": str(refusal.retry_after_s)}, detail=(
             f"team {who.team!r} has {quota.live_concurrency} live requests in progress, its limit "
@@ -61,7 +63,7 @@ async def _round_trip(svc: Services, op: str, payload: dict, who: Principal, req
             f"team {who.team!r} made {quota.live_per_minute} live requests in the last 60 s, its limit "
             f"(quota live_per_minute); retry in {refusal.retry_after_s} s"))
     entry = {"id": request_id, "team": who.team, "op": op, "payload": payload,
-             "max_prompt_tokens": quota.live_prompt_tokens, "deadline": time.time() + timeout}
+             "max_prompt_tokens": quota.live_prompt_tokens, "deadline": time.time() + timeout, "hold_s": hold_s}
     raw, reply = None, None
     try:
         raw = await run_in_threadpool(live.enqueue, who.team, entry, ttl_s=timeout + 60)
@@ -74,9 +76,11 @@ async def _round_trip(svc: Services, op: str, payload: dict, who: Principal, req
                 raise HTTPException(499, detail="the client closed the connection")
     finally:
         # Not awaited: this runs even in a cancelled task, where a further await would be cancelled too.
-        if reply is None and raw is not None:  # 504, a client gone, an error: nobody wants the answer
-            live.cancel(who.team, request_id, raw, op)
-        live.release(who.team, request_id)
+        # Nobody wants the answer (504, a client gone, an error): withdrawn, the slot is this request's
+        # to free; taken, the worker frees it when it stops, so a team cannot have more requests
+        # computing than its live_concurrency by leaving them.
+        if reply is not None or raw is None or live.cancel(who.team, request_id, raw, op):
+            live.release(who.team, request_id)
     if reply is None:
         raise HTTPException(504, detail=f"no worker on the '{LIVE_QUEUE}' queue answered within {timeout:g} s "
                                         "(setting live_timeout_s); the request was cancelled")
