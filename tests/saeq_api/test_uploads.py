@@ -192,6 +192,12 @@ def test_upload_listing_is_paged_oldest_first(api):
         if cursor is None:
             break
     assert seen == ids  # every upload once, oldest first
+    for upload_id in ids[1:4:2]:
+        assert api.delete(f"/v1/uploads/{upload_id}", headers=member).status_code == 204
+    first = _listed(api, member, limit=2)
+    rest = _listed(api, member, limit=2, cursor=first["next_cursor"])
+    assert [u["upload_id"] for u in first["uploads"] + rest["uploads"]] == [ids[0], ids[2], ids[4]]
+    assert rest["next_cursor"] is None and rest["n_uploads"] == 3
     r = api.get("/v1/uploads", headers=member, params={"limit": 501})
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "query.limit"
     r = api.get("/v1/uploads", headers=member, params={"cursor": "not a cursor"})
