@@ -61,8 +61,8 @@ def test_feature_page_list_and_playground(client_module, train_job, chromium, tm
     page.wait_for_selector("#signin")
     page.goto(f"{client.url}/browse#/login?key={client.api_key}&next=/")  # the demo's link signs in too,
     page.locator("#use-link-key", has_text="Sign in as team").click()  # on the user's click
-    page.wait_for_selector("#saes")
-    assert "key=" not in page.url  # and the key leaves the address bar  # not just any table: the playground's is still there until then
+    page.wait_for_selector("#saes")  # not just any table: the playground's is still there until then
+    assert "key=" not in page.url  # and the key leaves the address bar
     assert page.locator("#saes").get_by_text("topk").count() > 0
     assert page.locator(f"#saes a[href='#/features/{label['id']}']").count() == 1
     page.goto(f"{client.url}/browse#/jobs")
