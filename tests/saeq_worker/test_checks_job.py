@@ -91,11 +91,16 @@ def test_a_label_job_of_another_kind_sae_or_unfinished_is_refused_at_submit(clie
     client.cancel(label["id"])
 
 
-def test_held_out_text_follows_the_harvests_document_order(s3_srv, train_job, harvest_job):
+def test_held_out_text_follows_the_harvests_document_order(s3_srv, train_job, harvest_job, monkeypatch,
+                                                           tmp_path_factory):
     """Evaluate and label read the documents after those the harvest used, in the harvest's order:
     the harvest's seed, not the job's, or held-out text would overlap the training text."""
     from saeq.store import S3Store
+    from saeq_worker.celery_app import settings
     from saeq_worker.evaluate import sae_context
+
+    # As in the stack's workers: the tiny model the harvest read lies under pytest's basetemp.
+    monkeypatch.setattr(settings, "local_path_roots", [str(tmp_path_factory.getbasetemp().resolve())])
 
     store = S3Store(s3_srv.endpoint, s3_srv.access_key, s3_srv.secret_key, s3_srv.bucket)
     ctx = sae_context(EvaluateSpec(sae={"job_id": train_job["id"]}, seed=7), store)
