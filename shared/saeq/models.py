@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from saeq.errors import InvalidSpec, NotFound
-from saeq.specs import BUILTIN_MODEL, ModelSpec
+from saeq.specs import BUILTIN_MODEL, ModelSpec, hub_id
 
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PROVENANCE_FILE = "saeq-provenance.json"
@@ -207,6 +207,21 @@ def check_named_files(directory: Path, name: str) -> None:
                 raise InvalidSpec(f"model {name!r}: {config.name} names a file ({key}) that is no plain file "
                                   "name in the model's directory; saeq reads only the repository's own files",
                                   field="spec.model.name")
+        # An adapter's config makes transformers (with peft installed) load the base model it
+        # names instead: that must be a hub id, never a directory on the worker.
+        adapter = config.name == "adapter_config.json" and isinstance(data, dict)
+        if adapter and data.get("base_model_name_or_path") is not None \
+                and not _is_hub_id(data["base_model_name_or_path"]):
+            raise InvalidSpec(f"model {name!r}: adapter_config.json names a base model that is no hub id "
+                              "(base_model_name_or_path); saeq reads only the repository's own files",
+                              field="spec.model.name")
+
+
+def _is_hub_id(value: object) -> bool:
+    try:
+        return isinstance(value, str) and hub_id(value) == value
+    except ValueError:
+        return False
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

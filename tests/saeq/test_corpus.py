@@ -84,11 +84,25 @@ def test_bad_upload_fails_the_job_naming_field_and_line(tmp_path):
     assert e.value.field == "spec.corpus.upload_id"
 
 
-def test_hub_dataset(monkeypatch):
+def test_hub_dataset(monkeypatch, tmp_path):
     import datasets
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
     rows = {"content": [f"doc {i}" for i in range(10)], "title": [f"t{i}" for i in range(10)]}
     calls = []
+    commit = "ab" * 20
+    (tmp_path / commit).mkdir()
+    (tmp_path / commit / "README.md").write_text("---\nlicense: mit\n---\n")
+
+    def hub_card(self, repo_id, filename, **kw):  # stands in for the hub serving me/wiki's card
+        if repo_id != "me/wiki":
+            raise RepositoryNotFoundError(f"no repository {repo_id}")
+        if filename != "README.md":
+            raise EntryNotFoundError(filename)
+        return str(tmp_path / commit / filename)
+
+    monkeypatch.setattr(HfApi, "hf_hub_download", hub_card)
 
     def fake_load(name, config, *, split, streaming, revision):
         calls.append((name, config, split, streaming, revision))
@@ -101,7 +115,8 @@ def test_hub_dataset(monkeypatch):
                      revision="v1")
     docs = list(iter_documents(spec, seed=0))
     assert docs == [Document(i, f"doc {i}", f"t{i}") for i in (2, 3, 4)]
-    assert calls[0] == ("hf://datasets/me/wiki", None, "train", True, "v1")  # the hub's, never a local directory
+    # The hub's, never a local directory; at the commit whose card was checked.
+    assert calls[0] == ("hf://datasets/me/wiki", None, "train", True, commit)
     with pytest.raises(InvalidSpec) as e:
         list(iter_documents(HubCorpus(source="hf", dataset="me/wiki"), seed=0))
     assert e.value.field == "spec.corpus.text_field" and "content" in e.value.message

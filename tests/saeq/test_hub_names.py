@@ -456,3 +456,17 @@ def test_load_errors_name_no_path_on_the_worker(tmp_path):
     shown = _detail(e, source)
     assert str(tmp_path) not in shown and "/etc/passwd" not in shown and "/blobs/" not in shown
     assert "https://huggingface.co/docs" in shown and "attacker/model" in shown and "</s>" in shown
+
+
+@pytest.mark.parametrize("base", ["/models/team-b/llama", "../team-b/llama", "./x", "a/b/c"])
+def test_an_adapter_config_cannot_name_a_base_model_directory(tiny_dir, tmp_path, base):
+    """transformers with peft installed loads the base model an adapter_config.json names instead."""
+    local = tmp_path / "models" / "llama"
+    shutil.copytree(tiny_dir, local)
+    (local / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+    with pytest.raises(InvalidSpec) as e:
+        load_model(ModelSpec(name=str(local)), cache_dir=str(tmp_path / "cache"))
+    assert e.value.field == "spec.model.name" and "base_model_name_or_path" in e.value.message
+    assert base not in e.value.message
+    (local / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M"}))
+    assert load_model(ModelSpec(name=str(local)), cache_dir=str(tmp_path / "cache")).n_layers == 2
