@@ -45,8 +45,10 @@ def queue_key(team: str) -> str:
     return f"{_P}queue:{team}"
 
 
-RING_KEY = f"{_P}ring"
-"""List: the teams with waiting requests, in the order the workers serve them."""
+TURNS_KEY = f"{_P}turns"
+"""Sorted set: the teams with waiting requests, scored by when each was last served (the turn
+counter `TURN_KEY`); the workers serve the lowest score first."""
+TURN_KEY = f"{_P}turn"
 OUTCOMES_KEY = f"{_P}outcomes"
 """Hash: `op|outcome` -> count, over the deployment's life (ok, error, skipped, stopped, withdrawn)."""
 
@@ -85,24 +87,28 @@ redis.call('EXPIRE', KEYS[2], 61)
 return {'', '0'}
 """
 
+# A team that starts waiting is scored just below the team served last, so it goes ahead of any
+# team that was just served (however many that one queued) but behind teams that have waited
+# longer. Teams joining in the same turn tie and go in name order.
 _ENQUEUE = """
 redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if not redis.call('LPOS', KEYS[2], ARGV[1]) then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-end
+local turn = tonumber(redis.call('GET', KEYS[3]) or '0')
+redis.call('ZADD', KEYS[2], 'NX', turn - 0.5, ARGV[1])
 """
 
-# The team at the head of the ring gives its oldest request and goes to the back if it has more:
-# each team with waiting requests gets one in turn, however many it queued.
+# The least recently served team gives its oldest request and, if it has more, is scored with the
+# next turn: each team with waiting requests gets one in turn, however many it queued.
 _NEXT = """
-for _ = 1, redis.call('LLEN', KEYS[1]) do
-  local team = redis.call('LPOP', KEYS[1])
+for _ = 1, redis.call('ZCARD', KEYS[1]) do
+  local team = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
   if not team then return false end
   local queue = ARGV[1] .. team
   local entry = redis.call('LPOP', queue)
   if redis.call('LLEN', queue) > 0 then
-    redis.call('RPUSH', KEYS[1], team)
+    redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[2]), team)
+  else
+    redis.call('ZREM', KEYS[1], team)
   end
   if entry then return entry end
 end
@@ -146,7 +152,7 @@ class LiveRequests:
     def enqueue(self, team: str, entry: dict[str, Any], *, ttl_s: float) -> str:
         """Queue a request for the workers; returns the stored entry (for `withdraw`)."""
         raw = json.dumps(entry)
-        self._enqueue(keys=[queue_key(team), RING_KEY], args=[team, raw, math.ceil(ttl_s)])
+        self._enqueue(keys=[queue_key(team), TURNS_KEY, TURN_KEY], args=[team, raw, math.ceil(ttl_s)])
         return raw
 
     def cancel(self, team: str, request_id: str, raw_entry: str, op: str) -> bool:
@@ -166,7 +172,7 @@ class LiveRequests:
     def next_request(self) -> dict[str, Any] | None:
         """The fairest waiting request: the oldest of the next team in turn. The worker that takes
         one holds its slot from then on: `hold` while it computes, `release` when it lets go."""
-        raw = self._next(keys=[RING_KEY], args=[queue_key("")])
+        raw = self._next(keys=[TURNS_KEY, TURN_KEY], args=[queue_key("")])
         if not raw:
             return None
         entry = json.loads(raw)

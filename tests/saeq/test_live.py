@@ -36,6 +36,15 @@ def test_teams_are_served_in_turn_however_many_each_queued(live):
     assert order == ["a1", "b1", "c1", "a2", "b2", "a3"]
 
 
+def test_a_team_that_starts_waiting_goes_before_the_team_just_served(live):
+    for n in (1, 2, 3):
+        live.enqueue("a", _entry("a", n), ttl_s=60)
+    assert live.next_request()["id"] == "a1"  # a worker computes a1; a2 and a3 wait
+    live.enqueue("b", _entry("b", 1), ttl_s=60)
+    assert [live.next_request()["id"] for _ in range(3)] == ["b1", "a2", "a3"]
+    assert live.next_request() is None
+
+
 def test_a_slot_held_by_an_api_that_died_expires(live):
     quota = TeamQuota(live_concurrency=1, live_per_minute=100)
     assert live.admit("lab", "r1", quota, hold_s=1.0) is None  # never released: its API died
