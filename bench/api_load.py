@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from saeq.local_stack import LocalStack, StackOptions, free_port
+from saeq.dev.local_stack import LocalStack, StackOptions, free_port
 
 SPEC = {"spec": {"kind": "harvest", "max_tokens": 1000}}
 TARGET_P99_MS = 50.0

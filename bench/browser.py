@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 
 from saeq import keys
-from saeq.feature_pages import CHUNK, PAGES_FORMAT
-from saeq.local_stack import LocalStack, StackOptions, free_port
-from saeq.registry import Registry
-from saeq.store import LocalStore
+from saeq.ml.feature_pages import CHUNK, PAGES_FORMAT
+from saeq.dev.local_stack import LocalStack, StackOptions, free_port
+from saeq.platform.registry import Registry
+from saeq.platform.store import LocalStore
 
 
 def publish_label_job(registry: Registry, store: LocalStore, d_sae: int) -> str:

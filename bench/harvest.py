@@ -16,10 +16,10 @@ import time
 import torch
 from transformers.masking_utils import create_causal_mask
 
-from saeq.corpus import iter_documents
+from saeq.ml.corpus import iter_documents
 from saeq.jobs.harvest import harvest_activations, pack_contexts
-from saeq.models import load_model
-from saeq.shards import write_shard_bytes
+from saeq.ml.models import load_model
+from saeq.ml.shards import write_shard_bytes
 from saeq.specs import HarvestSpec
 
 HOOK, BLOCK = "blocks.14.hook_resid_post", 14

@@ -51,7 +51,7 @@ def trained_sae(cache: Path, tokens: int):
     from bench.train import BENCH_JOB, harvest
     from saeq.jobs.train import train_from_harvest
     from saeq.specs import SaeConfig, TrainSpec
-    from saeq.store import LocalStore
+    from saeq.platform.store import LocalStore
 
     root = cache / "store"
     manifest = harvest(root, 17 * 16_384)
@@ -74,15 +74,15 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(os.path.expanduser("~/.cache/saeq/bench")))
     args = ap.parse_args()
 
-    from saeq.corpus import iter_documents, document_info
-    from saeq.explainers import LocalExplainer, LocalJudge, LocalLLM, MetadataExplainer, token_pieces
-    from saeq.features import build_feature_index
+    from saeq.ml.corpus import iter_documents, document_info
+    from saeq.ml.explainers import LocalExplainer, LocalJudge, LocalLLM, MetadataExplainer, token_pieces
+    from saeq.ml.features import build_feature_index
     from saeq.jobs.evaluate import SinkReference
     from saeq.jobs.harvest import context_batches
     from saeq.jobs.label import label_features, select_features
-    from saeq.models import load_model
-    from saeq.sae import SparseAutoencoder
-    from saeq.scoring import EmbeddingScorer
+    from saeq.ml.models import load_model
+    from saeq.ml.sae import SparseAutoencoder
+    from saeq.ml.scoring import EmbeddingScorer
     from saeq.specs import BuiltinCorpus, LabelSpec, ModelSpec
 
     torch.manual_seed(0)

@@ -29,8 +29,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from saeq.jobs.steer import FeatureEdit, chat_prompt, generate
-    from saeq.models import load_model
-    from saeq.sae import SparseAutoencoder
+    from saeq.ml.models import load_model
+    from saeq.ml.sae import SparseAutoencoder
     from saeq.specs import ModelSpec
 
     torch.manual_seed(0)

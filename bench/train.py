@@ -34,7 +34,7 @@ D_SAE, K, BATCH = 4_608, 32, 4_096
 def harvest(store_dir: Path, n_tokens: int) -> dict:
     """Harvest `n_tokens` of the builtin SmolLM2 at HOOK into a local store, once; the manifest."""
     from saeq import keys
-    from saeq.store import LocalStore
+    from saeq.platform.store import LocalStore
 
     store = LocalStore(store_dir)
     key = keys.manifest(BENCH_JOB)
@@ -45,10 +45,10 @@ def harvest(store_dir: Path, n_tokens: int) -> dict:
         raise SystemExit(f"{store_dir} holds a smaller harvest ({manifest['n_tokens']} tokens); "
                          "delete it or ask for fewer tokens")
 
-    from saeq.corpus import iter_documents
+    from saeq.ml.corpus import iter_documents
     from saeq.jobs.harvest import harvest_activations
-    from saeq.models import load_model
-    from saeq.shards import write_shard_bytes
+    from saeq.ml.models import load_model
+    from saeq.ml.shards import write_shard_bytes
     from saeq.specs import HarvestSpec
 
     spec = HarvestSpec(hooks=[HOOK], max_tokens=n_tokens)
@@ -67,7 +67,7 @@ def harvest(store_dir: Path, n_tokens: int) -> dict:
     n0 = sum(int(m["n_position0"]) for m in metas)
     n_out = sum(int(m["n_outliers"]) for m in metas)
     tokens = sum(s["n_tokens"] for s in shards)
-    # The fields saeq.activations reads, laid out as the worker's harvest manifest lays them out.
+    # The fields saeq.ml.activations reads, laid out as the worker's harvest manifest lays them out.
     manifest = {
         "format": "saeq.harvest/1", "kind": "harvest", "job_id": BENCH_JOB,
         "spec": spec.model_dump(mode="json"), "d_model": lm.d_model, "n_layers": lm.n_layers,
@@ -86,7 +86,7 @@ def harvest(store_dir: Path, n_tokens: int) -> dict:
 
 def synthetic_store(store_dir: Path, n_tokens: int, d: int = 576) -> dict:
     """Planted-dictionary activations written as a harvest, for machines without the model."""
-    from saeq.store import LocalStore
+    from saeq.platform.store import LocalStore
     from tests.saeq.conftest import fake_harvest, planted_dictionary
 
     store = LocalStore(store_dir)
@@ -272,7 +272,7 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
 
     from saeq.jobs.train import harvest_data
     from saeq.specs import SaeConfig, TrainSpec
-    from saeq.store import LocalStore
+    from saeq.platform.store import LocalStore
 
     devnull = os.open(os.devnull, os.O_WRONLY)  # the peers' progress bars and prints
     os.dup2(devnull, 1)
@@ -389,7 +389,7 @@ def main() -> None:
         if peer in base:
             print(f"saeq / {peer}: {base['saeq'] / base[peer]:.2f}x tokens/s")
     if args.acceptance:
-        from saeq.store import LocalStore
+        from saeq.platform.store import LocalStore
 
         a = acceptance(manifest, LocalStore(root))
         print(f"\nacceptance (default TrainSpec): {a['tokens']:,} tokens "

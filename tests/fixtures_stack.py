@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from saeq.client import Client
-from saeq.local_stack import LocalStack, StackOptions
+from saeq.client.client import Client
+from saeq.dev.local_stack import LocalStack, StackOptions
 from tests.servers import free_port
 
 _db = itertools.count(1)

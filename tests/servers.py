@@ -250,7 +250,7 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        """`127.0.0.1:PORT`, the form `minio.Minio` and `saeq.store.S3Store` take."""
+        """`127.0.0.1:PORT`, the form `minio.Minio` and `saeq.platform.store.S3Store` take."""
         return f"{self.host}:{self.ports['s3.port']}"
 
     @property

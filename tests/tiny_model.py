@@ -11,7 +11,7 @@ def save_tiny_llama(path: Path, *, n_layers: int = 3, d_model: int = 64, seed: i
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from saeq.corpus import builtin_documents
+    from saeq.ml.corpus import builtin_documents
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -8,9 +8,9 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, HTTPException, Request
 
-from saeq.registry import Registry, Send
-from saeq.store import ObjectStore
-from saeq.teams import Principal, Teams
+from saeq.platform.registry import Registry, Send
+from saeq.platform.store import ObjectStore
+from saeq.platform.teams import Principal, Teams
 from saeq_api.settings import ApiSettings
 
 _ANONYMOUS_ADMIN = Principal(team="default", role="admin")

@@ -14,10 +14,10 @@ from fastapi.responses import JSONResponse, Response
 from kombu.exceptions import OperationalError
 
 import saeq
-from saeq.config import open_store
-from saeq.dispatch import make_celery, sender, waiting_dispatches
+from saeq.platform.settings import open_store
+from saeq.platform.dispatch import make_celery, sender, waiting_dispatches
 from saeq.errors import StoreError
-from saeq.registry import Registry, after_finish, start_waiting
+from saeq.platform.registry import Registry, after_finish, start_waiting
 from saeq_api.deps import Services
 from saeq_api.limits import BodySizeLimit, body_limits
 from saeq_api.metrics import CachedScrape, make_registry

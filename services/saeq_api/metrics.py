@@ -11,8 +11,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from saeq.dispatch import QUEUES
-from saeq.registry import DURATION_BUCKETS_S, Registry
+from saeq.platform.dispatch import QUEUES
+from saeq.platform.registry import DURATION_BUCKETS_S, Registry
 
 REQUESTS = Counter("saeq_api_job_submissions_total", "Job submissions accepted by this API process",
                    ["kind"], registry=None)

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from saeq.config import PlatformSettings
-from saeq.teams import TeamQuota
+from saeq.platform.settings import PlatformSettings
+from saeq.platform.teams import TeamQuota
 
 
 class ApiSettings(PlatformSettings):

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "Client":
-        from saeq.client import Client
+        from saeq.client.client import Client
 
         return Client
     raise AttributeError(name)

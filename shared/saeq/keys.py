@@ -107,7 +107,7 @@ def llm_cache(digest: str) -> str:
 
 
 def job_spec(job_id: str) -> str:
-    """A large spec, kept out of the job's Redis record (saeq.registry); deleted with the record."""
+    """A large spec, kept out of the job's Redis record (saeq.platform.registry); deleted with the record."""
     _job(job_id)  # refuses anything but a job id
     return f"specs/{job_id}.json"
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from saeq.client import Client
+from saeq.client.client import Client
 from saeq.specs import HarvestSpec, ModelSpec
 from tests.fixtures_stack import make_stack
 from tests.deploy import promtool_or_skip

@@ -8,7 +8,7 @@ import re
 
 from pydantic import SecretStr
 
-from saeq.config import PlatformSettings
+from saeq.platform.settings import PlatformSettings
 from tests.deploy.test_manifests import ROOT, compose, pod_specs, rendered
 
 SAEQ_PODS = {"saeq-api", "saeq-worker-cpu", "saeq-worker-gpu", "saeq-worker-steer"}

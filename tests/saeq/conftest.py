@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from saeq.corpus import builtin_documents
-from saeq.models import LoadedModel, decoder_blocks
+from saeq.ml.corpus import builtin_documents
+from saeq.ml.models import LoadedModel, decoder_blocks
 
 
 @pytest.fixture
@@ -89,10 +89,10 @@ def fake_harvest(store, job_id: str, acts_ND: torch.Tensor, *, context_len: int 
                  shard_tokens: int = 64, hook: str = "blocks.1.hook_resid_post",
                  norm_factor: float = 5.0) -> dict:
     """Write activations as a harvest would (shards under the job's keys) and return a manifest
-    with the fields saeq.activations reads, laid out like the worker's."""
+    with the fields saeq.ml.activations reads, laid out like the worker's."""
     from saeq import keys
-    from saeq.shards import write_shard_bytes
-    from saeq.sinks import median_norm, sink_stats
+    from saeq.ml.shards import write_shard_bytes
+    from saeq.ml.sinks import median_norm, sink_stats
 
     N, D = acts_ND.shape
     positions = torch.arange(context_len, dtype=torch.int32).repeat(N // context_len)

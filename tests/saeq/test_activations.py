@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from saeq.activations import DataPosition, HarvestData
+from saeq.ml.activations import DataPosition, HarvestData
 from saeq.errors import InvalidSpec
-from saeq.store import LocalStore
+from saeq.platform.store import LocalStore
 from tests.saeq.conftest import fake_harvest
 
 JOB = "c" * 32

@@ -1,5 +1,5 @@
 """What a deployment lets a spec name: LLM endpoints by name, local paths under its roots, checked
-the same way by the API and the worker (saeq.admission)."""
+the same way by the API and the worker (saeq.platform.admission)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from saeq.admission import check_admissible, check_local_paths, resolve_endpoint
-from saeq.config import LlmEndpoint, PlatformSettings
+from saeq.platform.admission import check_admissible, check_local_paths, resolve_endpoint
+from saeq.platform.settings import LlmEndpoint, PlatformSettings
 from saeq.errors import InvalidSpec
 from saeq.specs import EvaluateSpec, LabelSpec
 

@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from saeq import keys
-from saeq.corpus import (Document, builtin_documents, document_info, iter_documents,
+from saeq.ml.corpus import (Document, builtin_documents, document_info, iter_documents,
                          validate_upload)
 from saeq.errors import InvalidSpec, NotFound
 from saeq.specs import BuiltinCorpus, HubCorpus, UploadCorpus
-from saeq.store import LocalStore
+from saeq.platform.store import LocalStore
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 
@@ -126,7 +126,7 @@ def test_hub_dataset(monkeypatch, tmp_path):
 
 
 def test_corpus_module_imports_no_torch():
-    code = "import sys, saeq.corpus; sys.exit('torch' in sys.modules or 'datasets' in sys.modules)"
+    code = "import sys, saeq.ml.corpus; sys.exit('torch' in sys.modules or 'datasets' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -1,14 +1,14 @@
-"""The cost rules of saeq.costs on their own: what the demo's jobs cost under the default quota, and
+"""The cost rules of saeq.specs.costs on their own: what the demo's jobs cost under the default quota, and
 the rules the worker applies again once it knows d_in."""
 
 from __future__ import annotations
 
 import pytest
 
-from saeq.costs import OverQuota, check_quota, job_cost
+from saeq.specs.costs import OverQuota, check_quota, job_cost
 from saeq.errors import InvalidSpec
 from saeq.specs import EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainSpec
-from saeq.teams import TeamQuota
+from saeq.platform.teams import TeamQuota
 
 HOOK = "blocks.14.hook_resid_post"
 JOB = "0" * 32

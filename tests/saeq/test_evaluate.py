@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from saeq.jobs.evaluate import SinkReference, evaluate_sae
-from saeq.sae import SparseAutoencoder
-from saeq.splice import splice
+from saeq.ml.sae import SparseAutoencoder
+from saeq.ml.splice import splice
 from tests.saeq.conftest import tiny_lm
 
 HOOK = "blocks.1.hook_resid_post"

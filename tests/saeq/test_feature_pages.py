@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from saeq.feature_pages import effects_of, feature_page, logit_effects, summaries
-from saeq.features import FeatureIndex
-from saeq.sae import SparseAutoencoder
+from saeq.ml.feature_pages import effects_of, feature_page, logit_effects, summaries
+from saeq.ml.features import FeatureIndex
+from saeq.ml.sae import SparseAutoencoder
 
 
 def test_logit_effects_are_the_top_and_bottom_of_the_unembedded_direction():

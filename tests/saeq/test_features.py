@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from saeq.features import FeatureIndex, read_hook, build_feature_index
+from saeq.ml.features import FeatureIndex, read_hook, build_feature_index
 from saeq.jobs.evaluate import SinkReference
-from saeq.sae import SparseAutoencoder
+from saeq.ml.sae import SparseAutoencoder
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saeq.corpus import iter_documents
+from saeq.ml.corpus import iter_documents
 from saeq.errors import Cancelled, InvalidSpec
 from saeq.jobs.harvest import harvest_activations, pack_contexts
-from saeq.models import decoder_blocks, load_model
-from saeq.shards import read_shard, read_shard_metadata, write_shard_bytes
-from saeq.sinks import sink_mask
+from saeq.ml.models import decoder_blocks, load_model
+from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
+from saeq.ml.sinks import sink_mask
 from saeq.specs import BuiltinCorpus, HarvestSpec, ModelSpec
 
 from .conftest import tiny_lm

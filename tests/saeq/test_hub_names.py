@@ -9,10 +9,10 @@ import shutil
 import pytest
 from pydantic import ValidationError
 
-from saeq.admission import check_local_paths
-from saeq.corpus import iter_documents
+from saeq.platform.admission import check_local_paths
+from saeq.ml.corpus import iter_documents
 from saeq.errors import InvalidSpec, NotFound
-from saeq.models import load_model
+from saeq.ml.models import load_model
 from saeq.specs import EvaluateSpec, HubCorpus, ImportedSae, ModelSpec, SteerRequest, TrainedSae
 from tests.tiny_model import save_tiny_llama
 
@@ -199,7 +199,7 @@ def test_links_out_of_the_roots_are_refused_wherever_they_are(tmp_path):
 
 
 def test_an_sae_is_never_loaded_from_a_relative_name(tmp_path, monkeypatch):
-    from saeq.sae import SparseAutoencoder
+    from saeq.ml.sae import SparseAutoencoder
 
     SparseAutoencoder(8, 16, k=4).save(tmp_path / "secretdir")
     monkeypatch.chdir(tmp_path)
@@ -322,7 +322,7 @@ def test_the_standalone_yaml_is_checked_too(hub_dataset, tmp_path):
 
 
 def test_cards_choosing_the_repositorys_own_files_pass_at_a_pinned_commit(hub_dataset):
-    from saeq.corpus import checked_dataset_commit
+    from saeq.ml.corpus import checked_dataset_commit
 
     hub_dataset("README.md", "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
                              "    path: [\"data/train-*.jsonl\", \"**/*.parquet\"]\n  - split: test\n"
@@ -448,7 +448,7 @@ def test_a_sharded_hub_model_with_its_own_file_names_still_loads(sharded_dir, of
 
 
 def test_load_errors_name_no_path_on_the_worker(tmp_path):
-    from saeq.models import _detail
+    from saeq.ml.models import _detail
 
     source = tmp_path / "snapshots" / "abc"
     e = OSError(f"Can't load {source}/config.json: it links to {tmp_path}/blobs/9f8e7d and '/etc/passwd' exists; "

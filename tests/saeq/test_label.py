@@ -9,13 +9,13 @@ import re
 import pytest
 import torch
 
-from saeq.corpus import Document
-from saeq.explainers import (PROMPT_VERSION, EndpointExplainer, EndpointJudge, Explanation,
+from saeq.ml.corpus import Document
+from saeq.ml.explainers import (PROMPT_VERSION, EndpointExplainer, EndpointJudge, Explanation,
                              MetadataExplainer, parse_label_reply, parse_theme)
-from saeq.features import FeatureIndex
+from saeq.ml.features import FeatureIndex
 from saeq.jobs.label import label_features, sample_feature, select_features
-from saeq.llm import ChatEndpoint, EndpointError
-from saeq.scoring import EmbeddingScorer, classification_scores, detection_items, judge_scores
+from saeq.ml.llm import ChatEndpoint, EndpointError
+from saeq.ml.scoring import EmbeddingScorer, classification_scores, detection_items, judge_scores
 from saeq.specs import LabelSpec
 
 FRUITS = {"apple", "banana", "cherry", "mango", "pear", "plum", "grape", "peach"}

@@ -1,4 +1,4 @@
-"""saeq.live on a real Redis: teams are served in turn, a slot of an API that died expires, the rate
+"""saeq.platform.live on a real Redis: teams are served in turn, a slot of an API that died expires, the rate
 window tells when to retry, and a cancelled request leaves its queue."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from saeq.errors import Cancelled
-from saeq.live import LiveRequests
-from saeq.teams import TeamQuota
+from saeq.platform.live import LiveRequests
+from saeq.platform.teams import TeamQuota
 
 DB = 14
 

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from saeq.llm import ChatEndpoint, EndpointError, ResponseCache, TokenBudgetExhausted
-from saeq.store import LocalStore
+from saeq.ml.llm import ChatEndpoint, EndpointError, ResponseCache, TokenBudgetExhausted
+from saeq.platform.store import LocalStore
 from tests.servers import free_port
 
 MODEL = "judge-7b"

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import redis
 
-from saeq.local_stack import LocalStack, StackOptions
-from saeq.store import sign_local
+from saeq.dev.local_stack import LocalStack, StackOptions
+from saeq.platform.store import sign_local
 from tests.fixtures_stack import make_stack
 from tests.servers import free_port
 
@@ -45,7 +45,7 @@ def saeq_up(tmp_path):
     """`saeq up` in its own home; (home, stdout of its start, stack.json)."""
     home, port = tmp_path / "home", free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAEQ_")}
-    proc = subprocess.Popen([sys.executable, "-m", "saeq.cli", "up", "--home", str(home), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "saeq.client.cli", "up", "--home", str(home), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     try:

@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 
-from saeq.store import TMP_GRACE_S, LocalStore
+from saeq.platform.store import TMP_GRACE_S, LocalStore
 
 # A child that streams an object into the store and never finishes: it is killed mid-put.
 _WRITER = """
 import sys, time
-from saeq.store import LocalStore
+from saeq.platform.store import LocalStore
 
 class Endless:
     def read(self, n):

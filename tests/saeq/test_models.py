@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from saeq.errors import NotFound
-from saeq.models import builtin_gguf_path, builtin_model_dir, decoder_blocks, load_model
+from saeq.ml.models import builtin_gguf_path, builtin_model_dir, decoder_blocks, load_model
 from saeq.specs import ModelSpec
 
 from .conftest import build_tiny
@@ -82,7 +82,7 @@ def test_builtin_copy_gives_the_gguf_logits(smollm2_cache_dir):
 
 
 def test_builtin_conversion_runs_once_and_survives_a_race(tmp_path, monkeypatch):
-    import saeq.models
+    import saeq.ml.models
 
     conversions = []
 
@@ -90,7 +90,7 @@ def test_builtin_conversion_runs_once_and_survives_a_race(tmp_path, monkeypatch)
         conversions.append(out_dir)
         (out_dir / "config.json").write_text("{}")
 
-    monkeypatch.setattr(saeq.models, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(saeq.ml.models, "_convert_gguf", fake_convert)
     first = builtin_model_dir(tmp_path / "a")
     assert builtin_model_dir(tmp_path / "a") == first and len(conversions) == 1
     assert sorted(p.name for p in first.iterdir()) == ["config.json", "saeq-provenance.json"]
@@ -101,6 +101,6 @@ def test_builtin_conversion_runs_once_and_survives_a_race(tmp_path, monkeypatch)
         shutil.copytree(first, winner)  # another worker publishes its copy first
         (out_dir / "config.json").write_text("{}")
 
-    monkeypatch.setattr(saeq.models, "_convert_gguf", racing_convert)
+    monkeypatch.setattr(saeq.ml.models, "_convert_gguf", racing_convert)
     assert builtin_model_dir(tmp_path / "b") == winner
     assert [p.name for p in winner.parent.iterdir()] == [first.name]  # the loser's copy is gone

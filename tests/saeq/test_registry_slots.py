@@ -9,8 +9,8 @@ import time
 import pytest
 import redis
 
-from saeq.registry import Registry, start_waiting
-from saeq.teams import TeamQuota
+from saeq.platform.registry import Registry, start_waiting
+from saeq.platform.teams import TeamQuota
 
 DB = 15
 """A database of its own (stacks count up from 1), flushed first: the reaper reads every job."""
@@ -115,7 +115,7 @@ def test_the_reaper_frees_the_slot_of_a_running_job_whose_record_is_a_partial_ha
 
 
 def test_a_dependency_gone_before_the_create_script_is_refused_and_leaves_no_key(registry):
-    from saeq.registry import MissingDependency
+    from saeq.platform.registry import MissingDependency
 
     dep, _ = registry.create(kind="harvest", spec={}, queue="cpu", depends_on=[], team="lab")
     registry.r.delete(f"saeq:job:{dep['id']}")  # expired or purged after the API checked it
@@ -126,8 +126,8 @@ def test_a_dependency_gone_before_the_create_script_is_refused_and_leaves_no_key
 
 
 def test_a_large_spec_stored_for_a_create_that_failed_is_deleted(registry, tmp_path):
-    from saeq.registry import INLINE_SPEC_BYTES
-    from saeq.store import LocalStore
+    from saeq.platform.registry import INLINE_SPEC_BYTES
+    from saeq.platform.store import LocalStore
 
     store = LocalStore(tmp_path)
     with_store = Registry(registry.r, spec_store=store)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saeq.sae import SparseAutoencoder
+from saeq.ml.sae import SparseAutoencoder
 
 D, M = 16, 64
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from saeq.errors import InvalidSpec
-from saeq.features import read_hook
+from saeq.ml.features import read_hook
 from saeq.jobs.steer import FeatureEdit, Steering, check_edits, generate, side_effects
-from saeq.sae import SparseAutoencoder
+from saeq.ml.sae import SparseAutoencoder
 
 HOOK = "blocks.1.hook_resid_post"
 PROMPT = list(range(10, 26))
@@ -78,7 +78,7 @@ def test_chat_prompts_use_the_tokenizers_template(tiny_llama):
     import copy
 
     from saeq.jobs.steer import chat_prompt
-    from saeq.models import LoadedModel
+    from saeq.ml.models import LoadedModel
 
     tok = copy.deepcopy(tiny_llama.tokenizer)
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"

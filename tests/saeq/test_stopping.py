@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saeq.corpus import iter_documents
+from saeq.ml.corpus import iter_documents
 from saeq.errors import Cancelled
 from saeq.jobs.harvest import harvest_activations
-from saeq.models import decoder_blocks
+from saeq.ml.models import decoder_blocks
 from saeq.specs import BuiltinCorpus, HarvestSpec, ModelSpec
-from saeq.stopping import micro_batches, stop_between_blocks
+from saeq.ml.stopping import micro_batches, stop_between_blocks
 
 HOOK = "blocks.2.hook_resid_post"
 

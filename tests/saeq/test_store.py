@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from saeq.errors import StoreError
-from saeq.store import AlreadyExists, LocalStore, MissingObject, S3Store, sign_local, transient_s3_error
+from saeq.platform.store import AlreadyExists, LocalStore, MissingObject, S3Store, sign_local, transient_s3_error
 from tests.servers import s3_server
 
 

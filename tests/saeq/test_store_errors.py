@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from saeq.errors import StoreError
-from saeq.store import LocalStore, S3Store
+from saeq.platform.store import LocalStore, S3Store
 
 from tests.helpers import unprivileged
 

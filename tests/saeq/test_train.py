@@ -12,7 +12,7 @@ import torch
 from saeq.errors import Cancelled, InvalidSpec
 from saeq.jobs.train import TrainState, measure, train_from_harvest, train_saes
 from saeq.specs import SaeConfig, TrainSpec
-from saeq.store import LocalStore
+from saeq.platform.store import LocalStore
 from tests.saeq.conftest import fake_harvest, planted_dictionary
 
 JOB = "d" * 32

@@ -4,7 +4,7 @@ import secrets
 import pytest
 from fastapi.testclient import TestClient
 
-from saeq.teams import new_key
+from saeq.platform.teams import new_key
 from saeq_api.main import create_app
 from saeq_api.settings import ApiSettings
 

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from saeq import keys
-from saeq.config import open_store
-from saeq.feature_pages import CHUNK, PAGES_FORMAT
-from saeq.registry import Registry
+from saeq.platform.settings import open_store
+from saeq.ml.feature_pages import CHUNK, PAGES_FORMAT
+from saeq.platform.registry import Registry
 
 D_SAE = 16_384
 

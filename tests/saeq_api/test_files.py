@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from saeq.config import InsecureSettings
-from saeq.store import sign_local
+from saeq.platform.settings import InsecureSettings
+from saeq.platform.store import sign_local
 from saeq_api.main import create_app
 
 KEY = "jobs/0123456789abcdef0123456789abcdef/saes/topk/sae.safetensors"  # another team's SAE

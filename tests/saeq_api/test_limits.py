@@ -9,7 +9,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from saeq.config import LlmEndpoint
+from saeq.platform.settings import LlmEndpoint
 from saeq_api.main import create_app
 
 LABEL = {"kind": "label", "sae": {"job_id": "0" * 32}}

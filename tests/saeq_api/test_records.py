@@ -16,9 +16,11 @@ import redis
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from saeq import cli, keys
-from saeq.client import Client
-from saeq.config import open_store
+from saeq import keys
+
+from saeq.client import cli
+from saeq.client.client import Client
+from saeq.platform.settings import open_store
 from saeq_api.main import create_app
 
 HARVEST = {"kind": "harvest", "max_tokens": 4096}
@@ -209,7 +211,7 @@ def test_seeds_beyond_what_torch_takes_are_422_naming_the_field(api):
 def test_a_retried_submit_dispatches_the_job_a_failed_first_attempt_created(api, api_settings):
     """The first request created the job, then died before sending it (a Redis outage past its
     retries, or the API process): the retry with the same key and body sends it."""
-    from saeq.dispatch import waiting_dispatches
+    from saeq.platform.dispatch import waiting_dispatches
     from saeq.specs import JobCreate
 
     body, member = {"spec": HARVEST, "name": "retried"}, api.key_for("retry")

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import uvicorn
 
-from saeq.client import Client
-from saeq.teams import new_key
+from saeq.client.client import Client
+from saeq.platform.teams import new_key
 from saeq_api.main import create_app
 from saeq_api.settings import ApiSettings
 from tests.servers import free_port, redis_server

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from saeq.teams import new_key
+from saeq.platform.teams import new_key
 from tests.servers import Proc, free_port, wait_until
 
 UPLOAD_MB = 60

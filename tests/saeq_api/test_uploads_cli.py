@@ -6,7 +6,7 @@ import re
 
 from click.testing import CliRunner
 
-from saeq.cli import main
+from saeq.client.cli import main
 from tests.saeq_api.test_browser_login import _member_key, served  # noqa: F401  (a fixture)
 
 

@@ -21,7 +21,7 @@ def harvest_job(client_module, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client_module(stack):
-    from saeq.client import Client
+    from saeq.client.client import Client
 
     with Client(stack.url, api_key=stack.admin_key, timeout=60) as c:
         yield c

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from saeq.client import Client
+from saeq.client.client import Client
 from saeq.specs import HarvestSpec, ModelSpec
 
 from tests.fixtures_stack import make_stack

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from saeq import keys
-from saeq.client import Client
+from saeq.client.client import Client
 from saeq.specs import HarvestSpec, ModelSpec, SaeConfig, TrainSpec
 from tests.fixtures_stack import make_stack
 from tests.servers import redis_server

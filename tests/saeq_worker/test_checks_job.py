@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from saeq.client import ApiError
+from saeq.client.client import ApiError
 from saeq.specs import EvaluateSpec, LabelSpec
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     assert "## Checks" in page and "![completeness_0.png](completeness_0.png)" in page
     assert files["completeness_0.png"].read_bytes().startswith(b"\x89PNG")
 
-    cli = subprocess.run([sys.executable, "-m", "saeq.cli", "--url", client.url, "--api-key", client.api_key,
+    cli = subprocess.run([sys.executable, "-m", "saeq.client.cli", "--url", client.url, "--api-key", client.api_key,
                           "report", done["id"]],
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
@@ -95,7 +95,7 @@ def test_held_out_text_follows_the_harvests_document_order(s3_srv, train_job, ha
                                                            tmp_path_factory):
     """Evaluate and label read the documents after those the harvest used, in the harvest's order:
     the harvest's seed, not the job's, or held-out text would overlap the training text."""
-    from saeq.store import S3Store
+    from saeq.platform.store import S3Store
     from saeq_worker.celery_app import settings
     from saeq_worker.evaluate import sae_context
 

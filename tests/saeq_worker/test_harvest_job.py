@@ -10,7 +10,7 @@ import httpx
 import pytest
 import torch
 from saeq import keys
-from saeq.shards import read_shard
+from saeq.ml.shards import read_shard
 from saeq.specs import HarvestSpec, ModelSpec
 
 from tests.helpers import wait_for
@@ -146,7 +146,7 @@ def test_jobs_survive_an_api_restart(stack, client):
 
 
 def test_job_fails_as_worker_lost_when_attempts_run_out(tmp_path, redis_srv, s3_srv):
-    from saeq.client import Client
+    from saeq.client.client import Client
 
     from tests.fixtures_stack import make_stack
 

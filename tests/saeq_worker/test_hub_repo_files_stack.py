@@ -52,7 +52,7 @@ def stack(tmp_path_factory, redis_srv, s3_srv, hub_cache):
 
 
 def test_a_hub_models_weight_map_cannot_make_the_worker_read_another_teams_shard(stack, hub_cache):
-    from saeq.client import Client
+    from saeq.client.client import Client
 
     spec = {"kind": "harvest", "hooks": ["blocks.0.hook_resid_post"], "max_tokens": 256, "context_len": 32,
             "batch_size": 4, "shard_tokens": 128}

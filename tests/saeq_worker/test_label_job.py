@@ -9,7 +9,7 @@ import json
 import pytest
 
 from saeq import keys
-from saeq.client import ApiError
+from saeq.client.client import ApiError
 from saeq.specs import LabelSpec
 from tests.fixtures_stack import make_stack
 from tests.openai_server import OpenAIServer

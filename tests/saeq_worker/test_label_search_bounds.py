@@ -11,7 +11,7 @@ import pytest
 from saeq import keys
 from saeq.errors import Cancelled
 from saeq.specs import LabelSearch
-from saeq.store import LocalStore
+from saeq.platform.store import LocalStore
 
 
 def _publish_label_job(store: LocalStore, job_id: str, n_labels: int) -> None:

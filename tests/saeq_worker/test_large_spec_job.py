@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 import pytest
 
-from saeq.registry import INLINE_SPEC_BYTES
+from saeq.platform.registry import INLINE_SPEC_BYTES
 from saeq.specs import SteerSpec
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from saeq.client import Client
-from saeq.live import MAX_CHARS_PER_TOKEN, LiveRequests
+from saeq.client.client import Client
+from saeq.platform.live import MAX_CHARS_PER_TOKEN, LiveRequests
 from tests.fixtures_stack import make_stack
 from tests.tiny_model import save_tiny_llama
 
@@ -235,7 +235,7 @@ def test_a_team_keeps_its_slot_while_a_worker_computes_a_request_its_caller_left
     team is served by the other worker; the abandoned request is never generated."""
     import shutil
 
-    from saeq.models import builtin_gguf_path
+    from saeq.ml.models import builtin_gguf_path
 
     root, fast, _ = models
     gguf = root / "gguf"  # transformers dequantises a GGUF on every load: ~10-70 s of one core
@@ -277,7 +277,7 @@ def test_a_team_keeps_its_slot_while_a_worker_computes_a_request_its_caller_left
 
 def test_an_edit_that_overflows_float16_answers_null_not_nan(live_stack, models):
     """NaN is no JSON number: the API would answer 500. The worker gives null and a note."""
-    from saeq.sae import SparseAutoencoder
+    from saeq.ml.sae import SparseAutoencoder
 
     root, fast, _ = models
     sae_dir = root / "sae-64"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from saeq.client import Client
+from saeq.client.client import Client
 from saeq.specs import HarvestSpec, ModelSpec
 from saeq_worker import liveness, metrics
 from tests.fixtures_stack import make_stack
@@ -77,7 +77,7 @@ def test_gpu_memory_and_utilisation_come_from_nvml(monkeypatch):
 
 
 def test_artifact_bytes_are_counted_on_successful_writes_only(tmp_path):
-    from saeq.store import AlreadyExists, LocalStore
+    from saeq.platform.store import AlreadyExists, LocalStore
 
     written = []
     store = metrics.CountingStore(LocalStore(tmp_path), written.append)

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from saeq.client import ApiError
+from saeq.client.client import ApiError
 from saeq.specs import LabelSpec, SteerSpec
 from tests.saeq_worker.conftest import HOOK
 

@@ -1,6 +1,6 @@
 """Checks against a referenced job's output, through the API and a real worker: made at submit once
 that job has succeeded (422 naming the field, nothing queued), and by the worker, with the same quota
-rules (saeq.costs), when only the finished harvest tells what a job costs."""
+rules (saeq.specs.costs), when only the finished harvest tells what a job costs."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from saeq.client import ApiError, Client
+from saeq.client.client import ApiError, Client
 from saeq.specs import HarvestSpec, ModelSpec
 from tests.tiny_model import save_tiny_llama
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def saeq_cli(stack, key: str, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "saeq.cli", "--url", stack.url, "--api-key", key, *args],
+    out = subprocess.run([sys.executable, "-m", "saeq.client.cli", "--url", stack.url, "--api-key", key, *args],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout

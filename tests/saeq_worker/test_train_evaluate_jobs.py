@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from saeq import keys
-from saeq.client import ApiError
+from saeq.client.client import ApiError
 from saeq.specs import EvaluateSpec, HarvestSpec, SaeConfig, TrainedSae, TrainSpec
 from tests.saeq_worker.conftest import HOOK
 
@@ -102,7 +102,7 @@ def test_killed_training_resumes_to_the_same_weights(stack, client_module, harve
 
 
 def test_imported_sae_is_evaluated_and_a_wrong_d_in_fails_clearly(client_module, harvest_job, tmp_path):
-    from saeq.sae import SparseAutoencoder
+    from saeq.ml.sae import SparseAutoencoder
 
     client = client_module
     model = harvest_job["spec"]["model"]

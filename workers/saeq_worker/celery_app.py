@@ -6,7 +6,7 @@ each task imports it in the child that runs it. The parent serves the pool's Pro
 
 The worker runs in an empty private working directory it makes at start: transformers and datasets
 look a name up relative to the working directory before they ask the hub, so there must be nothing
-there to find (saeq.models and saeq.corpus never hand them a relative name either).
+there to find (saeq.ml.models and saeq.ml.corpus never hand them a relative name either).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import tempfile
 
 from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 
-from saeq.config import InsecureSettings
-from saeq.dispatch import make_celery
+from saeq.platform.settings import InsecureSettings
+from saeq.platform.dispatch import make_celery
 from saeq_worker import liveness, metrics
 from saeq_worker.settings import WorkerSettings
 

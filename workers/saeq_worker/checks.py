@@ -8,12 +8,12 @@ from typing import Mapping
 
 from saeq.checks.run import ChecksResult, LabelContext, run_checks
 from saeq.checks.specificity import EmbeddingRater, EndpointRater, LocalRater
-from saeq.config import LlmEndpoint
-from saeq.corpus import builtin_order
+from saeq.platform.settings import LlmEndpoint
+from saeq.ml.corpus import builtin_order
 from saeq.errors import InvalidSpec
-from saeq.explainers import Explanation, LocalLLM, token_pieces
-from saeq.features import FeatureIndex
-from saeq.scoring import EmbeddingScorer
+from saeq.ml.explainers import Explanation, LocalLLM, token_pieces
+from saeq.ml.features import FeatureIndex
+from saeq.ml.scoring import EmbeddingScorer
 from saeq.specs import EvaluateSpec
 from saeq_worker.evaluate import SaeContext
 from saeq_worker.harvest import cached_model

@@ -12,17 +12,18 @@ from pathlib import Path
 from typing import Mapping
 
 import saeq
-from saeq import keys, report
-from saeq.admission import check_local_paths
+from saeq import keys
+from saeq.client import report
+from saeq.platform.admission import check_local_paths
 from saeq.checks.summary import checks_markdown, checks_summary
-from saeq.config import LlmEndpoint
-from saeq.corpus import iter_documents
+from saeq.platform.settings import LlmEndpoint
+from saeq.ml.corpus import iter_documents
 from saeq.errors import InvalidSpec, NotFound
 from saeq.jobs.evaluate import METRICS_VERSION, SinkReference, evaluate_sae
 from saeq.jobs.harvest import context_batches
-from saeq.sae import SparseAutoencoder
+from saeq.ml.sae import SparseAutoencoder
 from saeq.specs import EvaluateSpec, ModelSpec
-from saeq.store import ObjectStore
+from saeq.platform.store import ObjectStore
 from saeq_worker.celery_app import settings
 from saeq_worker.harvest import cached_model
 from saeq_worker.running import RunningJob, read_published_manifest

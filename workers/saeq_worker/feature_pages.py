@@ -8,9 +8,9 @@ import json
 import torch
 
 from saeq import keys
-from saeq.feature_pages import CHUNK, PAGES_FORMAT, effects_of, feature_page, logit_effects, n_chunks, summaries
-from saeq.features import FeatureIndex
-from saeq.models import final_norm_gain
+from saeq.ml.feature_pages import CHUNK, PAGES_FORMAT, effects_of, feature_page, logit_effects, n_chunks, summaries
+from saeq.ml.features import FeatureIndex
+from saeq.ml.models import final_norm_gain
 from saeq.specs import LabelSpec
 from saeq_worker.running import RunningJob
 

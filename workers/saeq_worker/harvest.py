@@ -10,12 +10,12 @@ from functools import lru_cache
 
 import saeq
 from saeq import keys
-from saeq.corpus import iter_documents
+from saeq.ml.corpus import iter_documents
 from saeq.jobs.harvest import harvest_activations
-from saeq.models import LoadedModel, load_model
-from saeq.shards import read_shard, read_shard_metadata, write_shard_bytes
+from saeq.ml.models import LoadedModel, load_model
+from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
 from saeq.specs import HarvestSpec, ModelSpec
-from saeq.store import AlreadyExists, ObjectStore
+from saeq.platform.store import AlreadyExists, ObjectStore
 from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.harvest/1"

@@ -10,17 +10,17 @@ import time
 from typing import Mapping
 
 from saeq import keys
-from saeq.admission import resolve_endpoint
-from saeq.config import LlmEndpoint
-from saeq.corpus import document_info, iter_documents
+from saeq.platform.admission import resolve_endpoint
+from saeq.platform.settings import LlmEndpoint
+from saeq.ml.corpus import document_info, iter_documents
 from saeq.errors import InvalidSpec
-from saeq.explainers import (PROMPT_VERSION, EndpointExplainer, EndpointJudge, LocalExplainer, LocalJudge,
+from saeq.ml.explainers import (PROMPT_VERSION, EndpointExplainer, EndpointJudge, LocalExplainer, LocalJudge,
                              LocalLLM, MetadataExplainer, token_pieces)
-from saeq.features import FeatureIndex, build_feature_index
+from saeq.ml.features import FeatureIndex, build_feature_index
 from saeq.jobs.harvest import context_batches
 from saeq.jobs.label import label_features, select_features
-from saeq.llm import ChatEndpoint, ResponseCache
-from saeq.scoring import EmbeddingScorer
+from saeq.ml.llm import ChatEndpoint, ResponseCache
+from saeq.ml.scoring import EmbeddingScorer
 from saeq.specs import EndpointLLM, LabelSpec, LocalLLM as LocalLLMSpec
 from saeq_worker.evaluate import sae_context, sink_reference
 from saeq_worker.feature_pages import write_feature_pages

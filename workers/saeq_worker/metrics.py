@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from saeq.registry import DURATION_BUCKETS_S
+from saeq.platform.registry import DURATION_BUCKETS_S
 
 log = logging.getLogger("saeq.worker")
 

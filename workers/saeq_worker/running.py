@@ -17,9 +17,9 @@ import redis
 
 from saeq import keys
 from saeq.errors import Cancelled, JobError, OutOfMemory, TimeLimitExceeded
-from saeq.registry import Registry, Send, after_finish, time_limit_message
+from saeq.platform.registry import Registry, Send, after_finish, time_limit_message
 from saeq.specs import parse_spec
-from saeq.store import ObjectStore
+from saeq.platform.store import ObjectStore
 from saeq_worker.metrics import CountingStore, JobMeter
 
 log = logging.getLogger("saeq.worker")
@@ -92,7 +92,7 @@ def read_published_manifest(store: ObjectStore, job_id: str, kind: str, *, field
     import json
 
     from saeq.errors import InvalidSpec, NotFound
-    from saeq.store import MissingObject
+    from saeq.platform.store import MissingObject
 
     try:
         manifest = json.loads(store.get(keys.manifest(job_id)))

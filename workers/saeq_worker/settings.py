@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from saeq.config import PlatformSettings
+from saeq.platform.settings import PlatformSettings
 
 
 class WorkerSettings(PlatformSettings):

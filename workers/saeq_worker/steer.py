@@ -15,7 +15,7 @@ from saeq import keys
 from saeq.errors import InvalidSpec, JobError
 from saeq.jobs.steer import FeatureEdit, chat_prompt, check_edits, generate, side_effects
 from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
-from saeq.store import ObjectStore
+from saeq.platform.store import ObjectStore
 from saeq_worker.evaluate import SaeContext, sae_context
 from saeq_worker.harvest import cached_model
 from saeq_worker.running import RunningJob, read_published_manifest
@@ -248,7 +248,7 @@ def _embed_labels(store: ObjectStore, label_job: str, embedder, check: Callable[
 @lru_cache(maxsize=1)
 def _embedder(device: str):
     """MiniLM, loaded once per worker process (label search and steer jobs use it)."""
-    from saeq.scoring import EmbeddingScorer
+    from saeq.ml.scoring import EmbeddingScorer
 
     return EmbeddingScorer(device=device)
 

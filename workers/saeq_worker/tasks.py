@@ -10,10 +10,10 @@ from functools import lru_cache
 
 from celery.signals import task_prerun
 
-from saeq.admission import check_admissible, check_local_paths
-from saeq.config import open_store
-from saeq.dispatch import LIVE_TASK, sender, task_name
-from saeq.registry import Registry
+from saeq.platform.admission import check_admissible, check_local_paths
+from saeq.platform.settings import open_store
+from saeq.platform.dispatch import LIVE_TASK, sender, task_name
+from saeq.platform.registry import Registry
 from saeq_worker.celery_app import app, settings
 from saeq_worker.running import run_job
 
@@ -99,7 +99,7 @@ def steer(job_id: str, dispatch_id: str) -> None:
 @app.task(name=LIVE_TASK)
 def live(request_id: str = "", *_: object) -> None:
     """Answer the fairest waiting live request (steer, label search): this message announces that
-    `request_id` was queued, but the workers serve the teams in turn (saeq.live), so it may answer
+    `request_id` was queued, but the workers serve the teams in turn (saeq.platform.live), so it may answer
     another team's first. The reply goes to a Redis list the API waits on. The request's slot is
     this worker's to free once taken: its caller may have left, and the team must not start another
     while this one still computes."""
@@ -148,6 +148,6 @@ def _serve_live(requests, entry: dict) -> None:
 
 @lru_cache(maxsize=1)
 def _live_requests():
-    from saeq.live import LiveRequests
+    from saeq.platform.live import LiveRequests
 
     return LiveRequests(_registry().r)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import saeq
 from saeq import keys
-from saeq.costs import check_quota
+from saeq.specs.costs import check_quota
 from saeq.errors import InvalidSpec
 from saeq.jobs.train import TrainProgress, TrainState, train_from_harvest
 from saeq.specs import TrainSpec
-from saeq.store import AlreadyExists, ObjectStore
+from saeq.platform.store import AlreadyExists, ObjectStore
 from saeq_worker.running import RunningJob, read_published_manifest
 
 MANIFEST_FORMAT = "saeq.train/1"
@@ -39,7 +39,7 @@ def _latest_checkpoint(store: ObjectStore, job_id: str) -> TrainState | None:
 
 def _check_quota(spec: TrainSpec, d_in: int, job: RunningJob) -> None:
     """The API checks the team's quota when it knows d_in; this catches the rest (an expansion
-    factor over a harvest that had not finished at submit), with the same rules (saeq.costs)."""
+    factor over a harvest that had not finished at submit), with the same rules (saeq.specs.costs)."""
     team = job.record.get("team") or "default"
     check_quota(spec, job.registry.teams.quota(team), team=team, d_in=d_in)
 

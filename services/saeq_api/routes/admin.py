@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from saeq.teams import TEAM_PATTERN, Role, TeamQuota
+from saeq.platform.teams import TEAM_PATTERN, Role, TeamQuota
 from saeq_api.deps import Admin, Caller, Svc
 from saeq_api.schemas import errors
 
@@ -118,7 +118,7 @@ def list_teams(svc: Svc, _: Admin) -> list[TeamPublic]:
 @router.put("/admin/teams/{team}/quota", response_model=TeamPublic)
 def set_quota(team: Annotated[str, Path(pattern=TEAM_PATTERN)], body: TeamQuota, svc: Svc, _: Admin) -> TeamPublic:
     """Replace a team's quota. A larger max_running starts its waiting jobs at once."""
-    from saeq.registry import start_waiting
+    from saeq.platform.registry import start_waiting
 
     svc.teams.set_quota(team, body)
     start_waiting(svc.registry, team, svc.send)

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
 from saeq import keys
-from saeq.store import MissingObject
-from saeq.teams import Principal
+from saeq.platform.store import MissingObject
+from saeq.platform.teams import Principal
 from saeq_api.deps import Caller, Services, services
 from saeq_api.schemas import errors
 

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 
-from saeq.store import LocalStore
+from saeq.platform.store import LocalStore
 from saeq_api.deps import Services, services
 from saeq_api.schemas import errors
 

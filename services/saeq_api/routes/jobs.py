@@ -9,14 +9,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
-from saeq import costs, keys
-from saeq.admission import check_admissible
-from saeq.dispatch import KIND_QUEUE
+from saeq import keys
+
+from saeq.specs import costs
+from saeq.platform.admission import check_admissible
+from saeq.platform.dispatch import KIND_QUEUE
 from saeq.errors import InvalidSpec
-from saeq.registry import STATES, IdempotencyConflict, MissingDependency, QuotaExceeded, after_finish, dispatch_ready
+from saeq.platform.registry import STATES, IdempotencyConflict, MissingDependency, QuotaExceeded, after_finish, dispatch_ready
 from saeq.specs import (JOB_KINDS, EvaluateSpec, HarvestSpec, JobCreate, LabelSpec, SteerSpec, TrainedSae, TrainSpec,
                         UploadCorpus)
-from saeq.teams import Principal, TeamQuota
+from saeq.platform.teams import Principal, TeamQuota
 from saeq_api.deps import Caller, Services, services
 from saeq_api.metrics import observe_submit
 from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic, JobSummary, errors
@@ -95,7 +97,7 @@ def submit_job(body: JobCreate, svc: Svc, who: Caller, response: Response,
 
 
 def _check_limits(svc: Services, body: JobCreate, quota: TeamQuota, who: Principal) -> None:
-    """A job larger than the team's per-job quota is refused (403), naming the field (saeq.costs)."""
+    """A job larger than the team's per-job quota is refused (403), naming the field (saeq.specs.costs)."""
     spec = body.spec
     d_in = _harvest_d_model(svc, spec.activations.job_id) if isinstance(spec, TrainSpec) else None
     try:
@@ -155,7 +157,7 @@ def _referenced_job(svc: Services, job_id: str, kind: str, field: str, depends_o
 
 
 def _check_deployment_allows(svc: Services, spec) -> None:
-    """LLM endpoints from the deployment's allow-list, local paths under its roots (saeq.admission)."""
+    """LLM endpoints from the deployment's allow-list, local paths under its roots (saeq.platform.admission)."""
     try:
         check_admissible(spec, llm_endpoints=svc.settings.llm_endpoints,
                          local_path_roots=svc.settings.local_path_roots)

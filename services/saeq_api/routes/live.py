@@ -14,13 +14,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saeq import keys
-from saeq.admission import check_local_paths
-from saeq.dispatch import LIVE_QUEUE, LIVE_TASK
+from saeq.platform.admission import check_local_paths
+from saeq.platform.dispatch import LIVE_QUEUE, LIVE_TASK
 from saeq.errors import InvalidSpec
-from saeq.live import MAX_CHARS_PER_TOKEN, LiveRequests, prompt_chars, reply_key
+from saeq.platform.live import MAX_CHARS_PER_TOKEN, LiveRequests, prompt_chars, reply_key
 from saeq.specs import (BUILTIN_MODEL, ChatMessage, Intervention, LabelSearch, ModelSpec, SaeRef, Seed,
                         SteerRequest, TrainedSae)
-from saeq.teams import Principal
+from saeq.platform.teams import Principal
 from saeq_api.deps import Caller, Services, services
 from saeq_api.schemas import errors
 from saeq_api.metrics import observe_live
@@ -114,7 +114,7 @@ def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: st
 
 
 def _check_paths(svc: Services, request: SteerRequest, fields: dict[str, str] | None = None) -> None:
-    """Local paths under the deployment's roots, as at submit (saeq.admission); the worker checks
+    """Local paths under the deployment's roots, as at submit (saeq.platform.admission); the worker checks
     again. `fields` renames a field of the request to the body's own (the chat endpoint's `model`)."""
     try:
         check_local_paths(request, svc.settings.local_path_roots, prefix="body")

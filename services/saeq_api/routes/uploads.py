@@ -17,9 +17,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Response, UploadFil
 from fastapi import Query
 
 from saeq import keys
-from saeq.corpus import validate_upload
-from saeq.registry import new_id
-from saeq.teams import TeamQuota
+from saeq.ml.corpus import validate_upload
+from saeq.platform.registry import new_id
+from saeq.platform.teams import TeamQuota
 from saeq_api.deps import Caller, Services, services
 from saeq_api.routes.jobs import _unprocessable
 from saeq_api.schemas import UploadList, UploadPublic, errors

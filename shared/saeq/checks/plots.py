@@ -4,7 +4,7 @@ Monosemanticity), sensitivity recalls, a periodic table of completeness, probing
 from __future__ import annotations
 
 from saeq.checks.elements import ELEMENTS
-from saeq.report import png_bytes
+from saeq.client.report import png_bytes
 
 RATING_COLOURS = ("#d9d9d9", "#9ecae1", "#4292c6", "#08519c")  # 0 grey .. 3 dark blue
 

@@ -16,13 +16,13 @@ from saeq.checks.elements import ELEMENTS, TITLE_OF
 from saeq.checks.probing import sparse_probing
 from saeq.checks.sensitivity import pair_titles, sensitivity
 from saeq.checks.specificity import Rater, specificity
-from saeq.corpus import builtin_documents
+from saeq.ml.corpus import builtin_documents
 from saeq.errors import InvalidSpec
-from saeq.explainers import Decode, Explanation
-from saeq.features import FeatureIndex
+from saeq.ml.explainers import Decode, Explanation
+from saeq.ml.features import FeatureIndex
 from saeq.jobs.evaluate import SinkReference
-from saeq.models import LoadedModel
-from saeq.sae import SparseAutoencoder
+from saeq.ml.models import LoadedModel
+from saeq.ml.sae import SparseAutoencoder
 from saeq.specs import Category, CategoryMember, Checks
 
 CHECKS_VERSION = "saeq.checks/1"

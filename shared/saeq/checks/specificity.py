@@ -16,8 +16,8 @@ from typing import Protocol
 import torch
 from scipy.stats import spearmanr
 
-from saeq.explainers import Decode, Explanation, LocalLLM, one_line, text_of
-from saeq.features import Example, FeatureIndex
+from saeq.ml.explainers import Decode, Explanation, LocalLLM, one_line, text_of
+from saeq.ml.features import Example, FeatureIndex
 
 RATING_PROMPT_VERSION = "saeq.specificity-prompts/1"
 BIN_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)

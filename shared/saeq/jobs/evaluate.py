@@ -1,7 +1,7 @@
 """Evaluate an SAE: reconstruction, sparsity and the model's loss with the SAE spliced in.
 
 Definitions follow SAELens (`sae_lens.evals`) and SAEBench; `METRICS_VERSION` names this set and
-docs/metrics.md writes each one down. Attention sinks (saeq.sinks) are left out of every average
+docs/metrics.md writes each one down. Attention sinks (saeq.ml.sinks) are left out of every average
 and stay clean (unreconstructed, unablated) in the splices; the count left out is reported.
 """
 
@@ -17,11 +17,11 @@ from torch import Tensor
 
 from saeq import hooks
 from saeq.errors import Cancelled, InvalidSpec
-from saeq.models import LoadedModel
-from saeq.sae import SparseAutoencoder
-from saeq.sinks import sink_mask
-from saeq.splice import splice
-from saeq.stopping import micro_batches, stop_between_blocks
+from saeq.ml.models import LoadedModel
+from saeq.ml.sae import SparseAutoencoder
+from saeq.ml.sinks import sink_mask
+from saeq.ml.splice import splice
+from saeq.ml.stopping import micro_batches, stop_between_blocks
 
 METRICS_VERSION = "saeq.metrics/1"
 L0_BINS = 64

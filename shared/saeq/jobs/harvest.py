@@ -16,12 +16,12 @@ import torch
 from torch import Tensor
 
 from saeq import hooks
-from saeq.corpus import Document
+from saeq.ml.corpus import Document
 from saeq.errors import Cancelled, InvalidSpec, OutOfMemory
-from saeq.models import LoadedModel, decoder_blocks
-from saeq.sinks import SinkStats, median_norm, sink_stats
+from saeq.ml.models import LoadedModel, decoder_blocks
+from saeq.ml.sinks import SinkStats, median_norm, sink_stats
 from saeq.specs import HarvestSpec
-from saeq.stopping import MICRO_BATCH_TOKENS, micro_batches, stop_between_blocks
+from saeq.ml.stopping import MICRO_BATCH_TOKENS, micro_batches, stop_between_blocks
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Shard:
     index: int
     n_tokens: int
     tensors: dict[str, dict[str, Tensor]]
-    """Per hook name: acts, token_ids, doc_ids, positions, norms (layout in saeq.shards)."""
+    """Per hook name: acts, token_ids, doc_ids, positions, norms (layout in saeq.ml.shards)."""
     sinks: dict[str, SinkStats]
     """Per hook name: this shard's sink counts, against the run's reference median norm."""
     context_len: int
@@ -59,7 +59,7 @@ def harvest_activations(
     shard 0 so counts agree with an uninterrupted run. `on_batch` gets the tokens done so far,
     counting skipped shards, after each batch of `spec.batch_size` contexts. `should_stop` is
     polled between micro-batches of at most `micro_batch_tokens` and between blocks (a cheap flag:
-    see saeq.stopping); once true, Cancelled.
+    see saeq.ml.stopping); once true, Cancelled.
     """
     points = _check_spec(spec, lm)
     if spec.prepend_bos and lm.tokenizer.bos_token_id is None:

@@ -1,5 +1,5 @@
 """Label an SAE's features: pick them from the feature index, show each explainer the top windows,
-then score every label on windows the explainer never saw (saeq.scoring)."""
+then score every label on windows the explainer never saw (saeq.ml.scoring)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Callable
 import torch
 
 from saeq.errors import Cancelled, InvalidSpec
-from saeq.explainers import PROMPT_VERSION, Decode, Evidence, Explainer, Judge
-from saeq.features import Example, FeatureIndex
-from saeq.scoring import EmbeddingScorer, detection_items, fuzzing_items, judge_scores
+from saeq.ml.explainers import PROMPT_VERSION, Decode, Evidence, Explainer, Judge
+from saeq.ml.features import Example, FeatureIndex
+from saeq.ml.scoring import EmbeddingScorer, detection_items, fuzzing_items, judge_scores
 from saeq.specs import LabelSpec
 
 QUANTILE_BINS = 5

@@ -21,9 +21,9 @@ from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from saeq.errors import InvalidSpec
-from saeq.models import LoadedModel
-from saeq.sae import SparseAutoencoder
-from saeq.splice import splice
+from saeq.ml.models import LoadedModel
+from saeq.ml.sae import SparseAutoencoder
+from saeq.ml.splice import splice
 
 Mode = Literal["add", "clamp", "ablate", "scale"]
 Positions = Literal["all", "prompt", "generated"]

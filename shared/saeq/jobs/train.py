@@ -1,14 +1,14 @@
 """Train sparse autoencoders on a stream of activation batches: every batch feeds every SAE.
 
 `train_saes` neither knows nor cares where batches come from; `train_from_harvest` reads them
-from a harvest (saeq.activations) and adds what the sink rule left out to the result. Training
+from a harvest (saeq.ml.activations) and adds what the sink rule left out to the result. Training
 is resumable: a `TrainState` taken every `checkpoint_every_tokens` holds weights, optimiser
 moments, dead-latent counters and the data position, and a run resumed from it ends with the
 same weights as one never interrupted (same batches, same arithmetic).
 
 FVU (fraction of variance unexplained), everywhere in saeq: sum_i ||x_i - x_hat_i||^2 /
 sum_i ||x_i - mean(x)||^2 over a set of tokens; the result's figures use the held-out ordinary
-tokens (attention sinks excluded, see saeq.sinks) with mean(x) taken over that set.
+tokens (attention sinks excluded, see saeq.ml.sinks) with mean(x) taken over that set.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
-from saeq.activations import Batch, DataPosition, HarvestData
-from saeq.costs import sae_latents
+from saeq.ml.activations import Batch, DataPosition, HarvestData
+from saeq.specs.costs import sae_latents
 from saeq.errors import Cancelled, InvalidSpec
-from saeq.sae import SparseAutoencoder, SparseCodes, Step
+from saeq.ml.sae import SparseAutoencoder, SparseCodes, Step
 from saeq.specs import SaeConfig, TrainSpec
 
 DENSE_RATE = 0.1

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from saeq.checks.documents import document_activations, tokenize_documents
-from saeq.features import read_hook
-from saeq.sae import SparseAutoencoder
+from saeq.ml.features import read_hook
+from saeq.ml.sae import SparseAutoencoder
 
 HOOK = "blocks.1.hook_resid_post"
 

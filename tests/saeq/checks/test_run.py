@@ -7,7 +7,7 @@ import pytest
 
 from saeq.checks.run import plan_documents
 from saeq.checks.sensitivity import fold_title
-from saeq.corpus import builtin_documents, builtin_order
+from saeq.ml.corpus import builtin_documents, builtin_order
 from saeq.errors import InvalidSpec
 from saeq.specs import Checks
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from saeq.checks.sensitivity import fold_title, pair_titles, sensitivity
-from saeq.corpus import builtin_documents
+from saeq.ml.corpus import builtin_documents
 
 
 def test_titles_pair_across_case_and_accents_but_not_when_ambiguous():

@@ -11,10 +11,10 @@ import torch
 
 from saeq.checks.specificity import (BIN_NAMES, EmbeddingRater, EndpointRater, LocalRater, activation_bin,
                                      specificity)
-from saeq.explainers import Explanation, LocalLLM
-from saeq.features import FeatureIndex
-from saeq.llm import ChatEndpoint
-from saeq.scoring import EmbeddingScorer
+from saeq.ml.explainers import Explanation, LocalLLM
+from saeq.ml.features import FeatureIndex
+from saeq.ml.llm import ChatEndpoint
+from saeq.ml.scoring import EmbeddingScorer
 
 HYDROGEN = ["hydrogen is the lightest chemical element and burns with oxygen to make water",
             "the sun fuses hydrogen into helium deep inside its hot dense core every second",

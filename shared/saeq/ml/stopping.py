@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 from torch import nn
 
 from saeq.errors import Cancelled
-from saeq.models import decoder_blocks
+from saeq.ml.models import decoder_blocks
 
 MICRO_BATCH_TOKENS = 8192
 """Most tokens one forward pass runs: a batch of more contexts is run in slices of whole

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from saeq.errors import InvalidSpec
-from saeq.shards import read_shard
-from saeq.sinks import SinkStats, sink_mask, sink_stats
+from saeq.ml.shards import read_shard
+from saeq.ml.sinks import SinkStats, sink_mask, sink_stats
 
 
 @dataclass(frozen=True)

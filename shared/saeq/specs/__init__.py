@@ -52,7 +52,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def hub_id(name: str) -> str:
     """`owner/name` or `name` on the Hugging Face hub. Never a path: loaders resolve it through the
-    hub's cache (saeq.models, saeq.corpus), never against the worker's working directory."""
+    hub's cache (saeq.ml.models, saeq.ml.corpus), never against the worker's working directory."""
     if not _HUB_ID.fullmatch(name) or ".." in name or "--" in name:
         raise ValueError(f"{name!r} is not a hub id (owner/name or name: letters, digits, '_', '-', '.', "
                          "no '..' or '--', not starting or ending with '.' or '-')")
@@ -69,7 +69,7 @@ def hub_revision(revision: str) -> str:
 
 def local_path(path: str) -> str:
     """An absolute, normalised path on the worker: no `..`, `.` or empty part, no NUL or other
-    control character. Whether it lies under the deployment's roots is saeq.admission's check."""
+    control character. Whether it lies under the deployment's roots is saeq.platform.admission's check."""
     if _CONTROL.search(path):
         raise ValueError("a path may not contain a NUL or other control character")
     if not path.startswith("/") or path.startswith("//") or posixpath.normpath(path) != path:
@@ -318,7 +318,7 @@ class ActivationsRef(Frozen):
 
 
 class SinkRule(Frozen):
-    """Which tokens training and its metrics leave out (the rule of `saeq.sinks`)."""
+    """Which tokens training and its metrics leave out (the rule of `saeq.ml.sinks`)."""
 
     exclude: bool = True
     """Leave out attention sinks: position 0, and tokens whose norm exceeds norm_factor x the

@@ -2,7 +2,7 @@
 
 Labelling, evaluation, steering and the browser read it: density and maximum activation per
 feature, top-activating windows with per-token activations, windows sampled from activation
-quantiles, and random windows where the feature is silent. Attention sinks (saeq.sinks) are
+quantiles, and random windows where the feature is silent. Attention sinks (saeq.ml.sinks) are
 kept in the windows' text but carry no activation.
 """
 
@@ -18,11 +18,11 @@ from torch import Tensor
 
 from saeq.errors import Cancelled, InvalidSpec
 from saeq.jobs.evaluate import SinkReference
-from saeq.models import LoadedModel
-from saeq.sae import SparseAutoencoder, stable_order
-from saeq.sinks import sink_mask
-from saeq.splice import splice
-from saeq.stopping import micro_batches, stop_between_blocks
+from saeq.ml.models import LoadedModel
+from saeq.ml.sae import SparseAutoencoder, stable_order
+from saeq.ml.sinks import sink_mask
+from saeq.ml.splice import splice
+from saeq.ml.stopping import micro_batches, stop_between_blocks
 
 INDEX_FORMAT = "saeq.feature-index/1"
 

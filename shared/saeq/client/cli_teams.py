@@ -7,11 +7,11 @@ import json
 
 import click
 
-from saeq.client import ApiError
+from saeq.client.client import ApiError
 
 
 def _call(ctx: click.Context, method: str, *args, **kw):
-    from saeq.cli import _client
+    from saeq.client.cli import _client
 
     try:
         return getattr(_client(ctx), method)(*args, **kw)
@@ -37,7 +37,7 @@ def keys() -> None:
 @keys.command("new")
 def keys_new() -> None:
     """Print a fresh key without storing it anywhere (for SAEQ_BOOTSTRAP_ADMIN_KEY)."""
-    from saeq.teams import new_key
+    from saeq.platform.teams import new_key
 
     click.echo(new_key()[1])
 

@@ -22,10 +22,10 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from saeq import keys
-from saeq.teams import Teams
+from saeq.platform.teams import Teams
 
 if TYPE_CHECKING:
-    from saeq.store import ObjectStore
+    from saeq.platform.store import ObjectStore
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 DURATION_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
@@ -181,7 +181,7 @@ class Registry:
     def _with_spec(self, job: dict[str, Any]) -> dict[str, Any] | None:
         if not job.get("spec_key"):
             return job
-        from saeq.store import MissingObject
+        from saeq.platform.store import MissingObject
 
         if self.spec_store is None:
             raise RuntimeError(f"job {job['id']}'s spec is in the object store, and this registry has "

@@ -104,7 +104,7 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
     """Load the model and tokenizer a spec names; NotFound when it cannot be had.
 
     transformers is only ever handed an absolute directory: the builtin copy, a local path (under
-    the deployment's roots: saeq.admission checked it) or the hub cache's snapshot of a hub id, so
+    the deployment's roots: saeq.platform.admission checked it) or the hub cache's snapshot of a hub id, so
     a hub id can never name a directory relative to the worker's working directory.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer

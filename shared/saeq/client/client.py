@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import httpx
 from pydantic import BaseModel
 
-from saeq.registry import TERMINAL
+from saeq.platform.registry import TERMINAL
 
 RETRY_STATUS = (502, 503, 504)
 """Answers that mean "not now" (a restarting API, Redis unreachable): worth repeating a request."""
@@ -48,7 +48,7 @@ def default_url() -> str:
     """SAEQ_URL, else the stack `saeq up` started, else localhost:8000."""
     if url := os.environ.get("SAEQ_URL"):
         return url
-    from saeq.local_stack import read_stack_url
+    from saeq.dev.local_stack import read_stack_url
 
     return read_stack_url() or "http://127.0.0.1:8000"
 
@@ -57,7 +57,7 @@ def default_api_key(url: str) -> str | None:
     """SAEQ_API_KEY, else the admin key of the local stack (`saeq up`) serving `url`."""
     if key := os.environ.get("SAEQ_API_KEY"):
         return key
-    from saeq.local_stack import read_stack_key
+    from saeq.dev.local_stack import read_stack_key
 
     return read_stack_key(url)
 
@@ -270,7 +270,7 @@ class Client:
         return self._call("GET", "/v1/admin/teams")
 
     def set_quota(self, team: str, **quota) -> dict:
-        """(admin) Replace a team's quota; fields left out take their defaults (saeq.teams.TeamQuota)."""
+        """(admin) Replace a team's quota; fields left out take their defaults (saeq.platform.teams.TeamQuota)."""
         return self._call("PUT", f"/v1/admin/teams/{team}/quota", json=quota)
 
     def purge(self, *, team: str | None = None, ended_before: float | None = None) -> dict:

@@ -105,7 +105,7 @@ class LocalStack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.url = f"http://127.0.0.1:{opts.port}"
         self.logs = opts.home / "logs"
-        from saeq.teams import new_key
+        from saeq.platform.teams import new_key
 
         self.admin_key = opts.admin_key or os.environ.get("SAEQ_BOOTSTRAP_ADMIN_KEY") or new_key()[1]
         self.signing_key = secrets.token_hex(32)  # per stack: links of an earlier one stop working

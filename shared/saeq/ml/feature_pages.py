@@ -9,9 +9,9 @@ import math
 import torch
 from torch import Tensor
 
-from saeq.explainers import Decode
-from saeq.features import Example, FeatureIndex
-from saeq.sae import SparseAutoencoder
+from saeq.ml.explainers import Decode
+from saeq.ml.features import Example, FeatureIndex
+from saeq.ml.sae import SparseAutoencoder
 
 PAGES_FORMAT = "saeq.feature-pages/1"
 CHUNK = 256

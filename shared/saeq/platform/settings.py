@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from saeq.specs import ENDPOINT_NAME
-from saeq.store import LocalStore, ObjectStore, S3Store
+from saeq.platform.store import LocalStore, ObjectStore, S3Store
 
-log = logging.getLogger("saeq.config")
+log = logging.getLogger("saeq.platform.settings")
 
 
 class LlmEndpoint(BaseModel):

@@ -10,9 +10,9 @@ from typing import Callable, Protocol
 
 import torch
 
-from saeq.corpus import Document
-from saeq.features import Example
-from saeq.models import LoadedModel
+from saeq.ml.corpus import Document
+from saeq.ml.features import Example
+from saeq.ml.models import LoadedModel
 
 PROMPT_VERSION = "saeq.label-prompts/1"
 MARK_OPEN, MARK_CLOSE = "<<", ">>"

@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from saeq.explainers import Decode, Explanation, Judge, marked_text, text_of
-from saeq.features import Example
+from saeq.ml.explainers import Decode, Explanation, Judge, marked_text, text_of
+from saeq.ml.features import Example
 
 
 @dataclass(frozen=True)

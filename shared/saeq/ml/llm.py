@@ -16,7 +16,7 @@ import openai
 
 from saeq import keys
 from saeq.errors import EndpointError, TokenBudgetExhausted
-from saeq.store import AlreadyExists, MissingObject, ObjectStore
+from saeq.platform.store import AlreadyExists, MissingObject, ObjectStore
 
 T = TypeVar("T")
 R = TypeVar("R")

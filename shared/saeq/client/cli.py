@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import yaml
 
-from saeq.client import ApiError, Client, JobFailed
+from saeq.client.client import ApiError, Client, JobFailed
 
 
 def _client(ctx: click.Context) -> Client:
@@ -46,7 +46,7 @@ def main(ctx: click.Context, url: str | None, api_key: str | None) -> None:
 def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, concurrency,
        local_path_roots) -> None:
     """Start Redis, the API, one worker and a local store; stop them with Ctrl-C."""
-    from saeq.local_stack import LocalStack, StackOptions, saeq_home, stack_info_path
+    from saeq.dev.local_stack import LocalStack, StackOptions, saeq_home, stack_info_path
 
     opts = StackOptions(home=home or saeq_home(), port=port, redis_url=redis_url, store=store,
                         s3_endpoint=s3_endpoint, s3_access_key=s3_access_key,
@@ -214,7 +214,7 @@ def cancel(ctx, job_id) -> None:
 @click.pass_context
 def report(ctx, job_id) -> None:
     """Print the summary table of an evaluate job's report."""
-    from saeq.report import summary_table
+    from saeq.client.report import summary_table
 
     client = _client(ctx)
     try:
@@ -240,7 +240,7 @@ def report(ctx, job_id) -> None:
 @click.pass_context
 def labels(ctx, job_id, limit) -> None:
     """Print a label job's labels and their detection scores, per explainer."""
-    from saeq.report import labels_summary, labels_table
+    from saeq.client.report import labels_summary, labels_table
 
     client = _client(ctx)
     try:
@@ -300,7 +300,7 @@ def steer(ctx, train_job, prompt, feature, mode, value, sae_name, tokens) -> Non
 def demo(tokens, train_tokens, home) -> None:
     """The offline demo, end to end: harvest layer 15 of SmolLM2 on English Wikipedia, train a
     TopK SAE on it, evaluate it on held-out articles."""
-    from saeq.demo import run_demo
+    from saeq.dev.demo import run_demo
 
     run_demo(tokens=tokens, train_tokens=train_tokens, home=home)
 
@@ -328,13 +328,13 @@ def _print_job(job: dict) -> None:
         click.echo(f"  manifest: {job['manifest_key']}")
 
 
-from saeq.cli_teams import keys, teams, whoami  # noqa: E402  (they use the group above)
+from saeq.client.cli_teams import keys, teams, whoami  # noqa: E402  (they use the group above)
 
 main.add_command(keys)
 main.add_command(teams)
 main.add_command(whoami)
 
-from saeq.cli_uploads import uploads  # noqa: E402
+from saeq.client.cli_uploads import uploads  # noqa: E402
 
 main.add_command(uploads)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from saeq.cli_teams import _call
+from saeq.client.cli_teams import _call
 
 
 @click.group()

@@ -29,7 +29,7 @@ Role = Literal["member", "admin"]
 
 class TeamQuota(BaseModel):
     """What one team may use. Jobs beyond `max_running` wait their turn; beyond the others they are
-    refused at submit, with the reason. The per-job limits (403) are checked by `saeq.costs`."""
+    refused at submit, with the reason. The per-job limits (403) are checked by `saeq.specs.costs`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     max_running: int = Field(default=4, ge=0, le=10_000)
@@ -83,7 +83,7 @@ class TeamQuota(BaseModel):
     live_prompt_tokens: int = Field(default=2_048, ge=1, le=1_000_000)
     """Longest prompt (in model tokens, chat template included) of a live steer or chat request:
     422 naming `prompt` or `messages`, from the worker, which counts the tokens; the API refuses at
-    once a text longer than 16 characters a token (saeq.live.MAX_CHARS_PER_TOKEN)."""
+    once a text longer than 16 characters a token (saeq.platform.live.MAX_CHARS_PER_TOKEN)."""
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ import json
 from celery import Celery
 from kombu import Queue
 
-from saeq.config import PlatformSettings
+from saeq.platform.settings import PlatformSettings
 
 QUEUES = ("gpu", "cpu", "steer")
 # Live requests (steering, label search) go to the "steer" queue, served by workers that keep the
 # model and SAE loaded between requests.
-# The requests themselves wait in per-team queues in Redis (saeq.live); a message only wakes a worker.
-LIVE_TASK = "saeq.live"
+# The requests themselves wait in per-team queues in Redis (saeq.platform.live); a message only wakes a worker.
+LIVE_TASK = "saeq.platform.live"
 LIVE_QUEUE = "steer"
 
 # Which queue a job kind goes to. GPU work: anything that runs the language model or trains.
@@ -40,7 +40,7 @@ def make_celery(settings: PlatformSettings) -> Celery:
         task_serializer="json", accept_content=["json"],
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
-        # Ride out a broker restart when sending (~25 s, as saeq.registry's Redis calls do): the
+        # Ride out a broker restart when sending (~25 s, as saeq.platform.registry's Redis calls do): the
         # default gives up after 0.6 s, and the job would wait for the reaper to send it again.
         task_publish_retry_policy={"max_retries": 15, "interval_start": 0.2, "interval_step": 0.5,
                                    "interval_max": 2.0},

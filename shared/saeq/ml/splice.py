@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 from torch import Tensor, nn
 
 from saeq import hooks
-from saeq.models import decoder_blocks
+from saeq.ml.models import decoder_blocks
 
 Edit = Callable[[Tensor], Tensor]
 

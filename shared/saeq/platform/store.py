@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from saeq.errors import StoreError
 
-log = logging.getLogger("saeq.store")
+log = logging.getLogger("saeq.platform.store")
 T = TypeVar("T")
 
 

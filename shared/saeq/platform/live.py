@@ -13,7 +13,7 @@ from typing import Any, Callable
 import redis
 
 from saeq.errors import Cancelled
-from saeq.teams import TeamQuota
+from saeq.platform.teams import TeamQuota
 
 _P = "saeq:live:"
 

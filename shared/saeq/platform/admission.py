@@ -9,7 +9,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from pydantic import BaseModel
 
-from saeq.config import LlmEndpoint
+from saeq.platform.settings import LlmEndpoint
 from saeq.errors import InvalidSpec
 from saeq.specs import EndpointLLM, ImportedSae, ModelSpec
 
@@ -44,7 +44,7 @@ def check_endpoints(spec: BaseModel, llm_endpoints: Mapping[str, LlmEndpoint], p
 
 def local_paths(spec: BaseModel, prefix: str = "spec") -> Iterator[tuple[str, str]]:
     """(field, path) of every local file or directory the spec names. A hub id is never one: the
-    loaders resolve it through the hub's cache only (saeq.models, saeq.corpus)."""
+    loaders resolve it through the hub's cache only (saeq.ml.models, saeq.ml.corpus)."""
     for field, value in spec_values(spec, prefix):
         if isinstance(value, ModelSpec) and value.source == "path":
             yield f"{field}.name", value.name

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from saeq.checks.summary import checks_lines
-from saeq.client import Client
-from saeq.local_stack import LocalStack, StackOptions, free_port, saeq_home, stack_info_path
-from saeq.report import labels_summary, labels_table, summary_table
+from saeq.client.client import Client
+from saeq.dev.local_stack import LocalStack, StackOptions, free_port, saeq_home, stack_info_path
+from saeq.client.report import labels_summary, labels_table, summary_table
 from saeq.specs import Checks, EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainedSae, TrainSpec
 
 HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]

@@ -1,0 +1,1 @@
+"""The platform: Redis job records, leases, scheduling, teams, admission, Celery dispatch, settings and the object store. No torch."""
