@@ -16,8 +16,8 @@ import time
 import torch
 from transformers.masking_utils import create_causal_mask
 
-from saeq.ml.corpus import iter_documents
 from saeq.jobs.harvest import harvest_activations, pack_contexts
+from saeq.ml.corpus import iter_documents
 from saeq.ml.models import load_model
 from saeq.ml.shards import write_shard_bytes
 from saeq.specs import HarvestSpec
@@ -32,9 +32,10 @@ def bare_forward(model, ids_BT: torch.Tensor) -> torch.Tensor:
     h_BTD = base.embed_tokens(ids_BT)
     pos_1T = torch.arange(ids_BT.shape[1])[None]
     rope = base.rotary_emb(h_BTD, position_ids=pos_1T)
-    mask = create_causal_mask(config=base.config, inputs_embeds=h_BTD, attention_mask=None,
-                              cache=None, position_ids=pos_1T)
-    for layer in base.layers[:BLOCK + 1]:
+    mask = create_causal_mask(
+        config=base.config, inputs_embeds=h_BTD, attention_mask=None, cache=None, position_ids=pos_1T
+    )
+    for layer in base.layers[: BLOCK + 1]:
         h_BTD = layer(h_BTD, attention_mask=mask, position_embeddings=rope, position_ids=pos_1T)
     return h_BTD
 
@@ -49,10 +50,14 @@ def main() -> None:
     lm = load_model(HarvestSpec().model, cache_dir=args.cache_dir)
     n = args.warmup + args.batches
     # One batch per shard, so every timed step also builds a shard and serialises it.
-    spec = HarvestSpec(hooks=[HOOK], batch_size=B, context_len=T, max_tokens=n * B * T,
-                       shard_tokens=B * T)
-    contexts = pack_contexts(iter_documents(spec.corpus, seed=spec.seed), lm.tokenizer,
-                             context_len=T, prepend_bos=False, doc_separator=spec.doc_separator)
+    spec = HarvestSpec(hooks=[HOOK], batch_size=B, context_len=T, max_tokens=n * B * T, shard_tokens=B * T)
+    contexts = pack_contexts(
+        iter_documents(spec.corpus, seed=spec.seed),
+        lm.tokenizer,
+        context_len=T,
+        prepend_bos=False,
+        doc_separator=spec.doc_separator,
+    )
     ids_CT = torch.tensor([ids for ids, _ in itertools.islice(contexts, n * B)])
     batches = ids_CT.split(B)  # the same contexts the harvest reads, in the same order
     shards = harvest_activations(spec, lm, iter_documents(spec.corpus, seed=spec.seed))
@@ -86,15 +91,19 @@ def main() -> None:
     cpu_h, cpu_b = sum(cpu["harvest"]), sum(cpu["bare"])
 
     tokens = args.batches * B * T
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
-          f"SmolLM2-135M-Instruct fp32, {HOOK}, batch {B}x{T}, {args.batches} timed batches "
-          f"({tokens} tokens) after {args.warmup} warmup, {torch.get_num_threads()} threads")
+    print(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+        f"SmolLM2-135M-Instruct fp32, {HOOK}, batch {B}x{T}, {args.batches} timed batches "
+        f"({tokens} tokens) after {args.warmup} warmup, {torch.get_num_threads()} threads"
+    )
     print(f"bare forward (embed + blocks[:15]) : {tokens / dt_b:8.0f} tokens/s")
     print(f"harvest_activations + shard bytes  : {tokens / dt_h:8.0f} tokens/s")
     print(f"ratio harvest / bare (totals)      : {dt_b / dt_h:8.1%}")
     print(f"ratio, median of per-batch pairs   : {statistics.median(ratios):8.1%}")
-    print(f"ratio of CPU seconds (bare/harvest): {cpu_b / cpu_h:8.1%} "
-          f"({cpu_h / args.batches:.2f} s vs {cpu_b / args.batches:.2f} s per batch)")
+    print(
+        f"ratio of CPU seconds (bare/harvest): {cpu_b / cpu_h:8.1%} "
+        f"({cpu_h / args.batches:.2f} s vs {cpu_b / args.batches:.2f} s per batch)"
+    )
 
 
 if __name__ == "__main__":

@@ -51,14 +51,18 @@ def main() -> None:
             out = generate(lm, prompt, max_new_tokens=args.tokens, min_new_tokens=args.tokens, **kw)
             times[name].append(time.perf_counter() - t0)
             assert len(out.token_ids) == args.tokens  # same work for every run
-    print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; SmolLM2-135M-Instruct, "
-          f"SAE d_sae={sae.d_sae} at {HOOK}; {args.tokens} new tokens after a {len(prompt)}-token prompt, "
-          f"greedy, median of {args.repeats}")
+    print(
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; SmolLM2-135M-Instruct, "
+        f"SAE d_sae={sae.d_sae} at {HOOK}; {args.tokens} new tokens after a {len(prompt)}-token prompt, "
+        f"greedy, median of {args.repeats}"
+    )
     base = statistics.median(times["plain generate"])
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"  {name:28s} {med * 1000:8.0f} ms  ({args.tokens / med:5.1f} tokens/s)  "
-              f"overhead {100 * (med / base - 1):+5.1f}%")
+        print(
+            f"  {name:28s} {med * 1000:8.0f} ms  ({args.tokens / med:5.1f} tokens/s)  "
+            f"overhead {100 * (med / base - 1):+5.1f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ D_SAE, K, BATCH = 4_608, 32, 4_096
 
 # --- activations ---------------------------------------------------------------------------------
 
+
 def harvest(store_dir: Path, n_tokens: int) -> dict:
     """Harvest `n_tokens` of the builtin SmolLM2 at HOOK into a local store, once; the manifest."""
     from saeq import keys
@@ -42,11 +43,12 @@ def harvest(store_dir: Path, n_tokens: int) -> dict:
         manifest = json.loads(store.get(key))
         if manifest["n_tokens"] >= n_tokens:
             return manifest
-        raise SystemExit(f"{store_dir} holds a smaller harvest ({manifest['n_tokens']} tokens); "
-                         "delete it or ask for fewer tokens")
+        raise SystemExit(
+            f"{store_dir} holds a smaller harvest ({manifest['n_tokens']} tokens); delete it or ask for fewer tokens"
+        )
 
-    from saeq.ml.corpus import iter_documents
     from saeq.jobs.harvest import harvest_activations
+    from saeq.ml.corpus import iter_documents
     from saeq.ml.models import load_model
     from saeq.ml.shards import write_shard_bytes
     from saeq.specs import HarvestSpec
@@ -58,27 +60,53 @@ def harvest(store_dir: Path, n_tokens: int) -> dict:
         data = write_shard_bytes(shard.tensors[HOOK], shard.metadata(HOOK))
         shard_key = keys.harvest_shard(BENCH_JOB, HOOK, shard.index)
         store.put(shard_key, data)
-        shards.append({"index": shard.index, "n_tokens": shard.n_tokens, "key": shard_key,
-                       "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                       "meta": shard.metadata(HOOK)})
-        print(f"  shard {shard.index}: {sum(s['n_tokens'] for s in shards):,} tokens, "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        shards.append(
+            {
+                "index": shard.index,
+                "n_tokens": shard.n_tokens,
+                "key": shard_key,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "meta": shard.metadata(HOOK),
+            }
+        )
+        print(
+            f"  shard {shard.index}: {sum(s['n_tokens'] for s in shards):,} tokens, {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     metas = [s.pop("meta") for s in shards]
     n0 = sum(int(m["n_position0"]) for m in metas)
     n_out = sum(int(m["n_outliers"]) for m in metas)
     tokens = sum(s["n_tokens"] for s in shards)
     # The fields saeq.ml.activations reads, laid out as the worker's harvest manifest lays them out.
     manifest = {
-        "format": "saeq.harvest/1", "kind": "harvest", "job_id": BENCH_JOB,
-        "spec": spec.model_dump(mode="json"), "d_model": lm.d_model, "n_layers": lm.n_layers,
-        "context_len": spec.context_len, "prepend_bos": spec.prepend_bos, "dtype": spec.dtype,
-        "n_tokens": tokens, "n_contexts": tokens // spec.context_len,
-        "hooks": {HOOK: {
-            "d_model": lm.d_model, "dtype": spec.dtype, "n_tokens": tokens, "shards": shards,
-            "sinks": {"rule": f"position == 0 or norm > {spec.sink_norm_factor:g} x median_norm",
-                      "median_norm": float(metas[0]["median_norm"]),
-                      "norm_factor": spec.sink_norm_factor, "n_position_zero": n0,
-                      "n_norm_outliers": n_out, "n_sinks": n0 + n_out}}},
+        "format": "saeq.harvest/1",
+        "kind": "harvest",
+        "job_id": BENCH_JOB,
+        "spec": spec.model_dump(mode="json"),
+        "d_model": lm.d_model,
+        "n_layers": lm.n_layers,
+        "context_len": spec.context_len,
+        "prepend_bos": spec.prepend_bos,
+        "dtype": spec.dtype,
+        "n_tokens": tokens,
+        "n_contexts": tokens // spec.context_len,
+        "hooks": {
+            HOOK: {
+                "d_model": lm.d_model,
+                "dtype": spec.dtype,
+                "n_tokens": tokens,
+                "shards": shards,
+                "sinks": {
+                    "rule": f"position == 0 or norm > {spec.sink_norm_factor:g} x median_norm",
+                    "median_norm": float(metas[0]["median_norm"]),
+                    "norm_factor": spec.sink_norm_factor,
+                    "n_position_zero": n0,
+                    "n_norm_outliers": n_out,
+                    "n_sinks": n0 + n_out,
+                },
+            }
+        },
     }
     store.put(key, json.dumps(manifest, indent=1).encode())
     return manifest
@@ -96,15 +124,18 @@ def synthetic_store(store_dir: Path, n_tokens: int, d: int = 576) -> dict:
 
 # --- the three trainers ----------------------------------------------------------------------
 
+
 class Order:
     """The batches every trainer sees: epoch e visits the training tokens in a random order
     (seeded by e), cut into batches of BATCH; batch i is `table[order[i]]`."""
 
     def __init__(self, n_rows: int, steps: int):
         per_epoch = n_rows // BATCH
-        perms = [torch.randperm(n_rows, generator=torch.Generator().manual_seed(e))[:per_epoch * BATCH]
-                 for e in range(-(-steps // per_epoch))]
-        self.idx = torch.cat(perms)[:steps * BATCH].view(steps, BATCH)  # (steps, BATCH)
+        perms = [
+            torch.randperm(n_rows, generator=torch.Generator().manual_seed(e))[: per_epoch * BATCH]
+            for e in range(-(-steps // per_epoch))
+        ]
+        self.idx = torch.cat(perms)[: steps * BATCH].view(steps, BATCH)  # (steps, BATCH)
 
 
 class Turns:
@@ -206,11 +237,19 @@ def train_sparsify(table: torch.Tensor, order: Order, spec, turns: Turns):
     seqs = order.idx.view(-1, 128)  # 32 sequences of 128 tokens make one batch of 4,096
     dataset = [{"input_ids": s} for s in seqs]
     with tempfile.TemporaryDirectory() as tmp:
-        tc = TrainConfig(SparseCoderConfig(num_latents=D_SAE, k=K), batch_size=BATCH // 128,
-                         optimizer="adam", lr=cfg.lr,
-                         lr_warmup_steps=int(spec.lr_warmup * len(order.idx)),
-                         auxk_alpha=cfg.auxk_alpha, dead_feature_threshold=cfg.dead_window_tokens,
-                         hookpoints=["layers.0"], log_to_wandb=False, save_every=10**9, save_dir=tmp)
+        tc = TrainConfig(
+            SparseCoderConfig(num_latents=D_SAE, k=K),
+            batch_size=BATCH // 128,
+            optimizer="adam",
+            lr=cfg.lr,
+            lr_warmup_steps=int(spec.lr_warmup * len(order.idx)),
+            auxk_alpha=cfg.auxk_alpha,
+            dead_feature_threshold=cfg.dead_window_tokens,
+            hookpoints=["layers.0"],
+            log_to_wandb=False,
+            save_every=10**9,
+            save_dir=tmp,
+        )
         torch.manual_seed(0)
         lm = _TableLM(table, turns)
         trainer = Trainer(tc, dataset, lm)
@@ -232,15 +271,21 @@ def train_saelens(table: torch.Tensor, order: Order, spec, turns: Turns):
 
     cfg, steps, d_in = spec.saes[0], len(order.idx), table.shape[1]
     torch.manual_seed(0)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(
-        d_in=d_in, d_sae=D_SAE, k=K, normalize_activations="expected_average_only_in"))
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(d_in=d_in, d_sae=D_SAE, k=K, normalize_activations="expected_average_only_in")
+    )
     tc = SAETrainerConfig(
-        total_training_samples=steps * BATCH, train_batch_size_samples=BATCH, lr=cfg.lr,
-        lr_warm_up_steps=int(spec.lr_warmup * steps), lr_decay_steps=int(spec.lr_decay * steps),
-        lr_end=0.0, dead_feature_window=max(1, cfg.dead_window_tokens // BATCH),
-        logger=LoggingConfig(log_to_wandb=False))
+        total_training_samples=steps * BATCH,
+        train_batch_size_samples=BATCH,
+        lr=cfg.lr,
+        lr_warm_up_steps=int(spec.lr_warmup * steps),
+        lr_decay_steps=int(spec.lr_decay * steps),
+        lr_end=0.0,
+        dead_feature_window=max(1, cfg.dead_window_tokens // BATCH),
+        logger=LoggingConfig(log_to_wandb=False),
+    )
     trainer = SAETrainer(tc, sae, data_provider=iter(()))
-    trainer.activation_scaler.scaling_factor = d_in ** 0.5 / float(table[order.idx[0]].norm(dim=1).mean())
+    trainer.activation_scaler.scaling_factor = d_in**0.5 / float(table[order.idx[0]].norm(dim=1).mean())
     for i in order.idx:
         turns.begin()
         trainer.step(table[i])
@@ -271,8 +316,8 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
     import traceback
 
     from saeq.jobs.train import harvest_data
-    from saeq.specs import SaeConfig, TrainSpec
     from saeq.platform.store import LocalStore
+    from saeq.specs import SaeConfig, TrainSpec
 
     devnull = os.open(os.devnull, os.O_WRONLY)  # the peers' progress bars and prints
     os.dup2(devnull, 1)
@@ -280,9 +325,13 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
     try:
         root = Path(args.cache) / ("synthetic" if args.synthetic else "store")
         manifest = json.loads(LocalStore(root).get(f"jobs/{BENCH_JOB}/manifest.json"))
-        spec = TrainSpec(activations={"job_id": BENCH_JOB, "hook": HOOK},
-                         saes=[SaeConfig(d_sae=D_SAE, k=K)], total_tokens=args.tokens,
-                         batch_size=BATCH, checkpoint_every_tokens=None)
+        spec = TrainSpec(
+            activations={"job_id": BENCH_JOB, "hook": HOOK},
+            saes=[SaeConfig(d_sae=D_SAE, k=K)],
+            total_tokens=args.tokens,
+            batch_size=BATCH,
+            checkpoint_every_tokens=None,
+        )
         data = harvest_data(spec, manifest, LocalStore(root))
         table, val = data.train_rows(), data.validation()
         order = Order(table.shape[0], args.tokens // BATCH)
@@ -296,8 +345,7 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
 
             def encode(x):
                 top = coder.encode(x)
-                return top.top_acts.new_zeros(x.shape[0], D_SAE).scatter_(1, top.top_indices,
-                                                                          top.top_acts)
+                return top.top_acts.new_zeros(x.shape[0], D_SAE).scatter_(1, top.top_indices, top.top_acts)
 
             def decode(a):
                 return a @ coder.W_dec + coder.b_dec
@@ -305,9 +353,16 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
             sl = trained.sae.eval()
             encode, decode = sl.encode, sl.decode
         f, never = scores(encode, decode, val)
-        results.put({"trainer": name, "tokens_per_s": args.tokens / turns.seconds,
-                     "seconds": turns.seconds, "fvu": f, "never_fired": never,
-                     "validation_tokens": val.shape[0]})
+        results.put(
+            {
+                "trainer": name,
+                "tokens_per_s": args.tokens / turns.seconds,
+                "seconds": turns.seconds,
+                "fvu": f,
+                "never_fired": never,
+                "validation_tokens": val.shape[0],
+            }
+        )
     except BaseException:
         results.put({"trainer": name, "error": traceback.format_exc()})
         turns.barrier.abort()
@@ -344,43 +399,61 @@ def acceptance(manifest: dict, store) -> dict:
 
     spec = TrainSpec(activations={"job_id": BENCH_JOB, "hook": HOOK}, checkpoint_every_tokens=None)
     t0 = time.perf_counter()
-    result = train_from_harvest(spec, manifest, store, progress_every_s=30, on_progress=lambda p: print(
-        f"  {p.tokens:,} tokens, {p.tokens_per_s:,.0f} tokens/s, train FVU {p.saes['sae0']['fvu']:.3f}",
-        flush=True))
+    result = train_from_harvest(
+        spec,
+        manifest,
+        store,
+        progress_every_s=30,
+        on_progress=lambda p: print(
+            f"  {p.tokens:,} tokens, {p.tokens_per_s:,.0f} tokens/s, train FVU {p.saes['sae0']['fvu']:.3f}", flush=True
+        ),
+    )
     m = result.metrics["sae0"]
-    return {"tokens": result.tokens, "wall_s": time.perf_counter() - t0, "fvu": m.fvu,
-            "dead": m.dead_fraction, "never_fired": m.dead_fraction_validation, "l0": m.l0,
-            "epochs": result.data["epochs"], "train_tokens": result.data["train_tokens_available"],
-            "validation_tokens": m.validation_tokens, "spec": spec.saes[0].model_dump()}
+    return {
+        "tokens": result.tokens,
+        "wall_s": time.perf_counter() - t0,
+        "fvu": m.fvu,
+        "dead": m.dead_fraction,
+        "never_fired": m.dead_fraction_validation,
+        "l0": m.l0,
+        "epochs": result.data["epochs"],
+        "train_tokens": result.data["train_tokens_available"],
+        "validation_tokens": m.validation_tokens,
+        "spec": spec.saes[0].model_dump(),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=250 * BATCH, help="training tokens per trainer")
-    ap.add_argument("--harvest-tokens", type=int, default=17 * 16_384,
-                    help="tokens to harvest (the last 16,384 are held out)")
+    ap.add_argument(
+        "--harvest-tokens", type=int, default=17 * 16_384, help="tokens to harvest (the last 16,384 are held out)"
+    )
     ap.add_argument("--peers", default="sparsify,saelens")
-    ap.add_argument("--synthetic", action="store_true",
-                    help="planted-dictionary activations instead of SmolLM2's")
-    ap.add_argument("--acceptance", action="store_true",
-                    help="also train saeq's default TrainSpec end to end and report FVU and dead latents")
+    ap.add_argument("--synthetic", action="store_true", help="planted-dictionary activations instead of SmolLM2's")
+    ap.add_argument(
+        "--acceptance",
+        action="store_true",
+        help="also train saeq's default TrainSpec end to end and report FVU and dead latents",
+    )
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/saeq/bench"))
     ap.add_argument("--harvest-only", action="store_true")
     args = ap.parse_args()
 
     root = Path(args.cache) / ("synthetic" if args.synthetic else "store")
-    manifest = (synthetic_store(root, args.harvest_tokens) if args.synthetic
-                else harvest(root, args.harvest_tokens))
+    manifest = synthetic_store(root, args.harvest_tokens) if args.synthetic else harvest(root, args.harvest_tokens)
     if args.harvest_only:
         return
 
-    print(f"{'synthetic' if args.synthetic else 'SmolLM2-135M-Instruct ' + HOOK}, "
-          f"{manifest['n_tokens']:,} tokens harvested; TopK d_sae={D_SAE} k={K} batch={BATCH}; "
-          f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}", flush=True)
+    print(
+        f"{'synthetic' if args.synthetic else 'SmolLM2-135M-Instruct ' + HOOK}, "
+        f"{manifest['n_tokens']:,} tokens harvested; TopK d_sae={D_SAE} k={K} batch={BATCH}; "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        flush=True,
+    )
     names = ["saeq"] + [p for p in ("sparsify", "SAELens") if p.lower() in args.peers.lower().split(",")]
     rows = compare(args, names)
-    print(f"\n{args.tokens:,} training tokens each; FVU on {rows[0]['validation_tokens']:,} "
-          "held-out ordinary tokens:")
+    print(f"\n{args.tokens:,} training tokens each; FVU on {rows[0]['validation_tokens']:,} held-out ordinary tokens:")
     print(f"{'trainer':10s} {'tokens/s':>9s} {'FVU':>7s} {'never firing':>13s}")
     for r in rows:
         print(f"{r['trainer']:10s} {r['tokens_per_s']:9,.0f} {r['fvu']:7.4f} {r['never_fired']:13.1%}")
@@ -392,10 +465,12 @@ def main() -> None:
         from saeq.platform.store import LocalStore
 
         a = acceptance(manifest, LocalStore(root))
-        print(f"\nacceptance (default TrainSpec): {a['tokens']:,} tokens "
-              f"({a['epochs']:.1f} epochs of {a['train_tokens']:,}) in {a['wall_s']:.0f} s: "
-              f"FVU {a['fvu']:.4f} on {a['validation_tokens']:,} held-out tokens, L0 {a['l0']:.1f}, "
-              f"dead {a['dead']:.1%}, never firing on held-out {a['never_fired']:.1%}")
+        print(
+            f"\nacceptance (default TrainSpec): {a['tokens']:,} tokens "
+            f"({a['epochs']:.1f} epochs of {a['train_tokens']:,}) in {a['wall_s']:.0f} s: "
+            f"FVU {a['fvu']:.4f} on {a['validation_tokens']:,} held-out tokens, L0 {a['l0']:.1f}, "
+            f"dead {a['dead']:.1%}, never firing on held-out {a['never_fired']:.1%}"
+        )
 
 
 if __name__ == "__main__":

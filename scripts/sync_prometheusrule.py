@@ -10,8 +10,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "deploy" / "prometheus" / "alerts.yml"
 TARGET = ROOT / "k8s" / "components" / "monitoring" / "prometheusrule.yaml"
-HEADER = ("# Generated from deploy/prometheus/alerts.yml by scripts/sync_prometheusrule.py: edit that\n"
-          "# file, then run the script.\n")
+HEADER = (
+    "# Generated from deploy/prometheus/alerts.yml by scripts/sync_prometheusrule.py: edit that\n"
+    "# file, then run the script.\n"
+)
 
 
 def _block_strings(dumper: yaml.SafeDumper, value: str):
@@ -21,9 +23,12 @@ def _block_strings(dumper: yaml.SafeDumper, value: str):
 
 def render() -> str:
     groups = yaml.safe_load(SOURCE.read_text())["groups"]
-    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": {"name": "saeq", "labels": {"release": "kube-prometheus-stack"}},
-            "spec": {"groups": groups}}
+    rule = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "saeq", "labels": {"release": "kube-prometheus-stack"}},
+        "spec": {"groups": groups},
+    }
     dumper = type("Dumper", (yaml.SafeDumper,), {})
     dumper.add_representer(str, _block_strings)
     return HEADER + yaml.dump(rule, Dumper=dumper, sort_keys=False, width=100)

@@ -31,13 +31,24 @@ def make_stack(tmp_path, redis_srv, s3_srv, **env) -> LocalStack:
     # A database an earlier stack used may still hold its queued messages and job records.
     redis.Redis.from_url(url).flushdb()
     opts = StackOptions(
-        home=tmp_path, port=free_port(), redis_url=url,
-        store=f"s3://{s3_srv.bucket}", s3_endpoint=s3_srv.endpoint, s3_access_key=s3_srv.access_key,
+        home=tmp_path,
+        port=free_port(),
+        redis_url=url,
+        store=f"s3://{s3_srv.bucket}",
+        s3_endpoint=s3_srv.endpoint,
+        s3_access_key=s3_srv.access_key,
         s3_secret_key=s3_srv.secret_key,
         # The hub is unreachable here: offline mode makes "not found" answer at once, not after retries.
-        extra_env={"SAEQ_LEASE_TTL_S": "6", "SAEQ_HEARTBEAT_S": "1", "SAEQ_REAP_EVERY_S": "1",
-                   "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                   "SAEQ_LOCAL_PATH_ROOTS": json.dumps(_local_roots), **env})
+        extra_env={
+            "SAEQ_LEASE_TTL_S": "6",
+            "SAEQ_HEARTBEAT_S": "1",
+            "SAEQ_REAP_EVERY_S": "1",
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "SAEQ_LOCAL_PATH_ROOTS": json.dumps(_local_roots),
+            **env,
+        },
+    )
     return LocalStack(opts)
 
 

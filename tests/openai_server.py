@@ -11,7 +11,7 @@ import math
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import uvicorn
 from fastapi import Body, FastAPI, Header
@@ -26,8 +26,14 @@ _OPPOSITE = {"yes": "no", "no": "yes"}
 class OpenAIServer:
     """`with OpenAIServer(lambda req: "Yes") as srv:` -> `srv.base_url` ends in /v1."""
 
-    def __init__(self, responder: Responder, *, model: str = "saeq-test-model",
-                 logprobs: bool = True, require_key: str | None = None):
+    def __init__(
+        self,
+        responder: Responder,
+        *,
+        model: str = "saeq-test-model",
+        logprobs: bool = True,
+        require_key: str | None = None,
+    ):
         self.responder = responder
         self.model = model
         """Listed by GET /v1/models; completions echo whatever model the request names."""
@@ -55,9 +61,17 @@ class OpenAIServer:
         def chat(body: dict = Body(...), authorization: str | None = Header(None)):
             self.requests.append(body)
             if self.require_key is not None and authorization != f"Bearer {self.require_key}":
-                return JSONResponse({"error": {
-                    "message": "Incorrect API key provided.", "type": "invalid_request_error",
-                    "param": None, "code": "invalid_api_key"}}, status_code=401)
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": "Incorrect API key provided.",
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": "invalid_api_key",
+                        }
+                    },
+                    status_code=401,
+                )
             answer = self.responder(body)
             if isinstance(answer, tuple):
                 status, error = answer
@@ -66,8 +80,10 @@ class OpenAIServer:
 
         @app.get("/v1/models")
         def models():
-            return {"object": "list", "data": [
-                {"id": self.model, "object": "model", "created": 0, "owned_by": "saeq-tests"}]}
+            return {
+                "object": "list",
+                "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "saeq-tests"}],
+            }
 
         return app
 
@@ -80,18 +96,31 @@ class OpenAIServer:
             content = " ".join(words[:limit])
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         completion_tokens = len(content.split())
-        choice = {"index": 0, "message": {"role": "assistant", "content": content},
-                  "finish_reason": "length" if truncated else "stop", "logprobs": None}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": "length" if truncated else "stop",
+            "logprobs": None,
+        }
         if body.get("logprobs") and self.logprobs and content:
             # Real tokenizers split "Yes." into "Yes" and ".": the first token is the bare word.
             first = content.split()[0].rstrip(".!?,;:") or content.split()[0]
-            choice["logprobs"] = {"content": [self.first_token_logprobs(
-                first, body.get("top_logprobs") or 1)], "refusal": None}
-        return {"id": f"chatcmpl-{next(self._ids)}", "object": "chat.completion",
-                "created": int(time.time()), "model": body.get("model", self.model),
-                "choices": [choice],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+            choice["logprobs"] = {
+                "content": [self.first_token_logprobs(first, body.get("top_logprobs") or 1)],
+                "refusal": None,
+            }
+        return {
+            "id": f"chatcmpl-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", self.model),
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
 
     @staticmethod
     def first_token_logprobs(token: str, n_top: int) -> dict:
@@ -111,11 +140,13 @@ class OpenAIServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((HOST, 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app(), log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=1)
+        config = uvicorn.Config(
+            self.app(), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"openai-server-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name=f"openai-server-{self.port}", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:

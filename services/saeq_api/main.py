@@ -14,10 +14,10 @@ from fastapi.responses import JSONResponse, Response
 from kombu.exceptions import OperationalError
 
 import saeq
-from saeq.platform.settings import open_store
-from saeq.platform.dispatch import make_celery, sender, waiting_dispatches
 from saeq.errors import StoreError
+from saeq.platform.dispatch import make_celery, sender, waiting_dispatches
 from saeq.platform.registry import Registry, after_finish, start_waiting
+from saeq.platform.settings import open_store
 from saeq_api.deps import Services
 from saeq_api.limits import BodySizeLimit, body_limits
 from saeq_api.metrics import CachedScrape, make_registry
@@ -34,16 +34,24 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         settings.require_signing_key("API")  # InsecureSettings: uvicorn exits with its message
-        registry = Registry.from_url(settings.redis_url, max_attempts=settings.max_attempts,
-                                     lease_ttl_s=settings.lease_ttl_s, retry_s=settings.redis_retry_s)
+        registry = Registry.from_url(
+            settings.redis_url,
+            max_attempts=settings.max_attempts,
+            lease_ttl_s=settings.lease_ttl_s,
+            retry_s=settings.redis_retry_s,
+        )
         celery = make_celery(settings)
         svc = Services(settings, registry, open_store(settings), celery, sender(celery))
         registry.teams.set_default_quota(settings.default_quota)
         registry.spec_store = svc.store  # specs over registry.INLINE_SPEC_BYTES live there
         registry.set_job_retention(settings.job_retention_s)
         if settings.bootstrap_admin_key is not None:
-            registry.teams.ensure_key(settings.bootstrap_admin_key.get_secret_value(), "admin", "admin",
-                                      "bootstrap (SAEQ_BOOTSTRAP_ADMIN_KEY)")
+            registry.teams.ensure_key(
+                settings.bootstrap_admin_key.get_secret_value(),
+                "admin",
+                "admin",
+                "bootstrap (SAEQ_BOOTSTRAP_ADMIN_KEY)",
+            )
         app.state.services = svc
         app.state.metrics = CachedScrape(make_registry(registry), settings.metrics_cache_s)
         reaper = asyncio.create_task(_reap_forever(svc))
@@ -56,9 +64,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             registry.r.close()
 
     # /docs is Swagger UI from this origin (saeq_api.web); ReDoc would load from a CDN.
-    app = FastAPI(title="saeq", version=saeq.__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Queue sparse-autoencoder experiments: harvest, train, label, "
-                              "evaluate, steer.")
+    app = FastAPI(
+        title="saeq",
+        version=saeq.__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Queue sparse-autoencoder experiments: harvest, train, label, evaluate, steer.",
+    )
     app.add_middleware(BodySizeLimit, **body_limits(settings))
     app.add_middleware(SecurityHeaders)  # outermost: a 413 gets them too
     app.include_router(jobs.router)
@@ -79,11 +92,23 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             # Drop union branch names; a tag is never the last part (a field follows it), while a
             # field may share a tag's name (ImportedSae's `path`).
             loc = [p for i, p in enumerate(loc) if not (p in _UNION_TAGS and i + 1 < len(loc))]
-            errors.append({"loc": [p if isinstance(p, int) else str(p)[:_MAX_ERROR_CHARS] for p in e["loc"]],
-                           "field": ".".join(loc), "msg": e["msg"][:_MAX_ERROR_CHARS], "type": e["type"]})
+            errors.append(
+                {
+                    "loc": [p if isinstance(p, int) else str(p)[:_MAX_ERROR_CHARS] for p in e["loc"]],
+                    "field": ".".join(loc),
+                    "msg": e["msg"][:_MAX_ERROR_CHARS],
+                    "type": e["type"],
+                }
+            )
         if len(found) > _MAX_ERRORS:
-            errors.append({"loc": [], "field": "", "type": "too_many_errors",
-                           "msg": f"and {len(found) - _MAX_ERRORS:,} more errors"})
+            errors.append(
+                {
+                    "loc": [],
+                    "field": "",
+                    "type": "too_many_errors",
+                    "msg": f"and {len(found) - _MAX_ERRORS:,} more errors",
+                }
+            )
         return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.exception_handler(redis.ConnectionError)
@@ -94,29 +119,40 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # retries are spent: Redis is down for longer than a restart takes. 503, so clients retry.
         log.warning("%s %s: Redis unreachable: %s", request.method, request.url.path, exc)
         return JSONResponse(
-            status_code=503, headers={"Retry-After": str(_RETRY_AFTER_S)},
-            content={"detail": f"the job registry and broker (Redis) did not answer for "
-                               f"{settings.redis_retry_s:g} s; retry in a few seconds (a submit retried with "
-                               "the same Idempotency-Key never creates a second job)"})
+            status_code=503,
+            headers={"Retry-After": str(_RETRY_AFTER_S)},
+            content={
+                "detail": f"the job registry and broker (Redis) did not answer for "
+                f"{settings.redis_retry_s:g} s; retry in a few seconds (a submit retried with "
+                "the same Idempotency-Key never creates a second job)"
+            },
+        )
 
     @app.exception_handler(StoreError)
     async def _store_failed(request: Request, exc: StoreError):
         # Not found and already-exists are answered by the routes; what reaches here is the
         # store itself failing (S3 unreachable past its retries, a directory not writable).
         log.error("%s %s: %s", request.method, request.url.path, exc.message)
-        return JSONResponse(status_code=503, headers={"Retry-After": str(_RETRY_AFTER_S)},
-                            content={"detail": exc.message, "code": exc.code})
+        return JSONResponse(
+            status_code=503,
+            headers={"Retry-After": str(_RETRY_AFTER_S)},
+            content={"detail": exc.message, "code": exc.code},
+        )
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:
         token = settings.metrics_token
         if token is not None:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if not (scheme.lower() == "bearer" and
-                    hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())):
-                return JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"},
-                                    content={"detail": "metrics need `Authorization: Bearer <token>`, "
-                                                       "the API's SAEQ_METRICS_TOKEN"})
+            if not (
+                scheme.lower() == "bearer"
+                and hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
+            ):
+                return JSONResponse(
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                    content={"detail": "metrics need `Authorization: Bearer <token>`, the API's SAEQ_METRICS_TOKEN"},
+                )
         return Response(app.state.metrics(), media_type="text/plain; version=0.0.4")
 
     @app.get("/healthz", tags=["health"])
@@ -134,8 +170,22 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 _RETRY_AFTER_S = 5
 _MAX_ERRORS = 20
 _MAX_ERROR_CHARS = 300
-_UNION_TAGS = {"harvest", "train", "label", "evaluate", "steer", "builtin", "hf", "upload", "job", "path",
-               "local", "openai", "metadata", "embedding"}
+_UNION_TAGS = {
+    "harvest",
+    "train",
+    "label",
+    "evaluate",
+    "steer",
+    "builtin",
+    "hf",
+    "upload",
+    "job",
+    "path",
+    "local",
+    "openai",
+    "metadata",
+    "embedding",
+}
 
 
 async def _reap_forever(svc: Services) -> None:
@@ -157,7 +207,9 @@ def _reap_once(svc: Services) -> None:
         time_limit_grace_s=5 * s.heartbeat_s,
         # Longer than a worker takes from receiving a message to claiming the job: importing
         # torch on a busy node, or waiting out a dead predecessor's lease (running.run_job).
-        lost_after_s=max(30.0, 2 * s.lease_ttl_s + 2), waiting=lambda: waiting_dispatches(registry.r))
+        lost_after_s=max(30.0, 2 * s.lease_ttl_s + 2),
+        waiting=lambda: waiting_dispatches(registry.r),
+    )
     for job, dispatch_id in resend:
         log.warning("job %s sent again (attempt %d to come)", job["id"], job["attempts"] + 1)
         svc.send(job, dispatch_id)

@@ -14,14 +14,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from saeq.platform.dispatch import QUEUES
 from saeq.platform.registry import DURATION_BUCKETS_S, Registry
 
-REQUESTS = Counter("saeq_api_job_submissions_total", "Job submissions accepted by this API process",
-                   ["kind"], registry=None)
+REQUESTS = Counter(
+    "saeq_api_job_submissions_total", "Job submissions accepted by this API process", ["kind"], registry=None
+)
 
 
-LIVE_SECONDS = Histogram("saeq_api_live_request_seconds",
-                         "Live requests (steer and chat: op=steer; label search) answered by this API process, "
-                         "wall time including the worker", ["op", "outcome"],
-                         buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=None)
+LIVE_SECONDS = Histogram(
+    "saeq_api_live_request_seconds",
+    "Live requests (steer and chat: op=steer; label search) answered by this API process, "
+    "wall time including the worker",
+    ["op", "outcome"],
+    buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+    registry=None,
+)
 
 
 for _op in ("steer", "search_labels"):  # exported at 0 before the first request
@@ -48,16 +53,15 @@ class JobCollector:
             submitted.add_metric([kind], float(n))
         yield submitted
 
-        finished = CounterMetricFamily("saeq_jobs_finished", "Jobs that ended, by outcome",
-                                       labels=["kind", "outcome"])
+        finished = CounterMetricFamily("saeq_jobs_finished", "Jobs that ended, by outcome", labels=["kind", "outcome"])
         for label, n in sorted(stats["finished"].items()):
             kind, outcome = label.split("|")
             finished.add_metric([kind, outcome], float(n))
         yield finished
 
-        duration = HistogramMetricFamily("saeq_job_duration_seconds",
-                                         "Time from start (or submission, if never started) to end",
-                                         labels=["kind"])
+        duration = HistogramMetricFamily(
+            "saeq_job_duration_seconds", "Time from start (or submission, if never started) to end", labels=["kind"]
+        )
         by_kind: dict[str, dict[str, float]] = {}
         for label, v in stats["duration"].items():
             kind, le = label.split("|")
@@ -86,15 +90,16 @@ class JobCollector:
         for job in census:
             if job["state"] == "queued" and job["dispatched"] and job["queue"] in oldest:
                 oldest[job["queue"]] = min(oldest[job["queue"]], job["created_at"])
-        wait = GaugeMetricFamily("saeq_queue_oldest_wait_seconds",
-                                 "Age of the oldest job waiting in each queue for a worker (0: none)",
-                                 labels=["queue"])
+        wait = GaugeMetricFamily(
+            "saeq_queue_oldest_wait_seconds",
+            "Age of the oldest job waiting in each queue for a worker (0: none)",
+            labels=["queue"],
+        )
         for q in QUEUES:
             wait.add_metric([q], max(0.0, now - oldest[q]))
         yield wait
 
-        depth = GaugeMetricFamily("saeq_queue_depth", "Messages waiting in each broker queue",
-                                  labels=["queue"])
+        depth = GaugeMetricFamily("saeq_queue_depth", "Messages waiting in each broker queue", labels=["queue"])
         for q in QUEUES:
             depth.add_metric([q], self.registry.r.llen(q))
         yield depth

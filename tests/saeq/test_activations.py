@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from saeq.ml.activations import DataPosition, HarvestData
 from saeq.errors import InvalidSpec
+from saeq.ml.activations import DataPosition, HarvestData
 from saeq.platform.store import LocalStore
 from tests.saeq.conftest import fake_harvest
 
@@ -89,9 +89,10 @@ def test_resuming_at_a_position_gives_the_same_batches_and_skips_earlier_chunks(
     store, manifest = harvest
     full = list(itertools.islice(data(harvest).batches(), 30))
     reads = []
-    counting = lambda key: reads.append(key) or store.get(key)  # noqa: E731
-    resumed = HarvestData(manifest, HOOK, counting, batch_size=50, seed=3, shuffle_tokens=192,
-                          validation_tokens=200, cache_bytes=0)
+    counting = lambda key: reads.append(key) or store.get(key)
+    resumed = HarvestData(
+        manifest, HOOK, counting, batch_size=50, seed=3, shuffle_tokens=192, validation_tokens=200, cache_bytes=0
+    )
     at = full[19].position  # resume after batch 20
     assert at.epoch == 1
     rest = list(itertools.islice(resumed.batches(at), 10))
@@ -99,7 +100,7 @@ def test_resuming_at_a_position_gives_the_same_batches_and_skips_earlier_chunks(
     assert [b.position for b in rest] == [b.position for b in full[20:30]]
     # The first read is the chunk the position falls in: no earlier chunk was read.
     chunk = resumed.chunks(at.epoch)[at.chunk]
-    assert reads[:len(chunk)] == [p.key for p in chunk]
+    assert reads[: len(chunk)] == [p.key for p in chunk]
     assert DataPosition.from_dict(at.to_dict()) == at
 
 

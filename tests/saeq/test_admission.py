@@ -7,13 +7,15 @@ import json
 
 import pytest
 
+from saeq.errors import InvalidSpec
 from saeq.platform.admission import check_admissible, check_local_paths, resolve_endpoint
 from saeq.platform.settings import LlmEndpoint, PlatformSettings
-from saeq.errors import InvalidSpec
 from saeq.specs import EvaluateSpec, LabelSpec
 
-ENDPOINTS = {"vllm": LlmEndpoint(base_url="http://vllm:8000/v1"),
-             "openai": LlmEndpoint(base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY")}
+ENDPOINTS = {
+    "vllm": LlmEndpoint(base_url="http://vllm:8000/v1"),
+    "openai": LlmEndpoint(base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY"),
+}
 SAE = {"job_id": "0" * 32}
 
 
@@ -24,24 +26,35 @@ def _refused(call) -> InvalidSpec:
 
 
 def test_the_setting_is_read_from_json_in_the_environment(monkeypatch):
-    monkeypatch.setenv("SAEQ_LLM_ENDPOINTS", json.dumps({
-        "vllm": {"base_url": "http://vllm:8000/v1"},
-        "openai": {"base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"}}))
+    monkeypatch.setenv(
+        "SAEQ_LLM_ENDPOINTS",
+        json.dumps(
+            {
+                "vllm": {"base_url": "http://vllm:8000/v1"},
+                "openai": {"base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+            }
+        ),
+    )
     monkeypatch.setenv("SAEQ_LOCAL_PATH_ROOTS", '["/models", "/saes"]')
     s = PlatformSettings()
     assert s.llm_endpoints == ENDPOINTS and s.local_path_roots == ["/models", "/saes"]
     assert PlatformSettings.model_fields["local_path_roots"].default == []  # none unless a deployment says
-    for bad in ({"vllm": {"base_url": "file:///etc/passwd"}}, {"Bad Name": {"base_url": "http://x"}},
-                {"vllm": {"base_url": "http://x", "api_key": "sk-..."}}):
+    for bad in (
+        {"vllm": {"base_url": "file:///etc/passwd"}},
+        {"Bad Name": {"base_url": "http://x"}},
+        {"vllm": {"base_url": "http://x", "api_key": "sk-..."}},
+    ):
         monkeypatch.setenv("SAEQ_LLM_ENDPOINTS", json.dumps(bad))
         with pytest.raises(ValueError):
             PlatformSettings()
 
 
 def test_endpoints_are_resolved_by_name_and_unknown_names_name_the_field():
-    spec = LabelSpec(sae=SAE, explainers=[{"backend": "metadata"},
-                                          {"backend": "openai", "endpoint": "openai", "model": "gpt-4o-mini"}],
-                     judge={"backend": "openai", "endpoint": "vllm", "model": "qwen"})
+    spec = LabelSpec(
+        sae=SAE,
+        explainers=[{"backend": "metadata"}, {"backend": "openai", "endpoint": "openai", "model": "gpt-4o-mini"}],
+        judge={"backend": "openai", "endpoint": "vllm", "model": "qwen"},
+    )
     assert resolve_endpoint(spec.judge, ENDPOINTS, "spec.judge").base_url == "http://vllm:8000/v1"
     check_admissible(spec, llm_endpoints=ENDPOINTS, local_path_roots=["/"])
 
@@ -51,8 +64,13 @@ def test_endpoints_are_resolved_by_name_and_unknown_names_name_the_field():
     e = _refused(lambda: check_admissible(spec, llm_endpoints={}, local_path_roots=["/"]))
     assert "SAEQ_LLM_ENDPOINTS" in e.message
 
-    checks = EvaluateSpec(sae=SAE, checks={"label_job": "1" * 32, "specificity": {
-        "judge": {"backend": "openai", "endpoint": "gone", "model": "m"}}})
+    checks = EvaluateSpec(
+        sae=SAE,
+        checks={
+            "label_job": "1" * 32,
+            "specificity": {"judge": {"backend": "openai", "endpoint": "gone", "model": "m"}},
+        },
+    )
     e = _refused(lambda: check_admissible(checks, llm_endpoints=ENDPOINTS, local_path_roots=["/"]))
     assert e.field == "spec.checks.specificity.judge.endpoint"
 
@@ -64,8 +82,12 @@ def test_local_paths_must_lie_under_the_roots_after_resolving_links(tmp_path):
     (models / "escape").symlink_to(secrets)
     roots = [str(models)]
 
-    inside = EvaluateSpec(sae={"source": "path", "path": str(models / "llama")}, model={"name": str(models / "llama")},
-                          hook="blocks.0.hook_resid_post", corpus={"source": "builtin"})
+    inside = EvaluateSpec(
+        sae={"source": "path", "path": str(models / "llama")},
+        model={"name": str(models / "llama")},
+        hook="blocks.0.hook_resid_post",
+        corpus={"source": "builtin"},
+    )
     check_local_paths(inside, roots)
 
     outside = inside.model_copy(update={"model": inside.model.model_copy(update={"name": str(secrets)})})

@@ -9,11 +9,10 @@ import sys
 import pytest
 
 from saeq import keys
-from saeq.ml.corpus import (Document, builtin_documents, document_info, iter_documents,
-                         validate_upload)
 from saeq.errors import InvalidSpec, NotFound
-from saeq.specs import BuiltinCorpus, HubCorpus, UploadCorpus
+from saeq.ml.corpus import Document, builtin_documents, document_info, iter_documents, validate_upload
 from saeq.platform.store import LocalStore
+from saeq.specs import BuiltinCorpus, HubCorpus, UploadCorpus
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 
@@ -49,25 +48,36 @@ def test_builtin_documents_carry_title_and_topic():
 
 def test_txt_and_jsonl_uploads(tmp_path):
     store = LocalStore(tmp_path)
-    store.put(keys.upload(UPLOAD_ID, "a.jsonl"), b'{"body": "first", "title": "One"}\n\n'
-              b'{"body": "second", "topic": "T"}\n')
+    store.put(
+        keys.upload(UPLOAD_ID, "a.jsonl"), b'{"body": "first", "title": "One"}\n\n{"body": "second", "topic": "T"}\n'
+    )
     store.put(keys.upload(UPLOAD_ID, "b.txt"), b"Para one\nstill one.\n\n  \nPara two\r\n\r\nthree")
-    docs = list(iter_documents(UploadCorpus(source="upload", upload_id=UPLOAD_ID,
-                                            text_field="body", first_doc=1), seed=0, store=store))
-    assert docs == [Document(1, "second", None, "T"), Document(2, "Para one\nstill one."),
-                    Document(3, "Para two"), Document(4, "three")]
+    docs = list(
+        iter_documents(
+            UploadCorpus(source="upload", upload_id=UPLOAD_ID, text_field="body", first_doc=1), seed=0, store=store
+        )
+    )
+    assert docs == [
+        Document(1, "second", None, "T"),
+        Document(2, "Para one\nstill one."),
+        Document(3, "Para two"),
+        Document(4, "three"),
+    ]
     assert validate_upload("b.txt", store.get(keys.upload(UPLOAD_ID, "b.txt")), "text") == 3
 
 
-@pytest.mark.parametrize("filename, data, message", [
-    ("x.txt", b"fine\n\nline two\x00\x01\x02", "line 3: binary content"),
-    ("x.txt", b"ok\n\xff\xfe caf\xe9", "line 2: not UTF-8"),
-    ("x.jsonl", b'{"text": "a"}\n{"text": "b"\n', "line 2: not valid JSON"),
-    ("x.jsonl", b'{"text": "a"}\n\n["text"]\n', "line 3: expected a JSON object"),
-    ("x.jsonl", b'{"text": "a"}\n{"body": "b"}\n', "line 2: no string field 'text'"),
-    ("x.csv", b"a,b\n", "expected a .txt or .jsonl file"),
-    ("x.txt", b"\n \n", "no documents"),
-])
+@pytest.mark.parametrize(
+    "filename, data, message",
+    [
+        ("x.txt", b"fine\n\nline two\x00\x01\x02", "line 3: binary content"),
+        ("x.txt", b"ok\n\xff\xfe caf\xe9", "line 2: not UTF-8"),
+        ("x.jsonl", b'{"text": "a"}\n{"text": "b"\n', "line 2: not valid JSON"),
+        ("x.jsonl", b'{"text": "a"}\n\n["text"]\n', "line 3: expected a JSON object"),
+        ("x.jsonl", b'{"text": "a"}\n{"body": "b"}\n', "line 2: no string field 'text'"),
+        ("x.csv", b"a,b\n", "expected a .txt or .jsonl file"),
+        ("x.txt", b"\n \n", "no documents"),
+    ],
+)
 def test_validate_upload_says_what_and_where(filename, data, message):
     with pytest.raises(ValueError, match=message):
         validate_upload(filename, data, "text")
@@ -111,8 +121,7 @@ def test_hub_dataset(monkeypatch, tmp_path):
         return datasets.Dataset.from_dict(rows)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    spec = HubCorpus(source="hf", dataset="me/wiki", text_field="content", first_doc=2, max_docs=3,
-                     revision="v1")
+    spec = HubCorpus(source="hf", dataset="me/wiki", text_field="content", first_doc=2, max_docs=3, revision="v1")
     docs = list(iter_documents(spec, seed=0))
     assert docs == [Document(i, f"doc {i}", f"t{i}") for i in (2, 3, 4)]
     # The hub's, never a local directory; at the commit whose card was checked.

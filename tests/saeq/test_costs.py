@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import pytest
 
-from saeq.specs.costs import OverQuota, check_quota, job_cost
 from saeq.errors import InvalidSpec
-from saeq.specs import EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainSpec
 from saeq.platform.teams import TeamQuota
+from saeq.specs import EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainSpec
+from saeq.specs.costs import OverQuota, check_quota, job_cost
 
 HOOK = "blocks.14.hook_resid_post"
 JOB = "0" * 32
 
 
 def test_the_demos_jobs_cost_well_under_the_default_quota():
-    demo = [HarvestSpec(hooks=[HOOK], max_tokens=262_144),
-            TrainSpec(activations={"job_id": JOB}, total_tokens=2_457_600, saes=[SaeConfig(expansion_factor=8)]),
-            LabelSpec(sae={"job_id": JOB}, n_most_active=32, index_tokens=65_536, n_score_examples=8),
-            EvaluateSpec(sae={"job_id": JOB}, checks={"label_job": JOB})]
+    demo = [
+        HarvestSpec(hooks=[HOOK], max_tokens=262_144),
+        TrainSpec(activations={"job_id": JOB}, total_tokens=2_457_600, saes=[SaeConfig(expansion_factor=8)]),
+        LabelSpec(sae={"job_id": JOB}, n_most_active=32, index_tokens=65_536, n_score_examples=8),
+        EvaluateSpec(sae={"job_id": JOB}, checks={"label_job": JOB}),
+    ]
     # label: 65,536 index tokens + 32 labels x 24 tokens x 200 + 32 x 24 judge questions x 256;
     # evaluate: 16,384 tokens x 3 + 3 checks x 1,024 articles x 128 tokens + 256 x 3 languages x 128
     assert [job_cost(s, d_in=576).units for s in demo] == [262_144, 691_200, 415_744, 540_672]
@@ -27,8 +29,14 @@ def test_the_demos_jobs_cost_well_under_the_default_quota():
 
 
 def test_a_label_job_of_every_feature_counts_its_saes_width():
-    every = LabelSpec(sae={"job_id": JOB}, n_most_active=None, index_tokens=4096, judge=None, scorers=["embedding"],
-                      explainers=[{"backend": "local"}])
+    every = LabelSpec(
+        sae={"job_id": JOB},
+        n_most_active=None,
+        index_tokens=4096,
+        judge=None,
+        scorers=["embedding"],
+        explainers=[{"backend": "local"}],
+    )
     assert job_cost(every) is None  # how many features is unknown
     assert job_cost(every, n_features=1000).units == 4096 + 1000 * 24 * 200
     with pytest.raises(OverQuota) as e:  # unknown width: the widest SAE the team may train

@@ -138,21 +138,43 @@ def test_core_metrics_equal_saelens_evaluation(lm, tmp_path):
     model = _TLModel(lm)
     with torch.no_grad():
         sv, _ = get_sparsity_and_variance_metrics(
-            theirs, model, _Store(ctx), ActivationScaler(), n_batches=3, compute_l2_norms=False,
-            compute_sparsity_metrics=True, compute_variance_metrics=True,
-            compute_featurewise_density_statistics=True, eval_batch_size_prompts=4, model_kwargs={})
-        recons = [get_recons_loss(theirs, model, ActivationScaler(), ids, compute_kl=True,
-                                  compute_ce_loss=True, hook_name=HOOK) for ids in ctx]
-    ce = {k: torch.cat([r[k].flatten() for r in recons]).mean().item()
-          for k in ("ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation")}
+            theirs,
+            model,
+            _Store(ctx),
+            ActivationScaler(),
+            n_batches=3,
+            compute_l2_norms=False,
+            compute_sparsity_metrics=True,
+            compute_variance_metrics=True,
+            compute_featurewise_density_statistics=True,
+            eval_batch_size_prompts=4,
+            model_kwargs={},
+        )
+        recons = [
+            get_recons_loss(
+                theirs, model, ActivationScaler(), ids, compute_kl=True, compute_ce_loss=True, hook_name=HOOK
+            )
+            for ids in ctx
+        ]
+    ce = {
+        k: torch.cat([r[k].flatten() for r in recons]).mean().item()
+        for k in ("ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation")
+    }
     kl = torch.cat([r["kl_div_with_sae"][:, :-1].flatten() for r in recons]).mean().item()
-    theirs_recovered = ((ce["ce_loss_with_ablation"] - ce["ce_loss_with_sae"])
-                        / (ce["ce_loss_with_ablation"] - ce["ce_loss_without_sae"]))
+    theirs_recovered = (ce["ce_loss_with_ablation"] - ce["ce_loss_with_sae"]) / (
+        ce["ce_loss_with_ablation"] - ce["ce_loss_without_sae"]
+    )
     pairs = {
-        "mse": sv["mse"], "explained_variance": sv["explained_variance"], "cossim": sv["cossim"],
-        "l0": sv["l0"], "l1": sv["l1"], "ce_loss_with_sae": ce["ce_loss_with_sae"],
-        "ce_loss_clean": ce["ce_loss_without_sae"], "ce_loss_with_ablation": ce["ce_loss_with_ablation"],
-        "ce_loss_recovered": theirs_recovered, "kl_div_with_sae": kl,
+        "mse": sv["mse"],
+        "explained_variance": sv["explained_variance"],
+        "cossim": sv["cossim"],
+        "l0": sv["l0"],
+        "l1": sv["l1"],
+        "ce_loss_with_sae": ce["ce_loss_with_sae"],
+        "ce_loss_clean": ce["ce_loss_without_sae"],
+        "ce_loss_with_ablation": ce["ce_loss_with_ablation"],
+        "ce_loss_recovered": theirs_recovered,
+        "kl_div_with_sae": kl,
     }
     for name, expected in pairs.items():
         assert math.isfinite(expected)

@@ -31,14 +31,17 @@ def _index():
     for c in range(6):
         acts[c, 5, 0] = c + 1.0
         acts[c, 2:4, 1] = 0.5
-    return FeatureIndex.from_dense(ids, torch.arange(6).repeat_interleave(8).view(6, 8),
-                                   torch.zeros(6, 8, dtype=torch.bool), acts)
+    return FeatureIndex.from_dense(
+        ids, torch.arange(6).repeat_interleave(8).view(6, 8), torch.zeros(6, 8, dtype=torch.bool), acts
+    )
 
 
 def test_summary_rows_carry_the_best_scored_label_and_every_feature():
-    records = [{"feature": 0, "explainer": "a", "label": "weak", "scores": {"detection": {"auc": 0.6}}},
-               {"feature": 0, "explainer": "b", "label": "strong", "scores": {"embedding": {"auc": 0.9}}},
-               {"feature": 1, "explainer": "a", "label": "unscored", "scores": {}}]
+    records = [
+        {"feature": 0, "explainer": "a", "label": "weak", "scores": {"detection": {"auc": 0.6}}},
+        {"feature": 0, "explainer": "b", "label": "strong", "scores": {"embedding": {"auc": 0.9}}},
+        {"feature": 1, "explainer": "a", "label": "unscored", "scores": {}},
+    ]
     rows = summaries(_index(), records)
     assert [r["feature"] for r in rows] == [0, 1, 2]
     assert rows[0]["label"] == "strong" and rows[0]["score"] == 0.9 and len(rows[0]["labels"]) == 2
@@ -47,14 +50,25 @@ def test_summary_rows_carry_the_best_scored_label_and_every_feature():
 
 
 def test_feature_page_windows_and_histogram_match_the_index():
-    page = feature_page(_index(), 0, lambda ids: [f"<{i}>" for i in ids], n_top=2, n_bins=2, per_bin=1,
-                        before=2, after=1, effects=None, generator=torch.Generator().manual_seed(0))
+    page = feature_page(
+        _index(),
+        0,
+        lambda ids: [f"<{i}>" for i in ids],
+        n_top=2,
+        n_bins=2,
+        per_bin=1,
+        before=2,
+        after=1,
+        effects=None,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert page["n_activations"] == 6 and sum(page["histogram"]) == 6
     assert [max(w["acts"]) for w in page["top"]] == [6.0, 5.0]
     top = page["top"][0]
     assert len(top["tokens"]) == len(top["acts"]) == 4 and top["acts"][2] == 6.0 and top["context"] == 5
     assert len(page["quantiles"]) == 2 and all(len(b) == 1 for b in page["quantiles"])
     assert {w["context"] for b in page["quantiles"] for w in b}.isdisjoint({5, 4})
-    silent = feature_page(_index(), 2, str, n_top=2, n_bins=2, per_bin=1, before=2, after=1, effects=None,
-                          generator=torch.Generator())
+    silent = feature_page(
+        _index(), 2, str, n_top=2, n_bins=2, per_bin=1, before=2, after=1, effects=None, generator=torch.Generator()
+    )
     assert silent["histogram"] == [] and silent["top"] == []

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from saeq.ml.features import FeatureIndex, read_hook, build_feature_index
 from saeq.jobs.evaluate import SinkReference
+from saeq.ml.features import FeatureIndex, build_feature_index, read_hook
 from saeq.ml.sae import SparseAutoencoder
 
 HOOK = "blocks.1.hook_resid_post"
@@ -14,7 +14,7 @@ HOOK = "blocks.1.hook_resid_post"
 
 def _batches(ids_CT, docs_CT, batch=4):
     for i in range(0, ids_CT.shape[0], batch):
-        yield ids_CT[i:i + batch], docs_CT[i:i + batch]
+        yield ids_CT[i : i + batch], docs_CT[i : i + batch]
 
 
 def test_index_matches_a_direct_forward_and_leaves_out_sinks(tiny_llama):
@@ -24,8 +24,7 @@ def test_index_matches_a_direct_forward_and_leaves_out_sinks(tiny_llama):
     docs_CT = torch.arange(10).repeat_interleave(16).view(10, 16)
     x_ND = read_hook(tiny_llama, HOOK, ids_CT)
     median = float(x_ND.view(10, 16, -1)[:, 1:].norm(dim=-1).median())
-    index = build_feature_index(sae, tiny_llama, HOOK, _batches(ids_CT, docs_CT),
-                                sinks=SinkReference(median, 5.0))
+    index = build_feature_index(sae, tiny_llama, HOOK, _batches(ids_CT, docs_CT), sinks=SinkReference(median, 5.0))
 
     with torch.no_grad():
         acts_CTS = sae.encode(x_ND).view(10, 16, 96)

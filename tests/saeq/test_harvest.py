@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saeq.ml.corpus import iter_documents
 from saeq.errors import Cancelled, InvalidSpec
 from saeq.jobs.harvest import harvest_activations, pack_contexts
+from saeq.ml.corpus import iter_documents
 from saeq.ml.models import decoder_blocks, load_model
 from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
 from saeq.ml.sinks import sink_mask
@@ -19,8 +19,13 @@ T = 16  # context length of the tiny runs: 8 contexts per 128-token shard
 
 
 def make_spec(hooks, **kw) -> HarvestSpec:
-    kw = {"context_len": T, "shard_tokens": 128, "batch_size": 3, "max_tokens": 600,
-          "corpus": BuiltinCorpus(max_docs=40)} | kw
+    kw = {
+        "context_len": T,
+        "shard_tokens": 128,
+        "batch_size": 3,
+        "max_tokens": 600,
+        "corpus": BuiltinCorpus(max_docs=40),
+    } | kw
     return HarvestSpec(model=ModelSpec(name="/tiny"), hooks=hooks, **kw)
 
 
@@ -53,8 +58,7 @@ def test_activations_equal_a_direct_forward_pass(tiny_llama):
             # What each sublayer adds to the stream, recomputed by hand from the block's weights.
             block = decoder_blocks(lm.model)[b].block
             mid = pre + attn
-            torch.testing.assert_close(mlp, block.mlp(block.post_attention_layernorm(mid)),
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(mlp, block.mlp(block.post_attention_layernorm(mid)), atol=1e-5, rtol=0)
             torch.testing.assert_close(post, mid + mlp, atol=1e-5, rtol=0)
         norms = t["blocks.1.hook_resid_post"]["norms"]
         torch.testing.assert_close(norms, flat[2].norm(dim=-1), atol=1e-5, rtol=1e-6)
@@ -63,21 +67,32 @@ def test_activations_equal_a_direct_forward_pass(tiny_llama):
 @pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
 def test_other_architectures(tiny_tokenizer, arch):
     lm = tiny_lm(tiny_tokenizer, arch)
-    spec = make_spec(["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre",
-                      "blocks.1.hook_attn_out", "blocks.1.hook_mlp_out",
-                      "blocks.1.hook_resid_post"], max_tokens=128)
+    spec = make_spec(
+        [
+            "blocks.0.hook_resid_post",
+            "blocks.1.hook_resid_pre",
+            "blocks.1.hook_attn_out",
+            "blocks.1.hook_mlp_out",
+            "blocks.1.hook_resid_post",
+        ],
+        max_tokens=128,
+    )
     (shard,) = harvest(spec, lm)
     acts = {h: tensors["acts"] for h, tensors in shard.tensors.items()}
     ids_CT = shard.tensors["blocks.1.hook_resid_post"]["token_ids"].reshape(-1, T).long()
     with torch.inference_mode():
         hs = lm.model(ids_CT, output_hidden_states=True).hidden_states
     for block in (0, 1):
-        torch.testing.assert_close(acts[f"blocks.{block}.hook_resid_post"],
-                                   hs[block + 1].reshape(-1, 32), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            acts[f"blocks.{block}.hook_resid_post"], hs[block + 1].reshape(-1, 32), atol=1e-5, rtol=0
+        )
     # Sequential (gpt2) or parallel (neox) residual: the block adds attn_out + mlp_out either way.
-    torch.testing.assert_close(acts["blocks.1.hook_resid_pre"] + acts["blocks.1.hook_attn_out"]
-                               + acts["blocks.1.hook_mlp_out"], acts["blocks.1.hook_resid_post"],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        acts["blocks.1.hook_resid_pre"] + acts["blocks.1.hook_attn_out"] + acts["blocks.1.hook_mlp_out"],
+        acts["blocks.1.hook_resid_post"],
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_shard_layout_and_budget(tiny_llama):
@@ -88,15 +103,22 @@ def test_shard_layout_and_budget(tiny_llama):
     assert [s.n_tokens for s in shards] == [128] * 4 + [96]
     t = shards[0].tensors["blocks.0.hook_resid_post"]
     assert {k: (v.dtype, tuple(v.shape)) for k, v in t.items()} == {
-        "acts": (torch.float32, (128, 32)), "token_ids": (torch.int32, (128,)),
-        "doc_ids": (torch.int32, (128,)), "positions": (torch.int32, (128,)),
-        "norms": (torch.float32, (128,))}
+        "acts": (torch.float32, (128, 32)),
+        "token_ids": (torch.int32, (128,)),
+        "doc_ids": (torch.int32, (128,)),
+        "positions": (torch.int32, (128,)),
+        "norms": (torch.float32, (128,)),
+    }
     assert t["positions"].tolist() == list(range(T)) * 8
     # Contexts are consecutive slices of the packed stream, in order.
-    stream = [tok for s in shards
-              for tok in s.tensors["blocks.0.hook_resid_post"]["token_ids"].tolist()]
-    packed = pack_contexts(iter_documents(spec.corpus, seed=0), tiny_llama.tokenizer, context_len=T,
-                           prepend_bos=False, doc_separator="\n\n")
+    stream = [tok for s in shards for tok in s.tensors["blocks.0.hook_resid_post"]["token_ids"].tolist()]
+    packed = pack_contexts(
+        iter_documents(spec.corpus, seed=0),
+        tiny_llama.tokenizer,
+        context_len=T,
+        prepend_bos=False,
+        doc_separator="\n\n",
+    )
     assert stream == [tok for ids, _ in list(packed)[:38] for tok in ids]
 
 
@@ -136,15 +158,16 @@ def test_resume_skips_without_running_the_model(tiny_llama):
     assert [s.index for s in resumed] == [2, 3, 4]
     for a, b in zip(full[2:], resumed):
         for h in spec.hooks:
-            assert write_shard_bytes(a.tensors[h], a.metadata(h)) == \
-                write_shard_bytes(b.tensors[h], b.metadata(h))
+            assert write_shard_bytes(a.tensors[h], a.metadata(h)) == write_shard_bytes(b.tensors[h], b.metadata(h))
 
 
 def test_forward_stops_after_the_deepest_block(tiny_llama):
     fired = []
     blocks = decoder_blocks(tiny_llama.model)
-    handles = [blocks[2].block.register_forward_hook(lambda *a: fired.append("block2")),
-               tiny_llama.model.lm_head.register_forward_hook(lambda *a: fired.append("head"))]
+    handles = [
+        blocks[2].block.register_forward_hook(lambda *a: fired.append("block2")),
+        tiny_llama.model.lm_head.register_forward_hook(lambda *a: fired.append("head")),
+    ]
     try:
         harvest(make_spec(["blocks.1.hook_resid_post", "blocks.0.hook_attn_out"]), tiny_llama)
     finally:
@@ -156,8 +179,12 @@ def test_forward_stops_after_the_deepest_block(tiny_llama):
 def test_progress_and_cancellation(tiny_llama):
     done = []
     with pytest.raises(Cancelled):  # polled between micro-batches and blocks: cancelled after 4 batches
-        harvest(make_spec(["blocks.0.hook_resid_post"]), tiny_llama,
-                should_stop=lambda: len(done) == 4, on_batch=done.append)
+        harvest(
+            make_spec(["blocks.0.hook_resid_post"]),
+            tiny_llama,
+            should_stop=lambda: len(done) == 4,
+            on_batch=done.append,
+        )
     assert done == [48, 96, 128, 176]  # batches of 3 contexts, shards of 8
 
 
@@ -170,8 +197,7 @@ def test_hook_beyond_the_model_is_an_invalid_spec(tiny_llama):
 
 def test_bfloat16_storage_keeps_fp32_norms(tiny_llama):
     fp32 = harvest(make_spec(["blocks.1.hook_resid_post"], max_tokens=128), tiny_llama)[0]
-    bf16 = harvest(make_spec(["blocks.1.hook_resid_post"], max_tokens=128, dtype="bfloat16"),
-                   tiny_llama)[0]
+    bf16 = harvest(make_spec(["blocks.1.hook_resid_post"], max_tokens=128, dtype="bfloat16"), tiny_llama)[0]
     a, b = fp32.tensors["blocks.1.hook_resid_post"], bf16.tensors["blocks.1.hook_resid_post"]
     assert b["acts"].dtype == torch.bfloat16
     assert torch.equal(b["acts"], a["acts"].bfloat16())
@@ -202,8 +228,13 @@ def test_sink_mask_rule():
 @pytest.mark.smollm2
 def test_smollm2_block14_matches_hidden_states_and_shows_the_sink(smollm2_cache_dir):
     lm = load_model(ModelSpec(), cache_dir=smollm2_cache_dir)
-    spec = HarvestSpec(hooks=["blocks.14.hook_resid_post"], max_tokens=512, shard_tokens=512,
-                       batch_size=4, corpus=BuiltinCorpus(max_docs=20))
+    spec = HarvestSpec(
+        hooks=["blocks.14.hook_resid_post"],
+        max_tokens=512,
+        shard_tokens=512,
+        batch_size=4,
+        corpus=BuiltinCorpus(max_docs=20),
+    )
     (shard,) = harvest(spec, lm)
     t = shard.tensors["blocks.14.hook_resid_post"]
     ids_CT = t["token_ids"].reshape(-1, 128).long()
@@ -218,6 +249,5 @@ def test_smollm2_block14_matches_hidden_states_and_shows_the_sink(smollm2_cache_
 
 def test_context_longer_than_the_model_is_an_invalid_spec(tiny_llama):
     with pytest.raises(InvalidSpec) as e:  # the tiny llama has 256 positions
-        harvest(make_spec(["blocks.0.hook_resid_post"], context_len=512, shard_tokens=512),
-                tiny_llama)
+        harvest(make_spec(["blocks.0.hook_resid_post"], context_len=512, shard_tokens=512), tiny_llama)
     assert e.value.field == "spec.context_len"

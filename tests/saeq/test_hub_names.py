@@ -9,25 +9,60 @@ import shutil
 import pytest
 from pydantic import ValidationError
 
-from saeq.platform.admission import check_local_paths
-from saeq.ml.corpus import iter_documents
 from saeq.errors import InvalidSpec, NotFound
+from saeq.ml.corpus import iter_documents
 from saeq.ml.models import load_model
+from saeq.platform.admission import check_local_paths
 from saeq.specs import EvaluateSpec, HubCorpus, ImportedSae, ModelSpec, SteerRequest, TrainedSae
 from tests.tiny_model import save_tiny_llama
 
 MARKER = "PRIVATE-MARKER-7f3a the text no job may read"
 
 # Relative names that a loader would look up in its working directory, or that are no hub id.
-RELATIVE = ["../secretdir", "a/../b", "./secretdir", ".secretdir", "secretdir/", "a/b/c", "..", ".",
-            "a\\b", "a\x00b", "secretdir\n", "~/x", "~root", " secretdir", "a//b", "hf://datasets/x",
-            "file:///etc/passwd", "C:\\x", "a/.git", "-x", "x.", "a--b"]
+RELATIVE = [
+    "../secretdir",
+    "a/../b",
+    "./secretdir",
+    ".secretdir",
+    "secretdir/",
+    "a/b/c",
+    "..",
+    ".",
+    "a\\b",
+    "a\x00b",
+    "secretdir\n",
+    "~/x",
+    "~root",
+    " secretdir",
+    "a//b",
+    "hf://datasets/x",
+    "file:///etc/passwd",
+    "C:\\x",
+    "a/.git",
+    "-x",
+    "x.",
+    "a--b",
+]
 # Absolute paths that are not what they look like.
 ABSOLUTE = ["/models/../etc", "/models/./x", "//etc", "/models/", "/a\x00b", "/a\nb", "/..", "/models/x/.."]
 # File names that are no plain file name.
-GGUF = ["../../../etc/passwd", "../../../../etc/passwd.gguf", "/etc/passwd.gguf", "sub/x.gguf",
-        "..\\x.gguf", "x.gguf\x00", "x\x00.gguf", ".x.gguf", "..gguf", "passwd", "x.gguf/",
-        "*.gguf", "x?.gguf", "[a-z]*.gguf", "x].gguf"]  # globs: snapshot_download takes it as a pattern
+GGUF = [
+    "../../../etc/passwd",
+    "../../../../etc/passwd.gguf",
+    "/etc/passwd.gguf",
+    "sub/x.gguf",
+    "..\\x.gguf",
+    "x.gguf\x00",
+    "x\x00.gguf",
+    ".x.gguf",
+    "..gguf",
+    "passwd",
+    "x.gguf/",
+    "*.gguf",
+    "x?.gguf",
+    "[a-z]*.gguf",
+    "x].gguf",
+]  # globs: snapshot_download takes it as a pattern
 REVISIONS = ["../../../../etc/passwd", "main/../../x", "/abs", "a\x00", "refs//x", "..", "main\n", ".hidden"]
 
 
@@ -109,11 +144,18 @@ def cwd_with_secrets(tmp_path, tiny_dir, monkeypatch):
     return cwd
 
 
-@pytest.mark.parametrize("spec", [ModelSpec(name="secretdir"), ModelSpec(name="me/tiny"),
-                                  ModelSpec(name="secretdir", gguf_file="x.gguf"),
-                                  ModelSpec(name="me/tiny", revision="main")])
-def test_hub_ids_never_load_a_model_or_tokenizer_from_the_working_directory(spec, cwd_with_secrets, offline_hub,
-                                                                             tmp_path):
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec(name="secretdir"),
+        ModelSpec(name="me/tiny"),
+        ModelSpec(name="secretdir", gguf_file="x.gguf"),
+        ModelSpec(name="me/tiny", revision="main"),
+    ],
+)
+def test_hub_ids_never_load_a_model_or_tokenizer_from_the_working_directory(
+    spec, cwd_with_secrets, offline_hub, tmp_path
+):
     with pytest.raises(NotFound) as e:
         load_model(spec, cache_dir=str(tmp_path / "cache"))
     assert e.value.field == "spec.model.name" and MARKER not in e.value.message
@@ -182,20 +224,55 @@ def test_links_out_of_the_roots_are_refused_wherever_they_are(tmp_path):
         return e.value.field
 
     base = dict(hook="blocks.0.hook_resid_post", corpus={"source": "builtin"})
-    assert refused(EvaluateSpec(sae={"source": "path", "path": str(root / "escape")},
-                                model={"name": str(root / "llama")}, **base)) == "spec.sae.path"
-    assert refused(EvaluateSpec(sae={"source": "path", "path": str(root / "llama")},
-                                model={"name": str(root / "escape")}, **base)) == "spec.model.name"
-    assert refused(EvaluateSpec(sae={"source": "path", "path": str(root / "llama")},
-                                model={"name": str(root / "gguf"), "gguf_file": "w.gguf"}, **base)) == \
-        "spec.model.gguf_file"
-    assert refused(EvaluateSpec(sae={"source": "path", "path": str(root / "leaky")},
-                                model={"name": str(root / "llama")}, **base)) == "spec.sae.path"
-    assert refused(SteerRequest(sae={"source": "path", "path": str(root / "llama")}, hook="blocks.0.hook_resid_post",
-                                model={"name": str(root / "leaky")}, prompt="hi")) == "spec.model.name"
+    assert (
+        refused(
+            EvaluateSpec(
+                sae={"source": "path", "path": str(root / "escape")}, model={"name": str(root / "llama")}, **base
+            )
+        )
+        == "spec.sae.path"
+    )
+    assert (
+        refused(
+            EvaluateSpec(
+                sae={"source": "path", "path": str(root / "llama")}, model={"name": str(root / "escape")}, **base
+            )
+        )
+        == "spec.model.name"
+    )
+    assert (
+        refused(
+            EvaluateSpec(
+                sae={"source": "path", "path": str(root / "llama")},
+                model={"name": str(root / "gguf"), "gguf_file": "w.gguf"},
+                **base,
+            )
+        )
+        == "spec.model.gguf_file"
+    )
+    assert (
+        refused(
+            EvaluateSpec(
+                sae={"source": "path", "path": str(root / "leaky")}, model={"name": str(root / "llama")}, **base
+            )
+        )
+        == "spec.sae.path"
+    )
+    assert (
+        refused(
+            SteerRequest(
+                sae={"source": "path", "path": str(root / "llama")},
+                hook="blocks.0.hook_resid_post",
+                model={"name": str(root / "leaky")},
+                prompt="hi",
+            )
+        )
+        == "spec.model.name"
+    )
     # Hub ids are never paths, whatever exists under that name.
-    check_local_paths(EvaluateSpec(sae={"source": "path", "path": str(root / "llama")}, model={"name": "escape"},
-                                   **base), roots)
+    check_local_paths(
+        EvaluateSpec(sae={"source": "path", "path": str(root / "llama")}, model={"name": "escape"}, **base), roots
+    )
 
 
 def test_an_sae_is_never_loaded_from_a_relative_name(tmp_path, monkeypatch):
@@ -251,14 +328,17 @@ def hub_dataset(tmp_path, monkeypatch):
 
     def write(name: str, text: str) -> None:
         (snapshot / name).write_text(text)
+
     return write
 
 
 def _card(data_files: str, key: str = "data_files") -> str:
     if key == "data_dir":
         return f"---\nconfigs:\n- config_name: default\n  data_dir: {json.dumps(data_files)}\n---\n"
-    return (f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
-            f"    path: {json.dumps(data_files)}\n---\n")
+    return (
+        f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+        f"    path: {json.dumps(data_files)}\n---\n"
+    )
 
 
 def _card_refused(corpus=HubCorpus(source="hf", dataset="attacker/ds"), *hidden: str) -> None:
@@ -284,11 +364,12 @@ def test_a_dataset_card_cannot_make_the_worker_fetch_a_url(hub_dataset):
     requests: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's names)
+        def do_GET(self):
             requests.append(self.path)
             self.send_response(200)
             self.end_headers()
             self.wfile.write(json.dumps({"text": MARKER}).encode() + b"\n")
+
         do_HEAD = do_GET
 
         def log_message(self, *a):
@@ -305,11 +386,21 @@ def test_a_dataset_card_cannot_make_the_worker_fetch_a_url(hub_dataset):
     assert requests == []  # refused before anything was fetched
 
 
-@pytest.mark.parametrize("pattern, key", [
-    ("hf://datasets/other-team/private/*.jsonl", "data_files"), ("file:///etc/passwd", "data_files"),
-    ("../../other-team/private/*.jsonl", "data_files"), ("data/../../x/*.jsonl", "data_files"),
-    ("~/x/*.jsonl", "data_files"), ("zip://*.jsonl::/tmp/x.zip", "data_files"), ("C:\\x\\*.jsonl", "data_files"),
-    ("/tmp", "data_dir"), ("../other", "data_dir"), ("s3://bucket/x", "data_dir")])
+@pytest.mark.parametrize(
+    "pattern, key",
+    [
+        ("hf://datasets/other-team/private/*.jsonl", "data_files"),
+        ("file:///etc/passwd", "data_files"),
+        ("../../other-team/private/*.jsonl", "data_files"),
+        ("data/../../x/*.jsonl", "data_files"),
+        ("~/x/*.jsonl", "data_files"),
+        ("zip://*.jsonl::/tmp/x.zip", "data_files"),
+        ("C:\\x\\*.jsonl", "data_files"),
+        ("/tmp", "data_dir"),
+        ("../other", "data_dir"),
+        ("s3://bucket/x", "data_dir"),
+    ],
+)
 def test_every_card_pattern_that_leaves_the_repository_is_refused(hub_dataset, pattern, key):
     hub_dataset("README.md", _card(pattern, key))
     _card_refused(HubCorpus(source="hf", dataset="attacker/ds"), pattern)
@@ -324,9 +415,12 @@ def test_the_standalone_yaml_is_checked_too(hub_dataset, tmp_path):
 def test_cards_choosing_the_repositorys_own_files_pass_at_a_pinned_commit(hub_dataset):
     from saeq.ml.corpus import checked_dataset_commit
 
-    hub_dataset("README.md", "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
-                             "    path: [\"data/train-*.jsonl\", \"**/*.parquet\"]\n  - split: test\n"
-                             "    path: data/test.jsonl\n- config_name: fr\n  data_dir: fr\n---\n")
+    hub_dataset(
+        "README.md",
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+        '    path: ["data/train-*.jsonl", "**/*.parquet"]\n  - split: test\n'
+        "    path: data/test.jsonl\n- config_name: fr\n  data_dir: fr\n---\n",
+    )
     assert checked_dataset_commit(HubCorpus(source="hf", dataset="attacker/ds")) == DATASET_COMMIT
 
 
@@ -396,8 +490,10 @@ def test_a_hub_repositorys_file_names_are_no_existence_oracle(sharded_dir, offli
         _edit_json(snapshot / "tokenizer_config.json", fast_tokenizer_files=["tokenizer.1.json/" + UP + target])
         messages["tokenizer", target] = _model_refused(ModelSpec(name="attacker/model"), tmp_path / "cache")
         _edit_json(snapshot / "tokenizer_config.json", fast_tokenizer_files=[])
-        _edit_json(snapshot / "model.safetensors.index.json", weight_map={
-            k: UP + target if v == first else v for k, v in index["weight_map"].items()})
+        _edit_json(
+            snapshot / "model.safetensors.index.json",
+            weight_map={k: UP + target if v == first else v for k, v in index["weight_map"].items()},
+        )
         messages["weights", target] = _model_refused(ModelSpec(name="attacker/model"), tmp_path / "cache")
         _edit_json(snapshot / "model.safetensors.index.json", weight_map=index["weight_map"])
     assert messages["tokenizer", "etc/passwd"] == messages["tokenizer", "etc/no-such-file"]
@@ -418,8 +514,10 @@ def test_a_weight_map_cannot_load_weights_from_outside_the_model(sharded_dir, of
     commit = "c0ffee" * 6 + "abcd"
     snapshot = offline_hub / "models--attacker--model" / "snapshots" / commit
     name = str(stolen) if absolute else UP + str(stolen)[1:]
-    _edit_json(repo / "model.safetensors.index.json", weight_map={
-        k: name if v == first else v for k, v in index["weight_map"].items()})
+    _edit_json(
+        repo / "model.safetensors.index.json",
+        weight_map={k: name if v == first else v for k, v in index["weight_map"].items()},
+    )
     _fake_hub_cache(offline_hub, "attacker/model", repo, commit)
     _model_refused(ModelSpec(name="attacker/model"), tmp_path / "cache", str(stolen), str(snapshot))
     _model_refused(ModelSpec(name=str(repo)), tmp_path / "cache", str(stolen))
@@ -440,8 +538,11 @@ def test_a_sharded_hub_model_with_its_own_file_names_still_loads(sharded_dir, of
     repo = tmp_path / "repo"
     shutil.copytree(sharded_dir, repo)
     # An author's absolute path in a key transformers never opens (as Pythia's repositories have).
-    _edit_json(repo / "tokenizer_config.json", special_tokens_map_file="/admin/home/.cache/special_tokens_map.json",
-               fast_tokenizer_files=["tokenizer.json"])
+    _edit_json(
+        repo / "tokenizer_config.json",
+        special_tokens_map_file="/admin/home/.cache/special_tokens_map.json",
+        fast_tokenizer_files=["tokenizer.json"],
+    )
     _fake_hub_cache(offline_hub, "me/sharded", repo)
     lm = load_model(ModelSpec(name="me/sharded"), cache_dir=str(tmp_path / "cache"))
     assert (lm.n_layers, lm.d_model) == (2, 32) and lm.tokenizer("a b")["input_ids"]
@@ -451,8 +552,10 @@ def test_load_errors_name_no_path_on_the_worker(tmp_path):
     from saeq.ml.models import _detail
 
     source = tmp_path / "snapshots" / "abc"
-    e = OSError(f"Can't load {source}/config.json: it links to {tmp_path}/blobs/9f8e7d and '/etc/passwd' exists; "
-                "see https://huggingface.co/docs for attacker/model </s>")
+    e = OSError(
+        f"Can't load {source}/config.json: it links to {tmp_path}/blobs/9f8e7d and '/etc/passwd' exists; "
+        "see https://huggingface.co/docs for attacker/model </s>"
+    )
     shown = _detail(e, source)
     assert str(tmp_path) not in shown and "/etc/passwd" not in shown and "/blobs/" not in shown
     assert "https://huggingface.co/docs" in shown and "attacker/model" in shown and "</s>" in shown

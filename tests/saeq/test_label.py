@@ -9,23 +9,34 @@ import re
 import pytest
 import torch
 
-from saeq.ml.corpus import Document
-from saeq.ml.explainers import (PROMPT_VERSION, EndpointExplainer, EndpointJudge, Explanation,
-                             MetadataExplainer, parse_label_reply, parse_theme)
-from saeq.ml.features import FeatureIndex
 from saeq.jobs.label import label_features, sample_feature, select_features
+from saeq.ml.corpus import Document
+from saeq.ml.explainers import (
+    PROMPT_VERSION,
+    EndpointExplainer,
+    EndpointJudge,
+    Explanation,
+    MetadataExplainer,
+    parse_label_reply,
+    parse_theme,
+)
+from saeq.ml.features import FeatureIndex
 from saeq.ml.llm import ChatEndpoint, EndpointError
 from saeq.ml.scoring import EmbeddingScorer, classification_scores, detection_items, judge_scores
 from saeq.specs import LabelSpec
 
 FRUITS = {"apple", "banana", "cherry", "mango", "pear", "plum", "grape", "peach"}
-FRUIT_SENTENCES = ["we ate a ripe {} after lunch in the sunny garden with friends",
-                   "the market sold a sweet {} and bread to every hungry visitor today",
-                   "she sliced the fresh {} into the bowl before breakfast this morning"]
-OTHER_SENTENCES = ["the train left the station late because of heavy snow on the tracks",
-                   "engineers tested the new engine on the highway near the old bridge",
-                   "the committee voted on the budget during a long meeting last week",
-                   "a storm brought strong wind and rain to the northern coast tonight"]
+FRUIT_SENTENCES = [
+    "we ate a ripe {} after lunch in the sunny garden with friends",
+    "the market sold a sweet {} and bread to every hungry visitor today",
+    "she sliced the fresh {} into the bowl before breakfast this morning",
+]
+OTHER_SENTENCES = [
+    "the train left the station late because of heavy snow on the tracks",
+    "engineers tested the new engine on the highway near the old bridge",
+    "the committee voted on the budget during a long meeting last week",
+    "a storm brought strong wind and rain to the northern coast tonight",
+]
 
 
 def _planted():
@@ -72,8 +83,9 @@ def embedder():
 
 
 def _spec(**kw) -> LabelSpec:
-    return LabelSpec(sae={"job_id": "0" * 32}, n_explain_examples=4, n_score_examples=10,
-                     window_before=11, window_after=0, **kw)
+    return LabelSpec(
+        sae={"job_id": "0" * 32}, n_explain_examples=4, n_score_examples=10, window_before=11, window_after=0, **kw
+    )
 
 
 def test_right_label_scores_high_and_an_unrelated_one_about_chance(openai_server, embedder):
@@ -87,7 +99,7 @@ def test_right_label_scores_high_and_an_unrelated_one_about_chance(openai_server
 
     right, wrong = Explanation("fruit", "Names of fruits."), Explanation("medieval tax law", "Feudal dues.")
     for expl, lo, hi in ((right, 0.95, 1.0), (wrong, 0.5, 0.5)):
-        det, = judge_scores(judge, "detection", [detection_items(expl, sample.activating, sample.silent, decode)])
+        (det,) = judge_scores(judge, "detection", [detection_items(expl, sample.activating, sample.silent, decode)])
         assert lo <= det.balanced_accuracy <= hi
     emb_right = embedder.score(right, sample.activating, sample.silent, decode)
     emb_wrong = embedder.score(wrong, sample.activating, sample.silent, decode)
@@ -101,10 +113,19 @@ def test_label_features_writes_one_scored_record_per_feature_and_explainer(opena
     server = openai_server(_keyword_judge)
     endpoint = ChatEndpoint(server.base_url, "m", api_key=None)
     docs = {i: Document(i, "", f"Article {i}", "Food" if i < 20 else "Transport") for i in range(40)}
-    explainers = [EndpointExplainer(endpoint, decode, 60, "openai:m"),
-                  MetadataExplainer(lambda ids: {i: docs[i] for i in ids}, decode)]
-    records = label_features(index, select_features(index, spec), spec, explainers=explainers,
-                             judge=EndpointJudge(endpoint, "openai:m"), embedder=embedder, decode=decode)
+    explainers = [
+        EndpointExplainer(endpoint, decode, 60, "openai:m"),
+        MetadataExplainer(lambda ids: {i: docs[i] for i in ids}, decode),
+    ]
+    records = label_features(
+        index,
+        select_features(index, spec),
+        spec,
+        explainers=explainers,
+        judge=EndpointJudge(endpoint, "openai:m"),
+        embedder=embedder,
+        decode=decode,
+    )
     by = {r["explainer"]: r for r in records}
     assert set(by) == {"openai:m", "metadata"}
     assert by["openai:m"]["label"] == "fruit" and by["metadata"]["label"] == "Food"
@@ -121,8 +142,15 @@ def test_a_failing_endpoint_fails_labelling_with_its_reason(openai_server, embed
     server = openai_server(lambda req: (503, {"error": {"message": "model is loading"}}))
     endpoint = ChatEndpoint(server.base_url, "m", api_key=None, max_retries=0)
     with pytest.raises(EndpointError, match="model is loading"):
-        label_features(index, [0], _spec(), explainers=[EndpointExplainer(endpoint, decode, 60, "openai:m")],
-                       judge=None, embedder=embedder, decode=decode)
+        label_features(
+            index,
+            [0],
+            _spec(),
+            explainers=[EndpointExplainer(endpoint, decode, 60, "openai:m")],
+            judge=None,
+            embedder=embedder,
+            decode=decode,
+        )
 
 
 def test_most_active_selection_skips_features_that_rarely_fire():
@@ -138,7 +166,8 @@ def test_scores_and_reply_parsing():
     assert s.accuracy == 0.75 and s.balanced_accuracy == 0.75 and s.auc == 1.0
     always_yes = classification_scores([1, 1, 0, 0], [0.9, 0.9, 0.9, 0.9])
     assert always_yes.balanced_accuracy == 0.5 and always_yes.auc == 0.5
-    assert parse_label_reply("**Label:** Fruit names\nDescription: Words for fruit.") == \
-        Explanation("Fruit names", "Words for fruit.")
+    assert parse_label_reply("**Label:** Fruit names\nDescription: Words for fruit.") == Explanation(
+        "Fruit names", "Words for fruit."
+    )
     assert parse_label_reply("Just fruit").label == "Just fruit"
     assert parse_theme(" fruit\nMeaning: names of fruits.\n\nWords:") == Explanation("fruit", "names of fruits.")

@@ -23,8 +23,14 @@ def live(redis_srv) -> LiveRequests:
 
 
 def _entry(team: str, n: int) -> dict:
-    return {"id": f"{team}{n}", "team": team, "op": "steer", "payload": {}, "max_prompt_tokens": 8,
-            "deadline": time.time() + 60}
+    return {
+        "id": f"{team}{n}",
+        "team": team,
+        "op": "steer",
+        "payload": {},
+        "max_prompt_tokens": 8,
+        "deadline": time.time() + 60,
+    }
 
 
 def test_teams_are_served_in_turn_however_many_each_queued(live):

@@ -43,8 +43,7 @@ def test_complete_returns_the_reply_and_the_cache_spares_the_server(openai_serve
 
 @pytest.mark.parametrize("logprobs, p_yes, p_no", [(True, 0.9, 0.1), (False, 1.0, 0.0)])
 def test_yes_probability(openai_server, tmp_path, logprobs, p_yes, p_no):
-    srv = openai_server(lambda req: "Yes." if "Paris" in req["messages"][-1]["content"] else "no",
-                        logprobs=logprobs)
+    srv = openai_server(lambda req: "Yes." if "Paris" in req["messages"][-1]["content"] else "no", logprobs=logprobs)
     llm = endpoint(srv, cache=ResponseCache(LocalStore(tmp_path)))
     assert llm.yes_probability(ask("Is Paris in France?")) == pytest.approx(p_yes)
     assert llm.yes_probability(ask("Is Rome in France?")) == pytest.approx(p_no)
@@ -61,8 +60,9 @@ def test_an_answer_that_is_not_yes_or_no_is_quoted(openai_server):
 
 
 def test_a_failing_server_is_retried_then_reported(openai_server):
-    srv = openai_server(lambda req: (500, {"error": {"message": "CUDA out of memory on the judge",
-                                                     "type": "server_error"}}))
+    srv = openai_server(
+        lambda req: (500, {"error": {"message": "CUDA out of memory on the judge", "type": "server_error"}})
+    )
     llm = endpoint(srv, max_retries=1)
     with pytest.raises(EndpointError) as e:
         llm.complete(ask("hi"), max_tokens=5)
@@ -136,8 +136,7 @@ def test_batches_keep_their_order_and_run_concurrently(openai_server):
     assert peak[0] > 1
     questions = [ask("yes" if i % 3 else "no") for i in range(7)]
     judge = endpoint(openai_server(lambda req: req["messages"][-1]["content"]))
-    assert judge.yes_probability_batch(questions) == pytest.approx(
-        [0.9 if i % 3 else 0.1 for i in range(7)])
+    assert judge.yes_probability_batch(questions) == pytest.approx([0.9 if i % 3 else 0.1 for i in range(7)])
 
 
 def test_a_batch_raises_the_first_failure(openai_server):

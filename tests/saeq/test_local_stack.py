@@ -45,9 +45,13 @@ def saeq_up(tmp_path):
     """`saeq up` in its own home; (home, stdout of its start, stack.json)."""
     home, port = tmp_path / "home", free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAEQ_")}
-    proc = subprocess.Popen([sys.executable, "-m", "saeq.client.cli", "up", "--home", str(home), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saeq.client.cli", "up", "--home", str(home), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         printed = _read_lines(proc, 3, timeout_s=240)
         assert "saeq is up" in printed, printed
@@ -62,14 +66,19 @@ def saeq_up(tmp_path):
 
 def test_saeq_up_keeps_its_secrets_to_its_owner(saeq_up):
     home, printed, info = saeq_up
-    secrets = {"admin key": info["api_key"], "signing key": info["signing_key"],
-               "redis password": redis.connection.parse_url(info["redis_url"])["password"]}
+    secrets = {
+        "admin key": info["api_key"],
+        "signing key": info["signing_key"],
+        "redis password": redis.connection.parse_url(info["redis_url"])["password"],
+    }
     assert all(len(v) >= 32 for v in secrets.values()), secrets.keys()
     assert [name for name, value in secrets.items() if value in printed] == [], printed
     assert str(home / "stack.json") in printed  # where the key is, instead
 
     # Files: the home, Redis's data and the store are the owner's only.
-    assert {p: _mode(home / p) for p in ["", "redis", "store", "logs"]} == dict.fromkeys(["", "redis", "store", "logs"], 0o700)
+    assert {p: _mode(home / p) for p in ["", "redis", "store", "logs"]} == dict.fromkeys(
+        ["", "redis", "store", "logs"], 0o700
+    )
     private_files = [home / "stack.json", home / "redis.conf", *(home / "redis").iterdir(), *(home / "logs").iterdir()]
     assert any(p.name == "appendonly.aof" for p in private_files)
     assert {str(p): _mode(p) for p in private_files} == dict.fromkeys(map(str, private_files), 0o600)
@@ -91,8 +100,10 @@ def test_saeq_up_keeps_its_secrets_to_its_owner(saeq_up):
         assert up.status_code == 201, up.text
         key, expires = up.json()["key"], int(time.time()) + 300
         for signing_key, status in [(b"saeq-dev-signing-key", 403), (info["signing_key"].encode(), 200)]:
-            got = httpx.get(f"{info['url']}/v1/files/{key}",
-                            params={"expires": expires, "sig": sign_local(signing_key, key, expires)})
+            got = httpx.get(
+                f"{info['url']}/v1/files/{key}",
+                params={"expires": expires, "sig": sign_local(signing_key, key, expires)},
+            )
             assert got.status_code == status, got.text
         assert got.content == b"private corpus\n"
         assert _mode(home / "store" / key) == 0o600
@@ -112,9 +123,24 @@ def test_api_and_worker_refuse_to_start_without_a_signing_key_unless_insecure_de
     assert "refuses to start: SAEQ_SIGNING_KEY is not set" in str(e.value)
 
     env = dict(os.environ, SAEQ_REDIS_URL=redis_srv.url, SAEQ_SIGNING_KEY="saeq-dev-signing-key")
-    worker = subprocess.run([sys.executable, "-m", "celery", "-A", "saeq_worker.celery_app", "worker", "-Q", "cpu",
-                             "--without-gossip", "--without-mingle"], env=env, capture_output=True, text=True,
-                            timeout=240)
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "saeq_worker.celery_app",
+            "worker",
+            "-Q",
+            "cpu",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert worker.returncode != 0
     assert "saeq worker refuses to start: SAEQ_SIGNING_KEY is a published example value" in worker.stderr
 

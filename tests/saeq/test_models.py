@@ -15,11 +15,14 @@ from saeq.specs import ModelSpec
 from .conftest import build_tiny
 
 
-@pytest.mark.parametrize("arch, attn, mlp", [
-    ("llama", "LlamaAttention", "LlamaMLP"),
-    ("gpt2", "GPT2Attention", "GPT2MLP"),
-    ("gpt_neox", "GPTNeoXAttention", "GPTNeoXMLP"),
-])
+@pytest.mark.parametrize(
+    "arch, attn, mlp",
+    [
+        ("llama", "LlamaAttention", "LlamaMLP"),
+        ("gpt2", "GPT2Attention", "GPT2MLP"),
+        ("gpt_neox", "GPTNeoXAttention", "GPTNeoXMLP"),
+    ],
+)
 def test_decoder_blocks_of_common_architectures(arch, attn, mlp):
     blocks = decoder_blocks(build_tiny(arch, n_layers=2))
     assert len(blocks) == 2
@@ -50,8 +53,7 @@ def test_missing_models_are_not_found(tmp_path):
     assert e.value.field == "spec.model.name" and "no config.json" in e.value.message
     (tmp_path / "empty").mkdir()
     with pytest.raises(NotFound, match="no weights.gguf"):
-        load_model(ModelSpec(name=str(tmp_path / "empty"), gguf_file="weights.gguf"),
-                   cache_dir=str(tmp_path))
+        load_model(ModelSpec(name=str(tmp_path / "empty"), gguf_file="weights.gguf"), cache_dir=str(tmp_path))
 
 
 def test_unreachable_hub_is_not_found(tmp_path, monkeypatch):
@@ -73,10 +75,10 @@ def test_builtin_copy_gives_the_gguf_logits(smollm2_cache_dir):
     assert lm.provenance["commit"].startswith("sha256:")
     assert builtin_model_dir(smollm2_cache_dir).parent.name == "models"
     gguf = builtin_gguf_path()
-    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=torch.float32).eval()
-    ids = lm.tokenizer(["Hydrogen is the lightest element.\n\nParis is"],
-                       add_special_tokens=False, return_tensors="pt").input_ids
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = lm.tokenizer(
+        ["Hydrogen is the lightest element.\n\nParis is"], add_special_tokens=False, return_tensors="pt"
+    ).input_ids
     with torch.inference_mode():
         assert torch.equal(lm.model(ids).logits, reference(ids).logits)
 

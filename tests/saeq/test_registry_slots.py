@@ -29,7 +29,7 @@ def _held_past_its_limit(registry: Registry) -> tuple[str, str, str, list]:
     """A job of team lab running (claimed) past its time limit, and a second one waiting for the
     slot. Returns (held id, its lease token, waiting id, the dispatches sent)."""
     sent = []
-    send = lambda job, dispatch_id: sent.append(job["id"])  # noqa: E731
+    send = lambda job, dispatch_id: sent.append(job["id"])
     held, _ = registry.create(kind="harvest", spec={}, queue="cpu", depends_on=[], team="lab", time_limit_s=1)
     waiting, _ = registry.create(kind="harvest", spec={}, queue="cpu", depends_on=[], team="lab")
     dispatches = [registry.ready_to_dispatch(j["id"]) for j in (held, waiting)]
@@ -133,8 +133,14 @@ def test_a_large_spec_stored_for_a_create_that_failed_is_deleted(registry, tmp_p
     with_store = Registry(registry.r, spec_store=store)
     registry.r.set("saeq:team:lab:open", "not a set")  # the script fails (WRONGTYPE) after the spec is put
     with pytest.raises(redis.ResponseError):
-        with_store.create(kind="steer", spec={"prompts": ["x" * INLINE_SPEC_BYTES]}, queue="cpu", depends_on=[],
-                          team="lab", max_queued=5)
+        with_store.create(
+            kind="steer",
+            spec={"prompts": ["x" * INLINE_SPEC_BYTES]},
+            queue="cpu",
+            depends_on=[],
+            team="lab",
+            max_queued=5,
+        )
     assert [i.key for i in store.list("")] == []
 
 

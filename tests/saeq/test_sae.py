@@ -65,8 +65,9 @@ def test_sparse_kernels_match_dense_autograd(arch):
     torch.testing.assert_close(out.recon, recon, atol=1e-5, rtol=1e-5)
     for name, p in sae.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], atol=2e-5, rtol=1e-5, msg=name)
-    assert float(out.l0) <= sae.k + 1e-6 and out.aux_codes.latents.unique().tolist() \
-        == [i for i in out.aux_codes.latents.unique().tolist() if dead[i]]
+    assert float(out.l0) <= sae.k + 1e-6 and out.aux_codes.latents.unique().tolist() == [
+        i for i in out.aux_codes.latents.unique().tolist() if dead[i]
+    ]
 
 
 def test_encode_sparse_agrees_with_dense_encode():

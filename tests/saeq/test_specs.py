@@ -20,8 +20,9 @@ def test_cross_field_errors_are_located_at_the_field():
         TrainSpec(activations={"job_id": JOB}, saes=[SaeConfig(name="a"), {"name": "b"}, {"name": "a"}])
     assert _loc(e) == ("saes", 2, "name") and "duplicate name 'a'" in str(e.value)
     with pytest.raises(ValidationError) as e:
-        JobCreate.model_validate({"spec": {"kind": "train", "activations": {"job_id": JOB},
-                                           "saes": [{"architecture": "jumprelu", "k": 8}]}})
+        JobCreate.model_validate(
+            {"spec": {"kind": "train", "activations": {"job_id": JOB}, "saes": [{"architecture": "jumprelu", "k": 8}]}}
+        )
     assert _loc(e) == ("spec", "train", "saes", 0, "k")
     with pytest.raises(ValidationError) as e:
         SteerRequest(sae={"source": "path", "path": "/sae"}, prompt="hi")
@@ -31,8 +32,9 @@ def test_cross_field_errors_are_located_at_the_field():
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 def test_non_finite_numbers_are_refused(value):
     with pytest.raises(ValidationError) as e:
-        JobCreate.model_validate({"spec": {"kind": "train", "activations": {"job_id": JOB},
-                                           "sinks": {"norm_factor": value}}})
+        JobCreate.model_validate(
+            {"spec": {"kind": "train", "activations": {"job_id": JOB}, "sinks": {"norm_factor": value}}}
+        )
     assert _loc(e) == ("spec", "train", "sinks", "norm_factor") and e.value.errors()[0]["type"] == "finite_number"
     with pytest.raises(ValidationError):
         JobCreate.model_validate({"spec": {"kind": "harvest"}, "time_limit_s": value})

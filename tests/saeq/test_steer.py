@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from saeq.errors import InvalidSpec
-from saeq.ml.features import read_hook
 from saeq.jobs.steer import FeatureEdit, Steering, check_edits, generate, side_effects
+from saeq.ml.features import read_hook
 from saeq.ml.sae import SparseAutoencoder
 
 HOOK = "blocks.1.hook_resid_post"
@@ -51,8 +51,11 @@ def test_a_clamp_moves_the_stream_along_that_feature_only(tiny_llama, sae):
 def test_positions_prompt_and_generated(tiny_llama, sae):
     x = read_hook(tiny_llama, HOOK, torch.tensor([PROMPT])).view(1, len(PROMPT), -1)
     step = x[:, -1:]
-    for positions, changes_prompt, changes_step in (("prompt", True, False), ("generated", False, True),
-                                                   ("all", True, True)):
+    for positions, changes_prompt, changes_step in (
+        ("prompt", True, False),
+        ("generated", False, True),
+        ("all", True, True),
+    ):
         s = Steering(sae, [FeatureEdit(3, "add", 4.0, positions)], len(PROMPT))
         with torch.no_grad():
             assert (not torch.equal(s(x), x)) == changes_prompt

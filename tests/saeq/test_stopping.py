@@ -6,19 +6,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saeq.ml.corpus import iter_documents
 from saeq.errors import Cancelled
 from saeq.jobs.harvest import harvest_activations
+from saeq.ml.corpus import iter_documents
 from saeq.ml.models import decoder_blocks
-from saeq.specs import BuiltinCorpus, HarvestSpec, ModelSpec
 from saeq.ml.stopping import micro_batches, stop_between_blocks
+from saeq.specs import BuiltinCorpus, HarvestSpec, ModelSpec
 
 HOOK = "blocks.2.hook_resid_post"
 
 
 def _spec(**kw) -> HarvestSpec:
-    return HarvestSpec(model=ModelSpec(name="/tiny"), hooks=[HOOK], context_len=16, shard_tokens=256,
-                       batch_size=16, max_tokens=512, corpus=BuiltinCorpus(max_docs=40), **kw)
+    return HarvestSpec(
+        model=ModelSpec(name="/tiny"),
+        hooks=[HOOK],
+        context_len=16,
+        shard_tokens=256,
+        batch_size=16,
+        max_tokens=512,
+        corpus=BuiltinCorpus(max_docs=40),
+        **kw,
+    )
 
 
 def _harvest(spec, lm, **kw):

@@ -114,10 +114,15 @@ def test_delete(store):
 def test_invalid_keys_are_rejected(store, key, tmp_path):
     src = tmp_path / "f"
     src.write_bytes(b"x")
-    calls = {"put": lambda: store.put(key, b"x"), "put_file": lambda: store.put_file(key, src),
-             "get": lambda: store.get(key), "exists": lambda: store.exists(key),
-             "size": lambda: store.size(key), "delete": lambda: store.delete(key),
-             "download_url": lambda: store.download_url(key)}
+    calls = {
+        "put": lambda: store.put(key, b"x"),
+        "put_file": lambda: store.put_file(key, src),
+        "get": lambda: store.get(key),
+        "exists": lambda: store.exists(key),
+        "size": lambda: store.size(key),
+        "delete": lambda: store.delete(key),
+        "download_url": lambda: store.download_url(key),
+    }
     assert [name for name, call in calls.items() if not _raises(ValueError, call)] == []
     assert store.list("") == []
     if isinstance(store, LocalStore):
@@ -135,8 +140,7 @@ def test_download_url(store):
         assert httpx.get(forged).status_code == 403
     else:
         parts = urlsplit(url)
-        assert (parts.scheme, parts.netloc, parts.path) == ("http", "api.test",
-                                                            "/v1/files/labels/j%201/latents.json")
+        assert (parts.scheme, parts.netloc, parts.path) == ("http", "api.test", "/v1/files/labels/j%201/latents.json")
         q = {k: v[0] for k, v in parse_qs(parts.query).items()}
         assert int(q["expires"]) - time.time() == pytest.approx(600, abs=5)
         assert q["sig"] == sign_local(store.signing_key, key, int(q["expires"]))
@@ -151,6 +155,7 @@ def _raises(exc: type[Exception], call) -> bool:
 
 
 # ---- S3 outages: on a SeaweedFS of this module's own, so the session's server never goes down
+
 
 @pytest.fixture(scope="module")
 def flaky_s3(tmp_path_factory):
@@ -190,8 +195,7 @@ def test_an_outage_shorter_than_the_retry_budget_is_ridden_out(flaky_s3):
         put.result(timeout=30)
     assert store.get("jobs/j1/during.bin") == data[::-1]  # intact, not a partial or doubled stream
     assert store.get("jobs/j1/hung.bin") == b"written while S3 hung"
-    assert [o.key for o in store.list("jobs/j1/")] == ["jobs/j1/before.bin", "jobs/j1/during.bin",
-                                                      "jobs/j1/hung.bin"]
+    assert [o.key for o in store.list("jobs/j1/")] == ["jobs/j1/before.bin", "jobs/j1/during.bin", "jobs/j1/hung.bin"]
 
 
 def test_an_outage_longer_than_the_retry_budget_fails_clearly_and_loses_nothing(flaky_s3):
@@ -240,11 +244,21 @@ def test_which_failures_are_retried():
     def s3_error(status: int, code: str) -> S3Error:
         return S3Error(HTTPResponse(status=status), code, "message", "/bucket/key", "request", "host")
 
-    for e in (s3_error(503, "SlowDown"), s3_error(500, "InternalError"), s3_error(429, "TooManyRequests"),
-              ServerError("server failed with HTTP status code 502", 502), ConnectionRefusedError(),
-              ProtocolError("Connection aborted.", ConnectionResetError()),
-              ReadTimeoutError(None, "/bucket/key", "Read timed out.")):
+    for e in (
+        s3_error(503, "SlowDown"),
+        s3_error(500, "InternalError"),
+        s3_error(429, "TooManyRequests"),
+        ServerError("server failed with HTTP status code 502", 502),
+        ConnectionRefusedError(),
+        ProtocolError("Connection aborted.", ConnectionResetError()),
+        ReadTimeoutError(None, "/bucket/key", "Read timed out."),
+    ):
         assert transient_s3_error(e), e
-    for e in (s3_error(404, "NoSuchKey"), s3_error(403, "AccessDenied"), s3_error(400, "InvalidArgument"),
-              FileNotFoundError("/tmp/upload.bin"), ValueError("invalid object key")):
+    for e in (
+        s3_error(404, "NoSuchKey"),
+        s3_error(403, "AccessDenied"),
+        s3_error(400, "InvalidArgument"),
+        FileNotFoundError("/tmp/upload.bin"),
+        ValueError("invalid object key"),
+    ):
         assert not transient_s3_error(e), e

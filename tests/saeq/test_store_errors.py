@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
+
 from saeq.errors import StoreError
 from saeq.platform.store import LocalStore, S3Store
-
 from tests.helpers import unprivileged
 
 

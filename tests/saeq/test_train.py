@@ -6,13 +6,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from pydantic import ValidationError
 import torch
+from pydantic import ValidationError
 
 from saeq.errors import Cancelled, InvalidSpec
 from saeq.jobs.train import TrainState, measure, train_from_harvest, train_saes
-from saeq.specs import SaeConfig, TrainSpec
 from saeq.platform.store import LocalStore
+from saeq.specs import SaeConfig, TrainSpec
 from tests.saeq.conftest import fake_harvest, planted_dictionary
 
 JOB = "d" * 32
@@ -23,23 +23,32 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec(*saes: SaeConfig, **kw) -> TrainSpec:
-    kw = {"total_tokens": 200_000, "batch_size": 512, "checkpoint_every_tokens": None,
-          "validation_tokens": 2048, "shuffle_tokens": 4096} | kw
+    kw = {
+        "total_tokens": 200_000,
+        "batch_size": 512,
+        "checkpoint_every_tokens": None,
+        "validation_tokens": 2048,
+        "shuffle_tokens": 4096,
+    } | kw
     return TrainSpec(activations={"job_id": JOB, "hook": HOOK}, saes=list(saes), **kw)
 
 
 def cycle(x: torch.Tensor, batch: int):
     for i in itertools.count():
         start = (i * batch) % (x.shape[0] - batch)
-        yield x[start:start + batch]
+        yield x[start : start + batch]
 
 
-@pytest.mark.parametrize("cfg", [
-    SaeConfig(architecture="topk", d_sae=128, k=3),
-    SaeConfig(architecture="batchtopk", d_sae=128, k=3),
-    SaeConfig(architecture="jumprelu", d_sae=128, l0_coefficient=0.5),
-    SaeConfig(architecture="relu", d_sae=128, l1_coefficient=3.0),
-], ids=lambda c: c.architecture)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SaeConfig(architecture="topk", d_sae=128, k=3),
+        SaeConfig(architecture="batchtopk", d_sae=128, k=3),
+        SaeConfig(architecture="jumprelu", d_sae=128, l0_coefficient=0.5),
+        SaeConfig(architecture="relu", d_sae=128, l1_coefficient=3.0),
+    ],
+    ids=lambda c: c.architecture,
+)
 def test_each_architecture_recovers_a_planted_dictionary(cfg):
     x, features = planted_dictionary(n_features=64, d=32, n_active=3, n=40_000)
     s = spec(cfg)
@@ -53,9 +62,11 @@ def test_each_architecture_recovers_a_planted_dictionary(cfg):
 
 def test_several_saes_train_from_one_read_and_report_progress():
     x, _ = planted_dictionary(n=20_000)
-    s = spec(SaeConfig(name="narrow", architecture="topk", d_sae=64, k=3),
-             SaeConfig(name="wide", architecture="topk", d_sae=256, k=3, lr=1e-3),
-             total_tokens=40_960)
+    s = spec(
+        SaeConfig(name="narrow", architecture="topk", d_sae=64, k=3),
+        SaeConfig(name="wide", architecture="topk", d_sae=256, k=3, lr=1e-3),
+        total_tokens=40_960,
+    )
     reads, progress = [], []
 
     def batches():
@@ -63,15 +74,13 @@ def test_several_saes_train_from_one_read_and_report_progress():
             reads.append(1)
             yield b
 
-    result = train_saes(s, batches(), validation=x[-2048:], on_progress=progress.append,
-                        progress_every_s=0.0)
+    result = train_saes(s, batches(), validation=x[-2048:], on_progress=progress.append, progress_every_s=0.0)
     assert len(reads) == result.steps == 80  # each batch read once, for both SAEs
     assert set(result.saes) == {"narrow", "wide"}
     assert result.saes["wide"].d_sae == 256 and result.saes["narrow"].d_sae == 64
     last = progress[-1]
     assert last.tokens == result.tokens == 40_960 and last.step == 80
-    assert set(last.saes["wide"]) == {"loss", "mse", "fvu", "l0", "lr", "dead_fraction",
-                                      "dense_fraction"}
+    assert set(last.saes["wide"]) == {"loss", "mse", "fvu", "l0", "lr", "dead_fraction", "dense_fraction"}
     assert last.saes["wide"]["lr"] < 1e-3  # decayed at the end (peak 1e-3)
     assert progress[0].saes["narrow"]["fvu"] > last.saes["narrow"]["fvu"]
     assert last.tokens_per_s > 0
@@ -80,8 +89,7 @@ def test_several_saes_train_from_one_read_and_report_progress():
 
 def test_fvu_is_the_unexplained_share_of_the_variance_about_the_mean():
     x, _ = planted_dictionary(n=3000)
-    result = train_saes(spec(SaeConfig(d_sae=64, k=3), total_tokens=20_480),
-                        cycle(x, 512), validation=x)
+    result = train_saes(spec(SaeConfig(d_sae=64, k=3), total_tokens=20_480), cycle(x, 512), validation=x)
     sae = result.saes["sae0"]
     with torch.no_grad():
         err = (x - sae.decode(sae.encode(x))).pow(2).sum()
@@ -100,24 +108,32 @@ def harvest_with_sinks(tmp_path):
 
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
     store, manifest = harvest_with_sinks(tmp_path)
-    s = spec(SaeConfig(architecture="topk", d_sae=64, k=3, dead_window_tokens=4096),
-             SaeConfig(name="jr", architecture="jumprelu", d_sae=64),
-             total_tokens=30_720, batch_size=256, checkpoint_every_tokens=5120)
+    s = spec(
+        SaeConfig(architecture="topk", d_sae=64, k=3, dead_window_tokens=4096),
+        SaeConfig(name="jr", architecture="jumprelu", d_sae=64),
+        total_tokens=30_720,
+        batch_size=256,
+        checkpoint_every_tokens=5120,
+    )
     whole = train_from_harvest(s, manifest, store)
 
     checkpoints: list[bytes] = []
     steps = itertools.count()
     with pytest.raises(Cancelled):  # killed after 70 steps, 10 after its last checkpoint
-        train_from_harvest(s, manifest, store, on_checkpoint=lambda st: checkpoints.append(st.to_bytes()),
-                           should_stop=lambda: next(steps) == 70)
+        train_from_harvest(
+            s,
+            manifest,
+            store,
+            on_checkpoint=lambda st: checkpoints.append(st.to_bytes()),
+            should_stop=lambda: next(steps) == 70,
+        )
     state = TrainState.from_bytes(checkpoints[-1])
     assert state.tokens == 15_360 and len(checkpoints) == 3
     resumed = train_from_harvest(s, manifest, store, resume=state)
 
     assert resumed.tokens == whole.tokens and resumed.steps == whole.steps
     for name in whole.saes:
-        for (key, a), b in zip(whole.saes[name].state_dict().items(),
-                               resumed.saes[name].state_dict().values()):
+        for (key, a), b in zip(whole.saes[name].state_dict().items(), resumed.saes[name].state_dict().values()):
             assert torch.equal(a, b), (name, key)
     assert resumed.metrics["sae0"].fvu == whole.metrics["sae0"].fvu
 

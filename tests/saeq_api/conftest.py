@@ -19,9 +19,15 @@ def api_settings(redis_srv, s3_srv) -> ApiSettings:
 
     url = f"{redis_srv.url.rsplit('/', 1)[0]}/{next(_db) % 16}"
     redis.Redis.from_url(url).flushdb()
-    return ApiSettings(redis_url=url, store=f"s3://{s3_srv.bucket}", s3_endpoint=s3_srv.endpoint,
-                       s3_access_key=s3_srv.access_key, s3_secret_key=s3_srv.secret_key,
-                       bootstrap_admin_key=new_key()[1], signing_key=secrets.token_hex(32))
+    return ApiSettings(
+        redis_url=url,
+        store=f"s3://{s3_srv.bucket}",
+        s3_endpoint=s3_srv.endpoint,
+        s3_access_key=s3_srv.access_key,
+        s3_secret_key=s3_srv.secret_key,
+        bootstrap_admin_key=new_key()[1],
+        signing_key=secrets.token_hex(32),
+    )
 
 
 @pytest.fixture

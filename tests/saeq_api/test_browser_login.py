@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 import uvicorn
-from saeq_api.main import create_app
 
+from saeq_api.main import create_app
 from tests.servers import free_port
 
 
@@ -20,8 +20,7 @@ from tests.servers import free_port
 def served(api_settings):
     """The API served by uvicorn in a thread; yields (base URL, admin key)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(api_settings), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(api_settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -35,8 +34,11 @@ def served(api_settings):
 
 
 def _member_key(url: str, admin_key: str, team: str) -> str:
-    r = httpx.post(f"{url}/v1/admin/keys", json={"team": team, "name": "browser test"},
-                   headers={"Authorization": f"Bearer {admin_key}"})
+    r = httpx.post(
+        f"{url}/v1/admin/keys",
+        json={"team": team, "name": "browser test"},
+        headers={"Authorization": f"Bearer {admin_key}"},
+    )
     assert r.status_code == 201, r.text
     return r.json()["key"]
 

@@ -87,15 +87,15 @@ def test_hostile_parameters_get_a_4xx_naming_the_parameter(local):
 @pytest.mark.parametrize("key", [None, "", "saeq-dev-signing-key", "change-me-signing-key", "short-key"])
 def test_the_api_refuses_to_start_without_a_secret_signing_key(api_settings, key):
     settings = api_settings.model_copy(update={"signing_key": None if key is None else SecretStr(key)})
-    with pytest.raises(InsecureSettings, match="SAEQ_SIGNING_KEY") as e:
-        with TestClient(create_app(settings)):
-            pass
+    with pytest.raises(InsecureSettings, match="SAEQ_SIGNING_KEY") as e, TestClient(create_app(settings)):
+        pass
     assert "SAEQ_INSECURE_DEV=1" in str(e.value)
 
 
 def test_insecure_dev_starts_without_a_key_and_signs_with_a_key_of_its_own(api_settings, tmp_path):
-    settings = api_settings.model_copy(update={"signing_key": None, "insecure_dev": True,
-                                               "store": f"file://{tmp_path / 'store'}"})
+    settings = api_settings.model_copy(
+        update={"signing_key": None, "insecure_dev": True, "store": f"file://{tmp_path / 'store'}"}
+    )
     with TestClient(create_app(settings)) as client:
         store = client.app.state.services.store
         store.put(KEY, b"weights")

@@ -12,8 +12,9 @@ from pydantic import SecretStr
 from saeq_api.main import create_app
 
 
-@pytest.mark.parametrize("path", ["/browse", "/browse/static/browser.js", "/healthz", "/v1/jobs", "/docs",
-                                  "/openapi.json", "/no-such-page"])
+@pytest.mark.parametrize(
+    "path", ["/browse", "/browse/static/browser.js", "/healthz", "/v1/jobs", "/docs", "/openapi.json", "/no-such-page"]
+)
 def test_security_headers_on_every_answer(api, path):
     r = api.get(path, headers={"Authorization": ""} if path == "/v1/jobs" else {})  # a 401 too
     h = r.headers

@@ -62,11 +62,14 @@ def test_bad_specs_are_refused_naming_the_field(api):
     r = submit(api, {**HARVEST, "corpus": {"source": "upload", "upload_id": "0" * 32}})
     assert _fields(r) == ["spec.corpus.upload_id"] and "no upload" in r.json()["detail"][0]["msg"]
     evaluate = {"kind": "evaluate", "sae": {"job_id": "0" * 32}}
-    bad_checks = [({"specificity": {"judge": {"backend": "embedding", "model": "x"}}},
-                   "spec.checks.specificity.judge.model"),
-                  ({"probing": {"ks": [0]}}, "spec.checks.probing.ks.0"),
-                  ({"completeness": {"categories": [{"name": "one", "members": [{"name": "a"}]}]}},
-                   "spec.checks.completeness.categories.0.members")]
+    bad_checks = [
+        ({"specificity": {"judge": {"backend": "embedding", "model": "x"}}}, "spec.checks.specificity.judge.model"),
+        ({"probing": {"ks": [0]}}, "spec.checks.probing.ks.0"),
+        (
+            {"completeness": {"categories": [{"name": "one", "members": [{"name": "a"}]}]}},
+            "spec.checks.completeness.categories.0.members",
+        ),
+    ]
     for checks, field in bad_checks:
         assert _fields(submit(api, {**evaluate, "checks": checks})) == [field]
     assert api.get("/v1/jobs").json()["jobs"] == []  # nothing was stored

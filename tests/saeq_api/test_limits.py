@@ -21,7 +21,8 @@ def api_with(api, api_settings):
     S3, sending what `api` sends (its key)."""
     with contextlib.ExitStack() as stack:
         yield lambda **changes: stack.enter_context(
-            TestClient(create_app(api_settings.model_copy(update=changes)), headers=api.headers))
+            TestClient(create_app(api_settings.model_copy(update=changes)), headers=api.headers)
+        )
 
 
 def _refused(resp, status: int = 422) -> list[dict]:
@@ -38,8 +39,9 @@ def test_bodies_over_the_limit_get_413_naming_it(api_with):
     declared = api.post("/v1/jobs", content=big, headers={"content-type": "application/json"})
     assert "4096 bytes" in _refused(declared, 413) and "max_request_bytes" in declared.json()["detail"]
     # Chunked: no Content-Length, so the bytes are counted as they arrive.
-    streamed = api.post("/v1/jobs", content=iter([big[:3000], big[3000:]]),
-                        headers={"content-type": "application/json"})
+    streamed = api.post(
+        "/v1/jobs", content=iter([big[:3000], big[3000:]]), headers={"content-type": "application/json"}
+    )
     assert "content-length" not in streamed.request.headers
     assert "4096 bytes" in _refused(streamed, 413)
     assert len(api.get("/v1/jobs").json()["jobs"]) == 1
@@ -57,21 +59,26 @@ def test_uploads_keep_their_own_larger_limit(api_with):
 
 
 def test_llm_endpoints_are_named_from_the_deployments_list(api_with):
-    api = api_with(llm_endpoints={"vllm": LlmEndpoint(base_url="http://vllm:8000/v1"),
-                                  "openai": LlmEndpoint(base_url="https://api.openai.com/v1",
-                                                        api_key_env="OPENAI_API_KEY")})
+    api = api_with(
+        llm_endpoints={
+            "vllm": LlmEndpoint(base_url="http://vllm:8000/v1"),
+            "openai": LlmEndpoint(base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY"),
+        }
+    )
     explainers = [{"backend": "metadata"}, {"backend": "openai", "endpoint": "elsewhere", "model": "m"}]
     [d] = _refused(api.post("/v1/jobs", json={"spec": {**LABEL, "explainers": explainers}}))
     assert d["field"] == "spec.explainers.1.endpoint" and d["loc"] == ["body", "spec", "explainers", "1", "endpoint"]
     assert "'elsewhere'" in d["msg"] and "allowed: openai, vllm" in d["msg"]
-    [d] = _refused(api.post("/v1/jobs", json={"spec": {**LABEL, "judge": {
-        "backend": "openai", "endpoint": "nope", "model": "m"}}}))
+    [d] = _refused(
+        api.post("/v1/jobs", json={"spec": {**LABEL, "judge": {"backend": "openai", "endpoint": "nope", "model": "m"}}})
+    )
     assert d["field"] == "spec.judge.endpoint"
     # Where requests go and which key they carry are the deployment's, never a spec's.
     for field, value in (("base_url", "http://attacker.example/v1"), ("api_key_env", "SAEQ_S3_SECRET_KEY")):
         judge = {"backend": "openai", "endpoint": "vllm", "model": "m", field: value}
-        assert [d["field"] for d in _refused(api.post("/v1/jobs", json={"spec": {**LABEL, "judge": judge}}))] == \
-            [f"spec.judge.{field}"]
+        assert [d["field"] for d in _refused(api.post("/v1/jobs", json={"spec": {**LABEL, "judge": judge}}))] == [
+            f"spec.judge.{field}"
+        ]
 
 
 def test_local_paths_must_lie_under_the_deployments_roots(api_with, tmp_path):
@@ -82,15 +89,21 @@ def test_local_paths_must_lie_under_the_deployments_roots(api_with, tmp_path):
     api = api_with(local_path_roots=[str(models)])
 
     def harvest(model: str):
-        return api.post("/v1/jobs", json={"spec": {"kind": "harvest", "model": {"name": model},
-                                                   "hooks": ["blocks.0.hook_resid_post"]}})
+        return api.post(
+            "/v1/jobs",
+            json={"spec": {"kind": "harvest", "model": {"name": model}, "hooks": ["blocks.0.hook_resid_post"]}},
+        )
 
     assert harvest(str(models / "llama")).status_code == 201
     assert harvest("HuggingFaceTB/SmolLM2-135M").status_code == 201  # a hub id is no path
     for outside in (elsewhere, models / "link" / "llama", "/etc"):
         [d] = _refused(harvest(str(outside)))
         assert d["field"] == "spec.model.name" and str(models) in d["msg"]
-    imported = {"kind": "evaluate", "sae": {"source": "path", "path": str(elsewhere)},
-                "model": {"name": str(models / "llama")}, "hook": "blocks.0.hook_resid_post",
-                "corpus": {"source": "builtin"}}
+    imported = {
+        "kind": "evaluate",
+        "sae": {"source": "path", "path": str(elsewhere)},
+        "model": {"name": str(models / "llama")},
+        "hook": "blocks.0.hook_resid_post",
+        "corpus": {"source": "builtin"},
+    }
     assert [d["field"] for d in _refused(api.post("/v1/jobs", json={"spec": imported}))] == ["spec.sae.path"]

@@ -30,14 +30,17 @@ def _fields(resp) -> list[str]:
     return [d["field"] for d in resp.json()["detail"]]
 
 
-@pytest.mark.parametrize("model, field", [
-    ({"name": "/models/llama\x00"}, "spec.model.name"),
-    ({"name": "/models/../etc"}, "spec.model.name"),
-    ({"name": "llama\x00"}, "spec.model.name"),
-    ({"name": "/models/llama", "gguf_file": "w\x00.gguf"}, "spec.model.gguf_file"),
-    ({"name": "/models/llama", "gguf_file": "../../etc/passwd"}, "spec.model.gguf_file"),
-    ({"name": "me/llama", "revision": "../../../../etc/passwd"}, "spec.model.revision"),
-])
+@pytest.mark.parametrize(
+    "model, field",
+    [
+        ({"name": "/models/llama\x00"}, "spec.model.name"),
+        ({"name": "/models/../etc"}, "spec.model.name"),
+        ({"name": "llama\x00"}, "spec.model.name"),
+        ({"name": "/models/llama", "gguf_file": "w\x00.gguf"}, "spec.model.gguf_file"),
+        ({"name": "/models/llama", "gguf_file": "../../etc/passwd"}, "spec.model.gguf_file"),
+        ({"name": "me/llama", "revision": "../../../../etc/passwd"}, "spec.model.revision"),
+    ],
+)
 def test_bad_model_paths_are_422_naming_the_field(api_rooted, model, field):
     resp = api_rooted.post("/v1/jobs", json={"spec": {"kind": "harvest", "model": model, "hooks": [HOOK]}})
     assert _fields(resp) == [field]
@@ -45,25 +48,46 @@ def test_bad_model_paths_are_422_naming_the_field(api_rooted, model, field):
 
 @pytest.mark.parametrize("path", ["/saes/x\x00", "/saes/../etc", "relative/sae"])
 def test_bad_sae_paths_are_422_naming_the_field(api_rooted, path):
-    spec = {"kind": "evaluate", "sae": {"source": "path", "path": path}, "model": {"name": "me/llama"},
-            "hook": HOOK, "corpus": {"source": "builtin"}}
+    spec = {
+        "kind": "evaluate",
+        "sae": {"source": "path", "path": path},
+        "model": {"name": "me/llama"},
+        "hook": HOOK,
+        "corpus": {"source": "builtin"},
+    }
     assert _fields(api_rooted.post("/v1/jobs", json={"spec": spec})) == ["spec.sae.path"]
     steer = {"sae": {"source": "path", "path": path}, "hook": HOOK, "prompt": "hi"}
     assert _fields(api_rooted.post("/v1/steer", json=steer)) == ["sae.path"]
 
 
 def test_live_requests_have_their_local_paths_checked_at_the_api(api_rooted):
-    inside, outside, linked = (str(api_rooted.models / "llama"), str(api_rooted.outside),
-                               str(api_rooted.models / "escape"))
+    inside, outside, linked = (
+        str(api_rooted.models / "llama"),
+        str(api_rooted.outside),
+        str(api_rooted.models / "escape"),
+    )
     cases = [
         ("/v1/steer", {"model": {"name": outside}, "prompt": "hi"}, "model.name"),
         ("/v1/steer", {"model": {"name": linked}, "prompt": "hi"}, "model.name"),
-        ("/v1/steer", {"sae": {"source": "path", "path": outside}, "model": {"name": inside}, "hook": HOOK,
-                       "prompt": "hi"}, "sae.path"),
+        (
+            "/v1/steer",
+            {"sae": {"source": "path", "path": outside}, "model": {"name": inside}, "hook": HOOK, "prompt": "hi"},
+            "sae.path",
+        ),
         ("/v1/chat/completions", {"model": outside, "messages": [{"role": "user", "content": "hi"}]}, "model"),
-        ("/v1/chat/completions", {"model": inside, "messages": [{"role": "user", "content": "hi"}],
-                                  "steering": {"sae": {"source": "path", "path": linked}, "hook": HOOK,
-                                               "interventions": [{"feature": 0}]}}, "steering.sae.path"),
+        (
+            "/v1/chat/completions",
+            {
+                "model": inside,
+                "messages": [{"role": "user", "content": "hi"}],
+                "steering": {
+                    "sae": {"source": "path", "path": linked},
+                    "hook": HOOK,
+                    "interventions": [{"feature": 0}],
+                },
+            },
+            "steering.sae.path",
+        ),
         ("/v1/chat/completions", {"model": "/etc\x00", "messages": [{"role": "user", "content": "hi"}]}, "model"),
     ]
     for route, body, field in cases:

@@ -15,8 +15,11 @@ def api_settings(api_settings):
 
 
 def gauges(api) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(api.get("/metrics").text) for s in f.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(api.get("/metrics").text)
+        for s in f.samples
+    }
 
 
 def test_oldest_wait_and_jobs_by_team(api):

@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from saeq import keys
-
 from saeq.client import cli
 from saeq.client.client import Client
 from saeq.platform.settings import open_store
@@ -34,7 +33,8 @@ def api_with(api, api_settings):
     S3, sending the admin key."""
     with contextlib.ExitStack() as stack:
         yield lambda **changes: stack.enter_context(
-            TestClient(create_app(api_settings.model_copy(update=changes)), headers=api.headers))
+            TestClient(create_app(api_settings.model_copy(update=changes)), headers=api.headers)
+        )
 
 
 def _quota(api, team: str, **quota) -> None:
@@ -53,8 +53,12 @@ def _big_steer(api, headers=None, n_prompts: int = 120) -> tuple[dict, list[str]
     train = {"kind": "train", "activations": {"job_id": harvest, "hook": "blocks.14.hook_resid_post"}}
     r = _submit(api, headers, train, depends_on=[harvest])
     assert r.status_code == 201, r.text
-    spec = {"kind": "steer", "sae": {"job_id": r.json()["id"]}, "prompts": [PROMPT] * n_prompts,
-            "interventions": [{"edits": [{"feature": 1, "mode": "clamp", "value": 5.0}]}]}
+    spec = {
+        "kind": "steer",
+        "sae": {"job_id": r.json()["id"]},
+        "prompts": [PROMPT] * n_prompts,
+        "interventions": [{"edits": [{"feature": 1, "mode": "clamp", "value": 5.0}]}],
+    }
     return spec, [r.json()["id"]]
 
 
@@ -93,9 +97,11 @@ def test_submit_and_cancel_in_a_loop_cannot_grow_redis(api, api_settings):
         assert growth < bound, f"Redis grew {growth:,} bytes after {i + 1} submits of {body_bytes:,} bytes"
     seconds = time.monotonic() - started
     stored = r.zcard("saeq:team:looper:jobs")
-    print(f"\n{ROUNDS} submit-and-cancel of {body_bytes:,}-byte bodies in {seconds:.1f} s: {created} created, "
-          f"{len(refused)} refused (429); {stored} records stored; Redis used_memory grew "
-          f"{growth:,} bytes (bound {bound:,}); the created jobs' keys hold {_record_bytes(r, ids):,} bytes")
+    print(
+        f"\n{ROUNDS} submit-and-cancel of {body_bytes:,}-byte bodies in {seconds:.1f} s: {created} created, "
+        f"{len(refused)} refused (429); {stored} records stored; Redis used_memory grew "
+        f"{growth:,} bytes (bound {bound:,}); the created jobs' keys hold {_record_bytes(r, ids):,} bytes"
+    )
     assert created == 40 - 2  # the harvest and train it steers count too
     assert stored == 40 and len(refused) == ROUNDS - created
     assert "max_stored_jobs=40" in refused[0] and "purge" in refused[0]
@@ -124,8 +130,10 @@ def test_listings_are_summaries_of_bounded_size_whatever_the_specs_hold(api, api
     per_job = len(listing.content) / len(jobs)
     r = _redis(api_settings)
     record = r.memory_usage(f"saeq:job:{ids[0]}", samples=0)
-    print(f"\nlisting of {len(jobs)} jobs with 0.96 MB specs: {len(listing.content):,} bytes "
-          f"({per_job:,.0f} per job); one such record holds {record:,} bytes of Redis")
+    print(
+        f"\nlisting of {len(jobs)} jobs with 0.96 MB specs: {len(listing.content):,} bytes "
+        f"({per_job:,.0f} per job); one such record holds {record:,} bytes of Redis"
+    )
     assert len(jobs) == 22 and all("spec" not in j for j in jobs)
     assert {j["id"] for j in jobs} >= set(ids) and jobs[0]["name"] == "big 19"
     assert len(listing.content) < 22 * 2048 and record < 20_000
@@ -191,8 +199,12 @@ def test_an_event_id_of_other_unicode_digits_is_422_not_a_redis_error(api):
 def test_seeds_beyond_what_torch_takes_are_422_naming_the_field(api):
     train = {"kind": "train", "activations": {"job_id": "0" * 32, "hook": "blocks.14.hook_resid_post"}}
     label = {"kind": "label", "sae": {"job_id": "0" * 32}}
-    steer = {"kind": "steer", "sae": {"job_id": "0" * 32}, "prompts": ["hi"],
-             "interventions": [{"edits": [{"feature": 1, "value": 1.0}]}]}
+    steer = {
+        "kind": "steer",
+        "sae": {"job_id": "0" * 32},
+        "prompts": ["hi"],
+        "interventions": [{"edits": [{"feature": 1, "value": 1.0}]}],
+    }
     evaluate = {"kind": "evaluate", "sae": {"job_id": "0" * 32}}
     for spec in (HARVEST, train, label, steer, evaluate):
         for seed in (1 << 63, 1 << 64, -1):
@@ -200,8 +212,10 @@ def test_seeds_beyond_what_torch_takes_are_422_naming_the_field(api):
             assert r.status_code == 422, (spec["kind"], seed, r.text)
             assert r.json()["detail"][0]["field"] == "spec.seed", r.text
     assert _submit(api, spec={**HARVEST, "seed": (1 << 63) - 1}).status_code == 201
-    live = [("/v1/steer", {"prompt": "hi"}),
-            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})]
+    live = [
+        ("/v1/steer", {"prompt": "hi"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ]
     for path, body in live:
         r = api.post(path, json={**body, "seed": 1 << 64})
         assert r.status_code == 422, (path, r.text)
@@ -217,9 +231,15 @@ def test_a_retried_submit_dispatches_the_job_a_failed_first_attempt_created(api,
     body, member = {"spec": HARVEST, "name": "retried"}, api.key_for("retry")
     svc = api.app.state.services
     record, created = svc.registry.create(
-        kind="harvest", spec=JobCreate.model_validate(body).spec.model_dump(mode="json"), queue="gpu",
-        depends_on=[], name="retried", team="retry", idempotency_key="k-retry",
-        request_digest=hashlib.sha256(JobCreate.model_validate(body).model_dump_json().encode()).hexdigest())
+        kind="harvest",
+        spec=JobCreate.model_validate(body).spec.model_dump(mode="json"),
+        queue="gpu",
+        depends_on=[],
+        name="retried",
+        team="retry",
+        idempotency_key="k-retry",
+        request_digest=hashlib.sha256(JobCreate.model_validate(body).model_dump_json().encode()).hexdigest(),
+    )
     assert created and not svc.registry.get(record["id"])["dispatched"]  # what the first attempt left
     again = api.post("/v1/jobs", json=body, headers={**member, "Idempotency-Key": "k-retry"})
     assert again.status_code == 200 and again.json()["id"] == record["id"], again.text
@@ -234,8 +254,7 @@ def test_a_huge_invalid_body_gets_a_small_answer(api):
     r = _submit(api, spec=features)
     assert r.status_code == 422
     detail = r.json()["detail"]
-    print(f"\n{len(json.dumps({'spec': features})):,}-byte body with 150,000 errors: "
-          f"{len(r.content):,}-byte answer")
+    print(f"\n{len(json.dumps({'spec': features})):,}-byte body with 150,000 errors: {len(r.content):,}-byte answer")
     assert len(r.content) < 16_000 and len(detail) == 21
     assert detail[0]["field"] == "spec.features.0"
     assert "149,980 more" in detail[-1]["msg"]

@@ -26,8 +26,9 @@ HARVEST = {"kind": "harvest", "max_tokens": 4096}
 @contextlib.contextmanager
 def _api(settings: ApiSettings):
     """The real app under uvicorn on a loopback port, in a thread."""
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(),
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -55,10 +56,16 @@ def _through_restart(srv, down_s: float, call):
 def test_api_waits_through_a_redis_restart_and_answers_503_past_it(tmp_path, s3_srv):
     key = new_key()[1]
     with redis_server(appendonly=True, log_dir=tmp_path) as srv:
-        settings = ApiSettings(redis_url=srv.url, redis_retry_s=3, store=f"s3://{s3_srv.bucket}",
-                               s3_endpoint=s3_srv.endpoint, s3_access_key=s3_srv.access_key,
-                               s3_secret_key=s3_srv.secret_key, bootstrap_admin_key=key,
-                               signing_key=secrets.token_hex(32))
+        settings = ApiSettings(
+            redis_url=srv.url,
+            redis_retry_s=3,
+            store=f"s3://{s3_srv.bucket}",
+            s3_endpoint=s3_srv.endpoint,
+            s3_access_key=s3_srv.access_key,
+            s3_secret_key=s3_srv.secret_key,
+            bootstrap_admin_key=key,
+            signing_key=secrets.token_hex(32),
+        )
         with _api(settings) as url, Client(url, api_key=key, timeout=30) as client:
             job = client.submit(HARVEST)
 

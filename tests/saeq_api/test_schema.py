@@ -4,13 +4,16 @@ and S3 with no worker: no 5xx, and every response matches the schema the API pub
 from __future__ import annotations
 
 import schemathesis
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
-from hypothesis import HealthCheck, given, settings
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from saeq_api.main import create_app
-
 
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
 LIVE = {"/v1/steer", "/v1/chat/completions", "/v1/labels/search"}

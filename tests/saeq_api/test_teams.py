@@ -72,8 +72,9 @@ def test_a_team_cannot_see_or_touch_another_teams_jobs(api):
 
 def test_a_team_cannot_harvest_another_teams_upload(api):
     a, b = api.key_for("team-a"), api.key_for("team-b")
-    up = api.post("/v1/uploads", files={"file": ("c.txt", io.BytesIO(b"one doc\n\nanother doc\n"), "text/plain")},
-                  headers=b).json()
+    up = api.post(
+        "/v1/uploads", files={"file": ("c.txt", io.BytesIO(b"one doc\n\nanother doc\n"), "text/plain")}, headers=b
+    ).json()
     spec = {"kind": "harvest", "max_tokens": 4096, "corpus": {"source": "upload", "upload_id": up["upload_id"]}}
     r = submit(api, a, spec=spec)
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "spec.corpus.upload_id"
@@ -85,8 +86,11 @@ def test_a_team_cannot_browse_or_steer_with_another_teams_saes(api):
     theirs = submit(api, b).json()
     assert api.get("/v1/browser/saes", headers=a).json() == {"saes": []}
     assert api.get(f"/v1/browser/labels/{theirs['id']}/features", headers=a).status_code == 404
-    r = api.post("/v1/steer", json={"sae": {"job_id": theirs["id"]}, "prompt": "hi",
-                                    "interventions": [{"feature": 0, "value": 1.0}]}, headers=a)
+    r = api.post(
+        "/v1/steer",
+        json={"sae": {"job_id": theirs["id"]}, "prompt": "hi", "interventions": [{"feature": 0, "value": 1.0}]},
+        headers=a,
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "sae.job_id"
     r = api.post("/v1/labels/search", json={"label_job": theirs["id"], "query": "x"}, headers=a)
     assert r.status_code == 422 and "no job" in r.json()["detail"][0]["msg"]
@@ -94,8 +98,12 @@ def test_a_team_cannot_browse_or_steer_with_another_teams_saes(api):
 
 def test_jobs_beyond_the_per_job_quota_are_refused_with_the_reason(api):
     a = api.key_for("small")
-    assert api.put("/v1/admin/teams/small/quota", json={
-        "max_tokens": 10_000, "max_latents": 1000, "max_time_s": 60}).status_code == 200
+    assert (
+        api.put(
+            "/v1/admin/teams/small/quota", json={"max_tokens": 10_000, "max_latents": 1000, "max_time_s": 60}
+        ).status_code
+        == 200
+    )
     r = submit(api, a, spec={"kind": "harvest", "max_tokens": 20_000})
     assert r.status_code == 403
     detail = r.json()["detail"][0]
@@ -103,8 +111,11 @@ def test_jobs_beyond_the_per_job_quota_are_refused_with_the_reason(api):
     r = submit(api, a, time_limit_s=120)
     assert r.status_code == 403 and r.json()["detail"][0]["field"] == "time_limit_s"
     harvest = submit(api, a).json()
-    wide = {"kind": "train", "activations": {"job_id": harvest["id"], "hook": "blocks.14.hook_resid_post"},
-            "total_tokens": 8192}
+    wide = {
+        "kind": "train",
+        "activations": {"job_id": harvest["id"], "hook": "blocks.14.hook_resid_post"},
+        "total_tokens": 8192,
+    }
     r = submit(api, a, spec=wide, depends_on=[harvest["id"]])  # 8 x 576 latents, before the harvest ends
     assert r.status_code == 403 and r.json()["detail"][0]["field"] == "spec.saes.0.expansion_factor"
     assert "4,608 latents" in r.json()["detail"][0]["msg"]
@@ -128,11 +139,17 @@ def test_a_team_runs_max_running_jobs_at_once_highest_priority_first(api):
     api.put("/v1/admin/teams/prio/quota", json={"max_running": 1})
     first = submit(api, a).json()
     low, high, mid = (submit(api, a, priority=p).json() for p in (1, 9, 5))
-    get = lambda job: api.get(f"/v1/jobs/{job['id']}", headers=a).json()  # noqa: E731
+    get = lambda job: api.get(f"/v1/jobs/{job['id']}", headers=a).json()
     assert get(first)["dispatched"] and not any(get(j)["dispatched"] for j in (low, high, mid))
     assert api.get("/v1/me", headers=a).json() | {"quota": None} == {
-        "team": "prio", "role": "member", "key_id": api.get("/v1/me", headers=a).json()["key_id"],
-        "quota": None, "active": 1, "waiting": 3, "stored": 4}
+        "team": "prio",
+        "role": "member",
+        "key_id": api.get("/v1/me", headers=a).json()["key_id"],
+        "quota": None,
+        "active": 1,
+        "waiting": 3,
+        "stored": 4,
+    }
     api.post(f"/v1/jobs/{first['id']}/cancel", headers=a)  # its slot goes to the highest priority
     assert get(high)["dispatched"] and not get(mid)["dispatched"] and not get(low)["dispatched"]
     api.post(f"/v1/jobs/{high['id']}/cancel", headers=a)

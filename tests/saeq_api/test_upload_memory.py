@@ -35,11 +35,21 @@ def api_process(redis_srv, tmp_path):
     url = f"{redis_srv.url.rsplit('/', 1)[0]}/14"
     redis.Redis.from_url(url).flushdb()
     key, port = new_key()[1], free_port()
-    env = {"SAEQ_REDIS_URL": url, "SAEQ_STORE": f"file://{tmp_path / 'store'}", "SAEQ_BOOTSTRAP_ADMIN_KEY": key,
-           "SAEQ_SIGNING_KEY": secrets.token_hex(32), "SAEQ_PUBLIC_URL": f"http://127.0.0.1:{port}",
-           "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    proc = Proc([sys.executable, "-m", "uvicorn", "saeq_api.main:app", "--host", "127.0.0.1", "--port", str(port)],
-                tmp_path / "api.log", cwd=tmp_path, env=env)
+    env = {
+        "SAEQ_REDIS_URL": url,
+        "SAEQ_STORE": f"file://{tmp_path / 'store'}",
+        "SAEQ_BOOTSTRAP_ADMIN_KEY": key,
+        "SAEQ_SIGNING_KEY": secrets.token_hex(32),
+        "SAEQ_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
+    proc = Proc(
+        [sys.executable, "-m", "uvicorn", "saeq_api.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path / "api.log",
+        cwd=tmp_path,
+        env=env,
+    )
 
     def ready() -> bool:
         try:
@@ -70,12 +80,15 @@ def test_a_large_upload_does_not_sit_in_the_api_memory(api_process, tmp_path):
 
     t0 = time.monotonic()
     with open(corpus, "rb") as f:
-        r = httpx.post(f"{url}/v1/uploads", files={"file": ("big.jsonl", f, "application/x-ndjson")},
-                       headers=headers, timeout=600)
+        r = httpx.post(
+            f"{url}/v1/uploads", files={"file": ("big.jsonl", f, "application/x-ndjson")}, headers=headers, timeout=600
+        )
     seconds = time.monotonic() - t0
     growth_mib = (_status_kib(proc.pid, "VmHWM") - rss_before) / 1024
-    print(f"\nupload of {size / 1e6:.1f} MB ({n_lines // 1000 * 1000} lines): {r.status_code} in {seconds:.1f} s; "
-          f"API peak RSS {growth_mib:+.1f} MiB over {rss_before / 1024:.0f} MiB (bound {PEAK_GROWTH_BOUND_MIB} MiB)")
+    print(
+        f"\nupload of {size / 1e6:.1f} MB ({n_lines // 1000 * 1000} lines): {r.status_code} in {seconds:.1f} s; "
+        f"API peak RSS {growth_mib:+.1f} MiB over {rss_before / 1024:.0f} MiB (bound {PEAK_GROWTH_BOUND_MIB} MiB)"
+    )
     assert r.status_code == 201, r.text
     up = r.json()
     assert up["size"] == size and up["n_documents"] == n_lines // 1000 * 1000

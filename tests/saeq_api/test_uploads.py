@@ -6,8 +6,8 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from saeq_api.main import create_app
 
+from saeq_api.main import create_app
 from tests.helpers import unprivileged, wait_for
 
 
@@ -62,8 +62,13 @@ def test_team_upload_quota_413_until_an_upload_is_deleted(api, s3_srv):
 
     assert api.delete(f"/v1/uploads/{first.json()['upload_id']}", headers=member).status_code == 204
     assert api.get("/v1/uploads", headers=member).json() == {
-        "uploads": [], "next_cursor": None, "used_bytes": 0, "max_upload_bytes": 100, "n_uploads": 0,
-        "max_uploads": 1000}
+        "uploads": [],
+        "next_cursor": None,
+        "used_bytes": 0,
+        "max_upload_bytes": 100,
+        "n_uploads": 0,
+        "max_uploads": 1000,
+    }
     assert _upload(api, "b.txt", b"y" * 60, member).status_code == 201  # the bytes were freed
 
 
@@ -228,5 +233,10 @@ def test_a_stale_storing_upload_can_be_deleted_and_its_late_bytes_go_too(api, s3
     assert late.status_code in (201, 409), late.text  # 409: its put ended after the delete
     assert store.list(f"uploads/{upload_id}/") == []
     assert _listed(api, member) | {"max_upload_bytes": 0} == {
-        "uploads": [], "next_cursor": None, "used_bytes": 0, "n_uploads": 0, "max_uploads": 1000,
-        "max_upload_bytes": 0}
+        "uploads": [],
+        "next_cursor": None,
+        "used_bytes": 0,
+        "n_uploads": 0,
+        "max_uploads": 1000,
+        "max_upload_bytes": 0,
+    }

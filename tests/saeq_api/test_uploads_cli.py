@@ -15,7 +15,7 @@ def test_uploads_add_list_delete(served, tmp_path):  # noqa: F811
     key = _member_key(url, admin_key, "cli-team")
     corpus = tmp_path / "notes.txt"
     corpus.write_text("First doc.\n\nSecond doc.\n")
-    run = lambda *args: CliRunner().invoke(main, ["--url", url, "--api-key", key, "uploads", *args])  # noqa: E731
+    run = lambda *args: CliRunner().invoke(main, ["--url", url, "--api-key", key, "uploads", *args])
 
     added = run("add", str(corpus))
     assert added.exit_code == 0, added.output

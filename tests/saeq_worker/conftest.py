@@ -14,8 +14,14 @@ HOOK = "blocks.1.hook_resid_post"
 @pytest.fixture(scope="module")
 def harvest_job(client_module, tmp_path_factory):
     model_dir = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), n_layers=3, d_model=64)
-    spec = HarvestSpec(model=ModelSpec(name=str(model_dir)), hooks=[HOOK], max_tokens=24_576,
-                       context_len=64, batch_size=8, shard_tokens=4096)
+    spec = HarvestSpec(
+        model=ModelSpec(name=str(model_dir)),
+        hooks=[HOOK],
+        max_tokens=24_576,
+        context_len=64,
+        batch_size=8,
+        shard_tokens=4096,
+    )
     return client_module.wait(client_module.submit(spec)["id"], timeout=180)
 
 
@@ -29,7 +35,11 @@ def client_module(stack):
 
 @pytest.fixture(scope="module")
 def train_job(client_module, harvest_job):
-    spec = TrainSpec(activations={"job_id": harvest_job["id"], "hook": HOOK},
-                     saes=[SaeConfig(name="topk", d_sae=256, k=8)], batch_size=512,
-                     total_tokens=30_720, validation_tokens=2048)
+    spec = TrainSpec(
+        activations={"job_id": harvest_job["id"], "hook": HOOK},
+        saes=[SaeConfig(name="topk", d_sae=256, k=8)],
+        batch_size=512,
+        total_tokens=30_720,
+        validation_tokens=2048,
+    )
     return client_module.wait(client_module.submit(spec)["id"], timeout=300)

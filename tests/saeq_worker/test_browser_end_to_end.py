@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from saeq.specs import LabelSpec
 
 pytestmark = pytest.mark.integration
@@ -14,9 +15,21 @@ pytestmark = pytest.mark.integration
 
 def test_feature_page_list_and_playground(client_module, train_job, chromium, tmp_path):
     client = client_module
-    label = client.wait(client.submit(LabelSpec(
-        sae={"job_id": train_job["id"]}, index_tokens=4096, n_most_active=6, explainers=[{"backend": "metadata"}],
-        judge=None, scorers=["embedding"], n_explain_examples=4, n_score_examples=4))["id"], timeout=300)
+    label = client.wait(
+        client.submit(
+            LabelSpec(
+                sae={"job_id": train_job["id"]},
+                index_tokens=4096,
+                n_most_active=6,
+                explainers=[{"backend": "metadata"}],
+                judge=None,
+                scorers=["embedding"],
+                n_explain_examples=4,
+                n_score_examples=4,
+            )
+        )["id"],
+        timeout=300,
+    )
     manifest = client.manifest(label["id"])
     assert manifest["browser"]["n_chunks"] == 1  # 256 latents
     record = max(client.labels(label["id"]), key=lambda r: r["max_activation"])

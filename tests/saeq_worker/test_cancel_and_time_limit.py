@@ -7,9 +7,9 @@ import signal
 import time
 
 import pytest
+
 from saeq import keys
 from saeq.specs import HarvestSpec, ModelSpec
-
 from tests.helpers import wait_for
 from tests.tiny_model import save_tiny_llama
 
@@ -23,19 +23,30 @@ def tiny_model_dir(tmp_path_factory):
 
 def _long(model_dir, **kw) -> HarvestSpec:
     """A harvest of the tiny model that runs for minutes unless stopped."""
-    return HarvestSpec(model=ModelSpec(name=str(model_dir)), hooks=["blocks.0.hook_resid_post"],
-                       max_tokens=1_000_000, context_len=64, batch_size=2, shard_tokens=4096, **kw)
+    return HarvestSpec(
+        model=ModelSpec(name=str(model_dir)),
+        hooks=["blocks.0.hook_resid_post"],
+        max_tokens=1_000_000,
+        context_len=64,
+        batch_size=2,
+        shard_tokens=4096,
+        **kw,
+    )
 
 
 def _short(model_dir) -> HarvestSpec:
-    return HarvestSpec(model=ModelSpec(name=str(model_dir)), hooks=["blocks.0.hook_resid_post"],
-                       max_tokens=512, context_len=64, shard_tokens=512)
+    return HarvestSpec(
+        model=ModelSpec(name=str(model_dir)),
+        hooks=["blocks.0.hook_resid_post"],
+        max_tokens=512,
+        context_len=64,
+        shard_tokens=512,
+    )
 
 
 def test_cancel_in_every_state(stack, client, tiny_model_dir):
     running = client.submit(_long(tiny_model_dir))
-    wait_for(lambda: client.get(running["id"])["progress"]["figures"].get("tokens", 0) > 0, 120,
-              "the harvest to run")
+    wait_for(lambda: client.get(running["id"])["progress"]["figures"].get("tokens", 0) > 0, 120, "the harvest to run")
     # The one worker is busy: this one is sent to the queue, and no worker claims it.
     sent = client.submit(_short(tiny_model_dir))
     waiting = client.submit(_short(tiny_model_dir), depends_on=[running["id"]])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from saeq.client.client import Client
 from saeq.specs import HarvestSpec, ModelSpec
-
 from tests.fixtures_stack import make_stack
 from tests.helpers import wait_for
 from tests.servers import s3_server
@@ -56,13 +56,24 @@ def lab(two_workers) -> Client:
 
 def _big(model_dir) -> HarvestSpec:
     """Batches of 256 contexts x 256 tokens: 65,536 tokens, the most a team's quota allows."""
-    return HarvestSpec(model=ModelSpec(name=str(model_dir)), hooks=["blocks.1.hook_resid_post"],
-                       max_tokens=4 * 65_536, context_len=256, batch_size=256, shard_tokens=65_536)
+    return HarvestSpec(
+        model=ModelSpec(name=str(model_dir)),
+        hooks=["blocks.1.hook_resid_post"],
+        max_tokens=4 * 65_536,
+        context_len=256,
+        batch_size=256,
+        shard_tokens=65_536,
+    )
 
 
 def _short(model_dir) -> HarvestSpec:
-    return HarvestSpec(model=ModelSpec(name=str(model_dir)), hooks=["blocks.1.hook_resid_post"],
-                       max_tokens=512, context_len=64, shard_tokens=512)
+    return HarvestSpec(
+        model=ModelSpec(name=str(model_dir)),
+        hooks=["blocks.1.hook_resid_post"],
+        max_tokens=512,
+        context_len=64,
+        shard_tokens=512,
+    )
 
 
 def _phase_time(client: Client, job_id: str, phase: str) -> float:
@@ -95,8 +106,10 @@ def test_a_time_limit_stops_a_big_batch_within_seconds(lab, model_dir):
     done = lab.wait(job["id"], timeout=120, raise_on_failure=False)
     after = lab.wait(nxt["id"], timeout=120)
     ran_s = done["finished_at"] - done["started_at"]
-    print(f"\ntime_limit_s=5: ended {ran_s:.1f} s after it started, next job started "
-          f"{after['started_at'] - done['started_at']:.1f} s after it")
+    print(
+        f"\ntime_limit_s=5: ended {ran_s:.1f} s after it started, next job started "
+        f"{after['started_at'] - done['started_at']:.1f} s after it"
+    )
     assert (done["state"], done["error"]["code"]) == ("failed", "time_limit"), done["error"]
     assert "did not stop it" not in done["error"]["message"]  # its worker stopped it, mid-batch
     assert done["progress"]["figures"].get("tokens", 0) == 0
@@ -123,9 +136,11 @@ def test_a_job_held_past_its_time_limit_keeps_its_slot_until_its_worker_lets_go(
         flaky_s3.resume()
     after = lab.wait(nxt["id"], timeout=120)
     released_at = _phase_time(lab, held["id"], "released")
-    print(f"\nheld job: failed {ended['finished_at'] - ended['started_at']:.1f} s after it started, "
-          f"released {released_at - ended['started_at']:.1f} s; next job started "
-          f"{after['started_at'] - released_at:.1f} s after the release")
+    print(
+        f"\nheld job: failed {ended['finished_at'] - ended['started_at']:.1f} s after it started, "
+        f"released {released_at - ended['started_at']:.1f} s; next job started "
+        f"{after['started_at'] - released_at:.1f} s after the release"
+    )
     # The running intervals (claim to let-go) of the team's two jobs never overlap.
     assert resumed_at <= released_at <= after["started_at"]
     assert lab.get(held["id"])["error"] == ended["error"]  # the worker's let-go changed no record

@@ -41,14 +41,25 @@ def _stack(tmp_path, s3_srv, *, workers: int):
 
 
 def _harvest(model_dir, max_tokens: int = 16_384) -> HarvestSpec:
-    return HarvestSpec(model=ModelSpec(name=str(model_dir)), hooks=[HOOK], max_tokens=max_tokens,
-                       context_len=64, batch_size=4, shard_tokens=512)
+    return HarvestSpec(
+        model=ModelSpec(name=str(model_dir)),
+        hooks=[HOOK],
+        max_tokens=max_tokens,
+        context_len=64,
+        batch_size=4,
+        shard_tokens=512,
+    )
 
 
 def _train(harvest_id: str) -> TrainSpec:
-    return TrainSpec(activations={"job_id": harvest_id, "hook": HOOK},
-                     saes=[SaeConfig(name="topk", d_sae=64, k=4)], batch_size=256, total_tokens=32_768,
-                     validation_tokens=512, checkpoint_every_tokens=4096)
+    return TrainSpec(
+        activations={"job_id": harvest_id, "hook": HOOK},
+        saes=[SaeConfig(name="topk", d_sae=64, k=4)],
+        batch_size=256,
+        total_tokens=32_768,
+        validation_tokens=512,
+        checkpoint_every_tokens=4096,
+    )
 
 
 def _worker_of(stack, job: dict) -> str | None:
@@ -110,8 +121,9 @@ def test_chaos_kills_and_a_redis_restart_lose_no_job_and_tear_no_artifact(tmp_pa
     t0 = time.monotonic()
     with _stack(tmp_path, s3_srv, workers=2) as (stack, redis_srv, client):
         harvests = [client.submit(_harvest(tiny_model_dir), name=f"harvest {i}") for i in range(10)]
-        trains = [client.submit(_train(h["id"]), depends_on=[h["id"]], name=f"train {i}")
-                  for i, h in enumerate(harvests)]
+        trains = [
+            client.submit(_train(h["id"]), depends_on=[h["id"]], name=f"train {i}") for i, h in enumerate(harvests)
+        ]
         jobs = harvests + trains
 
         # Five SIGKILLs of a whole worker process group, each worker started again at once: three
@@ -139,9 +151,11 @@ def test_chaos_kills_and_a_redis_restart_lose_no_job_and_tear_no_artifact(tmp_pa
         final = {j["id"]: client.get(j["id"]) for j in jobs}
         for job in final.values():
             phases = [e["phase"] for e in client.events(job["id"])]
-            print(f"{job['name']:>9} {job['state']:>9} attempts={job['attempts']} "
-                  f"{(job['error'] or {}).get('code', '')} requeued={phases.count('requeued')} "
-                  f"redispatched={phases.count('redispatched')} resumed={phases.count('resumed')}")
+            print(
+                f"{job['name']:>9} {job['state']:>9} attempts={job['attempts']} "
+                f"{(job['error'] or {}).get('code', '')} requeued={phases.count('requeued')} "
+                f"redispatched={phases.count('redispatched')} resumed={phases.count('resumed')}"
+            )
         print(f"all ended after {time.monotonic() - t0:.0f} s")
         assert not pending, f"stuck: {[final[i] for i in pending]}"
 

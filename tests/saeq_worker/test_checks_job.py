@@ -16,17 +16,31 @@ pytestmark = pytest.mark.integration
 
 
 def _checks(label_job: str | None, judge: dict) -> dict:
-    return {"label_job": label_job, "n_docs": 96, "context_len": 32,
-            "specificity": {"judge": judge, "max_features": 4, "n_zero": 2, "n_bins": 2, "n_per_bin": 2},
-            "sensitivity": {"n_pairs": 16, "max_doc_share": 0.25},
-            "probing": {"ks": [1, 5], "min_per_class": 6}}
+    return {
+        "label_job": label_job,
+        "n_docs": 96,
+        "context_len": 32,
+        "specificity": {"judge": judge, "max_features": 4, "n_zero": 2, "n_bins": 2, "n_per_bin": 2},
+        "sensitivity": {"n_pairs": 16, "max_doc_share": 0.25},
+        "probing": {"ks": [1, 5], "min_per_class": 6},
+    }
 
 
 def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job, train_job, tmp_path):
     client = client_module
-    label = client.submit(LabelSpec(sae={"job_id": train_job["id"]}, index_tokens=4096, n_most_active=6,
-                                    explainers=[{"backend": "metadata"}], judge=None, scorers=["embedding"],
-                                    n_explain_examples=4, n_score_examples=4, browser=False))
+    label = client.submit(
+        LabelSpec(
+            sae={"job_id": train_job["id"]},
+            index_tokens=4096,
+            n_most_active=6,
+            explainers=[{"backend": "metadata"}],
+            judge=None,
+            scorers=["embedding"],
+            n_explain_examples=4,
+            n_score_examples=4,
+            browser=False,
+        )
+    )
     label = client.wait(label["id"], timeout=300)
     assert client.manifest(label["id"])["browser"] is None  # no pages asked for: none written
     r = client.http.get(f"/v1/browser/labels/{label['id']}/features")
@@ -54,26 +68,51 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     assert "## Checks" in page and "![completeness_0.png](completeness_0.png)" in page
     assert files["completeness_0.png"].read_bytes().startswith(b"\x89PNG")
 
-    cli = subprocess.run([sys.executable, "-m", "saeq.client.cli", "--url", client.url, "--api-key", client.api_key,
-                          "report", done["id"]],
-                         capture_output=True, text=True, timeout=60)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saeq.client.cli",
+            "--url",
+            client.url,
+            "--api-key",
+            client.api_key,
+            "report",
+            done["id"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cli.returncode == 0, cli.stderr
     assert "specificity (local:" in cli.stdout and "completeness, chemical elements:" in cli.stdout
     assert "sensitivity en->fr (16 article pairs" in cli.stdout and "sparse probing" in cli.stdout
 
 
-def test_a_label_job_of_another_kind_sae_or_unfinished_is_refused_at_submit(client_module, train_job, harvest_job,
-                                                                          tmp_path):
+def test_a_label_job_of_another_kind_sae_or_unfinished_is_refused_at_submit(
+    client_module, train_job, harvest_job, tmp_path
+):
     client = client_module
-    label = client.submit(LabelSpec(sae={"job_id": train_job["id"]}, explainers=[{"backend": "metadata"}],
-                                    judge=None, scorers=["embedding"], index_tokens=2048))
-    cases = [(harvest_job["id"], [], "not a label job"),
-             (label["id"], [], "list it in depends_on"),
-             (label["id"], [label["id"]], None)]
+    label = client.submit(
+        LabelSpec(
+            sae={"job_id": train_job["id"]},
+            explainers=[{"backend": "metadata"}],
+            judge=None,
+            scorers=["embedding"],
+            index_tokens=2048,
+        )
+    )
+    cases = [
+        (harvest_job["id"], [], "not a label job"),
+        (label["id"], [], "list it in depends_on"),
+        (label["id"], [label["id"]], None),
+    ]
     for label_job, depends_on, refusal in cases:
-        spec = EvaluateSpec(sae={"job_id": train_job["id"]}, max_tokens=512,
-                            checks={"label_job": label_job, "sensitivity": None, "completeness": None,
-                                    "probing": None})
+        spec = EvaluateSpec(
+            sae={"job_id": train_job["id"]},
+            max_tokens=512,
+            checks={"label_job": label_job, "sensitivity": None, "completeness": None, "probing": None},
+        )
         if refusal is None:
             client.cancel(client.submit(spec, depends_on=depends_on)["id"])
             continue
@@ -81,18 +120,22 @@ def test_a_label_job_of_another_kind_sae_or_unfinished_is_refused_at_submit(clie
             client.submit(spec, depends_on=depends_on)
         assert e.value.status == 422 and "spec.checks.label_job" in str(e.value) and refusal in str(e.value)
     # Paths under the stack's local-path root (pytest's temporary root), so only the label job is wrong.
-    other_sae = EvaluateSpec(sae={"source": "path", "path": str(tmp_path / "sae")},
-                             model={"name": str(tmp_path / "model")}, hook="blocks.1.hook_resid_post",
-                             corpus={"name": "wiki-en"},
-                             checks={"label_job": label["id"]})
+    other_sae = EvaluateSpec(
+        sae={"source": "path", "path": str(tmp_path / "sae")},
+        model={"name": str(tmp_path / "model")},
+        hook="blocks.1.hook_resid_post",
+        corpus={"name": "wiki-en"},
+        checks={"label_job": label["id"]},
+    )
     with pytest.raises(ApiError) as e:
         client.submit(other_sae, depends_on=[label["id"]])
     assert e.value.status == 422 and "labelled the SAE" in str(e.value)
     client.cancel(label["id"])
 
 
-def test_held_out_text_follows_the_harvests_document_order(s3_srv, train_job, harvest_job, monkeypatch,
-                                                           tmp_path_factory):
+def test_held_out_text_follows_the_harvests_document_order(
+    s3_srv, train_job, harvest_job, monkeypatch, tmp_path_factory
+):
     """Evaluate and label read the documents after those the harvest used, in the harvest's order:
     the harvest's seed, not the job's, or held-out text would overlap the training text."""
     from saeq.platform.store import S3Store

@@ -9,10 +9,10 @@ import time
 import httpx
 import pytest
 import torch
+
 from saeq import keys
 from saeq.ml.shards import read_shard
 from saeq.specs import HarvestSpec, ModelSpec
-
 from tests.helpers import wait_for
 from tests.tiny_model import save_tiny_llama
 
@@ -30,8 +30,14 @@ def _shard(url: str) -> dict[str, torch.Tensor]:
 
 def test_harvest_matches_a_direct_forward_pass(client, tiny_model_dir):
     hooks = ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out"]
-    spec = HarvestSpec(model=ModelSpec(name=str(tiny_model_dir)), hooks=hooks, max_tokens=3000,
-                       context_len=64, batch_size=4, shard_tokens=1024)
+    spec = HarvestSpec(
+        model=ModelSpec(name=str(tiny_model_dir)),
+        hooks=hooks,
+        max_tokens=3000,
+        context_len=64,
+        batch_size=4,
+        shard_tokens=1024,
+    )
     job = client.wait(client.submit(spec)["id"], timeout=180)
     assert job["state"] == "succeeded" and job["attempts"] == 1
     assert job["progress"]["fraction"] == 1.0 and job["progress"]["figures"]["tokens"] == 3008
@@ -61,8 +67,9 @@ def test_harvest_matches_a_direct_forward_pass(client, tiny_model_dir):
         out = model(ids_BT, output_hidden_states=True)
     torch.testing.assert_close(shard[hooks[0]]["acts"], out.hidden_states[2].reshape(-1, 64), atol=1e-5, rtol=0)
     torch.testing.assert_close(shard[hooks[1]]["acts"], captured["mlp"].reshape(-1, 64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(shard[hooks[0]]["norms"], out.hidden_states[2].reshape(-1, 64).norm(dim=-1),
-                               atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        shard[hooks[0]]["norms"], out.hidden_states[2].reshape(-1, 64).norm(dim=-1), atol=1e-4, rtol=1e-5
+    )
     phases = [e["phase"] for e in client.events(job["id"])]
     assert phases[0] == "queued" and "running" in phases and phases[-1] == "succeeded"
 
@@ -72,12 +79,20 @@ def test_failures_name_the_field(client, tiny_model_dir):
     missing = client.submit(HarvestSpec(model=ModelSpec(name=str(tiny_model_dir / "no-such-model"))))
     deep = client.submit(HarvestSpec(model=ModelSpec(name=str(tiny_model_dir)), hooks=["blocks.7.hook_resid_post"]))
     hub = client.submit(HarvestSpec(model=ModelSpec(name="no-such-org/no-such-model")))
-    dataset = client.submit({"kind": "harvest", "model": {"name": str(tiny_model_dir)}, "hooks": ["blocks.0.hook_resid_post"],
-                             "corpus": {"source": "hf", "dataset": "no-such-org/no-such-dataset"}})
-    for job_id, code, field in [(missing["id"], "not_found", "spec.model.name"),
-                                (deep["id"], "invalid_spec", "spec.hooks[0]"),
-                                (hub["id"], "not_found", "spec.model.name"),
-                                (dataset["id"], "not_found", "spec.corpus.dataset")]:
+    dataset = client.submit(
+        {
+            "kind": "harvest",
+            "model": {"name": str(tiny_model_dir)},
+            "hooks": ["blocks.0.hook_resid_post"],
+            "corpus": {"source": "hf", "dataset": "no-such-org/no-such-dataset"},
+        }
+    )
+    for job_id, code, field in [
+        (missing["id"], "not_found", "spec.model.name"),
+        (deep["id"], "invalid_spec", "spec.hooks[0]"),
+        (hub["id"], "not_found", "spec.model.name"),
+        (dataset["id"], "not_found", "spec.corpus.dataset"),
+    ]:
         job = client.wait(job_id, timeout=120, raise_on_failure=False)
         assert job["state"] == "failed", job
         assert (job["error"]["code"], job["error"]["field"]) == (code, field), job["error"]
@@ -86,13 +101,19 @@ def test_failures_name_the_field(client, tiny_model_dir):
 
 def test_harvest_an_uploaded_corpus(client, tiny_model_dir, tmp_path):
     corpus = tmp_path / "notes.jsonl"
-    corpus.write_text("\n".join(f'{{"text": "Note {i}: the quick brown fox jumps over the lazy dog."}}'
-                                 for i in range(200)))
+    corpus.write_text(
+        "\n".join(f'{{"text": "Note {i}: the quick brown fox jumps over the lazy dog."}}' for i in range(200))
+    )
     upload = client.upload(corpus)
     assert upload["n_documents"] == 200
-    spec = {"kind": "harvest", "model": {"name": str(tiny_model_dir)}, "context_len": 32,
-            "corpus": {"source": "upload", "upload_id": upload["upload_id"]}, "max_tokens": 100_000,
-            "hooks": ["blocks.2.hook_resid_post"]}
+    spec = {
+        "kind": "harvest",
+        "model": {"name": str(tiny_model_dir)},
+        "context_len": 32,
+        "corpus": {"source": "upload", "upload_id": upload["upload_id"]},
+        "max_tokens": 100_000,
+        "hooks": ["blocks.2.hook_resid_post"],
+    }
     job = client.wait(client.submit(spec)["id"], timeout=120)
     manifest = client.manifest(job["id"])
     # The whole corpus, cut into whole contexts: far fewer tokens than the budget.
@@ -117,7 +138,7 @@ def test_cancel_a_running_harvest(client):
 def test_killed_worker_job_continues_without_torn_or_duplicate_shards(stack, client):
     job = client.submit(HarvestSpec(**SLOW))
     hook = "blocks.14.hook_resid_post"
-    arts = lambda: [a["key"] for a in client.artifacts(job["id"])["artifacts"]]  # noqa: E731
+    arts = lambda: [a["key"] for a in client.artifacts(job["id"])["artifacts"]]
     wait_for(lambda: len(arts()) >= 3, 180, "three shards")
     stack.kill("worker")  # SIGKILL, whole process group: no chance to clean up
     written_before = set(arts())
@@ -147,10 +168,12 @@ def test_jobs_survive_an_api_restart(stack, client):
 
 def test_job_fails_as_worker_lost_when_attempts_run_out(tmp_path, redis_srv, s3_srv):
     from saeq.client.client import Client
-
     from tests.fixtures_stack import make_stack
 
-    with make_stack(tmp_path, redis_srv, s3_srv, SAEQ_MAX_ATTEMPTS="1") as st, Client(st.url, api_key=st.admin_key) as c:
+    with (
+        make_stack(tmp_path, redis_srv, s3_srv, SAEQ_MAX_ATTEMPTS="1") as st,
+        Client(st.url, api_key=st.admin_key) as c,
+    ):
         job = c.submit(HarvestSpec(**SLOW))
         wait_for(lambda: c.get(job["id"])["progress"]["figures"].get("tokens", 0) > 0, 120, "harvest to run")
         st.kill("worker")

@@ -69,8 +69,9 @@ def _worker_cwd(pid: int, launch_dir, timeout_s: float = 90) -> str:
 
 
 def _submit(stack, spec: dict) -> httpx.Response:
-    return httpx.post(f"{stack.url}/v1/jobs", json={"spec": spec}, timeout=60,
-                      headers={"Authorization": f"Bearer {stack.admin_key}"})
+    return httpx.post(
+        f"{stack.url}/v1/jobs", json={"spec": spec}, timeout=60, headers={"Authorization": f"Bearer {stack.admin_key}"}
+    )
 
 
 def _assert_failed_without_reading(client, job_id: str, field: str, launch_dir) -> None:
@@ -84,13 +85,21 @@ def _assert_failed_without_reading(client, job_id: str, field: str, launch_dir) 
 
 
 def test_hub_names_never_read_the_workers_directory(stack, client, launch_dir, tiny_model):
-    base = {"kind": "harvest", "hooks": ["blocks.0.hook_resid_post"], "max_tokens": 1024, "context_len": 64,
-            "batch_size": 4, "shard_tokens": 256}
-    dataset = _submit(stack, {**base, "model": {"name": str(tiny_model)},
-                              "corpus": {"source": "hf", "dataset": "secretdir"}})
+    base = {
+        "kind": "harvest",
+        "hooks": ["blocks.0.hook_resid_post"],
+        "max_tokens": 1024,
+        "context_len": 64,
+        "batch_size": 4,
+        "shard_tokens": 256,
+    }
+    dataset = _submit(
+        stack, {**base, "model": {"name": str(tiny_model)}, "corpus": {"source": "hf", "dataset": "secretdir"}}
+    )
     model = _submit(stack, {**base, "model": {"name": "privatemodel"}})
-    builder = _submit(stack, {**base, "model": {"name": str(tiny_model)},
-                              "corpus": {"source": "hf", "dataset": "text"}})  # datasets' reader of local files
+    builder = _submit(
+        stack, {**base, "model": {"name": str(tiny_model)}, "corpus": {"source": "hf", "dataset": "text"}}
+    )  # datasets' reader of local files
     for resp in (dataset, model, builder):
         assert resp.status_code == 201, resp.text
     _assert_failed_without_reading(client, dataset.json()["id"], "spec.corpus.dataset", launch_dir)
@@ -105,10 +114,12 @@ def test_hub_names_never_read_the_workers_directory(stack, client, launch_dir, t
 
 
 def test_file_names_with_a_directory_are_refused_at_submit(stack):
-    for model, field in [({"name": "secretdir", "gguf_file": "../../../etc/passwd"}, "spec.model.gguf_file"),
-                         ({"name": "secretdir", "gguf_file": "../../../etc/passwd.gguf"}, "spec.model.gguf_file"),
-                         ({"name": "/etc\x00/passwd"}, "spec.model.name"),
-                         ({"name": "secretdir/../../etc"}, "spec.model.name")]:
+    for model, field in [
+        ({"name": "secretdir", "gguf_file": "../../../etc/passwd"}, "spec.model.gguf_file"),
+        ({"name": "secretdir", "gguf_file": "../../../etc/passwd.gguf"}, "spec.model.gguf_file"),
+        ({"name": "/etc\x00/passwd"}, "spec.model.name"),
+        ({"name": "secretdir/../../etc"}, "spec.model.name"),
+    ]:
         resp = _submit(stack, {"kind": "harvest", "model": model, "hooks": ["blocks.0.hook_resid_post"]})
         assert resp.status_code == 422, resp.text
         assert [d["field"] for d in resp.json()["detail"]] == [field]

@@ -54,12 +54,22 @@ def stack(tmp_path_factory, redis_srv, s3_srv, hub_cache):
 def test_a_hub_models_weight_map_cannot_make_the_worker_read_another_teams_shard(stack, hub_cache):
     from saeq.client.client import Client
 
-    spec = {"kind": "harvest", "hooks": ["blocks.0.hook_resid_post"], "max_tokens": 256, "context_len": 32,
-            "batch_size": 4, "shard_tokens": 128}
+    spec = {
+        "kind": "harvest",
+        "hooks": ["blocks.0.hook_resid_post"],
+        "max_tokens": 256,
+        "context_len": 32,
+        "batch_size": 4,
+        "shard_tokens": 128,
+    }
     ids = {}
     for name in ("attacker/model", "me/model"):
-        resp = httpx.post(f"{stack.url}/v1/jobs", json={"spec": {**spec, "model": {"name": name}}}, timeout=60,
-                          headers={"Authorization": f"Bearer {stack.admin_key}"})
+        resp = httpx.post(
+            f"{stack.url}/v1/jobs",
+            json={"spec": {**spec, "model": {"name": name}}},
+            timeout=60,
+            headers={"Authorization": f"Bearer {stack.admin_key}"},
+        )
         assert resp.status_code == 201, resp.text
         ids[name] = resp.json()["id"]
     with Client(stack.url, api_key=stack.admin_key, timeout=60) as client:

@@ -28,23 +28,32 @@ def _answer(request: dict) -> str:
 def stack(tmp_path_factory, redis_srv, s3_srv):
     """The module's API and worker, whose deployment allows two LLM endpoints: `tiny` answers
     sensibly, `broken` always fails."""
-    with OpenAIServer(_answer) as tiny, \
-            OpenAIServer(lambda req: (500, {"error": {"message": "GPU fell off the bus"}})) as broken:
+    with (
+        OpenAIServer(_answer) as tiny,
+        OpenAIServer(lambda req: (500, {"error": {"message": "GPU fell off the bus"}})) as broken,
+    ):
         endpoints = {"tiny": {"base_url": tiny.base_url}, "broken": {"base_url": broken.base_url}}
-        with make_stack(tmp_path_factory.mktemp("stack"), redis_srv, s3_srv,
-                        SAEQ_LLM_ENDPOINTS=json.dumps(endpoints)) as st:
+        with make_stack(
+            tmp_path_factory.mktemp("stack"), redis_srv, s3_srv, SAEQ_LLM_ENDPOINTS=json.dumps(endpoints)
+        ) as st:
             yield st
 
 
 def test_train_then_label_with_local_metadata_and_endpoint(client_module, harvest_job, train_job, tmp_path):
     client = client_module
     spec = LabelSpec(
-        sae={"job_id": train_job["id"], "name": "topk"}, index_tokens=4096, n_most_active=6,
-        explainers=[{"backend": "local", "model": harvest_job["spec"]["model"], "max_new_tokens": 6},
-                    {"backend": "metadata"},
-                    {"backend": "openai", "endpoint": "tiny", "model": "judge-model"}],
+        sae={"job_id": train_job["id"], "name": "topk"},
+        index_tokens=4096,
+        n_most_active=6,
+        explainers=[
+            {"backend": "local", "model": harvest_job["spec"]["model"], "max_new_tokens": 6},
+            {"backend": "metadata"},
+            {"backend": "openai", "endpoint": "tiny", "model": "judge-model"},
+        ],
         judge={"backend": "openai", "endpoint": "tiny", "model": "judge-model"},
-        n_explain_examples=4, n_score_examples=4)
+        n_explain_examples=4,
+        n_score_examples=4,
+    )
     done = client.wait(client.submit(spec)["id"], timeout=300)
     manifest = client.manifest(done["id"])
     assert manifest["n_features"] == 6 and manifest["index"]["n_sinks"] > 0
@@ -52,8 +61,11 @@ def test_train_then_label_with_local_metadata_and_endpoint(client_module, harves
     assert [f.name for f in files] == ["labels.jsonl"]
     records = [json.loads(line) for line in files[0].read_text().splitlines()]
     assert len(records) == 6 * 3
-    assert {r["explainer"] for r in records} == {f"local:{harvest_job['spec']['model']['name']}", "metadata",
-                                                 "openai:judge-model"}
+    assert {r["explainer"] for r in records} == {
+        f"local:{harvest_job['spec']['model']['name']}",
+        "metadata",
+        "openai:judge-model",
+    }
     for r in records:
         assert r["label"] and r["description"] and r["judge"] == "openai:judge-model"
         assert set(r["scores"]) == {"detection", "fuzzing", "embedding"}
@@ -73,14 +85,22 @@ def test_train_then_label_with_local_metadata_and_endpoint(client_module, harves
 
 
 def test_a_failing_endpoint_fails_the_job_with_the_reason(client_module, train_job):
-    spec = LabelSpec(sae={"job_id": train_job["id"]}, index_tokens=2048, n_most_active=2,
-                     explainers=[{"backend": "openai", "endpoint": "broken", "model": "m", "max_retries": 0}],
-                     judge=None, scorers=["embedding"], n_explain_examples=2, n_score_examples=2)
+    spec = LabelSpec(
+        sae={"job_id": train_job["id"]},
+        index_tokens=2048,
+        n_most_active=2,
+        explainers=[{"backend": "openai", "endpoint": "broken", "model": "m", "max_retries": 0}],
+        judge=None,
+        scorers=["embedding"],
+        n_explain_examples=2,
+        n_score_examples=2,
+    )
     failed = client_module.wait(client_module.submit(spec)["id"], timeout=300, raise_on_failure=False)
     assert failed["state"] == "failed" and failed["error"]["code"] == "endpoint_error"
     assert "GPU fell off the bus" in failed["error"]["message"] and "500" in failed["error"]["message"]
-    assert not client_module.artifacts(failed["id"])["artifacts"] or \
-        keys.manifest(failed["id"]) not in {a["key"] for a in client_module.artifacts(failed["id"])["artifacts"]}
+    assert not client_module.artifacts(failed["id"])["artifacts"] or keys.manifest(failed["id"]) not in {
+        a["key"] for a in client_module.artifacts(failed["id"])["artifacts"]
+    }
 
 
 def test_bad_label_specs_are_refused_at_submit(client_module, harvest_job):
@@ -104,6 +124,13 @@ def test_only_the_deployments_endpoints_can_be_named(client_module):
     assert [d["field"] for d in e.value.detail] == ["spec.explainers.1.endpoint"]
     assert "'elsewhere'" in str(e.value) and "allowed: broken, tiny" in str(e.value)
     with pytest.raises(ApiError) as e:
-        client_module.submit({"kind": "label", "sae": {"job_id": "0" * 32}, "explainers": [{
-            "backend": "openai", "endpoint": "tiny", "model": "m", "base_url": "http://attacker.example/v1"}]})
+        client_module.submit(
+            {
+                "kind": "label",
+                "sae": {"job_id": "0" * 32},
+                "explainers": [
+                    {"backend": "openai", "endpoint": "tiny", "model": "m", "base_url": "http://attacker.example/v1"}
+                ],
+            }
+        )
     assert e.value.status == 422 and [d["field"] for d in e.value.detail] == ["spec.explainers.0.base_url"]

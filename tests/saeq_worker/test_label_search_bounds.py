@@ -10,16 +10,35 @@ import pytest
 
 from saeq import keys
 from saeq.errors import Cancelled
-from saeq.specs import LabelSearch
 from saeq.platform.store import LocalStore
+from saeq.specs import LabelSearch
 
 
 def _publish_label_job(store: LocalStore, job_id: str, n_labels: int) -> None:
-    lines = [json.dumps({"feature": i, "label": f"topic {i}", "description": f"text about topic {i}",
-                         "explainer": "local", "scores": {"detection": {"auc": 0.5}}}) for i in range(n_labels)]
+    lines = [
+        json.dumps(
+            {
+                "feature": i,
+                "label": f"topic {i}",
+                "description": f"text about topic {i}",
+                "explainer": "local",
+                "scores": {"detection": {"auc": 0.5}},
+            }
+        )
+        for i in range(n_labels)
+    ]
     store.put(keys.labels_file(job_id), ("\n".join(lines) + "\n").encode())
-    store.put(keys.manifest(job_id), json.dumps({"kind": "label", "labels_key": keys.labels_file(job_id),
-                                                 "sae": {"source": "path"}, "hook": "blocks.0.hook_resid_post"}).encode())
+    store.put(
+        keys.manifest(job_id),
+        json.dumps(
+            {
+                "kind": "label",
+                "labels_key": keys.labels_file(job_id),
+                "sae": {"source": "path"},
+                "hook": "blocks.0.hook_resid_post",
+            }
+        ).encode(),
+    )
 
 
 @pytest.fixture
@@ -40,8 +59,8 @@ def test_a_worker_keeps_the_labels_of_a_few_label_jobs_and_says_how_many_it_sear
         out = steer.search_labels(LabelSearch(label_job=job_id, query="topic 3", top=3), store, device="cpu")
         assert (out["labels_searched"], out["labels_total"]) == (5, 7)
         assert out["results"][0]["feature"] == 3
-    assert steer.EMBEDDED_JOBS < len(ids)
-    assert list(steer._EMBEDDED) == ids[-steer.EMBEDDED_JOBS:]  # the least recently searched dropped
+    assert len(ids) > steer.EMBEDDED_JOBS
+    assert list(steer._EMBEDDED) == ids[-steer.EMBEDDED_JOBS :]  # the least recently searched dropped
 
 
 def test_a_cancel_stops_embedding_a_label_job_between_batches(steer, tmp_path, monkeypatch):

@@ -27,14 +27,23 @@ def models(tmp_path_factory):
     """(root, a fast model, a slow one). On 2 idle CPU cores 512 tokens take 2 and about 7 s, on
     busy ones 5 to 20 times longer; 4 tokens of the fast one take 0.03 to 0.3 s."""
     root = tmp_path_factory.mktemp("live-models")
-    return root, save_tiny_llama(root / "fast", n_layers=3, d_model=64), save_tiny_llama(root / "slow", n_layers=8,
-                                                                                         d_model=256)
+    return (
+        root,
+        save_tiny_llama(root / "fast", n_layers=3, d_model=64),
+        save_tiny_llama(root / "slow", n_layers=8, d_model=256),
+    )
 
 
 def _stack(tmp_path_factory, redis_srv, s3_srv, models, timeout_s: float):
     # On the CPU even where a GPU is: the timings below assume a CPU's speed.
-    return make_stack(tmp_path_factory.mktemp("live"), redis_srv, s3_srv, SAEQ_LIVE_TIMEOUT_S=str(timeout_s),
-                      SAEQ_LOCAL_PATH_ROOTS=json.dumps([str(models[0].resolve())]), SAEQ_DEVICE="cpu")
+    return make_stack(
+        tmp_path_factory.mktemp("live"),
+        redis_srv,
+        s3_srv,
+        SAEQ_LIVE_TIMEOUT_S=str(timeout_s),
+        SAEQ_LOCAL_PATH_ROOTS=json.dumps([str(models[0].resolve())]),
+        SAEQ_DEVICE="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +81,7 @@ def warm(http: httpx.Client, model, tries: int = 60) -> None:
 
 def timed_posts(http: httpx.Client, bodies: list[dict], gap_s: float, done: dict, tag: str) -> list[threading.Thread]:
     """Send `bodies` in order, `gap_s` apart, each on its own thread; `done[tag+i]` = (status, finish time)."""
+
     def one(i, b):
         r = http.post("/v1/steer", json=b)
         done[f"{tag}{i}"] = (r.status_code, time.monotonic())
@@ -131,8 +141,14 @@ def test_an_over_long_prompt_gets_422_naming_it(live_stack, models):
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "prompt"
     print(f"\nAPI's bound refused {64 * MAX_CHARS_PER_TOKEN + 1} characters in {time.monotonic() - t0:.3f} s")
 
-    chat = http.post("/v1/chat/completions", json={"model": str(fast), "max_tokens": 4, "messages": [
-        {"role": "system", "content": TEXT * 3}, {"role": "user", "content": TEXT * 3}]})
+    chat = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": str(fast),
+            "max_tokens": 4,
+            "messages": [{"role": "system", "content": TEXT * 3}, {"role": "user", "content": TEXT * 3}],
+        },
+    )
     assert chat.status_code == 422, chat.text
     assert chat.json()["error"]["param"] == "messages" and "live_prompt_tokens" in chat.json()["error"]["message"]
 
@@ -149,8 +165,10 @@ def test_one_request_of_team_b_does_not_wait_behind_all_of_team_a(live_stack, mo
         t.join()
     assert all(status == 200 for status, _ in done.values()), done
     t_b = done["b0"][1]
-    print("\nfinished (s after the first send): " +
-          ", ".join(f"{k} {t - t0:.2f}" for k, (_, t) in sorted(done.items(), key=lambda kv: kv[1][1])))
+    print(
+        "\nfinished (s after the first send): "
+        + ", ".join(f"{k} {t - t0:.2f}" for k, (_, t) in sorted(done.items(), key=lambda kv: kv[1][1]))
+    )
     # B goes ahead of every waiting request of A (A was just served): only A's requests that ended
     # before B arrived, and the one running then, end before it; the 0.5 s of sends spans about
     # one 256-token request on idle cores.
@@ -228,8 +246,9 @@ def test_a_request_that_got_a_504_is_not_computed(tmp_path_factory, redis_srv, s
         assert "live_timeout_s" in r.json()["detail"]  # the 504 names the setting
 
 
-def test_a_team_keeps_its_slot_while_a_worker_computes_a_request_its_caller_left(tmp_path_factory, redis_srv,
-                                                                                   s3_srv, models):
+def test_a_team_keeps_its_slot_while_a_worker_computes_a_request_its_caller_left(
+    tmp_path_factory, redis_srv, s3_srv, models
+):
     """A caller that leaves during a load (which cannot stop halfway) does not free its team's slot:
     with live_concurrency=1 the team's next request is 429 until the worker lets go, while another
     team is served by the other worker; the abandoned request is never generated."""
@@ -253,23 +272,28 @@ def test_a_team_keeps_its_slot_while_a_worker_computes_a_request_its_caller_left
         before = outcomes(st)
         leaving = httpx.Client(base_url=st.url, timeout=3.0, headers=keeper.headers)
         with pytest.raises(httpx.TimeoutException):
-            leaving.post("/v1/steer", json={"model": {"name": str(gguf), "gguf_file": "model.gguf"},
-                                            "prompt": "Hello", "max_new_tokens": 64})
+            leaving.post(
+                "/v1/steer",
+                json={"model": {"name": str(gguf), "gguf_file": "model.gguf"}, "prompt": "Hello", "max_new_tokens": 64},
+            )
         time.sleep(1.0)  # the API notices the disconnect within 0.25 s and cancels
         r = keeper.post("/v1/steer", json=body(fast))
         assert r.status_code == 429, r.text
         assert "live_concurrency" in r.json()["detail"]
         assert served.post("/v1/steer", json=body(fast)).status_code == 200  # another team meanwhile
         computing = outcomes(st)
-        assert not any(computing.get(f"steer|{o}", 0) - before.get(f"steer|{o}", 0)
-                       for o in ("stopped", "skipped", "withdrawn")), "the load ended too soon to tell"
+        assert not any(
+            computing.get(f"steer|{o}", 0) - before.get(f"steer|{o}", 0) for o in ("stopped", "skipped", "withdrawn")
+        ), "the load ended too soon to tell"
         t0, statuses = time.monotonic(), [r.status_code]
         while statuses[-1] == 429 and time.monotonic() - t0 < 300:
             time.sleep(1.0)
             statuses.append(keeper.post("/v1/steer", json=body(fast)).status_code)
         after = {k: v - before.get(k, 0) for k, v in outcomes(st).items()}
-        print(f"\nkeeper's slot was free {time.monotonic() - t0:.1f} s after its caller left "
-              f"({len(statuses) - 1} requests refused with 429); outcomes {after}")
+        print(
+            f"\nkeeper's slot was free {time.monotonic() - t0:.1f} s after its caller left "
+            f"({len(statuses) - 1} requests refused with 429); outcomes {after}"
+        )
         assert statuses[-1] == 200
         # Let go after the load, at the check before generating: stopped, never answered.
         assert after.get("steer|stopped", 0) == 1 and after.get("steer|ok", 0) == 2
@@ -285,10 +309,18 @@ def test_an_edit_that_overflows_float16_answers_null_not_nan(live_stack, models)
         SparseAutoencoder(64, 128, "topk", k=4).save(sae_dir, format="sparsify")
     http = team_http(live_stack, "overflow")
     warm(http, fast)
-    r = http.post("/v1/steer", json={
-        "model": {"name": str(fast), "dtype": "float16"}, "sae": {"source": "path", "path": str(sae_dir)},
-        "hook": "blocks.1.hook_resid_post", "prompt": "Hello there", "chat": False, "max_new_tokens": 4,
-        "interventions": [{"feature": 0, "mode": "add", "value": 1e6}]})
+    r = http.post(
+        "/v1/steer",
+        json={
+            "model": {"name": str(fast), "dtype": "float16"},
+            "sae": {"source": "path", "path": str(sae_dir)},
+            "hook": "blocks.1.hook_resid_post",
+            "prompt": "Hello there",
+            "chat": False,
+            "max_new_tokens": 4,
+            "interventions": [{"feature": 0, "mode": "add", "value": 1e6}],
+        },
+    )
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["kl_from_default"] is None

@@ -25,8 +25,11 @@ from tests.tiny_model import save_tiny_llama
 
 def values(text: str) -> dict[tuple[str, tuple], float]:
     """{(sample name, sorted labels): value} of a scrape."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(scrape: dict, name: str, **labels) -> float:
@@ -35,6 +38,7 @@ def value(scrape: dict, name: str, **labels) -> float:
 
 # ------------------------------------------------------------------------- without a stack
 
+
 class _FakeWorker:
     concurrency = 3
     app = types.SimpleNamespace(amqp=types.SimpleNamespace(queues=types.SimpleNamespace(consume_from={"gpu": 1})))
@@ -42,10 +46,19 @@ class _FakeWorker:
 
 def test_a_child_killed_outright_no_longer_counts_as_running(tmp_path):
     # A child records a running job and dies without worker_process_shutdown (as under the OOM killer).
-    child = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         from saeq_worker.metrics import JobMeter
         JobMeter("harvest", "default").progress({"tokens_per_s": 1000.0})
-        """)], env={**os.environ, metrics.MULTIPROC_ENV: str(tmp_path)}, capture_output=True, text=True)
+        """),
+        ],
+        env={**os.environ, metrics.MULTIPROC_ENV: str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
     assert child.returncode == 0, child.stderr
     assert any(f.name.startswith("gauge_livesum") for f in tmp_path.iterdir())
 
@@ -64,9 +77,11 @@ def test_a_child_killed_outright_no_longer_counts_as_running(tmp_path):
 def test_gpu_memory_and_utilisation_come_from_nvml(monkeypatch):
     mem = types.SimpleNamespace(used=3 << 30, total=80 << 30)
     fake = types.SimpleNamespace(
-        nvmlDeviceGetCount=lambda: 2, nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
         nvmlDeviceGetMemoryInfo=lambda h: mem,
-        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=50 + h))
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=50 + h),
+    )
     monkeypatch.setattr(metrics, "_nvml", lambda: fake)
     used, total, util = metrics.gpu_families()
     assert [(s.labels["gpu"], s.value) for s in used.samples] == [("0", 3 << 30), ("1", 3 << 30)]
@@ -98,12 +113,19 @@ def test_liveness_probe_checks_the_file_age(tmp_path):
 
 # ---------------------------------------------------------------------------- with a stack
 
+
 @pytest.fixture(scope="module")
 def worker_stack(tmp_path_factory, redis_srv, s3_srv):
     home = tmp_path_factory.mktemp("metrics-stack")
     port = free_port()
-    st = make_stack(home, redis_srv, s3_srv, SAEQ_METRICS_PORT=str(port), SAEQ_METRICS_ADDR="127.0.0.1",
-                    SAEQ_HEARTBEAT_FILE=str(home / "alive" / "heartbeat"))
+    st = make_stack(
+        home,
+        redis_srv,
+        s3_srv,
+        SAEQ_METRICS_PORT=str(port),
+        SAEQ_METRICS_ADDR="127.0.0.1",
+        SAEQ_HEARTBEAT_FILE=str(home / "alive" / "heartbeat"),
+    )
     st.opts.worker_concurrency = 2
     with st:
         st.metrics_url = f"http://127.0.0.1:{port}/metrics"
@@ -140,8 +162,14 @@ def test_two_prefork_children_are_counted_by_their_parent(worker_stack, tmp_path
     before = _scrape(worker_stack.metrics_url)
     assert value(before, "saeq_worker_up", queue="gpu") == value(before, "saeq_worker_up", queue="cpu") == 1
     assert value(before, "saeq_worker_pool_processes") == 2
-    spec = HarvestSpec(model=ModelSpec(name=str(model)), hooks=["blocks.0.hook_resid_post"],
-                       max_tokens=8192, context_len=32, batch_size=4, shard_tokens=2048)
+    spec = HarvestSpec(
+        model=ModelSpec(name=str(model)),
+        hooks=["blocks.0.hook_resid_post"],
+        max_tokens=8192,
+        context_len=32,
+        batch_size=4,
+        shard_tokens=2048,
+    )
     with Client(worker_stack.url, api_key=worker_stack.admin_key, timeout=60) as client:
         # Long enough to still be running when the second, short job is handed out.
         first = client.submit(spec.model_copy(update={"max_tokens": 65_536, "shard_tokens": 16_384}))["id"]
@@ -157,7 +185,7 @@ def test_two_prefork_children_are_counted_by_their_parent(worker_stack, tmp_path
     assert len({j["worker"] for j in jobs}) == 2, "the two jobs ran in one process"
 
     after = _scrape(worker_stack.metrics_url)
-    delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
+    delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)
     assert delta("saeq_worker_job_duration_seconds_count", kind="harvest", outcome="succeeded") == 2
     assert delta("saeq_worker_artifact_written_bytes_total", kind="harvest", team="admin") == stored
     run_s = delta("saeq_worker_job_run_seconds_total", kind="harvest", team="admin")

@@ -17,14 +17,31 @@ pytestmark = pytest.mark.integration
 
 def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, train_job, tmp_path):
     # Labels (metadata only: cheap) name the features and give the concept to look for.
-    label = client_module.submit(LabelSpec(sae={"job_id": train_job["id"]}, index_tokens=2048, features=[3],
-                                           min_activating=1, explainers=[{"backend": "metadata"}], judge=None,
-                                           scorers=["embedding"], n_explain_examples=2, n_score_examples=2))
-    spec = SteerSpec(sae={"job_id": train_job["id"]}, label_job=label["id"],
-                     prompts=["The capital of France", "Cats are"], chat=False,
-                     interventions=[{"name": "f3", "edits": [{"feature": 3, "mode": "add", "value": 40.0}]},
-                                    {"name": "scale1", "edits": [{"feature": 3, "mode": "scale", "value": 1.0}]}],
-                     strengths=[0.0, 1.0], max_new_tokens=8)
+    label = client_module.submit(
+        LabelSpec(
+            sae={"job_id": train_job["id"]},
+            index_tokens=2048,
+            features=[3],
+            min_activating=1,
+            explainers=[{"backend": "metadata"}],
+            judge=None,
+            scorers=["embedding"],
+            n_explain_examples=2,
+            n_score_examples=2,
+        )
+    )
+    spec = SteerSpec(
+        sae={"job_id": train_job["id"]},
+        label_job=label["id"],
+        prompts=["The capital of France", "Cats are"],
+        chat=False,
+        interventions=[
+            {"name": "f3", "edits": [{"feature": 3, "mode": "add", "value": 40.0}]},
+            {"name": "scale1", "edits": [{"feature": 3, "mode": "scale", "value": 1.0}]},
+        ],
+        strengths=[0.0, 1.0],
+        max_new_tokens=8,
+    )
     done = client_module.wait(client_module.submit(spec, depends_on=[label["id"]])["id"], timeout=300)
     manifest = client_module.manifest(done["id"])
     concept = client_module.labels(label["id"])[0]["label"]
@@ -45,8 +62,13 @@ def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, 
 
 def test_live_steer_and_its_errors_name_the_field(stack, client_module, train_job):
     with httpx.Client(base_url=stack.url, timeout=120, headers={"Authorization": f"Bearer {stack.admin_key}"}) as http:
-        body = {"sae": {"job_id": train_job["id"]}, "prompt": "Hello", "chat": False, "max_new_tokens": 6,
-                "interventions": [{"feature": 5, "mode": "add", "value": 30.0}]}
+        body = {
+            "sae": {"job_id": train_job["id"]},
+            "prompt": "Hello",
+            "chat": False,
+            "max_new_tokens": 6,
+            "interventions": [{"feature": 5, "mode": "add", "value": 30.0}],
+        }
         r = http.post("/v1/steer", json=body)
         assert r.status_code == 200, r.text
         out = r.json()
@@ -70,18 +92,24 @@ def test_openai_client_gets_a_steered_chat_completion(stack, harvest_job, train_
     plain = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
     assert plain.choices[0].message.role == "assistant" and plain.usage.completion_tokens <= 5
     steering = {"sae": {"job_id": train_job["id"]}, "interventions": [{"feature": 7, "mode": "add", "value": 40.0}]}
-    steered = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
-                                             max_tokens=5, extra_body={"steering": steering})
+    steered = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, extra_body={"steering": steering}
+    )
     assert isinstance(steered.choices[0].message.content, str)
     with pytest.raises(openai.UnprocessableEntityError) as e:
-        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
-                                       extra_body={"steering": {**steering, "interventions": [{"feature": 999}]}})
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=5,
+            extra_body={"steering": {**steering, "interventions": [{"feature": 999}]}},
+        )
     assert "steering.interventions.0.feature: feature 999 is not in 0..255" in str(e.value)  # OpenAI error shape
     assert e.value.body["param"] == "steering.interventions.0.feature"
 
 
 def test_steer_specs_refer_to_train_jobs(client_module, harvest_job):
     with pytest.raises(ApiError) as e:
-        client_module.submit(SteerSpec(sae={"job_id": harvest_job["id"]}, prompts=["x"],
-                                       interventions=[{"edits": [{"feature": 1}]}]))
+        client_module.submit(
+            SteerSpec(sae={"job_id": harvest_job["id"]}, prompts=["x"], interventions=[{"edits": [{"feature": 1}]}])
+        )
     assert e.value.status == 422 and "not a train job" in str(e.value)

@@ -25,16 +25,30 @@ def _refused(resp: httpx.Response) -> dict:
 
 def test_submit_refuses_what_a_succeeded_jobs_output_rules_out(stack, client_module, harvest_job, train_job):
     n_tokens = client_module.manifest(harvest_job["id"])["hooks"][HOOK]["n_tokens"]
-    train = {"kind": "train", "activations": {"job_id": harvest_job["id"], "hook": HOOK},
-             "saes": [{"d_sae": 64, "k": 4}], "batch_size": 512, "total_tokens": 4096}
+    train = {
+        "kind": "train",
+        "activations": {"job_id": harvest_job["id"], "hook": HOOK},
+        "saes": [{"d_sae": 64, "k": 4}],
+        "batch_size": 512,
+        "total_tokens": 4096,
+    }
     d = _refused(_submit(stack, {"spec": {**train, "validation_tokens": n_tokens}}))
     assert d["field"] == "spec.validation_tokens" and f"holds {n_tokens:,} tokens" in d["msg"]
     sae = {"job_id": train_job["id"]}  # its one SAE has d_sae=256
-    d = _refused(_submit(stack, {"spec": {"kind": "label", "sae": sae, "features": [3, 256], "judge": None,
-                                          "scorers": ["embedding"]}}))
+    d = _refused(
+        _submit(
+            stack,
+            {"spec": {"kind": "label", "sae": sae, "features": [3, 256], "judge": None, "scorers": ["embedding"]}},
+        )
+    )
     assert d["field"] == "spec.features.1" and "not in 0..255" in d["msg"]
-    steer = {"kind": "steer", "sae": {**sae, "name": "topk"}, "prompts": ["Hello"], "max_new_tokens": 4,
-             "interventions": [{"edits": [{"feature": 0, "value": 1.0}, {"feature": 300, "value": 1.0}]}]}
+    steer = {
+        "kind": "steer",
+        "sae": {**sae, "name": "topk"},
+        "prompts": ["Hello"],
+        "max_new_tokens": 4,
+        "interventions": [{"edits": [{"feature": 0, "value": 1.0}, {"feature": 300, "value": 1.0}]}],
+    }
     d = _refused(_submit(stack, {"spec": steer}))
     assert d["field"] == "spec.interventions.0.edits.1.feature" and "d_sae=256" in d["msg"]
     assert [j for j in client_module.list() if j["kind"] in ("label", "steer")] == []  # nothing was queued
@@ -53,13 +67,31 @@ def test_the_worker_checks_the_latents_quota_once_the_harvest_tells_d_in(stack, 
     key = created.json()["key"]
     assert admin.put("/v1/admin/teams/narrow/quota", json={"max_latents": 1000}).status_code == 200
     model_dir = save_tiny_llama(tmp_path / "tiny", n_layers=2, d_model=64)
-    harvest = _submit(stack, {"spec": {"kind": "harvest", "model": {"name": str(model_dir)}, "hooks": [HOOK],
-                                       "max_tokens": 4096, "context_len": 64, "batch_size": 8}}, key)
+    harvest = _submit(
+        stack,
+        {
+            "spec": {
+                "kind": "harvest",
+                "model": {"name": str(model_dir)},
+                "hooks": [HOOK],
+                "max_tokens": 4096,
+                "context_len": 64,
+                "batch_size": 8,
+            }
+        },
+        key,
+    )
     assert harvest.status_code == 201, harvest.text[:500]
     h = harvest.json()["id"]
     # Two SAEs of 8 x 64 = 512 latents: each within max_latents=1,000, together 1,024 beyond it.
-    two = {"kind": "train", "activations": {"job_id": h, "hook": HOOK}, "batch_size": 512, "total_tokens": 2048,
-           "validation_tokens": 512, "saes": [{"name": "a", "k": 4}, {"name": "b", "k": 4}]}
+    two = {
+        "kind": "train",
+        "activations": {"job_id": h, "hook": HOOK},
+        "batch_size": 512,
+        "total_tokens": 2048,
+        "validation_tokens": 512,
+        "saes": [{"name": "a", "k": 4}, {"name": "b", "k": 4}],
+    }
     train = _submit(stack, {"spec": two, "depends_on": [h]}, key)
     assert train.status_code == 201, train.text[:500]  # unknown at submit
     failed = client_module.wait(train.json()["id"], timeout=240, raise_on_failure=False)

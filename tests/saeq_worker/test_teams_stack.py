@@ -17,8 +17,12 @@ pytestmark = pytest.mark.integration
 
 
 def saeq_cli(stack, key: str, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "saeq.client.cli", "--url", stack.url, "--api-key", key, *args],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "saeq.client.cli", "--url", stack.url, "--api-key", key, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -31,8 +35,14 @@ def test_cli_keys_quota_and_one_job_at_a_time(stack, tmp_path):
     assert "team lab  role member" in saeq_cli(stack, key, "whoami")
 
     model = save_tiny_llama(tmp_path / "tiny", n_layers=2, d_model=32)
-    spec = HarvestSpec(model=ModelSpec(name=str(model)), hooks=["blocks.0.hook_resid_post"], max_tokens=2048,
-                       context_len=64, batch_size=4, shard_tokens=512)
+    spec = HarvestSpec(
+        model=ModelSpec(name=str(model)),
+        hooks=["blocks.0.hook_resid_post"],
+        max_tokens=2048,
+        context_len=64,
+        batch_size=4,
+        shard_tokens=512,
+    )
     with Client(stack.url, api_key=key, timeout=60) as lab:
         ids = [lab.submit(spec)["id"] for _ in range(3)]
         jobs = [lab.wait(i, timeout=180) for i in ids]
@@ -42,8 +52,9 @@ def test_cli_keys_quota_and_one_job_at_a_time(stack, tmp_path):
         # The admin's own jobs and listings are another team's: the lab key sees none of them.
         assert {j["id"] for j in lab.list()} == set(ids)
 
-    key_id = next(line.split()[0] for line in saeq_cli(stack, stack.admin_key, "keys", "list").splitlines()
-                  if " lab " in line)
+    key_id = next(
+        line.split()[0] for line in saeq_cli(stack, stack.admin_key, "keys", "list").splitlines() if " lab " in line
+    )
     saeq_cli(stack, stack.admin_key, "keys", "revoke", key_id)
     with Client(stack.url, api_key=key) as lab, pytest.raises(ApiError) as e:
         lab.get(ids[0])
@@ -55,8 +66,12 @@ def test_keys_never_reach_the_logs(stack):
         member = admin.create_key("quiet")["key"]
     for key in (member, member[:-1] + ("A" if member[-1] != "A" else "B")):  # a valid and a wrong key
         httpx.get(f"{stack.url}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=10)
-        httpx.post(f"{stack.url}/v1/jobs", json={"spec": {"kind": "nope"}},
-                   headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        httpx.post(
+            f"{stack.url}/v1/jobs",
+            json={"spec": {"kind": "nope"}},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
     logs = "".join(p.read_text(errors="replace") for p in stack.logs.glob("*.log"))
     assert logs, "the stack wrote no logs"
     for secret in (member, stack.admin_key):

@@ -16,10 +16,16 @@ pytestmark = pytest.mark.integration
 
 
 def _train_spec(harvest_id: str, **kw) -> TrainSpec:
-    return TrainSpec(activations={"job_id": harvest_id, "hook": HOOK},
-                     saes=[SaeConfig(name="topk", architecture="topk", d_sae=512, k=8),
-                           SaeConfig(name="relu", architecture="relu", d_sae=256)],
-                     batch_size=512, validation_tokens=2048, **kw)
+    return TrainSpec(
+        activations={"job_id": harvest_id, "hook": HOOK},
+        saes=[
+            SaeConfig(name="topk", architecture="topk", d_sae=512, k=8),
+            SaeConfig(name="relu", architecture="relu", d_sae=256),
+        ],
+        batch_size=512,
+        validation_tokens=2048,
+        **kw,
+    )
 
 
 def _download_saelens(client, train_id: str, name: str, dest) -> torch.nn.Module:
@@ -32,8 +38,9 @@ def _download_saelens(client, train_id: str, name: str, dest) -> torch.nn.Module
 def test_chain_train_then_evaluate(client_module, harvest_job, tmp_path):
     client = client_module
     train = client.submit(_train_spec(harvest_job["id"], total_tokens=60_000))
-    evaluate = client.submit(EvaluateSpec(sae=TrainedSae(job_id=train["id"], name="topk"), max_tokens=2048),
-                             depends_on=[train["id"]])
+    evaluate = client.submit(
+        EvaluateSpec(sae=TrainedSae(job_id=train["id"], name="topk"), max_tokens=2048), depends_on=[train["id"]]
+    )
     assert client.get(evaluate["id"])["state"] == "queued"
     done = client.wait(train["id"], timeout=300)
     figures = done["progress"]["figures"]
@@ -70,8 +77,9 @@ def test_bad_references_are_refused_at_submit(client_module, harvest_job):
     with pytest.raises(ApiError) as e:
         client.submit(EvaluateSpec(sae=TrainedSae(job_id=harvest_job["id"])))
     assert "is a harvest job, not a train job" in str(e.value)
-    running = client.submit(HarvestSpec(model=harvest_job["spec"]["model"], hooks=[HOOK], max_tokens=64,
-                                        context_len=64))
+    running = client.submit(
+        HarvestSpec(model=harvest_job["spec"]["model"], hooks=[HOOK], max_tokens=64, context_len=64)
+    )
     with pytest.raises(ApiError) as e:
         client.submit(_train_spec(running["id"]))
     assert "depends_on" in str(e.value)
@@ -106,8 +114,13 @@ def test_imported_sae_is_evaluated_and_a_wrong_d_in_fails_clearly(client_module,
 
     client = client_module
     model = harvest_job["spec"]["model"]
-    common = {"model": model, "hook": HOOK, "max_tokens": 1024, "sinks": {"exclude": False},
-              "corpus": {"source": "builtin", "name": "wiki-en", "first_doc": 5000}}
+    common = {
+        "model": model,
+        "hook": HOOK,
+        "max_tokens": 1024,
+        "sinks": {"exclude": False},
+        "corpus": {"source": "builtin", "name": "wiki-en", "first_doc": 5000},
+    }
     SparseAutoencoder(64, 256, "topk", k=4).save(tmp_path / "good", format="sparsify")
     SparseAutoencoder(48, 256, "topk", k=4).save(tmp_path / "bad", format="saelens")
     good = client.submit(EvaluateSpec(sae={"source": "path", "path": str(tmp_path / "good")}, **common))

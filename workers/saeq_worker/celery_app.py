@@ -18,8 +18,8 @@ import tempfile
 
 from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 
-from saeq.platform.settings import InsecureSettings
 from saeq.platform.dispatch import make_celery
+from saeq.platform.settings import InsecureSettings
 from saeq_worker import liveness, metrics
 from saeq_worker.settings import WorkerSettings
 
@@ -30,7 +30,7 @@ settings.cache_dir = os.path.abspath(settings.cache_dir)
 if settings.heartbeat_file:
     settings.heartbeat_file = os.path.abspath(settings.heartbeat_file)
 if settings.store.startswith("file://"):
-    settings.store = "file://" + os.path.abspath(settings.store[len("file://"):])
+    settings.store = "file://" + os.path.abspath(settings.store[len("file://") :])
 for _var in ("PROMETHEUS_MULTIPROC_DIR", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE"):
     if os.environ.get(_var):
         os.environ[_var] = os.path.abspath(os.environ[_var])
@@ -58,8 +58,9 @@ def _no_cuda_in_parent(**_):
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         # SystemExit, as above: a RuntimeError would be logged and the worker would start anyway.
-        raise SystemExit("CUDA was initialised in the worker's parent process; forked children "
-                         "would inherit a broken CUDA context")
+        raise SystemExit(
+            "CUDA was initialised in the worker's parent process; forked children would inherit a broken CUDA context"
+        )
 
 
 @worker_init.connect

@@ -4,16 +4,16 @@ feature index, the rating judge the spec names."""
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 from saeq.checks.run import ChecksResult, LabelContext, run_checks
 from saeq.checks.specificity import EmbeddingRater, EndpointRater, LocalRater
-from saeq.platform.settings import LlmEndpoint
-from saeq.ml.corpus import builtin_order
 from saeq.errors import InvalidSpec
+from saeq.ml.corpus import builtin_order
 from saeq.ml.explainers import Explanation, LocalLLM, token_pieces
 from saeq.ml.features import FeatureIndex
 from saeq.ml.scoring import EmbeddingScorer
+from saeq.platform.settings import LlmEndpoint
 from saeq.specs import EvaluateSpec
 from saeq_worker.evaluate import SaeContext
 from saeq_worker.harvest import cached_model
@@ -21,8 +21,9 @@ from saeq_worker.label import _endpoint
 from saeq_worker.running import RunningJob, read_published_manifest
 
 
-def evaluate_checks(job: RunningJob, ctx: SaeContext, lm, sinks, *, cache_dir: str,
-                    llm_endpoints: Mapping[str, LlmEndpoint]) -> ChecksResult:
+def evaluate_checks(
+    job: RunningJob, ctx: SaeContext, lm, sinks, *, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]
+) -> ChecksResult:
     spec: EvaluateSpec = job.spec
     checks = spec.checks
     labelled, all_labels = None, {}
@@ -32,33 +33,51 @@ def evaluate_checks(job: RunningJob, ctx: SaeContext, lm, sinks, *, cache_dir: s
         explainer = explainer or records[0]["explainer"]
         names = sorted({r["explainer"] for r in records})
         if explainer not in names:
-            raise InvalidSpec(f"label job {checks.label_job} has no labels by {explainer!r}; it has {names}",
-                              field="spec.checks.specificity.explainer")
-        all_labels = {r["feature"]: Explanation(r["label"], r["description"])
-                      for r in records if r["explainer"] == explainer}
+            raise InvalidSpec(
+                f"label job {checks.label_job} has no labels by {explainer!r}; it has {names}",
+                field="spec.checks.specificity.explainer",
+            )
+        all_labels = {
+            r["feature"]: Explanation(r["label"], r["description"]) for r in records if r["explainer"] == explainer
+        }
         if checks.specificity is not None:
-            chosen = dict(list(all_labels.items())[:checks.specificity.max_features])
+            chosen = dict(list(all_labels.items())[: checks.specificity.max_features])
             index = FeatureIndex.from_bytes(job.store.get(manifest["index"]["key"]))
-            labelled = LabelContext(chosen, index, token_pieces(lm.tokenizer),
-                                    _rater(checks.specificity.judge, job, lm, cache_dir, llm_endpoints),
-                                    manifest["spec"]["window_before"], manifest["spec"]["window_after"])
+            labelled = LabelContext(
+                chosen,
+                index,
+                token_pieces(lm.tokenizer),
+                _rater(checks.specificity.judge, job, lm, cache_dir, llm_endpoints),
+                manifest["spec"]["window_before"],
+                manifest["spec"]["window_after"],
+            )
     result = run_checks(
-        checks, ctx.sae, lm, ctx.hook, sinks=sinks, training_docs=_training_docs(job.store, ctx),
-        seed=spec.seed, labelled=labelled, all_labels=all_labels, title=ctx.name,
+        checks,
+        ctx.sae,
+        lm,
+        ctx.hook,
+        sinks=sinks,
+        training_docs=_training_docs(job.store, ctx),
+        seed=spec.seed,
+        labelled=labelled,
+        all_labels=all_labels,
+        title=ctx.name,
         should_stop=job.should_stop,
-        on_progress=lambda stage, fraction: job.report(0.5 + 0.5 * fraction, "checks", stage))
+        on_progress=lambda stage, fraction: job.report(0.5 + 0.5 * fraction, "checks", stage),
+    )
     result.doc["label_job"] = checks.label_job
     return result
 
 
 def _label_records(store, label_job: str, ctx: SaeContext) -> tuple[list[dict], dict]:
-    manifest = read_published_manifest(store, label_job, "label", field="spec.checks",
-                                       id_field="spec.checks.label_job")
+    manifest = read_published_manifest(store, label_job, "label", field="spec.checks", id_field="spec.checks.label_job")
     theirs, ours = manifest["sae"], ctx.provenance
     same = all(theirs.get(k) == ours.get(k) for k in ("source", "job_id", "name", "path"))
     if not same:
-        raise InvalidSpec(f"label job {label_job} labelled another SAE ({theirs}), not this one ({ours})",
-                          field="spec.checks.label_job")
+        raise InvalidSpec(
+            f"label job {label_job} labelled another SAE ({theirs}), not this one ({ours})",
+            field="spec.checks.label_job",
+        )
     records = [json.loads(line) for line in store.get(manifest["labels_key"]).decode().splitlines() if line]
     if not records:
         raise InvalidSpec(f"label job {label_job} labelled no feature", field="spec.checks.label_job")
@@ -69,8 +88,9 @@ def _rater(judge, job: RunningJob, lm, cache_dir: str, llm_endpoints: Mapping[st
     if judge.backend == "embedding":
         return EmbeddingRater(EmbeddingScorer(device=str(lm.device)))
     if judge.backend == "openai":
-        return EndpointRater(_endpoint(judge, job.store, "spec.checks.specificity.judge", llm_endpoints),
-                             f"openai:{judge.model}")
+        return EndpointRater(
+            _endpoint(judge, job.store, "spec.checks.specificity.judge", llm_endpoints), f"openai:{judge.model}"
+        )
     return LocalRater(LocalLLM(cached_model(judge.model, job.device, cache_dir)), f"local:{judge.model.name}")
 
 
@@ -85,4 +105,4 @@ def _training_docs(store, ctx: SaeContext) -> set[int]:
         return set()
     order = builtin_order("wiki-en", harvest["spec"]["seed"])
     first = corpus.get("first_doc", 0)
-    return set(order[first:first + corpus["n_docs_used"] + 1])  # +1: the last may be cut short
+    return set(order[first : first + corpus["n_docs_used"] + 1])  # +1: the last may be cut short

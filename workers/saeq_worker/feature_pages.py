@@ -17,13 +17,17 @@ from saeq_worker.running import RunningJob
 N_TOP, N_BINS, PER_BIN, N_EFFECTS = 10, 5, 2, 10
 
 
-def write_feature_pages(job: RunningJob, spec: LabelSpec, index: FeatureIndex, records: list[dict], sae, lm,
-                        decode) -> dict:
+def write_feature_pages(
+    job: RunningJob, spec: LabelSpec, index: FeatureIndex, records: list[dict], sae, lm, decode
+) -> dict:
     """Store the list and the pages; -> what the manifest records of them."""
     store = job.store
     rows = summaries(index, records)
-    store.put(keys.feature_summaries(job.id), json.dumps({"format": PAGES_FORMAT, "features": rows}).encode(),
-              content_type="application/json")
+    store.put(
+        keys.feature_summaries(job.id),
+        json.dumps({"format": PAGES_FORMAT, "features": rows}).encode(),
+        content_type="application/json",
+    )
     unembed = lm.model.get_output_embeddings().weight
     effects = logit_effects(sae, unembed, final_norm_gain(lm.model), top=N_EFFECTS)
     w = {"before": spec.window_before, "after": spec.window_after}
@@ -32,10 +36,28 @@ def write_feature_pages(job: RunningJob, spec: LabelSpec, index: FeatureIndex, r
         pages = []
         for f in range(c * CHUNK, min((c + 1) * CHUNK, index.d_sae)):
             g = torch.Generator().manual_seed(spec.seed * 1_000_003 + f)
-            pages.append(feature_page(index, f, decode, n_top=N_TOP, n_bins=N_BINS, per_bin=PER_BIN,
-                                      effects=effects_of(f, effects, decode), generator=g, **w))
-        store.put(keys.feature_pages(job.id, c), json.dumps({"format": PAGES_FORMAT, "pages": pages}).encode(),
-                  content_type="application/json")
+            pages.append(
+                feature_page(
+                    index,
+                    f,
+                    decode,
+                    n_top=N_TOP,
+                    n_bins=N_BINS,
+                    per_bin=PER_BIN,
+                    effects=effects_of(f, effects, decode),
+                    generator=g,
+                    **w,
+                )
+            )
+        store.put(
+            keys.feature_pages(job.id, c),
+            json.dumps({"format": PAGES_FORMAT, "pages": pages}).encode(),
+            content_type="application/json",
+        )
         job.report(0.95 + 0.05 * (c + 1) / n_chunks(index.d_sae), "pages", f"{c + 1}/{n_chunks(index.d_sae)} chunks")
-    return {"summaries_key": keys.feature_summaries(job.id), "chunk": CHUNK, "n_chunks": n_chunks(index.d_sae),
-            "format": PAGES_FORMAT}
+    return {
+        "summaries_key": keys.feature_summaries(job.id),
+        "chunk": CHUNK,
+        "n_chunks": n_chunks(index.d_sae),
+        "format": PAGES_FORMAT,
+    }

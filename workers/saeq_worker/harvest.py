@@ -10,12 +10,12 @@ from functools import lru_cache
 
 import saeq
 from saeq import keys
-from saeq.ml.corpus import iter_documents
 from saeq.jobs.harvest import harvest_activations
+from saeq.ml.corpus import iter_documents
 from saeq.ml.models import LoadedModel, load_model
 from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
-from saeq.specs import HarvestSpec, ModelSpec
 from saeq.platform.store import AlreadyExists, ObjectStore
+from saeq.specs import HarvestSpec, ModelSpec
 from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.harvest/1"
@@ -46,15 +46,26 @@ def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
 
     def on_batch(tokens_done: int) -> None:
         rate = (tokens_done - tokens_at_start) / max(time.monotonic() - t0, 1e-9)
-        job.report(tokens_done / budget, "harvest", f"{tokens_done:,} of {budget:,} tokens",
-                   tokens=tokens_done, tokens_per_s=rate)
+        job.report(
+            tokens_done / budget,
+            "harvest",
+            f"{tokens_done:,} of {budget:,} tokens",
+            tokens=tokens_done,
+            tokens_per_s=rate,
+        )
 
     docs = iter_documents(spec.corpus, seed=spec.seed, store=store)
     shards = list(done)
-    for shard in harvest_activations(spec, lm, docs, start_shard=start, median_norms=medians,
-                                     should_stop=job.should_stop, on_batch=on_batch):
-        entry = {"index": shard.index, "n_tokens": shard.n_tokens, "hooks": {}, "meta": {},
-                 "doc_ids": set(shard.tensors[spec.hooks[0]]["doc_ids"].unique().tolist())}
+    for shard in harvest_activations(
+        spec, lm, docs, start_shard=start, median_norms=medians, should_stop=job.should_stop, on_batch=on_batch
+    ):
+        entry = {
+            "index": shard.index,
+            "n_tokens": shard.n_tokens,
+            "hooks": {},
+            "meta": {},
+            "doc_ids": set(shard.tensors[spec.hooks[0]]["doc_ids"].unique().tolist()),
+        }
         for hook in spec.hooks:
             data = write_shard_bytes(shard.tensors[hook], shard.metadata(hook))
             key = keys.harvest_shard(job.id, hook, shard.index)
@@ -73,14 +84,23 @@ def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
     if tokens == 0:
         from saeq.errors import InvalidSpec
 
-        raise InvalidSpec("the corpus yielded no complete context; it is empty or shorter than "
-                          f"context_len={spec.context_len} tokens", field="spec.corpus")
+        raise InvalidSpec(
+            "the corpus yielded no complete context; it is empty or shorter than "
+            f"context_len={spec.context_len} tokens",
+            field="spec.corpus",
+        )
     manifest = _manifest(job, spec, lm, shards, tokens)
     key = keys.manifest(job.id)
     store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
     elapsed = time.monotonic() - t0
-    job.report(1.0, "done", f"{tokens:,} tokens in {len(shards)} shards", force=True, tokens=tokens,
-               tokens_per_s=(tokens - tokens_at_start) / max(elapsed, 1e-9))
+    job.report(
+        1.0,
+        "done",
+        f"{tokens:,} tokens in {len(shards)} shards",
+        force=True,
+        tokens=tokens,
+        tokens_per_s=(tokens - tokens_at_start) / max(elapsed, 1e-9),
+    )
     return key
 
 
@@ -113,17 +133,34 @@ def _manifest(job: RunningJob, spec: HarvestSpec, lm: LoadedModel, shards: list[
         n_out = sum(int(m["n_outliers"]) for m in metas)
         median, factor = float(metas[0]["median_norm"]), spec.sink_norm_factor
         hooks[hook] = {
-            "d_model": lm.d_model, "dtype": spec.dtype, "n_tokens": tokens,
+            "d_model": lm.d_model,
+            "dtype": spec.dtype,
+            "n_tokens": tokens,
             "shards": [{"index": s["index"], "n_tokens": s["n_tokens"], **s["hooks"][hook]} for s in shards],
-            "sinks": {"rule": f"position == 0 or norm > {factor:g} x median_norm",
-                      "median_norm": median, "norm_factor": factor, "n_position_zero": n0,
-                      "n_norm_outliers": n_out, "n_sinks": n0 + n_out},
+            "sinks": {
+                "rule": f"position == 0 or norm > {factor:g} x median_norm",
+                "median_norm": median,
+                "norm_factor": factor,
+                "n_position_zero": n0,
+                "n_norm_outliers": n_out,
+                "n_sinks": n0 + n_out,
+            },
         }
     return {
-        "format": MANIFEST_FORMAT, "kind": "harvest", "job_id": job.id, "saeq_version": saeq.__version__,
-        "created_at": time.time(), "spec": spec.model_dump(mode="json"),
-        "model": lm.provenance, "d_model": lm.d_model, "n_layers": lm.n_layers,
+        "format": MANIFEST_FORMAT,
+        "kind": "harvest",
+        "job_id": job.id,
+        "saeq_version": saeq.__version__,
+        "created_at": time.time(),
+        "spec": spec.model_dump(mode="json"),
+        "model": lm.provenance,
+        "d_model": lm.d_model,
+        "n_layers": lm.n_layers,
         "corpus": {**spec.corpus.model_dump(mode="json"), "n_docs_used": len(docs)},
-        "context_len": spec.context_len, "prepend_bos": spec.prepend_bos, "dtype": spec.dtype,
-        "n_tokens": tokens, "n_contexts": tokens // spec.context_len, "hooks": hooks,
+        "context_len": spec.context_len,
+        "prepend_bos": spec.prepend_bos,
+        "dtype": spec.dtype,
+        "n_tokens": tokens,
+        "n_contexts": tokens // spec.context_len,
+        "hooks": hooks,
     }

@@ -7,21 +7,30 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from saeq import keys
-from saeq.platform.admission import resolve_endpoint
-from saeq.platform.settings import LlmEndpoint
-from saeq.ml.corpus import document_info, iter_documents
 from saeq.errors import InvalidSpec
-from saeq.ml.explainers import (PROMPT_VERSION, EndpointExplainer, EndpointJudge, LocalExplainer, LocalJudge,
-                             LocalLLM, MetadataExplainer, token_pieces)
-from saeq.ml.features import FeatureIndex, build_feature_index
 from saeq.jobs.harvest import context_batches
 from saeq.jobs.label import label_features, select_features
+from saeq.ml.corpus import document_info, iter_documents
+from saeq.ml.explainers import (
+    PROMPT_VERSION,
+    EndpointExplainer,
+    EndpointJudge,
+    LocalExplainer,
+    LocalJudge,
+    LocalLLM,
+    MetadataExplainer,
+    token_pieces,
+)
+from saeq.ml.features import FeatureIndex, build_feature_index
 from saeq.ml.llm import ChatEndpoint, ResponseCache
 from saeq.ml.scoring import EmbeddingScorer
-from saeq.specs import EndpointLLM, LabelSpec, LocalLLM as LocalLLMSpec
+from saeq.platform.admission import resolve_endpoint
+from saeq.platform.settings import LlmEndpoint
+from saeq.specs import EndpointLLM, LabelSpec
+from saeq.specs import LocalLLM as LocalLLMSpec
 from saeq_worker.evaluate import sae_context, sink_reference
 from saeq_worker.feature_pages import write_feature_pages
 from saeq_worker.harvest import cached_model
@@ -48,9 +57,11 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         store.put(index_key, index.to_bytes(meta), content_type="application/octet-stream")
     features = select_features(index, spec)
     if not features:
-        raise InvalidSpec(f"no feature fires in {spec.min_activating} or more of the "
-                          f"{index.token_ids_CT.shape[0]} indexed contexts; index more tokens",
-                          field="spec.index_tokens")
+        raise InvalidSpec(
+            f"no feature fires in {spec.min_activating} or more of the "
+            f"{index.token_ids_CT.shape[0]} indexed contexts; index more tokens",
+            field="spec.index_tokens",
+        )
     job.check()
 
     decode = token_pieces(lm.tokenizer)
@@ -64,13 +75,18 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     explainers = []
     for i, e in enumerate(spec.explainers):
         if e.backend == "metadata":
-            explainers.append(MetadataExplainer(
-                lambda ids: document_info(ctx.corpus, ids, store=store), decode))
+            explainers.append(MetadataExplainer(lambda ids: document_info(ctx.corpus, ids, store=store), decode))
         elif e.backend == "local":
             explainers.append(LocalExplainer(local_llm(e), decode, e.max_new_tokens, f"local:{e.model.name}"))
         else:
-            explainers.append(EndpointExplainer(_endpoint(e, store, f"spec.explainers.{i}", llm_endpoints), decode,
-                                                e.max_new_tokens, f"openai:{e.model}"))
+            explainers.append(
+                EndpointExplainer(
+                    _endpoint(e, store, f"spec.explainers.{i}", llm_endpoints),
+                    decode,
+                    e.max_new_tokens,
+                    f"openai:{e.model}",
+                )
+            )
     judge = None
     if spec.judge is not None and spec.judge.backend == "local":
         judge = LocalJudge(local_llm(spec.judge), f"local:{spec.judge.model.name}")
@@ -80,32 +96,57 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
 
     t0 = time.monotonic()
     records = label_features(
-        index, features, spec, explainers=explainers, judge=judge, embedder=embedder, decode=decode,
+        index,
+        features,
+        spec,
+        explainers=explainers,
+        judge=judge,
+        embedder=embedder,
+        decode=decode,
         should_stop=job.should_stop,
-        on_progress=lambda done, total: job.report(0.5 + 0.45 * done / total, "label", f"{done}/{total} features",
-                                                   features_done=done,
-                                                   features_per_min=60 * done / max(time.monotonic() - t0, 1e-9)))
+        on_progress=lambda done, total: job.report(
+            0.5 + 0.45 * done / total,
+            "label",
+            f"{done}/{total} features",
+            features_done=done,
+            features_per_min=60 * done / max(time.monotonic() - t0, 1e-9),
+        ),
+    )
     job.check()
 
     labels_key = keys.labels_file(job.id)
-    store.put(labels_key, "".join(json.dumps(r) + "\n" for r in records).encode(),
-              content_type="application/x-ndjson")
+    store.put(labels_key, "".join(json.dumps(r) + "\n" for r in records).encode(), content_type="application/x-ndjson")
     pages = None
     if spec.browser:
         job.report(0.95, "pages", "feature browser pages")
         pages = write_feature_pages(job, spec, index, records, ctx.sae, lm, decode)
     summary = summarize(records)
-    manifest = {"format": MANIFEST_FORMAT, "kind": "label", "job_id": job.id, "created_at": time.time(),
-                "spec": spec.model_dump(mode="json"), "sae": ctx.provenance, "model": lm.provenance,
-                "hook": ctx.hook, "corpus": _jsonable(ctx.corpus), "prompt_version": PROMPT_VERSION,
-                "sink_rule": None if sinks is None else {"median_norm": sinks.median_norm,
-                                                         "norm_factor": sinks.norm_factor},
-                "index": {"key": index_key, "n_contexts": index.token_ids_CT.shape[0],
-                          "context_len": index.token_ids_CT.shape[1], "n_ordinary_tokens": index.n_ordinary,
-                          "n_sinks": int(index.sinks_CT.sum()), "nnz": index.values.numel()},
-                "labels_key": labels_key, "n_features": len(features), "summary": summary,
-                "browser": pages,
-                "labelling_s": time.monotonic() - t0}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "kind": "label",
+        "job_id": job.id,
+        "created_at": time.time(),
+        "spec": spec.model_dump(mode="json"),
+        "sae": ctx.provenance,
+        "model": lm.provenance,
+        "hook": ctx.hook,
+        "corpus": _jsonable(ctx.corpus),
+        "prompt_version": PROMPT_VERSION,
+        "sink_rule": None if sinks is None else {"median_norm": sinks.median_norm, "norm_factor": sinks.norm_factor},
+        "index": {
+            "key": index_key,
+            "n_contexts": index.token_ids_CT.shape[0],
+            "context_len": index.token_ids_CT.shape[1],
+            "n_ordinary_tokens": index.n_ordinary,
+            "n_sinks": int(index.sinks_CT.sum()),
+            "nnz": index.values.numel(),
+        },
+        "labels_key": labels_key,
+        "n_features": len(features),
+        "summary": summary,
+        "browser": pages,
+        "labelling_s": time.monotonic() - t0,
+    }
     key = keys.manifest(job.id)
     store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
     job.report(1.0, "done", f"{len(features)} features labelled by {len(explainers)} explainer(s)", force=True)
@@ -114,13 +155,25 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
 
 def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureIndex:
     docs = iter_documents(ctx.corpus, seed=ctx.seed(spec.seed), store=job.store)
-    batches = context_batches(docs, lm.tokenizer, context_len=ctx.context_len, max_tokens=spec.index_tokens,
-                              batch_size=spec.batch_size)
+    batches = context_batches(
+        docs, lm.tokenizer, context_len=ctx.context_len, max_tokens=spec.index_tokens, batch_size=spec.batch_size
+    )
     t0 = time.monotonic()
     return build_feature_index(
-        ctx.sae, lm, ctx.hook, batches, sinks=sinks, should_stop=job.should_stop,
-        on_batch=lambda n: job.report(0.5 * n / spec.index_tokens, "index", f"{n:,} tokens", tokens=n,
-                                      tokens_per_s=n / max(time.monotonic() - t0, 1e-9)))
+        ctx.sae,
+        lm,
+        ctx.hook,
+        batches,
+        sinks=sinks,
+        should_stop=job.should_stop,
+        on_batch=lambda n: job.report(
+            0.5 * n / spec.index_tokens,
+            "index",
+            f"{n:,} tokens",
+            tokens=n,
+            tokens_per_s=n / max(time.monotonic() - t0, 1e-9),
+        ),
+    )
 
 
 def _endpoint(e: EndpointLLM, store, field: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> ChatEndpoint:
@@ -130,12 +183,22 @@ def _endpoint(e: EndpointLLM, store, field: str, llm_endpoints: Mapping[str, Llm
     if where.api_key_env:
         key = os.environ.get(where.api_key_env)
         if not key:
-            raise InvalidSpec(f"the worker has no environment variable {where.api_key_env}, which "
-                              f"SAEQ_LLM_ENDPOINTS names as the key of endpoint {e.endpoint!r} (mount the "
-                              "saeq-llm-keys Secret into the worker)", field=f"{field}.endpoint")
-    return ChatEndpoint(where.base_url, e.model, api_key=key, timeout_s=e.timeout_s, max_retries=e.max_retries,
-                        token_budget=e.token_budget, cache=ResponseCache(store),
-                        max_concurrency=e.max_concurrency)
+            raise InvalidSpec(
+                f"the worker has no environment variable {where.api_key_env}, which "
+                f"SAEQ_LLM_ENDPOINTS names as the key of endpoint {e.endpoint!r} (mount the "
+                "saeq-llm-keys Secret into the worker)",
+                field=f"{field}.endpoint",
+            )
+    return ChatEndpoint(
+        where.base_url,
+        e.model,
+        api_key=key,
+        timeout_s=e.timeout_s,
+        max_retries=e.max_retries,
+        token_budget=e.token_budget,
+        cache=ResponseCache(store),
+        max_concurrency=e.max_concurrency,
+    )
 
 
 def summarize(records: list[dict]) -> dict:

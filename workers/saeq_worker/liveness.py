@@ -57,11 +57,11 @@ def is_fresh(path: str, max_age_s: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m saeq_worker.liveness",
-                                     description="Exit 0 while the worker's liveness file is fresh.")
+    parser = argparse.ArgumentParser(
+        prog="python -m saeq_worker.liveness", description="Exit 0 while the worker's liveness file is fresh."
+    )
     parser.add_argument("--max-age", type=float, default=120.0, help="seconds (default 120)")
-    parser.add_argument("--file", default=os.environ.get("SAEQ_HEARTBEAT_FILE"),
-                        help="default: $SAEQ_HEARTBEAT_FILE")
+    parser.add_argument("--file", default=os.environ.get("SAEQ_HEARTBEAT_FILE"), help="default: $SAEQ_HEARTBEAT_FILE")
     args = parser.parse_args(argv)
     if not args.file:
         print("no liveness file: set SAEQ_HEARTBEAT_FILE", file=sys.stderr)

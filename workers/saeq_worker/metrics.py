@@ -18,10 +18,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from saeq.platform.registry import DURATION_BUCKETS_S
 
@@ -33,6 +34,7 @@ _made_dir: str | None = None
 
 
 # ---- in the pool children (and the parent, with the solo pool) ---------------------------------
+
 
 @dataclass(frozen=True)
 class _Metrics:
@@ -50,20 +52,39 @@ def _metrics() -> _Metrics:
     from prometheus_client import Counter, Gauge, Histogram
 
     return _Metrics(
-        jobs_running=Gauge("saeq_worker_jobs_running", "Jobs this worker is running now",
-                           ["kind", "team"], registry=None, multiprocess_mode="livesum"),
-        job_duration=Histogram("saeq_worker_job_duration_seconds",
-                               "Wall time of job attempts run by this worker, by how they ended",
-                               ["kind", "outcome"], buckets=DURATION_BUCKETS_S, registry=None),
-        job_run_seconds=Counter("saeq_worker_job_run_seconds_total",
-                                "Seconds this worker spent running jobs, counted as they run",
-                                ["kind", "team"], registry=None),
-        tokens_per_second=Gauge("saeq_worker_tokens_per_second",
-                                "Tokens per second of the jobs running now (harvest, train)",
-                                ["kind"], registry=None, multiprocess_mode="livesum"),
-        artifact_bytes=Counter("saeq_worker_artifact_written_bytes_total",
-                               "Bytes of artifacts this worker wrote to the object store",
-                               ["kind", "team"], registry=None),
+        jobs_running=Gauge(
+            "saeq_worker_jobs_running",
+            "Jobs this worker is running now",
+            ["kind", "team"],
+            registry=None,
+            multiprocess_mode="livesum",
+        ),
+        job_duration=Histogram(
+            "saeq_worker_job_duration_seconds",
+            "Wall time of job attempts run by this worker, by how they ended",
+            ["kind", "outcome"],
+            buckets=DURATION_BUCKETS_S,
+            registry=None,
+        ),
+        job_run_seconds=Counter(
+            "saeq_worker_job_run_seconds_total",
+            "Seconds this worker spent running jobs, counted as they run",
+            ["kind", "team"],
+            registry=None,
+        ),
+        tokens_per_second=Gauge(
+            "saeq_worker_tokens_per_second",
+            "Tokens per second of the jobs running now (harvest, train)",
+            ["kind"],
+            registry=None,
+            multiprocess_mode="livesum",
+        ),
+        artifact_bytes=Counter(
+            "saeq_worker_artifact_written_bytes_total",
+            "Bytes of artifacts this worker wrote to the object store",
+            ["kind", "team"],
+            registry=None,
+        ),
     )
 
 
@@ -71,7 +92,7 @@ def _safely(what: str, fn: Callable[[], None]) -> None:
     """Metrics never fail a job (a full disk under the multiprocess dir, say)."""
     try:
         fn()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         log.warning("metrics: %s failed: %s", what, e)
 
 
@@ -96,6 +117,7 @@ class JobMeter:
 
     def progress(self, figures: dict[str, Any]) -> None:
         """From every `RunningJob.report`: busy time so far, and tokens/s when the job gives it."""
+
         def update() -> None:
             self._tick()
             rate = figures.get("tokens_per_s")
@@ -110,6 +132,7 @@ class JobMeter:
 
     def finished(self, outcome: str) -> None:
         """`outcome`: succeeded, failed, cancelled, or lease_lost (another worker took it over)."""
+
         def update() -> None:
             m = _metrics()
             self._tick()
@@ -129,8 +152,9 @@ class CountingStore:
 
     def put(self, key, data, *, length=None, content_type="application/octet-stream"):
         self._store.put(key, data, length=length, content_type=content_type)
-        self._on_write(length if length is not None else len(data) if isinstance(data, (bytes, bytearray, memoryview))
-                       else 0)
+        self._on_write(
+            length if length is not None else len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
+        )
 
     def put_file(self, key, path):
         self._store.put_file(key, path)
@@ -142,6 +166,7 @@ class CountingStore:
 
 # ---- in the parent ----------------------------------------------------------------------------
 
+
 def serve(worker, port: int, addr: str) -> None:
     """At `worker_init`: make the multiprocess dir ready (empty), then serve /metrics on `port`.
 
@@ -150,8 +175,10 @@ def serve(worker, port: int, addr: str) -> None:
     global _made_dir
     path = os.environ.get(MULTIPROC_ENV)
     if "prometheus_client" in sys.modules and not path:
-        raise RuntimeError("prometheus_client was imported in the worker's parent before "
-                           f"{MULTIPROC_ENV} was set; pool children's metrics would be lost")
+        raise RuntimeError(
+            "prometheus_client was imported in the worker's parent before "
+            f"{MULTIPROC_ENV} was set; pool children's metrics would be lost"
+        )
     if path:  # given (a Kubernetes emptyDir, say): only our files go, and only at start
         Path(path).mkdir(parents=True, exist_ok=True)
         for f in glob.glob(os.path.join(path, "*.db")):
@@ -202,8 +229,9 @@ class WorkerCollector:
         for queue in sorted(self.worker.app.amqp.queues.consume_from or ()):
             up.add_metric([queue], 1.0)
         yield up
-        yield GaugeMetricFamily("saeq_worker_pool_processes", "Jobs this worker can run at once",
-                                value=float(self.worker.concurrency or 1))
+        yield GaugeMetricFamily(
+            "saeq_worker_pool_processes", "Jobs this worker can run at once", value=float(self.worker.concurrency or 1)
+        )
         yield from gpu_families()
 
 
@@ -232,11 +260,13 @@ def gpu_families():
     when there is no NVIDIA driver, so dashboards and rules name metrics that exist everywhere."""
     from prometheus_client.core import GaugeMetricFamily
 
-    used = GaugeMetricFamily("saeq_worker_gpu_memory_used_bytes", "GPU memory in use (all processes)",
-                             labels=["gpu"])
+    used = GaugeMetricFamily("saeq_worker_gpu_memory_used_bytes", "GPU memory in use (all processes)", labels=["gpu"])
     total = GaugeMetricFamily("saeq_worker_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
-    util = GaugeMetricFamily("saeq_worker_gpu_utilization_ratio",
-                             "Fraction of the last sample period a kernel ran on the GPU", labels=["gpu"])
+    util = GaugeMetricFamily(
+        "saeq_worker_gpu_utilization_ratio",
+        "Fraction of the last sample period a kernel ran on the GPU",
+        labels=["gpu"],
+    )
     for index, mem_used, mem_total, busy in _nvml_readings():
         used.add_metric([str(index)], float(mem_used))
         total.add_metric([str(index)], float(mem_total))
@@ -265,5 +295,5 @@ def _nvml():
 
         pynvml.nvmlInit()
         return pynvml
-    except Exception:  # noqa: BLE001 - ImportError, NVMLError_LibraryNotFound, ...
+    except Exception:
         return None

@@ -9,17 +9,18 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
 from saeq import keys
 from saeq.errors import Cancelled, JobError, OutOfMemory, TimeLimitExceeded
 from saeq.platform.registry import Registry, Send, after_finish, time_limit_message
-from saeq.specs import parse_spec
 from saeq.platform.store import ObjectStore
+from saeq.specs import parse_spec
 from saeq_worker.metrics import CountingStore, JobMeter
 
 log = logging.getLogger("saeq.worker")
@@ -64,8 +65,7 @@ class RunningJob:
         elapsed = time.time() - started  # wall clock: started_at may come from another machine
         return elapsed if elapsed > limit else None
 
-    def report(self, fraction: float, phase: str, message: str = "", *, force: bool = False,
-               **figures: float) -> None:
+    def report(self, fraction: float, phase: str, message: str = "", *, force: bool = False, **figures: float) -> None:
         """Progress for `GET /v1/jobs/{id}`; throttled, so callers may report every batch."""
         self.on_report(figures)
         now = time.monotonic()
@@ -73,8 +73,10 @@ class RunningJob:
             return
         self._last_report = now
         try:
-            self.registry.report(self.id, {"fraction": max(0.0, min(1.0, fraction)), "phase": phase,
-                                           "message": message, "figures": figures})
+            self.registry.report(
+                self.id,
+                {"fraction": max(0.0, min(1.0, fraction)), "phase": phase, "message": message, "figures": figures},
+            )
         except redis.RedisError as e:  # Redis away longer than the registry retries: work on
             log.warning("job %s: progress not recorded: %s", self.id, e)
 
@@ -85,8 +87,9 @@ class RunningJob:
             log.warning("job %s: event %r not recorded: %s", self.id, phase, e)
 
 
-def read_published_manifest(store: ObjectStore, job_id: str, kind: str, *, field: str,
-                            id_field: str | None = None) -> dict:
+def read_published_manifest(
+    store: ObjectStore, job_id: str, kind: str, *, field: str, id_field: str | None = None
+) -> dict:
     """The manifest of a `kind` job whose output this job reads; NotFound while it is unpublished.
     Errors name `id_field`, by default `{field}.job_id`."""
     import json
@@ -97,12 +100,15 @@ def read_published_manifest(store: ObjectStore, job_id: str, kind: str, *, field
     try:
         manifest = json.loads(store.get(keys.manifest(job_id)))
     except MissingObject:
-        raise NotFound(f"{kind} job {job_id} has published no output (it does not exist, or it has "
-                       "not finished: list it in depends_on to wait for it)",
-                       field=id_field or f"{field}.job_id") from None
+        raise NotFound(
+            f"{kind} job {job_id} has published no output (it does not exist, or it has "
+            "not finished: list it in depends_on to wait for it)",
+            field=id_field or f"{field}.job_id",
+        ) from None
     if manifest.get("kind") != kind:
-        raise InvalidSpec(f"job {job_id} is a {manifest.get('kind')} job, not a {kind} job",
-                          field=id_field or f"{field}.job_id")
+        raise InvalidSpec(
+            f"job {job_id} is a {manifest.get('kind')} job, not a {kind} job", field=id_field or f"{field}.job_id"
+        )
     return manifest
 
 
@@ -110,9 +116,18 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_job(registry: Registry, store: ObjectStore, job_id: str, dispatch_id: str, *,
-            body: Callable[[RunningJob], str], send: Send, device: str, heartbeat_s: float,
-            heartbeat_file: str | None = None) -> None:
+def run_job(
+    registry: Registry,
+    store: ObjectStore,
+    job_id: str,
+    dispatch_id: str,
+    *,
+    body: Callable[[RunningJob], str],
+    send: Send,
+    device: str,
+    heartbeat_s: float,
+    heartbeat_file: str | None = None,
+) -> None:
     """Claim the job, run `body` (which returns the manifest key), and record how it ended."""
     claim = registry.claim(job_id, dispatch_id, worker_name())
     deadline = time.monotonic() + registry.lease_ttl_ms / 1000 + 2
@@ -140,10 +155,22 @@ def run_job(registry: Registry, store: ObjectStore, job_id: str, dispatch_id: st
             after_finish(registry, job_id, send)
         return
     meter = JobMeter(record["kind"], record.get("team") or "default")
-    job = RunningJob(job_id, spec, claim.attempt, record, registry, CountingStore(store, meter.wrote), device,
-                     on_report=meter.progress)
-    beat = threading.Thread(target=_heartbeat, args=(job, claim.token, heartbeat_s, heartbeat_file),
-                            daemon=True, name=f"heartbeat-{job_id[:8]}")
+    job = RunningJob(
+        job_id,
+        spec,
+        claim.attempt,
+        record,
+        registry,
+        CountingStore(store, meter.wrote),
+        device,
+        on_report=meter.progress,
+    )
+    beat = threading.Thread(
+        target=_heartbeat,
+        args=(job, claim.token, heartbeat_s, heartbeat_file),
+        daemon=True,
+        name=f"heartbeat-{job_id[:8]}",
+    )
     beat.start()
     state, error, manifest_key = "failed", None, None
     try:

@@ -8,14 +8,14 @@ import json
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 from saeq import keys
 from saeq.errors import InvalidSpec, JobError
 from saeq.jobs.steer import FeatureEdit, chat_prompt, check_edits, generate, side_effects
-from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
 from saeq.platform.store import ObjectStore
+from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
 from saeq_worker.evaluate import SaeContext, sae_context
 from saeq_worker.harvest import cached_model
 from saeq_worker.running import RunningJob, read_published_manifest
@@ -47,21 +47,38 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
     for p_i, prompt in enumerate(spec.prompts):
         ids = _prompt_ids(lm, prompt, spec.chat)
         # job.check between generated tokens: a cancel or a time limit acts within one token.
-        default = generate(lm, ids, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, seed=spec.seed,
-                           check=job.check)
+        default = generate(
+            lm, ids, max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, seed=spec.seed, check=job.check
+        )
         for s_i, steer_set in enumerate(spec.interventions):
             concept = "; ".join(labels[e.feature] for e in steer_set.edits if e.feature in labels)
             for strength in spec.strengths:
                 job.check()
                 edits = _edits(steer_set.edits, strength)
-                steered = generate(lm, ids, max_new_tokens=spec.max_new_tokens, hook=ctx.hook, sae=ctx.sae,
-                                   edits=edits, temperature=spec.temperature, seed=spec.seed, check=job.check)
+                steered = generate(
+                    lm,
+                    ids,
+                    max_new_tokens=spec.max_new_tokens,
+                    hook=ctx.hook,
+                    sae=ctx.sae,
+                    edits=edits,
+                    temperature=spec.temperature,
+                    seed=spec.seed,
+                    check=job.check,
+                )
                 fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits)
-                row = {"prompt_index": p_i, "prompt": prompt, "set": steer_set.name or f"set{s_i}",
-                       "edits": [e.model_dump() for e in steer_set.edits], "strength": strength,
-                       "default": default.text, "steered": steered.text,
-                       "kl_from_default": fx.kl_from_default, "perplexity_unsteered": fx.perplexity_unsteered,
-                       "concept": concept or None}
+                row = {
+                    "prompt_index": p_i,
+                    "prompt": prompt,
+                    "set": steer_set.name or f"set{s_i}",
+                    "edits": [e.model_dump() for e in steer_set.edits],
+                    "strength": strength,
+                    "default": default.text,
+                    "steered": steered.text,
+                    "kl_from_default": fx.kl_from_default,
+                    "perplexity_unsteered": fx.perplexity_unsteered,
+                    "concept": concept or None,
+                }
                 if embedder is not None and concept:
                     sim = embedder.similarity(concept, [default.text, steered.text])
                     row.update(concept_similarity_default=sim[0], concept_similarity_steered=sim[1])
@@ -70,10 +87,19 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
                 job.report(done / total, "steer", f"{done}/{total} completions", completions=done)
     key = keys.report_file(job.id, "completions.jsonl")
     store.put(key, "".join(json.dumps(r) + "\n" for r in rows).encode(), content_type="application/x-ndjson")
-    manifest = {"format": MANIFEST_FORMAT, "kind": "steer", "job_id": job.id, "created_at": time.time(),
-                "spec": spec.model_dump(mode="json"), "sae": ctx.provenance, "model": lm.provenance,
-                "hook": ctx.hook, "completions_key": key, "n_completions": len(rows),
-                "summary": _summary(rows)}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "kind": "steer",
+        "job_id": job.id,
+        "created_at": time.time(),
+        "spec": spec.model_dump(mode="json"),
+        "sae": ctx.provenance,
+        "model": lm.provenance,
+        "hook": ctx.hook,
+        "completions_key": key,
+        "n_completions": len(rows),
+        "summary": _summary(rows),
+    }
     mkey = keys.manifest(job.id)
     store.put(mkey, json.dumps(manifest, indent=1).encode(), content_type="application/json")
     job.report(1.0, "done", f"{len(rows)} steered completions", force=True)
@@ -87,17 +113,22 @@ def _summary(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["set"], r["strength"]), []).append(r)
     out = []
     for (name, strength), rs in groups.items():
-        item = {"set": name, "strength": strength, "n": len(rs),
-                "kl_from_default": sum(r["kl_from_default"] for r in rs) / len(rs),
-                "perplexity_unsteered": sum(r["perplexity_unsteered"] for r in rs) / len(rs)}
+        item = {
+            "set": name,
+            "strength": strength,
+            "n": len(rs),
+            "kl_from_default": sum(r["kl_from_default"] for r in rs) / len(rs),
+            "perplexity_unsteered": sum(r["perplexity_unsteered"] for r in rs) / len(rs),
+        }
         if "concept_similarity_steered" in rs[0]:
             for k in ("concept_similarity_default", "concept_similarity_steered"):
                 item[k] = sum(r[k] for r in rs) / len(rs)
             # How often the concept shows up more than without steering; an unchanged text never
             # counts (the same text embedded twice can differ in the last float bits).
-            item["concept_rate"] = sum(r["steered"] != r["default"] and
-                                       r["concept_similarity_steered"] > r["concept_similarity_default"]
-                                       for r in rs) / len(rs)
+            item["concept_rate"] = sum(
+                r["steered"] != r["default"] and r["concept_similarity_steered"] > r["concept_similarity_default"]
+                for r in rs
+            ) / len(rs)
         out.append(item)
     return out
 
@@ -129,8 +160,15 @@ def _live_context(ref: SteerRequest, store: ObjectStore) -> SaeContext:
     return _LIVE[key]
 
 
-def serve_steer(request: SteerRequest, store: ObjectStore, *, device: str, cache_dir: str,
-                max_prompt_tokens: int | None = None, check: Callable[[], None] | None = None) -> dict:
+def serve_steer(
+    request: SteerRequest,
+    store: ObjectStore,
+    *,
+    device: str,
+    cache_dir: str,
+    max_prompt_tokens: int | None = None,
+    check: Callable[[], None] | None = None,
+) -> dict:
     """One live request: the steered completion and, when asked, the default one beside it.
     `max_prompt_tokens`: the team's cap, counted after the chat template; `check` runs between
     generated tokens and before each load phase, and raises to stop (the caller gave up): a load
@@ -153,21 +191,45 @@ def serve_steer(request: SteerRequest, store: ObjectStore, *, device: str, cache
         ids = _prompt_ids(lm, request.prompt, request.chat)
     if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
         field = "prompt" if request.messages is None else "messages"
-        raise InvalidSpec(f"the {field} is {len(ids)} tokens as the model reads it (chat template included); "
-                          f"this team's live requests may have at most {max_prompt_tokens} (quota "
-                          f"live_prompt_tokens)", field=field)
+        raise InvalidSpec(
+            f"the {field} is {len(ids)} tokens as the model reads it (chat template included); "
+            f"this team's live requests may have at most {max_prompt_tokens} (quota "
+            f"live_prompt_tokens)",
+            field=field,
+        )
     edits = _edits(request.interventions)
-    steered = generate(lm, ids, max_new_tokens=request.max_new_tokens, hook=ctx.hook if ctx else None,
-                       sae=ctx.sae if ctx else None, edits=edits, temperature=request.temperature,
-                       seed=request.seed, check=check)
-    out = {"steered": steered.text, "steered_token_ids": steered.token_ids, "prompt_tokens": len(ids),
-           "sae": ctx.provenance if ctx else None, "hook": ctx.hook if ctx else None, "model": model.name}
+    steered = generate(
+        lm,
+        ids,
+        max_new_tokens=request.max_new_tokens,
+        hook=ctx.hook if ctx else None,
+        sae=ctx.sae if ctx else None,
+        edits=edits,
+        temperature=request.temperature,
+        seed=request.seed,
+        check=check,
+    )
+    out = {
+        "steered": steered.text,
+        "steered_token_ids": steered.token_ids,
+        "prompt_tokens": len(ids),
+        "sae": ctx.provenance if ctx else None,
+        "hook": ctx.hook if ctx else None,
+        "model": model.name,
+    }
     if request.include_default and edits:
-        default = generate(lm, ids, max_new_tokens=request.max_new_tokens, temperature=request.temperature,
-                           seed=request.seed, check=check)
+        default = generate(
+            lm,
+            ids,
+            max_new_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            seed=request.seed,
+            check=check,
+        )
         fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits)
-        out.update(default=default.text, kl_from_default=fx.kl_from_default,
-                   perplexity_unsteered=fx.perplexity_unsteered)
+        out.update(
+            default=default.text, kl_from_default=fx.kl_from_default, perplexity_unsteered=fx.perplexity_unsteered
+        )
     elif request.include_default:
         out.update(default=steered.text, kl_from_default=0.0, perplexity_unsteered=None)
     out["seconds"] = time.monotonic() - t0
@@ -180,9 +242,14 @@ def _finite(out: dict) -> dict:
     a NaN perplexity."""
     bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
-        out.update({k: None for k in bad}, notes=[
-            f"{k} is not a finite number (the steered activations overflowed the model's dtype, or "
-            f"nothing was generated): null" for k in bad])
+        out.update(
+            {k: None for k in bad},
+            notes=[
+                f"{k} is not a finite number (the steered activations overflowed the model's dtype, or "
+                f"nothing was generated): null"
+                for k in bad
+            ],
+        )
     return out
 
 
@@ -197,8 +264,9 @@ EMBED_BATCH = 256
 """Labels embedded between two cancel checks."""
 
 
-def search_labels(search: LabelSearch, store: ObjectStore, *, device: str,
-                  check: Callable[[], None] | None = None) -> dict:
+def search_labels(
+    search: LabelSearch, store: ObjectStore, *, device: str, check: Callable[[], None] | None = None
+) -> dict:
     """Features of a label job ranked by cosine similarity of their label and description to the
     query (MiniLM); each feature once, with its best-matching label. `check` runs before each
     load and between batches of labels embedded, and raises to stop (the caller gave up)."""
@@ -211,20 +279,34 @@ def search_labels(search: LabelSearch, store: ObjectStore, *, device: str,
             _EMBEDDED.popitem(last=False)
     _EMBEDDED.move_to_end(search.label_job)
     records, emb, manifest, n_labels = _EMBEDDED[search.label_job]
-    q = embedder.model.encode([search.query], convert_to_tensor=True, normalize_embeddings=True,
-                               show_progress_bar=False)[0]
+    q = embedder.model.encode(
+        [search.query], convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+    )[0]
     sims = (emb @ q).tolist()
     best: dict[int, tuple[float, dict]] = {}
     for r, sim in zip(records, sims):
         if r["feature"] not in best or sim > best[r["feature"]][0]:
             best[r["feature"]] = (sim, r)
-    ranked = sorted(best.values(), key=lambda t: -t[0])[:search.top]
-    return {"label_job": search.label_job, "query": search.query, "sae": manifest["sae"], "hook": manifest["hook"],
-            "results": [{"feature": r["feature"], "similarity": sim, "label": r["label"],
-                         "description": r["description"], "explainer": r["explainer"],
-                         "detection_auc": (r["scores"].get("detection") or {}).get("auc")}
-                        for sim, r in ranked],
-            "labels_searched": len(records), "labels_total": n_labels}
+    ranked = sorted(best.values(), key=lambda t: -t[0])[: search.top]
+    return {
+        "label_job": search.label_job,
+        "query": search.query,
+        "sae": manifest["sae"],
+        "hook": manifest["hook"],
+        "results": [
+            {
+                "feature": r["feature"],
+                "similarity": sim,
+                "label": r["label"],
+                "description": r["description"],
+                "explainer": r["explainer"],
+                "detection_auc": (r["scores"].get("detection") or {}).get("auc"),
+            }
+            for sim, r in ranked
+        ],
+        "labels_searched": len(records),
+        "labels_total": n_labels,
+    }
 
 
 def _embed_labels(store: ObjectStore, label_job: str, embedder, check: Callable[[], None]) -> tuple:
@@ -238,8 +320,11 @@ def _embed_labels(store: ObjectStore, label_job: str, embedder, check: Callable[
     parts = []
     for i in range(0, len(texts), EMBED_BATCH):
         check()
-        parts.append(embedder.model.encode(texts[i:i + EMBED_BATCH], convert_to_tensor=True,
-                                           normalize_embeddings=True, show_progress_bar=False))
+        parts.append(
+            embedder.model.encode(
+                texts[i : i + EMBED_BATCH], convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+            )
+        )
     model = embedder.model
     emb = torch.cat(parts) if parts else torch.zeros(0, model.get_sentence_embedding_dimension(), device=model.device)
     return records, emb, manifest, len(lines)

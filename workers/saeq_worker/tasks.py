@@ -11,9 +11,9 @@ from functools import lru_cache
 from celery.signals import task_prerun
 
 from saeq.platform.admission import check_admissible, check_local_paths
-from saeq.platform.settings import open_store
 from saeq.platform.dispatch import LIVE_TASK, sender, task_name
 from saeq.platform.registry import Registry
+from saeq.platform.settings import open_store
 from saeq_worker.celery_app import app, settings
 from saeq_worker.running import run_job
 
@@ -23,9 +23,13 @@ log = logging.getLogger("saeq.worker")
 @lru_cache(maxsize=1)
 def _registry() -> Registry:
     # Built lazily in the child process: connections must not cross a fork.
-    return Registry.from_url(settings.redis_url, max_attempts=settings.max_attempts,
-                             lease_ttl_s=settings.lease_ttl_s, retry_s=settings.redis_retry_s,
-                             spec_store=_store())  # large specs live there
+    return Registry.from_url(
+        settings.redis_url,
+        max_attempts=settings.max_attempts,
+        lease_ttl_s=settings.lease_ttl_s,
+        retry_s=settings.redis_retry_s,
+        spec_store=_store(),
+    )  # large specs live there
 
 
 @lru_cache(maxsize=1)
@@ -55,8 +59,17 @@ def _run(job_id: str, dispatch_id: str, body) -> None:
         check_admissible(job.spec, llm_endpoints=settings.llm_endpoints, local_path_roots=settings.local_path_roots)
         return body(job)
 
-    run_job(_registry(), _store(), job_id, dispatch_id, body=admitted_body, send=sender(app),
-            device=_device(), heartbeat_s=settings.heartbeat_s, heartbeat_file=settings.heartbeat_file)
+    run_job(
+        _registry(),
+        _store(),
+        job_id,
+        dispatch_id,
+        body=admitted_body,
+        send=sender(app),
+        device=_device(),
+        heartbeat_s=settings.heartbeat_s,
+        heartbeat_file=settings.heartbeat_file,
+    )
 
 
 @app.task(name=task_name("harvest"))
@@ -77,16 +90,22 @@ def train(job_id: str, dispatch_id: str) -> None:
 def evaluate(job_id: str, dispatch_id: str) -> None:
     from saeq_worker.evaluate import run_evaluate
 
-    _run(job_id, dispatch_id, lambda job: run_evaluate(job, cache_dir=settings.cache_dir,
-                                                       llm_endpoints=settings.llm_endpoints))
+    _run(
+        job_id,
+        dispatch_id,
+        lambda job: run_evaluate(job, cache_dir=settings.cache_dir, llm_endpoints=settings.llm_endpoints),
+    )
 
 
 @app.task(name=task_name("label"))
 def label(job_id: str, dispatch_id: str) -> None:
     from saeq_worker.label import run_label
 
-    _run(job_id, dispatch_id, lambda job: run_label(job, cache_dir=settings.cache_dir,
-                                                    llm_endpoints=settings.llm_endpoints))
+    _run(
+        job_id,
+        dispatch_id,
+        lambda job: run_label(job, cache_dir=settings.cache_dir, llm_endpoints=settings.llm_endpoints),
+    )
 
 
 @app.task(name=task_name("steer"))
@@ -130,8 +149,14 @@ def _serve_live(requests, entry: dict) -> None:
         if op == "steer":
             request = SteerRequest.model_validate(payload)
             check_local_paths(request, settings.local_path_roots)  # before a model or SAE is loaded
-            reply = serve_steer(request, _store(), device=_device(), cache_dir=settings.cache_dir,
-                                max_prompt_tokens=entry["max_prompt_tokens"], check=check)
+            reply = serve_steer(
+                request,
+                _store(),
+                device=_device(),
+                cache_dir=settings.cache_dir,
+                max_prompt_tokens=entry["max_prompt_tokens"],
+                check=check,
+            )
         elif op == "search_labels":
             reply = search_labels(LabelSearch.model_validate(payload), _store(), device=_device(), check=check)
         else:

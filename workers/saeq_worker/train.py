@@ -11,11 +11,11 @@ from pathlib import Path
 
 import saeq
 from saeq import keys
-from saeq.specs.costs import check_quota
 from saeq.errors import InvalidSpec
 from saeq.jobs.train import TrainProgress, TrainState, train_from_harvest
-from saeq.specs import TrainSpec
 from saeq.platform.store import AlreadyExists, ObjectStore
+from saeq.specs import TrainSpec
+from saeq.specs.costs import check_quota
 from saeq_worker.running import RunningJob, read_published_manifest
 
 MANIFEST_FORMAT = "saeq.train/1"
@@ -25,8 +25,9 @@ def read_harvest_manifest(store: ObjectStore, job_id: str, hook: str, *, field: 
     """The published manifest of a harvest, checked to hold `hook`."""
     manifest = read_published_manifest(store, job_id, "harvest", field=field)
     if hook not in manifest["hooks"]:
-        raise InvalidSpec(f"harvest {job_id} has no hook {hook!r}; it has {sorted(manifest['hooks'])}",
-                          field=f"{field}.hook")
+        raise InvalidSpec(
+            f"harvest {job_id} has no hook {hook!r}; it has {sorted(manifest['hooks'])}", field=f"{field}.hook"
+        )
     return manifest
 
 
@@ -56,8 +57,14 @@ def run_train(job: RunningJob) -> str:
     def on_progress(p: TrainProgress) -> None:
         first = next(iter(p.saes.values()))
         figures = {k: first[k] for k in ("loss", "mse", "fvu", "l0", "dead_fraction") if k in first}
-        job.report(p.tokens / p.total_tokens, "train", f"{p.tokens:,} of {p.total_tokens:,} tokens",
-                   tokens=p.tokens, tokens_per_s=p.tokens_per_s, **figures)
+        job.report(
+            p.tokens / p.total_tokens,
+            "train",
+            f"{p.tokens:,} of {p.total_tokens:,} tokens",
+            tokens=p.tokens,
+            tokens_per_s=p.tokens_per_s,
+            **figures,
+        )
 
     def on_checkpoint(state: TrainState) -> None:
         try:
@@ -66,17 +73,29 @@ def run_train(job: RunningJob) -> str:
             pass  # an earlier attempt saved the same state (same data, same arithmetic)
         job.event("checkpoint", f"checkpoint at {state.tokens:,} tokens")
 
-    result = train_from_harvest(spec, harvest, store, device=job.device, resume=resume,
-                                on_progress=on_progress, should_stop=job.should_stop,
-                                on_checkpoint=on_checkpoint)
+    result = train_from_harvest(
+        spec,
+        harvest,
+        store,
+        device=job.device,
+        resume=resume,
+        on_progress=on_progress,
+        should_stop=job.should_stop,
+        on_checkpoint=on_checkpoint,
+    )
     job.check()
     job.report(1.0, "export", "writing SAEs", force=True)
     files = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, sae in result.saes.items():
-            metadata = {"hook_name": spec.activations.hook, "model_name": harvest["model"]["name"],
-                        "context_size": harvest["context_len"], "prepend_bos": harvest["prepend_bos"],
-                        "saeq_job_id": job.id, "harvest_job_id": spec.activations.job_id}
+            metadata = {
+                "hook_name": spec.activations.hook,
+                "model_name": harvest["model"]["name"],
+                "context_size": harvest["context_len"],
+                "prepend_bos": harvest["prepend_bos"],
+                "saeq_job_id": job.id,
+                "harvest_job_id": spec.activations.job_id,
+            }
             for fmt in _formats(sae.architecture):
                 out = Path(tmp, name, fmt)
                 sae.save(out, format=fmt, metadata=metadata)
@@ -89,27 +108,51 @@ def run_train(job: RunningJob) -> str:
                     files.append({"sae": name, "format": fmt, "key": key, "size": path.stat().st_size})
     figures = result.to_dict()
     manifest = {
-        "format": MANIFEST_FORMAT, "kind": "train", "job_id": job.id, "saeq_version": saeq.__version__,
-        "created_at": time.time(), "spec": spec.model_dump(mode="json"),
-        "harvest": {"job_id": spec.activations.job_id, "hook": spec.activations.hook,
-                    "model": harvest["model"], "context_len": harvest["context_len"],
-                    "prepend_bos": harvest["prepend_bos"], "corpus": harvest["corpus"],
-                    "sinks": harvest["hooks"][spec.activations.hook]["sinks"]},
-        "saes": {name: {"d_in": sae.d_in, "d_sae": sae.d_sae, "architecture": sae.architecture,
-                        "saelens": keys.sae_prefix(job.id, name, "saelens"),
-                        "sparsify": (keys.sae_prefix(job.id, name, "sparsify")
-                                     if "sparsify" in _formats(sae.architecture) else None),
-                        "metrics": figures["saes"][name]} for name, sae in result.saes.items()},
-        "result": figures, "files": files,
+        "format": MANIFEST_FORMAT,
+        "kind": "train",
+        "job_id": job.id,
+        "saeq_version": saeq.__version__,
+        "created_at": time.time(),
+        "spec": spec.model_dump(mode="json"),
+        "harvest": {
+            "job_id": spec.activations.job_id,
+            "hook": spec.activations.hook,
+            "model": harvest["model"],
+            "context_len": harvest["context_len"],
+            "prepend_bos": harvest["prepend_bos"],
+            "corpus": harvest["corpus"],
+            "sinks": harvest["hooks"][spec.activations.hook]["sinks"],
+        },
+        "saes": {
+            name: {
+                "d_in": sae.d_in,
+                "d_sae": sae.d_sae,
+                "architecture": sae.architecture,
+                "saelens": keys.sae_prefix(job.id, name, "saelens"),
+                "sparsify": (
+                    keys.sae_prefix(job.id, name, "sparsify") if "sparsify" in _formats(sae.architecture) else None
+                ),
+                "metrics": figures["saes"][name],
+            }
+            for name, sae in result.saes.items()
+        },
+        "result": figures,
+        "files": files,
     }
     key = keys.manifest(job.id)
     store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
     first = next(iter(figures["saes"].values()))
-    job.report(1.0, "done", f"FVU {first['fvu']:.4f}, L0 {first['l0']:.1f}, dead {first['dead_fraction']:.1%}",
-               force=True, fvu=first["fvu"], l0=first["l0"], dead_fraction=first["dead_fraction"],
-               tokens=figures["tokens"])
+    job.report(
+        1.0,
+        "done",
+        f"FVU {first['fvu']:.4f}, L0 {first['l0']:.1f}, dead {first['dead_fraction']:.1%}",
+        force=True,
+        fvu=first["fvu"],
+        l0=first["l0"],
+        dead_fraction=first["dead_fraction"],
+        tokens=figures["tokens"],
+    )
     return key
-
 
 
 def _formats(architecture: str) -> tuple[str, ...]:

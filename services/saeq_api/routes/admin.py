@@ -74,16 +74,24 @@ class Me(BaseModel):
 
 
 def _team(svc, team: str) -> TeamPublic:
-    return TeamPublic(team=team, quota=svc.teams.quota(team), stored=svc.registry.stored_jobs(team),
-                      **svc.registry.usage(team))
+    return TeamPublic(
+        team=team, quota=svc.teams.quota(team), stored=svc.registry.stored_jobs(team), **svc.registry.usage(team)
+    )
 
 
 @router.get("/me", response_model=Me)
 def whoami(svc: Svc, who: Caller) -> Me:
     """The caller's team, role, quota and the team's current use of it."""
     t = _team(svc, who.team)
-    return Me(team=who.team, role=who.role, key_id=who.key_id, quota=t.quota, active=t.active, waiting=t.waiting,
-              stored=t.stored)
+    return Me(
+        team=who.team,
+        role=who.role,
+        key_id=who.key_id,
+        quota=t.quota,
+        active=t.active,
+        waiting=t.waiting,
+        stored=t.stored,
+    )
 
 
 @router.post("/admin/keys", status_code=201, response_model=KeyCreated)
@@ -94,8 +102,7 @@ def create_key(body: KeyCreate, svc: Svc, _: Admin) -> KeyCreated:
 
 
 @router.get("/admin/keys", response_model=list[KeyPublic])
-def list_keys(svc: Svc, _: Admin,
-              team: Annotated[str | None, Query(pattern=TEAM_PATTERN)] = None) -> list[KeyPublic]:
+def list_keys(svc: Svc, _: Admin, team: Annotated[str | None, Query(pattern=TEAM_PATTERN)] = None) -> list[KeyPublic]:
     """Every key's public record (never the key)."""
     return [KeyPublic(**r) for r in svc.teams.keys(team)]
 

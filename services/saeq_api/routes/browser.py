@@ -78,27 +78,43 @@ def list_saes(svc: Svc, who: Caller, limit: Annotated[int, Query(ge=1, le=200)] 
     for job in svc.registry.list(kind="evaluate", state="succeeded", limit=500, team=team):
         m = _manifest(svc, job)
         if m and m["sae"].get("source") == "job":
-            evaluations.setdefault((m["sae"]["job_id"], m["sae"]["name"]), {
-                "job_id": job["id"], "metrics": m["metrics"], "checks": m.get("checks")})
+            evaluations.setdefault(
+                (m["sae"]["job_id"], m["sae"]["name"]),
+                {"job_id": job["id"], "metrics": m["metrics"], "checks": m.get("checks")},
+            )
     for job in svc.registry.list(kind="label", state="succeeded", limit=500, team=team):
         sae = job["spec"]["sae"]
         if sae.get("source", "job") == "job":
             m = _manifest(svc, job)
-            labels.setdefault(sae["job_id"], []).append({
-                "job_id": job["id"], "sae": sae.get("name") or (m or {}).get("sae", {}).get("name"),
-                "n_features": (m or {}).get("n_features"), "browsable": bool(m and m.get("browser"))})
+            labels.setdefault(sae["job_id"], []).append(
+                {
+                    "job_id": job["id"],
+                    "sae": sae.get("name") or (m or {}).get("sae", {}).get("name"),
+                    "n_features": (m or {}).get("n_features"),
+                    "browsable": bool(m and m.get("browser")),
+                }
+            )
     out = []
     for job in svc.registry.list(kind="train", state="succeeded", limit=limit, team=team):
         m = _manifest(svc, job)
         if m is None:
             continue
         for name, info in m["saes"].items():
-            out.append({"train_job": job["id"], "name": name, "job_name": job.get("name"),
-                        "d_in": info["d_in"], "d_sae": info["d_sae"], "architecture": info["architecture"],
-                        "hook": m["harvest"]["hook"], "model": m["harvest"]["model"].get("name"),
-                        "train_metrics": info.get("metrics"),
-                        "evaluation": evaluations.get((job["id"], name)),
-                        "label_jobs": [lj for lj in labels.get(job["id"], []) if lj["sae"] in (None, name)]})
+            out.append(
+                {
+                    "train_job": job["id"],
+                    "name": name,
+                    "job_name": job.get("name"),
+                    "d_in": info["d_in"],
+                    "d_sae": info["d_sae"],
+                    "architecture": info["architecture"],
+                    "hook": m["harvest"]["hook"],
+                    "model": m["harvest"]["model"].get("name"),
+                    "train_metrics": info.get("metrics"),
+                    "evaluation": evaluations.get((job["id"], name)),
+                    "label_jobs": [lj for lj in labels.get(job["id"], []) if lj["sae"] in (None, name)],
+                }
+            )
     return {"saes": out}
 
 
@@ -110,17 +126,26 @@ def _browsable(svc: Services, label_job: str, who: Principal) -> dict:
     if m is None:
         raise HTTPException(409, f"label job {label_job} is {job['state']}; its features appear once it succeeds")
     if not m.get("browser"):
-        raise HTTPException(404, f"label job {label_job} published no browser pages (it ran with browser=false, "
-                                 "or before the browser existed); label the SAE again")
+        raise HTTPException(
+            404,
+            f"label job {label_job} published no browser pages (it ran with browser=false, "
+            "or before the browser existed); label the SAE again",
+        )
     return m
 
 
 @router.get("/v1/browser/labels/{label_job}/features")
-def list_features(label_job: str, svc: Svc, who: Caller,
-                  q: Annotated[str | None, Query(max_length=200, description="words of a label, or a feature index")] = None,
-                  sort: Literal["feature", "density", "score", "max_activation"] = "density",
-                  order: Literal["asc", "desc"] = "desc", labelled: bool = False,
-                  offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
+def list_features(
+    label_job: str,
+    svc: Svc,
+    who: Caller,
+    q: Annotated[str | None, Query(max_length=200, description="words of a label, or a feature index")] = None,
+    sort: Literal["feature", "density", "score", "max_activation"] = "density",
+    order: Literal["asc", "desc"] = "desc",
+    labelled: bool = False,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict:
     """A page of the label job's features, searched and sorted."""
     m = _browsable(svc, label_job, who)
     rows = _CACHE.get(svc.store, m["browser"]["summaries_key"])["features"]
@@ -135,8 +160,13 @@ def list_features(label_job: str, svc: Svc, who: Caller,
             rows = [r for r in rows if any(all(w in lab["label"].lower() for w in words) for lab in r["labels"])]
     missing = float("-inf") if order == "desc" else float("inf")
     rows = sorted(rows, key=lambda r: missing if r[sort] is None else r[sort], reverse=order == "desc")
-    return {"label_job": label_job, "sae": m["sae"], "total": len(rows), "offset": offset,
-            "features": rows[offset:offset + limit]}
+    return {
+        "label_job": label_job,
+        "sae": m["sae"],
+        "total": len(rows),
+        "offset": offset,
+        "features": rows[offset : offset + limit],
+    }
 
 
 @router.get("/v1/browser/labels/{label_job}/features/{feature}")
@@ -149,8 +179,14 @@ def feature_page(label_job: str, feature: int, svc: Svc, who: Caller) -> dict:
     chunk = _CACHE.get(svc.store, keys.feature_pages(label_job, feature // m["browser"]["chunk"]))
     page = chunk["pages"][feature % m["browser"]["chunk"]]
     records = _LABELS.get(svc.store, m["labels_key"], _by_feature).get(feature, [])
-    return {**rows[feature], **page, "records": records, "label_job": label_job, "sae": m["sae"],
-            "train_job": m["sae"].get("job_id")}
+    return {
+        **rows[feature],
+        **page,
+        "records": records,
+        "label_job": label_job,
+        "sae": m["sae"],
+        "train_job": m["sae"].get("job_id"),
+    }
 
 
 _LABELS = _Cache(16)

@@ -22,16 +22,19 @@ MAX_SEGMENT_BYTES = 255  # a file name's limit on Linux file systems
 
 
 @router.get("/v1/files/{key:path}", response_class=FileResponse)
-def download_file(key: str, svc: Annotated[Services, Depends(services)],
-                  expires: Annotated[int, Query(description="Unix time the link expires at.")],
-                  sig: Annotated[str, Query(pattern=r"^[0-9a-f]{64}$",
-                                            description="HMAC-SHA256 of the key and expires, in hex.")]):
+def download_file(
+    key: str,
+    svc: Annotated[Services, Depends(services)],
+    expires: Annotated[int, Query(description="Unix time the link expires at.")],
+    sig: Annotated[str, Query(pattern=r"^[0-9a-f]{64}$", description="HMAC-SHA256 of the key and expires, in hex.")],
+):
     store = svc.store
     if not isinstance(store, LocalStore):
         raise HTTPException(404, detail="this deployment serves files from S3")
     if problem := _key_problem(key):
-        raise HTTPException(422, detail=[{"loc": ["path", "key"], "field": "key", "msg": problem,
-                                          "type": "value_error"}])
+        raise HTTPException(
+            422, detail=[{"loc": ["path", "key"], "field": "key", "msg": problem, "type": "value_error"}]
+        )
     if refusal := store.link_refusal(key, expires, sig):
         raise HTTPException(403, detail=refusal)
     try:

@@ -10,15 +10,30 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
 from saeq import keys
-
-from saeq.specs import costs
+from saeq.errors import InvalidSpec
 from saeq.platform.admission import check_admissible
 from saeq.platform.dispatch import KIND_QUEUE
-from saeq.errors import InvalidSpec
-from saeq.platform.registry import STATES, IdempotencyConflict, MissingDependency, QuotaExceeded, after_finish, dispatch_ready
-from saeq.specs import (JOB_KINDS, EvaluateSpec, HarvestSpec, JobCreate, LabelSpec, SteerSpec, TrainedSae, TrainSpec,
-                        UploadCorpus)
+from saeq.platform.registry import (
+    STATES,
+    IdempotencyConflict,
+    MissingDependency,
+    QuotaExceeded,
+    after_finish,
+    dispatch_ready,
+)
 from saeq.platform.teams import Principal, TeamQuota
+from saeq.specs import (
+    JOB_KINDS,
+    EvaluateSpec,
+    HarvestSpec,
+    JobCreate,
+    LabelSpec,
+    SteerSpec,
+    TrainedSae,
+    TrainSpec,
+    UploadCorpus,
+    costs,
+)
 from saeq_api.deps import Caller, Services, services
 from saeq_api.metrics import observe_submit
 from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic, JobSummary, errors
@@ -28,8 +43,9 @@ Svc = Annotated[Services, Depends(services)]
 
 
 def _unprocessable(field: str, message: str, status: int = 422) -> HTTPException:
-    return HTTPException(status, detail=[{"loc": ["body", *field.split(".")], "field": field,
-                                          "msg": message, "type": "value_error"}])
+    return HTTPException(
+        status, detail=[{"loc": ["body", *field.split(".")], "field": field, "msg": message, "type": "value_error"}]
+    )
 
 
 def visible_job(svc: Services, job_id: str, who: Principal) -> dict | None:
@@ -47,8 +63,13 @@ def _job_or_404(svc: Services, job_id: str, who: Principal) -> dict:
 
 
 @router.post("", status_code=201, response_model=JobPublic)
-def submit_job(body: JobCreate, svc: Svc, who: Caller, response: Response,
-               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JobPublic:
+def submit_job(
+    body: JobCreate,
+    svc: Svc,
+    who: Caller,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
     """Queue a job for the caller's team. The spec's `kind` selects its model. With an
     `Idempotency-Key` header a repeated request returns the job the first one created (status 200)
     instead of a second job. Beyond the team's quota: 403 (a job too large) or 429 (too many
@@ -70,21 +91,37 @@ def submit_job(body: JobCreate, svc: Svc, who: Caller, response: Response,
             raise _unprocessable(f"depends_on.{i}", f"job {dep_id} {dep['state']}; this job could never start")
     try:
         record, created = svc.registry.create(
-            kind=spec.kind, spec=spec.model_dump(mode="json"), queue=KIND_QUEUE[spec.kind],
-            depends_on=list(body.depends_on), name=body.name, team=who.team, idempotency_key=idempotency_key,
+            kind=spec.kind,
+            spec=spec.model_dump(mode="json"),
+            queue=KIND_QUEUE[spec.kind],
+            depends_on=list(body.depends_on),
+            name=body.name,
+            team=who.team,
+            idempotency_key=idempotency_key,
             request_digest=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
-            priority=body.priority, time_limit_s=body.time_limit_s or quota.max_time_s,
-            max_queued=quota.max_queued, max_stored=quota.max_stored_jobs,
-            submits_per_minute=quota.submits_per_minute)
+            priority=body.priority,
+            time_limit_s=body.time_limit_s or quota.max_time_s,
+            max_queued=quota.max_queued,
+            max_stored=quota.max_stored_jobs,
+            submits_per_minute=quota.submits_per_minute,
+        )
     except MissingDependency as e:  # expired or purged since it was checked above
         raise _unprocessable(f"depends_on.{e.index}", str(e)) from None
     except QuotaExceeded as e:
         raise HTTPException(429, detail=str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
     except IdempotencyConflict as e:
-        raise HTTPException(422, detail=[{
-            "loc": ["header", "Idempotency-Key"], "field": "Idempotency-Key", "type": "value_error",
-            "msg": f"this Idempotency-Key came with another request, which created job {e.job_id}; "
-                   "use a new key for a different job"}]) from None
+        raise HTTPException(
+            422,
+            detail=[
+                {
+                    "loc": ["header", "Idempotency-Key"],
+                    "field": "Idempotency-Key",
+                    "type": "value_error",
+                    "msg": f"this Idempotency-Key came with another request, which created job {e.job_id}; "
+                    "use a new key for a different job",
+                }
+            ],
+        ) from None
     if not created:
         response.status_code = 200
     else:
@@ -101,8 +138,15 @@ def _check_limits(svc: Services, body: JobCreate, quota: TeamQuota, who: Princip
     spec = body.spec
     d_in = _harvest_d_model(svc, spec.activations.job_id) if isinstance(spec, TrainSpec) else None
     try:
-        costs.check_quota(spec, quota, team=who.team, d_in=d_in, context_len=_sae_context_len(svc, spec, who),
-                          time_limit_s=body.time_limit_s, n_features=_sae_width(svc, spec, who))
+        costs.check_quota(
+            spec,
+            quota,
+            team=who.team,
+            d_in=d_in,
+            context_len=_sae_context_len(svc, spec, who),
+            time_limit_s=body.time_limit_s,
+            n_features=_sae_width(svc, spec, who),
+        )
     except costs.OverQuota as e:
         raise _unprocessable(e.field, e.message, 403) from None
 
@@ -139,8 +183,7 @@ def _harvest_d_model(svc: Services, harvest_id: str) -> int | None:
     return 576 if model.name.startswith("builtin:") else None  # SmolLM2-135M (FIELD-NOTES)
 
 
-def _referenced_job(svc: Services, job_id: str, kind: str, field: str, depends_on: list[str],
-                    who: Principal) -> dict:
+def _referenced_job(svc: Services, job_id: str, kind: str, field: str, depends_on: list[str], who: Principal) -> dict:
     """A job whose output this spec reads: it must be visible to the caller, be of `kind`, and
     have succeeded or be one this job waits for."""
     job = visible_job(svc, job_id, who)
@@ -151,16 +194,17 @@ def _referenced_job(svc: Services, job_id: str, kind: str, field: str, depends_o
     if job["state"] in ("failed", "cancelled"):
         raise _unprocessable(field, f"job {job_id} {job['state']}; it has no output to read")
     if job["state"] != "succeeded" and job_id not in depends_on:
-        raise _unprocessable(field, f"job {job_id} is still {job['state']}: its output is unfinished; "
-                                    "list it in depends_on to wait for it")
+        raise _unprocessable(
+            field,
+            f"job {job_id} is still {job['state']}: its output is unfinished; list it in depends_on to wait for it",
+        )
     return job
 
 
 def _check_deployment_allows(svc: Services, spec) -> None:
     """LLM endpoints from the deployment's allow-list, local paths under its roots (saeq.platform.admission)."""
     try:
-        check_admissible(spec, llm_endpoints=svc.settings.llm_endpoints,
-                         local_path_roots=svc.settings.local_path_roots)
+        check_admissible(spec, llm_endpoints=svc.settings.llm_endpoints, local_path_roots=svc.settings.local_path_roots)
     except InvalidSpec as e:
         raise _unprocessable(e.field, e.message) from None
 
@@ -168,11 +212,12 @@ def _check_deployment_allows(svc: Services, spec) -> None:
 def _check_references(svc: Services, spec, depends_on: list[str], who: Principal) -> None:
     _check_deployment_allows(svc, spec)
     if isinstance(spec, TrainSpec):
-        harvest = _referenced_job(svc, spec.activations.job_id, "harvest", "spec.activations.job_id", depends_on,
-                                  who)
+        harvest = _referenced_job(svc, spec.activations.job_id, "harvest", "spec.activations.job_id", depends_on, who)
         if spec.activations.hook not in harvest["spec"]["hooks"]:
-            raise _unprocessable("spec.activations.hook", f"harvest {harvest['id']} has hooks "
-                                                         f"{harvest['spec']['hooks']}, not {spec.activations.hook!r}")
+            raise _unprocessable(
+                "spec.activations.hook",
+                f"harvest {harvest['id']} has hooks {harvest['spec']['hooks']}, not {spec.activations.hook!r}",
+            )
     elif isinstance(spec, (EvaluateSpec, LabelSpec, SteerSpec)) and isinstance(spec.sae, TrainedSae):
         train = _referenced_job(svc, spec.sae.job_id, "train", "spec.sae.job_id", depends_on, who)
         names = [s.get("name") or f"sae{i}" for i, s in enumerate(train["spec"]["saes"])]
@@ -184,11 +229,15 @@ def _check_references(svc: Services, spec, depends_on: list[str], who: Principal
     if isinstance(spec, EvaluateSpec) and spec.checks is not None and spec.checks.label_job:
         label = _referenced_job(svc, spec.checks.label_job, "label", "spec.checks.label_job", depends_on, who)
         theirs, ours = label["spec"]["sae"], spec.sae.model_dump(mode="json")
-        same = theirs.get("job_id") == ours.get("job_id") and theirs.get("path") == ours.get("path") and (
-            None in (theirs.get("name"), ours.get("name")) or theirs.get("name") == ours.get("name"))
+        same = (
+            theirs.get("job_id") == ours.get("job_id")
+            and theirs.get("path") == ours.get("path")
+            and (None in (theirs.get("name"), ours.get("name")) or theirs.get("name") == ours.get("name"))
+        )
         if not same:
-            raise _unprocessable("spec.checks.label_job", f"label job {label['id']} labelled the SAE "
-                                                          f"{theirs}, not {ours}")
+            raise _unprocessable(
+                "spec.checks.label_job", f"label job {label['id']} labelled the SAE {theirs}, not {ours}"
+            )
 
 
 def _published(svc: Services, job_id: str, who: Principal) -> dict | None:
@@ -208,45 +257,56 @@ def _check_against_outputs(svc: Services, spec, who: Principal) -> None:
         if entry is not None:
             held_out = math.ceil(spec.validation_tokens / harvest["context_len"]) * harvest["context_len"]
             if held_out >= entry["n_tokens"]:
-                raise _unprocessable("spec.validation_tokens", f"validation_tokens={spec.validation_tokens:,} "
-                                     f"leaves nothing to train on: harvest {spec.activations.job_id} holds "
-                                     f"{entry['n_tokens']:,} tokens")
+                raise _unprocessable(
+                    "spec.validation_tokens",
+                    f"validation_tokens={spec.validation_tokens:,} "
+                    f"leaves nothing to train on: harvest {spec.activations.job_id} holds "
+                    f"{entry['n_tokens']:,} tokens",
+                )
     elif isinstance(spec, (LabelSpec, SteerSpec)) and isinstance(spec.sae, TrainedSae):
         train = _published(svc, spec.sae.job_id, who)
         sae = train["saes"].get(spec.sae.name or next(iter(train["saes"]))) if train else None
         if sae is None:
             return
         d_sae = sae["d_sae"]
-        fields = ([(f"spec.features.{j}", f) for j, f in enumerate(spec.features or [])]
-                  if isinstance(spec, LabelSpec) else
-                  [(f"spec.interventions.{i}.edits.{j}.feature", e.feature)
-                   for i, s in enumerate(spec.interventions) for j, e in enumerate(s.edits)])
+        fields = (
+            [(f"spec.features.{j}", f) for j, f in enumerate(spec.features or [])]
+            if isinstance(spec, LabelSpec)
+            else [
+                (f"spec.interventions.{i}.edits.{j}.feature", e.feature)
+                for i, s in enumerate(spec.interventions)
+                for j, e in enumerate(s.edits)
+            ]
+        )
         for field, feature in fields:
             if feature >= d_sae:
-                raise _unprocessable(field, f"feature {feature} is not in 0..{d_sae - 1} (the SAE has "
-                                            f"d_sae={d_sae:,})")
+                raise _unprocessable(field, f"feature {feature} is not in 0..{d_sae - 1} (the SAE has d_sae={d_sae:,})")
 
 
 @router.get("", response_model=JobList)
-def list_jobs(svc: Svc, who: Caller,
-              kind: Literal[JOB_KINDS] | None = None,  # type: ignore[valid-type]
-              state: Literal[STATES] | None = None,  # type: ignore[valid-type]
-              limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              before: Annotated[float | None, Query(allow_inf_nan=False,
-                                                    description="created_at cursor from the previous page")] = None,
-              team: Annotated[str | None, Query(max_length=63, description="admins only: another team's jobs; "
-                                                                           "default: every team's")] = None,
-              ) -> JobList:
+def list_jobs(
+    svc: Svc,
+    who: Caller,
+    kind: Literal[JOB_KINDS] | None = None,  # type: ignore[valid-type]
+    state: Literal[STATES] | None = None,  # type: ignore[valid-type]
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[
+        float | None, Query(allow_inf_nan=False, description="created_at cursor from the previous page")
+    ] = None,
+    team: Annotated[
+        str | None, Query(max_length=63, description="admins only: another team's jobs; default: every team's")
+    ] = None,
+) -> JobList:
     """The team's jobs (an admin's: every team's), newest first, filtered by kind and state, a page
     at a time: summaries without their specs (`GET /v1/jobs/{id}` has the spec), a few KB each."""
     if team is not None and not who.is_admin and team != who.team:
         raise HTTPException(403, detail=f"only admins list other teams' jobs; your team is {who.team!r}")
-    jobs = svc.registry.list(kind=kind, state=state, limit=limit + 1, before=before,
-                             team=team if who.is_admin else who.team, summary=True)
+    jobs = svc.registry.list(
+        kind=kind, state=state, limit=limit + 1, before=before, team=team if who.is_admin else who.team, summary=True
+    )
     more = len(jobs) > limit
     jobs = jobs[:limit]
-    return JobList(jobs=[JobSummary.of(j) for j in jobs],
-                   next_before=jobs[-1]["created_at"] if more else None)
+    return JobList(jobs=[JobSummary.of(j) for j in jobs], next_before=jobs[-1]["created_at"] if more else None)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
@@ -267,13 +327,23 @@ def cancel_job(job_id: str, svc: Svc, who: Caller) -> JobPublic:
 
 
 @router.get("/{job_id}/events", response_model=JobEvents)
-def job_events(job_id: str, svc: Svc, who: Caller,
-               after: Annotated[str, Query(pattern=r"^[0-9]+-[0-9]+$", max_length=41)] = "0-0") -> JobEvents:
+def job_events(
+    job_id: str, svc: Svc, who: Caller, after: Annotated[str, Query(pattern=r"^[0-9]+-[0-9]+$", max_length=41)] = "0-0"
+) -> JobEvents:
     """The job's log of phases and progress messages; pass the last event's id as `after` (ASCII
     digits: Redis refuses the other Unicode digits that `\\d` would let through)."""
     if any(int(part) >= 1 << 64 for part in after.split("-")):
-        raise HTTPException(422, detail=[{"loc": ["query", "after"], "field": "query.after", "type": "value_error",
-                                          "msg": "an event id is two numbers below 2**64, as `<ms>-<seq>`"}])
+        raise HTTPException(
+            422,
+            detail=[
+                {
+                    "loc": ["query", "after"],
+                    "field": "query.after",
+                    "type": "value_error",
+                    "msg": "an event id is two numbers below 2**64, as `<ms>-<seq>`",
+                }
+            ],
+        )
     _job_or_404(svc, job_id, who)
     return JobEvents(events=svc.registry.events(job_id, after=after))
 
@@ -284,5 +354,8 @@ def job_artifacts(job_id: str, svc: Svc, who: Caller) -> JobArtifacts:
     job = _job_or_404(svc, job_id, who)
     infos = svc.store.list(keys.job_prefix(job_id))
     return JobArtifacts(
-        job_id=job_id, published=job["manifest_key"] is not None, manifest_key=job["manifest_key"],
-        artifacts=[Artifact(key=i.key, size=i.size, url=svc.store.download_url(i.key)) for i in infos])
+        job_id=job_id,
+        published=job["manifest_key"] is not None,
+        manifest_key=job["manifest_key"],
+        artifacts=[Artifact(key=i.key, size=i.size, url=svc.store.download_url(i.key)) for i in infos],
+    )

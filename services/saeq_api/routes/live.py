@@ -14,24 +14,34 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saeq import keys
+from saeq.errors import InvalidSpec
 from saeq.platform.admission import check_local_paths
 from saeq.platform.dispatch import LIVE_QUEUE, LIVE_TASK
-from saeq.errors import InvalidSpec
 from saeq.platform.live import MAX_CHARS_PER_TOKEN, LiveRequests, prompt_chars, reply_key
-from saeq.specs import (BUILTIN_MODEL, ChatMessage, Intervention, LabelSearch, ModelSpec, SaeRef, Seed,
-                        SteerRequest, TrainedSae)
 from saeq.platform.teams import Principal
+from saeq.specs import (
+    BUILTIN_MODEL,
+    ChatMessage,
+    Intervention,
+    LabelSearch,
+    ModelSpec,
+    SaeRef,
+    Seed,
+    SteerRequest,
+    TrainedSae,
+)
 from saeq_api.deps import Caller, Services, services
-from saeq_api.schemas import errors
 from saeq_api.metrics import observe_live
 from saeq_api.routes.jobs import _referenced_job, _unprocessable
+from saeq_api.schemas import errors
 
 router = APIRouter(prefix="/v1", tags=["live"], responses=errors(401, 413, 422, 429, 500, 503, 504))
 Svc = Annotated[Services, Depends(services)]
 
 
-async def _ask_worker(svc: Services, op: str, payload: dict, who: Principal, request: Request, *,
-                      field_prefix: str = "") -> dict:
+async def _ask_worker(
+    svc: Services, op: str, payload: dict, who: Principal, request: Request, *, field_prefix: str = ""
+) -> dict:
     t0, outcome = time.monotonic(), "error"
     try:
         data = await _round_trip(svc, op, payload, who, request, field_prefix)
@@ -41,15 +51,19 @@ async def _ask_worker(svc: Services, op: str, payload: dict, who: Principal, req
         observe_live(op, outcome, time.monotonic() - t0)
 
 
-async def _round_trip(svc: Services, op: str, payload: dict, who: Principal, request: Request,
-                      field_prefix: str) -> dict:
+async def _round_trip(
+    svc: Services, op: str, payload: dict, who: Principal, request: Request, field_prefix: str
+) -> dict:
     quota = svc.teams.quota(who.team)
     if op == "steer":
         field, n_chars = prompt_chars(payload)
         if n_chars > quota.live_prompt_tokens * MAX_CHARS_PER_TOKEN:
-            raise _unprocessable(field, f"{n_chars} characters: more than {quota.live_prompt_tokens} tokens, this "
-                                        f"team's limit (quota live_prompt_tokens), can hold at "
-                                        f"{MAX_CHARS_PER_TOKEN} characters a token")
+            raise _unprocessable(
+                field,
+                f"{n_chars} characters: more than {quota.live_prompt_tokens} tokens, this "
+                f"team's limit (quota live_prompt_tokens), can hold at "
+                f"{MAX_CHARS_PER_TOKEN} characters a token",
+            )
     request_id, timeout = uuid.uuid4().hex, svc.settings.live_timeout_s
     live = LiveRequests(svc.registry.r)
     # A slot is held until the answer, or until the worker that took a request its caller gave up on
@@ -57,13 +71,26 @@ async def _round_trip(svc: Services, op: str, payload: dict, who: Principal, req
     hold_s = timeout + 30
     refusal = await run_in_threadpool(live.admit, who.team, request_id, quota, hold_s=hold_s)
     if refusal is not None:
-        raise HTTPException(429, headers={"Retry-After": str(refusal.retry_after_s)}, detail=(
-            f"team {who.team!r} has {quota.live_concurrency} live requests in progress, its limit "
-            f"(quota live_concurrency)" if refusal.limit == "live_concurrency" else
-            f"team {who.team!r} made {quota.live_per_minute} live requests in the last 60 s, its limit "
-            f"(quota live_per_minute); retry in {refusal.retry_after_s} s"))
-    entry = {"id": request_id, "team": who.team, "op": op, "payload": payload,
-             "max_prompt_tokens": quota.live_prompt_tokens, "deadline": time.time() + timeout, "hold_s": hold_s}
+        raise HTTPException(
+            429,
+            headers={"Retry-After": str(refusal.retry_after_s)},
+            detail=(
+                f"team {who.team!r} has {quota.live_concurrency} live requests in progress, its limit "
+                f"(quota live_concurrency)"
+                if refusal.limit == "live_concurrency"
+                else f"team {who.team!r} made {quota.live_per_minute} live requests in the last 60 s, its limit "
+                f"(quota live_per_minute); retry in {refusal.retry_after_s} s"
+            ),
+        )
+    entry = {
+        "id": request_id,
+        "team": who.team,
+        "op": op,
+        "payload": payload,
+        "max_prompt_tokens": quota.live_prompt_tokens,
+        "deadline": time.time() + timeout,
+        "hold_s": hold_s,
+    }
     raw, reply = None, None
     try:
         raw = await run_in_threadpool(live.enqueue, who.team, entry, ttl_s=timeout + 60)
@@ -82,8 +109,11 @@ async def _round_trip(svc: Services, op: str, payload: dict, who: Principal, req
         if reply is not None or raw is None or live.cancel(who.team, request_id, raw, op):
             live.release(who.team, request_id)
     if reply is None:
-        raise HTTPException(504, detail=f"no worker on the '{LIVE_QUEUE}' queue answered within {timeout:g} s "
-                                        "(setting live_timeout_s); the request was cancelled")
+        raise HTTPException(
+            504,
+            detail=f"no worker on the '{LIVE_QUEUE}' queue answered within {timeout:g} s "
+            "(setting live_timeout_s); the request was cancelled",
+        )
     data = json.loads(reply[1])
     if "error" in data:
         e = data["error"]
@@ -104,13 +134,16 @@ def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: st
     manifest = json.loads(svc.store.get(keys.manifest(train["id"])))
     name = sae.name or next(iter(manifest["saes"]))
     if name not in manifest["saes"]:
-        raise _unprocessable(f"{prefix}sae.name", f"train job {train['id']} has SAEs {sorted(manifest['saes'])}, "
-                                                  f"not {name!r}")
+        raise _unprocessable(
+            f"{prefix}sae.name", f"train job {train['id']} has SAEs {sorted(manifest['saes'])}, not {name!r}"
+        )
     d_sae = manifest["saes"][name]["d_sae"]
     for i, edit in enumerate(interventions):
         if edit.feature >= d_sae:
-            raise _unprocessable(f"{prefix}interventions.{i}.feature",
-                                 f"feature {edit.feature} is not in 0..{d_sae - 1} (SAE {name} has d_sae={d_sae})")
+            raise _unprocessable(
+                f"{prefix}interventions.{i}.feature",
+                f"feature {edit.feature} is not in 0..{d_sae - 1} (SAE {name} has d_sae={d_sae})",
+            )
 
 
 def _check_paths(svc: Services, request: SteerRequest, fields: dict[str, str] | None = None) -> None:
@@ -171,9 +204,19 @@ async def chat_completions(body: ChatCompletionRequest, svc: Svc, who: Caller, r
         detail = e.detail if isinstance(e.detail, list) else [{"field": None, "msg": str(e.detail)}]
         first = detail[0]
         message = f"{first['field']}: {first['msg']}" if first.get("field") else first["msg"]
-        return JSONResponse(status_code=e.status_code, headers=e.headers, content={
-            "error": {"message": message, "type": "invalid_request_error" if e.status_code < 500 else "server_error",
-                      "param": first.get("field"), "code": None}, "detail": e.detail})
+        return JSONResponse(
+            status_code=e.status_code,
+            headers=e.headers,
+            content={
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error" if e.status_code < 500 else "server_error",
+                    "param": first.get("field"),
+                    "code": None,
+                },
+                "detail": e.detail,
+            },
+        )
 
 
 async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http: Request) -> dict[str, Any]:
@@ -186,11 +229,16 @@ async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http
         _check_sae(svc, steering.sae, steering.interventions, "steering.", who)
     try:
         request = SteerRequest(
-            sae=steering.sae if steering else None, hook=steering.hook if steering else None,
-            model=None if steering and body.model == BUILTIN_MODEL else model, messages=body.messages,
+            sae=steering.sae if steering else None,
+            hook=steering.hook if steering else None,
+            model=None if steering and body.model == BUILTIN_MODEL else model,
+            messages=body.messages,
             interventions=steering.interventions if steering else [],
             max_new_tokens=body.max_completion_tokens or body.max_tokens or 64,
-            temperature=body.temperature or 0.0, seed=body.seed or 0, include_default=False)
+            temperature=body.temperature or 0.0,
+            seed=body.seed or 0,
+            include_default=False,
+        )
     except ValidationError as e:  # cross-field rules (an imported SAE needs a hook, ...): the caller's fault
         first = e.errors()[0]
         raise _unprocessable(".".join(["steering", *map(str, first["loc"])]), first["msg"]) from None
@@ -198,10 +246,21 @@ async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http
     out = await _ask_worker(svc, "steer", request.model_dump(mode="json"), who, http, field_prefix="steering.")
     n_out = len(out["steered_token_ids"])
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": body.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": out["steered"]},
-                     "finish_reason": "length" if n_out >= request.max_new_tokens else "stop", "logprobs": None}],
-        "usage": {"prompt_tokens": out["prompt_tokens"], "completion_tokens": n_out,
-                  "total_tokens": out["prompt_tokens"] + n_out},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": out["steered"]},
+                "finish_reason": "length" if n_out >= request.max_new_tokens else "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": out["prompt_tokens"],
+            "completion_tokens": n_out,
+            "total_tokens": out["prompt_tokens"] + n_out,
+        },
     }

@@ -13,8 +13,7 @@ import os
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Response, UploadFile
-from fastapi import Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, UploadFile
 
 from saeq import keys
 from saeq.ml.corpus import validate_upload
@@ -33,8 +32,9 @@ STORING_STALE_S = 15 * 60.0
 
 
 @router.post("", status_code=201, response_model=UploadPublic, responses=errors(409, 422, 429))
-def upload_corpus(file: UploadFile, svc: Svc, who: Caller,
-                  text_field: Annotated[str, Query(max_length=100)] = "text") -> UploadPublic:
+def upload_corpus(
+    file: UploadFile, svc: Svc, who: Caller, text_field: Annotated[str, Query(max_length=100)] = "text"
+) -> UploadPublic:
     """Upload a corpus file: `.txt` (documents separated by blank lines) or `.jsonl` (one object
     per line with a `text_field`). It is checked before it is stored; only the caller's team can
     harvest it. 413 beyond the file size limit or the team's `max_upload_bytes` quota; 429 beyond its
@@ -45,8 +45,9 @@ def upload_corpus(file: UploadFile, svc: Svc, who: Caller,
     spooled = file.file
     size = spooled.seek(0, os.SEEK_END)
     if size > svc.settings.max_upload_bytes:
-        raise HTTPException(413, detail=f"file {name!r} is larger than {svc.settings.max_upload_bytes} bytes "
-                                        "(SAEQ_MAX_UPLOAD_BYTES)")
+        raise HTTPException(
+            413, detail=f"file {name!r} is larger than {svc.settings.max_upload_bytes} bytes (SAEQ_MAX_UPLOAD_BYTES)"
+        )
     spooled.seek(0)
     try:
         n_docs = validate_upload(name, spooled, text_field)
@@ -57,8 +58,14 @@ def upload_corpus(file: UploadFile, svc: Svc, who: Caller,
     quota = svc.teams.quota(who.team)
     record = {"key": key, "n_documents": n_docs, "created_at": time.time()}
     status, figure = svc.registry.reserve_upload(
-        upload_id, who.team, size, record, max_bytes=quota.max_upload_bytes, max_uploads=quota.max_uploads,
-        per_minute=quota.submits_per_minute)
+        upload_id,
+        who.team,
+        size,
+        record,
+        max_bytes=quota.max_upload_bytes,
+        max_uploads=quota.max_uploads,
+        per_minute=quota.submits_per_minute,
+    )
     _refuse(status, figure, who.team, name, size, quota)
     spooled.seek(0)
     try:
@@ -69,38 +76,62 @@ def upload_corpus(file: UploadFile, svc: Svc, who: Caller,
     if not svc.registry.commit_upload(upload_id, who.team, size, record):
         # Deleted while storing (its reservation had gone stale): these bytes are no one's now.
         svc.store.delete(key)
-        raise HTTPException(409, detail=f"upload {upload_id} was deleted while its bytes were stored; "
-                                        "nothing is kept, upload it again")
-    return UploadPublic(upload_id=upload_id, key=key, size=size, n_documents=n_docs,
-                        created_at=record["created_at"])
+        raise HTTPException(
+            409, detail=f"upload {upload_id} was deleted while its bytes were stored; nothing is kept, upload it again"
+        )
+    return UploadPublic(upload_id=upload_id, key=key, size=size, n_documents=n_docs, created_at=record["created_at"])
 
 
 def _refuse(status: str, figure: int, team: str, name: str, size: int, quota: TeamQuota) -> None:
     if status == "bytes":
-        raise HTTPException(413, detail=(
-            f"team {team!r} keeps {figure} bytes of uploads; {name!r} ({size} bytes) would pass its quota "
-            f"max_upload_bytes={quota.max_upload_bytes}. Delete uploads it no longer needs "
-            "(DELETE /v1/uploads/{id}, `saeq uploads delete ID`) or ask an admin for more."))
+        raise HTTPException(
+            413,
+            detail=(
+                f"team {team!r} keeps {figure} bytes of uploads; {name!r} ({size} bytes) would pass its quota "
+                f"max_upload_bytes={quota.max_upload_bytes}. Delete uploads it no longer needs "
+                "(DELETE /v1/uploads/{id}, `saeq uploads delete ID`) or ask an admin for more."
+            ),
+        )
     if status == "count":
-        raise HTTPException(429, headers={"Retry-After": "60"}, detail=(
-            f"team {team!r} keeps {figure} uploads (quota max_uploads={quota.max_uploads}); delete some "
-            "(DELETE /v1/uploads/{id}, `saeq uploads delete ID`) or ask an admin for more"))
+        raise HTTPException(
+            429,
+            headers={"Retry-After": "60"},
+            detail=(
+                f"team {team!r} keeps {figure} uploads (quota max_uploads={quota.max_uploads}); delete some "
+                "(DELETE /v1/uploads/{id}, `saeq uploads delete ID`) or ask an admin for more"
+            ),
+        )
     if status == "rate":
-        raise HTTPException(429, headers={"Retry-After": str(figure)}, detail=(
-            f"team {team!r} made {quota.submits_per_minute} uploads in the last 60 s (quota "
-            f"submits_per_minute={quota.submits_per_minute}, which bounds uploads too); retry in {figure} s"))
+        raise HTTPException(
+            429,
+            headers={"Retry-After": str(figure)},
+            detail=(
+                f"team {team!r} made {quota.submits_per_minute} uploads in the last 60 s (quota "
+                f"submits_per_minute={quota.submits_per_minute}, which bounds uploads too); retry in {figure} s"
+            ),
+        )
 
 
 @router.get("", response_model=UploadList)
-def list_uploads(svc: Svc, who: Caller, limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                 cursor: Annotated[str | None, Query(pattern=r"^\d{10}\.\d{6}/[0-9a-f]{32}$",
-                                                     description="next_cursor of the previous page")] = None,
-                 ) -> UploadList:
+def list_uploads(
+    svc: Svc,
+    who: Caller,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^\d{10}\.\d{6}/[0-9a-f]{32}$", description="next_cursor of the previous page")
+    ] = None,
+) -> UploadList:
     """A page of the caller's team's uploads, oldest first, and what they count against its quotas."""
     rows, next_cursor, used, n = svc.registry.uploads(who.team, limit=limit, after=cursor)
     quota = svc.teams.quota(who.team)
-    return UploadList(uploads=[UploadPublic(**row) for row in rows], next_cursor=next_cursor, used_bytes=used,
-                      max_upload_bytes=quota.max_upload_bytes, n_uploads=n, max_uploads=quota.max_uploads)
+    return UploadList(
+        uploads=[UploadPublic(**row) for row in rows],
+        next_cursor=next_cursor,
+        used_bytes=used,
+        max_upload_bytes=quota.max_upload_bytes,
+        n_uploads=n,
+        max_uploads=quota.max_uploads,
+    )
 
 
 @router.delete("/{upload_id}", status_code=204, response_class=Response, responses=errors(404, 409))
@@ -114,8 +145,10 @@ def delete_upload(upload_id: UploadId, svc: Svc, who: Caller) -> Response:
         raise HTTPException(404, detail=f"no upload {upload_id!r}")  # another team's looks missing
     age_s = time.time() - (record.get("created_at") or 0)
     if record["state"] == "storing" and age_s < STORING_STALE_S:
-        raise HTTPException(409, detail=f"upload {upload_id} is still storing (for {age_s:.0f} s); delete it "
-                                        "once it is listed as stored")
+        raise HTTPException(
+            409,
+            detail=f"upload {upload_id} is still storing (for {age_s:.0f} s); delete it once it is listed as stored",
+        )
     _delete_bytes(svc, upload_id)
     svc.registry.release_upload(upload_id, owner)  # after: a failed delete can be retried
     if record["state"] == "storing":

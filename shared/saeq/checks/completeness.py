@@ -27,13 +27,19 @@ class MemberResult:
     """Features specific to the member."""
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "covered": self.covered, "feature": self.feature,
-                "activation": self.activation, "background_rate": self.background_rate,
-                "n_specific": self.n_specific}
+        return {
+            "name": self.name,
+            "covered": self.covered,
+            "feature": self.feature,
+            "activation": self.activation,
+            "background_rate": self.background_rate,
+            "n_specific": self.n_specific,
+        }
 
 
-def completeness(member_max_MS: Tensor, background_max_BS: Tensor, names: list[str], *,
-                 max_background_rate: float) -> list[MemberResult]:
+def completeness(
+    member_max_MS: Tensor, background_max_BS: Tensor, names: list[str], *, max_background_rate: float
+) -> list[MemberResult]:
     """`member_max_MS`: (members, d_sae) largest activation over each member's contexts;
     `background_max_BS`: (documents, d_sae) over documents about none of them."""
     if member_max_MS.shape[0] != len(names):
@@ -46,21 +52,33 @@ def completeness(member_max_MS: Tensor, background_max_BS: Tensor, names: list[s
             out.append(MemberResult(name, False, None, 0.0, None, 0))
             continue
         half_F = 0.5 * acts_S[firing]
-        other_members = torch.cat([member_max_MS[:m], member_max_MS[m + 1:]])[:, firing]  # (M - 1, F)
+        other_members = torch.cat([member_max_MS[:m], member_max_MS[m + 1 :]])[:, firing]  # (M - 1, F)
         shared_F = (other_members >= half_F).any(0)
         n_background = max(background_max_BS.shape[0], 1)
         rate_F = (background_max_BS[:, firing] >= half_F).sum(0).double() / n_background
         specific = ~shared_F & (rate_F <= max_background_rate)
         # the most specific: not shared first, then the lowest rate, then the highest activation
-        best = min(range(firing.numel()), key=lambda i: (bool(shared_F[i]), float(rate_F[i]),
-                                                         -float(acts_S[firing[i]])))
-        out.append(MemberResult(name, bool(specific.any()), int(firing[best]), float(acts_S[firing[best]]),
-                                float(rate_F[best]), int(specific.sum())))
+        best = min(
+            range(firing.numel()), key=lambda i: (bool(shared_F[i]), float(rate_F[i]), -float(acts_S[firing[i]]))
+        )
+        out.append(
+            MemberResult(
+                name,
+                bool(specific.any()),
+                int(firing[best]),
+                float(acts_S[firing[best]]),
+                float(rate_F[best]),
+                int(specific.sum()),
+            )
+        )
     return out
 
 
 def coverage_summary(results: list[MemberResult]) -> dict:
     covered = [r for r in results if r.covered]
-    return {"n_members": len(results), "n_covered": len(covered),
-            "coverage": len(covered) / len(results) if results else None,
-            "n_distinct_features": len({r.feature for r in covered})}
+    return {
+        "n_members": len(results),
+        "n_covered": len(covered),
+        "coverage": len(covered) / len(results) if results else None,
+        "n_distinct_features": len({r.feature for r in covered}),
+    }

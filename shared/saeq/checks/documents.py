@@ -3,15 +3,15 @@ the mean raw activation, over its ordinary tokens (attention sinks left out)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from saeq.errors import Cancelled, InvalidSpec
-from saeq.ml.features import read_hook
 from saeq.jobs.evaluate import SinkReference
+from saeq.ml.features import read_hook
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.sinks import sink_mask
@@ -44,30 +44,38 @@ def tokenize_documents(texts: list[str], tokenizer, *, context_len: int) -> list
     return [(sep + body)[:context_len] for body in bodies]
 
 
-def document_activations(sae: SparseAutoencoder, lm: LoadedModel, hook: str, token_ids: list[list[int]], *,
-                         sinks: SinkReference | None, batch_size: int,
-                         should_stop: Callable[[], bool] = lambda: False,
-                         on_batch: Callable[[int], None] = lambda docs_done: None) -> DocumentActs:
+def document_activations(
+    sae: SparseAutoencoder,
+    lm: LoadedModel,
+    hook: str,
+    token_ids: list[list[int]],
+    *,
+    sinks: SinkReference | None,
+    batch_size: int,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_batch: Callable[[int], None] = lambda docs_done: None,
+) -> DocumentActs:
     """Activations of each document (token ids, separator first). Documents are batched by length
     and right-padded; causal attention keeps padding from changing the real tokens."""
     if sae.d_in != lm.d_model:
         raise InvalidSpec(f"the SAE reads d_in={sae.d_in} but {hook} has d_model={lm.d_model}", field="spec.sae")
     n = len(token_ids)
     sae = sae.to(lm.device).eval()
-    out = DocumentActs(torch.zeros(n, sae.d_sae), torch.zeros(n, sae.d_sae), torch.zeros(n, sae.d_in),
-                       torch.zeros(n, dtype=torch.long))
+    out = DocumentActs(
+        torch.zeros(n, sae.d_sae), torch.zeros(n, sae.d_sae), torch.zeros(n, sae.d_in), torch.zeros(n, dtype=torch.long)
+    )
     order = sorted(range(n), key=lambda i: len(token_ids[i]))
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     for b0 in range(0, n, batch_size):
         if should_stop():
             raise Cancelled("evaluation cancelled")
-        rows = order[b0:b0 + batch_size]
+        rows = order[b0 : b0 + batch_size]
         T = max(len(token_ids[i]) for i in rows)
         ids_BT = torch.full((len(rows), T), pad, dtype=torch.long)
         real_BT = torch.zeros(len(rows), T, dtype=torch.bool)
         for j, i in enumerate(rows):
-            ids_BT[j, :len(token_ids[i])] = torch.tensor(token_ids[i])
-            real_BT[j, :len(token_ids[i])] = True
+            ids_BT[j, : len(token_ids[i])] = torch.tensor(token_ids[i])
+            real_BT[j, : len(token_ids[i])] = True
         with torch.inference_mode():
             x_ND = read_hook(lm, hook, ids_BT.to(lm.device))
             keep_N = real_BT.reshape(-1).to(x_ND.device)

@@ -25,8 +25,16 @@ def _probe(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, k:
     return float(clf.score(Z[test], y[test]))
 
 
-def sparse_probing(sae_DS: np.ndarray, raw_DM: np.ndarray, topics: list[str | None], *, ks: list[int],
-                   test_share: float, min_per_class: int, seed: int) -> dict:
+def sparse_probing(
+    sae_DS: np.ndarray,
+    raw_DM: np.ndarray,
+    topics: list[str | None],
+    *,
+    ks: list[int],
+    test_share: float,
+    min_per_class: int,
+    seed: int,
+) -> dict:
     """Per topic and k, test accuracy of probes on SAE latents and raw activations (rows: documents;
     topic None: unlabelled, left out)."""
     rng = np.random.default_rng(seed)
@@ -42,14 +50,29 @@ def sparse_probing(sae_DS: np.ndarray, raw_DM: np.ndarray, topics: list[str | No
         rows = np.concatenate([rng.choice(pos, n, replace=False), rng.choice(neg_pool, n, replace=False)])
         y_all = np.zeros(len(topics), dtype=int)
         y_all[pos] = 1
-        train, test = train_test_split(rows, test_size=test_share, stratify=y_all[rows],
-                                       random_state=int(rng.integers(2**31)))
-        row = {"topic": name, "n_per_class": int(n),
-               "sae": {str(k): _probe(sae_DS, y_all, train, test, k) for k in ks},
-               "raw": {str(k): _probe(raw_DM, y_all, train, test, k) for k in ks}}
+        train, test = train_test_split(
+            rows, test_size=test_share, stratify=y_all[rows], random_state=int(rng.integers(2**31))
+        )
+        row = {
+            "topic": name,
+            "n_per_class": int(n),
+            "sae": {str(k): _probe(sae_DS, y_all, train, test, k) for k in ks},
+            "raw": {str(k): _probe(raw_DM, y_all, train, test, k) for k in ks},
+        }
         row["raw"]["all"] = _probe(raw_DM, y_all, train, test, None)
         per_topic.append(row)
-    mean = {kind: {key: float(np.mean([r[kind][key] for r in per_topic])) for key in per_topic[0][kind]}
-            for kind in ("sae", "raw")} if per_topic else {}
-    return {"ks": list(ks), "n_topics": len(per_topic), "mean_accuracy": mean, "topics": per_topic,
-            "skipped_topics": [t for t in names if t not in {r["topic"] for r in per_topic}]}
+    mean = (
+        {
+            kind: {key: float(np.mean([r[kind][key] for r in per_topic])) for key in per_topic[0][kind]}
+            for kind in ("sae", "raw")
+        }
+        if per_topic
+        else {}
+    )
+    return {
+        "ks": list(ks),
+        "n_topics": len(per_topic),
+        "mean_accuracy": mean,
+        "topics": per_topic,
+        "skipped_topics": [t for t in names if t not in {r["topic"] for r in per_topic}],
+    }

@@ -4,8 +4,8 @@ activations, and the results with their figures."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -16,11 +16,11 @@ from saeq.checks.elements import ELEMENTS, TITLE_OF
 from saeq.checks.probing import sparse_probing
 from saeq.checks.sensitivity import pair_titles, sensitivity
 from saeq.checks.specificity import Rater, specificity
-from saeq.ml.corpus import builtin_documents
 from saeq.errors import InvalidSpec
+from saeq.jobs.evaluate import SinkReference
+from saeq.ml.corpus import builtin_documents
 from saeq.ml.explainers import Decode, Explanation
 from saeq.ml.features import FeatureIndex
-from saeq.jobs.evaluate import SinkReference
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
 from saeq.specs import Category, CategoryMember, Checks
@@ -92,8 +92,10 @@ def plan_documents(spec: Checks, *, training_docs: set[int], seed: int) -> _Plan
                     continue
                 title = TITLE_OF.get(m.name, m.name) if spec.completeness.categories is None else m.name
                 if title not in by_title:
-                    raise InvalidSpec(f"no English builtin article titled {m.name!r}; give the member texts",
-                                      field=f"spec.checks.completeness.categories[{ci}].members[{mi}]")
+                    raise InvalidSpec(
+                        f"no English builtin article titled {m.name!r}; give the member texts",
+                        field=f"spec.checks.completeness.categories[{ci}].members[{mi}]",
+                    )
                 member_docs.add(by_title[title])
                 plan.n_members_seen_in_training += by_title[title] in training_docs
                 per_member.append([add(by_title[title])])
@@ -115,39 +117,68 @@ def plan_documents(spec: Checks, *, training_docs: set[int], seed: int) -> _Plan
     return plan
 
 
-def run_checks(spec: Checks, sae: SparseAutoencoder, lm: LoadedModel, hook: str, *, sinks: SinkReference | None,
-               training_docs: set[int], seed: int, labelled: LabelContext | None, title: str,
-               all_labels: dict[int, Explanation] | None = None,
-               should_stop: Callable[[], bool] = lambda: False,
-               on_progress: Callable[[str, float], None] = lambda stage, fraction: None) -> ChecksResult:
+def run_checks(
+    spec: Checks,
+    sae: SparseAutoencoder,
+    lm: LoadedModel,
+    hook: str,
+    *,
+    sinks: SinkReference | None,
+    training_docs: set[int],
+    seed: int,
+    labelled: LabelContext | None,
+    title: str,
+    all_labels: dict[int, Explanation] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[str, float], None] = lambda stage, fraction: None,
+) -> ChecksResult:
     plan = plan_documents(spec, training_docs=training_docs, seed=seed)
     n_other = sum(len(texts) for _, texts in plan.pairs.values())
     total = len(plan.english) + n_other
 
     def acts(texts: list[str], done_before: int) -> DocumentActs:
         ids = tokenize_documents(texts, lm.tokenizer, context_len=spec.context_len)
-        return document_activations(sae, lm, hook, ids, sinks=sinks, batch_size=spec.batch_size,
-                                    should_stop=should_stop,
-                                    on_batch=lambda n: on_progress("read articles", (done_before + n) / total))
+        return document_activations(
+            sae,
+            lm,
+            hook,
+            ids,
+            sinks=sinks,
+            batch_size=spec.batch_size,
+            should_stop=should_stop,
+            on_batch=lambda n: on_progress("read articles", (done_before + n) / total),
+        )
 
     english = acts(plan.english, 0)
     names = all_labels or {}
-    doc: dict = {"checks_version": CHECKS_VERSION, "context_len": spec.context_len,
-                 "n_english_articles": len(plan.english), "n_translated_articles": n_other}
+    doc: dict = {
+        "checks_version": CHECKS_VERSION,
+        "context_len": spec.context_len,
+        "n_english_articles": len(plan.english),
+        "n_translated_articles": n_other,
+    }
     out = ChecksResult(doc)
 
     if spec.completeness is not None:
         background = english.max_DS[plan.sample]
-        doc["completeness"] = {"max_background_rate": spec.completeness.max_background_rate,
-                               "n_background": len(plan.sample),
-                               "n_members_seen_in_training": plan.n_members_seen_in_training, "categories": []}
+        doc["completeness"] = {
+            "max_background_rate": spec.completeness.max_background_rate,
+            "n_background": len(plan.sample),
+            "n_members_seen_in_training": plan.n_members_seen_in_training,
+            "categories": [],
+        }
         for i, cat in enumerate(spec.completeness.categories or [BUILTIN_CATEGORY]):
             member_max = torch.stack([english.max_DS[rows].amax(0) for rows in plan.members[cat.name]])
-            results = completeness(member_max, background, [m.name for m in cat.members],
-                                   max_background_rate=spec.completeness.max_background_rate)
+            results = completeness(
+                member_max,
+                background,
+                [m.name for m in cat.members],
+                max_background_rate=spec.completeness.max_background_rate,
+            )
             members = [{**r.to_dict(), "label": _label(names, r.feature)} for r in results]
-            doc["completeness"]["categories"].append({"name": cat.name, "summary": coverage_summary(results),
-                                                      "members": members})
+            doc["completeness"]["categories"].append(
+                {"name": cat.name, "summary": coverage_summary(results), "members": members}
+            )
             out.pngs[f"completeness_{i}.png"] = plots.completeness_plot(members, cat.name, title)
 
     if spec.sensitivity is not None:
@@ -165,9 +196,15 @@ def run_checks(spec: Checks, sae: SparseAutoencoder, lm: LoadedModel, hook: str,
     if spec.probing is not None:
         rows = [i for i in plan.sample if plan.topics[i] is not None]  # held out, no category member
         p = spec.probing
-        doc["probing"] = sparse_probing(english.mean_DS[rows].numpy(), english.raw_mean_DM[rows].numpy(),
-                                        [plan.topics[i] for i in rows], ks=p.ks, test_share=p.test_share,
-                                        min_per_class=p.min_per_class, seed=seed)
+        doc["probing"] = sparse_probing(
+            english.mean_DS[rows].numpy(),
+            english.raw_mean_DM[rows].numpy(),
+            [plan.topics[i] for i in rows],
+            ks=p.ks,
+            test_share=p.test_share,
+            min_per_class=p.min_per_class,
+            seed=seed,
+        )
         if doc["probing"]["n_topics"]:
             out.pngs["probing.png"] = plots.probing_plot(doc["probing"], title)
 
@@ -177,9 +214,18 @@ def run_checks(spec: Checks, sae: SparseAutoencoder, lm: LoadedModel, hook: str,
         else:
             on_progress("rate contexts", 0.0)
             s = spec.specificity
-            doc["specificity"] = specificity(labelled.index, labelled.labels, labelled.rater, labelled.decode,
-                                             n_zero=s.n_zero, n_bins=s.n_bins, n_per_bin=s.n_per_bin,
-                                             before=labelled.before, after=labelled.after, seed=seed)
+            doc["specificity"] = specificity(
+                labelled.index,
+                labelled.labels,
+                labelled.rater,
+                labelled.decode,
+                n_zero=s.n_zero,
+                n_bins=s.n_bins,
+                n_per_bin=s.n_per_bin,
+                before=labelled.before,
+                after=labelled.after,
+                seed=seed,
+            )
             out.pngs["specificity.png"] = plots.specificity_plot(doc["specificity"], title)
     return out
 

@@ -17,6 +17,7 @@ def fold_title(title: str) -> str:
 def pair_titles(english: list[str], other: list[str]) -> dict[int, int]:
     """English index -> other-language index of the article with the same (folded) title;
     titles that fold to the same string on either side are left unpaired."""
+
     def unique(titles):
         seen: dict[str, int | None] = {}
         for i, t in enumerate(titles):
@@ -46,14 +47,23 @@ def sensitivity(en_max_PS: Tensor, other_max_PS: Tensor, *, max_doc_share: float
         hit = int((ot_fires[:, f] & on).sum())
         false_pos = int((ot_fires[:, f] & ~on).sum())
         hits, total = hits + hit, total + n_on
-        per_feature.append({"feature": f, "n_english": n_on, "recall": hit / n_on,
-                            "false_positive_rate": false_pos / n_off if n_off else None})
+        per_feature.append(
+            {
+                "feature": f,
+                "n_english": n_on,
+                "recall": hit / n_on,
+                "false_positive_rate": false_pos / n_off if n_off else None,
+            }
+        )
     recalls = torch.tensor([r["recall"] for r in per_feature])
     fprs = torch.tensor([r["false_positive_rate"] for r in per_feature if r["false_positive_rate"] is not None])
-    summary = {"n_pairs": P, "n_features": len(per_feature),
-               "pooled_recall": hits / total if total else None,
-               "mean_recall": float(recalls.mean()) if recalls.numel() else None,
-               "share_recall_at_least_half": float((recalls >= 0.5).float().mean()) if recalls.numel() else None,
-               "mean_false_positive_rate": float(fprs.mean()) if fprs.numel() else None}
+    summary = {
+        "n_pairs": P,
+        "n_features": len(per_feature),
+        "pooled_recall": hits / total if total else None,
+        "mean_recall": float(recalls.mean()) if recalls.numel() else None,
+        "share_recall_at_least_half": float((recalls >= 0.5).float().mean()) if recalls.numel() else None,
+        "mean_false_positive_rate": float(fprs.mean()) if fprs.numel() else None,
+    }
     per_feature.sort(key=lambda r: (-r["n_english"], r["feature"]))
     return {"summary": summary, "features": per_feature}

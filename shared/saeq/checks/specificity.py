@@ -29,7 +29,8 @@ _RUBRIC = (
     "0 - the text has nothing to do with the concept.\n"
     "1 - the text is only loosely related to the concept.\n"
     "2 - the text is mostly about the concept, or mentions it clearly.\n"
-    "3 - the text is clearly and directly about the concept.")
+    "3 - the text is clearly and directly about the concept."
+)
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,16 @@ class EndpointRater:
         self.endpoint, self.name = endpoint, name
 
     def rate(self, items: list[tuple[Explanation, str]]) -> list[Rating]:
-        conversations = [[{"role": "system", "content": f"{_RUBRIC}\nAnswer with one digit."},
-                          {"role": "user", "content": f"Concept: {e.label} ({e.description})\n"
-                                                      f"Text: {one_line(t, 1000)}"}] for e, t in items]
-        return [_from_distribution(p) for p in
-                self.endpoint.option_probability_batch(conversations, ["0", "1", "2", "3"])]
+        conversations = [
+            [
+                {"role": "system", "content": f"{_RUBRIC}\nAnswer with one digit."},
+                {"role": "user", "content": f"Concept: {e.label} ({e.description})\nText: {one_line(t, 1000)}"},
+            ]
+            for e, t in items
+        ]
+        return [
+            _from_distribution(p) for p in self.endpoint.option_probability_batch(conversations, ["0", "1", "2", "3"])
+        ]
 
 
 class EmbeddingRater:
@@ -99,11 +105,21 @@ class EmbeddingRater:
         return out
 
 
-def specificity_examples(index: FeatureIndex, feature: int, *, n_zero: int, n_bins: int, n_per_bin: int,
-                         before: int, after: int, generator: torch.Generator) -> list[Example]:
+def specificity_examples(
+    index: FeatureIndex,
+    feature: int,
+    *,
+    n_zero: int,
+    n_bins: int,
+    n_per_bin: int,
+    before: int,
+    after: int,
+    generator: torch.Generator,
+) -> list[Example]:
     """Windows from activation quantiles of the contexts where the feature fires, and silent ones."""
-    bins = index.quantile_examples(feature, n_per_bin, n_bins, before=before, after=after, exclude=set(),
-                                   generator=generator)
+    bins = index.quantile_examples(
+        feature, n_per_bin, n_bins, before=before, after=after, exclude=set(), generator=generator
+    )
     silent = index.silent_examples(feature, n_zero, length=before + after + 1, generator=generator)
     return [ex for b in bins for ex in b] + silent
 
@@ -115,16 +131,28 @@ def activation_bin(fraction: float) -> int:
     return 1 + min(sum(fraction > e for e in BIN_EDGES[1:-1]), len(BIN_EDGES) - 2)
 
 
-def specificity(index: FeatureIndex, labels: dict[int, Explanation], rater: Rater, decode: Decode, *,
-                n_zero: int, n_bins: int, n_per_bin: int, before: int, after: int, seed: int) -> dict:
+def specificity(
+    index: FeatureIndex,
+    labels: dict[int, Explanation],
+    rater: Rater,
+    decode: Decode,
+    *,
+    n_zero: int,
+    n_bins: int,
+    n_per_bin: int,
+    before: int,
+    after: int,
+    seed: int,
+) -> dict:
     """Per feature: the rated contexts, Spearman(activation, score) and the share rated 2-3 per
     activation bin; and the same pooled over features (activation divided by each feature's max)."""
     max_act = index.max_act()
     samples = {}
     for f in labels:
         g = torch.Generator().manual_seed((seed * 1_000_003 + f) % (1 << 63))
-        samples[f] = specificity_examples(index, f, n_zero=n_zero, n_bins=n_bins, n_per_bin=n_per_bin,
-                                          before=before, after=after, generator=g)
+        samples[f] = specificity_examples(
+            index, f, n_zero=n_zero, n_bins=n_bins, n_per_bin=n_per_bin, before=before, after=after, generator=g
+        )
     items = [(labels[f], text_of(ex, decode)) for f, exs in samples.items() for ex in exs]
     ratings = iter(rater.rate(items))
     features, pooled = [], []
@@ -133,22 +161,44 @@ def specificity(index: FeatureIndex, labels: dict[int, Explanation], rater: Rate
         for ex in exs:
             r = next(ratings)
             fraction = ex.max_act / float(max_act[f]) if max_act[f] > 0 else 0.0
-            rows.append({"activation": ex.max_act, "fraction_of_max": fraction, "score": r.score,
-                         "rating": r.rating, "context": ex.context, "start": ex.start})
+            rows.append(
+                {
+                    "activation": ex.max_act,
+                    "fraction_of_max": fraction,
+                    "score": r.score,
+                    "rating": r.rating,
+                    "context": ex.context,
+                    "start": ex.start,
+                }
+            )
         pooled += rows
-        features.append({"feature": f, "label": labels[f].label, "max_activation": float(max_act[f]),
-                         "spearman": _spearman([r["activation"] for r in rows], [r["score"] for r in rows]),
-                         "high_rated_share_by_bin": _bin_shares(rows), "contexts": rows})
+        features.append(
+            {
+                "feature": f,
+                "label": labels[f].label,
+                "max_activation": float(max_act[f]),
+                "spearman": _spearman([r["activation"] for r in rows], [r["score"] for r in rows]),
+                "high_rated_share_by_bin": _bin_shares(rows),
+                "contexts": rows,
+            }
+        )
     rhos = [x["spearman"] for x in features if x["spearman"] is not None]
     summary = {
-        "n_features": len(features), "n_contexts": len(pooled),
+        "n_features": len(features),
+        "n_contexts": len(pooled),
         "mean_spearman": sum(rhos) / len(rhos) if rhos else None,
         "median_spearman": float(torch.tensor(rhos).median()) if rhos else None,
         "pooled_spearman": _spearman([r["fraction_of_max"] for r in pooled], [r["score"] for r in pooled]),
         "high_rated_share_by_bin": _bin_shares(pooled),
-        "rating_counts_by_bin": _rating_counts(pooled)}
-    return {"summary": summary, "features": features, "bins": list(BIN_NAMES), "rater": rater.name,
-            "prompt_version": RATING_PROMPT_VERSION}
+        "rating_counts_by_bin": _rating_counts(pooled),
+    }
+    return {
+        "summary": summary,
+        "features": features,
+        "bins": list(BIN_NAMES),
+        "rater": rater.name,
+        "prompt_version": RATING_PROMPT_VERSION,
+    }
 
 
 def _spearman(x: list[float], y: list[float]) -> float | None:

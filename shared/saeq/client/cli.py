@@ -20,10 +20,19 @@ def _client(ctx: click.Context) -> Client:
 
 
 @click.group()
-@click.option("--url", envvar="SAEQ_URL", default=None,
-              help="API base URL (default: the stack `saeq up` started, else http://127.0.0.1:8000).")
-@click.option("--api-key", envvar="SAEQ_API_KEY", default=None, show_envvar=True,
-              help="Your team's API key (default: the admin key of the stack `saeq up` started).")
+@click.option(
+    "--url",
+    envvar="SAEQ_URL",
+    default=None,
+    help="API base URL (default: the stack `saeq up` started, else http://127.0.0.1:8000).",
+)
+@click.option(
+    "--api-key",
+    envvar="SAEQ_API_KEY",
+    default=None,
+    show_envvar=True,
+    help="Your team's API key (default: the admin key of the stack `saeq up` started).",
+)
 @click.pass_context
 def main(ctx: click.Context, url: str | None, api_key: str | None) -> None:
     """saeq: queue sparse-autoencoder experiments."""
@@ -32,35 +41,51 @@ def main(ctx: click.Context, url: str | None, api_key: str | None) -> None:
 
 @main.command()
 @click.option("--port", default=8000, show_default=True, help="API port on 127.0.0.1.")
-@click.option("--home", type=click.Path(path_type=Path), default=None,
-              help="State directory (Redis data, local store, logs). Default: $SAEQ_HOME or ~/.saeq.")
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State directory (Redis data, local store, logs). Default: $SAEQ_HOME or ~/.saeq.",
+)
 @click.option("--redis-url", default=None, help="Use this Redis instead of starting one.")
 @click.option("--store", default=None, help="file:///dir or s3://bucket (default: a directory under --home).")
 @click.option("--s3-endpoint", default=None, help="host:port of MinIO/S3 for an s3:// store.")
 @click.option("--s3-access-key", default=None)
 @click.option("--s3-secret-key", default=None)
 @click.option("--concurrency", default=1, show_default=True, help="Worker processes.")
-@click.option("--local-path-root", "local_path_roots", multiple=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A directory specs may name local models and SAEs under (repeatable; default: none).")
-def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, concurrency,
-       local_path_roots) -> None:
+@click.option(
+    "--local-path-root",
+    "local_path_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A directory specs may name local models and SAEs under (repeatable; default: none).",
+)
+def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, concurrency, local_path_roots) -> None:
     """Start Redis, the API, one worker and a local store; stop them with Ctrl-C."""
     from saeq.dev.local_stack import LocalStack, StackOptions, saeq_home, stack_info_path
 
-    opts = StackOptions(home=home or saeq_home(), port=port, redis_url=redis_url, store=store,
-                        s3_endpoint=s3_endpoint, s3_access_key=s3_access_key,
-                        s3_secret_key=s3_secret_key, worker_concurrency=concurrency,
-                        local_path_roots=[str(r) for r in local_path_roots] or None)
+    opts = StackOptions(
+        home=home or saeq_home(),
+        port=port,
+        redis_url=redis_url,
+        store=store,
+        s3_endpoint=s3_endpoint,
+        s3_access_key=s3_access_key,
+        s3_secret_key=s3_secret_key,
+        worker_concurrency=concurrency,
+        local_path_roots=[str(r) for r in local_path_roots] or None,
+    )
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     with LocalStack(opts) as stack:
         # No secret on stdout (a terminal log, a CI log, a shared tmux): only where they are.
-        click.echo(f"saeq is up: API {stack.url} (docs {stack.url}/docs), Redis {stack.redis_url_shown()}, "
-                   f"logs {stack.logs}. Ctrl-C stops it.\n"
-                   f"Its admin key is `api_key` in {stack_info_path(opts.home)} (readable by you only; the saeq "
-                   f"command and saeq.Client use it on this machine); `saeq keys create TEAM` makes keys for teams.\n"
-                   f"Feature browser: {stack.url}/browse (sign in with that key)")
+        click.echo(
+            f"saeq is up: API {stack.url} (docs {stack.url}/docs), Redis {stack.redis_url_shown()}, "
+            f"logs {stack.logs}. Ctrl-C stops it.\n"
+            f"Its admin key is `api_key` in {stack_info_path(opts.home)} (readable by you only; the saeq "
+            f"command and saeq.Client use it on this machine); `saeq keys create TEAM` makes keys for teams.\n"
+            f"Feature browser: {stack.url}/browse (sign in with that key)"
+        )
         try:
             while not stop["now"]:
                 for name, proc in stack.procs.items():
@@ -125,21 +150,34 @@ def status(ctx, job_id, kind, state, limit, as_json) -> None:
         return
     click.echo(f"{'id':32}  {'kind':8}  {'state':9}  {'progress':>8}  name")
     for job in jobs:
-        click.echo(f"{job['id']:32}  {job['kind']:8}  {job['state']:9}  "
-                   f"{100 * job['progress']['fraction']:7.1f}%  {printable(job['name'] or '')}")
+        click.echo(
+            f"{job['id']:32}  {job['kind']:8}  {job['state']:9}  "
+            f"{100 * job['progress']['fraction']:7.1f}%  {printable(job['name'] or '')}"
+        )
 
 
 def printable(text: str) -> str:
     """`text` with control and format characters escaped (`\\x1b`, `\\u202e`): a job's name or
     message is anyone's text, and a terminal would obey the escapes in it."""
-    return "".join(c if c.isprintable() and unicodedata.category(c) != "Cf"
-                   else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in text)
+    return "".join(
+        c
+        if c.isprintable() and unicodedata.category(c) != "Cf"
+        else f"\\x{ord(c):02x}"
+        if ord(c) < 0x100
+        else f"\\u{ord(c):04x}"
+        for c in text
+    )
 
 
 @main.command()
 @click.option("--team", default=None, help="Whose ended jobs (default: every team's).")
-@click.option("--older-than", type=float, default=0.0, show_default=True,
-              help="Only jobs that ended more than this many seconds ago.")
+@click.option(
+    "--older-than",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Only jobs that ended more than this many seconds ago.",
+)
 @click.pass_context
 def purge(ctx, team, older_than) -> None:
     """(admin) Delete ended jobs' records now, before their retention ends; artifacts stay."""
@@ -147,8 +185,9 @@ def purge(ctx, team, older_than) -> None:
         out = _client(ctx).purge(team=team, ended_before=time.time() - older_than if older_than else None)
     except ApiError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"purged {out['purged']} ended job{'s' if out['purged'] != 1 else ''}"
-               f"{f' of team {team}' if team else ''}")
+    click.echo(
+        f"purged {out['purged']} ended job{'s' if out['purged'] != 1 else ''}{f' of team {team}' if team else ''}"
+    )
 
 
 @main.command()
@@ -274,23 +313,30 @@ def search(ctx, label_job, query, top) -> None:
 @click.argument("prompt")
 @click.option("--feature", "-f", type=int, multiple=True, required=True, help="SAE latent (repeatable).")
 @click.option("--mode", type=click.Choice(["add", "clamp", "ablate", "scale"]), default="clamp", show_default=True)
-@click.option("--value", type=float, default=10.0, show_default=True,
-              help="add: coefficient; clamp: activation; scale: factor.")
+@click.option(
+    "--value", type=float, default=10.0, show_default=True, help="add: coefficient; clamp: activation; scale: factor."
+)
 @click.option("--sae-name", default=None, help="Which SAE of the train job (default: the first).")
 @click.option("--tokens", default=32, show_default=True)
 @click.pass_context
 def steer(ctx, train_job, prompt, feature, mode, value, sae_name, tokens) -> None:
     """Generate after PROMPT with features of a trained SAE edited; print the default beside it."""
-    body = {"sae": {"job_id": train_job, "name": sae_name}, "prompt": prompt, "max_new_tokens": tokens,
-            "interventions": [{"feature": f, "mode": mode, "value": value} for f in feature]}
+    body = {
+        "sae": {"job_id": train_job, "name": sae_name},
+        "prompt": prompt,
+        "max_new_tokens": tokens,
+        "interventions": [{"feature": f, "mode": mode, "value": value} for f in feature],
+    }
     try:
         out = _client(ctx).steer(body)
     except ApiError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"default: {out['default']}\nsteered: {out['steered']}")
     ppl = out["perplexity_unsteered"]
-    click.echo(f"KL from default {out['kl_from_default']:.3f} nats/token, perplexity under the unsteered "
-               f"model {'-' if ppl is None else f'{ppl:.1f}'}")
+    click.echo(
+        f"KL from default {out['kl_from_default']:.3f} nats/token, perplexity under the unsteered "
+        f"model {'-' if ppl is None else f'{ppl:.1f}'}"
+    )
 
 
 @main.command()
@@ -317,8 +363,10 @@ def _wait(client: Client, job_id: str, timeout: float | None = None) -> dict:
 
 def _print_job(job: dict) -> None:
     p = job["progress"]
-    click.echo(f"job {job['id']}  {job['kind']}  {job['state']}  ({p['phase']}, {100 * p['fraction']:.1f}%)"
-               f"{'  ' + printable(job['name']) if job.get('name') else ''}")
+    click.echo(
+        f"job {job['id']}  {job['kind']}  {job['state']}  ({p['phase']}, {100 * p['fraction']:.1f}%)"
+        f"{'  ' + printable(job['name']) if job.get('name') else ''}"
+    )
     if p["figures"]:
         click.echo("  " + "  ".join(f"{k}={v:,.4g}" for k, v in p["figures"].items()))
     if job["error"]:

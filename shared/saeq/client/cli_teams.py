@@ -83,9 +83,11 @@ def teams() -> None:
 def teams_list(ctx) -> None:
     for t in _call(ctx, "teams"):
         q = t["quota"]
-        click.echo(f"{t['team']:<20} dispatched {t['active']}/{q['max_running']}  waiting {t['waiting']}/"
-                   f"{q['max_queued']}  max_tokens {q['max_tokens']:,}  max_latents {q['max_latents']:,}  "
-                   f"max_time_s {q['max_time_s']:g}")
+        click.echo(
+            f"{t['team']:<20} dispatched {t['active']}/{q['max_running']}  waiting {t['waiting']}/"
+            f"{q['max_queued']}  max_tokens {q['max_tokens']:,}  max_latents {q['max_latents']:,}  "
+            f"max_time_s {q['max_time_s']:g}"
+        )
 
 
 @teams.command("set-quota")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import itertools
+import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 from pydantic import BaseModel
@@ -39,8 +39,12 @@ class JobFailed(Exception):
 
 def format_detail(detail: Any) -> str:
     if isinstance(detail, list):
-        return "; ".join(f"{d.get('field') or '.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
-                         if isinstance(d, dict) else str(d) for d in detail)
+        return "; ".join(
+            f"{d.get('field') or '.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
+            if isinstance(d, dict)
+            else str(d)
+            for d in detail
+        )
     return str(detail)
 
 
@@ -69,7 +73,7 @@ class Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -104,16 +108,29 @@ class Client:
             raise ApiError(resp.status_code, detail)
         return resp.json() if resp.content else None  # 204: no body
 
-    def submit(self, spec: dict | BaseModel, *, depends_on: list[str] = (), name: str | None = None,
-               idempotency_key: str | None = None, priority: int = 0, time_limit_s: float | None = None) -> dict:
+    def submit(
+        self,
+        spec: dict | BaseModel,
+        *,
+        depends_on: list[str] = (),
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+        time_limit_s: float | None = None,
+    ) -> dict:
         """Queue a job; `spec` is a spec model or dict with a `kind`. `priority` (0-9) orders the
         team's jobs waiting for a slot; `time_limit_s` stops the job after that long."""
         if isinstance(spec, BaseModel):
             spec = spec.model_dump(mode="json")
         # Always a key, so a submit repeated after a lost answer returns the job the first made.
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        body = {"spec": spec, "depends_on": list(depends_on), "name": name, "priority": priority,
-                "time_limit_s": time_limit_s}
+        body = {
+            "spec": spec,
+            "depends_on": list(depends_on),
+            "name": name,
+            "priority": priority,
+            "time_limit_s": time_limit_s,
+        }
         return self._call("POST", "/v1/jobs", json=body, headers=headers, retry=True)
 
     def get(self, job_id: str) -> dict:
@@ -123,8 +140,11 @@ class Client:
         """All matching jobs, newest first, fetched a page at a time."""
         before = None
         while True:
-            params = {k: v for k, v in {"kind": kind, "state": state, "limit": limit, "before": before}.items()
-                      if v is not None}
+            params = {
+                k: v
+                for k, v in {"kind": kind, "state": state, "limit": limit, "before": before}.items()
+                if v is not None
+            }
             page = self._call("GET", "/v1/jobs", params=params)
             yield from page["jobs"]
             if page["next_before"] is None:
@@ -143,8 +163,9 @@ class Client:
     def upload(self, path: str | Path, *, text_field: str = "text") -> dict:
         path = Path(path)
         with path.open("rb") as f:
-            return self._call("POST", "/v1/uploads", params={"text_field": text_field},
-                              files={"file": (path.name, f, "text/plain")})
+            return self._call(
+                "POST", "/v1/uploads", params={"text_field": text_field}, files={"file": (path.name, f, "text/plain")}
+            )
 
     def uploads(self, *, limit: int = 500, cursor: str | None = None) -> dict:
         """A page of the team's uploads, oldest first (`next_cursor`, as `cursor`, gets the next),
@@ -165,8 +186,15 @@ class Client:
         """Delete an upload of the team, freeing its quota."""
         self._call("DELETE", f"/v1/uploads/{upload_id}")
 
-    def wait(self, job_id: str, *, timeout: float | None = None, progress: bool = False,
-             poll_s: float = 1.0, raise_on_failure: bool = True) -> dict:
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        progress: bool = False,
+        poll_s: float = 1.0,
+        raise_on_failure: bool = True,
+    ) -> dict:
         """Block until the job ends; with `progress`, draw a progress bar. Raises JobFailed unless
         it succeeded (and `raise_on_failure`). Rides out an unavailable API until `timeout`."""
         bar = None
@@ -244,9 +272,12 @@ class Client:
 
     def search_labels(self, label_job: str, query: str, *, top: int = 10) -> list[dict]:
         """Features of a label job whose labels are closest in meaning to `query`, best first."""
-        return self._call("POST", "/v1/labels/search",
-                          json={"label_job": label_job, "query": query, "top": top},
-                          timeout=max(self.http.timeout.read or 0, 300))["results"]
+        return self._call(
+            "POST",
+            "/v1/labels/search",
+            json={"label_job": label_job, "query": query, "top": top},
+            timeout=max(self.http.timeout.read or 0, 300),
+        )["results"]
 
     # ---- teams and keys ---------------------------------------------------------------------
 
@@ -293,7 +324,7 @@ def _backoff_s(attempt: int, retry_after: str | None = None) -> float:
     try:
         return min(10.0, float(retry_after))
     except (TypeError, ValueError):
-        return min(4.0, 0.25 * 2 ** attempt)
+        return min(4.0, 0.25 * 2**attempt)
 
 
 def _fmt(v: Any) -> str:

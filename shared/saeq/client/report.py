@@ -12,14 +12,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from saeq.jobs.evaluate import EvalResult
 
-HEADLINE = [("fvu", "FVU (ordinary tokens)", "{:.4f}"), ("explained_variance", "explained variance", "{:.4f}"),
-            ("mse", "MSE (sum over dims)", "{:.4g}"), ("cossim", "cosine similarity", "{:.4f}"),
-            ("l0", "L0 (mean active latents)", "{:.2f}"), ("dead_fraction", "dead latents", "{:.2%}"),
-            ("dense_fraction", "dense latents (>10% of tokens)", "{:.2%}"),
-            ("ce_loss_recovered", "CE-loss recovered", "{:.4f}"), ("ce_loss_clean", "CE clean (nats)", "{:.4f}"),
-            ("ce_loss_with_sae", "CE with SAE (nats)", "{:.4f}"),
-            ("ce_loss_with_ablation", "CE zero-ablated (nats)", "{:.4f}"),
-            ("delta_lm_loss", "delta LM loss (nats)", "{:.4f}"), ("kl_div_with_sae", "KL with SAE (nats)", "{:.4f}")]
+HEADLINE = [
+    ("fvu", "FVU (ordinary tokens)", "{:.4f}"),
+    ("explained_variance", "explained variance", "{:.4f}"),
+    ("mse", "MSE (sum over dims)", "{:.4g}"),
+    ("cossim", "cosine similarity", "{:.4f}"),
+    ("l0", "L0 (mean active latents)", "{:.2f}"),
+    ("dead_fraction", "dead latents", "{:.2%}"),
+    ("dense_fraction", "dense latents (>10% of tokens)", "{:.2%}"),
+    ("ce_loss_recovered", "CE-loss recovered", "{:.4f}"),
+    ("ce_loss_clean", "CE clean (nats)", "{:.4f}"),
+    ("ce_loss_with_sae", "CE with SAE (nats)", "{:.4f}"),
+    ("ce_loss_with_ablation", "CE zero-ablated (nats)", "{:.4f}"),
+    ("delta_lm_loss", "delta LM loss (nats)", "{:.4f}"),
+    ("kl_div_with_sae", "KL with SAE (nats)", "{:.4f}"),
+]
 
 
 def png_bytes(fig) -> bytes:
@@ -44,8 +51,11 @@ def plots(result: EvalResult, title: str) -> dict[str, bytes]:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     edges = LOG_DENSITY_BINS.tolist()
     ax.stairs(result.log_density_histogram, edges, fill=True)
-    ax.set(xlabel="log10 feature density (fraction of ordinary tokens)", ylabel="latents",
-           title=f"{title}: feature density ({result.counts['n_dead']} dead, not shown)")
+    ax.set(
+        xlabel="log10 feature density (fraction of ordinary tokens)",
+        ylabel="latents",
+        title=f"{title}: feature density ({result.counts['n_dead']} dead, not shown)",
+    )
     out["feature_density.png"] = png_bytes(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -74,9 +84,9 @@ def markdown(result: EvalResult, provenance: dict, plot_names: list[str]) -> str
 |---|---|
 {rows}
 
-Tokens: {c['n_tokens']:,} evaluated, {c['n_ordinary']:,} ordinary, {c['n_sinks_excluded']:,} attention
+Tokens: {c["n_tokens"]:,} evaluated, {c["n_ordinary"]:,} ordinary, {c["n_sinks_excluded"]:,} attention
 sinks left out of every average and kept clean in the splices; loss averaged over
-{c['n_loss_positions']:,} next-token predictions. Definitions: docs/metrics.md.
+{c["n_loss_positions"]:,} next-token predictions. Definitions: docs/metrics.md.
 
 ## Provenance
 
@@ -91,8 +101,7 @@ sinks left out of every average and kept clean in the splices; loss averaged ove
 def summary_table(metrics: dict[str, float]) -> str:
     """Plain-text table for `saeq report`."""
     width = max(len(label) for _, label, _ in HEADLINE)
-    return "\n".join(f"{label:<{width}}  {fmt.format(metrics[key])}" for key, label, fmt in HEADLINE
-                     if key in metrics)
+    return "\n".join(f"{label:<{width}}  {fmt.format(metrics[key])}" for key, label, fmt in HEADLINE if key in metrics)
 
 
 def labels_table(records: list[dict], *, limit: int | None = None) -> str:
@@ -111,12 +120,13 @@ def labels_table(records: list[dict], *, limit: int | None = None) -> str:
         for e in explainers:
             r = rs.get(e)
             det = (r or {}).get("scores", {}).get("detection")
-            row += [_clip(r["label"], 32) if r else "-",
-                    f"{_num(det['balanced_accuracy'])} / {_num(det['auc'])}" if det else "-"]
+            row += [
+                _clip(r["label"], 32) if r else "-",
+                f"{_num(det['balanced_accuracy'])} / {_num(det['auc'])}" if det else "-",
+            ]
         rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)),
-             "-+-".join("-" * w for w in widths)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
 
@@ -131,7 +141,7 @@ def labels_summary(summary: dict) -> str:
 
 
 def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _num(v) -> str:

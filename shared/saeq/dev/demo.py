@@ -9,33 +9,54 @@ from pathlib import Path
 
 from saeq.checks.summary import checks_lines
 from saeq.client.client import Client
-from saeq.dev.local_stack import LocalStack, StackOptions, free_port, saeq_home, stack_info_path
 from saeq.client.report import labels_summary, labels_table, summary_table
+from saeq.dev.local_stack import LocalStack, StackOptions, free_port, saeq_home, stack_info_path
 from saeq.specs import Checks, EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainedSae, TrainSpec
 
 HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]
 
 
-def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_query: str = "geography",
-             steer_prompt: str = "Tell me about your weekend.", home: Path | None = None) -> dict:
+def run_demo(
+    *,
+    tokens: int,
+    train_tokens: int,
+    label_features: int = 32,
+    steer_query: str = "geography",
+    steer_prompt: str = "Tell me about your weekend.",
+    home: Path | None = None,
+) -> dict:
     home = home or saeq_home() / "demo"
     with LocalStack(StackOptions(home=home, port=free_port())) as stack:
         print(f"local stack up: API {stack.url} (docs {stack.url}/docs), logs in {stack.logs}")
         client = Client(stack.url, api_key=stack.admin_key, timeout=60)
-        harvest = client.submit(HarvestSpec(hooks=[HOOK], max_tokens=tokens),
-                                name="demo: harvest layer 15 of SmolLM2 on English Wikipedia")
+        harvest = client.submit(
+            HarvestSpec(hooks=[HOOK], max_tokens=tokens), name="demo: harvest layer 15 of SmolLM2 on English Wikipedia"
+        )
         train = client.submit(
-            TrainSpec(activations={"job_id": harvest["id"], "hook": HOOK}, total_tokens=train_tokens,
-                      saes=[SaeConfig(name="topk-8x-k32", architecture="topk", expansion_factor=8, k=32)]),
-            depends_on=[harvest["id"]], name="demo: TopK SAE, 8x width, k=32")
-        label = client.submit(LabelSpec(sae=TrainedSae(job_id=train["id"]), n_most_active=label_features,
-                                        index_tokens=65_536, n_score_examples=8),
-                              depends_on=[train["id"]], name="demo: label the most active features")
-        evaluate = client.submit(EvaluateSpec(sae=TrainedSae(job_id=train["id"]), checks=Checks(label_job=label["id"])),
-                                 depends_on=[train["id"], label["id"]],
-                                 name="demo: evaluate on held-out articles, with the checks")
-        print(f"submitted harvest {harvest['id']}, train {train['id']}, label {label['id']}, "
-              f"evaluate {evaluate['id']}")
+            TrainSpec(
+                activations={"job_id": harvest["id"], "hook": HOOK},
+                total_tokens=train_tokens,
+                saes=[SaeConfig(name="topk-8x-k32", architecture="topk", expansion_factor=8, k=32)],
+            ),
+            depends_on=[harvest["id"]],
+            name="demo: TopK SAE, 8x width, k=32",
+        )
+        label = client.submit(
+            LabelSpec(
+                sae=TrainedSae(job_id=train["id"]),
+                n_most_active=label_features,
+                index_tokens=65_536,
+                n_score_examples=8,
+            ),
+            depends_on=[train["id"]],
+            name="demo: label the most active features",
+        )
+        evaluate = client.submit(
+            EvaluateSpec(sae=TrainedSae(job_id=train["id"]), checks=Checks(label_job=label["id"])),
+            depends_on=[train["id"], label["id"]],
+            name="demo: evaluate on held-out articles, with the checks",
+        )
+        print(f"submitted harvest {harvest['id']}, train {train['id']}, label {label['id']}, evaluate {evaluate['id']}")
 
         print(f"\n[1/5] harvest: {tokens:,} tokens of {HOOK} (layer 15) of SmolLM2-135M-Instruct")
         job = client.wait(harvest["id"], progress=True)
@@ -47,78 +68,116 @@ def run_demo(*, tokens: int, train_tokens: int, label_features: int = 32, steer_
         trained = client.manifest(job["id"])
         _print_train(job, trained)
 
-        print(f"\n[3/5] label: the {label_features} most active features, by SmolLM2 (few-shot) and by "
-              "article metadata; each label scored on windows its explainer never saw")
+        print(
+            f"\n[3/5] label: the {label_features} most active features, by SmolLM2 (few-shot) and by "
+            "article metadata; each label scored on windows its explainer never saw"
+        )
         job = client.wait(label["id"], progress=True)
         labelled = client.manifest(job["id"])
         print(labels_table(client.labels(job["id"])))
         print(labels_summary(labelled["summary"]))
-        print(f"detection: balanced accuracy and AUC of the judge (SmolLM2) telling activating from silent "
-              f"windows given the label; 0.5 is chance.\nlabels: {_where(stack, labelled['labels_key'])}")
+        print(
+            f"detection: balanced accuracy and AUC of the judge (SmolLM2) telling activating from silent "
+            f"windows given the label; 0.5 is chance.\nlabels: {_where(stack, labelled['labels_key'])}"
+        )
 
-        print("\n[4/5] evaluate: held-out articles, SAE spliced into the model; then the checks (specificity "
-              "of the SmolLM2 labels as MiniLM rates them, sensitivity across en/fr/es, completeness over the chemical elements, "
-              "sparse probing of topics)")
+        print(
+            "\n[4/5] evaluate: held-out articles, SAE spliced into the model; then the checks (specificity "
+            "of the SmolLM2 labels as MiniLM rates them, sensitivity across en/fr/es, completeness over the chemical elements, "
+            "sparse probing of topics)"
+        )
         job = client.wait(evaluate["id"], progress=True)
         report = client.manifest(job["id"])
         print(summary_table(report["metrics"]))
         c = report["counts"]
-        print(f"{c['n_ordinary']:,} ordinary held-out tokens; {c['n_sinks_excluded']:,} attention sinks left out "
-              f"and kept clean")
+        print(
+            f"{c['n_ordinary']:,} ordinary held-out tokens; {c['n_sinks_excluded']:,} attention sinks left out "
+            f"and kept clean"
+        )
         print("\n".join(checks_lines(report["checks"])))
         print(f"report (with plots): {_where(stack, report['report_key'])}")
 
         print(f"\n[5/5] steer: find a feature by label search ({steer_query!r}), clamp it during generation")
         hits = client.search_labels(label["id"], steer_query, top=3)
         for h in hits:
-            print(f"  feature {h['feature']}: {h['label']!r} ({h['explainer']}), similarity {h['similarity']:.2f}, "
-                  f"detection AUC {h['detection_auc'] if h['detection_auc'] is None else round(h['detection_auc'], 2)}")
+            print(
+                f"  feature {h['feature']}: {h['label']!r} ({h['explainer']}), similarity {h['similarity']:.2f}, "
+                f"detection AUC {h['detection_auc'] if h['detection_auc'] is None else round(h['detection_auc'], 2)}"
+            )
         feature = hits[0]["feature"]
         max_act = max(r["max_activation"] for r in client.labels(label["id"]) if r["feature"] == feature)
-        out = client.steer({"sae": {"job_id": train["id"]}, "prompt": steer_prompt, "max_new_tokens": 32,
-                            "interventions": [{"feature": feature, "mode": "clamp", "value": 2 * max_act}]})
+        out = client.steer(
+            {
+                "sae": {"job_id": train["id"]},
+                "prompt": steer_prompt,
+                "max_new_tokens": 32,
+                "interventions": [{"feature": feature, "mode": "clamp", "value": 2 * max_act}],
+            }
+        )
         # 2x the largest activation seen: enough to take over a 135M model's topic (4x breaks its grammar).
         print(f"prompt: {steer_prompt!r}; feature {feature} clamped to 2 x its max activation ({2 * max_act:.1f})")
         print(f"  default: {out['default']!r}\n  steered: {out['steered']!r}")
-        print(f"  KL from default {out['kl_from_default']:.3f} nats/token; perplexity of the steered text under "
-              f"the unsteered model {out['perplexity_unsteered']:.1f}; {out['seconds']:.1f} s")
+        print(
+            f"  KL from default {out['kl_from_default']:.3f} nats/token; perplexity of the steered text under "
+            f"the unsteered model {out['perplexity_unsteered']:.1f}; {out['seconds']:.1f} s"
+        )
         browse = f"/browse#/features/{label['id']}"
         # No key on stdout (a shared host's logs and terminals outlive the demo): say where it is.
-        print(f"\nfeature browser of this SAE (sign in with `api_key` from {stack_info_path(home)}):\n"
-              f"  {stack.url}{browse}")
+        print(
+            f"\nfeature browser of this SAE (sign in with `api_key` from {stack_info_path(home)}):\n"
+            f"  {stack.url}{browse}"
+        )
         if sys.stdin.isatty():
             input("The local stack stays up while you browse; press Enter to stop it. ")
         else:
-            print(f"(the stack stops now; to browse later: .venv/bin/saeq up --home {home}, open the "
-                  f"feature browser link it prints, and go to {browse})")
-        return {"harvest": manifest, "train": trained, "evaluate": report, "label": labelled, "steer": out,
-                "browser_url": f"{stack.url}{browse}"}
+            print(
+                f"(the stack stops now; to browse later: .venv/bin/saeq up --home {home}, open the "
+                f"feature browser link it prints, and go to {browse})"
+            )
+        return {
+            "harvest": manifest,
+            "train": trained,
+            "evaluate": report,
+            "label": labelled,
+            "steer": out,
+            "browser_url": f"{stack.url}{browse}",
+        }
 
 
 def _where(stack: LocalStack, key: str) -> str:
     store = stack.env()["SAEQ_STORE"]
-    return f"{store[len('file://'):]}/{key}" if store.startswith("file://") else f"{store}/{key}"
+    return f"{store[len('file://') :]}/{key}" if store.startswith("file://") else f"{store}/{key}"
 
 
 def _print_harvest(job: dict, manifest: dict, stack: LocalStack) -> None:
-    print(f"harvest {job['state']} in {job['finished_at'] - job['started_at']:.0f} s "
-          f"({job['progress']['figures'].get('tokens_per_s', 0):,.0f} tokens/s)")
+    print(
+        f"harvest {job['state']} in {job['finished_at'] - job['started_at']:.0f} s "
+        f"({job['progress']['figures'].get('tokens_per_s', 0):,.0f} tokens/s)"
+    )
     for hook, info in manifest["hooks"].items():
         sinks = info["sinks"]
-        print(f"  {hook}: {info['n_tokens']:,} tokens x d_model {info['d_model']} in "
-              f"{len(info['shards'])} shards ({info['dtype']}); attention sinks by the rule "
-              f"'{sinks['rule']}': {sinks['n_position_zero']:,} at position 0 + "
-              f"{sinks['n_norm_outliers']:,} norm outliers")
+        print(
+            f"  {hook}: {info['n_tokens']:,} tokens x d_model {info['d_model']} in "
+            f"{len(info['shards'])} shards ({info['dtype']}); attention sinks by the rule "
+            f"'{sinks['rule']}': {sinks['n_position_zero']:,} at position 0 + "
+            f"{sinks['n_norm_outliers']:,} norm outliers"
+        )
     print(f"manifest: {_where(stack, job['manifest_key'])}")
 
 
 def _print_train(job: dict, manifest: dict) -> None:
     result = manifest["result"]
     data = result["data"]
-    print(f"train {job['state']} in {result['wall_s']:.0f} s ({result['tokens'] / max(result['wall_s'], 1e-9):,.0f} "
-          f"tokens/s), {data['epochs']:.1f} epochs over {data['train_tokens_available']:,} ordinary tokens; "
-          f"attention sinks left out: {data['sinks']['train']['n_sinks']:,}")
+    print(
+        f"train {job['state']} in {result['wall_s']:.0f} s ({result['tokens'] / max(result['wall_s'], 1e-9):,.0f} "
+        f"tokens/s), {data['epochs']:.1f} epochs over {data['train_tokens_available']:,} ordinary tokens; "
+        f"attention sinks left out: {data['sinks']['train']['n_sinks']:,}"
+    )
     for name, m in result["saes"].items():
-        print(f"  {name}: held-out FVU {m['fvu']:.4f} (ordinary tokens), L0 {m['l0']:.1f}, "
-              f"dead {m['dead_fraction']:.1%} (target: FVU <= 0.18, dead < 5%)")
-        print(f"    SAELens format: {manifest['saes'][name]['saelens']}  sparsify: {manifest['saes'][name]['sparsify']}")
+        print(
+            f"  {name}: held-out FVU {m['fvu']:.4f} (ordinary tokens), L0 {m['l0']:.1f}, "
+            f"dead {m['dead_fraction']:.1%} (target: FVU <= 0.18, dead < 5%)"
+        )
+        print(
+            f"    SAELens format: {manifest['saes'][name]['saelens']}  sparsify: {manifest['saes'][name]['sparsify']}"
+        )

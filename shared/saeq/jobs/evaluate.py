@@ -8,8 +8,8 @@ and stay clean (unreconstructed, unablated) in the splices; the count left out i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -74,15 +74,24 @@ class _Stats:
         self.n_loss = 0
 
 
-def evaluate_sae(sae: SparseAutoencoder, lm: LoadedModel, hook: str, contexts: Iterable[Tensor], *,
-                 sinks: SinkReference | None, dense_threshold: float = 0.1,
-                 should_stop: Callable[[], bool] = lambda: False,
-                 on_batch: Callable[[int], None] = lambda tokens_done: None) -> EvalResult:
+def evaluate_sae(
+    sae: SparseAutoencoder,
+    lm: LoadedModel,
+    hook: str,
+    contexts: Iterable[Tensor],
+    *,
+    sinks: SinkReference | None,
+    dense_threshold: float = 0.1,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_batch: Callable[[int], None] = lambda tokens_done: None,
+) -> EvalResult:
     """Metrics of `sae` at `hook` over batches of contexts (B, T) token ids. `sinks` None keeps
     every token (for comparisons with tools that have no sink rule)."""
     if sae.d_in != lm.d_model:
-        raise InvalidSpec(f"the SAE reads d_in={sae.d_in} but {hook} of {lm.provenance.get('name')} "
-                          f"has d_model={lm.d_model}", field="spec.sae")
+        raise InvalidSpec(
+            f"the SAE reads d_in={sae.d_in} but {hook} of {lm.provenance.get('name')} has d_model={lm.d_model}",
+            field="spec.sae",
+        )
     point = hooks.parse(hook)
     if point.block >= lm.n_layers:
         raise InvalidSpec(f"{hook}: the model has {lm.n_layers} blocks", field="spec.hook")
@@ -209,9 +218,24 @@ def _finish(s: _Stats, n_sinks: int, n_tokens: int, dense_threshold: float) -> E
     l0_hist = torch.histc(l0, bins=L0_BINS, min=0, max=l0_max).long().tolist()
     alive = density[density > 0]
     log_hist = torch.histogram(alive.log10().clamp(min=LOG_DENSITY_BINS[0]), LOG_DENSITY_BINS).hist
-    by_pos = [None if s.pos_n[t] == 0 else
-              _fvu(float(s.pos_n[t]), s.pos_sum_x[t], float(s.pos_sq_x[t]), float(s.pos_sq_resid[t]))
-              for t in range(len(s.pos_n))]
-    return EvalResult(metrics, density, l0_hist, l0_max, log_hist.long().tolist(), by_pos,
-                      {"n_tokens": n_tokens, "n_ordinary": s.n, "n_sinks_excluded": n_sinks,
-                       "n_loss_positions": s.n_loss, "n_dead": int((s.fires == 0).sum())})
+    by_pos = [
+        None
+        if s.pos_n[t] == 0
+        else _fvu(float(s.pos_n[t]), s.pos_sum_x[t], float(s.pos_sq_x[t]), float(s.pos_sq_resid[t]))
+        for t in range(len(s.pos_n))
+    ]
+    return EvalResult(
+        metrics,
+        density,
+        l0_hist,
+        l0_max,
+        log_hist.long().tolist(),
+        by_pos,
+        {
+            "n_tokens": n_tokens,
+            "n_ordinary": s.n,
+            "n_sinks_excluded": n_sinks,
+            "n_loss_positions": s.n_loss,
+            "n_dead": int((s.fires == 0).sum()),
+        },
+    )

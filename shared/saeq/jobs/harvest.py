@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
 from saeq import hooks
-from saeq.ml.corpus import Document
 from saeq.errors import Cancelled, InvalidSpec, OutOfMemory
+from saeq.ml.corpus import Document
 from saeq.ml.models import LoadedModel, decoder_blocks
 from saeq.ml.sinks import SinkStats, median_norm, sink_stats
-from saeq.specs import HarvestSpec
 from saeq.ml.stopping import MICRO_BATCH_TOKENS, micro_batches, stop_between_blocks
+from saeq.specs import HarvestSpec
 
 
 @dataclass
@@ -37,14 +37,24 @@ class Shard:
     def metadata(self, hook: str) -> dict[str, str]:
         """What a shard file records about itself (safetensors metadata is str -> str)."""
         s = self.sinks[hook]
-        return {"hook": hook, "shard_index": str(self.index), "n_tokens": str(self.n_tokens),
-                "context_len": str(self.context_len), "median_norm": repr(s.median_norm),
-                "n_position0": str(s.n_position0), "n_outliers": str(s.n_outliers),
-                "sink_norm_factor": repr(s.norm_factor)}
+        return {
+            "hook": hook,
+            "shard_index": str(self.index),
+            "n_tokens": str(self.n_tokens),
+            "context_len": str(self.context_len),
+            "median_norm": repr(s.median_norm),
+            "n_position0": str(s.n_position0),
+            "n_outliers": str(s.n_outliers),
+            "sink_norm_factor": repr(s.norm_factor),
+        }
 
 
 def harvest_activations(
-    spec: HarvestSpec, lm: LoadedModel, docs: Iterable[Document], *, start_shard: int = 0,
+    spec: HarvestSpec,
+    lm: LoadedModel,
+    docs: Iterable[Document],
+    *,
+    start_shard: int = 0,
     median_norms: Mapping[str, float] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda tokens_done: None,
@@ -67,8 +77,11 @@ def harvest_activations(
     T = spec.context_len
     per_shard = spec.shard_tokens // T
     contexts = itertools.islice(
-        pack_contexts(docs, lm.tokenizer, context_len=T, prepend_bos=spec.prepend_bos,
-                      doc_separator=spec.doc_separator), math.ceil(spec.max_tokens / T))
+        pack_contexts(
+            docs, lm.tokenizer, context_len=T, prepend_bos=spec.prepend_bos, doc_separator=spec.doc_separator
+        ),
+        math.ceil(spec.max_tokens / T),
+    )
     for _ in itertools.islice(contexts, start_shard * per_shard):
         pass  # skipped shards: tokenised to find where the next one starts, never run
     medians = dict(median_norms or {})
@@ -78,14 +91,16 @@ def harvest_activations(
             chunk = list(itertools.islice(contexts, per_shard))
             if not chunk:
                 return
-            shard = _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop,
-                                   on_batch, tokens_done, micro_batch_tokens)
+            shard = _harvest_shard(
+                spec, lm, recorder, chunk, index, medians, should_stop, on_batch, tokens_done, micro_batch_tokens
+            )
             tokens_done += shard.n_tokens
             yield shard
 
 
-def _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop, on_batch,
-                   tokens_before: int, micro_batch_tokens: int) -> Shard:
+def _harvest_shard(
+    spec, lm, recorder, chunk, index, medians, should_stop, on_batch, tokens_before: int, micro_batch_tokens: int
+) -> Shard:
     C, T, D = len(chunk), spec.context_len, lm.d_model
     N = C * T
     token_ids_CT = torch.tensor([ids for ids, _ in chunk], dtype=torch.int32)
@@ -111,8 +126,13 @@ def _harvest_shard(spec, lm, recorder, chunk, index, medians, should_stop, on_ba
         if h not in medians:  # first shard of the run: it sets the reference
             medians[h] = median_norm(positions_N, norms[h])
         sinks[h] = sink_stats(positions_N, norms[h], medians[h], spec.sink_norm_factor)
-        tensors[h] = {"acts": acts[h], "token_ids": token_ids_CT.reshape(N), "doc_ids": doc_ids_N,
-                      "positions": positions_N, "norms": norms[h]}
+        tensors[h] = {
+            "acts": acts[h],
+            "token_ids": token_ids_CT.reshape(N),
+            "doc_ids": doc_ids_N,
+            "positions": positions_N,
+            "norms": norms[h],
+        }
     return Shard(index, N, tensors, sinks, T)
 
 
@@ -120,20 +140,28 @@ def _check_spec(spec: HarvestSpec, lm: LoadedModel) -> list[hooks.HookPoint]:
     """The spec's hook points, once checked against the model the spec could not see."""
     max_len = getattr(lm.model.config, "max_position_embeddings", None)
     if max_len is not None and spec.context_len > max_len:
-        raise InvalidSpec(f"context_len {spec.context_len} exceeds the model's "
-                          f"{max_len} positions", field="spec.context_len")
+        raise InvalidSpec(
+            f"context_len {spec.context_len} exceeds the model's {max_len} positions", field="spec.context_len"
+        )
     points = [hooks.parse(name) for name in spec.hooks]
     for j, p in enumerate(points):
         if p.block >= lm.n_layers:
-            raise InvalidSpec(f"{p.name} asks for block {p.block}, but {lm.provenance.get('name')} "
-                              f"has {lm.n_layers} blocks (0..{lm.n_layers - 1})",
-                              field=f"spec.hooks[{j}]")
+            raise InvalidSpec(
+                f"{p.name} asks for block {p.block}, but {lm.provenance.get('name')} "
+                f"has {lm.n_layers} blocks (0..{lm.n_layers - 1})",
+                field=f"spec.hooks[{j}]",
+            )
     return points
 
 
 def pack_contexts(
-    docs: Iterable[Document], tokenizer, *, context_len: int, prepend_bos: bool,
-    doc_separator: str, docs_per_call: int = 64,
+    docs: Iterable[Document],
+    tokenizer,
+    *,
+    context_len: int,
+    prepend_bos: bool,
+    doc_separator: str,
+    docs_per_call: int = 64,
 ) -> Iterator[tuple[list[int], list[int]]]:
     """(token_ids, doc_ids) of each context: documents tokenised without special tokens, joined by
     the tokenised separator and cut into `context_len` tokens, BOS first when asked. Packed
@@ -141,12 +169,11 @@ def pack_contexts(
     bos = [tokenizer.bos_token_id] if prepend_bos else []
     body = context_len - len(bos)
     sep = tokenizer(doc_separator, add_special_tokens=False)["input_ids"] if doc_separator else []
-    ids: list[int] = []     # token stream not yet cut into contexts
+    ids: list[int] = []  # token stream not yet cut into contexts
     owners: list[int] = []  # doc id of each token in `ids`
     docs = iter(docs)
     while batch := list(itertools.islice(docs, docs_per_call)):
-        encoded = tokenizer([d.text for d in batch], add_special_tokens=False,
-                            verbose=False)["input_ids"]
+        encoded = tokenizer([d.text for d in batch], add_special_tokens=False, verbose=False)["input_ids"]
         for doc, toks in zip(batch, encoded):
             if owners:  # separator between documents, not before the first
                 ids += sep
@@ -155,16 +182,19 @@ def pack_contexts(
             owners += [doc.doc_id] * len(toks)
         n_full = len(ids) // body
         for k in range(0, n_full * body, body):
-            yield bos + ids[k:k + body], [-1] * len(bos) + owners[k:k + body]
-        del ids[:n_full * body], owners[:n_full * body]
+            yield bos + ids[k : k + body], [-1] * len(bos) + owners[k : k + body]
+        del ids[: n_full * body], owners[: n_full * body]
 
 
-def context_batches(docs: Iterable[Document], tokenizer, *, context_len: int, max_tokens: int,
-                    batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+def context_batches(
+    docs: Iterable[Document], tokenizer, *, context_len: int, max_tokens: int, batch_size: int
+) -> Iterator[tuple[Tensor, Tensor]]:
     """(token ids (B, T), doc ids (B, T)) batches of packed contexts (no BOS, documents joined by a
     blank line) until `max_tokens`, rounded up to whole contexts: what evaluation and labelling read."""
-    contexts = itertools.islice(pack_contexts(docs, tokenizer, context_len=context_len, prepend_bos=False,
-                                              doc_separator="\n\n"), math.ceil(max_tokens / context_len))
+    contexts = itertools.islice(
+        pack_contexts(docs, tokenizer, context_len=context_len, prepend_bos=False, doc_separator="\n\n"),
+        math.ceil(max_tokens / context_len),
+    )
     while chunk := list(itertools.islice(contexts, batch_size)):
         yield torch.tensor([ids for ids, _ in chunk]), torch.tensor([owners for _, owners in chunk])
 
@@ -188,8 +218,7 @@ class _Recorder:
         for p in points:
             b = blocks[p.block]
             if p.site == "resid_pre":  # the stream entering the block: its first input
-                self.handles.append(b.block.register_forward_pre_hook(
-                    partial(self._pre, p.name), with_kwargs=True))
+                self.handles.append(b.block.register_forward_pre_hook(partial(self._pre, p.name), with_kwargs=True))
             else:
                 module = {"resid_post": b.block, "attn_out": b.attn, "mlp_out": b.mlp}[p.site]
                 self.handles.append(module.register_forward_hook(partial(self._post, p.name)))
@@ -218,13 +247,15 @@ class _Recorder:
         except _StopForward:
             return
         except _OOM as e:
-            raise OutOfMemory(f"out of memory running {ids_BT.shape[0]} contexts of "
-                              f"{ids_BT.shape[1]} tokens; lower batch_size",
-                              field="spec.batch_size") from e
+            raise OutOfMemory(
+                f"out of memory running {ids_BT.shape[0]} contexts of {ids_BT.shape[1]} tokens; lower batch_size",
+                field="spec.batch_size",
+            ) from e
         finally:
             self.dest = {}
-        raise RuntimeError(f"hooks {sorted(dest)} did not all fire: the model does not run its "
-                           "blocks the way saeq expects")
+        raise RuntimeError(
+            f"hooks {sorted(dest)} did not all fire: the model does not run its blocks the way saeq expects"
+        )
 
     def __enter__(self) -> _Recorder:
         return self

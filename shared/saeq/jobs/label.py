@@ -4,8 +4,8 @@ then score every label on windows the explainer never saw (saeq.ml.scoring)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -40,7 +40,7 @@ def select_features(index: FeatureIndex, spec: LabelSpec) -> list[int]:
     n_contexts = _activating_contexts(index)
     density = index.density()
     ranked = [f for f in density.argsort(descending=True).tolist() if n_contexts[f] >= spec.min_activating]
-    return ranked[:spec.n_most_active] if spec.n_most_active else ranked
+    return ranked[: spec.n_most_active] if spec.n_most_active else ranked
 
 
 def _activating_contexts(index: FeatureIndex) -> torch.Tensor:
@@ -59,11 +59,11 @@ def sample_feature(index: FeatureIndex, feature: int, spec: LabelSpec) -> Featur
     w = {"before": spec.window_before, "after": spec.window_after}
     top = index.top_examples(feature, spec.n_explain_examples, **w)
     per_bin = math.ceil(spec.n_score_examples / QUANTILE_BINS)
-    bins = index.quantile_examples(feature, per_bin, QUANTILE_BINS, exclude={e.context for e in top},
-                                   generator=g, **w)
-    activating = _round_robin(bins)[:spec.n_score_examples]
-    silent = index.silent_examples(feature, len(activating), length=spec.window_before + spec.window_after + 1,
-                                   generator=g)
+    bins = index.quantile_examples(feature, per_bin, QUANTILE_BINS, exclude={e.context for e in top}, generator=g, **w)
+    activating = _round_robin(bins)[: spec.n_score_examples]
+    silent = index.silent_examples(
+        feature, len(activating), length=spec.window_before + spec.window_after + 1, generator=g
+    )
     return FeatureSample(feature, top, activating, silent)
 
 
@@ -76,8 +76,14 @@ def _round_robin(bins: list[list[Example]]) -> list[Example]:
 
 
 def label_features(
-    index: FeatureIndex, features: list[int], spec: LabelSpec, *, explainers: list[Explainer],
-    judge: Judge | None, embedder: EmbeddingScorer | None, decode: Decode,
+    index: FeatureIndex,
+    features: list[int],
+    spec: LabelSpec,
+    *,
+    explainers: list[Explainer],
+    judge: Judge | None,
+    embedder: EmbeddingScorer | None,
+    decode: Decode,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> list[dict]:
@@ -87,18 +93,28 @@ def label_features(
     for r0 in range(0, len(features), FEATURES_PER_ROUND):
         if should_stop():
             raise Cancelled("labelling cancelled")
-        samples = [sample_feature(index, f, spec) for f in features[r0:r0 + FEATURES_PER_ROUND]]
+        samples = [sample_feature(index, f, spec) for f in features[r0 : r0 + FEATURES_PER_ROUND]]
         evidence = [Evidence(s.feature, s.top) for s in samples]
         for explainer in explainers:
             explanations = explainer.explain(evidence)
             scores = _score(samples, explanations, spec, judge, embedder, decode)
             for s, e, sc in zip(samples, explanations, scores):
-                records.append({
-                    "feature": s.feature, "explainer": explainer.name, "label": e.label,
-                    "description": e.description, "scores": sc, "prompt_version": PROMPT_VERSION,
-                    "judge": judge.name if judge else None, "density": float(density[s.feature]),
-                    "max_activation": float(max_act[s.feature]), "n_top": len(s.top),
-                    "n_activating_scored": len(s.activating), "n_silent_scored": len(s.silent)})
+                records.append(
+                    {
+                        "feature": s.feature,
+                        "explainer": explainer.name,
+                        "label": e.label,
+                        "description": e.description,
+                        "scores": sc,
+                        "prompt_version": PROMPT_VERSION,
+                        "judge": judge.name if judge else None,
+                        "density": float(density[s.feature]),
+                        "max_activation": float(max_act[s.feature]),
+                        "n_top": len(s.top),
+                        "n_activating_scored": len(s.activating),
+                        "n_silent_scored": len(s.silent),
+                    }
+                )
         on_progress(min(r0 + FEATURES_PER_ROUND, len(features)), len(features))
     return records
 
@@ -112,11 +128,17 @@ def _score(samples, explanations, spec, judge, embedder, decode) -> list[dict]:
                 s = samples[i]
                 out[i]["embedding"] = embedder.score(explanations[i], s.activating, s.silent, decode).to_dict()
             continue
-        batch = [detection_items(explanations[i], samples[i].activating, samples[i].silent, decode)
-                 if kind == "detection" else
-                 fuzzing_items(explanations[i], samples[i].activating, decode, torch.Generator().manual_seed(
-                     (spec.seed * 1_000_003 + samples[i].feature + 1) % (1 << 63)))
-                 for i in scorable]
+        batch = [
+            detection_items(explanations[i], samples[i].activating, samples[i].silent, decode)
+            if kind == "detection"
+            else fuzzing_items(
+                explanations[i],
+                samples[i].activating,
+                decode,
+                torch.Generator().manual_seed((spec.seed * 1_000_003 + samples[i].feature + 1) % (1 << 63)),
+            )
+            for i in scorable
+        ]
         for i, sc in zip(scorable, judge_scores(judge, kind, batch)):
             out[i][kind] = sc.to_dict()
     return out

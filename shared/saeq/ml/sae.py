@@ -34,7 +34,7 @@ class SparseCodes(NamedTuple):
     Token b owns entries offsets[b] .. offsets[b+1] (or N for the last). For TopK every token
     owns k entries, some of which may be 0 (ReLU after the top-k)."""
 
-    acts: Tensor     # (N,) float
+    acts: Tensor  # (N,) float
     latents: Tensor  # (N,) int64
     offsets: Tensor  # (B,) int64
 
@@ -69,9 +69,17 @@ class SaeOutput(NamedTuple):
 
 
 class SparseAutoencoder(nn.Module):
-    def __init__(self, d_in: int, d_sae: int, architecture: Architecture = "topk", *,
-                 k: int | None = None, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device | None = None, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        architecture: Architecture = "topk",
+        *,
+        k: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; one of {ARCHITECTURES}")
@@ -118,8 +126,9 @@ class SparseAutoencoder(nn.Module):
         """The active latents as SparseCodes, without gradients. (B, d_in) -> N entries."""
         with torch.no_grad():
             if self.architecture == "topk":
-                vals, idx, _, _ = _select_topk(x - self.b_dec, self.W_enc, self.b_enc, self.k,
-                                               buffers=self._buffers_cache)
+                vals, idx, _, _ = _select_topk(
+                    x - self.b_dec, self.W_enc, self.b_enc, self.k, buffers=self._buffers_cache
+                )
                 return _per_token(F.relu(vals), idx)
             acts = self.encode(x)
             rows, latents = acts.nonzero(as_tuple=True)
@@ -174,8 +183,9 @@ class SparseAutoencoder(nn.Module):
         k_aux = min(aux_k, dead_idx.numel()) if dead_idx is not None else 0
         with torch.no_grad():
             if self.architecture == "topk":
-                vals, idx, aux_vals, aux_idx = _select_topk(x_c, self.W_enc, self.b_enc, self.k,
-                                                            dead_idx, k_aux, self._buffers_cache)
+                vals, idx, aux_vals, aux_idx = _select_topk(
+                    x_c, self.W_enc, self.b_enc, self.k, dead_idx, k_aux, self._buffers_cache
+                )
                 rows, cols, vals = arange_B.repeat_interleave(self.k), idx.flatten(), vals.flatten()
             else:  # batchtopk: the B x k largest activations of the whole batch
                 pre = torch.addmm(self.b_enc, x_c, self.W_enc).relu_()  # (B, d_sae)
@@ -231,8 +241,9 @@ class SparseAutoencoder(nn.Module):
 
     # --- files -------------------------------------------------------------------------------
 
-    def save(self, path: str | Path, format: Literal["saelens", "sparsify"] = "saelens", *,
-             metadata: dict | None = None) -> Path:
+    def save(
+        self, path: str | Path, format: Literal["saelens", "sparsify"] = "saelens", *, metadata: dict | None = None
+    ) -> Path:
         """Write the SAE into directory `path` (created). `metadata` (JSON-able): SAELens reads
         hook_name, model_name, context_size, prepend_bos from it."""
         from safetensors.torch import save_file
@@ -246,15 +257,25 @@ class SparseAutoencoder(nn.Module):
         elif format == "sparsify":
             if self.architecture != "topk":
                 raise ValueError(f"sparsify stores TopK SAEs only, not {self.architecture}")
-            cfg = {"activation": "topk", "expansion_factor": max(1, self.d_sae // self.d_in),
-                   "normalize_decoder": True, "num_latents": self.d_sae, "k": self.k,
-                   "multi_topk": False, "skip_connection": False, "transcode": False,
-                   "d_in": self.d_in}
-            tensors = {"encoder.weight": sd["W_enc"].T.contiguous(), "encoder.bias": sd["b_enc"],
-                       "W_dec": sd["W_dec"], "b_dec": sd["b_dec"]}
+            cfg = {
+                "activation": "topk",
+                "expansion_factor": max(1, self.d_sae // self.d_in),
+                "normalize_decoder": True,
+                "num_latents": self.d_sae,
+                "k": self.k,
+                "multi_topk": False,
+                "skip_connection": False,
+                "transcode": False,
+                "d_in": self.d_in,
+            }
+            tensors = {
+                "encoder.weight": sd["W_enc"].T.contiguous(),
+                "encoder.bias": sd["b_enc"],
+                "W_dec": sd["W_dec"],
+                "b_dec": sd["b_dec"],
+            }
             # sparsify's cfg.json has no place for extras: the file's own metadata keeps them.
-            save_file(tensors, path / "sae.safetensors",
-                      metadata={"saeq_metadata": json.dumps(metadata or {})})
+            save_file(tensors, path / "sae.safetensors", metadata={"saeq_metadata": json.dumps(metadata or {})})
         else:
             raise ValueError(f"unknown format {format!r}")
         (path / "cfg.json").write_text(json.dumps(cfg, indent=1))
@@ -275,18 +296,30 @@ class SparseAutoencoder(nn.Module):
         if (path / "sae.safetensors").is_file():
             sd = load_file(path / "sae.safetensors", device=str(device))
             return _from_sparsify(cfg, sd).eval()
-        raise FileNotFoundError(f"{path}: neither sae_weights.safetensors (SAELens) nor "
-                                "sae.safetensors (sparsify)")
+        raise FileNotFoundError(f"{path}: neither sae_weights.safetensors (SAELens) nor sae.safetensors (sparsify)")
 
 
 # --- file formats -------------------------------------------------------------------------------
 
+
 def _saelens_cfg(sae: SparseAutoencoder, metadata: dict) -> dict:
-    meta = {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": SAELENS_VERSION,
-            **metadata, "saeq_architecture": sae.architecture, "saeq_k": sae.k}
-    cfg = {"d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
-           "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
-           "reshape_activations": "none", "metadata": meta}
+    meta = {
+        "sae_lens_version": SAELENS_VERSION,
+        "sae_lens_training_version": SAELENS_VERSION,
+        **metadata,
+        "saeq_architecture": sae.architecture,
+        "saeq_k": sae.k,
+    }
+    cfg = {
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": str(sae.W_enc.dtype).removeprefix("torch."),
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": meta,
+    }
     if sae.architecture == "topk":
         return cfg | {"k": sae.k, "rescale_acts_by_decoder_norm": False, "architecture": "topk"}
     if sae.architecture == "relu":
@@ -302,8 +335,10 @@ def _from_saelens(cfg: dict, sd: dict[str, Tensor]) -> SparseAutoencoder:
         arch = "topk" if cfg.get("activation_fn_str") == "topk" and kw.get("k") else "standard"
         cfg = cfg | ({"k": kw["k"]} if arch == "topk" else {})
     if cfg.get("normalize_activations", "none") not in ("none", None):
-        raise ValueError(f"normalize_activations={cfg['normalize_activations']!r} is not folded "
-                         "into the weights; fold it with SAELens first")
+        raise ValueError(
+            f"normalize_activations={cfg['normalize_activations']!r} is not folded "
+            "into the weights; fold it with SAELens first"
+        )
     ours = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu"}.get(arch)
     if ours is None:
         raise ValueError(f"SAELens architecture {arch!r} is not supported (topk, standard, jumprelu)")
@@ -311,8 +346,7 @@ def _from_saelens(cfg: dict, sd: dict[str, Tensor]) -> SparseAutoencoder:
     if ours == "jumprelu" and meta.get("saeq_architecture") == "batchtopk":
         ours, k = "batchtopk", meta.get("saeq_k")
     W_enc, W_dec = sd["W_enc"], sd["W_dec"]
-    sae = SparseAutoencoder(W_enc.shape[0], W_enc.shape[1], ours, k=k, dtype=W_enc.dtype,
-                            device="meta")
+    sae = SparseAutoencoder(W_enc.shape[0], W_enc.shape[1], ours, k=k, dtype=W_enc.dtype, device="meta")
     b_enc = sd.get("b_enc", torch.zeros_like(sd["b_dec"].new_empty(W_enc.shape[1])))
     if not cfg.get("apply_b_dec_to_input", True):  # pre = x @ W_enc + b_enc: shift b_enc instead
         b_enc = b_enc + sd["b_dec"] @ W_enc
@@ -331,17 +365,18 @@ def _from_saelens(cfg: dict, sd: dict[str, Tensor]) -> SparseAutoencoder:
 
 def _from_sparsify(cfg: dict, sd: dict[str, Tensor]) -> SparseAutoencoder:
     if cfg.get("activation", "topk") != "topk" or cfg.get("skip_connection") or cfg.get("transcode"):
-        raise ValueError("only sparsify TopK autoencoders are supported (no groupmax, skip "
-                         "connection or transcoder)")
+        raise ValueError("only sparsify TopK autoencoders are supported (no groupmax, skip connection or transcoder)")
     W_enc = sd["encoder.weight"].T
-    sae = SparseAutoencoder(W_enc.shape[0], W_enc.shape[1], "topk", k=cfg["k"],
-                            dtype=W_enc.dtype, device="meta")
-    sae.load_state_dict({"W_enc": W_enc.contiguous(), "b_enc": sd["encoder.bias"],
-                         "W_dec": sd["W_dec"], "b_dec": sd["b_dec"]}, assign=True)
+    sae = SparseAutoencoder(W_enc.shape[0], W_enc.shape[1], "topk", k=cfg["k"], dtype=W_enc.dtype, device="meta")
+    sae.load_state_dict(
+        {"W_enc": W_enc.contiguous(), "b_enc": sd["encoder.bias"], "W_dec": sd["W_dec"], "b_dec": sd["b_dec"]},
+        assign=True,
+    )
     return sae
 
 
 # --- sparse kernels -----------------------------------------------------------------------------
+
 
 def _per_token(acts_Bk: Tensor, idx_Bk: Tensor) -> SparseCodes:
     B, k = idx_Bk.shape
@@ -349,8 +384,15 @@ def _per_token(acts_Bk: Tensor, idx_Bk: Tensor) -> SparseCodes:
     return SparseCodes(acts_Bk.reshape(-1), idx_Bk.reshape(-1), offsets)
 
 
-def _select_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
-                 dead_idx: Tensor | None = None, aux_k: int = 0, buffers: dict | None = None):
+def _select_topk(
+    x_c: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    k: int,
+    dead_idx: Tensor | None = None,
+    aux_k: int = 0,
+    buffers: dict | None = None,
+):
     """Top-k pre-activations of each row, and the top aux_k among the latents `dead_idx`.
     -> vals (B, k), idx (B, k), aux_vals (B, aux_k), aux_idx (B, aux_k) (global latent ids).
 
@@ -374,7 +416,7 @@ def _select_topk(x_c: Tensor, W_enc: Tensor, b_enc: Tensor, k: int,
     W, b = W_enc.to(dtype), b_enc.to(dtype)
     for r0 in range(0, B, rows):
         r1 = min(r0 + rows, B)
-        pre = buf[:r1 - r0]
+        pre = buf[: r1 - r0]
         torch.addmm(b, x_c[r0:r1].to(dtype), W, out=pre)
         vals[r0:r1], idx[r0:r1] = _topk_rows(pre, k)
         if aux_k:
@@ -456,8 +498,7 @@ class _GatherPre(torch.autograd.Function):
             grad_W = grad_W.contiguous()
         if ctx.needs_input_grad[1]:
             offsets = torch.searchsorted(rows, torch.arange(x_c.shape[0], device=rows.device))
-            grad_x = F.embedding_bag(cols, W_enc.T.contiguous(), offsets, mode="sum",
-                                     per_sample_weights=g)
+            grad_x = F.embedding_bag(cols, W_enc.T.contiguous(), offsets, mode="sum", per_sample_weights=g)
         return None, grad_x, grad_b_dec, grad_W, grad_b, None, None
 
 
@@ -482,7 +523,8 @@ class _SparseDecode(torch.autograd.Function):
         grad_acts = grad_W = None
         if ctx.needs_input_grad[0]:  # <grad_out[row], W_dec[latent]> for each entry
             grad_acts = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_out, W_dec, latents, offsets, rows, 0, -1)
+                grad_out, W_dec, latents, offsets, rows, 0, -1
+            )
         if ctx.needs_input_grad[3]:
             grad_W = _by_latent(latents, rows, acts, W_dec.shape[0], B) @ grad_out  # (d_sae, d_in)
         return grad_acts, None, None, grad_W

@@ -13,8 +13,8 @@ Detection and fuzzing report accuracy (threshold 0.5 on the judge's P(yes)), bal
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
@@ -31,8 +31,7 @@ class Scores:
     n: int
 
     def to_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "balanced_accuracy": self.balanced_accuracy,
-                "auc": self.auc, "n": self.n}
+        return {"accuracy": self.accuracy, "balanced_accuracy": self.balanced_accuracy, "auc": self.auc, "n": self.n}
 
 
 def classification_scores(y_true: Sequence[int], p_yes: Sequence[float], *, threshold: bool = True) -> Scores:
@@ -49,14 +48,16 @@ def classification_scores(y_true: Sequence[int], p_yes: Sequence[float], *, thre
     return Scores(acc, bal, auc, len(y))
 
 
-def detection_items(expl: Explanation, activating: list[Example], silent: list[Example],
-                    decode: Decode) -> tuple[list[tuple[Explanation, str]], list[int]]:
+def detection_items(
+    expl: Explanation, activating: list[Example], silent: list[Example], decode: Decode
+) -> tuple[list[tuple[Explanation, str]], list[int]]:
     texts = [text_of(ex, decode) for ex in activating + silent]
     return [(expl, t) for t in texts], [1] * len(activating) + [0] * len(silent)
 
 
-def fuzzing_items(expl: Explanation, activating: list[Example], decode: Decode,
-                  generator: torch.Generator) -> tuple[list[tuple[Explanation, str]], list[int]]:
+def fuzzing_items(
+    expl: Explanation, activating: list[Example], decode: Decode, generator: torch.Generator
+) -> tuple[list[tuple[Explanation, str]], list[int]]:
     """Every other window keeps its true marks; the rest get as many marks on tokens where the
     feature is silent (or anywhere, when too few are silent)."""
     items, y = [], []
@@ -91,14 +92,13 @@ class EmbeddingScorer:
         self.model = SentenceTransformer(model_path, device=device)
 
     def similarity(self, query: str, texts: list[str]) -> list[float]:
-        emb = self.model.encode([query, *texts], convert_to_tensor=True, normalize_embeddings=True,
-                                show_progress_bar=False)
+        emb = self.model.encode(
+            [query, *texts], convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
+        )
         return (emb[1:] @ emb[0]).tolist()
 
-    def score(self, expl: Explanation, activating: list[Example], silent: list[Example],
-              decode: Decode) -> Scores:
-        sims = self.similarity(f"{expl.label}: {expl.description}",
-                               [text_of(ex, decode) for ex in activating + silent])
+    def score(self, expl: Explanation, activating: list[Example], silent: list[Example], decode: Decode) -> Scores:
+        sims = self.similarity(f"{expl.label}: {expl.description}", [text_of(ex, decode) for ex in activating + silent])
         return classification_scores([1] * len(activating) + [0] * len(silent), sims, threshold=False)
 
 
@@ -110,6 +110,6 @@ def judge_scores(judge: Judge, kind: str, batch: list[tuple[list[tuple[Explanati
     probs = (judge.detect if kind == "detection" else judge.fuzz)(flat)
     out, i = [], 0
     for items, y in batch:
-        out.append(classification_scores(y, probs[i:i + len(items)]))
+        out.append(classification_scores(y, probs[i : i + len(items)]))
         i += len(items)
     return out

@@ -23,16 +23,14 @@ def write_shard_bytes(tensors: dict[str, Tensor], metadata: dict[str, object]) -
     """Serialise one shard; metadata values are stored as strings. Same input, same bytes."""
     from safetensors.torch import save
 
-    data = save({k: t.contiguous() for k, t in tensors.items()},
-                metadata={k: str(v) for k, v in metadata.items()})
+    data = save({k: t.contiguous() for k, t in tensors.items()}, metadata={k: str(v) for k, v in metadata.items()})
     # safetensors writes the metadata in hash-map order, which changes from call to call; a
     # resumed harvest must write byte-identical shards, so rewrite the header with sorted keys.
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":"),
-                        ensure_ascii=False).encode()
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     if len(header) > n:  # cannot happen for the same JSON re-encoded; keep the valid original
         return data
-    return data[:8] + header.ljust(n) + data[8 + n:]
+    return data[:8] + header.ljust(n) + data[8 + n :]
 
 
 def read_shard(data: bytes) -> dict[str, Tensor]:
@@ -44,4 +42,4 @@ def read_shard(data: bytes) -> dict[str, Tensor]:
 def read_shard_metadata(data: bytes) -> dict[str, str]:
     """The metadata of a shard, read from its header without decoding the tensors."""
     (header_len,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + header_len]).get("__metadata__", {})
+    return json.loads(data[8 : 8 + header_len]).get("__metadata__", {})

@@ -46,21 +46,29 @@ class SinkStats:
 
     def merge(self, other: SinkStats) -> SinkStats:
         """Counts over both sets of tokens; the reference median of `self` is kept."""
-        return SinkStats(self.n_tokens + other.n_tokens, self.n_position0 + other.n_position0,
-                         self.n_outliers + other.n_outliers, self.median_norm, self.norm_factor)
+        return SinkStats(
+            self.n_tokens + other.n_tokens,
+            self.n_position0 + other.n_position0,
+            self.n_outliers + other.n_outliers,
+            self.median_norm,
+            self.norm_factor,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self) | {"n_sinks": self.n_sinks}
 
     @classmethod
     def from_dict(cls, d: dict) -> SinkStats:
-        return cls(int(d["n_tokens"]), int(d["n_position0"]), int(d["n_outliers"]),
-                   float(d["median_norm"]), float(d["norm_factor"]))
+        return cls(
+            int(d["n_tokens"]),
+            int(d["n_position0"]),
+            int(d["n_outliers"]),
+            float(d["median_norm"]),
+            float(d["norm_factor"]),
+        )
 
 
 def sink_stats(positions: Tensor, norms: Tensor, median: float, norm_factor: float) -> SinkStats:
     at0 = positions == 0
     outliers = ~at0 & (norms > norm_factor * median)
-    return SinkStats(int(positions.numel()), int(at0.sum()), int(outliers.sum()), median,
-                     norm_factor)
-
+    return SinkStats(int(positions.numel()), int(at0.sum()), int(outliers.sum()), median, norm_factor)

@@ -7,7 +7,7 @@ point's output replaced by `edit(x_BTD)`. One mechanism for every job that chang
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from torch import Tensor, nn
 
@@ -25,6 +25,7 @@ def splice(model: nn.Module, hook: str, edit: Edit) -> Iterator[None]:
         raise ValueError(f"{hook}: the model has {len(blocks)} blocks")
     b = blocks[point.block]
     if point.site == "resid_pre":
+
         def pre(module, args, kwargs):
             if args:
                 return (edit(args[0]), *args[1:]), kwargs

@@ -4,8 +4,8 @@ before every decoder block, attention and MLP."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from torch import nn
 
@@ -17,8 +17,7 @@ MICRO_BATCH_TOKENS = 8192
 contexts. Contexts never see each other, so the activations are those of the whole batch."""
 
 
-def micro_batches(n_contexts: int, context_len: int, max_tokens: int = MICRO_BATCH_TOKENS
-                  ) -> Iterator[slice]:
+def micro_batches(n_contexts: int, context_len: int, max_tokens: int = MICRO_BATCH_TOKENS) -> Iterator[slice]:
     """Slices of `range(n_contexts)`, each at most `max_tokens` tokens (at least one context)."""
     step = max(1, max_tokens // context_len)
     for c0 in range(0, n_contexts, step):
@@ -35,8 +34,7 @@ def stop_between_blocks(model: nn.Module, should_stop: Callable[[], bool], messa
         if should_stop():
             raise Cancelled(message)
 
-    handles = [m.register_forward_pre_hook(check)
-               for b in decoder_blocks(model) for m in (b.block, b.attn, b.mlp)]
+    handles = [m.register_forward_pre_hook(check) for b in decoder_blocks(model) for m in (b.block, b.attn, b.mlp)]
     try:
         yield
     finally:

@@ -4,13 +4,14 @@ paths under its `local_path_roots`. The API checks at submit, the worker again b
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel
 
-from saeq.platform.settings import LlmEndpoint
 from saeq.errors import InvalidSpec
+from saeq.platform.settings import LlmEndpoint
 from saeq.specs import EndpointLLM, ImportedSae, ModelSpec
 
 
@@ -31,8 +32,9 @@ def resolve_endpoint(llm: EndpointLLM, llm_endpoints: Mapping[str, LlmEndpoint],
     found = llm_endpoints.get(llm.endpoint)
     if found is None:
         allowed = ", ".join(sorted(llm_endpoints)) or "none (the deployment sets no SAEQ_LLM_ENDPOINTS)"
-        raise InvalidSpec(f"no LLM endpoint {llm.endpoint!r} in this deployment; allowed: {allowed}",
-                          field=f"{field}.endpoint")
+        raise InvalidSpec(
+            f"no LLM endpoint {llm.endpoint!r} in this deployment; allowed: {allowed}", field=f"{field}.endpoint"
+        )
     return found
 
 
@@ -70,8 +72,11 @@ def check_local_paths(spec: BaseModel, roots: Sequence[str], prefix: str = "spec
         # caller what exists outside them.
         inside = any(Path(path) == Path(r) or Path(r) in Path(path).parents for r in roots)
         shown = f"{path} (resolved: {real})" if real != path and inside else path
-        raise InvalidSpec(f"{what}{shown} is outside the directories this deployment allows local paths "
-                          f"under: {', '.join(roots) or 'none'}", field=field)
+        raise InvalidSpec(
+            f"{what}{shown} is outside the directories this deployment allows local paths "
+            f"under: {', '.join(roots) or 'none'}",
+            field=field,
+        )
 
     named = list(local_paths(spec, prefix))
     for field, path in named:
@@ -92,8 +97,9 @@ def _links_in(path: str) -> list[str]:
         return []
 
 
-def check_admissible(spec: BaseModel, *, llm_endpoints: Mapping[str, LlmEndpoint], local_path_roots: Sequence[str],
-                     prefix: str = "spec") -> None:
+def check_admissible(
+    spec: BaseModel, *, llm_endpoints: Mapping[str, LlmEndpoint], local_path_roots: Sequence[str], prefix: str = "spec"
+) -> None:
     """Both checks; InvalidSpec naming the field at fault."""
     check_endpoints(spec, llm_endpoints, prefix)
     check_local_paths(spec, local_path_roots, prefix)

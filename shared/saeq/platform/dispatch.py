@@ -33,17 +33,17 @@ def make_celery(settings: PlatformSettings) -> Celery:
     app.conf.update(
         task_queues=[Queue(q) for q in QUEUES],
         task_default_queue="cpu",
-        task_acks_late=True,                 # a message is acked only after the job ends
-        task_reject_on_worker_lost=True,     # a killed worker process puts its message back
-        worker_prefetch_multiplier=1,        # one job at a time per process: jobs are long
-        task_ignore_result=True,             # job records live in saeq's registry, not here
-        task_serializer="json", accept_content=["json"],
+        task_acks_late=True,  # a message is acked only after the job ends
+        task_reject_on_worker_lost=True,  # a killed worker process puts its message back
+        worker_prefetch_multiplier=1,  # one job at a time per process: jobs are long
+        task_ignore_result=True,  # job records live in saeq's registry, not here
+        task_serializer="json",
+        accept_content=["json"],
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         # Ride out a broker restart when sending (~25 s, as saeq.platform.registry's Redis calls do): the
         # default gives up after 0.6 s, and the job would wait for the reaper to send it again.
-        task_publish_retry_policy={"max_retries": 15, "interval_start": 0.2, "interval_step": 0.5,
-                                   "interval_max": 2.0},
+        task_publish_retry_policy={"max_retries": 15, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_track_started=False,
@@ -56,8 +56,7 @@ def sender(app: Celery):
 
     def send(job: dict, dispatch_id: str) -> None:
         # The task id is the dispatch id, so the reaper can tell a waiting message from a lost one.
-        app.send_task(task_name(job["kind"]), args=[job["id"], dispatch_id], queue=job["queue"],
-                      task_id=dispatch_id)
+        app.send_task(task_name(job["kind"]), args=[job["id"], dispatch_id], queue=job["queue"], task_id=dispatch_id)
 
     return send
 

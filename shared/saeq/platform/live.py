@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
@@ -138,8 +139,10 @@ class LiveRequests:
     def admit(self, team: str, request_id: str, quota: TeamQuota, *, hold_s: float) -> Refusal | None:
         """Take one of the team's `live_concurrency` slots (until `release`, or `hold_s` if the API
         dies first) and a place among its `live_per_minute`; None when admitted."""
-        limit, retry = self._admit(keys=[slots_key(team), rate_key(team)],
-                                   args=[request_id, quota.live_concurrency, quota.live_per_minute, hold_s])
+        limit, retry = self._admit(
+            keys=[slots_key(team), rate_key(team)],
+            args=[request_id, quota.live_concurrency, quota.live_per_minute, hold_s],
+        )
         if not limit:
             return None
         return Refusal(limit if isinstance(limit, str) else limit.decode(), max(1, math.ceil(float(retry))))

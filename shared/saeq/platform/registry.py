@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -101,9 +102,28 @@ INLINE_SPEC_BYTES = 16 << 10
 Redis record: a record then costs Redis a few KB whatever its spec holds (the body limit is 1 MiB)."""
 DEFAULT_RETENTION_S = 7 * 24 * 3600.0
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
-SUMMARY_FIELDS = ("id", "kind", "state", "name", "team", "queue", "depends_on", "created_at", "started_at",
-                  "finished_at", "attempts", "max_attempts", "cancel_requested", "progress", "error",
-                  "manifest_key", "worker", "priority", "time_limit_s", "dispatched")
+SUMMARY_FIELDS = (
+    "id",
+    "kind",
+    "state",
+    "name",
+    "team",
+    "queue",
+    "depends_on",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "max_attempts",
+    "cancel_requested",
+    "progress",
+    "error",
+    "manifest_key",
+    "worker",
+    "priority",
+    "time_limit_s",
+    "dispatched",
+)
 """What listings read of a record: everything but the spec."""
 _LAST_EVENT_ID = f"{(1 << 64) - 1}-{(1 << 64) - 1}"
 _RETENTION = f"{_P}settings:job_retention_s"
@@ -150,8 +170,14 @@ class Claim:
 
 
 class Registry:
-    def __init__(self, client: redis.Redis, *, max_attempts: int = 3, lease_ttl_s: float = 15.0,
-                 spec_store: "ObjectStore | None" = None):
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        max_attempts: int = 3,
+        lease_ttl_s: float = 15.0,
+        spec_store: ObjectStore | None = None,
+    ):
         """`spec_store`: where specs over INLINE_SPEC_BYTES go (the API's and workers' store);
         without it every spec stays in its record."""
         self.r = client
@@ -164,11 +190,16 @@ class Registry:
         self._create = client.register_script(_CREATE)
 
     @classmethod
-    def from_url(cls, url: str, *, retry_s: float = REDIS_RETRY_S, **kw) -> "Registry":
+    def from_url(cls, url: str, *, retry_s: float = REDIS_RETRY_S, **kw) -> Registry:
         """A registry whose calls retry for `retry_s` while Redis is unreachable."""
-        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30,
-                                      retry=RetryFor(retry_s), socket_connect_timeout=5,
-                                      socket_keepalive=True)
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=30,
+            retry=RetryFor(retry_s),
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+        )
         return cls(client, **kw)
 
     # ---- reading -------------------------------------------------------------------------
@@ -184,15 +215,22 @@ class Registry:
         from saeq.platform.store import MissingObject
 
         if self.spec_store is None:
-            raise RuntimeError(f"job {job['id']}'s spec is in the object store, and this registry has "
-                               "no spec_store")
+            raise RuntimeError(f"job {job['id']}'s spec is in the object store, and this registry has no spec_store")
         try:
             return {**job, "spec": json.loads(self.spec_store.get(job["spec_key"]))}
         except MissingObject:
             return None  # purged meanwhile
 
-    def list(self, *, kind: str | None = None, state: str | None = None, limit: int = 50,
-             before: float | None = None, team: str | None = None, summary: bool = False) -> list[dict[str, Any]]:
+    def list(
+        self,
+        *,
+        kind: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+        team: str | None = None,
+        summary: bool = False,
+    ) -> list[dict[str, Any]]:
         """Newest first; `before` is the created_at of the last job of the previous page. A team's
         jobs come from its own index, so one team's listing never reads the others'. `summary`:
         SUMMARY_FIELDS only, never the spec, so a page costs a few KB a job whatever specs hold."""
@@ -228,11 +266,23 @@ class Registry:
 
     # ---- creating and dispatching --------------------------------------------------------
 
-    def create(self, *, kind: str, spec: dict, queue: str, depends_on: list[str], name: str | None = None,
-               team: str = "default", idempotency_key: str | None = None, request_digest: str = "",
-               priority: int = 0, time_limit_s: float | None = None, max_queued: int | None = None,
-               max_stored: int | None = None, submits_per_minute: int | None = None,
-               ) -> tuple[dict[str, Any], bool]:
+    def create(
+        self,
+        *,
+        kind: str,
+        spec: dict,
+        queue: str,
+        depends_on: list[str],
+        name: str | None = None,
+        team: str = "default",
+        idempotency_key: str | None = None,
+        request_digest: str = "",
+        priority: int = 0,
+        time_limit_s: float | None = None,
+        max_queued: int | None = None,
+        max_stored: int | None = None,
+        submits_per_minute: int | None = None,
+    ) -> tuple[dict[str, Any], bool]:
         """Store a queued job, counted against its team's quotas in the same step (one script), so
         concurrent submits never pass a limit together. Returns (job, created): an idempotency key
         seen before returns the job it created, or raises IdempotencyConflict when that request's
@@ -240,13 +290,29 @@ class Registry:
         `max_stored` records in any state, or made `submits_per_minute` submits in the last 60 s."""
         job_id, now = new_id(), time.time()
         record = {
-            "id": job_id, "kind": kind, "state": "queued", "spec": spec, "queue": queue,
-            "depends_on": depends_on, "name": name, "team": team, "created_at": now,
-            "priority": priority, "time_limit_s": time_limit_s,
-            "started_at": None, "finished_at": None, "attempts": 0, "max_attempts": self.max_attempts,
-            "dispatch_id": "", "dispatched": False, "error": None, "manifest_key": None,
+            "id": job_id,
+            "kind": kind,
+            "state": "queued",
+            "spec": spec,
+            "queue": queue,
+            "depends_on": depends_on,
+            "name": name,
+            "team": team,
+            "created_at": now,
+            "priority": priority,
+            "time_limit_s": time_limit_s,
+            "started_at": None,
+            "finished_at": None,
+            "attempts": 0,
+            "max_attempts": self.max_attempts,
+            "dispatch_id": "",
+            "dispatched": False,
+            "error": None,
+            "manifest_key": None,
             "progress": {"fraction": 0.0, "phase": "queued", "message": "", "figures": {}},
-            "cancel_requested": False, "worker": None, "heartbeat_at": None,
+            "cancel_requested": False,
+            "worker": None,
+            "heartbeat_at": None,
         }
         spec_json = json.dumps(spec)
         stored = dict(record)
@@ -257,15 +323,35 @@ class Registry:
         no_limit = -1
         try:
             status, other = self._create(
-                keys=[_k(job_id), _k(job_id, ":events"), f"{_P}jobs", _team(team, "jobs"), _team(team, "open"),
-                      _team(team, "active"), _team(team, "ended"), _team(team, "submits"),
-                      f"{_P}idem:{team}:{idempotency_key or ''}", f"{_P}stats:submitted", _SPECS_IN_STORE, *deps],
-                args=[job_id, now, no_limit if max_queued is None else max_queued,
-                      no_limit if max_stored is None else max_stored,
-                      no_limit if submits_per_minute is None else submits_per_minute, request_digest,
-                      IDEMPOTENCY_TTL_S if idempotency_key else 0, kind,
-                      json.dumps(_event_entry("queued", f"{kind} job submitted", {})), _k(""),
-                      int("spec_key" in stored), *(x for kv in _encode(stored).items() for x in kv)])
+                keys=[
+                    _k(job_id),
+                    _k(job_id, ":events"),
+                    f"{_P}jobs",
+                    _team(team, "jobs"),
+                    _team(team, "open"),
+                    _team(team, "active"),
+                    _team(team, "ended"),
+                    _team(team, "submits"),
+                    f"{_P}idem:{team}:{idempotency_key or ''}",
+                    f"{_P}stats:submitted",
+                    _SPECS_IN_STORE,
+                    *deps,
+                ],
+                args=[
+                    job_id,
+                    now,
+                    no_limit if max_queued is None else max_queued,
+                    no_limit if max_stored is None else max_stored,
+                    no_limit if submits_per_minute is None else submits_per_minute,
+                    request_digest,
+                    IDEMPOTENCY_TTL_S if idempotency_key else 0,
+                    kind,
+                    json.dumps(_event_entry("queued", f"{kind} job submitted", {})),
+                    _k(""),
+                    int("spec_key" in stored),
+                    *(x for kv in _encode(stored).items() for x in kv),
+                ],
+            )
         except redis.RedisError:
             self._drop_unrecorded_spec(stored, job_id)
             raise
@@ -280,16 +366,23 @@ class Registry:
         if status == "missing":
             raise MissingDependency(int(other), depends_on[int(other)])
         if status == "rate":
-            raise QuotaExceeded(f"team {team!r} made {submits_per_minute} submits in the last 60 s (quota "
-                                f"submits_per_minute={submits_per_minute}); retry in {other} s", int(other))
+            raise QuotaExceeded(
+                f"team {team!r} made {submits_per_minute} submits in the last 60 s (quota "
+                f"submits_per_minute={submits_per_minute}); retry in {other} s",
+                int(other),
+            )
         if status == "stored":
             raise QuotaExceeded(
                 f"team {team!r} already stores {max_stored} jobs (quota max_stored_jobs={max_stored}); ended "
                 f"jobs are kept for {self.job_retention_s():,.0f} s, then expire; an admin can purge them "
-                f"sooner (`saeq purge --team {team}`)", 60)
+                f"sooner (`saeq purge --team {team}`)",
+                60,
+            )
         if status == "queued":
-            raise QuotaExceeded(f"team {team!r} already has {max_queued} jobs waiting to run "
-                                f"(quota max_queued={max_queued}); wait for some to finish or cancel some")
+            raise QuotaExceeded(
+                f"team {team!r} already has {max_queued} jobs waiting to run "
+                f"(quota max_queued={max_queued}); wait for some to finish or cancel some"
+            )
         raise RuntimeError(f"job {other} of this Idempotency-Key was purged while this request read it; retry")
 
     def _drop_unrecorded_spec(self, stored: dict, job_id: str) -> None:
@@ -317,9 +410,15 @@ class Registry:
             bad = [d for d in deps if d is None or d["state"] in ("failed", "cancelled")]
             if bad:
                 which = bad[0]["id"] if bad[0] else "?"
-                self.finish_unowned(job_id, "failed", error={
-                    "code": "upstream_failed", "field": "depends_on",
-                    "message": f"job {which} that this job depends on did not succeed"})
+                self.finish_unowned(
+                    job_id,
+                    "failed",
+                    error={
+                        "code": "upstream_failed",
+                        "field": "depends_on",
+                        "message": f"job {which} that this job depends on did not succeed",
+                    },
+                )
                 return False, None
             if any(d["state"] != "succeeded" for d in deps):
                 return False, None
@@ -327,9 +426,16 @@ class Registry:
         # otherwise keep invalidating each other's WATCH on the shared `active` set.
         team = job.get("team") or "default"
         dispatch_id = new_id()
-        sent = self._dispatch(keys=[_k(job_id), _team(team, "active"), _team(team, "waiting"), _DISPATCHED],
-                              args=[self.teams.quota(team).max_running, dispatch_id,
-                                    _waiting_score(job.get("priority") or 0, job["created_at"]), job_id, time.time()])
+        sent = self._dispatch(
+            keys=[_k(job_id), _team(team, "active"), _team(team, "waiting"), _DISPATCHED],
+            args=[
+                self.teams.quota(team).max_running,
+                dispatch_id,
+                _waiting_score(job.get("priority") or 0, job["created_at"]),
+                job_id,
+                time.time(),
+            ],
+        )
         return (True, dispatch_id) if sent == 1 else (False, None)
 
     def received(self, job_id: str) -> None:
@@ -387,9 +493,18 @@ class Registry:
                     now = time.time()
                     pipe.multi()
                     pipe.set(lease, token, px=self.lease_ttl_ms)
-                    pipe.hset(key, mapping=_encode({
-                        "state": "running", "attempts": job["attempts"] + 1, "worker": worker,
-                        "started_at": job["started_at"] or now, "heartbeat_at": now}))
+                    pipe.hset(
+                        key,
+                        mapping=_encode(
+                            {
+                                "state": "running",
+                                "attempts": job["attempts"] + 1,
+                                "worker": worker,
+                                "started_at": job["started_at"] or now,
+                                "heartbeat_at": now,
+                            }
+                        ),
+                    )
                     pipe.sadd(f"{_P}running", job_id)
                     pipe.zrem(_DISPATCHED, job_id)
                     pipe.execute()
@@ -420,8 +535,9 @@ class Registry:
         entry = _event_entry(phase, message, figures)
         self.r.eval(_XADD_EXISTING, 2, _k(job_id), _k(job_id, ":events"), json.dumps(entry))
 
-    def finish(self, job_id: str, token: str, state: str, *, error: dict | None = None,
-               manifest_key: str | None = None) -> bool:
+    def finish(
+        self, job_id: str, token: str, state: str, *, error: dict | None = None, manifest_key: str | None = None
+    ) -> bool:
         """End a running job that this worker owns. False if it lost the lease meanwhile. A job
         the reaper ended under this worker keeps its end; only its slot is freed now."""
         key, lease = _k(job_id), _k(job_id, ":lease")
@@ -447,14 +563,16 @@ class Registry:
                 except redis.WatchError:
                     continue
         if ended_before:
-            self.event(job_id, "released", f"the worker let go of the job ({job['state']} before it "
-                                           "stopped); its slot is free")
+            self.event(
+                job_id, "released", f"the worker let go of the job ({job['state']} before it stopped); its slot is free"
+            )
         else:
             self.event(job_id, state, (error or {}).get("message", state))
         return True
 
-    def finish_unowned(self, job_id: str, state: str, *, error: dict | None = None,
-                       states: tuple[str, ...] = ("queued", "running")) -> bool:
+    def finish_unowned(
+        self, job_id: str, state: str, *, error: dict | None = None, states: tuple[str, ...] = ("queued", "running")
+    ) -> bool:
         """End a job nobody runs (queued, or running with a lost worker), if it is in one of
         `states`. False if it was not."""
         key = _k(job_id)
@@ -475,17 +593,27 @@ class Registry:
         self.event(job_id, state, (error or {}).get("message", state))
         return True
 
-    def _end(self, pipe, job: dict, state: str, error: dict | None, manifest_key: str | None, *,
-             release: bool = True) -> None:
+    def _end(
+        self, pipe, job: dict, state: str, error: dict | None, manifest_key: str | None, *, release: bool = True
+    ) -> None:
         """Record the end. `release` False: a worker still computes the job, so it keeps its
         team's slot (and its place in `running`) until `_release`: the worker lets go, or its
         lease expires (the reaper)."""
         progress = dict(job["progress"], phase=state)
         if state == "succeeded":
             progress["fraction"] = 1.0
-        pipe.hset(_k(job["id"]), mapping=_encode({
-            "state": state, "finished_at": time.time(), "error": error,
-            "manifest_key": manifest_key, "progress": progress}))
+        pipe.hset(
+            _k(job["id"]),
+            mapping=_encode(
+                {
+                    "state": state,
+                    "finished_at": time.time(),
+                    "error": error,
+                    "manifest_key": manifest_key,
+                    "progress": progress,
+                }
+            ),
+        )
         pipe.zrem(_DISPATCHED, job["id"])
         team = job.get("team") or "default"
         if release:
@@ -509,8 +637,11 @@ class Registry:
             self._release(pipe, job)
             self._expire_later(pipe, job.get("team") or "default", job["id"])
             pipe.execute()
-        self.event(job["id"], "released", f"worker {job['worker']} lost (its lease expired) before it "
-                                          f"let go of the job; its slot is free")
+        self.event(
+            job["id"],
+            "released",
+            f"worker {job['worker']} lost (its lease expired) before it let go of the job; its slot is free",
+        )
 
     @staticmethod
     def _release(pipe, job: dict) -> None:
@@ -537,9 +668,14 @@ class Registry:
                 self.event(job_id, "cancelling", "cancel requested")
         return self.get(job_id)
 
-    def reap(self, grace_s: float = 0.0, *, time_limit_grace_s: float = 15.0,
-             lost_after_s: float | None = None, waiting: Callable[[], set[str]] | None = None,
-             ) -> tuple[list[tuple[dict, str]], list[str]]:
+    def reap(
+        self,
+        grace_s: float = 0.0,
+        *,
+        time_limit_grace_s: float = 15.0,
+        lost_after_s: float | None = None,
+        waiting: Callable[[], set[str]] | None = None,
+    ) -> tuple[list[tuple[dict, str]], list[str]]:
         """Find running jobs whose worker is lost, jobs long past their time limit, and sent jobs
         whose message was lost. Returns ((job, dispatch_id) to re-send, ids of jobs ended here).
 
@@ -581,8 +717,7 @@ class Registry:
                     if job["cancel_requested"] or job["attempts"] >= job["max_attempts"]:
                         pipe.reset()
                         err = _cancelled() if job["cancel_requested"] else _worker_lost(job)
-                        if self.finish_unowned(job_id, "cancelled" if job["cancel_requested"] else "failed",
-                                               error=err):
+                        if self.finish_unowned(job_id, "cancelled" if job["cancel_requested"] else "failed", error=err):
                             ended.append(job_id)
                         continue
                     dispatch_id = new_id()
@@ -593,8 +728,11 @@ class Registry:
                     pipe.execute()
                 except redis.WatchError:
                     continue
-            self.event(job_id, "requeued", f"worker {job['worker']} lost; requeued after attempt "
-                                           f"{job['attempts']} of {job['max_attempts']}")
+            self.event(
+                job_id,
+                "requeued",
+                f"worker {job['worker']} lost; requeued after attempt {job['attempts']} of {job['max_attempts']}",
+            )
             resend.append((job, dispatch_id))
         if lost_after_s is not None and waiting is not None:
             resend += self._redispatch_lost(lost_after_s, waiting)
@@ -613,8 +751,12 @@ class Registry:
             for job_id in set(unsent) - set(waiting):  # at most the team's max_queued
                 raw = self.r.hmget(_k(job_id), *SUMMARY_FIELDS)  # not the spec: read again each pass
                 job = {f: json.loads(v) for f, v in zip(SUMMARY_FIELDS, raw) if v is not None}
-                if "id" not in job or job["state"] != "queued" or job["dispatched"] or \
-                        time.time() - job["created_at"] < older_than_s:
+                if (
+                    "id" not in job
+                    or job["state"] != "queued"
+                    or job["dispatched"]
+                    or time.time() - job["created_at"] < older_than_s
+                ):
                     continue
                 ok, dispatch_id = self.ready_to_dispatch(job_id, job)  # waits on its dependencies
                 if ok:
@@ -637,8 +779,9 @@ class Registry:
         ended = []
         candidates = self.r.smembers(f"{_P}running") | set(self.r.zrange(_DISPATCHED, 0, -1))
         for job_id in candidates:
-            limit, started = (json.loads(v) if v else None
-                              for v in self.r.hmget(_k(job_id), "time_limit_s", "started_at"))
+            limit, started = (
+                json.loads(v) if v else None for v in self.r.hmget(_k(job_id), "time_limit_s", "started_at")
+            )
             if not limit or not started or time.time() - started <= limit + grace_s:
                 continue
             key, lease = _k(job_id), _k(job_id, ":lease")
@@ -690,8 +833,11 @@ class Registry:
                     pipe.execute()
                 except redis.WatchError:
                     continue
-            self.event(job_id, "redispatched", f"no worker took the job within {older_than_s:.0f} s "
-                                               "and its message is not on its queue; sent again")
+            self.event(
+                job_id,
+                "redispatched",
+                f"no worker took the job within {older_than_s:.0f} s and its message is not on its queue; sent again",
+            )
             resend.append((job, dispatch_id))
         return resend
 
@@ -752,7 +898,7 @@ class Registry:
         held = self.r.smembers(f"{_P}running")
         candidates = [(t, job_id) for t, job_id in candidates if job_id not in held]
         for i in range(0, len(candidates), 500):
-            chunk = candidates[i:i + 500]
+            chunk = candidates[i : i + 500]
             pipe = self.r.pipeline(transaction=False)
             for _, job_id in chunk:
                 pipe.hget(_k(job_id), "finished_at")
@@ -777,7 +923,7 @@ class Registry:
             pipe.zrem(_EXPIRING, f"{team}/{job_id}")
             pipe.zrem(f"{_P}finished", job_id)
             pipe.srem(_SPECS_IN_STORE, job_id)
-        had_spec = pipe.execute()[5 + int(delete)::6 + int(delete)]  # the srem of each job
+        had_spec = pipe.execute()[5 + int(delete) :: 6 + int(delete)]  # the srem of each job
         for (_, job_id), in_store in zip(jobs, had_spec):
             if in_store and self.spec_store is not None:
                 self.spec_store.delete(keys.job_spec(job_id))
@@ -791,8 +937,17 @@ class Registry:
         since = (json.loads(last) if last else now) - slack_s
         return self.r.zrangebyscore(f"{_P}finished", since, "+inf")
 
-    def reserve_upload(self, upload_id: str, team: str, size: int, record: dict[str, Any], *,
-                       max_bytes: int, max_uploads: int, per_minute: int) -> tuple[str, int]:
+    def reserve_upload(
+        self,
+        upload_id: str,
+        team: str,
+        size: int,
+        record: dict[str, Any],
+        *,
+        max_bytes: int,
+        max_uploads: int,
+        per_minute: int,
+    ) -> tuple[str, int]:
         """Count an upload against its team's quota and record it, `storing` (owner, and `record`:
         key, documents, created_at), in one step. Returns (status, figure): ("ok", bytes now
         counted), ("bytes", bytes counted already), ("count", uploads kept) or ("rate", seconds to
@@ -800,30 +955,49 @@ class Registry:
         between leaves a record the team can delete, never stored bytes that nobody counts."""
         status, figure = self.r.register_script(_RESERVE_UPLOAD)(
             keys=[*self._upload_keys(team, upload_id), _team(team, "upload_times")],
-            args=[upload_id, size, max_bytes, self._upload_json(record, size, "storing"), team,
-                  _upload_order(record["created_at"], upload_id), max_uploads, per_minute, time.time()])
+            args=[
+                upload_id,
+                size,
+                max_bytes,
+                self._upload_json(record, size, "storing"),
+                team,
+                _upload_order(record["created_at"], upload_id),
+                max_uploads,
+                per_minute,
+                time.time(),
+            ],
+        )
         return str(status), int(figure)
 
     def commit_upload(self, upload_id: str, team: str, size: int, record: dict[str, Any]) -> bool:
         """Mark a reserved upload `stored` once its bytes are; False when it was deleted meanwhile
         (the caller then deletes the bytes it stored)."""
-        return bool(self.r.register_script(_COMMIT_UPLOAD)(
-            keys=[_team(team, "uploads")],
-            args=[upload_id, self._upload_json(record, size, "storing"), self._upload_json(record, size, "stored")]))
+        return bool(
+            self.r.register_script(_COMMIT_UPLOAD)(
+                keys=[_team(team, "uploads")],
+                args=[upload_id, self._upload_json(record, size, "storing"), self._upload_json(record, size, "stored")],
+            )
+        )
 
     def release_upload(self, upload_id: str, team: str) -> int:
         """Forget an upload (its bytes stop counting); the bytes freed."""
-        return int(self.r.register_script(_RELEASE_UPLOAD)(
-            keys=self._upload_keys(team, upload_id), args=[upload_id]))
+        return int(self.r.register_script(_RELEASE_UPLOAD)(keys=self._upload_keys(team, upload_id), args=[upload_id]))
 
-    def uploads(self, team: str, *, limit: int, after: str | None = None
-                ) -> tuple[list[dict[str, Any]], str | None, int, int]:
+    def uploads(
+        self, team: str, *, limit: int, after: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None, int, int]:
         """A page of the team's uploads, oldest first, after the cursor `after`: (rows, the next
         page's cursor or None, bytes counted, uploads kept)."""
         order = _team(team, "upload_order")
         if self.r.zcard(order) < self.r.hlen(_team(team, "uploads")):  # records older than the order
-            self.r.zadd(order, {_upload_order(json.loads(v).get("created_at") or 0, k): 0
-                                for k, v in self.r.hgetall(_team(team, "uploads")).items()}, nx=True)
+            self.r.zadd(
+                order,
+                {
+                    _upload_order(json.loads(v).get("created_at") or 0, k): 0
+                    for k, v in self.r.hgetall(_team(team, "uploads")).items()
+                },
+                nx=True,
+            )
         members = self.r.zrange(order, f"({after}" if after else "-", "+", bylex=True, offset=0, num=limit + 1)
         ids = [m.rsplit("/", 1)[1] for m in members[:limit]]
         pipe = self.r.pipeline(transaction=False)
@@ -845,8 +1019,12 @@ class Registry:
 
     @staticmethod
     def _upload_keys(team: str, upload_id: str) -> list[str]:
-        return [_team(team, "upload_bytes"), _team(team, "uploads"), f"{_P}upload:{upload_id}",
-                _team(team, "upload_order")]
+        return [
+            _team(team, "upload_bytes"),
+            _team(team, "uploads"),
+            f"{_P}upload:{upload_id}",
+            _team(team, "upload_order"),
+        ]
 
     @staticmethod
     def _upload_json(record: dict[str, Any], size: int, state: str) -> str:
@@ -875,8 +1053,11 @@ class Registry:
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(_k(job_id), *_CENSUS)
-        return [{f: json.loads(v) if v is not None else None for f, v in zip(_CENSUS, row)}
-                for row in (pipe.execute() if ids else []) if row[0] is not None]
+        return [
+            {f: json.loads(v) if v is not None else None for f, v in zip(_CENSUS, row)}
+            for row in (pipe.execute() if ids else [])
+            if row[0] is not None
+        ]
 
 
 Send = Callable[[dict, str], None]
@@ -921,19 +1102,20 @@ def _cancelled() -> dict:
 
 
 def _time_limit(limit_s: float, elapsed_s: float) -> dict:
-    return {"code": "time_limit", "field": None,
-            "message": time_limit_message(limit_s, elapsed_s)}
+    return {"code": "time_limit", "field": None, "message": time_limit_message(limit_s, elapsed_s)}
 
 
 def time_limit_message(limit_s: float, elapsed_s: float) -> str:
-    return (f"the job ran for {elapsed_s:,.1f} s since it first started, past its time limit "
-            f"of {limit_s:,g} s")
+    return f"the job ran for {elapsed_s:,.1f} s since it first started, past its time limit of {limit_s:,g} s"
 
 
 def _worker_lost(job: dict) -> dict:
-    return {"code": "worker_lost", "field": None,
-            "message": f"the worker running this job was lost on each of {job['attempts']} attempts "
-                       f"(last: {job['worker']}); giving up after max_attempts={job['max_attempts']}"}
+    return {
+        "code": "worker_lost",
+        "field": None,
+        "message": f"the worker running this job was lost on each of {job['attempts']} attempts "
+        f"(last: {job['worker']}); giving up after max_attempts={job['max_attempts']}",
+    }
 
 
 def _event_entry(phase: str, message: str, figures: dict[str, Any]) -> dict[str, Any]:

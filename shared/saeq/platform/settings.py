@@ -13,8 +13,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from saeq.specs import ENDPOINT_NAME
 from saeq.platform.store import LocalStore, ObjectStore, S3Store
+from saeq.specs import ENDPOINT_NAME
 
 log = logging.getLogger("saeq.platform.settings")
 
@@ -107,15 +107,18 @@ class PlatformSettings(BaseSettings):
         if problem is None:
             return
         if self.insecure_dev:
-            log.warning("%s; starting anyway (SAEQ_INSECURE_DEV=1): download links can be forged "
-                        "or die with this process", problem)
+            log.warning(
+                "%s; starting anyway (SAEQ_INSECURE_DEV=1): download links can be forged or die with this process",
+                problem,
+            )
             return
         raise InsecureSettings(
             f"the saeq {process} refuses to start: {problem}. It signs download links (/v1/files, which "
             f"take no API key): without a secret one anyone can forge a link to any team's artifacts. Set "
             f"SAEQ_SIGNING_KEY to the same random secret of at least {MIN_SIGNING_KEY_CHARS} characters in "
             f"the API and every worker (e.g. `openssl rand -hex 32`; `saeq up` makes one per stack), or "
-            f"SAEQ_INSECURE_DEV=1 on a machine only you use.")
+            f"SAEQ_INSECURE_DEV=1 on a machine only you use."
+        )
 
 
 class InsecureSettings(RuntimeError):
@@ -131,13 +134,24 @@ def open_store(s: PlatformSettings) -> ObjectStore:
     if s.store.startswith("file://"):
         key = s.signing_key.get_secret_value() if s.signing_key is not None else ""
         # No key (allowed only with insecure_dev): one only this process knows, never a public one.
-        return LocalStore(s.store[len("file://"):], url_base=s.public_url, link_ttl_s=s.link_ttl_s,
-                          signing_key=key.encode() or secrets.token_bytes(32))
+        return LocalStore(
+            s.store[len("file://") :],
+            url_base=s.public_url,
+            link_ttl_s=s.link_ttl_s,
+            signing_key=key.encode() or secrets.token_bytes(32),
+        )
     if s.store.startswith("s3://"):
-        bucket = s.store[len("s3://"):].strip("/")
-        store = S3Store(s.s3_endpoint, s.s3_access_key, s.s3_secret_key.get_secret_value(), bucket,
-                        secure=s.s3_secure, region=s.s3_region, public_endpoint=s.s3_public_endpoint,
-                        retry_s=s.s3_retry_s)
+        bucket = s.store[len("s3://") :].strip("/")
+        store = S3Store(
+            s.s3_endpoint,
+            s.s3_access_key,
+            s.s3_secret_key.get_secret_value(),
+            bucket,
+            secure=s.s3_secure,
+            region=s.s3_region,
+            public_endpoint=s.s3_public_endpoint,
+            retry_s=s.s3_retry_s,
+        )
         store.ensure_bucket()
         return store
     raise ValueError(f"SAEQ_STORE must start with file:// or s3://, got {s.store!r}")

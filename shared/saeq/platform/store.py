@@ -15,9 +15,10 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 from urllib.parse import quote
 
 from saeq.errors import StoreError
@@ -43,8 +44,14 @@ class ObjectInfo:
 
 
 class ObjectStore(Protocol):
-    def put(self, key: str, data: bytes | BinaryIO, *, length: int | None = None,
-            content_type: str = "application/octet-stream") -> None: ...
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        *,
+        length: int | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> None: ...
     def put_file(self, key: str, path: str | Path) -> None: ...
     def get(self, key: str) -> bytes: ...
     def get_file(self, key: str, path: str | Path) -> None: ...
@@ -64,8 +71,7 @@ def _check_key(key: str) -> str:
 class LocalStore:
     """A directory on a shared file system. Download URLs point at the API's signed file route."""
 
-    def __init__(self, root: str | Path, *, url_base: str = "", signing_key: bytes = b"",
-                 link_ttl_s: int = 3600):
+    def __init__(self, root: str | Path, *, url_base: str = "", signing_key: bytes = b"", link_ttl_s: int = 3600):
         self.root = Path(root).resolve()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new store: its owner's only
         self.url_base = url_base.rstrip("/")
@@ -126,10 +132,12 @@ class LocalStore:
 
     def _failed(self, operation: str, key: str, e: OSError) -> str:
         where = f" on {e.filename}" if e.filename else ""
-        return (f"cannot {operation} object {key!r} in the local store {self.root}: "
-                f"{e.strerror or e}{where} ({type(e).__name__}). Check that the API's and the "
-                f"workers' user can write to the SAEQ_STORE directory {self.root} (its owner and "
-                "mode, a read-only mount) and that its disk has room.")
+        return (
+            f"cannot {operation} object {key!r} in the local store {self.root}: "
+            f"{e.strerror or e}{where} ({type(e).__name__}). Check that the API's and the "
+            f"workers' user can write to the SAEQ_STORE directory {self.root} (its owner and "
+            "mode, a read-only mount) and that its disk has room."
+        )
 
     def put_file(self, key, path):
         with open(path, "rb") as f:
@@ -188,8 +196,10 @@ class LocalStore:
         if expires < now:
             return "download link expired"
         if expires > now + self.link_ttl_s + LINK_CLOCK_SKEW_S:
-            return (f"download link refused: its expires lies {expires - int(now)} s ahead, more than "
-                    f"links live here ({self.link_ttl_s} s)")
+            return (
+                f"download link refused: its expires lies {expires - int(now)} s ahead, more than "
+                f"links live here ({self.link_ttl_s} s)"
+            )
         if not hmac.compare_digest(sign_local(self.signing_key, key, expires).encode(), sig.encode()):
             return "bad download signature"
         return None
@@ -216,9 +226,19 @@ class S3Store:
     already-exists answer at once.
     """
 
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, *,
-                 secure: bool = False, region: str | None = None, public_endpoint: str | None = None,
-                 retry_s: float = 60.0, timeout_s: float = 30.0):
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        *,
+        secure: bool = False,
+        region: str | None = None,
+        public_endpoint: str | None = None,
+        retry_s: float = 60.0,
+        timeout_s: float = 30.0,
+    ):
         import certifi
         import urllib3
         from minio import Minio
@@ -228,17 +248,37 @@ class S3Store:
         # 5-minute timeouts, which would multiply our own bounded retries into half an hour.
         # `timeout_s` bounds each connect and each wait for bytes, not a whole transfer.
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=min(timeout_s, 10.0), read=timeout_s), retries=False, maxsize=10,
-            cert_reqs="CERT_REQUIRED", ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where())
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
-                            region=region, http_client=http)
+            timeout=urllib3.Timeout(connect=min(timeout_s, 10.0), read=timeout_s),
+            retries=False,
+            maxsize=10,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        )
+        self.client = Minio(
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http
+        )
         # Presigned URLs must name the host that users reach, which may differ from the internal one.
-        self.url_client = (Minio(public_endpoint, access_key=access_key, secret_key=secret_key,
-                                 secure=secure, region=region or "us-east-1")
-                           if public_endpoint else self.client)
+        self.url_client = (
+            Minio(
+                public_endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=secure,
+                region=region or "us-east-1",
+            )
+            if public_endpoint
+            else self.client
+        )
 
-    def _retrying(self, operation: str, key: str, call: Callable[[], T], *,
-                  rewind: Callable[[], object] | None = None, once: bool = False) -> T:
+    def _retrying(
+        self,
+        operation: str,
+        key: str,
+        call: Callable[[], T],
+        *,
+        rewind: Callable[[], object] | None = None,
+        once: bool = False,
+    ) -> T:
         """`call()`, again after each transient failure (`rewind()` first) until `retry_s` has
         passed, then StoreError; with `once`, no second try. Other errors go straight up."""
         start = time.monotonic()
@@ -253,14 +293,25 @@ class S3Store:
                 waited = time.monotonic() - start
                 left = self.retry_s - waited
                 if left <= 0 or once:
-                    why = ("not retried: the data is a stream that cannot be sent again" if once else
-                           f"still failing after retrying for {waited:.1f} s ({attempts} attempts; "
-                           f"SAEQ_S3_RETRY_S={self.retry_s:g})")
-                    raise StoreError(f"S3 {operation} of {key!r} at {self.endpoint} (bucket {self.bucket}) "
-                                     f"failed, {why}: {_describe(e)}") from e
+                    why = (
+                        "not retried: the data is a stream that cannot be sent again"
+                        if once
+                        else f"still failing after retrying for {waited:.1f} s ({attempts} attempts; "
+                        f"SAEQ_S3_RETRY_S={self.retry_s:g})"
+                    )
+                    raise StoreError(
+                        f"S3 {operation} of {key!r} at {self.endpoint} (bucket {self.bucket}) "
+                        f"failed, {why}: {_describe(e)}"
+                    ) from e
                 if attempts == 1:
-                    log.warning("S3 %s of %r at %s failed (%s); retrying for up to %g s",
-                                operation, key, self.endpoint, _describe(e), self.retry_s)
+                    log.warning(
+                        "S3 %s of %r at %s failed (%s); retrying for up to %g s",
+                        operation,
+                        key,
+                        self.endpoint,
+                        _describe(e),
+                        self.retry_s,
+                    )
             # Equal jitter: half the delay fixed, half random, so the workers that lost S3 together
             # do not all come back in the same instant.
             time.sleep(min(left, delay / 2 + random.uniform(0, delay / 2)))
@@ -308,9 +359,20 @@ class S3Store:
         seekable = getattr(data, "seekable", lambda: False)()
         at = data.tell() if seekable else 0
         with self._write_refused(key):
-            self._retrying("put", key, lambda: self.client.put_object(
-                self.bucket, key, data, length=length if length is not None else -1, part_size=16 << 20,
-                content_type=content_type), rewind=lambda: data.seek(at), once=not seekable)
+            self._retrying(
+                "put",
+                key,
+                lambda: self.client.put_object(
+                    self.bucket,
+                    key,
+                    data,
+                    length=length if length is not None else -1,
+                    part_size=16 << 20,
+                    content_type=content_type,
+                ),
+                rewind=lambda: data.seek(at),
+                once=not seekable,
+            )
 
     def put_file(self, key, path):
         self._check_absent(key)
@@ -332,9 +394,11 @@ class S3Store:
         try:
             yield
         except S3Error as e:
-            raise StoreError(f"S3 refused to write {key!r} to bucket {self.bucket!r} at {self.endpoint}: "
-                             f"{e.code}: {e.message}. Check that the bucket exists and that the access "
-                             "key (SAEQ_S3_ACCESS_KEY) may write to it.") from e
+            raise StoreError(
+                f"S3 refused to write {key!r} to bucket {self.bucket!r} at {self.endpoint}: "
+                f"{e.code}: {e.message}. Check that the bucket exists and that the access "
+                "key (SAEQ_S3_ACCESS_KEY) may write to it."
+            ) from e
 
     def get(self, key):
         from minio.error import S3Error
@@ -368,8 +432,10 @@ class S3Store:
 
     def list(self, prefix):
         def list_all():  # the listing is paged: a page lost midway starts the whole list again
-            return [ObjectInfo(o.object_name, o.size)
-                    for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+            return [
+                ObjectInfo(o.object_name, o.size)
+                for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            ]
 
         return sorted(self._retrying("list", prefix, list_all), key=lambda o: o.key)
 
@@ -380,14 +446,24 @@ class S3Store:
         from datetime import timedelta
 
         # Signing is local, but without a configured region minio asks the server for it once.
-        return self._retrying("presign", _check_key(key), lambda: self.url_client.presigned_get_object(
-            self.bucket, key, expires=timedelta(seconds=expires_s)))
+        return self._retrying(
+            "presign",
+            _check_key(key),
+            lambda: self.url_client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s)),
+        )
 
 
 _FIRST_DELAY_S = 0.2
 _MAX_DELAY_S = 5.0
-_TRANSIENT_S3_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "ThrottlingException",
-                       "RequestThrottled", "TooManyRequests"}
+_TRANSIENT_S3_CODES = {
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequests",
+}
 
 
 def transient_s3_error(e: Exception) -> bool:

@@ -140,13 +140,20 @@ class Teams:
         """Store a key chosen by the deployment (the bootstrap admin key); idempotent."""
         m = _KEY.match(key)
         if not m:
-            raise ValueError("a bootstrap key must look like saeq_<16 hex>_<43 url-safe chars>; "
-                             "make one with `saeq keys new`")
+            raise ValueError(
+                "a bootstrap key must look like saeq_<16 hex>_<43 url-safe chars>; make one with `saeq keys new`"
+            )
         return self._store(m.group(1), key, team, role, name)
 
     def _store(self, key_id: str, key: str, team: str, role: Role, name: str) -> dict[str, Any]:
-        record = {"key_id": key_id, "team": valid_team(team), "role": role, "name": name,
-                  "created_at": time.time(), "revoked_at": None}
+        record = {
+            "key_id": key_id,
+            "team": valid_team(team),
+            "role": role,
+            "name": name,
+            "created_at": time.time(),
+            "revoked_at": None,
+        }
         pipe = self.r.pipeline()
         pipe.hset(f"{_P}key:{key_id}", mapping={"record": json.dumps(record), "digest": digest(key)})
         pipe.sadd(f"{_P}keys", key_id)

@@ -9,8 +9,17 @@ import posixpath
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from saeq import hooks
@@ -28,8 +37,10 @@ def invalid(model: BaseModel, loc: str, message: str) -> ValidationError:
     value = model
     for p in parts:
         value = value[p] if isinstance(p, int) else getattr(value, p, None)
-    return ValidationError.from_exception_data(type(model).__name__, [InitErrorDetails(
-        type=PydanticCustomError("value_error", message), loc=parts, input=value)])
+    return ValidationError.from_exception_data(
+        type(model).__name__,
+        [InitErrorDetails(type=PydanticCustomError("value_error", message), loc=parts, input=value)],
+    )
 
 
 def _valid_hook(name: str) -> str:
@@ -54,16 +65,20 @@ def hub_id(name: str) -> str:
     """`owner/name` or `name` on the Hugging Face hub. Never a path: loaders resolve it through the
     hub's cache (saeq.ml.models, saeq.ml.corpus), never against the worker's working directory."""
     if not _HUB_ID.fullmatch(name) or ".." in name or "--" in name:
-        raise ValueError(f"{name!r} is not a hub id (owner/name or name: letters, digits, '_', '-', '.', "
-                         "no '..' or '--', not starting or ending with '.' or '-')")
+        raise ValueError(
+            f"{name!r} is not a hub id (owner/name or name: letters, digits, '_', '-', '.', "
+            "no '..' or '--', not starting or ending with '.' or '-')"
+        )
     return name
 
 
 def hub_revision(revision: str) -> str:
     """A branch, tag or commit (`main`, `v1.0`, `refs/pr/1`): it names a file in the hub's cache."""
     if not _REVISION.fullmatch(revision) or ".." in revision:
-        raise ValueError(f"{revision!r} is not a hub revision (a branch, tag or commit: letters, digits, "
-                         "'_', '-', '.', '/' between parts, no '..')")
+        raise ValueError(
+            f"{revision!r} is not a hub revision (a branch, tag or commit: letters, digits, "
+            "'_', '-', '.', '/' between parts, no '..')"
+        )
     return revision
 
 
@@ -80,10 +95,11 @@ def local_path(path: str) -> str:
 def file_name(name: str, suffix: str) -> str:
     """A plain file name inside a directory or repository: no `/`, `\\`, `..` or control character,
     and no glob character (`* ? [ ]`): the hub download takes the name as a pattern of files."""
-    if (_CONTROL.search(name) or set(name) & set("/\\*?[]") or name.startswith(".")
-            or not name.endswith(suffix)):
-        raise ValueError(f"{name!r} is not a file name ending with {suffix} (no '/', '\\', '*', '?', '[', "
-                         "']', leading '.' or control character)")
+    if _CONTROL.search(name) or set(name) & set("/\\*?[]") or name.startswith(".") or not name.endswith(suffix):
+        raise ValueError(
+            f"{name!r} is not a file name ending with {suffix} (no '/', '\\', '*', '?', '[', "
+            "']', leading '.' or control character)"
+        )
     return name
 
 
@@ -126,7 +142,7 @@ class ModelSpec(Frozen):
         return "builtin" if self.name == BUILTIN_MODEL else "path" if self.name.startswith("/") else "hub"
 
     @model_validator(mode="after")
-    def _revision_only_for_hub(self) -> "ModelSpec":
+    def _revision_only_for_hub(self) -> ModelSpec:
         if self.revision and self.source != "hub":
             raise ValueError("revision applies to hub ids only")
         return self
@@ -172,20 +188,26 @@ class UploadCorpus(Frozen):
 
 def _tag(default: str):
     """Discriminate on `source`, taking `default` when it is left out."""
+
     def tag(v):
         return v.get("source", default) if isinstance(v, dict) else getattr(v, "source", default)
+
     return Discriminator(tag)
 
 
 def _backend_tag(default: str):
     """Discriminate on `backend`, taking `default` when it is left out."""
+
     def tag(v):
         return v.get("backend", default) if isinstance(v, dict) else getattr(v, "backend", default)
+
     return Discriminator(tag)
 
 
-CorpusSpec = Annotated[Union[Annotated[BuiltinCorpus, Tag("builtin")], Annotated[HubCorpus, Tag("hf")],
-                             Annotated[UploadCorpus, Tag("upload")]], _tag("builtin")]
+CorpusSpec = Annotated[
+    Annotated[BuiltinCorpus, Tag("builtin")] | Annotated[HubCorpus, Tag("hf")] | Annotated[UploadCorpus, Tag("upload")],
+    _tag("builtin"),
+]
 
 
 class HarvestSpec(Frozen):
@@ -229,13 +251,17 @@ class HarvestSpec(Frozen):
         return names
 
     @model_validator(mode="after")
-    def _builtin_model_limits(self) -> "HarvestSpec":
+    def _builtin_model_limits(self) -> HarvestSpec:
         if self.model.name == BUILTIN_MODEL:
             for i, name in enumerate(self.hooks):
                 block = hooks.parse(name).block
                 if block >= BUILTIN_N_LAYERS:
-                    raise invalid(self, f"hooks.{i}", f"{name!r} asks for block {block}, but {BUILTIN_MODEL} has "
-                                                      f"{BUILTIN_N_LAYERS} blocks (0..{BUILTIN_N_LAYERS - 1})")
+                    raise invalid(
+                        self,
+                        f"hooks.{i}",
+                        f"{name!r} asks for block {block}, but {BUILTIN_MODEL} has "
+                        f"{BUILTIN_N_LAYERS} blocks (0..{BUILTIN_N_LAYERS - 1})",
+                    )
         if self.shard_tokens < self.context_len:
             raise invalid(self, "shard_tokens", "shard_tokens must hold at least one context (>= context_len)")
         return self
@@ -246,9 +272,12 @@ BUILTIN_D_MODEL = 576
 
 _SAE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
 _ARCH_FIELDS = {  # fields that only one family of architectures reads
-    "k": ("topk", "batchtopk"), "aux_k": ("topk", "batchtopk"), "auxk_alpha": ("topk", "batchtopk"),
+    "k": ("topk", "batchtopk"),
+    "aux_k": ("topk", "batchtopk"),
+    "auxk_alpha": ("topk", "batchtopk"),
     "l1_coefficient": ("relu",),
-    "jumprelu_init_threshold": ("jumprelu",), "jumprelu_bandwidth": ("jumprelu",),
+    "jumprelu_init_threshold": ("jumprelu",),
+    "jumprelu_bandwidth": ("jumprelu",),
     "l0_coefficient": ("jumprelu",),
 }
 
@@ -293,13 +322,14 @@ class SaeConfig(Frozen):
     `TrainSpec.sparsity_warmup`."""
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SaeConfig":
+    def _consistent(self) -> SaeConfig:
         for name, archs in _ARCH_FIELDS.items():
             # A non-default value only: a stored spec is re-read with every field written out.
             default = type(self).model_fields[name].default
             if getattr(self, name) != default and self.architecture not in archs:
-                raise invalid(self, name, f"{name} applies to architecture {' or '.join(archs)}, "
-                                          f"not {self.architecture}")
+                raise invalid(
+                    self, name, f"{name} applies to architecture {' or '.join(archs)}, not {self.architecture}"
+                )
         if self.d_sae is not None:
             if self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
                 raise invalid(self, "k", f"k={self.k} exceeds d_sae={self.d_sae}")
@@ -371,14 +401,15 @@ class TrainSpec(Frozen):
     sinks: SinkRule = SinkRule()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainSpec":
+    def _consistent(self) -> TrainSpec:
         names = [s.name for s in self.saes]
         for i, name in enumerate(names):
             if name is not None and name in names[:i]:
                 raise invalid(self, f"saes.{i}.name", f"saes: duplicate name {name!r}")
         if self.total_tokens < self.batch_size:
-            raise invalid(self, "total_tokens", f"total_tokens={self.total_tokens} is less than one batch "
-                                                f"({self.batch_size})")
+            raise invalid(
+                self, "total_tokens", f"total_tokens={self.total_tokens} is less than one batch ({self.batch_size})"
+            )
         if self.lr_warmup + self.lr_decay > 1.0:
             raise invalid(self, "lr_decay", "lr_warmup + lr_decay exceed the whole run (1.0)")
         return self
@@ -408,11 +439,12 @@ def _require_for_imported(spec, fields: tuple[str, ...]) -> None:
     if isinstance(spec.sae, ImportedSae):
         missing = [f for f in fields if getattr(spec, f) is None]
         if missing:
-            raise invalid(spec, missing[0], f"an imported SAE needs {', '.join(missing)}: there is no harvest "
-                                            "to take them from")
+            raise invalid(
+                spec, missing[0], f"an imported SAE needs {', '.join(missing)}: there is no harvest to take them from"
+            )
 
 
-SaeRef = Annotated[Union[Annotated[TrainedSae, Tag("job")], Annotated[ImportedSae, Tag("path")]], _tag("job")]
+SaeRef = Annotated[Annotated[TrainedSae, Tag("job")] | Annotated[ImportedSae, Tag("path")], _tag("job")]
 
 
 class EvaluateSpec(Frozen):
@@ -441,7 +473,7 @@ class EvaluateSpec(Frozen):
     """Specificity, sensitivity, completeness and sparse probing (docs/checks.md); None: skip."""
 
     @model_validator(mode="after")
-    def _imported_needs_context(self) -> "EvaluateSpec":
+    def _imported_needs_context(self) -> EvaluateSpec:
         _require_for_imported(self, ("model", "hook", "corpus"))
         return self
 
@@ -486,10 +518,13 @@ class MetadataLabeller(Frozen):
     backend: Literal["metadata"]
 
 
-ExplainerSpec = Annotated[Union[Annotated[LocalLLM, Tag("local")], Annotated[EndpointLLM, Tag("openai")],
-                                Annotated[MetadataLabeller, Tag("metadata")]], _backend_tag("local")]
-JudgeSpec = Annotated[Union[Annotated[LocalLLM, Tag("local")], Annotated[EndpointLLM, Tag("openai")]],
-                      _backend_tag("local")]
+ExplainerSpec = Annotated[
+    Annotated[LocalLLM, Tag("local")]
+    | Annotated[EndpointLLM, Tag("openai")]
+    | Annotated[MetadataLabeller, Tag("metadata")],
+    _backend_tag("local"),
+]
+JudgeSpec = Annotated[Annotated[LocalLLM, Tag("local")] | Annotated[EndpointLLM, Tag("openai")], _backend_tag("local")]
 Scorer = Literal["detection", "fuzzing", "embedding"]
 
 
@@ -517,8 +552,9 @@ class LabelSpec(Frozen):
     that fires at least `min_activating` times."""
     min_activating: int = Field(default=4, ge=1)
     """A feature needs this many activating contexts to be labelled and scored."""
-    explainers: list[ExplainerSpec] = Field(default=[LocalLLM(), MetadataLabeller(backend="metadata")],
-                                            min_length=1, max_length=4)
+    explainers: list[ExplainerSpec] = Field(
+        default=[LocalLLM(), MetadataLabeller(backend="metadata")], min_length=1, max_length=4
+    )
     """Each writes its own label for every feature."""
     judge: JudgeSpec | None = LocalLLM()
     """The LLM that answers the detection and fuzzing questions; None: embedding scoring only."""
@@ -539,7 +575,7 @@ class LabelSpec(Frozen):
     feature; docs/browser.md)."""
 
     @model_validator(mode="after")
-    def _consistent(self) -> "LabelSpec":
+    def _consistent(self) -> LabelSpec:
         _require_for_imported(self, ("model", "hook", "corpus"))
         if self.judge is None and {"detection", "fuzzing"} & set(self.scorers):
             raise invalid(self, "scorers", "detection and fuzzing scorers need a judge")
@@ -554,8 +590,12 @@ class EmbeddingRater(Frozen):
     backend: Literal["embedding"]
 
 
-RaterSpec = Annotated[Union[Annotated[LocalLLM, Tag("local")], Annotated[EndpointLLM, Tag("openai")],
-                            Annotated[EmbeddingRater, Tag("embedding")]], _backend_tag("embedding")]
+RaterSpec = Annotated[
+    Annotated[LocalLLM, Tag("local")]
+    | Annotated[EndpointLLM, Tag("openai")]
+    | Annotated[EmbeddingRater, Tag("embedding")],
+    _backend_tag("embedding"),
+]
 
 
 class SpecificityCheck(Frozen):
@@ -685,7 +725,7 @@ class SteerSpec(Frozen):
     similarity (embedding of the completion against the label) is reported."""
 
     @model_validator(mode="after")
-    def _imported_needs_context(self) -> "SteerSpec":
+    def _imported_needs_context(self) -> SteerSpec:
         _require_for_imported(self, ("model", "hook"))
         return self
 
@@ -717,10 +757,11 @@ class SteerRequest(Frozen):
     """Also generate without interventions (same seed), and report KL and perplexity."""
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SteerRequest":
+    def _consistent(self) -> SteerRequest:
         if (self.prompt is None) == (self.messages is None):
-            raise invalid(self, "prompt" if self.prompt is None else "messages",
-                          "give exactly one of prompt and messages")
+            raise invalid(
+                self, "prompt" if self.prompt is None else "messages", "give exactly one of prompt and messages"
+            )
         _require_for_imported(self, ("model", "hook"))
         if self.sae is None and self.interventions:
             raise invalid(self, "interventions", "interventions need an sae")
@@ -737,7 +778,7 @@ class LabelSearch(Frozen):
 
 EvaluateSpec.model_rebuild()  # `checks` names a class defined below it
 
-JobSpec = Annotated[Union[HarvestSpec, TrainSpec, LabelSpec, EvaluateSpec, SteerSpec], Field(discriminator="kind")]
+JobSpec = Annotated[HarvestSpec | TrainSpec | LabelSpec | EvaluateSpec | SteerSpec, Field(discriminator="kind")]
 JOB_KINDS = ("harvest", "train", "label", "evaluate", "steer")
 IMPLEMENTED_KINDS = JOB_KINDS
 

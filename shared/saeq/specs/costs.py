@@ -62,19 +62,30 @@ def job_cost(spec, d_in: int | None = None, n_features: int | None = None) -> Jo
     `n_features`: how many features a label job without `features` or `n_most_active` labels (its
     SAE's width; None: unknown, and so is the cost)."""
     if isinstance(spec, HarvestSpec):
-        return _product(spec, f"{spec.max_tokens:,} tokens x {len(spec.hooks)} hooks",
-                        [("max_tokens", spec.max_tokens), ("hooks", len(spec.hooks))])
+        return _product(
+            spec,
+            f"{spec.max_tokens:,} tokens x {len(spec.hooks)} hooks",
+            [("max_tokens", spec.max_tokens), ("hooks", len(spec.hooks))],
+        )
     if isinstance(spec, TrainSpec):
         widths = [sae_latents(s, d_in) for s in spec.saes]
         if None in widths:
             return None
         latents = sum(widths)
         units = math.ceil(spec.total_tokens * latents / LATENTS_PER_UNIT)
-        return JobCost(units, _driver(spec, [("total_tokens", spec.total_tokens), ("saes", latents)]),
-                       f"{spec.total_tokens:,} tokens x {latents:,} latents / {LATENTS_PER_UNIT:,}")
+        return JobCost(
+            units,
+            _driver(spec, [("total_tokens", spec.total_tokens), ("saes", latents)]),
+            f"{spec.total_tokens:,} tokens x {latents:,} latents / {LATENTS_PER_UNIT:,}",
+        )
     if isinstance(spec, EvaluateSpec):
-        parts = [(spec.max_tokens * EVALUATE_PASSES, "spec.max_tokens",
-                  f"{spec.max_tokens:,} tokens x {EVALUATE_PASSES} passes")]
+        parts = [
+            (
+                spec.max_tokens * EVALUATE_PASSES,
+                "spec.max_tokens",
+                f"{spec.max_tokens:,} tokens x {EVALUATE_PASSES} passes",
+            )
+        ]
         if spec.checks is not None:
             parts += _checks_parts(spec.checks)
         return _sum(parts)
@@ -85,11 +96,18 @@ def job_cost(spec, d_in: int | None = None, n_features: int | None = None) -> Jo
         prompt_tokens = sum(math.ceil(len(p) / CHARS_PER_PROMPT_TOKEN) for p in spec.prompts)
         generations = len(spec.prompts) * per_prompt
         units = generations * spec.max_new_tokens * GENERATED_TOKEN_UNITS + per_prompt * prompt_tokens
-        factors = [("prompts", len(spec.prompts)), ("interventions", len(spec.interventions)),
-                   ("strengths", len(spec.strengths)), ("max_new_tokens", spec.max_new_tokens)]
-        return JobCost(units, _driver(spec, factors),
-                       f"{generations:,} generations x {spec.max_new_tokens:,} new tokens x "
-                       f"{GENERATED_TOKEN_UNITS} + {per_prompt * prompt_tokens:,} prompt tokens")
+        factors = [
+            ("prompts", len(spec.prompts)),
+            ("interventions", len(spec.interventions)),
+            ("strengths", len(spec.strengths)),
+            ("max_new_tokens", spec.max_new_tokens),
+        ]
+        return JobCost(
+            units,
+            _driver(spec, factors),
+            f"{generations:,} generations x {spec.max_new_tokens:,} new tokens x "
+            f"{GENERATED_TOKEN_UNITS} + {per_prompt * prompt_tokens:,} prompt tokens",
+        )
     return None
 
 
@@ -108,15 +126,27 @@ def _label_cost(spec: LabelSpec, n_features: int | None) -> JobCost | None:
     parts = [(spec.index_tokens, "spec.index_tokens", f"{spec.index_tokens:,} index tokens")]
     for i, e in enumerate(spec.explainers):
         if e.backend != "metadata":
-            parts.append((n * e.max_new_tokens * GENERATED_TOKEN_UNITS,
-                          _bigger(n_field, n, _FEATURES_LIMIT, f"spec.explainers.{i}.max_new_tokens", e),
-                          f"{n:,} features x {e.max_new_tokens} new tokens x {GENERATED_TOKEN_UNITS}"))
+            parts.append(
+                (
+                    n * e.max_new_tokens * GENERATED_TOKEN_UNITS,
+                    _bigger(n_field, n, _FEATURES_LIMIT, f"spec.explainers.{i}.max_new_tokens", e),
+                    f"{n:,} features x {e.max_new_tokens} new tokens x {GENERATED_TOKEN_UNITS}",
+                )
+            )
     questions = sum({"detection": 2, "fuzzing": 1}.get(s, 0) for s in spec.scorers) * spec.n_score_examples
     if spec.judge is not None and questions:
-        field = ("spec.n_score_examples" if spec.n_score_examples / _limit(LabelSpec.model_fields["n_score_examples"])
-                 >= n / _FEATURES_LIMIT else n_field)
-        parts.append((n * questions * JUDGE_PROMPT_TOKENS, field,
-                      f"{n:,} features x {questions} judge questions x {JUDGE_PROMPT_TOKENS} tokens"))
+        field = (
+            "spec.n_score_examples"
+            if spec.n_score_examples / _limit(LabelSpec.model_fields["n_score_examples"]) >= n / _FEATURES_LIMIT
+            else n_field
+        )
+        parts.append(
+            (
+                n * questions * JUDGE_PROMPT_TOKENS,
+                field,
+                f"{n:,} features x {questions} judge questions x {JUDGE_PROMPT_TOKENS} tokens",
+            )
+        )
     return _sum(parts)
 
 
@@ -129,19 +159,33 @@ def _bigger(n_field: str, n: int, n_limit: float, tokens_field: str, explainer) 
 def _checks_parts(c: Checks) -> list[tuple[int, str, str]]:
     """Each check reads its articles' first context_len tokens through the model: n_docs of them
     (specificity, completeness and probing), or n_pairs in each language (sensitivity)."""
-    docs = {"specificity": c.n_docs, "completeness": c.n_docs, "probing": c.n_docs,
-            "sensitivity": c.sensitivity.n_pairs * (1 + len(c.sensitivity.languages)) if c.sensitivity else 0}
-    driver = "spec.checks." + max(("n_docs", "context_len"),
-                                  key=lambda f: getattr(c, f) / _limit(Checks.model_fields[f]))
-    return [(n * c.context_len, driver if check != "sensitivity" else "spec.checks.sensitivity.n_pairs",
-             f"{check}: {n:,} articles x {c.context_len} tokens")
-            for check, n in docs.items() if getattr(c, check) is not None]
+    docs = {
+        "specificity": c.n_docs,
+        "completeness": c.n_docs,
+        "probing": c.n_docs,
+        "sensitivity": c.sensitivity.n_pairs * (1 + len(c.sensitivity.languages)) if c.sensitivity else 0,
+    }
+    driver = "spec.checks." + max(
+        ("n_docs", "context_len"), key=lambda f: getattr(c, f) / _limit(Checks.model_fields[f])
+    )
+    return [
+        (
+            n * c.context_len,
+            driver if check != "sensitivity" else "spec.checks.sensitivity.n_pairs",
+            f"{check}: {n:,} articles x {c.context_len} tokens",
+        )
+        for check, n in docs.items()
+        if getattr(c, check) is not None
+    ]
 
 
 def _sum(parts: list[tuple[int, str, str]]) -> JobCost:
     """Parts (units, field, formula) added up; the field is the largest part's."""
-    return JobCost(sum(u for u, _, _ in parts), max(parts, key=lambda p: p[0])[1],
-                   " + ".join(f"{f} ({u:,})" if len(parts) > 1 else f for u, _, f in parts))
+    return JobCost(
+        sum(u for u, _, _ in parts),
+        max(parts, key=lambda p: p[0])[1],
+        " + ".join(f"{f} ({u:,})" if len(parts) > 1 else f for u, _, f in parts),
+    )
 
 
 def forward_passes(spec, context_len: int | None = None) -> list[tuple[str, int]]:
@@ -168,30 +212,47 @@ def _pass(batch_size: int, tokens: int, context_len: int) -> int:
 _TOKENS_FIELD = {"harvest": "max_tokens", "train": "total_tokens", "evaluate": "max_tokens", "label": "index_tokens"}
 
 
-def check_quota(spec, quota: TeamQuota, *, team: str, d_in: int | None = None, context_len: int | None = None,
-                time_limit_s: float | None = None, n_features: int | None = None) -> None:
+def check_quota(
+    spec,
+    quota: TeamQuota,
+    *,
+    team: str,
+    d_in: int | None = None,
+    context_len: int | None = None,
+    time_limit_s: float | None = None,
+    n_features: int | None = None,
+) -> None:
     """Raise OverQuota, naming the field, for the first per-job limit the job exceeds. Rules that
     need d_in are skipped while it is None (the worker checks them again with it); `context_len`
     is the harvest's, for an evaluate or label job that gives none; `n_features`: the SAE's width,
     for a label job of every feature (None: quota.max_latents, the widest SAE the team trains)."""
     tokens_field = _TOKENS_FIELD.get(spec.kind)
     if tokens_field and getattr(spec, tokens_field) > quota.max_tokens:
-        raise OverQuota(f"{getattr(spec, tokens_field):,} tokens exceed team {team!r}'s quota "
-                        f"max_tokens={quota.max_tokens:,}", field=f"spec.{tokens_field}")
+        raise OverQuota(
+            f"{getattr(spec, tokens_field):,} tokens exceed team {team!r}'s quota max_tokens={quota.max_tokens:,}",
+            field=f"spec.{tokens_field}",
+        )
     if isinstance(spec, TrainSpec):
         _check_latents(spec, quota, team, d_in)
     cost = job_cost(spec, d_in, n_features or quota.max_latents)
     if cost is not None and cost.units > quota.max_job_cost:
-        raise OverQuota(f"the job costs {cost.formula} = {cost.units:,} token-units, beyond team {team!r}'s "
-                        f"quota max_job_cost={quota.max_job_cost:,}", field=cost.field)
+        raise OverQuota(
+            f"the job costs {cost.formula} = {cost.units:,} token-units, beyond team {team!r}'s "
+            f"quota max_job_cost={quota.max_job_cost:,}",
+            field=cost.field,
+        )
     for field, tokens in forward_passes(spec, context_len):
         if tokens > quota.max_batch_tokens:
-            raise OverQuota(f"one forward pass of {tokens:,} tokens ({field.removeprefix('spec.')} contexts x "
-                            f"their length) exceeds team {team!r}'s quota max_batch_tokens="
-                            f"{quota.max_batch_tokens:,}", field=field)
+            raise OverQuota(
+                f"one forward pass of {tokens:,} tokens ({field.removeprefix('spec.')} contexts x "
+                f"their length) exceeds team {team!r}'s quota max_batch_tokens="
+                f"{quota.max_batch_tokens:,}",
+                field=field,
+            )
     if time_limit_s is not None and time_limit_s > quota.max_time_s:
-        raise OverQuota(f"{time_limit_s:g} s exceeds team {team!r}'s quota max_time_s={quota.max_time_s:g}",
-                        field="time_limit_s")
+        raise OverQuota(
+            f"{time_limit_s:g} s exceeds team {team!r}'s quota max_time_s={quota.max_time_s:g}", field="time_limit_s"
+        )
 
 
 def _check_latents(spec: TrainSpec, quota: TeamQuota, team: str, d_in: int | None) -> None:
@@ -199,13 +260,18 @@ def _check_latents(spec: TrainSpec, quota: TeamQuota, team: str, d_in: int | Non
     widths = [sae_latents(s, d_in) for s in spec.saes]
     for i, (sae, width) in enumerate(zip(spec.saes, widths)):
         if width is not None and width > quota.max_latents:
-            raise OverQuota(f"{width:,} latents exceed team {team!r}'s quota max_latents={quota.max_latents:,}",
-                            field=latents_field(sae, i))
+            raise OverQuota(
+                f"{width:,} latents exceed team {team!r}'s quota max_latents={quota.max_latents:,}",
+                field=latents_field(sae, i),
+            )
     known = sum(w for w in widths if w is not None)
     if known > quota.max_latents:
-        raise OverQuota(f"the job's SAEs have {known:,} latents{' or more' if None in widths else ''} in all, "
-                        f"beyond team {team!r}'s quota max_latents={quota.max_latents:,} (a sum over "
-                        "its SAEs)", field="spec.saes")
+        raise OverQuota(
+            f"the job's SAEs have {known:,} latents{' or more' if None in widths else ''} in all, "
+            f"beyond team {team!r}'s quota max_latents={quota.max_latents:,} (a sum over "
+            "its SAEs)",
+            field="spec.saes",
+        )
 
 
 def _product(spec: BaseModel, formula: str, factors: list[tuple[str, int]], times: int = 1) -> JobCost:

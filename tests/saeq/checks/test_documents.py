@@ -15,11 +15,10 @@ HOOK = "blocks.1.hook_resid_post"
 def test_batched_documents_match_each_read_alone(tiny_llama, one_thread):
     torch.manual_seed(0)
     sae = SparseAutoencoder(32, 64, "topk", k=4)
-    texts = ["Hydrogen is the lightest element.", "Paris is the capital of France and its largest city.",
-             "Rain."]
+    texts = ["Hydrogen is the lightest element.", "Paris is the capital of France and its largest city.", "Rain."]
     ids = tokenize_documents(texts, tiny_llama.tokenizer, context_len=12)
     sep = tiny_llama.tokenizer("\n\n", add_special_tokens=False)["input_ids"]
-    assert all(row[:len(sep)] == sep and len(row) <= 12 for row in ids)
+    assert all(row[: len(sep)] == sep and len(row) <= 12 for row in ids)
     got = document_activations(sae, tiny_llama, HOOK, ids, sinks=None, batch_size=2)
     for i, row in enumerate(ids):
         with torch.inference_mode():

@@ -7,8 +7,8 @@ import pytest
 
 from saeq.checks.run import plan_documents
 from saeq.checks.sensitivity import fold_title
-from saeq.ml.corpus import builtin_documents, builtin_order
 from saeq.errors import InvalidSpec
+from saeq.ml.corpus import builtin_documents, builtin_order
 from saeq.specs import Checks
 
 
@@ -31,10 +31,17 @@ def test_articles_are_held_out_and_members_found():
 
 
 def test_own_category_members_by_title_or_texts_and_a_missing_title_is_named():
-    category = {"name": "planets", "members": [{"name": "Mars"}, {"name": "Venus"},
-                                               {"name": "Planet Nine", "texts": ["A ninth planet may orbit far out."]}]}
-    plan = plan_documents(Checks(n_docs=20, sensitivity=None, completeness={"categories": [category]}),
-                          training_docs=set(), seed=0)
+    category = {
+        "name": "planets",
+        "members": [
+            {"name": "Mars"},
+            {"name": "Venus"},
+            {"name": "Planet Nine", "texts": ["A ninth planet may orbit far out."]},
+        ],
+    }
+    plan = plan_documents(
+        Checks(n_docs=20, sensitivity=None, completeness={"categories": [category]}), training_docs=set(), seed=0
+    )
     mars, venus, nine = plan.members["planets"]
     assert plan.english[mars[0]].startswith("Mars") and plan.english[nine[0]] == "A ninth planet may orbit far out."
     bad = {**category, "members": [{"name": "Mars"}, {"name": "Vulcan (hypothetical planet)"}]}

@@ -9,20 +9,23 @@ import re
 import pytest
 import torch
 
-from saeq.checks.specificity import (BIN_NAMES, EmbeddingRater, EndpointRater, LocalRater, activation_bin,
-                                     specificity)
+from saeq.checks.specificity import BIN_NAMES, EmbeddingRater, EndpointRater, LocalRater, activation_bin, specificity
 from saeq.ml.explainers import Explanation, LocalLLM
 from saeq.ml.features import FeatureIndex
 from saeq.ml.llm import ChatEndpoint
 from saeq.ml.scoring import EmbeddingScorer
 
-HYDROGEN = ["hydrogen is the lightest chemical element and burns with oxygen to make water",
-            "the sun fuses hydrogen into helium deep inside its hot dense core every second",
-            "a hydrogen atom has one proton and one electron bound by the electric force"]
-OTHER = ["the orchestra played a long symphony for the crowd in the old concert hall",
-         "farmers harvest wheat in late summer before the autumn rains arrive in the valley",
-         "the senate passed the new budget after a long debate about taxes and schools",
-         "the striker scored twice as the home team won the football match on sunday"]
+HYDROGEN = [
+    "hydrogen is the lightest chemical element and burns with oxygen to make water",
+    "the sun fuses hydrogen into helium deep inside its hot dense core every second",
+    "a hydrogen atom has one proton and one electron bound by the electric force",
+]
+OTHER = [
+    "the orchestra played a long symphony for the crowd in the old concert hall",
+    "farmers harvest wheat in late summer before the autumn rains arrive in the valley",
+    "the senate passed the new budget after a long debate about taxes and schools",
+    "the striker scored twice as the home team won the football match on sunday",
+]
 LABEL = Explanation("hydrogen", "The chemical element hydrogen.")
 
 
@@ -53,8 +56,9 @@ def _keyword_rater(request: dict) -> str:
 
 
 def _check(index, decode, rater):
-    return specificity(index, {0: LABEL, 1: LABEL}, rater, decode, n_zero=4, n_bins=3, n_per_bin=3,
-                       before=6, after=5, seed=0)
+    return specificity(
+        index, {0: LABEL, 1: LABEL}, rater, decode, n_zero=4, n_bins=3, n_per_bin=3, before=6, after=5, seed=0
+    )
 
 
 @pytest.mark.parametrize("logprobs", [True, False])
