@@ -13,7 +13,7 @@ from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
 from saeq.ml.sinks import sink_mask
 from saeq.specs import BuiltinCorpus, HarvestSpec, ModelSpec
 
-from .conftest import tiny_lm
+from tests.saeq.conftest import tiny_lm
 
 T = 16  # context length of the tiny runs: 8 contexts per 128-token shard
 

@@ -12,7 +12,7 @@ from saeq.errors import NotFound
 from saeq.ml.models import builtin_gguf_path, builtin_model_dir, decoder_blocks, load_model
 from saeq.specs import ModelSpec
 
-from .conftest import build_tiny
+from tests.saeq.conftest import build_tiny
 
 
 @pytest.mark.parametrize(
