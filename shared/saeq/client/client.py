@@ -52,7 +52,7 @@ def default_url() -> str:
     """SAEQ_URL, else the stack `saeq up` started, else localhost:8000."""
     if url := os.environ.get("SAEQ_URL"):
         return url
-    from saeq.dev.local_stack import read_stack_url
+    from saeq.client.stack_file import read_stack_url
 
     return read_stack_url() or "http://127.0.0.1:8000"
 
@@ -61,7 +61,7 @@ def default_api_key(url: str) -> str | None:
     """SAEQ_API_KEY, else the admin key of the local stack (`saeq up`) serving `url`."""
     if key := os.environ.get("SAEQ_API_KEY"):
         return key
-    from saeq.dev.local_stack import read_stack_key
+    from saeq.client.stack_file import read_stack_key
 
     return read_stack_key(url)
 

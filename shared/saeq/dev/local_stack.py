@@ -23,32 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-
-def saeq_home() -> Path:
-    return Path(os.environ.get("SAEQ_HOME", Path.home() / ".saeq"))
-
-
-def _stack_info() -> dict:
-    try:
-        info = json.loads(stack_info_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return info if _alive(info.get("api_pid", -1)) else {}
-
-
-def read_stack_url() -> str | None:
-    return _stack_info().get("url")
-
-
-def stack_info_path(home: Path | None = None) -> Path:
-    """The file that holds the running stack's address and secrets (mode 0600)."""
-    return (home or saeq_home()) / "stack.json"
-
-
-def read_stack_key(url: str) -> str | None:
-    """The admin key of the running local stack at `url` (stack.json is readable by its owner only)."""
-    info = _stack_info()
-    return info.get("api_key") if info.get("url", "").rstrip("/") == url.rstrip("/") else None
+# The stack file's reader lives with the client; demo and the CLI import these two from here too.
+from saeq.client.stack_file import saeq_home, stack_info_path
 
 
 def free_port() -> int:
@@ -287,14 +263,6 @@ class LocalStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except (OSError, TypeError):
-        return False
 
 
 def _private_dir(path: Path) -> Path:
