@@ -24,6 +24,7 @@ from redis.retry import Retry
 
 from saeq import keys
 from saeq.platform.teams import Teams
+from saeq.retry import retrying
 
 if TYPE_CHECKING:
     from saeq.platform.store import ObjectStore
@@ -44,32 +45,29 @@ raises: long enough for a restart replaying its AOF, short enough that a request
 
 
 class RetryFor(Retry):
-    """redis-py's Retry bounded by time instead of by count: exponential backoff (50 ms doubling
-    to 1 s) on connection errors and timeouts until `seconds` have passed. A WATCH broken by a
-    reconnect raises WatchError, so every compare-and-set below simply runs again."""
+    """redis-py's Retry bounded by time instead of by count: saeq's retry policy (saeq.retry;
+    backoff 50 ms doubling to 1 s) on connection errors and timeouts until `seconds` have passed.
+    A WATCH broken by a reconnect raises WatchError, so every compare-and-set simply runs again."""
 
     def __init__(self, seconds: float = REDIS_RETRY_S):
         super().__init__(ExponentialBackoff(cap=1.0, base=0.025), retries=1 << 20)
         self.seconds = seconds
 
     def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
-        deadline = time.monotonic() + self.seconds
-        failures = 0
-        while True:
-            try:
-                return do()
-            except self._supported_errors as error:
-                if is_retryable and not is_retryable(error):
-                    raise
-                failures += 1
-                if with_failure_count:
-                    fail(error, failures)
-                else:
-                    fail(error)
-                pause = self._backoff.compute(failures)
-                if time.monotonic() + pause > deadline:
-                    raise error
-                time.sleep(pause)
+        def transient(error: BaseException) -> bool:
+            return isinstance(error, self._supported_errors) and (is_retryable is None or is_retryable(error))
+
+        def failed(error: BaseException, failures: int) -> None:
+            fail(error, failures) if with_failure_count else fail(error)  # redis-py drops the connection
+
+        return retrying(
+            "Redis call",
+            deadline_s=self.seconds,
+            is_transient=transient,
+            first_delay_s=0.05,
+            max_delay_s=1.0,
+            on_failure=failed,
+        )(do)
 
 
 def new_id() -> str:

@@ -12,16 +12,16 @@ import hmac
 import io
 import logging
 import os
-import random
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, NoReturn, Protocol, TypeVar
 from urllib.parse import quote
 
 from saeq.errors import StoreError
+from saeq.retry import RetryCallState, retrying
 
 log = logging.getLogger("saeq.platform.store")
 T = TypeVar("T")
@@ -281,43 +281,32 @@ class S3Store:
     ) -> T:
         """`call()`, again after each transient failure (`rewind()` first) until `retry_s` has
         passed, then StoreError; with `once`, no second try. Other errors go straight up."""
-        start = time.monotonic()
-        delay, attempts = _FIRST_DELAY_S, 0
-        while True:
-            try:
-                return call()
-            except Exception as e:
-                if not transient_s3_error(e):
-                    raise
-                attempts += 1
-                waited = time.monotonic() - start
-                left = self.retry_s - waited
-                if left <= 0 or once:
-                    why = (
-                        "not retried: the data is a stream that cannot be sent again"
-                        if once
-                        else f"still failing after retrying for {waited:.1f} s ({attempts} attempts; "
-                        f"SAEQ_S3_RETRY_S={self.retry_s:g})"
-                    )
-                    raise StoreError(
-                        f"S3 {operation} of {key!r} at {self.endpoint} (bucket {self.bucket}) "
-                        f"failed, {why}: {_describe(e)}"
-                    ) from e
-                if attempts == 1:
-                    log.warning(
-                        "S3 %s of %r at %s failed (%s); retrying for up to %g s",
-                        operation,
-                        key,
-                        self.endpoint,
-                        _describe(e),
-                        self.retry_s,
-                    )
-            # Equal jitter: half the delay fixed, half random, so the workers that lost S3 together
-            # do not all come back in the same instant.
-            time.sleep(min(left, delay / 2 + random.uniform(0, delay / 2)))
-            delay = min(delay * 2, _MAX_DELAY_S)
-            if rewind is not None:
-                rewind()
+
+        def give_up(error: BaseException | None, state: RetryCallState) -> NoReturn:
+            assert error is not None  # only errors are retried here
+            why = (
+                "not retried: the data is a stream that cannot be sent again"
+                if once
+                else f"still failing after retrying for {state.seconds_since_start or 0.0:.1f} s "
+                f"({state.attempt_number} attempts; SAEQ_S3_RETRY_S={self.retry_s:g})"
+            )
+            raise StoreError(
+                f"S3 {operation} of {key!r} at {self.endpoint} (bucket {self.bucket}) failed, {why}: {_describe(error)}"
+            ) from error
+
+        policy = retrying(
+            f"S3 {operation} of {key!r} at {self.endpoint}",
+            deadline_s=self.retry_s,
+            is_transient=lambda e: isinstance(e, Exception) and transient_s3_error(e),
+            first_delay_s=_FIRST_DELAY_S,
+            max_delay_s=_MAX_DELAY_S,
+            once=once,
+            before_retry=rewind,
+            give_up=give_up,
+            log=log,
+            describe=_describe,
+        )
+        return policy(call)
 
     def ensure_bucket(self) -> None:
         from minio.error import S3Error
@@ -433,8 +422,9 @@ class S3Store:
     def list(self, prefix):
         def list_all():  # the listing is paged: a page lost midway starts the whole list again
             return [
-                ObjectInfo(o.object_name, o.size)
+                ObjectInfo(o.object_name, o.size or 0)
                 for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if o.object_name is not None  # a listing always names its objects; minio's types allow None
             ]
 
         return sorted(self._retrying("list", prefix, list_all), key=lambda o: o.key)
@@ -485,7 +475,7 @@ def transient_s3_error(e: Exception) -> bool:
     return False
 
 
-def _describe(e: Exception) -> str:
+def _describe(e: BaseException) -> str:
     from urllib3.exceptions import MaxRetryError
 
     if isinstance(e, MaxRetryError) and e.reason is not None:
