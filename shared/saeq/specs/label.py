@@ -1,0 +1,134 @@
+"""The label spec: explainers and judges that name an SAE's features and score the names."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, Tag, model_validator
+
+from saeq.specs.common import (
+    CorpusSpec,
+    Frozen,
+    HookName,
+    ModelSpec,
+    SaeRef,
+    Seed,
+    SinkRule,
+    _backend_tag,
+    _require_for_imported,
+    invalid,
+)
+
+
+class LocalLLM(Frozen):
+    """A Hugging Face causal LM run on the worker, prompted few-shot (FIELD-NOTES: SmolLM2-135M
+    is a weak but honest offline fallback)."""
+
+    backend: Literal["local"] = "local"
+    model: ModelSpec = ModelSpec()
+    max_new_tokens: int = Field(default=24, ge=4, le=256)
+    """Tokens generated per label."""
+
+
+ENDPOINT_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+"""An LLM endpoint's name in the deployment's `llm_endpoints` setting and in specs."""
+
+
+class EndpointLLM(Frozen):
+    """An OpenAI-compatible chat endpoint (vLLM, a hosted API) that the deployment names.
+
+    A spec carries the name only: the URL and the key's variable are the deployment's
+    `SAEQ_LLM_ENDPOINTS` setting, so a job cannot send requests, or a key, anywhere else."""
+
+    backend: Literal["openai"]
+    endpoint: str = Field(pattern=ENDPOINT_NAME)
+    """Name of an endpoint in the deployment's `llm_endpoints` setting, e.g. `vllm`; a submit
+    naming another one is refused with the list of names allowed."""
+    model: str = Field(min_length=1, max_length=200)
+    timeout_s: float = Field(default=60.0, gt=0.0, le=600.0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """Retries on rate limits, 5xx and connection errors, with backoff."""
+    token_budget: int | None = Field(default=2_000_000, gt=0)
+    """Stop (failed job, responses cached) once the endpoint has used this many tokens."""
+    max_concurrency: int = Field(default=4, ge=1, le=64)
+    max_new_tokens: int = Field(default=80, ge=4, le=2048)
+
+
+class MetadataLabeller(Frozen):
+    """No LLM: name a feature from the corpus metadata (titles, topics) of its top contexts."""
+
+    backend: Literal["metadata"]
+
+
+ExplainerSpec = Annotated[
+    Annotated[LocalLLM, Tag("local")]
+    | Annotated[EndpointLLM, Tag("openai")]
+    | Annotated[MetadataLabeller, Tag("metadata")],
+    _backend_tag("local"),
+]
+JudgeSpec = Annotated[Annotated[LocalLLM, Tag("local")] | Annotated[EndpointLLM, Tag("openai")], _backend_tag("local")]
+Scorer = Literal["detection", "fuzzing", "embedding"]
+
+
+class LabelSpec(Frozen):
+    """Index an SAE's features on held-out text, label them, and score each label."""
+
+    kind: Literal["label"] = "label"
+    sae: SaeRef
+    model: ModelSpec | None = None
+    """None: the model the SAE's harvest read (required for an imported SAE)."""
+    hook: HookName | None = None
+    """None: the hook point the SAE was trained on (required for an imported SAE)."""
+    corpus: CorpusSpec | None = None
+    """None: documents of the harvest's corpus that neither harvest nor training saw."""
+    context_len: int | None = Field(default=None, ge=8, le=32_768)
+    """None: the harvest's context length."""
+    index_tokens: int = Field(default=131_072, gt=0, le=100_000_000)
+    """Held-out tokens in the feature index (rounded up to whole contexts)."""
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    """Contexts per forward pass while indexing."""
+    features: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, max_length=1_000_000)
+    """Which features to label; None: the `n_most_active` most active (or all, when that is None)."""
+    n_most_active: int | None = Field(default=64, gt=0)
+    """When `features` is None: label the N features that fire most often; None: every feature
+    that fires at least `min_activating` times."""
+    min_activating: int = Field(default=4, ge=1)
+    """A feature needs this many activating contexts to be labelled and scored."""
+    explainers: list[ExplainerSpec] = Field(
+        default=[LocalLLM(), MetadataLabeller(backend="metadata")], min_length=1, max_length=4
+    )
+    """Each writes its own label for every feature."""
+    judge: JudgeSpec | None = LocalLLM()
+    """The LLM that answers the detection and fuzzing questions; None: embedding scoring only."""
+    scorers: list[Scorer] = Field(default=["detection", "fuzzing", "embedding"], max_length=3)
+    n_explain_examples: int = Field(default=10, ge=1, le=100)
+    """Top-activating windows shown to an explainer."""
+    n_score_examples: int = Field(default=10, ge=2, le=200)
+    """Activating windows per scorer (from activation quantiles, none shown to the explainer);
+    as many silent windows are added."""
+    window_before: int = Field(default=12, ge=0, le=256)
+    """Tokens shown before a window's peak."""
+    window_after: int = Field(default=4, ge=0, le=256)
+    sinks: SinkRule = SinkRule()
+    seed: Seed = 0
+    """Seeds the choice of scoring windows (and the document order of a builtin corpus)."""
+    browser: bool = True
+    """Publish the feature browser's list and pages for every feature (about 7 KB and 5 ms per
+    feature; docs/browser.md)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LabelSpec:
+        _require_for_imported(self, ("model", "hook", "corpus"))
+        if self.judge is None and {"detection", "fuzzing"} & set(self.scorers):
+            raise invalid(self, "scorers", "detection and fuzzing scorers need a judge")
+        if len(set(self.scorers)) != len(self.scorers):
+            raise invalid(self, "scorers", "scorers: listed twice")
+        return self
+
+
+class LabelSearch(Frozen):
+    """Body of `POST /v1/labels/search`: features whose labels mean what `query` says."""
+
+    label_job: str = Field(pattern=r"^[0-9a-f]{32}$")
+    query: str = Field(min_length=1, max_length=1000)
+    top: int = Field(default=10, ge=1, le=200)

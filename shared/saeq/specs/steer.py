@@ -1,0 +1,99 @@
+"""The steer spec and the live steering request: feature edits applied during generation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from saeq.specs.common import Frozen, HookName, ModelSpec, SaeRef, Seed, _require_for_imported, invalid
+
+
+class Intervention(Frozen):
+    """One feature edit at the SAE's hook point during generation."""
+
+    feature: int = Field(ge=0)
+    """Index of the SAE latent, 0..d_sae-1."""
+    mode: Literal["add", "clamp", "ablate", "scale"] = "add"
+    """add: value x the feature's unit decoder direction; clamp: the feature's activation set
+    to value, the SAE's error term kept (only this feature changes); ablate: clamp to 0;
+    scale: the activation multiplied by value, error term kept."""
+    value: float = Field(default=0.0, ge=-1e6, le=1e6)
+    """add: coefficient in residual-stream units; clamp: the activation; scale: the factor;
+    ablate: ignored.
+    Steer jobs multiply it by each of their `strengths`."""
+    positions: Literal["all", "prompt", "generated"] = "all"
+
+
+class SteerSet(Frozen):
+    """Interventions applied together."""
+
+    name: str | None = Field(default=None, max_length=200)
+    edits: list[Intervention] = Field(min_length=1, max_length=16)
+
+
+class SteerSpec(Frozen):
+    """Prompts x intervention sets x strengths: steered and default completions side by side, with
+    side effects (KL from the default, perplexity under the unsteered model, concept similarity)."""
+
+    kind: Literal["steer"] = "steer"
+    sae: SaeRef
+    model: ModelSpec | None = None
+    """None: the model the SAE's harvest read (required for an imported SAE)."""
+    hook: HookName | None = None
+    """None: the hook point the SAE was trained on (required for an imported SAE)."""
+    prompts: list[Annotated[str, Field(min_length=1, max_length=8000)]] = Field(min_length=1, max_length=256)
+    chat: bool = True
+    """Wrap each prompt as a user message in the model's chat template."""
+    interventions: list[SteerSet] = Field(min_length=1, max_length=32)
+    strengths: list[Annotated[float, Field(ge=-1e4, le=1e4)]] = Field(default=[1.0], min_length=1, max_length=16)
+    max_new_tokens: int = Field(default=32, ge=1, le=1024)
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
+    """0: greedy. Steered and default runs of a prompt share the seed."""
+    seed: Seed = 0
+    label_job: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    """A label job of this SAE: the features' labels name them in the output and the concept
+    similarity (embedding of the completion against the label) is reported."""
+
+    @model_validator(mode="after")
+    def _imported_needs_context(self) -> SteerSpec:
+        _require_for_imported(self, ("model", "hook"))
+        return self
+
+
+class ChatMessage(Frozen):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=32_000)
+
+
+class SteerRequest(Frozen):
+    """Body of `POST /v1/steer`: one prompt, answered in seconds by a worker that keeps the model
+    and the SAE loaded."""
+
+    sae: SaeRef | None = None
+    """None: no SAE, plain generation with `model` (the chat endpoint without `steering`)."""
+    model: ModelSpec | None = None
+    """None: the model the SAE's harvest read."""
+    hook: HookName | None = None
+    prompt: str | None = Field(default=None, min_length=1, max_length=8000)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=64)
+    """A chat, instead of `prompt`; always put through the chat template."""
+    chat: bool = True
+    """Put `prompt` through the model's chat template as a user message."""
+    interventions: list[Intervention] = Field(default=[], max_length=16)
+    max_new_tokens: int = Field(default=32, ge=1, le=512)
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
+    seed: Seed = 0
+    include_default: bool = True
+    """Also generate without interventions (same seed), and report KL and perplexity."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SteerRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise invalid(
+                self, "prompt" if self.prompt is None else "messages", "give exactly one of prompt and messages"
+            )
+        _require_for_imported(self, ("model", "hook"))
+        if self.sae is None and self.interventions:
+            raise invalid(self, "interventions", "interventions need an sae")
+        return self

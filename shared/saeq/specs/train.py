@@ -1,0 +1,157 @@
+"""The train spec: one or more SAE configurations trained on one read of a harvest."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from saeq.specs.architectures import SAE_ARCHITECTURES
+from saeq.specs.common import _SAE_NAME, Frozen, HookName, Seed, SinkRule, invalid
+
+# Fields that only some architectures read (SaeArchitecture.reads says which), in field order.
+_ARCH_FIELDS = (
+    "k",
+    "aux_k",
+    "auxk_alpha",
+    "l1_coefficient",
+    "jumprelu_init_threshold",
+    "jumprelu_bandwidth",
+    "l0_coefficient",
+)
+
+
+def _architecture_names(schema: dict) -> None:
+    """The OpenAPI schema lists the architectures registered when it is built (plugins included)."""
+    schema["enum"] = list(SAE_ARCHITECTURES.names())
+
+
+class SaeConfig(Frozen):
+    """One sparse autoencoder: x_hat = W_dec^T act(W_enc^T (x - b_dec) + b_enc) + b_dec."""
+
+    name: str | None = Field(default=None, pattern=_SAE_NAME)
+    """Name of this SAE in the job's outputs; None: `sae{i}` for the i-th of the list."""
+    architecture: str = Field(default="topk", json_schema_extra=_architecture_names)
+    """`topk`: the k largest latents per token (Gao et al. 2024). `batchtopk`: the k x batch
+    largest over the whole batch, a learnt threshold at inference (exported as JumpReLU).
+    `jumprelu`: a learnt threshold per latent, L0 penalty (Gemma Scope). `relu`: ReLU with an
+    L1 penalty weighted by decoder norms (Anthropic, April 2024). Plugins add others
+    (saeq.specs.architectures)."""
+    d_sae: int | None = Field(default=None, gt=0, le=1 << 20)
+    """Number of latents; None: expansion_factor x d_in."""
+    expansion_factor: int = Field(default=8, ge=1, le=256)
+    """Latents per input dimension; ignored when d_sae is given."""
+    k: int = Field(default=32, ge=1, le=4096)
+    """Active latents per token (topk), or per token on average over a batch (batchtopk)."""
+    aux_k: int | None = Field(default=None, ge=1, le=1 << 20)
+    """Dead latents the AuxK loss lets reconstruct the residual, per token; None: d_in // 2."""
+    auxk_alpha: float = Field(default=1 / 32, ge=0.0, le=100.0)
+    """Weight of the AuxK loss (Gao et al.: 1/32); 0 turns it off."""
+    dead_window_tokens: int = Field(default=262_144, ge=1, le=10_000_000_000)
+    """A latent is dead when it has not fired in this many training tokens (AuxK's target and
+    the `dead_fraction` figure)."""
+    lr: float = Field(default=3e-3, gt=0.0, le=1.0)
+    """Peak Adam learning rate (see TrainSpec for warmup and decay)."""
+    normalize_decoder: bool = True
+    """Keep decoder rows at unit norm: the gradient's component along each row is removed before
+    the step and rows are renormalised after it."""
+    l1_coefficient: float = Field(default=5.0, ge=0.0, le=1e4)
+    """relu: weight of the L1 penalty sum_i f_i ||W_dec[i]||, on activations scaled to a mean
+    norm of sqrt(d_in); it ramps up over `TrainSpec.sparsity_warmup`."""
+    jumprelu_init_threshold: float = Field(default=0.1, gt=0.0, le=100.0)
+    """jumprelu: initial threshold of every latent (on scaled activations)."""
+    jumprelu_bandwidth: float = Field(default=0.05, gt=0.0, le=10.0)
+    """jumprelu: width of the rectangle kernel of the straight-through estimator."""
+    l0_coefficient: float = Field(default=1.0, ge=0.0, le=1e4)
+    """jumprelu: weight of the L0 penalty (mean active latents per token); ramps up over
+    `TrainSpec.sparsity_warmup`."""
+
+    @field_validator("architecture")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        SAE_ARCHITECTURES.get(name)  # ValueError listing the registered names
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SaeConfig:
+        for name in _ARCH_FIELDS:
+            archs = SAE_ARCHITECTURES.readers(name)
+            # A non-default value only: a stored spec is re-read with every field written out.
+            default = type(self).model_fields[name].default
+            if getattr(self, name) != default and self.architecture not in archs:
+                raise invalid(
+                    self, name, f"{name} applies to architecture {' or '.join(archs)}, not {self.architecture}"
+                )
+        if self.d_sae is not None:
+            if SAE_ARCHITECTURES.get(self.architecture).uses_k and self.k > self.d_sae:
+                raise invalid(self, "k", f"k={self.k} exceeds d_sae={self.d_sae}")
+            if self.aux_k is not None and self.aux_k > self.d_sae:
+                raise invalid(self, "aux_k", f"aux_k={self.aux_k} exceeds d_sae={self.d_sae}")
+        return self
+
+
+class ActivationsRef(Frozen):
+    """Activations a harvest job stored."""
+
+    job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    """Id of a harvest job (it must have succeeded; list it in `depends_on` to wait for it)."""
+    hook: HookName = "blocks.14.hook_resid_post"
+    """One of that harvest's hook points."""
+
+
+class TrainSpec(Frozen):
+    """Train one or more sparse autoencoders on one read of a harvest's activations.
+
+    Every batch feeds every SAE, so several configurations cost one pass over the data.
+    """
+
+    kind: Literal["train"] = "train"
+    activations: ActivationsRef
+    saes: list[SaeConfig] = Field(default=[SaeConfig()], min_length=1, max_length=16)
+    """The SAEs to train, each with its own architecture, width and learning rate."""
+    total_tokens: int = Field(default=3_276_800, gt=0, le=100_000_000_000)
+    """Training tokens (token-steps); when the harvest holds fewer ordinary tokens, the data is
+    read again in new epochs, each in a new order (the result says how many epochs)."""
+    batch_size: int = Field(default=4096, ge=16, le=1 << 20)
+    """Tokens per optimiser step."""
+    lr_warmup: float = Field(default=0.02, ge=0.0, le=1.0)
+    """Fraction of training over which the learning rate rises linearly from 0."""
+    lr_decay: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Final fraction of training over which the learning rate falls linearly to
+    lr_end_factor x lr."""
+    lr_end_factor: float = Field(default=0.0, ge=0.0, le=1.0)
+    sparsity_warmup: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Fraction of training over which the L1 (relu) and L0 (jumprelu) coefficients rise
+    linearly from 0."""
+    normalize_activations: bool = True
+    """Train on activations scaled to a mean norm of sqrt(d_in) (SAELens'
+    "expected_average_only_in"); the factor is folded into the saved weights, so saved SAEs
+    take raw activations."""
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    """Decoder bias at the start: the geometric median (or mean) of the first batch."""
+    seed: Seed = 0
+    """Seeds the SAEs' initialisation and the data order."""
+    shuffle_tokens: int = Field(default=65_536, ge=1, le=1 << 30)
+    """Shuffle buffer: whole shards are grouped into chunks of at least this many tokens, and
+    rows are permuted within a chunk; the chunk order changes every epoch. Larger mixes
+    documents better and costs memory (d_in x 4 bytes a token)."""
+    validation_tokens: int = Field(default=16_384, ge=1, le=100_000_000)
+    """Tokens held out from the end of the harvest (whole contexts) and never trained on; the
+    result's metrics are measured on the ordinary ones among them."""
+    checkpoint_every_tokens: int | None = Field(default=4_194_304, gt=0)
+    """Save resumable state (weights, optimiser, data position) this often; None: never."""
+    sinks: SinkRule = SinkRule()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainSpec:
+        names = [s.name for s in self.saes]
+        for i, name in enumerate(names):
+            if name is not None and name in names[:i]:
+                raise invalid(self, f"saes.{i}.name", f"saes: duplicate name {name!r}")
+        if self.total_tokens < self.batch_size:
+            raise invalid(
+                self, "total_tokens", f"total_tokens={self.total_tokens} is less than one batch ({self.batch_size})"
+            )
+        if self.lr_warmup + self.lr_decay > 1.0:
+            raise invalid(self, "lr_decay", "lr_warmup + lr_decay exceed the whole run (1.0)")
+        return self
