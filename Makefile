@@ -1,5 +1,6 @@
-# One command runs the offline demo, one runs the tests; each installs what it needs into .venv.
-.PHONY: demo test test-fast install bench-harvest clean
+# One command runs the offline demo, one runs the tests, one the linters; each installs what it needs
+# into .venv.
+.PHONY: demo test test-fast lint install bench-harvest clean
 
 install:
 	bash scripts/bootstrap.sh test
@@ -12,6 +13,14 @@ test: install
 
 test-fast: install
 	.venv/bin/python -m pytest -q -m "not integration and not smollm2"
+
+# The same checks as .pre-commit-config.yaml: lint, format, types (pyright basic on shared/,
+# services/, workers/: [tool.pyright]) and the layer contract ([tool.importlinter]).
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/pyright
+	.venv/bin/lint-imports --no-cache --no-logo
 
 bench-harvest: install
 	.venv/bin/python bench/harvest.py
