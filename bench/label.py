@@ -62,7 +62,7 @@ def trained_sae(cache: Path, tokens: int):
         total_tokens=tokens,
         checkpoint_every_tokens=None,
     )
-    result = train_from_harvest(spec, manifest, LocalStore(root))
+    result = train_from_harvest(spec, manifest, LocalStore(root).get)
     sae = result.saes["sae0"]
     print(f"SAE: TopK 8x k=32 trained on {tokens:,} tokens, held-out FVU {result.metrics['sae0'].fvu:.3f}", flush=True)
     return sae, manifest["hooks"][HOOK]["sinks"]

@@ -332,7 +332,7 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
             batch_size=BATCH,
             checkpoint_every_tokens=None,
         )
-        data = harvest_data(spec, manifest, LocalStore(root))
+        data = harvest_data(spec, manifest, LocalStore(root).get)
         table, val = data.train_rows(), data.validation()
         order = Order(table.shape[0], args.tokens // BATCH)
         turns.start(me)
@@ -402,7 +402,7 @@ def acceptance(manifest: dict, store) -> dict:
     result = train_from_harvest(
         spec,
         manifest,
-        store,
+        store.get,
         progress_every_s=30,
         on_progress=lambda p: print(
             f"  {p.tokens:,} tokens, {p.tokens_per_s:,.0f} tokens/s, train FVU {p.saes['sae0']['fvu']:.3f}", flush=True

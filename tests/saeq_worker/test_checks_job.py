@@ -140,7 +140,7 @@ def test_held_out_text_follows_the_harvests_document_order(
     the harvest's seed, not the job's, or held-out text would overlap the training text."""
     from saeq.platform.store import S3Store
     from saeq_worker.celery_app import settings
-    from saeq_worker.evaluate import sae_context
+    from saeq_worker.resolve import sae_context
 
     # As in the stack's workers: the tiny model the harvest read lies under pytest's basetemp.
     monkeypatch.setattr(settings, "local_path_roots", [str(tmp_path_factory.getbasetemp().resolve())])

@@ -5,129 +5,24 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import saeq
 from saeq import keys
 from saeq.checks.summary import checks_markdown, checks_summary
-from saeq.client import report
-from saeq.errors import InvalidSpec, NotFound
-from saeq.jobs.evaluate import METRICS_VERSION, SinkReference, evaluate_sae
+from saeq.jobs import evaluate_report as report
+from saeq.jobs.evaluate import METRICS_VERSION, evaluate_sae
 from saeq.jobs.harvest import context_batches
 from saeq.ml.corpus import iter_documents
-from saeq.ml.sae import SparseAutoencoder
-from saeq.platform.admission import check_local_paths
 from saeq.platform.settings import LlmEndpoint
-from saeq.platform.store import ObjectStore
-from saeq.specs import EvaluateSpec, ModelSpec
-from saeq_worker.celery_app import settings
-from saeq_worker.harvest import cached_model
-from saeq_worker.running import RunningJob, read_published_manifest
+from saeq.specs import EvaluateSpec
+from saeq_worker.evaluate_checks import evaluate_checks
+from saeq_worker.resolve import cached_model, sae_context, sink_reference
+from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.evaluate/1"
-
-
-def load_trained_sae(
-    store: ObjectStore, job_id: str, name: str | None, *, field: str
-) -> tuple[SparseAutoencoder, str, dict]:
-    """(SAE, its name, the train manifest) of a train job's output."""
-    manifest = read_published_manifest(store, job_id, "train", field=field)
-    name = name or next(iter(manifest["saes"]))
-    if name not in manifest["saes"]:
-        raise InvalidSpec(
-            f"train job {job_id} has no SAE {name!r}; it has {sorted(manifest['saes'])}", field=f"{field}.name"
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        prefix = manifest["saes"][name]["saelens"]
-        for info in store.list(prefix):
-            store.get_file(info.key, Path(tmp, info.key.rsplit("/", 1)[1]))
-        return SparseAutoencoder.load(tmp), name, manifest
-
-
-@dataclass
-class SaeContext:
-    """An SAE and what it reads: model, hook point, held-out corpus, context length, sink rule."""
-
-    sae: SparseAutoencoder
-    name: str
-    model: ModelSpec
-    hook: str
-    corpus: object
-    context_len: int
-    sink_info: dict | None
-    provenance: dict
-    corpus_seed: int | None = None
-    """Seed of the builtin corpus's document order when `corpus` is the harvest's held-out part (the
-    harvest's seed, so held-out stays held out); None: the job's own seed."""
-
-    def seed(self, spec_seed: int) -> int:
-        return spec_seed if self.corpus_seed is None else self.corpus_seed
-
-
-def sae_context(spec, store: ObjectStore) -> SaeContext:
-    """For a spec with `sae`, `model`, `hook` and maybe `corpus` and `context_len` (evaluate,
-    label, steer): what the spec names, falling back to the SAE's train and harvest manifests."""
-    if spec.sae.source == "job":
-        sae, name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
-        harvest = train["harvest"]
-        model = spec.model or ModelSpec(
-            **{k: harvest["model"].get(k) for k in ("name", "revision", "gguf_file", "dtype")}
-        )
-        # The harvest's model passed the roots when it ran; the deployment may allow fewer since.
-        check_local_paths(model, settings.local_path_roots, prefix="spec.model")
-        corpus, corpus_seed = getattr(spec, "corpus", None), None
-        if corpus is None:
-            corpus = held_out_corpus(harvest["corpus"])
-            harvested = read_published_manifest(store, harvest["job_id"], "harvest", field="spec.sae")
-            corpus_seed = harvested["spec"]["seed"]
-        return SaeContext(
-            sae,
-            name,
-            model,
-            spec.hook or harvest["hook"],
-            corpus,
-            getattr(spec, "context_len", None) or harvest["context_len"],
-            harvest["sinks"],
-            {
-                "source": "job",
-                "job_id": spec.sae.job_id,
-                "name": name,
-                "architecture": sae.architecture,
-                "d_sae": sae.d_sae,
-            },
-            corpus_seed,
-        )
-    path = Path(spec.sae.path)
-    if not path.is_dir():
-        raise NotFound(f"no SAE directory {path} on the worker", field="spec.sae.path")
-    sae = SparseAutoencoder.load(path)
-    return SaeContext(
-        sae,
-        path.name,
-        spec.model,
-        spec.hook,
-        getattr(spec, "corpus", None),
-        getattr(spec, "context_len", None) or 128,
-        None,
-        {"source": "path", "path": str(path), "architecture": sae.architecture, "d_sae": sae.d_sae},
-    )
-
-
-def sink_reference(spec, sink_info: dict | None) -> SinkReference | None:
-    """The sink rule to apply, or None when the spec turns it off."""
-    if not spec.sinks.exclude:
-        return None
-    if sink_info is None:
-        raise InvalidSpec(
-            "an imported SAE has no harvest to take the sink rule's median norm "
-            "from; set sinks.exclude=false or use a trained SAE",
-            field="spec.sinks",
-        )
-    return SinkReference(sink_info["median_norm"], spec.sinks.norm_factor or sink_info["norm_factor"])
 
 
 def _git_commit() -> str | None:
@@ -181,8 +76,6 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
     job.check()
     checks = None
     if spec.checks is not None:
-        from saeq_worker.checks import evaluate_checks  # imports the evaluate adapter itself
-
         checks = evaluate_checks(job, ctx, lm, sinks, cache_dir=cache_dir, llm_endpoints=llm_endpoints)
         job.check()
 
@@ -238,8 +131,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         "metrics_key": keys.report_file(job.id, "metrics.json"),
         "plots": [keys.report_file(job.id, n) for n in pngs],
     }
-    key = keys.manifest(job.id)
-    store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    key = job.publish(manifest)
     m = result.metrics
     job.report(
         1.0,
@@ -251,16 +143,3 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         ce_loss_recovered=m["ce_loss_recovered"],
     )
     return key
-
-
-def held_out_corpus(harvest_corpus: dict):
-    """The documents after those the harvest used, in the same corpus and order."""
-    from pydantic import TypeAdapter
-
-    from saeq.specs import CorpusSpec
-
-    used = harvest_corpus.get("n_docs_used", 0)
-    spec = {k: v for k, v in harvest_corpus.items() if k != "n_docs_used"}
-    # +1: the harvest's last document may have been cut by its token budget, not read whole.
-    spec.update(first_doc=spec.get("first_doc", 0) + used + 1, max_docs=None)
-    return TypeAdapter(CorpusSpec).validate_python(spec)

@@ -4,28 +4,20 @@ shard, write shards (write-once, atomic), report progress, and publish the manif
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from functools import lru_cache
 
 import saeq
 from saeq import keys
 from saeq.jobs.harvest import harvest_activations
 from saeq.ml.corpus import iter_documents
-from saeq.ml.models import LoadedModel, load_model
+from saeq.ml.models import LoadedModel
 from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
 from saeq.platform.store import AlreadyExists, ObjectStore
-from saeq.specs import HarvestSpec, ModelSpec
+from saeq.specs import HarvestSpec
+from saeq_worker.resolve import cached_model
 from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.harvest/1"
-
-
-@lru_cache(maxsize=2)
-def cached_model(spec: ModelSpec, device: str, cache_dir: str) -> LoadedModel:
-    # Kept across jobs in this worker process: consecutive jobs often read the same model. Two, so
-    # a live worker answering for two models (the builtin and a team's) does not reload per request.
-    return load_model(spec, device=device, cache_dir=cache_dir)
 
 
 def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
@@ -90,8 +82,7 @@ def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
             field="spec.corpus",
         )
     manifest = _manifest(job, spec, lm, shards, tokens)
-    key = keys.manifest(job.id)
-    store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    key = job.publish(manifest)
     elapsed = time.monotonic() - t0
     job.report(
         1.0,

@@ -5,7 +5,6 @@ manifest last."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 
@@ -25,15 +24,12 @@ from saeq.ml.explainers import (
     token_pieces,
 )
 from saeq.ml.features import FeatureIndex, build_feature_index
-from saeq.ml.llm import ChatEndpoint, ResponseCache
 from saeq.ml.scoring import EmbeddingScorer
-from saeq.platform.admission import resolve_endpoint
 from saeq.platform.settings import LlmEndpoint
-from saeq.specs import EndpointLLM, LabelSpec
+from saeq.specs import LabelSpec
 from saeq.specs import LocalLLM as LocalLLMSpec
-from saeq_worker.evaluate import sae_context, sink_reference
 from saeq_worker.feature_pages import write_feature_pages
-from saeq_worker.harvest import cached_model
+from saeq_worker.resolve import cached_model, chat_endpoint, sae_context, sink_reference
 from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.label/1"
@@ -81,7 +77,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         else:
             explainers.append(
                 EndpointExplainer(
-                    _endpoint(e, store, f"spec.explainers.{i}", llm_endpoints),
+                    chat_endpoint(e, store, f"spec.explainers.{i}", llm_endpoints),
                     decode,
                     e.max_new_tokens,
                     f"openai:{e.model}",
@@ -91,7 +87,9 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     if spec.judge is not None and spec.judge.backend == "local":
         judge = LocalJudge(local_llm(spec.judge), f"local:{spec.judge.model.name}")
     elif spec.judge is not None:
-        judge = EndpointJudge(_endpoint(spec.judge, store, "spec.judge", llm_endpoints), f"openai:{spec.judge.model}")
+        judge = EndpointJudge(
+            chat_endpoint(spec.judge, store, "spec.judge", llm_endpoints), f"openai:{spec.judge.model}"
+        )
     embedder = EmbeddingScorer(device=str(lm.device)) if "embedding" in spec.scorers else None
 
     t0 = time.monotonic()
@@ -147,8 +145,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         "browser": pages,
         "labelling_s": time.monotonic() - t0,
     }
-    key = keys.manifest(job.id)
-    store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    key = job.publish(manifest)
     job.report(1.0, "done", f"{len(features)} features labelled by {len(explainers)} explainer(s)", force=True)
     return key
 
@@ -173,31 +170,6 @@ def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureInd
             tokens=n,
             tokens_per_s=n / max(time.monotonic() - t0, 1e-9),
         ),
-    )
-
-
-def _endpoint(e: EndpointLLM, store, field: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> ChatEndpoint:
-    """The chat endpoint `e` names, resolved with this worker's own `llm_endpoints` setting."""
-    where = resolve_endpoint(e, llm_endpoints, field)
-    key = None
-    if where.api_key_env:
-        key = os.environ.get(where.api_key_env)
-        if not key:
-            raise InvalidSpec(
-                f"the worker has no environment variable {where.api_key_env}, which "
-                f"SAEQ_LLM_ENDPOINTS names as the key of endpoint {e.endpoint!r} (mount the "
-                "saeq-llm-keys Secret into the worker)",
-                field=f"{field}.endpoint",
-            )
-    return ChatEndpoint(
-        where.base_url,
-        e.model,
-        api_key=key,
-        timeout_s=e.timeout_s,
-        max_retries=e.max_retries,
-        token_budget=e.token_budget,
-        cache=ResponseCache(store),
-        max_concurrency=e.max_concurrency,
     )
 
 

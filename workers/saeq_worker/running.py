@@ -3,6 +3,7 @@ progress, error mapping, finishing, and starting the jobs that waited for it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ from saeq import keys
 from saeq.errors import Cancelled, JobError, OutOfMemory, TimeLimitExceeded
 from saeq.platform.registry import Registry, Send, after_finish, time_limit_message
 from saeq.platform.store import ObjectStore
+from saeq.platform.teams import TeamQuota
 from saeq.specs import parse_spec
 from saeq_worker.metrics import CountingStore, JobMeter
 
@@ -80,36 +82,27 @@ class RunningJob:
         except redis.RedisError as e:  # Redis away longer than the registry retries: work on
             log.warning("job %s: progress not recorded: %s", self.id, e)
 
+    @property
+    def team(self) -> str:
+        return self.record.get("team") or "default"
+
+    def quota(self) -> TeamQuota:
+        """The per-job limits of the job's team, as they stand now."""
+        return self.registry.teams.quota(self.team)
+
+    def publish(self, manifest: dict) -> str:
+        """Write the job's manifest, the last object it writes: readers take a manifest as the sign
+        that every object it names is complete. Write-once (the store refuses a second); -> its key,
+        for `body` to return."""
+        key = keys.manifest(self.id)
+        self.store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+        return key
+
     def event(self, phase: str, message: str, **figures: Any) -> None:
         try:
             self.registry.event(self.id, phase, message, **figures)
         except redis.RedisError as e:
             log.warning("job %s: event %r not recorded: %s", self.id, phase, e)
-
-
-def read_published_manifest(
-    store: ObjectStore, job_id: str, kind: str, *, field: str, id_field: str | None = None
-) -> dict:
-    """The manifest of a `kind` job whose output this job reads; NotFound while it is unpublished.
-    Errors name `id_field`, by default `{field}.job_id`."""
-    import json
-
-    from saeq.errors import InvalidSpec, NotFound
-    from saeq.platform.store import MissingObject
-
-    try:
-        manifest = json.loads(store.get(keys.manifest(job_id)))
-    except MissingObject:
-        raise NotFound(
-            f"{kind} job {job_id} has published no output (it does not exist, or it has "
-            "not finished: list it in depends_on to wait for it)",
-            field=id_field or f"{field}.job_id",
-        ) from None
-    if manifest.get("kind") != kind:
-        raise InvalidSpec(
-            f"job {job_id} is a {manifest.get('kind')} job, not a {kind} job", field=id_field or f"{field}.job_id"
-        )
-    return manifest
 
 
 def worker_name() -> str:

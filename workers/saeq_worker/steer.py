@@ -16,9 +16,8 @@ from saeq.errors import InvalidSpec, JobError
 from saeq.jobs.steer import FeatureEdit, chat_prompt, check_edits, generate, side_effects
 from saeq.platform.store import ObjectStore
 from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
-from saeq_worker.evaluate import SaeContext, sae_context
-from saeq_worker.harvest import cached_model
-from saeq_worker.running import RunningJob, read_published_manifest
+from saeq_worker.resolve import SaeContext, cached_model, read_published_manifest, sae_context
+from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.steer/1"
 
@@ -100,8 +99,7 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
         "n_completions": len(rows),
         "summary": _summary(rows),
     }
-    mkey = keys.manifest(job.id)
-    store.put(mkey, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    mkey = job.publish(manifest)
     job.report(1.0, "done", f"{len(rows)} steered completions", force=True)
     return mkey
 
@@ -284,7 +282,7 @@ def search_labels(
     )[0]
     sims = (emb @ q).tolist()
     best: dict[int, tuple[float, dict]] = {}
-    for r, sim in zip(records, sims):
+    for r, sim in zip(records, sims, strict=False):
         if r["feature"] not in best or sim > best[r["feature"]][0]:
             best[r["feature"]] = (sim, r)
     ranked = sorted(best.values(), key=lambda t: -t[0])[: search.top]

@@ -4,31 +4,20 @@ the manifest last."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import saeq
 from saeq import keys
-from saeq.errors import InvalidSpec
 from saeq.jobs.train import TrainProgress, TrainState, train_from_harvest
 from saeq.platform.store import AlreadyExists, ObjectStore
 from saeq.specs import TrainSpec
 from saeq.specs.costs import check_quota
-from saeq_worker.running import RunningJob, read_published_manifest
+from saeq_worker.resolve import read_harvest_manifest
+from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.train/1"
-
-
-def read_harvest_manifest(store: ObjectStore, job_id: str, hook: str, *, field: str) -> dict:
-    """The published manifest of a harvest, checked to hold `hook`."""
-    manifest = read_published_manifest(store, job_id, "harvest", field=field)
-    if hook not in manifest["hooks"]:
-        raise InvalidSpec(
-            f"harvest {job_id} has no hook {hook!r}; it has {sorted(manifest['hooks'])}", field=f"{field}.hook"
-        )
-    return manifest
 
 
 def _latest_checkpoint(store: ObjectStore, job_id: str) -> TrainState | None:
@@ -41,8 +30,7 @@ def _latest_checkpoint(store: ObjectStore, job_id: str) -> TrainState | None:
 def _check_quota(spec: TrainSpec, d_in: int, job: RunningJob) -> None:
     """The API checks the team's quota when it knows d_in; this catches the rest (an expansion
     factor over a harvest that had not finished at submit), with the same rules (saeq.specs.costs)."""
-    team = job.record.get("team") or "default"
-    check_quota(spec, job.registry.teams.quota(team), team=team, d_in=d_in)
+    check_quota(spec, job.quota(), team=job.team, d_in=d_in)
 
 
 def run_train(job: RunningJob) -> str:
@@ -76,7 +64,7 @@ def run_train(job: RunningJob) -> str:
     result = train_from_harvest(
         spec,
         harvest,
-        store,
+        store.get,
         device=job.device,
         resume=resume,
         on_progress=on_progress,
@@ -139,8 +127,7 @@ def run_train(job: RunningJob) -> str:
         "result": figures,
         "files": files,
     }
-    key = keys.manifest(job.id)
-    store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    key = job.publish(manifest)
     first = next(iter(figures["saes"].values()))
     job.report(
         1.0,

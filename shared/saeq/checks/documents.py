@@ -10,11 +10,10 @@ import torch
 from torch import Tensor
 
 from saeq.errors import Cancelled, InvalidSpec
-from saeq.jobs.evaluate import SinkReference
 from saeq.ml.features import read_hook
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
-from saeq.ml.sinks import sink_mask
+from saeq.ml.sinks import SinkReference, sink_mask
 
 SEPARATOR = "\n\n"
 """Put before each document: position 0 is always a sink, so without it a document's first word

@@ -233,5 +233,5 @@ def _place(z: int) -> tuple[int, int]:
     return period, offset + 1 if offset < 2 else offset - 13  # after the 15 f-block elements
 
 
-ELEMENTS = tuple(Element(z, s, n, *_place(z)) for z, (s, n) in enumerate(zip(_SYMBOLS, _NAMES), start=1))
+ELEMENTS = tuple(Element(z, s, n, *_place(z)) for z, (s, n) in enumerate(zip(_SYMBOLS, _NAMES, strict=False), start=1))
 assert len(ELEMENTS) == 96

@@ -3,8 +3,9 @@ Monosemanticity), sensitivity recalls, a periodic table of completeness, probing
 
 from __future__ import annotations
 
+import io
+
 from saeq.checks.elements import ELEMENTS
-from saeq.client.report import png_bytes
 
 RATING_COLOURS = ("#d9d9d9", "#9ecae1", "#4292c6", "#08519c")  # 0 grey .. 3 dark blue
 
@@ -16,6 +17,15 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def specificity_plot(result: dict, title: str) -> bytes:
@@ -32,7 +42,7 @@ def specificity_plot(result: dict, title: str) -> bytes:
     bottom = [0] * len(xs)
     for rating in range(4):
         ax.bar(xs, counts[rating], bottom=bottom, color=RATING_COLOURS[rating], label=f"rated {rating}")
-        bottom = [b + c for b, c in zip(bottom, counts[rating])]
+        bottom = [b + c for b, c in zip(bottom, counts[rating], strict=False)]
     ax.set_xticks(xs, ["0"] + [f"{(i + 1) / n_bins:.1f}" for i in range(n_bins)], fontsize=8)
     s = result["summary"]
     rho = "-" if s["mean_spearman"] is None else f"{s['mean_spearman']:.2f}"

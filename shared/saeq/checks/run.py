@@ -17,12 +17,12 @@ from saeq.checks.probing import sparse_probing
 from saeq.checks.sensitivity import pair_titles, sensitivity
 from saeq.checks.specificity import Rater, specificity
 from saeq.errors import InvalidSpec
-from saeq.jobs.evaluate import SinkReference
 from saeq.ml.corpus import builtin_documents
 from saeq.ml.explainers import Decode, Explanation
 from saeq.ml.features import FeatureIndex
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
+from saeq.ml.sinks import SinkReference
 from saeq.specs import Category, CategoryMember, Checks
 
 CHECKS_VERSION = "saeq.checks/1"

@@ -98,7 +98,9 @@ class EmbeddingRater:
             by_label.setdefault(e, []).append(i)
         sims = [0.0] * len(items)
         for e, rows in by_label.items():
-            for i, s in zip(rows, self.scorer.similarity(f"{e.label}: {e.description}", [items[i][1] for i in rows])):
+            for i, s in zip(
+                rows, self.scorer.similarity(f"{e.label}: {e.description}", [items[i][1] for i in rows]), strict=False
+            ):
                 sims[i] = s
         for s in sims:
             out.append(Rating(float(s), sum(s >= t for t in self.THRESHOLDS)))

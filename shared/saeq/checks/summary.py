@@ -3,6 +3,9 @@ Imports no torch."""
 
 from __future__ import annotations
 
+from saeq.specs.metrics import checks_lines
+from saeq.specs.metrics import fmt_or_dash as _f
+
 
 def checks_summary(doc: dict) -> dict:
     out: dict = {}
@@ -16,41 +19,6 @@ def checks_summary(doc: dict) -> dict:
     if "probing" in doc:
         out["probing"] = {"n_topics": doc["probing"]["n_topics"], **doc["probing"]["mean_accuracy"]}
     return out
-
-
-def checks_lines(summary: dict) -> list[str]:
-    """Plain-text lines for `saeq report` and the demo."""
-    lines = []
-    sp = summary.get("specificity")
-    if sp and "skipped" in sp:
-        lines.append(f"specificity: skipped ({sp['skipped']})")
-    elif sp:
-        shares = " ".join("-" if v is None else f"{v:.2f}" for v in sp["high_rated_share_by_bin"])
-        lines.append(
-            f"specificity ({sp['rater']}, {sp['n_features']} features, {sp['n_contexts']} contexts): "
-            f"mean Spearman {_f(sp['mean_spearman'])}, pooled {_f(sp['pooled_spearman'])}; share rated "
-            f"2-3 by activation bin (0, .25, .5, .75, 1]: {shares}"
-        )
-    for lang, s in (summary.get("sensitivity") or {}).items():
-        lines.append(
-            f"sensitivity en->{lang} ({s['n_pairs']} article pairs, {s['n_features']} features): "
-            f"pooled recall {_f(s['pooled_recall'])}, mean recall {_f(s['mean_recall'])}, "
-            f"mean false-positive rate {_f(s['mean_false_positive_rate'])}"
-        )
-    for name, s in (summary.get("completeness") or {}).items():
-        lines.append(
-            f"completeness, {name}: {s['n_covered']}/{s['n_members']} members have a specific "
-            f"feature ({s['n_distinct_features']} distinct features)"
-        )
-    pr = summary.get("probing")
-    if pr and pr["n_topics"]:
-        ks = [k for k in pr["sae"]]
-        lines.append(
-            f"sparse probing ({pr['n_topics']} topics), accuracy by k "
-            + ", ".join(f"k={k}: SAE {pr['sae'][k]:.3f} / raw {pr['raw'][k]:.3f}" for k in ks)
-            + f"; raw, all dims {pr['raw']['all']:.3f}"
-        )
-    return lines
 
 
 def checks_markdown(doc: dict, plot_names: list[str]) -> str:
@@ -98,7 +66,3 @@ def checks_markdown(doc: dict, plot_names: list[str]) -> str:
         )
     sections.append("Definitions and formulas: docs/checks.md.\n\n" + figs)
     return "\n".join(sections)
-
-
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.3f}"

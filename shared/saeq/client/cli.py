@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import sys
@@ -17,6 +18,20 @@ from saeq.client.client import ApiError, Client, JobFailed
 
 def _client(ctx: click.Context) -> Client:
     return Client(ctx.obj.get("url"), api_key=ctx.obj.get("api_key"))
+
+
+LOCAL_STACK_MODULES = ("redis", "celery", "minio", "fastapi", "uvicorn", "torch", "transformers")
+"""What `saeq up` and `saeq demo` run here (the API and a worker) needs beyond the base install."""
+
+
+def _require_local_stack(command: str) -> None:
+    """Say which extra to install, instead of a traceback from a process the stack starts."""
+    missing = [m for m in LOCAL_STACK_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(
+            f"`saeq {command}` runs the API and a worker on this machine, which need {', '.join(missing)}: "
+            "pip install 'saeq[local]' (the base install is the client only)"
+        )
 
 
 @click.group()
@@ -62,6 +77,7 @@ def main(ctx: click.Context, url: str | None, api_key: str | None) -> None:
 )
 def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, concurrency, local_path_roots) -> None:
     """Start Redis, the API, one worker and a local store; stop them with Ctrl-C."""
+    _require_local_stack("up")
     from saeq.dev.local_stack import LocalStack, StackOptions, saeq_home, stack_info_path
 
     opts = StackOptions(
@@ -267,7 +283,7 @@ def report(ctx, job_id) -> None:
     c = manifest["counts"]
     click.echo(f"\n{c['n_ordinary']:,} ordinary tokens; {c['n_sinks_excluded']:,} attention sinks left out")
     if manifest.get("checks"):
-        from saeq.checks.summary import checks_lines
+        from saeq.client.report import checks_lines
 
         click.echo("\n" + "\n".join(checks_lines(manifest["checks"])))
     click.echo(f"report: {manifest['report_key']}")
@@ -346,6 +362,7 @@ def steer(ctx, train_job, prompt, feature, mode, value, sae_name, tokens) -> Non
 def demo(tokens, train_tokens, home) -> None:
     """The offline demo, end to end: harvest layer 15 of SmolLM2 on English Wikipedia, train a
     TopK SAE on it, evaluate it on held-out articles."""
+    _require_local_stack("demo")
     from saeq.dev.demo import run_demo
 
     run_demo(tokens=tokens, train_tokens=train_tokens, home=home)

@@ -19,21 +19,13 @@ from saeq import hooks
 from saeq.errors import Cancelled, InvalidSpec
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
-from saeq.ml.sinks import sink_mask
+from saeq.ml.sinks import SinkReference, sink_mask
 from saeq.ml.splice import splice
 from saeq.ml.stopping import micro_batches, stop_between_blocks
 
 METRICS_VERSION = "saeq.metrics/1"
 L0_BINS = 64
 LOG_DENSITY_BINS = torch.linspace(-7, 0, 36)  # log10 of firing frequency
-
-
-@dataclass(frozen=True)
-class SinkReference:
-    """The sink rule's parameters at the SAE's hook point (from the harvest manifest)."""
-
-    median_norm: float
-    norm_factor: float
 
 
 @dataclass

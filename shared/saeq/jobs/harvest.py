@@ -174,7 +174,7 @@ def pack_contexts(
     docs = iter(docs)
     while batch := list(itertools.islice(docs, docs_per_call)):
         encoded = tokenizer([d.text for d in batch], add_special_tokens=False, verbose=False)["input_ids"]
-        for doc, toks in zip(batch, encoded):
+        for doc, toks in zip(batch, encoded, strict=False):
             if owners:  # separator between documents, not before the first
                 ids += sep
                 owners += [-1] * len(sep)

@@ -98,7 +98,7 @@ def label_features(
         for explainer in explainers:
             explanations = explainer.explain(evidence)
             scores = _score(samples, explanations, spec, judge, embedder, decode)
-            for s, e, sc in zip(samples, explanations, scores):
+            for s, e, sc in zip(samples, explanations, scores, strict=False):
                 records.append(
                     {
                         "feature": s.feature,
@@ -139,6 +139,6 @@ def _score(samples, explanations, spec, judge, embedder, decode) -> list[dict]:
             )
             for i in scorable
         ]
-        for i, sc in zip(scorable, judge_scores(judge, kind, batch)):
+        for i, sc in zip(scorable, judge_scores(judge, kind, batch), strict=False):
             out[i][kind] = sc.to_dict()
     return out

@@ -421,7 +421,7 @@ def _build(spec: TrainSpec, names: list[str], d_in: int, device: str, first_x: T
     b_dec = None
     if first_x is not None and spec.b_dec_init != "zeros":
         b_dec = geometric_median(first_x) if spec.b_dec_init == "geometric_median" else first_x.mean(0)
-    for i, (name, cfg) in enumerate(zip(names, spec.saes)):
+    for i, (name, cfg) in enumerate(zip(names, spec.saes, strict=False)):
         d_sae = sae_latents(cfg, d_in)
         if cfg.architecture in ("topk", "batchtopk") and cfg.k > d_sae:
             raise InvalidSpec(f"k={cfg.k} exceeds d_sae={d_sae}", field=f"spec.saes[{i}].k")
@@ -483,12 +483,12 @@ def measure(
 # --- from a harvest -----------------------------------------------------------------------------
 
 
-def harvest_data(spec: TrainSpec, manifest: dict, get, **kw) -> HarvestData:
+def harvest_data(spec: TrainSpec, manifest: dict, read: Callable[[str], bytes], **kw) -> HarvestData:
     """The batches and held-out tokens `spec` asks of the harvest `manifest` describes."""
     return HarvestData(
         manifest,
         spec.activations.hook,
-        get,
+        read,
         batch_size=spec.batch_size,
         seed=spec.seed,
         shuffle_tokens=spec.shuffle_tokens,
@@ -500,12 +500,18 @@ def harvest_data(spec: TrainSpec, manifest: dict, get, **kw) -> HarvestData:
 
 
 def train_from_harvest(
-    spec: TrainSpec, manifest: dict, get, *, device: str = "cpu", resume: TrainState | None = None, **kw
+    spec: TrainSpec,
+    manifest: dict,
+    read: Callable[[str], bytes],
+    *,
+    device: str = "cpu",
+    resume: TrainState | None = None,
+    **kw,
 ) -> TrainResult:
-    """`train_saes` on a harvest's activations (`get(key) -> bytes` or an ObjectStore), with
+    """`train_saes` on a harvest's activations (`read(shard key) -> bytes`, built by the worker), with
     the held-out tokens measured and the sink counts and epochs in `result.data`. Keyword
     arguments go to train_saes (on_progress, should_stop, on_checkpoint, ...)."""
-    data = harvest_data(spec, manifest, get)
+    data = harvest_data(spec, manifest, read)
     start = DataPosition.from_dict(resume.data_position) if resume and resume.data_position else DataPosition()
     result = train_saes(spec, data.batches(start), validation=data.validation(), device=device, resume=resume, **kw)
     train_sinks, val_sinks = data.sink_counts("train"), data.sink_counts("validation")

@@ -63,13 +63,14 @@ class _Piece:
 
 class HarvestData:
     """The activations one harvest stored at one hook point, as training batches and a held-out
-    validation set (ordinary tokens only, unless `exclude_sinks` is False)."""
+    validation set (ordinary tokens only, unless `exclude_sinks` is False). `read(key) -> bytes`
+    reads one shard: the worker builds it from the object store, so this module does no I/O."""
 
     def __init__(
         self,
         manifest: dict,
         hook: str,
-        get: Callable[[str], bytes] | object,
+        read: Callable[[str], bytes],
         *,
         batch_size: int,
         seed: int = 0,
@@ -85,7 +86,7 @@ class HarvestData:
                 f"the harvest has no hook {hook!r}; it has {sorted(manifest.get('hooks', {}))}",
                 field="spec.activations.hook",
             )
-        self.get = get.get if hasattr(get, "get") else get
+        self.get = read  # key -> shard bytes: the caller's store, a dict's lookup in tests
         self.hook, self.batch_size, self.seed = hook, batch_size, seed
         self.d_in = int(entry.get("d_model") or manifest["d_model"])
         self.context_len = int(manifest["context_len"])

@@ -33,7 +33,7 @@ def logit_effects(
     for s0 in range(0, W_dec_SD.shape[0], batch):
         logits = (W_dec_SD[s0 : s0 + batch] * gain) @ W_U.T  # (s, V)
         hi, lo = logits.topk(top, dim=1), logits.topk(top, dim=1, largest=False)
-        for part, t in zip(parts, (hi.indices, hi.values, lo.indices, lo.values)):
+        for part, t in zip(parts, (hi.indices, hi.values, lo.indices, lo.values), strict=False):
             part.append(t)
     return tuple(torch.cat(p) for p in parts)
 
@@ -119,8 +119,8 @@ def feature_page(
 def effects_of(feature: int, effects: tuple[Tensor, Tensor, Tensor, Tensor], decode: Decode) -> dict:
     hi_ids, hi_vals, lo_ids, lo_vals = (t[feature] for t in effects)
     return {
-        "positive": [[tok, round(float(v), 4)] for tok, v in zip(decode(hi_ids.tolist()), hi_vals)],
-        "negative": [[tok, round(float(v), 4)] for tok, v in zip(decode(lo_ids.tolist()), lo_vals)],
+        "positive": [[tok, round(float(v), 4)] for tok, v in zip(decode(hi_ids.tolist()), hi_vals, strict=False)],
+        "negative": [[tok, round(float(v), 4)] for tok, v in zip(decode(lo_ids.tolist()), lo_vals, strict=False)],
     }
 
 

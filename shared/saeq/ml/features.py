@@ -17,10 +17,9 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from saeq.errors import Cancelled, InvalidSpec
-from saeq.jobs.evaluate import SinkReference
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder, stable_order
-from saeq.ml.sinks import sink_mask
+from saeq.ml.sinks import SinkReference, sink_mask
 from saeq.ml.splice import splice
 from saeq.ml.stopping import micro_batches, stop_between_blocks
 

@@ -1,6 +1,7 @@
 """An OpenAI-compatible chat endpoint (vLLM, a hosted API) as the labeller's explainer and judge.
 
-Answers are cached in the object store by exact request, so a rerun pays for no token twice.
+Answers are cached by exact request (the worker keeps them in the object store), so a rerun pays
+for no token twice.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import openai
 
-from saeq import keys
 from saeq.errors import EndpointError, TokenBudgetExhausted
-from saeq.platform.store import AlreadyExists, MissingObject, ObjectStore
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -27,32 +26,22 @@ _NO = frozenset({"no", "false", "0"})
 _DETAIL_CHARS = 300
 
 
-class ResponseCache:
-    """Request -> response, in the object store under `keys.llm_cache`, shared by every job.
+def request_digest(request: dict) -> str:
+    """sha256 of the exact request body (model, messages, sampling params), not the base URL: the
+    same model moved to another host still answers from the cache."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
-    The key hashes the exact request body (model, messages, sampling params), not the base URL:
-    the same model moved to another host still answers from the cache.
-    """
 
-    def __init__(self, store: ObjectStore):
-        self.store = store
+class ResponseCache(Protocol):
+    """Request -> response, shared by every job. The ML core does no I/O of its own: the worker
+    hands in one kept in the object store (saeq_worker.resolve.StoreResponseCache)."""
 
-    @staticmethod
-    def key(request: dict) -> str:
-        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return keys.llm_cache(hashlib.sha256(canonical.encode()).hexdigest())
-
-    def get(self, request: dict) -> dict | None:
-        try:
-            return json.loads(self.store.get(self.key(request)))
-        except MissingObject:
-            return None
+    def get(self, request: dict) -> dict | None: ...
 
     def put(self, request: dict, response: dict) -> None:
-        try:
-            self.store.put(self.key(request), json.dumps(response).encode(), content_type="application/json")
-        except AlreadyExists:  # another worker asked the same question at the same time
-            pass
+        """Keep `response`; a second put of the same request (another worker asked too) is no error."""
+        ...
 
 
 class ChatEndpoint:

@@ -43,7 +43,7 @@ def classification_scores(y_true: Sequence[int], p_yes: Sequence[float], *, thre
     if not threshold:
         return Scores(None, None, auc, len(y))
     pred = [int(v > 0.5) for v in p]
-    acc = sum(int(a == b) for a, b in zip(y, pred)) / max(len(y), 1)
+    acc = sum(int(a == b) for a, b in zip(y, pred, strict=False)) / max(len(y), 1)
     bal = float(balanced_accuracy_score(y, pred)) if len(set(y)) == 2 else None
     return Scores(acc, bal, auc, len(y))
 

@@ -17,6 +17,14 @@ from dataclasses import asdict, dataclass
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class SinkReference:
+    """The sink rule's parameters at the SAE's hook point (from the harvest manifest)."""
+
+    median_norm: float
+    norm_factor: float
+
+
 def sink_mask(positions: Tensor, norms: Tensor, median_norm: float, norm_factor: float) -> Tensor:
     """True where a token is a sink. positions (N,) int, norms (N,) float -> (N,) bool."""
     return (positions == 0) | (norms > norm_factor * median_norm)

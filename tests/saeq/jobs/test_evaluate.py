@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saeq.jobs.evaluate import SinkReference, evaluate_sae
+from saeq.jobs.evaluate import evaluate_sae
 from saeq.ml.sae import SparseAutoencoder
+from saeq.ml.sinks import SinkReference
 from saeq.ml.splice import splice
+from tests.helpers import import_peer
 from tests.saeq.conftest import tiny_lm
 
 HOOK = "blocks.1.hook_resid_post"
@@ -124,7 +126,7 @@ class _Store:
 
 
 def test_core_metrics_equal_saelens_evaluation(lm, tmp_path):
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = import_peer("sae_lens")
     from sae_lens.evals import get_recons_loss, get_sparsity_and_variance_metrics
     from sae_lens.training.activation_scaler import ActivationScaler
 

@@ -12,7 +12,6 @@ from saeq.ml.models import decoder_blocks, load_model
 from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
 from saeq.ml.sinks import sink_mask
 from saeq.specs import BuiltinCorpus, HarvestSpec, ModelSpec
-
 from tests.saeq.conftest import tiny_lm
 
 T = 16  # context length of the tiny runs: 8 contexts per 128-token shard
@@ -156,7 +155,7 @@ def test_resume_skips_without_running_the_model(tiny_llama):
         handle.remove()
     assert len(calls) == 3 + 3 + 2  # batches of 3 in shards 2, 3 (8 contexts) and 4 (6 contexts)
     assert [s.index for s in resumed] == [2, 3, 4]
-    for a, b in zip(full[2:], resumed):
+    for a, b in zip(full[2:], resumed, strict=False):
         for h in spec.hooks:
             assert write_shard_bytes(a.tensors[h], a.metadata(h)) == write_shard_bytes(b.tensors[h], b.metadata(h))
 

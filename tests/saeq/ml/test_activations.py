@@ -44,7 +44,7 @@ def harvest(tmp_path):
 def data(harvest, **kw) -> HarvestData:
     store, manifest = harvest
     kw = {"batch_size": 50, "seed": 3, "shuffle_tokens": 192, "validation_tokens": 200} | kw
-    return HarvestData(manifest, HOOK, store, **kw)
+    return HarvestData(manifest, HOOK, store.get, **kw)
 
 
 def sinks() -> set[int]:
@@ -80,7 +80,7 @@ def test_order_is_deterministic_and_each_epoch_differs(harvest):
     epochs = [b.position.epoch for b in itertools.islice(data(harvest).batches(), 40)]
     assert epochs[-1] >= 2  # 40 batches of 50 cover more than two epochs of ~760 rows
     per_epoch = {}
-    for b, e in zip(first, epochs):
+    for b, e in zip(first, epochs, strict=False):
         per_epoch.setdefault(e, []).extend(b)
     assert per_epoch[0][:100] != per_epoch[1][:100]
 
@@ -119,5 +119,5 @@ def test_bad_requests_name_the_field(harvest):
     assert e.value.field == "spec.validation_tokens"
     store, manifest = harvest
     with pytest.raises(InvalidSpec) as e:
-        HarvestData(manifest, "blocks.2.hook_resid_post", store, batch_size=8)
+        HarvestData(manifest, "blocks.2.hook_resid_post", store.get, batch_size=8)
     assert e.value.field == "spec.activations.hook"

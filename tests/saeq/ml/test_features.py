@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from saeq.jobs.evaluate import SinkReference
 from saeq.ml.features import FeatureIndex, build_feature_index, read_hook
 from saeq.ml.sae import SparseAutoencoder
+from saeq.ml.sinks import SinkReference
 
 HOOK = "blocks.1.hook_resid_post"
 

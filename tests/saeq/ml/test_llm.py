@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from saeq.ml.llm import ChatEndpoint, EndpointError, ResponseCache, TokenBudgetExhausted
+from saeq.ml.llm import ChatEndpoint, EndpointError, TokenBudgetExhausted
 from saeq.platform.store import LocalStore
+from saeq_worker.resolve import StoreResponseCache as ResponseCache
 from tests.servers import free_port
 
 MODEL = "judge-7b"

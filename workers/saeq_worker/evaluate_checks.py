@@ -1,4 +1,4 @@
-"""The I/O around `saeq.checks`: which documents the SAE was trained on, the label job's labels and
+"""The evaluate job's checks (part of the evaluate adapter): the I/O around `saeq.checks`: which documents the SAE was trained on, the label job's labels and
 feature index, the rating judge the spec names."""
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from saeq.ml.features import FeatureIndex
 from saeq.ml.scoring import EmbeddingScorer
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import EvaluateSpec
-from saeq_worker.evaluate import SaeContext
-from saeq_worker.harvest import cached_model
-from saeq_worker.label import _endpoint
-from saeq_worker.running import RunningJob, read_published_manifest
+from saeq_worker.resolve import SaeContext, cached_model, chat_endpoint, read_published_manifest
+from saeq_worker.running import RunningJob
 
 
 def evaluate_checks(
@@ -89,7 +87,7 @@ def _rater(judge, job: RunningJob, lm, cache_dir: str, llm_endpoints: Mapping[st
         return EmbeddingRater(EmbeddingScorer(device=str(lm.device)))
     if judge.backend == "openai":
         return EndpointRater(
-            _endpoint(judge, job.store, "spec.checks.specificity.judge", llm_endpoints), f"openai:{judge.model}"
+            chat_endpoint(judge, job.store, "spec.checks.specificity.judge", llm_endpoints), f"openai:{judge.model}"
         )
     return LocalRater(LocalLLM(cached_model(judge.model, job.device, cache_dir)), f"local:{judge.model.name}")
 

@@ -1,0 +1,61 @@
+"""The evaluate job's metrics as plain data: the names a person reads them by, and (below) the typed
+documents a worker writes, which the client and the API read without torch."""
+
+from __future__ import annotations
+
+HEADLINE: list[tuple[str, str, str]] = [
+    # (metric key, label, format): the report page and `saeq report` show these, in this order.
+    ("fvu", "FVU (ordinary tokens)", "{:.4f}"),
+    ("explained_variance", "explained variance", "{:.4f}"),
+    ("mse", "MSE (sum over dims)", "{:.4g}"),
+    ("cossim", "cosine similarity", "{:.4f}"),
+    ("l0", "L0 (mean active latents)", "{:.2f}"),
+    ("dead_fraction", "dead latents", "{:.2%}"),
+    ("dense_fraction", "dense latents (>10% of tokens)", "{:.2%}"),
+    ("ce_loss_recovered", "CE-loss recovered", "{:.4f}"),
+    ("ce_loss_clean", "CE clean (nats)", "{:.4f}"),
+    ("ce_loss_with_sae", "CE with SAE (nats)", "{:.4f}"),
+    ("ce_loss_with_ablation", "CE zero-ablated (nats)", "{:.4f}"),
+    ("delta_lm_loss", "delta LM loss (nats)", "{:.4f}"),
+    ("kl_div_with_sae", "KL with SAE (nats)", "{:.4f}"),
+]
+
+
+def checks_lines(summary: dict) -> list[str]:
+    """Plain-text lines for `saeq report` and the demo."""
+    lines = []
+    sp = summary.get("specificity")
+    if sp and "skipped" in sp:
+        lines.append(f"specificity: skipped ({sp['skipped']})")
+    elif sp:
+        shares = " ".join("-" if v is None else f"{v:.2f}" for v in sp["high_rated_share_by_bin"])
+        lines.append(
+            f"specificity ({sp['rater']}, {sp['n_features']} features, {sp['n_contexts']} contexts): "
+            f"mean Spearman {fmt_or_dash(sp['mean_spearman'])}, pooled {fmt_or_dash(sp['pooled_spearman'])}; share rated "
+            f"2-3 by activation bin (0, .25, .5, .75, 1]: {shares}"
+        )
+    for lang, s in (summary.get("sensitivity") or {}).items():
+        lines.append(
+            f"sensitivity en->{lang} ({s['n_pairs']} article pairs, {s['n_features']} features): "
+            f"pooled recall {fmt_or_dash(s['pooled_recall'])}, mean recall {fmt_or_dash(s['mean_recall'])}, "
+            f"mean false-positive rate {fmt_or_dash(s['mean_false_positive_rate'])}"
+        )
+    for name, s in (summary.get("completeness") or {}).items():
+        lines.append(
+            f"completeness, {name}: {s['n_covered']}/{s['n_members']} members have a specific "
+            f"feature ({s['n_distinct_features']} distinct features)"
+        )
+    pr = summary.get("probing")
+    if pr and pr["n_topics"]:
+        ks = [k for k in pr["sae"]]
+        lines.append(
+            f"sparse probing ({pr['n_topics']} topics), accuracy by k "
+            + ", ".join(f"k={k}: SAE {pr['sae'][k]:.3f} / raw {pr['raw'][k]:.3f}" for k in ks)
+            + f"; raw, all dims {pr['raw']['all']:.3f}"
+        )
+    return lines
+
+
+def fmt_or_dash(v) -> str:
+    """A figure to 3 decimals, or - for one not measured."""
+    return "-" if v is None else f"{v:.3f}"
