@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel
 
@@ -32,7 +32,7 @@ _WHY = {
 }
 
 
-def errors(*codes: int) -> dict[int, dict]:
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these error statuses."""
     return {c: {"model": ErrorBody, "description": _WHY[c]} for c in codes}
 
@@ -82,7 +82,7 @@ class JobSummary(BaseModel):
     its team's quota (max_running)."""
 
     @classmethod
-    def of(cls, record: dict):
+    def of(cls, record: dict) -> Self:
         data = {k: record[k] for k in cls.model_fields if k in record}
         if cls is JobSummary:  # messages a worker wrote may quote user text: a listing cuts them short
             if data.get("error"):

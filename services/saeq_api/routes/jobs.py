@@ -2,57 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
 from saeq import keys
-from saeq.errors import InvalidSpec
-from saeq.platform.admission import check_admissible
-from saeq.platform.dispatch import KIND_QUEUE
-from saeq.platform.registry import (
-    STATES,
-    IdempotencyConflict,
-    MissingDependency,
-    QuotaExceeded,
-    after_finish,
-    dispatch_ready,
-)
-from saeq.platform.teams import Principal, TeamQuota
-from saeq.specs import (
-    JOB_KINDS,
-    EvaluateSpec,
-    HarvestSpec,
-    JobCreate,
-    LabelSpec,
-    SteerSpec,
-    TrainedSae,
-    TrainSpec,
-    UploadCorpus,
-    costs,
-)
+from saeq.platform.registry import STATES, after_finish, dispatch_ready
+from saeq.platform.teams import Principal
+from saeq.specs import JOB_KINDS, JobCreate
 from saeq_api.deps import Caller, Services, services
 from saeq_api.metrics import observe_submit
 from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic, JobSummary, errors
+from saeq_api.submit import create_job, visible_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 403, 404, 413, 429, 503))
 Svc = Annotated[Services, Depends(services)]
-
-
-def _unprocessable(field: str, message: str, status: int = 422) -> HTTPException:
-    return HTTPException(
-        status, detail=[{"loc": ["body", *field.split(".")], "field": field, "msg": message, "type": "value_error"}]
-    )
-
-
-def visible_job(svc: Services, job_id: str, who: Principal) -> dict | None:
-    """The job if the caller may see it: their team's, or any for an admin. Another team's job is
-    answered exactly like a missing one, so ids reveal nothing."""
-    job = svc.registry.get(job_id) if len(job_id) == 32 else None
-    return job if job is not None and who.sees(job) else None
 
 
 def _job_or_404(svc: Services, job_id: str, who: Principal) -> dict:
@@ -74,213 +38,16 @@ def submit_job(
     `Idempotency-Key` header a repeated request returns the job the first one created (status 200)
     instead of a second job. Beyond the team's quota: 403 (a job too large) or 429 (too many
     waiting)."""
-    spec = body.spec
-    corpus = getattr(spec, "corpus", None)
-    if isinstance(corpus, UploadCorpus):
-        owner = svc.registry.upload_owner(corpus.upload_id)
-        if owner is None or not who.sees({"team": owner}) or not svc.store.list(keys.upload_prefix(corpus.upload_id)):
-            raise _unprocessable("spec.corpus.upload_id", f"no upload {corpus.upload_id!r}")
-    _check_references(svc, spec, body.depends_on, who)  # first: limits then read only the team's own jobs
-    quota = svc.teams.quota(who.team)
-    _check_limits(svc, body, quota, who)
-    for i, dep_id in enumerate(body.depends_on):
-        dep = visible_job(svc, dep_id, who)
-        if dep is None:
-            raise _unprocessable(f"depends_on.{i}", f"no job {dep_id!r}")
-        if dep["state"] in ("failed", "cancelled"):
-            raise _unprocessable(f"depends_on.{i}", f"job {dep_id} {dep['state']}; this job could never start")
-    try:
-        record, created = svc.registry.create(
-            kind=spec.kind,
-            spec=spec.model_dump(mode="json"),
-            queue=KIND_QUEUE[spec.kind],
-            depends_on=list(body.depends_on),
-            name=body.name,
-            team=who.team,
-            idempotency_key=idempotency_key,
-            request_digest=hashlib.sha256(body.model_dump_json().encode()).hexdigest(),
-            priority=body.priority,
-            time_limit_s=body.time_limit_s or quota.max_time_s,
-            max_queued=quota.max_queued,
-            max_stored=quota.max_stored_jobs,
-            submits_per_minute=quota.submits_per_minute,
-        )
-    except MissingDependency as e:  # expired or purged since it was checked above
-        raise _unprocessable(f"depends_on.{e.index}", str(e)) from None
-    except QuotaExceeded as e:
-        raise HTTPException(429, detail=str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
-    except IdempotencyConflict as e:
-        raise HTTPException(
-            422,
-            detail=[
-                {
-                    "loc": ["header", "Idempotency-Key"],
-                    "field": "Idempotency-Key",
-                    "type": "value_error",
-                    "msg": f"this Idempotency-Key came with another request, which created job {e.job_id}; "
-                    "use a new key for a different job",
-                }
-            ],
-        ) from None
+    record, created = create_job(svc, body, who, idempotency_key)
     if not created:
         response.status_code = 200
     else:
-        observe_submit(spec.kind)
+        observe_submit(body.spec.kind)
     # On a repeat too: the first request may have died (or met a Redis outage) between creating the
     # job and sending it. Dispatching is once only (one script), so a job already sent stays as is.
     if dispatch_id := dispatch_ready(svc.registry, record["id"], svc.send, record):
         record = {**record, "dispatched": True, "dispatch_id": dispatch_id}
     return JobPublic.of(record)
-
-
-def _check_limits(svc: Services, body: JobCreate, quota: TeamQuota, who: Principal) -> None:
-    """A job larger than the team's per-job quota is refused (403), naming the field (saeq.specs.costs)."""
-    spec = body.spec
-    d_in = _harvest_d_model(svc, spec.activations.job_id) if isinstance(spec, TrainSpec) else None
-    try:
-        costs.check_quota(
-            spec,
-            quota,
-            team=who.team,
-            d_in=d_in,
-            context_len=_sae_context_len(svc, spec, who),
-            time_limit_s=body.time_limit_s,
-            n_features=_sae_width(svc, spec, who),
-        )
-    except costs.OverQuota as e:
-        raise _unprocessable(e.field, e.message, 403) from None
-
-
-def _sae_context_len(svc: Services, spec, who: Principal) -> int | None:
-    """The context length an evaluate or label job without its own takes from its SAE's harvest."""
-    if not isinstance(spec, (EvaluateSpec, LabelSpec)) or not isinstance(spec.sae, TrainedSae) or spec.context_len:
-        return None
-    # A trained job's manifest records its harvest's context_len: it outlives the harvest's record.
-    if (manifest := _published(svc, spec.sae.job_id, who)) is not None:
-        return manifest["harvest"]["context_len"]
-    train = visible_job(svc, spec.sae.job_id, who)  # checked visible, a train job, by _check_references
-    harvest = visible_job(svc, train["spec"]["activations"]["job_id"], who) if train else None
-    return harvest["spec"]["context_len"] if harvest else None
-
-
-def _sae_width(svc: Services, spec, who: Principal) -> int | None:
-    """d_sae of a label job's trained SAE once its training published it (None: not yet known)."""
-    if not isinstance(spec, LabelSpec) or not isinstance(spec.sae, TrainedSae):
-        return None
-    manifest = _published(svc, spec.sae.job_id, who)
-    sae = manifest["saes"].get(spec.sae.name or next(iter(manifest["saes"]))) if manifest else None
-    return sae["d_sae"] if sae else None
-
-
-def _harvest_d_model(svc: Services, harvest_id: str) -> int | None:
-    """d_model of a harvest's activations, when it is known before the harvest ends."""
-    job = svc.registry.get(harvest_id)
-    if job is None or job["kind"] != "harvest":
-        return None
-    if job.get("manifest_key"):
-        return json.loads(svc.store.get(job["manifest_key"])).get("d_model")
-    model = HarvestSpec.model_validate(job["spec"]).model
-    return 576 if model.name.startswith("builtin:") else None  # SmolLM2-135M (FIELD-NOTES)
-
-
-def _referenced_job(svc: Services, job_id: str, kind: str, field: str, depends_on: list[str], who: Principal) -> dict:
-    """A job whose output this spec reads: it must be visible to the caller, be of `kind`, and
-    have succeeded or be one this job waits for."""
-    job = visible_job(svc, job_id, who)
-    if job is None:
-        raise _unprocessable(field, f"no job {job_id!r}")
-    if job["kind"] != kind:
-        raise _unprocessable(field, f"job {job_id} is a {job['kind']} job, not a {kind} job")
-    if job["state"] in ("failed", "cancelled"):
-        raise _unprocessable(field, f"job {job_id} {job['state']}; it has no output to read")
-    if job["state"] != "succeeded" and job_id not in depends_on:
-        raise _unprocessable(
-            field,
-            f"job {job_id} is still {job['state']}: its output is unfinished; list it in depends_on to wait for it",
-        )
-    return job
-
-
-def _check_deployment_allows(svc: Services, spec) -> None:
-    """LLM endpoints from the deployment's allow-list, local paths under its roots (saeq.platform.admission)."""
-    try:
-        check_admissible(spec, llm_endpoints=svc.settings.llm_endpoints, local_path_roots=svc.settings.local_path_roots)
-    except InvalidSpec as e:
-        raise _unprocessable(e.field, e.message) from None
-
-
-def _check_references(svc: Services, spec, depends_on: list[str], who: Principal) -> None:
-    _check_deployment_allows(svc, spec)
-    if isinstance(spec, TrainSpec):
-        harvest = _referenced_job(svc, spec.activations.job_id, "harvest", "spec.activations.job_id", depends_on, who)
-        if spec.activations.hook not in harvest["spec"]["hooks"]:
-            raise _unprocessable(
-                "spec.activations.hook",
-                f"harvest {harvest['id']} has hooks {harvest['spec']['hooks']}, not {spec.activations.hook!r}",
-            )
-    elif isinstance(spec, (EvaluateSpec, LabelSpec, SteerSpec)) and isinstance(spec.sae, TrainedSae):
-        train = _referenced_job(svc, spec.sae.job_id, "train", "spec.sae.job_id", depends_on, who)
-        names = [s.get("name") or f"sae{i}" for i, s in enumerate(train["spec"]["saes"])]
-        if spec.sae.name is not None and spec.sae.name not in names:
-            raise _unprocessable("spec.sae.name", f"train job {train['id']} has SAEs {names}, not {spec.sae.name!r}")
-    if isinstance(spec, SteerSpec) and spec.label_job:
-        _referenced_job(svc, spec.label_job, "label", "spec.label_job", depends_on, who)
-    _check_against_outputs(svc, spec, who)
-    if isinstance(spec, EvaluateSpec) and spec.checks is not None and spec.checks.label_job:
-        label = _referenced_job(svc, spec.checks.label_job, "label", "spec.checks.label_job", depends_on, who)
-        theirs, ours = label["spec"]["sae"], spec.sae.model_dump(mode="json")
-        same = (
-            theirs.get("job_id") == ours.get("job_id")
-            and theirs.get("path") == ours.get("path")
-            and (None in (theirs.get("name"), ours.get("name")) or theirs.get("name") == ours.get("name"))
-        )
-        if not same:
-            raise _unprocessable(
-                "spec.checks.label_job", f"label job {label['id']} labelled the SAE {theirs}, not {ours}"
-            )
-
-
-def _published(svc: Services, job_id: str, who: Principal) -> dict | None:
-    """The manifest of a visible job that has succeeded; None before."""
-    job = visible_job(svc, job_id, who)
-    if job is None or job["state"] != "succeeded" or not job.get("manifest_key"):
-        return None
-    return json.loads(svc.store.get(job["manifest_key"]))
-
-
-def _check_against_outputs(svc: Services, spec, who: Principal) -> None:
-    """What the worker checks against a referenced job's output, checked at submit once that job has
-    succeeded (422, naming the field); before, the worker still checks it when it runs."""
-    if isinstance(spec, TrainSpec):
-        harvest = _published(svc, spec.activations.job_id, who)
-        entry = harvest["hooks"].get(spec.activations.hook) if harvest else None
-        if entry is not None:
-            held_out = math.ceil(spec.validation_tokens / harvest["context_len"]) * harvest["context_len"]
-            if held_out >= entry["n_tokens"]:
-                raise _unprocessable(
-                    "spec.validation_tokens",
-                    f"validation_tokens={spec.validation_tokens:,} "
-                    f"leaves nothing to train on: harvest {spec.activations.job_id} holds "
-                    f"{entry['n_tokens']:,} tokens",
-                )
-    elif isinstance(spec, (LabelSpec, SteerSpec)) and isinstance(spec.sae, TrainedSae):
-        train = _published(svc, spec.sae.job_id, who)
-        sae = train["saes"].get(spec.sae.name or next(iter(train["saes"]))) if train else None
-        if sae is None:
-            return
-        d_sae = sae["d_sae"]
-        fields = (
-            [(f"spec.features.{j}", f) for j, f in enumerate(spec.features or [])]
-            if isinstance(spec, LabelSpec)
-            else [
-                (f"spec.interventions.{i}.edits.{j}.feature", e.feature)
-                for i, s in enumerate(spec.interventions)
-                for j, e in enumerate(s.edits)
-            ]
-        )
-        for field, feature in fields:
-            if feature >= d_sae:
-                raise _unprocessable(field, f"feature {feature} is not in 0..{d_sae - 1} (the SAE has d_sae={d_sae:,})")
 
 
 @router.get("", response_model=JobList)
@@ -320,7 +87,7 @@ def cancel_job(job_id: str, svc: Svc, who: Caller) -> JobPublic:
     changes nothing."""
     _job_or_404(svc, job_id, who)
     svc.registry.request_cancel(job_id)
-    job = svc.registry.get(job_id)
+    job = _job_or_404(svc, job_id, who)  # read again: the cancel changed it (or it was purged meanwhile)
     if job["state"] == "cancelled":
         after_finish(svc.registry, job_id, svc.send)
     return JobPublic.of(job)
@@ -345,7 +112,7 @@ def job_events(
             ],
         )
     _job_or_404(svc, job_id, who)
-    return JobEvents(events=svc.registry.events(job_id, after=after))
+    return JobEvents.model_validate({"events": svc.registry.events(job_id, after=after)})
 
 
 @router.get("/{job_id}/artifacts", response_model=JobArtifacts)

@@ -32,8 +32,8 @@ from saeq.specs import (
 )
 from saeq_api.deps import Caller, Services, services
 from saeq_api.metrics import observe_live
-from saeq_api.routes.jobs import _referenced_job, _unprocessable
 from saeq_api.schemas import errors
+from saeq_api.submit import referenced_job, unprocessable
 
 router = APIRouter(prefix="/v1", tags=["live"], responses=errors(401, 413, 422, 429, 500, 503, 504))
 Svc = Annotated[Services, Depends(services)]
@@ -58,7 +58,7 @@ async def _round_trip(
     if op == "steer":
         field, n_chars = prompt_chars(payload)
         if n_chars > quota.live_prompt_tokens * MAX_CHARS_PER_TOKEN:
-            raise _unprocessable(
+            raise unprocessable(
                 field,
                 f"{n_chars} characters: more than {quota.live_prompt_tokens} tokens, this "
                 f"team's limit (quota live_prompt_tokens), can hold at "
@@ -120,7 +120,7 @@ async def _round_trip(
         if e["code"] in ("invalid_spec", "not_found", "upstream_failed"):
             field = (e["field"] or "").removeprefix("spec.")
             # The prompt is the chat request's own field; the others are its steering's.
-            raise _unprocessable(field if field in ("prompt", "messages") else field_prefix + field, e["message"])
+            raise unprocessable(field if field in ("prompt", "messages") else field_prefix + field, e["message"])
         raise HTTPException(500, detail=f"{e['code']}: {e['message']}")
     return data
 
@@ -130,17 +130,17 @@ def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: st
     its d_sae."""
     if not isinstance(sae, TrainedSae):
         return
-    train = _referenced_job(svc, sae.job_id, "train", f"{prefix}sae.job_id", [], who)
+    train = referenced_job(svc, sae.job_id, "train", f"{prefix}sae.job_id", [], who)
     manifest = json.loads(svc.store.get(keys.manifest(train["id"])))
     name = sae.name or next(iter(manifest["saes"]))
     if name not in manifest["saes"]:
-        raise _unprocessable(
+        raise unprocessable(
             f"{prefix}sae.name", f"train job {train['id']} has SAEs {sorted(manifest['saes'])}, not {name!r}"
         )
     d_sae = manifest["saes"][name]["d_sae"]
     for i, edit in enumerate(interventions):
         if edit.feature >= d_sae:
-            raise _unprocessable(
+            raise unprocessable(
                 f"{prefix}interventions.{i}.feature",
                 f"feature {edit.feature} is not in 0..{d_sae - 1} (SAE {name} has d_sae={d_sae})",
             )
@@ -152,8 +152,8 @@ def _check_paths(svc: Services, request: SteerRequest, fields: dict[str, str] | 
     try:
         check_local_paths(request, svc.settings.local_path_roots, prefix="body")
     except InvalidSpec as e:
-        field = e.field.removeprefix("body.")
-        raise _unprocessable((fields or {}).get(field, field), e.message) from None
+        field = e.field.removeprefix("body.") if e.field else None
+        raise unprocessable((fields or {}).get(field, field) if field else None, e.message) from None
 
 
 @router.post("/steer")
@@ -168,7 +168,7 @@ async def steer(body: SteerRequest, svc: Svc, who: Caller, request: Request) -> 
 @router.post("/labels/search")
 async def search_labels(body: LabelSearch, svc: Svc, who: Caller, request: Request) -> dict:
     """Features of a label job whose labels are closest in meaning to `query` (MiniLM embeddings)."""
-    _referenced_job(svc, body.label_job, "label", "label_job", [], who)
+    referenced_job(svc, body.label_job, "label", "label_job", [], who)
     return await _ask_worker(svc, "search_labels", body.model_dump(mode="json"), who, request)
 
 
@@ -201,7 +201,8 @@ async def chat_completions(body: ChatCompletionRequest, svc: Svc, who: Caller, r
     try:
         return await _chat(body, svc, who, request)
     except HTTPException as e:
-        detail = e.detail if isinstance(e.detail, list) else [{"field": None, "msg": str(e.detail)}]
+        raw: Any = e.detail  # Starlette types it str; saeq's 422s carry a list of field errors
+        detail: list[dict[str, Any]] = raw if isinstance(raw, list) else [{"field": None, "msg": str(raw)}]
         first = detail[0]
         message = f"{first['field']}: {first['msg']}" if first.get("field") else first["msg"]
         return JSONResponse(
@@ -223,7 +224,7 @@ async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http
     try:
         model = ModelSpec(name=body.model)
     except ValidationError as e:  # its message, not pydantic's trailing "For further information" line
-        raise _unprocessable("model", e.errors()[0]["msg"]) from None
+        raise unprocessable("model", e.errors()[0]["msg"]) from None
     steering = body.steering
     if steering is not None:
         _check_sae(svc, steering.sae, steering.interventions, "steering.", who)
@@ -241,7 +242,7 @@ async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http
         )
     except ValidationError as e:  # cross-field rules (an imported SAE needs a hook, ...): the caller's fault
         first = e.errors()[0]
-        raise _unprocessable(".".join(["steering", *map(str, first["loc"])]), first["msg"]) from None
+        raise unprocessable(".".join(["steering", *map(str, first["loc"])]), first["msg"]) from None
     _check_paths(svc, request, {"model.name": "model", "sae.path": "steering.sae.path"})
     out = await _ask_worker(svc, "steer", request.model_dump(mode="json"), who, http, field_prefix="steering.")
     n_out = len(out["steered_token_ids"])

@@ -20,8 +20,8 @@ from saeq.ml.corpus import validate_upload
 from saeq.platform.registry import new_id
 from saeq.platform.teams import TeamQuota
 from saeq_api.deps import Caller, Services, services
-from saeq_api.routes.jobs import _unprocessable
 from saeq_api.schemas import UploadList, UploadPublic, errors
+from saeq_api.submit import unprocessable
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=errors(401, 413, 503))
 Svc = Annotated[Services, Depends(services)]
@@ -41,7 +41,7 @@ def upload_corpus(
     `max_uploads`, or `submits_per_minute` uploads in 60 s."""
     name = file.filename or ""
     if not (name.endswith(".txt") or name.endswith(".jsonl")):
-        raise _unprocessable("file", f"file {name!r}: only .txt and .jsonl corpora are accepted")
+        raise unprocessable("file", f"file {name!r}: only .txt and .jsonl corpora are accepted")
     spooled = file.file
     size = spooled.seek(0, os.SEEK_END)
     if size > svc.settings.max_upload_bytes:
@@ -54,7 +54,7 @@ def upload_corpus(
         upload_id = new_id()
         key = keys.upload(upload_id, name.rsplit("/", 1)[-1])
     except ValueError as e:
-        raise _unprocessable("file", f"file {name!r}: {e}") from None
+        raise unprocessable("file", f"file {name!r}: {e}") from None
     quota = svc.teams.quota(who.team)
     record = {"key": key, "n_documents": n_docs, "created_at": time.time()}
     status, figure = svc.registry.reserve_upload(
@@ -141,7 +141,7 @@ def delete_upload(upload_id: UploadId, svc: Svc, who: Caller) -> Response:
     upload). 409 while its bytes are being stored."""
     owner = svc.registry.upload_owner(upload_id)
     record = svc.registry.upload_record(upload_id, owner) if owner else None
-    if record is None or not who.sees({"team": owner}):
+    if owner is None or record is None or not who.sees({"team": owner}):
         raise HTTPException(404, detail=f"no upload {upload_id!r}")  # another team's looks missing
     age_s = time.time() - (record.get("created_at") or 0)
     if record["state"] == "storing" and age_s < STORING_STALE_S:
