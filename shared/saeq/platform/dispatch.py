@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from saeq.platform.settings import PlatformSettings
 

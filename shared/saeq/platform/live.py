@@ -14,9 +14,8 @@ from typing import Any
 import redis
 
 from saeq.errors import Cancelled
+from saeq.platform import redis_keys
 from saeq.platform.teams import TeamQuota
-
-_P = "saeq:live:"
 
 MAX_CHARS_PER_TOKEN = 16
 """The API's bound without a tokenizer: a prompt of more than `live_prompt_tokens` x this many
@@ -31,36 +30,15 @@ DEADLINE_GRACE_S = 5.0
 died): room for clocks that differ a little between hosts."""
 
 
-def slots_key(team: str) -> str:
-    """Sorted set: the team's live requests being computed or waiting -> when the hold expires."""
-    return f"{_P}slots:{team}"
-
-
-def rate_key(team: str) -> str:
-    """Sorted set: the team's live requests of the last 60 s -> when each was admitted."""
-    return f"{_P}rate:{team}"
-
-
-def queue_key(team: str) -> str:
-    """List: the team's live requests waiting for a worker, oldest first."""
-    return f"{_P}queue:{team}"
-
-
-TURNS_KEY = f"{_P}turns"
-"""Sorted set: the teams with waiting requests, scored by when each was last served (the turn
-counter `TURN_KEY`); the workers serve the lowest score first."""
-TURN_KEY = f"{_P}turn"
-OUTCOMES_KEY = f"{_P}outcomes"
-"""Hash: `op|outcome` -> count, over the deployment's life (ok, error, skipped, stopped, withdrawn)."""
-
-
-def cancel_key(request_id: str) -> str:
-    return f"{_P}cancel:{request_id}"
-
-
-def reply_key(request_id: str) -> str:
-    """List a live request's answer is pushed to (the API waits on it with BLPOP)."""
-    return f"{_P}reply:{request_id}"
+# The keys live in saeq.platform.redis_keys; these names are what this module and the API use.
+slots_key = redis_keys.live_slots
+rate_key = redis_keys.live_rate
+queue_key = redis_keys.live_queue
+TURNS_KEY = redis_keys.LIVE_TURNS
+TURN_KEY = redis_keys.LIVE_TURN
+OUTCOMES_KEY = redis_keys.LIVE_OUTCOMES
+cancel_key = redis_keys.live_cancel
+reply_key = redis_keys.live_reply
 
 
 REPLY_TTL_S = 300

@@ -413,11 +413,11 @@ class S3Store:
     def exists(self, key):
         return self._stat(key, "exists") is not None
 
-    def size(self, key):
+    def size(self, key: str) -> int:
         st = self._stat(key, "size")
         if st is None:
             raise MissingObject(f"no object {key!r}")
-        return st.size
+        return st.size or 0  # a stat always has a size; minio's types allow None
 
     def list(self, prefix):
         def list_all():  # the listing is paged: a page lost midway starts the whole list again

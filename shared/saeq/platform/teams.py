@@ -12,15 +12,16 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-_P = "saeq:"
+from saeq.platform import redis_keys
+from saeq.specs.api_keys import new_key  # the key's shape is shared with the client
+
 TEAM_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _TEAM = re.compile(TEAM_PATTERN)
 _KEY = re.compile(r"^saeq_([0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
@@ -112,12 +113,6 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def new_key() -> tuple[str, str]:
-    """(key_id, key): the id is public (listings, revocation); the key is the secret."""
-    key_id = secrets.token_hex(8)
-    return key_id, f"saeq_{key_id}_{secrets.token_urlsafe(32)}"
-
-
 class Teams:
     """Keys and quotas in Redis. Job counts per team live in the registry's sets."""
 
@@ -155,9 +150,9 @@ class Teams:
             "revoked_at": None,
         }
         pipe = self.r.pipeline()
-        pipe.hset(f"{_P}key:{key_id}", mapping={"record": json.dumps(record), "digest": digest(key)})
-        pipe.sadd(f"{_P}keys", key_id)
-        pipe.sadd(f"{_P}teams", team)
+        pipe.hset(redis_keys.api_key(key_id), mapping={"record": json.dumps(record), "digest": digest(key)})
+        pipe.sadd(redis_keys.API_KEYS, key_id)
+        pipe.sadd(redis_keys.TEAMS, team)
         pipe.execute()
         return record
 
@@ -166,7 +161,7 @@ class Teams:
         m = _KEY.match(key)
         if not m:
             return None
-        stored = self.r.hgetall(f"{_P}key:{m.group(1)}")
+        stored = cast(dict[str, str], self.r.hgetall(redis_keys.api_key(m.group(1))))  # decode_responses=True
         if not stored or not hmac.compare_digest(stored["digest"], digest(key)):
             return None
         record = json.loads(stored["record"])
@@ -175,34 +170,34 @@ class Teams:
         return Principal(team=record["team"], role=record["role"], key_id=record["key_id"])
 
     def keys(self, team: str | None = None) -> list[dict[str, Any]]:
-        ids = sorted(self.r.smembers(f"{_P}keys"))
+        ids = sorted(cast(set[str], self.r.smembers(redis_keys.API_KEYS)))
         pipe = self.r.pipeline(transaction=False)
         for key_id in ids:
-            pipe.hget(f"{_P}key:{key_id}", "record")
+            pipe.hget(redis_keys.api_key(key_id), "record")
         records = [json.loads(raw) for raw in pipe.execute() if raw] if ids else []
         return sorted((r for r in records if team is None or r["team"] == team), key=lambda r: r["created_at"])
 
     def revoke(self, key_id: str) -> dict[str, Any] | None:
-        raw = self.r.hget(f"{_P}key:{key_id}", "record") if re.fullmatch(r"[0-9a-f]{16}", key_id) else None
+        raw = self.r.hget(redis_keys.api_key(key_id), "record") if re.fullmatch(r"[0-9a-f]{16}", key_id) else None
         if raw is None:
             return None
         record = json.loads(raw)
         if record["revoked_at"] is None:
             record["revoked_at"] = time.time()
-            self.r.hset(f"{_P}key:{key_id}", "record", json.dumps(record))
+            self.r.hset(redis_keys.api_key(key_id), "record", json.dumps(record))
         return record
 
     # ---- quotas ------------------------------------------------------------------------------
 
     def set_default_quota(self, quota: TeamQuota) -> None:
         """The deployment's default, written by the API at start so workers read the same."""
-        self.r.set(f"{_P}quota:default", quota.model_dump_json())
+        self.r.set(redis_keys.DEFAULT_QUOTA, quota.model_dump_json())
         self._quotas.clear()
 
     def set_quota(self, team: str, quota: TeamQuota) -> None:
         pipe = self.r.pipeline()
-        pipe.set(f"{_P}quota:team:{valid_team(team)}", quota.model_dump_json())
-        pipe.sadd(f"{_P}teams", team)
+        pipe.set(redis_keys.team_quota(valid_team(team)), quota.model_dump_json())
+        pipe.sadd(redis_keys.TEAMS, team)
         pipe.execute()
         self._quotas.pop(team, None)
 
@@ -210,14 +205,14 @@ class Teams:
         cached = self._quotas.get(team)
         if cached is not None and time.monotonic() - cached[0] < self.QUOTA_TTL_S:
             return cached[1]
-        team_raw, default_raw = self.r.mget(f"{_P}quota:team:{team}", f"{_P}quota:default")
+        team_raw, default_raw = self.r.mget(redis_keys.team_quota(team), redis_keys.DEFAULT_QUOTA)
         raw = team_raw or default_raw
         quota = TeamQuota.model_validate_json(raw) if raw else TeamQuota()
         self._quotas[team] = (time.monotonic(), quota)
         return quota
 
     def teams(self) -> list[str]:
-        return sorted(self.r.smembers(f"{_P}teams"))
+        return sorted(cast(set[str], self.r.smembers(redis_keys.TEAMS)))
 
     def add_team(self, team: str) -> None:
-        self.r.sadd(f"{_P}teams", valid_team(team))
+        self.r.sadd(redis_keys.TEAMS, valid_team(team))

@@ -1,0 +1,165 @@
+"""The registry's Lua scripts: each runs as one atomic step in Redis, so concurrent API replicas
+and workers never pass a quota or a slot limit together. Record fields are JSON-encoded
+(saeq.platform.job_model.encode); keys come in as KEYS, built by saeq.platform.redis_keys.
+"""
+
+# KEYS: job, team's active set, team's waiting set, dispatched-not-claimed set.
+# ARGV: max_running, dispatch_id, waiting score, job id, now. Fields are JSON-encoded (_encode).
+# Returns 1: dispatched; 0: no slot, waiting; -1: not queued, or already dispatched.
+DISPATCH = """
+local state = redis.call('hget', KEYS[1], 'state')
+if state ~= '"queued"' or redis.call('hget', KEYS[1], 'dispatched') == 'true' then
+  redis.call('zrem', KEYS[3], ARGV[4])
+  return -1
+end
+if redis.call('scard', KEYS[2]) >= tonumber(ARGV[1]) then
+  redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+  return 0
+end
+redis.call('hset', KEYS[1], 'dispatched', 'true', 'dispatch_id', '"' .. ARGV[2] .. '"')
+redis.call('sadd', KEYS[2], ARGV[4])
+redis.call('zrem', KEYS[3], ARGV[4])
+redis.call('zadd', KEYS[4], ARGV[5], ARGV[4])
+return 1
+"""
+
+
+# KEYS: 1 team's upload bytes, 2 its records, 3 the upload's owner, 4 the team's uploads in order,
+#   5 its recent reserves. ARGV: 1 id, 2 size, 3 max bytes, 4 record, 5 team, 6 order member,
+#   7 max uploads, 8 per minute, 9 now.
+RESERVE_UPLOAD = """
+local now = tonumber(ARGV[9])
+redis.call('zremrangebyscore', KEYS[5], '-inf', now - 60)
+if redis.call('zcard', KEYS[5]) >= tonumber(ARGV[8]) then
+  local oldest = redis.call('zrange', KEYS[5], 0, 0, 'WITHSCORES')
+  local wait = 60
+  if oldest[2] then wait = tonumber(oldest[2]) + 60 - now end
+  return {'rate', math.max(1, math.ceil(wait))}
+end
+local kept = redis.call('hlen', KEYS[2])
+if kept >= tonumber(ARGV[7]) then
+  return {'count', kept}
+end
+local used = tonumber(redis.call('get', KEYS[1]) or '0')
+if used + tonumber(ARGV[2]) > tonumber(ARGV[3]) then
+  return {'bytes', used}
+end
+redis.call('incrby', KEYS[1], ARGV[2])
+redis.call('hset', KEYS[2], ARGV[1], ARGV[4])
+redis.call('set', KEYS[3], ARGV[5])
+redis.call('zadd', KEYS[4], 0, ARGV[6])
+redis.call('zadd', KEYS[5], now, ARGV[1])
+redis.call('expire', KEYS[5], 61)
+return {'ok', used + tonumber(ARGV[2])}
+"""
+
+
+COMMIT_UPLOAD = """
+if redis.call('hget', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+
+RELEASE_UPLOAD = """
+local record = redis.call('hget', KEYS[2], ARGV[1])
+local size = 0
+if record then
+  size = cjson.decode(record)['size']
+  redis.call('hdel', KEYS[2], ARGV[1])
+  redis.call('decrby', KEYS[1], string.format('%d', size))
+  local created = string.format('%017.6f', cjson.decode(record)['created_at'] or 0)
+  redis.call('zrem', KEYS[4], created .. '/' .. ARGV[1])
+end
+redis.call('del', KEYS[3])
+return size
+"""
+
+
+# KEYS: 1 record, 2 its events, 3 all jobs, 4 team's jobs, 5 team's open, 6 team's active,
+#   7 team's ended, 8 team's recent submits, 9 idempotency key, 10 submit counters, 11 specs in the
+#   store, then per dependency: its dependents set, its record.
+# ARGV: 1 job id, 2 now, 3 max_queued, 4 max_stored, 5 submits_per_minute (-1: no limit), 6 request
+#   digest, 7 idempotency TTL (0: no key), 8 kind, 9 first event, 10 record key prefix, 11 spec in
+#   the store (1/0), 12... the record's field, value pairs.
+# Returns {status, id or seconds}: created, existing, conflict, rate (retry after), queued, stored,
+#   missing (index of a dependency whose record is gone).
+CREATE = """
+if redis.call('exists', KEYS[1]) == 1 then
+  return {'created', ARGV[1]}  -- a new id: this call ran already, and its answer was lost (retried)
+end
+local now = tonumber(ARGV[2])
+if ARGV[7] ~= '0' then
+  local seen = redis.call('get', KEYS[9])
+  if seen then
+    local id, digest = string.match(seen, '^(%x+) ?(%x*)$')
+    -- The earlier job's record key is built here: saeq's Redis is never a cluster.
+    if id and redis.call('exists', ARGV[10] .. id) == 1 then
+      if digest == '' or digest == ARGV[6] then return {'existing', id} end
+      return {'conflict', id}
+    end
+  end
+end
+local per_minute = tonumber(ARGV[5])
+if per_minute >= 0 then
+  redis.call('zremrangebyscore', KEYS[8], '-inf', now - 60)
+  if redis.call('zcard', KEYS[8]) >= per_minute then
+    local oldest = redis.call('zrange', KEYS[8], 0, 0, 'WITHSCORES')
+    local wait = 60
+    if oldest[2] then wait = tonumber(oldest[2]) + 60 - now end
+    return {'rate', tostring(math.max(1, math.ceil(wait)))}
+  end
+end
+local max_queued = tonumber(ARGV[3])
+if max_queued >= 0 and redis.call('scard', KEYS[5]) - redis.call('scard', KEYS[6]) >= max_queued then
+  return {'queued', ''}
+end
+local max_stored = tonumber(ARGV[4])
+if max_stored >= 0 and redis.call('zcard', KEYS[4]) - redis.call('zcount', KEYS[7], '-inf', ARGV[2]) >= max_stored then
+  return {'stored', ''}
+end
+for i = 12, #KEYS, 2 do
+  -- Expired or purged since the caller checked it: its dependents set would never expire.
+  if redis.call('exists', KEYS[i + 1]) == 0 then return {'missing', tostring((i - 12) / 2)} end
+end
+redis.call('hset', KEYS[1], unpack(ARGV, 12))
+redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
+redis.call('zadd', KEYS[4], ARGV[2], ARGV[1])
+redis.call('sadd', KEYS[5], ARGV[1])
+redis.call('hincrby', KEYS[10], ARGV[8], 1)
+redis.call('xadd', KEYS[2], 'MAXLEN', '~', '2000', '*', 'e', ARGV[9])
+if ARGV[11] == '1' then redis.call('sadd', KEYS[11], ARGV[1]) end
+if per_minute >= 0 then
+  redis.call('zadd', KEYS[8], ARGV[2], ARGV[1])
+  redis.call('expire', KEYS[8], 61)
+end
+if ARGV[7] ~= '0' then redis.call('set', KEYS[9], ARGV[1] .. ' ' .. ARGV[6], 'EX', ARGV[7]) end
+for i = 12, #KEYS, 2 do
+  redis.call('sadd', KEYS[i], ARGV[1])
+  -- A dependency that ended already expires: so does the set of its dependents.
+  local ttl = redis.call('pttl', KEYS[i + 1])
+  if ttl > 0 then redis.call('pexpire', KEYS[i], ttl) end
+end
+return {'created', ARGV[1]}
+"""
+
+
+HSET_EXISTING = """
+if redis.call('exists', KEYS[1]) == 1 then return redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end
+return 0
+"""
+
+
+# KEYS: the record, its events. ARGV: the entry (JSON).
+XADD_EXISTING = """
+if redis.call('exists', KEYS[1]) == 0 then return false end
+return redis.call('xadd', KEYS[2], 'MAXLEN', '~', '2000', '*', 'e', ARGV[1])
+"""
+
+
+RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
