@@ -1,0 +1,24 @@
+"""The sparse autoencoder: the model and its rules (model.py, architectures.py), its kernels
+(kernels.py) and its file formats (formats.py). `from saeq.ml.sae import SparseAutoencoder`."""
+
+from saeq.ml.sae.architectures import BatchTopKSae, JumpReluSae, ReluSae, TopKSae
+from saeq.ml.sae.formats import SAELENS_VERSION, load_sae, save_sae
+from saeq.ml.sae.kernels import JumpReLU, SparseCodes, Step, stable_order
+from saeq.ml.sae.model import SaeOutput, SparseAutoencoder, sae_class
+
+__all__ = [
+    "SAELENS_VERSION",
+    "BatchTopKSae",
+    "JumpReLU",
+    "JumpReluSae",
+    "ReluSae",
+    "SaeOutput",
+    "SparseAutoencoder",
+    "SparseCodes",
+    "Step",
+    "TopKSae",
+    "load_sae",
+    "sae_class",
+    "save_sae",
+    "stable_order",
+]
