@@ -11,7 +11,6 @@ from torch import nn
 from saeq.errors import NotFound
 from saeq.ml.models import builtin_gguf_path, builtin_model_dir, decoder_blocks, load_model
 from saeq.specs import ModelSpec
-
 from tests.saeq.conftest import build_tiny
 
 
@@ -106,3 +105,32 @@ def test_builtin_conversion_runs_once_and_survives_a_race(tmp_path, monkeypatch)
     monkeypatch.setattr(saeq.ml.models, "_convert_gguf", racing_convert)
     assert builtin_model_dir(tmp_path / "b") == winner
     assert [p.name for p in winner.parent.iterdir()] == [first.name]  # the loser's copy is gone
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_hookpoints_read_what_hidden_states_say_and_edit_changes_the_output(arch):
+    from saeq.ml import hookpoints
+
+    model = build_tiny(arch, n_layers=3)
+    ids = torch.randint(0, 512, (2, 7))
+    with torch.no_grad():
+        plain = model(ids, output_hidden_states=True)
+        seen: dict[str, torch.Tensor] = {}
+        with (
+            hookpoints.read(model, "blocks.1.hook_resid_pre", lambda x: seen.setdefault("pre", x.clone())),
+            hookpoints.read(model, "blocks.1.hook_resid_post", lambda x: seen.setdefault("post", x.clone())),
+        ):
+            again = model(ids)
+        # resid_pre of block i is hidden_states[i], resid_post hidden_states[i + 1]; reading changes nothing.
+        torch.testing.assert_close(seen["pre"], plain.hidden_states[1])
+        torch.testing.assert_close(seen["post"], plain.hidden_states[2])
+        torch.testing.assert_close(again.logits, plain.logits)
+        with hookpoints.edit(model, "blocks.1.hook_mlp_out", torch.zeros_like):
+            edited = model(ids).logits
+        assert not torch.allclose(edited, plain.logits)
+        torch.testing.assert_close(model(ids).logits, plain.logits)  # the edit is gone on exit
+        with (
+            pytest.raises(ValueError, match="the model has 3 blocks"),
+            hookpoints.read(model, "blocks.3.hook_resid_post", print),
+        ):
+            pass
