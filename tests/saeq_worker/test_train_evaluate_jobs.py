@@ -10,6 +10,7 @@ import torch
 from saeq import keys
 from saeq.client.client import ApiError
 from saeq.specs import EvaluateSpec, HarvestSpec, SaeConfig, TrainedSae, TrainSpec
+from tests.helpers import import_peer
 from tests.saeq_worker.conftest import HOOK
 
 pytestmark = pytest.mark.integration
@@ -29,7 +30,7 @@ def _train_spec(harvest_id: str, **kw) -> TrainSpec:
 
 
 def _download_saelens(client, train_id: str, name: str, dest) -> torch.nn.Module:
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = import_peer("sae_lens")
     files = client.download(train_id, dest, prefix=f"saes/{name}/saelens/")
     assert {p.name for p in files} == {"cfg.json", "sae_weights.safetensors"}
     return sae_lens.SAE.load_from_disk(str(files[0].parent), device="cpu")

@@ -37,7 +37,7 @@ def keys() -> None:
 @keys.command("new")
 def keys_new() -> None:
     """Print a fresh key without storing it anywhere (for SAEQ_BOOTSTRAP_ADMIN_KEY)."""
-    from saeq.platform.teams import new_key
+    from saeq.specs.api_keys import new_key
 
     click.echo(new_key()[1])
 

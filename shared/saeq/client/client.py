@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
-from saeq.platform.registry import TERMINAL
+from saeq import keys
+from saeq.retry import RetryCallState, retrying
+from saeq.specs.states import TERMINAL
 
 RETRY_STATUS = (502, 503, 504)
 """Answers that mean "not now" (a restarting API, Redis unreachable): worth repeating a request."""
@@ -87,19 +88,16 @@ class Client:
         """One API request; `retry` (default: GETs only) repeats it while the API is unavailable."""
         if retry is None:
             retry = method == "GET"
-        deadline = time.monotonic() + self.retry_for_s
-        for attempt in itertools.count():
-            try:
-                resp = self.http.request(method, path, **kw)
-            except _TRANSIENT:
-                if not retry or time.monotonic() > deadline:
-                    raise
-                pause = _backoff_s(attempt)
-            else:
-                if not (retry and resp.status_code in RETRY_STATUS and time.monotonic() < deadline):
-                    break
-                pause = _backoff_s(attempt, resp.headers.get("Retry-After"))
-            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        # Past the deadline the last error is raised, or the last 502/503/504 answered below.
+        policy = retrying(
+            f"{method} {path}",
+            deadline_s=self.retry_for_s,
+            is_transient=lambda e: isinstance(e, _TRANSIENT),
+            is_transient_result=lambda r: r.status_code in RETRY_STATUS,
+            once=not retry,
+            pause_s=_pause_s,
+        )
+        resp: httpx.Response = policy(self.http.request, method, path, **kw)
         if resp.status_code >= 400:
             try:
                 detail = resp.json().get("detail")
@@ -112,7 +110,7 @@ class Client:
         self,
         spec: dict | BaseModel,
         *,
-        depends_on: list[str] = (),
+        depends_on: Sequence[str] = (),
         name: str | None = None,
         idempotency_key: str | None = None,
         priority: int = 0,
@@ -237,7 +235,7 @@ class Client:
         dest = Path(dest)
         out = []
         for art in self.artifacts(job_id)["artifacts"]:
-            rel = art["key"].split(f"jobs/{job_id}/", 1)[1]
+            rel = art["key"].split(keys.job_prefix(job_id), 1)[1]
             if not rel.startswith(prefix):
                 continue
             target = dest / rel
@@ -252,8 +250,9 @@ class Client:
 
     def read(self, job_id: str, path: str) -> bytes:
         """One artifact's bytes, by its path relative to the job (e.g. `labels/labels.jsonl`)."""
-        key = f"jobs/{job_id}/{path}"
-        art = next((a for a in self.artifacts(job_id)["artifacts"] if a["key"] == key), None)
+        arts = self.artifacts(job_id)["artifacts"]  # first: a bad id is the API's 404, not a ValueError here
+        key = keys.job_prefix(job_id) + path
+        art = next((a for a in arts if a["key"] == key), None)
         if art is None:
             raise ApiError(404, f"job {job_id} has no artifact {path}")
         resp = httpx.get(art["url"], timeout=self.http.timeout)
@@ -319,12 +318,22 @@ class Client:
         return resp.json()
 
 
+def _pause_s(state: RetryCallState) -> float:
+    """The pause after a failed try: `_backoff_s`, honouring the Retry-After of a 502/503/504."""
+    outcome = state.outcome
+    answer = outcome.result() if outcome is not None and not outcome.failed else None
+    retry_after = answer.headers.get("Retry-After") if isinstance(answer, httpx.Response) else None
+    return _backoff_s(state.attempt_number - 1, retry_after)
+
+
 def _backoff_s(attempt: int, retry_after: str | None = None) -> float:
     """0.25 s doubling to 4 s, or what the server's Retry-After asks (at most 10 s)."""
-    try:
-        return min(10.0, float(retry_after))
-    except (TypeError, ValueError):
-        return min(4.0, 0.25 * 2**attempt)
+    if retry_after is not None:
+        try:
+            return min(10.0, float(retry_after))
+        except ValueError:
+            pass  # an HTTP date, or garbage: our own backoff
+    return min(4.0, 0.25 * 2**attempt)
 
 
 def _fmt(v: Any) -> str:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from saeq.ml.sae import SparseAutoencoder
+from tests.helpers import import_peer
 
 D, M = 16, 64
 
@@ -101,7 +102,7 @@ def test_folding_the_training_scale_makes_an_sae_for_raw_inputs(arch):
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu"])
 def test_saelens_loads_the_export_and_computes_the_same(arch, tmp_path):
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = import_peer("sae_lens")
     sae, x = random_sae(arch), inputs()
     sae.save(tmp_path, metadata={"hook_name": "blocks.1.hook_resid_post", "model_name": "tiny"})
     theirs = sae_lens.SAE.load_from_disk(tmp_path)
@@ -118,7 +119,7 @@ def test_saelens_loads_the_export_and_computes_the_same(arch, tmp_path):
 
 
 def test_sparsify_loads_the_export_and_computes_the_same(tmp_path):
-    pytest.importorskip("sparsify")
+    import_peer("sparsify")
     from sparsify import SparseCoder
 
     sae, x = random_sae("topk"), inputs()
@@ -139,7 +140,7 @@ def test_sparsify_loads_the_export_and_computes_the_same(tmp_path):
 def test_loads_saelens_configs_written_by_saelens_itself(tmp_path):
     """An SAELens TopK SAE trained with rescale_acts_by_decoder_norm, saved as SAELens saves it
     for training (unfolded), reads back as the same function."""
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = import_peer("sae_lens")
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
     theirs = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=M, k=5))
