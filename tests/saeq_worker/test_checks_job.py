@@ -11,6 +11,14 @@ import pytest
 
 from saeq.client.client import ApiError
 from saeq.specs import EvaluateSpec, LabelSpec
+from saeq.specs.manifests import (
+    EvaluateManifest,
+    HarvestManifest,
+    LabelManifest,
+    TrainManifest,
+    manifest_json,
+    parse_manifest,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +57,10 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     spec = EvaluateSpec(sae={"job_id": train_job["id"]}, max_tokens=1024, checks=_checks(label["id"], judge))
     done = client.wait(client.submit(spec)["id"], timeout=400)
     manifest = client.manifest(done["id"])
+    # What the workers publish reads back typed and writes back as the same JSON.
+    for job_id, model in ((label["id"], LabelManifest), (done["id"], EvaluateManifest)):
+        written = client.manifest(job_id)
+        assert json.dumps(parse_manifest(written, model, job_id=job_id, field="id").model_dump()) == json.dumps(written)
     summary = manifest["checks"]
     assert summary["specificity"]["n_features"] == 4 and summary["specificity"]["rater"].startswith("local:")
     assert set(summary["sensitivity"]) == {"fr", "es"}
@@ -151,6 +163,17 @@ def test_held_out_text_follows_the_harvests_document_order(
     assert ctx.corpus.first_doc == harvest_job_docs(store, harvest_job) + 1
     given = sae_context(EvaluateSpec(sae={"job_id": train_job["id"]}, seed=7, corpus={"name": "wiki-en"}), store)
     assert given.seed(7) == 7
+
+
+def test_harvest_and_train_manifests_read_back_typed_as_written(s3_srv, harvest_job, train_job):
+    from saeq.platform.store import S3Store
+
+    store = S3Store(s3_srv.endpoint, s3_srv.access_key, s3_srv.secret_key, s3_srv.bucket)
+    for job, model in ((harvest_job, HarvestManifest), (train_job, TrainManifest)):
+        raw = store.get(job["manifest_key"])
+        typed = parse_manifest(raw, model, job_id=job["id"], field="id")
+        assert typed.job_id == job["id"] and typed.format == 1
+        assert manifest_json(typed) == raw  # byte for byte: the worker wrote it from this model
 
 
 def harvest_job_docs(store, harvest_job) -> int:

@@ -18,6 +18,7 @@ from saeq.jobs.harvest import context_batches
 from saeq.ml.corpus import iter_documents
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import EvaluateSpec
+from saeq.specs.manifests import EvaluateManifest
 from saeq_worker.evaluate_checks import evaluate_checks
 from saeq_worker.resolve import cached_model, sae_context, sink_reference
 from saeq_worker.running import RunningJob
@@ -131,7 +132,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         "metrics_key": keys.report_file(job.id, "metrics.json"),
         "plots": [keys.report_file(job.id, n) for n in pngs],
     }
-    key = job.publish(manifest)
+    key = job.publish(EvaluateManifest.model_validate(manifest))
     m = result.metrics
     job.report(
         1.0,

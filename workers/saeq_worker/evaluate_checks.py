@@ -15,6 +15,7 @@ from saeq.ml.features import FeatureIndex
 from saeq.ml.scoring import EmbeddingScorer
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import EvaluateSpec
+from saeq.specs.manifests import HarvestManifest, LabelManifest, TrainManifest
 from saeq_worker.resolve import SaeContext, cached_model, chat_endpoint, read_published_manifest
 from saeq_worker.running import RunningJob
 
@@ -40,14 +41,14 @@ def evaluate_checks(
         }
         if checks.specificity is not None:
             chosen = dict(list(all_labels.items())[: checks.specificity.max_features])
-            index = FeatureIndex.from_bytes(job.store.get(manifest["index"]["key"]))
+            index = FeatureIndex.from_bytes(job.store.get(manifest.index.key))
             labelled = LabelContext(
                 chosen,
                 index,
                 token_pieces(lm.tokenizer),
                 _rater(checks.specificity.judge, job, lm, cache_dir, llm_endpoints),
-                manifest["spec"]["window_before"],
-                manifest["spec"]["window_after"],
+                manifest.spec["window_before"],
+                manifest.spec["window_after"],
             )
     result = run_checks(
         checks,
@@ -67,16 +68,18 @@ def evaluate_checks(
     return result
 
 
-def _label_records(store, label_job: str, ctx: SaeContext) -> tuple[list[dict], dict]:
-    manifest = read_published_manifest(store, label_job, "label", field="spec.checks", id_field="spec.checks.label_job")
-    theirs, ours = manifest["sae"], ctx.provenance
+def _label_records(store, label_job: str, ctx: SaeContext) -> tuple[list[dict], LabelManifest]:
+    manifest = read_published_manifest(
+        store, label_job, LabelManifest, field="spec.checks", id_field="spec.checks.label_job"
+    )
+    theirs, ours = manifest.sae, ctx.provenance
     same = all(theirs.get(k) == ours.get(k) for k in ("source", "job_id", "name", "path"))
     if not same:
         raise InvalidSpec(
             f"label job {label_job} labelled another SAE ({theirs}), not this one ({ours})",
             field="spec.checks.label_job",
         )
-    records = [json.loads(line) for line in store.get(manifest["labels_key"]).decode().splitlines() if line]
+    records = [json.loads(line) for line in store.get(manifest.labels_key).decode().splitlines() if line]
     if not records:
         raise InvalidSpec(f"label job {label_job} labelled no feature", field="spec.checks.label_job")
     return records, manifest
@@ -96,11 +99,11 @@ def _training_docs(store, ctx: SaeContext) -> set[int]:
     """Ids of the builtin English articles the SAE's harvest read (empty for other corpora)."""
     if ctx.provenance.get("source") != "job":
         return set()
-    train = read_published_manifest(store, ctx.provenance["job_id"], "train", field="spec.sae")
-    harvest = read_published_manifest(store, train["harvest"]["job_id"], "harvest", field="spec.sae")
-    corpus = harvest["corpus"]
+    train = read_published_manifest(store, ctx.provenance["job_id"], TrainManifest, field="spec.sae")
+    harvest = read_published_manifest(store, train.harvest.job_id, HarvestManifest, field="spec.sae")
+    corpus = harvest.corpus
     if corpus.get("source") != "builtin" or corpus.get("name") != "wiki-en":
         return set()
-    order = builtin_order("wiki-en", harvest["spec"]["seed"])
+    order = builtin_order("wiki-en", harvest.spec["seed"])
     first = corpus.get("first_doc", 0)
     return set(order[first : first + corpus["n_docs_used"] + 1])  # +1: the last may be cut short

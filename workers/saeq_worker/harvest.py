@@ -14,6 +14,7 @@ from saeq.ml.models import LoadedModel
 from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
 from saeq.platform.store import AlreadyExists, ObjectStore
 from saeq.specs import HarvestSpec
+from saeq.specs.manifests import HarvestManifest
 from saeq_worker.resolve import cached_model
 from saeq_worker.running import RunningJob
 
@@ -82,7 +83,7 @@ def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
             field="spec.corpus",
         )
     manifest = _manifest(job, spec, lm, shards, tokens)
-    key = job.publish(manifest)
+    key = job.publish(HarvestManifest.model_validate(manifest))
     elapsed = time.monotonic() - t0
     job.report(
         1.0,

@@ -28,6 +28,7 @@ from saeq.ml.scoring import EmbeddingScorer
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import LabelSpec
 from saeq.specs import LocalLLM as LocalLLMSpec
+from saeq.specs.manifests import LabelManifest
 from saeq_worker.feature_pages import write_feature_pages
 from saeq_worker.resolve import cached_model, chat_endpoint, sae_context, sink_reference
 from saeq_worker.running import RunningJob
@@ -145,7 +146,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         "browser": pages,
         "labelling_s": time.monotonic() - t0,
     }
-    key = job.publish(manifest)
+    key = job.publish(LabelManifest.model_validate(manifest))
     job.report(1.0, "done", f"{len(features)} features labelled by {len(explainers)} explainer(s)", force=True)
     return key
 

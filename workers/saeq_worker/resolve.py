@@ -24,6 +24,7 @@ from saeq.platform.admission import check_local_paths, resolve_endpoint
 from saeq.platform.settings import LlmEndpoint
 from saeq.platform.store import AlreadyExists, MissingObject, ObjectStore
 from saeq.specs import CorpusSpec, EndpointLLM, ModelSpec
+from saeq.specs.manifests import HarvestManifest, M, TrainManifest, parse_manifest
 from saeq_worker.celery_app import settings
 
 
@@ -35,47 +36,44 @@ def cached_model(spec: ModelSpec, device: str, cache_dir: str) -> LoadedModel:
 
 
 def read_published_manifest(
-    store: ObjectStore, job_id: str, kind: str, *, field: str, id_field: str | None = None
-) -> dict:
-    """The manifest of a `kind` job whose output this job reads; NotFound while it is unpublished.
+    store: ObjectStore, job_id: str, model: type[M], *, field: str, id_field: str | None = None
+) -> M:
+    """The manifest of a job whose output this job reads, as its kind's `model`; NotFound while it
+    is unpublished, InvalidSpec when it is of another kind or format (saeq.specs.manifests).
     Errors name `id_field`, by default `{field}.job_id`."""
     try:
-        manifest = json.loads(store.get(keys.manifest(job_id)))
+        data = store.get(keys.manifest(job_id))
     except MissingObject:
         raise NotFound(
-            f"{kind} job {job_id} has published no output (it does not exist, or it has "
+            f"{model.KIND} job {job_id} has published no output (it does not exist, or it has "
             "not finished: list it in depends_on to wait for it)",
             field=id_field or f"{field}.job_id",
         ) from None
-    if manifest.get("kind") != kind:
-        raise InvalidSpec(
-            f"job {job_id} is a {manifest.get('kind')} job, not a {kind} job", field=id_field or f"{field}.job_id"
-        )
-    return manifest
+    return parse_manifest(data, model, job_id=job_id, field=id_field or f"{field}.job_id")
 
 
-def read_harvest_manifest(store: ObjectStore, job_id: str, hook: str, *, field: str) -> dict:
+def read_harvest_manifest(store: ObjectStore, job_id: str, hook: str, *, field: str) -> HarvestManifest:
     """The published manifest of a harvest, checked to hold `hook`."""
-    manifest = read_published_manifest(store, job_id, "harvest", field=field)
-    if hook not in manifest["hooks"]:
+    manifest = read_published_manifest(store, job_id, HarvestManifest, field=field)
+    if hook not in manifest.hooks:
         raise InvalidSpec(
-            f"harvest {job_id} has no hook {hook!r}; it has {sorted(manifest['hooks'])}", field=f"{field}.hook"
+            f"harvest {job_id} has no hook {hook!r}; it has {sorted(manifest.hooks)}", field=f"{field}.hook"
         )
     return manifest
 
 
 def load_trained_sae(
     store: ObjectStore, job_id: str, name: str | None, *, field: str
-) -> tuple[SparseAutoencoder, str, dict]:
+) -> tuple[SparseAutoencoder, str, TrainManifest]:
     """(SAE, its name, the train manifest) of a train job's output."""
-    manifest = read_published_manifest(store, job_id, "train", field=field)
-    name = name or next(iter(manifest["saes"]))
-    if name not in manifest["saes"]:
+    manifest = read_published_manifest(store, job_id, TrainManifest, field=field)
+    name = name or next(iter(manifest.saes))
+    if name not in manifest.saes:
         raise InvalidSpec(
-            f"train job {job_id} has no SAE {name!r}; it has {sorted(manifest['saes'])}", field=f"{field}.name"
+            f"train job {job_id} has no SAE {name!r}; it has {sorted(manifest.saes)}", field=f"{field}.name"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        prefix = manifest["saes"][name]["saelens"]
+        prefix = manifest.saes[name].saelens
         for info in store.list(prefix):
             store.get_file(info.key, Path(tmp, info.key.rsplit("/", 1)[1]))
         return SparseAutoencoder.load(tmp), name, manifest
@@ -106,25 +104,23 @@ def sae_context(spec, store: ObjectStore) -> SaeContext:
     label, steer): what the spec names, falling back to the SAE's train and harvest manifests."""
     if spec.sae.source == "job":
         sae, name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
-        harvest = train["harvest"]
-        model = spec.model or ModelSpec(
-            **{k: harvest["model"].get(k) for k in ("name", "revision", "gguf_file", "dtype")}
-        )
+        harvest = train.harvest
+        model = spec.model or ModelSpec(**{k: harvest.model.get(k) for k in ("name", "revision", "gguf_file", "dtype")})
         # The harvest's model passed the roots when it ran; the deployment may allow fewer since.
         check_local_paths(model, settings.local_path_roots, prefix="spec.model")
         corpus, corpus_seed = getattr(spec, "corpus", None), None
         if corpus is None:
-            corpus = held_out_corpus(harvest["corpus"])
-            harvested = read_published_manifest(store, harvest["job_id"], "harvest", field="spec.sae")
-            corpus_seed = harvested["spec"]["seed"]
+            corpus = held_out_corpus(harvest.corpus)
+            harvested = read_published_manifest(store, harvest.job_id, HarvestManifest, field="spec.sae")
+            corpus_seed = harvested.spec["seed"]
         return SaeContext(
             sae,
             name,
             model,
-            spec.hook or harvest["hook"],
+            spec.hook or harvest.hook,
             corpus,
-            getattr(spec, "context_len", None) or harvest["context_len"],
-            harvest["sinks"],
+            getattr(spec, "context_len", None) or harvest.context_len,
+            harvest.sinks,
             {
                 "source": "job",
                 "job_id": spec.sae.job_id,

@@ -3,7 +3,6 @@ progress, error mapping, finishing, and starting the jobs that waited for it."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from pydantic import BaseModel
 
 from saeq import keys
 from saeq.errors import Cancelled, JobError, OutOfMemory, TimeLimitExceeded
@@ -23,6 +23,7 @@ from saeq.platform.registry import Registry, Send, after_finish, time_limit_mess
 from saeq.platform.store import ObjectStore
 from saeq.platform.teams import TeamQuota
 from saeq.specs import parse_spec
+from saeq.specs.manifests import manifest_json
 from saeq_worker.metrics import CountingStore, JobMeter
 
 log = logging.getLogger("saeq.worker")
@@ -90,12 +91,12 @@ class RunningJob:
         """The per-job limits of the job's team, as they stand now."""
         return self.registry.teams.quota(self.team)
 
-    def publish(self, manifest: dict) -> str:
-        """Write the job's manifest, the last object it writes: readers take a manifest as the sign
-        that every object it names is complete. Write-once (the store refuses a second); -> its key,
-        for `body` to return."""
+    def publish(self, manifest: BaseModel) -> str:
+        """Write the job's manifest (saeq.specs.manifests), the last object it writes: readers take
+        a manifest as the sign that every object it names is complete. Write-once (the store
+        refuses a second); -> its key, for `body` to return."""
         key = keys.manifest(self.id)
-        self.store.put(key, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+        self.store.put(key, manifest_json(manifest), content_type="application/json")
         return key
 
     def event(self, phase: str, message: str, **figures: Any) -> None:

@@ -16,6 +16,7 @@ from saeq.errors import InvalidSpec, JobError
 from saeq.jobs.steer import FeatureEdit, chat_prompt, check_edits, generate, side_effects
 from saeq.platform.store import ObjectStore
 from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
+from saeq.specs.manifests import LabelManifest, SteerManifest
 from saeq_worker.resolve import SaeContext, cached_model, read_published_manifest, sae_context
 from saeq_worker.running import RunningJob
 
@@ -99,7 +100,7 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
         "n_completions": len(rows),
         "summary": _summary(rows),
     }
-    mkey = job.publish(manifest)
+    mkey = job.publish(SteerManifest.model_validate(manifest))
     job.report(1.0, "done", f"{len(rows)} steered completions", force=True)
     return mkey
 
@@ -133,9 +134,9 @@ def _summary(rows: list[dict]) -> list[dict]:
 
 def _labels(store: ObjectStore, label_job: str) -> dict[int, str]:
     """feature -> label, preferring the label with the best detection AUC among explainers."""
-    manifest = read_published_manifest(store, label_job, "label", field="spec", id_field="spec.label_job")
+    manifest = read_published_manifest(store, label_job, LabelManifest, field="spec", id_field="spec.label_job")
     best: dict[int, tuple[float, str]] = {}
-    for line in store.get(manifest["labels_key"]).decode().splitlines():
+    for line in store.get(manifest.labels_key).decode().splitlines():
         r = json.loads(line)
         auc = (r["scores"].get("detection") or r["scores"].get("embedding") or {}).get("auc") or 0.0
         if r["feature"] not in best or auc > best[r["feature"]][0]:
@@ -289,8 +290,8 @@ def search_labels(
     return {
         "label_job": search.label_job,
         "query": search.query,
-        "sae": manifest["sae"],
-        "hook": manifest["hook"],
+        "sae": manifest.sae,
+        "hook": manifest.hook,
         "results": [
             {
                 "feature": r["feature"],
@@ -310,9 +311,9 @@ def search_labels(
 def _embed_labels(store: ObjectStore, label_job: str, embedder, check: Callable[[], None]) -> tuple:
     import torch
 
-    manifest = read_published_manifest(store, label_job, "label", field="label_job")
+    manifest = read_published_manifest(store, label_job, LabelManifest, field="label_job")
     check()
-    lines = store.get(manifest["labels_key"]).decode().splitlines()
+    lines = store.get(manifest.labels_key).decode().splitlines()
     records = [json.loads(line) for line in lines[:MAX_SEARCH_LABELS]]
     texts = [f"{r['label']}: {r['description']}" for r in records]
     parts = []

@@ -14,6 +14,7 @@ from saeq.jobs.train import TrainProgress, TrainState, train_from_harvest
 from saeq.platform.store import AlreadyExists, ObjectStore
 from saeq.specs import TrainSpec
 from saeq.specs.costs import check_quota
+from saeq.specs.manifests import TrainManifest
 from saeq_worker.resolve import read_harvest_manifest
 from saeq_worker.running import RunningJob
 
@@ -37,7 +38,7 @@ def run_train(job: RunningJob) -> str:
     spec: TrainSpec = job.spec
     store = job.store
     harvest = read_harvest_manifest(store, spec.activations.job_id, spec.activations.hook, field="spec.activations")
-    _check_quota(spec, harvest["hooks"][spec.activations.hook]["d_model"], job)
+    _check_quota(spec, harvest.hooks[spec.activations.hook].d_model, job)
     resume = _latest_checkpoint(store, job.id)
     if resume is not None:
         job.event("resumed", f"resuming from the checkpoint at {resume.tokens:,} tokens")
@@ -63,7 +64,7 @@ def run_train(job: RunningJob) -> str:
 
     result = train_from_harvest(
         spec,
-        harvest,
+        harvest.model_dump(),
         store.get,
         device=job.device,
         resume=resume,
@@ -78,9 +79,9 @@ def run_train(job: RunningJob) -> str:
         for name, sae in result.saes.items():
             metadata = {
                 "hook_name": spec.activations.hook,
-                "model_name": harvest["model"]["name"],
-                "context_size": harvest["context_len"],
-                "prepend_bos": harvest["prepend_bos"],
+                "model_name": harvest.model["name"],
+                "context_size": harvest.context_len,
+                "prepend_bos": harvest.prepend_bos,
                 "saeq_job_id": job.id,
                 "harvest_job_id": spec.activations.job_id,
             }
@@ -105,11 +106,11 @@ def run_train(job: RunningJob) -> str:
         "harvest": {
             "job_id": spec.activations.job_id,
             "hook": spec.activations.hook,
-            "model": harvest["model"],
-            "context_len": harvest["context_len"],
-            "prepend_bos": harvest["prepend_bos"],
-            "corpus": harvest["corpus"],
-            "sinks": harvest["hooks"][spec.activations.hook]["sinks"],
+            "model": harvest.model,
+            "context_len": harvest.context_len,
+            "prepend_bos": harvest.prepend_bos,
+            "corpus": harvest.corpus,
+            "sinks": harvest.hooks[spec.activations.hook].sinks,
         },
         "saes": {
             name: {
@@ -127,7 +128,7 @@ def run_train(job: RunningJob) -> str:
         "result": figures,
         "files": files,
     }
-    key = job.publish(manifest)
+    key = job.publish(TrainManifest.model_validate(manifest))
     first = next(iter(figures["saes"].values()))
     job.report(
         1.0,
