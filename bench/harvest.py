@@ -8,6 +8,7 @@ harvest reaches >= 90% of the bare pass. Usage: python bench/harvest.py [--batch
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import statistics
@@ -77,7 +78,7 @@ def main() -> None:
     wall = {"harvest": [], "bare": []}
     cpu = {"harvest": [], "bare": []}
     for i, ids_BT in enumerate(batches):
-        steps = [("harvest", harvest_step), ("bare", lambda: bare_step(ids_BT))]
+        steps = [("harvest", harvest_step), ("bare", functools.partial(bare_step, ids_BT))]
         out = {}
         for name, step in steps if i % 2 == 0 else steps[::-1]:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -86,7 +87,7 @@ def main() -> None:
                 wall[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0)
         assert torch.equal(out["harvest"], out["bare"])  # same numbers, not just the same speed
-    ratios = [b / h for b, h in zip(wall["bare"], wall["harvest"])]
+    ratios = [b / h for b, h in zip(wall["bare"], wall["harvest"], strict=True)]
     dt_h, dt_b = sum(wall["harvest"]), sum(wall["bare"])
     cpu_h, cpu_b = sum(cpu["harvest"]), sum(cpu["bare"])
 

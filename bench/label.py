@@ -16,6 +16,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -52,12 +53,12 @@ def trained_sae(cache: Path, tokens: int):
     from bench.train import BENCH_JOB, harvest
     from saeq.jobs.train import train_from_harvest
     from saeq.platform.store import LocalStore
-    from saeq.specs import SaeConfig, TrainSpec
+    from saeq.specs import ActivationsRef, SaeConfig, TrainSpec
 
     root = cache / "store"
     manifest = harvest(root, 17 * 16_384)
     spec = TrainSpec(
-        activations={"job_id": BENCH_JOB, "hook": HOOK},
+        activations=ActivationsRef(job_id=BENCH_JOB, hook=HOOK),
         saes=[SaeConfig(expansion_factor=8, k=32)],
         total_tokens=tokens,
         checkpoint_every_tokens=None,
@@ -87,7 +88,7 @@ def main() -> None:
     from saeq.ml.models import load_model
     from saeq.ml.sae import SparseAutoencoder
     from saeq.ml.scoring import EmbeddingScorer
-    from saeq.specs import BuiltinCorpus, LabelSpec, ModelSpec
+    from saeq.specs import BuiltinCorpus, LabelSpec, ModelSpec, TrainedSae
 
     torch.manual_seed(0)
     if args.sae:
@@ -111,19 +112,26 @@ def main() -> None:
     index = build_feature_index(sae, lm, HOOK, batches, sinks=sinks)
     t_index = time.perf_counter() - t0
 
-    spec = LabelSpec(sae={"job_id": "0" * 32}, n_most_active=args.features, n_score_examples=args.score_examples)
+    spec = LabelSpec(sae=TrainedSae(job_id="0" * 32), n_most_active=args.features, n_score_examples=args.score_examples)
     features = select_features(index, spec)
     decode = token_pieces(lm.tokenizer)
 
     llm = Timed(LocalLLM(lm), ("generate", "yes_probability"))
     embedder = Timed(EmbeddingScorer(), ("score",))
+    # Timed stands in for what it wraps (same methods), hence the casts.
     explainers = [
-        LocalExplainer(llm, decode, 24, "local"),
+        LocalExplainer(cast(LocalLLM, llm), decode, 24, "local"),
         MetadataExplainer(lambda ids: document_info(corpus, ids), decode),
     ]
     t0 = time.perf_counter()
     records = label_features(
-        index, features, spec, explainers=explainers, judge=LocalJudge(llm, "local"), embedder=embedder, decode=decode
+        index,
+        features,
+        spec,
+        explainers=explainers,
+        judge=LocalJudge(cast(LocalLLM, llm), "local"),
+        embedder=cast(EmbeddingScorer, embedder),
+        decode=decode,
     )
     t_label = time.perf_counter() - t0
 

@@ -252,8 +252,11 @@ def train_sparsify(table: torch.Tensor, order: Order, spec, turns: Turns):
         )
         torch.manual_seed(0)
         lm = _TableLM(table, turns)
-        trainer = Trainer(tc, dataset, lm)
-        lm.layers[0].armed = True
+        # A list of dicts and a stand-in model: all that sparsify's Trainer reads of a dataset and a model.
+        trainer = Trainer(tc, dataset, lm)  # pyright: ignore[reportArgumentType]
+        rows = lm.layers[0]
+        assert isinstance(rows, _Rows)
+        rows.armed = True
         trainer.fit()
         turns.finish()
     return trainer
@@ -292,7 +295,9 @@ def train_saelens(table: torch.Tensor, order: Order, spec, turns: Turns):
         trainer.n_training_steps += 1
         turns.end()
     turns.finish()
-    sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
+    scaling_factor = trainer.activation_scaler.scaling_factor
+    assert scaling_factor is not None  # fit() estimated it (normalize_activations="expected_average_only_in")
+    sae.fold_activation_norm_scaling_factor(scaling_factor)
     return trainer
 
 
@@ -317,7 +322,7 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
 
     from saeq.jobs.train import harvest_data
     from saeq.platform.store import LocalStore
-    from saeq.specs import SaeConfig, TrainSpec
+    from saeq.specs import ActivationsRef, SaeConfig, TrainSpec
 
     devnull = os.open(os.devnull, os.O_WRONLY)  # the peers' progress bars and prints
     os.dup2(devnull, 1)
@@ -326,7 +331,7 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
         root = Path(args.cache) / ("synthetic" if args.synthetic else "store")
         manifest = json.loads(LocalStore(root).get(f"jobs/{BENCH_JOB}/manifest.json"))
         spec = TrainSpec(
-            activations={"job_id": BENCH_JOB, "hook": HOOK},
+            activations=ActivationsRef(job_id=BENCH_JOB, hook=HOOK),
             saes=[SaeConfig(d_sae=D_SAE, k=K)],
             total_tokens=args.tokens,
             batch_size=BATCH,
@@ -395,9 +400,9 @@ def compare(args, names: list[str]) -> list[dict]:
 def acceptance(manifest: dict, store) -> dict:
     """saeq's default TrainSpec on the harvest, as a user would run it."""
     from saeq.jobs.train import train_from_harvest
-    from saeq.specs import TrainSpec
+    from saeq.specs import ActivationsRef, TrainSpec
 
-    spec = TrainSpec(activations={"job_id": BENCH_JOB, "hook": HOOK}, checkpoint_every_tokens=None)
+    spec = TrainSpec(activations=ActivationsRef(job_id=BENCH_JOB, hook=HOOK), checkpoint_every_tokens=None)
     t0 = time.perf_counter()
     result = train_from_harvest(
         spec,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 
 import pytest
 
@@ -60,6 +61,6 @@ def stack(tmp_path_factory, redis_srv, s3_srv):
 
 
 @pytest.fixture
-def client(stack) -> Client:
+def client(stack) -> Iterator[Client]:
     with Client(stack.url, api_key=stack.admin_key, timeout=60) as c:
         yield c

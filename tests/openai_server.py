@@ -159,7 +159,7 @@ class OpenAIServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._server is not None:
+        if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(timeout=5)
             self._server = self._thread = None

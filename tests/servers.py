@@ -19,9 +19,10 @@ import subprocess
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 HOST = "127.0.0.1"
 
@@ -261,7 +262,9 @@ def weed_ports() -> dict[str, int]:
             socks = [stack.enter_context(socket.socket()) for _ in WEED_PORT_FLAGS]
             for s in socks[:-1]:
                 s.bind((HOST, 0))
-            ports = dict(zip(WEED_PORT_FLAGS, (s.getsockname()[1] for s in socks[:-1])))
+            ports: dict[str, int] = dict(
+                zip(WEED_PORT_FLAGS[:-1], (s.getsockname()[1] for s in socks[:-1]), strict=True)
+            )
             ports["admin.port.grpc"] = ports["admin.port"] + 10000
             try:
                 socks[-1].bind((HOST, ports["admin.port.grpc"]))
@@ -428,7 +431,15 @@ def _log_path(log_dir: str | Path | None, work: Path, name: str) -> Path:
     return Path(log_dir).resolve() / name
 
 
-def _start_retrying(make, attempts: int = 3):
+class _Server(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> object: ...
+
+
+_S = TypeVar("_S", bound=_Server)
+
+
+def _start_retrying(make: Callable[[], _S], attempts: int = 3) -> _S:
     """Start `make()`; a port taken between `free_port` and bind costs a retry on new ports."""
     for attempt in range(attempts):
         srv = make()
@@ -439,3 +450,4 @@ def _start_retrying(make, attempts: int = 3):
             srv.stop()
             if attempt == attempts - 1 or "address already in use" not in str(e).lower():
                 raise
+    raise ValueError(f"attempts must be at least 1, not {attempts}")  # the last attempt returns or raises

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from saeq.platform.settings import PlatformSettings
 from tests.deploy.test_manifests import ROOT, compose, pod_specs, rendered
 
-SAEQ_PODS = {"saeq-api", "saeq-worker-cpu", "saeq-worker-gpu", "saeq-worker-steer"}
+SAEQ_PODS = {"saeq-api", "saeq-worker-gpu", "saeq-worker-steer"}
 
 
 def _problem(key: str) -> str | None:
@@ -45,5 +45,7 @@ def test_compose_requires_a_signing_key_and_refuses_the_examples_placeholder():
     services = compose()["services"]
     for name in ("api", "worker-cpu", "worker-gpu"):
         assert services[name]["environment"]["SAEQ_SIGNING_KEY"] == "${SAEQ_SIGNING_KEY:?set SAEQ_SIGNING_KEY in .env}"
-    example = re.search(r"^SAEQ_SIGNING_KEY=(.*)$", (ROOT / ".env.example").read_text(), re.M).group(1)
+    line = re.search(r"^SAEQ_SIGNING_KEY=(.*)$", (ROOT / ".env.example").read_text(), re.M)
+    assert line, ".env.example sets no SAEQ_SIGNING_KEY"
+    example = line.group(1)
     assert _problem(example) is not None  # copying .env.example unchanged does not start a forgeable stack

