@@ -18,6 +18,7 @@ from saeq.errors import StoreError
 from saeq.platform.dispatch import make_celery, sender, waiting_dispatches
 from saeq.platform.registry import Registry, after_finish, start_waiting
 from saeq.platform.settings import open_store
+from saeq.specs import load_plugins
 from saeq_api.deps import Services
 from saeq_api.limits import BodySizeLimit, body_limits
 from saeq_api.metrics import CachedScrape, make_registry
@@ -25,6 +26,7 @@ from saeq_api.routes import admin, browser, files, jobs, live, uploads
 from saeq_api.settings import ApiSettings
 from saeq_api.web import SecurityHeaders, docs_router
 
+load_plugins()  # SAEQ_PLUGINS: SAE architectures, before any spec is validated or the schema built
 log = logging.getLogger("saeq.api")
 
 

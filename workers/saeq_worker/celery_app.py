@@ -20,9 +20,11 @@ from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 
 from saeq.platform.dispatch import make_celery
 from saeq.platform.settings import InsecureSettings
+from saeq.specs import load_plugins
 from saeq_worker import liveness, metrics
 from saeq_worker.settings import WorkerSettings
 
+load_plugins()  # SAEQ_PLUGINS: SAE architectures, the same the API loaded
 settings = WorkerSettings()
 # A relative path the operator gave means the directory the worker was started in, not the private
 # one it moves to (_private_working_directory).

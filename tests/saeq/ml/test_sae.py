@@ -114,7 +114,7 @@ def test_saelens_loads_the_export_and_computes_the_same(arch, tmp_path):
         torch.testing.assert_close(theirs(x), sae.decode(sae.encode(x)), atol=1e-5, rtol=1e-5)
     back = SparseAutoencoder.load(tmp_path)
     assert (back.architecture, back.k) == (arch, sae.k)
-    for (name, a), b in zip(sae.state_dict().items(), back.state_dict().values()):
+    for (name, a), b in zip(sae.state_dict().items(), back.state_dict().values(), strict=True):
         assert torch.equal(a, b), name  # lossless
 
 
@@ -131,7 +131,7 @@ def test_sparsify_loads_the_export_and_computes_the_same(tmp_path):
         torch.testing.assert_close(dense, sae.encode(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(theirs(x).sae_out, sae.decode(sae.encode(x)), atol=1e-5, rtol=1e-5)
     back = SparseAutoencoder.load(tmp_path)
-    for (name, a), b in zip(sae.state_dict().items(), back.state_dict().values()):
+    for (name, a), b in zip(sae.state_dict().items(), back.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="TopK"):
         random_sae("relu").save(tmp_path / "relu", "sparsify")
@@ -154,3 +154,37 @@ def test_loads_saelens_configs_written_by_saelens_itself(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours.decode(ours.encode(x)), theirs(x), atol=1e-4, rtol=1e-4)
     assert sae_lens is not None
+
+
+def test_each_architecture_is_its_own_class_found_by_name():
+    from saeq.ml.sae import BatchTopKSae, JumpReluSae, ReluSae, TopKSae
+
+    built = {arch: type(random_sae(arch)) for arch in ("topk", "batchtopk", "jumprelu", "relu")}
+    assert built == {"topk": TopKSae, "batchtopk": BatchTopKSae, "jumprelu": JumpReluSae, "relu": ReluSae}
+    with pytest.raises(ValueError, match=r"unknown architecture 'gated'; one of \('topk', 'batchtopk'"):
+        SparseAutoencoder(D, M, "gated")
+    with pytest.raises(ValueError, match="TopKSae is architecture 'topk', not 'relu'"):
+        TopKSae(D, M, "relu", k=4)
+
+
+def test_a_plugin_architecture_trains_saves_and_loads_as_its_own_class(tmp_path):
+    from saeq.specs import SAE_ARCHITECTURES, SaeConfig, load_plugins
+    from tests.plugins.toy_sae_model import CAP, ToySae
+
+    assert load_plugins("tests.plugins.toy_sae") == ["tests.plugins.toy_sae"]
+    load_plugins("tests.plugins.toy_sae")  # loading twice is harmless
+    assert "toy" in SAE_ARCHITECTURES and SaeConfig(architecture="toy").architecture == "toy"
+    with pytest.raises(ValueError, match="k applies to architecture topk or batchtopk, not toy"):
+        SaeConfig(architecture="toy", k=4)
+    sae = SparseAutoencoder(D, M, "toy", generator=torch.Generator().manual_seed(0))
+    assert type(sae) is ToySae and sae.k is None
+    x = inputs()
+    out = sae(x)
+    out.mse.backward()
+    assert sae.W_enc.grad is not None and float(out.codes.detach().max()) <= CAP
+    sae.save(tmp_path)
+    assert json.loads((tmp_path / "cfg.json").read_text())["architecture"] == "saeq:toy"
+    back = SparseAutoencoder.load(tmp_path)
+    assert type(back) is ToySae
+    with torch.no_grad():
+        torch.testing.assert_close(back.encode(x), sae.encode(x))
