@@ -75,6 +75,12 @@ FORBIDDEN = [
     ),
     ("shared/saeq/client/client.py", "import redis", "client-http-only", "saeq.client.client -> redis"),
     ("workers/saeq_worker/running.py", "import saeq_api", "services-apart", "saeq_worker.running -> saeq_api"),
+    (
+        "workers/saeq_worker/label.py",
+        "from saeq_worker import evaluate",
+        "worker-adapters-apart",
+        "saeq_worker.label -> saeq_worker.evaluate",
+    ),
 ]
 
 
