@@ -25,6 +25,7 @@ import httpx
 
 # The stack file's reader lives with the client; demo and the CLI import these two from here too.
 from saeq.client.stack_file import saeq_home, stack_info_path
+from saeq.specs.api_keys import new_key
 
 
 def free_port() -> int:
@@ -83,8 +84,6 @@ class LocalStack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.url = f"http://127.0.0.1:{opts.port}"
         self.logs = opts.home / "logs"
-        from saeq.platform.teams import new_key
-
         self.admin_key = opts.admin_key or os.environ.get("SAEQ_BOOTSTRAP_ADMIN_KEY") or new_key()[1]
         self.signing_key = secrets.token_hex(32)  # per stack: links of an earlier one stop working
         self.redis_password = secrets.token_hex(24)  # hex: it goes into a URL as it is
