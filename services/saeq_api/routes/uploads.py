@@ -16,9 +16,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response, UploadFile
 
 from saeq import keys
-from saeq.ml.corpus import validate_upload
 from saeq.platform.registry import new_id
 from saeq.platform.teams import TeamQuota
+from saeq.specs.uploads import validate_upload
 from saeq_api.deps import Caller, Services, services
 from saeq_api.schemas import UploadList, UploadPublic, errors
 from saeq_api.submit import unprocessable

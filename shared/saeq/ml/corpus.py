@@ -2,7 +2,7 @@
 
 A document's `doc_id` is its index in the source's own order (JSON key order, dataset row,
 document within the upload), so it stays valid whatever order documents are read in. Imports no
-torch: the API calls `validate_upload` at upload time.
+torch. An upload's format, which the API checks at upload time, is saeq.specs.uploads.
 """
 
 from __future__ import annotations
@@ -10,25 +10,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import io
 import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from saeq import keys
 from saeq.errors import InvalidSpec, NotFound
 from saeq.specs import BuiltinCorpus, CorpusSpec, HubCorpus, UploadCorpus
+from saeq.specs.uploads import UPLOAD_SUFFIXES as UPLOAD_SUFFIXES  # re-exported: saeq.ml.corpus's users
+from saeq.specs.uploads import UploadError, parse_upload
+from saeq.specs.uploads import validate_upload as validate_upload  # re-exported for its old callers
 
 _BUILTIN_FILES = {
     "wiki-en": "summaries_en-us.json",
     "wiki-fr": "summaries_fr-fr.json",
     "wiki-es": "summaries_es-es.json",
 }
-UPLOAD_SUFFIXES = (".txt", ".jsonl")
 
 
 @dataclass(frozen=True)
@@ -250,82 +250,7 @@ def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-# --- uploads -----------------------------------------------------------------------------------
-
-
-class UploadError(ValueError):
-    """An uploaded file that is not a corpus. `field` is "text_field" when that field is at fault."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-
-def validate_upload(filename: str, data: bytes | BinaryIO, text_field: str) -> int:
-    """Number of documents in an uploaded file, read line by line (a file object is never held
-    whole); ValueError saying what is wrong and on which line."""
-    if filename.endswith(".txt"):
-        n, in_doc = 0, False  # count blocks without keeping their text
-        for _, line in _upload_lines(filename, data):
-            if _BLANK_LINE.fullmatch(line):
-                in_doc = False
-            elif not in_doc and line.strip():
-                n, in_doc = n + 1, True
-    else:
-        n = sum(1 for _ in parse_upload(filename, data, text_field))
-    if n == 0:
-        raise UploadError(f"{filename}: no documents found")
-    return n
-
-
-def parse_upload(
-    filename: str, data: bytes | BinaryIO, text_field: str
-) -> Iterator[tuple[str, str | None, str | None]]:
-    """(text, title, topic) per non-empty document of a .txt (blank-line separated) or .jsonl file."""
-    lines = _upload_lines(filename, data)
-    if filename.endswith(".txt"):
-        block: list[str] = []
-        for _, line in itertools.chain(lines, [(0, "")]):  # a blank line after the last ends it
-            if not _BLANK_LINE.fullmatch(line):
-                block.append(line)
-                continue
-            if doc := "\n".join(block).strip():
-                yield doc, None, None
-            block = []
-        return
-    for lineno, line in lines:
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UploadError(f"{filename}: line {lineno}: not valid JSON ({e.msg})") from None
-        except RecursionError:  # Python's JSON parser recurses once per level of nesting
-            raise UploadError(f"{filename}: line {lineno}: JSON nested too deeply") from None
-        if not isinstance(row, dict):
-            raise UploadError(f"{filename}: line {lineno}: expected a JSON object")
-        if not isinstance(row.get(text_field), str):
-            raise UploadError(f"{filename}: line {lineno}: no string field {text_field!r}", field="text_field")
-        if row[text_field].strip():
-            yield row[text_field], _opt_str(row.get("title")), _opt_str(row.get("topic"))
-
-
-_BLANK_LINE = re.compile(r"[ \t]*")
-
-
-def _upload_lines(filename: str, data: bytes | BinaryIO) -> Iterator[tuple[int, str]]:
-    """(line number, text without its line ending) of a UTF-8 file, one line in memory at a time."""
-    if not filename.endswith(UPLOAD_SUFFIXES):
-        raise UploadError(f"{filename}: expected a {' or '.join(UPLOAD_SUFFIXES)} file")
-    f = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    for lineno, raw in enumerate(f, start=1):
-        if b"\x00" in raw:
-            raise UploadError(f"{filename}: line {lineno}: binary content (NUL byte); expected UTF-8 text")
-        try:  # a line ending never splits a UTF-8 character, so lines decode on their own
-            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            raise UploadError(f"{filename}: line {lineno}: not UTF-8 text ({e.reason})") from None
-        yield lineno, line.removesuffix("\n").removesuffix("\r")
+# --- uploads (the format lives in saeq.specs.uploads; the API checks it there) ---------------------
 
 
 def _upload_documents(corpus: UploadCorpus, store) -> list[Document]:
