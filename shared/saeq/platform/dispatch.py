@@ -13,14 +13,16 @@ from kombu.entity import Queue
 
 from saeq.platform.settings import PlatformSettings
 
-QUEUES = ("gpu", "cpu", "steer")
+QUEUES = ("gpu", "steer")
 # Live requests (steering, label search) go to the "steer" queue, served by workers that keep the
 # model and SAE loaded between requests.
 # The requests themselves wait in per-team queues in Redis (saeq.platform.live); a message only wakes a worker.
 LIVE_TASK = "saeq.platform.live"
 LIVE_QUEUE = "steer"
 
-# Which queue a job kind goes to. GPU work: anything that runs the language model or trains.
+# Which queue a job kind goes to. Every kind runs the language model or trains (a label job with a
+# remote explainer still builds its feature index from the SAE and the model), so all go to `gpu`;
+# there is no CPU-only job kind, hence no `cpu` queue.
 KIND_QUEUE = {"harvest": "gpu", "train": "gpu", "evaluate": "gpu", "steer": "gpu", "label": "gpu"}
 
 
@@ -32,7 +34,7 @@ def make_celery(settings: PlatformSettings) -> Celery:
     app = Celery("saeq", broker=settings.redis_url)
     app.conf.update(
         task_queues=[Queue(q) for q in QUEUES],
-        task_default_queue="cpu",
+        task_default_queue="gpu",
         task_acks_late=True,  # a message is acked only after the job ends
         task_reject_on_worker_lost=True,  # a killed worker process puts its message back
         worker_prefetch_multiplier=1,  # one job at a time per process: jobs are long

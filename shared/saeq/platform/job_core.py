@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
+from redis.client import Pipeline
 
 from saeq.platform import lua_scripts, redis_keys
 from saeq.platform.job_model import (
@@ -27,6 +29,8 @@ from saeq.specs.states import TERMINAL
 
 if TYPE_CHECKING:
     from saeq.platform.store import ObjectStore
+
+T = TypeVar("T")
 
 
 class JobCore:
@@ -50,6 +54,21 @@ class JobCore:
         self._retention = (float("-inf"), DEFAULT_RETENTION_S)
         self._dispatch = client.register_script(lua_scripts.DISPATCH)
         self._create = client.register_script(lua_scripts.CREATE)
+
+    def _transaction(self, attempt: Callable[[Pipeline], T], *watches: str) -> T:
+        """A compare-and-set through redis-py's transaction helper: `attempt(pipe)` reads with
+        `watches` watched, then queues its writes after `pipe.multi()`; it runs again whenever a
+        watched key changed before EXEC. Returns what it returned. An attempt that queued no
+        write (it found nothing to do) sends no MULTI/EXEC: its pipe is reset, unwatching."""
+
+        def once(pipe: Pipeline) -> T:
+            value = attempt(pipe)
+            if not pipe.explicit_transaction:
+                pipe.reset()
+            return value
+
+        # redis-py types `func` as returning None; with value_from_callable its value is returned.
+        return cast(T, self.r.transaction(once, *watches, value_from_callable=True))  # pyright: ignore[reportArgumentType]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The whole record, spec included (read from the store when it lives there)."""
@@ -86,7 +105,9 @@ class JobCore:
         index = redis_keys.team(team, "jobs") if team is not None else redis_keys.ALL_JOBS
         batch = limit if kind is None and state is None else 200
         while len(out) < limit:
-            ids = self.r.zrevrangebyscore(index, hi, "-inf", start=0, num=batch, withscores=True)
+            ids = cast(
+                list[tuple[str, float]], self.r.zrevrangebyscore(index, hi, "-inf", start=0, num=batch, withscores=True)
+            )
             if not ids:
                 break
             pipe = self.r.pipeline(transaction=False)
@@ -94,7 +115,7 @@ class JobCore:
                 pipe.hmget(redis_keys.job(job_id), *SUMMARY_FIELDS) if summary else pipe.hgetall(redis_keys.job(job_id))
             for raw in pipe.execute():
                 if summary:
-                    raw = {f: v for f, v in zip(SUMMARY_FIELDS, raw) if v is not None}
+                    raw = {f: v for f, v in zip(SUMMARY_FIELDS, raw, strict=False) if v is not None}
                 job = decode(raw) if "id" in raw else None  # expired since the index was read
                 if job and not summary:
                     job = self._with_spec(job)
@@ -108,7 +129,10 @@ class JobCore:
     def events(self, job_id: str, *, after: str = "0-0", count: int = 500) -> list[dict[str, Any]]:
         if after == LAST_EVENT_ID:
             return []  # nothing can follow it (and Redis refuses an exclusive range from it)
-        rows = self.r.xrange(redis_keys.job_events(job_id), min=f"({after}" if after != "0-0" else "-", count=count)
+        rows = cast(
+            list[tuple[str, dict[str, str]]],
+            self.r.xrange(redis_keys.job_events(job_id), min=f"({after}" if after != "0-0" else "-", count=count),
+        )
         return [{"id": eid, **json.loads(fields["e"])} for eid, fields in rows]
 
     def event(self, job_id: str, phase: str, message: str, **figures: Any) -> None:
@@ -133,9 +157,9 @@ class JobCore:
         # The flag first: a claim from now on sees it (claim WATCHes the record) and runs nothing,
         # so a job claimed meanwhile is never ended under its running worker.
         self.r.hset(redis_keys.job(job_id), "cancel_requested", "true")
-        if not self.finish_unowned(job_id, "cancelled", error=cancelled_error(), states=("queued",)):
-            if (self.get(job_id) or {}).get("state") == "running":
-                self.event(job_id, "cancelling", "cancel requested")
+        cancelled_now = self.finish_unowned(job_id, "cancelled", error=cancelled_error(), states=("queued",))
+        if not cancelled_now and (self.get(job_id) or {}).get("state") == "running":
+            self.event(job_id, "cancelling", "cancel requested")
         return self.get(job_id)
 
     def finish_unowned(
@@ -144,20 +168,17 @@ class JobCore:
         """End a job nobody runs (queued, or running with a lost worker), if it is in one of
         `states`. False if it was not."""
         key = redis_keys.job(job_id)
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    job = decode(pipe.hgetall(key))
-                    if not job or job["state"] not in states:
-                        pipe.reset()
-                        return False
-                    pipe.multi()
-                    self._end(pipe, job, state, error, None)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
+
+        def attempt(pipe: Pipeline) -> bool:
+            job = decode(pipe.hgetall(key))
+            if not job or job["state"] not in states:
+                return False
+            pipe.multi()
+            self._end(pipe, job, state, error, None)
+            return True
+
+        if not self._transaction(attempt, key):
+            return False
         self.event(job_id, state, (error or {}).get("message", state))
         return True
 
@@ -167,7 +188,7 @@ class JobCore:
         """Record the end. `release` False: a worker still computes the job, so it keeps its
         team's slot (and its place in `running`) until `_release`: the worker lets go, or its
         lease expires (the reaper)."""
-        progress = dict(job["progress"], phase=state)
+        progress: dict[str, Any] = dict(job["progress"], phase=state)
         if state == "succeeded":
             progress["fraction"] = 1.0
         pipe.hset(

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from redis.typing import EncodableT
 
 DURATION_BUCKETS_S = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
 CENSUS_FIELDS = ("kind", "state", "queue", "team", "created_at", "dispatched")
@@ -111,9 +114,11 @@ def event_entry(phase: str, message: str, figures: dict[str, Any]) -> dict[str, 
     return {"t": time.time(), "phase": phase, "message": message, "figures": figures}
 
 
-def encode(d: dict[str, Any]) -> dict[str, str]:
+def encode(d: Mapping[str, Any]) -> dict[EncodableT, EncodableT]:
+    """Record fields as Redis stores them: each value JSON-encoded (the Lua scripts compare them so)."""
     return {k: json.dumps(v) for k, v in d.items()}
 
 
-def decode(d: dict[str, str]) -> dict[str, Any]:
+def decode(d: Mapping[Any, Any]) -> dict[str, Any]:
+    """A record as read (hgetall of a client that decodes replies: str fields, JSON values)."""
     return {k: json.loads(v) for k, v in d.items()}

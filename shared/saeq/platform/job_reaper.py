@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import cast
 
-import redis
+from redis.client import Pipeline
 
 from saeq.platform import redis_keys
 from saeq.platform.job_model import (
@@ -50,54 +51,64 @@ class Reaping(Submitting):
         job created that long ago, ready but never sent, is sent.
         """
         resend, ended = [], self._end_overdue(time_limit_grace_s)
-        for job_id in self.r.smembers(redis_keys.RUNNING):
+        for job_id in cast(set[str], self.r.smembers(redis_keys.RUNNING)):
             if self.r.exists(redis_keys.job_lease(job_id)):
                 continue
-            key = redis_keys.job(job_id)
-            with self.r.pipeline() as pipe:
-                try:
-                    pipe.watch(key, redis_keys.job_lease(job_id))
-                    job = decode(pipe.hgetall(key))
-                    if "id" not in job:  # gone, or a partial hash a late write left: forget it
-                        pipe.reset()
-                        self._forget_slot(job_id)
-                        continue
-                    if job["state"] != "running" or pipe.exists(redis_keys.job_lease(job_id)):
-                        pipe.reset()
-                        if job["state"] in TERMINAL and not self.r.exists(redis_keys.job_lease(job_id)):
-                            # Ended under a worker that never let go: its lease expired, so it is
-                            # lost, and the slot it kept is free now.
-                            self._release_lost(job)
-                            ended.append(job_id)
-                        elif job["state"] != "running":
-                            self.r.srem(redis_keys.RUNNING, job_id)
-                        continue
-                    if time.time() - (job["heartbeat_at"] or 0) < grace_s:
-                        continue
-                    if job["cancel_requested"] or job["attempts"] >= job["max_attempts"]:
-                        pipe.reset()
-                        err = cancelled_error() if job["cancel_requested"] else worker_lost_error(job)
-                        if self.finish_unowned(job_id, "cancelled" if job["cancel_requested"] else "failed", error=err):
-                            ended.append(job_id)
-                        continue
-                    dispatch_id = new_id()
-                    pipe.multi()
-                    pipe.hset(key, mapping=encode({"state": "queued", "dispatch_id": dispatch_id}))
-                    pipe.srem(redis_keys.RUNNING, job_id)
-                    pipe.zadd(redis_keys.DISPATCHED, {job_id: time.time()})
-                    pipe.execute()
-                except redis.WatchError:
-                    continue
+            outcome = self._reap_lost(job_id, grace_s)
+            if outcome == "ended":
+                ended.append(job_id)
+            elif isinstance(outcome, tuple):
+                resend.append(outcome)
+        if lost_after_s is not None and waiting is not None:
+            resend += self._redispatch_lost(lost_after_s, waiting)
+            resend += self._dispatch_stranded(lost_after_s)
+        return resend, ended
+
+    def _reap_lost(self, job_id: str, grace_s: float) -> tuple[dict, str] | str | None:
+        """A running job without a lease: requeued (returns (job, dispatch_id) to send), ended
+        here ("ended": cancelled, out of attempts, or ended under a worker that never let go), or
+        left (None: it got a lease meanwhile, its heartbeat is recent, or it is gone)."""
+        key, lease = redis_keys.job(job_id), redis_keys.job_lease(job_id)
+
+        def attempt(pipe: Pipeline) -> tuple[dict, str] | str | None:
+            job = decode(pipe.hgetall(key))
+            if "id" not in job:  # gone, or a partial hash a late write left: forget it
+                pipe.reset()
+                self._forget_slot(job_id)
+                return None
+            if job["state"] != "running" or pipe.exists(lease):
+                pipe.reset()
+                if job["state"] in TERMINAL and not self.r.exists(lease):
+                    # Ended under a worker that never let go: its lease expired, so it is
+                    # lost, and the slot it kept is free now.
+                    self._release_lost(job)
+                    return "ended"
+                if job["state"] != "running":
+                    self.r.srem(redis_keys.RUNNING, job_id)
+                return None
+            if time.time() - (job["heartbeat_at"] or 0) < grace_s:
+                return None
+            if job["cancel_requested"] or job["attempts"] >= job["max_attempts"]:
+                pipe.reset()
+                err = cancelled_error() if job["cancel_requested"] else worker_lost_error(job)
+                ended = self.finish_unowned(job_id, "cancelled" if job["cancel_requested"] else "failed", error=err)
+                return "ended" if ended else None
+            dispatch_id = new_id()
+            pipe.multi()
+            pipe.hset(key, mapping=encode({"state": "queued", "dispatch_id": dispatch_id}))
+            pipe.srem(redis_keys.RUNNING, job_id)
+            pipe.zadd(redis_keys.DISPATCHED, {job_id: time.time()})
+            return job, dispatch_id
+
+        outcome = self._transaction(attempt, key, lease)
+        if isinstance(outcome, tuple):
+            job = outcome[0]
             self.event(
                 job_id,
                 "requeued",
                 f"worker {job['worker']} lost; requeued after attempt {job['attempts']} of {job['max_attempts']}",
             )
-            resend.append((job, dispatch_id))
-        if lost_after_s is not None and waiting is not None:
-            resend += self._redispatch_lost(lost_after_s, waiting)
-            resend += self._dispatch_stranded(lost_after_s)
-        return resend, ended
+        return outcome
 
     def _dispatch_stranded(self, older_than_s: float) -> list[tuple[dict, str]]:
         """Queued jobs never sent, though ready, created more than `older_than_s` ago: the process
@@ -105,12 +116,12 @@ class Reaping(Submitting):
         out = []
         for team in self.teams.teams():
             pipe = self.r.pipeline(transaction=False)
-            pipe.sdiff(redis_keys.team(team, "open"), redis_keys.team(team, "active"))
+            pipe.sdiff([redis_keys.team(team, "open"), redis_keys.team(team, "active")])
             pipe.zrange(redis_keys.team(team, "waiting"), 0, -1)
             unsent, waiting = pipe.execute()
             for job_id in set(unsent) - set(waiting):  # at most the team's max_queued
                 raw = self.r.hmget(redis_keys.job(job_id), *SUMMARY_FIELDS)  # not the spec: read again each pass
-                job = {f: json.loads(v) for f, v in zip(SUMMARY_FIELDS, raw) if v is not None}
+                job = {f: json.loads(v) for f, v in zip(SUMMARY_FIELDS, raw, strict=False) if v is not None}
                 if (
                     "id" not in job
                     or job["state"] != "queued"
@@ -137,69 +148,80 @@ class Reaping(Submitting):
     def _end_overdue(self, grace_s: float) -> list[str]:
         """Fail, as `time_limit`, running and requeued jobs more than `grace_s` past their limit."""
         ended = []
-        candidates = self.r.smembers(redis_keys.RUNNING) | set(self.r.zrange(redis_keys.DISPATCHED, 0, -1))
+        candidates = cast(set[str], self.r.smembers(redis_keys.RUNNING)) | set(
+            cast(list[str], self.r.zrange(redis_keys.DISPATCHED, 0, -1))
+        )
         for job_id in candidates:
             limit, started = (
                 json.loads(v) if v else None for v in self.r.hmget(redis_keys.job(job_id), "time_limit_s", "started_at")
             )
             if not limit or not started or time.time() - started <= limit + grace_s:
                 continue
-            key, lease = redis_keys.job(job_id), redis_keys.job_lease(job_id)
-            with self.r.pipeline() as pipe:
-                try:
-                    pipe.watch(key, lease)
-                    job = decode(pipe.hgetall(key))
-                    if "id" not in job or job["state"] in TERMINAL:
-                        continue
-                    error = time_limit_error(job["time_limit_s"], time.time() - job["started_at"])
-                    error["message"] += "; its worker did not stop it, so it was ended without it"
-                    # A worker that still holds the lease still computes: it keeps the team's slot
-                    # until it lets go (its next heartbeat tells it to stop) or its lease expires.
-                    held = job["state"] == "running" and pipe.exists(lease)
-                    pipe.multi()
-                    self._end(pipe, job, "failed", error, None, release=not held)
-                    if not held:
-                        pipe.delete(lease)
-                    pipe.execute()
-                except redis.WatchError:
-                    continue
-            self.event(job_id, "failed", error["message"])
-            ended.append(job_id)
+            message = self._fail_overdue(job_id)
+            if message is not None:
+                self.event(job_id, "failed", message)
+                ended.append(job_id)
         return ended
 
+    def _fail_overdue(self, job_id: str) -> str | None:
+        """Fail a job past its time limit unless it ended meanwhile; the error message if failed."""
+        key, lease = redis_keys.job(job_id), redis_keys.job_lease(job_id)
+
+        def attempt(pipe: Pipeline) -> str | None:
+            job = decode(pipe.hgetall(key))
+            if "id" not in job or job["state"] in TERMINAL:
+                return None
+            error = time_limit_error(job["time_limit_s"], time.time() - job["started_at"])
+            error["message"] += "; its worker did not stop it, so it was ended without it"
+            # A worker that still holds the lease still computes: it keeps the team's slot
+            # until it lets go (its next heartbeat tells it to stop) or its lease expires.
+            held = job["state"] == "running" and pipe.exists(lease)
+            pipe.multi()
+            self._end(pipe, job, "failed", error, None, release=not held)
+            if not held:
+                pipe.delete(lease)
+            return error["message"]
+
+        return self._transaction(attempt, key, lease)
+
     def _redispatch_lost(self, older_than_s: float, waiting: Callable[[], set[str]]) -> list[tuple[dict, str]]:
-        due = self.r.zrangebyscore(redis_keys.DISPATCHED, "-inf", time.time() - older_than_s)
+        due = cast(list[str], self.r.zrangebyscore(redis_keys.DISPATCHED, "-inf", time.time() - older_than_s))
         if not due:
             return []
         on_queue = waiting()
         resend = []
         for job_id in due:
-            key = redis_keys.job(job_id)
-            with self.r.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    job = decode(pipe.hgetall(key))
-                    if not job or job["state"] != "queued" or not job["dispatched"]:
-                        pipe.reset()
-                        self.r.zrem(redis_keys.DISPATCHED, job_id)
-                        continue
-                    if job["dispatch_id"] in on_queue:
-                        continue  # waiting its turn
-                    # A new dispatch id: should the old message turn up after all, it is skipped.
-                    dispatch_id = new_id()
-                    pipe.multi()
-                    pipe.hset(key, "dispatch_id", json.dumps(dispatch_id))
-                    pipe.zadd(redis_keys.DISPATCHED, {job_id: time.time()})
-                    pipe.execute()
-                except redis.WatchError:
-                    continue
-            self.event(
-                job_id,
-                "redispatched",
-                f"no worker took the job within {older_than_s:.0f} s and its message is not on its queue; sent again",
-            )
-            resend.append((job, dispatch_id))
+            sent = self._new_dispatch(job_id, on_queue)
+            if sent is not None:
+                self.event(
+                    job_id,
+                    "redispatched",
+                    f"no worker took the job within {older_than_s:.0f} s and its message is not on its queue; sent again",
+                )
+                resend.append(sent)
         return resend
+
+    def _new_dispatch(self, job_id: str, on_queue: set[str]) -> tuple[dict, str] | None:
+        """A new dispatch id for a sent job whose message is not on its queue: (job, dispatch_id)
+        to send again. A job no longer sent and queued leaves DISPATCHED."""
+        key = redis_keys.job(job_id)
+
+        def attempt(pipe: Pipeline) -> tuple[dict, str] | None:
+            job = decode(pipe.hgetall(key))
+            if not job or job["state"] != "queued" or not job["dispatched"]:
+                pipe.reset()
+                self.r.zrem(redis_keys.DISPATCHED, job_id)
+                return None
+            if job["dispatch_id"] in on_queue:
+                return None  # waiting its turn
+            # A new dispatch id: should the old message turn up after all, it is skipped.
+            dispatch_id = new_id()
+            pipe.multi()
+            pipe.hset(key, "dispatch_id", json.dumps(dispatch_id))
+            pipe.zadd(redis_keys.DISPATCHED, {job_id: time.time()})
+            return job, dispatch_id
+
+        return self._transaction(attempt, key)
 
     def recently_ended(self, slack_s: float = 2 * REDIS_RETRY_S + 10) -> list[str]:
         """Jobs ended since the previous call (by any API replica), and in the `slack_s` before it.
@@ -208,4 +230,4 @@ class Reaping(Submitting):
         now = time.time()
         last = self.r.getset(redis_keys.REAPER_ENDED_SEEN, json.dumps(now))
         since = (json.loads(last) if last else now) - slack_s
-        return self.r.zrangebyscore(redis_keys.FINISHED, since, "+inf")
+        return cast(list[str], self.r.zrangebyscore(redis_keys.FINISHED, since, "+inf"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import cast
 
 from saeq import keys
 from saeq.platform import redis_keys
@@ -16,8 +17,8 @@ class Purging(JobCore):
     def sweep_expired(self, limit: int = 1000) -> int:
         """Drop from the indexes up to `limit` jobs whose records expired, and delete their specs
         kept in the store. The reaper calls it; the counts are right without it."""
-        due = self.r.zrangebyscore(redis_keys.EXPIRING, "-inf", time.time(), start=0, num=limit)
-        self._forget([tuple(m.split("/", 1)) for m in due])
+        due = cast(list[str], self.r.zrangebyscore(redis_keys.EXPIRING, "-inf", time.time(), start=0, num=limit))
+        self._forget([_team_and_id(m) for m in due])
         return len(due)
 
     def purge(self, *, team: str | None = None, ended_before: float | None = None) -> list[str]:
@@ -26,9 +27,11 @@ class Purging(JobCore):
         stay. Returns their ids."""
         cutoff = time.time() if ended_before is None else ended_before
         if team is not None:
-            candidates = [(team, job_id) for job_id in self.r.zrange(redis_keys.team(team, "ended"), 0, -1)]
+            candidates = [
+                (team, job_id) for job_id in cast(list[str], self.r.zrange(redis_keys.team(team, "ended"), 0, -1))
+            ]
         else:
-            candidates = [tuple(m.split("/", 1)) for m in self.r.zrange(redis_keys.EXPIRING, 0, -1)]
+            candidates = [_team_and_id(m) for m in cast(list[str], self.r.zrange(redis_keys.EXPIRING, 0, -1))]
         purged = []
         # Ended under a worker that still computes it: its team's slot is freed when the worker
         # lets go, which needs the record; purged on a later call.
@@ -39,7 +42,7 @@ class Purging(JobCore):
             pipe = self.r.pipeline(transaction=False)
             for _, job_id in chunk:
                 pipe.hget(redis_keys.job(job_id), "finished_at")
-            for (t, job_id), finished in zip(chunk, pipe.execute()):
+            for (t, job_id), finished in zip(chunk, pipe.execute(), strict=False):
                 if finished is None or json.loads(finished) < cutoff:  # None: expired already
                     purged.append((t, job_id))
         self._forget(purged, delete=True)
@@ -61,6 +64,12 @@ class Purging(JobCore):
             pipe.zrem(redis_keys.FINISHED, job_id)
             pipe.srem(redis_keys.SPECS_IN_STORE, job_id)
         had_spec = pipe.execute()[5 + int(delete) :: 6 + int(delete)]  # the srem of each job
-        for (_, job_id), in_store in zip(jobs, had_spec):
+        for (_, job_id), in_store in zip(jobs, had_spec, strict=False):
             if in_store and self.spec_store is not None:
                 self.spec_store.delete(keys.job_spec(job_id))
+
+
+def _team_and_id(member: str) -> tuple[str, str]:
+    """(team, job id) of an EXPIRING member `team/job_id`."""
+    team, job_id = member.split("/", 1)
+    return team, job_id

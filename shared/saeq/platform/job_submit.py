@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -52,36 +52,8 @@ class Submitting(JobCore):
         `request_digest` differs. QuotaExceeded when the team has `max_queued` jobs waiting,
         `max_stored` records in any state, or made `submits_per_minute` submits in the last 60 s."""
         job_id, now = new_id(), time.time()
-        record = {
-            "id": job_id,
-            "kind": kind,
-            "state": "queued",
-            "spec": spec,
-            "queue": queue,
-            "depends_on": depends_on,
-            "name": name,
-            "team": team,
-            "created_at": now,
-            "priority": priority,
-            "time_limit_s": time_limit_s,
-            "started_at": None,
-            "finished_at": None,
-            "attempts": 0,
-            "max_attempts": self.max_attempts,
-            "dispatch_id": "",
-            "dispatched": False,
-            "error": None,
-            "manifest_key": None,
-            "progress": {"fraction": 0.0, "phase": "queued", "message": "", "figures": {}},
-            "cancel_requested": False,
-            "worker": None,
-            "heartbeat_at": None,
-        }
-        spec_json = json.dumps(spec)
-        stored = dict(record)
-        if self.spec_store is not None and len(spec_json) > INLINE_SPEC_BYTES:
-            stored.update(spec=None, spec_key=keys.job_spec(job_id), spec_bytes=len(spec_json))
-            self.spec_store.put(stored["spec_key"], spec_json.encode(), content_type="application/json")
+        record = self._new_record(job_id, now, kind, spec, queue, depends_on, name, team, priority, time_limit_s)
+        stored = self._store_large_spec(record)
         deps = [k for dep in depends_on for k in (redis_keys.job_dependents(dep), redis_keys.job(dep))]
         no_limit = -1
         try:
@@ -120,33 +92,97 @@ class Submitting(JobCore):
             raise
         if status == "created":
             return record, True
-        if "spec_key" in stored:
+        if "spec_key" in stored and self.spec_store is not None:
             self.spec_store.delete(stored["spec_key"])
         if status == "existing" and (existing := self.get(other)) is not None:
             return existing, False
+        raise self._refusal(status, other, team, depends_on, max_queued, max_stored, submits_per_minute)
+
+    def _new_record(
+        self,
+        job_id: str,
+        now: float,
+        kind: str,
+        spec: dict,
+        queue: str,
+        depends_on: list[str],
+        name: str | None,
+        team: str,
+        priority: int,
+        time_limit_s: float | None,
+    ) -> dict[str, Any]:
+        """A queued job's record, as `get` returns it."""
+        return {
+            "id": job_id,
+            "kind": kind,
+            "state": "queued",
+            "spec": spec,
+            "queue": queue,
+            "depends_on": depends_on,
+            "name": name,
+            "team": team,
+            "created_at": now,
+            "priority": priority,
+            "time_limit_s": time_limit_s,
+            "started_at": None,
+            "finished_at": None,
+            "attempts": 0,
+            "max_attempts": self.max_attempts,
+            "dispatch_id": "",
+            "dispatched": False,
+            "error": None,
+            "manifest_key": None,
+            "progress": {"fraction": 0.0, "phase": "queued", "message": "", "figures": {}},
+            "cancel_requested": False,
+            "worker": None,
+            "heartbeat_at": None,
+        }
+
+    def _store_large_spec(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record as Redis keeps it: a spec over INLINE_SPEC_BYTES goes to the object store,
+        and the record keeps its key."""
+        spec_json = json.dumps(record["spec"])
+        stored = dict(record)
+        if self.spec_store is not None and len(spec_json) > INLINE_SPEC_BYTES:
+            stored.update(spec=None, spec_key=keys.job_spec(record["id"]), spec_bytes=len(spec_json))
+            self.spec_store.put(stored["spec_key"], spec_json.encode(), content_type="application/json")
+        return stored
+
+    def _refusal(
+        self,
+        status: str,
+        other: str,
+        team: str,
+        depends_on: list[str],
+        max_queued: int | None,
+        max_stored: int | None,
+        submits_per_minute: int | None,
+    ) -> Exception:
+        """Why the create script refused a job (its `status`, and `other`: a job id, a dependency's
+        index or seconds to wait), as the exception `create` raises."""
         if status == "conflict":
-            raise IdempotencyConflict(other)
+            return IdempotencyConflict(other)
         if status == "missing":
-            raise MissingDependency(int(other), depends_on[int(other)])
+            return MissingDependency(int(other), depends_on[int(other)])
         if status == "rate":
-            raise QuotaExceeded(
+            return QuotaExceeded(
                 f"team {team!r} made {submits_per_minute} submits in the last 60 s (quota "
                 f"submits_per_minute={submits_per_minute}); retry in {other} s",
                 int(other),
             )
         if status == "stored":
-            raise QuotaExceeded(
+            return QuotaExceeded(
                 f"team {team!r} already stores {max_stored} jobs (quota max_stored_jobs={max_stored}); ended "
                 f"jobs are kept for {self.job_retention_s():,.0f} s, then expire; an admin can purge them "
                 f"sooner (`saeq purge --team {team}`)",
                 60,
             )
         if status == "queued":
-            raise QuotaExceeded(
+            return QuotaExceeded(
                 f"team {team!r} already has {max_queued} jobs waiting to run "
                 f"(quota max_queued={max_queued}); wait for some to finish or cancel some"
             )
-        raise RuntimeError(f"job {other} of this Idempotency-Key was purged while this request read it; retry")
+        return RuntimeError(f"job {other} of this Idempotency-Key was purged while this request read it; retry")
 
     def _drop_unrecorded_spec(self, stored: dict, job_id: str) -> None:
         """The create script failed (Redis unreachable past its retries): delete the spec it would
@@ -157,7 +193,7 @@ class Submitting(JobCore):
             recorded = self.r.exists(redis_keys.job(job_id))
         except redis.RedisError:
             return  # cannot tell: a spec kept unreferenced costs less than a record without its spec
-        if not recorded:
+        if not recorded and self.spec_store is not None:
             self.spec_store.delete(stored["spec_key"])
 
     def ready_to_dispatch(self, job_id: str, job: dict | None = None) -> tuple[bool, str | None]:
@@ -183,7 +219,7 @@ class Submitting(JobCore):
                     },
                 )
                 return False, None
-            if any(d["state"] != "succeeded" for d in deps):
+            if any(d is None or d["state"] != "succeeded" for d in deps):
                 return False, None
         # The slot check and the dispatch in one script: concurrent submits of one team would
         # otherwise keep invalidating each other's WATCH on the shared `active` set.
@@ -211,11 +247,11 @@ class Submitting(JobCore):
         self.r.zadd(redis_keys.DISPATCHED, {job_id: time.time()}, xx=True)
 
     def dependents(self, job_id: str) -> list[str]:
-        return sorted(self.r.smembers(redis_keys.job_dependents(job_id)))
+        return sorted(cast(set[str], self.r.smembers(redis_keys.job_dependents(job_id))))
 
     def next_waiting(self, team: str) -> str | None:
         """The team's waiting job to start next: highest priority, then oldest."""
-        ids = self.r.zrange(redis_keys.team(team, "waiting"), 0, 0)
+        ids = cast(list[str], self.r.zrange(redis_keys.team(team, "waiting"), 0, 0))
         return ids[0] if ids else None
 
     def teams_waiting(self) -> list[str]:

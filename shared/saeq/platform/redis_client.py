@@ -3,11 +3,16 @@ failover) for a bounded time, through saeq's one retry policy (saeq.retry)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from saeq.retry import retrying
+
+T = TypeVar("T")
 
 REDIS_RETRY_S = 25.0
 """How long a registry call rides out an unreachable Redis (a restart, a failover) before it
@@ -23,12 +28,23 @@ class RetryFor(Retry):
         super().__init__(ExponentialBackoff(cap=1.0, base=0.025), retries=1 << 20)
         self.seconds = seconds
 
-    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
         def transient(error: BaseException) -> bool:
             return isinstance(error, self._supported_errors) and (is_retryable is None or is_retryable(error))
 
         def failed(error: BaseException, failures: int) -> None:
-            fail(error, failures) if with_failure_count else fail(error)  # redis-py drops the connection
+            assert isinstance(error, Exception)  # only the supported errors are retried
+            # redis-py's handler drops the broken connection; it takes the count when asked to.
+            if with_failure_count:
+                cast(Callable[[Exception, int], Any], fail)(error, failures)
+            else:
+                cast(Callable[[Exception], Any], fail)(error)
 
         return retrying(
             "Redis call",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from saeq.platform import redis_keys
 from saeq.platform.job_core import JobCore
@@ -82,7 +82,10 @@ class Registry(Leasing, Reaping, Purging, Uploads):
 
     def stats(self) -> dict[str, dict[str, str]]:
         """Raw counters for the metrics endpoint."""
-        return {name: self.r.hgetall(redis_keys.stats(name)) for name in ("submitted", "finished", "duration")}
+        return {
+            name: cast(dict[str, str], self.r.hgetall(redis_keys.stats(name)))
+            for name in ("submitted", "finished", "duration")
+        }
 
     def counts(self) -> Iterator[tuple[str, str, int]]:
         """(kind, state, n) over all stored jobs, for gauges."""
@@ -96,12 +99,12 @@ class Registry(Leasing, Reaping, Purging, Uploads):
     def census(self) -> list[dict[str, Any]]:
         """The fields gauges need (kind, state, queue, team, created_at, dispatched) of every
         stored job, read in one round trip."""
-        ids = self.r.zrange(redis_keys.ALL_JOBS, 0, -1)
+        ids = cast(list[str], self.r.zrange(redis_keys.ALL_JOBS, 0, -1))
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(redis_keys.job(job_id), *CENSUS_FIELDS)
         return [
-            {f: json.loads(v) if v is not None else None for f, v in zip(CENSUS_FIELDS, row)}
+            {f: json.loads(v) if v is not None else None for f, v in zip(CENSUS_FIELDS, row, strict=False)}
             for row in (pipe.execute() if ids else [])
             if row[0] is not None
         ]
@@ -116,7 +119,7 @@ def dispatch_ready(registry: Registry, job_id: str, send: Send, job: dict | None
     dispatch id if sent. `job`: the record, when the caller holds it."""
     job = job or registry.get(job_id)
     ok, dispatch_id = registry.ready_to_dispatch(job_id, job)
-    if ok:
+    if ok and job is not None and dispatch_id is not None:  # ok: both are
         send(job, dispatch_id)  # reads only id, kind and queue, which never change
         return dispatch_id
     if job and job["depends_on"] and (now := registry.get(job_id)) and now["state"] == "failed":

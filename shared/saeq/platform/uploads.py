@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 from saeq.platform import lua_scripts, redis_keys
 from saeq.platform.job_core import JobCore
@@ -80,11 +80,13 @@ class Uploads(JobCore):
                 order,
                 {
                     upload_order_member(json.loads(v).get("created_at") or 0, k): 0
-                    for k, v in self.r.hgetall(redis_keys.team(team, "uploads")).items()
+                    for k, v in cast(dict[str, str], self.r.hgetall(redis_keys.team(team, "uploads"))).items()
                 },
                 nx=True,
             )
-        members = self.r.zrange(order, f"({after}" if after else "-", "+", bylex=True, offset=0, num=limit + 1)
+        members = cast(
+            list[str], self.r.zrange(order, f"({after}" if after else "-", "+", bylex=True, offset=0, num=limit + 1)
+        )
         ids = [m.rsplit("/", 1)[1] for m in members[:limit]]
         pipe = self.r.pipeline(transaction=False)
         pipe.get(redis_keys.team(team, "upload_bytes"))
@@ -93,7 +95,7 @@ class Uploads(JobCore):
             pipe.hget(redis_keys.team(team, "uploads"), upload_id)
         used, n, *records = pipe.execute()
         # "stored": records older than the states were all stored
-        rows = [{"upload_id": i, "state": "stored", **json.loads(v)} for i, v in zip(ids, records) if v]
+        rows = [{"upload_id": i, "state": "stored", **json.loads(v)} for i, v in zip(ids, records, strict=False) if v]
         return rows, (members[limit - 1] if len(members) > limit else None), int(used or 0), int(n)
 
     def upload_record(self, upload_id: str, team: str) -> dict[str, Any] | None:
@@ -101,7 +103,7 @@ class Uploads(JobCore):
         return {"upload_id": upload_id, "state": "stored", **json.loads(raw)} if raw else None
 
     def upload_owner(self, upload_id: str) -> str | None:
-        return self.r.get(redis_keys.upload_owner(upload_id))
+        return cast(str | None, self.r.get(redis_keys.upload_owner(upload_id)))
 
     @staticmethod
     def _upload_keys(team: str, upload_id: str) -> list[str]:
