@@ -39,4 +39,4 @@ EXPOSE 9808
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
   CMD ["python", "-m", "saeq_worker.liveness", "--max-age", "120"]
 ENTRYPOINT ["celery", "-A", "saeq_worker.celery_app", "worker"]
-CMD ["-Q", "gpu,cpu", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+CMD ["-Q", "gpu", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]

@@ -122,8 +122,8 @@ def test_strict_validation_would_catch_a_typo():
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_worker_deployments_fit_gpu_nodes_and_long_jobs(overlay):
     deployments = objects(overlay, "Deployment")
-    assert {"saeq-api", "saeq-worker-gpu", "saeq-worker-cpu"} <= set(deployments)
-    for queue in ("gpu", "cpu"):
+    assert {"saeq-api", "saeq-worker-gpu", "saeq-worker-steer"} <= set(deployments)
+    for queue in ("gpu",):  # the job queue (the steer worker answers live requests in seconds)
         spec = deployments[f"saeq-worker-{queue}"]["spec"]["template"]["spec"]
         (worker,) = spec["containers"]
         args = worker["args"]
@@ -138,14 +138,40 @@ def test_worker_deployments_fit_gpu_nodes_and_long_jobs(overlay):
     gpu = deployments["saeq-worker-gpu"]["spec"]["template"]["spec"]
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
-    assert "nvidia.com/gpu" not in deployments["saeq-worker-cpu"]["spec"]["template"]["spec"]["containers"][0][
-        "resources"
-    ].get("limits", {})
     # Live steering: one always-warm pod on the `steer` queue, with a GPU.
     steer = deployments["saeq-worker-steer"]["spec"]
     (worker,) = steer["template"]["spec"]["containers"]
     assert worker["args"][worker["args"].index("-Q") + 1] == "steer" and steer["replicas"] >= 1
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def consumed_queues(args: list[str]) -> set[str]:
+    return set(args[args.index("-Q") + 1].split(","))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_queue_jobs_are_sent_to_has_a_worker_and_no_worker_serves_a_dead_one(overlay):
+    from saeq.platform.dispatch import KIND_QUEUE, LIVE_QUEUE, QUEUES
+
+    sent = {*KIND_QUEUE.values(), LIVE_QUEUE}
+    assert sent == set(QUEUES)  # a queue nothing is sent to would be a Deployment idling on it
+    served = {
+        q
+        for d in objects(overlay, "Deployment").values()
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if "-Q" in c.get("args", [])
+        for q in consumed_queues(c["args"])
+    }
+    assert served == sent, overlay
+    services = compose()["services"]
+    default_queues = {
+        q
+        for name in ("worker-gpu", "worker-cpu")
+        for q in consumed_queues([re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", a) for a in services[name]["command"]])
+    }
+    assert default_queues == sent
+    dockerfile = (ROOT / "docker" / "worker.Dockerfile").read_text()
+    assert consumed_queues(json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))) <= sent
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -187,7 +213,7 @@ def test_dev_overlay_is_self_contained_and_prod_names_its_secrets():
 
 def test_prod_scales_workers_with_keda_and_is_monitored():
     scaled = objects("prod", "ScaledObject")
-    assert set(scaled) == {"saeq-worker-gpu", "saeq-worker-cpu"}
+    assert set(scaled) == {"saeq-worker-gpu"}
     gpu = scaled["saeq-worker-gpu"]["spec"]
     redis_trigger = next(t for t in gpu["triggers"] if t["type"] == "redis")
     assert redis_trigger["metadata"]["listName"] == "gpu"

@@ -32,5 +32,5 @@ def test_oldest_wait_and_jobs_by_team(api):
     after = gauges(api)
     waited = after[("saeq_queue_oldest_wait_seconds", (("queue", "gpu"),))]
     assert 1.2 <= waited <= time.time() - t0 + 0.5  # the first job's age: no worker runs here
-    assert after[("saeq_queue_oldest_wait_seconds", (("queue", "cpu"),))] == 0
+    assert after[("saeq_queue_oldest_wait_seconds", (("queue", "steer"),))] == 0
     assert after[("saeq_team_jobs", (("state", "queued"), ("team", "admin")))] == 2  # the admin key's team

@@ -160,7 +160,7 @@ def test_an_idle_worker_keeps_its_liveness_file_fresh(worker_stack):
 def test_two_prefork_children_are_counted_by_their_parent(worker_stack, tmp_path):
     model = save_tiny_llama(tmp_path / "tiny", n_layers=2, d_model=32)
     before = _scrape(worker_stack.metrics_url)
-    assert value(before, "saeq_worker_up", queue="gpu") == value(before, "saeq_worker_up", queue="cpu") == 1
+    assert value(before, "saeq_worker_up", queue="gpu") == value(before, "saeq_worker_up", queue="steer") == 1
     assert value(before, "saeq_worker_pool_processes") == 2
     spec = HarvestSpec(
         model=ModelSpec(name=str(model)),

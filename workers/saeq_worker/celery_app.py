@@ -1,4 +1,4 @@
-"""The workers' Celery app. Start with: celery -A saeq_worker.celery_app worker -Q gpu,cpu
+"""The workers' Celery app. Start with: celery -A saeq_worker.celery_app worker -Q gpu (-Q steer: live requests)
 
 The parent process never imports torch, so CUDA is never initialised before the pool forks;
 each task imports it in the child that runs it. The parent serves the pool's Prometheus metrics
