@@ -283,16 +283,20 @@ def test_infinity_and_nan_are_refused_in_every_float_field(api):
         ('{"spec": {"kind": "harvest", "sink_norm_factor": Infinity}}', "spec.sink_norm_factor"),
         ('{"spec": {"kind": "harvest", "sink_norm_factor": NaN}}', "spec.sink_norm_factor"),
         (
-            '{"spec": {"kind": "train", "activations": {"job_id": "%s"}, "sinks": {"norm_factor": Infinity}}}' % h,
+            '{"spec": {"kind": "train", "activations": {"job_id": "JOB"}, "sinks": {"norm_factor": Infinity}}}'.replace(
+                "JOB", h
+            ),
             "spec.sinks.norm_factor",
         ),
         (
-            '{"spec": {"kind": "evaluate", "sae": {"job_id": "%s"}, "sinks": {"norm_factor": Infinity}}}' % t,
+            '{"spec": {"kind": "evaluate", "sae": {"job_id": "JOB"}, "sinks": {"norm_factor": Infinity}}}'.replace(
+                "JOB", t
+            ),
             "spec.sinks.norm_factor",
         ),
         (
-            '{"spec": {"kind": "steer", "sae": {"job_id": "%s"}, "prompts": ["a"], "strengths": [-Infinity],'
-            ' "interventions": [{"edits": [{"feature": 0}]}]}}' % t,
+            '{"spec": {"kind": "steer", "sae": {"job_id": "JOB"}, "prompts": ["a"], "strengths": [-Infinity],'
+            ' "interventions": [{"edits": [{"feature": 0}]}]}}'.replace("JOB", t),
             "spec.strengths.0",
         ),
         ('{"spec": {"kind": "harvest"}, "time_limit_s": Infinity}', "time_limit_s"),

@@ -41,7 +41,7 @@ def _check_every_operation(schema, auth: dict) -> None:
         def check(case):
             response = case.call(headers=auth)
             # No worker runs here, so a live request that passes validation times out: its documented 504.
-            if live and response.status_code == 504:
+            if live and response.status_code == 504:  # noqa: B023 (check() runs within this iteration)
                 return
             case.validate_response(response, checks=CHECKS)
 
