@@ -6,6 +6,7 @@ checks that `lint-imports` fails naming the contract and the added import. No se
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -40,6 +41,31 @@ def test_the_tree_keeps_every_layer_contract():
     run = lint_imports(ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "broken" not in run.stdout.split("Contracts:")[-1].splitlines()[0], run.stdout
+
+
+def _dev_imports(tree: ast.AST) -> list[tuple[str, bool]]:
+    """(module, inside a function?) for each import of saeq.dev in `tree`."""
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inside = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            if isinstance(child, ast.ImportFrom) and (child.module or "").startswith("saeq.dev"):
+                found.append((child.module or "", inside))
+            elif isinstance(child, ast.Import):
+                found.extend((alias.name, inside) for alias in child.names if alias.name.startswith("saeq.dev"))
+            visit(child, inside)
+
+    visit(tree, False)
+    return found
+
+
+def test_the_cli_imports_the_local_stack_and_the_demo_only_inside_their_commands():
+    """The contracts let saeq.client.cli import saeq.dev (`saeq up`, `saeq demo`: saeq[local]), but
+    only inside those commands, so `saeq --help` and every other command run on the base install."""
+    imports = _dev_imports(ast.parse((ROOT / "shared/saeq/client/cli.py").read_text()))
+    assert {m for m, _ in imports} == {"saeq.dev.local_stack", "saeq.dev.demo"}, imports  # what ignore_imports names
+    assert all(inside for _, inside in imports), imports
 
 
 # (file, forbidden code appended to it, contract that must break, the arrow it must report)
