@@ -25,12 +25,20 @@ from saeq.platform.job_model import (
     event_entry,
 )
 from saeq.platform.teams import Teams
+from saeq.specs.records import JobRecord
 from saeq.specs.states import TERMINAL
 
 if TYPE_CHECKING:
     from saeq.platform.store import ObjectStore
 
 T = TypeVar("T")
+
+
+def checked(job: dict[str, Any]) -> dict[str, Any]:
+    """A decoded record, once saeq.specs.records.JobRecord accepts it (JobRecordError naming the
+    field otherwise): callers keep the dict itself, so what the API returns stays as stored."""
+    JobRecord.read(job)
+    return job
 
 
 class JobCore:
@@ -73,7 +81,7 @@ class JobCore:
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The whole record, spec included (read from the store when it lives there)."""
         raw = self.r.hgetall(redis_keys.job(job_id))
-        return self._with_spec(decode(raw)) if "id" in raw else None  # not a field a late write left
+        return self._with_spec(checked(decode(raw))) if "id" in raw else None  # not a field a late write left
 
     def _with_spec(self, job: dict[str, Any]) -> dict[str, Any] | None:
         if not job.get("spec_key"):
@@ -116,7 +124,7 @@ class JobCore:
             for raw in pipe.execute():
                 if summary:
                     raw = {f: v for f, v in zip(SUMMARY_FIELDS, raw, strict=False) if v is not None}
-                job = decode(raw) if "id" in raw else None  # expired since the index was read
+                job = checked(decode(raw)) if "id" in raw else None  # expired since the index was read
                 if job and not summary:
                     job = self._with_spec(job)
                 if job and (kind is None or job["kind"] == kind) and (state is None or job["state"] == state):

@@ -24,6 +24,7 @@ from saeq.platform.job_model import (
     new_id,
     waiting_score,
 )
+from saeq.specs.records import RECORD_FORMAT
 
 
 class Submitting(JobCore):
@@ -113,6 +114,7 @@ class Submitting(JobCore):
     ) -> dict[str, Any]:
         """A queued job's record, as `get` returns it."""
         return {
+            "format": RECORD_FORMAT,
             "id": job_id,
             "kind": kind,
             "state": "queued",
