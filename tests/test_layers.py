@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,7 @@ FORBIDDEN = [
         "saeq.client.client -> saeq.dev.local_stack",
     ),
     ("shared/saeq/client/client.py", "import redis", "client-http-only", "saeq.client.client -> redis"),
+    ("shared/saeq/dev/demo.py", "import saeq_api.main", "shared-below-services", "saeq.dev.demo -> saeq_api.main"),
     ("workers/saeq_worker/running.py", "import saeq_api", "services-apart", "saeq_worker.running -> saeq_api"),
     (
         "workers/saeq_worker/label.py",
@@ -108,6 +110,11 @@ FORBIDDEN = [
         "saeq_worker.label -> saeq_worker.evaluate",
     ),
 ]
+
+
+def test_every_contract_is_shown_to_bite():
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    assert {c["id"] for c in contracts} == {contract_id for _, _, contract_id, _ in FORBIDDEN}
 
 
 @pytest.mark.parametrize(("path", "code", "contract_id", "arrow"), FORBIDDEN, ids=[f[3] for f in FORBIDDEN])
