@@ -16,8 +16,8 @@ from pydantic.fields import FieldInfo
 from saeq.errors import InvalidSpec
 from saeq.specs import Checks, EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, SteerSpec, TrainSpec
 
-if TYPE_CHECKING:  # saeq.platform.teams imports redis; the job functions that read widths here need not
-    from saeq.platform.teams import TeamQuota
+if TYPE_CHECKING:
+    from saeq.specs.quotas import TeamQuota
 
 LATENTS_PER_UNIT = 16_384
 """A training token-step counts one unit per this many latents summed over the job's SAEs."""
