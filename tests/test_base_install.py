@@ -49,7 +49,7 @@ def base_venv(tmp_path_factory) -> Path:
     (wheel,) = wheels.glob("saeq-*.whl")
     run([sys.executable, "-m", "venv", root / "venv"])
     bin_dir = root / "venv" / "bin"
-    run([bin_dir / "python", "-m", "pip", "--disable-pip-version-check", "-q", "install", wheel])
+    run([bin_dir / "python", "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-compile", wheel])
     return bin_dir
 
 
