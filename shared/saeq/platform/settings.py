@@ -13,7 +13,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from saeq.platform.store import LocalStore, ObjectStore, S3Store
+from saeq.platform.s3_store import S3Store
+from saeq.platform.store import LocalStore, ObjectStore
 from saeq.specs import ENDPOINT_NAME
 
 log = logging.getLogger("saeq.platform.settings")
