@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import tenacity
@@ -57,55 +58,93 @@ def retrying(
     without it the last error is raised as it is, or the last result returned. `log`: a warning
     naming `what` at the first failure.
     """
+    policy = _Policy(
+        what=what,
+        deadline_s=deadline_s,
+        is_transient=is_transient,
+        is_transient_result=is_transient_result,
+        first_delay_s=first_delay_s,
+        max_delay_s=max_delay_s,
+        jitter=jitter,
+        once=once,
+        pause_s=pause_s,
+        on_failure=on_failure,
+        before_retry=before_retry,
+        give_up=give_up,
+        log=log,
+        describe=describe,
+    )
+    return tenacity.Retrying(
+        retry=policy.transient,
+        stop=policy.stop,
+        wait=policy.wait,
+        after=policy.after,
+        before=policy.before,
+        retry_error_callback=policy.exhausted,
+    )
 
-    def transient(state: RetryCallState) -> bool:
+
+@dataclass
+class _Policy:
+    """What `retrying` configured, as the callbacks tenacity calls with each try's state."""
+
+    what: str
+    deadline_s: float
+    is_transient: Callable[[BaseException], bool]
+    is_transient_result: Callable[[Any], bool] | None
+    first_delay_s: float
+    max_delay_s: float
+    jitter: bool
+    once: bool
+    pause_s: Callable[[RetryCallState], float] | None
+    on_failure: Callable[[BaseException, int], object] | None = None
+    before_retry: Callable[[], object] | None = None
+    give_up: Callable[[BaseException | None, RetryCallState], NoReturn] | None = None
+    log: logging.Logger | None = None
+    describe: Callable[[BaseException], str] = describe_error
+
+    def transient(self, state: RetryCallState) -> bool:
         outcome = state.outcome
         if outcome is None:
             return False
         if outcome.failed:
             error = outcome.exception()
-            return error is not None and is_transient(error)
-        return is_transient_result is not None and is_transient_result(outcome.result())
+            return error is not None and self.is_transient(error)
+        return self.is_transient_result is not None and self.is_transient_result(outcome.result())
 
-    def stop(state: RetryCallState) -> bool:
-        return once or (state.seconds_since_start or 0.0) >= deadline_s
+    def stop(self, state: RetryCallState) -> bool:
+        return self.once or (state.seconds_since_start or 0.0) >= self.deadline_s
 
-    def wait(state: RetryCallState) -> float:
-        pause = (
-            pause_s(state)
-            if pause_s is not None
-            else backoff_s(state.attempt_number, first_delay_s=first_delay_s, max_delay_s=max_delay_s, jitter=jitter)
-        )
-        return max(0.0, min(pause, deadline_s - (state.seconds_since_start or 0.0)))
+    def wait(self, state: RetryCallState) -> float:
+        if self.pause_s is not None:
+            pause = self.pause_s(state)
+        else:
+            pause = backoff_s(
+                state.attempt_number, first_delay_s=self.first_delay_s, max_delay_s=self.max_delay_s, jitter=self.jitter
+            )
+        return max(0.0, min(pause, self.deadline_s - (state.seconds_since_start or 0.0)))
 
-    def after(state: RetryCallState) -> None:
+    def after(self, state: RetryCallState) -> None:
         error = _error_of(state)
-        if error is not None and on_failure is not None:
-            on_failure(error, state.attempt_number)
-        if error is not None and log is not None and state.attempt_number == 1 and not stop(state):
-            log.warning("%s failed (%s); retrying for up to %g s", what, describe(error), deadline_s)
+        if error is not None and self.on_failure is not None:
+            self.on_failure(error, state.attempt_number)
+        if error is not None and self.log is not None and state.attempt_number == 1 and not self.stop(state):
+            self.log.warning(
+                "%s failed (%s); retrying for up to %g s", self.what, self.describe(error), self.deadline_s
+            )
 
-    def before(state: RetryCallState) -> None:
-        if before_retry is not None and state.attempt_number > 1:
-            before_retry()
+    def before(self, state: RetryCallState) -> None:
+        if self.before_retry is not None and state.attempt_number > 1:
+            self.before_retry()
 
-    def exhausted(state: RetryCallState) -> Any:
+    def exhausted(self, state: RetryCallState) -> Any:
         error = _error_of(state)
-        if give_up is not None:
-            give_up(error, state)
+        if self.give_up is not None:
+            self.give_up(error, state)
         if error is not None:
             raise error
         assert state.outcome is not None
         return state.outcome.result()
-
-    return tenacity.Retrying(
-        retry=transient,
-        stop=stop,
-        wait=wait,
-        after=after,
-        before=before,
-        retry_error_callback=exhausted,
-    )
 
 
 def _error_of(state: RetryCallState) -> BaseException | None:
