@@ -43,7 +43,10 @@ app.conf.update(
 )
 app.autodiscover_tasks(["saeq_worker"], related_name="tasks", force=True)
 if settings.heartbeat_file:
-    app.steps["consumer"].add(liveness.heartbeat_step(settings.heartbeat_file, settings.heartbeat_s))
+    # celery's stubs type Celery.steps as optional; it is a defaultdict(set) from the start.
+    app.steps["consumer"].add(  # pyright: ignore[reportOptionalSubscript]
+        liveness.heartbeat_step(settings.heartbeat_file, settings.heartbeat_s)
+    )
 
 
 @worker_init.connect

@@ -41,7 +41,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
     store = job.store
     job.report(0.0, "loading", "SAE and model", force=True)
     ctx = sae_context(spec, store)
-    sae, sae_name, model_spec, hook, corpus = ctx.sae, ctx.name, ctx.model, ctx.hook, ctx.corpus
+    sae, sae_name, model_spec, hook, corpus = ctx.sae, ctx.name, ctx.model, ctx.hook, ctx.read_corpus()
     context_len, sink_info, provenance_sae = ctx.context_len, ctx.sink_info, ctx.provenance
     lm = cached_model(model_spec, job.device, cache_dir)
     job.check()
@@ -77,7 +77,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
     job.check()
     checks = None
     if spec.checks is not None:
-        checks = evaluate_checks(job, ctx, lm, sinks, cache_dir=cache_dir, llm_endpoints=llm_endpoints)
+        checks = evaluate_checks(job, spec.checks, ctx, lm, sinks, cache_dir=cache_dir, llm_endpoints=llm_endpoints)
         job.check()
 
     provenance = {

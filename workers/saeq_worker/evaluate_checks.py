@@ -14,17 +14,24 @@ from saeq.ml.explainers import Explanation, LocalLLM, token_pieces
 from saeq.ml.features import FeatureIndex
 from saeq.ml.scoring import EmbeddingScorer
 from saeq.platform.settings import LlmEndpoint
-from saeq.specs import EvaluateSpec
+from saeq.specs import Checks, EvaluateSpec
 from saeq.specs.manifests import HarvestManifest, LabelManifest, TrainManifest
 from saeq_worker.resolve import SaeContext, cached_model, chat_endpoint, read_published_manifest
 from saeq_worker.running import RunningJob
 
 
 def evaluate_checks(
-    job: RunningJob, ctx: SaeContext, lm, sinks, *, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]
+    job: RunningJob,
+    checks: Checks,
+    ctx: SaeContext,
+    lm,
+    sinks,
+    *,
+    cache_dir: str,
+    llm_endpoints: Mapping[str, LlmEndpoint],
 ) -> ChecksResult:
+    """`checks` (the evaluate spec's) of the SAE in `ctx`."""
     spec: EvaluateSpec = job.spec
-    checks = spec.checks
     labelled, all_labels = None, {}
     if checks.label_job is not None:
         records, manifest = _label_records(job.store, checks.label_job, ctx)

@@ -29,7 +29,9 @@ def write_feature_pages(
         content_type="application/json",
     )
     unembed = lm.model.get_output_embeddings().weight
-    effects = logit_effects(sae, unembed, final_norm_gain(lm.model), top=N_EFFECTS)
+    gain = final_norm_gain(lm.model)
+    assert gain is None or isinstance(gain, torch.Tensor)  # a norm's weight: a Parameter
+    effects = logit_effects(sae, unembed, gain, top=N_EFFECTS)
     w = {"before": spec.window_before, "after": spec.window_after}
     for c in range(n_chunks(index.d_sae)):
         job.check()

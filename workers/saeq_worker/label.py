@@ -62,7 +62,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     job.check()
 
     decode = token_pieces(lm.tokenizer)
-    models = {ctx.model: lm}
+    models = {ctx.model: lm}  # pyright: ignore[reportUnhashable]  frozen pydantic models hash at runtime
 
     def local_llm(s: LocalLLMSpec) -> LocalLLM:
         if s.model not in models:
@@ -72,7 +72,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     explainers = []
     for i, e in enumerate(spec.explainers):
         if e.backend == "metadata":
-            explainers.append(MetadataExplainer(lambda ids: document_info(ctx.corpus, ids, store=store), decode))
+            explainers.append(MetadataExplainer(lambda ids: document_info(ctx.read_corpus(), ids, store=store), decode))
         elif e.backend == "local":
             explainers.append(LocalExplainer(local_llm(e), decode, e.max_new_tokens, f"local:{e.model.name}"))
         else:
@@ -152,7 +152,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
 
 
 def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureIndex:
-    docs = iter_documents(ctx.corpus, seed=ctx.seed(spec.seed), store=job.store)
+    docs = iter_documents(ctx.read_corpus(), seed=ctx.seed(spec.seed), store=job.store)
     batches = context_batches(
         docs, lm.tokenizer, context_len=ctx.context_len, max_tokens=spec.index_tokens, batch_size=spec.batch_size
     )

@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from saeq.platform.registry import DURATION_BUCKETS_S
+from saeq.platform.store import ObjectInfo, ObjectStore
 
 log = logging.getLogger("saeq.worker")
 
@@ -147,20 +148,49 @@ class JobMeter:
 class CountingStore:
     """The job's object store, counting the bytes of every successful write."""
 
-    def __init__(self, store, on_write: Callable[[int], None]):
+    def __init__(self, store: ObjectStore, on_write: Callable[[int], None]):
         self._store, self._on_write = store, on_write
 
-    def put(self, key, data, *, length=None, content_type="application/octet-stream"):
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        *,
+        length: int | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> None:
         self._store.put(key, data, length=length, content_type=content_type)
         self._on_write(
             length if length is not None else len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
         )
 
-    def put_file(self, key, path):
+    def put_file(self, key: str, path: str | Path) -> None:
         self._store.put_file(key, path)
         self._on_write(os.path.getsize(path))
 
-    def __getattr__(self, name):
+    # Reads and deletes go straight to the store.
+    def get(self, key: str) -> bytes:
+        return self._store.get(key)
+
+    def get_file(self, key: str, path: str | Path) -> None:
+        self._store.get_file(key, path)
+
+    def exists(self, key: str) -> bool:
+        return self._store.exists(key)
+
+    def size(self, key: str) -> int:
+        return self._store.size(key)
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        return self._store.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self._store.delete(key)
+
+    def download_url(self, key: str, expires_s: int = 3600) -> str:
+        return self._store.download_url(key, expires_s)
+
+    def __getattr__(self, name: str) -> Any:  # anything a store offers beyond the protocol
         return getattr(self._store, name)
 
 
@@ -283,7 +313,7 @@ def _nvml_readings() -> list[tuple[int, int, int, float]]:
         for i in range(nvml.nvmlDeviceGetCount()):
             h = nvml.nvmlDeviceGetHandleByIndex(i)
             mem = nvml.nvmlDeviceGetMemoryInfo(h)
-            out.append((i, int(mem.used), int(mem.total), nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0))
+            out.append((i, int(mem.used), int(mem.total), float(nvml.nvmlDeviceGetUtilizationRates(h).gpu) / 100.0))
     return out
 
 

@@ -29,10 +29,16 @@ from saeq_worker.celery_app import settings
 
 
 @lru_cache(maxsize=2)
-def cached_model(spec: ModelSpec, device: str, cache_dir: str) -> LoadedModel:
+def _cached_model(spec: ModelSpec, device: str, cache_dir: str) -> LoadedModel:
     # Kept across jobs in this worker process: consecutive jobs often read the same model. Two, so
     # a live worker answering for two models (the builtin and a team's) does not reload per request.
     return load_model(spec, device=device, cache_dir=cache_dir)
+
+
+def cached_model(spec: ModelSpec, device: str, cache_dir: str) -> LoadedModel:
+    """The model `spec` names, loaded once per worker process (the two most recent kept)."""
+    # A frozen pydantic model hashes at runtime; pydantic's stubs leave __hash__ None.
+    return _cached_model(spec, device, cache_dir)  # pyright: ignore[reportArgumentType]
 
 
 def read_published_manifest(
@@ -87,13 +93,20 @@ class SaeContext:
     name: str
     model: ModelSpec
     hook: str
-    corpus: object
+    corpus: CorpusSpec | None
+    """None for a steer job of an imported SAE (it reads no corpus)."""
     context_len: int
     sink_info: dict | None
     provenance: dict
     corpus_seed: int | None = None
     """Seed of the builtin corpus's document order when `corpus` is the harvest's held-out part (the
     harvest's seed, so held-out stays held out); None: the job's own seed."""
+
+    def read_corpus(self) -> CorpusSpec:
+        """The corpus an evaluate or label job reads (their specs require one for an imported SAE)."""
+        if self.corpus is None:
+            raise InvalidSpec("an imported SAE needs a corpus to read", field="spec.corpus")
+        return self.corpus
 
     def seed(self, spec_seed: int) -> int:
         return spec_seed if self.corpus_seed is None else self.corpus_seed
@@ -105,7 +118,9 @@ def sae_context(spec, store: ObjectStore) -> SaeContext:
     if spec.sae.source == "job":
         sae, name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
         harvest = train.harvest
-        model = spec.model or ModelSpec(**{k: harvest.model.get(k) for k in ("name", "revision", "gguf_file", "dtype")})
+        model = spec.model or ModelSpec.model_validate(
+            {k: harvest.model.get(k) for k in ("name", "revision", "gguf_file", "dtype")}
+        )
         # The harvest's model passed the roots when it ran; the deployment may allow fewer since.
         check_local_paths(model, settings.local_path_roots, prefix="spec.model")
         corpus, corpus_seed = getattr(spec, "corpus", None), None

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +68,19 @@ class RunningJob:
         elapsed = time.time() - started  # wall clock: started_at may come from another machine
         return elapsed if elapsed > limit else None
 
-    def report(self, fraction: float, phase: str, message: str = "", *, force: bool = False, **figures: float) -> None:
-        """Progress for `GET /v1/jobs/{id}`; throttled, so callers may report every batch."""
+    def report(
+        self,
+        fraction: float,
+        phase: str,
+        message: str = "",
+        *,
+        force: bool = False,
+        more: Mapping[str, float] | None = None,
+        **figures: float,
+    ) -> None:
+        """Progress for `GET /v1/jobs/{id}`; throttled, so callers may report every batch. `more`:
+        figures whose names are only known at run time (after those named)."""
+        figures = {**figures, **(more or {})}
         self.on_report(figures)
         now = time.monotonic()
         if not force and now - self._last_report < 0.5:
@@ -137,6 +148,8 @@ def run_job(
 
     record = registry.get(job_id)
     try:
+        if record is None:  # gone since the claim: recorded as failed, as a spec that does not parse
+            raise LookupError(f"job {job_id} has no record")
         spec = parse_spec(record["spec"])
     except Exception as e:  # stored by the API, so this means a version mismatch
         registry.finish(job_id, claim.token, "failed", error=_error("invalid_spec", str(e)))

@@ -187,6 +187,7 @@ def serve_steer(
     if request.messages is not None:
         ids = chat_prompt(lm, [m.model_dump() for m in request.messages])
     else:
+        assert request.prompt is not None  # SteerRequest holds exactly one of prompt and messages
         ids = _prompt_ids(lm, request.prompt, request.chat)
     if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
         field = "prompt" if request.messages is None else "messages"
@@ -225,6 +226,7 @@ def serve_steer(
             seed=request.seed,
             check=check,
         )
+        assert ctx is not None  # edits are of an SAE's features: a request with edits names an SAE
         fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits)
         out.update(
             default=default.text, kl_from_default=fx.kl_from_default, perplexity_unsteered=fx.perplexity_unsteered

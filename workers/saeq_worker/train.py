@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import saeq
 from saeq import keys
@@ -52,7 +53,7 @@ def run_train(job: RunningJob) -> str:
             f"{p.tokens:,} of {p.total_tokens:,} tokens",
             tokens=p.tokens,
             tokens_per_s=p.tokens_per_s,
-            **figures,
+            more=figures,
         )
 
     def on_checkpoint(state: TrainState) -> None:
@@ -143,6 +144,6 @@ def run_train(job: RunningJob) -> str:
     return key
 
 
-def _formats(architecture: str) -> tuple[str, ...]:
+def _formats(architecture: str) -> tuple[Literal["saelens", "sparsify"], ...]:
     """sparsify's format holds TopK SAEs only."""
     return ("saelens", "sparsify") if architecture == "topk" else ("saelens",)

@@ -78,6 +78,8 @@ def sensitivity_plot(results: dict[str, dict], title: str) -> bytes:
 def completeness_plot(members: list[dict], category: str, title: str) -> bytes:
     """The periodic table for the builtin elements; other categories in rows of ten."""
     plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
     places = {e.name: (e.row, e.column, e.symbol) for e in ELEMENTS}
     elements = all(m["name"] in places for m in members)
     cells = [
@@ -89,7 +91,7 @@ def completeness_plot(members: list[dict], category: str, title: str) -> bytes:
     for (row, col, text), m in cells:
         y = row + (0.4 if elements and row >= 8 else 0)  # a gap above the f-block rows
         colour = "#31a354" if m["covered"] else "#f0f0f0"
-        ax.add_patch(plt.Rectangle((col - 0.5, y - 0.5), 0.95, 0.95, color=colour, ec="#999999", lw=0.5))
+        ax.add_patch(Rectangle((col - 0.5, y - 0.5), 0.95, 0.95, color=colour, ec="#999999", lw=0.5))
         ax.text(
             col,
             y - 0.08,

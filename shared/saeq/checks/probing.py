@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 
 def _probe(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, k: int | None) -> float:
     scaler = StandardScaler().fit(X[train])
-    Z = scaler.transform(X)
+    Z = np.asarray(scaler.transform(X))
     if k is not None:
         diff = np.abs(Z[train][y[train] == 1].mean(0) - Z[train][y[train] == 0].mean(0))
         Z = Z[:, np.argsort(-diff, kind="stable")[:k]]
@@ -50,8 +50,11 @@ def sparse_probing(
         rows = np.concatenate([rng.choice(pos, n, replace=False), rng.choice(neg_pool, n, replace=False)])
         y_all = np.zeros(len(topics), dtype=int)
         y_all[pos] = 1
-        train, test = train_test_split(
-            rows, test_size=test_share, stratify=y_all[rows], random_state=int(rng.integers(2**31))
+        train, test = (
+            np.asarray(part)
+            for part in train_test_split(
+                rows, test_size=test_share, stratify=y_all[rows], random_state=int(rng.integers(2**31))
+            )
         )
         row = {
             "topic": name,

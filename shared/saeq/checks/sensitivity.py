@@ -4,6 +4,7 @@ another language? Articles are paired by title (exact, then case- and accent-fol
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -14,13 +15,15 @@ def fold_title(title: str) -> str:
     return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
 
 
-def pair_titles(english: list[str], other: list[str]) -> dict[int, int]:
+def pair_titles(english: Sequence[str | None], other: Sequence[str | None]) -> dict[int, int]:
     """English index -> other-language index of the article with the same (folded) title;
-    titles that fold to the same string on either side are left unpaired."""
+    titles that fold to the same string on either side, and articles without one, are left unpaired."""
 
-    def unique(titles):
+    def unique(titles: Sequence[str | None]) -> dict[str, int]:
         seen: dict[str, int | None] = {}
         for i, t in enumerate(titles):
+            if t is None:
+                continue
             k = fold_title(t)
             seen[k] = None if k in seen else i
         return {k: i for k, i in seen.items() if i is not None}

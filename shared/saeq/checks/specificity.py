@@ -206,7 +206,7 @@ def specificity(
 def _spearman(x: list[float], y: list[float]) -> float | None:
     if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return None  # undefined when either side is constant
-    rho = spearmanr(x, y).statistic
+    rho = spearmanr(x, y).statistic  # pyright: ignore[reportAttributeAccessIssue]  scipy's stubs: a bare tuple
     return None if math.isnan(rho) else float(rho)
 
 

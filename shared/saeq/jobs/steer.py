@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ class Steering:
         B, T, D = x_BTD.shape
         pos_T = torch.arange(self.seen, self.seen + T, device=x_BTD.device)
         self.seen += T
-        acts = None
+        acts: dict[int, Tensor] = {}  # of the features scaled, ablated or clamped
         if self.feats is not None:
             acts_BTS = self.sae.encode(x_BTD.reshape(B * T, D).float()).reshape(B, T, -1)
             acts = {int(f): acts_BTS[..., int(f)] for f in self.feats}
@@ -117,10 +117,13 @@ def generate(
     applied at `hook`; the same seed gives the same draws steered or not. `check` is called after
     every generated token and raises to stop (a cancel, a time limit)."""
     ids = torch.tensor([list(prompt_ids)], device=lm.device)
-    gen_kwargs = {
+    tokenizer: Any = lm.tokenizer  # a transformers tokenizer (LoadedModel does not type it)
+    # nn.Module's attribute lookup hides transformers' generate: (1, T) ids -> (1, T + new) ids.
+    model_generate: Callable[..., Tensor] = lm.model.generate  # pyright: ignore[reportAssignmentType]
+    gen_kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "min_new_tokens": min_new_tokens,
-        "pad_token_id": lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
     }
     if check is not None:
         gen_kwargs["stopping_criteria"] = StoppingCriteriaList([_Checked(check)])
@@ -130,13 +133,14 @@ def generate(
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     torch.manual_seed(seed)
     if edits:
+        assert sae is not None and hook is not None  # edits act on an SAE's features at its hook
         steering = Steering(sae.to(lm.device), edits, ids.shape[1])
         with splice(lm.model, hook, steering):
-            out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
+            out = model_generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
     else:
-        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
+        out = model_generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
     new = out[0, ids.shape[1] :].tolist()
-    return Completion(lm.tokenizer.decode(new, skip_special_tokens=True), new)
+    return Completion(tokenizer.decode(new, skip_special_tokens=True), new)
 
 
 class _Checked(StoppingCriteria):
@@ -186,7 +190,7 @@ def side_effects(
 
 def chat_prompt(lm: LoadedModel, messages: list[dict]) -> list[int]:
     """Token ids of a chat, by the tokenizer's chat template when it has one."""
-    tok = lm.tokenizer
+    tok: Any = lm.tokenizer  # a transformers tokenizer (LoadedModel does not type it)
     if getattr(tok, "chat_template", None):
         # Text first, then ids: what tokenize=True returns differs between transformers versions.
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -151,11 +151,11 @@ class HarvestData:
     def sink_counts(self, which: str = "train") -> SinkStats:
         """What the sink rule removes from the training (or "validation") tokens."""
         pieces = self.train_pieces if which == "train" else self.val_pieces
-        out = None
-        for p in pieces:
+        out = SinkStats(0, 0, 0, self.median_norm, self.norm_factor)  # no pieces: nothing removed
+        for i, p in enumerate(pieces):
             if p not in self._sinks:
                 self._rows(p)
-            out = self._sinks[p] if out is None else out.merge(self._sinks[p])
+            out = self._sinks[p] if i == 0 else out.merge(self._sinks[p])
         return out
 
     # --- order -------------------------------------------------------------------------------

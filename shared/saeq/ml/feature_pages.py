@@ -35,7 +35,8 @@ def logit_effects(
         hi, lo = logits.topk(top, dim=1), logits.topk(top, dim=1, largest=False)
         for part, t in zip(parts, (hi.indices, hi.values, lo.indices, lo.values), strict=False):
             part.append(t)
-    return tuple(torch.cat(p) for p in parts)
+    hi_ids, hi_values, lo_ids, lo_values = (torch.cat(p) for p in parts)
+    return hi_ids, hi_values, lo_ids, lo_values
 
 
 def summaries(index: FeatureIndex, records: list[dict]) -> list[dict]:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 
 from torch import Tensor
 
 TENSOR_NAMES = ("acts", "token_ids", "doc_ids", "positions", "norms")
 
 
-def write_shard_bytes(tensors: dict[str, Tensor], metadata: dict[str, object]) -> bytes:
+def write_shard_bytes(tensors: dict[str, Tensor], metadata: Mapping[str, object]) -> bytes:
     """Serialise one shard; metadata values are stored as strings. Same input, same bytes."""
     from safetensors.torch import save
 

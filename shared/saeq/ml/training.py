@@ -120,6 +120,7 @@ class Trainee:
             out = sae(x, dead=dead, aux_k=self.aux_k)
             loss = out.mse
             if out.aux_codes is not None:
+                assert dead is not None  # aux codes come only with a dead-latent mask
                 e_hat = sae.decode_sparse(out.aux_codes, bias=False)
                 loss = loss + cfg.auxk_alpha * auxk_loss(e_hat, x - out.recon, int(dead.sum()), self.aux_k)
             if sae.architecture == "relu":
@@ -216,6 +217,7 @@ def build_trainees(spec: TrainSpec, names: list[str], d_in: int, device: str, fi
         b_dec = geometric_median(first_x) if spec.b_dec_init == "geometric_median" else first_x.mean(0)
     for i, (name, cfg) in enumerate(zip(names, spec.saes, strict=False)):
         d_sae = sae_latents(cfg, d_in)
+        assert d_sae is not None  # d_in is known here
         if cfg.architecture in ("topk", "batchtopk") and cfg.k > d_sae:
             raise InvalidSpec(f"k={cfg.k} exceeds d_sae={d_sae}", field=f"spec.saes[{i}].k")
         gen = torch.Generator().manual_seed((spec.seed * 1_000_003 + i) % (1 << 63))
