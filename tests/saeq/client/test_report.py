@@ -1,0 +1,40 @@
+"""`saeq report` and `saeq labels` print from plain data: the text tables import no torch, no
+matplotlib and nothing of the ML core, jobs or checks (those draw the report page, in the worker)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from saeq.client.report import checks_lines, labels_summary, summary_table
+
+
+def test_the_text_tables_import_no_torch_matplotlib_or_ml():
+    code = (
+        "import sys, saeq.client.report\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', 'transformers')\n"
+        "         or m.startswith(('saeq.ml', 'saeq.jobs', 'saeq.checks'))]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_summary_table_shows_the_headline_metrics_in_order():
+    text = summary_table({"l0": 31.96, "fvu": 0.08123, "dead_fraction": 0.0125, "not_a_headline": 1.0})
+    rows = [line.rsplit(maxsplit=1) for line in text.splitlines()]
+    assert [(label.strip(), value) for label, value in rows] == [
+        ("FVU (ordinary tokens)", "0.0812"),
+        ("L0 (mean active latents)", "31.96"),
+        ("dead latents", "1.25%"),
+    ]
+    assert len({len(line) - len(value) for line, (_, value) in zip(text.splitlines(), rows, strict=True)}) == 1
+
+
+def test_labels_summary_and_checks_lines_read_plain_dicts():
+    summary = {"metadata": {"n_features": 6, "scores": {"embedding": {"auc": 0.75}}}}
+    assert labels_summary(summary) == "metadata: 6 features; mean embedding auc=0.750"
+    probing = {"probing": {"n_topics": 3, "sae": {"1": 0.6}, "raw": {"1": 0.55, "all": 0.9}}}
+    assert checks_lines(probing) == [
+        "sparse probing (3 topics), accuracy by k k=1: SAE 0.600 / raw 0.550; raw, all dims 0.900"
+    ]
