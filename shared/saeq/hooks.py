@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 Site = Literal["resid_pre", "resid_post", "mlp_out", "attn_out"]
 _NAME = re.compile(r"^blocks\.(\d{1,4})\.hook_(resid_pre|resid_post|mlp_out|attn_out)$")
@@ -38,4 +38,4 @@ def parse(name: str) -> HookPoint:
             f"{name!r} is not a hook point; expected blocks.<i>.hook_<site> with site one of "
             "resid_pre, resid_post, mlp_out, attn_out"
         )
-    return HookPoint(int(m.group(1)), m.group(2))  # type: ignore[arg-type]
+    return HookPoint(int(m.group(1)), cast(Site, m.group(2)))  # the pattern admits the four sites only

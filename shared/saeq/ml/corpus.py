@@ -123,6 +123,7 @@ def hub_dataset_path(dataset: str) -> str:
 
 def _hub_documents(corpus: HubCorpus) -> Iterator[Document]:
     import datasets  # heavy, and only the worker needs it
+    from datasets.exceptions import DatasetNotFoundError
 
     path = hub_dataset_path(corpus.dataset)
     try:
@@ -137,7 +138,7 @@ def _hub_documents(corpus: HubCorpus) -> Iterator[Document]:
             f"{type(e.__cause__).__name__}: {e.__cause__}",
             field="spec.corpus.dataset",
         ) from e
-    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
+    except (FileNotFoundError, ConnectionError, DatasetNotFoundError) as e:
         raise NotFound(
             f"cannot load dataset {corpus.dataset!r}: not found on the hub, or the hub "
             f"is unreachable from the worker and it is not cached. Detail: {e}",
@@ -193,9 +194,12 @@ def checked_dataset_commit(corpus: HubCorpus) -> str:
     readme = download(_CARD_FILES[0], corpus.revision)
     if readme is None:  # no card, so no configs: datasets picks files by its own relative patterns
         try:
-            return api.dataset_info(corpus.dataset, revision=corpus.revision).sha
+            sha = api.dataset_info(corpus.dataset, revision=corpus.revision).sha
         except Exception as e:
             raise _HubUnavailable() from e
+        if sha is None:  # the hub names every revision's commit; without one there is nothing to pin
+            raise _HubUnavailable()
+        return sha
     commit = readme.parent.name  # the snapshot directory is named by its commit
     cards = [DatasetCard.load(readme).data.to_dict()]
     if (standalone := download(_CARD_FILES[1], commit)) is not None:

@@ -81,7 +81,7 @@ def marked_text(example: Example, decode: Decode, marked: list[bool] | None = No
     """The window with marked tokens (default: those where the feature fires) in << >>."""
     marked = marked if marked is not None else [a > 0 for a in example.acts]
     out = []
-    for piece, m in zip(decode(example.token_ids), marked):
+    for piece, m in zip(decode(example.token_ids), marked, strict=False):
         if m and piece.strip():
             lead = piece[: len(piece) - len(piece.lstrip())]
             out.append(f"{lead}{MARK_OPEN}{piece.strip()}{MARK_CLOSE}")
@@ -96,7 +96,7 @@ def top_words(evidence: Evidence, decode: Decode, n: int = 10) -> list[str]:
     counts: Counter[str] = Counter()
     for ex in evidence.top:
         peak = ex.max_act
-        for piece, a in zip(decode(ex.token_ids), ex.acts):
+        for piece, a in zip(decode(ex.token_ids), ex.acts, strict=False):
             word = piece.strip()
             if a >= 0.5 * peak and a > 0 and word:
                 counts[word] += 1
@@ -175,7 +175,8 @@ class LocalLLM:
         tok = self.lm.tokenizer
         for i in range(0, len(prompts), self.batch_size):
             enc = self._encode(prompts[i : i + self.batch_size])
-            ids = self.lm.model.generate(
+            # A causal LM is a GenerationMixin, which PreTrainedModel's type does not say.
+            ids = self.lm.model.generate(  # pyright: ignore[reportCallIssue]
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
             )
             out += tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -15,8 +15,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,15 +26,18 @@ from torch import nn
 from saeq.errors import InvalidSpec, NotFound
 from saeq.specs import ModelSpec, hub_id
 
+if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with this module
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PROVENANCE_FILE = "saeq-provenance.json"
 
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
+    model: PreTrainedModel
     """The causal LM, in eval mode, gradients off."""
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     """A transformers tokenizer (fast when the model has one)."""
     d_model: int
     n_layers: int
@@ -65,7 +70,7 @@ def decoder_blocks(model: nn.Module) -> list[BlockModules]:
     """The decoder blocks of a causal LM with their attention and MLP submodules."""
     for path, attn_name, mlp_name in _ARCHITECTURES:
         layers = _get_path(model, path)
-        if layers is None:
+        if not isinstance(layers, Iterable):
             continue
         blocks = []
         for layer in layers:
@@ -133,7 +138,9 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
         check_named_files(source, spec.name)
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file and spec.source != "builtin" else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True, **kwargs)
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, local_files_only=True, **kwargs
+        )
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError as e:  # transformers reports a missing or unreadable file as OSError
         raise NotFound(
@@ -143,7 +150,8 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
         ) from e
     except ValueError as e:  # e.g. an architecture this transformers version does not know
         raise InvalidSpec(f"cannot load model {spec.name!r}: {_detail(e, source)}", field="spec.model.name") from e
-    model.eval().requires_grad_(False).to(device)
+    model.eval().requires_grad_(False)
+    model.to(device)  # pyright: ignore[reportArgumentType]  # transformers wraps `to` in a decorator its stubs mistype
     try:
         blocks = decoder_blocks(model)
     except ValueError as e:
@@ -248,7 +256,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def _named_files(data: object) -> list[tuple[str, str]]:
     """(key, string) for every string under a `*_file`, `*_files` or `weight_map` key, at any depth
     (walked with a stack: a JSON file may nest as deep as its parser allows)."""
-    found, stack = [], [(None, data)]
+    found: list[tuple[str, str]] = []
+    stack: list[tuple[str | None, object]] = [(None, data)]
     while stack:
         key, value = stack.pop()
         if isinstance(value, str):
@@ -332,7 +341,7 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     # save_pretrained refuses a model carrying a GGUF quantization_config, though its weights are
     # already dequantised: rebuild a plain model from the config and move the weights over.
     config = loaded.config
-    del config.quantization_config
+    delattr(config, "quantization_config")
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(out_dir)

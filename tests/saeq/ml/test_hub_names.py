@@ -86,7 +86,7 @@ def test_dataset_names_are_hub_ids_only(name):
 @pytest.mark.parametrize("gguf", GGUF)
 def test_gguf_file_is_a_plain_file_name(gguf):
     for model in ("secretdir", "/models/llama"):
-        assert _loc(lambda: ModelSpec(name=model, gguf_file=gguf)) == ("gguf_file",)
+        assert _loc(lambda model=model: ModelSpec(name=model, gguf_file=gguf)) == ("gguf_file",)
 
 
 @pytest.mark.parametrize("revision", REVISIONS)
