@@ -11,9 +11,10 @@ from pathlib import Path
 
 import saeq
 from saeq import keys
+from saeq.checks.run import ChecksResult
 from saeq.checks.summary import checks_markdown, checks_summary
 from saeq.jobs import evaluate_report as report
-from saeq.jobs.evaluate import METRICS_VERSION, evaluate_sae
+from saeq.jobs.evaluate import METRICS_VERSION, EvalResult, evaluate_sae
 from saeq.jobs.harvest import context_batches
 from saeq.ml.corpus import iter_documents
 from saeq.platform.settings import LlmEndpoint
@@ -34,6 +35,41 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _store_report(
+    job: RunningJob, result: EvalResult, provenance: dict, sae_name: str, checks: ChecksResult | None
+) -> list[str]:
+    """Store the plots, metrics.json and report.md (the checks' part too); -> the plots' file names."""
+    store = job.store
+    pngs = report.plots(result, sae_name)
+    if checks is not None:
+        pngs.update(checks.pngs)
+    for name, data in pngs.items():
+        store.put(keys.report_file(job.id, name), data, content_type="image/png")
+    metrics_doc = {
+        **provenance,
+        "metrics": result.metrics,
+        "counts": result.counts,
+        "l0_histogram": result.l0_histogram,
+        "l0_max": result.l0_max,
+        "log_density_histogram": result.log_density_histogram,
+        "fvu_by_position": result.fvu_by_position,
+        "feature_density": result.feature_density.tolist(),
+        "checks": None if checks is None else checks.doc,
+    }
+    store.put(
+        keys.report_file(job.id, "metrics.json"), json.dumps(metrics_doc).encode(), content_type="application/json"
+    )
+    page = report.markdown(
+        result,
+        {k: v for k, v in provenance.items() if k != "corpus"},
+        [n for n in pngs if checks is None or n not in checks.pngs],
+    )
+    if checks is not None:
+        page += "\n" + checks_markdown(checks.doc, list(checks.pngs))
+    store.put(keys.report_file(job.id, "report.md"), page.encode(), content_type="text/markdown")
+    return list(pngs)
 
 
 def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> str:
@@ -90,33 +126,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         "corpus": corpus.model_dump(mode="json"),
         "sink_rule": None if sinks is None else {"median_norm": sinks.median_norm, "norm_factor": sinks.norm_factor},
     }
-    pngs = report.plots(result, sae_name)
-    if checks is not None:
-        pngs.update(checks.pngs)
-    for name, data in pngs.items():
-        store.put(keys.report_file(job.id, name), data, content_type="image/png")
-    metrics_doc = {
-        **provenance,
-        "metrics": result.metrics,
-        "counts": result.counts,
-        "l0_histogram": result.l0_histogram,
-        "l0_max": result.l0_max,
-        "log_density_histogram": result.log_density_histogram,
-        "fvu_by_position": result.fvu_by_position,
-        "feature_density": result.feature_density.tolist(),
-        "checks": None if checks is None else checks.doc,
-    }
-    store.put(
-        keys.report_file(job.id, "metrics.json"), json.dumps(metrics_doc).encode(), content_type="application/json"
-    )
-    page = report.markdown(
-        result,
-        {k: v for k, v in provenance.items() if k != "corpus"},
-        [n for n in pngs if checks is None or n not in checks.pngs],
-    )
-    if checks is not None:
-        page += "\n" + checks_markdown(checks.doc, list(checks.pngs))
-    store.put(keys.report_file(job.id, "report.md"), page.encode(), content_type="text/markdown")
+    pngs = _store_report(job, result, provenance, sae_name, checks)
     manifest = {
         "format": MANIFEST_FORMAT,
         "kind": "evaluate",

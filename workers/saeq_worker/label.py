@@ -15,6 +15,7 @@ from saeq.jobs.label import label_features, select_features
 from saeq.ml.corpus import document_info, iter_documents
 from saeq.ml.explainers import (
     PROMPT_VERSION,
+    Decode,
     EndpointExplainer,
     EndpointJudge,
     LocalExplainer,
@@ -24,13 +25,14 @@ from saeq.ml.explainers import (
     token_pieces,
 )
 from saeq.ml.features import FeatureIndex, build_feature_index
+from saeq.ml.models import LoadedModel
 from saeq.ml.scoring import EmbeddingScorer
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import LabelSpec
 from saeq.specs import LocalLLM as LocalLLMSpec
 from saeq.specs.manifests import LabelManifest
 from saeq_worker.feature_pages import write_feature_pages
-from saeq_worker.resolve import cached_model, chat_endpoint, sae_context, sink_reference
+from saeq_worker.resolve import SaeContext, cached_model, chat_endpoint, sae_context, sink_reference
 from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.label/1"
@@ -62,36 +64,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     job.check()
 
     decode = token_pieces(lm.tokenizer)
-    models = {ctx.model: lm}  # pyright: ignore[reportUnhashable]  frozen pydantic models hash at runtime
-
-    def local_llm(s: LocalLLMSpec) -> LocalLLM:
-        if s.model not in models:
-            models[s.model] = cached_model(s.model, job.device, cache_dir)
-        return LocalLLM(models[s.model])
-
-    explainers = []
-    for i, e in enumerate(spec.explainers):
-        if e.backend == "metadata":
-            explainers.append(MetadataExplainer(lambda ids: document_info(ctx.read_corpus(), ids, store=store), decode))
-        elif e.backend == "local":
-            explainers.append(LocalExplainer(local_llm(e), decode, e.max_new_tokens, f"local:{e.model.name}"))
-        else:
-            explainers.append(
-                EndpointExplainer(
-                    chat_endpoint(e, store, f"spec.explainers.{i}", llm_endpoints),
-                    decode,
-                    e.max_new_tokens,
-                    f"openai:{e.model}",
-                )
-            )
-    judge = None
-    if spec.judge is not None and spec.judge.backend == "local":
-        judge = LocalJudge(local_llm(spec.judge), f"local:{spec.judge.model.name}")
-    elif spec.judge is not None:
-        judge = EndpointJudge(
-            chat_endpoint(spec.judge, store, "spec.judge", llm_endpoints), f"openai:{spec.judge.model}"
-        )
-    embedder = EmbeddingScorer(device=str(lm.device)) if "embedding" in spec.scorers else None
+    explainers, judge, embedder = _labellers(job, spec, ctx, lm, decode, cache_dir, llm_endpoints)
 
     t0 = time.monotonic()
     records = label_features(
@@ -149,6 +122,50 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     key = job.publish(LabelManifest.model_validate(manifest))
     job.report(1.0, "done", f"{len(features)} features labelled by {len(explainers)} explainer(s)", force=True)
     return key
+
+
+def _labellers(
+    job: RunningJob,
+    spec: LabelSpec,
+    ctx: SaeContext,
+    lm: LoadedModel,
+    decode: Decode,
+    cache_dir: str,
+    llm_endpoints: Mapping[str, LlmEndpoint],
+) -> tuple[list, LocalJudge | EndpointJudge | None, EmbeddingScorer | None]:
+    """The explainers, judge and embedding scorer the spec names (local models loaded once each)."""
+    store = job.store
+    models = {ctx.model: lm}  # pyright: ignore[reportUnhashable]  frozen pydantic models hash at runtime
+
+    def local_llm(s: LocalLLMSpec) -> LocalLLM:
+        if s.model not in models:
+            models[s.model] = cached_model(s.model, job.device, cache_dir)
+        return LocalLLM(models[s.model])
+
+    explainers = []
+    for i, e in enumerate(spec.explainers):
+        if e.backend == "metadata":
+            explainers.append(MetadataExplainer(lambda ids: document_info(ctx.read_corpus(), ids, store=store), decode))
+        elif e.backend == "local":
+            explainers.append(LocalExplainer(local_llm(e), decode, e.max_new_tokens, f"local:{e.model.name}"))
+        else:
+            explainers.append(
+                EndpointExplainer(
+                    chat_endpoint(e, store, f"spec.explainers.{i}", llm_endpoints),
+                    decode,
+                    e.max_new_tokens,
+                    f"openai:{e.model}",
+                )
+            )
+    judge = None
+    if spec.judge is not None and spec.judge.backend == "local":
+        judge = LocalJudge(local_llm(spec.judge), f"local:{spec.judge.model.name}")
+    elif spec.judge is not None:
+        judge = EndpointJudge(
+            chat_endpoint(spec.judge, store, "spec.judge", llm_endpoints), f"openai:{spec.judge.model}"
+        )
+    embedder = EmbeddingScorer(device=str(lm.device)) if "embedding" in spec.scorers else None
+    return explainers, judge, embedder
 
 
 def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureIndex:

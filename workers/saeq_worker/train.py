@@ -11,11 +11,11 @@ from typing import Literal
 
 import saeq
 from saeq import keys
-from saeq.jobs.train import TrainProgress, TrainState, train_from_harvest
+from saeq.jobs.train import TrainProgress, TrainResult, TrainState, train_from_harvest
 from saeq.platform.store import AlreadyExists, ObjectStore
 from saeq.specs import TrainSpec
 from saeq.specs.costs import check_quota
-from saeq.specs.manifests import TrainManifest
+from saeq.specs.manifests import HarvestManifest, TrainManifest
 from saeq_worker.resolve import read_harvest_manifest
 from saeq_worker.running import RunningJob
 
@@ -75,6 +75,27 @@ def run_train(job: RunningJob) -> str:
     )
     job.check()
     job.report(1.0, "export", "writing SAEs", force=True)
+    files = _export_saes(job, spec, harvest, result)
+    manifest = _manifest(job, spec, harvest, result, files)
+    key = job.publish(manifest)
+    figures = manifest.result
+    first = next(iter(figures["saes"].values()))
+    job.report(
+        1.0,
+        "done",
+        f"FVU {first['fvu']:.4f}, L0 {first['l0']:.1f}, dead {first['dead_fraction']:.1%}",
+        force=True,
+        fvu=first["fvu"],
+        l0=first["l0"],
+        dead_fraction=first["dead_fraction"],
+        tokens=figures["tokens"],
+    )
+    return key
+
+
+def _export_saes(job: RunningJob, spec: TrainSpec, harvest: HarvestManifest, result: TrainResult) -> list[dict]:
+    """Store every SAE in each format its architecture has; -> the files, for the manifest."""
+    store = job.store
     files = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, sae in result.saes.items():
@@ -96,6 +117,13 @@ def run_train(job: RunningJob) -> str:
                     except AlreadyExists:
                         pass  # written by an attempt that died before its manifest
                     files.append({"sae": name, "format": fmt, "key": key, "size": path.stat().st_size})
+    return files
+
+
+def _manifest(
+    job: RunningJob, spec: TrainSpec, harvest: HarvestManifest, result: TrainResult, files: list[dict]
+) -> TrainManifest:
+    """What the job publishes: its SAEs (where each is stored, its figures), the harvest it read, files."""
     figures = result.to_dict()
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -129,19 +157,7 @@ def run_train(job: RunningJob) -> str:
         "result": figures,
         "files": files,
     }
-    key = job.publish(TrainManifest.model_validate(manifest))
-    first = next(iter(figures["saes"].values()))
-    job.report(
-        1.0,
-        "done",
-        f"FVU {first['fvu']:.4f}, L0 {first['l0']:.1f}, dead {first['dead_fraction']:.1%}",
-        force=True,
-        fvu=first["fvu"],
-        l0=first["l0"],
-        dead_fraction=first["dead_fraction"],
-        tokens=figures["tokens"],
-    )
-    return key
+    return TrainManifest.model_validate(manifest)
 
 
 def _formats(architecture: str) -> tuple[Literal["saelens", "sparsify"], ...]:
