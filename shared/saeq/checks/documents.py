@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,8 +64,8 @@ def document_activations(
         torch.zeros(n, sae.d_sae), torch.zeros(n, sae.d_sae), torch.zeros(n, sae.d_in), torch.zeros(n, dtype=torch.long)
     )
     order = sorted(range(n), key=lambda i: len(token_ids[i]))
-    tokenizer: Any = lm.tokenizer  # a transformers tokenizer (LoadedModel does not type it)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = lm.tokenizer.pad_token_id
+    pad = pad_id if isinstance(pad_id, int) else 0  # None when the tokenizer has no pad token
     for b0 in range(0, n, batch_size):
         if should_stop():
             raise Cancelled("evaluation cancelled")

@@ -117,8 +117,9 @@ def generate(
     applied at `hook`; the same seed gives the same draws steered or not. `check` is called after
     every generated token and raises to stop (a cancel, a time limit)."""
     ids = torch.tensor([list(prompt_ids)], device=lm.device)
-    tokenizer: Any = lm.tokenizer  # a transformers tokenizer (LoadedModel does not type it)
-    # nn.Module's attribute lookup hides transformers' generate: (1, T) ids -> (1, T + new) ids.
+    tokenizer = lm.tokenizer
+    # (1, T) ids -> (1, T + new) ids: without return_dict_in_generate, generate returns the ids
+    # (transformers types it as a union with its output classes).
     model_generate: Callable[..., Tensor] = lm.model.generate  # pyright: ignore[reportAssignmentType]
     gen_kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
@@ -140,7 +141,9 @@ def generate(
     else:
         out = model_generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
     new = out[0, ids.shape[1] :].tolist()
-    return Completion(tokenizer.decode(new, skip_special_tokens=True), new)
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    assert isinstance(text, str)  # one sequence of ids decodes to one string
+    return Completion(text, new)
 
 
 class _Checked(StoppingCriteria):
@@ -190,10 +193,11 @@ def side_effects(
 
 def chat_prompt(lm: LoadedModel, messages: list[dict]) -> list[int]:
     """Token ids of a chat, by the tokenizer's chat template when it has one."""
-    tok: Any = lm.tokenizer  # a transformers tokenizer (LoadedModel does not type it)
+    tok = lm.tokenizer
     if getattr(tok, "chat_template", None):
         # Text first, then ids: what tokenize=True returns differs between transformers versions.
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert isinstance(text, str)  # tokenize=False: the rendered chat
     else:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
     return tok(text, add_special_tokens=False)["input_ids"]
