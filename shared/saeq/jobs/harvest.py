@@ -11,7 +11,6 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -73,8 +72,7 @@ def harvest_activations(
     see saeq.ml.stopping); once true, Cancelled.
     """
     points = _check_spec(spec, lm)
-    tokenizer: Any = lm.tokenizer  # a transformers tokenizer (LoadedModel does not type it)
-    if spec.prepend_bos and tokenizer.bos_token_id is None:
+    if spec.prepend_bos and lm.tokenizer.bos_token_id is None:
         raise InvalidSpec("the tokenizer has no BOS token", field="spec.prepend_bos")
     T = spec.context_len
     per_shard = spec.shard_tokens // T
