@@ -69,9 +69,10 @@ def job_cost(spec, d_in: int | None = None, n_features: int | None = None) -> Jo
         )
     if isinstance(spec, TrainSpec):
         widths = [sae_latents(s, d_in) for s in spec.saes]
-        if None in widths:
+        known = [w for w in widths if w is not None]
+        if len(known) < len(widths):
             return None
-        latents = sum(widths)
+        latents = sum(known)
         units = math.ceil(spec.total_tokens * latents / LATENTS_PER_UNIT)
         return JobCost(
             units,
@@ -197,7 +198,9 @@ def forward_passes(spec, context_len: int | None = None) -> list[tuple[str, int]
     passes = []
     if isinstance(spec, (EvaluateSpec, LabelSpec)) and (spec.context_len or context_len):
         tokens = spec.max_tokens if isinstance(spec, EvaluateSpec) else spec.index_tokens
-        passes.append(("spec.batch_size", _pass(spec.batch_size, tokens, spec.context_len or context_len)))
+        own_len = spec.context_len or context_len
+        assert own_len is not None  # the condition above
+        passes.append(("spec.batch_size", _pass(spec.batch_size, tokens, own_len)))
     if isinstance(spec, EvaluateSpec) and spec.checks is not None:
         c = spec.checks
         passes.append(("spec.checks.batch_size", min(c.batch_size, c.n_docs) * c.context_len))
@@ -258,7 +261,7 @@ def check_quota(
 def _check_latents(spec: TrainSpec, quota: TeamQuota, team: str, d_in: int | None) -> None:
     """max_latents bounds the SAEs' widths summed: every batch feeds every SAE."""
     widths = [sae_latents(s, d_in) for s in spec.saes]
-    for i, (sae, width) in enumerate(zip(spec.saes, widths)):
+    for i, (sae, width) in enumerate(zip(spec.saes, widths, strict=True)):
         if width is not None and width > quota.max_latents:
             raise OverQuota(
                 f"{width:,} latents exceed team {team!r}'s quota max_latents={quota.max_latents:,}",
