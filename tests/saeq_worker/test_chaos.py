@@ -78,9 +78,11 @@ def _busy_worker(stack, client, kind: str, timeout: float) -> str | None:
     while time.monotonic() < deadline:
         running = list(client.list(kind=kind, state="running"))
         for job in running:
-            if 0.3 < job["progress"]["fraction"] < 0.9 and (name := _worker_of(stack, job)):
-                if client.get(job["id"])["progress"]["fraction"] < 0.9:
-                    return name
+            if not (0.3 < job["progress"]["fraction"] < 0.9 and (name := _worker_of(stack, job))):
+                continue
+            # Re-read the job: the listing may be a poll old, and a job about to end cannot be resumed.
+            if client.get(job["id"])["progress"]["fraction"] < 0.9:
+                return name
         if not running and not list(client.list(kind=kind, state="queued", limit=1)):
             return None  # every such job has ended: nothing left to interrupt
         time.sleep(0.05)
