@@ -12,6 +12,7 @@ from saeq import keys
 from saeq.errors import Cancelled
 from saeq.platform.store import LocalStore
 from saeq.specs import LabelSearch
+from saeq.specs.manifests import FeatureIndexEntry, LabelManifest
 
 
 def _publish_label_job(store: LocalStore, job_id: str, n_labels: int) -> None:
@@ -28,17 +29,32 @@ def _publish_label_job(store: LocalStore, job_id: str, n_labels: int) -> None:
         for i in range(n_labels)
     ]
     store.put(keys.labels_file(job_id), ("\n".join(lines) + "\n").encode())
-    store.put(
-        keys.manifest(job_id),
-        json.dumps(
-            {
-                "kind": "label",
-                "labels_key": keys.labels_file(job_id),
-                "sae": {"source": "path"},
-                "hook": "blocks.0.hook_resid_post",
-            }
-        ).encode(),
+    # A whole label manifest, as a label worker publishes it: the steer worker reads it typed.
+    manifest = LabelManifest(
+        job_id=job_id,
+        created_at=0.0,
+        spec={},
+        sae={"source": "path"},
+        model={},
+        hook="blocks.0.hook_resid_post",
+        corpus={},
+        prompt_version="test",
+        sink_rule=None,
+        index=FeatureIndexEntry(
+            key=keys.job_prefix(job_id) + "features.safetensors",
+            n_contexts=0,
+            context_len=0,
+            n_ordinary_tokens=0,
+            n_sinks=0,
+            nnz=0,
+        ),
+        labels_key=keys.labels_file(job_id),
+        n_features=n_labels,
+        summary={},
+        browser=None,
+        labelling_s=0.0,
     )
+    store.put(keys.manifest(job_id), manifest.model_dump_json().encode())
 
 
 @pytest.fixture
