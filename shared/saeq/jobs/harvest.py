@@ -19,6 +19,7 @@ from saeq import hooks
 from saeq.errors import Cancelled, InvalidSpec, OutOfMemory
 from saeq.ml.corpus import Document
 from saeq.ml.models import LoadedModel, decoder_blocks
+from saeq.ml.placement import is_out_of_memory
 from saeq.ml.sinks import SinkStats, median_norm, sink_stats
 from saeq.ml.stopping import MICRO_BATCH_TOKENS, micro_batches, stop_between_blocks
 from saeq.specs import HarvestSpec
@@ -55,12 +56,14 @@ def harvest_activations(
     docs: Iterable[Document],
     *,
     start_shard: int = 0,
+    stop_shard: int | None = None,
     median_norms: Mapping[str, float] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda tokens_done: None,
     micro_batch_tokens: int = MICRO_BATCH_TOKENS,
 ) -> Iterator[Shard]:
-    """Yield shards `start_shard, start_shard + 1, ...` of the harvest `spec` describes.
+    """Yield shards `start_shard, start_shard + 1, ...` (up to `stop_shard`, excluded, when given:
+    one slice of a split harvest) of the harvest `spec` describes.
 
     Each shard holds `spec.shard_tokens // spec.context_len` whole contexts (the last may hold
     fewer); the run ends at `spec.max_tokens` rounded up to whole contexts, or with the corpus
@@ -76,11 +79,14 @@ def harvest_activations(
         raise InvalidSpec("the tokenizer has no BOS token", field="spec.prepend_bos")
     T = spec.context_len
     per_shard = spec.shard_tokens // T
+    n_contexts = math.ceil(spec.max_tokens / T)
+    if stop_shard is not None:  # a slice ends where the next one starts
+        n_contexts = min(n_contexts, stop_shard * per_shard)
     contexts = itertools.islice(
         pack_contexts(
             docs, lm.tokenizer, context_len=T, prepend_bos=spec.prepend_bos, doc_separator=spec.doc_separator
         ),
-        math.ceil(spec.max_tokens / T),
+        n_contexts,
     )
     for _ in itertools.islice(contexts, start_shard * per_shard):
         pass  # skipped shards: tokenised to find where the next one starts, never run
@@ -96,6 +102,13 @@ def harvest_activations(
             )
             tokens_done += shard.n_tokens
             yield shard
+
+
+def slice_ranges(spec: HarvestSpec) -> list[range]:
+    """The shard indices each of the spec's slices harvests: contiguous, disjoint, in order, their
+    union the shards a single harvest writes (the last ones empty when the corpus ends first)."""
+    n, k = spec.max_shards, spec.slices
+    return [range(i * n // k, (i + 1) * n // k) for i in range(k)]
 
 
 def _harvest_shard(
@@ -199,9 +212,6 @@ def context_batches(
         yield torch.tensor([ids for ids, _ in chunk]), torch.tensor([owners for _, owners in chunk])
 
 
-_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda only
-
-
 class _StopForward(Exception):
     """Raised by the deepest hook: nothing after it (later blocks, the LM head) is computed."""
 
@@ -246,7 +256,9 @@ class _Recorder:
                 model(input_ids=ids_BT, use_cache=False)
         except _StopForward:
             return
-        except _OOM as e:
+        except (MemoryError, RuntimeError) as e:  # torch's OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(e):  # the CPU allocator's failure is a plain RuntimeError
+                raise
             raise OutOfMemory(
                 f"out of memory running {ids_BT.shape[0]} contexts of {ids_BT.shape[1]} tokens; lower batch_size",
                 field="spec.batch_size",

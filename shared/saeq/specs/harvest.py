@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -39,13 +40,17 @@ class HarvestSpec(Frozen):
     """Text placed between documents when they are packed into contexts."""
     shard_tokens: int = Field(default=16_384, ge=128, le=4_194_304)
     """Tokens per activation shard (rounded down to whole contexts). A crash loses at most one."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Dtype of the stored activations."""
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    """Dtype of the stored activations: bfloat16 (half the bytes to store and read; its FVU and
+    CE-loss-recovered cost on the demo is in docs/benchmarks.md) or float32 on request."""
     sink_norm_factor: float = Field(default=5.0, gt=1.0)
     """A token whose norm exceeds this many times the median norm counts as an attention sink
     (recorded in the manifest; training and evaluation apply the rule)."""
     seed: Seed = 0
     """Seed of the document order."""
+    slices: int = Field(default=1, ge=1, le=64)
+    """Split the harvest across this many workers: each runs a contiguous range of the shards a
+    single harvest writes (same keys, same bytes) and one manifest is merged at the end."""
 
     @field_validator("hooks")
     @classmethod
@@ -73,4 +78,14 @@ class HarvestSpec(Frozen):
                     )
         if self.shard_tokens < self.context_len:
             raise invalid(self, "shard_tokens", "shard_tokens must hold at least one context (>= context_len)")
+        if self.slices > self.max_shards:
+            raise invalid(
+                self, "slices", f"slices={self.slices} exceeds the {self.max_shards} shards this harvest writes at most"
+            )
         return self
+
+    @property
+    def max_shards(self) -> int:
+        """Shards the token budget fills (fewer when the corpus ends first): what `slices` divides."""
+        n_contexts = math.ceil(self.max_tokens / self.context_len)
+        return math.ceil(n_contexts / (self.shard_tokens // self.context_len))

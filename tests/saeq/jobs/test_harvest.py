@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from saeq.errors import Cancelled, InvalidSpec
-from saeq.jobs.harvest import harvest_activations, pack_contexts
+from saeq.jobs.harvest import harvest_activations, pack_contexts, slice_ranges
 from saeq.ml.corpus import iter_documents
 from saeq.ml.models import decoder_blocks, load_model
 from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
@@ -24,6 +25,7 @@ def make_spec(hooks, **kw) -> HarvestSpec:
         "batch_size": 3,
         "max_tokens": 600,
         "corpus": BuiltinCorpus(max_docs=40),
+        "dtype": "float32",  # fp32 on request: these tests compare with a direct fp32 forward pass
     } | kw
     return HarvestSpec(model=ModelSpec(name="/tiny"), hooks=hooks, **kw)
 
@@ -160,6 +162,37 @@ def test_resume_skips_without_running_the_model(tiny_llama):
             assert write_shard_bytes(a.tensors[h], a.metadata(h)) == write_shard_bytes(b.tensors[h], b.metadata(h))
 
 
+def test_slices_write_the_shards_of_a_single_harvest(tiny_llama):
+    # 600 tokens in contexts of 16 and shards of 8 contexts: shards 0..4, the last of 6 contexts.
+    spec = make_spec(["blocks.1.hook_resid_post"], slices=3)
+    assert [list(r) for r in slice_ranges(spec)] == [[0], [1, 2], [3, 4]]
+    single = harvest(spec, tiny_llama)
+    medians = {h: s.median_norm for h, s in single[0].sinks.items()}
+    sliced = [
+        shard
+        for r in slice_ranges(spec)
+        for shard in harvest(spec, tiny_llama, start_shard=r.start, stop_shard=r.stop, median_norms=medians)
+    ]
+    assert [s.index for s in sliced] == [0, 1, 2, 3, 4]
+    h = spec.hooks[0]
+    for a, b in zip(single, sliced, strict=True):
+        assert write_shard_bytes(a.tensors[h], a.metadata(h)) == write_shard_bytes(b.tensors[h], b.metadata(h))
+
+
+def test_slices_beyond_the_corpus_are_empty(tiny_llama):
+    # A budget far past the 40 documents: the corpus ends inside the first slices.
+    spec = make_spec(["blocks.1.hook_resid_post"], max_tokens=1_000_000, slices=8)
+    single = harvest(spec, tiny_llama)
+    r = slice_ranges(spec)[-1]
+    assert len(single) < r.start and harvest(spec, tiny_llama, start_shard=r.start, stop_shard=r.stop) == []
+
+
+def test_more_slices_than_shards_is_an_invalid_spec():
+    with pytest.raises(ValidationError) as e:
+        make_spec(["blocks.1.hook_resid_post"], slices=6)  # 5 shards
+    assert e.value.errors()[0]["loc"] == ("slices",)
+
+
 def test_forward_stops_after_the_deepest_block(tiny_llama):
     fired = []
     blocks = decoder_blocks(tiny_llama.model)
@@ -196,6 +229,7 @@ def test_hook_beyond_the_model_is_an_invalid_spec(tiny_llama):
 
 def test_bfloat16_storage_keeps_fp32_norms(tiny_llama):
     fp32 = harvest(make_spec(["blocks.1.hook_resid_post"], max_tokens=128), tiny_llama)[0]
+    assert HarvestSpec.model_fields["dtype"].default == "bfloat16"  # what a harvest stores unless asked
     bf16 = harvest(make_spec(["blocks.1.hook_resid_post"], max_tokens=128, dtype="bfloat16"), tiny_llama)[0]
     a, b = fp32.tensors["blocks.1.hook_resid_post"], bf16.tensors["blocks.1.hook_resid_post"]
     assert b["acts"].dtype == torch.bfloat16
