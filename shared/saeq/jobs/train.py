@@ -25,6 +25,7 @@ from torch import Tensor
 
 from saeq.errors import Cancelled, InvalidSpec
 from saeq.ml.activations import Batch, DataPosition, HarvestData
+from saeq.ml.distributed import DataGroup
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.training import (  # SaeMetrics and measure: importable from here as before the split
     SaeMetrics,
@@ -124,6 +125,8 @@ def train_saes(
     *,
     validation: Tensor | None = None,
     device: str = "cpu",
+    devices: list[str] | None = None,
+    group: DataGroup | None = None,
     on_progress: Callable[[TrainProgress], None] = lambda p: None,
     should_stop: Callable[[], bool] = lambda: False,
     resume: TrainState | None = None,
@@ -132,11 +135,30 @@ def train_saes(
 ) -> TrainResult:
     """Train the SAEs `spec.saes` on `batches` ((B, d_in) activations, or Batch with the data
     position after it) until `spec.total_tokens`. With `resume`, `batches` must start where
-    `resume.data_position` says. Raises Cancelled when `should_stop()` turns true."""
+    `resume.data_position` says. Raises Cancelled when `should_stop()` turns true.
+
+    `devices`: SAE i trains on devices[i % len(devices)] (None: [device]), every batch copied
+    once to each. `group`: this process is one rank of a data-parallel group (saeq.ml.distributed):
+    `batches` are the global batches, of which it trains on its share; only rank 0 checkpoints."""
+    devices = devices or [device]
+    if spec.parallel == "data" and len(devices) > 1 and group is None:
+        from saeq.jobs.train_parallel import train_data_parallel  # its ranks come back here, each with a group
+
+        return train_data_parallel(
+            spec,
+            batches,
+            devices=devices,
+            validation=validation,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            resume=resume,
+            on_checkpoint=on_checkpoint,
+            progress_every_s=progress_every_s,
+        )
     it: Iterator = iter(batches)
     total_steps = math.ceil(spec.total_tokens / spec.batch_size)
-    autocast = _autocast(device)
-    run = _start(spec, sae_names(spec), it, device, resume)
+    autocast = _autocast(devices[0])
+    run = _start(spec, sae_names(spec), it, devices, resume)
     trainees, scale, step, tokens, pending = run.trainees, run.scale, run.step, run.tokens, run.pending
 
     position = resume.data_position if resume is not None else None
@@ -146,22 +168,22 @@ def train_saes(
     next_checkpoint = _next_multiple(tokens, spec.checkpoint_every_tokens)
 
     while tokens < spec.total_tokens:
-        if should_stop():
+        stop = should_stop()
+        if stop if group is None else group.any(stop, devices[0]):
             raise Cancelled("training cancelled")
         item = pending.pop() if pending else next(it, None)
         if item is None:
             raise InvalidSpec("the activations ran out before total_tokens", field="spec.total_tokens")
-        x = _acts(item).to(device, torch.float32, non_blocking=True)
-        if scale != 1.0:
-            x = x * scale
+        acts, B = _acts(item), _acts(item).shape[0]
+        xs = _to_devices(group.shard(acts) if group is not None else acts, devices, scale)
         if isinstance(item, Batch):
             position, epoch = item.position.to_dict(), item.position.epoch
         lr_f = lr_factor(spec, step, total_steps)
         sparsity = min(1.0, (step + 1) / (spec.sparsity_warmup * total_steps)) if spec.sparsity_warmup else 1.0
         for t in trainees:
-            t.step(x, t.cfg.lr * lr_f, sparsity, autocast)
+            t.step(xs[t.device], t.cfg.lr * lr_f, sparsity, autocast, group, B)
         step += 1
-        tokens += x.shape[0]
+        tokens += B
 
         now = time.perf_counter()
         done = tokens >= spec.total_tokens
@@ -173,7 +195,8 @@ def train_saes(
             last_report = now
         if next_checkpoint is not None and tokens >= next_checkpoint and not done:
             wall_s = run.wall0 + now - t_start
-            on_checkpoint(_state(spec, step, tokens, scale, position, trainees, wall_s))
+            if group is None or group.rank == 0:
+                on_checkpoint(_state(spec, step, tokens, scale, position, trainees, wall_s))
             next_checkpoint = _next_multiple(tokens, spec.checkpoint_every_tokens)
 
     wall = run.wall0 + time.perf_counter() - t_start
@@ -183,8 +206,17 @@ def train_saes(
         sae.fold_input_scale_(scale)
         sae.eval()
         saes[t.name] = sae
-        metrics[t.name] = measure(sae, validation, name=t.name, dead_fraction=t.dead_fraction(), device=device)
+        metrics[t.name] = measure(sae, validation, name=t.name, dead_fraction=t.dead_fraction(), device=t.device)
     return TrainResult(saes, metrics, tokens, step, wall, scale)
+
+
+def _to_devices(acts_BD: Tensor, devices: list[str], scale: float) -> dict[str, Tensor]:
+    """The batch (scaled) on each device, copied there once however many SAEs train on it."""
+    xs = {}
+    for d in dict.fromkeys(devices):
+        x = acts_BD.to(d, torch.float32, non_blocking=True)
+        xs[d] = x * scale if scale != 1.0 else x
+    return xs
 
 
 def _autocast(device: str):
@@ -212,19 +244,19 @@ class _Start:
     pending: list
 
 
-def _start(spec: TrainSpec, names: list[str], it: Iterator, device: str, resume: TrainState | None) -> _Start:
+def _start(spec: TrainSpec, names: list[str], it: Iterator, devices: list[str], resume: TrainState | None) -> _Start:
     if resume is None:
         first = next(it, None)
         if first is None:
             raise InvalidSpec("no activations to train on", field="spec.activations")
         d_in = _acts(first).shape[1]
-        first_x = _acts(first).to(device, torch.float32)
+        first_x = _acts(first).to(devices[0], torch.float32)  # the whole (global) batch, on every rank
         scale = math.sqrt(d_in) / float(first_x.norm(dim=1).mean()) if spec.normalize_activations else 1.0
-        return _Start(build_trainees(spec, names, d_in, device, first_x * scale), scale, 0, 0, 0.0, [first])
+        return _Start(build_trainees(spec, names, d_in, devices, first_x * scale), scale, 0, 0, 0.0, [first])
     if resume.spec != spec.model_dump(mode="json"):
         raise InvalidSpec("the checkpoint was taken by a job with a different spec")
     d_in = next(iter(resume.saes.values()))["model"]["W_enc"].shape[0]
-    trainees = build_trainees(spec, names, d_in, device, None)
+    trainees = build_trainees(spec, names, d_in, devices, None)
     for t in trainees:
         t.load(resume.saes[t.name])
     torch.set_rng_state(resume.rng)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from saeq.errors import InvalidSpec
+from saeq.ml.distributed import DataGroup
 from saeq.ml.sae import SparseAutoencoder, SparseCodes, Step
 from saeq.specs import SaeConfig, TrainSpec
 from saeq.specs.costs import sae_latents
@@ -100,7 +101,7 @@ class Trainee:
     """An SAE, its optimiser and dead-latent counters, and running figures for progress."""
 
     def __init__(self, name: str, cfg: SaeConfig, sae: SparseAutoencoder, device: str):
-        self.name, self.cfg, self.sae = name, cfg, sae
+        self.name, self.cfg, self.sae, self.device = name, cfg, sae, device
         self.sae.bandwidth = cfg.jumprelu_bandwidth
         fused = device.startswith("cuda") or device == "cpu"
         self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=fused)
@@ -111,8 +112,12 @@ class Trainee:
         self._n = 0
         self._lr = 0.0
 
-    def step(self, x: Tensor, lr: float, sparsity: float, autocast) -> None:
-        sae, cfg, B = self.sae, self.cfg, x.shape[0]
+    def step(self, x: Tensor, lr: float, sparsity: float, autocast, group: DataGroup | None = None, B: int = 0) -> None:
+        """One optimiser step on x (b, d_in). Data-parallel (`group`): x is this rank's share of a
+        global batch of B rows; gradients, fire counts and figures are summed over the ranks."""
+        sae, cfg, b = self.sae, self.cfg, x.shape[0]
+        B = B or b
+        weight = b / B  # the losses are means over this rank's rows; the sum over ranks is the global mean
         dead = None
         if sae.architecture in ("topk", "batchtopk") and cfg.auxk_alpha > 0:
             dead = self.tokens_since_fired >= cfg.dead_window_tokens
@@ -129,9 +134,11 @@ class Trainee:
                 loss = loss + sparsity * cfg.l0_coefficient * l0_penalty(
                     out.pre_acts, sae.threshold, cfg.jumprelu_bandwidth
                 )
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        loss.backward()
+        for params in self.opt.param_groups:
+            params["lr"] = lr
+        (loss * weight if group is not None else loss).backward()
+        if group is not None:
+            group.sum_grads_(sae.parameters())
         if cfg.normalize_decoder:
             sae.remove_parallel_grad_()
         self.opt.step()
@@ -142,11 +149,15 @@ class Trainee:
             if sae.architecture == "jumprelu":
                 sae.threshold.clamp_(min=0.0)
             fires = _fire_counts(out.codes, sae.d_sae)  # (d_sae,) tokens each latent fired on
+            figures = torch.stack([loss.detach(), out.mse.detach(), out.fvu.detach(), out.l0.detach()]).float()
+            if group is not None:  # one all-reduce for both: every rank agrees on dead latents
+                summed = group.sum_(torch.cat([fires.float(), figures * weight]))  # (d_sae + 4,)
+                fires, figures = summed[: sae.d_sae], summed[sae.d_sae :]
             self.tokens_since_fired += B
             self.tokens_since_fired[fires > 0] = 0
             a = min(1.0, B / cfg.dead_window_tokens)
             self.fire_rate.mul_(1 - a).add_(fires / B, alpha=a)
-            self._sums += torch.stack([loss.detach(), out.mse.detach(), out.fvu.detach(), out.l0.detach()]).float()
+            self._sums += figures
         self._n += 1
         self._lr = lr
 
@@ -209,8 +220,12 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TOP_PAD, 64 << 20)
 
 
-def build_trainees(spec: TrainSpec, names: list[str], d_in: int, device: str, first_x: Tensor | None) -> list[Trainee]:
-    """The SAEs at their initial state; `first_x` (scaled) sets b_dec (None: resuming)."""
+def build_trainees(
+    spec: TrainSpec, names: list[str], d_in: int, device: str | list[str], first_x: Tensor | None
+) -> list[Trainee]:
+    """The SAEs at their initial state, SAE i on device i % len(devices); `first_x` (scaled) sets
+    b_dec (None: resuming)."""
+    devices = [device] if isinstance(device, str) else device
     out = []
     b_dec = None
     if first_x is not None and spec.b_dec_init != "zeros":
@@ -221,14 +236,15 @@ def build_trainees(spec: TrainSpec, names: list[str], d_in: int, device: str, fi
         if cfg.architecture in ("topk", "batchtopk") and cfg.k > d_sae:
             raise InvalidSpec(f"k={cfg.k} exceeds d_sae={d_sae}", field=f"spec.saes[{i}].k")
         gen = torch.Generator().manual_seed((spec.seed * 1_000_003 + i) % (1 << 63))
-        sae = SparseAutoencoder(d_in, d_sae, cfg.architecture, k=cfg.k, generator=gen).to(device)
+        on = devices[i % len(devices)]
+        sae = SparseAutoencoder(d_in, d_sae, cfg.architecture, k=cfg.k, generator=gen).to(on)
         with torch.no_grad():
             if b_dec is not None:
                 sae.b_dec.copy_(b_dec)
             if cfg.architecture == "jumprelu":
                 sae.threshold.fill_(cfg.jumprelu_init_threshold)
         sae.train()
-        out.append(Trainee(name, cfg, sae, device))
+        out.append(Trainee(name, cfg, sae, on))
     return out
 
 

@@ -141,6 +141,12 @@ class TrainSpec(Frozen):
     checkpoint_every_tokens: int | None = Field(default=4_194_304, gt=0)
     """Save resumable state (weights, optimiser, data position) this often; None: never."""
     sinks: SinkRule = SinkRule()
+    gpus: int = Field(default=1, ge=1, le=8)
+    """GPUs of one node the job uses (it goes to the multi-GPU worker pool when above 1)."""
+    parallel: Literal["sweep", "data"] = "sweep"
+    """How several GPUs share the work: `sweep` places SAE i on GPU i % gpus, all fed by one
+    read of the data; `data` trains every SAE data-parallel (torch.distributed), each GPU taking
+    1/gpus of every batch, with the same result as one GPU on the whole batch."""
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSpec:
@@ -154,4 +160,20 @@ class TrainSpec(Frozen):
             )
         if self.lr_warmup + self.lr_decay > 1.0:
             raise invalid(self, "lr_decay", "lr_warmup + lr_decay exceed the whole run (1.0)")
+        self._check_gpus()
         return self
+
+    def _check_gpus(self) -> None:
+        if self.parallel == "sweep" and self.gpus > 1 and len(self.saes) < self.gpus:
+            raise invalid(
+                self,
+                "gpus",
+                f"gpus={self.gpus} with {len(self.saes)} SAE(s) and parallel='sweep' leaves GPUs idle:"
+                " use at most one GPU per SAE, or parallel='data'",
+            )
+        if self.parallel == "data":
+            for i, cfg in enumerate(self.saes):
+                if cfg.architecture == "batchtopk":  # its top-k is taken over the whole batch
+                    raise invalid(
+                        self, f"saes.{i}.architecture", "batchtopk picks latents batch-wide: not with parallel='data'"
+                    )
