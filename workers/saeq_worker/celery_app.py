@@ -11,6 +11,7 @@ there to find (saeq.ml.models and saeq.ml.corpus never hand them a relative name
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -21,14 +22,17 @@ from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 from saeq.platform.dispatch import make_celery
 from saeq.platform.settings import InsecureSettings
 from saeq.specs import load_plugins
-from saeq_worker import liveness, metrics
+from saeq_worker import liveness, metrics, threads
 from saeq_worker.settings import WorkerSettings
 
+log = logging.getLogger("saeq.worker")
 load_plugins()  # SAEQ_PLUGINS: SAE architectures, the same the API loaded
 settings = WorkerSettings()
 # A relative path the operator gave means the directory the worker was started in, not the private
 # one it moves to (_private_working_directory).
 settings.cache_dir = os.path.abspath(settings.cache_dir)
+if settings.shard_cache_dir:
+    settings.shard_cache_dir = os.path.abspath(settings.shard_cache_dir)
 if settings.heartbeat_file:
     settings.heartbeat_file = os.path.abspath(settings.heartbeat_file)
 if settings.store.startswith("file://"):
@@ -66,6 +70,15 @@ def _no_cuda_in_parent(**_):
         raise SystemExit(
             "CUDA was initialised in the worker's parent process; forked children would inherit a broken CUDA context"
         )
+
+
+@worker_init.connect
+def _torch_threads(**_):
+    # Before the pool forks and before torch is imported anywhere: OpenMP sizes its pool from this
+    # at import, in every child; each child then sets torch's counts itself (tasks._device).
+    n, why = threads.torch_threads(settings.torch_threads)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    log.info("torch threads per job process: %d (from %s)", n, why)
 
 
 @worker_init.connect

@@ -44,6 +44,8 @@ class _Metrics:
     job_run_seconds: Any
     tokens_per_second: Any
     artifact_bytes: Any
+    shard_cache_events: Any
+    shard_cache_bytes: Any
 
 
 @lru_cache(maxsize=1)
@@ -84,6 +86,18 @@ def _metrics() -> _Metrics:
             "saeq_worker_artifact_written_bytes_total",
             "Bytes of artifacts this worker wrote to the object store",
             ["kind", "team"],
+            registry=None,
+        ),
+        shard_cache_events=Counter(
+            "saeq_worker_shard_cache_events_total",
+            "Shard reads through the node's shard cache: hit, miss (fetched from the store), evicted, corrupt",
+            ["event"],
+            registry=None,
+        ),
+        shard_cache_bytes=Counter(
+            "saeq_worker_shard_cache_bytes_total",
+            "Bytes of those events: hit (read from the cache), miss (fetched), evicted, corrupt",
+            ["event"],
             registry=None,
         ),
     )
@@ -143,6 +157,17 @@ class JobMeter:
             m.job_duration.labels(self.kind, outcome).observe(time.monotonic() - self._started)
 
         _safely("job end", update)
+
+
+def shard_cache_event(event: str, n_bytes: int) -> None:
+    """The node shard cache's `on_event` (saeq.platform.shard_cache)."""
+
+    def update() -> None:
+        m = _metrics()
+        m.shard_cache_events.labels(event).inc()
+        m.shard_cache_bytes.labels(event).inc(n_bytes)
+
+    _safely("shard cache", update)
 
 
 class CountingStore:

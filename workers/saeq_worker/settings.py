@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field, field_validator
+
 from saeq.platform.settings import PlatformSettings
+from saeq_worker.threads import parse_threads
 
 
 class WorkerSettings(PlatformSettings):
@@ -17,3 +20,15 @@ class WorkerSettings(PlatformSettings):
     heartbeat_file: str | None = None
     """Touched every `heartbeat_s` while the worker's event loop runs (and by each running job's
     heartbeat); a liveness probe checks its age."""
+    shard_cache_dir: str = ""
+    """Node-local cache of harvest shards read from S3, shared by every job on the node
+    (content-addressed, LRU); empty: `<cache_dir>/shards`. Put it on a fast local disk."""
+    shard_cache_bytes: int = Field(default=50 << 30, ge=0)
+    """Size bound of the shard cache (clamped to the free disk at start); 0 turns it off."""
+    torch_threads: int | None = None
+    """Torch's thread count; unset: the CPUs this worker may use (cgroup quota, affinity)."""
+
+    @field_validator("torch_threads", mode="before")
+    @classmethod
+    def _threads(cls, value: object) -> int | None:
+        return parse_threads(value if isinstance(value, (str, int)) or value is None else str(value))

@@ -14,6 +14,7 @@ from saeq.platform.admission import check_admissible, check_local_paths
 from saeq.platform.dispatch import LIVE_TASK, sender, task_name
 from saeq.platform.registry import Registry
 from saeq.platform.settings import open_store
+from saeq_worker import threads
 from saeq_worker.celery_app import app, settings
 from saeq_worker.running import run_job
 
@@ -38,6 +39,7 @@ def _store():
 
 
 def _device() -> str:
+    threads.configure_torch(settings.torch_threads)  # once per process, before its first job computes
     if settings.device != "auto":
         return settings.device
     import torch
@@ -83,7 +85,15 @@ def harvest(job_id: str, dispatch_id: str) -> None:
 def train(job_id: str, dispatch_id: str) -> None:
     from saeq_worker.train import run_train
 
-    _run(job_id, dispatch_id, run_train)
+    _run(job_id, dispatch_id, lambda job: run_train(job, shard_cache=_shard_cache()))
+
+
+@lru_cache(maxsize=1)
+def _shard_cache():
+    from saeq_worker import metrics
+    from saeq_worker.shard_reads import node_shard_cache
+
+    return node_shard_cache(settings, on_event=metrics.shard_cache_event)
 
 
 @app.task(name=task_name("evaluate"))

@@ -12,12 +12,14 @@ from typing import Literal
 import saeq
 from saeq import keys
 from saeq.jobs.train import TrainProgress, TrainResult, TrainState, train_from_harvest
+from saeq.platform.shard_cache import ShardCache
 from saeq.platform.store import AlreadyExists, ObjectStore
 from saeq.specs import TrainSpec
 from saeq.specs.costs import check_quota
 from saeq.specs.manifests import HarvestManifest, TrainManifest
 from saeq_worker.resolve import read_harvest_manifest
 from saeq_worker.running import RunningJob
+from saeq_worker.shard_reads import shard_reader
 
 MANIFEST_FORMAT = "saeq.train/1"
 
@@ -35,7 +37,7 @@ def _check_quota(spec: TrainSpec, d_in: int, job: RunningJob) -> None:
     check_quota(spec, job.quota(), team=job.team, d_in=d_in)
 
 
-def run_train(job: RunningJob) -> str:
+def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
     spec: TrainSpec = job.spec
     store = job.store
     harvest = read_harvest_manifest(store, spec.activations.job_id, spec.activations.hook, field="spec.activations")
@@ -66,7 +68,7 @@ def run_train(job: RunningJob) -> str:
     result = train_from_harvest(
         spec,
         harvest.model_dump(),
-        store.get,
+        shard_reader(store, harvest.hooks[spec.activations.hook], shard_cache),
         device=job.device,
         resume=resume,
         on_progress=on_progress,
