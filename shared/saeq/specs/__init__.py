@@ -56,7 +56,7 @@ from saeq.specs.label import (
     Scorer,
 )
 from saeq.specs.steer import ChatMessage, Intervention, SteerRequest, SteerSet, SteerSpec
-from saeq.specs.train import ActivationsRef, SaeConfig, TrainSpec
+from saeq.specs.train import ActivationSource, ActivationsRef, OnlineActivations, SaeConfig, TrainSpec
 
 __all__ = [
     "Frozen",
@@ -83,7 +83,9 @@ __all__ = [
     "SaeRef",
     "HarvestSpec",
     "SaeConfig",
+    "ActivationSource",
     "ActivationsRef",
+    "OnlineActivations",
     "TrainSpec",
     "LocalLLM",
     "ENDPOINT_NAME",

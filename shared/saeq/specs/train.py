@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, Tag, field_validator, model_validator
 
+from saeq import hooks
 from saeq.specs.architectures import SAE_ARCHITECTURES
-from saeq.specs.common import _SAE_NAME, Frozen, HookName, Seed, SinkRule, invalid
+from saeq.specs.common import (
+    _SAE_NAME,
+    BUILTIN_MODEL,
+    BUILTIN_N_LAYERS,
+    BuiltinCorpus,
+    CorpusSpec,
+    Frozen,
+    HookName,
+    ModelSpec,
+    Seed,
+    SinkRule,
+    _tag,
+    invalid,
+)
 
 # Fields that only some architectures read (SaeArchitecture.reads says which), in field order.
 _ARCH_FIELDS = (
@@ -93,10 +107,56 @@ class SaeConfig(Frozen):
 class ActivationsRef(Frozen):
     """Activations a harvest job stored."""
 
+    source: Literal["harvest"] = Field(default="harvest", exclude=True)
+    """Left out of the stored spec: a spec without `source` reads a harvest (as before online
+    training existed)."""
     job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     """Id of a harvest job (it must have succeeded; list it in `depends_on` to wait for it)."""
     hook: HookName = "blocks.14.hook_resid_post"
     """One of that harvest's hook points."""
+
+
+class OnlineActivations(Frozen):
+    """Activations read straight from the model's forward pass (harvest and train fused: nothing is
+    stored but the SAEs). Contexts are packed and captured as a harvest of the same fields would
+    (saeq.jobs.harvest); the first `validation_tokens` contexts are held out, and the sink rule's
+    median norm is measured on the first shuffle chunk. Limits as HarvestSpec's."""
+
+    source: Literal["online"]
+    model: ModelSpec = ModelSpec()
+    corpus: CorpusSpec = BuiltinCorpus()
+    hook: HookName = "blocks.14.hook_resid_post"
+    """The hook point read, `blocks.{i}.hook_{resid_pre,resid_post,mlp_out,attn_out}`."""
+    context_len: int = Field(default=128, ge=2, le=32_768)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    """Contexts per forward pass."""
+    prepend_bos: bool = False
+    """Put the tokenizer's BOS token at position 0 of every context."""
+    doc_separator: str = Field(default="\n\n", max_length=16)
+    """Text placed between documents when they are packed into contexts."""
+    sink_norm_factor: float = Field(default=5.0, gt=1.0)
+    """A token whose norm exceeds this many times the median norm is an attention sink
+    (`sinks.norm_factor`, when given, overrides it, as it overrides a harvest's)."""
+    seed: Seed = 0
+    """Seed of the document order (a harvest's `seed`); the TrainSpec's seeds the shuffle."""
+
+    @model_validator(mode="after")
+    def _builtin_model_limits(self) -> OnlineActivations:
+        block = hooks.parse(self.hook).block
+        if self.model.name == BUILTIN_MODEL and block >= BUILTIN_N_LAYERS:
+            raise invalid(
+                self,
+                "hook",
+                f"{self.hook!r} asks for block {block}, but {BUILTIN_MODEL} has "
+                f"{BUILTIN_N_LAYERS} blocks (0..{BUILTIN_N_LAYERS - 1})",
+            )
+        return self
+
+
+ActivationSource = Annotated[
+    Annotated[ActivationsRef, Tag("harvest")] | Annotated[OnlineActivations, Tag("online")], _tag("harvest")
+]
+"""Where a train job's activations come from: a stored harvest (the default) or the model itself."""
 
 
 class TrainSpec(Frozen):
@@ -106,12 +166,15 @@ class TrainSpec(Frozen):
     """
 
     kind: Literal["train"] = "train"
-    activations: ActivationsRef
+    activations: ActivationSource
+    """A harvest's stored activations (`{"job_id", "hook"}`), or `{"source": "online", ...}`: read
+    from the model's forward pass as training goes (each token seen once; no epochs)."""
     saes: list[SaeConfig] = Field(default=[SaeConfig()], min_length=1, max_length=16)
     """The SAEs to train, each with its own architecture, width and learning rate."""
     total_tokens: int = Field(default=3_276_800, gt=0, le=100_000_000_000)
     """Training tokens (token-steps); when the harvest holds fewer ordinary tokens, the data is
-    read again in new epochs, each in a new order (the result says how many epochs)."""
+    read again in new epochs, each in a new order (the result says how many epochs). Online, the
+    stream ends here: each token is trained on once."""
     batch_size: int = Field(default=4096, ge=16, le=1 << 20)
     """Tokens per optimiser step."""
     lr_warmup: float = Field(default=0.02, ge=0.0, le=1.0)
@@ -137,7 +200,8 @@ class TrainSpec(Frozen):
     documents better and costs memory (d_in x 4 bytes a token)."""
     validation_tokens: int = Field(default=16_384, ge=1, le=100_000_000)
     """Tokens held out from the end of the harvest (whole contexts) and never trained on; the
-    result's metrics are measured on the ordinary ones among them."""
+    result's metrics are measured on the ordinary ones among them. Online: the first ones of the
+    stream."""
     checkpoint_every_tokens: int | None = Field(default=4_194_304, gt=0)
     """Save resumable state (weights, optimiser, data position) this often; None: never."""
     sinks: SinkRule = SinkRule()
