@@ -11,6 +11,7 @@ from saeq import keys
 from saeq.jobs.harvest import harvest_activations
 from saeq.ml.corpus import iter_documents
 from saeq.ml.models import LoadedModel
+from saeq.ml.placement import gpu_memory_figures, reset_gpu_memory_peak
 from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
 from saeq.platform.store import AlreadyExists, ObjectStore
 from saeq.specs import HarvestSpec
@@ -26,6 +27,7 @@ def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
     store = job.store
     job.report(0.0, "loading model", spec.model.name, force=True)
     lm = cached_model(spec.model, job.device, cache_dir)
+    reset_gpu_memory_peak(lm.model)  # the model may be cached from an earlier job: count this one's
     job.check()
 
     done = _previous_shards(store, job.id, spec)
@@ -92,6 +94,7 @@ def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
         force=True,
         tokens=tokens,
         tokens_per_s=(tokens - tokens_at_start) / max(elapsed, 1e-9),
+        more=gpu_memory_figures(lm.model),  # on CUDA: peak GPU memory of this harvest
     )
     return key
 

@@ -24,6 +24,14 @@ import torch
 from torch import nn
 
 from saeq.errors import InvalidSpec, NotFound
+from saeq.ml.placement import (
+    Placement,
+    cuda_free_bytes,
+    is_out_of_memory,
+    loading_out_of_memory,
+    parameter_count,
+    plan_placement,
+)
 from saeq.specs import ModelSpec, hub_id
 
 if TYPE_CHECKING:  # transformers is imported when a model is loaded, not with this module
@@ -110,10 +118,13 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
     transformers is only ever handed an absolute directory: the builtin copy, a local path (under
     the deployment's roots: saeq.platform.admission checked it) or the hub cache's snapshot of a hub id, so
     a hub id can never name a directory relative to the worker's working directory.
+
+    On CUDA a model larger than the GPU's free memory loads in bf16 spread over the GPUs
+    (saeq.ml.placement); the placement is in the provenance. Running out of memory while loading
+    is OutOfMemory naming the spec field to change.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = getattr(torch, spec.dtype)
     provenance = {
         "name": spec.name,
         "revision": spec.revision,
@@ -138,10 +149,19 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
         check_named_files(source, spec.name)
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file and spec.source != "builtin" else {}
     try:
+        placement = _placement(source, spec, device, kwargs)
+        provenance.update(placement.provenance(spec.dtype))
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, local_files_only=True, **kwargs
+            source, local_files_only=True, **_placement_kwargs(placement), **kwargs
         )
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, **kwargs)
+        model.eval().requires_grad_(False)
+        if placement.device_map is None:  # accelerate already put a spread model's blocks in place
+            model.to(device)  # pyright: ignore[reportArgumentType]  # transformers wraps `to` in a decorator its stubs mistype
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if is_out_of_memory(e):
+            raise loading_out_of_memory(e, spec.dtype, device) from e
+        raise
     except OSError as e:  # transformers reports a missing or unreadable file as OSError
         raise NotFound(
             f"cannot load model {spec.name!r} (revision {spec.revision}, gguf_file "
@@ -150,13 +170,30 @@ def load_model(spec: ModelSpec, *, device: str = "cpu", cache_dir: str) -> Loade
         ) from e
     except ValueError as e:  # e.g. an architecture this transformers version does not know
         raise InvalidSpec(f"cannot load model {spec.name!r}: {_detail(e, source)}", field="spec.model.name") from e
-    model.eval().requires_grad_(False)
-    model.to(device)  # pyright: ignore[reportArgumentType]  # transformers wraps `to` in a decorator its stubs mistype
     try:
         blocks = decoder_blocks(model)
     except ValueError as e:
         raise InvalidSpec(str(e), field="spec.model.name") from None
     return LoadedModel(model, tokenizer, d_model=model.config.hidden_size, n_layers=len(blocks), provenance=provenance)
+
+
+def _placement(source: Path, spec: ModelSpec, device: str, kwargs: dict) -> Placement:
+    """The spec's dtype on `device`, unless on CUDA the config's parameter count says it does not
+    fit there (saeq.ml.placement.plan_placement); off CUDA no config is read for it."""
+    if not device.startswith("cuda"):
+        return Placement(spec.dtype, None, None, None)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, local_files_only=True, **kwargs)
+    return plan_placement(parameter_count(config), spec.dtype, device, cuda_free_bytes(device))
+
+
+def _placement_kwargs(placement: Placement) -> dict:
+    """from_pretrained's arguments for a placement."""
+    out: dict = {"dtype": getattr(torch, placement.dtype)}
+    if placement.device_map is not None:
+        out.update(device_map=placement.device_map, max_memory=placement.max_memory)
+    return out
 
 
 # What a hub model needs (safetensors weights, never pickles); a GGUF repository: its one file.
