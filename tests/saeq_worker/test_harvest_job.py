@@ -37,6 +37,7 @@ def test_harvest_matches_a_direct_forward_pass(client, tiny_model_dir):
         context_len=64,
         batch_size=4,
         shard_tokens=1024,
+        dtype="float32",  # fp32 on request: compared with a direct fp32 forward pass below
     )
     job = client.wait(client.submit(spec)["id"], timeout=180)
     assert job["state"] == "succeeded" and job["attempts"] == 1

@@ -64,7 +64,8 @@ class HarvestHook(_Closed):
     """The activations stored at one hook point."""
 
     d_model: int
-    dtype: str
+    dtype: Literal["float32", "bfloat16"]
+    """Dtype of the shards' `acts` (the harvest spec's dtype); norms are float32 either way."""
     n_tokens: int
     shards: list[ShardEntry]
     sinks: dict[str, Any]
