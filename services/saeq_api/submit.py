@@ -16,7 +16,7 @@ from fastapi import HTTPException
 from saeq import keys
 from saeq.errors import InvalidSpec
 from saeq.platform.admission import check_admissible
-from saeq.platform.dispatch import KIND_QUEUE
+from saeq.platform.dispatch import job_queue
 from saeq.platform.registry import IdempotencyConflict, MissingDependency, QuotaExceeded
 from saeq.platform.teams import Principal, TeamQuota
 from saeq.specs import (
@@ -70,7 +70,7 @@ def create_job(svc: Services, body: JobCreate, who: Principal, idempotency_key: 
         record, created = svc.registry.create(
             kind=spec.kind,
             spec=spec.model_dump(mode="json"),
-            queue=KIND_QUEUE[spec.kind],
+            queue=job_queue(spec),
             depends_on=list(body.depends_on),
             name=body.name,
             team=who.team,

@@ -150,10 +150,30 @@ def consumed_queues(args: list[str]) -> set[str]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_queue_jobs_are_sent_to_has_a_worker_and_no_worker_serves_a_dead_one(overlay):
-    from saeq.platform.dispatch import KIND_QUEUE, LIVE_QUEUE, QUEUES
+def test_jobs_asking_for_several_gpus_go_to_a_pool_whose_pods_hold_as_many_as_a_spec_may_ask(overlay):
+    from saeq.platform.dispatch import KIND_QUEUE, MULTI_GPU_QUEUE, job_queue
+    from saeq.specs import SaeConfig, TrainSpec
 
-    sent = {*KIND_QUEUE.values(), LIVE_QUEUE}
+    saes = [SaeConfig(name=f"s{i}") for i in range(2)]
+    one = TrainSpec.model_validate({"activations": {"job_id": "a" * 32}, "saes": saes})
+    assert job_queue(one) == KIND_QUEUE["train"] and job_queue(one.model_copy(update={"gpus": 2})) == MULTI_GPU_QUEUE
+    (pool,) = [
+        d["spec"]["template"]["spec"]
+        for d in objects(overlay, "Deployment").values()
+        if "-Q" in (args := d["spec"]["template"]["spec"]["containers"][0].get("args", []))
+        and MULTI_GPU_QUEUE in consumed_queues(args)
+    ]
+    (worker,) = pool["containers"]
+    most = TrainSpec.model_json_schema()["properties"]["gpus"]["maximum"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == most
+    assert {e["name"]: e.get("value") for e in worker["env"]}["SAEQ_DEVICE"] == "cuda"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_queue_jobs_are_sent_to_has_a_worker_and_no_worker_serves_a_dead_one(overlay):
+    from saeq.platform.dispatch import KIND_QUEUE, LIVE_QUEUE, MULTI_GPU_QUEUE, QUEUES
+
+    sent = {*KIND_QUEUE.values(), MULTI_GPU_QUEUE, LIVE_QUEUE}
     assert sent == set(QUEUES)  # a queue nothing is sent to would be a Deployment idling on it
     served = {
         q

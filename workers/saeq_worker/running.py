@@ -49,6 +49,15 @@ class RunningJob:
     on_report: Callable[[dict], None] = lambda figures: None
     """Sees every report's figures, throttled or not (the worker's metrics)."""
 
+    @property
+    def devices(self) -> list[str]:
+        """The devices the job computes on, `spec.gpus` of them: this pod's CUDA devices 0..N-1,
+        or N times the CPU (data-parallel gloo ranks on a CPU worker); [device] for one."""
+        n = getattr(self.spec, "gpus", 1)
+        if n > 1 and self.device.startswith("cuda"):
+            return [f"cuda:{i}" for i in range(n)]
+        return [self.device] * n
+
     def should_stop(self) -> bool:
         return self._stop.is_set() or self._lease_lost.is_set() or self.over_time() is not None
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 import saeq
 from saeq import keys
+from saeq.errors import InvalidSpec
 from saeq.jobs.train import TrainProgress, TrainResult, TrainState, train_from_harvest
 from saeq.platform.shard_cache import ShardCache
 from saeq.platform.store import AlreadyExists, ObjectStore
@@ -70,6 +71,7 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
         harvest.model_dump(),
         shard_reader(store, harvest.hooks[spec.activations.hook], shard_cache),
         device=job.device,
+        devices=_devices(job),
         resume=resume,
         on_progress=on_progress,
         should_stop=job.should_stop,
@@ -93,6 +95,19 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
         tokens=figures["tokens"],
     )
     return key
+
+
+def _devices(job: RunningJob) -> list[str]:
+    """The job's devices (spec.gpus of them), refused naming the field when this pod has fewer GPUs."""
+    devices = job.devices
+    if len(devices) > 1 and devices[0].startswith("cuda"):
+        import torch
+
+        if torch.cuda.device_count() < len(devices):
+            raise InvalidSpec(
+                f"gpus={len(devices)}, but this worker has {torch.cuda.device_count()} GPU(s)", field="spec.gpus"
+            )
+    return devices
 
 
 def _export_saes(job: RunningJob, spec: TrainSpec, harvest: HarvestManifest, result: TrainResult) -> list[dict]:

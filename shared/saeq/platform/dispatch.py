@@ -13,7 +13,7 @@ from kombu.entity import Queue
 
 from saeq.platform.settings import PlatformSettings
 
-QUEUES = ("gpu", "steer")
+QUEUES = ("gpu", "gpu-multi", "steer")
 # Live requests (steering, label search) go to the "steer" queue, served by workers that keep the
 # model and SAE loaded between requests.
 # The requests themselves wait in per-team queues in Redis (saeq.platform.live); a message only wakes a worker.
@@ -24,6 +24,15 @@ LIVE_QUEUE = "steer"
 # remote explainer still builds its feature index from the SAE and the model), so all go to `gpu`;
 # there is no CPU-only job kind, hence no `cpu` queue.
 KIND_QUEUE = {"harvest": "gpu", "train": "gpu", "evaluate": "gpu", "steer": "gpu", "label": "gpu"}
+# A job asking for several GPUs (`gpus: N`, train jobs) goes to the multi-GPU pool, whose pods hold
+# a node's GPUs: a one-GPU worker could not run it.
+MULTI_GPU_QUEUE = "gpu-multi"
+
+
+def job_queue(spec) -> str:
+    """The queue a job's spec goes to: its kind's, or the multi-GPU pool's when it asks for more
+    than one GPU."""
+    return MULTI_GPU_QUEUE if getattr(spec, "gpus", 1) > 1 else KIND_QUEUE[spec.kind]
 
 
 def task_name(kind: str) -> str:
