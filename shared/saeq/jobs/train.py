@@ -318,14 +318,20 @@ def train_from_harvest(
     *,
     device: str = "cpu",
     resume: TrainState | None = None,
+    feed: dict | None = None,
     **kw,
 ) -> TrainResult:
-    """`train_saes` on a harvest's activations (`read(shard key) -> bytes`, built by the worker), with
-    the held-out tokens measured and the sink counts and epochs in `result.data`. Keyword
-    arguments go to train_saes (on_progress, should_stop, on_checkpoint, ...)."""
-    data = harvest_data(spec, manifest, read)
+    """`train_saes` on a harvest's activations (`read(shard key) -> bytes`, built by the worker;
+    called from the feed's reader threads), with the held-out tokens measured and the sink counts
+    and epochs in `result.data`. `feed`: HarvestData's keyword arguments (prefetch_threads,
+    cache_bytes, ...). Other keyword arguments go to train_saes (on_progress, should_stop, ...)."""
+    data = harvest_data(spec, manifest, read, device=device, **(feed or {}))
     start = DataPosition.from_dict(resume.data_position) if resume and resume.data_position else DataPosition()
-    result = train_saes(spec, data.batches(start), validation=data.validation(), device=device, resume=resume, **kw)
+    batches = data.batches(start)
+    try:
+        result = train_saes(spec, batches, validation=data.validation(), device=device, resume=resume, **kw)
+    finally:  # stop the feed's threads now, not when a traceback holding the generator is freed
+        batches.close()
     train_sinks, val_sinks = data.sink_counts("train"), data.sink_counts("validation")
     for m in result.metrics.values():
         m.sinks_excluded_train = train_sinks.n_sinks if spec.sinks.exclude else 0

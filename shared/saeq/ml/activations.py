@@ -6,13 +6,23 @@ its training part), groups them in that order into chunks of at least `shuffle_t
 visits the chunks in order, and permutes the ordinary rows (sinks removed) of each chunk with a
 generator seeded by (seed, epoch, chunk). Order is a pure function of the seed, so a
 `DataPosition` (epoch, chunk, row) names a point of the stream: resuming there reads only the
-chunk it falls in, and skips every earlier chunk without reading it.
+chunk it falls in (and those after it), and skips every earlier chunk without reading it.
+
+How rows move: a shard is decoded without copying (saeq.ml.shards.decode_shard) and kept in its
+stored dtype. The shuffle is a permutation of row indices; a batch is one index_select. When the
+training rows fit `cache_bytes` (or, on CUDA, a fraction of free GPU memory: GPU-resident), they
+are copied once into one table and every later epoch reads nothing; otherwise each chunk is
+assembled from its pieces as it comes. Reads run on `prefetch_threads` threads up to
+`prefetch_bytes` ahead, and batches are gathered on a background thread (saeq.ml.feed).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -20,7 +30,8 @@ import torch
 from torch import Tensor
 
 from saeq.errors import InvalidSpec
-from saeq.ml.shards import read_shard
+from saeq.ml.feed import ChunkLoad, Gather, Stopped, background, wait
+from saeq.ml.shards import CorruptShard, decode_shard
 from saeq.ml.sinks import SinkStats, sink_mask, sink_stats
 
 
@@ -43,7 +54,8 @@ class DataPosition:
 
 class Batch(NamedTuple):
     acts: Tensor
-    """(B, d_in) float32 activations of ordinary tokens."""
+    """(B, d_in) activations of ordinary tokens in the harvest's STORED dtype (float32 or
+    bfloat16), on the feed's device: the trainer casts (`.to(device, torch.float32)`)."""
     position: DataPosition
     """Where the stream stands after this batch: resume there to get the next one."""
 
@@ -61,10 +73,30 @@ class _Piece:
         return self.end - self.start
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """One piece as decoded: its rows, views over the shard's bytes."""
+
+    acts: Tensor
+    """(n, d_in) stored dtype."""
+    ordinary: Tensor
+    """(m,) int64: the rows of `acts` the sink rule keeps (all of them when sinks are kept)."""
+    nbytes: int
+    """Bytes these views keep alive (the whole shard)."""
+
+
+class _Chunk(NamedTuple):
+    source: Tensor
+    """(n, d_in) rows the chunk's indices point into: the table, or the chunk's own rows."""
+    rows: Tensor
+    """(m,) int64: the chunk's ordinary rows in `source`, in harvest order (before the shuffle)."""
+
+
 class HarvestData:
     """The activations one harvest stored at one hook point, as training batches and a held-out
     validation set (ordinary tokens only, unless `exclude_sinks` is False). `read(key) -> bytes`
-    reads one shard: the worker builds it from the object store, so this module does no I/O."""
+    reads one shard, possibly from several threads at once: the worker builds it from the object
+    store, so this module does no I/O. `prefetch_threads=0` reads on the consumer's thread."""
 
     def __init__(
         self,
@@ -79,6 +111,12 @@ class HarvestData:
         exclude_sinks: bool = True,
         norm_factor: float | None = None,
         cache_bytes: int = 2 << 30,
+        device: str = "cpu",
+        prefetch_threads: int = 4,
+        prefetch_bytes: int = 512 << 20,
+        prefetch_chunks: int = 4,
+        queue_batches: int = 4,
+        gpu_fraction: float = 0.5,
     ):
         entry = manifest.get("hooks", {}).get(hook)
         if entry is None:
@@ -93,9 +131,16 @@ class HarvestData:
         self.exclude_sinks = exclude_sinks
         self.median_norm = float(entry["sinks"]["median_norm"])
         self.norm_factor = float(norm_factor or entry["sinks"]["norm_factor"])
-        self.cache_bytes = cache_bytes
-        self._cache: dict[_Piece, Tensor] = {}
+        self.cache_bytes, self.device = cache_bytes, torch.device(device)
+        self.prefetch_threads, self.prefetch_bytes, self.queue_batches = prefetch_threads, prefetch_bytes, queue_batches
+        self.gpu_fraction, self.prefetch_chunks = gpu_fraction, prefetch_chunks
         self._sinks: dict[_Piece, SinkStats] = {}
+        self._lock = threading.Lock()
+        self._dtype: torch.dtype | None = None  # the stored dtype, known at the first decode
+        self._table: Tensor | None = None  # (n_train_rows, d_in): every training row, once resident
+        self._ordinary: dict[_Piece, Tensor] = {}  # table mode: pieces resident in the table
+        self._cache: dict[_Piece, _Decoded] = {}  # chunk mode: decoded pieces kept, within cache_bytes
+        self._cached_bytes = 0
 
         shards = sorted(entry["shards"], key=lambda s: s["index"])
         total = sum(int(s["n_tokens"]) for s in shards)
@@ -120,33 +165,114 @@ class HarvestData:
         self.n_train_rows = cut
         """Training tokens before the sink rule (sinks included)."""
         self.shuffle_tokens = shuffle_tokens
+        self._offsets, at = {}, 0
+        for p in self.train_pieces:  # where each training piece sits in the table
+            self._offsets[p], at = at, at + p.n_tokens
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _rows(self, piece: _Piece) -> Tensor:
-        """(n, d_in) float32 ordinary rows of a piece, in shard order."""
-        if piece in self._cache:
-            return self._cache[piece]
-        t = read_shard(self.get(piece.key))
+    def _decode(self, piece: _Piece) -> _Decoded:
+        """Read and decode one piece (no copy), recording what the sink rule removes from it."""
+        data = self.get(piece.key)
+        t = decode_shard(data, piece.key)
+        missing = {"acts", "positions", "norms"} - set(t)
+        acts = t.get("acts")
+        if missing or acts is None or acts.dim() != 2 or acts.shape[1] != self.d_in or acts.shape[0] < piece.end:
+            shape = None if acts is None else list(acts.shape)
+            raise CorruptShard(
+                f"shard {piece.key!r} is not a harvest shard of {piece.end} x {self.d_in} activations "
+                f"(acts {shape}, missing {sorted(missing)})"
+            )
         sl = slice(piece.start, piece.end)
         positions, norms = t["positions"][sl], t["norms"][sl]
         self._sinks[piece] = sink_stats(positions, norms, self.median_norm, self.norm_factor)
-        acts = t["acts"][sl]
         if self.exclude_sinks:
-            acts = acts[~sink_mask(positions, norms, self.median_norm, self.norm_factor)]
-        rows = acts.to(torch.float32).contiguous()
-        used = sum(r.numel() * 4 for r in self._cache.values())
-        if used + rows.numel() * 4 <= self.cache_bytes:
-            self._cache[piece] = rows
-        return rows
+            ordinary = (~sink_mask(positions, norms, self.median_norm, self.norm_factor)).nonzero().squeeze(1)
+        else:
+            ordinary = torch.arange(piece.n_tokens)
+        return _Decoded(acts[sl], ordinary, len(data))
+
+    def _settle_layout(self, dtype: torch.dtype, key: str) -> None:
+        """At the first decode: one table for every training row when it fits (on the GPU when a
+        CUDA target has room, else in host memory within cache_bytes), or chunks one by one."""
+        with self._lock:
+            if self._dtype is not None:
+                if dtype != self._dtype:
+                    raise CorruptShard(f"shard {key!r} holds {dtype} activations, the harvest's others {self._dtype}")
+                return
+            self._dtype = dtype
+            n_bytes = self.n_train_rows * self.d_in * dtype.itemsize
+            if self.device.type == "cuda" and n_bytes <= self.gpu_fraction * torch.cuda.mem_get_info(self.device)[0]:
+                self._table = torch.empty((self.n_train_rows, self.d_in), dtype=dtype, device=self.device)
+            elif n_bytes <= self.cache_bytes:
+                self._table = torch.empty((self.n_train_rows, self.d_in), dtype=dtype)
+
+    def _resident(self, piece: _Piece) -> bool:
+        return piece in self._ordinary or piece in self._cache
+
+    def _make_resident(self, piece: _Piece) -> _Decoded | None:
+        """Decode a piece into the table (-> None), or return it decoded (kept if the cache has room)."""
+        if piece in self._cache:
+            return self._cache[piece]
+        decoded = self._decode(piece)
+        self._settle_layout(decoded.acts.dtype, piece.key)
+        if self._table is not None:
+            at = self._offsets[piece]
+            self._table[at : at + piece.n_tokens].copy_(decoded.acts)
+            if self._table.is_cuda:  # a pageable copy may still be in flight when copy_ returns
+                torch.cuda.current_stream(self._table.device).synchronize()
+            self._ordinary[piece] = decoded.ordinary
+            return None
+        with self._lock:  # two chunks' loads may decode one piece at an epoch's turn: count it once
+            if piece not in self._cache and self._cached_bytes + decoded.nbytes <= self.cache_bytes:
+                self._cache[piece] = decoded
+                self._cached_bytes += decoded.nbytes
+        return decoded
+
+    def _assemble(self, pieces: list[_Piece], decoded: list[_Decoded | None]) -> _Chunk:
+        """A chunk's rows and its ordinary rows' indices, in piece order."""
+        if self._table is not None and all(p in self._ordinary for p in pieces):
+            rows = [self._offsets[p] + self._ordinary[p] for p in pieces]
+            return _Chunk(self._table, torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long))
+        ds = [d if d is not None else self._cache[p] for p, d in zip(pieces, decoded, strict=True)]
+        rows, at = [], 0
+        for d in ds:
+            rows.append(at + d.ordinary)
+            at += d.acts.shape[0]
+        source = ds[0].acts if len(ds) == 1 else torch.cat([d.acts for d in ds])  # (n, d_in)
+        return _Chunk(source, torch.cat(rows))
+
+    def _load(self, pieces: list[_Piece], submit: Callable[[Callable[[], None]], object]) -> Future:
+        """-> Future of the chunk made of `pieces`; missing pieces are read by `submit`ted tasks."""
+        todo = [i for i, p in enumerate(pieces) if not self._resident(p)]
+        load = ChunkLoad(len(todo), lambda values: self._assemble(pieces, self._place(pieces, todo, values)))
+        for j, i in enumerate(todo):
+            submit(lambda j=j, i=i: load.run(j, lambda: self._make_resident(pieces[i])))
+        return load.future
+
+    @staticmethod
+    def _place(pieces: list[_Piece], todo: list[int], values: list) -> list[_Decoded | None]:
+        decoded: list[_Decoded | None] = [None] * len(pieces)
+        for i, v in zip(todo, values, strict=True):
+            decoded[i] = v
+        return decoded
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of activations the feed keeps between chunks: the table, or the cached pieces."""
+        return self._cached_bytes + (0 if self._table is None else self._table.nbytes)
+
+    def _float_rows(self, pieces: list[_Piece]) -> Tensor:
+        parts = [d.acts.index_select(0, d.ordinary).float() for d in map(self._decode, pieces)]
+        return torch.cat(parts) if parts else torch.zeros(0, self.d_in)
 
     def validation(self) -> Tensor:
         """(N_val, d_in) float32: the held-out tokens (ordinary ones only by default)."""
-        return torch.cat([self._rows(p) for p in self.val_pieces])
+        return self._float_rows(self.val_pieces)
 
     def train_rows(self) -> Tensor:
         """(N_train, d_in) float32: every ordinary training token once, in harvest order."""
-        return torch.cat([self._rows(p) for p in self.train_pieces])
+        return self._float_rows(self.train_pieces)
 
     def sink_counts(self, which: str = "train") -> SinkStats:
         """What the sink rule removes from the training (or "validation") tokens."""
@@ -154,7 +280,7 @@ class HarvestData:
         out = SinkStats(0, 0, 0, self.median_norm, self.norm_factor)  # no pieces: nothing removed
         for i, p in enumerate(pieces):
             if p not in self._sinks:
-                self._rows(p)
+                self._decode(p)
             out = self._sinks[p] if i == 0 else out.merge(self._sinks[p])
         return out
 
@@ -174,32 +300,87 @@ class HarvestData:
             chunks.append(current)
         return chunks
 
-    def _chunk_rows(self, epoch: int, index: int, pieces: list[_Piece]) -> Tensor:
-        rows = torch.cat([self._rows(p) for p in pieces])  # (n, d_in)
-        perm = torch.randperm(rows.shape[0], generator=_generator(self.seed, epoch, index))
-        return rows[perm]
+    def _ahead(self, start: DataPosition, submit, stop: threading.Event | None) -> Iterator[tuple[int, int, _Chunk]]:
+        """(epoch, chunk index, chunk) from `start` on, forever, each chunk's reads started while
+        the chunks loading ahead of the consumer are fewer than `prefetch_chunks` and hold at most
+        `prefetch_bytes` (one is always loading)."""
+        loading: deque[tuple[int, int, Future, int]] = deque()
+        in_flight = 0
 
-    def batches(self, start: DataPosition = DataPosition()) -> Iterator[Batch]:
-        """Batches of `batch_size` ordinary rows from `start` on, epoch after epoch, forever. A
-        batch may span two chunks (or epochs); each batch carries the position after it."""
-        epoch, chunk, row = start.epoch, start.chunk, start.row
-        parts, have = [], 0
+        def upcoming() -> Iterator[tuple[int, int, list[_Piece]]]:
+            epoch, index = start.epoch, start.chunk
+            while True:
+                chunks = self.chunks(epoch)
+                for i in range(index, len(chunks)):
+                    yield epoch, i, chunks[i]
+                epoch, index = epoch + 1, 0
+
+        plan = upcoming()
+        nxt = next(plan)
         while True:
-            chunks = self.chunks(epoch)
-            while chunk < len(chunks):
-                rows = self._chunk_rows(epoch, chunk, chunks[chunk])
-                while row < rows.shape[0]:
-                    take = min(self.batch_size - have, rows.shape[0] - row)
-                    parts.append(rows[row : row + take])
-                    have, row = have + take, row + take
-                    if have == self.batch_size:
-                        pos = DataPosition(epoch, chunk, row)
-                        if row == rows.shape[0]:  # name the next chunk: it needs no read now
-                            pos = DataPosition(epoch, chunk + 1, 0)
-                        yield Batch(torch.cat(parts) if len(parts) > 1 else parts[0], pos)
-                        parts, have = [], 0
-                chunk, row = chunk + 1, 0
-            epoch, chunk = epoch + 1, 0
+            while True:
+                itemsize = 4 if self._dtype is None else self._dtype.itemsize
+                cost = sum(p.n_tokens for p in nxt[2]) * self.d_in * itemsize
+                if loading and (len(loading) >= self.prefetch_chunks or in_flight + cost > self.prefetch_bytes):
+                    break
+                loading.append((nxt[0], nxt[1], self._load(nxt[2], submit), cost))
+                in_flight += cost
+                nxt = next(plan)
+            epoch, index, future, cost = loading.popleft()
+            in_flight -= cost
+            yield epoch, index, wait(future, stop)
+
+    def _produce(self, start: DataPosition, submit, stop: threading.Event | None, gather: Gather) -> Iterator:
+        """(batch, its CUDA event or None, position after it) from `start` on, forever."""
+        parts: list[tuple[Tensor, Tensor]] = []
+        have, row = 0, start.row
+        for epoch, index, chunk in self._ahead(start, submit, stop):
+            perm = torch.randperm(chunk.rows.shape[0], generator=_generator(self.seed, epoch, index))
+            order = chunk.rows[perm]  # (m,) the chunk's shuffled rows, on the host (Gather moves them)
+            n = order.shape[0]
+            while row < n:
+                take = min(self.batch_size - have, n - row)
+                parts.append((chunk.source, order[row : row + take]))
+                have, row = have + take, row + take
+                if have == self.batch_size:
+                    # a batch that ends a chunk names the next chunk: resuming needs no read of this one
+                    pos = DataPosition(epoch, index, row) if row < n else DataPosition(epoch, index + 1, 0)
+                    acts, event = gather(parts)
+                    yield acts, event, pos
+                    parts, have = [], 0
+            row = 0
+
+    def batches(self, start: DataPosition = DataPosition()) -> Generator[Batch, None, None]:
+        """Batches of `batch_size` ordinary rows from `start` on, epoch after epoch, forever. A
+        batch may span two chunks (or epochs); each batch carries the position after it. Close
+        the generator (or drop it) to stop the feed's threads."""
+        gather = Gather(self.device, self.batch_size)
+        if self.prefetch_threads == 0:
+            items: Iterator = self._produce(start, lambda task: task(), None, gather)
+        else:
+            items = background(
+                lambda stop: self._threaded(start, stop, gather), maxsize=self.queue_batches, name="saeq-feed"
+            )
+        try:
+            for acts, event, pos in items:
+                yield Batch(gather.handover(acts, event), pos)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def _threaded(self, start: DataPosition, stop: threading.Event, gather: Gather) -> Iterator:
+        pool = ThreadPoolExecutor(self.prefetch_threads, thread_name_prefix="saeq-feed-read")
+        try:
+            if gather.stream is not None:  # the producer's CUDA work goes on the gather's side stream
+                with torch.cuda.stream(gather.stream):
+                    yield from self._produce(start, pool.submit, stop, gather)
+            else:
+                yield from self._produce(start, pool.submit, stop, gather)
+        except Stopped:
+            return
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _generator(*parts: int) -> torch.Generator:

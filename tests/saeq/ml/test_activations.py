@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 import torch
@@ -43,8 +44,8 @@ def harvest(tmp_path):
 
 def data(harvest, **kw) -> HarvestData:
     store, manifest = harvest
-    kw = {"batch_size": 50, "seed": 3, "shuffle_tokens": 192, "validation_tokens": 200} | kw
-    return HarvestData(manifest, HOOK, store.get, **kw)
+    base: dict[str, Any] = {"batch_size": 50, "seed": 3, "shuffle_tokens": 192, "validation_tokens": 200}
+    return HarvestData(manifest, HOOK, store.get, **base | kw)
 
 
 def sinks() -> set[int]:
@@ -90,8 +91,16 @@ def test_resuming_at_a_position_gives_the_same_batches_and_skips_earlier_chunks(
     full = list(itertools.islice(data(harvest).batches(), 30))
     reads = []
     counting = lambda key: reads.append(key) or store.get(key)
-    resumed = HarvestData(
-        manifest, HOOK, counting, batch_size=50, seed=3, shuffle_tokens=192, validation_tokens=200, cache_bytes=0
+    resumed = HarvestData(  # one reader thread: reads happen in the order they are asked for
+        manifest,
+        HOOK,
+        counting,
+        batch_size=50,
+        seed=3,
+        shuffle_tokens=192,
+        validation_tokens=200,
+        cache_bytes=0,
+        prefetch_threads=1,
     )
     at = full[19].position  # resume after batch 20
     assert at.epoch == 1
