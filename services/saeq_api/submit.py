@@ -20,6 +20,8 @@ from saeq.platform.dispatch import job_queue
 from saeq.platform.registry import IdempotencyConflict, MissingDependency, QuotaExceeded
 from saeq.platform.teams import Principal, TeamQuota
 from saeq.specs import (
+    BUILTIN_D_MODEL,
+    ActivationsRef,
     EvaluateSpec,
     HarvestSpec,
     JobCreate,
@@ -105,7 +107,7 @@ def create_job(svc: Services, body: JobCreate, who: Principal, idempotency_key: 
 def _check_limits(svc: Services, body: JobCreate, quota: TeamQuota, who: Principal) -> None:
     """A job larger than the team's per-job quota is refused (403), naming the field (saeq.specs.costs)."""
     spec = body.spec
-    d_in = _harvest_d_model(svc, spec.activations.job_id) if isinstance(spec, TrainSpec) else None
+    d_in = _train_d_in(svc, spec) if isinstance(spec, TrainSpec) else None
     try:
         costs.check_quota(
             spec,
@@ -128,7 +130,10 @@ def _sae_context_len(svc: Services, spec: JobSpec, who: Principal) -> int | None
     if (manifest := _published(svc, spec.sae.job_id, who)) is not None:
         return manifest["harvest"]["context_len"]
     train = visible_job(svc, spec.sae.job_id, who)  # checked visible, a train job, by _check_references
-    harvest = visible_job(svc, train["spec"]["activations"]["job_id"], who) if train else None
+    activations = train["spec"]["activations"] if train else {}
+    if activations.get("source") == "online":  # it read the model itself
+        return activations["context_len"]
+    harvest = visible_job(svc, activations["job_id"], who) if train else None
     return harvest["spec"]["context_len"] if harvest else None
 
 
@@ -139,6 +144,13 @@ def _sae_width(svc: Services, spec: JobSpec, who: Principal) -> int | None:
     manifest = _published(svc, spec.sae.job_id, who)
     sae = manifest["saes"].get(spec.sae.name or next(iter(manifest["saes"]))) if manifest else None
     return sae["d_sae"] if sae else None
+
+
+def _train_d_in(svc: Services, spec: TrainSpec) -> int | None:
+    """d_in of a train job's activations: its harvest's d_model, or its online model's when known."""
+    if isinstance(spec.activations, ActivationsRef):
+        return _harvest_d_model(svc, spec.activations.job_id)
+    return BUILTIN_D_MODEL if spec.activations.model.source == "builtin" else None
 
 
 def _harvest_d_model(svc: Services, harvest_id: str) -> int | None:
@@ -180,7 +192,7 @@ def _check_deployment_allows(svc: Services, spec: JobSpec) -> None:
 
 def _check_references(svc: Services, spec: JobSpec, depends_on: list[str], who: Principal) -> None:
     _check_deployment_allows(svc, spec)
-    if isinstance(spec, TrainSpec):
+    if isinstance(spec, TrainSpec) and isinstance(spec.activations, ActivationsRef):  # online: no job to read
         harvest = referenced_job(svc, spec.activations.job_id, "harvest", "spec.activations.job_id", depends_on, who)
         if spec.activations.hook not in harvest["spec"]["hooks"]:
             raise unprocessable(
@@ -220,7 +232,7 @@ def _published(svc: Services, job_id: str, who: Principal) -> dict | None:
 def _check_against_outputs(svc: Services, spec: JobSpec, who: Principal) -> None:
     """What the worker checks against a referenced job's output, checked at submit once that job has
     succeeded (422, naming the field); before, the worker still checks it when it runs."""
-    if isinstance(spec, TrainSpec):
+    if isinstance(spec, TrainSpec) and isinstance(spec.activations, ActivationsRef):
         harvest = _published(svc, spec.activations.job_id, who)
         entry = harvest["hooks"].get(spec.activations.hook) if harvest else None
         if harvest is not None and entry is not None:

@@ -15,7 +15,7 @@ from saeq.errors import InvalidSpec
 from saeq.jobs.train import TrainProgress, TrainResult, TrainState, train_from_harvest
 from saeq.platform.shard_cache import ShardCache
 from saeq.platform.store import AlreadyExists, ObjectStore
-from saeq.specs import TrainSpec
+from saeq.specs import OnlineActivations, TrainSpec
 from saeq.specs.costs import check_quota
 from saeq.specs.manifests import HarvestManifest, TrainManifest
 from saeq_worker.resolve import read_harvest_manifest
@@ -40,6 +40,11 @@ def _check_quota(spec: TrainSpec, d_in: int, job: RunningJob) -> None:
 
 def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
     spec: TrainSpec = job.spec
+    if isinstance(spec.activations, OnlineActivations):  # activations from the model: no harvest
+        from saeq_worker.celery_app import settings
+        from saeq_worker.train_online import run_train_online
+
+        return run_train_online(job, cache_dir=settings.cache_dir, local_path_roots=settings.local_path_roots)
     store = job.store
     harvest = read_harvest_manifest(store, spec.activations.job_id, spec.activations.hook, field="spec.activations")
     _check_quota(spec, harvest.hooks[spec.activations.hook].d_model, job)
@@ -122,7 +127,7 @@ def _export_saes(job: RunningJob, spec: TrainSpec, harvest: HarvestManifest, res
                 "context_size": harvest.context_len,
                 "prepend_bos": harvest.prepend_bos,
                 "saeq_job_id": job.id,
-                "harvest_job_id": spec.activations.job_id,
+                "harvest_job_id": harvest.job_id,
             }
             for fmt in _formats(sae.architecture):
                 out = Path(tmp, name, fmt)
@@ -150,7 +155,7 @@ def _manifest(
         "created_at": time.time(),
         "spec": spec.model_dump(mode="json"),
         "harvest": {
-            "job_id": spec.activations.job_id,
+            "job_id": harvest.job_id,
             "hook": spec.activations.hook,
             "model": harvest.model,
             "context_len": harvest.context_len,

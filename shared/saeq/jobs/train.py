@@ -35,7 +35,7 @@ from saeq.ml.training import (  # SaeMetrics and measure: importable from here a
     lr_factor,
     measure,
 )
-from saeq.specs import TrainSpec
+from saeq.specs import ActivationsRef, TrainSpec
 
 STATE_FORMAT = "saeq.train-state/1"
 
@@ -325,6 +325,7 @@ def train_from_harvest(
     called from the feed's reader threads), with the held-out tokens measured and the sink counts
     and epochs in `result.data`. `feed`: HarvestData's keyword arguments (prefetch_threads,
     cache_bytes, ...). Other keyword arguments go to train_saes (on_progress, should_stop, ...)."""
+    assert isinstance(spec.activations, ActivationsRef), "an online spec trains through saeq.jobs.train_online"
     data = harvest_data(spec, manifest, read, device=device, **(feed or {}))
     start = DataPosition.from_dict(resume.data_position) if resume and resume.data_position else DataPosition()
     batches = data.batches(start)

@@ -14,7 +14,16 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from saeq.errors import InvalidSpec
-from saeq.specs import Checks, EvaluateSpec, HarvestSpec, LabelSpec, SaeConfig, SteerSpec, TrainSpec
+from saeq.specs import (
+    Checks,
+    EvaluateSpec,
+    HarvestSpec,
+    LabelSpec,
+    OnlineActivations,
+    SaeConfig,
+    SteerSpec,
+    TrainSpec,
+)
 
 if TYPE_CHECKING:
     from saeq.specs.quotas import TeamQuota
@@ -196,6 +205,9 @@ def forward_passes(spec, context_len: int | None = None) -> list[tuple[str, int]
     if isinstance(spec, HarvestSpec):
         return [("spec.batch_size", _pass(spec.batch_size, spec.max_tokens, spec.context_len))]
     passes = []
+    if isinstance(spec, TrainSpec) and isinstance(spec.activations, OnlineActivations):
+        a = spec.activations
+        passes.append(("spec.activations.batch_size", a.batch_size * a.context_len))
     if isinstance(spec, (EvaluateSpec, LabelSpec)) and (spec.context_len or context_len):
         tokens = spec.max_tokens if isinstance(spec, EvaluateSpec) else spec.index_tokens
         own_len = spec.context_len or context_len
