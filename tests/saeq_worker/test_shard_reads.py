@@ -121,3 +121,16 @@ def test_the_node_cache_is_for_s3_stores_under_the_cache_dir_unless_turned_off(t
     assert explicit is not None and explicit.root == tmp_path / "fast" and explicit.max_bytes == 1 << 20
     assert node_shard_cache(WorkerSettings(**s3, shard_cache_bytes=0)) is None
     assert node_shard_cache(WorkerSettings(store=f"file://{tmp_path}/store", cache_dir=str(tmp_path))) is None
+
+
+def test_the_node_cache_budget_is_clamped_to_the_disk_and_its_events_reach_the_metrics(harvest, s3_store, tmp_path):
+    manifest, hook = harvest
+    events: list[tuple[str, int]] = []
+    settings = WorkerSettings(store="s3://b", cache_dir=str(tmp_path), shard_cache_bytes=1 << 60, insecure_dev=True)
+    cache = node_shard_cache(settings, on_event=lambda event, n: events.append((event, n)))
+    assert cache is not None and cache.max_bytes < 1 << 60  # no disk here holds an exbibyte
+    read = shard_reader(s3_store, hook, cache)
+    first = hook.shards[0]
+    read(first.key)
+    read(first.key)
+    assert events == [("miss", first.size), ("hit", first.size)]

@@ -4,6 +4,8 @@ cgroup files), the affinity, and SAEQ_TORCH_THREADS, which overrides and must be
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from pydantic import ValidationError
@@ -73,3 +75,14 @@ def test_a_bad_saeq_torch_threads_is_refused_naming_it(bad, monkeypatch):
     monkeypatch.setenv("SAEQ_TORCH_THREADS", bad)
     with pytest.raises(ValidationError, match="SAEQ_TORCH_THREADS"):
         WorkerSettings()
+
+
+def test_a_job_process_sets_torch_intra_and_inter_op_threads_once(tmp_path):
+    # In a fresh interpreter: the inter-op count can be set once per process, before any parallel work.
+    code = (
+        "import torch; from saeq_worker.threads import configure_torch; "
+        "configure_torch('3'); configure_torch('3'); print(torch.get_num_threads(), torch.get_num_interop_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "3"]  # not the defaults (the core count)
