@@ -5,6 +5,10 @@ still trains on the right bytes, and without a cache every shard is still checke
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import uuid
 
@@ -15,6 +19,7 @@ from saeq.ml.activations import HarvestData
 from saeq.platform.s3_store import S3Store
 from saeq.platform.shard_cache import ShardCache, ShardMismatch
 from saeq.specs.manifests import HarvestHook
+from saeq_worker import metrics
 from saeq_worker.settings import WorkerSettings
 from saeq_worker.shard_reads import node_shard_cache, shard_reader
 from tests.saeq.conftest import fake_harvest
@@ -134,3 +139,36 @@ def test_the_node_cache_budget_is_clamped_to_the_disk_and_its_events_reach_the_m
     read(first.key)
     read(first.key)
     assert events == [("miss", first.size), ("hit", first.size)]
+
+
+def test_a_job_process_cache_events_are_served_by_the_worker_metrics(tmp_path):
+    # As in a prefork child: the events go to prometheus_client's multiprocess files, which the
+    # worker's parent serves merged.
+    code = textwrap.dedent(f"""
+        import hashlib
+        from saeq.platform.shard_cache import ShardCache
+        from saeq_worker import metrics
+        cache = ShardCache({str(tmp_path / "cache")!r}, 1 << 20, on_event=metrics.shard_cache_event)
+        data = b"x" * 1000
+        sha = hashlib.sha256(data).hexdigest()
+        cache.get(sha, lambda: data)
+        cache.get(sha, lambda: data)
+    """)
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, metrics.MULTIPROC_ENV: str(prom)},
+        capture_output=True,
+        text=True,
+    )
+    assert child.returncode == 0, child.stderr
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    reg = CollectorRegistry()
+    MultiProcessCollector(reg, path=str(prom))
+    text = generate_latest(reg).decode()
+    assert 'saeq_worker_shard_cache_events_total{event="miss"} 1.0' in text
+    assert 'saeq_worker_shard_cache_events_total{event="hit"} 1.0' in text
+    assert 'saeq_worker_shard_cache_bytes_total{event="hit"} 1000.0' in text
