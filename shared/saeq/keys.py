@@ -3,6 +3,7 @@
 Layout:
   jobs/{job_id}/manifest.json                      written last: the job's output is published
   jobs/{job_id}/harvest/{hook}/shard-{i:05d}.safetensors
+  jobs/{job_id}/slices/harvest-{i:03d}.json        what slice i of a split harvest wrote
   jobs/{job_id}/checkpoints/train-{tokens:012d}.pt  resumable state of a training job
   jobs/{job_id}/saes/{name}/{saelens,sparsify}/...  trained SAEs in SAELens's and sparsify's formats
   jobs/{job_id}/report/...                         an evaluation's metrics.json, plots, report.md
@@ -41,6 +42,14 @@ def harvest_shard(job_id: str, hook: str, index: int) -> str:
     from saeq.hooks import parse
 
     return _job(job_id) + f"harvest/{parse(hook).name}/shard-{index:05d}.safetensors"
+
+
+def harvest_slice_manifest(job_id: str, index: int) -> str:
+    """What slice `index` of a split harvest wrote (its shards, checksums, sink counts): the slice
+    is done once this exists, and the job's manifest is merged from these."""
+    if not 0 <= index < 1000:
+        raise ValueError(f"slice index {index} out of range")
+    return _job(job_id) + f"slices/harvest-{index:03d}.json"
 
 
 def train_checkpoint(job_id: str, tokens: int) -> str:

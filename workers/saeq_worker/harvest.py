@@ -1,14 +1,17 @@
 """The I/O around `saeq.jobs.harvest`: load model and corpus, resume after the last complete
-shard, write shards (write-once, atomic), report progress, and publish the manifest last."""
+shard, write shards (write-once, atomic), report progress, and publish the manifest last.
+A spec with `slices` > 1 runs split across workers (saeq_worker.harvest_split)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 
 import saeq
 from saeq import keys
-from saeq.jobs.harvest import harvest_activations
+from saeq.errors import InvalidSpec
+from saeq.jobs.harvest import Shard, harvest_activations
 from saeq.ml.corpus import iter_documents
 from saeq.ml.models import LoadedModel
 from saeq.ml.placement import gpu_memory_figures, reset_gpu_memory_peak
@@ -20,11 +23,19 @@ from saeq_worker.resolve import cached_model
 from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.harvest/1"
+SendSlice = Callable[[str, int], None]
 
 
-def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
+def run_harvest(job: RunningJob, *, cache_dir: str, send_slice: SendSlice | None = None) -> str:
+    """-> the manifest key. `send_slice(job_id, index)` queues a slice of a split harvest."""
     spec: HarvestSpec = job.spec
     store = job.store
+    if spec.slices > 1:
+        from saeq_worker.harvest_split import run_split_harvest
+
+        if send_slice is None:
+            raise ValueError("a split harvest needs send_slice")
+        return run_split_harvest(job, cache_dir=cache_dir, send_slice=send_slice)
     job.report(0.0, "loading model", spec.model.name, force=True)
     lm = cached_model(spec.model, job.device, cache_dir)
     reset_gpu_memory_peak(lm.model)  # the model may be cached from an earlier job: count this one's
@@ -54,37 +65,13 @@ def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
     for shard in harvest_activations(
         spec, lm, docs, start_shard=start, median_norms=medians, should_stop=job.should_stop, on_batch=on_batch
     ):
-        entry = {
-            "index": shard.index,
-            "n_tokens": shard.n_tokens,
-            "hooks": {},
-            "meta": {},
-            "doc_ids": set(shard.tensors[spec.hooks[0]]["doc_ids"].unique().tolist()),
-        }
-        for hook in spec.hooks:
-            data = write_shard_bytes(shard.tensors[hook], shard.metadata(hook))
-            key = keys.harvest_shard(job.id, hook, shard.index)
-            try:
-                store.put(key, data)
-            except AlreadyExists:
-                # An earlier attempt wrote this hook's shard before dying; puts are atomic and the
-                # bytes deterministic, so the stored object is the complete shard.
-                data = store.get(key)
-            entry["hooks"][hook] = {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            entry["meta"][hook] = shard.metadata(hook)
-        shards.append(entry)
+        shards.append(store_shard(store, job.id, spec, shard))
         job.check()
 
     tokens = sum(s["n_tokens"] for s in shards)
     if tokens == 0:
-        from saeq.errors import InvalidSpec
-
-        raise InvalidSpec(
-            "the corpus yielded no complete context; it is empty or shorter than "
-            f"context_len={spec.context_len} tokens",
-            field="spec.corpus",
-        )
-    manifest = _manifest(job, spec, lm, shards, tokens)
+        raise empty_corpus(spec)
+    manifest = harvest_manifest(job.id, spec, lm, shards, tokens)
     key = job.publish(HarvestManifest.model_validate(manifest))
     elapsed = time.monotonic() - t0
     job.report(
@@ -99,10 +86,43 @@ def run_harvest(job: RunningJob, *, cache_dir: str) -> str:
     return key
 
 
-def _previous_shards(store: ObjectStore, job_id: str, spec: HarvestSpec) -> list[dict]:
-    """Shards an earlier attempt completed for every hook, in order, read back with checksums."""
+def empty_corpus(spec: HarvestSpec) -> InvalidSpec:
+    return InvalidSpec(
+        f"the corpus yielded no complete context; it is empty or shorter than context_len={spec.context_len} tokens",
+        field="spec.corpus",
+    )
+
+
+def store_shard(store: ObjectStore, job_id: str, spec: HarvestSpec, shard: Shard) -> dict:
+    """Write one shard for every hook -> its manifest entry (keys, sizes, checksums, metadata)."""
+    entry = {
+        "index": shard.index,
+        "n_tokens": shard.n_tokens,
+        "hooks": {},
+        "meta": {},
+        "doc_ids": set(shard.tensors[spec.hooks[0]]["doc_ids"].unique().tolist()),
+    }
+    for hook in spec.hooks:
+        data = write_shard_bytes(shard.tensors[hook], shard.metadata(hook))
+        key = keys.harvest_shard(job_id, hook, shard.index)
+        try:
+            store.put(key, data)
+        except AlreadyExists:
+            # An earlier attempt wrote this hook's shard before dying; puts are atomic and the
+            # bytes deterministic, so the stored object is the complete shard.
+            data = store.get(key)
+        entry["hooks"][hook] = {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        entry["meta"][hook] = shard.metadata(hook)
+    return entry
+
+
+def _previous_shards(
+    store: ObjectStore, job_id: str, spec: HarvestSpec, start: int = 0, stop: int = 1 << 30
+) -> list[dict]:
+    """Shards `start, start + 1, ...` (before `stop`) an earlier attempt completed for every hook,
+    in order, read back with checksums."""
     out: list[dict] = []
-    for index in range(1 << 30):
+    for index in range(start, stop):
         entry = {"index": index, "hooks": {}, "meta": {}, "doc_ids": set()}
         for hook in spec.hooks:
             key = keys.harvest_shard(job_id, hook, index)
@@ -119,7 +139,9 @@ def _previous_shards(store: ObjectStore, job_id: str, spec: HarvestSpec) -> list
     return out
 
 
-def _manifest(job: RunningJob, spec: HarvestSpec, lm: LoadedModel, shards: list[dict], tokens: int) -> dict:
+def harvest_manifest(job_id: str, spec: HarvestSpec, lm: LoadedModel, shards: list[dict], tokens: int) -> dict:
+    """The job's manifest from every shard's entry: the sink rule's reference is shard 0's median
+    norm, and the counts are the sums of the shards' (each counted against that median)."""
     docs = set().union(*(s["doc_ids"] for s in shards)) - {-1}
     hooks = {}
     for hook in spec.hooks:
@@ -144,7 +166,7 @@ def _manifest(job: RunningJob, spec: HarvestSpec, lm: LoadedModel, shards: list[
     return {
         "format": MANIFEST_FORMAT,
         "kind": "harvest",
-        "job_id": job.id,
+        "job_id": job_id,
         "saeq_version": saeq.__version__,
         "created_at": time.time(),
         "spec": spec.model_dump(mode="json"),

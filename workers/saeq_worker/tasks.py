@@ -11,7 +11,7 @@ from functools import lru_cache
 from celery.signals import task_prerun
 
 from saeq.platform.admission import check_admissible, check_local_paths
-from saeq.platform.dispatch import LIVE_TASK, sender, task_name
+from saeq.platform.dispatch import KIND_QUEUE, LIVE_TASK, sender, task_name
 from saeq.platform.registry import Registry
 from saeq.platform.settings import open_store
 from saeq_worker import threads
@@ -78,7 +78,28 @@ def _run(job_id: str, dispatch_id: str, body) -> None:
 def harvest(job_id: str, dispatch_id: str) -> None:
     from saeq_worker.harvest import run_harvest
 
-    _run(job_id, dispatch_id, lambda job: run_harvest(job, cache_dir=settings.cache_dir))
+    def send_slice(job_id: str, index: int) -> None:
+        app.send_task(task_name("harvest_slice"), args=[job_id, index], queue=KIND_QUEUE["harvest"])
+
+    _run(job_id, dispatch_id, lambda job: run_harvest(job, cache_dir=settings.cache_dir, send_slice=send_slice))
+
+
+@app.task(name=task_name("harvest_slice"))
+def harvest_slice(job_id: str, index: int) -> None:
+    """One slice of a split harvest (saeq_worker.harvest_split); the job's own task merges them."""
+    from saeq_worker.harvest_split import run_slice_task
+
+    run_slice_task(
+        _registry(),
+        _store(),
+        job_id,
+        index,
+        device=_device(),
+        cache_dir=settings.cache_dir,
+        admit=lambda spec: check_admissible(
+            spec, llm_endpoints=settings.llm_endpoints, local_path_roots=settings.local_path_roots
+        ),
+    )
 
 
 @app.task(name=task_name("train"))

@@ -35,6 +35,17 @@ def job_dependents(job_id: str) -> str:
     return job(job_id, ":dependents")
 
 
+def harvest_slices(job_id: str) -> str:
+    """Hash of a split harvest's slices (saeq.platform.harvest_slices): `tokens:{i}` done so far,
+    `error:{i}` (JSON) of a failed slice."""
+    return job(job_id, ":slices")
+
+
+def harvest_slice_owner(job_id: str, index: int) -> str:
+    """String with a TTL: the token of the worker running slice `index`; it renews the TTL."""
+    return job(job_id, f":slice:{index}:owner")
+
+
 ALL_JOBS = f"{PREFIX}jobs"
 """Sorted set: every stored job's id, by creation time."""
 RUNNING = f"{PREFIX}running"
