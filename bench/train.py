@@ -8,7 +8,7 @@ shipped recipe (the TrainSpec defaults); sparsify runs its own Trainer.fit; SAEL
 SAETrainer. Only training is timed. `--acceptance` also trains saeq's default spec end to end
 (harvest reader, its default token budget) and reports held-out FVU and dead latents.
 Usage: python bench/train.py [--tokens 1024000] [--peers sparsify,saelens] [--synthetic]
-       [--acceptance]
+       [--acceptance] | [--online]
 """
 
 from __future__ import annotations
@@ -428,6 +428,33 @@ def acceptance(manifest: dict, store) -> dict:
     }
 
 
+def online_beside_stored(manifest: dict, store, tokens: int) -> None:
+    """--online: the same TopK spec trained on the stored harvest's shards and online (SmolLM2's
+    forward pass fused with training, the same contexts: same corpus, seed and packing), one after
+    the other; tokens/s end to end (the forward pass included online) and held-out FVU of each."""
+    from saeq.jobs.train import train_from_harvest
+    from saeq.jobs.train_online import train_online
+    from saeq.ml.corpus import iter_documents
+    from saeq.ml.models import load_model
+    from saeq.specs import ActivationsRef, OnlineActivations, SaeConfig, TrainSpec
+
+    fields = {"saes": [SaeConfig(d_sae=D_SAE, k=K)], "total_tokens": tokens, "batch_size": BATCH}
+    stored_spec = TrainSpec(activations=ActivationsRef(job_id=BENCH_JOB, hook=HOOK), **fields)
+    online = OnlineActivations(source="online", hook=HOOK)  # the defaults harvest() ran with
+    online_spec = TrainSpec(activations=online, **fields)
+    print(f"online beside stored: {tokens:,} tokens, TopK d_sae={D_SAE} k={K} batch={BATCH}", flush=True)
+    t0 = time.perf_counter()
+    stored = train_from_harvest(stored_spec, manifest, store.get)
+    stored_s = time.perf_counter() - t0
+    lm = load_model(online.model, cache_dir=os.path.expanduser("~/.cache/saeq"))
+    t0 = time.perf_counter()
+    fused = train_online(online_spec, lm, lambda: iter_documents(online.corpus, seed=online.seed))
+    online_s = time.perf_counter() - t0  # held-out contexts' forward pass included
+    print(f"{'source':8s} {'tokens/s':>9s} {'FVU':>7s}  (end to end: reading, or forward pass, and training)")
+    for name, r, wall in (("stored", stored, stored_s), ("online", fused, online_s)):
+        print(f"{name:8s} {r.tokens / wall:9,.0f} {r.metrics['sae0'].fvu:7.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=250 * BATCH, help="training tokens per trainer")
@@ -443,12 +470,19 @@ def main() -> None:
     )
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/saeq/bench"))
     ap.add_argument("--harvest-only", action="store_true")
+    ap.add_argument(
+        "--online", action="store_true", help="only: stored-shard training beside online (harvest+train fused)"
+    )
     args = ap.parse_args()
 
     root = Path(args.cache) / ("synthetic" if args.synthetic else "store")
     manifest = synthetic_store(root, args.harvest_tokens) if args.synthetic else harvest(root, args.harvest_tokens)
     if args.harvest_only:
         return
+    if args.online:
+        from saeq.platform.store import LocalStore
+
+        return online_beside_stored(manifest, LocalStore(root), args.tokens)
 
     print(
         f"{'synthetic' if args.synthetic else 'SmolLM2-135M-Instruct ' + HOOK}, "

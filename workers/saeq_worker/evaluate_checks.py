@@ -107,10 +107,13 @@ def _training_docs(store, ctx: SaeContext) -> set[int]:
     if ctx.provenance.get("source") != "job":
         return set()
     train = read_published_manifest(store, ctx.provenance["job_id"], TrainManifest, field="spec.sae")
-    harvest = read_published_manifest(store, train.harvest.job_id, HarvestManifest, field="spec.sae")
-    corpus = harvest.corpus
+    if train.harvest.job_id == train.job_id:  # online training: the corpus and seed it read are its own
+        corpus, seed = train.harvest.corpus, train.spec["activations"]["seed"]
+    else:
+        harvest = read_published_manifest(store, train.harvest.job_id, HarvestManifest, field="spec.sae")
+        corpus, seed = harvest.corpus, harvest.spec["seed"]
     if corpus.get("source") != "builtin" or corpus.get("name") != "wiki-en":
         return set()
-    order = builtin_order("wiki-en", harvest.spec["seed"])
+    order = builtin_order("wiki-en", seed)
     first = corpus.get("first_doc", 0)
     return set(order[first : first + corpus["n_docs_used"] + 1])  # +1: the last may be cut short

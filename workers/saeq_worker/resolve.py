@@ -126,8 +126,11 @@ def sae_context(spec, store: ObjectStore) -> SaeContext:
         corpus, corpus_seed = getattr(spec, "corpus", None), None
         if corpus is None:
             corpus = held_out_corpus(harvest.corpus)
-            harvested = read_published_manifest(store, harvest.job_id, HarvestManifest, field="spec.sae")
-            corpus_seed = harvested.spec["seed"]
+            if harvest.job_id == train.job_id:  # online training read the model itself: its spec has the seed
+                corpus_seed = train.spec["activations"]["seed"]
+            else:
+                harvested = read_published_manifest(store, harvest.job_id, HarvestManifest, field="spec.sae")
+                corpus_seed = harvested.spec["seed"]
         return SaeContext(
             sae,
             name,
