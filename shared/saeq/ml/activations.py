@@ -8,12 +8,14 @@ generator seeded by (seed, epoch, chunk). Order is a pure function of the seed, 
 `DataPosition` (epoch, chunk, row) names a point of the stream: resuming there reads only the
 chunk it falls in (and those after it), and skips every earlier chunk without reading it.
 
-How rows move: a shard is decoded without copying (saeq.ml.shards.decode_shard) and kept in its
-stored dtype. The shuffle is a permutation of row indices; a batch is one index_select. When the
-training rows fit `cache_bytes` (or, on CUDA, a fraction of free GPU memory: GPU-resident), they
-are copied once into one table and every later epoch reads nothing; otherwise each chunk is
-assembled from its pieces as it comes. Reads run on `prefetch_threads` threads up to
-`prefetch_bytes` ahead, and batches are gathered on a background thread (saeq.ml.feed).
+How rows move: a shard is decoded without copying (saeq.ml.shards.decode_shard) and its rows stay
+there, in their stored dtype, never copied to make a chunk. The shuffle is a permutation of row
+indices: a batch takes the next `batch_size` of them, sorted (a batch is a set: the trainer's step
+does not depend on the order of its rows, and sorted reads are sequential) and gathered with one
+index_select per piece they fall in. Decoded pieces stay resident within `cache_bytes`; on CUDA,
+when every training row fits a fraction of free GPU memory, they are uploaded once instead and a
+batch is gathered on the GPU (GPU-resident). Reads run on `prefetch_threads` threads up to
+`prefetch_chunks` / `prefetch_bytes` ahead; batches are gathered on a background thread (saeq.ml.feed).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from torch import Tensor
 
 from saeq.errors import InvalidSpec
-from saeq.ml.feed import ChunkLoad, Gather, Stopped, background, wait
+from saeq.ml.feed import ChunkLoad, Gather, Part, Stopped, background, wait
 from saeq.ml.shards import CorruptShard, decode_shard
 from saeq.ml.sinks import SinkStats, sink_mask, sink_stats
 
@@ -86,10 +88,12 @@ class _Decoded:
 
 
 class _Chunk(NamedTuple):
-    source: Tensor
-    """(n, d_in) rows the chunk's indices point into: the table, or the chunk's own rows."""
+    sources: list[Tensor]
+    """Each piece's (n_i, d_in) rows, in the chunk's piece order (views, or GPU copies)."""
+    bounds: Tensor
+    """(n_pieces + 1,) int64: where each piece starts in the chunk's rows laid end to end."""
     rows: Tensor
-    """(m,) int64: the chunk's ordinary rows in `source`, in harvest order (before the shuffle)."""
+    """(m,) int64: the chunk's ordinary rows in that layout, in harvest order (before the shuffle)."""
 
 
 class HarvestData:
@@ -137,9 +141,8 @@ class HarvestData:
         self._sinks: dict[_Piece, SinkStats] = {}
         self._lock = threading.Lock()
         self._dtype: torch.dtype | None = None  # the stored dtype, known at the first decode
-        self._table: Tensor | None = None  # (n_train_rows, d_in): every training row, once resident
-        self._ordinary: dict[_Piece, Tensor] = {}  # table mode: pieces resident in the table
-        self._cache: dict[_Piece, _Decoded] = {}  # chunk mode: decoded pieces kept, within cache_bytes
+        self._on_gpu = False  # GPU-resident: pieces are uploaded, and all of them fit
+        self._cache: dict[_Piece, _Decoded] = {}  # resident pieces, within cache_bytes (or the GPU's room)
         self._cached_bytes = 0
 
         shards = sorted(entry["shards"], key=lambda s: s["index"])
@@ -165,9 +168,6 @@ class HarvestData:
         self.n_train_rows = cut
         """Training tokens before the sink rule (sinks included)."""
         self.shuffle_tokens = shuffle_tokens
-        self._offsets, at = {}, 0
-        for p in self.train_pieces:  # where each training piece sits in the table
-            self._offsets[p], at = at, at + p.n_tokens
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -193,8 +193,7 @@ class HarvestData:
         return _Decoded(acts[sl], ordinary, len(data))
 
     def _settle_layout(self, dtype: torch.dtype, key: str) -> None:
-        """At the first decode: one table for every training row when it fits (on the GPU when a
-        CUDA target has room, else in host memory within cache_bytes), or chunks one by one."""
+        """At the first decode: GPU-resident when a CUDA target has room for every training row."""
         with self._lock:
             if self._dtype is not None:
                 if dtype != self._dtype:
@@ -202,45 +201,38 @@ class HarvestData:
                 return
             self._dtype = dtype
             n_bytes = self.n_train_rows * self.d_in * dtype.itemsize
-            if self.device.type == "cuda" and n_bytes <= self.gpu_fraction * torch.cuda.mem_get_info(self.device)[0]:
-                self._table = torch.empty((self.n_train_rows, self.d_in), dtype=dtype, device=self.device)
-            elif n_bytes <= self.cache_bytes:
-                self._table = torch.empty((self.n_train_rows, self.d_in), dtype=dtype)
+            if self.device.type == "cuda":
+                self._on_gpu = n_bytes <= self.gpu_fraction * torch.cuda.mem_get_info(self.device)[0]
 
     def _resident(self, piece: _Piece) -> bool:
-        return piece in self._ordinary or piece in self._cache
+        return piece in self._cache
 
-    def _make_resident(self, piece: _Piece) -> _Decoded | None:
-        """Decode a piece into the table (-> None), or return it decoded (kept if the cache has room)."""
+    def _make_resident(self, piece: _Piece) -> _Decoded:
+        """A piece decoded (uploaded when GPU-resident), kept if there is room."""
         if piece in self._cache:
             return self._cache[piece]
         decoded = self._decode(piece)
         self._settle_layout(decoded.acts.dtype, piece.key)
-        if self._table is not None:
-            at = self._offsets[piece]
-            self._table[at : at + piece.n_tokens].copy_(decoded.acts)
-            if self._table.is_cuda:  # a pageable copy may still be in flight when copy_ returns
-                torch.cuda.current_stream(self._table.device).synchronize()
-            self._ordinary[piece] = decoded.ordinary
-            return None
+        if self._on_gpu:
+            acts = decoded.acts.to(self.device)
+            torch.cuda.current_stream(self.device).synchronize()  # a pageable copy may still be in flight
+            decoded = _Decoded(acts, decoded.ordinary, acts.nbytes)
         with self._lock:  # two chunks' loads may decode one piece at an epoch's turn: count it once
-            if piece not in self._cache and self._cached_bytes + decoded.nbytes <= self.cache_bytes:
+            room = self._on_gpu or self._cached_bytes + decoded.nbytes <= self.cache_bytes
+            if piece not in self._cache and room:
                 self._cache[piece] = decoded
                 self._cached_bytes += decoded.nbytes
         return decoded
 
     def _assemble(self, pieces: list[_Piece], decoded: list[_Decoded | None]) -> _Chunk:
-        """A chunk's rows and its ordinary rows' indices, in piece order."""
-        if self._table is not None and all(p in self._ordinary for p in pieces):
-            rows = [self._offsets[p] + self._ordinary[p] for p in pieces]
-            return _Chunk(self._table, torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long))
+        """A chunk: its pieces' rows as they are, and its ordinary rows' indices, in piece order."""
         ds = [d if d is not None else self._cache[p] for p, d in zip(pieces, decoded, strict=True)]
-        rows, at = [], 0
+        bounds, rows = [0], []
         for d in ds:
-            rows.append(at + d.ordinary)
-            at += d.acts.shape[0]
-        source = ds[0].acts if len(ds) == 1 else torch.cat([d.acts for d in ds])  # (n, d_in)
-        return _Chunk(source, torch.cat(rows))
+            rows.append(bounds[-1] + d.ordinary)
+            bounds.append(bounds[-1] + d.acts.shape[0])
+        ordinary = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        return _Chunk([d.acts for d in ds], torch.tensor(bounds), ordinary)
 
     def _load(self, pieces: list[_Piece], submit: Callable[[Callable[[], None]], object]) -> Future:
         """-> Future of the chunk made of `pieces`; missing pieces are read by `submit`ted tasks."""
@@ -259,8 +251,8 @@ class HarvestData:
 
     @property
     def resident_bytes(self) -> int:
-        """Bytes of activations the feed keeps between chunks: the table, or the cached pieces."""
-        return self._cached_bytes + (0 if self._table is None else self._table.nbytes)
+        """Bytes the feed keeps between chunks: the resident pieces' shards (GPU copies' acts)."""
+        return self._cached_bytes
 
     def _float_rows(self, pieces: list[_Piece]) -> Tensor:
         parts = [d.acts.index_select(0, d.ordinary).float() for d in map(self._decode, pieces)]
@@ -332,7 +324,7 @@ class HarvestData:
 
     def _produce(self, start: DataPosition, submit, stop: threading.Event | None, gather: Gather) -> Iterator:
         """(batch, its CUDA event or None, position after it) from `start` on, forever."""
-        parts: list[tuple[Tensor, Tensor]] = []
+        parts: list[Part] = []
         have, row = 0, start.row
         for epoch, index, chunk in self._ahead(start, submit, stop):
             perm = torch.randperm(chunk.rows.shape[0], generator=_generator(self.seed, epoch, index))
@@ -340,7 +332,7 @@ class HarvestData:
             n = order.shape[0]
             while row < n:
                 take = min(self.batch_size - have, n - row)
-                parts.append((chunk.source, order[row : row + take]))
+                parts.append((chunk.sources, chunk.bounds, order[row : row + take]))
                 have, row = have + take, row + take
                 if have == self.batch_size:
                     # a batch that ends a chunk names the next chunk: resuming needs no read of this one

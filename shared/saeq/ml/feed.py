@@ -3,8 +3,8 @@ bounded queue, piece reads on a thread pool, and the gather of a batch onto its 
 
 Nothing here knows about harvests. `background` keeps the training thread to dequeuing;
 `ChunkLoad` lets the last of a chunk's piece reads assemble it (no thread ever waits on another
-pool task, so one reader thread cannot deadlock); `Gather` turns (source rows, row indices) parts
-into one batch tensor with index_select, and on CUDA stages it through pinned host buffers with
+pool task, so one reader thread cannot deadlock); `Gather` turns parts (pieces' rows, row indices)
+into one batch tensor with an index_select per piece, and on CUDA stages it through pinned host buffers with
 non-blocking copies on a side stream, an event per buffer so none is reused before its copy ends.
 """
 
@@ -21,6 +21,10 @@ from torch import Tensor
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+Part = tuple[list[Tensor], Tensor, Tensor]
+"""(sources, bounds, rows): pieces' (n_i, d) rows, (n_pieces + 1,) where each starts when laid end
+to end, and (m,) int64 rows of that layout to gather."""
 
 _END = object()
 _POLL_S = 0.05
@@ -134,8 +138,7 @@ class ChunkLoad:
 
 
 class Gather:
-    """Batches of `batch_size` rows gathered from (source (n, d), indices (m,)) parts with
-    index_select. On a CPU target each batch is a new tensor (the consumer may keep it). On CUDA,
+    """Batches of `batch_size` rows gathered from parts (see Part) with index_select. On a CPU target each batch is a new tensor (the consumer may keep it). On CUDA,
     a source on the GPU is gathered there; a host source is gathered into one of `n_slots` pinned
     buffers and copied to the GPU without blocking. Either runs on a side stream and comes with an
     event the consumer's stream must wait for (`handover`)."""
@@ -148,11 +151,11 @@ class Gather:
         self._events: list[torch.cuda.Event | None] = [None] * n_slots
         self._next = 0
 
-    def __call__(self, parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, torch.cuda.Event | None]:
+    def __call__(self, parts: list[Part]) -> tuple[Tensor, torch.cuda.Event | None]:
         if self.stream is None:
             return _gather(parts, None), None
         with torch.cuda.stream(self.stream):
-            if parts[0][0].device.type == "cuda":
+            if parts[0][0][0].device.type == "cuda":
                 batch = _gather(parts, None)
             else:
                 batch = self._through_pinned(parts)
@@ -160,12 +163,12 @@ class Gather:
             event.record(self.stream)
         return batch, event
 
-    def _through_pinned(self, parts: list[tuple[Tensor, Tensor]]) -> Tensor:
+    def _through_pinned(self, parts: list[Part]) -> Tensor:
         i, self._next = self._next, (self._next + 1) % len(self._slots)
         slot, event = self._slots[i], self._events[i]
         if event is not None:
             event.synchronize()  # the copy out of this buffer has finished: it may be overwritten
-        source = parts[0][0]
+        source = parts[0][0][0]
         if slot is None or slot.dtype != source.dtype:
             slot = torch.empty((self.batch_size, source.shape[1]), dtype=source.dtype, pin_memory=True)
             self._slots[i] = slot
@@ -185,19 +188,20 @@ class Gather:
         return batch
 
 
-def _gather(parts: list[tuple[Tensor, Tensor]], out: Tensor | None) -> Tensor:
-    """Rows idx of each part's source, in part order: one index_select when all parts share a
-    source (their indices concatenated), else one per part into slices of one output."""
-    source = parts[0][0]
-    if all(s is source for s, _ in parts):
-        idx = parts[0][1] if len(parts) == 1 else torch.cat([i for _, i in parts])
-        idx = idx.to(source.device)  # on CUDA: on the current (side) stream, before the gather
-        return torch.index_select(source, 0, idx) if out is None else torch.index_select(source, 0, idx, out=out)
-    n = sum(i.numel() for _, i in parts)
+def _gather(parts: list[Part], out: Tensor | None) -> Tensor:
+    """The rows each part names, part after part; within a part, in ascending order (grouped by
+    piece, read sequentially), one index_select per piece straight into the output."""
+    first = parts[0][0][0]
+    n = sum(seg.numel() for _, _, seg in parts)
     if out is None:
-        out = torch.empty((n, source.shape[1]), dtype=source.dtype, device=source.device)
+        out = torch.empty((n, first.shape[1]), dtype=first.dtype, device=first.device)
     at = 0
-    for s, i in parts:
-        torch.index_select(s, 0, i.to(s.device), out=out[at : at + i.numel()])
-        at += i.numel()
+    for sources, bounds, seg in parts:
+        rows = seg.sort().values  # (m,) rows of the chunk's pieces laid end to end
+        cuts = torch.searchsorted(rows, bounds).tolist()  # piece j's rows are rows[cuts[j]:cuts[j + 1]]
+        for source, lo, hi, base in zip(sources, cuts[:-1], cuts[1:], bounds.tolist(), strict=False):
+            if hi > lo:  # on CUDA the indices go up on the current (side) stream, before the gather
+                idx = (rows[lo:hi] - base).to(source.device)
+                torch.index_select(source, 0, idx, out=out[at + lo : at + hi])
+        at += rows.numel()
     return out

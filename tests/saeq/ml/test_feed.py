@@ -49,10 +49,10 @@ def feed_threads() -> list[str]:
     [
         {"prefetch_threads": 1},
         {"prefetch_threads": 4, "prefetch_chunks": 3},
-        {"prefetch_threads": 2, "cache_bytes": 0},  # no table: each chunk assembled from its pieces
+        {"prefetch_threads": 2, "cache_bytes": 0},  # nothing resident: every chunk read again
         {"prefetch_threads": 3, "cache_bytes": 0, "queue_batches": 1, "prefetch_chunks": 1},
     ],
-    ids=["1-thread", "4-threads", "chunks", "chunks-tight"],
+    ids=["1-thread", "4-threads", "uncached", "uncached-tight"],
 )
 def test_the_batches_do_not_depend_on_prefetch_threads_or_residency(harvest, kw):
     store, manifest = harvest
@@ -98,9 +98,12 @@ def test_reads_stay_within_the_prefetch_budget_and_the_cache_within_cache_bytes(
     small = HarvestData(manifest, HOOK, store.get, cache_bytes=3 * one_shard, **BASE)
     take(small, 20)
     assert 0 < small.resident_bytes <= 3 * one_shard
-    table = HarvestData(manifest, HOOK, store.get, **BASE)  # 2 GiB default: every training row, once
-    take(table, 20)
-    assert table.resident_bytes == table.n_train_rows * 8 * 4
+    reads: list[str] = []
+    everything = HarvestData(manifest, HOOK, lambda k: reads.append(k) or store.get(k), **BASE)  # 2 GiB default
+    assert take(everything, 40)[-1].position.epoch >= 2
+    train_keys = {p.key for p in everything.train_pieces}
+    assert sorted(reads) == sorted(train_keys)  # each shard read once: later epochs read nothing
+    assert everything.resident_bytes == sum(len(store.get(k)) for k in train_keys)
 
 
 def test_closing_or_failing_leaves_no_feed_thread_running(harvest):
@@ -220,7 +223,7 @@ def cuda_or_skip() -> str:
 @pytest.mark.parametrize(
     "kw",
     [{"gpu_fraction": 0.5}, {"gpu_fraction": 0.0}, {"gpu_fraction": 0.0, "cache_bytes": 0}],
-    ids=["gpu-resident", "host-table-pinned", "chunks-pinned"],
+    ids=["gpu-resident", "host-resident-pinned", "uncached-pinned"],
 )
 def test_cuda_batches_equal_the_cpu_batches(harvest, kw):
     device = cuda_or_skip()
@@ -230,7 +233,7 @@ def test_cuda_batches_equal_the_cpu_batches(harvest, kw):
     data = HarvestData(manifest, HOOK, store.get, device=device, **BASE | kw)
     gpu = take(data, 45)
     assert {b.acts.device.type for b in gpu} == {"cuda"}
-    assert (data._table is not None and data._table.is_cuda) == (kw["gpu_fraction"] > 0)
+    assert data._on_gpu == (kw["gpu_fraction"] > 0)
     assert [ids(b.acts.cpu()) for b in gpu] == [ids(b.acts) for b in cpu]
     assert [b.position for b in gpu] == [b.position for b in cpu]
     assert feed_threads() == before

@@ -1,0 +1,241 @@
+"""The activation feed's throughput beside the raw read bandwidth of the same shards, one run.
+
+On the demo's harvest (blocks.14.hook_resid_post of SmolLM2, 16 fp32 shards of 16,384 tokens x
+576, from ~/.saeq/demo/store; synthetic shards of the same size when it is absent) and its bf16
+twin (acts cast, shards rewritten), for each source: a local store dir, S3 (SeaweedFS started on
+loopback as the tests do) and RAM (a dict of the shard bytes):
+  raw   every shard read once through the same reader, serially and from 4 threads
+  cold  the feed's first epoch (every shard read, decoded, made resident)
+  warm  the next epochs (the rows resident: no reads)
+and, for reference, the CPU trainer's step rate (TopK d=576, 4,608 latents, k=32, batch 4,096).
+The consumer only dequeues batches. Usage: python bench/feed.py [--epochs 3] [--no-s3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.servers, for SeaweedFS
+
+HOOK = "blocks.14.hook_resid_post"
+BATCH, SHUFFLE, VALIDATION = 4_096, 65_536, 16_384
+
+
+def demo_harvest() -> tuple[dict, Callable[[str], bytes]] | None:
+    """The demo's fp32 harvest at HOOK with 16 shards, if one is in ~/.saeq/demo/store."""
+    from saeq.platform.store import LocalStore
+
+    root = Path.home() / ".saeq" / "demo" / "store"
+    for path in sorted(root.glob("jobs/*/manifest.json")):
+        m = json.loads(path.read_text())
+        hook = m.get("hooks", {}).get(HOOK)
+        if m.get("kind") == "harvest" and hook and len(hook["shards"]) == 16 and m.get("dtype") == "float32":
+            return m, LocalStore(root).get
+    return None
+
+
+def synthetic_harvest(store_dir: Path) -> tuple[dict, Callable[[str], bytes]]:
+    """16 fp32 shards of 16,384 tokens x 576 (contexts of 256), laid out as a harvest's."""
+    from saeq import keys
+    from saeq.ml.shards import write_shard_bytes
+    from saeq.platform.store import LocalStore
+
+    store, job, ctx, n, d = LocalStore(store_dir), "f" * 32, 256, 16_384, 576
+    g = torch.Generator().manual_seed(0)
+    shards = []
+    for i in range(16):
+        acts = torch.randn(n, d, generator=g) * 3
+        positions = torch.arange(ctx, dtype=torch.int32).repeat(n // ctx)
+        acts[positions == 0] *= 100
+        tensors = {
+            "acts": acts,
+            "token_ids": torch.zeros(n, dtype=torch.int32),
+            "doc_ids": torch.zeros(n, dtype=torch.int32),
+        }
+        tensors |= {"positions": positions, "norms": acts.norm(dim=1)}
+        key = keys.harvest_shard(job, HOOK, i)
+        store.put(key, write_shard_bytes(tensors, {"hook": HOOK}))
+        shards.append({"index": i, "n_tokens": n, "key": key})
+    median = float(torch.tensor(3 * 24.0))  # ~ norm of a 576-d N(0, 9) row
+    hook = {"d_model": d, "n_tokens": 16 * n, "shards": shards, "sinks": {"median_norm": median, "norm_factor": 5.0}}
+    manifest = {"kind": "harvest", "d_model": d, "context_len": ctx, "n_tokens": 16 * n, "dtype": "float32"}
+    return manifest | {"hooks": {HOOK: hook}}, store.get
+
+
+def bf16_twin(manifest: dict, read: Callable[[str], bytes], store_dir: Path) -> tuple[dict, Callable[[str], bytes]]:
+    """The same harvest with its acts cast to bf16, shards rewritten into a temp store."""
+    from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
+    from saeq.platform.store import LocalStore
+
+    store = LocalStore(store_dir)
+    for s in manifest["hooks"][HOOK]["shards"]:
+        data = read(s["key"])
+        tensors = read_shard(data)
+        tensors["acts"] = tensors["acts"].to(torch.bfloat16)
+        store.put(s["key"], write_shard_bytes(tensors, read_shard_metadata(data)))
+    return manifest | {"dtype": "bfloat16"}, store.get
+
+
+def raw(read: Callable[[str], bytes | bytearray], keys: list[str], threads: int) -> tuple[float, int]:
+    """(seconds, bytes) to read every shard once; from RAM, to copy every shard once."""
+    if isinstance(getattr(read, "__self__", None), dict):  # RAM: a read is a lookup, time a copy
+        shards = read
+        read = lambda k: bytearray(shards(k))  # one copy of the shard
+    t = time.perf_counter()
+    if threads == 1:
+        n = sum(len(read(k)) for k in keys)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            n = sum(len(b) for b in pool.map(read, keys))
+    return time.perf_counter() - t, n
+
+
+def feed(manifest: dict, read: Callable[[str], bytes], epochs: int) -> tuple[float, float, int]:
+    """(cold tokens/s over the first epoch, warm tokens/s over the next `epochs`, tokens an epoch)."""
+    from saeq.ml.activations import HarvestData
+
+    data = HarvestData(
+        manifest, HOOK, read, batch_size=BATCH, seed=0, shuffle_tokens=SHUFFLE, validation_tokens=VALIDATION
+    )
+    n_epoch = data.n_train_rows // BATCH  # batches in (a little under) one epoch, sinks out
+    batches = data.batches()
+    t0 = time.perf_counter()
+    for _ in range(n_epoch):
+        next(batches)
+    t1 = time.perf_counter()
+    for _ in range(n_epoch * epochs):
+        next(batches)
+    t2 = time.perf_counter()
+    batches.close()
+    return n_epoch * BATCH / (t1 - t0), n_epoch * epochs * BATCH / (t2 - t1), n_epoch * BATCH
+
+
+def ceilings(manifest: dict, read: Callable[[str], bytes], rounds: int = 3) -> tuple[float, float]:
+    """What this machine does right now, in tokens/s of acts, on one resident shard: a batch's
+    plain memcpy (clone of 4,096 consecutive rows) and a batch's index_select of 4,096 sorted
+    random rows, on the calling thread, no feed around them."""
+    from saeq.ml.shards import decode_shard
+
+    key = manifest["hooks"][HOOK]["shards"][0]["key"]
+    acts = decode_shard(read(key), key)["acts"]
+    n = acts.shape[0] // BATCH * BATCH
+    idx = [torch.randperm(acts.shape[0])[:BATCH].sort().values for _ in range(n // BATCH)]
+    t = time.perf_counter()
+    for _ in range(rounds):
+        for i in range(0, n, BATCH):
+            acts[i : i + BATCH].clone()
+    copy = rounds * n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for _ in range(rounds):
+        for j in idx:
+            acts.index_select(0, j)
+    return copy, rounds * n / (time.perf_counter() - t)
+
+
+def trainer_rate(steps: int = 6) -> float:
+    """CPU tokens/s of one TopK SAE (d=576, 4,608 latents, k=32) at batch 4,096."""
+    from saeq.jobs.train import train_saes
+    from saeq.specs import SaeConfig, TrainSpec
+    from saeq.specs.train import ActivationsRef
+
+    x = torch.randn(BATCH * 2, 576)
+    spec = TrainSpec(
+        activations=ActivationsRef(job_id="f" * 32, hook=HOOK),
+        saes=[SaeConfig(architecture="topk", d_sae=4_608, k=32)],
+        total_tokens=BATCH * steps,
+        batch_size=BATCH,
+        checkpoint_every_tokens=None,
+    )
+    result = train_saes(spec, (x[(i % 2) * BATCH : (i % 2 + 1) * BATCH] for i in range(10**9)))
+    return result.tokens / result.wall_s
+
+
+def s3_copy(srv, manifest: dict, read: Callable[[str], bytes]) -> Callable[[str], bytes]:
+    from saeq.platform.s3_store import S3Store
+
+    store = S3Store(srv.endpoint, srv.access_key, srv.secret_key, srv.bucket)
+    for s in manifest["hooks"][HOOK]["shards"]:
+        store.put(s["key"], read(s["key"]))
+    return store.get
+
+
+def measure(name: str, manifest: dict, read: Callable[[str], bytes], epochs: int) -> dict:
+    keys = [s["key"] for s in manifest["hooks"][HOOK]["shards"]]
+    (t1, n), (t4, _) = raw(read, keys, 1), raw(read, keys, 4)
+    per_token = n / int(manifest["hooks"][HOOK]["n_tokens"])  # shard bytes per token (acts + the rest)
+    cold, warm, n_epoch = feed(manifest, read, epochs)
+    copy, gather = ceilings(manifest, read)
+    row = {
+        "source": name,
+        "raw_GBps_1": n / t1 / 1e9,
+        "raw_GBps_4": n / t4 / 1e9,
+        "raw_tok_s_1": n / t1 / per_token,
+        "raw_tok_s_4": n / t4 / per_token,
+        "cold_tok_s": cold,
+        "warm_tok_s": warm,
+        "epoch_tokens": n_epoch,
+        "memcpy_tok_s": copy,
+        "index_select_tok_s": gather,
+    }
+    best_raw = max(row["raw_tok_s_1"], row["raw_tok_s_4"])
+    row["cold_vs_raw"] = cold / best_raw
+    print(
+        f"{name:<12} raw {row['raw_GBps_1']:.2f} GB/s ({row['raw_tok_s_1'] / 1e3:,.0f}k tok/s) 1 thread, "
+        f"{row['raw_GBps_4']:.2f} GB/s ({row['raw_tok_s_4'] / 1e3:,.0f}k tok/s) 4 threads | feed cold "
+        f"{cold / 1e3:,.0f}k tok/s ({row['cold_vs_raw']:.0%} of the best raw), warm {warm / 1e6:.2f}M tok/s | "
+        f"this moment's ceilings: memcpy {copy / 1e6:.2f}M, index_select {gather / 1e6:.2f}M tok/s",
+        flush=True,
+    )
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=3, help="warm epochs timed after the cold one")
+    ap.add_argument("--no-s3", action="store_true")
+    ap.add_argument("--json", type=Path, help="write the rows here too")
+    args = ap.parse_args()
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="saeq-feed-") as tmp:
+        found = demo_harvest()
+        m32, read32 = found if found else synthetic_harvest(Path(tmp) / "f32")
+        print("harvest:", "the demo's" if found else "synthetic (no demo harvest found)", flush=True)
+        m16, read16 = bf16_twin(m32, read32, Path(tmp) / "bf16")
+        sources = [("fp32", m32, read32), ("bf16", m16, read16)]
+        for dtype, m, read in sources:
+            rows.append(measure(f"{dtype} local", m, read, args.epochs))
+        for dtype, m, read in sources:
+            in_ram = {s["key"]: read(s["key"]) for s in m["hooks"][HOOK]["shards"]}
+            rows.append(measure(f"{dtype} RAM", m, in_ram.__getitem__, args.epochs))
+            del in_ram
+        if not args.no_s3:
+            from tests.servers import s3_server
+
+            with s3_server(bucket="saeq-feed") as srv:
+                for dtype, m, read in sources:
+                    rows.append(measure(f"{dtype} S3", m, s3_copy(srv, m, read), args.epochs))
+    rate = trainer_rate()
+    print(f"CPU trainer (TopK d=576, 4,608 latents, k=32, batch 4,096): {rate / 1e3:,.1f}k tok/s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "trainer_tok_s": rate}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
