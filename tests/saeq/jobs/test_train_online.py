@@ -17,6 +17,8 @@ from saeq.jobs.train_online import OnlineData, chunk_harvest, train_online
 from saeq.ml.corpus import iter_documents
 from saeq.ml.shards import write_shard_bytes
 from saeq.specs import ActivationsRef, BuiltinCorpus, HarvestSpec, ModelSpec, OnlineActivations, SaeConfig, TrainSpec
+from saeq.specs.costs import OverQuota, check_quota, forward_passes
+from saeq.specs.quotas import TeamQuota
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,3 +222,12 @@ def test_chunks_are_whole_contexts_of_at_least_shuffle_tokens():
     assert harvest.hooks == [HOOK] and harvest.context_len == T and harvest.batch_size == 8
     big, per_chunk = chunk_harvest(online_spec(shuffle_tokens=10_000_000))
     assert big.shard_tokens <= 4_194_304 and per_chunk * big.shard_tokens >= 10_000_000
+
+
+def test_the_online_forward_pass_counts_against_the_batch_quota():
+    spec = online_spec({"batch_size": 64}, total_tokens=4096)
+    assert ("spec.activations.batch_size", 64 * T) in forward_passes(spec)
+    with pytest.raises(OverQuota) as e:
+        check_quota(spec, TeamQuota(max_batch_tokens=512), team="t", d_in=32)
+    assert e.value.field == "spec.activations.batch_size"
+    check_quota(spec, TeamQuota(max_batch_tokens=1024), team="t", d_in=32)  # 64 x 16 fits
