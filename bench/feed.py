@@ -161,13 +161,14 @@ def trainer_rate(steps: int = 6) -> float:
     return result.tokens / result.wall_s
 
 
-def s3_copy(srv, manifest: dict, read: Callable[[str], bytes]) -> Callable[[str], bytes]:
+def s3_copy(srv, manifest: dict, read: Callable[[str], bytes], prefix: str) -> Callable[[str], bytes]:
+    """The shards uploaded to the SeaweedFS bucket under `prefix/` (the twins share keys); their reader."""
     from saeq.platform.s3_store import S3Store
 
     store = S3Store(srv.endpoint, srv.access_key, srv.secret_key, srv.bucket)
     for s in manifest["hooks"][HOOK]["shards"]:
-        store.put(s["key"], read(s["key"]))
-    return store.get
+        store.put(f"{prefix}/{s['key']}", read(s["key"]))
+    return lambda key: store.get(f"{prefix}/{key}")
 
 
 def measure(name: str, manifest: dict, read: Callable[[str], bytes], epochs: int) -> dict:
@@ -230,7 +231,7 @@ def main() -> None:
 
             with s3_server(bucket="saeq-feed") as srv:
                 for dtype, m, read in sources:
-                    rows.append(measure(f"{dtype} S3", m, s3_copy(srv, m, read), args.epochs))
+                    rows.append(measure(f"{dtype} S3", m, s3_copy(srv, m, read, dtype), args.epochs))
     rate = trainer_rate()
     print(f"CPU trainer (TopK d=576, 4,608 latents, k=32, batch 4,096): {rate / 1e3:,.1f}k tok/s", flush=True)
     if args.json:
