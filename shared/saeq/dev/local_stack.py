@@ -67,7 +67,7 @@ class StackOptions:
     worker_concurrency: int = 1
     workers: int = 1
     """Worker processes, named `worker`, `worker2`, ...: killing one leaves the others."""
-    queues: str = "gpu,steer"
+    queues: str = "gpu,gpu-multi,steer"
     extra_env: dict[str, str] = field(default_factory=dict)
     admin_key: str | None = None
     """The API's bootstrap admin key; None: $SAEQ_BOOTSTRAP_ADMIN_KEY, else a new one."""

@@ -11,6 +11,8 @@ it is a saeq JobError (InvalidSpec keeps its field), otherwise as RuntimeError n
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.process
 import pickle
 import queue
 import threading
@@ -101,14 +103,13 @@ def train_data_parallel(
     aborted = threading.Event()
     feed = _Feeder(batches, inboxes, aborted)
     try:
-        for p in procs:
-            p.start()
+        _start(procs)
         feed.start()
         while True:
             msg = _next_message(outbox, procs, feed, timeout_s)
+            if should_stop():
+                stop.set()  # the ranks see it at their next step, all at the same one
             if msg is None:
-                if should_stop():
-                    stop.set()
                 continue
             what, payload = msg
             if what == "progress":
@@ -136,10 +137,7 @@ class _Feeder(threading.Thread):
     def run(self) -> None:
         try:
             for item in self.batches:
-                if isinstance(item, Tensor):
-                    item.share_memory_()  # once: every rank's queue then passes the same pages
-                elif isinstance(item, Batch):
-                    item.acts.share_memory_()
+                item = _shared(item)
                 for q in self.inboxes:
                     if not self._put(q, item):
                         return
@@ -156,6 +154,18 @@ class _Feeder(threading.Thread):
             except queue.Full:
                 continue
         return False
+
+
+def _shared(item: Batch | Tensor) -> Batch | Tensor:
+    """The item with its activations in shared memory, moved there once: every rank's queue then
+    passes the same pages. A tensor whose memory cannot be shared as it is (pinned) is copied."""
+    acts = item.acts if isinstance(item, Batch) else item
+    if not acts.is_shared() and not acts.is_cuda:
+        try:
+            acts.share_memory_()
+        except RuntimeError:
+            acts = acts.clone().share_memory_()
+    return item._replace(acts=acts) if isinstance(item, Batch) else acts
 
 
 def _next_message(outbox, procs: list, feed: _Feeder, timeout_s: float) -> tuple[str, Any] | None:
@@ -179,8 +189,28 @@ def _next_message(outbox, procs: list, feed: _Feeder, timeout_s: float) -> tuple
     return None
 
 
+def _start(procs: list) -> None:
+    """Start the ranks, also from a Celery prefork pool's worker (billiard's process stands in for
+    multiprocessing's own there): multiprocessing refuses children to a daemonic process (so that
+    none outlives it), and billiard's authkey refuses the pickling that spawn does. This run ends
+    its ranks itself (`_end`; they are daemonic too, so they die with this process's normal exit)."""
+    me = multiprocessing.current_process()
+    config = me._config  # pyright: ignore[reportAttributeAccessIssue]
+    saved = dict(config)
+    config["daemon"] = False
+    config["authkey"] = multiprocessing.process.AuthenticationString(bytes(me.authkey))  # pyright: ignore[reportAttributeAccessIssue]
+    try:
+        for p in procs:
+            p.authkey = bytes(me.authkey)  # its copy of the config, taken when it was built
+            p.start()
+    finally:
+        config.clear()
+        config.update(saved)
+
+
 def _end(procs: list) -> None:
     """Stop every rank still running: terminate, then kill what ignores it."""
+    procs = [p for p in procs if p.pid is not None]  # started
     for p in procs:
         if p.is_alive():
             p.terminate()

@@ -65,6 +65,10 @@ def test_data_parallel_on_two_processes_gives_the_weights_of_one_process():
     assert [p.step for p in progress] == list(range(1, 13))
     assert [c.step for c in checkpoints] == [6]
     assert progress[-1].saes["sae0"]["dead_fraction"] == pytest.approx(one.metrics["sae0"].dead_fraction)
+    # Rank 0's checkpoint resumes (here in one process) to the same weights.
+    resumed = train_saes(s.model_copy(update={"checkpoint_every_tokens": 61 * 6}), batches()[6:], resume=checkpoints[0])
+    for name, w in one.saes["sae0"].state_dict().items():
+        assert torch.allclose(resumed.saes["sae0"].state_dict()[name], w, rtol=1e-5, atol=1e-5 * float(w.abs().max()))
 
 
 def test_a_sweep_spread_over_two_devices_trains_the_saes_of_one():
