@@ -47,6 +47,8 @@ def make_stack(tmp_path, redis_srv, s3_srv, **env) -> LocalStack:
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
             "SAEQ_LOCAL_PATH_ROOTS": json.dumps(_local_roots),
+            # Each stack its own node cache: a test that counts S3 reads must not find another's shards.
+            "SAEQ_SHARD_CACHE_DIR": str(tmp_path / "shard-cache"),
             **env,
         },
     )
