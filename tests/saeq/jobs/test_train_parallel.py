@@ -118,23 +118,3 @@ def test_a_cancel_reaches_every_rank():
             progress_every_s=0.0,
         )
     assert 3 <= len(steps) < 10_000 and not mp.active_children()
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
-def test_data_parallel_on_two_gpus_matches_one_gpu():
-    s = spec(TOPK, parallel="data", gpus=2)
-    one = train_saes(s, batches(), device="cuda:0")
-    two = train_saes(s, batches(), devices=["cuda:0", "cuda:1"])
-    for name, w in one.saes["sae0"].state_dict().items():  # bf16 autocast: a looser tolerance
-        assert torch.allclose(two.saes["sae0"].state_dict()[name].cpu(), w.cpu(), rtol=2e-2, atol=2e-2), name
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_a_sweep_over_cuda_devices_places_sae_i_on_device_i_mod_n():
-    n = torch.cuda.device_count()
-    saes = [TOPK.model_copy(update={"name": f"s{i}"}) for i in range(2 * n)]
-    devices = [f"cuda:{i}" for i in range(n)]
-    result = train_saes(spec(*saes), batches(), devices=devices)
-    assert result.steps == 12 and len(result.saes) == 2 * n
