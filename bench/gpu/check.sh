@@ -35,10 +35,12 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1  # a system python (PEP 668); old pips ignore it
 FAILED=()
 
+TIMEOUT_SCALE=1
 if [ "$MODE" = cpu ]; then
+  TIMEOUT_SCALE=4  # a small shared CPU: imports alone take tens of seconds under load
   DEVICE=cpu
   TRAIN_ARGS="--steps 3 --d-sae 512 --batch 256"
-  HARVEST_ARGS="--tokens 1024 --layers 2 --batch-size 4"
+  HARVEST_ARGS="--tokens 1024 --layers 2 --hook blocks.1.hook_resid_post --batch-size 4"
   FEED_ARGS="--epochs 1 --no-s3"
 else
   DEVICE=cuda
@@ -54,7 +56,7 @@ step() {
   echo "== $name (timeout ${limit}s): $*"
   [ "$MODE" = dry ] && return 0
   local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" >"$OUTDIR/$name.log" 2>&1
+  timeout --kill-after=10 "$((limit * TIMEOUT_SCALE))" "$@" >"$OUTDIR/$name.log" 2>&1
   local rc=$?
   grep -E '^(FIGURE|#) ' "$OUTDIR/$name.log" | tee -a "$OUTDIR/figures.txt"
   tail -n 3 "$OUTDIR/$name.log" | sed "s/^/   [$name] /"

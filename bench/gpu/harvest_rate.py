@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=262_144)
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=64, help="contexts per forward (HarvestSpec.batch_size)")
+    ap.add_argument("--hook", default=HOOK, help="the hook point harvested (a block below --layers)")
     ap.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
 
@@ -74,7 +75,7 @@ def main() -> None:
     T = 128
     spec = HarvestSpec(
         model=ModelSpec(name="/smollm2-like", dtype=args.model_dtype),
-        hooks=[HOOK],
+        hooks=[args.hook],
         max_tokens=args.tokens,
         context_len=T,
         batch_size=args.batch_size,
