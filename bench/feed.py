@@ -8,7 +8,9 @@ loopback as the tests do) and RAM (a dict of the shard bytes):
   cold  the feed's first epoch (every shard read, decoded, made resident)
   warm  the next epochs (the rows resident: no reads)
 and, for reference, the CPU trainer's step rate (TopK d=576, 4,608 latents, k=32, batch 4,096).
-The consumer only dequeues batches. Usage: python bench/feed.py [--epochs 3] [--no-s3]
+The consumer only dequeues batches. `--device cuda` delivers them on the GPU (GPU-resident when the
+rows fit, else through pinned buffers) and times the trainer there.
+Usage: python bench/feed.py [--epochs 3] [--no-s3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -101,21 +103,31 @@ def raw(read: Callable[[str], bytes | bytearray], keys: list[str], threads: int)
     return time.perf_counter() - t, n
 
 
-def feed(manifest: dict, read: Callable[[str], bytes], epochs: int) -> tuple[float, float, int]:
+def feed(manifest: dict, read: Callable[[str], bytes], epochs: int, device: str) -> tuple[float, float, int]:
     """(cold tokens/s over the first epoch, warm tokens/s over the next `epochs`, tokens an epoch)."""
     from saeq.ml.activations import HarvestData
 
     data = HarvestData(
-        manifest, HOOK, read, batch_size=BATCH, seed=0, shuffle_tokens=SHUFFLE, validation_tokens=VALIDATION
+        manifest,
+        HOOK,
+        read,
+        batch_size=BATCH,
+        seed=0,
+        shuffle_tokens=SHUFFLE,
+        validation_tokens=VALIDATION,
+        device=device,
     )
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     n_epoch = data.n_train_rows // BATCH  # batches in (a little under) one epoch, sinks out
     batches = data.batches()
     t0 = time.perf_counter()
     for _ in range(n_epoch):
         next(batches)
+    sync()
     t1 = time.perf_counter()
     for _ in range(n_epoch * epochs):
         next(batches)
+    sync()
     t2 = time.perf_counter()
     batches.close()
     return n_epoch * BATCH / (t1 - t0), n_epoch * epochs * BATCH / (t2 - t1), n_epoch * BATCH
@@ -143,8 +155,8 @@ def ceilings(manifest: dict, read: Callable[[str], bytes], rounds: int = 3) -> t
     return copy, rounds * n / (time.perf_counter() - t)
 
 
-def trainer_rate(steps: int = 6) -> float:
-    """CPU tokens/s of one TopK SAE (d=576, 4,608 latents, k=32) at batch 4,096."""
+def trainer_rate(device: str, steps: int = 6) -> float:
+    """Tokens/s of one TopK SAE (d=576, 4,608 latents, k=32) at batch 4,096 on `device`."""
     from saeq.jobs.train import train_saes
     from saeq.specs import SaeConfig, TrainSpec
     from saeq.specs.train import ActivationsRef
@@ -157,7 +169,8 @@ def trainer_rate(steps: int = 6) -> float:
         batch_size=BATCH,
         checkpoint_every_tokens=None,
     )
-    result = train_saes(spec, (x[(i % 2) * BATCH : (i % 2 + 1) * BATCH] for i in range(10**9)))
+    batches = (x[(i % 2) * BATCH : (i % 2 + 1) * BATCH] for i in range(10**9))
+    result = train_saes(spec, batches, device=device)
     return result.tokens / result.wall_s
 
 
@@ -171,11 +184,11 @@ def s3_copy(srv, manifest: dict, read: Callable[[str], bytes], prefix: str) -> C
     return lambda key: store.get(f"{prefix}/{key}")
 
 
-def measure(name: str, manifest: dict, read: Callable[[str], bytes], epochs: int) -> dict:
+def measure(name: str, manifest: dict, read: Callable[[str], bytes], epochs: int, device: str) -> dict:
     keys = [s["key"] for s in manifest["hooks"][HOOK]["shards"]]
     (t1, n), (t4, _) = raw(read, keys, 1), raw(read, keys, 4)
     per_token = n / int(manifest["hooks"][HOOK]["n_tokens"])  # shard bytes per token (acts + the rest)
-    cold, warm, n_epoch = feed(manifest, read, epochs)
+    cold, warm, n_epoch = feed(manifest, read, epochs, device)
     copy, gather = ceilings(manifest, read)
     row = {
         "source": name,
@@ -206,11 +219,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="warm epochs timed after the cold one")
     ap.add_argument("--no-s3", action="store_true")
     ap.add_argument("--json", type=Path, help="write the rows here too")
+    ap.add_argument("--device", default="cpu", help="where batches are delivered (cpu, cuda, cuda:N)")
     args = ap.parse_args()
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"load average {os.getloadavg()[0]:.1f}",
+        f"load average {os.getloadavg()[0]:.1f}, batches on {args.device}",
         flush=True,
     )
     rows = []
@@ -221,19 +235,19 @@ def main() -> None:
         m16, read16 = bf16_twin(m32, read32, Path(tmp) / "bf16")
         sources = [("fp32", m32, read32), ("bf16", m16, read16)]
         for dtype, m, read in sources:
-            rows.append(measure(f"{dtype} local", m, read, args.epochs))
+            rows.append(measure(f"{dtype} local", m, read, args.epochs, args.device))
         for dtype, m, read in sources:
             in_ram = {s["key"]: read(s["key"]) for s in m["hooks"][HOOK]["shards"]}
-            rows.append(measure(f"{dtype} RAM", m, in_ram.__getitem__, args.epochs))
+            rows.append(measure(f"{dtype} RAM", m, in_ram.__getitem__, args.epochs, args.device))
             del in_ram
         if not args.no_s3:
             from tests.servers import s3_server
 
             with s3_server(bucket="saeq-feed") as srv:
                 for dtype, m, read in sources:
-                    rows.append(measure(f"{dtype} S3", m, s3_copy(srv, m, read, dtype), args.epochs))
-    rate = trainer_rate()
-    print(f"CPU trainer (TopK d=576, 4,608 latents, k=32, batch 4,096): {rate / 1e3:,.1f}k tok/s", flush=True)
+                    rows.append(measure(f"{dtype} S3", m, s3_copy(srv, m, read, dtype), args.epochs, args.device))
+    rate = trainer_rate(args.device)
+    print(f"trainer on {args.device} (TopK d=576, 4,608 latents, k=32, batch 4,096): {rate / 1e3:,.1f}k tok/s")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "trainer_tok_s": rate}, indent=1))
 
