@@ -164,15 +164,17 @@ class OnlineData:
     def _chunks(self, start_chunk: int) -> Iterator[tuple[Tensor, SinkStats]]:
         """(ordinary rows in shard order, sink counts) of chunks `start_chunk, ...`."""
         first_shard = (self.n_val_contexts - 1) // self.per_shard + 1 + start_chunk * self.shards_per_chunk
-        shards = self._shards(first_shard, self.median_norm)
-        for chunk in itertools.count(start_chunk):
-            parts = []
-            if chunk == 0 and self._tail is not None:
-                parts.append(self._ordinary(self._tail, slice(self._tail_cut, self._tail.n_tokens)))
-            parts += [self._ordinary(s, slice(0, s.n_tokens)) for s in itertools.islice(shards, self.shards_per_chunk)]
-            if not parts:
-                return
-            yield torch.cat([rows for rows, _ in parts]), _merge([counts for _, counts in parts])
+        with contextlib.closing(self._shards(first_shard, self.median_norm)) as shards:
+            for chunk in itertools.count(start_chunk):
+                parts = []
+                if chunk == 0 and self._tail is not None:
+                    parts.append(self._ordinary(self._tail, slice(self._tail_cut, self._tail.n_tokens)))
+                parts += [
+                    self._ordinary(s, slice(0, s.n_tokens)) for s in itertools.islice(shards, self.shards_per_chunk)
+                ]
+                if not parts:
+                    return
+                yield torch.cat([rows for rows, _ in parts]), _merge([counts for _, counts in parts])
 
     def batches(self, start: OnlinePosition | None = None) -> Generator[Batch, None, None]:
         """Batches of `batch_size` ordinary rows from `start` on, until the corpus ends (the last
