@@ -428,6 +428,47 @@ def acceptance(manifest: dict, store) -> dict:
     }
 
 
+def data_parallel(n: int, tokens: int) -> None:
+    """--data-parallel N: saeq's TopK spec trained on the same global batches (random activations,
+    d_in 576) by one process and by N data-parallel ranks (NCCL on N GPUs when there are, else gloo
+    on N CPU processes); tokens/s of each, and how far apart their weights end."""
+    from saeq.jobs.train import train_saes
+    from saeq.specs import SaeConfig, TrainSpec
+
+    gpus = torch.cuda.device_count() >= n
+    devices = [f"cuda:{i}" for i in range(n)] if gpus else ["cpu"] * n
+    steps = max(2, tokens // BATCH)
+    gen = torch.Generator().manual_seed(0)
+    data = [torch.randn(BATCH, 576, generator=gen) for _ in range(steps)]
+    spec = TrainSpec.model_validate(
+        {
+            "activations": {"job_id": BENCH_JOB, "hook": HOOK},
+            "saes": [SaeConfig(d_sae=D_SAE, k=K)],
+            "total_tokens": steps * BATCH,
+            "batch_size": BATCH,
+            "checkpoint_every_tokens": None,
+            "gpus": n,
+            "parallel": "data",
+        }
+    )
+    print(f"data-parallel: {steps} steps of {BATCH:,} tokens, TopK d_sae={D_SAE} k={K}, ranks on {devices}", flush=True)
+    one = train_saes(spec, data, device=devices[0])
+    t0 = time.perf_counter()
+    ranks = train_saes(spec, data, devices=devices)
+    wall = time.perf_counter() - t0  # spawning and joining the ranks included
+    pairs = [(ranks.saes["sae0"].state_dict()[k].cpu(), w.cpu()) for k, w in one.saes["sae0"].state_dict().items()]
+    # Largest element apart (of the tensor's largest), and whole tensors apart (norm of the difference):
+    # float sums in another order flip a few near-tied TopK choices, and Adam's first steps move
+    # a weight by ~lr whatever its gradient's size, so single elements differ more than tensors.
+    diff = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in pairs)
+    diff_norm = max(float((a - b).norm() / b.norm().clamp_min(1e-12)) for a, b in pairs)
+    print(f"one process: {one.tokens / one.wall_s:,.0f} tokens/s")
+    print(
+        f"{n} ranks: {ranks.tokens / ranks.wall_s:,.0f} tokens/s training ({ranks.tokens / wall:,.0f} with the start), "
+        f"weights apart: {diff_norm:.1e} (norm of the difference / norm), {diff:.1e} (largest element / largest)"
+    )
+
+
 def online_beside_stored(manifest: dict, store, tokens: int) -> None:
     """--online: the same TopK spec trained on the stored harvest's shards and online (SmolLM2's
     forward pass fused with training, the same contexts: same corpus, seed and packing), one after
@@ -481,7 +522,12 @@ def main() -> None:
     ap.add_argument(
         "--online", action="store_true", help="only: stored-shard training beside online (harvest+train fused)"
     )
+    ap.add_argument(
+        "--data-parallel", type=int, default=0, metavar="N", help="only: one process beside N data-parallel ranks"
+    )
     args = ap.parse_args()
+    if args.data_parallel:
+        return data_parallel(args.data_parallel, args.tokens)
 
     root = Path(args.cache) / ("synthetic" if args.synthetic else "store")
     manifest = synthetic_store(root, args.harvest_tokens) if args.synthetic else harvest(root, args.harvest_tokens)
