@@ -3,6 +3,7 @@ merged manifest is a single harvest's, and a killed run resumes without redoing 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -104,3 +105,28 @@ def test_killed_split_harvest_resumes_without_redoing_finished_slices(stack, cli
     assert any(0 < n < 4 for n in started.values())  # the slice killed midway went on from there
     manifest = client.manifest(job["id"])
     assert [s["index"] for s in manifest["hooks"][hook]["shards"]] == list(range(12))
+
+
+def test_cancel_stops_the_slices(client, tmp_path_factory):
+    model_dir = save_tiny_llama(tmp_path_factory.mktemp("wide-llama-cancel"), n_layers=4, d_model=768)
+    hook = "blocks.3.hook_resid_post"
+    spec = HarvestSpec(
+        model=ModelSpec(name=str(model_dir)),
+        hooks=[hook],
+        max_tokens=24 * 1024,
+        shard_tokens=1024,
+        context_len=128,
+        batch_size=4,
+        slices=2,
+    )
+    job = client.submit(spec)
+    shards = lambda: {a["key"] for a in client.artifacts(job["id"])["artifacts"] if "/harvest/" in a["key"]}
+    # Both slices started: the job's task runs one, the worker's other process the other.
+    wait_for(lambda: len([e for e in client.events(job["id"]) if e["phase"] == "slice"]) == 2, 120, "two slices")
+    client.cancel(job["id"])
+    done = client.wait(job["id"], timeout=30, raise_on_failure=False)
+    assert done["state"] == "cancelled" and not client.artifacts(job["id"])["published"]
+    time.sleep(3)  # a slice polls the job's record every second and stops between micro-batches
+    written = shards()
+    time.sleep(4)
+    assert shards() == written and len(written) < 24
