@@ -267,6 +267,7 @@ def test_smollm2_block14_matches_hidden_states_and_shows_the_sink(smollm2_cache_
         shard_tokens=512,
         batch_size=4,
         corpus=BuiltinCorpus(max_docs=20),
+        dtype="float32",  # fp32 on request: compared with the fp32 hidden states at 1e-5
     )
     (shard,) = harvest(spec, lm)
     t = shard.tensors["blocks.14.hook_resid_post"]
