@@ -46,13 +46,16 @@ spec = TrainSpec(
 )
 read, how = store.get, "store.get"
 try:  # the worker's way of reading shards, where this tree has one
+    from saeq.specs.manifests import HarvestManifest
     from saeq_worker.shard_reads import shard_reader
-    read, how = shard_reader(store, manifest["hooks"][spec.activations.hook], None), "shard_reader"
+    hook = HarvestManifest.model_validate(manifest).hooks[spec.activations.hook]
+    read, how = shard_reader(store, hook, None), "shard_reader"
 except ImportError:
     pass
 try:  # the worker's torch threads, where this tree sets them
-    from saeq_worker.threads import apply_torch_threads
-    apply_torch_threads()
+    import os
+    from saeq_worker.threads import configure_torch
+    configure_torch(os.environ.get("SAEQ_TORCH_THREADS"))
 except ImportError:
     pass
 t0 = time.perf_counter()
