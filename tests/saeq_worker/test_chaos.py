@@ -56,9 +56,10 @@ def _train(harvest_id: str) -> TrainSpec:
         activations={"job_id": harvest_id, "hook": HOOK},
         saes=[SaeConfig(name="topk", d_sae=64, k=4)],
         batch_size=256,
-        total_tokens=32_768,
+        # Eight epochs, eight checkpoints: a run of seconds, long enough to be caught mid-way.
+        total_tokens=131_072,
         validation_tokens=512,
-        checkpoint_every_tokens=4096,
+        checkpoint_every_tokens=16_384,
     )
 
 
@@ -71,6 +72,18 @@ def _worker_of(stack, job: dict) -> str | None:
     return next((n for n in stack.worker_names() if stack.procs[n].pid == group), None)
 
 
+def _midway(client, job: dict) -> bool:
+    """Whether `job` has stored something to resume from and has a good part left to run. Progress
+    is reported every few seconds, too coarse for a training of seconds: its checkpoint events say
+    more (each is a stored state)."""
+    if job["kind"] == "train":
+        spec = job.get("spec") or client.get(job["id"])["spec"]  # a listing leaves specs out
+        every = spec["checkpoint_every_tokens"]
+        saved = [e for e in client.events(job["id"]) if e["phase"] == "checkpoint"]
+        return 1 <= len(saved) <= spec["total_tokens"] // every - 4
+    return 0.3 < job["progress"]["fraction"] < 0.9
+
+
 def _busy_worker(stack, client, kind: str, timeout: float) -> str | None:
     """A worker running a `kind` job past its first shards or checkpoints, still running an instant
     before this returns (a kill then makes the job resume)."""
@@ -78,10 +91,10 @@ def _busy_worker(stack, client, kind: str, timeout: float) -> str | None:
     while time.monotonic() < deadline:
         running = list(client.list(kind=kind, state="running"))
         for job in running:
-            if not (0.3 < job["progress"]["fraction"] < 0.9 and (name := _worker_of(stack, job))):
+            if not (_midway(client, job) and (name := _worker_of(stack, job))):
                 continue
             # Re-read the job: the listing may be a poll old, and a job about to end cannot be resumed.
-            if client.get(job["id"])["progress"]["fraction"] < 0.9:
+            if _midway(client, client.get(job["id"])):
                 return name
         if not running and not list(client.list(kind=kind, state="queued", limit=1)):
             return None  # every such job has ended: nothing left to interrupt
