@@ -49,10 +49,10 @@ def visible_job(svc: Services, job_id: str, who: Principal) -> dict | None:
     return job if job is not None and who.sees(job) else None
 
 
-def create_job(svc: Services, body: JobCreate, who: Principal, idempotency_key: str | None) -> tuple[dict, bool]:
-    """Check the request against the deployment, the jobs it reads and the team's quota, then create
-    its record: (record, created), created False when the Idempotency-Key names an earlier job.
-    Raises the HTTPException each refusal answers."""
+def check_submit(svc: Services, body: JobCreate, who: Principal) -> TeamQuota:
+    """Every check `create_job` makes before it writes anything (a dry run makes these alone): the
+    deployment, the jobs the request reads, the team's per-job quota. -> the team's quota. Raises
+    the HTTPException each refusal answers."""
     spec = body.spec
     corpus = getattr(spec, "corpus", None)
     if isinstance(corpus, UploadCorpus):
@@ -68,6 +68,15 @@ def create_job(svc: Services, body: JobCreate, who: Principal, idempotency_key: 
             raise unprocessable(f"depends_on.{i}", f"no job {dep_id!r}")
         if dep["state"] in ("failed", "cancelled"):
             raise unprocessable(f"depends_on.{i}", f"job {dep_id} {dep['state']}; this job could never start")
+    return quota
+
+
+def create_job(svc: Services, body: JobCreate, who: Principal, idempotency_key: str | None) -> tuple[dict, bool]:
+    """Check the request against the deployment, the jobs it reads and the team's quota, then create
+    its record: (record, created), created False when the Idempotency-Key names an earlier job.
+    Raises the HTTPException each refusal answers."""
+    spec = body.spec
+    quota = check_submit(svc, body, who)
     try:
         record, created = svc.registry.create(
             kind=spec.kind,
