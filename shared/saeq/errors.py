@@ -54,6 +54,17 @@ class TokenBudgetExhausted(JobError):
     code = "token_budget_exhausted"
 
 
+class Preempted(Exception):
+    """The job yielded its worker at a safe point, its state saved, to be queued again: a
+    preemption (the scheduler's, or the worker shutting down), never a failure, so not a
+    JobError and not one of ERROR_CODES. `figures`: how far it got (tokens, step, shards)."""
+
+    def __init__(self, reason: str, **figures: float):
+        super().__init__(reason)
+        self.reason = reason
+        self.figures = figures
+
+
 class TimeLimitExceeded(JobError):
     """The job ran longer than its time limit (the spec's, capped by its team's quota)."""
 

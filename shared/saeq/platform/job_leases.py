@@ -62,6 +62,7 @@ class Leasing(JobCore):
                         "attempts": job["attempts"] + 1,
                         "worker": worker,
                         "started_at": job["started_at"] or now,
+                        "last_started_at": now,  # this attempt's start (minimum run time before a preemption)
                         "heartbeat_at": now,
                     }
                 ),

@@ -38,6 +38,7 @@ from saeq.platform.job_model import (
     new_id,
     time_limit_message,
 )
+from saeq.platform.job_preempt import Preempting
 from saeq.platform.job_reaper import Reaping
 from saeq.platform.job_retention import Purging
 from saeq.platform.redis_client import REDIS_RETRY_S, RetryFor, connect
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 
-class Registry(Leasing, Reaping, Purging, Uploads):
+class Registry(Leasing, Reaping, Purging, Uploads, Preempting):
     """Every job record, lease and upload of a deployment, in one Redis."""
 
     @classmethod
