@@ -55,6 +55,7 @@ from saeq.specs.label import (
     MetadataLabeller,
     Scorer,
 )
+from saeq.specs.scheduling import MemoryEstimate, WorkerAd
 from saeq.specs.steer import ChatMessage, Intervention, SteerRequest, SteerSet, SteerSpec
 from saeq.specs.train import ActivationSource, ActivationsRef, OnlineActivations, SaeConfig, TrainSpec
 
@@ -119,4 +120,6 @@ __all__ = [
     "SAE_ARCHITECTURES",
     "SaeArchitecture",
     "load_plugins",
+    "WorkerAd",
+    "MemoryEstimate",
 ]
