@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ class _Metrics:
     artifact_bytes: Any
     shard_cache_events: Any
     shard_cache_bytes: Any
+    team_device_seconds: Any
+    team_tokens: Any
+    team_stored_bytes: Any
 
 
 @lru_cache(maxsize=1)
@@ -100,6 +104,26 @@ def _metrics() -> _Metrics:
             ["event"],
             registry=None,
         ),
+        # Accounting by team (a team is a label; job ids never are): what fair share charges.
+        team_device_seconds=Counter(
+            "saeq_team_device_seconds",
+            "Device-seconds a team's jobs held on this worker: seconds x devices, GPU-seconds on GPU "
+            "workers (device=gpu), CPU-seconds on CPU workers (device=cpu)",
+            ["team", "device"],
+            registry=None,
+        ),
+        team_tokens=Counter(
+            "saeq_team_tokens",
+            "Tokens a team's jobs advanced by on this worker (harvest, train, label, evaluate)",
+            ["team", "kind"],
+            registry=None,
+        ),
+        team_stored_bytes=Counter(
+            "saeq_team_stored_bytes",
+            "Bytes a team's jobs wrote to the object store from this worker",
+            ["team", "kind"],
+            registry=None,
+        ),
     )
 
 
@@ -111,27 +135,49 @@ def _safely(what: str, fn: Callable[[], None]) -> None:
         log.warning("metrics: %s failed: %s", what, e)
 
 
+def device_class(device: str) -> str:
+    """The `device` label of the team counters: gpu for a CUDA device, else cpu."""
+    return "gpu" if device.startswith("cuda") else "cpu"
+
+
 @dataclass
 class JobMeter:
-    """One job attempt in this process: running gauge, busy time, throughput, bytes written."""
+    """One job attempt in this process: running gauge, busy time, throughput, bytes written, and
+    the team's device-seconds, tokens and stored bytes."""
 
     kind: str
     team: str
+    device: str = "cpu"
+    """The job's device (`cuda`, `cuda:0`, `cpu`): whose seconds it holds."""
+    n_devices: int = 1
+    """Devices the job holds at once (`spec.gpus`): each second counts this many device-seconds."""
+    tokens_before: float = 0.0
+    """Tokens the job's recorded progress stood at when this attempt began: a resumed attempt
+    counts only what it adds, so a job's tokens are counted about once over its attempts."""
     _started: float = field(default_factory=time.monotonic)
     _ticked: float = 0.0
     _rated: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._ticked = self._started
         _safely("job start", lambda: _metrics().jobs_running.labels(self.kind, self.team).inc())
 
     def _tick(self) -> None:
-        now = time.monotonic()
-        spent, self._ticked = now - self._ticked, now
-        _metrics().job_run_seconds.labels(self.kind, self.team).inc(spent)
+        # The heartbeat thread and the job's own thread both tick: one interval is counted once.
+        with self._lock:
+            now = time.monotonic()
+            spent, self._ticked = now - self._ticked, now
+        m = _metrics()
+        m.job_run_seconds.labels(self.kind, self.team).inc(spent)
+        m.team_device_seconds.labels(self.team, device_class(self.device)).inc(spent * self.n_devices)
+
+    def beat(self) -> None:
+        """From the job's heartbeat thread: device-seconds so far, even while the job reports nothing."""
+        _safely("heartbeat", self._tick)
 
     def progress(self, figures: dict[str, Any]) -> None:
-        """From every `RunningJob.report`: busy time so far, and tokens/s when the job gives it."""
+        """From every `RunningJob.report`: busy time so far, tokens/s and tokens when the job gives them."""
 
         def update() -> None:
             self._tick()
@@ -139,11 +185,20 @@ class JobMeter:
             if isinstance(rate, (int, float)):
                 _metrics().tokens_per_second.labels(self.kind).set(float(rate))
                 self._rated = True
+            tokens = figures.get("tokens")  # the job's running total, over all its attempts
+            if isinstance(tokens, (int, float)) and tokens > self.tokens_before:
+                _metrics().team_tokens.labels(self.team, self.kind).inc(float(tokens) - self.tokens_before)
+                self.tokens_before = float(tokens)
 
         _safely("progress", update)
 
     def wrote(self, n_bytes: int) -> None:
-        _safely("artifact bytes", lambda: _metrics().artifact_bytes.labels(self.kind, self.team).inc(n_bytes))
+        def update() -> None:
+            m = _metrics()
+            m.artifact_bytes.labels(self.kind, self.team).inc(n_bytes)
+            m.team_stored_bytes.labels(self.team, self.kind).inc(n_bytes)
+
+        _safely("artifact bytes", update)
 
     def finished(self, outcome: str) -> None:
         """`outcome`: succeeded, failed, cancelled, or lease_lost (another worker took it over)."""
@@ -157,6 +212,14 @@ class JobMeter:
             m.job_duration.labels(self.kind, outcome).observe(time.monotonic() - self._started)
 
         _safely("job end", update)
+
+
+def recorded_tokens(record: dict) -> float:
+    """The `tokens` figure of a job record's last progress (0 for a job that reported none)."""
+    progress = record.get("progress")
+    figures = progress.get("figures") if isinstance(progress, dict) else None
+    tokens = figures.get("tokens") if isinstance(figures, dict) else None
+    return float(tokens) if isinstance(tokens, (int, float)) else 0.0
 
 
 def shard_cache_event(event: str, n_bytes: int) -> None:

@@ -24,7 +24,7 @@ from saeq.platform.store import ObjectStore
 from saeq.platform.teams import TeamQuota
 from saeq.specs import parse_spec
 from saeq.specs.manifests import manifest_json
-from saeq_worker.metrics import CountingStore, JobMeter
+from saeq_worker.metrics import CountingStore, JobMeter, recorded_tokens
 
 log = logging.getLogger("saeq.worker")
 
@@ -48,6 +48,8 @@ class RunningJob:
     _last_report: float = 0.0
     on_report: Callable[[dict], None] = lambda figures: None
     """Sees every report's figures, throttled or not (the worker's metrics)."""
+    on_beat: Callable[[], None] = lambda: None
+    """Called at every heartbeat (the worker's per-team device-seconds)."""
 
     @property
     def devices(self) -> list[str]:
@@ -170,7 +172,13 @@ def run_job(
         if registry.finish(job_id, claim.token, "succeeded", manifest_key=keys.manifest(job_id)):
             after_finish(registry, job_id, send)
         return
-    meter = JobMeter(record["kind"], record.get("team") or "default")
+    meter = JobMeter(
+        record["kind"],
+        record.get("team") or "default",
+        device=device,
+        n_devices=getattr(spec, "gpus", 1),
+        tokens_before=recorded_tokens(record),
+    )
     job = RunningJob(
         job_id,
         spec,
@@ -180,6 +188,7 @@ def run_job(
         CountingStore(store, meter.wrote),
         device,
         on_report=meter.progress,
+        on_beat=meter.beat,
     )
     beat = threading.Thread(
         target=_heartbeat,
@@ -225,6 +234,7 @@ def run_job(
 
 def _heartbeat(job: RunningJob, token: str, every_s: float, heartbeat_file: str | None) -> None:
     while not job._done.wait(every_s):
+        job.on_beat()  # the device is held whether or not Redis answers
         try:
             owner, stop = job.registry.heartbeat(job.id, token)
         except Exception as e:  # Redis briefly away: keep working, the lease TTL has slack
