@@ -29,6 +29,8 @@ COMPONENTS = sorted(p.name for p in (K8S / "components").iterdir() if (p / "kust
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 # Custom resources (KEDA, Prometheus Operator): no schema to validate against, only a warning.
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
+# Cluster-scoped: no namespace (the GPU pools' PriorityClasses are shared by every overlay).
+CLUSTER_KINDS = {"Namespace", "PriorityClass"}
 
 
 def kubectl() -> str:
@@ -90,7 +92,7 @@ def test_every_overlay_renders_and_every_object_validates(overlay):
     assert len(docs) > 10
     unknown = validate_all(docs)
     assert unknown <= CRD_KINDS, f"objects of unknown kinds: {unknown - CRD_KINDS}"
-    assert all(d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace")
+    assert all(d["metadata"].get("namespace") for d in docs if d["kind"] not in CLUSTER_KINDS)
 
 
 def test_every_component_renders_on_the_base(tmp_path):
