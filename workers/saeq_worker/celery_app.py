@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 
-from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
+from celery.signals import worker_init, worker_process_shutdown, worker_shutdown, worker_shutting_down
 
 from saeq.platform.dispatch import make_celery
 from saeq.platform.settings import InsecureSettings
@@ -101,6 +101,19 @@ _work_dir: str | None = None
 @worker_process_shutdown.connect
 def _child_exited(pid, **_):
     metrics.process_died(pid)
+
+
+@worker_shutting_down.connect
+def _preempt_pool_jobs(**_):
+    # The main process, on SIGTERM (warm) or SIGQUIT (cold): the pool's jobs save their state and
+    # queue themselves again for another worker before Celery waits out (or kills) their tasks.
+    from saeq.platform.registry import Registry
+    from saeq_worker.draining import preempt_pool_jobs
+
+    try:
+        preempt_pool_jobs(Registry.from_url(settings.redis_url, retry_s=min(settings.redis_retry_s, 5.0)))
+    except Exception:  # the jobs then resume from their last checkpoint, as after a kill
+        log.exception("could not ask the running jobs to yield")
 
 
 @worker_shutdown.connect

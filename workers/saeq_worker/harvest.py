@@ -63,10 +63,11 @@ def run_harvest(job: RunningJob, *, cache_dir: str, send_slice: SendSlice | None
     docs = iter_documents(spec.corpus, seed=spec.seed, store=store)
     shards = list(done)
     for shard in harvest_activations(
-        spec, lm, docs, start_shard=start, median_norms=medians, should_stop=job.should_stop, on_batch=on_batch
+        spec, lm, docs, start_shard=start, median_norms=medians, should_stop=job.should_abort, on_batch=on_batch
     ):
         shards.append(store_shard(store, job.id, spec, shard))
-        job.check()
+        # The safe point of a preemption: every shard so far is stored, and the next attempt skips them.
+        job.check(shards=len(shards), tokens=sum(s["n_tokens"] for s in shards))
 
     tokens = sum(s["n_tokens"] for s in shards)
     if tokens == 0:

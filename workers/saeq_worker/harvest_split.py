@@ -297,7 +297,12 @@ def _job_watch(registry: Registry, job_id: str, every_s: float = 1.0) -> Callabl
                 record = registry.get(job_id)
             except Exception:  # Redis away: keep working, the parent decides
                 return False
-            seen["stopped"] = record is None or record["state"] != "running" or bool(record.get("cancel_requested"))
+            seen["stopped"] = (
+                record is None
+                or record["state"] != "running"
+                or bool(record.get("cancel_requested"))
+                or bool(record.get("preempt"))  # the job yields: its slices stop too, their stored shards kept
+            )
         return bool(seen["stopped"])
 
     return stopped

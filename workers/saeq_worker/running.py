@@ -3,6 +3,8 @@ progress, error mapping, finishing, and starting the jobs that waited for it."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 import socket
@@ -18,8 +20,8 @@ import redis
 from pydantic import BaseModel
 
 from saeq import keys
-from saeq.errors import Cancelled, JobError, OutOfMemory, TimeLimitExceeded
-from saeq.platform.registry import Registry, Send, after_finish, time_limit_message
+from saeq.errors import Cancelled, JobError, OutOfMemory, Preempted, TimeLimitExceeded
+from saeq.platform.registry import Registry, Send, after_finish, start_waiting, time_limit_message
 from saeq.platform.store import ObjectStore
 from saeq.platform.teams import TeamQuota
 from saeq.specs import parse_spec
@@ -45,6 +47,9 @@ class RunningJob:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lease_lost: threading.Event = field(default_factory=threading.Event)
     _done: threading.Event = field(default_factory=threading.Event)
+    _yield: threading.Event = field(default_factory=threading.Event)
+    yield_reason: str = ""
+    """Why the job was asked to yield its worker (a preemption), once it was."""
     _last_report: float = 0.0
     on_report: Callable[[dict], None] = lambda figures: None
     """Sees every report's figures, throttled or not (the worker's metrics)."""
@@ -61,15 +66,33 @@ class RunningJob:
         return [self.device] * n
 
     def should_stop(self) -> bool:
+        """Stop at the next check: cancelled, lease lost, past the time limit, or asked to yield."""
+        return self.should_abort() or self._yield.is_set()
+
+    def should_abort(self) -> bool:
+        """Stop now, without waiting for a safe point: what should_stop says but a yield."""
         return self._stop.is_set() or self._lease_lost.is_set() or self.over_time() is not None
 
-    def check(self) -> None:
+    def should_yield(self) -> bool:
+        """Asked to yield the worker (saeq.platform.job_preempt): save state at the next safe
+        point, then raise Preempted (check() does)."""
+        return self._yield.is_set()
+
+    def ask_to_yield(self, reason: str) -> None:
+        self.yield_reason = self.yield_reason or reason
+        self._yield.set()
+
+    def check(self, **figures: float) -> None:
+        """Raise what stops the job now, if anything: a lost lease, a cancel, the time limit, then a
+        yield (Preempted, with `figures`: how far the job got, for its `preempted` event)."""
         if self._lease_lost.is_set():
             raise LeaseLost(self.id)
         if self._stop.is_set():
             raise Cancelled("cancelled by request")
         if (elapsed := self.over_time()) is not None:
             raise TimeLimitExceeded(time_limit_message(self.record["time_limit_s"], elapsed))
+        if self._yield.is_set():
+            raise Preempted(self.yield_reason, **figures)
 
     def over_time(self) -> float | None:
         """Seconds since the job first started (on any attempt) once past its time limit, else None."""
@@ -190,6 +213,8 @@ def run_job(
         on_report=meter.progress,
         on_beat=meter.beat,
     )
+    if record.get("preempt"):  # asked to yield before it was claimed: it yields at once
+        job.ask_to_yield(record["preempt"])
     beat = threading.Thread(
         target=_heartbeat,
         args=(job, claim.token, heartbeat_s, heartbeat_file),
@@ -198,6 +223,7 @@ def run_job(
     )
     beat.start()
     state, error, manifest_key = "failed", None, None
+    preempted: Preempted | None = None
     try:
         job.check()  # a job sent again after its time limit passed does not start
         manifest_key = body(job)
@@ -206,10 +232,15 @@ def run_job(
         log.warning("job %s: lease lost, another worker owns it now", job_id)
         state = "lease_lost"
         return
+    except Preempted as e:  # saved its state at a safe point: queued again below
+        state, preempted = "preempted", e
     except Cancelled as e:
         if not job._stop.is_set() and (elapsed := job.over_time()) is not None:
             # The job function stopped at should_stop(): the time limit, not a cancel, said so.
             error = _error(TimeLimitExceeded.code, time_limit_message(record["time_limit_s"], elapsed))
+        elif not job._stop.is_set() and job.should_yield():
+            # Stopped at should_stop() with no safe point of its own: it redoes from its last saved state.
+            state, preempted = "preempted", Preempted(job.yield_reason)
         else:
             state, error = "cancelled", _error("cancelled", e.message)
     except JobError as e:
@@ -226,10 +257,47 @@ def run_job(
         job._done.set()
         beat.join(timeout=5)
         meter.finished(state)
+    if preempted is not None:
+        _requeue(job, claim.token, preempted, send)
+        return
     if not registry.finish(job_id, claim.token, state, error=error, manifest_key=manifest_key):
         log.warning("job %s: lease lost before finishing; result left to the new owner", job_id)
         return
     after_finish(registry, job_id, send)
+
+
+def _requeue(job: RunningJob, token: str, preempted: Preempted, send: Send) -> None:
+    """The job yielded with its state saved: queue it again (saeq.platform.job_preempt), and give
+    the freed slot to the best waiting job, which may be this one again."""
+    reason = job.yield_reason or preempted.reason
+    outcome = job.registry.requeue_preempted(job.id, token, reason, **preempted.figures)
+    log.info("job %s yielded (%s): %s", job.id, reason, outcome or "lease lost")
+    if outcome is None:
+        return  # another worker owns it now
+    if outcome != "queued":  # cancelled or past its time limit meanwhile: an end, as any other
+        after_finish(job.registry, job.id, send)
+        return
+    schedule = _scheduler()
+    if schedule is not None:
+        schedule(job.registry, send)
+    else:
+        start_waiting(job.registry, job.team, send)
+
+
+def _scheduler() -> Callable[[Registry, Send], object] | None:
+    """saeq.platform.scheduler.schedule (fair share across teams) once it exists; until then the
+    team's own waiting line (start_waiting) gets the slot."""
+    if importlib.util.find_spec("saeq.platform.scheduler") is None:
+        return None
+    return getattr(importlib.import_module("saeq.platform.scheduler"), "schedule", None)
+
+
+def _preempt_requested(job: RunningJob) -> str | None:
+    try:
+        return job.registry.preempt_requested(job.id)
+    except redis.RedisError as e:  # the next heartbeat asks again
+        log.warning("preempt flag of %s not read: %s", job.id, e)
+        return None
 
 
 def _heartbeat(job: RunningJob, token: str, every_s: float, heartbeat_file: str | None) -> None:
@@ -245,6 +313,8 @@ def _heartbeat(job: RunningJob, token: str, every_s: float, heartbeat_file: str 
             return
         if stop:  # a cancel, or the reaper ended the job: it keeps its slot until we let go
             job._stop.set()  # keep beating: the job still has to stop and record it
+        elif not job.should_yield() and (reason := _preempt_requested(job)) is not None:
+            job.ask_to_yield(reason)
         if heartbeat_file:
             Path(heartbeat_file).touch()
 

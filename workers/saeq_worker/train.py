@@ -49,7 +49,8 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
         devices=_devices(job),
         resume=resume,
         on_progress=progress_reporter(job),
-        should_stop=job.should_stop,
+        should_stop=job.should_abort,
+        should_yield=job.should_yield,  # preempted: a checkpoint at the current step, then Preempted
         on_checkpoint=checkpoint_saver(job),
     )
     job.check()

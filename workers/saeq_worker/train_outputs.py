@@ -27,7 +27,9 @@ def latest_checkpoint(job: RunningJob) -> TrainState | None:
     found = job.store.list(keys.checkpoint_prefix(job.id))
     state = TrainState.from_bytes(job.store.get(found[-1].key)) if found else None
     if state is not None:
-        job.event("resumed", f"resuming from the checkpoint at {state.tokens:,} tokens")
+        job.event(
+            "resumed", f"resuming from the checkpoint at {state.tokens:,} tokens", tokens=state.tokens, step=state.step
+        )
     return state
 
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from saeq.errors import Cancelled, InvalidSpec
+from saeq.errors import Cancelled, InvalidSpec, Preempted
 from saeq.ml.activations import Batch, DataPosition, HarvestData
 from saeq.ml.distributed import DataGroup
 from saeq.ml.sae import SparseAutoencoder
@@ -132,10 +132,16 @@ def train_saes(
     resume: TrainState | None = None,
     on_checkpoint: Callable[[TrainState], None] = lambda s: None,
     progress_every_s: float = 2.0,
+    should_yield: Callable[[], bool] = lambda: False,
 ) -> TrainResult:
     """Train the SAEs `spec.saes` on `batches` ((B, d_in) activations, or Batch with the data
     position after it) until `spec.total_tokens`. With `resume`, `batches` must start where
     `resume.data_position` says. Raises Cancelled when `should_stop()` turns true.
+
+    `should_yield()` true (a preemption): after the current step, `on_checkpoint` gets the state
+    at that step (unless nothing was trained since `resume`) and Preempted is raised, so a run
+    resumed from that state goes on exactly. A data-parallel group has no such safe point: it
+    stops at `should_stop`, and resumes from its last periodic checkpoint.
 
     `devices`: SAE i trains on devices[i % len(devices)] (None: [device]), every batch copied
     once to each. `group`: this process is one rank of a data-parallel group (saeq.ml.distributed):
@@ -150,7 +156,7 @@ def train_saes(
             devices=devices,
             validation=validation,
             on_progress=on_progress,
-            should_stop=should_stop,
+            should_stop=lambda: should_stop() or should_yield(),
             resume=resume,
             on_checkpoint=on_checkpoint,
             progress_every_s=progress_every_s,
@@ -168,6 +174,12 @@ def train_saes(
     next_checkpoint = _next_multiple(tokens, spec.checkpoint_every_tokens)
 
     while tokens < spec.total_tokens:
+        if group is None and should_yield():
+            if tokens > tokens_at_start:  # else the state resumed from (or none) is where it stands
+                on_checkpoint(
+                    _state(spec, step, tokens, scale, position, trainees, run.wall0 + time.perf_counter() - t_start)
+                )
+            raise Preempted("training yielded", tokens=tokens, step=step)
         stop = should_stop()
         if stop if group is None else group.any(stop, devices[0]):
             raise Cancelled("training cancelled")
