@@ -112,6 +112,15 @@ def team_quota(team: str) -> str:
     return f"{PREFIX}quota:team:{team}"
 
 
+# ---- worker pools ----------------------------------------------------------------------------
+
+POOL_ADS = f"{PREFIX}pools:ads"
+"""Hash: `worker/queue` -> the WorkerAd (JSON) that worker last advertised (saeq.platform.pools)."""
+POOL_EXPIRY = f"{PREFIX}pools:expiry"
+"""Sorted set: `worker/queue` -> when its ad expires (Redis server time, seconds); readers drop
+the expired ones from both keys."""
+
+
 # ---- live requests ---------------------------------------------------------------------------
 
 LIVE_PREFIX = f"{PREFIX}live:"
