@@ -220,3 +220,16 @@ def test_a_harvests_d_model_comes_from_the_builtin_or_a_finished_harvest_of_its_
     assert plans.harvest_d_model(samples, MODEL, manifests.__getitem__) == 96
     assert plans.harvest_d_model(samples, "org/unseen", manifests.__getitem__) is None
     assert plans.harvest_d_model([], "builtin:smollm2-135m-instruct", manifests.__getitem__) == BUILTIN_D_MODEL
+
+
+def test_without_a_scheduler_the_line_is_the_queues_waiting_count(registry):
+    registry.teams.set_quota("a", TeamQuota(max_running=1))
+    ids = [
+        registry.create(kind="harvest", spec=_harvest(), queue=queue, depends_on=[], team="a")[0]["id"]
+        for queue in ("cpu", "cpu", "gpu")
+    ]
+    assert [registry.ready_to_dispatch(i)[0] for i in ids] == [True, False, False]  # sent; then waiting for the slot
+    assert plans.waiting_on_queue(registry, "cpu") == 2
+    assert plans.waiting_on_queue(registry, "gpu") == 1
+    registry.claim(ids[0], json.loads(cast(str, registry.r.hget(redis_keys.job(ids[0]), "dispatch_id"))), "w")
+    assert plans.waiting_on_queue(registry, "cpu") == 1  # the claimed job runs: no longer in line
