@@ -45,7 +45,12 @@ def run_harvest(job: RunningJob, *, cache_dir: str, send_slice: SendSlice | None
     start = len(done)
     medians = {h: float(m["median_norm"]) for h, m in done[0]["meta"].items()} if done else None
     if start:
-        job.event("resumed", f"resuming after {start} complete shards from earlier attempts")
+        job.event(
+            "resumed",
+            f"resuming after {start} complete shards from earlier attempts",
+            shards=start,
+            tokens=sum(s["n_tokens"] for s in done),
+        )
 
     t0, tokens_at_start = time.monotonic(), sum(s["n_tokens"] for s in done)
     budget = spec.max_tokens
