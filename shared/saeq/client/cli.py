@@ -403,5 +403,9 @@ from saeq.client.cli_uploads import uploads  # noqa: E402
 
 main.add_command(uploads)
 
+from saeq.client.cli_plan import plan  # noqa: E402
+
+main.add_command(plan)
+
 if __name__ == "__main__":
     main()

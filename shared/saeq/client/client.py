@@ -131,6 +131,22 @@ class Client:
         }
         return self._call("POST", "/v1/jobs", json=body, headers=headers, retry=True)
 
+    def plan(
+        self,
+        spec: dict | BaseModel,
+        *,
+        depends_on: Sequence[str] = (),
+        priority: int = 0,
+        time_limit_s: float | None = None,
+    ) -> dict:
+        """What the job would cost, without queuing it (`POST /v1/jobs?dry_run=true`, a Plan):
+        tokens, bytes to store, peak memory, wall time and GPU-seconds with their basis, the jobs
+        ahead of it, and the verdict a submit would get now."""
+        if isinstance(spec, BaseModel):
+            spec = spec.model_dump(mode="json")
+        body = {"spec": spec, "depends_on": list(depends_on), "priority": priority, "time_limit_s": time_limit_s}
+        return self._call("POST", "/v1/jobs", params={"dry_run": "true"}, json=body, retry=True)
+
     def get(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}")
 
