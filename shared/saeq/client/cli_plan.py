@@ -35,7 +35,6 @@ def plan_table(p: dict) -> str:
     """The plan as aligned lines of `what  value  (why)`."""
     mem = p.get("peak_memory")
     rows = [
-        ("job", f"{p['kind']} of team {p['team']} on queue {p['queue']}", ""),
         ("tokens", f"{p['tokens']:,}", ""),
         ("bytes to store", _bytes(p["bytes_to_store"]), p["bytes_formula"]),
         (
@@ -55,7 +54,8 @@ def plan_table(p: dict) -> str:
     rows += [("", "", f"{r['field'] or 'team'}: {r['message']}") for r in p["verdict"]["reasons"]]
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
-    return "\n".join(f"{a:<{width}}  {b:<{value_width}}  {c}".rstrip() for a, b, c in rows)
+    head = f"plan of a {p['kind']} job of team {p['team']} on queue {p['queue']} (nothing queued)"
+    return "\n".join([head, *(f"{a:<{width}}  {b:<{value_width}}  {c}".rstrip() for a, b, c in rows)])
 
 
 def _verdict(v: dict) -> str:

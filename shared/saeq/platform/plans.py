@@ -281,8 +281,8 @@ def _train_bytes(spec: dict, d_in: int | None) -> tuple[int | None, str]:
     checkpoints = int(spec["total_tokens"]) // every if every else 0
     total = 4 * exported + checkpoints * 3 * 4 * params + MANIFEST_BYTES
     return total, (
-        f"{params:,} SAE parameters x 4 bytes in {exported // max(params, 1)}+ formats + "
-        f"{checkpoints} checkpoints x 3 (weights, Adam moments) x {params:,} x 4 bytes"
+        f"{exported:,} exported parameters x 4 bytes (SAELens, and sparsify for TopK) + {checkpoints} "
+        f"checkpoints x 3 x {params:,} parameters x 4 bytes (weights and Adam's two moments)"
     )
 
 
@@ -361,8 +361,9 @@ def plan_job(
     read_manifest: Callable[[str], dict],
 ) -> Plan:
     """The plan of `spec` (a JSON-mode dump) for `team`. `refusal`: what the submit checks before the
-    record answered (status, reasons), None if they passed; `d_in`: a training's activations' width
-    when known; `read_manifest`: a store read, for a harvest model's d_model."""
+    record answered (status, reasons), None if they passed; `d_in`: a harvest's d_model or a
+    training's activations' width, when known; `read_manifest`: a store read, for a harvest
+    model's d_model otherwise (from a finished harvest of that model)."""
     kind = spec["kind"]
     samples = history(registry.r, kind)
     (model,) = resolve_models(registry.r, [spec])
@@ -370,7 +371,7 @@ def plan_job(
     guess = predict(
         samples, kind=kind, team=team, model=model, bucket=size_bucket(spec), tokens=tokens, n_devices=devices(spec)
     )
-    if kind == "harvest":
+    if kind == "harvest" and d_in is None:
         d_in = harvest_d_model(samples, model, read_manifest)
     stored, formula = bytes_to_store(spec, d_in)
     ahead, ahead_basis = jobs_ahead(registry, team, priority, queue)
