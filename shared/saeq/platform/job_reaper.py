@@ -95,7 +95,8 @@ class Reaping(Submitting):
                 return "ended" if ended else None
             dispatch_id = new_id()
             pipe.multi()
-            pipe.hset(key, mapping=encode({"state": "queued", "dispatch_id": dispatch_id}))
+            # A yield asked of the lost attempt (a drain that killed it) is void: the next one runs.
+            pipe.hset(key, mapping=encode({"state": "queued", "dispatch_id": dispatch_id, "preempt": None}))
             pipe.srem(redis_keys.RUNNING, job_id)
             pipe.zadd(redis_keys.DISPATCHED, {job_id: time.time()})
             return job, dispatch_id

@@ -120,3 +120,13 @@ def test_running_on_finds_the_jobs_of_given_worker_processes(registry):
     job_id, _ = running(registry)
     assert registry.running_on({"host:1"}) == [job_id]
     assert registry.running_on({"host:2"}) == []
+
+
+def test_a_lost_worker_requeued_by_the_reaper_leaves_no_stale_yield_request(registry):
+    registry.max_attempts = 2  # one left after the lost one
+    job_id, _ = running(registry)
+    registry.request_preempt(job_id, "drain")
+    registry.r.delete(redis_keys.job_lease(job_id))  # the drained worker died before it yielded
+    resend, _ = registry.reap(0.0)
+    assert [job["id"] for job, _ in resend] == [job_id]
+    assert registry.preempt_requested(job_id) is None  # its next attempt is not told to yield at once
