@@ -34,6 +34,7 @@ from saeq.specs import (
     costs,
 )
 from saeq_api.deps import Services
+from saeq_api.memory_admission import check_memory
 
 
 def unprocessable(field: str | None, message: str, status: int = 422) -> HTTPException:
@@ -68,6 +69,7 @@ def check_submit(svc: Services, body: JobCreate, who: Principal) -> TeamQuota:
             raise unprocessable(f"depends_on.{i}", f"no job {dep_id!r}")
         if dep["state"] in ("failed", "cancelled"):
             raise unprocessable(f"depends_on.{i}", f"job {dep_id} {dep['state']}; this job could never start")
+    check_memory(svc, spec, who)  # 422 when no advertised device can hold it (no ads: no check)
     return quota
 
 

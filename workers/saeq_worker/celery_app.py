@@ -22,7 +22,7 @@ from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
 from saeq.platform.dispatch import make_celery
 from saeq.platform.settings import InsecureSettings
 from saeq.specs import load_plugins
-from saeq_worker import liveness, metrics, threads
+from saeq_worker import liveness, metrics, pools, threads
 from saeq_worker.settings import WorkerSettings
 
 log = logging.getLogger("saeq.worker")
@@ -51,6 +51,10 @@ if settings.heartbeat_file:
     app.steps["consumer"].add(  # pyright: ignore[reportOptionalSubscript]
         liveness.heartbeat_step(settings.heartbeat_file, settings.heartbeat_s)
     )
+# What this worker offers (device, memory, slots per queue), renewed with a TTL (saeq_worker.pools).
+app.steps["consumer"].add(  # pyright: ignore[reportOptionalSubscript]
+    pools.advertise_step(settings.redis_url, settings.device)
+)
 
 
 @worker_init.connect

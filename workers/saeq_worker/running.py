@@ -26,6 +26,7 @@ from saeq.platform.store import ObjectStore
 from saeq.platform.teams import TeamQuota
 from saeq.specs import parse_spec
 from saeq.specs.manifests import manifest_json
+from saeq_worker.memory_peak import measured
 from saeq_worker.metrics import CountingStore, JobMeter, recorded_tokens
 
 log = logging.getLogger("saeq.worker")
@@ -226,7 +227,7 @@ def run_job(
     preempted: Preempted | None = None
     try:
         job.check()  # a job sent again after its time limit passed does not start
-        manifest_key = body(job)
+        manifest_key = measured(body)(job)  # its progress gets `memory`: estimated and measured peak
         state = "succeeded"
     except LeaseLost:
         log.warning("job %s: lease lost, another worker owns it now", job_id)
