@@ -9,6 +9,10 @@ Layout:
   jobs/{job_id}/report/...                         an evaluation's metrics.json, plots, report.md
   jobs/{job_id}/index/feature-index.safetensors    a label job's feature index (sparse activations)
   jobs/{job_id}/labels/labels.jsonl                its labels and their scores
+  jobs/{job_id}/partial/{name}                     finished work of an unfinished label or evaluate
+                                                   job (a chunk of features, a metric pass, a check),
+                                                   read back by a later attempt; deleted once the
+                                                   manifest is published
   uploads/{upload_id}/{filename}                   corpora uploaded through the API
   cache/llm/{digest[:2]}/{digest}.json             an LLM endpoint's answer to one exact request
   specs/{job_id}.json                              a job's spec, when too large for its Redis record
@@ -82,6 +86,18 @@ def feature_index(job_id: str) -> str:
 
 def labels_file(job_id: str) -> str:
     return _job(job_id) + "labels/labels.jsonl"
+
+
+def partial_result(job_id: str, name: str) -> str:
+    """A finished piece of a job not yet published (saeq_worker.partials): never named by a
+    manifest, so never an output; a later attempt reads it back instead of redoing it."""
+    if not _SAFE_NAME.match(name):
+        raise ValueError(f"unsafe partial result name {name!r}")
+    return _job(job_id) + f"partial/{name}"
+
+
+def partial_prefix(job_id: str) -> str:
+    return _job(job_id) + "partial/"
 
 
 def feature_summaries(job_id: str) -> str:

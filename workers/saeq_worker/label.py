@@ -1,6 +1,6 @@
 """The I/O around `saeq.jobs.label`: the SAE and its held-out text, the feature index (stored, and
-reused when the job is retried), the explainers and judge the spec names, labels.jsonl, and the
-manifest last."""
+reused when the job is retried), the explainers and judge the spec names, each finished chunk of
+features (kept for a later attempt: saeq_worker.partials), labels.jsonl, and the manifest last."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from saeq import keys
 from saeq.errors import InvalidSpec
 from saeq.jobs.harvest import context_batches
-from saeq.jobs.label import label_features, select_features
+from saeq.jobs.label import CHUNK_FEATURES, LabelChunk, label_features, select_features
 from saeq.ml.corpus import document_info, iter_documents
 from saeq.ml.explainers import (
     PROMPT_VERSION,
@@ -32,6 +32,7 @@ from saeq.specs import LabelSpec
 from saeq.specs import LocalLLM as LocalLLMSpec
 from saeq.specs.manifests import LabelManifest
 from saeq_worker.feature_pages import write_feature_pages
+from saeq_worker.partials import drop_partials, put_json, read_json
 from saeq_worker.resolve import SaeContext, cached_model, chat_endpoint, sae_context, sink_reference
 from saeq_worker.running import RunningJob
 
@@ -66,6 +67,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     decode = token_pieces(lm.tokenizer)
     explainers, judge, embedder = _labellers(job, spec, ctx, lm, decode, cache_dir, llm_endpoints)
 
+    finished = _finished_chunks(job, features)
     t0 = time.monotonic()
     records = label_features(
         index,
@@ -75,6 +77,8 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         judge=judge,
         embedder=embedder,
         decode=decode,
+        finished=finished,
+        on_chunk=lambda chunk: _keep_chunk(job, chunk),
         should_stop=job.should_stop,
         on_progress=lambda done, total: job.report(
             0.5 + 0.45 * done / total,
@@ -120,8 +124,46 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         "labelling_s": time.monotonic() - t0,
     }
     key = job.publish(LabelManifest.model_validate(manifest))
+    drop_partials(job)
     job.report(1.0, "done", f"{len(features)} features labelled by {len(explainers)} explainer(s)", force=True)
     return key
+
+
+def _chunk_name(index: int) -> str:
+    return f"label-chunk-{index:05d}.json"
+
+
+def _keep_chunk(job: RunningJob, chunk: LabelChunk) -> None:
+    """Store a finished chunk; then, a safe point: a job asked to yield stops here (Preempted)."""
+    put_json(
+        job, _chunk_name(chunk.index), {"index": chunk.index, "features": chunk.features, "records": chunk.records}
+    )
+    job.check(chunks_done=chunk.index + 1)
+
+
+def _finished_chunks(job: RunningJob, features: list[int]) -> dict[int, LabelChunk]:
+    """The chunks earlier attempts stored whole, for these features; a `resumed` event says how many."""
+    kept: dict[int, LabelChunk] = {}
+    for name, body in read_json(job, "label-chunk-").items():
+        index, chunk_features, records = body.get("index"), body.get("features"), body.get("records")
+        if not isinstance(index, int) or name != _chunk_name(index) or not isinstance(records, list):
+            continue
+        wanted = features[index * CHUNK_FEATURES :][:CHUNK_FEATURES]
+        if chunk_features != wanted:
+            continue  # chosen from another index: redone
+        if not all(isinstance(r, dict) and r.get("feature") in wanted for r in records):
+            continue
+        kept[index] = LabelChunk(index, wanted, records)
+    if kept:
+        n_chunks = -(-len(features) // CHUNK_FEATURES)
+        job.event(
+            "resumed",
+            f"{len(kept)} of {n_chunks} chunks of features labelled by earlier attempts, kept",
+            chunks_kept=len(kept),
+            chunks=n_chunks,
+            features_kept=sum(len(c.features) for c in kept.values()),
+        )
+    return kept
 
 
 def _labellers(

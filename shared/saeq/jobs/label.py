@@ -1,10 +1,11 @@
 """Label an SAE's features: pick them from the feature index, show each explainer the top windows,
-then score every label on windows the explainer never saw (saeq.ml.scoring)."""
+then score every label on windows the explainer never saw (saeq.ml.scoring). The work goes in
+chunks of CHUNK_FEATURES features; a chunk finished by an earlier attempt is taken as it was."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,17 @@ from saeq.specs import LabelSpec
 
 QUANTILE_BINS = 5
 FEATURES_PER_ROUND = 8  # features whose prompts are batched together
+CHUNK_FEATURES = 32  # features per kept chunk: 4 rounds, so an interruption loses at most that
+
+
+@dataclass(frozen=True)
+class LabelChunk:
+    """Chunk `index` of the features to label: features[index * CHUNK_FEATURES:][:CHUNK_FEATURES],
+    and their records (one per feature and explainer, in labels.jsonl's order)."""
+
+    index: int
+    features: list[int]
+    records: list[dict]
 
 
 @dataclass(frozen=True)
@@ -84,38 +96,67 @@ def label_features(
     judge: Judge | None,
     embedder: EmbeddingScorer | None,
     decode: Decode,
+    finished: Mapping[int, LabelChunk] | None = None,
+    on_chunk: Callable[[LabelChunk], None] = lambda chunk: None,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> list[dict]:
-    """One record per (feature, explainer): label, description, scores; the labels.jsonl rows."""
-    density, max_act = index.density(), index.max_act()
+    """One record per (feature, explainer): label, description, scores; the labels.jsonl rows.
+    `finished`: chunks an earlier attempt completed, by index; one is used as it is only when it
+    covers the same features (else it is redone). `on_chunk` sees each chunk labelled here."""
+    finished = finished or {}
+    per_feature = index.density(), index.max_act()
     records: list[dict] = []
-    for r0 in range(0, len(features), FEATURES_PER_ROUND):
+    for c0 in range(0, len(features), CHUNK_FEATURES):
+        chunk_features = features[c0 : c0 + CHUNK_FEATURES]
+        kept = finished.get(c0 // CHUNK_FEATURES)
+        if kept is not None and kept.features == chunk_features:
+            records += kept.records
+            on_progress(c0 + len(chunk_features), len(features))
+            continue
         if should_stop():
             raise Cancelled("labelling cancelled")
-        samples = [sample_feature(index, f, spec) for f in features[r0 : r0 + FEATURES_PER_ROUND]]
-        evidence = [Evidence(s.feature, s.top) for s in samples]
-        for explainer in explainers:
-            explanations = explainer.explain(evidence)
-            scores = _score(samples, explanations, spec, judge, embedder, decode)
-            for s, e, sc in zip(samples, explanations, scores, strict=False):
-                records.append(
-                    {
-                        "feature": s.feature,
-                        "explainer": explainer.name,
-                        "label": e.label,
-                        "description": e.description,
-                        "scores": sc,
-                        "prompt_version": PROMPT_VERSION,
-                        "judge": judge.name if judge else None,
-                        "density": float(density[s.feature]),
-                        "max_activation": float(max_act[s.feature]),
-                        "n_top": len(s.top),
-                        "n_activating_scored": len(s.activating),
-                        "n_silent_scored": len(s.silent),
-                    }
-                )
-        on_progress(min(r0 + FEATURES_PER_ROUND, len(features)), len(features))
+        chunk = LabelChunk(c0 // CHUNK_FEATURES, chunk_features, [])
+        for r0 in range(0, len(chunk_features), FEATURES_PER_ROUND):
+            if should_stop():
+                raise Cancelled("labelling cancelled")
+            round_features = chunk_features[r0 : r0 + FEATURES_PER_ROUND]
+            chunk.records.extend(
+                _label_round(index, per_feature, round_features, spec, explainers, judge, embedder, decode)
+            )
+            on_progress(c0 + r0 + len(round_features), len(features))
+        records += chunk.records
+        on_chunk(chunk)
+    return records
+
+
+def _label_round(index, per_feature, features, spec, explainers, judge, embedder, decode) -> list[dict]:
+    """The records of one round: `features`' prompts batched, for each explainer in turn;
+    `per_feature`: the index's (density, max_act), computed once per job."""
+    density, max_act = per_feature
+    samples = [sample_feature(index, f, spec) for f in features]
+    evidence = [Evidence(s.feature, s.top) for s in samples]
+    records: list[dict] = []
+    for explainer in explainers:
+        explanations = explainer.explain(evidence)
+        scores = _score(samples, explanations, spec, judge, embedder, decode)
+        for s, e, sc in zip(samples, explanations, scores, strict=False):
+            records.append(
+                {
+                    "feature": s.feature,
+                    "explainer": explainer.name,
+                    "label": e.label,
+                    "description": e.description,
+                    "scores": sc,
+                    "prompt_version": PROMPT_VERSION,
+                    "judge": judge.name if judge else None,
+                    "density": float(density[s.feature]),
+                    "max_activation": float(max_act[s.feature]),
+                    "n_top": len(s.top),
+                    "n_activating_scored": len(s.activating),
+                    "n_silent_scored": len(s.silent),
+                }
+            )
     return records
 
 
