@@ -10,7 +10,9 @@ from saeq import keys
 from saeq.platform.registry import STATES, after_finish, dispatch_ready
 from saeq.platform.teams import Principal
 from saeq.specs import JOB_KINDS, JobCreate
+from saeq.specs.scheduling import Plan
 from saeq_api.deps import Caller, Services, services
+from saeq_api.dry_run import plan_request
 from saeq_api.metrics import observe_submit
 from saeq_api.schemas import Artifact, JobArtifacts, JobEvents, JobList, JobPublic, JobSummary, errors
 from saeq_api.submit import create_job, visible_job
@@ -26,18 +28,35 @@ def _job_or_404(svc: Services, job_id: str, who: Principal) -> dict:
     return job
 
 
-@router.post("", status_code=201, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic | Plan,
+    responses={
+        200: {
+            "model": JobPublic | Plan,
+            "description": "The job a repeated Idempotency-Key created; with dry_run=true, the job's Plan",
+        }
+    },
+)
 def submit_job(
     body: JobCreate,
     svc: Svc,
     who: Caller,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> JobPublic:
+    dry_run: Annotated[
+        bool, Query(description="answer the job's cost Plan (200) and queue nothing, write nothing")
+    ] = False,
+) -> JobPublic | Plan:
     """Queue a job for the caller's team. The spec's `kind` selects its model. With an
     `Idempotency-Key` header a repeated request returns the job the first one created (status 200)
     instead of a second job. Beyond the team's quota: 403 (a job too large) or 429 (too many
-    waiting)."""
+    waiting). With `dry_run=true`: the job's Plan (tokens, bytes, peak memory, wall time and
+    GPU-seconds with their basis, the jobs ahead, and those refusals as a verdict), status 200."""
+    if dry_run:
+        response.status_code = 200
+        return plan_request(svc, body, who)
     record, created = create_job(svc, body, who, idempotency_key)
     if not created:
         response.status_code = 200
