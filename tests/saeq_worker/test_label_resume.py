@@ -42,15 +42,17 @@ def stack(tmp_path_factory, redis_srv, s3_srv):
 
 
 def _spec(train_id: str) -> LabelSpec:
-    return LabelSpec(
-        sae={"job_id": train_id, "name": "topk"},
-        index_tokens=4096,
-        n_most_active=4 * CHUNK_FEATURES,
-        explainers=[{"backend": "openai", "endpoint": "tiny", "model": "m"}],
-        judge={"backend": "openai", "endpoint": "tiny", "model": "m"},
-        scorers=["detection", "fuzzing"],
-        n_explain_examples=4,
-        n_score_examples=4,
+    return LabelSpec.model_validate(
+        {
+            "sae": {"job_id": train_id, "name": "topk"},
+            "index_tokens": 4096,
+            "n_most_active": 4 * CHUNK_FEATURES,
+            "explainers": [{"backend": "openai", "endpoint": "tiny", "model": "m"}],
+            "judge": {"backend": "openai", "endpoint": "tiny", "model": "m"},
+            "scorers": ["detection", "fuzzing"],
+            "n_explain_examples": 4,
+            "n_score_examples": 4,
+        }
     )
 
 
