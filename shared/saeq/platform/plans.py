@@ -91,19 +91,19 @@ def size_bucket(spec: dict) -> str:
 
 def _reference(spec: dict) -> str | None:
     """The job whose output this spec reads, where its model comes from."""
-    if spec["kind"] == "train":
-        a = spec["activations"]
+    if spec.get("kind") == "train":
+        a = spec.get("activations") or {}
         return None if a.get("source") == "online" else a.get("job_id")
     sae = spec.get("sae")
     return sae.get("job_id") if isinstance(sae, dict) and sae.get("source", "job") == "job" else None
 
 
 def _own_model(spec: dict) -> str | None:
-    if spec["kind"] == "harvest":
-        return spec["model"]["name"]
-    if spec["kind"] == "train" and spec["activations"].get("source") == "online":
-        return spec["activations"]["model"]["name"]
-    return None
+    """The model a harvest or an online training reads itself (None: another kind, or no model)."""
+    if spec.get("kind") == "harvest":
+        return (spec.get("model") or {}).get("name")
+    a = spec.get("activations") or {}
+    return (a.get("model") or {}).get("name") if spec.get("kind") == "train" and a.get("source") == "online" else None
 
 
 def resolve_models(r, specs: Sequence[dict | None]) -> list[str | None]:
@@ -157,12 +157,14 @@ def history(r, kind: str, *, scan: int = HISTORY_SCAN, keep: int = HISTORY_JOBS)
     samples = []
     for (job, spec), model in zip(found, models, strict=True):
         figures = (job.get("progress") or {}).get("figures") or {}
-        tokens = int(figures.get("tokens") or work_tokens(spec))
-        wall_s = float(job["finished_at"]) - float(job["started_at"])
+        try:
+            tokens = int(figures.get("tokens") or work_tokens(spec))
+            bucket, n_devices = size_bucket(spec), devices(spec)
+            wall_s = float(job["finished_at"]) - float(job["started_at"])
+        except (KeyError, TypeError, ValueError):  # a record of another schema: no basis, not an error
+            continue
         if tokens > 0 and wall_s > 0:
-            samples.append(
-                Sample(job["id"], job.get("team") or "default", model, size_bucket(spec), tokens, wall_s, devices(spec))
-            )
+            samples.append(Sample(job["id"], job.get("team") or "default", model, bucket, tokens, wall_s, n_devices))
     return samples
 
 

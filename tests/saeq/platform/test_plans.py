@@ -233,3 +233,11 @@ def test_without_a_scheduler_the_line_is_the_queues_waiting_count(registry):
     assert plans.waiting_on_queue(registry, "gpu") == 1
     registry.claim(ids[0], json.loads(cast(str, registry.r.hget(redis_keys.job(ids[0]), "dispatch_id"))), "w")
     assert plans.waiting_on_queue(registry, "cpu") == 1  # the claimed job runs: no longer in line
+
+
+def test_records_of_another_schema_are_no_basis_and_no_error(registry):
+    odd, _ = registry.create(kind="harvest", spec={"kind": "harvest"}, queue="cpu", depends_on=[], team="a")
+    registry.finish_unowned(odd["id"], "succeeded")
+    registry.r.hset(redis_keys.job(odd["id"]), "started_at", json.dumps(time.time() - 5))
+    good = _finished(registry, _harvest(), wall_s=4.0)
+    assert [s.job_id for s in plans.history(registry.r, "harvest")] == [good]
