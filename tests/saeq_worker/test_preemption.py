@@ -154,11 +154,19 @@ def test_a_training_preempted_three_times_still_ends_with_the_same_weights(
     _assert_same_weights(client, reference["id"], job["id"], tmp_path)
 
 
-def test_a_preempted_harvest_keeps_its_finished_shards(client_module, harvest_job, registry, s3_srv):
-    client = client_module
-    spec = HarvestSpec.model_validate({**harvest_job["spec"], "shard_tokens": 512})  # 48 shards
-    whole = client.wait(client.submit(spec)["id"], timeout=300)
-    job = client.submit(spec)
+def _harvest_spec(harvest_job: dict, **kw) -> HarvestSpec:
+    return HarvestSpec.model_validate({**harvest_job["spec"], "shard_tokens": 512, **kw})  # 48 shards
+
+
+@pytest.fixture(scope="module")
+def whole_harvest(client_module, harvest_job) -> dict:
+    """The 48-shard harvest run once without interruption."""
+    return client_module.wait(client_module.submit(_harvest_spec(harvest_job))["id"], timeout=300)
+
+
+def test_a_preempted_harvest_keeps_its_finished_shards(client_module, harvest_job, whole_harvest, registry, s3_srv):
+    client, whole = client_module, whole_harvest
+    job = client.submit(_harvest_spec(harvest_job))
     s3 = s3_srv.client()
     shard = lambda i: keys.harvest_shard(job["id"], HOOK, i)
     deadline = time.monotonic() + 120
@@ -190,3 +198,24 @@ def _stored(s3, bucket: str, key: str) -> bool:
 def _stat(s3, bucket: str, key: str) -> tuple[str | None, object]:
     info = s3.stat_object(bucket, key)
     return info.etag, info.last_modified
+
+
+def test_a_preempted_split_harvest_ends_with_the_shards_of_a_single_one(
+    client_module, harvest_job, whole_harvest, registry, s3_srv
+):
+    client = client_module
+    job = client.submit(_harvest_spec(harvest_job, slices=2))  # one worker: the job's task runs both slices
+    s3 = s3_srv.client()
+    deadline = time.monotonic() + 120
+    while not _stored(s3, s3_srv.bucket, keys.harvest_shard(job["id"], HOOK, 4)):
+        assert time.monotonic() < deadline, "no shard stored"
+        time.sleep(0.05)
+    assert registry.request_preempt(job["id"], "a higher-priority job")
+    _wait_event(client, job["id"], "preempted")
+    kept = {i: _stat(s3, s3_srv.bucket, keys.harvest_shard(job["id"], HOOK, i)) for i in range(5)}
+    done = client.wait(job["id"], timeout=300)
+    assert done["state"] == "succeeded", done["error"]
+    assert registry.get(job["id"])["preemptions"] == 1  # type: ignore[index]
+    assert {i: _stat(s3, s3_srv.bucket, keys.harvest_shard(job["id"], HOOK, i)) for i in range(5)} == kept
+    ours, theirs = (client.manifest(j)["hooks"][HOOK]["shards"] for j in (job["id"], whole_harvest["id"]))
+    assert [s["sha256"] for s in ours] == [s["sha256"] for s in theirs]
