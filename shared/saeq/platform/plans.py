@@ -27,7 +27,7 @@ HISTORY_SCAN = 1_000
 HISTORY_JOBS = 200
 """Finished jobs of the plan's kind kept from the scan."""
 _BATCH = 200
-_SAMPLE_FIELDS = ("id", "kind", "state", "team", "spec", "started_at", "finished_at", "progress", "preemptions")
+_SAMPLE_FIELDS = ("id", "team", "spec", "started_at", "finished_at", "progress")
 
 SHARD_ROW_EXTRA_BYTES = 16
 """Per token and hook a shard holds beside the activations: token_ids, doc_ids, positions (int32)
@@ -132,27 +132,31 @@ def resolve_models(r, specs: Sequence[dict | None]) -> list[str | None]:
 
 def history(r, kind: str, *, scan: int = HISTORY_SCAN, keep: int = HISTORY_JOBS) -> list[Sample]:
     """Succeeded jobs of `kind`, newest first: at most `keep` of the newest `scan` finished jobs.
-    A job that was preempted is left out: its wall clock holds the time it waited in between."""
-    found: list[tuple[dict, dict]] = []
-    for start in range(0, scan, _BATCH):
+    A job that was preempted is left out: its wall clock holds the time it waited in between.
+    Kind and state are read first (a few bytes a job), the whole sample only of those that match."""
+    wanted = (json.dumps(kind), json.dumps("succeeded"))
+    matching: list[str] = []
+    for start in range(0, scan, _BATCH):  # newest first, until `keep` match
         ids = cast(list[str], r.zrevrange(redis_keys.FINISHED, start, min(scan, start + _BATCH) - 1))
         pipe = r.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(redis_keys.job(job_id), *_SAMPLE_FIELDS)
-        for raw in pipe.execute():
-            job = {f: json.loads(v) for f, v in zip(_SAMPLE_FIELDS, raw, strict=True) if v is not None}
-            if (
-                job.get("kind") == kind
-                and job.get("state") == "succeeded"
-                and job.get("spec")
-                and job.get("started_at")
-                and job.get("finished_at")
-                and not job.get("preemptions")
-            ):
-                found.append((job, job["spec"]))
-        if len(found) >= keep or len(ids) < _BATCH:
+            pipe.hmget(redis_keys.job(job_id), "kind", "state", "preemptions")
+        matching += [
+            job_id
+            for job_id, (k, state, preemptions) in zip(ids, pipe.execute(), strict=True)
+            if (k, state) == wanted and not (preemptions and json.loads(preemptions))
+        ]
+        if len(matching) >= keep or len(ids) < _BATCH:
             break
-    found = found[:keep]
+    matching = matching[:keep]
+    pipe = r.pipeline(transaction=False)
+    for job_id in matching:
+        pipe.hmget(redis_keys.job(job_id), *_SAMPLE_FIELDS)
+    found: list[tuple[dict, dict]] = []
+    for raw in pipe.execute():
+        job = {f: json.loads(v) for f, v in zip(_SAMPLE_FIELDS, raw, strict=True) if v is not None}
+        if job.get("spec") and job.get("started_at") and job.get("finished_at"):
+            found.append((job, job["spec"]))
     models = resolve_models(r, [spec for _, spec in found])
     samples = []
     for (job, spec), model in zip(found, models, strict=True):
