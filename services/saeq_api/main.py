@@ -16,7 +16,9 @@ from kombu.exceptions import OperationalError
 import saeq
 from saeq.errors import StoreError
 from saeq.platform.dispatch import make_celery, sender, waiting_dispatches
-from saeq.platform.registry import Registry, after_finish, start_waiting
+from saeq.platform.fair_share import SchedulingPolicy, publish_policy
+from saeq.platform.registry import Registry, after_finish
+from saeq.platform.scheduler import schedule
 from saeq.platform.settings import open_store
 from saeq.specs import load_plugins
 from saeq_api.deps import Services
@@ -47,6 +49,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         registry.teams.set_default_quota(settings.default_quota)
         registry.spec_store = svc.store  # specs over registry.INLINE_SPEC_BYTES live there
         registry.set_job_retention(settings.job_retention_s)
+        publish_policy(
+            registry.r,
+            SchedulingPolicy(
+                half_life_s=settings.fair_share_half_life_s,
+                min_run_s=settings.preempt_min_run_s,
+                max_preemptions=settings.max_preemptions,
+            ),
+        )
         if settings.bootstrap_admin_key is not None:
             registry.teams.ensure_key(
                 settings.bootstrap_admin_key.get_secret_value(),
@@ -219,9 +229,9 @@ def _reap_once(svc: Services) -> None:
     # jobs that waited for them: starting those twice is harmless.
     for job_id in dict.fromkeys([*ended, *registry.recently_ended()]):
         after_finish(registry, job_id, svc.send)
-    # A slot freed by a process that died between ending a job and starting the next.
-    for team in svc.registry.teams_waiting():
-        start_waiting(svc.registry, team, svc.send)
+    # A slot freed by a process that died between ending a job and starting the next, a worker
+    # that appeared (its advertised slots are capacity), or a preemption the policy now allows.
+    schedule(svc.registry, svc.send)
     registry.sweep_expired()  # index entries (and stored specs) of records that expired
 
 

@@ -3,6 +3,7 @@ progress, error mapping, finishing, and starting the jobs that waited for it."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 
 from saeq import keys
 from saeq.errors import Cancelled, JobError, OutOfMemory, Preempted, TimeLimitExceeded
+from saeq.platform.fair_share import UsageClock
 from saeq.platform.registry import Registry, Send, after_finish, start_waiting, time_limit_message
 from saeq.platform.store import ObjectStore
 from saeq.platform.teams import TeamQuota
@@ -302,8 +304,23 @@ def _preempt_requested(job: RunningJob) -> str | None:
 
 
 def _heartbeat(job: RunningJob, token: str, every_s: float, heartbeat_file: str | None) -> None:
+    # The team's fair-share usage: elapsed seconds x the job's devices, at each beat and at the
+    # end (before run_job ends the job and the scheduler gives its slot away).
+    usage = UsageClock(job.registry.r, job.team, len(job.devices))
+    try:
+        _beat(job, token, every_s, heartbeat_file, usage)
+    finally:
+        try:
+            usage.close()
+        except redis.RedisError as e:
+            log.warning("usage of %s not recorded: %s", job.id, e)
+
+
+def _beat(job: RunningJob, token: str, every_s: float, heartbeat_file: str | None, usage: UsageClock) -> None:
     while not job._done.wait(every_s):
         job.on_beat()  # the device is held whether or not Redis answers
+        with contextlib.suppress(redis.RedisError):  # counted at the next beat
+            usage.tick()
         try:
             owner, stop = job.registry.heartbeat(job.id, token)
         except Exception as e:  # Redis briefly away: keep working, the lease TTL has slack

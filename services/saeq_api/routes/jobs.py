@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 
 from saeq import keys
 from saeq.platform.registry import STATES, after_finish, dispatch_ready
+from saeq.platform.scheduler import schedule
 from saeq.platform.teams import Principal
 from saeq.specs import JOB_KINDS, JobCreate
 from saeq.specs.scheduling import Plan
@@ -66,6 +67,8 @@ def submit_job(
     # job and sending it. Dispatching is once only (one script), so a job already sent stays as is.
     if dispatch_id := dispatch_ready(svc.registry, record["id"], svc.send, record):
         record = {**record, "dispatched": True, "dispatch_id": dispatch_id}
+    elif record["depends_on"] == []:
+        schedule(svc.registry, svc.send)  # it waits for a slot: its turn, or a preemption for it
     return JobPublic.of(record)
 
 

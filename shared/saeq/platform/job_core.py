@@ -247,6 +247,8 @@ class JobCore:
         pipe.srem(redis_keys.RUNNING, job["id"])
         pipe.srem(redis_keys.team(team, "open"), job["id"])
         pipe.srem(redis_keys.team(team, "active"), job["id"])
+        if job.get("queue"):
+            pipe.srem(redis_keys.queue_dispatched(job["queue"]), job["id"])  # its capacity is free
 
     def set_job_retention(self, seconds: float) -> None:
         """The deployment's retention of ended jobs (settings.job_retention_s), written by the API at

@@ -117,6 +117,7 @@ class Preempting(JobCore):
         pipe.srem(redis_keys.RUNNING, job_id)
         pipe.zrem(redis_keys.DISPATCHED, job_id)
         pipe.srem(redis_keys.team(team, "active"), job_id)
+        pipe.srem(redis_keys.queue_dispatched(job["queue"]), job_id)  # its queue's capacity too
         pipe.zadd(
             redis_keys.team(team, "waiting"), {job_id: waiting_score(job.get("priority") or 0, job["created_at"])}
         )

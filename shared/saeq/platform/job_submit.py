@@ -11,7 +11,7 @@ from typing import Any, cast
 import redis
 
 from saeq import keys
-from saeq.platform import redis_keys
+from saeq.platform import pools, redis_keys
 from saeq.platform.job_core import JobCore
 from saeq.platform.job_model import (
     IDEMPOTENCY_TTL_S,
@@ -25,6 +25,9 @@ from saeq.platform.job_model import (
     waiting_score,
 )
 from saeq.specs.records import RECORD_FORMAT
+
+DISPATCHED, NO_TEAM_SLOT, NO_CAPACITY, NOT_QUEUED = 1, 0, 2, -1
+"""What the dispatch script (lua_scripts.DISPATCH) answers."""
 
 
 class Submitting(JobCore):
@@ -223,16 +226,28 @@ class Submitting(JobCore):
                 return False, None
             if any(d is None or d["state"] != "succeeded" for d in deps):
                 return False, None
-        # The slot check and the dispatch in one script: concurrent submits of one team would
-        # otherwise keep invalidating each other's WATCH on the shared `active` set.
+        status, dispatch_id = self.try_dispatch(job)
+        return (True, dispatch_id) if status == DISPATCHED else (False, None)
+
+    def try_dispatch(self, job: dict[str, Any]) -> tuple[int, str]:
+        """Mark a queued job whose dependencies succeeded dispatched if its team has a free slot
+        and its queue free capacity, else (re)put it in its team's waiting set. Returns (status,
+        dispatch_id): DISPATCHED, NO_TEAM_SLOT, NO_CAPACITY or NOT_QUEUED (ended, or sent already)."""
+        job_id = job["id"]
+        # The slot and capacity checks and the dispatch in one script: concurrent submits of one
+        # team would otherwise keep invalidating each other's WATCH on the shared `active` set.
+        # Capacity: the live workers' slots on the job's queue (None: nobody advertises it, so
+        # dispatch is not gated); the jobs sent there and not ended hold them.
         team = job.get("team") or "default"
         dispatch_id = new_id()
-        sent = self._dispatch(
+        capacity = pools.capacity(self.r, job["queue"])
+        status = self._dispatch(
             keys=[
                 redis_keys.job(job_id),
                 redis_keys.team(team, "active"),
                 redis_keys.team(team, "waiting"),
                 redis_keys.DISPATCHED,
+                redis_keys.queue_dispatched(job["queue"]),
             ],
             args=[
                 self.teams.quota(team).max_running,
@@ -240,9 +255,10 @@ class Submitting(JobCore):
                 waiting_score(job.get("priority") or 0, job["created_at"]),
                 job_id,
                 time.time(),
+                -1 if capacity is None else capacity,
             ],
         )
-        return (True, dispatch_id) if sent == 1 else (False, None)
+        return int(cast(int, status)), dispatch_id
 
     def received(self, job_id: str) -> None:
         """A worker took the job's message and prepares to claim it: the reaper gives it time."""

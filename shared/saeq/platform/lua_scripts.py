@@ -3,9 +3,11 @@ and workers never pass a quota or a slot limit together. Record fields are JSON-
 (saeq.platform.job_model.encode); keys come in as KEYS, built by saeq.platform.redis_keys.
 """
 
-# KEYS: job, team's active set, team's waiting set, dispatched-not-claimed set.
-# ARGV: max_running, dispatch_id, waiting score, job id, now. Fields are JSON-encoded (_encode).
-# Returns 1: dispatched; 0: no slot, waiting; -1: not queued, or already dispatched.
+# KEYS: job, team's active set, team's waiting set, dispatched-not-claimed set, the queue's
+#   dispatched set. ARGV: max_running, dispatch_id, waiting score, job id, now, the queue's
+#   capacity (-1: not gated). Fields are JSON-encoded (_encode).
+# Returns 1: dispatched; 0: no team slot, waiting; 2: no free capacity on its queue, waiting;
+#   -1: not queued, or already dispatched.
 DISPATCH = """
 local state = redis.call('hget', KEYS[1], 'state')
 if state ~= '"queued"' or redis.call('hget', KEYS[1], 'dispatched') == 'true' then
@@ -16,8 +18,14 @@ if redis.call('scard', KEYS[2]) >= tonumber(ARGV[1]) then
   redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
   return 0
 end
+local capacity = tonumber(ARGV[6])
+if capacity >= 0 and redis.call('scard', KEYS[5]) >= capacity then
+  redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+  return 2
+end
 redis.call('hset', KEYS[1], 'dispatched', 'true', 'dispatch_id', '"' .. ARGV[2] .. '"')
 redis.call('sadd', KEYS[2], ARGV[4])
+redis.call('sadd', KEYS[5], ARGV[4])
 redis.call('zrem', KEYS[3], ARGV[4])
 redis.call('zadd', KEYS[4], ARGV[5], ARGV[4])
 return 1

@@ -112,6 +112,28 @@ def team_quota(team: str) -> str:
     return f"{PREFIX}quota:team:{team}"
 
 
+# ---- fair-share scheduling (saeq.platform.scheduler, saeq.platform.fair_share) ----------------
+
+
+def queue_dispatched(queue: str) -> str:
+    """Set: jobs sent on `queue` and not ended (sent, claimed or running): what its capacity
+    counts. Added to by the dispatch script, removed from when the job's slot is released."""
+    return f"{PREFIX}queue:{queue}:dispatched"
+
+
+def team_usage(team: str) -> str:
+    """Hash: the team's decayed device-seconds `s` as of `at` (Unix seconds), and `job_s`, a
+    running average of what one attempt of its jobs used (the scheduler's cost of its next job)."""
+    return f"{PREFIX}usage:{team}"
+
+
+SCHEDULING_POLICY = f"{PREFIX}settings:scheduling"
+"""The deployment's fair-share half-life, minimum run time and preemption cap (JSON), written by
+the API at start so the workers' schedule() passes and usage records use the same."""
+SCHEDULE_AGAIN = f"{PREFIX}schedule:again"
+"""String: a schedule() pass was asked for while another held the lock; the holder runs again."""
+
+
 # ---- worker pools ----------------------------------------------------------------------------
 
 POOL_ADS = f"{PREFIX}pools:ads"

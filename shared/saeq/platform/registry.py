@@ -42,6 +42,7 @@ from saeq.platform.job_preempt import Preempting
 from saeq.platform.job_reaper import Reaping
 from saeq.platform.job_retention import Purging
 from saeq.platform.redis_client import REDIS_RETRY_S, RetryFor, connect
+from saeq.platform.scheduler import schedule
 from saeq.platform.uploads import Uploads
 from saeq.specs.states import STATES, TERMINAL
 
@@ -129,20 +130,16 @@ def dispatch_ready(registry: Registry, job_id: str, send: Send, job: dict | None
 
 
 def start_waiting(registry: Registry, team: str, send: Send) -> None:
-    """Fill the team's free slots with its waiting jobs, best first."""
-    while (job_id := registry.next_waiting(team)) is not None:
-        if not dispatch_ready(registry, job_id, send):
-            job = registry.get(job_id)
-            if job is None or job["state"] != "queued" or job["dispatched"]:
-                registry.r.zrem(redis_keys.team(team, "waiting"), job_id)  # ended or sent meanwhile
-            else:
-                return  # no slot: it went back to waiting
+    """Fill free slots with waiting jobs, `team`'s among every team's: the fair-share scheduler
+    (saeq.platform.scheduler) decides across teams, so a slot freed for one team may go to another
+    whose turn it is."""
+    del team  # kept for callers that name the team whose slot changed
+    schedule(registry, send)
 
 
 def after_finish(registry: Registry, job_id: str, send: Send) -> None:
-    """A job ended: start (or fail) the jobs that waited for it, and give its slot to the next of
-    its team's waiting jobs."""
+    """A job ended: start (or fail) the jobs that waited for it, and give its slot (and its
+    queue's capacity) to the waiting job whose turn it is, of any team (saeq.platform.scheduler)."""
     for dependent in registry.dependents(job_id):
         dispatch_ready(registry, dependent, send)
-    if (job := registry.get(job_id)) is not None:
-        start_waiting(registry, job.get("team") or "default", send)
+    schedule(registry, send)

@@ -78,6 +78,13 @@ class PlatformSettings(BaseSettings):
     """How long an ended job's record (and its events) stays in Redis; its artifacts stay in the
     store. Admins purge earlier with `POST /v1/admin/purge` (`saeq purge`). The API's value wins:
     it publishes it in Redis at start for the workers."""
+    fair_share_half_life_s: float = Field(default=24 * 3600.0, gt=0)
+    """Half-life of a team's recorded device-seconds in the fair-share scheduler: usage this old
+    counts half (Slurm's PriorityDecayHalfLife). The API's value wins: it publishes it at start."""
+    preempt_min_run_s: float = Field(default=600.0, ge=0)
+    """A job runs at least this long since its last (re)start before the scheduler may preempt it."""
+    max_preemptions: int = Field(default=5, ge=0)
+    """A job preempted this many times is never preempted again: it runs to its end."""
     cache_dir: str = str(Path.home() / ".cache" / "saeq")
     """Worker-side cache (converted models)."""
     llm_endpoints: dict[Annotated[str, Field(pattern=ENDPOINT_NAME)], LlmEndpoint] = {}

@@ -51,6 +51,15 @@ class TeamQuota(BaseModel):
     max_uploads: int = Field(default=1_000, ge=0, le=1_000_000)
     """Uploads the team may keep at once, stored or being stored (429 beyond): each costs a Redis
     record and a store object whatever its size."""
+    share_weight: float = Field(default=1.0, gt=0, le=1_000_000)
+    """The team's weight in the fair-share scheduler (saeq.platform.scheduler): among teams with
+    work waiting, its target fraction of the devices is its weight over the active teams' sum, and
+    the team with the least decayed device-seconds per unit of weight is served first."""
+    preemptible: bool = True
+    """Its running jobs may be asked to yield their worker (checkpointed, queued again) for a job
+    of higher priority or of a team far under its share; False: they always run to their end."""
+    may_preempt: bool = True
+    """Its waiting jobs may have other jobs preempted for them; False: they only take free slots."""
     live_concurrency: int = Field(default=2, ge=0, le=1_000)
     """Live requests of the team (steer, chat, label search) being computed or waiting at once
     (429 with Retry-After beyond). Whatever it is, the steer workers take the waiting requests of

@@ -1,0 +1,106 @@
+"""Fair share on a real stack (uvicorn API, ONE Celery worker with one slot, Redis, S3): two teams
+of weights 1 and 3, ten identical tiny harvests each, submitted while a blocker holds the slot, get
+CPU-seconds within 10% of 1:3 for as long as both have jobs waiting; a third team arriving late
+starts its first job within one job length."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from saeq.client.client import Client
+from saeq.specs import HarvestSpec, ModelSpec
+from tests.tiny_model import save_tiny_llama
+
+pytestmark = pytest.mark.integration
+
+N_JOBS = 10
+
+
+def new_team(stack, team: str, weight: float) -> str:
+    """An API key of a new team whose quota gives it `weight` in the fair share."""
+    out = subprocess.run(
+        [sys.executable, "-m", "saeq.client.cli", "--url", stack.url, "--api-key", stack.admin_key]
+        + ["keys", "create", team, "--name", team],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    answer = httpx.put(
+        f"{stack.url}/v1/admin/teams/{team}/quota",
+        json={"share_weight": weight},
+        headers={"Authorization": f"Bearer {stack.admin_key}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    return out.stdout.strip()
+
+
+def harvest(model, max_tokens: int) -> HarvestSpec:
+    return HarvestSpec(
+        model=ModelSpec(name=str(model)),
+        hooks=["blocks.0.hook_resid_post"],
+        max_tokens=max_tokens,
+        context_len=64,
+        batch_size=4,
+        shard_tokens=512,
+    )
+
+
+def overlap(job: dict, start: float, end: float) -> float:
+    """Seconds of the job's run inside [start, end]."""
+    return max(0.0, min(job["finished_at"] or end, end) - max(job["started_at"], start))
+
+
+def test_two_teams_share_one_slot_by_weight_and_a_late_team_starts_within_a_job(stack, tmp_path):
+    model = save_tiny_llama(tmp_path / "tiny", n_layers=2, d_model=32)
+    light_key, heavy_key, late_key = (new_team(stack, t, w) for t, w in (("light", 1), ("heavy", 3), ("late", 1)))
+    with (
+        Client(stack.url, api_key=stack.admin_key, timeout=60) as admin,
+        Client(stack.url, api_key=light_key, timeout=60) as light,
+        Client(stack.url, api_key=heavy_key, timeout=60) as heavy,
+        Client(stack.url, api_key=late_key, timeout=60) as late,
+    ):
+        # The blocker holds the one slot while both teams submit: from then on both wait.
+        blocker = admin.submit(harvest(model, 8192))["id"]
+        spec = harvest(model, 2048)
+        ids = {"light": [], "heavy": []}
+        for _ in range(N_JOBS):
+            ids["light"].append(light.submit(spec)["id"])
+            ids["heavy"].append(heavy.submit(spec)["id"])
+        both_waiting_at = time.time()
+        assert admin.get(blocker)["state"] != "succeeded", "the blocker ended before both teams waited"
+
+        late_id = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            jobs = {t: [admin.get(i) for i in job_ids] for t, job_ids in ids.items()}
+            started = sum(j["started_at"] is not None for js in jobs.values() for j in js)
+            if late_id is None and started >= 2 * N_JOBS - 6:  # late: with 6 jobs still waiting
+                late_id = late.submit(spec)["id"]
+            if all(j["state"] == "succeeded" for js in jobs.values() for j in js) and late_id is not None:
+                break
+            time.sleep(1.0)
+        assert late_id is not None
+        late_job = late.wait(late_id, timeout=120)
+        assert late_job["state"] == "succeeded"
+        jobs = {t: [admin.get(i) for i in job_ids] for t, job_ids in ids.items()}
+
+    runs = [j["finished_at"] - j["started_at"] for js in jobs.values() for j in js]
+    job_length = statistics.median(runs)
+    # Both wait until the first team's last job starts: its waiting line is empty from then.
+    first_out = min(max(j["started_at"] for j in js) for js in jobs.values())
+    used = {t: sum(overlap(j, both_waiting_at, first_out) for j in js) for t, js in jobs.items()}
+    ratio = used["light"] / used["heavy"]
+    print(f"\nCPU-seconds while both waited: {used}, light/heavy {ratio:.3f} (target 0.333), job {job_length:.2f} s")
+    assert abs(ratio - 1 / 3) <= 0.1 / 3, used
+
+    waited = late_job["started_at"] - late_job["created_at"]
+    print(f"late team's first job started {waited:.2f} s after its submit (one job: {job_length:.2f} s)")
+    assert waited <= job_length * 1.25 + 1.0  # the job running then ends first; then it goes
