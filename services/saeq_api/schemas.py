@@ -43,11 +43,23 @@ class JobError(BaseModel):
     message: str
 
 
+class MemoryFigures(BaseModel):
+    """A job's peak memory on its busiest device: estimated from its spec (saeq.platform.memory_estimate)
+    and measured by its worker (saeq_worker.memory_peak), in bytes."""
+
+    estimated_bytes: int | None
+    measured_peak_bytes: int
+    device: str
+    estimated_parts: dict[str, int] | None = None
+
+
 class Progress(BaseModel):
     fraction: float
     phase: str
     message: str = ""
     figures: dict[str, float] = {}
+    memory: MemoryFigures | None = None
+    """Written when the job stops, however it stops."""
 
 
 SUMMARY_MESSAGE_CHARS = 1000

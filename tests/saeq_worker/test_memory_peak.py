@@ -18,6 +18,7 @@ from saeq.platform.memory_estimate import estimate_peak
 from saeq.platform.registry import Registry
 from saeq.specs import HarvestSpec, ModelSpec
 from saeq_worker.memory_peak import PeakMeter, measured
+from tests.helpers import wait_for
 from tests.tiny_model import save_tiny_llama
 
 DB = 12
@@ -106,7 +107,8 @@ def test_the_cuda_peak_is_max_memory_allocated_since_the_start():
 @pytest.mark.integration
 def test_a_stack_worker_advertises_and_a_harvest_records_both_figures(stack, client, tmp_path):
     r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
-    ads = [ad for ad in pools.live_workers(r) if ad.queue == "gpu"]
+    # the worker advertises once its consumer starts, which may be after the API answers
+    ads = wait_for(lambda: [ad for ad in pools.live_workers(r) if ad.queue == "gpu"], 120, "the worker's ad")
     assert ads and ads[0].device == "cpu" and ads[0].memory_bytes > 0 and ads[0].slots >= 1
     model_dir = save_tiny_llama(tmp_path / "tiny", n_layers=2, d_model=64)
     spec = HarvestSpec(
