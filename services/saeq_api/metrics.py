@@ -11,6 +11,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from saeq.platform import fair_share
 from saeq.platform.dispatch import QUEUES
 from saeq.platform.registry import DURATION_BUCKETS_S, Registry
 
@@ -113,11 +114,46 @@ def _tally(census: list[dict], *fields: str) -> list[tuple[tuple, int]]:
     return sorted(out.items(), key=lambda kv: tuple(str(k) for k in kv[0]))
 
 
+class ShareCollector:
+    """Each team's fair share as the scheduler sees it (saeq.platform.fair_share.shares): its
+    decayed device-seconds, their fraction of all teams', its weight and its target. The counters
+    these decay from are the workers' (saeq_team_device_seconds_total)."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def collect(self):
+        rows = fair_share.shares(self.registry)
+        families = {
+            "share": GaugeMetricFamily(
+                "saeq_team_share_ratio",
+                "The team's fraction of all teams' decayed device-seconds (what fair share charges)",
+                labels=["team"],
+            ),
+            "target": GaugeMetricFamily(
+                "saeq_team_share_target_ratio",
+                "The team's fair-share target: its weight over the summed weights of the teams with a job open",
+                labels=["team"],
+            ),
+            "weight": GaugeMetricFamily("saeq_team_share_weight", "The team's fair-share weight", labels=["team"]),
+            "usage_s": GaugeMetricFamily(
+                "saeq_team_usage_seconds",
+                "The team's device-seconds, decayed as fair share counts them",
+                labels=["team"],
+            ),
+        }
+        for team, row in sorted(rows.items()):
+            for field, family in families.items():
+                family.add_metric([team], float(row[field]))
+        yield from families.values()
+
+
 def make_registry(registry: Registry) -> CollectorRegistry:
     reg = CollectorRegistry()
     reg.register(REQUESTS)
     reg.register(LIVE_SECONDS)
     reg.register(JobCollector(registry))
+    reg.register(ShareCollector(registry))
     return reg
 
 

@@ -92,6 +92,9 @@ def test_the_dashboards_cover_what_operators_watch():
         "saeq_worker_gpu_memory_used_bytes",
         "saeq_worker_gpu_utilization_ratio",
         "saeq_api_live_request_seconds_bucket",
+        "saeq_team_device_seconds_total",
+        "saeq_team_share_ratio",
+        "saeq_team_share_target_ratio",
     ):
         assert metric in queries, metric
     alerts = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}

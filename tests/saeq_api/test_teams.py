@@ -141,7 +141,7 @@ def test_a_team_runs_max_running_jobs_at_once_highest_priority_first(api):
     low, high, mid = (submit(api, a, priority=p).json() for p in (1, 9, 5))
     get = lambda job: api.get(f"/v1/jobs/{job['id']}", headers=a).json()
     assert get(first)["dispatched"] and not any(get(j)["dispatched"] for j in (low, high, mid))
-    assert api.get("/v1/me", headers=a).json() | {"quota": None} == {
+    assert api.get("/v1/me", headers=a).json() | {"quota": None, "share": None} == {
         "team": "prio",
         "role": "member",
         "key_id": api.get("/v1/me", headers=a).json()["key_id"],
@@ -149,6 +149,7 @@ def test_a_team_runs_max_running_jobs_at_once_highest_priority_first(api):
         "active": 1,
         "waiting": 3,
         "stored": 4,
+        "share": None,
     }
     api.post(f"/v1/jobs/{first['id']}/cancel", headers=a)  # its slot goes to the highest priority
     assert get(high)["dispatched"] and not get(mid)["dispatched"] and not get(low)["dispatched"]

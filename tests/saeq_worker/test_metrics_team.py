@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -91,9 +92,15 @@ def test_a_two_gpu_attempt_counts_two_device_seconds_a_second_and_only_the_token
 def test_the_heartbeat_thread_counts_device_time_even_while_redis_is_away():
     beats = []
 
-    class _NoRedis:
-        def heartbeat(self, job_id, token):
-            raise ConnectionError("redis away")
+    class _Away:
+        def __getattr__(self, name):
+            def away(*args, **kw):
+                raise redis.ConnectionError("redis away")
+
+            return away
+
+    class _NoRedis(_Away):  # the registry, and its Redis client `r` (fair share's usage)
+        r = _Away()
 
     job = running.RunningJob("j" * 32, None, 1, {}, _NoRedis(), None, "cpu", on_beat=lambda: beats.append(1))  # type: ignore[arg-type]
     thread = threading.Thread(target=running._heartbeat, args=(job, "token", 0.02, None), daemon=True)
@@ -173,3 +180,22 @@ def test_a_teams_counters_grow_by_its_jobs_tokens_bytes_and_seconds(team_stack, 
     run_s = delta("saeq_worker_job_run_seconds_total", kind="harvest", team="lab")
     assert cpu_s > 0 and cpu_s == pytest.approx(run_s)  # one CPU "device" on a CPU worker
     assert delta("saeq_team_device_seconds_total", team="admin", device="cpu") == 0  # another team's
+
+    # Fair share counts the same heartbeats in Redis; `saeq whoami` shows them.
+    with Client(team_stack.url, api_key=team_stack.lab_key, timeout=60) as lab:
+        share = lab.me()["share"]
+    # Decayed (by nothing much over seconds), and counted up to the last heartbeat (1 s apart).
+    assert 0 < share["usage_s"] <= cpu_s + 1.0 and share["share"] == 1.0  # lab alone used the worker
+    (usage,) = [line for line in saeq_cli(team_stack, "whoami").splitlines() if line.startswith("usage: ")]
+    assert "device-seconds (decayed)  weight 1  share 100.0% of all teams' use  target 0.0% (no job open)" in usage
+
+
+def saeq_cli(stack: TeamStack, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "saeq.client.cli", "--url", stack.url, "--api-key", stack.lab_key, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout

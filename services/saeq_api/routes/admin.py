@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from saeq.platform import fair_share
 from saeq.platform.teams import TEAM_PATTERN, Role, TeamQuota
 from saeq_api.deps import Admin, Caller, Svc
 from saeq_api.schemas import errors
@@ -63,6 +64,21 @@ class PurgeResult(BaseModel):
     job_ids: list[str]
 
 
+class TeamShare(BaseModel):
+    weight: float
+    """The team's fair-share weight (its quota's `share_weight`)."""
+    usage_s: float
+    """Device-seconds its jobs held (GPU-seconds, CPU-seconds on CPU workers), decayed as fair
+    share counts them."""
+    share: float
+    """Its fraction of all teams' decayed device-seconds."""
+    target: float
+    """Its weight over the summed weights of the teams with a job open: the share fair share
+    steers to (0 while it has none)."""
+    active: bool
+    """It has a job open (waiting, sent or running)."""
+
+
 class Me(BaseModel):
     team: str
     role: Role
@@ -71,6 +87,8 @@ class Me(BaseModel):
     active: int
     waiting: int
     stored: int = 0
+    share: TeamShare
+    """The team's use of the GPUs against its fair share (docs/scheduling.md)."""
 
 
 def _team(svc, team: str) -> TeamPublic:
@@ -91,7 +109,16 @@ def whoami(svc: Svc, who: Caller) -> Me:
         active=t.active,
         waiting=t.waiting,
         stored=t.stored,
+        share=_share(svc, who.team, t.quota),
     )
+
+
+def _share(svc, team: str, quota: TeamQuota) -> TeamShare:
+    row = fair_share.shares(svc.registry).get(team)
+    if row is None:  # a team the scheduler has not seen yet: its own usage, no share of the others'
+        usage = fair_share.usage_s(svc.registry.r, team)
+        row = {"weight": quota.share_weight, "usage_s": usage, "share": 0.0, "target": 0.0, "active": False}
+    return TeamShare(**{k: row[k] for k in TeamShare.model_fields})
 
 
 @router.post("/admin/keys", status_code=201, response_model=KeyCreated)

@@ -22,11 +22,21 @@ def _call(ctx: click.Context, method: str, *args, **kw):
 @click.command()
 @click.pass_context
 def whoami(ctx) -> None:
-    """Your team, role, quota and the team's use of it."""
+    """Your team, role, quota, the team's use of it, and its GPU usage against its fair share."""
     me = _call(ctx, "me")
     click.echo(f"team {me['team']}  role {me['role']}  key {me['key_id'] or '-'}")
     click.echo(f"jobs: {me['active']} dispatched, {me['waiting']} waiting")
-    click.echo("quota: " + "  ".join(f"{k}={v:,}" for k, v in me["quota"].items()))
+    click.echo("quota: " + "  ".join(f"{k}={_quota_value(v)}" for k, v in me["quota"].items()))
+    share = me["share"]
+    click.echo(
+        f"usage: {share['usage_s']:,.0f} device-seconds (decayed)  weight {share['weight']:g}  "
+        f"share {share['share']:.1%} of all teams' use  target {share['target']:.1%}"
+        + ("" if share.get("active", True) else " (no job open)")
+    )
+
+
+def _quota_value(v) -> str:
+    return ("yes" if v else "no") if isinstance(v, bool) else f"{v:,}"
 
 
 @click.group()
