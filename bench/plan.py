@@ -1,0 +1,82 @@
+"""Cost plans against what happens: a harvest and a training of SmolLM2 (the demo's jobs, smaller)
+each run twice on a local stack; before the second run of each, `Client.plan` predicts its wall
+time from the first, and the table prints predicted against actual (issue 18, acceptance 4: within
+25%). Also the plan's own latency with that history.
+Usage: python bench/plan.py [--tokens 65536] [--train-tokens 327680] [--home DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+HOOK = "blocks.14.hook_resid_post"
+
+
+def _run(client, spec, depends_on=()) -> dict:
+    job = client.wait(client.submit(spec, depends_on=list(depends_on))["id"], timeout=3_600)
+    if job["state"] != "succeeded":
+        raise SystemExit(f"{job['kind']} job {job['id']} {job['state']}: {job['error']}")
+    return job
+
+
+def _row(kind: str, plan: dict, actual: float) -> str:
+    wall = plan["wall_s"]
+    err = f"{wall / actual - 1:+.1%}" if wall else "-"
+    return f"{kind:<8} {wall or float('nan'):>12.1f} {actual:>10.1f} {err:>8}  {plan['basis_text']}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Cost plans against what happens: predicted and actual wall time.")
+    ap.add_argument("--tokens", type=int, default=65_536, help="harvest tokens (the demo's: 262,144)")
+    ap.add_argument("--train-tokens", type=int, default=327_680, help="training tokens (the demo's: 2,457,600)")
+    ap.add_argument("--home", type=Path, default=None, help="stack home (default: a temporary directory)")
+    args = ap.parse_args()
+
+    from saeq.client.client import Client
+    from saeq.dev.local_stack import LocalStack, StackOptions, free_port
+    from saeq.specs import ActivationsRef, HarvestSpec, SaeConfig, TrainSpec
+
+    home = args.home or Path(tempfile.mkdtemp(prefix="saeq-bench-plan-"))
+    harvest_spec = HarvestSpec(hooks=[HOOK], max_tokens=args.tokens)
+    rows = []
+    with LocalStack(StackOptions(home=home, port=free_port())) as stack:
+        client = Client(stack.url, api_key=stack.admin_key, timeout=60)
+        print(f"stack up: {stack.url}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        for round_ in (1, 2):
+            harvest_plan = client.plan(harvest_spec) if round_ == 2 else None
+            harvest = _run(client, harvest_spec)
+            train_spec = TrainSpec(
+                activations=ActivationsRef(job_id=harvest["id"], hook=HOOK),
+                total_tokens=args.train_tokens,
+                saes=[SaeConfig(name="topk-8x-k32", architecture="topk", expansion_factor=8, k=32)],
+            )
+            train_plan = client.plan(train_spec) if round_ == 2 else None
+            train = _run(client, train_spec)
+            for plan, job in ((harvest_plan, harvest), (train_plan, train)):
+                actual = job["finished_at"] - job["started_at"]
+                print(f"round {round_}: {job['kind']} {job['id']} ran {actual:.1f} s", flush=True)
+                if plan is not None:
+                    rows.append((job["kind"], plan, actual))
+                    print(_row(job["kind"], plan, actual), flush=True)  # at once: a long run may be cut short
+        t0 = time.perf_counter()
+        n = 20
+        for _ in range(n):
+            client.plan(train_spec)
+        plan_ms = (time.perf_counter() - t0) / n * 1000
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+    print(f"\n{'kind':<8} {'predicted s':>12} {'actual s':>10} {'error':>8}  basis")
+    for kind, plan, actual in rows:
+        print(_row(kind, plan, actual))
+    print(f"\nPOST /v1/jobs?dry_run=true round trip: {plan_ms:.1f} ms (mean of {n}, through HTTP)")
+
+
+if __name__ == "__main__":
+    main()
