@@ -4,8 +4,6 @@ progress, error mapping, finishing, and starting the jobs that waited for it."""
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import logging
 import os
 import socket
@@ -23,7 +21,8 @@ from pydantic import BaseModel
 from saeq import keys
 from saeq.errors import Cancelled, JobError, OutOfMemory, Preempted, TimeLimitExceeded
 from saeq.platform.fair_share import UsageClock
-from saeq.platform.registry import Registry, Send, after_finish, start_waiting, time_limit_message
+from saeq.platform.registry import Registry, Send, after_finish, time_limit_message
+from saeq.platform.scheduler import schedule
 from saeq.platform.store import ObjectStore
 from saeq.platform.teams import TeamQuota
 from saeq.specs import parse_spec
@@ -280,19 +279,7 @@ def _requeue(job: RunningJob, token: str, preempted: Preempted, send: Send) -> N
     if outcome != "queued":  # cancelled or past its time limit meanwhile: an end, as any other
         after_finish(job.registry, job.id, send)
         return
-    schedule = _scheduler()
-    if schedule is not None:
-        schedule(job.registry, send)
-    else:
-        start_waiting(job.registry, job.team, send)
-
-
-def _scheduler() -> Callable[[Registry, Send], object] | None:
-    """saeq.platform.scheduler.schedule (fair share across teams) once it exists; until then the
-    team's own waiting line (start_waiting) gets the slot."""
-    if importlib.util.find_spec("saeq.platform.scheduler") is None:
-        return None
-    return getattr(importlib.import_module("saeq.platform.scheduler"), "schedule", None)
+    schedule(job.registry, send)  # fair share across teams: the freed capacity to the best waiting job
 
 
 def _preempt_requested(job: RunningJob) -> str | None:
