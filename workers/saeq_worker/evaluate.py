@@ -1,9 +1,13 @@
 """The I/O around `saeq.jobs.evaluate`: find the SAE, its model, hook and sink rule, pack held-out
-contexts, store metrics.json, plots and a report page, and publish the manifest last."""
+contexts, keep the metric pass's running sums every so many batches (and each finished check) for
+a later attempt (saeq_worker.partials), store metrics.json, plots and a report page, and publish
+the manifest last."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import subprocess
 import time
 from collections.abc import Mapping
@@ -14,17 +18,23 @@ from saeq import keys
 from saeq.checks.run import ChecksResult
 from saeq.checks.summary import checks_markdown, checks_summary
 from saeq.jobs import evaluate_report as report
-from saeq.jobs.evaluate import METRICS_VERSION, EvalResult, evaluate_sae
+from saeq.jobs.evaluate import METRICS_VERSION, EvalProgress, EvalResult, evaluate_sae
 from saeq.jobs.harvest import context_batches
 from saeq.ml.corpus import iter_documents
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import EvaluateSpec
 from saeq.specs.manifests import EvaluateManifest
 from saeq_worker.evaluate_checks import evaluate_checks
+from saeq_worker.partials import drop_partial, drop_partials, owner, partial_names, put_partial, read_partial
 from saeq_worker.resolve import cached_model, sae_context, sink_reference
 from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.evaluate/1"
+PASS_CHUNKS = 8
+"""The metric pass keeps its sums this many times (about): an interruption loses at most an eighth."""
+PASS_PREFIX = "evaluate-pass-"
+
+log = logging.getLogger("saeq.worker")
 
 
 def _git_commit() -> str | None:
@@ -72,6 +82,43 @@ def _store_report(
     return list(pngs)
 
 
+def _pass_name(batches: int) -> str:
+    return f"{PASS_PREFIX}{batches:06d}.safetensors"
+
+
+def _keep_pass(job: RunningJob, progress: EvalProgress) -> None:
+    """Store the sums so far and drop the previous ones (each holds all before it); then, a safe
+    point: a job asked to yield stops here (Preempted)."""
+    earlier = partial_names(job, PASS_PREFIX)
+    put_partial(job, _pass_name(progress.batches), progress.to_bytes(owner(job)), "application/octet-stream")
+    for name in earlier:
+        if name != _pass_name(progress.batches):
+            drop_partial(job, name)
+    job.check(tokens=progress.tokens)
+
+
+def _finished_pass(job: RunningJob, chunk_batches: int) -> EvalProgress | None:
+    """The furthest metric pass an earlier attempt stored whole, this job's and spec's; a `resumed`
+    event says where it stood."""
+    for name in reversed(partial_names(job, PASS_PREFIX)):
+        try:
+            progress, meta = EvalProgress.from_bytes(read_partial(job, name))
+            if meta != owner(job) or name != _pass_name(progress.batches) or progress.batches % chunk_batches:
+                raise ValueError("another job's, spec's or chunking's")
+        except ValueError as e:
+            log.warning("job %s: partial result %s ignored (%s)", job.id, name, e)
+            continue
+        job.event(
+            "resumed",
+            f"metric pass resumed after {progress.tokens:,} tokens summed by earlier attempts",
+            chunks_kept=progress.batches // chunk_batches,
+            batches=progress.batches,
+            tokens=progress.tokens,
+        )
+        return progress
+    return None
+
+
 def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> str:
     spec: EvaluateSpec = job.spec
     store = job.store
@@ -92,6 +139,8 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         )
     )
 
+    n_batches = math.ceil(spec.max_tokens / (spec.batch_size * context_len))
+    chunk_batches = max(1, math.ceil(n_batches / PASS_CHUNKS))
     t0 = time.monotonic()
     share = 0.5 if spec.checks is not None else 1.0  # of the progress bar; the checks take the rest
     result = evaluate_sae(
@@ -101,6 +150,9 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         batches,
         sinks=sinks,
         dense_threshold=spec.dense_threshold,
+        chunk_batches=chunk_batches,
+        on_chunk=lambda progress: _keep_pass(job, progress),
+        resume=_finished_pass(job, chunk_batches),
         should_stop=job.should_stop,
         on_batch=lambda n: job.report(
             share * n / spec.max_tokens,
@@ -143,6 +195,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         "plots": [keys.report_file(job.id, n) for n in pngs],
     }
     key = job.publish(EvaluateManifest.model_validate(manifest))
+    drop_partials(job)
     m = result.metrics
     job.report(
         1.0,

@@ -1,12 +1,14 @@
-"""The evaluate job's checks (part of the evaluate adapter): the I/O around `saeq.checks`: which documents the SAE was trained on, the label job's labels and
-feature index, the rating judge the spec names."""
+"""The evaluate job's checks (part of the evaluate adapter): the I/O around `saeq.checks`: which
+documents the SAE was trained on, the label job's labels and feature index, the rating judge the
+spec names, and each finished check kept for a later attempt (saeq_worker.partials)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 
-from saeq.checks.run import ChecksResult, LabelContext, run_checks
+from saeq.checks.run import CHECK_NAMES, CheckPart, ChecksResult, LabelContext, run_checks
 from saeq.checks.specificity import EmbeddingRater, EndpointRater, LocalRater
 from saeq.errors import InvalidSpec
 from saeq.ml.corpus import builtin_order
@@ -16,6 +18,7 @@ from saeq.ml.scoring import EmbeddingScorer
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import Checks, EvaluateSpec
 from saeq.specs.manifests import HarvestManifest, LabelManifest, TrainManifest
+from saeq_worker.partials import put_json, read_json
 from saeq_worker.resolve import SaeContext, cached_model, chat_endpoint, read_published_manifest
 from saeq_worker.running import RunningJob
 
@@ -68,11 +71,42 @@ def evaluate_checks(
         labelled=labelled,
         all_labels=all_labels,
         title=ctx.name,
+        finished=_finished_checks(job),
+        on_check=lambda name, part: _keep_check(job, name, part),
         should_stop=job.should_stop,
         on_progress=lambda stage, fraction: job.report(0.5 + 0.5 * fraction, "checks", stage),
     )
     result.doc["label_job"] = checks.label_job
     return result
+
+
+CHECK_PREFIX = "evaluate-check-"
+
+
+def _keep_check(job: RunningJob, name: str, part: CheckPart) -> None:
+    """Store a finished check; then, a safe point: a job asked to yield stops here (Preempted)."""
+    pngs = {n: base64.b64encode(data).decode() for n, data in part.pngs.items()}
+    put_json(job, f"{CHECK_PREFIX}{name}.json", {"name": name, "doc": part.doc, "pngs": pngs})
+    job.check()
+
+
+def _finished_checks(job: RunningJob) -> dict[str, CheckPart]:
+    """The checks earlier attempts finished, this job's and spec's; a `resumed` event names them."""
+    kept: dict[str, CheckPart] = {}
+    for piece, body in read_json(job, CHECK_PREFIX).items():
+        name, doc, pngs = body.get("name"), body.get("doc"), body.get("pngs")
+        if name not in CHECK_NAMES or piece != f"{CHECK_PREFIX}{name}.json":
+            continue
+        if not isinstance(doc, dict) or not isinstance(pngs, dict):
+            continue
+        try:
+            kept[name] = CheckPart(doc, {n: base64.b64decode(data, validate=True) for n, data in pngs.items()})
+        except (TypeError, ValueError):
+            continue  # a torn figure: the check is redone
+    if kept:
+        names = [n for n in CHECK_NAMES if n in kept]
+        job.event("resumed", f"checks finished by earlier attempts, kept: {', '.join(names)}", checks_kept=len(kept))
+    return kept
 
 
 def _label_records(store, label_job: str, ctx: SaeContext) -> tuple[list[dict], LabelManifest]:

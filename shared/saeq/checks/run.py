@@ -1,10 +1,12 @@
 """All four checks over one pass of the builtin Wikipedia articles: which articles to read, their
-activations, and the results with their figures."""
+activations, and the results with their figures. Each check's result is handed out as it is
+finished (CheckPart), and one finished by an earlier attempt is taken back instead of redone."""
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +18,7 @@ from saeq.checks.elements import ELEMENTS, TITLE_OF
 from saeq.checks.probing import sparse_probing
 from saeq.checks.sensitivity import pair_titles, sensitivity
 from saeq.checks.specificity import Rater, specificity
-from saeq.errors import InvalidSpec
+from saeq.errors import Cancelled, InvalidSpec
 from saeq.ml.corpus import builtin_documents
 from saeq.ml.explainers import Decode, Explanation
 from saeq.ml.features import FeatureIndex
@@ -47,6 +49,18 @@ class LabelContext:
 class ChecksResult:
     doc: dict
     pngs: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class CheckPart:
+    """One check's finished result: its section of the checks doc (JSON values only) and its figures."""
+
+    doc: dict
+    pngs: dict[str, bytes] = field(default_factory=dict)
+
+
+CHECK_NAMES = ("completeness", "sensitivity", "probing", "specificity")
+"""The checks in the order they run and their sections appear."""
 
 
 @dataclass
@@ -129,9 +143,14 @@ def run_checks(
     labelled: LabelContext | None,
     title: str,
     all_labels: dict[int, Explanation] | None = None,
+    finished: Mapping[str, CheckPart] | None = None,
+    on_check: Callable[[str, CheckPart], None] = lambda name, part: None,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[str, float], None] = lambda stage, fraction: None,
 ) -> ChecksResult:
+    """The checks `spec` names. `finished`: parts (by check name) an earlier attempt completed,
+    taken as they are; the English articles' activations are only computed when a check that
+    reads them is left. `on_check` sees each part finished here."""
     plan = plan_documents(spec, training_docs=training_docs, seed=seed)
     n_other = sum(len(texts) for _, texts in plan.pairs.values())
     total = len(plan.english) + n_other
@@ -149,8 +168,11 @@ def run_checks(
             on_batch=lambda n: on_progress("read articles", (done_before + n) / total),
         )
 
-    english = acts(plan.english, 0)
-    names = all_labels or {}
+    finished = finished or {}
+    wanted = [name for name in CHECK_NAMES if getattr(spec, name) is not None]
+    english = None
+    if any(name not in finished for name in wanted if name != "specificity"):
+        english = acts(plan.english, 0)
     doc: dict = {
         "checks_version": CHECKS_VERSION,
         "context_len": spec.context_len,
@@ -158,76 +180,101 @@ def run_checks(
         "n_translated_articles": n_other,
     }
     out = ChecksResult(doc)
-
-    if spec.completeness is not None:
-        background = english.max_DS[plan.sample]
-        doc["completeness"] = {
-            "max_background_rate": spec.completeness.max_background_rate,
-            "n_background": len(plan.sample),
-            "n_members_seen_in_training": plan.n_members_seen_in_training,
-            "categories": [],
-        }
-        for i, cat in enumerate(spec.completeness.categories or [BUILTIN_CATEGORY]):
-            member_max = torch.stack([english.max_DS[rows].amax(0) for rows in plan.members[cat.name]])
-            results = completeness(
-                member_max,
-                background,
-                [m.name for m in cat.members],
-                max_background_rate=spec.completeness.max_background_rate,
-            )
-            members = [{**r.to_dict(), "label": _label(names, r.feature)} for r in results]
-            doc["completeness"]["categories"].append(
-                {"name": cat.name, "summary": coverage_summary(results), "members": members}
-            )
-            out.pngs[f"completeness_{i}.png"] = plots.completeness_plot(members, cat.name, title)
-
-    if spec.sensitivity is not None:
-        done = len(plan.english)
-        doc["sensitivity"] = {"max_doc_share": spec.sensitivity.max_doc_share, "languages": {}}
-        for lang, (rows, texts) in plan.pairs.items():
-            other = acts(texts, done)
-            done += len(texts)
-            r = sensitivity(english.max_DS[rows], other.max_DS, max_doc_share=spec.sensitivity.max_doc_share)
-            for f in r["features"]:
-                f["label"] = _label(names, f["feature"])
-            doc["sensitivity"]["languages"][lang] = r
-        out.pngs["sensitivity.png"] = plots.sensitivity_plot(doc["sensitivity"]["languages"], title)
-
-    if spec.probing is not None:
-        rows = [i for i in plan.sample if plan.topics[i] is not None]  # held out, no category member
-        p = spec.probing
-        doc["probing"] = sparse_probing(
-            english.mean_DS[rows].numpy(),
-            english.raw_mean_DM[rows].numpy(),
-            [plan.topics[i] for i in rows],
-            ks=p.ks,
-            test_share=p.test_share,
-            min_per_class=p.min_per_class,
-            seed=seed,
-        )
-        if doc["probing"]["n_topics"]:
-            out.pngs["probing.png"] = plots.probing_plot(doc["probing"], title)
-
-    if spec.specificity is not None:
-        if labelled is None:
-            doc["specificity"] = {"skipped": "no label_job given: specificity needs labels"}
-        else:
-            on_progress("rate contexts", 0.0)
-            s = spec.specificity
-            doc["specificity"] = specificity(
-                labelled.index,
-                labelled.labels,
-                labelled.rater,
-                labelled.decode,
-                n_zero=s.n_zero,
-                n_bins=s.n_bins,
-                n_per_bin=s.n_per_bin,
-                before=labelled.before,
-                after=labelled.after,
-                seed=seed,
-            )
-            out.pngs["specificity.png"] = plots.specificity_plot(doc["specificity"], title)
+    for name in wanted:
+        part = finished.get(name)
+        if part is None:
+            if should_stop():
+                raise Cancelled("checks cancelled")
+            if name == "specificity":
+                part = _specificity(spec, labelled, seed, title, on_progress)
+            else:
+                assert english is not None  # computed above: a check that reads it is left
+                names = all_labels or {}
+                part = _CHECKS[name](spec, plan, english, names, title, acts, seed)
+            # As JSON reads it back, so that a part kept by an earlier attempt and a fresh one are alike.
+            part = CheckPart(json.loads(json.dumps(part.doc)), part.pngs)
+            on_check(name, part)
+        doc[name] = part.doc
+        out.pngs.update(part.pngs)
     return out
+
+
+def _completeness(spec: Checks, plan: _Plan, english: DocumentActs, names, title: str, acts, seed: int) -> CheckPart:
+    assert spec.completeness is not None
+    background = english.max_DS[plan.sample]
+    doc: dict = {
+        "max_background_rate": spec.completeness.max_background_rate,
+        "n_background": len(plan.sample),
+        "n_members_seen_in_training": plan.n_members_seen_in_training,
+        "categories": [],
+    }
+    pngs: dict[str, bytes] = {}
+    for i, cat in enumerate(spec.completeness.categories or [BUILTIN_CATEGORY]):
+        member_max = torch.stack([english.max_DS[rows].amax(0) for rows in plan.members[cat.name]])
+        results = completeness(
+            member_max,
+            background,
+            [m.name for m in cat.members],
+            max_background_rate=spec.completeness.max_background_rate,
+        )
+        members = [{**r.to_dict(), "label": _label(names, r.feature)} for r in results]
+        doc["categories"].append({"name": cat.name, "summary": coverage_summary(results), "members": members})
+        pngs[f"completeness_{i}.png"] = plots.completeness_plot(members, cat.name, title)
+    return CheckPart(doc, pngs)
+
+
+def _sensitivity(spec: Checks, plan: _Plan, english: DocumentActs, names, title: str, acts, seed: int) -> CheckPart:
+    assert spec.sensitivity is not None
+    done = len(plan.english)
+    doc: dict = {"max_doc_share": spec.sensitivity.max_doc_share, "languages": {}}
+    for lang, (rows, texts) in plan.pairs.items():
+        other = acts(texts, done)
+        done += len(texts)
+        r = sensitivity(english.max_DS[rows], other.max_DS, max_doc_share=spec.sensitivity.max_doc_share)
+        for f in r["features"]:
+            f["label"] = _label(names, f["feature"])
+        doc["languages"][lang] = r
+    return CheckPart(doc, {"sensitivity.png": plots.sensitivity_plot(doc["languages"], title)})
+
+
+def _probing(spec: Checks, plan: _Plan, english: DocumentActs, names, title: str, acts, seed: int) -> CheckPart:
+    assert spec.probing is not None
+    rows = [i for i in plan.sample if plan.topics[i] is not None]  # held out, no category member
+    p = spec.probing
+    doc = sparse_probing(
+        english.mean_DS[rows].numpy(),
+        english.raw_mean_DM[rows].numpy(),
+        [plan.topics[i] for i in rows],
+        ks=p.ks,
+        test_share=p.test_share,
+        min_per_class=p.min_per_class,
+        seed=seed,
+    )
+    return CheckPart(doc, {"probing.png": plots.probing_plot(doc, title)} if doc["n_topics"] else {})
+
+
+_CHECKS = {"completeness": _completeness, "sensitivity": _sensitivity, "probing": _probing}
+
+
+def _specificity(spec: Checks, labelled: LabelContext | None, seed: int, title: str, on_progress) -> CheckPart:
+    if labelled is None:
+        return CheckPart({"skipped": "no label_job given: specificity needs labels"})
+    assert spec.specificity is not None
+    on_progress("rate contexts", 0.0)
+    s = spec.specificity
+    doc = specificity(
+        labelled.index,
+        labelled.labels,
+        labelled.rater,
+        labelled.decode,
+        n_zero=s.n_zero,
+        n_bins=s.n_bins,
+        n_per_bin=s.n_per_bin,
+        before=labelled.before,
+        after=labelled.after,
+        seed=seed,
+    )
+    return CheckPart(doc, {"specificity.png": plots.specificity_plot(doc, title)})
 
 
 def _label(labels: dict[int, Explanation], feature: int | None) -> str | None:

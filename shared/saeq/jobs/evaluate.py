@@ -3,16 +3,22 @@
 Definitions follow SAELens (`sae_lens.evals`) and SAEBench; `METRICS_VERSION` names this set and
 docs/metrics.md writes each one down. Attention sinks (saeq.ml.sinks) are left out of every average
 and stay clean (unreconstructed, unablated) in the splices; the count left out is reported.
+The pass hands out its running sums every `chunk_batches` batches (EvalProgress), and takes them
+back to resume: the sums go on from exactly where they were, so the metrics are bit-identical.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from torch import Tensor
 
 from saeq import hooks
@@ -66,6 +72,54 @@ class _Stats:
         self.n_loss = 0
 
 
+_SCALARS = ("n", "sum_sq_x", "sum_sq_resid", "sum_cos", "sum_l0", "sum_l1", "ce", "kl", "n_loss")
+_TENSORS = ("sum_x", "fires", "pos_n", "pos_sum_x", "pos_sq_x", "pos_sq_resid")
+
+
+@dataclass
+class EvalProgress:
+    """How far a metric pass got: the first `batches` batches of contexts (`tokens` tokens, of
+    which `n_sinks` were sinks left out) and the running sums over them."""
+
+    batches: int
+    tokens: int
+    n_sinks: int
+    stats: _Stats
+
+    def to_bytes(self, metadata: dict[str, str]) -> bytes:
+        """safetensors: the sums' tensors, the scalars in the metadata (floats by repr, which reads
+        back exactly) beside the caller's `metadata`."""
+        s = self.stats
+        tensors = {name: getattr(s, name).contiguous() for name in _TENSORS}
+        tensors["l0_all"] = torch.cat(s.l0_all) if s.l0_all else torch.zeros(0, dtype=torch.long)
+        scalars = {name: getattr(s, name) for name in _SCALARS}
+        progress = {"batches": self.batches, "tokens": self.tokens, "n_sinks": self.n_sinks}
+        return save_tensors(tensors, {**metadata, "scalars": json.dumps(scalars), "progress": json.dumps(progress)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> tuple[EvalProgress, dict[str, str]]:
+        """-> the progress and the metadata it was stored with. Raises ValueError when `data` is
+        not one (torn, or another object)."""
+        try:
+            (header_len,) = struct.unpack("<Q", data[:8])
+            metadata: dict[str, str] = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+            tensors = load_tensors(data)
+            scalars, progress = json.loads(metadata["scalars"]), json.loads(metadata["progress"])
+            d_in, d_sae, T = tensors["sum_x"].shape[0], tensors["fires"].shape[0], tensors["pos_n"].shape[0]
+            stats = _Stats(d_in, d_sae, T)
+            for name in _TENSORS:
+                if tensors[name].shape != getattr(stats, name).shape:
+                    raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}")
+                setattr(stats, name, tensors[name].clone())
+            for name in _SCALARS:
+                setattr(stats, name, scalars[name])
+            stats.l0_all = [tensors["l0_all"].clone()]
+            made = cls(int(progress["batches"]), int(progress["tokens"]), int(progress["n_sinks"]), stats)
+        except (struct.error, KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"not an evaluation's progress: {e}") from e
+        return made, {k: v for k, v in metadata.items() if k not in ("scalars", "progress")}
+
+
 def evaluate_sae(
     sae: SparseAutoencoder,
     lm: LoadedModel,
@@ -76,9 +130,15 @@ def evaluate_sae(
     dense_threshold: float = 0.1,
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda tokens_done: None,
+    chunk_batches: int = 0,
+    on_chunk: Callable[[EvalProgress], None] = lambda progress: None,
+    resume: EvalProgress | None = None,
 ) -> EvalResult:
     """Metrics of `sae` at `hook` over batches of contexts (B, T) token ids. `sinks` None keeps
-    every token (for comparisons with tools that have no sink rule)."""
+    every token (for comparisons with tools that have no sink rule). Every `chunk_batches`
+    batches (0: never) `on_chunk` sees the progress so far (to serialise at once: the sums go on
+    changing); `resume`, such a progress of an earlier attempt over the same `contexts`, is taken
+    as the first batches' result (they are read, not computed), unless its dims are not this SAE's."""
     if sae.d_in != lm.d_model:
         raise InvalidSpec(
             f"the SAE reads d_in={sae.d_in} but {hook} of {lm.provenance.get('name')} has d_model={lm.d_model}",
@@ -89,19 +149,27 @@ def evaluate_sae(
         raise InvalidSpec(f"{hook}: the model has {lm.n_layers} blocks", field="spec.hook")
     device = lm.device
     sae = sae.to(device).eval()
-    stats, done, n_sinks, T = None, 0, 0, None
+    stats, done, n_sinks, skip = None, 0, 0, 0
+    if resume is not None and (resume.stats.sum_x.shape[0], resume.stats.fires.shape[0]) == (sae.d_in, sae.d_sae):
+        stats, done, n_sinks, skip = resume.stats, resume.tokens, resume.n_sinks, resume.batches
     # Micro-batches and checks between blocks: a cancel acts within seconds whatever batch_size is.
     with stop_between_blocks(lm.model, should_stop, "evaluation cancelled"):
-        for ids_BT in contexts:
+        for i, ids_BT in enumerate(contexts):
+            if i < skip:
+                continue  # summed by an earlier attempt
             ids_BT = ids_BT.to(device, torch.long)
             B, T = ids_BT.shape
             stats = stats or _Stats(sae.d_in, sae.d_sae, T)
+            if stats.pos_n.shape[0] != T:
+                raise InvalidSpec(f"contexts of {T} tokens after ones of {stats.pos_n.shape[0]}", field="spec")
             for micro in micro_batches(B, T):
                 if should_stop():
                     raise Cancelled("evaluation cancelled")
                 n_sinks += _evaluate_batch(sae, lm, hook, ids_BT[micro], sinks, stats)
             done += B * T
             on_batch(done)
+            if chunk_batches and (i + 1) % chunk_batches == 0:
+                on_chunk(EvalProgress(i + 1, done, n_sinks, stats))
     if stats is None or stats.n == 0:
         raise InvalidSpec("no ordinary tokens to evaluate on", field="spec.corpus")
     return _finish(stats, n_sinks, done, dense_threshold)
