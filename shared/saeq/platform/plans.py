@@ -2,7 +2,8 @@
 
 Tokens and bytes come from the spec; wall time and device-seconds from the end-to-end rate of
 finished jobs of the same kind, model and size bucket (the team's own first, else every team's),
-read from the newest records of FINISHED, a bounded scan. Nothing here writes. No torch.
+read from the newest records of FINISHED, a bounded scan; the place in line from the fair-share
+scheduler (saeq.platform.scheduler.jobs_ahead). Nothing here writes. No torch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from saeq import keys
-from saeq.platform import redis_keys
+from saeq.platform import redis_keys, scheduler
 from saeq.platform.store import MissingObject
 from saeq.specs import BUILTIN_D_MODEL, BUILTIN_MODEL
 from saeq.specs.quotas import TeamQuota
@@ -328,29 +329,10 @@ def verdict(
     return QuotaVerdict(allowed=False, status=refusal[0] if refusal else 429, reasons=reasons)
 
 
-def waiting_on_queue(registry, queue: str, *, cap: int = 5_000) -> int:
-    """Jobs sent to `queue` and not yet claimed, plus jobs of every team waiting for a slot whose
-    queue it is: the line before a job when no scheduler orders it (at most `cap` read)."""
-    r = registry.r
-    ids = cast(list[str], r.zrange(redis_keys.DISPATCHED, 0, cap - 1))
-    for team in registry.teams_waiting():
-        ids += cast(list[str], r.zrange(redis_keys.team(team, "waiting"), 0, cap - 1))
-    pipe = r.pipeline(transaction=False)
-    for job_id in ids[:cap]:
-        pipe.hmget(redis_keys.job(job_id), "queue", "state")
-    return sum(1 for q, state in pipe.execute() if q and json.loads(q) == queue and json.loads(state) == "queued")
-
-
 def jobs_ahead(registry, team: str, priority: int, queue: str) -> tuple[int, str]:
-    """(jobs that would start first, how that was counted): the fair-share scheduler's order where
-    it is installed, else the waiting count of the queue."""
-    try:  # saeq.platform.scheduler lands with the fair-share scheduler (issue 18, H2)
-        from saeq.platform.scheduler import jobs_ahead as scheduled_ahead  # pyright: ignore[reportMissingImports]
-    except ImportError:
-        counted = "jobs waiting on queue {} (the waiting count: no scheduler orders them)"
-        return waiting_on_queue(registry, queue), counted.format(queue)
-    ahead = scheduled_ahead(registry, team, priority, queue)
-    return ahead, f"jobs the fair-share scheduler would start first on queue {queue}"
+    """(jobs that would start first, how that was counted): the fair-share scheduler's order."""
+    ahead = scheduler.jobs_ahead(registry, team, priority, queue)
+    return ahead, f"waiting jobs the fair-share scheduler would start first on queue {queue}"
 
 
 def plan_job(

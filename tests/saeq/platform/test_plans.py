@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from saeq import keys
-from saeq.platform import plans, redis_keys
+from saeq.platform import plans, redis_keys, scheduler
 from saeq.platform.registry import Registry
 from saeq.platform.teams import TeamQuota
 from saeq.specs import BUILTIN_D_MODEL, ActivationsRef, HarvestSpec, ModelSpec, SaeConfig, TrainSpec
@@ -231,17 +231,17 @@ def test_a_harvests_d_model_comes_from_the_builtin_or_a_finished_harvest_of_its_
     assert plans.harvest_d_model([], "builtin:smollm2-135m-instruct", manifests.__getitem__) == BUILTIN_D_MODEL
 
 
-def test_without_a_scheduler_the_line_is_the_queues_waiting_count(registry):
+def test_the_place_in_line_is_the_schedulers(registry):
     registry.teams.set_quota("a", TeamQuota(max_running=1))
     ids = [
-        registry.create(kind="harvest", spec=_harvest(), queue=queue, depends_on=[], team="a")[0]["id"]
-        for queue in ("cpu", "cpu", "gpu")
+        registry.create(kind="harvest", spec=_harvest(), queue="cpu", depends_on=[], team="a")[0]["id"]
+        for _ in range(3)
     ]
-    assert [registry.ready_to_dispatch(i)[0] for i in ids] == [True, False, False]  # sent; then waiting for the slot
-    assert plans.waiting_on_queue(registry, "cpu") == 2
-    assert plans.waiting_on_queue(registry, "gpu") == 1
-    registry.claim(ids[0], json.loads(cast(str, registry.r.hget(redis_keys.job(ids[0]), "dispatch_id"))), "w")
-    assert plans.waiting_on_queue(registry, "cpu") == 1  # the claimed job runs: no longer in line
+    assert [registry.ready_to_dispatch(i)[0] for i in ids] == [True, False, False]  # sent; two wait for the slot
+    ahead, counted = plans.jobs_ahead(registry, "a", 0, "cpu")
+    assert ahead == scheduler.jobs_ahead(registry, "a", 0, "cpu") == 2  # behind the two of its team waiting
+    assert "fair-share scheduler" in counted
+    assert plans.jobs_ahead(registry, "a", 0, "gpu")[0] == 0  # another queue's line
 
 
 def test_records_of_another_schema_are_no_basis_and_no_error(registry):
