@@ -96,5 +96,5 @@ class Plan(BaseModel):
     jobs_ahead: int = Field(ge=0)
     """Jobs that would start before this one."""
     jobs_ahead_basis: str
-    """How `jobs_ahead` was counted (the scheduler's order, or the queue's waiting count)."""
+    """How `jobs_ahead` was counted (the fair-share scheduler's order)."""
     verdict: QuotaVerdict
