@@ -24,6 +24,21 @@ def percentiles(ms: list[float]) -> str:
     return f"p50 {statistics.median(ms):.2f} ms  p99 {q[98]:.2f} ms  max {max(ms):.2f} ms  (n={len(ms)})"
 
 
+def count_round_trips() -> list[int]:
+    """A one-item list counting the packed writes (one per command or pipeline) of every Redis
+    connection from now on: the figure that does not depend on how loaded the machine is."""
+    from redis.connection import Connection
+
+    count, send = [0], Connection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        count[0] += 1
+        return send(self, command, check_health)
+
+    Connection.send_packed_command = counted  # type: ignore[method-assign]
+    return count
+
+
 def fill(registry, n_jobs: int, n_teams: int, slots: int, rng: random.Random) -> list[str]:
     """Teams, their usage, a pool of `slots` on queue gpu, and n_jobs jobs (the first `slots` sent
     and claimed). Returns the running ids."""
@@ -89,14 +104,17 @@ def main() -> None:
         running = fill(registry, args.jobs, args.teams, args.slots, rng)
         print(f"{args.jobs} jobs of {args.teams} teams, {len(running)} running on {args.slots} slots")
 
-        decide_ms, check_ms, ahead_ms, sent = [], [], [], {}
+        trips = count_round_trips()
+        decide_ms, decide_cpu_ms, check_ms, ahead_ms, decide_trips, sent = [], [], [], [], [], {}
         send = lambda job, dispatch_id: sent.__setitem__(job["id"], dispatch_id)
         for _ in range(args.rounds):
             ended = running.pop(rng.randrange(len(running)))
             registry.finish_unowned(ended, "cancelled")
-            t0 = time.perf_counter()
+            t0, cpu0, trips0 = time.perf_counter(), time.process_time(), trips[0]
             new = scheduler.schedule(registry, send)
             decide_ms.append((time.perf_counter() - t0) * 1e3)
+            decide_cpu_ms.append((time.process_time() - cpu0) * 1e3)
+            decide_trips.append(trips[0] - trips0)
             for job_id in new:
                 registry.claim(job_id, sent[job_id], "bench:1")
                 running.append(job_id)
@@ -109,6 +127,10 @@ def main() -> None:
             scheduler.jobs_ahead(registry, "team00", 2, "gpu")
             ahead_ms.append((time.perf_counter() - t0) * 1e3)
         print(f"schedule() per dispatch (decision + send + preemption check): {percentiles(decide_ms)}")
+        print(f"  of which this process's CPU time:                          {percentiles(decide_cpu_ms)}")
+        print(
+            f"Redis round trips per schedule(): median {statistics.median(decide_trips):.0f}, max {max(decide_trips)}"
+        )
         print(f"preemption check alone:                                      {percentiles(check_ms)}")
         print(f"jobs_ahead (plan):                                            {percentiles(ahead_ms)}")
     finally:

@@ -248,6 +248,7 @@ class Submitting(JobCore):
                 redis_keys.team(team, "waiting"),
                 redis_keys.DISPATCHED,
                 redis_keys.queue_dispatched(job["queue"]),
+                redis_keys.TEAMS,
             ],
             args=[
                 self.teams.quota(team).max_running,
@@ -256,6 +257,7 @@ class Submitting(JobCore):
                 job_id,
                 time.time(),
                 -1 if capacity is None else capacity,
+                team,
             ],
         )
         return int(cast(int, status)), dispatch_id

@@ -4,8 +4,9 @@ and workers never pass a quota or a slot limit together. Record fields are JSON-
 """
 
 # KEYS: job, team's active set, team's waiting set, dispatched-not-claimed set, the queue's
-#   dispatched set. ARGV: max_running, dispatch_id, waiting score, job id, now, the queue's
-#   capacity (-1: not gated). Fields are JSON-encoded (_encode).
+#   dispatched set, every team's name (the scheduler reads the waiting sets of those).
+# ARGV: max_running, dispatch_id, waiting score, job id, now, the queue's capacity (-1: not
+#   gated), team. Fields are JSON-encoded (_encode).
 # Returns 1: dispatched; 0: no team slot, waiting; 2: no free capacity on its queue, waiting;
 #   -1: not queued, or already dispatched.
 DISPATCH = """
@@ -14,6 +15,7 @@ if state ~= '"queued"' or redis.call('hget', KEYS[1], 'dispatched') == 'true' th
   redis.call('zrem', KEYS[3], ARGV[4])
   return -1
 end
+redis.call('sadd', KEYS[6], ARGV[7])
 if redis.call('scard', KEYS[2]) >= tonumber(ARGV[1]) then
   redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
   return 0

@@ -31,6 +31,11 @@ Send = Callable[[dict, str], None]
 LOCK_TTL_S = 10.0
 """Longer than a pass (a few ms a decision, plus sending): a holder that died frees it by then."""
 MAX_ROUNDS = 20
+LOOK_AHEAD = 16
+"""Waiting jobs read per team and pass: a pass sends at most the capacity freed since the last,
+and preempts at most one job per running one. A team's jobs on one queue beyond its first 16
+waiting (of any queue) wait for those to move: reading every waiting job each pass would cost
+the pass ~1 ms per 100 jobs."""
 _SUMMARY = ("id", "kind", "queue", "team", "priority", "created_at", "state", "dispatched")
 _RUNNING = ("id", "team", "priority", "state", "started_at", "last_started_at", "preemptions", "preempt")
 _UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -76,13 +81,14 @@ def schedule_pass(registry: Registry, send: Send, policy: SchedulingPolicy | Non
     return sent
 
 
-def waiting_lines(registry: Registry) -> dict[str, Lines]:
-    """queue -> team -> its waiting jobs on that queue, best first."""
+def waiting_lines(registry: Registry, look_ahead: int = LOOK_AHEAD) -> dict[str, Lines]:
+    """queue -> team -> its waiting jobs on that queue, best first: the first `look_ahead` of each
+    team's waiting set (-1: all of it)."""
     r = registry.r
     teams = sorted({*registry.teams.teams(), "default"})
     pipe = r.pipeline(transaction=False)
     for team in teams:
-        pipe.zrange(redis_keys.team(team, "waiting"), 0, -1, withscores=True)
+        pipe.zrange(redis_keys.team(team, "waiting"), 0, look_ahead - 1 if look_ahead > 0 else -1, withscores=True)
     per_team = dict(zip(teams, cast(list[list[tuple[str, float]]], pipe.execute()), strict=True))
     unknown = [job_id for rows in per_team.values() for job_id, _ in rows if job_id not in _queue_of]
     if unknown:
@@ -304,7 +310,7 @@ def _priority(score: float) -> int:
 def jobs_ahead(registry: Registry, team: str, priority: int, queue: str) -> int:
     """How many waiting jobs on `queue` would be sent before a new job of `team` at `priority`,
     under the current usage, in the order `schedule` sends them (team slots aside)."""
-    lines = waiting_lines(registry).get(queue, {})
+    lines = waiting_lines(registry, look_ahead=-1).get(queue, {})
     new = (waiting_score(priority, time.time()), "")
     lines[team] = sorted([*lines.get(team, []), new])
     ranking = Ranking.read(registry, lines, read_policy(registry.r))

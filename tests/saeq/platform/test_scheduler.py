@@ -92,6 +92,25 @@ def test_capacity_gates_dispatch_and_an_end_frees_it_for_the_next(registry):
     assert registry.r.smembers(redis_keys.queue_dispatched("q")) == {ids[2], ids[3]}
 
 
+def test_a_worker_that_appears_gets_the_waiting_work(registry):
+    teams(registry, a=1)
+    worker(registry, slots=1)
+    send = Sent()
+    ids = [submit(registry, "a", send) for _ in range(3)]
+    assert send == ids[:1]
+    worker(registry, slots=2, name="host:2")  # what the reaper's pass then finds
+    assert scheduler.schedule(registry, send) == ids[1:]
+
+
+def test_a_team_without_a_quota_of_its_own_is_scheduled_too(registry):
+    worker(registry, slots=1)
+    send = Sent()
+    blocker = submit(registry, "default", send)
+    adhoc = submit(registry, "adhoc", send)  # never given a key or a quota
+    registry.request_cancel(blocker)
+    assert scheduler.schedule(registry, send) == [adhoc]
+
+
 def test_the_team_with_least_usage_per_weight_goes_first(registry):
     teams(registry, a=1, b=3, c=1)
     worker(registry, slots=1)
