@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
+import redis
 
 from saeq import keys
+from saeq.platform import pools
 from saeq.specs import HarvestSpec, ModelSpec
+from saeq.specs.scheduling import WorkerAd
 from tests.helpers import wait_for
 from tests.tiny_model import save_tiny_llama
 
@@ -44,23 +48,53 @@ def _short(model_dir) -> HarvestSpec:
     )
 
 
+def _phantom_slot(stack, worker: str) -> Callable[[], None]:
+    """Advertise one slot on the gpu queue that no process serves (a worker that died after its
+    last ad, within the ad's TTL): the scheduler then sends a job that nobody claims. Returns
+    the withdrawal."""
+    r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    ad = WorkerAd(
+        worker=worker,
+        queue="gpu",
+        device="cpu",
+        device_name="phantom",
+        memory_bytes=1 << 40,
+        count=1,
+        slots=1,
+        updated_at=time.time(),
+    )
+    pools.advertise(r, ad, ttl_s=300)
+    return lambda: pools.withdraw(r, worker, "gpu")
+
+
 def test_cancel_in_every_state(stack, client, tiny_model_dir):
     running = client.submit(_long(tiny_model_dir))
     wait_for(lambda: client.get(running["id"])["progress"]["figures"].get("tokens", 0) > 0, 120, "the harvest to run")
-    # The one worker is busy: this one is sent to the queue, and no worker claims it.
-    sent = client.submit(_short(tiny_model_dir))
+    # The one worker is busy and its slot the queue's only one: this job waits in saeq, unsent.
+    held = client.submit(_short(tiny_model_dir))
     waiting = client.submit(_short(tiny_model_dir), depends_on=[running["id"]])
-    assert client.get(sent["id"])["dispatched"]
+    assert (client.get(held["id"])["state"], client.get(held["id"])["dispatched"]) == ("queued", False)
     assert client.get(waiting["id"])["state"] == "queued"
+
+    # Queued for a free slot: cancelled at once, and it never reaches the queue.
+    done = client.cancel(held["id"])
+    assert (done["state"], done["attempts"], done["dispatched"]) == ("cancelled", 0, False)
 
     # Queued, waiting on a dependency: cancelled at once; the dependency runs on.
     done = client.cancel(waiting["id"])
     assert (done["state"], done["error"]["code"]) == ("cancelled", "cancelled")
     assert client.get(running["id"])["state"] == "running"
 
-    # Queued and sent, not claimed: cancelled at once; its message is skipped later.
-    done = client.cancel(sent["id"])
-    assert (done["state"], done["attempts"]) == ("cancelled", 0)
+    # Queued and sent, not claimed (a slot advertised by no live process): cancelled at once; its
+    # message is skipped later.
+    withdraw = _phantom_slot(stack, "phantom:1")
+    try:
+        sent = client.submit(_short(tiny_model_dir))
+        wait_for(lambda: client.get(sent["id"])["dispatched"], 30, "the job to be sent to the phantom slot")
+        done = client.cancel(sent["id"])
+        assert (done["state"], done["attempts"]) == ("cancelled", 0)
+    finally:
+        withdraw()
 
     # Running: its worker stops it within seconds, and writes nothing more.
     t0 = time.monotonic()
