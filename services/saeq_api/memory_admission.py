@@ -25,11 +25,12 @@ def check_memory(svc: Services, spec: JobSpec, who: Principal) -> None:
     """Raise the 422 when the busiest device `spec` needs is larger than every live device of its queue."""
     queue = job_queue(spec)
     gpus = getattr(spec, "gpus", 1)
-    # A multi-GPU job can only go to a worker holding that many devices.
+    # A multi-GPU job can only go to a GPU worker holding that many devices; a CPU worker runs its
+    # N ranks as processes on its one CPU (gloo), so any CPU worker of the queue can.
     on_queue = [ad for ad in pools.live_workers(svc.registry.r) if ad.queue == queue]
     if not on_queue:
         return
-    ads = [ad for ad in on_queue if ad.count >= gpus]
+    ads = [ad for ad in on_queue if ad.device == "cpu" or ad.count >= gpus]
     if not ads:
         raise _refusal("spec.gpus", f"gpus={gpus}: no worker on queue {queue!r} holds {gpus} devices")
     biggest = max(ads, key=lambda ad: ad.memory_bytes)
