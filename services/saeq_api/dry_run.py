@@ -13,9 +13,10 @@ from saeq.platform.dispatch import job_queue
 from saeq.platform.memory_estimate import estimate_peak, model_shape
 from saeq.platform.plans import plan_job
 from saeq.platform.teams import Principal
-from saeq.specs import HarvestSpec, JobCreate, JobSpec, TrainSpec, parse_spec
+from saeq.specs import HarvestSpec, JobCreate, JobSpec, TrainSpec
 from saeq.specs.scheduling import MemoryEstimate, Plan
 from saeq_api.deps import Services
+from saeq_api.memory_admission import spec_resolver
 from saeq_api.submit import _train_d_in, check_submit  # pyright: ignore[reportPrivateUsage]  (one rule, one place)
 
 
@@ -56,16 +57,7 @@ def _peak_memory(svc: Services, spec: JobSpec, who: Principal, queue: str) -> Me
     ads = [ad for ad in pools.live_workers(svc.registry.r) if ad.queue == queue]
     device = "cpu" if ads and all(ad.device == "cpu" for ad in ads) else "cuda"
 
-    def resolve(job_id: str) -> object:
-        job = svc.registry.get(job_id) if len(job_id) == 32 else None
-        if job is None or not who.sees(job) or not isinstance(job.get("spec"), dict):
-            return None
-        try:
-            return parse_spec(job["spec"])
-        except ValueError:  # a record of an older schema: no estimate
-            return None
-
-    return estimate_peak(spec, device=device, resolve=resolve)
+    return estimate_peak(spec, device=device, resolve=spec_resolver(svc, who))
 
 
 def _reasons(detail: Any) -> list[dict[str, str | None]]:

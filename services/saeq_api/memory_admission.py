@@ -9,6 +9,8 @@ judge (a steer job, a model whose shape is unknown to the API).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import HTTPException
 
 from saeq.platform import pools
@@ -35,16 +37,7 @@ def check_memory(svc: Services, spec: JobSpec, who: Principal) -> None:
         raise _refusal("spec.gpus", f"gpus={gpus}: no worker on queue {queue!r} holds {gpus} devices")
     biggest = max(ads, key=lambda ad: ad.memory_bytes)
 
-    def resolve(job_id: str) -> object:
-        job = svc.registry.get(job_id) if len(job_id) == 32 else None
-        if job is None or not who.sees(job) or not isinstance(job.get("spec"), dict):
-            return None
-        try:
-            return parse_spec(job["spec"])
-        except ValueError:  # a record from an older schema: no estimate rather than a refusal
-            return None
-
-    estimate = estimate_peak(spec, device=biggest.device, resolve=resolve)
+    estimate = estimate_peak(spec, device=biggest.device, resolve=spec_resolver(svc, who))
     if estimate is None or estimate.total_bytes <= biggest.memory_bytes:
         return
     largest = ", ".join(f"{k} {v / GIB:.2f}" for k, v in sorted(estimate.parts.items(), key=lambda kv: -kv[1])[:3])
@@ -54,6 +47,22 @@ def check_memory(svc: Services, spec: JobSpec, who: Principal) -> None:
         f"{queue!r} ({biggest.memory_bytes / GIB:.2f} GiB, {biggest.device_name}); largest terms (GiB): "
         f"{largest}; shrink {estimate.shrink_field} first",
     )
+
+
+def spec_resolver(svc: Services, who: Principal) -> Callable[[str], object]:
+    """job id -> the spec of that job as `who` may see it, for the estimate to follow references
+    (a training's harvest, an evaluation's training); None where it cannot."""
+
+    def resolve(job_id: str) -> object:
+        job = svc.registry.get(job_id) if len(job_id) == 32 else None
+        if job is None or not who.sees(job) or not isinstance(job.get("spec"), dict):
+            return None
+        try:
+            return parse_spec(job["spec"])
+        except ValueError:  # a record from an older schema: no estimate rather than a refusal
+            return None
+
+    return resolve
 
 
 def _refusal(field: str, message: str) -> HTTPException:
