@@ -6,8 +6,8 @@ torch.cuda.max_memory_allocated counts): model weights at the spec's dtype, one 
 forward activations up to the deepest hook (the residual stream, q/k/v, the MLP's hidden layer and,
 on CPU, the attention scores), SAE weights with gradients and Adam's two moments, a training
 batch's latents, and the logits of the passes that need them. On CPU (`device="cpu"`) the host
-buffers join the device's: a harvest's shard being filled, a training's shuffle chunks and held-out
-tokens. Model shapes come from a local model's config.json, or from a small table of the offline
+buffers join the device's: a harvest's shard being filled; a training's resident shards, read-ahead
+chunks, queued batches and held-out tokens. Model shapes come from a local model's config.json, or from a small table of the offline
 models (`_KNOWN_MODELS`, numbers from their published configs); any other model: None.
 """
 
@@ -40,6 +40,13 @@ MICRO_BATCH_TOKENS = 8192
 """saeq.ml.stopping.MICRO_BATCH_TOKENS (not imported: that module is torch's side): the most tokens
 one forward pass runs, whatever the batch size."""
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# saeq.ml.activations.HarvestData's defaults, which the worker keeps (tests/saeq/platform/
+# test_memory_estimate.py holds the two equal): decoded shards kept resident, read-ahead bounds,
+# gathered batches queued for the trainer.
+FEED_CACHE_BYTES = 2 << 30
+FEED_PREFETCH_BYTES = 512 << 20
+FEED_PREFETCH_CHUNKS = 4
+FEED_QUEUE_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -180,12 +187,12 @@ def _width_field(i: int, cfg: SaeConfig) -> str:
 def _train(spec: TrainSpec, device: Device, resolve: Resolve | None) -> MemoryEstimate | None:
     source = spec.activations
     if isinstance(source, OnlineActivations):
-        model, stored_bytes = source.model, 4
+        model, stored_bytes, harvest_tokens = source.model, 4, 0
     else:
         harvest = resolve(source.job_id) if resolve is not None else None
         if not isinstance(harvest, HarvestSpec):
             return None
-        model, stored_bytes = harvest.model, _DTYPE_BYTES[harvest.dtype]
+        model, stored_bytes, harvest_tokens = harvest.model, _DTYPE_BYTES[harvest.dtype], harvest.max_tokens
     shape = model_shape(model)
     if shape is None:
         return None
@@ -210,10 +217,26 @@ def _train(spec: TrainSpec, device: Device, resolve: Resolve | None) -> MemoryEs
         # pre-activations, latents and their gradients (B, d_sae); input, output, error (B, d_in)
         parts.add("sae_batch_activations", batch_tokens * (3 * d_sae + 3 * d_in) * 4, "spec.batch_size")
     if device == "cpu" and not isinstance(source, OnlineActivations):
-        # the chunk being shuffled and the next one loading; held-out tokens as float32
-        parts.add("shuffle_chunks", 2 * spec.shuffle_tokens * d_in * stored_bytes, "spec.shuffle_tokens")
-        parts.add("validation_tokens", spec.validation_tokens * d_in * 4, "spec.validation_tokens")
+        _add_feed(parts, spec, harvest_tokens, d_in, stored_bytes)
     return parts.estimate()
+
+
+def _add_feed(parts: _Parts, spec: TrainSpec, harvest_tokens: int, d_in: int, stored_bytes: int) -> None:
+    """The feed's host memory (saeq.ml.activations.HarvestData): decoded shards stay resident up to
+    its cache (all that was read, for a harvest that fits), the chunks read ahead of the trainer
+    join them, gathered batches wait in its queue, and the held-out tokens are float32."""
+    row_bytes = d_in * stored_bytes
+    chunk_bytes = spec.shuffle_tokens * row_bytes
+    ahead = min(FEED_PREFETCH_CHUNKS, max(1, FEED_PREFETCH_BYTES // max(1, chunk_bytes)))
+    # what the training reads: its tokens plus the chunk it is in and those loading ahead, at most
+    # the whole harvest (later epochs re-read what is already resident)
+    read_tokens = min(harvest_tokens, spec.total_tokens + (ahead + 1) * spec.shuffle_tokens)
+    resident = min(read_tokens * row_bytes, FEED_CACHE_BYTES + (ahead + 1) * chunk_bytes)
+    parts.add(
+        "resident_shards", resident, "spec.shuffle_tokens" if resident > FEED_CACHE_BYTES else "spec.total_tokens"
+    )
+    parts.add("queued_batches", FEED_QUEUE_BATCHES * spec.batch_size * d_in * 4, "spec.batch_size")
+    parts.add("validation_tokens", spec.validation_tokens * d_in * 4, "spec.validation_tokens")
 
 
 def _reader(spec: LabelSpec | EvaluateSpec, resolve: Resolve | None) -> tuple[ModelSpec, int, int, ModelShape] | None:

@@ -93,7 +93,8 @@ def _resolver(*specs: tuple[str, object]):
 
 
 def _train(**fields) -> TrainSpec:
-    return TrainSpec(activations=ActivationsRef(job_id=H_ID, hook=HOOK), total_tokens=1 << 20, **fields)
+    fields.setdefault("total_tokens", 1 << 20)
+    return TrainSpec(activations=ActivationsRef(job_id=H_ID, hook=HOOK), **fields)
 
 
 def test_a_trainings_sae_terms_and_its_harvest():
@@ -143,3 +144,34 @@ def test_the_parts_always_sum_to_the_total(device):
     for spec in (HarvestSpec(hooks=[HOOK, "blocks.3.hook_mlp_out"]), _train()):
         est = estimate_peak(spec, device=device, resolve=resolve)
         assert est is not None and est.total_bytes == sum(est.parts.values()) > 0
+
+
+def test_the_feed_terms_follow_harvest_datas_own_defaults():
+    # The estimate mirrors HarvestData's buffer bounds (it cannot import torch's side): a changed
+    # default there must change here, or CPU estimates drift from the measured peak.
+    import inspect
+
+    from saeq.ml.activations import HarvestData
+    from saeq.platform import memory_estimate as me
+
+    defaults = {k: p.default for k, p in inspect.signature(HarvestData.__init__).parameters.items()}
+    assert defaults["cache_bytes"] == me.FEED_CACHE_BYTES
+    assert defaults["prefetch_bytes"] == me.FEED_PREFETCH_BYTES
+    assert defaults["prefetch_chunks"] == me.FEED_PREFETCH_CHUNKS
+    assert defaults["queue_batches"] == me.FEED_QUEUE_BATCHES
+
+
+def test_a_cpu_training_holds_what_it_reads_of_its_harvest_resident():
+    small = _resolver((H_ID, HarvestSpec(hooks=[HOOK], max_tokens=262_144)))
+    est = estimate_peak(_train(total_tokens=81_920), device="cpu", resolve=small)
+    assert est is not None
+    # 81,920 tokens + the chunk in use + 4 read ahead (65,536 each) exceed the harvest: all of it,
+    # bf16 rows of 576
+    assert est.parts["resident_shards"] == 262_144 * 576 * 2
+    assert est.parts["queued_batches"] == 4 * 4096 * 576 * 4
+    big = _resolver((H_ID, HarvestSpec(hooks=[HOOK], max_tokens=1 << 30)))
+    huge = estimate_peak(_train(total_tokens=1 << 30), device="cpu", resolve=big)
+    assert huge is not None  # bounded by the feed's cache plus what is loading, not the harvest
+    assert huge.parts["resident_shards"] == (2 << 30) + 5 * 65_536 * 576 * 2
+    on_gpu = estimate_peak(_train(total_tokens=81_920), device="cuda", resolve=small)
+    assert on_gpu is not None and "resident_shards" not in on_gpu.parts  # host memory, not the device's
