@@ -169,3 +169,20 @@ class UploadList(BaseModel):
     """Uploads the team keeps, on every page, stored or being stored."""
     max_uploads: int
     """The team's quota of uploads (429 for one beyond it)."""
+
+
+class ModelCard(BaseModel):
+    """One entry of `GET /v1/models`, in OpenAI's shape, plus what the id means."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "saeq"
+    description: str
+
+
+class ModelList(BaseModel):
+    """`GET /v1/models`: the `model` values a chat completion takes."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

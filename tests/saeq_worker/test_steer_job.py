@@ -113,3 +113,26 @@ def test_steer_specs_refer_to_train_jobs(client_module, harvest_job):
             SteerSpec(sae={"job_id": harvest_job["id"]}, prompts=["x"], interventions=[{"edits": [{"feature": 1}]}])
         )
     assert e.value.status == 422 and "not a train job" in str(e.value)
+
+
+def test_openai_client_lists_models_chats_with_saeq_and_streams(stack, harvest_job, train_job):
+    """A new user's path: models.list() says what to pass; `saeq` with a steering SAE runs the SAE's
+    own model; stream=True is read by the official client; an unknown model names the field."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.admin_key, timeout=120, max_retries=0)
+    assert "saeq" in [m.id for m in client.models.list()]
+    steering = {"sae": {"job_id": train_job["id"]}, "interventions": [{"feature": 7, "mode": "add", "value": 40.0}]}
+    ask = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "extra_body": {"steering": steering}}
+    whole = client.chat.completions.create(model="saeq", **ask)
+    assert whole.model == harvest_job["spec"]["model"]["name"]  # the SAE's model, not a hub lookup of "saeq"
+    chunks = list(
+        client.chat.completions.create(model="saeq", stream=True, stream_options={"include_usage": True}, **ask)
+    )
+    assert {c.object for c in chunks} == {"chat.completion.chunk"}
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        client.chat.completions.create(model="no-such-org/no-such-model", messages=ask["messages"], max_tokens=2)
+    assert e.value.body["param"] == "model" and "/v1/models" in e.value.body["message"]

@@ -4,13 +4,14 @@ SAE loaded: steering, an OpenAI-compatible chat endpoint with a `steering` field
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saeq import keys
@@ -32,7 +33,7 @@ from saeq.specs import (
 )
 from saeq_api.deps import Caller, Services, services
 from saeq_api.metrics import observe_live
-from saeq_api.schemas import errors
+from saeq_api.schemas import ModelCard, ModelList, errors
 from saeq_api.submit import referenced_job, unprocessable
 
 router = APIRouter(prefix="/v1", tags=["live"], responses=errors(401, 413, 422, 429, 500, 503, 504))
@@ -125,11 +126,11 @@ async def _round_trip(
     return data
 
 
-def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: str, who: Principal) -> None:
+def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: str, who: Principal) -> str | None:
     """A trained SAE must be the caller's team's and have succeeded; feature indices must be below
-    its d_sae."""
+    its d_sae. Returns the name of the model it was trained on (None for an imported SAE)."""
     if not isinstance(sae, TrainedSae):
-        return
+        return None
     train = referenced_job(svc, sae.job_id, "train", f"{prefix}sae.job_id", [], who)
     manifest = json.loads(svc.store.get(keys.manifest(train["id"])))
     name = sae.name or next(iter(manifest["saes"]))
@@ -144,6 +145,7 @@ def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: st
                 f"{prefix}interventions.{i}.feature",
                 f"feature {edit.feature} is not in 0..{d_sae - 1} (SAE {name} has d_sae={d_sae})",
             )
+    return manifest["harvest"]["model"].get("name")
 
 
 def _check_paths(svc: Services, request: SteerRequest, fields: dict[str, str] | None = None) -> None:
@@ -179,27 +181,53 @@ class Steering(BaseModel):
     interventions: list[Intervention] = Field(min_length=1, max_length=16)
 
 
+SAE_MODEL = "saeq"
+"""The chat `model` that means "the model the steering SAE was trained on" (the built-in model when
+the request has no `steering`): what a caller passes who does not know the model's name."""
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat-completions body (the fields saeq uses; others are accepted and ignored),
     plus `steering`."""
 
     model_config = ConfigDict(extra="allow")
-    model: str = BUILTIN_MODEL
+    model: str = SAE_MODEL
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     max_tokens: int | None = Field(default=None, ge=1, le=512)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=512)
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     seed: Seed | None = None
+    stream: bool = False
+    """Server-sent events as OpenAI sends them; the completion is computed whole, then sent as
+    chunks (docs/steer.md)."""
+    stream_options: dict[str, Any] | None = None
     steering: Steering | None = None
     """saeq's extension (send it with the openai client's `extra_body`): which SAE and features."""
 
 
+@router.get("/models")
+def list_models(who: Caller) -> ModelList:
+    """The `model` values a chat completion takes by name (any hub id, or a model directory under
+    the deployment's local path roots, is taken too)."""
+    return ModelList(
+        data=[
+            ModelCard(
+                id=SAE_MODEL,
+                description="the model the `steering` SAE was trained on; without `steering`, "
+                f"{BUILTIN_MODEL}. The default when `model` is omitted.",
+            ),
+            ModelCard(id=BUILTIN_MODEL, description="SmolLM2-135M-Instruct, shipped with saeq (offline)"),
+        ]
+    )
+
+
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, svc: Svc, who: Caller, request: Request) -> Any:
-    """OpenAI-compatible chat completions, steered when the body has `steering`. Errors come in
-    OpenAI's shape too (`error.message`, `error.param`), beside saeq's `detail`."""
+    """OpenAI-compatible chat completions, steered when the body has `steering`; streamed as
+    server-sent events with `stream: true`. Errors come in OpenAI's shape too (`error.message`,
+    `error.param`), beside saeq's `detail`."""
     try:
-        return await _chat(body, svc, who, request)
+        completion = await _chat(body, svc, who, request)
     except HTTPException as e:
         raw: Any = e.detail  # Starlette types it str; saeq's 422s carry a list of field errors
         detail: list[dict[str, Any]] = raw if isinstance(raw, list) else [{"field": None, "msg": str(raw)}]
@@ -218,21 +246,57 @@ async def chat_completions(body: ChatCompletionRequest, svc: Svc, who: Caller, r
                 "detail": e.detail,
             },
         )
+    if not body.stream:
+        return completion
+    usage = bool((body.stream_options or {}).get("include_usage"))
+    return StreamingResponse(_sse(completion, usage), media_type="text/event-stream")
+
+
+def _sse(completion: dict[str, Any], include_usage: bool):
+    """The finished completion as OpenAI's `chat.completion.chunk` events: the role, the content a
+    word at a time, the finish reason, the usage if asked for, then `[DONE]`."""
+    choice = completion["choices"][0]
+    head = {k: completion[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        chunk = head | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        return f"data: {json.dumps(chunk | extra)}\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    # Words with the spaces before them, so the pieces join to the text.
+    for piece in re.split(r"(?<=\S)(?=\s)", choice["message"]["content"]):
+        if piece:
+            yield event({"content": piece})
+    yield event({}, choice["finish_reason"])
+    if include_usage:
+        yield f"data: {json.dumps(head | {'choices': [], 'usage': completion['usage']})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _chat_model(body: ChatCompletionRequest) -> ModelSpec | None:
+    """The model to run: None (the SAE's own) when steering with `saeq`, the built-in name or a
+    trained SAE (which only reads the model it was trained on, whatever `model` says)."""
+    steering = body.steering
+    if steering is not None and (body.model in (SAE_MODEL, BUILTIN_MODEL) or isinstance(steering.sae, TrainedSae)):
+        return None
+    name = BUILTIN_MODEL if body.model == SAE_MODEL else body.model
+    try:
+        return ModelSpec(name=name)
+    except ValidationError as e:  # its message, not pydantic's trailing "For further information" line
+        raise unprocessable("model", e.errors()[0]["msg"]) from None
 
 
 async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http: Request) -> dict[str, Any]:
-    try:
-        model = ModelSpec(name=body.model)
-    except ValidationError as e:  # its message, not pydantic's trailing "For further information" line
-        raise unprocessable("model", e.errors()[0]["msg"]) from None
     steering = body.steering
+    sae_model = None
     if steering is not None:
-        _check_sae(svc, steering.sae, steering.interventions, "steering.", who)
+        sae_model = _check_sae(svc, steering.sae, steering.interventions, "steering.", who)
+    model = _chat_model(body)
     try:
         request = SteerRequest(
             sae=steering.sae if steering else None,
             hook=steering.hook if steering else None,
-            model=None if steering and body.model == BUILTIN_MODEL else model,
+            model=model,
             messages=body.messages,
             interventions=steering.interventions if steering else [],
             max_new_tokens=body.max_completion_tokens or body.max_tokens or 64,
@@ -244,13 +308,20 @@ async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http
         first = e.errors()[0]
         raise unprocessable(".".join(["steering", *map(str, first["loc"])]), first["msg"]) from None
     _check_paths(svc, request, {"model.name": "model", "sae.path": "steering.sae.path"})
-    out = await _ask_worker(svc, "steer", request.model_dump(mode="json"), who, http, field_prefix="steering.")
+    try:
+        out = await _ask_worker(svc, "steer", request.model_dump(mode="json"), who, http, field_prefix="steering.")
+    except HTTPException as e:
+        detail: Any = e.detail  # a list of field errors for a 422 (Starlette types it str)
+        field = detail[0]["field"] if e.status_code == 422 and isinstance(detail, list) else None
+        if field is not None and field.removeprefix("steering.").startswith("model"):
+            raise unprocessable("model", f"{detail[0]['msg']}; GET /v1/models lists the models to pass") from None
+        raise
     n_out = len(out["steered_token_ids"])
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": body.model,
+        "model": sae_model if body.model == SAE_MODEL and sae_model else body.model,
         "choices": [
             {
                 "index": 0,
