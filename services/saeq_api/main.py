@@ -12,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from kombu.exceptions import OperationalError
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
 
 import saeq
 from saeq.errors import StoreError
@@ -65,7 +67,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 "bootstrap (SAEQ_BOOTSTRAP_ADMIN_KEY)",
             )
         app.state.services = svc
-        app.state.metrics = CachedScrape(make_registry(registry), settings.metrics_cache_s)
+        app.state.metrics = CachedScrape(make_registry(registry, into=http_metrics), settings.metrics_cache_s)
         reaper = asyncio.create_task(_reap_forever(svc))
         try:
             yield
@@ -84,6 +86,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         redoc_url=None,
         description="Queue sparse-autoencoder experiments: harvest, train, label, evaluate, steer.",
     )
+    # HTTP request metrics, labelled by route template (never a raw path: no job ids in labels),
+    # exported by the same protected /metrics as the job figures.
+    http_metrics = CollectorRegistry()
+    Instrumentator(registry=http_metrics, excluded_handlers=["/metrics"]).instrument(app)
     app.add_middleware(BodySizeLimit, **body_limits(settings))
     app.add_middleware(SecurityHeaders)  # outermost: a 413 gets them too
     app.include_router(jobs.router)

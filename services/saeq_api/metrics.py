@@ -148,8 +148,10 @@ class ShareCollector:
         yield from families.values()
 
 
-def make_registry(registry: Registry) -> CollectorRegistry:
-    reg = CollectorRegistry()
+def make_registry(registry: Registry, *, into: CollectorRegistry | None = None) -> CollectorRegistry:
+    """The API's collectors, registered `into` a registry that holds others already (the HTTP
+    instrumentator's) or a new one."""
+    reg = into if into is not None else CollectorRegistry()
     reg.register(REQUESTS)
     reg.register(LIVE_SECONDS)
     reg.register(JobCollector(registry))
