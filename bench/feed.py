@@ -11,6 +11,7 @@ and, for reference, the CPU trainer's step rate (TopK d=576, 4,608 latents, k=32
 The consumer only dequeues batches. `--device cuda` delivers them on the GPU (GPU-resident when the
 rows fit, else through pinned buffers) and times the trainer there.
 Usage: python bench/feed.py [--epochs 3] [--no-s3] [--device cpu|cuda]
+Smallest check (seconds): python bench/feed.py --smoke (3 synthetic shards, one warm epoch)
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def demo_harvest() -> tuple[dict, Callable[[str], bytes]] | None:
     return None
 
 
-def synthetic_harvest(store_dir: Path) -> tuple[dict, Callable[[str], bytes]]:
-    """16 fp32 shards of 16,384 tokens x 576 (contexts of 256), laid out as a harvest's."""
+def synthetic_harvest(store_dir: Path, n_shards: int = 16) -> tuple[dict, Callable[[str], bytes]]:
+    """`n_shards` fp32 shards of 16,384 tokens x 576 (contexts of 256), laid out as a harvest's."""
     from saeq import keys
     from saeq.ml.shards import write_shard_bytes
     from saeq.platform.store import LocalStore
@@ -56,7 +57,7 @@ def synthetic_harvest(store_dir: Path) -> tuple[dict, Callable[[str], bytes]]:
     store, job, ctx, n, d = LocalStore(store_dir), "f" * 32, 256, 16_384, 576
     g = torch.Generator().manual_seed(0)
     shards = []
-    for i in range(16):
+    for i in range(n_shards):
         acts = torch.randn(n, d, generator=g) * 3
         positions = torch.arange(ctx, dtype=torch.int32).repeat(n // ctx)
         acts[positions == 0] *= 100
@@ -70,8 +71,9 @@ def synthetic_harvest(store_dir: Path) -> tuple[dict, Callable[[str], bytes]]:
         store.put(key, write_shard_bytes(tensors, {"hook": HOOK}))
         shards.append({"index": i, "n_tokens": n, "key": key})
     median = float(torch.tensor(3 * 24.0))  # ~ norm of a 576-d N(0, 9) row
-    hook = {"d_model": d, "n_tokens": 16 * n, "shards": shards, "sinks": {"median_norm": median, "norm_factor": 5.0}}
-    manifest = {"kind": "harvest", "d_model": d, "context_len": ctx, "n_tokens": 16 * n, "dtype": "float32"}
+    sinks = {"median_norm": median, "norm_factor": 5.0}
+    hook = {"d_model": d, "n_tokens": n_shards * n, "shards": shards, "sinks": sinks}
+    manifest = {"kind": "harvest", "d_model": d, "context_len": ctx, "n_tokens": n_shards * n, "dtype": "float32"}
     return manifest | {"hooks": {HOOK: hook}}, store.get
 
 
@@ -220,7 +222,10 @@ def main() -> None:
     ap.add_argument("--no-s3", action="store_true")
     ap.add_argument("--json", type=Path, help="write the rows here too")
     ap.add_argument("--device", default="cpu", help="where batches are delivered (cpu, cuda, cuda:N)")
+    ap.add_argument("--smoke", action="store_true", help="tiniest sizes: 3 synthetic shards, 1 warm epoch")
     args = ap.parse_args()
+    if args.smoke:
+        args.epochs = 1
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
@@ -229,8 +234,8 @@ def main() -> None:
     )
     rows = []
     with tempfile.TemporaryDirectory(prefix="saeq-feed-") as tmp:
-        found = demo_harvest()
-        m32, read32 = found if found else synthetic_harvest(Path(tmp) / "f32")
+        found = None if args.smoke else demo_harvest()
+        m32, read32 = found if found else synthetic_harvest(Path(tmp) / "f32", 3 if args.smoke else 16)
         print("harvest:", "the demo's" if found else "synthetic (no demo harvest found)", flush=True)
         m16, read16 = bf16_twin(m32, read32, Path(tmp) / "bf16")
         sources = [("fp32", m32, read32), ("bf16", m16, read16)]
@@ -246,7 +251,7 @@ def main() -> None:
             with s3_server(bucket="saeq-feed") as srv:
                 for dtype, m, read in sources:
                     rows.append(measure(f"{dtype} S3", m, s3_copy(srv, m, read, dtype), args.epochs, args.device))
-    rate = trainer_rate(args.device)
+    rate = trainer_rate(args.device, steps=2 if args.smoke else 6)
     print(f"trainer on {args.device} (TopK d=576, 4,608 latents, k=32, batch 4,096): {rate / 1e3:,.1f}k tok/s")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "trainer_tok_s": rate}, indent=1))

@@ -9,6 +9,7 @@ SAETrainer. Only training is timed. `--acceptance` also trains saeq's default sp
 (harvest reader, its default token budget) and reports held-out FVU and dead latents.
 Usage: python bench/train.py [--tokens 1024000] [--peers sparsify,saelens] [--synthetic]
        [--acceptance] | [--online]
+Smallest check (no model, seconds): python bench/train.py --synthetic --smoke
 """
 
 from __future__ import annotations
@@ -114,12 +115,16 @@ def harvest(store_dir: Path, n_tokens: int) -> dict:
 
 def synthetic_store(store_dir: Path, n_tokens: int, d: int = 576) -> dict:
     """Planted-dictionary activations written as a harvest, for machines without the model."""
+    from saeq import keys
+    from saeq.dev.synthetic import fake_harvest, planted_dictionary
     from saeq.platform.store import LocalStore
-    from tests.saeq.conftest import fake_harvest, planted_dictionary
 
     store = LocalStore(store_dir)
     x, _ = planted_dictionary(n_features=2 * D_SAE, d=d, n_active=24, n=n_tokens, seed=0)
-    return fake_harvest(store, BENCH_JOB, x * 10, context_len=128, shard_tokens=16_384, hook=HOOK)
+    manifest = fake_harvest(store, BENCH_JOB, x * 10, context_len=128, shard_tokens=16_384, hook=HOOK)
+    # The trainers' processes read it from the store, as they read a real harvest's.
+    store.put(keys.manifest(BENCH_JOB), json.dumps(manifest, indent=1).encode())
+    return manifest
 
 
 # --- the three trainers ----------------------------------------------------------------------
@@ -525,7 +530,10 @@ def main() -> None:
     ap.add_argument(
         "--data-parallel", type=int, default=0, metavar="N", help="only: one process beside N data-parallel ranks"
     )
+    ap.add_argument("--smoke", action="store_true", help="tiniest sizes (two batches each): does it run")
     args = ap.parse_args()
+    if args.smoke:
+        args.tokens, args.harvest_tokens = 2 * BATCH, 16_384 + 2 * BATCH  # sinks leave < 2 batches
     if args.data_parallel:
         return data_parallel(args.data_parallel, args.tokens)
 
