@@ -44,6 +44,7 @@ class _Metrics:
     job_duration: Any
     job_run_seconds: Any
     tokens_per_second: Any
+    tokens: Any
     artifact_bytes: Any
     shard_cache_events: Any
     shard_cache_bytes: Any
@@ -79,12 +80,19 @@ def _metrics() -> _Metrics:
             ["kind", "team"],
             registry=None,
         ),
+        # Deprecated for saeq_worker_tokens_total (rate() of it); kept one release for outside dashboards.
         tokens_per_second=Gauge(
             "saeq_worker_tokens_per_second",
-            "Tokens per second of the jobs running now (harvest, train)",
+            "Deprecated (use rate(saeq_worker_tokens_total)): tokens per second of the jobs running now",
             ["kind"],
             registry=None,
             multiprocess_mode="livesum",
+        ),
+        tokens=Counter(
+            "saeq_worker_tokens",
+            "Tokens this worker's jobs advanced by (harvest, train, label, evaluate): rate() is throughput",
+            ["kind"],
+            registry=None,
         ),
         artifact_bytes=Counter(
             "saeq_worker_artifact_written_bytes_total",
@@ -187,7 +195,9 @@ class JobMeter:
                 self._rated = True
             tokens = figures.get("tokens")  # the job's running total, over all its attempts
             if isinstance(tokens, (int, float)) and tokens > self.tokens_before:
-                _metrics().team_tokens.labels(self.team, self.kind).inc(float(tokens) - self.tokens_before)
+                added = float(tokens) - self.tokens_before
+                _metrics().team_tokens.labels(self.team, self.kind).inc(added)
+                _metrics().tokens.labels(self.kind).inc(added)
                 self.tokens_before = float(tokens)
 
         _safely("progress", update)
