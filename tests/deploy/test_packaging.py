@@ -12,9 +12,12 @@ import sys
 import tarfile
 import tomllib
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {
@@ -143,3 +146,115 @@ def test_the_oldest_declared_setuptools_builds_the_sdist_and_the_wheel_with_the_
     assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
     with tarfile.open(next(out.glob("saeq-*.tar.gz"))) as sdist:
         assert any(name.endswith("/LICENSE") for name in sdist.getnames()), "the sdist does not carry LICENSE"
+
+
+# ------------------------------------------------------------------------------ constraints.txt
+
+CONSTRAINTS = ROOT / "constraints.txt"
+UNPINNED = {"torch", "saeq"}  # torch: each image brings its own (docker/*.Dockerfile, bootstrap.sh)
+
+
+def pins_of(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints.txt: {line!r} is not a `name==version` pin"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def constraint_problems(pins: dict[str, str]) -> list[str]:
+    """Walk saeq[api,worker]'s requirements through the installed distributions' metadata: each
+    one the extras need must be pinned, to a version every requirement on it admits (pyproject's
+    ranges first of all) and the one installed here, the version the tests ran with."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = [*project["dependencies"], *project["optional-dependencies"]["api"]]
+    lines += project["optional-dependencies"]["worker"]
+    todo = [(Requirement(line), "", "pyproject.toml") for line in lines]
+    problems, seen = [], set()
+    while todo:
+        requirement, extra, wanted_by = todo.pop()
+        if requirement.marker and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name in UNPINNED:
+            continue
+        if name not in pins:
+            problems.append(f"{name} ({wanted_by} needs {requirement}) is not pinned")
+            continue
+        if not requirement.specifier.contains(pins[name], prereleases=True):
+            problems.append(f"{name}=={pins[name]} is outside {wanted_by}'s {requirement}")
+        if (name, frozenset(requirement.extras)) in seen:
+            continue
+        seen.add((name, frozenset(requirement.extras)))
+        dist = metadata.distribution(name)
+        if dist.version != pins[name]:
+            problems.append(f"{name}=={pins[name]} but {dist.version} is installed")
+        for line in dist.requires or []:
+            todo += [(Requirement(line), wanted, name) for wanted in requirement.extras or {""}]
+    return problems
+
+
+def test_constraints_pin_every_distribution_the_api_and_worker_extras_need():
+    assert CONSTRAINTS.is_file(), "no constraints.txt: run .venv/bin/python scripts/constraints.py"
+    pins = pins_of(CONSTRAINTS.read_text())
+    problems = constraint_problems(pins)
+    assert not problems, "constraints.txt (regenerate: .venv/bin/python scripts/constraints.py):\n" + "\n".join(
+        problems
+    )
+    assert not UNPINNED & set(pins), "torch and saeq are not pinned in constraints.txt"
+    # The check bites: a missing pin and one outside pyproject's range are both reported.
+    without_fastapi = {k: v for k, v in pins.items() if k != "fastapi"}
+    assert any(p.startswith("fastapi (pyproject.toml needs") for p in constraint_problems(without_fastapi))
+    assert any("outside pyproject.toml's click" in p for p in constraint_problems({**pins, "click": "7.0"}))
+
+
+# ------------------------------------------------------------------------------ bootstrap.sh
+
+# A stand-in python for .venv: logs its arguments, prints pip's known noise line, and fails as pip
+# does when asked to install $FAIL_ON.
+FAKE_PYTHON = """#!/bin/sh
+echo "$*" >> "$FAKE_LOG"
+case "$*" in
+  *"-m pip"*)
+    echo "WARNING: Requirement 'x' is ignored: it is neither a file nor a directory"
+    case "$*" in *"$FAIL_ON"*) echo "ERROR: No matching distribution found for $FAIL_ON" >&2; exit 1;; esac;;
+esac
+exit 0
+"""
+
+
+def run_bootstrap(tmp_path: Path, fail_on: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    for name in ("scripts/bootstrap.sh", "pyproject.toml", "constraints.txt"):
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, repo / name)
+    python = repo / ".venv" / "bin" / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    log = tmp_path / "python.log"
+    env = {**os.environ, "FAKE_LOG": str(log), "FAIL_ON": fail_on, "SAEQ_TORCH_VERSION": "0.0.0-nonexistent"}
+    out = subprocess.run(
+        ["bash", str(repo / "scripts" / "bootstrap.sh")], env=env, capture_output=True, text=True, timeout=30
+    )
+    return out, repo / ".venv" / ".saeq-installed-test", log
+
+
+def test_bootstrap_stops_with_pip_s_error_when_an_install_fails(tmp_path):
+    out, stamp, log = run_bootstrap(tmp_path, fail_on="torch==0.0.0-nonexistent")
+    assert out.returncode != 0, "bootstrap.sh succeeded although pip failed:\n" + out.stdout + out.stderr
+    assert "No matching distribution found for torch==0.0.0-nonexistent" in out.stdout + out.stderr
+    assert not stamp.exists()
+    assert "-e .[test]" not in log.read_text()  # it stopped at the failure
+
+
+def test_bootstrap_drops_pip_s_noise_line_and_installs_with_the_constraints(tmp_path):
+    out, stamp, log = run_bootstrap(tmp_path, fail_on="nothing-fails")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "is ignored: it is neither" not in out.stdout + out.stderr
+    assert stamp.exists()
+    assert "install -c constraints.txt -e .[test]" in log.read_text()
