@@ -60,6 +60,18 @@ class JobCollector:
             finished.add_metric([kind, outcome], float(n))
         yield finished
 
+        lost = CounterMetricFamily(
+            "saeq_job_attempts_lost",
+            "Job attempts whose worker was lost (its lease expired: killed, OOM, node gone), found by the reaper",
+            labels=["kind"],
+        )
+        # Each submitted kind at 0 until its first loss, so increase() sees that first loss.
+        lost_by_kind = {kind: 0.0 for kind in stats["submitted"]}
+        lost_by_kind.update({kind: float(n) for kind, n in stats["attempts_lost"].items()})
+        for kind, n in sorted(lost_by_kind.items()):
+            lost.add_metric([kind], n)
+        yield lost
+
         duration = HistogramMetricFamily(
             "saeq_job_duration_seconds", "Time from start (or submission, if never started) to end", labels=["kind"]
         )

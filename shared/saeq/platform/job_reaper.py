@@ -92,9 +92,13 @@ class Reaping(Submitting):
                 pipe.reset()
                 err = cancelled_error() if job["cancel_requested"] else worker_lost_error(job)
                 ended = self.finish_unowned(job_id, "cancelled" if job["cancel_requested"] else "failed", error=err)
+                if ended:  # its worker died without a word (SIGKILL, a lost node): a lost attempt
+                    self.r.hincrby(redis_keys.stats("attempts_lost"), job["kind"], 1)
                 return "ended" if ended else None
             dispatch_id = new_id()
             pipe.multi()
+            # Counted here, not by the worker: a SIGKILLed pod never reports how its attempt ended.
+            pipe.hincrby(redis_keys.stats("attempts_lost"), job["kind"], 1)
             # A yield asked of the lost attempt (a drain that killed it) is void: the next one runs.
             pipe.hset(key, mapping=encode({"state": "queued", "dispatch_id": dispatch_id, "preempt": None}))
             pipe.srem(redis_keys.RUNNING, job_id)

@@ -79,7 +79,8 @@ def idempotency(team: str, key: str) -> str:
 
 
 def stats(name: str) -> str:
-    """Hash of counters (`submitted`, `finished`, `duration`) for the metrics endpoints."""
+    """Hash of counters (`submitted`, `finished`, `duration`, `attempts_lost`: attempts whose
+    worker was lost, found by the reaper) for the metrics endpoints."""
     return f"{PREFIX}stats:{name}"
 
 

@@ -86,7 +86,7 @@ class Registry(Leasing, Reaping, Purging, Uploads, Preempting):
         """Raw counters for the metrics endpoint."""
         return {
             name: cast(dict[str, str], self.r.hgetall(redis_keys.stats(name)))
-            for name in ("submitted", "finished", "duration")
+            for name in ("submitted", "finished", "duration", "attempts_lost")
         }
 
     def counts(self) -> Iterator[tuple[str, str, int]]:
