@@ -50,8 +50,11 @@ def main() -> None:
 
     lm = load_model(HarvestSpec().model, cache_dir=args.cache_dir)
     n = args.warmup + args.batches
-    # One batch per shard, so every timed step also builds a shard and serialises it.
-    spec = HarvestSpec(hooks=[HOOK], batch_size=B, context_len=T, max_tokens=n * B * T, shard_tokens=B * T)
+    # One batch per shard, so every timed step also builds a shard and serialises it; fp32 shards
+    # (the default stores bf16), so the harvest's numbers can be checked equal to the bare pass's.
+    spec = HarvestSpec(
+        hooks=[HOOK], batch_size=B, context_len=T, max_tokens=n * B * T, shard_tokens=B * T, dtype="float32"
+    )
     contexts = pack_contexts(
         iter_documents(spec.corpus, seed=spec.seed),
         lm.tokenizer,

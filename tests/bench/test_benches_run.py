@@ -79,3 +79,11 @@ def test_train_synthetic_smoke_with_its_peers(tmp_path):
     for peer, module in (("sparsify", "sparsify"), ("SAELens", "sae_lens")):
         if importlib.util.find_spec(module) is not None:
             assert peer in rows and f"saeq / {peer}:" in out
+
+
+@pytest.mark.integration
+def test_harvest_smallest(tmp_path):
+    """One timed batch of the built-in SmolLM2; the bench checks the harvest's numbers equal the
+    bare pass's (it failed once the harvest's default storage became bf16)."""
+    out = run_bench(["bench/harvest.py", "--batches", "1", "--warmup", "0"], tmp_path)
+    assert "ratio harvest / bare" in out and "tokens/s" in out
