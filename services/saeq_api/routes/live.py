@@ -283,7 +283,7 @@ def _chat_model(body: ChatCompletionRequest) -> ModelSpec | None:
     try:
         return ModelSpec(name=name)
     except ValidationError as e:  # its message, not pydantic's trailing "For further information" line
-        raise unprocessable("model", e.errors()[0]["msg"]) from None
+        raise unprocessable("model", f"{e.errors()[0]['msg']}; GET /v1/models lists the models to pass") from None
 
 
 async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http: Request) -> dict[str, Any]:
