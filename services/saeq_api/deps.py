@@ -7,6 +7,7 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from saeq.platform.registry import Registry, Send
 from saeq.platform.store import ObjectStore
@@ -14,6 +15,9 @@ from saeq.platform.teams import Principal, Teams
 from saeq_api.settings import ApiSettings
 
 _ANONYMOUS_ADMIN = Principal(team="default", role="admin")
+# Declares the bearer scheme in the OpenAPI (Swagger's Authorize button, generated clients send
+# the key); auto_error=False so a missing or malformed header gets our 401 below, not FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False, description="an API key: `saeq keys create TEAM`")
 
 
 @dataclass
@@ -33,14 +37,15 @@ def services(request: Request) -> Services:
     return request.app.state.services
 
 
-def principal(request: Request) -> Principal:
+def principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
     """The team and role behind the request's bearer key; 401 without a valid one. The key is
     never logged or stored: only its SHA-256 is compared."""
     svc: Services = request.app.state.services
     if svc.settings.auth == "off":
         return _ANONYMOUS_ADMIN
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    who = svc.teams.authenticate(key.strip()) if scheme.lower() == "bearer" else None
+    who = svc.teams.authenticate(credentials.credentials.strip()) if credentials is not None else None
     if who is None:
         raise HTTPException(
             401,

@@ -20,6 +20,7 @@ from saeq_api.submit import create_job, visible_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 403, 404, 413, 429, 503))
 Svc = Annotated[Services, Depends(services)]
+_LOCATION = {"description": "the job's URL, `/v1/jobs/{id}` (not on a dry run)", "schema": {"type": "string"}}
 
 
 def _job_or_404(svc: Services, job_id: str, who: Principal) -> dict:
@@ -34,10 +35,12 @@ def _job_or_404(svc: Services, job_id: str, who: Principal) -> dict:
     status_code=201,
     response_model=JobPublic | Plan,
     responses={
+        201: {"description": "The job, queued", "headers": {"Location": _LOCATION}},
         200: {
             "model": JobPublic | Plan,
             "description": "The job a repeated Idempotency-Key created; with dry_run=true, the job's Plan",
-        }
+            "headers": {"Location": _LOCATION},
+        },
     },
 )
 def submit_job(
@@ -59,6 +62,7 @@ def submit_job(
         response.status_code = 200
         return plan_request(svc, body, who)
     record, created = create_job(svc, body, who, idempotency_key)
+    response.headers["Location"] = f"{router.prefix}/{record['id']}"
     if not created:
         response.status_code = 200
     else:
