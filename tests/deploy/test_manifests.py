@@ -239,7 +239,7 @@ def test_prod_scales_workers_with_keda_and_is_monitored():
     gpu = scaled["saeq-worker-gpu"]["spec"]
     assert {t["name"] for t in gpu["triggers"]} == {"waiting", "running"}  # tests/deploy/test_keda.py
     assert "replicas" not in objects("prod", "Deployment")["saeq-worker-gpu"]["spec"]  # KEDA owns it
-    assert set(objects("prod", "ServiceMonitor")) == {"saeq-api", "saeq-workers"}
+    assert set(objects("prod", "ServiceMonitor")) == {"saeq-api", "saeq-workers", "saeq-redis"}
     dashboards = objects("prod", "ConfigMap")["saeq-grafana-dashboards"]
     assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
     for name, text in dashboards["data"].items():
