@@ -42,7 +42,8 @@ for _var in ("PROMETHEUS_MULTIPROC_DIR", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS
         os.environ[_var] = os.path.abspath(os.environ[_var])
 app = make_celery(settings)
 app.conf.update(
-    worker_max_tasks_per_child=50,  # bounds memory creep from model caches across many jobs
+    # SAEQ_WORKER_MAX_TASKS_PER_CHILD; 0 (the steer worker): never recycle, None is Celery's "no limit".
+    worker_max_tasks_per_child=settings.worker_max_tasks_per_child or None,
     worker_cancel_long_running_tasks_on_connection_loss=False,
 )
 app.autodiscover_tasks(["saeq_worker"], related_name="tasks", force=True)

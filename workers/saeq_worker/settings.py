@@ -25,6 +25,10 @@ class WorkerSettings(PlatformSettings):
     (content-addressed, LRU); empty: `<cache_dir>/shards`. Put it on a fast local disk."""
     shard_cache_bytes: int = Field(default=50 << 30, ge=0)
     """Size bound of the shard cache (clamped to the free disk at start); 0 turns it off."""
+    worker_max_tasks_per_child: int = Field(default=50, ge=0)
+    """Tasks a pool process runs before Celery replaces it (bounds memory creep from model caches
+    across many jobs); 0: never. The steer worker sets 0: each live request is a task, and a new
+    process reloads the model."""
     torch_threads: int | None = None
     """Torch's thread count; unset: the CPUs this worker may use (cgroup quota, affinity)."""
 
