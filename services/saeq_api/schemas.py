@@ -115,8 +115,8 @@ class JobPublic(JobSummary):
 
 class JobList(BaseModel):
     jobs: list[JobSummary]
-    next_before: float | None
-    """Pass as `before` to get the next page; null on the last page."""
+    next_before: str | None
+    """An opaque cursor: pass as `before` to get the next page; null on the last page."""
 
 
 class JobEvent(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
@@ -20,6 +21,7 @@ from saeq_api.submit import create_job, visible_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 403, 404, 413, 429, 503))
 Svc = Annotated[Services, Depends(services)]
+_CURSOR = r"^[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?(_[0-9a-f]{1,64})?$"
 _LOCATION = {"description": "the job's URL, `/v1/jobs/{id}` (not on a dry run)", "schema": {"type": "string"}}
 
 
@@ -84,7 +86,12 @@ def list_jobs(
     state: Literal[STATES] | None = None,  # type: ignore[valid-type]
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[
-        float | None, Query(allow_inf_nan=False, description="created_at cursor from the previous page")
+        str | None,
+        Query(
+            pattern=_CURSOR,
+            max_length=100,
+            description="`next_before` of the previous page (a bare created_at, the old cursor, works too)",
+        ),
     ] = None,
     team: Annotated[
         str | None, Query(max_length=63, description="admins only: another team's jobs; default: every team's")
@@ -94,12 +101,36 @@ def list_jobs(
     at a time: summaries without their specs (`GET /v1/jobs/{id}` has the spec), a few KB each."""
     if team is not None and not who.is_admin and team != who.team:
         raise HTTPException(403, detail=f"only admins list other teams' jobs; your team is {who.team!r}")
+    before_at, before_id = _parse_cursor(before)
     jobs = svc.registry.list(
-        kind=kind, state=state, limit=limit + 1, before=before, team=team if who.is_admin else who.team, summary=True
+        kind=kind,
+        state=state,
+        limit=limit + 1,
+        before=before_at,
+        before_id=before_id,
+        team=team if who.is_admin else who.team,
+        summary=True,
     )
     more = len(jobs) > limit
     jobs = jobs[:limit]
-    return JobList(jobs=[JobSummary.of(j) for j in jobs], next_before=jobs[-1]["created_at"] if more else None)
+    # (created_at, id): jobs sharing the last one's created_at are not skipped by the next page.
+    cursor = f"{float(jobs[-1]['created_at'])!r}_{jobs[-1]['id']}" if more else None
+    return JobList(jobs=[JobSummary.of(j) for j in jobs], next_before=cursor)
+
+
+def _parse_cursor(before: str | None) -> tuple[float | None, str | None]:
+    if before is None:
+        return None, None
+    at, _, job_id = before.partition("_")
+    value = float(at)
+    if not math.isfinite(value):
+        raise HTTPException(
+            422,
+            detail=[
+                {"loc": ["query", "before"], "field": "query.before", "type": "value_error", "msg": "not a cursor"}
+            ],
+        )
+    return value, job_id or None
 
 
 @router.get("/{job_id}", response_model=JobPublic)

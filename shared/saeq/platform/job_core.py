@@ -102,20 +102,20 @@ class JobCore:
         state: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        before_id: str | None = None,
         team: str | None = None,
         summary: bool = False,
     ) -> list[dict[str, Any]]:
-        """Newest first; `before` is the created_at of the last job of the previous page. A team's
-        jobs come from its own index, so one team's listing never reads the others'. `summary`:
-        SUMMARY_FIELDS only, never the spec, so a page costs a few KB a job whatever specs hold."""
+        """Newest first; `before` (and `before_id`) are the created_at (and id) of the last job of
+        the previous page: with the id, the jobs sharing that created_at which follow it are not
+        skipped. A team's jobs come from its own index, so one team's listing never reads the
+        others'. `summary`: SUMMARY_FIELDS only, never the spec, so a page costs a few KB a job."""
         out: list[dict[str, Any]] = []
-        hi = f"({before}" if before is not None else "+inf"
         index = redis_keys.team(team, "jobs") if team is not None else redis_keys.ALL_JOBS
         batch = limit if kind is None and state is None else 200
+        cursor = (before, before_id)
         while len(out) < limit:
-            ids = cast(
-                list[tuple[str, float]], self.r.zrevrangebyscore(index, hi, "-inf", start=0, num=batch, withscores=True)
-            )
+            ids = self._index_after(index, cursor, batch)
             if not ids:
                 break
             pipe = self.r.pipeline(transaction=False)
@@ -131,8 +131,26 @@ class JobCore:
                     out.append(job)
                     if len(out) == limit:
                         break
-            hi = f"({ids[-1][1]}"
+            cursor = (ids[-1][1], ids[-1][0])
         return out
+
+    def _index_after(self, index: str, cursor: tuple[float | None, str | None], batch: int) -> list[tuple[str, float]]:
+        """Up to `batch` (id, created_at) of the index after the cursor, newest first. Ties are in
+        reverse id order (Redis's order within a score), so those after (score, id) are the ids
+        below it at that score, then everything older."""
+        score, job_id = cursor
+        tied: list[tuple[str, float]] = []
+        if score is not None and job_id is not None:
+            same = cast(list[str], self.r.zrangebyscore(index, score, score))
+            tied = [(m, score) for m in reversed(same) if m < job_id][:batch]
+        if len(tied) == batch:
+            return tied
+        hi = f"({score!r}" if score is not None else "+inf"
+        older = cast(
+            list[tuple[str, float]],
+            self.r.zrevrangebyscore(index, hi, "-inf", start=0, num=batch - len(tied), withscores=True),
+        )
+        return tied + older
 
     def events(self, job_id: str, *, after: str = "0-0", count: int = 500) -> list[dict[str, Any]]:
         if after == LAST_EVENT_ID:
