@@ -225,7 +225,7 @@ def test_dev_overlay_is_self_contained_and_prod_names_its_secrets():
                     if key in src and not src[key].get("optional"):  # optional ones may be absent
                         assert (kind, src[key]["name"]) in names, src
             for e in c.get("env", []):
-                if ref := e.get("valueFrom", {}).get("secretKeyRef"):
+                if (ref := e.get("valueFrom", {}).get("secretKeyRef")) and not ref.get("optional"):
                     assert ("Secret", ref["name"]) in names, ref
     prod = rendered("prod")
     assert not [d for d in prod if d["kind"] == "Secret"]  # created outside git (docs/deploy.md)
