@@ -2,7 +2,8 @@
 each run twice on a local stack; before the second run of each, `Client.plan` predicts its wall
 time from the first, and the table prints predicted against actual (issue 18, acceptance 4: within
 25%). Also the plan's own latency with that history.
-Usage: python bench/plan.py [--tokens 65536] [--train-tokens 327680] [--home DIR]
+Usage: python bench/plan.py [--tokens 65536] [--train-tokens 327680] [--home DIR] [--smoke]
+--smoke: a tiny local Llama and a few thousand tokens, so the whole bench runs in well under a minute.
 """
 
 from __future__ import annotations
@@ -37,25 +38,47 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=65_536, help="harvest tokens (the demo's: 262,144)")
     ap.add_argument("--train-tokens", type=int, default=327_680, help="training tokens (the demo's: 2,457,600)")
     ap.add_argument("--home", type=Path, default=None, help="stack home (default: a temporary directory)")
+    ap.add_argument("--smoke", action="store_true", help="tiny model and sizes: checks the bench runs, in seconds")
     args = ap.parse_args()
 
     from saeq.client.client import Client
     from saeq.dev.local_stack import LocalStack, StackOptions, free_port
-    from saeq.specs import ActivationsRef, HarvestSpec, SaeConfig, TrainSpec
+    from saeq.specs import ActivationsRef, HarvestSpec, ModelSpec, SaeConfig, TrainSpec
 
     home = args.home or Path(tempfile.mkdtemp(prefix="saeq-bench-plan-"))
-    harvest_spec = HarvestSpec(hooks=[HOOK], max_tokens=args.tokens)
+    hook, sae = HOOK, SaeConfig(name="topk-8x-k32", architecture="topk", expansion_factor=8, k=32)
+    if args.smoke:
+        from tests.tiny_model import save_tiny_llama
+
+        tiny = save_tiny_llama(home / "tiny-llama", n_layers=2, d_model=32)
+        hook, sae = (
+            "blocks.0.hook_resid_post",
+            SaeConfig(name="topk-2x-k4", architecture="topk", expansion_factor=2, k=4),
+        )
+        harvest_spec = HarvestSpec(
+            model=ModelSpec(name=str(tiny)),
+            hooks=[hook],
+            max_tokens=2_048,
+            context_len=64,
+            batch_size=4,
+            shard_tokens=512,
+        )
+        args.train_tokens = 4_096
+    else:
+        harvest_spec = HarvestSpec(hooks=[hook], max_tokens=args.tokens)
     rows = []
-    with LocalStack(StackOptions(home=home, port=free_port())) as stack:
+    roots = [str(home)] if args.smoke else None  # the tiny model lies under home
+    with LocalStack(StackOptions(home=home, port=free_port(), local_path_roots=roots)) as stack:
         client = Client(stack.url, api_key=stack.admin_key, timeout=60)
         print(f"stack up: {stack.url}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         for round_ in (1, 2):
             harvest_plan = client.plan(harvest_spec) if round_ == 2 else None
             harvest = _run(client, harvest_spec)
             train_spec = TrainSpec(
-                activations=ActivationsRef(job_id=harvest["id"], hook=HOOK),
+                activations=ActivationsRef(job_id=harvest["id"], hook=hook),
                 total_tokens=args.train_tokens,
-                saes=[SaeConfig(name="topk-8x-k32", architecture="topk", expansion_factor=8, k=32)],
+                saes=[sae],
+                validation_tokens=512 if args.smoke else 16_384,  # the smoke harvest holds 2,048
             )
             train_plan = client.plan(train_spec) if round_ == 2 else None
             train = _run(client, train_spec)
@@ -66,7 +89,7 @@ def main() -> None:
                     rows.append((job["kind"], plan, actual))
                     print(_row(job["kind"], plan, actual), flush=True)  # at once: a long run may be cut short
         t0 = time.perf_counter()
-        n = 20
+        n = 3 if args.smoke else 20
         for _ in range(n):
             client.plan(train_spec)
         plan_ms = (time.perf_counter() - t0) / n * 1000
