@@ -94,3 +94,17 @@ def pod_env(name: str) -> dict[str, str]:
 def test_the_steer_pool_never_recycles_its_process_and_job_workers_still_do():
     assert max_tasks_per_child(pod_env("saeq-worker-steer")) is None  # Celery: no limit
     assert max_tasks_per_child(pod_env("saeq-worker-gpu")) == 50
+
+
+@pytest.mark.parametrize("name", JOB_WORKERS)
+def test_job_workers_may_patch_their_own_pod_and_nothing_else(name):
+    # saeq_worker.pod_cost: the deletion cost annotation, so a scale-in takes an idle pod first.
+    spec = pod("prod", name)
+    assert spec["automountServiceAccountToken"] is True and spec["serviceAccountName"] == "saeq-worker"
+    (worker,) = spec["containers"]
+    fields = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in worker["env"]}
+    assert fields["POD_NAME"] == "metadata.name" and fields["POD_NAMESPACE"] == "metadata.namespace"
+    (binding,) = [b for b in objects("prod", "RoleBinding").values() if b["roleRef"]["name"] == "saeq-worker-pod-cost"]
+    assert ("ServiceAccount", "saeq-worker") in {(s["kind"], s["name"]) for s in binding["subjects"]}
+    role = objects("prod", "Role")["saeq-worker-pod-cost"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]

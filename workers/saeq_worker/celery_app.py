@@ -17,12 +17,19 @@ import shutil
 import sys
 import tempfile
 
-from celery.signals import worker_init, worker_process_shutdown, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_shutdown,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from saeq.platform.dispatch import make_celery
 from saeq.platform.settings import InsecureSettings
 from saeq.specs import load_plugins
-from saeq_worker import liveness, metrics, pools, threads
+from saeq_worker import liveness, metrics, pod_cost, pools, threads
 from saeq_worker.settings import WorkerSettings
 
 log = logging.getLogger("saeq.worker")
@@ -106,6 +113,19 @@ _work_dir: str | None = None
 @worker_process_shutdown.connect
 def _child_exited(pid, **_):
     metrics.process_died(pid)
+
+
+@task_prerun.connect
+def _pod_busy(**_):
+    # The pod's deletion cost (saeq_worker.pod_cost): a scale-in removes an idle pod first.
+    if (pod := pod_cost.this_pod()) is not None:
+        pod.busy()
+
+
+@task_postrun.connect
+def _pod_idle(**_):
+    if (pod := pod_cost.this_pod()) is not None:
+        pod.idle()
 
 
 @worker_shutting_down.connect
