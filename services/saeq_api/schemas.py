@@ -129,6 +129,10 @@ class JobEvent(BaseModel):
 
 class JobEvents(BaseModel):
     events: list[JobEvent]
+    more: bool = False
+    """True when the log goes on past this page: ask again with `after=next_after`."""
+    next_after: str = "0-0"
+    """The last event's id (the `after` given when the page is empty): the next page's `after`."""
 
 
 class Artifact(BaseModel):

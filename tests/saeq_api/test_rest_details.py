@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from saeq.client.client import Client
+
 HARVEST = {"kind": "harvest", "max_tokens": 4096}
 
 
@@ -39,3 +41,26 @@ def test_pages_never_skip_jobs_sharing_a_created_at(api, monkeypatch):
     assert {j["id"] for j in old["jobs"]} == tied
     assert api.get("/v1/jobs", params={"before": "1e999"}).status_code == 422
     assert api.get("/v1/jobs", params={"before": "soon"}).status_code == 422
+
+
+def test_events_page_past_500_and_the_client_follows(api):
+    job_id = api.post("/v1/jobs", json={"spec": HARVEST}).json()["id"]
+    registry = api.app.state.services.registry
+    for i in range(620):  # after the "queued" event: 621 in all
+        registry.event(job_id, "running", f"step {i}")
+    first = api.get(f"/v1/jobs/{job_id}/events")
+    page = first.json()
+    assert len(page["events"]) == 500 and page["more"] is True
+    assert page["next_after"] == page["events"][-1]["id"] and 'rel="next"' in first.headers["link"]
+    rest = api.get(f"/v1/jobs/{job_id}/events", params={"after": page["next_after"]}).json()
+    assert len(rest["events"]) == 121 and rest["more"] is False and rest["events"][-1]["message"] == "step 619"
+    assert api.get(f"/v1/jobs/{job_id}/events", params={"after": rest["next_after"]}).json() == {
+        "events": [],
+        "more": False,
+        "next_after": rest["next_after"],
+    }
+    client = Client("http://testserver", api_key="unused")
+    client.http = api  # the TestClient is an httpx.Client on the app
+    events = client.events(job_id)
+    assert len(events) == 621 and len({e["id"] for e in events}) == 621
+    assert [e["message"] for e in events[1:]] == [f"step {i}" for i in range(620)]

@@ -152,10 +152,16 @@ def cancel_job(job_id: str, svc: Svc, who: Caller) -> JobPublic:
 
 @router.get("/{job_id}/events", response_model=JobEvents)
 def job_events(
-    job_id: str, svc: Svc, who: Caller, after: Annotated[str, Query(pattern=r"^[0-9]+-[0-9]+$", max_length=41)] = "0-0"
+    job_id: str,
+    svc: Svc,
+    who: Caller,
+    response: Response,
+    after: Annotated[str, Query(pattern=r"^[0-9]+-[0-9]+$", max_length=41)] = "0-0",
+    limit: Annotated[int, Query(ge=1, le=500)] = 500,
 ) -> JobEvents:
-    """The job's log of phases and progress messages; pass the last event's id as `after` (ASCII
-    digits: Redis refuses the other Unicode digits that `\\d` would let through)."""
+    """The job's log of phases and progress messages, `limit` at a time; pass the last event's id
+    (`next_after`) as `after` (ASCII digits: Redis refuses the other Unicode digits that `\\d`
+    would let through). `more` (and a `Link: rel="next"` header) says the log goes on."""
     if any(int(part) >= 1 << 64 for part in after.split("-")):
         raise HTTPException(
             422,
@@ -169,7 +175,13 @@ def job_events(
             ],
         )
     _job_or_404(svc, job_id, who)
-    return JobEvents.model_validate({"events": svc.registry.events(job_id, after=after)})
+    events = svc.registry.events(job_id, after=after, count=limit + 1)
+    more = len(events) > limit
+    events = events[:limit]
+    next_after = events[-1]["id"] if events else after
+    if more:
+        response.headers["Link"] = f'<{router.prefix}/{job_id}/events?after={next_after}&limit={limit}>; rel="next"'
+    return JobEvents.model_validate({"events": events, "more": more, "next_after": next_after})
 
 
 @router.get("/{job_id}/artifacts", response_model=JobArtifacts)

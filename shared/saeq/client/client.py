@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 from pydantic import BaseModel
@@ -169,7 +169,15 @@ class Client:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 
     def events(self, job_id: str, *, after: str = "0-0") -> list[dict]:
-        return self._call("GET", f"/v1/jobs/{job_id}/events", params={"after": after})["events"]
+        """Every event after `after`, following the API's pages (500 events each)."""
+        out: list[dict] = []
+        while True:
+            page = self._call("GET", f"/v1/jobs/{job_id}/events", params={"after": after})
+            out += page["events"]
+            # An older API sends neither field: its one page is all it gives.
+            if not page.get("more") or not page["events"]:
+                return out
+            after = page.get("next_after") or page["events"][-1]["id"]
 
     def artifacts(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}/artifacts")
@@ -205,17 +213,19 @@ class Client:
         job_id: str,
         *,
         timeout: float | None = None,
-        progress: bool = False,
+        progress: bool | TextIO = False,
         poll_s: float = 1.0,
         raise_on_failure: bool = True,
     ) -> dict:
-        """Block until the job ends; with `progress`, draw a progress bar. Raises JobFailed unless
-        it succeeded (and `raise_on_failure`). Rides out an unavailable API until `timeout`."""
+        """Block until the job ends; with `progress` (True: stderr, or a stream), show its progress
+        (saeq.client.progress: a bar on a terminal, a line every few seconds elsewhere). Raises
+        JobFailed unless it succeeded (and `raise_on_failure`). Rides out an unavailable API until
+        `timeout`."""
         bar = None
         if progress:
-            from tqdm import tqdm
+            from saeq.client.progress import JobProgress
 
-            bar = tqdm(total=1000, unit="", bar_format="{desc} |{bar}| {percentage:3.0f}% {elapsed}<{remaining}")
+            bar = JobProgress(None if progress is True else progress)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -229,11 +239,7 @@ class Client:
                     time.sleep(poll_s)
                     continue
                 if bar is not None:
-                    p = job["progress"]
-                    bar.n = int(1000 * p["fraction"])
-                    figures = " ".join(f"{k}={_fmt(v)}" for k, v in p["figures"].items())
-                    bar.set_description_str(f"{job['kind']} {job_id[:8]} {job['state']}:{p['phase']} {figures}")
-                    bar.refresh()
+                    bar.update(job)
                 if job["state"] in TERMINAL:
                     break
                 if deadline is not None and time.monotonic() > deadline:
@@ -350,9 +356,3 @@ def _backoff_s(attempt: int, retry_after: str | None = None) -> float:
         except ValueError:
             pass  # an HTTP date, or garbage: our own backoff
     return min(4.0, 0.25 * 2**attempt)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-    return str(v)
