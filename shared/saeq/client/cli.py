@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import sys
 import time
@@ -13,11 +14,24 @@ from pathlib import Path
 import click
 import yaml
 
+from saeq.client.cli_errors import SaeqGroup
 from saeq.client.client import ApiError, Client, JobFailed
+
+CLI_RETRY_FOR_S = 5.0
+"""How long a command retries an API that does not answer before it says so (SAEQ_RETRY_FOR_S):
+long enough for a restarting API, short enough that a user who has none running hears it soon."""
 
 
 def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj.get("url"), api_key=ctx.obj.get("api_key"))
+    client = Client(ctx.obj.get("url"), api_key=ctx.obj.get("api_key"))
+    client.retry_for_s = float(os.environ.get("SAEQ_RETRY_FOR_S", CLI_RETRY_FOR_S))
+    # What the error messages (saeq.client.cli_errors) name: the URL and whether a key was sent.
+    ctx.obj.update(resolved_url=client.url, resolved_key=client.api_key is not None)
+    return client
+
+
+def _echo_json(value) -> None:
+    click.echo(json.dumps(value, indent=2))
 
 
 LOCAL_STACK_MODULES = ("redis", "celery", "minio", "fastapi", "uvicorn", "torch", "transformers")
@@ -34,7 +48,8 @@ def _require_local_stack(command: str) -> None:
         )
 
 
-@click.group()
+@click.group(cls=SaeqGroup)
+@click.version_option(package_name="saeq", prog_name="saeq")
 @click.option(
     "--url",
     envvar="SAEQ_URL",
@@ -50,7 +65,7 @@ def _require_local_stack(command: str) -> None:
 )
 @click.pass_context
 def main(ctx: click.Context, url: str | None, api_key: str | None) -> None:
-    """saeq: queue sparse-autoencoder experiments."""
+    """saeq: queue sparse-autoencoder experiments. Errors are one line; SAEQ_DEBUG=1 shows tracebacks."""
     ctx.ensure_object(dict).update(url=url, api_key=api_key)
 
 
@@ -78,6 +93,7 @@ def main(ctx: click.Context, url: str | None, api_key: str | None) -> None:
 def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, concurrency, local_path_roots) -> None:
     """Start Redis, the API, one worker and a local store; stop them with Ctrl-C."""
     _require_local_stack("up")
+    from saeq.client.stack_file import forget_current_home, record_current_home
     from saeq.dev.local_stack import LocalStack, StackOptions, saeq_home, stack_info_path
 
     opts = StackOptions(
@@ -94,6 +110,7 @@ def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, 
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     with LocalStack(opts) as stack:
+        record_current_home(opts.home)  # so `saeq status` finds a stack under --home too
         # No secret on stdout (a terminal log, a CI log, a shared tmux): only where they are.
         click.echo(
             f"saeq is up: API {stack.url} (docs {stack.url}/docs), Redis {stack.redis_url_shown()}, "
@@ -110,6 +127,8 @@ def up(port, home, redis_url, store, s3_endpoint, s3_access_key, s3_secret_key, 
                 time.sleep(1)
         except KeyboardInterrupt:
             pass
+        finally:
+            forget_current_home(opts.home)
         click.echo("stopping")
 
 
@@ -133,6 +152,8 @@ def submit(ctx, spec_file: Path, depends_on, idempotency_key, wait_) -> None:
     try:
         job = client.submit(spec, depends_on=deps, name=doc.get("name"), idempotency_key=idempotency_key)
     except ApiError as e:
+        if e.status not in (400, 422):
+            raise  # not the file's fault: the one-line message of saeq.client.cli_errors
         raise click.ClickException(f"{spec_file}: {e}") from None
     click.echo(job["id"])
     if wait_:
@@ -197,10 +218,7 @@ def printable(text: str) -> str:
 @click.pass_context
 def purge(ctx, team, older_than) -> None:
     """(admin) Delete ended jobs' records now, before their retention ends; artifacts stay."""
-    try:
-        out = _client(ctx).purge(team=team, ended_before=time.time() - older_than if older_than else None)
-    except ApiError as e:
-        raise click.ClickException(str(e)) from None
+    out = _client(ctx).purge(team=team, ended_before=time.time() - older_than if older_than else None)
     click.echo(
         f"purged {out['purged']} ended job{'s' if out['purged'] != 1 else ''}{f' of team {team}' if team else ''}"
     )
@@ -218,14 +236,18 @@ def wait(ctx, job_id, timeout) -> None:
 @main.command()
 @click.argument("job_id")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the job ends.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event and line.")
 @click.pass_context
-def logs(ctx, job_id, follow) -> None:
+def logs(ctx, job_id, follow, as_json) -> None:
     """Print the job's events (phases, progress messages, failures)."""
     client = _client(ctx)
     after = "0-0"
     while True:
         for ev in client.events(job_id, after=after):
             after = ev["id"]
+            if as_json:
+                click.echo(json.dumps(ev))
+                continue
             stamp = time.strftime("%H:%M:%S", time.localtime(ev["t"]))
             click.echo(f"{stamp}  {printable(ev['phase']):10}  {printable(ev['message'])}")
         if not follow or client.get(job_id)["state"] in ("succeeded", "failed", "cancelled"):
@@ -235,10 +257,13 @@ def logs(ctx, job_id, follow) -> None:
 
 @main.command()
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def artifacts(ctx, job_id) -> None:
+def artifacts(ctx, job_id, as_json) -> None:
     """List a job's artifacts with sizes and download URLs."""
     arts = _client(ctx).artifacts(job_id)
+    if as_json:
+        return _echo_json(arts)
     click.echo(f"published: {arts['published']}  manifest: {arts['manifest_key']}")
     for a in arts["artifacts"]:
         click.echo(f"{a['size']:>12,}  {a['key']}\n              {a['url']}")
@@ -266,18 +291,17 @@ def cancel(ctx, job_id) -> None:
 
 @main.command()
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the evaluate job's manifest as JSON.")
 @click.pass_context
-def report(ctx, job_id) -> None:
+def report(ctx, job_id, as_json) -> None:
     """Print the summary table of an evaluate job's report."""
     from saeq.client.report import summary_table
 
-    client = _client(ctx)
-    try:
-        manifest = client.manifest(job_id)
-    except ApiError as e:
-        raise click.ClickException(str(e)) from None
+    manifest = _client(ctx).manifest(job_id)
     if manifest.get("kind") != "evaluate":
         raise click.ClickException(f"job {job_id} is a {manifest.get('kind')} job; `report` reads evaluate jobs")
+    if as_json:
+        return _echo_json(manifest)
     click.echo(f"evaluation of SAE {manifest['sae']['name']} ({manifest['sae']['source']}) at {manifest['hook']}")
     click.echo(summary_table(manifest["metrics"]))
     c = manifest["counts"]
@@ -292,19 +316,19 @@ def report(ctx, job_id) -> None:
 @main.command()
 @click.argument("job_id")
 @click.option("--limit", default=50, show_default=True, help="Features shown.")
+@click.option("--json", "as_json", is_flag=True, help="The label records (labels.jsonl) as a JSON list.")
 @click.pass_context
-def labels(ctx, job_id, limit) -> None:
+def labels(ctx, job_id, limit, as_json) -> None:
     """Print a label job's labels and their detection scores, per explainer."""
     from saeq.client.report import labels_summary, labels_table
 
     client = _client(ctx)
-    try:
-        manifest = client.manifest(job_id)
-        if manifest.get("kind") != "label":
-            raise click.ClickException(f"job {job_id} is a {manifest.get('kind')} job; `labels` reads label jobs")
-        records = client.labels(job_id)
-    except ApiError as e:
-        raise click.ClickException(str(e)) from None
+    manifest = client.manifest(job_id)
+    if manifest.get("kind") != "label":
+        raise click.ClickException(f"job {job_id} is a {manifest.get('kind')} job; `labels` reads label jobs")
+    records = client.labels(job_id)
+    if as_json:
+        return _echo_json(records[:limit])
     click.echo(labels_table(records, limit=limit))
     click.echo("\n" + labels_summary(manifest["summary"]))
 
@@ -313,13 +337,13 @@ def labels(ctx, job_id, limit) -> None:
 @click.argument("label_job")
 @click.argument("query")
 @click.option("--top", default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def search(ctx, label_job, query, top) -> None:
+def search(ctx, label_job, query, top, as_json) -> None:
     """Features of a label job whose labels mean what QUERY says (to pick features to steer)."""
-    try:
-        hits = _client(ctx).search_labels(label_job, query, top=top)
-    except ApiError as e:
-        raise click.ClickException(str(e)) from None
+    hits = _client(ctx).search_labels(label_job, query, top=top)
+    if as_json:
+        return _echo_json(hits)
     for h in hits:
         click.echo(f"{h['feature']:6d}  {h['similarity']:.3f}  {h['label']}  ({h['explainer']})")
 
@@ -343,10 +367,7 @@ def steer(ctx, train_job, prompt, feature, mode, value, sae_name, tokens) -> Non
         "max_new_tokens": tokens,
         "interventions": [{"feature": f, "mode": mode, "value": value} for f in feature],
     }
-    try:
-        out = _client(ctx).steer(body)
-    except ApiError as e:
-        raise click.ClickException(str(e)) from None
+    out = _client(ctx).steer(body)
     click.echo(f"default: {out['default']}\nsteered: {out['steered']}")
     ppl = out["perplexity_unsteered"]
     click.echo(
@@ -363,12 +384,15 @@ def demo(tokens, train_tokens, home) -> None:
     """The offline demo, end to end: harvest layer 15 of SmolLM2 on English Wikipedia, train a
     TopK SAE on it, evaluate it on held-out articles."""
     _require_local_stack("demo")
-    from saeq.dev.demo import run_demo
+    from saeq.dev.demo import quiet_library_bars, run_demo
+
+    quiet_library_bars()
 
     run_demo(tokens=tokens, train_tokens=train_tokens, home=home)
 
 
 def _wait(client: Client, job_id: str, timeout: float | None = None) -> dict:
+    client.get(job_id)  # a wrong id or an API that is not there: said now, not waited on forever
     try:
         job = client.wait(job_id, progress=True, timeout=timeout)
     except JobFailed as e:

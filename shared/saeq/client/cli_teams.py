@@ -7,23 +7,26 @@ import json
 
 import click
 
-from saeq.client.client import ApiError
-
 
 def _call(ctx: click.Context, method: str, *args, **kw):
+    """`Client.<method>(...)`; its errors become one line in saeq.client.cli_errors.SaeqGroup."""
     from saeq.client.cli import _client
 
-    try:
-        return getattr(_client(ctx), method)(*args, **kw)
-    except ApiError as e:
-        raise click.ClickException(str(e)) from None
+    return getattr(_client(ctx), method)(*args, **kw)
+
+
+def _json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")(f)
 
 
 @click.command()
+@_json_option
 @click.pass_context
-def whoami(ctx) -> None:
+def whoami(ctx, as_json: bool) -> None:
     """Your team, role, quota, the team's use of it, and its GPU usage against its fair share."""
     me = _call(ctx, "me")
+    if as_json:
+        return click.echo(json.dumps(me, indent=2))
     click.echo(f"team {me['team']}  role {me['role']}  key {me['key_id'] or '-'}")
     click.echo(f"jobs: {me['active']} dispatched, {me['waiting']} waiting")
     click.echo("quota: " + "  ".join(f"{k}={_quota_value(v)}" for k, v in me["quota"].items()))
@@ -66,10 +69,14 @@ def keys_create(ctx, team, admin, name) -> None:
 
 @keys.command("list")
 @click.option("--team", default=None)
+@_json_option
 @click.pass_context
-def keys_list(ctx, team) -> None:
+def keys_list(ctx, team, as_json: bool) -> None:
     """Key ids, teams and roles (never the keys themselves)."""
-    for k in _call(ctx, "keys", team):
+    records = _call(ctx, "keys", team)
+    if as_json:
+        return click.echo(json.dumps(records, indent=2))
+    for k in records:
         state = "revoked" if k["revoked_at"] else "active"
         click.echo(f"{k['key_id']}  {k['team']:<20} {k['role']:<7} {state:<8} {k['name']}")
 
@@ -89,9 +96,14 @@ def teams() -> None:
 
 
 @teams.command("list")
+@_json_option
 @click.pass_context
-def teams_list(ctx) -> None:
-    for t in _call(ctx, "teams"):
+def teams_list(ctx, as_json: bool) -> None:
+    """Every team with its quota and use."""
+    found = _call(ctx, "teams")
+    if as_json:
+        return click.echo(json.dumps(found, indent=2))
+    for t in found:
         q = t["quota"]
         click.echo(
             f"{t['team']:<20} dispatched {t['active']}/{q['max_running']}  waiting {t['waiting']}/"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from saeq.client.cli_teams import _call
+from saeq.client.cli_teams import _call, _json_option
 
 
 @click.group()
@@ -25,17 +26,22 @@ def uploads_add(ctx, path: Path, text_field: str) -> None:
 
 
 @uploads.command("list")
+@_json_option
 @click.pass_context
-def uploads_list(ctx) -> None:
+def uploads_list(ctx, as_json: bool) -> None:
     """Your team's uploads and how much of its quota they use."""
-    cursor = None
+    found, cursor = [], None
     while True:  # a page at a time: at most the team's max_uploads in all
         listed = _call(ctx, "uploads", cursor=cursor)
-        for up in listed["uploads"]:
-            storing = "  (storing)" if up.get("state") == "storing" else ""
-            click.echo(f"{up['upload_id']}  {up['size']:>14,}  {up['n_documents']:>9,} docs  {up['key']}{storing}")
+        found += listed["uploads"]
         if (cursor := listed["next_cursor"]) is None:
             break
+    if as_json:
+        quota = {k: v for k, v in listed.items() if k not in ("uploads", "next_cursor")}
+        return click.echo(json.dumps({**quota, "uploads": found}, indent=2))
+    for up in found:
+        storing = "  (storing)" if up.get("state") == "storing" else ""
+        click.echo(f"{up['upload_id']}  {up['size']:>14,}  {up['n_documents']:>9,} docs  {up['key']}{storing}")
     click.echo(f"{listed['used_bytes']:,} of {listed['max_upload_bytes']:,} bytes used")
     click.echo(f"{listed['n_uploads']:,} of {listed['max_uploads']:,} uploads")
 

@@ -4,6 +4,7 @@ progress, print what they produced."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,18 @@ from saeq.specs import (
 )
 
 HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]
+
+LIBRARY_BAR_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+"""Environment that silences the hub's and any library's tqdm bars (a file gets no bar: the job
+progress of saeq.client.progress writes lines there instead)."""
+
+
+def quiet_library_bars() -> None:
+    """When the demo's output goes to a file or pipe (`make demo > demo.log`), no library bar
+    writes carriage returns into it; a setting the user made wins."""
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        for name, value in LIBRARY_BAR_ENV.items():
+            os.environ.setdefault(name, value)
 
 
 def run_demo(
@@ -68,12 +81,12 @@ def run_demo(
         print(f"submitted harvest {harvest['id']}, train {train['id']}, label {label['id']}, evaluate {evaluate['id']}")
 
         print(f"\n[1/5] harvest: {tokens:,} tokens of {HOOK} (layer 15) of SmolLM2-135M-Instruct")
-        job = client.wait(harvest["id"], progress=True)
+        job = client.wait(harvest["id"], progress=sys.stdout)
         manifest = client.manifest(job["id"])
         _print_harvest(job, manifest, stack)
 
         print(f"\n[2/5] train: TopK SAE, 4,608 latents, k=32, {train_tokens:,} tokens")
-        job = client.wait(train["id"], progress=True)
+        job = client.wait(train["id"], progress=sys.stdout)
         trained = client.manifest(job["id"])
         _print_train(job, trained)
 
@@ -81,7 +94,7 @@ def run_demo(
             f"\n[3/5] label: the {label_features} most active features, by SmolLM2 (few-shot) and by "
             "article metadata; each label scored on windows its explainer never saw"
         )
-        job = client.wait(label["id"], progress=True)
+        job = client.wait(label["id"], progress=sys.stdout)
         labelled = client.manifest(job["id"])
         print(labels_table(client.labels(job["id"])))
         print(labels_summary(labelled["summary"]))
@@ -95,7 +108,7 @@ def run_demo(
             "of the SmolLM2 labels as MiniLM rates them, sensitivity across en/fr/es, completeness over the chemical elements, "
             "sparse probing of topics)"
         )
-        job = client.wait(evaluate["id"], progress=True)
+        job = client.wait(evaluate["id"], progress=sys.stdout)
         report = client.manifest(job["id"])
         print(summary_table(report["metrics"]))
         c = report["counts"]

@@ -101,6 +101,9 @@ class LocalStack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # The parts write to log files: a library's progress bar would fill them with carriage returns.
+        env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        env.setdefault("TQDM_DISABLE", "1")
         for name in ("s3_endpoint", "s3_access_key", "s3_secret_key"):
             if getattr(o, name):
                 env[f"SAEQ_{name.upper()}"] = getattr(o, name)
