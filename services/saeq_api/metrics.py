@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from saeq.platform import fair_share
 from saeq.platform.dispatch import QUEUES
+from saeq.platform.queue_load import queue_loads
 from saeq.platform.registry import DURATION_BUCKETS_S, Registry
 
 REQUESTS = Counter(
@@ -116,6 +117,19 @@ class JobCollector:
         for q in QUEUES:
             depth.add_metric([q], self.registry.r.llen(q))
         yield depth
+
+        # What KEDA scales each worker pool to (waiting + running): saeq.platform.queue_load.
+        waiting = GaugeMetricFamily(
+            "saeq_queue_waiting_jobs",
+            "Jobs ready to run on each queue: waiting in saeq for a worker's slot, or sent and unclaimed",
+            labels=["queue"],
+        )
+        running = GaugeMetricFamily("saeq_queue_running_jobs", "Jobs running on each queue", labels=["queue"])
+        for q, load in queue_loads(self.registry).items():
+            waiting.add_metric([q], load.waiting)
+            running.add_metric([q], load.running)
+        yield waiting
+        yield running
 
 
 def _tally(census: list[dict], *fields: str) -> list[tuple[tuple, int]]:

@@ -33,4 +33,7 @@ def test_oldest_wait_and_jobs_by_team(api):
     waited = after[("saeq_queue_oldest_wait_seconds", (("queue", "gpu"),))]
     assert 1.2 <= waited <= time.time() - t0 + 0.5  # the first job's age: no worker runs here
     assert after[("saeq_queue_oldest_wait_seconds", (("queue", "steer"),))] == 0
+    # what KEDA scales the gpu pool to: the first job waits (sent, no worker), the second is held
+    assert after[("saeq_queue_waiting_jobs", (("queue", "gpu"),))] == 1
+    assert after[("saeq_queue_running_jobs", (("queue", "gpu"),))] == 0
     assert after[("saeq_team_jobs", (("state", "queued"), ("team", "admin")))] == 2  # the admin key's team
