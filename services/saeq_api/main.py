@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
+from http import HTTPStatus
+from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
@@ -14,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from kombu.exceptions import OperationalError
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import saeq
 from saeq.errors import StoreError
@@ -27,6 +30,7 @@ from saeq_api.deps import Services
 from saeq_api.limits import BodySizeLimit, body_limits
 from saeq_api.metrics import CachedScrape, make_registry
 from saeq_api.routes import admin, browser, files, jobs, live, uploads
+from saeq_api.schemas import PROBLEM_JSON
 from saeq_api.settings import ApiSettings
 from saeq_api.web import SecurityHeaders, docs_router
 
@@ -127,7 +131,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                     "msg": f"and {len(found) - _MAX_ERRORS:,} more errors",
                 }
             )
-        return JSONResponse(status_code=422, content={"detail": errors})
+        return problem(request, 422, errors)
 
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)
@@ -136,14 +140,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # Raised once the registry's retries (settings.redis_retry_s) or Celery's publish
         # retries are spent: Redis is down for longer than a restart takes. 503, so clients retry.
         log.warning("%s %s: Redis unreachable: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            status_code=503,
+        return problem(
+            request,
+            503,
+            f"the job registry and broker (Redis) did not answer for {settings.redis_retry_s:g} s; "
+            "retry in a few seconds (a submit retried with the same Idempotency-Key never creates a second job)",
             headers={"Retry-After": str(_RETRY_AFTER_S)},
-            content={
-                "detail": f"the job registry and broker (Redis) did not answer for "
-                f"{settings.redis_retry_s:g} s; retry in a few seconds (a submit retried with "
-                "the same Idempotency-Key never creates a second job)"
-            },
         )
 
     @app.exception_handler(StoreError)
@@ -151,11 +153,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # Not found and already-exists are answered by the routes; what reaches here is the
         # store itself failing (S3 unreachable past its retries, a directory not writable).
         log.error("%s %s: %s", request.method, request.url.path, exc.message)
-        return JSONResponse(
-            status_code=503,
-            headers={"Retry-After": str(_RETRY_AFTER_S)},
-            content={"detail": exc.message, "code": exc.code},
-        )
+        return problem(request, 503, exc.message, headers={"Retry-After": str(_RETRY_AFTER_S)}, code=exc.code)
+
+    # --- part C: RFC 9457 problem bodies for every HTTPException (routes' 4xx, unknown paths) ---
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return problem(request, exc.status_code, exc.detail, headers=exc.headers)
+
+    # --- end part C ---
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:
@@ -186,6 +191,25 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
 
 _RETRY_AFTER_S = 5
+
+
+def problem(request: Request, status: int, detail: Any, *, headers=None, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem body. `detail` stays what it always was (a sentence, or the list of
+    {loc, field, msg, type} naming each field at fault, which `errors` repeats), so old clients
+    that read `detail` keep working."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    if isinstance(detail, list):
+        body["errors"] = detail
+    return JSONResponse(status_code=status, content=body, headers=headers, media_type=PROBLEM_JSON)
+
+
 _MAX_ERRORS = 20
 _MAX_ERROR_CHARS = 300
 _UNION_TAGS = {

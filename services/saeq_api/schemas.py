@@ -8,12 +8,20 @@ from pydantic import BaseModel
 
 from saeq.errors import ERROR_CODES
 
+PROBLEM_JSON = "application/problem+json"
+
 
 class ErrorBody(BaseModel):
-    """Every 4xx/5xx answer: `detail` is a sentence, or (422, and 403 for quotas) a list of
-    {loc, field, msg, type} naming each field at fault."""
+    """Every 4xx/5xx answer, an RFC 9457 problem (application/problem+json): `detail` is a
+    sentence, or (422, and 403 for quotas) a list of {loc, field, msg, type} naming each field at
+    fault, which `errors` repeats."""
 
+    type: str = "about:blank"
+    title: str | None = None
+    status: int | None = None
     detail: str | list[dict[str, Any]]
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
     code: str | None = None
     """`store_error` when the object store failed (what to check is in `detail`)."""
 
@@ -34,7 +42,10 @@ _WHY = {
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these error statuses."""
-    return {c: {"model": ErrorBody, "description": _WHY[c]} for c in codes}
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {
+        c: {"model": ErrorBody, "description": _WHY[c], "content": {PROBLEM_JSON: {"schema": schema}}} for c in codes
+    }
 
 
 class JobError(BaseModel):
