@@ -160,6 +160,22 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException):
         return problem(request, exc.status_code, exc.detail, headers=exc.headers)
 
+    def _openapi_with_problems() -> dict:
+        # FastAPI documents its own 422 as application/json HTTPValidationError; ours is a problem.
+        if app.openapi_schema is None:
+            doc = _default_openapi()
+            for ops in doc["paths"].values():
+                for op in ops.values():
+                    if "HTTPValidationError" in str(op.get("responses", {}).get("422")):  # not a route's own
+                        op["responses"]["422"] = {
+                            "description": "Invalid request: `detail` (and `errors`) name the field.",
+                            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                        }
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    _default_openapi = app.openapi
+    app.openapi = _openapi_with_problems  # type: ignore[method-assign]
     # --- end part C ---
 
     @app.get("/metrics", include_in_schema=False)

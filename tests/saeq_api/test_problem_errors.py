@@ -49,7 +49,9 @@ def test_401_404_422_429_are_problems(api, api_settings):
         assert e.status == 404 and "no job 'nope'" in str(e)
     else:
         raise AssertionError("no ApiError")
-    assert "problem+json" in str(api.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]["responses"]["404"])
+    responses = api.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]["responses"]
+    assert "application/problem+json" in responses["404"]["content"]
+    assert list(responses["422"]["content"]) == ["application/problem+json"]  # not FastAPI's own 422
 
 
 def test_redis_down_is_a_503_problem(s3_srv):
