@@ -71,7 +71,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 "bootstrap (SAEQ_BOOTSTRAP_ADMIN_KEY)",
             )
         app.state.services = svc
-        app.state.metrics = CachedScrape(make_registry(registry, into=http_metrics), settings.metrics_cache_s)
+        app.state.metrics = CachedScrape([http_metrics, make_registry(registry)], settings.metrics_cache_s)
         reaper = asyncio.create_task(_reap_forever(svc))
         try:
             yield

@@ -174,10 +174,10 @@ class ShareCollector:
         yield from families.values()
 
 
-def make_registry(registry: Registry, *, into: CollectorRegistry | None = None) -> CollectorRegistry:
-    """The API's collectors, registered `into` a registry that holds others already (the HTTP
-    instrumentator's) or a new one."""
-    reg = into if into is not None else CollectorRegistry()
+def make_registry(registry: Registry) -> CollectorRegistry:
+    """The API's own collectors in a registry of their own, made once per app start (a test that
+    starts one app twice gets two, never the same collectors registered twice in one)."""
+    reg = CollectorRegistry()
     reg.register(REQUESTS)
     reg.register(LIVE_SECONDS)
     reg.register(JobCollector(registry))
@@ -190,13 +190,13 @@ class CachedScrape:
     few fields of every stored job, so scrapers in a loop must not cost Redis one read per job
     each. Concurrent scrapes wait for the one computing it."""
 
-    def __init__(self, reg: CollectorRegistry, cache_s: float):
-        self.reg, self.cache_s = reg, cache_s
+    def __init__(self, regs: list[CollectorRegistry], cache_s: float):
+        self.regs, self.cache_s = regs, cache_s
         self.lock = threading.Lock()
         self.body, self.at = b"", float("-inf")
 
     def __call__(self) -> bytes:
         with self.lock:
             if time.monotonic() - self.at >= self.cache_s:
-                self.body, self.at = generate_latest(self.reg), time.monotonic()
+                self.body, self.at = b"".join(generate_latest(r) for r in self.regs), time.monotonic()
             return self.body
