@@ -43,7 +43,7 @@ class BodySizeLimit:
         limit, setting = self.path_limits.get(scope["path"].rstrip("/"), self.default)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _answer_413(send, BodyTooLarge(limit, setting))
+            await _answer_413(send, BodyTooLarge(limit, setting), scope.get("path", ""))
             return
 
         received = 0
@@ -69,7 +69,7 @@ class BodySizeLimit:
         except BodyTooLarge as e:  # the app did not answer it itself (a route reading the stream raw)
             if response_started:
                 raise
-            await _answer_413(send, e)
+            await _answer_413(send, e, scope.get("path", ""))
 
 
 MULTIPART_OVERHEAD_BYTES = 64 << 10
@@ -96,16 +96,18 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _answer_413(send: Send, e: BodyTooLarge) -> None:
+async def _answer_413(send: Send, e: BodyTooLarge, path: str) -> None:
     import json
 
-    body = json.dumps({"detail": e.detail}).encode()
+    # An RFC 9457 problem, as every other error the API answers (saeq_api.main.problem).
+    problem = {"type": "about:blank", "title": "Content Too Large", "status": 413, "detail": e.detail, "instance": path}
+    body = json.dumps(problem).encode()
     await send(
         {
             "type": "http.response.start",
             "status": 413,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", b"application/problem+json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
             ],

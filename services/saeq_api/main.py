@@ -187,10 +187,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 scheme.lower() == "bearer"
                 and hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
             ):
-                return JSONResponse(
-                    status_code=401,
+                return problem(
+                    request,
+                    401,
+                    "metrics need `Authorization: Bearer <token>`, the API's SAEQ_METRICS_TOKEN",
                     headers={"WWW-Authenticate": "Bearer"},
-                    content={"detail": "metrics need `Authorization: Bearer <token>`, the API's SAEQ_METRICS_TOKEN"},
                 )
         return Response(app.state.metrics(), media_type="text/plain; version=0.0.4")
 

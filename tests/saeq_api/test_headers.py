@@ -70,6 +70,7 @@ def token_api(api_settings):
 def test_metrics_token_is_required_when_set(token_api):
     r = token_api.get("/metrics")
     assert r.status_code == 401 and "SAEQ_METRICS_TOKEN" in r.json()["detail"]
+    assert r.headers["content-type"] == "application/problem+json" and r.json()["title"] == "Unauthorized"
     assert token_api.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
     ok = token_api.get("/metrics", headers={"Authorization": "Bearer scrape-secret-0123456789"})
     assert ok.status_code == 200 and "saeq_queue_depth" in ok.text

@@ -38,6 +38,8 @@ def test_bodies_over_the_limit_get_413_naming_it(api_with):
 
     declared = api.post("/v1/jobs", content=big, headers={"content-type": "application/json"})
     assert "4096 bytes" in _refused(declared, 413) and "max_request_bytes" in declared.json()["detail"]
+    assert declared.headers["content-type"] == "application/problem+json"  # RFC 9457, like every error
+    assert declared.json()["status"] == 413 and declared.json()["instance"] == "/v1/jobs"
     # Chunked: no Content-Length, so the bytes are counted as they arrive.
     streamed = api.post(
         "/v1/jobs", content=iter([big[:3000], big[3000:]]), headers={"content-type": "application/json"}
