@@ -44,6 +44,9 @@ def test_redis_has_a_fixed_image_and_a_maxmemory_under_its_memory_limit(overlay)
     limit_bytes = int(limit[:-2]) * {"Gi": 2**30, "Mi": 2**20}[limit[-2:]]
     # Headroom above maxmemory for the AOF rewrite's fork: at most 80% of the limit.
     assert maxmemory_bytes(args) <= 0.8 * limit_bytes
+    # ...and at least half of it: a limit raised without maxmemory (prod's 8Gi) holds no more data,
+    # and the memory alert still fires at 80% of the old maxmemory.
+    assert maxmemory_bytes(args) >= 0.5 * limit_bytes, (limit, args)
     exporter = [c for c in redis["containers"] if "redis_exporter" in c["image"]]
     assert exporter and any(p["containerPort"] == 9121 for p in exporter[0]["ports"])
 
