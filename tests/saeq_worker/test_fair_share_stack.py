@@ -1,9 +1,8 @@
 """Fair share on a real stack (uvicorn API, ONE Celery worker with one slot, Redis, S3): two teams
-of weights 1 and 3, ten identical tiny harvests each, submitted while a blocker holds the slot, get
-CPU-seconds within 10% of 1:3 for as long as both have jobs waiting, and at every dispatch the light
-team's seconds stay within one job length of its quarter share (the bound that holds under load:
-the 1:3 ratio at the cutoff moves by up to a job, ~25% of the light team's seconds); a third team arriving late
-starts its first job within one job length."""
+of weights 1 and 3, sixty identical tiny harvests each, submitted while a blocker holds the slot,
+get CPU-seconds within 10% of 1:3 for as long as both have jobs waiting, and at every dispatch the
+light team's seconds stay within one job length of its quarter share (the scheduler's own bound,
+which holds at any load); a third team arriving late starts its first job within one job length."""
 
 from __future__ import annotations
 
@@ -17,11 +16,24 @@ import pytest
 
 from saeq.client.client import Client
 from saeq.specs import HarvestSpec, ModelSpec
+from tests.fixtures_stack import make_stack
 from tests.tiny_model import save_tiny_llama
 
 pytestmark = pytest.mark.integration
 
-N_JOBS = 10
+N_JOBS = 60
+"""Per team. With 10 (the issue's count) the light team runs ~3 jobs while both wait, and the
+scheduler's bound (within one job of its share) is ~30% of its seconds: the 10% held idle and
+failed under load (0.20 in CI). With 60 it runs ~20, one job is 5%: 0.31-0.34 on loaded cores."""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_srv, s3_srv):
+    # Never recycle the worker's child: the recycle (every 50 tasks by default) stalls the slot
+    # ~4 s and makes the next job cold (~40x a job), one job out of line that this test would
+    # see as unfairness.
+    with make_stack(tmp_path_factory.mktemp("fair"), redis_srv, s3_srv, SAEQ_WORKER_MAX_TASKS_PER_CHILD="0") as st:
+        yield st
 
 
 def new_team(stack, team: str, weight: float) -> str:
@@ -69,9 +81,13 @@ def test_two_teams_share_one_slot_by_weight_and_a_late_team_starts_within_a_job(
         Client(stack.url, api_key=heavy_key, timeout=60) as heavy,
         Client(stack.url, api_key=late_key, timeout=60) as late,
     ):
-        # The blocker holds the one slot while both teams submit: from then on both wait.
-        blocker = admin.submit(harvest(model, 8192))["id"]
+        # A first run of the spec: the first job of a spec pays start-up costs (~2x a job on a
+        # loaded machine). Left to a team, that one job alone moves the 1:3 by ~30% (the team's
+        # next job is costed at its average attempt), so warm up once and keep the 20 identical.
         spec = harvest(model, 2048)
+        assert admin.wait(admin.submit(spec)["id"], timeout=120)["state"] == "succeeded"
+        # The blocker holds the one slot while both teams submit: from then on both wait.
+        blocker = admin.submit(harvest(model, 131072))["id"]
         ids = {"light": [], "heavy": []}
         for _ in range(N_JOBS):
             ids["light"].append(light.submit(spec)["id"])

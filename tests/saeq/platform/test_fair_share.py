@@ -57,7 +57,7 @@ def test_an_attempts_clock_counts_its_devices_and_keeps_an_average_attempt(regis
     _, job_s = fair_share.usages(r, ["a"])["a"]
     assert job_s == pytest.approx(clock.total_s)
     fair_share.record_attempt(r, "a", 0.0)
-    assert fair_share.usages(r, ["a"])["a"][1] == pytest.approx(clock.total_s / 2)
+    assert fair_share.usages(r, ["a"])["a"][1] == pytest.approx(clock.total_s * (1 - fair_share.ATTEMPT_WEIGHT))
 
 
 def test_shares_and_targets_follow_usage_and_the_active_teams_weights(registry):
