@@ -1,9 +1,11 @@
 """The fair-share scheduler's cost per dispatch decision (issue 18, acceptance 5: p99 < 5 ms): a
 real Redis holding 1,000 queued jobs of 20 teams (weights 1-4, random usage), a worker pool of 50
-slots, all full (min_run_s 0: every running job a possible victim); each round one running job ends and `schedule()` picks the next job across teams,
-then runs the preemption check on the full queue. Prints p50/p99 of schedule() (one dispatch plus
-the check), of the check alone, and of jobs_ahead.
-Usage: python bench/scheduler.py [--jobs 1000] [--teams 20] [--slots 50] [--rounds 300] [--redis-url URL] [--smoke]
+slots, all full (min_run_s 0: every running job a possible victim); each round one running job
+ends and `schedule()` picks the next job across teams, then runs the preemption check on the full
+queue. Prints p50/p99 of schedule() (wall and CPU), its Redis round trips, and jobs_ahead, for
+this scheduler and the one of revision --before (git show), in one run on the same data
+(interleaved rounds, one Redis database each).
+Usage: python bench/scheduler.py [--jobs 1000] [--teams 20] [--slots 50] [--rounds 300] [--before REV] [--redis-url URL] [--smoke]
 --smoke: 40 jobs of 4 teams, 5 slots, 20 rounds: checks the bench runs, in seconds.
 """
 
@@ -74,6 +76,23 @@ def fill(registry, n_jobs: int, n_teams: int, slots: int, rng: random.Random) ->
     return list(sent)
 
 
+def old_scheduler(rev: str):
+    """The scheduler module as of git revision `rev` (the one before the snapshot script), or None
+    when git cannot show it: the peer this bench compares with, run on the same data."""
+    import subprocess
+    import types
+
+    path = "shared/saeq/platform/scheduler.py"
+    root = Path(__file__).resolve().parent.parent
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    module = sys.modules["saeq_scheduler_before"] = types.ModuleType("saeq_scheduler_before")  # dataclasses look it up
+    exec(compile(source.stdout, f"{rev}:{path}", "exec"), module.__dict__)
+    return module
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--jobs", type=int, default=1_000)
@@ -81,7 +100,8 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--min-run-s", type=float, default=0.0, help="0: every running job may be a victim")
-    ap.add_argument("--redis-url", default=None, help="an empty Redis database (default: start one)")
+    ap.add_argument("--before", default=BEFORE, help="git revision of the scheduler to compare with ('': none)")
+    ap.add_argument("--redis-url", default=None, help="a Redis whose databases 0 and 1 are empty (default: start one)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the bench runs, in seconds")
     args = ap.parse_args()
     if args.smoke:
@@ -95,55 +115,77 @@ def main() -> None:
     from saeq.platform.registry import Registry
     from tests.servers import RedisServer, free_port
 
+    peers = {"after": scheduler}
+    if args.before and (before := old_scheduler(args.before)) is not None:
+        peers = {f"before ({args.before})": before, **peers}
     server = None
     if args.redis_url is None:
         home = Path(tempfile.mkdtemp(prefix="saeq-bench-sched-"))
         server = RedisServer(port=free_port(), dir=home, log_path=home / "redis.log")
         server.start()
     try:
-        client = redis.Redis.from_url(args.redis_url or server.url, decode_responses=True)  # type: ignore[union-attr]
-        client.flushdb()
-        registry = Registry(client, lease_ttl_s=3_600)
-        policy = fair_share.SchedulingPolicy(min_run_s=args.min_run_s)
-        fair_share.publish_policy(client, policy)
-        rng = random.Random(0)
-        running = fill(registry, args.jobs, args.teams, args.slots, rng)
-        print(f"{args.jobs} jobs of {args.teams} teams, {len(running)} running on {args.slots} slots")
-        print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (idle: well under 1)")
-
-        trips = count_round_trips()
-        decide_ms, decide_cpu_ms, check_ms, ahead_ms, decide_trips, sent = [], [], [], [], [], {}
-        send = lambda job, dispatch_id: sent.__setitem__(job["id"], dispatch_id)
-        for _ in range(args.rounds):
-            ended = running.pop(rng.randrange(len(running)))
-            registry.finish_unowned(ended, "cancelled")
-            t0, cpu0, trips0 = time.perf_counter(), time.process_time(), trips[0]
-            new = scheduler.schedule(registry, send)
-            decide_ms.append((time.perf_counter() - t0) * 1e3)
-            decide_cpu_ms.append((time.process_time() - cpu0) * 1e3)
-            decide_trips.append(trips[0] - trips0)
-            for job_id in new:
-                registry.claim(job_id, sent[job_id], "bench:1")
-                running.append(job_id)
-            lines = scheduler.waiting_lines(registry).get("gpu", {})
-            ranking = scheduler.Ranking.read(registry, lines, policy)
-            t0 = time.perf_counter()
-            scheduler.preempt_for_waiting(registry, "gpu", lines, ranking, policy)
-            check_ms.append((time.perf_counter() - t0) * 1e3)
-            t0 = time.perf_counter()
-            scheduler.jobs_ahead(registry, "team00", 2, "gpu")
-            ahead_ms.append((time.perf_counter() - t0) * 1e3)
-        print(f"schedule() per dispatch (decision + send + preemption check): {percentiles(decide_ms)}")
-        print(f"  of which this process's CPU time:                          {percentiles(decide_cpu_ms)}")
+        base = (args.redis_url or server.url).rsplit("/", 1)[0]  # type: ignore[union-attr]
+        runs = {}
+        for db, (name, module) in enumerate(peers.items()):
+            client = redis.Redis.from_url(f"{base}/{db}", decode_responses=True)
+            client.flushdb()
+            registry = Registry(client, lease_ttl_s=3_600)
+            fair_share.publish_policy(client, fair_share.SchedulingPolicy(min_run_s=args.min_run_s))
+            rng = random.Random(0)  # the same jobs, usage and ends for every peer
+            runs[name] = Run(module, registry, fill(registry, args.jobs, args.teams, args.slots, rng), rng)
         print(
-            f"Redis round trips per schedule(): median {statistics.median(decide_trips):.0f}, max {max(decide_trips)}"
+            f"{args.jobs} jobs of {args.teams} teams, {args.slots} running on {args.slots} slots; peers: {', '.join(runs)}"
         )
-        print(f"preemption check alone:                                      {percentiles(check_ms)}")
-        print(f"jobs_ahead (plan):                                            {percentiles(ahead_ms)}")
+        print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (idle: well under 1)")
+        trips = count_round_trips()
+        for _ in range(args.rounds):
+            for run in runs.values():  # interleaved: both see the same load
+                run.round(trips)
+        for name, run in runs.items():
+            print(f"{name}:")
+            print(f"  schedule() per dispatch (decision + send + preemption check), wall: {percentiles(run.wall_ms)}")
+            print(f"    of which this process's CPU time:                               {percentiles(run.cpu_ms)}")
+            print(
+                f"  Redis round trips per schedule(): median {statistics.median(run.trips):.0f}, max {max(run.trips)}"
+            )
+            print(f"  jobs_ahead (a plan's place in line, every waiting job read):       {percentiles(run.ahead_ms)}")
         print(f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     finally:
         if server is not None:
             server.stop()
+
+
+BEFORE = "4c1009f"
+"""The last revision whose scheduler read a pass's state in ~20 round trips."""
+
+
+class Run:
+    """One peer's scheduler on its own database: each round one running job ends, schedule() picks
+    the next, the jobs it sent are claimed; then jobs_ahead for a plan."""
+
+    def __init__(self, module, registry, running: list[str], rng: random.Random):
+        self.module, self.registry, self.running, self.rng = module, registry, running, rng
+        self.sent: dict[str, str] = {}
+        self.wall_ms: list[float] = []
+        self.cpu_ms: list[float] = []
+        self.trips: list[int] = []
+        self.ahead_ms: list[float] = []
+
+    def round(self, trips: list[int]) -> None:
+        registry = self.registry
+        ended = self.running.pop(self.rng.randrange(len(self.running)))
+        registry.finish_unowned(ended, "cancelled")
+        t0, cpu0, trips0 = time.perf_counter(), time.process_time(), trips[0]
+        new = self.module.schedule(registry, lambda job, dispatch_id: self.sent.__setitem__(job["id"], dispatch_id))
+        self.wall_ms.append((time.perf_counter() - t0) * 1e3)
+        self.cpu_ms.append((time.process_time() - cpu0) * 1e3)
+        self.trips.append(trips[0] - trips0)
+        for job_id in new:
+            registry.claim(job_id, self.sent[job_id], "bench:1")
+            self.running.append(job_id)
+        t0 = time.perf_counter()
+        self.module.jobs_ahead(registry, "team00", 2, "gpu")
+        self.ahead_ms.append((time.perf_counter() - t0) * 1e3)
 
 
 if __name__ == "__main__":

@@ -107,11 +107,20 @@ def usages(
     pipe = r.pipeline(transaction=False)
     for team in names:
         pipe.hmget(redis_keys.team_usage(team), "s", "at", "job_s")
-    out = {}
-    for team, (s, at, job_s) in zip(names, pipe.execute() if names else [], strict=True):
-        used = _decayed(float(s), float(at), when, half_life) if s is not None and at is not None else 0.0
-        out[team] = (used, float(job_s) if job_s is not None else 0.0)
-    return out
+    rows = pipe.execute() if names else []
+    return {
+        team: usage_of(s, at, job_s, now=when, half_life_s=half_life)
+        for team, (s, at, job_s) in zip(names, rows, strict=True)
+    }
+
+
+def usage_of(
+    s: str | None, at: str | None, job_s: str | None, *, now: float, half_life_s: float
+) -> tuple[float, float]:
+    """A team's usage hash fields as stored -> (decayed usage_s at `now`, average attempt's
+    device-seconds)."""
+    used = _decayed(float(s), float(at), now, half_life_s) if s is not None and at is not None else 0.0
+    return used, float(job_s) if job_s is not None else 0.0
 
 
 def active_teams(registry: Registry, teams: list[str] | None = None) -> list[str]:
@@ -129,19 +138,23 @@ def shares(registry: Registry, *, half_life_s: float | None = None) -> dict[str,
     a team with no job open), and `active`."""
     teams = sorted({*registry.teams.teams(), "default"})
     active = set(active_teams(registry, teams))
-    used = usages(registry.r, teams, half_life_s=half_life_s)
-    weights = {team: registry.teams.quota(team).share_weight for team in teams}
-    total_used = sum(u for u, _ in used.values())
+    used = {team: u for team, (u, _) in usages(registry.r, teams, half_life_s=half_life_s).items()}
+    return shares_of({team: registry.teams.quota(team).share_weight for team in teams}, used, active)
+
+
+def shares_of(weights: dict[str, float], used: dict[str, float], active: set[str]) -> dict[str, dict]:
+    """`shares` from each team's weight, decayed usage_s and whether it is active."""
+    total_used = sum(used.values())
     total_weight = sum(weights[t] for t in active)
     return {
         team: {
             "weight": weights[team],
-            "usage_s": used[team][0],
-            "share": used[team][0] / total_used if total_used > 0 else 0.0,
+            "usage_s": used[team],
+            "share": used[team] / total_used if total_used > 0 else 0.0,
             "target": weights[team] / total_weight if team in active and total_weight > 0 else 0.0,
             "active": team in active,
         }
-        for team in teams
+        for team in weights
     }
 
 

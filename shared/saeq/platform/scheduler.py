@@ -12,16 +12,18 @@ the holder to run once more, so no freed slot is missed.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from saeq.platform import pools, redis_keys
-from saeq.platform.fair_share import SchedulingPolicy, read_policy, shares, usages
-from saeq.platform.job_model import decode, new_id, waiting_score
+from saeq.platform import redis_keys, schedule_snapshot
+from saeq.platform.fair_share import SchedulingPolicy, shares_of
+from saeq.platform.job_model import new_id, waiting_score
 from saeq.platform.job_submit import DISPATCHED, NO_CAPACITY, NO_TEAM_SLOT
-from saeq.specs.states import TERMINAL
+from saeq.platform.schedule_snapshot import Lines, Snapshot
+from saeq.platform.teams import TeamQuota
 
 if TYPE_CHECKING:
     from saeq.platform.registry import Registry
@@ -36,76 +38,49 @@ LOOK_AHEAD = 16
 and preempts at most one job per running one. A team's jobs on one queue beyond its first 16
 waiting (of any queue) wait for those to move: reading every waiting job each pass would cost
 the pass ~1 ms per 100 jobs."""
-_SUMMARY = ("id", "kind", "queue", "team", "priority", "created_at", "state", "dispatched")
-_RUNNING = ("id", "team", "priority", "state", "started_at", "last_started_at", "preemptions", "preempt")
-_UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 FAR_UNDER, FAR_OVER = 0.5, 1.5
 """usage share / target below which a team may preempt one above FAR_OVER, whatever priorities."""
-
-_queue_of: dict[str, str] = {}
-"""Job id -> queue: a job's queue never changes, so each process reads it once."""
-
-Lines = dict[str, list[tuple[float, str]]]
-"""team -> its waiting jobs on one queue, best first, as (waiting score, job id)."""
 
 
 def schedule(registry: Registry, send: Send) -> list[str]:
     """Dispatch waiting jobs across teams by fair share while their queues have capacity, then
     ask for the preemptions the policy allows. Returns the ids sent. Safe from many processes."""
-    r, sent = registry.r, []
-    lock = redis_keys.lock("schedule")
+    sent: list[str] = []
     for _ in range(MAX_ROUNDS):
         token = new_id()
-        if not r.set(lock, token, nx=True, px=int(LOCK_TTL_S * 1000)):
-            r.set(redis_keys.SCHEDULE_AGAIN, "1", px=int(LOCK_TTL_S * 1000))
+        snap = schedule_snapshot.read(
+            registry, lock_token=token, lock_ttl_ms=int(LOCK_TTL_S * 1000), look_ahead=LOOK_AHEAD
+        )
+        if snap is None:
             return sent  # the holder runs again for us
         try:
-            r.delete(redis_keys.SCHEDULE_AGAIN)
-            sent += schedule_pass(registry, send)
+            sent += schedule_pass(registry, send, snap)
         finally:
-            r.eval(_UNLOCK, 1, lock, token)
-        if not r.exists(redis_keys.SCHEDULE_AGAIN):
+            again = schedule_snapshot.release(registry, token)
+        if not again:
             break
     return sent
 
 
-def schedule_pass(registry: Registry, send: Send, policy: SchedulingPolicy | None = None) -> list[str]:
-    """One pass over every queue with waiting jobs (the caller holds the lock)."""
-    policy = policy or read_policy(registry.r)
-    sent = []
-    for queue, lines in waiting_lines(registry).items():
-        ranking = Ranking.read(registry, lines, policy)
-        sent += fill_queue(registry, send, queue, lines, ranking)
+def schedule_pass(registry: Registry, send: Send, snap: Snapshot, now: float | None = None) -> list[str]:
+    """One pass over every queue with waiting jobs (the caller holds the lock `snap` was read
+    under). `snap.lines` and `snap.active` follow what the pass sends."""
+    now = time.time() if now is None else now
+    sent, ratio = [], None
+    for queue, lines in snap.lines.items():
+        ranking = Ranking.of(snap, lines)
+        stale = snap.stale(queue)
+        if stale:
+            registry.r.srem(redis_keys.queue_dispatched(queue), *stale)
+        n_dispatched = len(snap.members.get(queue, [])) - len(stale)
+        free = None if queue not in snap.capacity else max(0, snap.capacity[queue] - n_dispatched)
+        new = fill_queue(registry, send, snap, queue, ranking, free)
+        sent += new
         if any(lines.values()):
-            preempt_for_waiting(registry, queue, lines, ranking, policy)
+            running = snap.dispatched_jobs(queue, stale)
+            ratio = ratio if ratio is not None else share_ratios(snap)
+            preempt_for_waiting(registry, snap, queue, ranking, running, len(new), ratio, now)
     return sent
-
-
-def waiting_lines(registry: Registry, look_ahead: int = LOOK_AHEAD) -> dict[str, Lines]:
-    """queue -> team -> its waiting jobs on that queue, best first: the first `look_ahead` of each
-    team's waiting set (-1: all of it)."""
-    r = registry.r
-    teams = sorted({*registry.teams.teams(), "default"})
-    pipe = r.pipeline(transaction=False)
-    for team in teams:
-        pipe.zrange(redis_keys.team(team, "waiting"), 0, look_ahead - 1 if look_ahead > 0 else -1, withscores=True)
-    per_team = dict(zip(teams, cast(list[list[tuple[str, float]]], pipe.execute()), strict=True))
-    unknown = [job_id for rows in per_team.values() for job_id, _ in rows if job_id not in _queue_of]
-    if unknown:
-        if len(_queue_of) > 200_000:
-            _queue_of.clear()
-        pipe = r.pipeline(transaction=False)
-        for job_id in unknown:
-            pipe.hget(redis_keys.job(job_id), "queue")
-        for job_id, raw in zip(unknown, pipe.execute(), strict=True):
-            if raw is not None:
-                _queue_of[job_id] = decode({"queue": raw})["queue"]
-    out: dict[str, Lines] = {}
-    for team, rows in per_team.items():
-        for job_id, score in rows:
-            if (queue := _queue_of.get(job_id)) is not None:
-                out.setdefault(queue, {}).setdefault(team, []).append((score, job_id))
-    return out
 
 
 @dataclass
@@ -120,83 +95,89 @@ class Ranking:
     attempt, or else the minimum run time (a job sent runs at least that long, or ends sooner)."""
 
     @classmethod
-    def read(cls, registry: Registry, lines: Lines, policy: SchedulingPolicy) -> Ranking:
-        used = usages(registry.r, lines, half_life_s=policy.half_life_s)
+    def of(cls, snap: Snapshot, lines: Lines) -> Ranking:
+        used = {t: snap.usage.get(t, (0.0, 0.0)) for t in lines}
         return cls(
             usage_s={t: u for t, (u, _) in used.items()},
             next_cost_s={t: c for t, (_, c) in used.items()},
-            weight={t: registry.teams.quota(t).share_weight for t in lines},
-            charge_s=policy.min_run_s,
+            weight={t: _quota(snap, t).share_weight for t in lines},
+            charge_s=snap.policy.min_run_s,
         )
 
     def key(self, team: str, head_score: float) -> tuple[float, float]:
         # The head's waiting score orders ties: higher priority, then older (job_model.waiting_score).
         return ((self.usage_s[team] + self.next_cost_s[team]) / self.weight[team], head_score)
 
-    def next_team(self, lines: Lines, skip: set[str] | frozenset[str] = frozenset()) -> str | None:
-        teams = [t for t, line in lines.items() if line and t not in skip]
-        return min(teams, key=lambda t: self.key(t, lines[t][0][0])) if teams else None
-
     def charge(self, team: str) -> None:
         self.usage_s[team] += self.next_cost_s[team] or self.charge_s
 
 
-def fill_queue(registry: Registry, send: Send, queue: str, lines: Lines, ranking: Ranking) -> list[str]:
-    """Send the queue's waiting jobs in fair-share order while it has free capacity. `lines` keeps
-    what still waits."""
-    free, sent, no_slot = free_capacity(registry, queue), [], set()
-    while (free is None or free > 0) and (team := ranking.next_team(lines, no_slot)) is not None:
-        score, job_id = lines[team].pop(0)
-        raw = registry.r.hmget(redis_keys.job(job_id), *_SUMMARY)
-        job = decode({f: v for f, v in zip(_SUMMARY, raw, strict=True) if v is not None})
-        if "id" not in job:
-            registry.r.zrem(redis_keys.team(team, "waiting"), job_id)  # its record expired
-            continue
+class Turns:
+    """The teams of `lines` in the order `schedule` serves them: a heap on Ranking.key (ties on
+    the whole key go to the team name, the order `min` over sorted teams gave), so a dispatch
+    costs O(log teams), not a key per team. `lines` and `ranking` change as teams take turns."""
+
+    def __init__(self, lines: Lines, ranking: Ranking):
+        self.lines, self.ranking = lines, ranking
+        self._heap = [(*ranking.key(t, line[0][0]), t) for t, line in lines.items() if line]
+        heapq.heapify(self._heap)
+
+    def next(self) -> str | None:
+        """The team whose turn it is, out of the heap until `served` or `requeue`."""
+        return heapq.heappop(self._heap)[-1] if self._heap else None
+
+    def served(self, team: str) -> tuple[float, str]:
+        """`team` sends its head: charged, back in the heap by its next head. Returns the head."""
+        head = self.lines[team].pop(0)
+        self.ranking.charge(team)
+        self.requeue(team)
+        return head
+
+    def requeue(self, team: str) -> None:
+        if line := self.lines[team]:
+            heapq.heappush(self._heap, (*self.ranking.key(team, line[0][0]), team))
+
+
+def fill_queue(
+    registry: Registry, send: Send, snap: Snapshot, queue: str, ranking: Ranking, free: int | None
+) -> list[str]:
+    """Send the queue's waiting jobs in fair-share order while it has free capacity (`free`; None:
+    not gated). `snap.lines[queue]` keeps what still waits."""
+    lines, sent = snap.lines[queue], []
+    turns = Turns(lines, ranking)
+    while (free is None or free > 0) and (team := turns.next()) is not None:
+        job_id = lines[team][0][1]
+        job = snap.head(registry.r, job_id)
         status, dispatch_id = registry.try_dispatch(job)
         if status == DISPATCHED:
+            turns.served(team)
             send(job, dispatch_id)
             sent.append(job_id)
-            ranking.charge(team)
+            snap.active[team] = snap.active.get(team, 0) + 1
             free = None if free is None else free - 1
-        elif status in (NO_TEAM_SLOT, NO_CAPACITY):
-            lines[team].insert(0, (score, job_id))  # back in its waiting set too (the script)
-            if status == NO_CAPACITY:
-                break
-            no_slot.add(team)  # it waits for one of its own jobs to end (or be preempted)
+        elif status == NO_CAPACITY:
+            break  # it stays first in its team's line, and in its waiting set (the script)
+        elif status != NO_TEAM_SLOT:
+            lines[team].pop(0)  # ended or sent already: the script dropped it from the waiting set
+            turns.requeue(team)
+        # NO_TEAM_SLOT: the team is out of the heap for the pass; it waits for one of its own jobs
+        # to end (or be preempted)
     return sent
 
 
-def free_capacity(registry: Registry, queue: str) -> int | None:
-    """Slots of the live workers on `queue` not held by a job sent there and not ended; None when
-    no worker advertises the queue (not gated). Drops from the queue's set the jobs that left it
-    by a path that did not say so (a record expired, a requeue by an older process)."""
-    r = registry.r
-    capacity = pools.capacity(r, queue)
-    if capacity is None:
-        return None
-    key = redis_keys.queue_dispatched(queue)
-    members = sorted(cast(set[str], r.smembers(key)))
-    pipe = r.pipeline(transaction=False)
-    for job_id in members:
-        pipe.hmget(redis_keys.job(job_id), "state", "dispatched")
-        pipe.sismember(redis_keys.RUNNING, job_id)
-    rows = pipe.execute() if members else []
-    stale = [
-        job_id
-        for job_id, (state, dispatched), running in zip(members, rows[::2], rows[1::2], strict=True)
-        if not running and (state is None or (state == '"queued"' and dispatched != "true") or _ended(state))
-    ]
-    if stale:
-        r.srem(key, *stale)
-    return max(0, capacity - (len(members) - len(stale)))
-
-
-def _ended(state: str | None) -> bool:
-    return state is not None and decode({"state": state})["state"] in TERMINAL
+def _quota(snap: Snapshot, team: str) -> TeamQuota:
+    return snap.quotas.get(team) or TeamQuota()
 
 
 def preempt_for_waiting(
-    registry: Registry, queue: str, lines: Lines, ranking: Ranking, policy: SchedulingPolicy, now: float | None = None
+    registry: Registry,
+    snap: Snapshot,
+    queue: str,
+    ranking: Ranking,
+    running: list[dict[str, Any]],
+    n_new: int,
+    ratio: dict[str, float],
+    now: float,
 ) -> list[str]:
     """Ask running jobs on a full queue to yield for the best waiting jobs, as docs/scheduling.md
     states: (a) a waiting job of higher priority than a running one of its own team, or of another
@@ -204,26 +185,23 @@ def preempt_for_waiting(
     share / target < 0.5) against a running team far over it (> 1.5). Only victims of a
     `preemptible` team, for a team that `may_preempt`, that ran `min_run_s` since their last start
     and were preempted fewer than `max_preemptions` times. One victim per waiting job: each
-    preemption in flight counts for one of the best waiters. Returns the victims asked."""
-    now = time.time() if now is None else now
-    running = running_on(registry, queue)
+    preemption in flight counts for one of the best waiters. `running`: the queue's dispatched
+    jobs as the snapshot read them; `n_new`: how many this pass sent there since. Returns the
+    victims asked."""
+    policy, lines = snap.policy, snap.lines[queue]
     in_flight = sum(1 for v in running if v.get("preempt"))
-    victims = [v for v in running if may_be_preempted(registry, v, policy, now)]
+    victims = [v for v in running if may_be_preempted(v, policy, now, _quota(snap, v["team"]))]
     if not victims:
-        return []  # the usual case, in two round trips
-    waiters = in_turn(lines, ranking, len(running))[in_flight:]
-    ratio = share_ratios(registry, policy.half_life_s)
-    pipe = registry.r.pipeline(transaction=False)
-    for team, _ in waiters:
-        pipe.scard(redis_keys.team(team, "active"))
-    active = pipe.execute() if waiters else []
+        return []  # the usual case: no round trip
+    waiters = in_turn(lines, ranking, len(running) + n_new)[in_flight:]
     asked: list[str] = []
-    for (team, (score, waiter)), n_active in zip(waiters, active, strict=True):
-        quota = registry.teams.quota(team)
+    for team, (score, waiter) in waiters:
+        quota = _quota(snap, team)
         if not quota.may_preempt:
             continue
         # A team at its own max_running gains nothing from another team's slot: only its own jobs.
-        victim = choose_victim(team, _priority(score), victims, ratio, own_only=n_active >= quota.max_running)
+        own_only = snap.active.get(team, 0) >= quota.max_running
+        victim = choose_victim(team, _priority(score), victims, ratio, own_only=own_only)
         if victim is None:
             continue
         reason = (
@@ -236,10 +214,11 @@ def preempt_for_waiting(
     return asked
 
 
-def may_be_preempted(registry: Registry, job: dict[str, Any], policy: SchedulingPolicy, now: float) -> bool:
-    """The guards on the victim's side: running, not asked already, its team `preemptible`, run
-    `min_run_s` since its last (re)start, preempted fewer than `max_preemptions` times."""
-    if job.get("preempt") or job["state"] != "running" or not registry.teams.quota(job["team"]).preemptible:
+def may_be_preempted(job: dict[str, Any], policy: SchedulingPolicy, now: float, quota: TeamQuota) -> bool:
+    """The guards on the victim's side: running, not asked already, its team (`quota`)
+    `preemptible`, run `min_run_s` since its last (re)start, preempted fewer than
+    `max_preemptions` times."""
+    if job.get("preempt") or job.get("state") != "running" or not quota.preemptible:
         return False
     if int(job.get("preemptions") or 0) >= policy.max_preemptions:
         return False
@@ -249,11 +228,10 @@ def may_be_preempted(registry: Registry, job: dict[str, Any], policy: Scheduling
 def in_turn(lines: Lines, ranking: Ranking, n: int) -> list[tuple[str, tuple[float, str]]]:
     """The first `n` waiting jobs in the order `schedule` would send them, as (team, head)."""
     lines = {t: list(line) for t, line in lines.items()}
-    ranking = Ranking(dict(ranking.usage_s), ranking.next_cost_s, ranking.weight, ranking.charge_s)
+    turns = Turns(lines, Ranking(dict(ranking.usage_s), ranking.next_cost_s, ranking.weight, ranking.charge_s))
     out = []
-    while len(out) < n and (team := ranking.next_team(lines)) is not None:
-        out.append((team, lines[team].pop(0)))
-        ranking.charge(team)
+    while len(out) < n and (team := turns.next()) is not None:
+        out.append((team, turns.served(team)))
     return out
 
 
@@ -282,24 +260,15 @@ def choose_victim(
     )
 
 
-def running_on(registry: Registry, queue: str) -> list[dict[str, Any]]:
-    """The jobs sent on `queue` and not ended, with what the preemption rules read."""
-    ids = sorted(cast(set[str], registry.r.smembers(redis_keys.queue_dispatched(queue))))
-    pipe = registry.r.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hmget(redis_keys.job(job_id), *_RUNNING)
-    rows = pipe.execute() if ids else []
-    jobs = [decode({f: v for f, v in zip(_RUNNING, row, strict=True) if v is not None}) for row in rows]
-    return [{**j, "team": j.get("team") or "default"} for j in jobs if "id" in j]
-
-
-def share_ratios(registry: Registry, half_life_s: float) -> dict[str, float]:
+def share_ratios(snap: Snapshot) -> dict[str, float]:
     """team -> its share of all usage over its target (1.0: exactly its share; 0 while nobody
     used anything)."""
-    return {
-        t: (v["share"] / v["target"] if v["target"] > 0 else 0.0)
-        for t, v in shares(registry, half_life_s=half_life_s).items()
-    }
+    rows = shares_of(
+        {t: _quota(snap, t).share_weight for t in snap.teams},
+        {t: snap.usage[t][0] for t in snap.teams},
+        {t for t in snap.teams if snap.open.get(t)},
+    )
+    return {t: (v["share"] / v["target"] if v["target"] > 0 else 0.0) for t, v in rows.items()}
 
 
 def _priority(score: float) -> int:
@@ -310,14 +279,17 @@ def _priority(score: float) -> int:
 def jobs_ahead(registry: Registry, team: str, priority: int, queue: str) -> int:
     """How many waiting jobs on `queue` would be sent before a new job of `team` at `priority`,
     under the current usage, in the order `schedule` sends them (team slots aside)."""
-    lines = waiting_lines(registry, look_ahead=-1).get(queue, {})
+    snap = schedule_snapshot.read(registry, look_ahead=-1, head_fields=("queue",))
+    assert snap is not None  # None only when asked to take the lock
+    lines = snap.lines.get(queue, {})
     new = (waiting_score(priority, time.time()), "")
     lines[team] = sorted([*lines.get(team, []), new])
-    ranking = Ranking.read(registry, lines, read_policy(registry.r))
+    if team not in snap.quotas:
+        snap.quotas[team] = registry.teams.quota(team)  # a team never seen: its quota is the default
+    turns = Turns(lines, Ranking.of(snap, lines))
     ahead = 0
-    while (next_team := ranking.next_team(lines)) is not None:
-        if lines[next_team].pop(0) == new:
+    while (next_team := turns.next()) is not None:
+        if turns.served(next_team) == new:
             return ahead
         ahead += 1
-        ranking.charge(next_team)
     return ahead
