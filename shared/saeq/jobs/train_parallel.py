@@ -286,6 +286,7 @@ def _packed(result: Any) -> bytes:
             "architecture": sae.architecture,
             "k": sae.k,
             "bandwidth": sae.bandwidth,
+            "options": sae.options(),
             "state": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
         }
         for name, sae in result.saes.items()
@@ -300,7 +301,7 @@ def _unpacked(payload: bytes) -> Any:
     result, saes = pickle.loads(payload)
     for name, s in saes.items():
         kw = {"k": s["k"]} if s["k"] is not None else {}
-        sae = SparseAutoencoder(s["d_in"], s["d_sae"], s["architecture"], **kw)
+        sae = SparseAutoencoder(s["d_in"], s["d_sae"], s["architecture"], **kw, **s["options"])
         sae.load_state_dict(s["state"])
         sae.bandwidth = s["bandwidth"]
         result.saes[name] = sae.eval()

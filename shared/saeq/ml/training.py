@@ -13,7 +13,7 @@ from torch import Tensor
 
 from saeq.errors import InvalidSpec
 from saeq.ml.distributed import DataGroup
-from saeq.ml.sae import SparseAutoencoder, SparseCodes, Step
+from saeq.ml.sae import SparseAutoencoder, SparseCodes, Step, sae_class
 from saeq.specs import SaeConfig, TrainSpec
 from saeq.specs.costs import sae_latents
 
@@ -119,11 +119,14 @@ class Trainee:
         B = B or b
         weight = b / B  # the losses are means over this rank's rows; the sum over ranks is the global mean
         dead = None
-        if sae.architecture in ("topk", "batchtopk") and cfg.auxk_alpha > 0:
+        if sae.uses_k and cfg.auxk_alpha > 0:  # the k-sparse rules take AuxK
             dead = self.tokens_since_fired >= cfg.dead_window_tokens
         with autocast:
             out = sae(x, dead=dead, aux_k=self.aux_k)
             loss = out.mse
+            rule_loss = sae.loss_terms(x, out)
+            if rule_loss is not None:
+                loss = loss + rule_loss
             if out.aux_codes is not None:
                 assert dead is not None  # aux codes come only with a dead-latent mask
                 e_hat = sae.decode_sparse(out.aux_codes, bias=False)
@@ -233,11 +236,17 @@ def build_trainees(
     for i, (name, cfg) in enumerate(zip(names, spec.saes, strict=False)):
         d_sae = sae_latents(cfg, d_in)
         assert d_sae is not None  # d_in is known here
-        if cfg.architecture in ("topk", "batchtopk") and cfg.k > d_sae:
+        cls = sae_class(cfg.architecture)
+        if cls.uses_k and cfg.k > d_sae:
             raise InvalidSpec(f"k={cfg.k} exceeds d_sae={d_sae}", field=f"spec.saes[{i}].k")
+        if cfg.matryoshka_groups is not None and sum(cfg.matryoshka_groups) != d_sae:
+            raise InvalidSpec(
+                f"matryoshka_groups sum to {sum(cfg.matryoshka_groups)}, not d_sae={d_sae}",
+                field=f"spec.saes[{i}].matryoshka_groups",
+            )
         gen = torch.Generator().manual_seed((spec.seed * 1_000_003 + i) % (1 << 63))
         on = devices[i % len(devices)]
-        sae = SparseAutoencoder(d_in, d_sae, cfg.architecture, k=cfg.k, generator=gen).to(on)
+        sae = cls(d_in, d_sae, k=cfg.k, generator=gen, **cls.options_from_config(cfg)).to(on)
         with torch.no_grad():
             if b_dec is not None:
                 sae.b_dec.copy_(b_dec)

@@ -78,6 +78,9 @@ for _builtin in (
         ("jumprelu_init_threshold", "jumprelu_bandwidth", "l0_coefficient"),
     ),
     SaeArchitecture("relu", "saeq.ml.sae.architectures:ReluSae", ("l1_coefficient",)),
+    SaeArchitecture(
+        "matryoshka_batchtopk", "saeq.ml.sae.matryoshka:MatryoshkaBatchTopKSae", (*_TOPK_FIELDS, "matryoshka_groups")
+    ),
 ):
     SAE_ARCHITECTURES.add(_builtin)
 BUILTIN_ARCHITECTURES = SAE_ARCHITECTURES.names()

@@ -32,6 +32,7 @@ _ARCH_FIELDS = (
     "jumprelu_init_threshold",
     "jumprelu_bandwidth",
     "l0_coefficient",
+    "matryoshka_groups",
 )
 
 
@@ -49,8 +50,9 @@ class SaeConfig(Frozen):
     """`topk`: the k largest latents per token (Gao et al. 2024). `batchtopk`: the k x batch
     largest over the whole batch, a learnt threshold at inference (exported as JumpReLU).
     `jumprelu`: a learnt threshold per latent, L0 penalty (Gemma Scope). `relu`: ReLU with an
-    L1 penalty weighted by decoder norms (Anthropic, April 2024). Plugins add others
-    (saeq.specs.architectures)."""
+    L1 penalty weighted by decoder norms (Anthropic, April 2024). `matryoshka_batchtopk`:
+    batchtopk whose nested prefixes (`matryoshka_groups`) each learn to reconstruct (Bussmann et
+    al. 2025). Plugins add others (saeq.specs.architectures)."""
     d_sae: int | None = Field(default=None, gt=0, le=1 << 20)
     """Number of latents; None: expansion_factor x d_in."""
     expansion_factor: int = Field(default=8, ge=1, le=256)
@@ -79,6 +81,10 @@ class SaeConfig(Frozen):
     l0_coefficient: float = Field(default=1.0, ge=0.0, le=1e4)
     """jumprelu: weight of the L0 penalty (mean active latents per token); ramps up over
     `TrainSpec.sparsity_warmup`."""
+    matryoshka_groups: list[Annotated[int, Field(gt=0)]] | None = Field(default=None, min_length=1, max_length=64)
+    """matryoshka_batchtopk (required there): sizes of the dictionary's consecutive latent groups,
+    summing to d_sae; prefix i (groups 0..i) is trained to reconstruct alone, so the first groups
+    learn the most general features."""
 
     @field_validator("architecture")
     @classmethod
@@ -96,7 +102,16 @@ class SaeConfig(Frozen):
                 raise invalid(
                     self, name, f"{name} applies to architecture {' or '.join(archs)}, not {self.architecture}"
                 )
+        if self.matryoshka_groups is None and self.architecture in SAE_ARCHITECTURES.readers("matryoshka_groups"):
+            raise invalid(
+                self, "matryoshka_groups", f"{self.architecture} needs matryoshka_groups (sizes summing to d_sae)"
+            )
         if self.d_sae is not None:
+            groups = self.matryoshka_groups
+            if groups is not None and sum(groups) != self.d_sae:
+                raise invalid(
+                    self, "matryoshka_groups", f"matryoshka_groups sum to {sum(groups)}, not d_sae={self.d_sae}"
+                )
             if SAE_ARCHITECTURES.get(self.architecture).uses_k and self.k > self.d_sae:
                 raise invalid(self, "k", f"k={self.k} exceeds d_sae={self.d_sae}")
             if self.aux_k is not None and self.aux_k > self.d_sae:

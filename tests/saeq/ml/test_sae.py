@@ -174,7 +174,9 @@ def test_a_plugin_architecture_trains_saves_and_loads_as_its_own_class(tmp_path)
     assert load_plugins("tests.plugins.toy_sae") == ["tests.plugins.toy_sae"]
     load_plugins("tests.plugins.toy_sae")  # loading twice is harmless
     assert "toy" in SAE_ARCHITECTURES and SaeConfig(architecture="toy").architecture == "toy"
-    with pytest.raises(ValueError, match="k applies to architecture topk or batchtopk, not toy"):
+    with pytest.raises(
+        ValueError, match="k applies to architecture topk or batchtopk or matryoshka_batchtopk, not toy"
+    ):
         SaeConfig(architecture="toy", k=4)
     sae = SparseAutoencoder(D, M, "toy", generator=torch.Generator().manual_seed(0))
     assert type(sae) is ToySae and sae.k is None

@@ -1,9 +1,10 @@
-"""The sparse autoencoder: the model and its rules (model.py, architectures.py), its kernels
+"""The sparse autoencoder: the model and its rules (model.py, architectures.py, matryoshka.py), its kernels
 (kernels.py) and its file formats (formats.py). `from saeq.ml.sae import SparseAutoencoder`."""
 
 from saeq.ml.sae.architectures import BatchTopKSae, JumpReluSae, ReluSae, TopKSae
 from saeq.ml.sae.formats import SAELENS_VERSION, load_sae, save_sae
 from saeq.ml.sae.kernels import JumpReLU, SparseCodes, Step, stable_order
+from saeq.ml.sae.matryoshka import MatryoshkaBatchTopKSae
 from saeq.ml.sae.model import SaeOutput, SparseAutoencoder, sae_class
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "BatchTopKSae",
     "JumpReLU",
     "JumpReluSae",
+    "MatryoshkaBatchTopKSae",
     "ReluSae",
     "SaeOutput",
     "SparseAutoencoder",

@@ -83,9 +83,12 @@ def _saelens_cfg(sae: SparseAutoencoder, metadata: dict) -> dict:
         "sae_lens_version": SAELENS_VERSION,
         "sae_lens_training_version": SAELENS_VERSION,
         **metadata,
+        **sae.saelens_metadata(),
         "saeq_architecture": sae.architecture,
         "saeq_k": sae.k,
     }
+    if sae.options():
+        meta["saeq_options"] = sae.options()
     cfg = {
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
@@ -132,7 +135,8 @@ def _from_saelens(cfg: dict, sd: dict[str, Tensor]) -> SparseAutoencoder:
         raise ValueError(f"SAELens architecture {arch!r} is not supported (topk, standard, jumprelu)")
     k = cfg.get("k") if ours in _FROM_SAELENS.values() else meta.get("saeq_k")
     W_enc, W_dec = sd["W_enc"], sd["W_dec"]
-    sae = SparseAutoencoder(W_enc.shape[0], W_enc.shape[1], ours, k=k, dtype=W_enc.dtype, device="meta")
+    options = (meta.get("saeq_options") or {}) if ours == meta.get("saeq_architecture") else {}
+    sae = SparseAutoencoder(W_enc.shape[0], W_enc.shape[1], ours, k=k, dtype=W_enc.dtype, device="meta", **options)
     b_enc = sd.get("b_enc", torch.zeros_like(sd["b_dec"].new_empty(W_enc.shape[1])))
     if not cfg.get("apply_b_dec_to_input", True):  # pre = x @ W_enc + b_enc: shift b_enc instead
         b_enc = b_enc + sd["b_dec"] @ W_enc

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from torch import Tensor, nn
 from saeq.ml.sae.formats import SaeFormat, load_sae, save_sae
 from saeq.ml.sae.kernels import SparseCodes, _GatherPre, _per_token, _SparseDecode
 from saeq.specs.architectures import SAE_ARCHITECTURES
+
+if TYPE_CHECKING:
+    from saeq.specs import SaeConfig
 
 
 class SaeOutput(NamedTuple):
@@ -131,9 +134,28 @@ class SparseAutoencoder(nn.Module):
     def after_sparse_step(self, acts: Tensor) -> None:
         """Sparse rules: see the kept activations (N,) of a training pass (batchtopk's threshold)."""
 
+    def loss_terms(self, x: Tensor, out: SaeOutput) -> Tensor | None:
+        """The rule's own training loss beyond the MSE of `out` (the forward of x), differentiable;
+        None: none (matryoshka's prefix reconstructions). The trainer adds it unweighted."""
+        return None
+
+    def options(self) -> dict[str, Any]:
+        """The rule's own constructor keywords beyond k (JSON-able): files keep them, so a loaded
+        SAE is built with them again."""
+        return {}
+
+    @classmethod
+    def options_from_config(cls, cfg: SaeConfig) -> dict[str, Any]:
+        """`options()` of the SAE a spec's SaeConfig describes."""
+        return {}
+
     def saelens_fields(self) -> dict:
         """The rule's part of an exported SAELens cfg.json."""
         return {"architecture": self.saelens_name()}
+
+    def saelens_metadata(self) -> dict[str, Any]:
+        """The rule's part of the exported cfg.json's metadata (what SAELens itself writes there)."""
+        return {}
 
     @classmethod
     def saelens_name(cls) -> str:
