@@ -148,7 +148,7 @@ def steer(job_id: str, dispatch_id: str) -> None:
 
 @app.task(name=LIVE_TASK)
 def live(request_id: str = "", *_: object) -> None:
-    """Answer the fairest waiting live request (steer, label search): this message announces that
+    """Answer the fairest waiting live request (steer, label search, inspect): this message announces that
     `request_id` was queued, but the workers serve the teams in turn (saeq.platform.live), so it may answer
     another team's first. The reply goes to a Redis list the API waits on. The request's slot is
     this worker's to free once taken: its caller may have left, and the team must not start another
@@ -190,6 +190,20 @@ def _serve_live(requests, entry: dict) -> None:
             )
         elif op == "search_labels":
             reply = search_labels(LabelSearch.model_validate(payload), _store(), device=_device(), check=check)
+        elif op == "inspect":
+            from saeq.specs.inspect import InspectRequest
+            from saeq_worker.inspect import serve_inspect
+
+            asked = InspectRequest.model_validate(payload)
+            check_local_paths(asked, settings.local_path_roots)  # before a model or SAE is loaded
+            reply = serve_inspect(
+                asked,
+                _store(),
+                device=_device(),
+                cache_dir=settings.cache_dir,
+                max_prompt_tokens=entry["max_prompt_tokens"],
+                check=check,
+            )
         else:
             raise ValueError(f"unknown live operation {op!r}")
     except Cancelled:

@@ -431,5 +431,9 @@ from saeq.client.cli_plan import plan  # noqa: E402
 
 main.add_command(plan)
 
+from saeq.client.cli_inspect import inspect  # noqa: E402
+
+main.add_command(inspect)
+
 if __name__ == "__main__":
     main()

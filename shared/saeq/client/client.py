@@ -291,6 +291,27 @@ class Client:
             request = request.model_dump(mode="json")
         return self._call("POST", "/v1/steer", json=request, timeout=max(self.http.timeout.read or 0, 300))
 
+    def inspect(
+        self,
+        train_job: str,
+        text: str | None = None,
+        *,
+        messages: list[dict] | None = None,
+        top_k: int = 5,
+        features: list[int] | None = None,
+        sae_name: str | None = None,
+        label_job: str | None = None,
+    ) -> dict:
+        """`POST /v1/features/inspect`: per token of `text` (or a chat), its top features with
+        activation, label and feature page, and the activations of `features` (an InspectResult)."""
+        body: dict[str, Any] = {"sae": {"job_id": train_job, "name": sae_name}, "top_k": top_k}
+        body.update({"text": text} if messages is None else {"messages": messages})
+        if features:
+            body["features"] = list(features)
+        if label_job:
+            body["label_job"] = label_job
+        return self._call("POST", "/v1/features/inspect", json=body, timeout=max(self.http.timeout.read or 0, 300))
+
     def search_labels(self, label_job: str, query: str, *, top: int = 10) -> list[dict]:
         """Features of a label job whose labels are closest in meaning to `query`, best first."""
         return self._call(

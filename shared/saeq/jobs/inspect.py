@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -15,14 +16,16 @@ from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.sinks import SinkReference
 
+SinkReason = Literal["position0", "norm"]
+
 
 @dataclass(frozen=True)
 class TokenFeatures:
     """Per token (T of them): the sink reason, the norm at the hook, the top features and the chosen
     features' activations; lists, ready for JSON."""
 
-    sinks: list[str | None]
-    """"position0", "norm" or None (ordinary)."""
+    sinks: list[SinkReason | None]
+    """None for an ordinary token."""
     norms: list[float]
     top_features: list[list[int]]
     """(T, <=k) feature ids, highest activation first, non-zero only; empty on a sink."""
@@ -53,7 +56,7 @@ def inspect_tokens(
     sae = sae.to(lm.device).eval()
     x_TD = read_hook(lm, hook, torch.tensor([list(ids)], device=lm.device))  # (T, d), float32
     norms_T = x_TD.norm(dim=-1)
-    reasons: list[str | None] = [None] * len(ids)
+    reasons: list[SinkReason | None] = [None] * len(ids)
     if sinks is not None:
         reasons[0] = "position0"
         for t in (norms_T > sinks.norm_factor * sinks.median_norm).nonzero()[:, 0].tolist():

@@ -1,0 +1,131 @@
+"""The live `inspect` op (`POST /v1/features/inspect`): a text read by the model and the SAE this
+worker keeps loaded, each token's top features named by a label job's labels and linked to their
+feature pages."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from saeq.errors import InvalidSpec
+from saeq.jobs.inspect import inspect_tokens
+from saeq.jobs.steer import chat_prompt
+from saeq.ml.explainers import token_pieces
+from saeq.platform.store import ObjectStore
+from saeq.specs.inspect import FeatureActivation, InspectedToken, InspectRequest, InspectResult
+from saeq.specs.manifests import LabelManifest
+from saeq_worker.resolve import SaeContext, cached_model, read_published_manifest, sae_context, sink_reference
+
+KEPT = 4
+"""SAEs and label jobs a worker process keeps loaded (the least recently used dropped)."""
+_SAES: OrderedDict[str, SaeContext] = OrderedDict()
+_LABELS: OrderedDict[str, tuple[dict[int, str], bool]] = OrderedDict()  # label job -> (labels, has pages)
+
+
+def _kept(cache: OrderedDict, key: str, load: Callable[[], object]):
+    if key not in cache:
+        cache[key] = load()
+        while len(cache) > KEPT:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
+
+
+def serve_inspect(
+    request: InspectRequest,
+    store: ObjectStore,
+    *,
+    device: str,
+    cache_dir: str,
+    max_prompt_tokens: int | None = None,
+    check: Callable[[], None] | None = None,
+) -> dict:
+    """One live inspect request -> an InspectResult as JSON. `max_prompt_tokens`: the team's cap,
+    counted after the chat template; `check` runs before each load phase and raises to stop."""
+    t0 = time.monotonic()
+    check = check or (lambda: None)
+    check()
+    # Keyed by what picks the SAE, model and hook only: other fields do not reload it.
+    key = request.model_dump_json(include={"sae", "model", "hook"})
+    ctx: SaeContext = _kept(_SAES, key, lambda: sae_context(request, store))
+    sinks = sink_reference(request, ctx.sink_info)
+    labels, pages, label_job = {}, False, request.label_job
+    if label_job:
+        check()
+        labels, pages = _kept(_LABELS, label_job, lambda: _labels(store, label_job, ctx))
+    check()
+    lm = cached_model(ctx.model, device, cache_dir)
+    check()
+    field = "text" if request.messages is None else "messages"
+    if request.messages is not None:
+        ids = chat_prompt(lm, [m.model_dump() for m in request.messages])
+    else:
+        ids = lm.tokenizer(request.text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise InvalidSpec("the text has no tokens as the model reads it", field=field)
+    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+        raise InvalidSpec(
+            f"the {field} is {len(ids)} tokens as the model reads it (chat template included); this "
+            f"team's live requests may have at most {max_prompt_tokens} (quota live_prompt_tokens)",
+            field=field,
+        )
+    out = inspect_tokens(lm, ctx.sae, ctx.hook, ids, sinks=sinks, top_k=request.top_k, features=request.features)
+    pieces = token_pieces(lm.tokenizer)(ids)
+
+    def named(f: int, a: float) -> FeatureActivation:
+        link = f"/browse#/feature/{label_job}/{f}" if pages else None
+        return FeatureActivation(feature=f, activation=a, label=labels.get(f), link=link)
+
+    tokens = [
+        InspectedToken(
+            position=t,
+            token_id=ids[t],
+            text=pieces[t],
+            norm=out.norms[t],
+            sink=out.sinks[t],
+            top=[named(f, a) for f, a in zip(out.top_features[t], out.top_activations[t], strict=True)],
+            activations=out.chosen[t] if out.chosen else None,
+        )
+        for t in range(len(ids))
+    ]
+    result = InspectResult(
+        sae=ctx.provenance,
+        model=ctx.model.name,
+        hook=ctx.hook,
+        label_job=request.label_job,
+        sink_rule=None if sinks is None else {"median_norm": sinks.median_norm, "norm_factor": sinks.norm_factor},
+        features=request.features,
+        tokens=tokens,
+        n_sinks=sum(s is not None for s in out.sinks),
+        seconds=time.monotonic() - t0,
+    )
+    return result.model_dump(mode="json")
+
+
+def _labels(store: ObjectStore, label_job: str, ctx: SaeContext) -> tuple[dict[int, str], bool]:
+    """(feature -> its best-scored label, whether the job published feature pages): the label the
+    feature list shows (saeq.ml.feature_pages.summaries: detection, embedding, then fuzzing AUC)."""
+    manifest = read_published_manifest(store, label_job, LabelManifest, field="label_job", id_field="label_job")
+    which = ("source", "job_id", "name", "path")
+    if any(manifest.sae.get(k) != ctx.provenance.get(k) for k in which):
+        labelled = {k: manifest.sae[k] for k in which if k in manifest.sae}
+        raise InvalidSpec(f"label job {label_job} labelled another SAE: {labelled}", field="label_job")
+    best: dict[int, tuple[float, str]] = {}
+    for line in store.get(manifest.labels_key).decode().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        scores = r.get("scores") or {}
+        auc = next(
+            (
+                scores[k]["auc"]
+                for k in ("detection", "embedding", "fuzzing")
+                if (scores.get(k) or {}).get("auc") is not None
+            ),
+            -1.0,
+        )
+        if r["feature"] not in best or auc > best[r["feature"]][0]:
+            best[r["feature"]] = (auc, r["label"])
+    return {f: label for f, (_, label) in best.items()}, manifest.browser is not None
