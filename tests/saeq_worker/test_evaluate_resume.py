@@ -27,6 +27,7 @@ def _random_stats() -> _Stats:
     s.pos_sum_x = torch.randn(4, 6, generator=g, dtype=torch.float64)
     s.fires = torch.randint(0, 5, (10,), generator=g).double()
     s.l0_all = [torch.randint(0, 9, (n,), generator=g) for n in (3, 5)]
+    s.add_contexts(torch.rand(3, s.group_sums.shape[1], generator=g).double(), torch.randn(3, 6, generator=g).double())
     return s
 
 
@@ -36,9 +37,10 @@ def test_the_pass_progress_reads_back_exactly_and_refuses_torn_bytes():
     back, meta = EvalProgress.from_bytes(data)
     assert meta == {"job_id": "j", "spec_sha256": "s"}
     assert (back.batches, back.tokens, back.n_sinks) == (12, 1536, 7)
-    for name in ("n", "sum_sq_x", "sum_sq_resid", "sum_cos", "sum_l0", "sum_l1", "ce", "kl", "n_loss"):
+    scalars = ("n", "sum_sq_x", "sum_sq_resid", "sum_cos", "sum_l0", "sum_l1", "ce", "kl", "n_loss", "n_contexts")
+    for name in scalars:
         assert getattr(back.stats, name) == getattr(stats, name), name  # floats by repr: exact
-    for name in ("sum_x", "fires", "pos_n", "pos_sum_x", "pos_sq_x", "pos_sq_resid"):
+    for name in ("sum_x", "fires", "pos_n", "pos_sum_x", "pos_sq_x", "pos_sq_resid", "group_sums", "group_sum_x"):
         assert torch.equal(getattr(back.stats, name), getattr(stats, name)), name
     assert torch.equal(torch.cat(back.stats.l0_all), torch.cat(stats.l0_all))
     for torn in (data[: len(data) // 2], b"", b"not safetensors at all"):
@@ -99,5 +101,6 @@ def test_a_killed_evaluation_resumes_its_metric_pass(stack, client_module, train
     assert json.dumps(ours["metrics"]) == json.dumps(theirs["metrics"])  # NaN-safe: bit-identical
     assert ours["counts"] == theirs["counts"] and ours["checks"] == theirs["checks"]
     a, b = _metrics_doc(client, job["id"], tmp_path / "a"), _metrics_doc(client, reference["id"], tmp_path / "b")
+    assert json.dumps(ours["intervals"]) == json.dumps(theirs["intervals"])  # the per-context sums resumed too
     for part in ("l0_histogram", "log_density_histogram", "fvu_by_position", "feature_density", "checks"):
         assert json.dumps(a[part]) == json.dumps(b[part]), part

@@ -10,6 +10,7 @@ import torch
 from saeq import keys
 from saeq.client.client import ApiError
 from saeq.specs import EvaluateSpec, HarvestSpec, SaeConfig, TrainedSae, TrainSpec
+from saeq.specs.metrics import HEADLINE
 from tests.helpers import import_peer
 from tests.saeq_worker.conftest import HOOK
 
@@ -62,6 +63,17 @@ def test_chain_train_then_evaluate(client_module, harvest_job, tmp_path):
     assert 0 < m["fvu"] < 1 and m["l0"] == pytest.approx(8, abs=0.01)
     assert m["ce_loss_recovered"] == m["ce_loss_recovered"]  # a number, not NaN
     assert ev["counts"]["n_sinks_excluded"] > 0
+    # Each figure has its 95% interval over the evaluated contexts, around the figure itself.
+    for key, _, _ in HEADLINE:
+        ci = ev["intervals"][key]
+        assert ci["value"] == m[key] and ci["low"] <= m[key] <= ci["high"], (key, ci)
+        n_units = (
+            (manifest["saes"]["topk"]["d_sae"], "latents")
+            if "fraction" in key
+            else (ev["counts"]["n_contexts"], "contexts")
+        )
+        assert (ci["n"], ci["unit"]) == n_units, (key, ci)
+    assert ev["intervals"]["fvu"]["high"] > ev["intervals"]["fvu"]["low"]
     arts = {a["key"] for a in client.artifacts(report["id"])["artifacts"]}
     for name in ("metrics.json", "report.md", "feature_density.png", "l0_histogram.png", "fvu_by_position.png"):
         assert keys.report_file(report["id"], name) in arts

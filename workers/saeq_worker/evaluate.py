@@ -60,6 +60,7 @@ def _store_report(
     metrics_doc = {
         **provenance,
         "metrics": result.metrics,
+        "intervals": _intervals_doc(result),
         "counts": result.counts,
         "l0_histogram": result.l0_histogram,
         "l0_max": result.l0_max,
@@ -80,6 +81,10 @@ def _store_report(
         page += "\n" + checks_markdown(checks.doc, list(checks.pngs))
     store.put(keys.report_file(job.id, "report.md"), page.encode(), content_type="text/markdown")
     return list(pngs)
+
+
+def _intervals_doc(result: EvalResult) -> dict[str, dict]:
+    return {name: est.model_dump(mode="json") for name, est in result.intervals.items()}
 
 
 def _pass_name(batches: int) -> str:
@@ -189,6 +194,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         "sae": {**provenance_sae, "name": sae_name},
         "metrics": result.metrics,
         "counts": result.counts,
+        "intervals": _intervals_doc(result),
         "checks": None if checks is None else checks_summary(checks.doc),
         "report_key": keys.report_file(job.id, "report.md"),
         "metrics_key": keys.report_file(job.id, "metrics.json"),
@@ -196,11 +202,11 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
     }
     key = job.publish(EvaluateManifest.model_validate(manifest))
     drop_partials(job)
-    m = result.metrics
+    m, ci = result.metrics, result.intervals
     job.report(
         1.0,
         "done",
-        f"FVU {m['fvu']:.4f}, L0 {m['l0']:.1f}, CE recovered {m['ce_loss_recovered']:.4f}",
+        f"FVU {ci['fvu'].text('{:.4f}')}, L0 {m['l0']:.1f}, CE recovered {ci['ce_loss_recovered'].text('{:.4f}')}",
         force=True,
         fvu=m["fvu"],
         l0=m["l0"],

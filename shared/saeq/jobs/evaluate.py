@@ -23,11 +23,13 @@ from torch import Tensor
 
 from saeq import hooks
 from saeq.errors import Cancelled, InvalidSpec
+from saeq.jobs.evaluate_intervals import COLUMN, GROUP_COLUMNS, MAX_GROUPS, merge_adjacent, metric_intervals
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.sinks import SinkReference, sink_mask
 from saeq.ml.splice import splice
 from saeq.ml.stopping import micro_batches, stop_between_blocks
+from saeq.specs.estimates import Estimate
 
 METRICS_VERSION = "saeq.metrics/1"
 L0_BINS = 64
@@ -47,6 +49,8 @@ class EvalResult:
     fvu_by_position: list[float | None]
     """FVU per context position (None where every token there is a sink)."""
     counts: dict[str, int] = field(default_factory=dict)
+    intervals: dict[str, Estimate] = field(default_factory=dict)
+    """95% interval of each metric: bootstrap over contexts, Wilson over latents (evaluate_intervals)."""
 
 
 class _Stats:
@@ -70,10 +74,34 @@ class _Stats:
         self.ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
         self.kl = {"sae": 0.0, "zero": 0.0}
         self.n_loss = 0
+        # The same sums per context (per block of adjacent ones past MAX_GROUPS), for the intervals.
+        self.n_contexts = 0
+        self.contexts_per_group = 1
+        self.group_sums = torch.zeros(0, len(GROUP_COLUMNS), dtype=torch.float64)
+        self.group_sum_x = torch.zeros(0, d_in, dtype=torch.float64)
+
+    def add_contexts(self, sums_BK: Tensor, sum_x_BD: Tensor) -> None:
+        """Add the sums of the next B contexts, each to its group (context index // contexts_per_group)."""
+        B = sums_BK.shape[0]
+        while (self.n_contexts + B - 1) // self.contexts_per_group >= MAX_GROUPS:
+            self.group_sums, self.group_sum_x = merge_adjacent(self.group_sums), merge_adjacent(self.group_sum_x)
+            self.contexts_per_group *= 2
+        group_B = (self.n_contexts + torch.arange(B)) // self.contexts_per_group
+        grow = int(group_B[-1]) + 1 - self.group_sums.shape[0]
+        if grow > 0:
+            self.group_sums = torch.cat([self.group_sums, self.group_sums.new_zeros(grow, len(GROUP_COLUMNS))])
+            self.group_sum_x = torch.cat([self.group_sum_x, self.group_sum_x.new_zeros(grow, self.sum_x.shape[0])])
+        self.group_sums.index_add_(0, group_B, sums_BK.cpu())
+        self.group_sum_x.index_add_(0, group_B, sum_x_BD.cpu())
+        self.n_contexts += B
 
 
-_SCALARS = ("n", "sum_sq_x", "sum_sq_resid", "sum_cos", "sum_l0", "sum_l1", "ce", "kl", "n_loss")
+_SCALARS = (
+    *("n", "sum_sq_x", "sum_sq_resid", "sum_cos", "sum_l0", "sum_l1", "ce", "kl", "n_loss"),
+    *("n_contexts", "contexts_per_group"),
+)
 _TENSORS = ("sum_x", "fires", "pos_n", "pos_sum_x", "pos_sq_x", "pos_sq_resid")
+_GROUP_TENSORS = ("group_sums", "group_sum_x")  # (G, ...): G grows with the contexts summed
 
 
 @dataclass
@@ -90,7 +118,7 @@ class EvalProgress:
         """safetensors: the sums' tensors, the scalars in the metadata (floats by repr, which reads
         back exactly) beside the caller's `metadata`."""
         s = self.stats
-        tensors = {name: getattr(s, name).contiguous() for name in _TENSORS}
+        tensors = {name: getattr(s, name).contiguous() for name in (*_TENSORS, *_GROUP_TENSORS)}
         tensors["l0_all"] = torch.cat(s.l0_all) if s.l0_all else torch.zeros(0, dtype=torch.long)
         scalars = {name: getattr(s, name) for name in _SCALARS}
         progress = {"batches": self.batches, "tokens": self.tokens, "n_sinks": self.n_sinks}
@@ -109,6 +137,10 @@ class EvalProgress:
             stats = _Stats(d_in, d_sae, T)
             for name in _TENSORS:
                 if tensors[name].shape != getattr(stats, name).shape:
+                    raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}")
+                setattr(stats, name, tensors[name].clone())
+            for name in _GROUP_TENSORS:
+                if tensors[name].shape[1:] != getattr(stats, name).shape[1:]:
                     raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}")
                 setattr(stats, name, tensors[name].clone())
             for name in _SCALARS:
@@ -197,7 +229,8 @@ def _evaluate_batch(sae, lm, hook, ids_BT, sinks, s: _Stats) -> int:
 
     acts_NS = sae.encode(x_ND)
     recon_ND = sae.decode(acts_NS)
-    _accumulate_reconstruction(s, x_ND, recon_ND, acts_NS, keep_N, positions_N)
+    sums_BK = torch.zeros(B, len(GROUP_COLUMNS), dtype=torch.float64, device=ids_BT.device)
+    sum_x_BD = _accumulate_reconstruction(s, x_ND, recon_ND, acts_NS, keep_N, positions_N, sums_BK)
 
     # Splices: ordinary tokens replaced, sinks left as they were.
     recon_BTD = recon_ND.reshape(B, T, -1).to(captured["x"].dtype)
@@ -215,26 +248,42 @@ def _evaluate_batch(sae, lm, hook, ids_BT, sinks, s: _Stats) -> int:
         logp = F.log_softmax(logits[:, :-1], dim=-1)
         ce_BT = -logp.gather(-1, targets[..., None])[..., 0]
         s.ce[name] += float(ce_BT[loss_mask].sum())
+        sums_BK[:, COLUMN[f"ce_{name}"]] = torch.where(loss_mask, ce_BT, 0).sum(1).double()
         if name != "clean":  # KL(clean || spliced), as SAELens
             kl_BT = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
             s.kl[name] += float(kl_BT[loss_mask].sum())
+            sums_BK[:, COLUMN[f"kl_{name}"]] = torch.where(loss_mask, kl_BT, 0).sum(1).double()
     s.n_loss += int(loss_mask.sum())
+    sums_BK[:, COLUMN["n_loss"]] = loss_mask.sum(1).double()
+    s.add_contexts(sums_BK, sum_x_BD)
     return int((~keep_N).sum())
 
 
-def _accumulate_reconstruction(s: _Stats, x_ND, recon_ND, acts_NS, keep_N, positions_N) -> None:
+def _accumulate_reconstruction(s: _Stats, x_ND, recon_ND, acts_NS, keep_N, positions_N, sums_BK) -> Tensor:
+    """Add the ordinary tokens' sums to `s`, and per context to `sums_BK`; -> their sum of x per
+    context (B, d_in)."""
     x, r, a, pos = x_ND[keep_N], recon_ND[keep_N], acts_NS[keep_N], positions_N[keep_N]
+    B, T = sums_BK.shape[0], x_ND.shape[0] // sums_BK.shape[0]
+    context_N = torch.arange(B, device=x_ND.device).repeat_interleave(T)[keep_N]
     resid_sq_N = (x - r).pow(2).sum(-1).double()
     x64 = x.double()
+    sq_x_N = x64.pow(2).sum(-1)
+    cos_N = F.cosine_similarity(x, r, dim=-1)
     s.n += x.shape[0]
     s.sum_x += x64.sum(0).cpu()
     s.sum_sq_x += float(x64.pow(2).sum())
     s.sum_sq_resid += float(resid_sq_N.sum())
-    s.sum_cos += float(F.cosine_similarity(x, r, dim=-1).sum())
+    s.sum_cos += float(cos_N.sum())
     fired = a != 0
     l0_N = fired.sum(-1)
+    l1_N = a.abs().sum(-1)
     s.sum_l0 += float(l0_N.sum())
     s.sum_l1 += float(a.abs().sum())
+    # The first six of GROUP_COLUMNS, in its order: n, sum_sq_x, sum_sq_resid, sum_cos, sum_l0, sum_l1.
+    per_token_NK = torch.stack(
+        [torch.ones_like(sq_x_N), sq_x_N, resid_sq_N, cos_N.double(), l0_N.double(), l1_N.double()], 1
+    )
+    sums_BK[:, :6].index_add_(0, context_N, per_token_NK)
     s.fires += fired.sum(0).double().cpu()
     s.l0_all.append(l0_N.cpu())
     pos = pos.cpu()
@@ -242,6 +291,7 @@ def _accumulate_reconstruction(s: _Stats, x_ND, recon_ND, acts_NS, keep_N, posit
     s.pos_sum_x.index_add_(0, pos, x64.cpu())
     s.pos_sq_x.index_add_(0, pos, x64.pow(2).sum(-1).cpu())
     s.pos_sq_resid.index_add_(0, pos, resid_sq_N.cpu())
+    return torch.zeros(B, x64.shape[1], dtype=torch.float64, device=x64.device).index_add_(0, context_N, x64)
 
 
 def _fvu(n, sum_x, sum_sq_x, sum_sq_resid) -> float:
@@ -284,6 +334,16 @@ def _finish(s: _Stats, n_sinks: int, n_tokens: int, dense_threshold: float) -> E
         else _fvu(float(s.pos_n[t]), s.pos_sum_x[t], float(s.pos_sq_x[t]), float(s.pos_sq_resid[t]))
         for t in range(len(s.pos_n))
     ]
+    n_dead, n_dense = int((s.fires == 0).sum()), int((density > dense_threshold).sum())
+    intervals = metric_intervals(
+        s.group_sums.numpy(),
+        s.group_sum_x.numpy(),
+        metrics,
+        contexts_per_group=s.contexts_per_group,
+        n_latents=len(s.fires),
+        n_dead=n_dead,
+        n_dense=n_dense,
+    )
     return EvalResult(
         metrics,
         density,
@@ -296,6 +356,8 @@ def _finish(s: _Stats, n_sinks: int, n_tokens: int, dense_threshold: float) -> E
             "n_ordinary": s.n,
             "n_sinks_excluded": n_sinks,
             "n_loss_positions": s.n_loss,
-            "n_dead": int((s.fires == 0).sum()),
+            "n_dead": n_dead,
+            "n_contexts": s.n_contexts,
         },
+        intervals,
     )

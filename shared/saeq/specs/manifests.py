@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Discriminator, ValidationError, field_serializer, model_validator
 
 from saeq.errors import InvalidSpec
+from saeq.specs.estimates import Estimate
 
 FORMAT = 1
 """The manifest format this code writes and the newest it reads."""
@@ -143,6 +144,9 @@ class EvaluateManifest(_Manifest):
     metrics: dict[str, Any]
     """saeq.specs.metrics names them; a value may be NaN (CE recovered with no loss gap)."""
     counts: dict[str, int]
+    intervals: dict[str, Estimate] | None = None
+    """Each metric's 95% interval with its n (bootstrap over contexts, Wilson over latents); None in
+    manifests written before intervals were."""
     checks: dict[str, Any] | None
     report_key: str
     metrics_key: str

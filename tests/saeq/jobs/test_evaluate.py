@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from saeq.jobs.evaluate import evaluate_sae
+from saeq.jobs.evaluate_intervals import COLUMN
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.sinks import SinkReference
 from saeq.ml.splice import splice
@@ -181,3 +182,52 @@ def test_core_metrics_equal_saelens_evaluation(lm, tmp_path):
     for name, expected in pairs.items():
         assert math.isfinite(expected)
         assert mine[name] == pytest.approx(expected, rel=0.01), name
+
+
+def test_every_metric_has_an_interval_over_the_contexts_around_its_value(lm):
+    from saeq.specs.metrics import HEADLINE
+
+    torch.manual_seed(3)
+    sae = SparseAutoencoder(32, 128, "topk", k=8)
+    kept = []
+    res = evaluate_sae(
+        sae,
+        lm,
+        HOOK,
+        _contexts(),
+        sinks=SinkReference(median_norm=1.0, norm_factor=1e9),
+        chunk_batches=3,
+        on_chunk=kept.append,
+    )
+    assert res.counts["n_contexts"] == 12
+    # The per-context sums add up to the pass's own: the bootstrap resamples the same figures.
+    s = kept[-1].stats
+    for column, total in [("n", s.n), ("sum_sq_resid", s.sum_sq_resid), ("n_loss", s.n_loss), ("ce_sae", s.ce["sae"])]:
+        assert float(s.group_sums[:, COLUMN[column]].sum()) == pytest.approx(total, rel=1e-6), column  # fp32 sums
+    torch.testing.assert_close(s.group_sum_x.sum(0), s.sum_x)
+    for key, _, _ in HEADLINE:
+        est = res.intervals[key]
+        assert est.value == res.metrics[key], key
+        if key in ("dead_fraction", "dense_fraction"):
+            assert (est.method, est.n, est.unit) == ("wilson", 128, "latents"), key
+        else:
+            assert (est.method, est.n, est.unit) == ("bootstrap", 12, "contexts"), key
+        assert est.low <= est.value <= est.high, (key, est)
+    assert res.intervals["fvu"].high - res.intervals["fvu"].low > 0  # 12 random contexts vary
+    # The identity SAE has FVU 0 on every resample: an interval of width 0, not a guess.
+    exact = evaluate_sae(identity_sae(32), lm, HOOK, _contexts(), sinks=None).intervals["fvu"]
+    assert abs(exact.low) < 1e-8 and abs(exact.high) < 1e-8
+
+
+def test_past_max_groups_adjacent_contexts_are_bootstrapped_in_blocks(lm, monkeypatch):
+    import saeq.jobs.evaluate as evaluate
+
+    torch.manual_seed(3)
+    sae = SparseAutoencoder(32, 128, "topk", k=8)
+    per_context = evaluate_sae(sae, lm, HOOK, _contexts(), sinks=None)
+    monkeypatch.setattr(evaluate, "MAX_GROUPS", 5)  # 12 contexts: blocks of 4, 3 blocks
+    blocked = evaluate_sae(sae, lm, HOOK, _contexts(), sinks=None)
+    assert blocked.metrics == per_context.metrics
+    fvu = blocked.intervals["fvu"]
+    assert (fvu.n, fvu.unit) == (3, "blocks of 4 contexts")
+    assert fvu.low <= fvu.value <= fvu.high
