@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import redis
 from redis.client import Pipeline
 
-from saeq.platform import lua_scripts, redis_keys
+from saeq.platform import job_counts, lua_scripts, redis_keys
 from saeq.platform.job_model import (
     DEFAULT_RETENTION_S,
     DURATION_BUCKETS_S,
@@ -230,13 +230,14 @@ class JobCore:
             ),
         )
         pipe.zrem(redis_keys.DISPATCHED, job["id"])
+        job_counts.move(pipe, job, state)
         team = job.get("team") or "default"
         if release:
             self._release(pipe, job)
         pipe.zrem(redis_keys.team(team, "waiting"), job["id"])
         pipe.zadd(redis_keys.FINISHED, {job["id"]: time.time()})
         if release:  # else at release: a record expiring under its worker would leak its slot
-            self._expire_later(pipe, team, job["id"])
+            self._expire_later(pipe, job, state)
         # Counters live in Redis so every API replica and worker process exports the same totals.
         kind = job["kind"]
         pipe.hincrby(redis_keys.stats("finished"), f"{kind}|{state}", 1)
@@ -250,7 +251,7 @@ class JobCore:
     def _release_lost(self, job: dict) -> None:
         with self.r.pipeline() as pipe:
             self._release(pipe, job)
-            self._expire_later(pipe, job.get("team") or "default", job["id"])
+            self._expire_later(pipe, job, job["state"])
             pipe.execute()
         self.event(
             job["id"],
@@ -283,15 +284,18 @@ class JobCore:
             self._retention = (time.monotonic(), seconds)
         return seconds
 
-    def _expire_later(self, pipe, team: str, job_id: str) -> None:
-        """An ended record, its events and its dependents set expire after the retention; the
-        indexes drop the id then (sweep_expired), and a team's count of stored jobs at once."""
+    def _expire_later(self, pipe, job: dict, state: str) -> None:
+        """An ended record (`job` as read, ended as `state`), its events and its dependents set
+        expire after the retention; the indexes drop the id then (sweep_expired), and a team's count
+        of stored jobs and the job counts (job_counts.settle) at once."""
+        team, job_id = job.get("team") or "default", job["id"]
         ttl_s = self.job_retention_s()
         for key in (redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.job_dependents(job_id)):
             pipe.pexpire(key, max(1, int(ttl_s * 1000)))
         expires = time.time() + ttl_s
         pipe.zadd(redis_keys.team(team, "ended"), {job_id: expires})
         pipe.zadd(redis_keys.EXPIRING, {f"{team}/{job_id}": expires})
+        pipe.zadd(redis_keys.COUNT_EXPIRING, {job_counts.expiring_member(job, state): expires})
 
     def stored_jobs(self, team: str) -> int:
         """The team's records in Redis (what quota max_stored_jobs counts)."""

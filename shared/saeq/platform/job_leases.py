@@ -10,7 +10,7 @@ from typing import Any
 
 from redis.client import Pipeline
 
-from saeq.platform import lua_scripts, redis_keys
+from saeq.platform import job_counts, lua_scripts, redis_keys
 from saeq.platform.job_core import JobCore
 from saeq.platform.job_model import (
     Claim,
@@ -69,6 +69,7 @@ class Leasing(JobCore):
             )
             pipe.sadd(redis_keys.RUNNING, job_id)
             pipe.zrem(redis_keys.DISPATCHED, job_id)
+            job_counts.move(pipe, job, "running")
             return Claim("run", attempt=job["attempts"] + 1, token=token)
 
         claim = self._transaction(attempt, key, lease)
@@ -104,7 +105,7 @@ class Leasing(JobCore):
             pipe.multi()
             if job["state"] in TERMINAL:
                 self._release(pipe, job)
-                self._expire_later(pipe, job.get("team") or "default", job_id)
+                self._expire_later(pipe, job, job["state"])
             else:
                 self._end(pipe, job, state, error, manifest_key)
             pipe.delete(lease)

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from redis.client import Pipeline
 
-from saeq.platform import redis_keys
+from saeq.platform import job_counts, redis_keys
 from saeq.platform.job_core import JobCore
 from saeq.platform.job_model import cancelled_error, decode, encode, time_limit_error, waiting_score
 from saeq.specs.states import TERMINAL
@@ -76,7 +76,7 @@ class Preempting(JobCore):
             pipe.delete(lease)
             if job["state"] in TERMINAL:  # ended under this worker (the reaper): only the slot is left
                 self._release(pipe, job)
-                self._expire_later(pipe, team, job_id)
+                self._expire_later(pipe, job, job["state"])
                 return "ended", job
             if job["cancel_requested"]:
                 self._end(pipe, job, "cancelled", cancelled_error(), None)
@@ -116,6 +116,7 @@ class Preempting(JobCore):
         )
         pipe.srem(redis_keys.RUNNING, job_id)
         pipe.zrem(redis_keys.DISPATCHED, job_id)
+        job_counts.move(pipe, job, "queued")  # not sent: it waits for a slot, not a worker
         pipe.srem(redis_keys.team(team, "active"), job_id)
         pipe.srem(redis_keys.queue_dispatched(job["queue"]), job_id)  # its queue's capacity too
         pipe.zadd(

@@ -11,7 +11,7 @@ from typing import cast
 
 from redis.client import Pipeline
 
-from saeq.platform import redis_keys
+from saeq.platform import job_counts, redis_keys
 from saeq.platform.job_model import (
     SUMMARY_FIELDS,
     cancelled_error,
@@ -103,6 +103,7 @@ class Reaping(Submitting):
             pipe.hset(key, mapping=encode({"state": "queued", "dispatch_id": dispatch_id, "preempt": None}))
             pipe.srem(redis_keys.RUNNING, job_id)
             pipe.zadd(redis_keys.DISPATCHED, {job_id: time.time()})
+            job_counts.move(pipe, job, "queued", sent=True)  # still dispatched: a new message follows
             return job, dispatch_id
 
         outcome = self._transaction(attempt, key, lease)

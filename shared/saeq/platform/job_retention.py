@@ -7,7 +7,7 @@ import time
 from typing import cast
 
 from saeq import keys
-from saeq.platform import redis_keys
+from saeq.platform import job_counts, lua_scripts, redis_keys
 from saeq.platform.job_core import JobCore
 
 
@@ -16,9 +16,11 @@ class Purging(JobCore):
 
     def sweep_expired(self, limit: int = 1000) -> int:
         """Drop from the indexes up to `limit` jobs whose records expired, and delete their specs
-        kept in the store. The reaper calls it; the counts are right without it."""
+        kept in the store. The reaper calls it; the counts are right without it (job_counts settles
+        at each read too; here its set of expiring jobs stays small without scrapes)."""
         due = cast(list[str], self.r.zrangebyscore(redis_keys.EXPIRING, "-inf", time.time(), start=0, num=limit))
         self._forget([_team_and_id(m) for m in due])
+        job_counts.settle(self.r)
         return len(due)
 
     def purge(self, *, team: str | None = None, ended_before: float | None = None) -> list[str]:
@@ -55,8 +57,18 @@ class Purging(JobCore):
             return
         pipe = self.r.pipeline(transaction=False)
         for team, job_id in jobs:
-            if delete:
-                pipe.delete(redis_keys.job(job_id), redis_keys.job_events(job_id), redis_keys.job_dependents(job_id))
+            if delete:  # counted out of job_counts with the record, in one step
+                pipe.eval(
+                    lua_scripts.PURGE_RECORD,
+                    6,
+                    redis_keys.job(job_id),
+                    redis_keys.job_events(job_id),
+                    redis_keys.job_dependents(job_id),
+                    redis_keys.COUNT_EXPIRING,
+                    redis_keys.COUNT_KIND_STATE,
+                    redis_keys.COUNT_TEAM_STATE,
+                    job_id,
+                )
             pipe.zrem(redis_keys.ALL_JOBS, job_id)
             pipe.zrem(redis_keys.team(team, "jobs"), job_id)
             pipe.zrem(redis_keys.team(team, "ended"), job_id)

@@ -11,7 +11,7 @@ from typing import Any, cast
 import redis
 
 from saeq import keys
-from saeq.platform import pools, redis_keys
+from saeq.platform import job_counts, pools, redis_keys
 from saeq.platform.job_core import JobCore
 from saeq.platform.job_model import (
     IDEMPOTENCY_TTL_S,
@@ -74,6 +74,8 @@ class Submitting(JobCore):
                     redis_keys.idempotency(team, idempotency_key or ""),
                     redis_keys.stats("submitted"),
                     redis_keys.SPECS_IN_STORE,
+                    redis_keys.COUNT_KIND_STATE,
+                    redis_keys.COUNT_TEAM_STATE,
                     *deps,
                 ],
                 args=[
@@ -88,6 +90,8 @@ class Submitting(JobCore):
                     json.dumps(event_entry("queued", f"{kind} job submitted", {})),
                     redis_keys.JOB_PREFIX,
                     int("spec_key" in stored),
+                    job_counts.kind_field(kind, "queued"),
+                    job_counts.team_field(team, "queued"),
                     *(x for kv in encode(stored).items() for x in kv),
                 ],
             )
@@ -249,6 +253,7 @@ class Submitting(JobCore):
                 redis_keys.DISPATCHED,
                 redis_keys.queue_dispatched(job["queue"]),
                 redis_keys.TEAMS,
+                redis_keys.queue_sent(job["queue"]),
             ],
             args=[
                 self.teams.quota(team).max_running,
@@ -258,6 +263,7 @@ class Submitting(JobCore):
                 time.time(),
                 -1 if capacity is None else capacity,
                 team,
+                job["created_at"],
             ],
         )
         return int(cast(int, status)), dispatch_id

@@ -4,9 +4,10 @@ and workers never pass a quota or a slot limit together. Record fields are JSON-
 """
 
 # KEYS: job, team's active set, team's waiting set, dispatched-not-claimed set, the queue's
-#   dispatched set, every team's name (the scheduler reads the waiting sets of those).
+#   dispatched set, every team's name (the scheduler reads the waiting sets of those), the queue's
+#   sent set (job_counts: the oldest wait).
 # ARGV: max_running, dispatch_id, waiting score, job id, now, the queue's capacity (-1: not
-#   gated), team. Fields are JSON-encoded (_encode).
+#   gated), team, created_at. Fields are JSON-encoded (_encode).
 # Returns 1: dispatched; 0: no team slot, waiting; 2: no free capacity on its queue, waiting;
 #   -1: not queued, or already dispatched.
 DISPATCH = """
@@ -30,6 +31,7 @@ redis.call('sadd', KEYS[2], ARGV[4])
 redis.call('sadd', KEYS[5], ARGV[4])
 redis.call('zrem', KEYS[3], ARGV[4])
 redis.call('zadd', KEYS[4], ARGV[5], ARGV[4])
+redis.call('zadd', KEYS[7], ARGV[8], ARGV[4])
 return 1
 """
 
@@ -88,10 +90,12 @@ return size
 
 # KEYS: 1 record, 2 its events, 3 all jobs, 4 team's jobs, 5 team's open, 6 team's active,
 #   7 team's ended, 8 team's recent submits, 9 idempotency key, 10 submit counters, 11 specs in the
-#   store, then per dependency: its dependents set, its record.
+#   store, 12 jobs by kind and state, 13 by team and state, then per dependency: its dependents
+#   set, its record.
 # ARGV: 1 job id, 2 now, 3 max_queued, 4 max_stored, 5 submits_per_minute (-1: no limit), 6 request
 #   digest, 7 idempotency TTL (0: no key), 8 kind, 9 first event, 10 record key prefix, 11 spec in
-#   the store (1/0), 12... the record's field, value pairs.
+#   the store (1/0), 12 its kind|state field, 13 its team|state field (job_counts), 14... the
+#   record's field, value pairs.
 # Returns {status, id or seconds}: created, existing, conflict, rate (retry after), queued, stored,
 #   missing (index of a dependency whose record is gone).
 CREATE = """
@@ -128,11 +132,13 @@ local max_stored = tonumber(ARGV[4])
 if max_stored >= 0 and redis.call('zcard', KEYS[4]) - redis.call('zcount', KEYS[7], '-inf', ARGV[2]) >= max_stored then
   return {'stored', ''}
 end
-for i = 12, #KEYS, 2 do
+for i = 14, #KEYS, 2 do
   -- Expired or purged since the caller checked it: its dependents set would never expire.
-  if redis.call('exists', KEYS[i + 1]) == 0 then return {'missing', tostring((i - 12) / 2)} end
+  if redis.call('exists', KEYS[i + 1]) == 0 then return {'missing', tostring((i - 14) / 2)} end
 end
-redis.call('hset', KEYS[1], unpack(ARGV, 12))
+redis.call('hset', KEYS[1], unpack(ARGV, 14))
+redis.call('hincrby', KEYS[12], ARGV[12], 1)
+redis.call('hincrby', KEYS[13], ARGV[13], 1)
 redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
 redis.call('zadd', KEYS[4], ARGV[2], ARGV[1])
 redis.call('sadd', KEYS[5], ARGV[1])
@@ -144,7 +150,7 @@ if per_minute >= 0 then
   redis.call('expire', KEYS[8], 61)
 end
 if ARGV[7] ~= '0' then redis.call('set', KEYS[9], ARGV[1] .. ' ' .. ARGV[6], 'EX', ARGV[7]) end
-for i = 12, #KEYS, 2 do
+for i = 14, #KEYS, 2 do
   redis.call('sadd', KEYS[i], ARGV[1])
   -- A dependency that ended already expires: so does the set of its dependents.
   local ttl = redis.call('pttl', KEYS[i + 1])
@@ -172,4 +178,90 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
 end
 return 0
+"""
+
+
+# ---- the job counts (saeq.platform.job_counts) -------------------------------------------------
+# Fields are `kind|state` and `team|state`; an ended job's COUNT_EXPIRING member is
+# `job_id|kind|team|state` (job_counts.expiring_member builds both in Python).
+
+# KEYS: 1 COUNT_EXPIRING, 2 by kind and state, 3 by team and state. ARGV: 1 record key prefix,
+#   2 now, 3 at most this many. Drops from the counts each due job whose record is gone; one still
+#   there (its TTL was renewed) is scored again, one kept without a TTL leaves the set (its end
+#   adds it again). Returns how many were dropped.
+SETTLE_EXPIRED = """
+local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local dropped = 0
+for _, m in ipairs(due) do
+  local id, kind, team, state = string.match(m, '^([^|]+)|([^|]+)|([^|]+)|([^|]+)$')
+  local ttl = redis.call('pttl', ARGV[1] .. id)
+  if ttl == -2 then
+    redis.call('zrem', KEYS[1], m)
+    redis.call('hincrby', KEYS[2], kind .. '|' .. state, -1)
+    redis.call('hincrby', KEYS[3], team .. '|' .. state, -1)
+    dropped = dropped + 1
+  elseif ttl == -1 then
+    redis.call('zrem', KEYS[1], m)
+  else
+    redis.call('zadd', KEYS[1], tonumber(ARGV[2]) + ttl / 1000, m)
+  end
+end
+return dropped
+"""
+
+
+# KEYS: 1 record, 2 its events, 3 its dependents, 4 COUNT_EXPIRING, 5 by kind and state, 6 by team
+#   and state. ARGV: 1 job id. Deletes the record and, if it was there, counts it out.
+PURGE_RECORD = """
+local v = redis.call('hmget', KEYS[1], 'kind', 'state', 'team')
+if v[1] and v[2] then
+  local kind, state, team = cjson.decode(v[1]), cjson.decode(v[2]), 'default'
+  if v[3] then
+    local t = cjson.decode(v[3])
+    if t ~= cjson.null and t ~= '' then team = t end
+  end
+  redis.call('hincrby', KEYS[5], kind .. '|' .. state, -1)
+  redis.call('hincrby', KEYS[6], team .. '|' .. state, -1)
+  redis.call('zrem', KEYS[4], ARGV[1] .. '|' .. kind .. '|' .. team .. '|' .. state)
+end
+return redis.call('del', KEYS[1], KEYS[2], KEYS[3])
+"""
+
+
+# KEYS: 1 ALL_JOBS, 2 by kind and state, 3 by team and state, 4 COUNT_EXPIRING, 5 COUNT_VERSION,
+#   6... each queue's sent set. ARGV: 1 record key prefix, 2 now, 3 version, 4... the queues (as
+#   KEYS 6...). Every count rebuilt from the records, in one atomic step: O(stored jobs), run once
+#   when COUNT_VERSION is missing (an upgrade from counters-less saeq, or a repair).
+RECOUNT = """
+redis.call('del', KEYS[2], KEYS[3], KEYS[4])
+local sent = {}
+for i = 6, #KEYS do
+  redis.call('del', KEYS[i])
+  sent[ARGV[i - 2]] = KEYS[i]
+end
+local ids = redis.call('zrange', KEYS[1], 0, -1)
+local terminal = {succeeded = true, failed = true, cancelled = true}
+for _, id in ipairs(ids) do
+  local key = ARGV[1] .. id
+  local v = redis.call('hmget', key, 'kind', 'state', 'team', 'queue', 'created_at', 'dispatched')
+  if v[1] and v[2] then
+    local kind, state, team = cjson.decode(v[1]), cjson.decode(v[2]), 'default'
+    if v[3] then
+      local t = cjson.decode(v[3])
+      if t ~= cjson.null and t ~= '' then team = t end
+    end
+    redis.call('hincrby', KEYS[2], kind .. '|' .. state, 1)
+    redis.call('hincrby', KEYS[3], team .. '|' .. state, 1)
+    local queue = v[4] and cjson.decode(v[4])
+    if state == 'queued' and v[6] == 'true' and sent[queue] then
+      redis.call('zadd', sent[queue], v[5], id)  -- the JSON number as stored: no float rounding
+    end
+    local ttl = redis.call('pttl', key)
+    if terminal[state] and ttl > 0 then
+      redis.call('zadd', KEYS[4], tonumber(ARGV[2]) + ttl / 1000, id .. '|' .. kind .. '|' .. team .. '|' .. state)
+    end
+  end
+end
+redis.call('set', KEYS[5], ARGV[3])
+return #ids
 """

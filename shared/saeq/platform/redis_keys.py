@@ -84,6 +84,25 @@ def stats(name: str) -> str:
     return f"{PREFIX}stats:{name}"
 
 
+COUNT_KIND_STATE = f"{PREFIX}count:kind_state"
+"""Hash: `kind|state` -> stored jobs (saeq.platform.job_counts), changed in the transaction that
+changes a record's state."""
+COUNT_TEAM_STATE = f"{PREFIX}count:team_state"
+"""Hash: `team|state` -> stored jobs, as COUNT_KIND_STATE."""
+COUNT_EXPIRING = f"{PREFIX}count:expiring"
+"""Sorted set: ended jobs as `job_id|kind|team|state`, scored by when their record expires; the
+counts drop each one once its record is gone (job_counts.settle)."""
+COUNT_VERSION = f"{PREFIX}count:version"
+"""String: the counters' version; missing (an upgrade, or deleted to repair them): they are
+recounted from the records once (job_counts.recount)."""
+
+
+def queue_sent(queue: str) -> str:
+    """Sorted set: queued jobs sent on `queue` and not claimed (waiting for a worker), scored by
+    when they were created (the oldest wait)."""
+    return f"{PREFIX}queue:{queue}:sent"
+
+
 def upload_owner(upload_id: str) -> str:
     """String: the team that owns an upload."""
     return f"{PREFIX}upload:{upload_id}"

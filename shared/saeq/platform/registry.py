@@ -18,10 +18,11 @@ the API, the workers and the client import.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
-from saeq.platform import redis_keys
+from saeq.platform import job_counts, redis_keys
+from saeq.platform.dispatch import QUEUES
 from saeq.platform.job_core import JobCore
 from saeq.platform.job_leases import Leasing
 from saeq.platform.job_model import (
@@ -89,18 +90,16 @@ class Registry(Leasing, Reaping, Purging, Uploads, Preempting):
             for name in ("submitted", "finished", "duration", "attempts_lost")
         }
 
-    def counts(self) -> Iterator[tuple[str, str, int]]:
-        """(kind, state, n) over all stored jobs, for gauges."""
-        tally: dict[tuple[str, str], int] = {}
-        for job in self.census():
-            key = (job["kind"], job["state"])
-            tally[key] = tally.get(key, 0) + 1
-        for (kind, state), n in sorted(tally.items()):
-            yield kind, state, n
+    def job_counts(self) -> job_counts.JobCounts:
+        """Stored jobs by kind and state, by team and state, and each queue's oldest job waiting
+        for a worker, from the counters every state change keeps (saeq.platform.job_counts): a
+        few reads, whatever the number of jobs."""
+        return job_counts.read(self.r, QUEUES)
 
     def census(self) -> list[dict[str, Any]]:
-        """The fields gauges need (kind, state, queue, team, created_at, dispatched) of every
-        stored job, read in one round trip."""
+        """The fields the job counts follow (kind, state, queue, team, created_at, dispatched) of
+        every stored job, read in one round trip: O(stored jobs), the reference the counts are
+        tested against."""
         ids = cast(list[str], self.r.zrange(redis_keys.ALL_JOBS, 0, -1))
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:

@@ -55,3 +55,12 @@ def test_live_keys_are_unchanged_and_live_keeps_its_names():
     )
     assert live.cancel_key("r1") == "saeq:live:cancel:r1"
     assert live.reply_key("r1") == "saeq:live:reply:r1"
+
+
+def test_job_count_keys_are_unchanged():
+    assert (redis_keys.COUNT_KIND_STATE, redis_keys.COUNT_TEAM_STATE) == (
+        "saeq:count:kind_state",
+        "saeq:count:team_state",
+    )
+    assert (redis_keys.COUNT_EXPIRING, redis_keys.COUNT_VERSION) == ("saeq:count:expiring", "saeq:count:version")
+    assert redis_keys.queue_sent("gpu") == "saeq:queue:gpu:sent"
