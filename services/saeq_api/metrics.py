@@ -1,6 +1,8 @@
 """Prometheus metrics of the API. Job totals are read from Redis at scrape time, so every API
 replica reports the same numbers and restarts lose nothing (aggregate them across replicas with
-`max by`, not `sum by`); a scrape is cached for `metrics_cache_s`. Each worker exports its own
+`max by`, not `sum by`); a scrape is cached for `metrics_cache_s`. The stored jobs' gauges come
+from counters every state change keeps (saeq.platform.job_counts): a scrape costs
+O(kinds x states + teams x states), never a read per stored job. Each worker exports its own
 figures (saeq_worker.metrics)."""
 
 from __future__ import annotations
@@ -86,24 +88,20 @@ class JobCollector:
             duration.add_metric([kind], buckets, sum_value=row.get("sum", 0.0))
         yield duration
 
-        census = self.registry.census()
-        for job in census:
-            job["team"] = job["team"] or "default"
+        counts = self.registry.job_counts()
         jobs = GaugeMetricFamily("saeq_jobs", "Stored jobs by kind and state", labels=["kind", "state"])
         by_team = GaugeMetricFamily("saeq_team_jobs", "Stored jobs by team and state", labels=["team", "state"])
-        for (kind, state), n in _tally(census, "kind", "state"):
+        # A pair that had jobs stays at 0 once it has none, so a gauge falls to 0 rather than vanishing.
+        for (kind, state), n in sorted(counts.by_kind.items()):
             jobs.add_metric([kind, state], n)
-        for (team, state), n in _tally(census, "team", "state"):
+        for (team, state), n in sorted(counts.by_team.items()):
             by_team.add_metric([team, state], n)
         yield jobs
         yield by_team
 
-        # A job in its queue waits for a worker; one held back by depends_on is not waiting yet.
+        # A job sent to its queue waits for a worker; one held back by depends_on is not waiting yet.
         now = time.time()
-        oldest = {q: now for q in QUEUES}
-        for job in census:
-            if job["state"] == "queued" and job["dispatched"] and job["queue"] in oldest:
-                oldest[job["queue"]] = min(oldest[job["queue"]], job["created_at"])
+        oldest = {q: counts.oldest_sent_at.get(q) or now for q in QUEUES}
         wait = GaugeMetricFamily(
             "saeq_queue_oldest_wait_seconds",
             "Age of the oldest job waiting in each queue for a worker (0: none)",
@@ -130,14 +128,6 @@ class JobCollector:
             running.add_metric([q], load.running)
         yield waiting
         yield running
-
-
-def _tally(census: list[dict], *fields: str) -> list[tuple[tuple, int]]:
-    out: dict[tuple, int] = {}
-    for job in census:
-        key = tuple(job[f] for f in fields)
-        out[key] = out.get(key, 0) + 1
-    return sorted(out.items(), key=lambda kv: tuple(str(k) for k in kv[0]))
 
 
 class ShareCollector:
@@ -186,9 +176,10 @@ def make_registry(registry: Registry) -> CollectorRegistry:
 
 
 class CachedScrape:
-    """The registry's exposition text, computed at most every `cache_s` seconds: a scrape reads a
-    few fields of every stored job, so scrapers in a loop must not cost Redis one read per job
-    each. Concurrent scrapes wait for the one computing it."""
+    """The registry's exposition text, computed at most every `cache_s` seconds: a scrape costs
+    Redis a few dozen reads (the job counts, each team's waiting set and share, each queue's sent
+    jobs), so scrapers in a loop need not repeat them. Concurrent scrapes wait for the one
+    computing it."""
 
     def __init__(self, regs: list[CollectorRegistry], cache_s: float):
         self.regs, self.cache_s = regs, cache_s
