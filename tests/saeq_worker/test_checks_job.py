@@ -4,6 +4,7 @@ are rated for specificity, and the report holds all four checks with their plots
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -78,6 +79,8 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     assert rated and all(0 <= c["rating"] <= 3 and c["activation"] >= 0 for c in rated)
     page = files["report.md"].read_text()
     assert "## Checks" in page and "![completeness_0.png](completeness_0.png)" in page
+    n_contexts = manifest["counts"]["n_contexts"]
+    assert re.search(rf"\| FVU \(ordinary tokens\) \| [\d.]+ \[[\d.]+, [\d.]+\] \(n={n_contexts} contexts\) \|", page)
     assert files["completeness_0.png"].read_bytes().startswith(b"\x89PNG")
 
     cli = subprocess.run(
@@ -99,6 +102,7 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     assert cli.returncode == 0, cli.stderr
     assert "specificity (local:" in cli.stdout and "completeness, chemical elements:" in cli.stdout
     assert "sensitivity en->fr (16 article pairs" in cli.stdout and "sparse probing" in cli.stdout
+    assert re.search(rf"CE-loss recovered +-?[\d.]+ \[-?[\d.]+, -?[\d.]+\] \(n={n_contexts} contexts\)", cli.stdout)
 
 
 def test_a_label_job_of_another_kind_sae_or_unfinished_is_refused_at_submit(

@@ -303,7 +303,7 @@ def report(ctx, job_id, as_json) -> None:
     if as_json:
         return _echo_json(manifest)
     click.echo(f"evaluation of SAE {manifest['sae']['name']} ({manifest['sae']['source']}) at {manifest['hook']}")
-    click.echo(summary_table(manifest["metrics"]))
+    click.echo(summary_table(manifest["metrics"], manifest.get("intervals")))
     c = manifest["counts"]
     click.echo(f"\n{c['n_ordinary']:,} ordinary tokens; {c['n_sinks_excluded']:,} attention sinks left out")
     if manifest.get("checks"):

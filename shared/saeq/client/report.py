@@ -4,15 +4,24 @@ report page are drawn by the worker, saeq.jobs.evaluate_report)."""
 
 from __future__ import annotations
 
+from saeq.specs.estimates import Estimate
 from saeq.specs.metrics import HEADLINE, checks_lines
 
 __all__ = ["checks_lines", "labels_summary", "labels_table", "summary_table"]
 
 
-def summary_table(metrics: dict[str, float]) -> str:
-    """Plain-text table for `saeq report`."""
+def summary_table(metrics: dict[str, float], intervals: dict[str, dict] | None = None) -> str:
+    """Plain-text table for `saeq report`: each figure with its 95% interval and n where the
+    evaluation has them ("0.174 [0.168, 0.180] (n=512 contexts)")."""
+    intervals = intervals or {}
     width = max(len(label) for _, label, _ in HEADLINE)
-    return "\n".join(f"{label:<{width}}  {fmt.format(metrics[key])}" for key, label, fmt in HEADLINE if key in metrics)
+
+    def figure(key: str, fmt: str) -> str:
+        if key in intervals:
+            return Estimate.model_validate(intervals[key]).text(fmt)
+        return fmt.format(metrics[key])
+
+    return "\n".join(f"{label:<{width}}  {figure(key, fmt)}" for key, label, fmt in HEADLINE if key in metrics)
 
 
 def labels_table(records: list[dict], *, limit: int | None = None) -> str:

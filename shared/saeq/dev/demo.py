@@ -110,7 +110,7 @@ def run_demo(
         )
         job = client.wait(evaluate["id"], progress=sys.stdout)
         report = client.manifest(job["id"])
-        print(summary_table(report["metrics"]))
+        print(summary_table(report["metrics"], report.get("intervals")))
         c = report["counts"]
         print(
             f"{c['n_ordinary']:,} ordinary held-out tokens; {c['n_sinks_excluded']:,} attention sinks left out "

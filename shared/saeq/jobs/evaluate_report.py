@@ -45,15 +45,20 @@ def plots(result: EvalResult, title: str) -> dict[str, bytes]:
 
 def markdown(result: EvalResult, provenance: dict, plot_names: list[str]) -> str:
     """The report page; plots are linked by relative file name."""
-    m, c = result.metrics, result.counts
-    rows = "\n".join(f"| {label} | {fmt.format(m[key])} |" for key, label, fmt in HEADLINE)
+    m, c, ci = result.metrics, result.counts, result.intervals
+    rows = "\n".join(
+        f"| {label} | {ci[key].text(fmt) if key in ci else fmt.format(m[key])} |" for key, label, fmt in HEADLINE
+    )
     prov = "\n".join(f"- **{k}**: `{v}`" for k, v in provenance.items())
     figs = "\n\n".join(f"![{n}]({n})" for n in plot_names)
     return f"""# SAE evaluation
 
-| metric | value |
+| metric | value [95% interval] (n) |
 |---|---|
 {rows}
+
+Intervals: percentile bootstrap over the evaluation's contexts (resampled whole: a context's tokens
+share a document), 1,000 resamples; dead and dense latents: Wilson's interval over the latents.
 
 Tokens: {c["n_tokens"]:,} evaluated, {c["n_ordinary"]:,} ordinary, {c["n_sinks_excluded"]:,} attention
 sinks left out of every average and kept clean in the splices; loss averaged over

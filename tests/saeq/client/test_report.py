@@ -31,6 +31,26 @@ def test_summary_table_shows_the_headline_metrics_in_order():
     assert len({len(line) - len(value) for line, (_, value) in zip(text.splitlines(), rows, strict=True)}) == 1
 
 
+def test_summary_table_shows_each_figure_with_its_interval_and_n():
+    intervals = {
+        "fvu": {"value": 0.174, "low": 0.168, "high": 0.18, "n": 512, "unit": "contexts", "method": "bootstrap"},
+        "dead_fraction": {
+            "value": 0.0125,
+            "low": 0.009,
+            "high": 0.0171,
+            "n": 4608,
+            "unit": "latents",
+            "method": "wilson",
+        },
+    }
+    text = summary_table({"fvu": 0.174, "l0": 31.96, "dead_fraction": 0.0125}, intervals)
+    assert [tuple(part.strip() for part in line.split("  ", 1)) for line in text.splitlines()] == [
+        ("FVU (ordinary tokens)", "0.1740 [0.1680, 0.1800] (n=512 contexts)"),
+        ("L0 (mean active latents)", "31.96"),  # no interval given: the figure alone, as before
+        ("dead latents", "1.25% [0.90%, 1.71%] (n=4,608 latents)"),
+    ]
+
+
 def test_labels_summary_and_checks_lines_read_plain_dicts():
     summary = {"metadata": {"n_features": 6, "scores": {"embedding": {"auc": 0.75}}}}
     assert labels_summary(summary) == "metadata: 6 features; mean embedding auc=0.750"
