@@ -148,6 +148,12 @@ def main() -> None:
             print(
                 f"  Redis round trips per schedule(): median {statistics.median(run.trips):.0f}, max {max(run.trips)}"
             )
+            quiet = [i for i, n in enumerate(run.asked) if n == 0]
+            print(f"  rounds that asked a preemption: {len(run.asked) - len(quiet)} of {len(run.asked)}; the others:")
+            if quiet:
+                print(f"    wall: {percentiles([run.wall_ms[i] for i in quiet])}")
+                print(f"    CPU:  {percentiles([run.cpu_ms[i] for i in quiet])}")
+                print(f"    round trips: median {statistics.median([run.trips[i] for i in quiet]):.0f}")
             print(f"  jobs_ahead (a plan's place in line, every waiting job read):       {percentiles(run.ahead_ms)}")
         print(f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     finally:
@@ -170,16 +176,26 @@ class Run:
         self.cpu_ms: list[float] = []
         self.trips: list[int] = []
         self.ahead_ms: list[float] = []
+        self.asked: list[int] = []
+        """Preemption requests each round (each a WATCH transaction and an event: ~4 round trips)."""
+        self._asks, ask = [0], registry.request_preempt
+
+        def counted(job_id: str, reason: str) -> bool:
+            self._asks[0] += 1
+            return ask(job_id, reason)
+
+        registry.request_preempt = counted
 
     def round(self, trips: list[int]) -> None:
         registry = self.registry
         ended = self.running.pop(self.rng.randrange(len(self.running)))
         registry.finish_unowned(ended, "cancelled")
-        t0, cpu0, trips0 = time.perf_counter(), time.process_time(), trips[0]
+        t0, cpu0, trips0, asks0 = time.perf_counter(), time.process_time(), trips[0], self._asks[0]
         new = self.module.schedule(registry, lambda job, dispatch_id: self.sent.__setitem__(job["id"], dispatch_id))
         self.wall_ms.append((time.perf_counter() - t0) * 1e3)
         self.cpu_ms.append((time.process_time() - cpu0) * 1e3)
         self.trips.append(trips[0] - trips0)
+        self.asked.append(self._asks[0] - asks0)
         for job_id in new:
             registry.claim(job_id, self.sent[job_id], "bench:1")
             self.running.append(job_id)

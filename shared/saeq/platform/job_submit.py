@@ -28,6 +28,8 @@ from saeq.specs.records import RECORD_FORMAT
 
 DISPATCHED, NO_TEAM_SLOT, NO_CAPACITY, NOT_QUEUED = 1, 0, 2, -1
 """What the dispatch script (lua_scripts.DISPATCH) answers."""
+READ_CAPACITY = -2
+"""try_dispatch's default capacity: read it now (the scheduler passes the one its pass read)."""
 
 
 class Submitting(JobCore):
@@ -233,10 +235,14 @@ class Submitting(JobCore):
         status, dispatch_id = self.try_dispatch(job)
         return (True, dispatch_id) if status == DISPATCHED else (False, None)
 
-    def try_dispatch(self, job: dict[str, Any]) -> tuple[int, str]:
+    def try_dispatch(
+        self, job: dict[str, Any], capacity: int | None = READ_CAPACITY, max_running: int | None = None
+    ) -> tuple[int, str]:
         """Mark a queued job whose dependencies succeeded dispatched if its team has a free slot
         and its queue free capacity, else (re)put it in its team's waiting set. Returns (status,
-        dispatch_id): DISPATCHED, NO_TEAM_SLOT, NO_CAPACITY or NOT_QUEUED (ended, or sent already)."""
+        dispatch_id): DISPATCHED, NO_TEAM_SLOT, NO_CAPACITY or NOT_QUEUED (ended, or sent already).
+        `capacity` (pools.capacity) and `max_running` (the team's quota): as the caller read them
+        just now, else read here."""
         job_id = job["id"]
         # The slot and capacity checks and the dispatch in one script: concurrent submits of one
         # team would otherwise keep invalidating each other's WATCH on the shared `active` set.
@@ -244,7 +250,8 @@ class Submitting(JobCore):
         # dispatch is not gated); the jobs sent there and not ended hold them.
         team = job.get("team") or "default"
         dispatch_id = new_id()
-        capacity = pools.capacity(self.r, job["queue"])
+        if capacity == READ_CAPACITY:
+            capacity = pools.capacity(self.r, job["queue"])
         status = self._dispatch(
             keys=[
                 redis_keys.job(job_id),
@@ -256,7 +263,7 @@ class Submitting(JobCore):
                 redis_keys.queue_sent(job["queue"]),
             ],
             args=[
-                self.teams.quota(team).max_running,
+                self.teams.quota(team).max_running if max_running is None else max_running,
                 dispatch_id,
                 waiting_score(job.get("priority") or 0, job["created_at"]),
                 job_id,

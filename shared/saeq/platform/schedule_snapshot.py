@@ -29,6 +29,12 @@ SUMMARY = ("queue", "id", "kind", "team", "priority", "created_at", "state", "di
 snapshot for jobs_ahead reads only that)."""
 MEMBER = ("id", "team", "priority", "state", "started_at", "last_started_at", "preemptions", "preempt", "dispatched")
 """A dispatched job's fields: what the capacity count and the preemption rules read."""
+_STATE, _PREEMPT, _DISPATCHED, _RUNNING = (
+    MEMBER.index("state"),
+    MEMBER.index("preempt"),
+    MEMBER.index("dispatched"),
+    len(MEMBER),
+)
 
 _SENTINEL = "\x00"  # never in a team or queue name (TEAM_PATTERN; queues are ours)
 
@@ -165,20 +171,36 @@ class Snapshot:
         sent, or ended."""
         out = []
         for job_id, row in self.members.get(queue, []):
-            state, dispatched, running = row[3], row[8], row[9]
+            state, dispatched, running = row[_STATE], row[_DISPATCHED], row[_RUNNING]
             if not running and (state is None or (state == '"queued"' and dispatched != "true") or _ended(state)):
                 out.append(job_id)
         return out
 
-    def dispatched_jobs(self, queue: str, stale: list[str]) -> list[dict[str, Any]]:
-        """The queue's dispatched jobs but `stale`, decoded (those whose record is gone left out)."""
-        skip, out = set(stale), []
-        for job_id, row in self.members.get(queue, []):
-            if job_id in skip or row[0] is None:
-                continue
-            job = decode({f: v for f, v in zip(MEMBER, row, strict=False) if v is not None})
-            out.append({**job, "team": job.get("team") or "default"})
-        return out
+    def dispatched_rows(self, queue: str, stale: list[str]) -> list[list[Any]]:
+        """The queue's dispatched jobs but `stale` and those whose record is gone, as MEMBER rows
+        as stored: `job` decodes one (the preemption check decodes only possible victims)."""
+        skip = set(stale)
+        return [row for job_id, row in self.members.get(queue, []) if job_id not in skip and row[0] is not None]
+
+
+def job(row: list[Any]) -> dict[str, Any]:
+    """A MEMBER row decoded, its team "default" when it has none."""
+    out = decode({f: v for f, v in zip(MEMBER, row, strict=False) if v is not None})
+    return {**out, "team": out.get("team") or "default"}
+
+
+def asked_to_yield(row: list[Any]) -> bool:
+    """A MEMBER row's `preempt` is set (a JSON reason, truthy). A non-empty JSON string is truthy
+    without parsing it: the reasons are long and every pass reads them all."""
+    raw = row[_PREEMPT]
+    if raw is None:
+        return False
+    return (raw.startswith('"') and len(raw) > 2) or bool(json.loads(raw))
+
+
+def running(row: list[Any]) -> bool:
+    """A MEMBER row's state is running (values are stored as JSON)."""
+    return row[_STATE] == '"running"'
 
 
 def _ended(state: str) -> bool:
@@ -244,11 +266,15 @@ def read(
         snap.active[team], snap.open[team] = int(n_active), int(n_open)
         if first and len(first) == len(SUMMARY):
             snap.heads[flat[0]] = first
+        line_on: dict[str, list[tuple[float, str]]] = {}  # raw queue -> this team's line there
         for job_id, score, queue_raw in zip(flat[::2], flat[1::2], queues, strict=True):
             if queue_raw is None:
                 continue  # its record is gone
-            queue = _parse(queue_raw, json.loads)
-            snap.lines.setdefault(queue, {}).setdefault(team, []).append((float(score), job_id))
+            if (line := line_on.get(queue_raw)) is None:
+                line = line_on[queue_raw] = snap.lines.setdefault(_parse(queue_raw, json.loads), {}).setdefault(
+                    team, []
+                )
+            line.append((float(score), job_id))
     for ad_raw in ads:
         if ad_raw is not None:  # an expiry entry without its ad: only a hand edit splits them
             ad = _parse(ad_raw, WorkerAd.model_validate_json)

@@ -77,9 +77,9 @@ def schedule_pass(registry: Registry, send: Send, snap: Snapshot, now: float | N
         new = fill_queue(registry, send, snap, queue, ranking, free)
         sent += new
         if any(lines.values()):
-            running = snap.dispatched_jobs(queue, stale)
+            rows = snap.dispatched_rows(queue, stale)
             ratio = ratio if ratio is not None else share_ratios(snap)
-            preempt_for_waiting(registry, snap, queue, ranking, running, len(new), ratio, now)
+            preempt_for_waiting(registry, snap, queue, ranking, rows, len(new), ratio, now)
     return sent
 
 
@@ -148,7 +148,7 @@ def fill_queue(
     while (free is None or free > 0) and (team := turns.next()) is not None:
         job_id = lines[team][0][1]
         job = snap.head(registry.r, job_id)
-        status, dispatch_id = registry.try_dispatch(job)
+        status, dispatch_id = registry.try_dispatch(job, snap.capacity.get(queue), _quota(snap, team).max_running)
         if status == DISPATCHED:
             turns.served(team)
             send(job, dispatch_id)
@@ -174,7 +174,7 @@ def preempt_for_waiting(
     snap: Snapshot,
     queue: str,
     ranking: Ranking,
-    running: list[dict[str, Any]],
+    rows: list[list[Any]],
     n_new: int,
     ratio: dict[str, float],
     now: float,
@@ -185,15 +185,22 @@ def preempt_for_waiting(
     share / target < 0.5) against a running team far over it (> 1.5). Only victims of a
     `preemptible` team, for a team that `may_preempt`, that ran `min_run_s` since their last start
     and were preempted fewer than `max_preemptions` times. One victim per waiting job: each
-    preemption in flight counts for one of the best waiters. `running`: the queue's dispatched
-    jobs as the snapshot read them; `n_new`: how many this pass sent there since. Returns the
-    victims asked."""
+    preemption in flight counts for one of the best waiters. `rows`: the queue's dispatched jobs
+    as the snapshot read them (schedule_snapshot.MEMBER); `n_new`: how many this pass sent there
+    since. Returns the victims asked."""
     policy, lines = snap.policy, snap.lines[queue]
-    in_flight = sum(1 for v in running if v.get("preempt"))
-    victims = [v for v in running if may_be_preempted(v, policy, now, _quota(snap, v["team"]))]
+    asked_already = [schedule_snapshot.asked_to_yield(row) for row in rows]
+    in_flight = sum(asked_already)
+    # Only a running job not asked yet can be a victim: the others are never decoded.
+    candidates = [
+        schedule_snapshot.job(row)
+        for row, asked in zip(rows, asked_already, strict=True)
+        if not asked and schedule_snapshot.running(row)
+    ]
+    victims = [v for v in candidates if may_be_preempted(v, policy, now, _quota(snap, v["team"]))]
     if not victims:
         return []  # the usual case: no round trip
-    waiters = in_turn(lines, ranking, len(running) + n_new)[in_flight:]
+    waiters = in_turn(lines, ranking, len(rows) + n_new)[in_flight:]
     asked: list[str] = []
     for team, (score, waiter) in waiters:
         quota = _quota(snap, team)
