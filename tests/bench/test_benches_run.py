@@ -87,3 +87,16 @@ def test_harvest_smallest(tmp_path):
     bare pass's (it failed once the harvest's default storage became bf16)."""
     out = run_bench(["bench/harvest.py", "--batches", "1", "--warmup", "0"], tmp_path)
     assert "ratio harvest / bare" in out and "tokens/s" in out
+
+
+def test_synthetic_smoke(tmp_path):
+    """saeq's trainers (and SAELens's, where installed) on identical synthetic batches, scored on
+    the known features: every row printed, SAELens's MCC function agreeing with saeq's."""
+    out = run_bench(["bench/synthetic.py", "--smoke"], tmp_path)  # ~30 s; the default 240 s under load
+    assert "every trainer read the same" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("saeq-", "saelens-"))}
+    assert {"saeq-topk", "saeq-batchtopk"} <= rows.keys()
+    if importlib.util.find_spec("sae_lens") is not None:
+        assert {"saelens-topk", "saelens-batchtopk"} <= rows.keys()
+        for cells in rows.values():
+            assert abs(float(cells[1]) - float(cells[2])) <= 1e-4  # saeq's MCC, SAELens's function
