@@ -1,9 +1,11 @@
 """Features of any text through the real API and a real live worker: `POST /v1/features/inspect`
 gives per token the SAE's own encode of the hook (computed here again, within 1e-5), sinks named
-and left out, labels and feature pages of the SAE's label job; the CLI prints it; bad input is a
-422 naming the field."""
+and left out, labels and feature pages of the SAE's label job; bad input is a 422 naming the
+field; the browser's inspect page draws it in Chromium with the labels linked."""
 
 from __future__ import annotations
+
+import re
 
 import httpx
 import pytest
@@ -122,3 +124,41 @@ def test_bad_input_is_a_422_naming_the_field(stack, client_module, train_job, ha
     with pytest.raises(ApiError) as e:
         client_module.inspect(train_job["id"], "Hi", top_k=100)
     assert e.value.status == 422 and "top_k" in str(e.value)
+
+
+def test_the_inspect_page_shades_tokens_and_links_labels(
+    client_module, train_job, label_job, encoded, chromium, tmp_path
+):
+    client = client_module
+    _, acts_TS, _ = encoded
+    feature = int(acts_TS[1:].sum(0).argmax())
+    page = chromium.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{client.url}/browse#/login?key={client.api_key}&next=/inspect")
+    page.locator("#use-link-key", has_text="Sign in as team").click()
+    page.wait_for_selector("#inspect")
+    page.locator("[name=train]").fill(train_job["id"])
+    page.locator("[name=text]").fill(SENTENCE)
+    page.locator("[name=shade]").fill(str(feature))
+    page.locator("#inspect").click()
+    page.locator("#inspect-figures", has_text=re.compile(r"tokens")).wait_for(timeout=120_000)
+    assert page.locator("#error").inner_text() == ""
+    assert page.locator("#tokens .tok.sink").count() >= 1  # position 0
+    shaded = page.locator("#tokens .tok[data-act]")
+    assert shaded.count() > 0 and "rgba(249, 115, 22" in (shaded.first.get_attribute("style") or "")
+    links = page.locator(f"#per-token a[href^='#/feature/{label_job['id']}/']")
+    assert links.count() > 0
+    labelled = page.locator("#per-token .feat", has=page.locator(".label")).first
+    labels = {str(r["feature"]): r["label"] for r in client.labels(label_job["id"])}
+    assert labelled.locator(".label").inner_text() == labels[labelled.locator("a").inner_text().lstrip("#")]
+    page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
+    assert (tmp_path / "inspect.png").stat().st_size > 10_000
+    opened = labelled.locator("a").inner_text().lstrip("#")
+    labelled.locator("a").click()  # the label's link opens the feature's page
+    page.wait_for_selector(f"h1 >> text=Feature {opened}")
+    page.get_by_text("inspect a text").click()  # and back: that feature shades the text at once
+    page.locator("#inspect-figures", has_text=re.compile(r"tokens")).wait_for(timeout=120_000)
+    assert page.locator("[name=shade]").input_value() == opened and page.locator("#error").inner_text() == ""
+    assert page.locator("#tokens .tok").count() == len(encoded[0])
+    assert errors == []

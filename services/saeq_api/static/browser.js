@@ -1,5 +1,6 @@
 // The saeq feature browser: one page, hash routes, plain DOM (no build step). It reads the API's
-// /v1/browser routes, /v1/jobs and /v1/steer; text goes in through textContent, never as HTML.
+// /v1/browser routes, /v1/jobs, /v1/steer and (inspect.js) /v1/features/inspect; text goes in through
+// textContent, never as HTML.
 "use strict";
 
 const app = document.getElementById("app");
@@ -62,7 +63,8 @@ async function saesPage() {
       el("td", { class: "num" }, elements ? `${elements.n_covered}/${elements.n_members}` : "–"),
       el("td", {}, probe),
       el("td", {}, browse.length ? browse : el("span", { class: "muted" }, "no label job"),
-         el("div", {}, el("a", { href: `#/steer?train=${s.train_job}&name=${encodeURIComponent(s.name)}` }, "steer"))));
+         el("div", {}, el("a", { href: `#/steer?train=${s.train_job}&name=${encodeURIComponent(s.name)}` }, "steer")),
+         el("div", {}, el("a", { href: `#/inspect?train=${s.train_job}&name=${encodeURIComponent(s.name)}` }, "inspect a text"))));
   });
   show(el("h1", {}, "SAEs"), el("table", { id: "saes" },
     el("thead", {}, el("tr", {}, ["SAE", "job", "latents", "FVU", "L0", "CE recovered", "elements covered",
@@ -157,6 +159,7 @@ async function featurePage(labelJob, feature) {
     el("h1", {}, `Feature ${f.feature} `, el("span", { class: "muted" }, `of ${f.sae.name}`)),
     el("p", {}, `density ${pct(f.density)} · max activation ${fmt(max, 2)} · ${f.n_activations.toLocaleString()} activations indexed · `,
       el("a", { href: `#/steer?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&f=${f.feature}&mode=clamp&value=${steerValue}` }, "steer with it"),
+      " · ", el("a", { href: `#/inspect?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&label=${labelJob}&f=${f.feature}` }, "inspect a text"),
       " · ", el("a", { href: `#/features/${labelJob}` }, "all features")),
     ...labels,
     el("h2", {}, "Activation histogram"), histogram(f.histogram, f.histogram_edges),
@@ -307,6 +310,7 @@ async function route() {
     else if (path[0] === "feature" && path[1] && path[2]) await featurePage(path[1], path[2]);
     else if (path[0] === "jobs") await jobsPage();
     else if (path[0] === "steer") steerPage();
+    else if (path[0] === "inspect") inspectPage(); // static/inspect.js
     else await saesPage();
   } catch (e) {
     if (e instanceof Unauthorized) signInPage(`${e.message}. Paste an API key of your team.`);
