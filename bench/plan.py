@@ -1,7 +1,9 @@
 """Cost plans against what happens: a harvest and a training of SmolLM2 (the demo's jobs, smaller)
-each run twice on a local stack; before the second run of each, `Client.plan` predicts its wall
-time from the first, and the table prints predicted against actual (issue 18, acceptance 4: within
-25%). Also the plan's own latency with that history.
+each run three times on a local stack; before the second and third run of each, `Client.plan`
+predicts its wall time from the runs before, and the table prints predicted against actual (issue
+18, acceptance 4: within 25%). Round 1 is the worker's first load of the model (a cold start), so
+round 2 is planned warm from a cold start alone and round 3 from a warm run. Also the plan's own
+latency with that history.
 Usage: python bench/plan.py [--tokens 65536] [--train-tokens 327680] [--home DIR] [--smoke]
 --smoke: a tiny local Llama and a few thousand tokens, so the whole bench runs in well under a minute.
 """
@@ -27,10 +29,10 @@ def _run(client, spec, depends_on=()) -> dict:
     return job
 
 
-def _row(kind: str, plan: dict, actual: float) -> str:
+def _row(round_: int, kind: str, plan: dict, actual: float) -> str:
     wall = plan["wall_s"]
     err = f"{wall / actual - 1:+.1%}" if wall else "-"
-    return f"{kind:<8} {wall or float('nan'):>12.1f} {actual:>10.1f} {err:>8}  {plan['basis_text']}"
+    return f"{round_:<6} {kind:<8} {wall or float('nan'):>12.1f} {actual:>10.1f} {err:>8}  {plan['basis_text']}"
 
 
 def main() -> None:
@@ -71,8 +73,8 @@ def main() -> None:
     with LocalStack(StackOptions(home=home, port=free_port(), local_path_roots=roots)) as stack:
         client = Client(stack.url, api_key=stack.admin_key, timeout=60)
         print(f"stack up: {stack.url}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        for round_ in (1, 2):
-            harvest_plan = client.plan(harvest_spec) if round_ == 2 else None
+        for round_ in (1, 2, 3):
+            harvest_plan = client.plan(harvest_spec) if round_ > 1 else None
             harvest = _run(client, harvest_spec)
             train_spec = TrainSpec(
                 activations=ActivationsRef(job_id=harvest["id"], hook=hook),
@@ -80,14 +82,16 @@ def main() -> None:
                 saes=[sae],
                 validation_tokens=512 if args.smoke else 16_384,  # the smoke harvest holds 2,048
             )
-            train_plan = client.plan(train_spec) if round_ == 2 else None
+            train_plan = client.plan(train_spec) if round_ > 1 else None
             train = _run(client, train_spec)
             for plan, job in ((harvest_plan, harvest), (train_plan, train)):
                 actual = job["finished_at"] - job["started_at"]
-                print(f"round {round_}: {job['kind']} {job['id']} ran {actual:.1f} s", flush=True)
+                figures = job["progress"]["figures"]
+                start = {k: round(figures[k], 2) for k in ("startup_s", "model_load_s", "cold_start") if k in figures}
+                print(f"round {round_}: {job['kind']} {job['id']} ran {actual:.1f} s {start}", flush=True)
                 if plan is not None:
-                    rows.append((job["kind"], plan, actual))
-                    print(_row(job["kind"], plan, actual), flush=True)  # at once: a long run may be cut short
+                    rows.append((round_, job["kind"], plan, actual))
+                    print(_row(round_, job["kind"], plan, actual), flush=True)  # at once: a run may be cut short
         t0 = time.perf_counter()
         n = 3 if args.smoke else 20
         for _ in range(n):
@@ -95,9 +99,9 @@ def main() -> None:
         plan_ms = (time.perf_counter() - t0) / n * 1000
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
-    print(f"\n{'kind':<8} {'predicted s':>12} {'actual s':>10} {'error':>8}  basis")
-    for kind, plan, actual in rows:
-        print(_row(kind, plan, actual))
+    print(f"\n{'round':<6} {'kind':<8} {'predicted s':>12} {'actual s':>10} {'error':>8}  basis")
+    for row in rows:
+        print(_row(*row))
     print(f"\nPOST /v1/jobs?dry_run=true round trip: {plan_ms:.1f} ms (mean of {n}, through HTTP)")
 
 

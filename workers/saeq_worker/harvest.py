@@ -19,7 +19,7 @@ from saeq.ml.shards import read_shard, read_shard_metadata, write_shard_bytes
 from saeq.platform.store import AlreadyExists, ObjectStore
 from saeq.specs import HarvestSpec
 from saeq.specs.manifests import HarvestManifest
-from saeq_worker.resolve import cached_model
+from saeq_worker.resolve import loaded_model
 from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.harvest/1"
@@ -36,8 +36,10 @@ def run_harvest(job: RunningJob, *, cache_dir: str, send_slice: SendSlice | None
         if send_slice is None:
             raise ValueError("a split harvest needs send_slice")
         return run_split_harvest(job, cache_dir=cache_dir, send_slice=send_slice)
+    started = time.monotonic()
     job.report(0.0, "loading model", spec.model.name, force=True)
-    lm = cached_model(spec.model, job.device, cache_dir)
+    lm, cold = loaded_model(spec.model, job.device, cache_dir)
+    model_load_s = time.monotonic() - started
     reset_gpu_memory_peak(lm.model)  # the model may be cached from an earlier job: count this one's
     job.check()
 
@@ -53,6 +55,9 @@ def run_harvest(job: RunningJob, *, cache_dir: str, send_slice: SendSlice | None
         )
 
     t0, tokens_at_start = time.monotonic(), sum(s["n_tokens"] for s in done)
+    # For cost plans (saeq.platform.plan_startup): what came before the first token, and whether
+    # this job paid for loading its model into the process (a cold start) or found it loaded.
+    startup = {"startup_s": t0 - started, "model_load_s": model_load_s, "cold_start": float(cold)}
     budget = spec.max_tokens
 
     def on_batch(tokens_done: int) -> None:
@@ -87,7 +92,7 @@ def run_harvest(job: RunningJob, *, cache_dir: str, send_slice: SendSlice | None
         force=True,
         tokens=tokens,
         tokens_per_s=(tokens - tokens_at_start) / max(elapsed, 1e-9),
-        more=gpu_memory_figures(lm.model),  # on CUDA: peak GPU memory of this harvest
+        more={**startup, **gpu_memory_figures(lm.model)},  # on CUDA: peak GPU memory of this harvest
     )
     return key
 

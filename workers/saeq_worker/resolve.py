@@ -41,6 +41,14 @@ def cached_model(spec: ModelSpec, device: str, cache_dir: str) -> LoadedModel:
     return _cached_model(spec, device, cache_dir)  # pyright: ignore[reportArgumentType]
 
 
+def loaded_model(spec: ModelSpec, device: str, cache_dir: str) -> tuple[LoadedModel, bool]:
+    """(the model, cold): cold when this call loaded it into the process, not found it cached.
+    A worker process runs one job at a time, so no other load comes between the two reads."""
+    misses = _cached_model.cache_info().misses
+    lm = cached_model(spec, device, cache_dir)
+    return lm, _cached_model.cache_info().misses > misses
+
+
 def read_published_manifest(
     store: ObjectStore, job_id: str, model: type[M], *, field: str, id_field: str | None = None
 ) -> M:

@@ -2,12 +2,15 @@
 
 Tokens and bytes come from the spec; wall time and device-seconds from the end-to-end rate of
 finished jobs of the same kind, model and size bucket (the team's own first, else every team's),
-read from the newest records of FINISHED, a bounded scan; the place in line from the fair-share
-scheduler (saeq.platform.scheduler.jobs_ahead). Nothing here writes. No torch.
+read from the newest records of FINISHED, a bounded scan, with each job's recorded start-up kept
+out of the rate (saeq.platform.plan_startup: cold or warm); the place in line from the fair-share
+scheduler (saeq.platform.scheduler.jobs_ahead). Nothing here writes (but the live worker ads'
+read drops expired ones). No torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -18,6 +21,7 @@ from typing import cast
 
 from saeq import keys
 from saeq.platform import redis_keys, scheduler
+from saeq.platform.plan_startup import live_hosts, predict_startup
 from saeq.platform.store import MissingObject
 from saeq.specs import BUILTIN_D_MODEL, BUILTIN_MODEL
 from saeq.specs.quotas import TeamQuota
@@ -28,7 +32,7 @@ HISTORY_SCAN = 1_000
 HISTORY_JOBS = 200
 """Finished jobs of the plan's kind kept from the scan."""
 _BATCH = 200
-_SAMPLE_FIELDS = ("id", "team", "spec", "started_at", "finished_at", "progress")
+_SAMPLE_FIELDS = ("id", "team", "spec", "started_at", "finished_at", "progress", "worker")
 
 SHARD_ROW_EXTRA_BYTES = 16
 """Per token and hook a shard holds beside the activations: token_ids, doc_ids, positions (int32)
@@ -52,6 +56,14 @@ class Sample:
     tokens: int
     wall_s: float
     devices: int
+    worker: str | None = None
+    """"host:pid" of the process that ran it."""
+    startup_s: float | None = None
+    """Seconds before its first token (model load included), where the worker recorded it."""
+    model_load_s: float | None = None
+    """Seconds of the start-up spent loading the model into the process (about 0 when warm)."""
+    cold: bool | None = None
+    """Whether it loaded its model (a cold start) or found it loaded; None: no model, or unrecorded."""
 
 
 def work_tokens(spec: dict) -> int:
@@ -169,8 +181,24 @@ def history(r, kind: str, *, scan: int = HISTORY_SCAN, keep: int = HISTORY_JOBS)
         except (KeyError, TypeError, ValueError):  # a record of another schema: no basis, not an error
             continue
         if tokens > 0 and wall_s > 0:
-            samples.append(Sample(job["id"], job.get("team") or "default", model, bucket, tokens, wall_s, n_devices))
+            sample = Sample(job["id"], job.get("team") or "default", model, bucket, tokens, wall_s, n_devices)
+            samples.append(_with_startup(sample, job.get("worker"), figures))
     return samples
+
+
+def _with_startup(sample: Sample, worker: str | None, figures: dict) -> Sample:
+    """`sample` with the start-up its worker recorded (saeq_worker.harvest), where it is sane."""
+    startup, load, cold = (figures.get(k) for k in ("startup_s", "model_load_s", "cold_start"))
+    worker = worker if isinstance(worker, str) else None
+    if not (isinstance(startup, int | float) and 0 <= startup < sample.wall_s):
+        return dataclasses.replace(sample, worker=worker)
+    return dataclasses.replace(
+        sample,
+        worker=worker,
+        startup_s=float(startup),
+        model_load_s=float(load) if isinstance(load, int | float) else None,
+        cold=bool(cold) if isinstance(cold, int | float) else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -187,16 +215,48 @@ def _describe(kind: str, model: str | None, bucket: str, n: int = 1) -> str:
 
 
 def predict(
-    samples: Sequence[Sample], *, kind: str, team: str, model: str | None, bucket: str, tokens: int, n_devices: int
+    samples: Sequence[Sample],
+    *,
+    kind: str,
+    team: str,
+    model: str | None,
+    bucket: str,
+    tokens: int,
+    n_devices: int,
+    hosts: frozenset[str] = frozenset(),
 ) -> Prediction:
     """Wall time and device-seconds of a job of `tokens` from finished jobs alike: the team's own
-    if it has any, else every team's. wall = startup + tokens / rate where jobs of two or more
-    sizes allow fitting both (and the fit is sane), else tokens / (their median rate)."""
+    if it has any, else every team's. wall = startup + tokens / rate: where they recorded their
+    start-ups, the start-up predicted cold or warm (`hosts`: those with a live worker of the
+    queue; saeq.platform.plan_startup) and the rate the median over the time after start-up of
+    those of that start (where there are any);
+    else fitted where jobs of two or more sizes allow it (and the fit is sane); else tokens /
+    (their median rate)."""
     alike = [s for s in samples if s.model == model and s.bucket == bucket]
     own = [s for s in alike if s.team == team]
     chosen, scope = (own, "team") if own else (alike, "cluster")
     if not chosen:
         return Prediction(None, None, None, f"no finished {_describe(kind, model, bucket)} to go on")
+    whose = f"of team {team}" if scope == "team" else "of all teams"
+    text = f"{len(chosen)} succeeded {_describe(kind, model, bucket, len(chosen))} {whose}"
+    newest = next(s for s in samples if s.model == model)  # any size or team: its worker has the model
+    startup = predict_startup(chosen, newest, hosts)
+    if startup is not None:
+        basis_jobs = startup.samples
+        work_rate = statistics.median(s.tokens / (s.wall_s - (s.startup_s or 0.0)) for s in basis_jobs)
+        wall_s = startup.seconds + tokens / work_rate
+        basis = PlanBasis(
+            scope=scope,
+            job_ids=[s.job_id for s in basis_jobs],
+            n_jobs=len(basis_jobs),
+            median_tokens_per_s=statistics.median(s.tokens / s.wall_s for s in basis_jobs),
+            median_gpu_s_per_token=statistics.median(s.devices * s.wall_s / s.tokens for s in basis_jobs),
+            startup_s=startup.seconds,
+            work_tokens_per_s=work_rate,
+            cold_start=startup.cold,
+        )
+        text += f", median {work_rate:,.0f} tok/s after start-up; {startup.text}"
+        return Prediction(wall_s, wall_s * n_devices, basis, text)
     rate = statistics.median(s.tokens / s.wall_s for s in chosen)
     gpu_per_token = statistics.median(s.devices * s.wall_s / s.tokens for s in chosen)
     fit = _fit_startup(chosen)
@@ -206,8 +266,7 @@ def predict(
         gpu_s = wall_s * n_devices
     else:
         startup_s, wall_s, gpu_s = None, tokens / rate, tokens * gpu_per_token
-    whose = f"of team {team}" if scope == "team" else "of all teams"
-    text = f"{len(chosen)} succeeded {_describe(kind, model, bucket, len(chosen))} {whose}, median {rate:,.0f} tok/s"
+    text += f", median {rate:,.0f} tok/s"
     if fit is not None:
         sizes = len({s.tokens for s in chosen})
         text += f"; fitted over {sizes} sizes: {fit[0]:,.1f} s startup + tokens / {fit[1]:,.0f} tok/s"
@@ -357,7 +416,14 @@ def plan_job(
     (model,) = resolve_models(registry.r, [spec])
     tokens = work_tokens(spec)
     guess = predict(
-        samples, kind=kind, team=team, model=model, bucket=size_bucket(spec), tokens=tokens, n_devices=devices(spec)
+        samples,
+        kind=kind,
+        team=team,
+        model=model,
+        bucket=size_bucket(spec),
+        tokens=tokens,
+        n_devices=devices(spec),
+        hosts=live_hosts(registry.r, queue),
     )
     if kind == "harvest" and d_in is None:
         d_in = harvest_d_model(samples, model, read_manifest)

@@ -58,7 +58,14 @@ class PlanBasis(BaseModel):
     median_gpu_s_per_token: float = Field(ge=0)
     """Their median device-seconds (CPU-seconds on CPU workers) per token."""
     startup_s: float | None = None
-    """The fixed term of wall = startup + tokens / rate, when jobs of two or more sizes allowed fitting it."""
+    """The fixed term of wall = startup + tokens / rate: the jobs' recorded start-ups (cold or warm,
+    `cold_start`), else fitted when jobs of two or more sizes allowed it."""
+    work_tokens_per_s: float | None = None
+    """The rate of that formula where the jobs recorded their start-ups: their median tokens over
+    the wall time after start-up."""
+    cold_start: bool | None = None
+    """Whether the plan expects the job to load its model into the worker (cold) or find it loaded
+    (warm); None when the kind loads no model or no start-up was recorded."""
 
 
 class QuotaVerdict(BaseModel):

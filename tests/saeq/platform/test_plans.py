@@ -12,11 +12,12 @@ import pytest
 import redis
 
 from saeq import keys
-from saeq.platform import plans, redis_keys, scheduler
+from saeq.platform import plans, pools, redis_keys, scheduler
+from saeq.platform.plan_startup import live_hosts
 from saeq.platform.registry import Registry
 from saeq.platform.teams import TeamQuota
 from saeq.specs import BUILTIN_D_MODEL, ActivationsRef, HarvestSpec, ModelSpec, SaeConfig, TrainSpec
-from saeq.specs.scheduling import PlanBasis
+from saeq.specs.scheduling import PlanBasis, WorkerAd
 
 DB = 14
 """A database of its own, flushed first (stacks count up from 1; test_registry_slots has 15)."""
@@ -42,15 +43,19 @@ def _finished(
     team: str = "a",
     state: str = "succeeded",
     tokens: int | None = None,
+    startup: dict[str, float] | None = None,
+    worker: str | None = None,
 ) -> str:
-    """A job of `spec` ended through the registry, having run `wall_s` and reported `tokens`."""
+    """A job of `spec` ended through the registry, having run `wall_s` and reported `tokens` (and
+    `startup`: the start-up figures saeq_worker.harvest reports) on `worker`."""
     job, _ = registry.create(kind=spec["kind"], spec=spec, queue="cpu", depends_on=[], team=team)
     assert registry.finish_unowned(job["id"], state)
     finished_at = json.loads(cast(str, registry.r.hget(redis_keys.job(job["id"]), "finished_at")))
-    figures = {"tokens": tokens if tokens is not None else plans.work_tokens(spec)}
+    figures = {"tokens": tokens if tokens is not None else plans.work_tokens(spec), **(startup or {})}
     registry.r.hset(
         redis_keys.job(job["id"]),
         mapping={
+            "worker": json.dumps(worker),
             "started_at": json.dumps(finished_at - wall_s),
             "progress": json.dumps({"fraction": 1.0, "phase": state, "message": "", "figures": figures}),
         },
@@ -68,6 +73,7 @@ def _predict(registry: Registry, spec: dict, team: str = "a") -> plans.Predictio
         bucket=plans.size_bucket(spec),
         tokens=plans.work_tokens(spec),
         n_devices=plans.devices(spec),
+        hosts=live_hosts(registry.r, "cpu"),
     )
 
 
@@ -111,6 +117,69 @@ def test_two_sizes_fit_a_startup_term(registry):
     assert _basis(guess).startup_s == pytest.approx(startup_s)
     assert guess.wall_s == pytest.approx(startup_s + 24_576 / rate)
     assert "fitted over 3 sizes" in guess.basis_text
+
+
+COLD = {"startup_s": 6.0, "model_load_s": 5.0, "cold_start": 1.0}
+"""A harvest that loaded its model: 5 s of a 6 s start-up."""
+WARM = {"startup_s": 1.2, "model_load_s": 0.01, "cold_start": 0.0}
+"""A rerun on that worker that found the model loaded."""
+
+
+def _cold_then_warm(registry: Registry, spec: dict, *, warm: bool = True) -> tuple[str, str | None]:
+    """A cold run at 500 tokens/s after start-up (its caches fill as it goes), then (`warm`) a
+    warm rerun on the same worker at 1,000 -> their job ids."""
+    tokens = spec["max_tokens"]
+    cold = _finished(registry, spec, wall_s=6.0 + tokens / 500, startup=COLD, worker="node-1:101")
+    if not warm:
+        return cold, None
+    return cold, _finished(registry, spec, wall_s=1.2 + tokens / 1_000, startup=WARM, worker="node-1:101")
+
+
+def _live_worker(registry: Registry) -> None:
+    """The main process of the child (node-1:101) that ran them advertises the queue."""
+    ad = WorkerAd(
+        worker="node-1:100",
+        queue="cpu",
+        device="cpu",
+        device_name="cpu",
+        memory_bytes=1 << 30,
+        count=1,
+        slots=1,
+        updated_at=time.time(),
+    )
+    pools.advertise(registry.r, ad, ttl_s=30)
+
+
+def test_a_rerun_on_a_live_worker_is_predicted_from_the_warm_runs(registry):
+    spec = _harvest(16_384)
+    _, warm = _cold_then_warm(registry, spec)
+    _live_worker(registry)
+    guess = _predict(registry, spec)
+    assert _basis(guess).cold_start is False and _basis(guess).job_ids == [warm]
+    assert _basis(guess).startup_s == pytest.approx(1.2) and _basis(guess).work_tokens_per_s == pytest.approx(1_000)
+    assert guess.wall_s == pytest.approx(1.2 + 16.384)
+    assert "1 cold start and 1 warm; predicted warm (the newest ran on node-1" in guess.basis_text
+    assert "rate and start-up 1.2 s from the warm" in guess.basis_text
+
+
+def test_without_a_live_worker_a_cold_start_is_predicted(registry):
+    spec = _harvest(16_384)
+    cold, _ = _cold_then_warm(registry, spec)
+    guess = _predict(registry, spec)  # no worker advertises: a fresh one loads the model
+    assert _basis(guess).cold_start is True and _basis(guess).job_ids == [cold]
+    assert guess.wall_s == pytest.approx(6.0 + 16.384 * 2)
+    assert "predicted cold (no live worker on node-1, where the newest ran)" in guess.basis_text
+
+
+def test_a_warm_rerun_of_a_cold_start_only_drops_the_model_load(registry):
+    spec = _harvest(16_384)
+    _cold_then_warm(registry, spec, warm=False)
+    _live_worker(registry)
+    guess = _predict(registry, spec)
+    assert _basis(guess).cold_start is False
+    assert guess.wall_s == pytest.approx(1.0 + 16.384 * 2)  # 6 s less 5 s of model load; the cold rate
+    assert "1 cold start and 0 warm; predicted warm" in guess.basis_text
+    assert "from cold starts only, a warm run is likely faster" in guess.basis_text
 
 
 def test_no_history_says_so_and_gives_no_wall_time(registry):
