@@ -66,6 +66,8 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     assert summary["specificity"]["n_features"] == 4 and summary["specificity"]["rater"].startswith("local:")
     assert set(summary["sensitivity"]) == {"fr", "es"}
     assert summary["sensitivity"]["fr"]["n_pairs"] == 16
+    assert summary["completeness"]["chemical elements"]["coverage_ci"]["n"] == 96
+    assert summary["probing"]["accuracy_ci"]["sae"]["1"]["unit"] == "test documents"
     elements = summary["completeness"]["chemical elements"]
     assert elements["n_members"] == 96 and 0 <= elements["n_covered"] <= 96
     assert summary["probing"]["n_topics"] >= 1 and set(summary["probing"]["sae"]) == {"1", "5"}
@@ -102,6 +104,7 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     assert cli.returncode == 0, cli.stderr
     assert "specificity (local:" in cli.stdout and "completeness, chemical elements:" in cli.stdout
     assert "sensitivity en->fr (16 article pairs" in cli.stdout and "sparse probing" in cli.stdout
+    assert "(n=96 members)" in cli.stdout and "(n=16 article pairs)" in cli.stdout  # the checks' intervals
     assert re.search(rf"CE-loss recovered +-?[\d.]+ \[-?[\d.]+, -?[\d.]+\] \(n={n_contexts} contexts\)", cli.stdout)
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saeq.ml.intervals import wilson
+
 
 @dataclass(frozen=True)
 class MemberResult:
@@ -81,4 +83,5 @@ def coverage_summary(results: list[MemberResult]) -> dict:
         "n_covered": len(covered),
         "coverage": len(covered) / len(results) if results else None,
         "n_distinct_features": len({r.feature for r in covered}),
+        "coverage_ci": wilson(len(covered), len(results), unit="members").model_dump(mode="json") if results else None,
     }

@@ -14,6 +14,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from saeq.ml.intervals import mean_of_proportions
+
 
 def _probe(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, k: int | None) -> float:
     scaler = StandardScaler().fit(X[train])
@@ -59,6 +61,7 @@ def sparse_probing(
         row = {
             "topic": name,
             "n_per_class": int(n),
+            "n_test": len(test),
             "sae": {str(k): _probe(sae_DS, y_all, train, test, k) for k in ks},
             "raw": {str(k): _probe(raw_DM, y_all, train, test, k) for k in ks},
         }
@@ -72,10 +75,24 @@ def sparse_probing(
         if per_topic
         else {}
     )
+    # Over the test documents, each probe as fitted (the variance of refitting is not in it).
+    mean_ci = {
+        kind: {
+            key: mean_of_proportions(
+                [round(r[kind][key] * r["n_test"]) for r in per_topic],
+                [r["n_test"] for r in per_topic],
+                unit="test documents",
+                seed=seed,
+            ).model_dump(mode="json")
+            for key in by_key
+        }
+        for kind, by_key in mean.items()
+    }
     return {
         "ks": list(ks),
         "n_topics": len(per_topic),
         "mean_accuracy": mean,
+        "mean_accuracy_ci": mean_ci,
         "topics": per_topic,
         "skipped_topics": [t for t in names if t not in {r["topic"] for r in per_topic}],
     }

@@ -4,10 +4,14 @@ another language? Articles are paired by title (exact, then case- and accent-fol
 from __future__ import annotations
 
 import unicodedata
+import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from saeq.ml.intervals import group_bootstrap, ratio_of_sums
 
 
 def fold_title(title: str) -> str:
@@ -68,5 +72,28 @@ def sensitivity(en_max_PS: Tensor, other_max_PS: Tensor, *, max_doc_share: float
         "share_recall_at_least_half": float((recalls >= 0.5).float().mean()) if recalls.numel() else None,
         "mean_false_positive_rate": float(fprs.mean()) if fprs.numel() else None,
     }
+    if total:
+        on_PF, hit_PF = en_fires[:, chosen], ot_fires[:, chosen] & en_fires[:, chosen]
+        summary.update(_recall_intervals(on_PF, hit_PF, summary["pooled_recall"], summary["mean_recall"]))
     per_feature.sort(key=lambda r: (-r["n_english"], r["feature"]))
     return {"summary": summary, "features": per_feature}
+
+
+def _recall_intervals(on_PF: Tensor, hit_PF: Tensor, pooled: float, mean: float) -> dict:
+    """95% intervals of the pooled and mean recall, bootstrapped over article pairs (an article's
+    features fire together, so the pairs, not the (feature, article) cells, are the units)."""
+    on, hit = on_PF.double().numpy(), hit_PF.double().numpy()
+
+    def mean_recall(W_RG: np.ndarray) -> np.ndarray:
+        recall_RF = (W_RG @ hit) / (W_RG @ on)  # NaN: a feature none of whose articles was drawn
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(recall_RF, axis=1)
+
+    P = on.shape[0]
+    return {
+        "pooled_recall_ci": group_bootstrap(
+            ratio_of_sums(hit.sum(1), on.sum(1)), P, unit="article pairs", value=pooled
+        ).model_dump(mode="json"),
+        "mean_recall_ci": group_bootstrap(mean_recall, P, unit="article pairs", value=mean).model_dump(mode="json"),
+    }

@@ -18,6 +18,7 @@ from scipy.stats import spearmanr
 
 from saeq.ml.explainers import Decode, Explanation, LocalLLM, one_line, text_of
 from saeq.ml.features import Example, FeatureIndex
+from saeq.ml.intervals import bootstrap_mean
 
 RATING_PROMPT_VERSION = "saeq.specificity-prompts/1"
 BIN_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -185,10 +186,15 @@ def specificity(
             }
         )
     rhos = [x["spearman"] for x in features if x["spearman"] is not None]
+    mean_rho = sum(rhos) / len(rhos) if rhos else None
     summary = {
         "n_features": len(features),
         "n_contexts": len(pooled),
-        "mean_spearman": sum(rhos) / len(rhos) if rhos else None,
+        "mean_spearman": mean_rho,
+        # features are the units: each is rated on contexts of its own
+        "mean_spearman_ci": None
+        if mean_rho is None
+        else bootstrap_mean(rhos, [1.0] * len(rhos), unit="features", value=mean_rho).model_dump(mode="json"),
         "median_spearman": float(torch.tensor(rhos).median()) if rhos else None,
         "pooled_spearman": _spearman([r["fraction_of_max"] for r in pooled], [r["score"] for r in pooled]),
         "high_rated_share_by_bin": _bin_shares(pooled),

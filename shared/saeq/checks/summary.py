@@ -17,7 +17,8 @@ def checks_summary(doc: dict) -> dict:
     if "completeness" in doc:
         out["completeness"] = {c["name"]: c["summary"] for c in doc["completeness"]["categories"]}
     if "probing" in doc:
-        out["probing"] = {"n_topics": doc["probing"]["n_topics"], **doc["probing"]["mean_accuracy"]}
+        pr = doc["probing"]
+        out["probing"] = {"n_topics": pr["n_topics"], **pr["mean_accuracy"], "accuracy_ci": pr.get("mean_accuracy_ci")}
     return out
 
 

@@ -115,3 +115,22 @@ def wilson(successes: int, n: int, *, unit: str, confidence: float = 0.95) -> Es
         method="wilson",
         confidence=confidence,
     )
+
+
+def mean_of_proportions(
+    successes_T, n_T, *, unit: str, resamples: int = RESAMPLES, seed: int = 0, confidence: float = 0.95
+) -> Estimate:
+    """The mean over strata (topics) of each stratum's proportion successes/n, bootstrapped by
+    resampling each stratum's trials: for 0/1 outcomes a resampled stratum's count is exactly a
+    Binomial(n, p) draw, so no per-trial data is needed. n of the Estimate: all trials."""
+    k_T, n_T = np.asarray(successes_T, np.float64), np.asarray(n_T, np.int64)
+    p_T = k_T / n_T
+    value = float(p_T.mean())
+    if n_T.sum() < 2:
+        return Estimate(value=value, low=math.nan, high=math.nan, n=int(n_T.sum()), unit=unit, method="bootstrap")
+    rng = np.random.default_rng(seed)
+    boots_R = (rng.binomial(n_T, p_T, size=(resamples, len(n_T))) / n_T).mean(1)
+    low, high = _percentiles(value, boots_R, confidence)
+    return Estimate(
+        value=value, low=low, high=high, n=int(n_T.sum()), unit=unit, method="bootstrap", confidence=confidence
+    )

@@ -3,6 +3,8 @@ documents a worker writes, which the client and the API read without torch."""
 
 from __future__ import annotations
 
+from saeq.specs.estimates import Estimate
+
 HEADLINE: list[tuple[str, str, str]] = [
     # (metric key, label, format): the report page and `saeq report` show these, in this order.
     ("fvu", "FVU (ordinary tokens)", "{:.4f}"),
@@ -31,29 +33,41 @@ def checks_lines(summary: dict) -> list[str]:
         shares = " ".join("-" if v is None else f"{v:.2f}" for v in sp["high_rated_share_by_bin"])
         lines.append(
             f"specificity ({sp['rater']}, {sp['n_features']} features, {sp['n_contexts']} contexts): "
-            f"mean Spearman {fmt_or_dash(sp['mean_spearman'])}, pooled {fmt_or_dash(sp['pooled_spearman'])}; share rated "
+            f"mean Spearman {with_interval(sp, 'mean_spearman')}, pooled {fmt_or_dash(sp['pooled_spearman'])}; share rated "
             f"2-3 by activation bin (0, .25, .5, .75, 1]: {shares}"
         )
     for lang, s in (summary.get("sensitivity") or {}).items():
         lines.append(
             f"sensitivity en->{lang} ({s['n_pairs']} article pairs, {s['n_features']} features): "
-            f"pooled recall {fmt_or_dash(s['pooled_recall'])}, mean recall {fmt_or_dash(s['mean_recall'])}, "
+            f"pooled recall {with_interval(s, 'pooled_recall')}, mean recall {with_interval(s, 'mean_recall')}, "
             f"mean false-positive rate {fmt_or_dash(s['mean_false_positive_rate'])}"
         )
     for name, s in (summary.get("completeness") or {}).items():
         lines.append(
             f"completeness, {name}: {s['n_covered']}/{s['n_members']} members have a specific "
-            f"feature ({s['n_distinct_features']} distinct features)"
+            f"feature ({s['n_distinct_features']} distinct features), coverage {with_interval(s, 'coverage')}"
         )
     pr = summary.get("probing")
     if pr and pr["n_topics"]:
         ks = [k for k in pr["sae"]]
+        sae_ci = (pr.get("accuracy_ci") or {}).get("sae", {})
         lines.append(
             f"sparse probing ({pr['n_topics']} topics), accuracy by k "
-            + ", ".join(f"k={k}: SAE {pr['sae'][k]:.3f} / raw {pr['raw'][k]:.3f}" for k in ks)
+            + ", ".join(f"k={k}: SAE {with_ci(pr['sae'][k], sae_ci.get(k))} / raw {pr['raw'][k]:.3f}" for k in ks)
             + f"; raw, all dims {pr['raw']['all']:.3f}"
         )
     return lines
+
+
+def with_interval(summary: dict, key: str) -> str:
+    """summary[key] with its 95% interval and n when the summary has one (`<key>_ci`, an Estimate's
+    fields), else the figure alone, or - for one not measured."""
+    return with_ci(summary.get(key), summary.get(f"{key}_ci"))
+
+
+def with_ci(value: float | None, ci: dict | None) -> str:
+    """A figure to 3 decimals with its interval and n ("0.400 [0.300, 0.520] (n=16 article pairs)")."""
+    return fmt_or_dash(value) if ci is None else Estimate.model_validate(ci).text()
 
 
 def fmt_or_dash(v) -> str:

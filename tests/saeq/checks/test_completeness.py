@@ -3,6 +3,7 @@ features shared by members or firing everywhere cover no one."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from saeq.checks.completeness import completeness, coverage_summary
@@ -42,7 +43,11 @@ def test_shared_and_everywhere_features_cover_no_member():
     assert by_name["Helium"].feature == 4  # reported as the closest, though shared
     assert by_name["Beryllium"].background_rate == 0.05
     summary = coverage_summary(list(by_name.values()))
+    ci = summary.pop("coverage_ci")
     assert summary == {"n_members": 6, "n_covered": 1, "coverage": 1 / 6, "n_distinct_features": 1}
+    # one of six members: Wilson's interval, wide as six members leave it
+    assert (ci["method"], ci["n"], ci["unit"]) == ("wilson", 6, "members")
+    assert ci["low"] == pytest.approx(0.0301, abs=1e-4) and ci["high"] == pytest.approx(0.5635, abs=1e-4)
     # a looser background rule lets beryllium's feature count
     loose = completeness(members, background, NAMES, max_background_rate=0.05)
     assert [r.name for r in loose if r.covered] == ["Hydrogen", "Beryllium"]

@@ -23,3 +23,19 @@ def test_one_latent_carrying_the_topic_is_found_at_k_1():
     assert arts["sae"]["1"] == 1.0
     assert arts["raw"]["1"] < 0.8
     assert set(r["mean_accuracy"]["raw"]) == {"1", "5", "all"}
+
+
+def test_mean_accuracy_has_an_interval_over_the_test_documents():
+    rng = np.random.default_rng(1)
+    topics = ["Arts"] * 60 + ["Geography"] * 60 + ["History"] * 60
+    sae = rng.normal(size=(180, 20))
+    sae[:60, 3] += 1.0  # a weak Arts latent: accuracy well inside (0.5, 1)
+    raw = rng.normal(size=(180, 16))
+    r = sparse_probing(sae, raw, topics, ks=[1], test_share=0.5, min_per_class=20, seed=0)
+    n_test = sum(t["n_test"] for t in r["topics"])
+    assert n_test == 3 * 60  # each topic: 60 positives and 60 others, half of them test
+    for kind, keys in (("sae", ("1",)), ("raw", ("1", "all"))):
+        for key in keys:
+            ci = r["mean_accuracy_ci"][kind][key]
+            assert ci["value"] == r["mean_accuracy"][kind][key] and (ci["n"], ci["unit"]) == (n_test, "test documents")
+            assert ci["low"] < ci["value"] < ci["high"] and ci["high"] - ci["low"] < 0.25, (kind, key, ci)

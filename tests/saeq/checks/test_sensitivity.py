@@ -43,3 +43,8 @@ def test_recall_counts_translations_and_false_positives_count_the_rest():
     s = r["summary"]
     assert s["n_features"] == 3 and s["pooled_recall"] == 5 / 10
     assert abs(s["mean_recall"] - 0.5) < 1e-6 and abs(s["share_recall_at_least_half"] - 2 / 3) < 1e-6
+    # Intervals over the 40 article pairs: around the figures, and wide, from 10 firings in 7 articles.
+    for key in ("pooled_recall", "mean_recall"):
+        ci = s[f"{key}_ci"]
+        assert (ci["value"], ci["n"], ci["unit"]) == (s[key], 40, "article pairs"), key
+        assert ci["low"] < s[key] < ci["high"] and ci["high"] - ci["low"] > 0.2, (key, ci)

@@ -77,6 +77,13 @@ def test_a_feature_on_its_concept_is_specific_and_one_firing_everywhere_is_not(o
     top = everywhere["high_rated_share_by_bin"][-1]
     assert top is not None and top < 0.8
     assert r["summary"]["n_features"] == 2 and r["rater"] == "openai:judge"
+    rhos = [f["spearman"] for f in r["features"] if f["spearman"] is not None]
+    ci = r["summary"]["mean_spearman_ci"]
+    assert (ci["value"], ci["n"], ci["unit"]) == (r["summary"]["mean_spearman"], len(rhos), "features")
+    if len(rhos) > 1:  # a mean of features' correlations, resampled over features
+        assert min(rhos) <= ci["low"] <= ci["value"] <= ci["high"] <= max(rhos)
+    else:  # one feature: no interval, rather than one of width 0
+        assert ci["low"] != ci["low"] and ci["high"] != ci["high"]
     counts = r["summary"]["rating_counts_by_bin"]
     assert sum(map(sum, counts)) == r["summary"]["n_contexts"] == 13 + 9  # no silent window: fires everywhere
     assert len(counts) == len(BIN_NAMES) == len(r["bins"])

@@ -58,3 +58,20 @@ def test_labels_summary_and_checks_lines_read_plain_dicts():
     assert checks_lines(probing) == [
         "sparse probing (3 topics), accuracy by k k=1: SAE 0.600 / raw 0.550; raw, all dims 0.900"
     ]
+
+
+def test_checks_lines_show_the_checks_intervals_where_the_summary_has_them():
+    ci = {"value": 0.4, "low": 0.3, "high": 0.52, "n": 16, "unit": "article pairs", "method": "bootstrap"}
+    sensitivity = {
+        "fr": {
+            "n_pairs": 16,
+            "n_features": 5,
+            "pooled_recall": 0.4,
+            "pooled_recall_ci": ci,
+            "mean_recall": 0.35,  # an older summary: no interval, the figure alone
+            "mean_false_positive_rate": None,
+        }
+    }
+    (line,) = checks_lines({"sensitivity": sensitivity})
+    assert "pooled recall 0.400 [0.300, 0.520] (n=16 article pairs), mean recall 0.350," in line
+    assert line.endswith("mean false-positive rate -")

@@ -84,3 +84,15 @@ def test_one_group_has_no_interval_and_says_so():
     assert est.value == 1.5 and math.isnan(est.low) and math.isnan(est.high)
     assert est.text() == "1.500 (n=1 contexts, no interval)"
     assert wilson(37, 512, unit="latents").text() == "0.072 [0.053, 0.098] (n=512 latents)"
+
+
+def test_a_mean_of_per_topic_accuracies_covers_the_true_mean():
+    from saeq.ml.intervals import mean_of_proportions
+
+    rng = np.random.default_rng(2)
+    p_T, n_T = np.array([0.9, 0.75, 0.6]), np.array([30, 40, 24])
+    covered = sum(
+        mean_of_proportions(rng.binomial(n_T, p_T), n_T, unit="test documents", seed=i).contains(p_T.mean())
+        for i in range(400)
+    )
+    assert 0.91 <= covered / 400 <= 0.985, covered / 400
