@@ -69,7 +69,7 @@ def schedule_pass(registry: Registry, send: Send, snap: Snapshot, now: float | N
     sent, ratio = [], None
     for queue, lines in snap.lines.items():
         ranking = Ranking.of(snap, lines)
-        stale = snap.stale(queue)
+        stale = snap.stale(queue) if queue in snap.capacity else []  # an ungated queue counts nothing
         if stale:
             registry.r.srem(redis_keys.queue_dispatched(queue), *stale)
         n_dispatched = len(snap.members.get(queue, [])) - len(stale)
