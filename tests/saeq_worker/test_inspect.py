@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from saeq.client.cli import main
 from saeq.client.client import ApiError
+from saeq.jobs.steer import chat_prompt
 from saeq.ml.features import read_hook
 from saeq.ml.models import load_model
 from saeq.ml.sae import SparseAutoencoder
@@ -86,6 +87,14 @@ def test_inspect_gives_the_sae_encode_of_each_token_with_labels_and_pages(client
             assert f["link"] == f"/browse#/feature/{label_job['id']}/{f['feature']}"
             named += f["label"] is not None
     assert named > 0  # the 24 labelled features are the most active: some fire on the sentence
+
+
+def test_a_chat_is_read_through_the_chat_template(client_module, harvest_job, train_job, tmp_path):
+    messages = [{"role": "user", "content": "Where do rivers meet?"}]
+    lm = load_model(ModelSpec(name=harvest_job["spec"]["model"]["name"]), cache_dir=str(tmp_path))
+    out = client_module.inspect(train_job["id"], messages=messages, top_k=3)
+    assert [t["token_id"] for t in out["tokens"]] == chat_prompt(lm, messages)
+    assert all(len(t["top"]) <= 3 for t in out["tokens"]) and out["tokens"][0]["sink"] == "position0"
 
 
 def test_the_cli_prints_a_line_a_token(stack, train_job, label_job, encoded):
