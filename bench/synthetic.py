@@ -64,7 +64,7 @@ def saeq_source(F: int, D: int, batch: int) -> tuple[torch.Tensor, Stream, str]:
     cfg = SyntheticConfig(
         n_features=F,
         d_model=D,
-        zipf_exponent=0.5,
+        zipf_exponent=0.8,  # true L0 near the SAELens config's (whose Zipf is rescaled to [min, max])
         max_prob=0.4,
         min_prob=5e-4,
         n_parents=max(2, F // 64),
@@ -177,7 +177,7 @@ def main() -> None:
         args.threads = 1  # tiny tensors gain nothing from threads, and lose much on a busy machine
     if args.threads:
         torch.set_num_threads(args.threads)
-    from saeq.checks.recovery import score_recovery
+    from saeq.checks.recovery import mcc, score_recovery
 
     names = args.trainers.split(",")
     have_saelens = importlib.util.find_spec("sae_lens") is not None
@@ -189,37 +189,39 @@ def main() -> None:
     features_FD, stream, what = source(args.features, args.d_model, args.batch)
     held_out = list(stream(99, args.eval_tokens // args.batch))
     true_l0 = float(torch.cat([c for _, c in held_out]).gt(0).sum(1).float().mean())
+    chance = mcc(torch.randn(args.features, args.d_model, generator=torch.Generator().manual_seed(0)), features_FD)
     print(
-        f"{what}: {args.features} features in {args.d_model} dims, true L0 {true_l0:.2f}; SAEs d_sae={args.features} "
+        f"{what}: {args.features} features in {args.d_model} dims, true L0 {true_l0:.2f}, MCC of a random decoder "
+        f"{chance:.4f}; SAEs d_sae={args.features} "
         f"k={args.k}, {args.tokens:,} training tokens each (batch {args.batch}, lr {args.lr:g}), scored on "
         f"{len(held_out) * args.batch:,} held-out tokens; {platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads. The machine is shared and busy: seconds are not a speed figure.",
         flush=True,
     )
+    head = f"{'trainer':18s} {'MCC':>6s} {'(SAELens fn)':>12s} {'best cos':>8s} {'F1':>6s} {'prec':>6s} {'recall':>6s}"
+    print("\n" + head + f" {'unique':>6s} {'FVU':>6s} {'L0':>6s} {'dead':>6s} {'s':>6s}", flush=True)
     rows, sums = [], []
     for name in names:
         lib, arch = name.split("-")
         t0 = time.perf_counter()
         train = train_saeq if lib == "saeq" else train_saelens
         encode, decode, W_dec = train(arch, args, checked(stream(1, n_batches), sums))
-        seconds = time.perf_counter() - t0
+        s = time.perf_counter() - t0
         r = score_recovery(encode, decode, W_dec, features_FD, held_out)
-        their_mcc = float("nan")
+        theirs = float("nan")
         if have_saelens:
             from sae_lens.synthetic import mean_correlation_coefficient
 
-            their_mcc = mean_correlation_coefficient(W_dec.float(), features_FD.float())
-        rows.append((name, r, their_mcc, seconds))
-    assert len(set(sums)) == 1, f"the trainers saw different batches: checksums {sums}"
-    print(f"every trainer read the same {n_batches} batches (checksum {sums[0]:.6g})\n")
-    head = f"{'trainer':18s} {'MCC':>6s} {'(SAELens fn)':>12s} {'best cos':>8s} {'F1':>6s} {'prec':>6s} {'recall':>6s}"
-    print(head + f" {'unique':>6s} {'FVU':>6s} {'L0':>6s} {'dead':>6s} {'s':>6s}")
-    for name, r, theirs, s in rows:
+            theirs = mean_correlation_coefficient(W_dec.float(), features_FD.float())
+        rows.append((name, r))
         print(
             f"{name:18s} {r.mcc:6.4f} {theirs:12.4f} {r.mean_best_cos:8.4f} {r.f1:6.4f} {r.precision:6.4f} "
-            f"{r.recall:6.4f} {r.uniqueness:6.4f} {r.fvu:6.4f} {r.l0:6.2f} {r.dead_fraction:6.1%} {s:6.1f}"
+            f"{r.recall:6.4f} {r.uniqueness:6.4f} {r.fvu:6.4f} {r.l0:6.2f} {r.dead_fraction:6.1%} {s:6.1f}",
+            flush=True,
         )
-    by = {name: r for name, r, _, _ in rows}
+    assert len(set(sums)) == 1, f"the trainers saw different batches: checksums {sums}"
+    print(f"every trainer read the same {n_batches} batches (checksum {sums[0]:.6g})")
+    by = dict(rows)
     for arch in ("topk", "batchtopk"):
         ours, peer = by.get(f"saeq-{arch}"), by.get(f"saelens-{arch}")
         if ours and peer:
