@@ -7,8 +7,11 @@ same number of tokens; each is then scored on the same held-out ordinary tokens.
 shipped recipe (the TrainSpec defaults); sparsify runs its own Trainer.fit; SAELens its
 SAETrainer. Only training is timed. `--acceptance` also trains saeq's default spec end to end
 (harvest reader, its default token budget) and reports held-out FVU and dead latents.
+`--matryoshka` fits a Matryoshka BatchTopK SAE instead (the same sizes, prefixes of 128, 512 and
+2,048 latents), saeq's beside SAELens's MatryoshkaBatchTopKTrainingSAE, scored at inference
+(the threshold each estimated in training).
 Usage: python bench/train.py [--tokens 1024000] [--peers sparsify,saelens] [--synthetic]
-       [--acceptance] | [--online]
+       [--acceptance] | [--online] | [--matryoshka] | [--hierarchy SEEDS]
 Smallest check (no model, seconds): python bench/train.py --synthetic --smoke
 """
 
@@ -22,12 +25,14 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 HOOK = "blocks.14.hook_resid_post"
 BENCH_JOB = "b" * 32  # the cached harvest lives under this job id in a local store
 D_SAE, K, BATCH = 4_608, 32, 4_096
+MATRYOSHKA_GROUPS = [128, 384, 1_536, 2_560]  # prefix widths 128, 512, 2,048, 4,608
 
 
 # --- activations ---------------------------------------------------------------------------------
@@ -268,20 +273,31 @@ def train_sparsify(table: torch.Tensor, order: Order, spec, turns: Turns):
 
 
 def train_saelens(table: torch.Tensor, order: Order, spec, turns: Turns):
-    """SAELens 6's SAETrainer with its TopK training SAE and its defaults (aux loss 1.0, decoder
-    init norm 0.1, rescale by decoder norm), one `step` per batch (the seam its fit and its
-    MultiSAETrainer use); activations normalised to mean norm sqrt(d_in)
+    """SAELens 6's SAETrainer with its TopK (or Matryoshka BatchTopK) training SAE and its defaults
+    (aux loss 1.0, decoder init norm 0.1, rescale by decoder norm), one `step` per batch (the seam
+    its fit and its MultiSAETrainer use); activations normalised to mean norm sqrt(d_in)
     ("expected_average_only_in") and the factor folded in at the end, as fit does. Adam at
     saeq's lr, warmup and decay."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import (
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    )
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
     cfg, steps, d_in = spec.saes[0], len(order.idx), table.shape[1]
     torch.manual_seed(0)
-    sae = TopKTrainingSAE(
-        TopKTrainingSAEConfig(d_in=d_in, d_sae=D_SAE, k=K, normalize_activations="expected_average_only_in")
-    )
+    if cfg.architecture == "matryoshka_batchtopk":  # its defaults too (rescale, aux loss 1.0)
+        widths = torch.tensor(MATRYOSHKA_GROUPS).cumsum(0).tolist()
+        mcfg = MatryoshkaBatchTopKTrainingSAEConfig(
+            d_in=d_in, d_sae=D_SAE, k=K, matryoshka_widths=widths, normalize_activations="expected_average_only_in"
+        )
+        sae = MatryoshkaBatchTopKTrainingSAE(mcfg)
+    else:
+        sae = TopKTrainingSAE(
+            TopKTrainingSAEConfig(d_in=d_in, d_sae=D_SAE, k=K, normalize_activations="expected_average_only_in")
+        )
     tc = SAETrainerConfig(
         total_training_samples=steps * BATCH,
         train_batch_size_samples=BATCH,
@@ -321,6 +337,16 @@ def scores(encode, decode, x: torch.Tensor, chunk: int = 4096) -> tuple[float, f
 TRAINERS = {"saeq": train_saeq, "sparsify": train_sparsify, "SAELens": train_saelens}
 
 
+def saelens_inference(training_sae) -> Any:
+    """SAELens's inference SAE of a training one, as it saves it (a BatchTopK: JumpReLU at the
+    threshold estimated in training)."""
+    from sae_lens import SAE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        training_sae.save_inference_model(tmp)
+        return SAE.load_from_disk(tmp).eval()
+
+
 def run_one(name: str, me: int, turns: Turns, args, results) -> None:
     """A trainer's process: the shared batches, its turns of training, its held-out figures."""
     import traceback
@@ -335,9 +361,10 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
     try:
         root = Path(args.cache) / ("synthetic" if args.synthetic else "store")
         manifest = json.loads(LocalStore(root).get(f"jobs/{BENCH_JOB}/manifest.json"))
+        arch = {"architecture": "matryoshka_batchtopk", "matryoshka_groups": MATRYOSHKA_GROUPS}
         spec = TrainSpec(
             activations=ActivationsRef(job_id=BENCH_JOB, hook=HOOK),
-            saes=[SaeConfig(d_sae=D_SAE, k=K)],
+            saes=[SaeConfig(d_sae=D_SAE, k=K, **(arch if args.matryoshka else {}))],
             total_tokens=args.tokens,
             batch_size=BATCH,
             checkpoint_every_tokens=None,
@@ -360,7 +387,7 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
             def decode(a):
                 return a @ coder.W_dec + coder.b_dec
         else:
-            sl = trained.sae.eval()
+            sl = saelens_inference(trained.sae) if args.matryoshka else trained.sae.eval()
             encode, decode = sl.encode, sl.decode
         f, never = scores(encode, decode, val)
         results.put(
@@ -509,6 +536,48 @@ def online_beside_stored(manifest: dict, store, tokens: int) -> None:
         print(f"{name:8s} {r.tokens / wall:9,.0f} {r.metrics['sae0'].fvu:7.4f}")
 
 
+def hierarchy_recovery(seeds: int, steps: int) -> None:
+    """Issue 20's acceptance 1: planted parent/child features (saeq.ml.synthetic), saeq's BatchTopK
+    beside its Matryoshka BatchTopK at the same k, scored by saeq.checks.recovery (SynthSAEBench's
+    MCC and F1) on held-out tokens, one row per seed of the synthetic model."""
+    from saeq.checks.recovery import score_recovery
+    from saeq.jobs.train import train_saes
+    from saeq.ml.synthetic import SyntheticConfig, SyntheticModel
+    from saeq.specs import ActivationsRef, SaeConfig, TrainSpec
+
+    arches = {"batchtopk": {}, "matryoshka_batchtopk": {"matryoshka_groups": [16, 112]}}  # 16 parents first
+    print(f"128 features (16 parents x 4 children), d_model 48, d_sae 128, k 4, {steps} steps of 1,024 tokens")
+    print(f"{'seed':>4s} {'architecture':22s} {'MCC':>6s} {'F1':>6s} {'L0':>5s} {'true L0':>7s} {'FVU':>6s}")
+    for seed in range(seeds):
+        cfg = SyntheticConfig(
+            n_features=128,
+            d_model=48,
+            zipf_exponent=0.5,
+            max_prob=0.4,
+            min_prob=0.005,
+            n_parents=16,
+            n_children=4,
+            magnitude_std=0.3,
+            noise_std=0.01,
+            seed=seed,
+        )
+        model = SyntheticModel(cfg)
+        held_out = [(b.acts_BD, b.codes_BF) for b in model.batches(4096, 2, seed=99)]
+        for arch, extra in arches.items():
+            spec = TrainSpec(
+                activations=ActivationsRef(job_id=BENCH_JOB, hook=HOOK),
+                saes=[SaeConfig(architecture=arch, d_sae=128, k=4, **extra)],
+                total_tokens=steps * 1024,
+                batch_size=1024,
+                checkpoint_every_tokens=None,
+            )
+            sae = train_saes(spec, (b.acts_BD for b in model.batches(1024, steps, seed=1))).saes["sae0"]
+            r = score_recovery(sae.encode, sae.decode, sae.W_dec, model.features_FD, held_out)
+            print(
+                f"{seed:4d} {arch:22s} {r.mcc:6.3f} {r.f1:6.3f} {r.l0:5.2f} {r.true_l0:7.2f} {r.fvu:6.3f}", flush=True
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=250 * BATCH, help="training tokens per trainer")
@@ -530,12 +599,20 @@ def main() -> None:
     ap.add_argument(
         "--data-parallel", type=int, default=0, metavar="N", help="only: one process beside N data-parallel ranks"
     )
+    ap.add_argument(
+        "--matryoshka", action="store_true", help="Matryoshka BatchTopK: saeq beside SAELens (sparsify has none)"
+    )
+    ap.add_argument(
+        "--hierarchy", type=int, default=0, metavar="SEEDS", help="only: MCC/F1 of BatchTopK and Matryoshka, planted"
+    )
     ap.add_argument("--smoke", action="store_true", help="tiniest sizes (two batches each): does it run")
     args = ap.parse_args()
     if args.smoke:
         args.tokens, args.harvest_tokens = 2 * BATCH, 16_384 + 2 * BATCH  # sinks leave < 2 batches
     if args.data_parallel:
         return data_parallel(args.data_parallel, args.tokens)
+    if args.hierarchy:
+        return hierarchy_recovery(args.hierarchy, 2 if args.smoke else 300)
 
     root = Path(args.cache) / ("synthetic" if args.synthetic else "store")
     manifest = synthetic_store(root, args.harvest_tokens) if args.synthetic else harvest(root, args.harvest_tokens)
@@ -546,13 +623,15 @@ def main() -> None:
 
         return online_beside_stored(manifest, LocalStore(root), args.tokens)
 
+    rule = f"Matryoshka BatchTopK (groups {MATRYOSHKA_GROUPS})" if args.matryoshka else "TopK"
     print(
         f"{'synthetic' if args.synthetic else 'SmolLM2-135M-Instruct ' + HOOK}, "
-        f"{manifest['n_tokens']:,} tokens harvested; TopK d_sae={D_SAE} k={K} batch={BATCH}; "
-        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        f"{manifest['n_tokens']:,} tokens harvested; {rule} d_sae={D_SAE} k={K} batch={BATCH}; "
+        f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, torch {torch.__version__}",
         flush=True,
     )
-    names = ["saeq"] + [p for p in ("sparsify", "SAELens") if p.lower() in args.peers.lower().split(",")]
+    peers = ("SAELens",) if args.matryoshka else ("sparsify", "SAELens")
+    names = ["saeq"] + [p for p in peers if p.lower() in args.peers.lower().split(",")]
     rows = compare(args, names)
     print(f"\n{args.tokens:,} training tokens each; FVU on {rows[0]['validation_tokens']:,} held-out ordinary tokens:")
     print(f"{'trainer':10s} {'tokens/s':>9s} {'FVU':>7s} {'never firing':>13s}")
