@@ -8,8 +8,9 @@ lr, warmup and decay: saeq through saeq.jobs.train.train_saes, SAELens through i
 (its TopK / BatchTopK training SAEs, inference SAE saved and loaded back). All are scored by
 saeq.checks.recovery (SynthSAEBench's definitions) on the same held-out stream; SAELens's own
 mean_correlation_coefficient is printed beside saeq's MCC as a check.
-Usage: python bench/synthetic.py [--source saelens|saeq] [--tokens 2048000] [--features 2048]
-       [--d-model 128] [--k 16] [--trainers saeq-topk,saeq-batchtopk,saelens-topk,saelens-batchtopk]
+Usage: python bench/synthetic.py [--source saelens|saeq] [--tokens 409600] [--features 512]
+       [--d-model 128] [--k 8] [--lr 3e-3] [--threads 1]
+       [--trainers saeq-topk,saeq-batchtopk,saelens-topk,saelens-batchtopk]
 Smallest check (< 60 s): python bench/synthetic.py --smoke
 """
 
@@ -154,10 +155,10 @@ def train_saelens(arch: str, args, batches: Iterator[torch.Tensor]):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--source", choices=["saelens", "saeq"], default="saelens")
-    ap.add_argument("--tokens", type=int, default=2_048_000, help="training tokens per trainer")
-    ap.add_argument("--features", type=int, default=2048, help="true features, and the SAEs' width")
+    ap.add_argument("--tokens", type=int, default=409_600, help="training tokens per trainer")
+    ap.add_argument("--features", type=int, default=512, help="true features, and the SAEs' width")
     ap.add_argument("--d-model", type=int, default=128)
-    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=3e-3, help="peak Adam lr, every trainer (saeq's default)")
     ap.add_argument("--eval-tokens", type=int, default=65_536)
