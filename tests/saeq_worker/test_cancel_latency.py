@@ -29,8 +29,10 @@ def flaky_s3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    # d_model 512: a batch of 256 x 256 tokens is ~45 s of forward passes on one core.
-    return save_tiny_llama(tmp_path_factory.mktemp("llama-512"), n_layers=2, d_model=512)
+    # A batch of 256 x 256 tokens through 6 layers at d_model 1024 is ~49 s of forward passes on
+    # 2 idle cores here (measured 2026-12-02), ~20 s on CI's faster ones: well past the 5 s the
+    # tests wait. 2 layers at 512 took 4.6 s on CI, so the first batch ended before the cancel.
+    return save_tiny_llama(tmp_path_factory.mktemp("llama-1024"), n_layers=6, d_model=1024)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def _big(model_dir) -> HarvestSpec:
     """Batches of 256 contexts x 256 tokens: 65,536 tokens, the most a team's quota allows."""
     return HarvestSpec(
         model=ModelSpec(name=str(model_dir)),
-        hooks=["blocks.1.hook_resid_post"],
+        hooks=["blocks.5.hook_resid_post"],
         max_tokens=4 * 65_536,
         context_len=256,
         batch_size=256,
