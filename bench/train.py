@@ -22,12 +22,18 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.harvest_cache, as bench/label.py does
+
+from saeq import keys
+from saeq.platform.store import LocalStore
 
 HOOK = "blocks.14.hook_resid_post"
 BENCH_JOB = "b" * 32  # the cached harvest lives under this job id in a local store
@@ -39,20 +45,16 @@ MATRYOSHKA_GROUPS = [128, 384, 1_536, 2_560]  # prefix widths 128, 512, 2,048, 4
 
 
 def harvest(store_dir: Path, n_tokens: int) -> dict:
-    """Harvest `n_tokens` of the builtin SmolLM2 at HOOK into a local store, once; the manifest."""
-    from saeq import keys
-    from saeq.platform.store import LocalStore
+    """Harvest `n_tokens` of the builtin SmolLM2 at HOOK into a local store, once; the manifest. A
+    cached harvest is used only when complete (bench/harvest_cache.py); a half-written one is redone."""
+    from bench.harvest_cache import cached_harvest
 
     store = LocalStore(store_dir)
-    key = keys.manifest(BENCH_JOB)
-    if store.exists(key):
-        manifest = json.loads(store.get(key))
-        if manifest["n_tokens"] >= n_tokens:
-            return manifest
-        raise SystemExit(
-            f"{store_dir} holds a smaller harvest ({manifest['n_tokens']} tokens); delete it or ask for fewer tokens"
-        )
+    return cached_harvest(store, BENCH_JOB, lambda m: m["n_tokens"] >= n_tokens, lambda s: _harvest(s, n_tokens))
 
+
+def _harvest(store: LocalStore, n_tokens: int) -> dict:
+    """Write the shards of a fresh harvest; its manifest (the caller stores it, last)."""
     from saeq.jobs.harvest import harvest_activations
     from saeq.ml.corpus import iter_documents
     from saeq.ml.models import load_model
@@ -114,22 +116,23 @@ def harvest(store_dir: Path, n_tokens: int) -> dict:
             }
         },
     }
-    store.put(key, json.dumps(manifest, indent=1).encode())
     return manifest
 
 
 def synthetic_store(store_dir: Path, n_tokens: int, d: int = 576) -> dict:
-    """Planted-dictionary activations written as a harvest, for machines without the model."""
-    from saeq import keys
+    """Planted-dictionary activations written as a harvest, for machines without the model (kept
+    while complete and of this size, as `harvest` keeps its own)."""
+    from bench.harvest_cache import cached_harvest
     from saeq.dev.synthetic import fake_harvest, planted_dictionary
-    from saeq.platform.store import LocalStore
 
-    store = LocalStore(store_dir)
-    x, _ = planted_dictionary(n_features=2 * D_SAE, d=d, n_active=24, n=n_tokens, seed=0)
-    manifest = fake_harvest(store, BENCH_JOB, x * 10, context_len=128, shard_tokens=16_384, hook=HOOK)
+    def write(store: LocalStore) -> dict:
+        x, _ = planted_dictionary(n_features=2 * D_SAE, d=d, n_active=24, n=n_tokens, seed=0)
+        return fake_harvest(store, BENCH_JOB, x * 10, context_len=128, shard_tokens=16_384, hook=HOOK)
+
     # The trainers' processes read it from the store, as they read a real harvest's.
-    store.put(keys.manifest(BENCH_JOB), json.dumps(manifest, indent=1).encode())
-    return manifest
+    return cached_harvest(
+        LocalStore(store_dir), BENCH_JOB, lambda m: m["n_tokens"] == n_tokens and m["d_model"] == d, write
+    )
 
 
 # --- the three trainers ----------------------------------------------------------------------
