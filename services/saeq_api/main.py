@@ -29,7 +29,7 @@ from saeq.specs import load_plugins
 from saeq_api.deps import Services
 from saeq_api.limits import BodySizeLimit, body_limits
 from saeq_api.metrics import CachedScrape, make_registry
-from saeq_api.routes import admin, browser, files, inspect, jobs, live, uploads
+from saeq_api.routes import admin, browser, contrast, files, inspect, jobs, live, uploads
 from saeq_api.schemas import PROBLEM_JSON
 from saeq_api.settings import ApiSettings
 from saeq_api.web import SecurityHeaders, docs_router
@@ -101,6 +101,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(live.router)
     app.include_router(inspect.router)
+    app.include_router(contrast.router)
     app.include_router(browser.router)
     app.include_router(admin.router)
     app.include_router(docs_router)

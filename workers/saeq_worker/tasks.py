@@ -148,7 +148,7 @@ def steer(job_id: str, dispatch_id: str) -> None:
 
 @app.task(name=LIVE_TASK)
 def live(request_id: str = "", *_: object) -> None:
-    """Answer the fairest waiting live request (steer, label search, inspect): this message announces that
+    """Answer the fairest waiting live request (steer, label search, inspect, contrast): this message announces that
     `request_id` was queued, but the workers serve the teams in turn (saeq.platform.live), so it may answer
     another team's first. The reply goes to a Redis list the API waits on. The request's slot is
     this worker's to free once taken: its caller may have left, and the team must not start another
@@ -197,6 +197,20 @@ def _serve_live(requests, entry: dict) -> None:
             asked = InspectRequest.model_validate(payload)
             check_local_paths(asked, settings.local_path_roots)  # before a model or SAE is loaded
             reply = serve_inspect(
+                asked,
+                _store(),
+                device=_device(),
+                cache_dir=settings.cache_dir,
+                max_prompt_tokens=entry["max_prompt_tokens"],
+                check=check,
+            )
+        elif op == "contrast":
+            from saeq.specs.contrast import ContrastRequest
+            from saeq_worker.contrast import serve_contrast
+
+            asked = ContrastRequest.model_validate(payload)
+            check_local_paths(asked, settings.local_path_roots)  # before a model or SAE is loaded
+            reply = serve_contrast(
                 asked,
                 _store(),
                 device=_device(),

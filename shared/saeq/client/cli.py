@@ -435,5 +435,9 @@ from saeq.client.cli_inspect import inspect  # noqa: E402
 
 main.add_command(inspect)
 
+from saeq.client.cli_contrast import contrast  # noqa: E402
+
+main.add_command(contrast)
+
 if __name__ == "__main__":
     main()

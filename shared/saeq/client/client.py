@@ -312,6 +312,37 @@ class Client:
             body["label_job"] = label_job
         return self._call("POST", "/v1/features/inspect", json=body, timeout=max(self.http.timeout.read or 0, 300))
 
+    def contrast(
+        self,
+        train_job: str,
+        a: list[str] | dict,
+        b: list[str] | dict,
+        *,
+        top_k: int = 10,
+        aggregate: str = "max",
+        max_tokens: int = 128,
+        held_out: float = 0.5,
+        seed: int = 0,
+        sae_name: str | None = None,
+        label_job: str | None = None,
+    ) -> dict:
+        """`POST /v1/features/contrast`: the features that separate texts `a` from texts `b` (each a
+        list of texts, or a TextSet such as {"corpus": "wiki-en", "topic": "People"}), with
+        held-out AUROC and Cohen's d and their intervals (a ContrastResult)."""
+        body: dict[str, Any] = {
+            "sae": {"job_id": train_job, "name": sae_name},
+            "a": {"texts": a} if isinstance(a, list) else a,
+            "b": {"texts": b} if isinstance(b, list) else b,
+            "top_k": top_k,
+            "aggregate": aggregate,
+            "max_tokens": max_tokens,
+            "held_out": held_out,
+            "seed": seed,
+        }
+        if label_job:
+            body["label_job"] = label_job
+        return self._call("POST", "/v1/features/contrast", json=body, timeout=max(self.http.timeout.read or 0, 300))
+
     def search_labels(self, label_job: str, query: str, *, top: int = 10) -> list[dict]:
         """Features of a label job whose labels are closest in meaning to `query`, best first."""
         return self._call(
