@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load as load_tensors
@@ -51,6 +52,11 @@ class EvalResult:
     counts: dict[str, int] = field(default_factory=dict)
     intervals: dict[str, Estimate] = field(default_factory=dict)
     """95% interval of each metric: bootstrap over contexts, Wilson over latents (evaluate_intervals)."""
+    group_sums: np.ndarray | None = None
+    """(G, len(GROUP_COLUMNS)) the sums per context (per block of `contexts_per_group`), and
+    `group_sum_x` (G, d_in): what a paired comparison with another SAE on the same contexts resamples."""
+    group_sum_x: np.ndarray | None = None
+    contexts_per_group: int = 1
 
 
 class _Stats:
@@ -360,4 +366,7 @@ def _finish(s: _Stats, n_sinks: int, n_tokens: int, dense_threshold: float) -> E
             "n_contexts": s.n_contexts,
         },
         intervals,
+        s.group_sums.numpy(),
+        s.group_sum_x.numpy(),
+        s.contexts_per_group,
     )

@@ -56,8 +56,26 @@ def metric_intervals(
 ) -> dict[str, Estimate]:
     """{metric name: Estimate} for the metrics `_finish` computed; each Estimate's value is the
     metric as reported."""
+    unit = group_unit(contexts_per_group)
+    out = {
+        name: group_bootstrap(stat, len(sums_GK), unit=unit, seed=BOOTSTRAP_SEED, value=metrics[name])
+        for name, stat in metric_statistics(sums_GK, sum_x_GD).items()
+    }
+    out["dead_fraction"] = wilson(n_dead, n_latents, unit="latents")
+    out["dense_fraction"] = wilson(n_dense, n_latents, unit="latents")
+    return out
+
+
+def group_unit(contexts_per_group: int) -> str:
+    """What one group of the sums is, plural (an Estimate's unit)."""
+    return "contexts" if contexts_per_group == 1 else f"blocks of {contexts_per_group} contexts"
+
+
+def metric_statistics(sums_GK: np.ndarray, sum_x_GD: np.ndarray) -> dict[str, Statistic]:
+    """{metric name: the metric as a function of group weights} for the metrics bootstrapped over
+    contexts (all but the fractions over latents); a paired comparison feeds two SAEs' to one
+    resample (saeq.ml.intervals.paired_difference)."""
     col = {name: sums_GK[:, i] for name, i in COLUMN.items()}
-    unit = "contexts" if contexts_per_group == 1 else f"blocks of {contexts_per_group} contexts"
 
     def per_token(name: str) -> Statistic:
         return ratio_of_sums(col[name], col["n"])
@@ -87,10 +105,4 @@ def metric_intervals(
         "kl_div_with_sae": per_prediction("kl_sae"),
         "kl_div_with_ablation": per_prediction("kl_zero"),
     }
-    out = {
-        name: group_bootstrap(stat, len(sums_GK), unit=unit, seed=BOOTSTRAP_SEED, value=metrics[name])
-        for name, stat in statistics.items()
-    }
-    out["dead_fraction"] = wilson(n_dead, n_latents, unit="latents")
-    out["dense_fraction"] = wilson(n_dense, n_latents, unit="latents")
-    return out
+    return statistics
