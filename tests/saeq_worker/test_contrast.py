@@ -6,6 +6,7 @@ builtin corpus's topics can be the sets (`saeq contrast --a-topic ... --b-topic 
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -16,10 +17,34 @@ from saeq.jobs.contrast import contrast_features, text_activations
 from saeq.ml.models import load_model
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.sinks import SinkReference
-from saeq.specs import ModelSpec
+from saeq.specs import HarvestSpec, ModelSpec, SaeConfig, TrainSpec
 from tests.saeq_worker.conftest import HOOK
+from tests.tiny_model import save_tiny_llama
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def harvest_job(client_module, tmp_path_factory):
+    """Smaller than the package's (these tests need an SAE, not a good one): 2 shards."""
+    model_dir = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), n_layers=3, d_model=64)
+    spec = HarvestSpec(
+        model=ModelSpec(name=str(model_dir)), hooks=[HOOK], max_tokens=8192, context_len=64, batch_size=8
+    )
+    return client_module.wait(client_module.submit(spec)["id"], timeout=180)
+
+
+@pytest.fixture(scope="module")
+def train_job(client_module, harvest_job):
+    spec = TrainSpec(
+        activations={"job_id": harvest_job["id"], "hook": HOOK},
+        saes=[SaeConfig(name="topk", d_sae=256, k=8)],
+        batch_size=512,
+        total_tokens=6144,
+        validation_tokens=1024,
+    )
+    return client_module.wait(client_module.submit(spec)["id"], timeout=300)
+
 
 A = [
     "The river crossing grew into a city of bridges.",
@@ -98,3 +123,27 @@ def test_bad_input_is_a_422_naming_the_field(stack, train_job):
             r = http.post("/v1/features/contrast", json=body)
             assert r.status_code == 422, (body, r.text)
             assert r.json()["detail"][0]["field"] == field, (body, r.json())
+
+
+def test_the_contrast_page_shows_both_directions_with_intervals(client_module, train_job, chromium, tmp_path):
+    client = client_module
+    page = chromium.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{client.url}/browse#/login?key={client.api_key}&next=/contrast")
+    page.locator("#use-link-key", has_text="Sign in as team").click()
+    page.wait_for_selector("#contrast")
+    page.locator("[name=train]").fill(train_job["id"])
+    page.locator("[name=docs]").fill("8")  # set a: Physical sciences, set b: People, the page's defaults
+    page.locator("[name=top_k]").fill("4")
+    page.locator("#contrast").click()
+    page.locator("#contrast-figures", has_text="held out").wait_for(timeout=120_000)
+    assert page.locator("#error").inner_text() == ""
+    assert page.locator("#contrast-figures").inner_text().startswith("8 vs 8 texts, 4 + 4 held out")
+    for side in ("a", "b"):
+        rows = page.locator(f"table[data-side={side}] tbody tr")
+        assert rows.count() == 4
+        assert re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", rows.first.locator("td.auroc").inner_text())
+    page.screenshot(path=str(tmp_path / "contrast.png"), full_page=True)
+    assert (tmp_path / "contrast.png").stat().st_size > 10_000
+    assert errors == []

@@ -311,6 +311,7 @@ async function route() {
     else if (path[0] === "jobs") await jobsPage();
     else if (path[0] === "steer") steerPage();
     else if (path[0] === "inspect") inspectPage(); // static/inspect.js
+    else if (path[0] === "contrast") contrastPage(); // static/contrast.js
     else await saesPage();
   } catch (e) {
     if (e instanceof Unauthorized) signInPage(`${e.message}. Paste an API key of your team.`);
