@@ -33,6 +33,7 @@ from saeq.specs import (
     UploadCorpus,
     costs,
 )
+from saeq.specs.train_seeds import sae_runs
 from saeq_api.deps import Services
 from saeq_api.memory_admission import check_memory
 
@@ -212,7 +213,7 @@ def _check_references(svc: Services, spec: JobSpec, depends_on: list[str], who: 
             )
     elif isinstance(spec, (EvaluateSpec, LabelSpec, SteerSpec)) and isinstance(spec.sae, TrainedSae):
         train = referenced_job(svc, spec.sae.job_id, "train", "spec.sae.job_id", depends_on, who)
-        names = [s.get("name") or f"sae{i}" for i, s in enumerate(train["spec"]["saes"])]
+        names = [run.name for run in sae_runs(TrainSpec.model_validate(train["spec"]))]  # with seeds: per seed
         if spec.sae.name is not None and spec.sae.name not in names:
             raise unprocessable("spec.sae.name", f"train job {train['id']} has SAEs {names}, not {spec.sae.name!r}")
     if isinstance(spec, SteerSpec) and spec.label_job:
@@ -268,13 +269,6 @@ def _check_against_outputs(svc: Services, spec: JobSpec, who: Principal) -> None
                 (f"spec.interventions.{i}.edits.{j}.feature", e.feature)
                 for i, s in enumerate(spec.interventions)
                 for j, e in enumerate(s.edits)
-            ]
-            # A conditional edit's trigger is a feature of the same SAE.
-            + [
-                (f"spec.interventions.{i}.edits.{j}.trigger.feature", e.trigger.feature)
-                for i, s in enumerate(spec.interventions)
-                for j, e in enumerate(s.edits)
-                if e.trigger is not None
             ]
         )
         for field, feature in fields:

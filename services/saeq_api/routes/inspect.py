@@ -12,8 +12,9 @@ from saeq.errors import InvalidSpec
 from saeq.platform.admission import check_local_paths
 from saeq.platform.live import MAX_CHARS_PER_TOKEN
 from saeq.platform.teams import Principal
-from saeq.specs import TrainedSae
+from saeq.specs import TrainedSae, TrainSpec
 from saeq.specs.inspect import InspectRequest, InspectResult
+from saeq.specs.train_seeds import sae_runs
 from saeq_api.deps import Caller, Services, services
 from saeq_api.routes.live import _ask_worker, _check_sae
 from saeq_api.schemas import errors
@@ -61,7 +62,7 @@ def _label_job(svc: Services, body: InspectRequest, who: Principal) -> str | Non
             )
         return body.label_job
     train = referenced_job(svc, body.sae.job_id, "train", "sae.job_id", [], who)
-    first = train["spec"]["saes"][0].get("name") or "sae0"
+    first = sae_runs(TrainSpec.model_validate(train["spec"]))[0].name  # the manifest's first SAE
     name = body.sae.name or first
     team = None if who.is_admin else who.team
     for job in svc.registry.list(kind="label", state="succeeded", limit=500, team=team):  # newest first

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from saeq.errors import Cancelled, InvalidSpec, Preempted
+from saeq.jobs.train_seeds import seed_spread
 from saeq.ml.activations import Batch, DataPosition, HarvestData
 from saeq.ml.distributed import DataGroup
 from saeq.ml.sae import SparseAutoencoder
@@ -36,6 +37,7 @@ from saeq.ml.training import (  # SaeMetrics and measure: importable from here a
     measure,
 )
 from saeq.specs import ActivationsRef, TrainSpec
+from saeq.specs.train_seeds import sae_runs
 
 STATE_FORMAT = "saeq.train-state/1"
 
@@ -71,6 +73,9 @@ class TrainResult:
     """Factor the activations were multiplied by while training (folded into the weights)."""
     data: dict = field(default_factory=dict)
     """What the batches' source reports: epochs, ordinary tokens, sinks left out."""
+    seed_spread: dict = field(default_factory=dict)
+    """With `spec.seeds`: per configuration, each final figure's spread over its seeds
+    (saeq.jobs.train_seeds.seed_spread); empty without."""
 
     def to_dict(self) -> dict:
         """Everything but the weights, JSON-able."""
@@ -81,7 +86,7 @@ class TrainResult:
             "input_scale": self.input_scale,
             "data": self.data,
             "saes": {n: asdict(m) for n, m in self.metrics.items()},
-        }
+        } | ({"seed_spread": self.seed_spread} if self.seed_spread else {})
 
 
 @dataclass
@@ -116,7 +121,8 @@ class TrainState:
 
 
 def sae_names(spec: TrainSpec) -> list[str]:
-    return [cfg.name or f"sae{i}" for i, cfg in enumerate(spec.saes)]
+    """The trained SAEs' names: each of `spec.saes` once, or once per seed of `spec.seeds`."""
+    return [run.name for run in sae_runs(spec)]
 
 
 def train_saes(
@@ -219,7 +225,7 @@ def train_saes(
         sae.eval()
         saes[t.name] = sae
         metrics[t.name] = measure(sae, validation, name=t.name, dead_fraction=t.dead_fraction(), device=t.device)
-    return TrainResult(saes, metrics, tokens, step, wall, scale)
+    return TrainResult(saes, metrics, tokens, step, wall, scale, seed_spread=seed_spread(spec, metrics))
 
 
 def _to_devices(acts_BD: Tensor, devices: list[str], scale: float) -> dict[str, Tensor]:

@@ -16,6 +16,7 @@ from saeq.ml.distributed import DataGroup
 from saeq.ml.sae import SparseAutoencoder, SparseCodes, Step, sae_class
 from saeq.specs import SaeConfig, TrainSpec
 from saeq.specs.costs import sae_latents
+from saeq.specs.train_seeds import sae_runs
 
 DENSE_RATE = 0.1
 """A latent firing on more than this fraction of tokens counts as dense."""
@@ -233,7 +234,8 @@ def build_trainees(
     b_dec = None
     if first_x is not None and spec.b_dec_init != "zeros":
         b_dec = geometric_median(first_x) if spec.b_dec_init == "geometric_median" else first_x.mean(0)
-    for i, (name, cfg) in enumerate(zip(names, spec.saes, strict=False)):
+    for j, (name, run) in enumerate(zip(names, sae_runs(spec), strict=False)):
+        i, cfg = run.index, run.config
         d_sae = sae_latents(cfg, d_in)
         assert d_sae is not None  # d_in is known here
         cls = sae_class(cfg.architecture)
@@ -244,8 +246,8 @@ def build_trainees(
                 f"matryoshka_groups sum to {sum(cfg.matryoshka_groups)}, not d_sae={d_sae}",
                 field=f"spec.saes[{i}].matryoshka_groups",
             )
-        gen = torch.Generator().manual_seed((spec.seed * 1_000_003 + i) % (1 << 63))
-        on = devices[i % len(devices)]
+        gen = torch.Generator().manual_seed((run.seed * 1_000_003 + i) % (1 << 63))  # run.seed: seeds' or seed
+        on = devices[j % len(devices)]
         sae = cls(d_in, d_sae, k=cfg.k, generator=gen, **cls.options_from_config(cfg)).to(on)
         with torch.no_grad():
             if b_dec is not None:

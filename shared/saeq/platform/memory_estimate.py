@@ -31,6 +31,7 @@ from saeq.specs import (
     TrainSpec,
 )
 from saeq.specs.scheduling import MemoryEstimate
+from saeq.specs.train_seeds import sae_runs
 
 Device = Literal["cpu", "cuda"]
 Resolve = Callable[[str], object]
@@ -204,10 +205,11 @@ def _train(spec: TrainSpec, device: Device, resolve: Resolve | None) -> MemoryEs
             parts, shape, _DTYPE_BYTES[model.dtype], batch, source.context_len, device, "spec.activations.batch_size"
         )
     # The busiest device: sweep puts SAE i on GPU i % gpus; data-parallel splits every batch.
-    on_first = [i for i in range(len(spec.saes)) if spec.parallel == "data" or i % spec.gpus == 0]
+    runs = sae_runs(spec)  # with seeds, every configuration once per seed
+    on_first = [j for j in range(len(runs)) if spec.parallel == "data" or j % spec.gpus == 0]
     batch_tokens = spec.batch_size // spec.gpus if spec.parallel == "data" else spec.batch_size
-    for i in on_first:
-        cfg = spec.saes[i]
+    for j in on_first:
+        cfg, i = runs[j].config, runs[j].index
         d_sae, field = _sae_width(cfg, d_in), _width_field(i, cfg)
         weights = (2 * d_in * d_sae + d_sae + d_in) * 4
         parts.add("sae_weights", weights, field)
@@ -253,9 +255,9 @@ def _reader(spec: LabelSpec | EvaluateSpec, resolve: Resolve | None) -> tuple[Mo
     shape = model_shape(model)
     if shape is None:
         return None
-    names = [cfg.name or f"sae{i}" for i, cfg in enumerate(train.saes)]
-    i = names.index(spec.sae.name) if spec.sae.name in names else 0
-    return model, spec.context_len or harvest.context_len, _sae_width(train.saes[i], shape.d_model), shape
+    runs = sae_runs(train)
+    cfg = next((r.config for r in runs if r.name == spec.sae.name), runs[0].config)
+    return model, spec.context_len or harvest.context_len, _sae_width(cfg, shape.d_model), shape
 
 
 def _read_sae(

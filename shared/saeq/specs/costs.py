@@ -24,6 +24,7 @@ from saeq.specs import (
     SteerSpec,
     TrainSpec,
 )
+from saeq.specs.train_seeds import sae_runs
 
 if TYPE_CHECKING:
     from saeq.specs.quotas import TeamQuota
@@ -77,7 +78,7 @@ def job_cost(spec, d_in: int | None = None, n_features: int | None = None) -> Jo
             [("max_tokens", spec.max_tokens), ("hooks", len(spec.hooks))],
         )
     if isinstance(spec, TrainSpec):
-        widths = [sae_latents(s, d_in) for s in spec.saes]
+        widths = [sae_latents(run.config, d_in) for run in sae_runs(spec)]  # each seed's SAE too
         known = [w for w in widths if w is not None]
         if len(known) < len(widths):
             return None
@@ -272,12 +273,13 @@ def check_quota(
 
 def _check_latents(spec: TrainSpec, quota: TeamQuota, team: str, d_in: int | None) -> None:
     """max_latents bounds the SAEs' widths summed: every batch feeds every SAE."""
-    widths = [sae_latents(s, d_in) for s in spec.saes]
-    for i, (sae, width) in enumerate(zip(spec.saes, widths, strict=True)):
+    runs = sae_runs(spec)  # with seeds, every configuration once per seed
+    widths = [sae_latents(run.config, d_in) for run in runs]
+    for run, width in zip(runs, widths, strict=True):
         if width is not None and width > quota.max_latents:
             raise OverQuota(
                 f"{width:,} latents exceed team {team!r}'s quota max_latents={quota.max_latents:,}",
-                field=latents_field(sae, i),
+                field=latents_field(run.config, run.index),
             )
     known = sum(w for w in widths if w is not None)
     if known > quota.max_latents:

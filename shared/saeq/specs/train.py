@@ -22,6 +22,7 @@ from saeq.specs.common import (
     _tag,
     invalid,
 )
+from saeq.specs.train_seeds import check_seeds
 
 # Fields that only some architectures read (SaeArchitecture.reads says which), in field order.
 _ARCH_FIELDS = (
@@ -209,6 +210,11 @@ class TrainSpec(Frozen):
     """Decoder bias at the start: the geometric median (or mean) of the first batch."""
     seed: Seed = 0
     """Seeds the SAEs' initialisation and the data order."""
+    seeds: list[Seed] | None = Field(default=None, min_length=1, max_length=16)
+    """Train each of `saes` once per seed (1..16 distinct seeds), its initialisation drawn from that
+    seed, all fed by one read of the data (in `seed`'s order), named `<name>-seed<s>`; the result's
+    `seed_spread` gives each final figure's mean, sd, min and max over the seeds: the spread from
+    initialisation alone. None: each once, from `seed`."""
     shuffle_tokens: int = Field(default=65_536, ge=1, le=1 << 30)
     """Shuffle buffer: whole shards are grouped into chunks of at least this many tokens, and
     rows are permuted within a chunk; the chunk order changes every epoch. Larger mixes
@@ -239,6 +245,7 @@ class TrainSpec(Frozen):
             )
         if self.lr_warmup + self.lr_decay > 1.0:
             raise invalid(self, "lr_decay", "lr_warmup + lr_decay exceed the whole run (1.0)")
+        check_seeds(self)
         self._check_gpus()
         return self
 
