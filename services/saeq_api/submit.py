@@ -270,6 +270,13 @@ def _check_against_outputs(svc: Services, spec: JobSpec, who: Principal) -> None
                 for i, s in enumerate(spec.interventions)
                 for j, e in enumerate(s.edits)
             ]
+            # A conditional edit's trigger is a feature of the same SAE.
+            + [
+                (f"spec.interventions.{i}.edits.{j}.trigger.feature", e.trigger.feature)
+                for i, s in enumerate(spec.interventions)
+                for j, e in enumerate(s.edits)
+                if e.trigger is not None
+            ]
         )
         for field, feature in fields:
             if feature >= d_sae:

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from saeq import keys
 from saeq.errors import InvalidSpec, JobError
-from saeq.jobs.steer import FeatureEdit, chat_prompt, check_edits, generate, side_effects
+from saeq.jobs.steer import FeatureEdit, FeatureTrigger, chat_prompt, check_edits, generate, side_effects
 from saeq.platform.store import ObjectStore
 from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
 from saeq.specs.manifests import LabelManifest, SteerManifest
@@ -24,7 +24,17 @@ MANIFEST_FORMAT = "saeq.steer/1"
 
 
 def _edits(interventions, strength: float = 1.0) -> list[FeatureEdit]:
-    return [FeatureEdit(i.feature, i.mode, i.value * strength, i.positions) for i in interventions]
+    """The spec's edits, values times `strength` (a trigger's threshold is not scaled)."""
+    return [
+        FeatureEdit(
+            i.feature,
+            i.mode,
+            i.value * strength,
+            i.positions,
+            FeatureTrigger(i.trigger.feature, i.trigger.threshold) if i.trigger else None,
+        )
+        for i in interventions
+    ]
 
 
 def _prompt_ids(lm, prompt: str, chat: bool) -> list[int]:
@@ -75,6 +85,7 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
                     "strength": strength,
                     "default": default.text,
                     "steered": steered.text,
+                    "triggered_tokens": steered.triggered_tokens,
                     "kl_from_default": fx.kl_from_default,
                     "perplexity_unsteered": fx.perplexity_unsteered,
                     "concept": concept or None,
@@ -212,6 +223,7 @@ def serve_steer(
     out = {
         "steered": steered.text,
         "steered_token_ids": steered.token_ids,
+        "triggered_tokens": steered.triggered_tokens,
         "prompt_tokens": len(ids),
         "sae": ctx.provenance if ctx else None,
         "hook": ctx.hook if ctx else None,

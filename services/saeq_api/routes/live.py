@@ -140,11 +140,12 @@ def _check_sae(svc: Services, sae, interventions: list[Intervention], prefix: st
         )
     d_sae = manifest["saes"][name]["d_sae"]
     for i, edit in enumerate(interventions):
-        if edit.feature >= d_sae:
-            raise unprocessable(
-                f"{prefix}interventions.{i}.feature",
-                f"feature {edit.feature} is not in 0..{d_sae - 1} (SAE {name} has d_sae={d_sae})",
-            )
+        named = [(edit.feature, f"{prefix}interventions.{i}.feature")]
+        if edit.trigger is not None:  # a conditional edit's trigger is a feature of the same SAE
+            named.append((edit.trigger.feature, f"{prefix}interventions.{i}.trigger.feature"))
+        for feature, field in named:
+            if feature >= d_sae:
+                raise unprocessable(field, f"feature {feature} is not in 0..{d_sae - 1} (SAE {name} has d_sae={d_sae})")
     return manifest["harvest"]["model"].get("name")
 
 

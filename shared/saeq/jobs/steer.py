@@ -7,6 +7,12 @@ that did (KL from the default next-token distribution, perplexity under the unst
 - ablate: clamp to 0
 - scale:  the activation multiplied by `value`, error term kept (scale 1 changes nothing)
 Positions: all tokens, the prompt's only, or the generated ones only.
+Conditional edits: an edit with a trigger applies at a token only while the trigger feature's
+activation there exceeds its threshold. Every trigger and every activation an edit reads is taken
+from the hook's activations as they arrive at that token, before any edit of that token: the edits
+of one token then sum independently of their order, and no edit can switch its own trigger (or
+another's) on or off at the token it edits. Edits of earlier tokens do reach it, through attention,
+as they reach everything downstream.
 """
 
 from __future__ import annotations
@@ -31,20 +37,32 @@ Positions = Literal["all", "prompt", "generated"]
 
 
 @dataclass(frozen=True)
+class FeatureTrigger:
+    feature: int
+    threshold: float = 0.0
+    """The edit applies where the feature's activation is strictly greater."""
+
+
+@dataclass(frozen=True)
 class FeatureEdit:
     feature: int
     mode: Mode
     value: float = 0.0
     positions: Positions = "all"
+    trigger: FeatureTrigger | None = None
+    """None: unconditional."""
 
 
 def check_edits(edits: Sequence[FeatureEdit], sae: SparseAutoencoder, field: str = "spec.interventions") -> None:
     for i, e in enumerate(edits):
-        if not 0 <= e.feature < sae.d_sae:
-            raise InvalidSpec(
-                f"feature {e.feature} is not in 0..{sae.d_sae - 1} (the SAE has d_sae={sae.d_sae})",
-                field=f"{field}[{i}].feature",
-            )
+        named = [(e.feature, f"{field}[{i}].feature")]
+        if e.trigger is not None:
+            named.append((e.trigger.feature, f"{field}[{i}].trigger.feature"))
+        for feature, where in named:
+            if not 0 <= feature < sae.d_sae:
+                raise InvalidSpec(
+                    f"feature {feature} is not in 0..{sae.d_sae - 1} (the SAE has d_sae={sae.d_sae})", field=where
+                )
 
 
 class Steering:
@@ -54,24 +72,31 @@ class Steering:
     def __init__(self, sae: SparseAutoencoder, edits: Sequence[FeatureEdit], prompt_len: int):
         self.sae, self.edits, self.prompt_len = sae, list(edits), prompt_len
         self.seen = 0  # tokens of the sequence already through the hook
-        needs_acts = any(e.mode != "add" for e in self.edits)
-        self.feats = torch.tensor(sorted({e.feature for e in self.edits if e.mode != "add"})) if needs_acts else None
+        self.triggered = 0
+        """Tokens at which at least one conditional edit's trigger fired (prompt and generation)."""
+        read = {e.feature for e in self.edits if e.mode != "add"}
+        read |= {e.trigger.feature for e in self.edits if e.trigger is not None}
+        self.feats = torch.tensor(sorted(read)) if read else None
 
     def reset(self) -> None:
-        self.seen = 0
+        self.seen = self.triggered = 0
 
     def __call__(self, x_BTD: Tensor) -> Tensor:
         B, T, D = x_BTD.shape
         pos_T = torch.arange(self.seen, self.seen + T, device=x_BTD.device)
         self.seen += T
-        acts: dict[int, Tensor] = {}  # of the features scaled, ablated or clamped
+        acts: dict[int, Tensor] = {}  # of the features scaled, ablated, clamped or triggering, before any edit
         if self.feats is not None:
             acts_BTS = self.sae.encode(x_BTD.reshape(B * T, D).float()).reshape(B, T, -1)
             acts = {int(f): acts_BTS[..., int(f)] for f in self.feats}
         delta = torch.zeros(B, T, D, device=x_BTD.device, dtype=torch.float32)
+        fired_BT = torch.zeros(B, T, dtype=torch.bool, device=x_BTD.device)
         for e in self.edits:
-            where_T = self._mask(e.positions, pos_T)
-            if not where_T.any():
+            where_BT = self._mask(e.positions, pos_T).expand(B, T)
+            if e.trigger is not None:
+                where_BT = where_BT & (acts[e.trigger.feature] > e.trigger.threshold)
+                fired_BT |= where_BT
+            if not where_BT.any():
                 continue
             direction_D = self.sae.W_dec[e.feature].float()
             if e.mode == "add":
@@ -81,7 +106,8 @@ class Steering:
             else:
                 target = 0.0 if e.mode == "ablate" else e.value
                 coeff_BT = target - acts[e.feature]
-            delta += (coeff_BT * where_T)[..., None] * direction_D
+            delta += (coeff_BT * where_BT)[..., None] * direction_D
+        self.triggered += int(fired_BT.any(0).sum())
         return (x_BTD.float() + delta).to(x_BTD.dtype) if delta.any() else x_BTD
 
     def _mask(self, positions: Positions, pos_T: Tensor) -> Tensor:
@@ -97,6 +123,8 @@ class Completion:
     text: str
     token_ids: list[int]
     """The generated tokens only."""
+    triggered_tokens: int = 0
+    """Tokens (prompt and generated) at which a conditional edit applied: 0 where none fired."""
 
 
 @torch.inference_mode()
@@ -138,12 +166,14 @@ def generate(
         steering = Steering(sae.to(lm.device), edits, ids.shape[1])
         with splice(lm.model, hook, steering):
             out = model_generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
+        triggered = steering.triggered
     else:
         out = model_generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
+        triggered = 0
     new = out[0, ids.shape[1] :].tolist()
     text = tokenizer.decode(new, skip_special_tokens=True)
     assert isinstance(text, str)  # one sequence of ids decodes to one string
-    return Completion(text, new)
+    return Completion(text, new, triggered)
 
 
 class _Checked(StoppingCriteria):

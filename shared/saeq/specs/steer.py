@@ -9,6 +9,16 @@ from pydantic import Field, model_validator
 from saeq.specs.common import Frozen, HookName, ModelSpec, SaeRef, Seed, _require_for_imported, invalid
 
 
+class Trigger(Frozen):
+    """The condition of a conditional edit: it applies at a token only while this feature of the
+    same SAE, read at that token before any edit there, is above `threshold`."""
+
+    feature: int = Field(ge=0)
+    """Index of the trigger latent in the steering SAE, 0..d_sae-1."""
+    threshold: float = Field(default=0.0, ge=-1e6, le=1e6)
+    """The edit applies where the trigger's activation is strictly greater (0: wherever it fires)."""
+
+
 class Intervention(Frozen):
     """One feature edit at the SAE's hook point during generation."""
 
@@ -23,6 +33,9 @@ class Intervention(Frozen):
     ablate: ignored.
     Steer jobs multiply it by each of their `strengths`."""
     positions: Literal["all", "prompt", "generated"] = "all"
+    trigger: Trigger | None = None
+    """None: the edit applies at every token of `positions`; else only at those where the trigger
+    feature fires above its threshold (docs/steer.md, "Conditional steering")."""
 
 
 class SteerSet(Frozen):
