@@ -71,6 +71,19 @@ def test_train_then_label_with_local_metadata_and_endpoint(client_module, harves
         assert set(r["scores"]) == {"detection", "fuzzing", "embedding"}
         assert r["scores"]["detection"]["balanced_accuracy"] == 0.5  # a judge that always says yes
     assert {r["label"] for r in records if r["explainer"] == "openai:judge-model"} == {"tiny pattern"}
+    # A judge that says yes to everything fails its control trials: flagged, its scores not averaged in.
+    controls = {c["scorer"]: c for c in manifest["judge_controls"]}
+    assert set(controls) == {"detection", "fuzzing", "embedding"}
+    for scorer in ("detection", "fuzzing"):
+        c = controls[scorer]
+        assert c["judge"] == "openai:judge-model" and not c["calibrated"] and c["accuracy"]["value"] == 0.5
+        assert c["flag"].startswith("judge uncalibrated: scores uninformative") and c["accuracy"]["n"] > 0
+    flagged = {k for k, c in controls.items() if not c["calibrated"]}
+    for s in manifest["summary"].values():
+        assert set(s["excluded"]) == flagged and set(s["scores"]) == {"detection", "fuzzing", "embedding"} - flagged
+        assert s["excluded"]["detection"]["flag"] == controls["detection"]["flag"]
+    assert controls["embedding"]["judge"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert controls["embedding"]["by_kind"]["planted"]["n"] > 0
     arts = {a["key"] for a in client.artifacts(done["id"])["artifacts"]}
     assert keys.feature_index(done["id"]) in arts
 

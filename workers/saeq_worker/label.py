@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from saeq import keys
 from saeq.errors import InvalidSpec
 from saeq.jobs.harvest import context_batches
 from saeq.jobs.label import CHUNK_FEATURES, LabelChunk, label_features, select_features
+from saeq.jobs.label_controls import run_controls
 from saeq.ml.corpus import document_info, iter_documents
 from saeq.ml.explainers import (
     PROMPT_VERSION,
@@ -30,6 +31,7 @@ from saeq.ml.scoring import EmbeddingScorer
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import LabelSpec
 from saeq.specs import LocalLLM as LocalLLMSpec
+from saeq.specs.label import JudgeControl
 from saeq.specs.manifests import LabelManifest
 from saeq_worker.feature_pages import write_feature_pages
 from saeq_worker.partials import drop_partials, put_json, read_json
@@ -89,6 +91,9 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         ),
     )
     job.check()
+    job.report(0.95, "controls", "control trials of the judges")
+    controls = run_controls(index, features, records, spec, judge=judge, embedder=embedder, decode=decode)
+    job.check()
 
     labels_key = keys.labels_file(job.id)
     store.put(labels_key, "".join(json.dumps(r) + "\n" for r in records).encode(), content_type="application/x-ndjson")
@@ -96,7 +101,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     if spec.browser:
         job.report(0.95, "pages", "feature browser pages")
         pages = write_feature_pages(job, spec, index, records, ctx.sae, lm, decode)
-    summary = summarize(records)
+    summary = summarize(records, controls)
     manifest = {
         "format": MANIFEST_FORMAT,
         "kind": "label",
@@ -120,6 +125,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         "labels_key": labels_key,
         "n_features": len(features),
         "summary": summary,
+        "judge_controls": [c.model_dump(mode="json") for c in controls],
         "browser": pages,
         "labelling_s": time.monotonic() - t0,
     }
@@ -233,8 +239,11 @@ def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureInd
     )
 
 
-def summarize(records: list[dict]) -> dict:
-    """Per explainer: features labelled and the mean of each score (over features scored)."""
+def summarize(records: list[dict], controls: Sequence[JudgeControl] = ()) -> dict:
+    """Per explainer: features labelled and the mean of each score (over features scored). A
+    scorer whose controls flag it uncalibrated is not averaged in with the others: its means go
+    under `excluded`, with the flag."""
+    flags = {c.scorer: c.flag for c in controls if not c.calibrated}
     out: dict[str, dict] = {}
     for r in records:
         s = out.setdefault(r["explainer"], {"n_features": 0, "scores": {}})
@@ -244,7 +253,9 @@ def summarize(records: list[dict]) -> dict:
                 if metric != "n" and v is not None:
                     s["scores"].setdefault(scorer, {}).setdefault(metric, []).append(v)
     for s in out.values():
-        s["scores"] = {k: {m: sum(v) / len(v) for m, v in ms.items()} for k, ms in s["scores"].items()}
+        means = {k: {m: sum(v) / len(v) for m, v in ms.items()} for k, ms in s["scores"].items()}
+        s["scores"] = {k: ms for k, ms in means.items() if k not in flags}
+        s["excluded"] = {k: {**ms, "flag": flags[k]} for k, ms in means.items() if k in flags}
     return out
 
 

@@ -166,6 +166,7 @@ def list_features(
         "total": len(rows),
         "offset": offset,
         "features": rows[offset : offset + limit],
+        "judge_controls": m.get("judge_controls"),
     }
 
 
@@ -186,6 +187,7 @@ def feature_page(label_job: str, feature: int, svc: Svc, who: Caller) -> dict:
         "label_job": label_job,
         "sae": m["sae"],
         "train_job": m["sae"].get("job_id"),
+        "judge_controls": m.get("judge_controls"),
     }
 
 

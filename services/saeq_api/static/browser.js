@@ -73,6 +73,15 @@ async function saesPage() {
 
 // --- feature list -----------------------------------------------------------------------------
 
+// Each scorer's control accuracy (the label job's judge controls); an uncalibrated one is flagged.
+function judgeControls(controls) {
+  if (!controls) return el("p", { class: "muted" }, "No judge controls (a label job from before they were run).");
+  const est = e => `${fmt(e.value, 2)} [${fmt(e.low, 2)}, ${fmt(e.high, 2)}] (n=${e.n} ${e.unit})`;
+  return el("div", { id: "judge-controls" }, controls.map(c => el("div", { class: c.calibrated ? "muted" : "error" },
+    `${c.scorer} judge ${c.judge}: control accuracy ${est(c.accuracy)}, chance ${c.chance} — `,
+    c.calibrated ? "calibrated: its scores count" : el("b", {}, c.flag))));
+}
+
 async function featuresPage(labelJob) {
   const p = params();
   const state = { q: p.get("q") || "", sort: p.get("sort") || "density", order: p.get("order") || "desc",
@@ -104,6 +113,7 @@ async function featuresPage(labelJob) {
     el("div", { class: "controls" }, search, el("button", { on: { click: () => go({ q: search.value, page: 0 }) } }, "Search"),
       sort, order, el("label", {}, labelled, " labelled only"),
       el("span", { class: "muted", id: "total" }, `${data.total.toLocaleString()} features`)),
+    judgeControls(data.judge_controls),
     el("table", { id: "features" }, el("thead", {}, el("tr", {}, ["feature", "label", "density", "max act", "score (AUC)"].map(h => el("th", {}, h)))),
       el("tbody", {}, rows)),
     el("div", { class: "controls" },
@@ -161,7 +171,7 @@ async function featurePage(labelJob, feature) {
       el("a", { href: `#/steer?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&f=${f.feature}&mode=clamp&value=${steerValue}` }, "steer with it"),
       " · ", el("a", { href: `#/inspect?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&label=${labelJob}&f=${f.feature}` }, "inspect a text"),
       " · ", el("a", { href: `#/features/${labelJob}` }, "all features")),
-    ...labels,
+    ...labels, judgeControls(f.judge_controls),
     el("h2", {}, "Activation histogram"), histogram(f.histogram, f.histogram_edges),
     el("h2", {}, "Top activations"), el("div", { id: "top" }, f.top.map(w => shaded(w, max))),
     el("h2", {}, "Samples across the activation range (lowest quantile first)"),

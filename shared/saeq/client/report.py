@@ -5,9 +5,12 @@ report page are drawn by the worker, saeq.jobs.evaluate_report)."""
 from __future__ import annotations
 
 from saeq.specs.estimates import Estimate
+from saeq.specs.label import JudgeControl
 from saeq.specs.metrics import HEADLINE, checks_lines
 
-__all__ = ["checks_lines", "labels_summary", "labels_table", "summary_table"]
+__all__ = ["checks_lines", "judge_controls_lines", "labels_summary", "labels_table", "summary_table"]
+
+_KIND_WORDS = {"own_vs_other": "own label vs another feature's windows", "planted": 'planted "the word X"'}
 
 
 def summary_table(metrics: dict[str, float], intervals: dict[str, dict] | None = None) -> str:
@@ -52,12 +55,33 @@ def labels_table(records: list[dict], *, limit: int | None = None) -> str:
 
 
 def labels_summary(summary: dict) -> str:
-    """One line per explainer: mean scores over its labelled features."""
+    """One line per explainer: mean scores over its labelled features; the means of a scorer whose
+    judge failed its controls are shown apart, as excluded."""
     out = []
     for e, s in summary.items():
         parts = [f"{k} " + " ".join(f"{m}={v:.3f}" for m, v in ms.items()) for k, ms in s["scores"].items()]
-        out.append(f"{e}: {s['n_features']} features; mean " + "; ".join(parts))
+        line = f"{e}: {s['n_features']} features; mean " + ("; ".join(parts) or "(no calibrated scorer)")
+        for k, ms in s.get("excluded", {}).items():
+            means = " ".join(f"{m}={v:.3f}" for m, v in ms.items() if m != "flag")
+            line += f"\n  excluded: {k} ({ms['flag']}; its mean {means})"
+        out.append(line)
     return "\n".join(out)
+
+
+def judge_controls_lines(controls: list[dict] | None) -> list[str]:
+    """Each scorer's control accuracy with its interval, by kind of trial, and its verdict."""
+    if controls is None:
+        return ["judge controls: none (a label job from before they were run)"]
+    lines = []
+    for raw in controls:
+        c = JudgeControl.model_validate(raw)
+        kinds = "; ".join(f"{_KIND_WORDS.get(k, k)} {e.text('{:.2f}')}" for k, e in c.by_kind.items())
+        verdict = "calibrated: its scores count" if c.calibrated else c.flag
+        lines.append(
+            f"judge {c.judge} ({c.scorer}): control accuracy {c.accuracy.text('{:.2f}')}, chance {c.chance:g} -> "
+            f"{verdict}" + (f"\n  by trial: {kinds}" if kinds else "")
+        )
+    return lines
 
 
 def _clip(text: str, n: int) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from saeq.checks.summary import checks_lines
 from saeq.client.client import Client
-from saeq.client.report import labels_summary, labels_table, summary_table
+from saeq.client.report import judge_controls_lines, labels_summary, labels_table, summary_table
 from saeq.dev.local_stack import LocalStack, StackOptions, free_port, saeq_home, stack_info_path
 from saeq.specs import (
     ActivationsRef,
@@ -102,6 +102,9 @@ def run_demo(
             f"detection: balanced accuracy and AUC of the judge (SmolLM2) telling activating from silent "
             f"windows given the label; 0.5 is chance.\nlabels: {_where(stack, labelled['labels_key'])}"
         )
+        # Before any score is read as the label's: how well each judge does where the answer is known.
+        print("control trials of the judges (each label against a window it fits and one it does not):")
+        print("\n".join(judge_controls_lines(labelled.get("judge_controls"))))
 
         print(
             "\n[4/5] evaluate: held-out articles, SAE spliced into the model; then the checks (specificity "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Tag, model_validator
 
 from saeq.specs.common import (
     CorpusSpec,
@@ -18,6 +18,7 @@ from saeq.specs.common import (
     _require_for_imported,
     invalid,
 )
+from saeq.specs.estimates import Estimate
 
 
 class LocalLLM(Frozen):
@@ -132,3 +133,31 @@ class LabelSearch(Frozen):
     label_job: str = Field(pattern=r"^[0-9a-f]{32}$")
     query: str = Field(min_length=1, max_length=1000)
     top: int = Field(default=10, ge=1, le=200)
+
+
+JUDGE_UNCALIBRATED = "judge uncalibrated: scores uninformative"
+"""The flag on a scorer whose control accuracy is not shown to beat chance."""
+ControlKind = Literal["own_vs_other", "planted"]
+
+
+class JudgeControl(BaseModel):
+    """A scorer's own accuracy on control trials whose answers are known (saeq.jobs.label_controls):
+    a feature's label against that feature's windows (fits) and another feature's (does not), and a
+    planted label, `the word "X"`, against windows that contain the word and windows that do not."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scorer: Scorer
+    """Which scores these controls vouch for (or not)."""
+    judge: str
+    """The judge (`local:<model>`, `openai:<model>`) or the embedding model."""
+    accuracy: Estimate
+    """Share of control trials answered right, Wilson 95% interval; n counts trials."""
+    by_kind: dict[ControlKind, Estimate]
+    """The same per kind of trial."""
+    chance: float = 0.5
+    """Accuracy of a judge that cannot tell (every trial's two answers are equally many)."""
+    calibrated: bool
+    """True when the whole interval lies above chance: the scorer's scores count."""
+    flag: str | None
+    """JUDGE_UNCALIBRATED (and why) when not calibrated; its scores are left out of the summary."""

@@ -17,7 +17,9 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Discriminator, ValidationError, field_serializer, model_validator
 
 from saeq.errors import InvalidSpec
+from saeq.specs.compare import Comparison
 from saeq.specs.estimates import Estimate
+from saeq.specs.label import JudgeControl
 
 FORMAT = 1
 """The manifest format this code writes and the newest it reads."""
@@ -151,6 +153,8 @@ class EvaluateManifest(_Manifest):
     report_key: str
     metrics_key: str
     plots: list[str]
+    comparison: Comparison | None = None
+    """With spec.compare_with: the evaluated SAE (A) against the other (B) on the same contexts."""
 
 
 class FeatureIndexEntry(_Closed):
@@ -177,6 +181,9 @@ class LabelManifest(_Manifest):
     labels_key: str
     n_features: int
     summary: dict[str, Any]
+    judge_controls: list[JudgeControl] | None = None
+    """Each scorer's accuracy on control trials (saeq.jobs.label_controls), and whether its scores
+    count; None in manifests written before the controls were."""
     browser: dict[str, Any] | None
     labelling_s: float
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from saeq.client.report import checks_lines, labels_summary, summary_table
+from saeq.client.report import checks_lines, judge_controls_lines, labels_summary, summary_table
 
 
 def test_the_text_tables_import_no_torch_matplotlib_or_ml():
@@ -75,3 +75,31 @@ def test_checks_lines_show_the_checks_intervals_where_the_summary_has_them():
     (line,) = checks_lines({"sensitivity": sensitivity})
     assert "pooled recall 0.400 [0.300, 0.520] (n=16 article pairs), mean recall 0.350," in line
     assert line.endswith("mean false-positive rate -")
+
+
+def test_an_uncalibrated_judge_is_shown_flagged_and_its_means_apart():
+    flag = "judge uncalibrated: scores uninformative (control accuracy 0.500 [0.402, 0.598] (n=96 trials) reaches chance 0.5)"
+    est = {"value": 0.5, "low": 0.402, "high": 0.598, "n": 96, "unit": "trials", "method": "wilson"}
+    controls = [
+        {"scorer": "detection", "judge": "local:smollm2", "accuracy": est, "by_kind": {"planted": est},
+         "chance": 0.5, "calibrated": False, "flag": flag},
+        {"scorer": "embedding", "judge": "minilm", "accuracy": {**est, "value": 0.9, "low": 0.82, "high": 0.95},
+         "by_kind": {}, "chance": 0.5, "calibrated": True, "flag": None},
+    ]  # fmt: skip
+    assert judge_controls_lines(controls) == [
+        f"judge local:smollm2 (detection): control accuracy 0.50 [0.40, 0.60] (n=96 trials), chance 0.5 -> {flag}"
+        '\n  by trial: planted "the word X" 0.50 [0.40, 0.60] (n=96 trials)',
+        "judge minilm (embedding): control accuracy 0.90 [0.82, 0.95] (n=96 trials), chance 0.5 -> calibrated: "
+        "its scores count",
+    ]
+    summary = {
+        "local": {
+            "n_features": 4,
+            "scores": {"embedding": {"auc": 0.7}},
+            "excluded": {"detection": {"auc": 0.5, "flag": flag}},
+        }
+    }
+    assert labels_summary(summary) == (
+        f"local: 4 features; mean embedding auc=0.700\n  excluded: detection ({flag}; its mean auc=0.500)"
+    )
+    assert judge_controls_lines(None) == ["judge controls: none (a label job from before they were run)"]

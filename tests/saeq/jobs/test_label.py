@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from saeq.jobs.label import label_features, sample_feature, select_features
+from saeq.jobs.label_controls import run_controls
 from saeq.ml.corpus import Document
 from saeq.ml.explainers import (
     PROMPT_VERSION,
@@ -171,3 +172,12 @@ def test_scores_and_reply_parsing():
     )
     assert parse_label_reply("Just fruit").label == "Just fruit"
     assert parse_theme(" fruit\nMeaning: names of fruits.\n\nWords:") == Explanation("fruit", "names of fruits.")
+
+
+def test_minilm_passes_its_planted_controls(embedder):
+    """The embedding scorer's control trials (saeq.jobs.label_controls): MiniLM puts `the word "X"`
+    nearer windows holding X than windows without it (measured here: 23 of 24 trials right)."""
+    index, decode = _planted()
+    (emb,) = run_controls(index, [0], [], _spec(), judge=None, embedder=embedder, decode=decode)
+    assert emb.scorer == "embedding" and emb.judge == embedder.name and set(emb.by_kind) == {"planted"}
+    assert emb.calibrated and emb.flag is None and emb.accuracy.n >= 16 and emb.accuracy.low > 0.7
