@@ -229,12 +229,17 @@ class _Recorder:
             b = blocks[p.block]
             if p.site == "resid_pre":  # the stream entering the block: its first input
                 self.handles.append(b.block.register_forward_pre_hook(partial(self._pre, p.name), with_kwargs=True))
+            elif p.site == "ln2_normalized":  # the MLP's input
+                self.handles.append(b.mlp.register_forward_pre_hook(partial(self._mlp_in, p.name)))
             else:
                 module = {"resid_post": b.block, "attn_out": b.attn, "mlp_out": b.mlp}[p.site]
                 self.handles.append(module.register_forward_hook(partial(self._post, p.name)))
 
     def _pre(self, name, module, args, kwargs):
         self._record(name, args[0] if args else kwargs["hidden_states"])
+
+    def _mlp_in(self, name, module, args):
+        self._record(name, args[0])
 
     def _post(self, name, module, args, output):
         # Attention modules return (output, weights); some blocks return tuples too.

@@ -269,6 +269,8 @@ def _start(spec: TrainSpec, names: list[str], it: Iterator, devices: list[str], 
             raise InvalidSpec("no activations to train on", field="spec.activations")
         d_in = _acts(first).shape[1]
         first_x = _acts(first).to(devices[0], torch.float32)  # the whole (global) batch, on every rank
+        if getattr(spec.activations, "target_hook", None) is not None:
+            d_in //= 2  # [input | target] rows of two equally wide hooks: transcoders read the first half
         scale = math.sqrt(d_in) / float(first_x.norm(dim=1).mean()) if spec.normalize_activations else 1.0
         return _Start(build_trainees(spec, names, d_in, devices, first_x * scale), scale, 0, 0, 0.0, [first])
     if resume.spec != spec.model_dump(mode="json"):
@@ -319,6 +321,7 @@ def harvest_data(spec: TrainSpec, manifest: dict, read: Callable[[str], bytes], 
         manifest,
         spec.activations.hook,
         read,
+        target_hook=spec.activations.target_hook,
         batch_size=spec.batch_size,
         seed=spec.seed,
         shuffle_tokens=spec.shuffle_tokens,
@@ -358,6 +361,7 @@ def train_from_harvest(
     n_ordinary = train_sinks.n_tokens - (train_sinks.n_sinks if spec.sinks.exclude else 0)
     result.data = {
         "hook": spec.activations.hook,
+        **({"target_hook": spec.activations.target_hook} if spec.activations.target_hook else {}),
         "harvest_job_id": spec.activations.job_id,
         "train_tokens_available": n_ordinary,
         "epochs": result.tokens / max(n_ordinary, 1),

@@ -69,6 +69,8 @@ class _Piece:
     key: str
     start: int
     end: int
+    target_key: str | None = None
+    """The same shard index at the target hook (transcoders' pairs): its rows go beside these."""
 
     @property
     def n_tokens(self) -> int:
@@ -100,7 +102,11 @@ class HarvestData:
     """The activations one harvest stored at one hook point, as training batches and a held-out
     validation set (ordinary tokens only, unless `exclude_sinks` is False). `read(key) -> bytes`
     reads one shard, possibly from several threads at once: the worker builds it from the object
-    store, so this module does no I/O. `prefetch_threads=0` reads on the consumer's thread."""
+    store, so this module does no I/O. `prefetch_threads=0` reads on the consumer's thread.
+
+    With `target_hook` (transcoders), each row is [hook | target_hook] of one token: the two
+    hooks' shards of one index hold the same tokens in the same order; the sink rule is the input
+    hook's."""
 
     def __init__(
         self,
@@ -121,16 +127,16 @@ class HarvestData:
         prefetch_chunks: int = 4,
         queue_batches: int = 4,
         gpu_fraction: float = 0.5,
+        target_hook: str | None = None,
     ):
-        entry = manifest.get("hooks", {}).get(hook)
-        if entry is None:
-            raise InvalidSpec(
-                f"the harvest has no hook {hook!r}; it has {sorted(manifest.get('hooks', {}))}",
-                field="spec.activations.hook",
-            )
+        entry = _hook_entry(manifest, hook, "spec.activations.hook")
         self.get = read  # key -> shard bytes: the caller's store, a dict's lookup in tests
         self.hook, self.batch_size, self.seed = hook, batch_size, seed
-        self.d_in = int(entry.get("d_model") or manifest["d_model"])
+        self.d_hook = int(entry.get("d_model") or manifest["d_model"])
+        """Width of the input hook's rows."""
+        self.target_hook = target_hook
+        self.d_in = self.d_hook + self._target_width(manifest, target_hook)
+        """Width of a batch's rows: the input hook's, plus the target hook's when pairing."""
         self.context_len = int(manifest["context_len"])
         self.exclude_sinks = exclude_sinks
         self.median_norm = float(entry["sinks"]["median_norm"])
@@ -146,6 +152,7 @@ class HarvestData:
         self._cached_bytes = 0
 
         shards = sorted(entry["shards"], key=lambda s: s["index"])
+        targets = _target_keys(manifest, target_hook, shards)
         total = sum(int(s["n_tokens"]) for s in shards)
         n_val = -(-validation_tokens // self.context_len) * self.context_len  # whole contexts
         if n_val >= total:
@@ -157,17 +164,31 @@ class HarvestData:
         cut, at = total - n_val, 0
         for s in shards:
             n = int(s["n_tokens"])
+            t = targets.get(s["index"])
             if at + n <= cut:
-                self.train_pieces.append(_Piece(s["key"], 0, n))
+                self.train_pieces.append(_Piece(s["key"], 0, n, t))
             elif at >= cut:
-                self.val_pieces.append(_Piece(s["key"], 0, n))
+                self.val_pieces.append(_Piece(s["key"], 0, n, t))
             else:
-                self.train_pieces.append(_Piece(s["key"], 0, cut - at))
-                self.val_pieces.append(_Piece(s["key"], cut - at, n))
+                self.train_pieces.append(_Piece(s["key"], 0, cut - at, t))
+                self.val_pieces.append(_Piece(s["key"], cut - at, n, t))
             at += n
         self.n_train_rows = cut
         """Training tokens before the sink rule (sinks included)."""
         self.shuffle_tokens = shuffle_tokens
+
+    def _target_width(self, manifest: dict, target_hook: str | None) -> int:
+        if target_hook is None:
+            return 0
+        d_target = int(_hook_entry(manifest, target_hook, "spec.activations.target_hook").get("d_model") or 0)
+        d_target = d_target or int(manifest["d_model"])
+        if d_target != self.d_hook:
+            raise InvalidSpec(
+                f"target_hook {target_hook!r} is {d_target} wide, the input hook {self.hook!r} {self.d_hook}:"
+                " a transcoder pairs hooks of one width",
+                field="spec.activations.target_hook",
+            )
+        return d_target
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -175,22 +196,22 @@ class HarvestData:
         """Read and decode one piece (no copy), recording what the sink rule removes from it."""
         data = self.get(piece.key)
         t = decode_shard(data, piece.key)
-        missing = {"acts", "positions", "norms"} - set(t)
-        acts = t.get("acts")
-        if missing or acts is None or acts.dim() != 2 or acts.shape[1] != self.d_in or acts.shape[0] < piece.end:
-            shape = None if acts is None else list(acts.shape)
-            raise CorruptShard(
-                f"shard {piece.key!r} is not a harvest shard of {piece.end} x {self.d_in} activations "
-                f"(acts {shape}, missing {sorted(missing)})"
-            )
+        acts = _shard_acts(t, piece.key, piece.end, self.d_hook)
         sl = slice(piece.start, piece.end)
+        if piece.target_key is not None:  # the same tokens at the target hook, beside the input's
+            target_data = self.get(piece.target_key)
+            target = _shard_acts(decode_shard(target_data, piece.target_key), piece.target_key, piece.end, self.d_hook)
+            acts = torch.cat([acts[sl], target[sl]], dim=1)  # (n, d_hook + d_target)
+            sl_acts, extra = slice(None), len(target_data)
+        else:
+            sl_acts, extra = sl, 0
         positions, norms = t["positions"][sl], t["norms"][sl]
         self._sinks[piece] = sink_stats(positions, norms, self.median_norm, self.norm_factor)
         if self.exclude_sinks:
             ordinary = (~sink_mask(positions, norms, self.median_norm, self.norm_factor)).nonzero().squeeze(1)
         else:
             ordinary = torch.arange(piece.n_tokens)
-        return _Decoded(acts[sl], ordinary, len(data))
+        return _Decoded(acts[sl_acts], ordinary, len(data) + extra)
 
     def _settle_layout(self, dtype: torch.dtype, key: str) -> None:
         """At the first decode: GPU-resident when a CUDA target has room for every training row."""
@@ -373,6 +394,42 @@ class HarvestData:
             return
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _hook_entry(manifest: dict, hook: str, field: str) -> dict:
+    entry = manifest.get("hooks", {}).get(hook)
+    if entry is None:
+        raise InvalidSpec(f"the harvest has no hook {hook!r}; it has {sorted(manifest.get('hooks', {}))}", field=field)
+    return entry
+
+
+def _target_keys(manifest: dict, target_hook: str | None, shards: list[dict]) -> dict[int, str]:
+    """Shard index -> the target hook's shard key, each holding the input shard's tokens."""
+    if target_hook is None:
+        return {}
+    by_index = {s["index"]: s for s in manifest["hooks"][target_hook]["shards"]}
+    out = {}
+    for s in shards:
+        t = by_index.get(s["index"])
+        if t is None or int(t["n_tokens"]) != int(s["n_tokens"]):
+            raise InvalidSpec(
+                f"target_hook {target_hook!r} has no shard {s['index']} of {s['n_tokens']} tokens beside the input's",
+                field="spec.activations.target_hook",
+            )
+        out[s["index"]] = t["key"]
+    return out
+
+
+def _shard_acts(t: dict[str, Tensor], key: str, n_rows: int, d: int) -> Tensor:
+    """A decoded shard's (n, d) activations, once checked: CorruptShard naming the shard otherwise."""
+    missing = {"acts", "positions", "norms"} - set(t)
+    acts = t.get("acts")
+    if missing or acts is None or acts.dim() != 2 or acts.shape[1] != d or acts.shape[0] < n_rows:
+        shape = None if acts is None else list(acts.shape)
+        raise CorruptShard(
+            f"shard {key!r} is not a harvest shard of {n_rows} x {d} activations (acts {shape}, missing {sorted(missing)})"
+        )
+    return acts
 
 
 def _generator(*parts: int) -> torch.Generator:

@@ -4,7 +4,7 @@
     with hookpoints.edit(model, "blocks.14.hook_resid_post", edit): model(ids)     # x_BTD -> edit(x_BTD)
 
 `resid_pre` is the first input of block i, `resid_post` its output, `attn_out` / `mlp_out` the
-outputs of its attention and MLP (saeq.hooks names them). A `read` callback may raise to stop the
+outputs of its attention and MLP, `ln2.hook_normalized` its MLP's input (saeq.hooks names them). A `read` callback may raise to stop the
 forward pass early (harvests stop after their deepest hook point).
 """
 
@@ -51,6 +51,8 @@ def _attach(model: nn.Module, hook: str, fn: Callable[[Tensor], Tensor | None], 
     if point.block >= len(blocks):
         raise ValueError(f"{hook}: the model has {len(blocks)} blocks")
     b = blocks[point.block]
+    if point.site == "ln2_normalized":  # the MLP's input: the normed stream after attention
+        return b.mlp.register_forward_pre_hook(lambda module, args: (fn(args[0]),) if replace else fn(args[0]))
     if point.site == "resid_pre":  # the stream entering the block: its first input
 
         def pre(module, args, kwargs):

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from saeq.errors import InvalidSpec
 from saeq.ml.distributed import DataGroup
-from saeq.ml.sae import SparseAutoencoder, SparseCodes, Step, sae_class
+from saeq.ml.sae import JumpReluSae, SparseAutoencoder, SparseCodes, Step, sae_class
 from saeq.specs import SaeConfig, TrainSpec
 from saeq.specs.costs import sae_latents
 from saeq.specs.train_seeds import sae_runs
@@ -131,10 +131,11 @@ class Trainee:
             if out.aux_codes is not None:
                 assert dead is not None  # aux codes come only with a dead-latent mask
                 e_hat = sae.decode_sparse(out.aux_codes, bias=False)
-                loss = loss + cfg.auxk_alpha * auxk_loss(e_hat, x - out.recon, int(dead.sum()), self.aux_k)
+                residual = sae.split_batch(x)[1] - out.recon  # a transcoder's target is not its input
+                loss = loss + cfg.auxk_alpha * auxk_loss(e_hat, residual, int(dead.sum()), self.aux_k)
             if sae.architecture == "relu":
                 loss = loss + sparsity * cfg.l1_coefficient * l1_penalty(out.codes, sae.W_dec)
-            elif sae.architecture == "jumprelu":
+            elif isinstance(sae, JumpReluSae):  # jumprelu and the JumpReLU transcoders
                 loss = loss + sparsity * cfg.l0_coefficient * l0_penalty(
                     out.pre_acts, sae.threshold, cfg.jumprelu_bandwidth
                 )
@@ -150,7 +151,7 @@ class Trainee:
         with torch.no_grad():
             if cfg.normalize_decoder:
                 sae.normalize_decoder_()
-            if sae.architecture == "jumprelu":
+            if isinstance(sae, JumpReluSae):
                 sae.threshold.clamp_(min=0.0)
             fires = _fire_counts(out.codes, sae.d_sae)  # (d_sae,) tokens each latent fired on
             figures = torch.stack([loss.detach(), out.mse.detach(), out.fvu.detach(), out.l0.detach()]).float()
@@ -251,8 +252,8 @@ def build_trainees(
         sae = cls(d_in, d_sae, k=cfg.k, generator=gen, **cls.options_from_config(cfg)).to(on)
         with torch.no_grad():
             if b_dec is not None:
-                sae.b_dec.copy_(b_dec)
-            if cfg.architecture == "jumprelu":
+                sae.b_dec.copy_(sae.split_batch(b_dec[None])[1][0])  # a transcoder's: the target's part
+            if isinstance(sae, JumpReluSae):
                 sae.threshold.fill_(cfg.jumprelu_init_threshold)
         sae.train()
         out.append(Trainee(name, cfg, sae, on))
@@ -269,19 +270,20 @@ def measure(
     device: str = "cpu",
     chunk: int = 4096,
 ) -> SaeMetrics:
-    """FVU, MSE, L0, never-firing and dense latents of `sae` (eval mode) on tokens x (N, d_in)."""
+    """FVU, MSE, L0, never-firing and dense latents of `sae` (eval mode) on tokens x (N, d_in);
+    a transcoder's x are [input | target] rows, its figures against the target."""
     nan = float("nan")
     if x is None or x.shape[0] == 0:
         return SaeMetrics(name, sae.architecture, sae.d_in, sae.d_sae, sae.k, nan, nan, nan, dead_fraction, nan, nan, 0)
-    mean = x.to(device, torch.float32).mean(0)
+    mean = sae.split_batch(x.to(device, torch.float32))[1].mean(0)
     err = var = l0 = 0.0
     fires = torch.zeros(sae.d_sae, device=device)
     for c in x.split(chunk):
-        c = c.to(device, torch.float32)
+        c, target = sae.split_batch(c.to(device, torch.float32))
         codes = sae.encode_sparse(c)
-        recon = sae.decode_sparse(codes)
-        err += float((c - recon).pow(2).sum())
-        var += float((c - mean).pow(2).sum())
+        recon = sae.output(c, codes)
+        err += float((target - recon).pow(2).sum())
+        var += float((target - mean).pow(2).sum())
         active = codes.acts > 0
         l0 += float(active.sum())
         fires += torch.bincount(codes.latents, weights=active.float(), minlength=sae.d_sae)

@@ -27,6 +27,9 @@ class SaeArchitecture:
     reads: tuple[str, ...] = ()
     """The architecture-specific SaeConfig fields it reads (`k`, `l1_coefficient`...); one it does
     not read may not be set to a non-default value."""
+    transcoder: bool = False
+    """It reads one hook point and predicts another (a transcoder): a train job names both,
+    `activations.hook` (its input) and `activations.target_hook` (what it predicts)."""
 
     @property
     def uses_k(self) -> bool:
@@ -69,17 +72,25 @@ class SaeArchitectures:
 
 SAE_ARCHITECTURES = SaeArchitectures()
 _TOPK_FIELDS = ("k", "aux_k", "auxk_alpha")
+_JUMPRELU_FIELDS = ("jumprelu_init_threshold", "jumprelu_bandwidth", "l0_coefficient")
+_TRANSCODERS = "saeq.ml.sae.transcoder:"
 for _builtin in (
     SaeArchitecture("topk", "saeq.ml.sae.architectures:TopKSae", _TOPK_FIELDS),
     SaeArchitecture("batchtopk", "saeq.ml.sae.architectures:BatchTopKSae", _TOPK_FIELDS),
     SaeArchitecture(
         "jumprelu",
         "saeq.ml.sae.architectures:JumpReluSae",
-        ("jumprelu_init_threshold", "jumprelu_bandwidth", "l0_coefficient"),
+        _JUMPRELU_FIELDS,
     ),
     SaeArchitecture("relu", "saeq.ml.sae.architectures:ReluSae", ("l1_coefficient",)),
     SaeArchitecture(
         "matryoshka_batchtopk", "saeq.ml.sae.matryoshka:MatryoshkaBatchTopKSae", (*_TOPK_FIELDS, "matryoshka_groups")
+    ),
+    SaeArchitecture("topk_transcoder", _TRANSCODERS + "TopKTranscoder", _TOPK_FIELDS, transcoder=True),
+    SaeArchitecture("topk_skip_transcoder", _TRANSCODERS + "TopKSkipTranscoder", _TOPK_FIELDS, transcoder=True),
+    SaeArchitecture("jumprelu_transcoder", _TRANSCODERS + "JumpReluTranscoder", _JUMPRELU_FIELDS, transcoder=True),
+    SaeArchitecture(
+        "jumprelu_skip_transcoder", _TRANSCODERS + "JumpReluSkipTranscoder", _JUMPRELU_FIELDS, transcoder=True
     ),
 ):
     SAE_ARCHITECTURES.add(_builtin)

@@ -48,7 +48,7 @@ def _valid_hook(name: str) -> str:
 
 
 HookName = Annotated[str, AfterValidator(_valid_hook)]
-"""`blocks.{i}.hook_{resid_pre,resid_post,mlp_out,attn_out}` (saeq.hooks)."""
+"""`blocks.{i}.hook_{resid_pre,resid_post,mlp_out,attn_out}` or `blocks.{i}.ln2.hook_normalized` (saeq.hooks)."""
 
 
 BUILTIN_MODEL = "builtin:smollm2-135m-instruct"

@@ -129,7 +129,10 @@ class ActivationsRef(Frozen):
     job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     """Id of a harvest job (it must have succeeded; list it in `depends_on` to wait for it)."""
     hook: HookName = "blocks.14.hook_resid_post"
-    """One of that harvest's hook points."""
+    """One of that harvest's hook points (a transcoder's input, e.g. `blocks.14.ln2.hook_normalized`)."""
+    target_hook: HookName | None = None
+    """Transcoders only (required there): another hook point of the same harvest, of the same width,
+    that they learn to predict from `hook`, token by token (e.g. `blocks.14.hook_mlp_out`)."""
 
 
 class OnlineActivations(Frozen):
@@ -246,8 +249,30 @@ class TrainSpec(Frozen):
         if self.lr_warmup + self.lr_decay > 1.0:
             raise invalid(self, "lr_decay", "lr_warmup + lr_decay exceed the whole run (1.0)")
         check_seeds(self)
+        self._check_transcoders()
         self._check_gpus()
         return self
+
+    def _check_transcoders(self) -> None:
+        """Transcoders read `hook` and predict `target_hook`; every SAE of the job reads the same
+        batches, so a job trains transcoders only or SAEs only."""
+        target = getattr(self.activations, "target_hook", None)
+        for i, cfg in enumerate(self.saes):
+            transcoder = SAE_ARCHITECTURES.get(cfg.architecture).transcoder
+            if transcoder and target is None:
+                raise invalid(
+                    self,
+                    "activations.target_hook",
+                    f"saes.{i} is a {cfg.architecture}: it needs activations.target_hook (what it predicts)",
+                )
+            if target is not None and not transcoder:
+                raise invalid(
+                    self,
+                    f"saes.{i}.architecture",
+                    f"activations.target_hook is set, so every SAE must be a transcoder, not {cfg.architecture}",
+                )
+        if target is not None and target == self.activations.hook:
+            raise invalid(self, "activations.target_hook", f"target_hook is the input hook {target!r}")
 
     def _check_gpus(self) -> None:
         if self.parallel == "sweep" and self.gpus > 1 and len(self.saes) < self.gpus:

@@ -24,7 +24,7 @@ class TopKSae(SparseAutoencoder):
     def encode_sparse(self, x: Tensor) -> SparseCodes:
         assert self.k is not None
         with torch.no_grad():
-            vals, idx, _, _ = _select_topk(x - self.b_dec, self.W_enc, self.b_enc, self.k, buffers=self._buffers_cache)
+            vals, idx, _, _ = _select_topk(self.centred(x), self.W_enc, self.b_enc, self.k, buffers=self._buffers_cache)
             return _per_token(F.relu(vals), idx)
 
     def sparse_forward(self) -> bool:

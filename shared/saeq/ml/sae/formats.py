@@ -1,6 +1,8 @@
 """An SAE's two file formats: SAELens 6 (cfg.json + sae_weights.safetensors, loadable by
 `sae_lens.SAE.load_from_disk`; saeq's own files, with saeq's architecture in its metadata) and
-EleutherAI sparsify (cfg.json + sae.safetensors, TopK only)."""
+EleutherAI sparsify (cfg.json + sae.safetensors, TopK only). Transcoders: SAELens reads the JumpReLU
+(skip-)transcoders (`jumprelu_transcoder`, `jumprelu_skip_transcoder`), sparsify the TopK ones
+(`transcode`, `skip_connection`; d_out == d_in); each other pairing is saeq's own file."""
 
 from __future__ import annotations
 
@@ -19,7 +21,14 @@ if TYPE_CHECKING:
 SAELENS_VERSION = "6.0.0"  # written into exported configs: SAELens reads them as its 6.x format
 SaeFormat = Literal["saelens", "sparsify"]
 # SAELens' names of the rules it knows -> ours, for files SAELens wrote.
-_FROM_SAELENS = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu"}
+_FROM_SAELENS = {
+    "topk": "topk",
+    "standard": "relu",
+    "jumprelu": "jumprelu",
+    "jumprelu_transcoder": "jumprelu_transcoder",
+    "jumprelu_skip_transcoder": "jumprelu_skip_transcoder",
+}
+_SPARSIFY_ARCHITECTURES = ("topk", "topk_transcoder", "topk_skip_transcoder")
 
 
 def save_sae(sae: SparseAutoencoder, path: str | Path, format: SaeFormat, metadata: dict | None) -> Path:
@@ -34,8 +43,10 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, format: SaeFormat, metada
         cfg, tensors = _saelens_cfg(sae, metadata or {}), sd
         save_file(tensors, path / "sae_weights.safetensors")
     elif format == "sparsify":
-        if sae.architecture != "topk":
-            raise ValueError(f"sparsify stores TopK SAEs only, not {sae.architecture}")
+        if sae.architecture not in _SPARSIFY_ARCHITECTURES:
+            raise ValueError(f"sparsify stores TopK SAEs and transcoders only, not {sae.architecture}")
+        if sae.is_transcoder and sae.W_dec.shape[1] != sae.d_in:
+            raise ValueError(f"sparsify's transcoders write d_in={sae.d_in} wide outputs, not {sae.W_dec.shape[1]}")
         cfg = {
             "activation": "topk",
             "expansion_factor": max(1, sae.d_sae // sae.d_in),
@@ -43,8 +54,8 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, format: SaeFormat, metada
             "num_latents": sae.d_sae,
             "k": sae.k,
             "multi_topk": False,
-            "skip_connection": False,
-            "transcode": False,
+            "skip_connection": "W_skip" in sd,
+            "transcode": sae.is_transcoder,
             "d_in": sae.d_in,
         }
         tensors = {
@@ -52,6 +63,7 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, format: SaeFormat, metada
             "encoder.bias": sd["b_enc"],
             "W_dec": sd["W_dec"],
             "b_dec": sd["b_dec"],
+            **({"W_skip": sd["W_skip"]} if "W_skip" in sd else {}),
         }
         # sparsify's cfg.json has no place for extras: the file's own metadata keeps them.
         save_file(tensors, path / "sae.safetensors", metadata={"saeq_metadata": json.dumps(metadata or {})})
@@ -136,9 +148,11 @@ def _from_saelens(cfg: dict, sd: dict[str, Tensor]) -> SparseAutoencoder:
     k = cfg.get("k") if ours in _FROM_SAELENS.values() else meta.get("saeq_k")
     W_enc, W_dec = sd["W_enc"], sd["W_dec"]
     options = (meta.get("saeq_options") or {}) if ours == meta.get("saeq_architecture") else {}
+    if SAE_ARCHITECTURES.get(ours).transcoder:
+        options = options | {"d_out": W_dec.shape[1]}
     sae = SparseAutoencoder(W_enc.shape[0], W_enc.shape[1], ours, k=k, dtype=W_enc.dtype, device="meta", **options)
     b_enc = sd.get("b_enc", torch.zeros_like(sd["b_dec"].new_empty(W_enc.shape[1])))
-    if not cfg.get("apply_b_dec_to_input", True):  # pre = x @ W_enc + b_enc: shift b_enc instead
+    if not cfg.get("apply_b_dec_to_input", True) and not sae.is_transcoder:  # shift b_enc instead
         b_enc = b_enc + sd["b_dec"] @ W_enc
     threshold = sd.get("threshold")
     if "log_threshold" in sd:
@@ -157,12 +171,14 @@ def _from_saelens(cfg: dict, sd: dict[str, Tensor]) -> SparseAutoencoder:
 def _from_sparsify(cfg: dict, sd: dict[str, Tensor]) -> SparseAutoencoder:
     from saeq.ml.sae.model import SparseAutoencoder
 
-    if cfg.get("activation", "topk") != "topk" or cfg.get("skip_connection") or cfg.get("transcode"):
-        raise ValueError("only sparsify TopK autoencoders are supported (no groupmax, skip connection or transcoder)")
+    transcode, skip = bool(cfg.get("transcode")), bool(cfg.get("skip_connection"))
+    if cfg.get("activation", "topk") != "topk" or (skip and not transcode):
+        raise ValueError("only sparsify TopK autoencoders and transcoders are supported (no groupmax, no skip SAE)")
+    arch = ("topk_skip_transcoder" if skip else "topk_transcoder") if transcode else "topk"
     W_enc = sd["encoder.weight"].T
-    sae = SparseAutoencoder(W_enc.shape[0], W_enc.shape[1], "topk", k=cfg["k"], dtype=W_enc.dtype, device="meta")
-    sae.load_state_dict(
-        {"W_enc": W_enc.contiguous(), "b_enc": sd["encoder.bias"], "W_dec": sd["W_dec"], "b_dec": sd["b_dec"]},
-        assign=True,
-    )
+    sae = SparseAutoencoder(W_enc.shape[0], W_enc.shape[1], arch, k=cfg["k"], dtype=W_enc.dtype, device="meta")
+    state = {"W_enc": W_enc.contiguous(), "b_enc": sd["encoder.bias"], "W_dec": sd["W_dec"], "b_dec": sd["b_dec"]}
+    if skip:
+        state["W_skip"] = sd["W_skip"]
+    sae.load_state_dict(state, assign=True)
     return sae

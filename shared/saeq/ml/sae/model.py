@@ -70,6 +70,8 @@ class SparseAutoencoder(nn.Module):
     saelens_architecture: ClassVar[str | None] = None
     """SAELens' name of the same rule, in exported cfg.json; None: `saeq:<architecture>`, a file
     only saeq (with the plugin) reads."""
+    is_transcoder: ClassVar[bool] = False
+    """Reads one hook point and predicts another (transcoder.py): its batches are [x | target] rows."""
     threshold: Tensor  # set by the rules that have one (jumprelu, batchtopk)
 
     def __new__(cls, d_in: int, d_sae: int, architecture: str | None = None, **kwargs: Any) -> SparseAutoencoder:
@@ -163,9 +165,33 @@ class SparseAutoencoder(nn.Module):
 
     # --- encode and decode -------------------------------------------------------------------
 
+    def input_shift(self) -> Tensor | None:
+        """What the encoder subtracts from x first: b_dec for an SAE, None for a transcoder (its
+        b_dec lives in the output space)."""
+        return self.b_dec
+
+    def centred(self, x: Tensor) -> Tensor:
+        """x minus the input shift: what the encoder's matrix product reads. (B, d_in)."""
+        shift = self.input_shift()
+        return x if shift is None else x - shift
+
+    def split_batch(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """(input, target) of a training batch: an SAE reconstructs its input."""
+        return batch, batch
+
+    def skip_out(self, x: Tensor) -> Tensor | None:
+        """A linear skip path's output from the input (skip-transcoders), None without one."""
+        return None
+
+    def output(self, x: Tensor, codes: SparseCodes) -> Tensor:
+        """What the SAE puts in place of its target, from input x and its codes: (B, d_out)."""
+        out = self.decode_sparse(codes)
+        skip = self.skip_out(x)
+        return out if skip is None else out + skip
+
     def pre_acts(self, x: Tensor) -> Tensor:
         """(B, d_in) -> (B, d_sae)."""
-        return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
+        return torch.addmm(self.b_enc, self.centred(x), self.W_enc)
 
     def encode_sparse(self, x: Tensor) -> SparseCodes:
         """The active latents as SparseCodes, without gradients. (B, d_in) -> N entries."""
@@ -190,6 +216,7 @@ class SparseAutoencoder(nn.Module):
         also return the top aux_k dead latents of each token (topk and batchtopk)."""
         pre, aux = None, None
         codes: SparseCodes | Tensor
+        x, target = self.split_batch(x)
         if self.sparse_forward():
             dead_idx = None
             if dead is not None and aux_k > 0:
@@ -204,12 +231,15 @@ class SparseAutoencoder(nn.Module):
             codes = self.train_codes(pre)
             recon = self.decode(codes)
             l0 = (codes > 0).sum() / x.shape[0]
-        err = F.mse_loss(recon, x, reduction="sum")  # one fused pass, forward and backward
+        skip = self.skip_out(x)
+        if skip is not None:
+            recon = recon + skip
+        err = F.mse_loss(recon, target, reduction="sum")  # one fused pass, forward and backward
         with torch.no_grad():
-            # sum ||x - mean||^2 = sum ||x||^2 - B ||mean||^2, by the two fastest reductions
-            # (x.var(0) and x.mean(0) take ~20x longer on CPU)
-            mean = x.new_ones(x.shape[0]) @ x / x.shape[0]  # (d_in,)
-            total = torch.linalg.vector_norm(x).square() - x.shape[0] * mean.square().sum()
+            # sum ||y - mean||^2 = sum ||y||^2 - B ||mean||^2, by the two fastest reductions
+            # (y.var(0) and y.mean(0) take ~20x longer on CPU)
+            mean = target.new_ones(target.shape[0]) @ target / target.shape[0]  # (d_out,)
+            total = torch.linalg.vector_norm(target).square() - target.shape[0] * mean.square().sum()
         return SaeOutput(recon, codes, pre, aux, err / x.shape[0], err / total, l0)
 
     def _encode_sparse_train(
@@ -218,7 +248,9 @@ class SparseAutoencoder(nn.Module):
         """Sparse codes with gradients, and the AuxK codes of dead latents."""
         B = x.shape[0]
         arange_B = torch.arange(B, device=x.device)
-        x_c = x - self.b_dec.detach()  # b_dec's gradient through the encoder: see _GatherPre
+        shift = self.input_shift()  # its gradient through the encoder: see _GatherPre
+        x_c = x if shift is None else x - shift.detach()
+        shift = x.new_zeros(x.shape[1]) if shift is None else shift
         k_aux = min(aux_k, dead_idx.numel()) if dead_idx is not None else 0
         with torch.no_grad():
             rows, cols, vals, aux_vals, aux_idx = self.select_train(x_c, dead_idx, k_aux)
@@ -227,7 +259,7 @@ class SparseAutoencoder(nn.Module):
                 rows = torch.cat([rows, arange_B.repeat_interleave(k_aux)])
                 cols = torch.cat([cols, aux_idx.flatten()])
                 vals = torch.cat([vals, aux_vals.flatten()])
-        vals = _GatherPre.apply(vals, x_c, self.b_dec, self.W_enc, self.b_enc, rows, cols)
+        vals = _GatherPre.apply(vals, x_c, shift, self.W_enc, self.b_enc, rows, cols)
         assert isinstance(vals, Tensor)
         codes = SparseCodes(F.relu(vals[:n]), cols[:n], torch.searchsorted(rows[:n], arange_B))
         aux = None
