@@ -76,21 +76,32 @@ def fill(registry, n_jobs: int, n_teams: int, slots: int, rng: random.Random) ->
     return list(sent)
 
 
-def old_scheduler(rev: str):
-    """The scheduler module as of git revision `rev` (the one before the snapshot script), or None
-    when git cannot show it: the peer this bench compares with, run on the same data."""
+def old_module(rev: str, path: str, name: str):
+    """The module at `path` as of git revision `rev`, imported as `name`, or None when git cannot
+    show it."""
     import subprocess
     import types
 
-    path = "shared/saeq/platform/scheduler.py"
     root = Path(__file__).resolve().parent.parent
     try:
         source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
-    module = sys.modules["saeq_scheduler_before"] = types.ModuleType("saeq_scheduler_before")  # dataclasses look it up
+    module = sys.modules[name] = types.ModuleType(name)  # dataclasses look it up
     exec(compile(source.stdout, f"{rev}:{path}", "exec"), module.__dict__)
     return module
+
+
+def old_scheduler(rev: str):
+    """The scheduler module as of git revision `rev`, with that revision's request_preempt (a
+    preemption request was a WATCH transaction and an event then), or None when git cannot show
+    it: the peer this bench compares with, run on the same data. Returns (module, request_preempt
+    or None: the current one)."""
+    module = old_module(rev, "shared/saeq/platform/scheduler.py", "saeq_scheduler_before")
+    if module is None:
+        return None
+    preempting = old_module(rev, "shared/saeq/platform/job_preempt.py", "saeq_job_preempt_before")
+    return module, (preempting.Preempting.request_preempt if preempting is not None else None)
 
 
 def main() -> None:
@@ -108,6 +119,7 @@ def main() -> None:
         args.jobs, args.teams, args.slots, args.rounds = 40, 4, 5, 20
 
     import os
+    import types
 
     import redis
 
@@ -115,7 +127,7 @@ def main() -> None:
     from saeq.platform.registry import Registry
     from tests.servers import RedisServer, free_port
 
-    peers = {"after": scheduler}
+    peers = {"after": (scheduler, None)}
     if args.before and (before := old_scheduler(args.before)) is not None:
         peers = {f"before ({args.before})": before, **peers}
     server = None
@@ -126,10 +138,12 @@ def main() -> None:
     try:
         base = (args.redis_url or server.url).rsplit("/", 1)[0]  # type: ignore[union-attr]
         runs = {}
-        for db, (name, module) in enumerate(peers.items()):
+        for db, (name, (module, request_preempt)) in enumerate(peers.items()):
             client = redis.Redis.from_url(f"{base}/{db}", decode_responses=True)
             client.flushdb()
             registry = Registry(client, lease_ttl_s=3_600)
+            if request_preempt is not None:  # the revision's own, on this peer's registry only
+                registry.request_preempt = types.MethodType(request_preempt, registry)
             fair_share.publish_policy(client, fair_share.SchedulingPolicy(min_run_s=args.min_run_s))
             rng = random.Random(0)  # the same jobs, usage and ends for every peer
             runs[name] = Run(module, registry, fill(registry, args.jobs, args.teams, args.slots, rng), rng)
@@ -161,8 +175,9 @@ def main() -> None:
             server.stop()
 
 
-BEFORE = "4c1009f"
-"""The last revision whose scheduler read a pass's state in ~20 round trips."""
+BEFORE = "a60e785"
+"""The last revision whose scheduler asked each preemption with its own WATCH transaction and
+event (~4 round trips a victim), the pass's lock freed after them."""
 
 
 class Run:
@@ -177,31 +192,38 @@ class Run:
         self.trips: list[int] = []
         self.ahead_ms: list[float] = []
         self.asked: list[int] = []
-        """Preemption requests each round (each a WATCH transaction and an event: ~4 round trips)."""
-        self._asks, ask = [0], registry.request_preempt
-
-        def counted(job_id: str, reason: str) -> bool:
-            self._asks[0] += 1
-            return ask(job_id, reason)
-
-        registry.request_preempt = counted
+        """Preemption requests each round: running jobs whose `preempt` field it set."""
+        self._asked_ids: set[str] = set()
 
     def round(self, trips: list[int]) -> None:
         registry = self.registry
         ended = self.running.pop(self.rng.randrange(len(self.running)))
         registry.finish_unowned(ended, "cancelled")
-        t0, cpu0, trips0, asks0 = time.perf_counter(), time.process_time(), trips[0], self._asks[0]
+        t0, cpu0, trips0 = time.perf_counter(), time.process_time(), trips[0]
         new = self.module.schedule(registry, lambda job, dispatch_id: self.sent.__setitem__(job["id"], dispatch_id))
         self.wall_ms.append((time.perf_counter() - t0) * 1e3)
         self.cpu_ms.append((time.process_time() - cpu0) * 1e3)
         self.trips.append(trips[0] - trips0)
-        self.asked.append(self._asks[0] - asks0)
+        self.asked.append(self._count_asked())
         for job_id in new:
             registry.claim(job_id, self.sent[job_id], "bench:1")
             self.running.append(job_id)
         t0 = time.perf_counter()
         self.module.jobs_ahead(registry, "team00", 2, "gpu")
         self.ahead_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def _count_asked(self) -> int:
+        """How many running jobs were asked to yield since the last call (read after the timing:
+        both peers' requests, whatever path they take, counted alike)."""
+        from saeq.platform import redis_keys
+
+        pipe = self.registry.r.pipeline(transaction=False)
+        for job_id in self.running:
+            pipe.hget(redis_keys.job(job_id), "preempt")
+        now = {job_id for job_id, raw in zip(self.running, pipe.execute(), strict=True) if raw and raw != "null"}
+        new = now - self._asked_ids
+        self._asked_ids |= now
+        return len(new)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Preemption: asking a dispatched job to yield its worker, and the worker queueing it again once
 it saved its state, so that it later resumes where it stopped.
 
-A request sets the record's `preempt` field (the reason); the worker running the job reads it
+A request sets the record's `preempt` field (the reason) and logs a `preempting` event, in one
+script with its checks (lua_scripts.REQUEST_PREEMPT_FUNCTION); the worker running the job reads it
 with its heartbeat, stops at its next safe point (training: after the current step, with a
 checkpoint at that step; harvest: after the current complete shard), and calls
 `requeue_preempted`. The requeue is one compare-and-set: the lease dropped, the job `queued`
@@ -20,13 +21,24 @@ from typing import Any, cast
 
 from redis.client import Pipeline
 
-from saeq.platform import job_counts, redis_keys
+from saeq.platform import job_counts, lua_scripts, redis_keys
 from saeq.platform.job_core import JobCore
-from saeq.platform.job_model import cancelled_error, decode, encode, time_limit_error, waiting_score
+from saeq.platform.job_model import cancelled_error, decode, encode, event_entry, time_limit_error, waiting_score
 from saeq.specs.states import TERMINAL
 
 PREEMPT_FIELD = "preempt"
 """Record field: the reason a preemption was asked for (JSON string), null once requeued."""
+
+
+def preempt_request_args(requests: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """The KEYS and ARGV of lua_scripts.REQUEST_PREEMPT_FUNCTION's `request_preempt` for each (job id, reason): its record and
+    events, its reason and `preempting` event as stored (JSON)."""
+    keys, args = [], []
+    for job_id, reason in requests:
+        keys += [redis_keys.job(job_id), redis_keys.job_events(job_id)]
+        entry = event_entry("preempting", f"asked to yield: {reason}", {"reason": reason})
+        args += [json.dumps(reason), json.dumps(entry)]
+    return keys, args
 
 
 class Preempting(JobCore):
@@ -35,22 +47,16 @@ class Preempting(JobCore):
     def request_preempt(self, job_id: str, reason: str) -> bool:
         """Ask a dispatched (sent, or running) job to yield its worker. True if the request is set:
         False when the job is not dispatched, ended, or being cancelled (a cancel wins)."""
-        key = redis_keys.job(job_id)
+        return self.request_preempts([(job_id, reason)]) == [job_id]
 
-        def attempt(pipe: Pipeline) -> bool:
-            job = decode(pipe.hgetall(key))
-            if "id" not in job or job["cancel_requested"]:
-                return False
-            if not (job["state"] == "running" or (job["state"] == "queued" and job["dispatched"])):
-                return False
-            pipe.multi()
-            pipe.hset(key, PREEMPT_FIELD, json.dumps(reason))
-            return True
-
-        asked = self._transaction(attempt, key)
-        if asked:
-            self.event(job_id, "preempting", f"asked to yield: {reason}", reason=reason)
-        return asked
+    def request_preempts(self, requests: list[tuple[str, str]]) -> list[str]:
+        """`request_preempt` for each (job id, reason), in one script (one round trip, each job's
+        checks, `preempt` field and `preempting` event atomic). Returns the ids asked."""
+        if not requests:
+            return []
+        keys, args = preempt_request_args(requests)
+        asked = cast(list[int], self.r.eval(lua_scripts.REQUEST_PREEMPTS, len(keys), *keys, *args))
+        return [job_id for (job_id, _), ok in zip(requests, asked, strict=True) if ok]
 
     def preempt_requested(self, job_id: str) -> str | None:
         """The reason the job was asked to yield, or None."""

@@ -265,3 +265,32 @@ end
 redis.call('set', KEYS[5], ARGV[3])
 return #ids
 """
+
+
+# ---- preemption requests (saeq.platform.job_preempt) --------------------------------------------
+# A Lua function, not a script: the request script below and the scheduler's end-of-pass script
+# (saeq.platform.schedule_snapshot) both define it, so a pass asks its victims in the round trip
+# that frees its lock. Asks the job of `record` to yield if it is dispatched (running, or queued
+# and sent) and not being cancelled (a cancel wins): `preempt` set to `reason` (JSON) and the
+# `preempting` event `entry` (JSON) logged, in one atomic step. Returns 1 if asked, else 0.
+REQUEST_PREEMPT_FUNCTION = """
+local function request_preempt(record, events, reason, entry)
+  local v = redis.call('hmget', record, 'id', 'state', 'dispatched', 'cancel_requested')
+  if not v[1] or v[4] == 'true' then return 0 end
+  if not (v[2] == '"running"' or (v[2] == '"queued"' and v[3] == 'true')) then return 0 end
+  redis.call('hset', record, 'preempt', reason)
+  redis.call('xadd', events, 'MAXLEN', '~', '2000', '*', 'e', entry)
+  return 1
+end
+"""
+
+# KEYS: per job, its record and its events. ARGV: per job, the reason and the event entry (JSON).
+# Returns per job 1 (asked) or 0.
+REQUEST_PREEMPTS = (
+    REQUEST_PREEMPT_FUNCTION
+    + """
+local asked = {}
+for i = 1, #KEYS, 2 do asked[#asked + 1] = request_preempt(KEYS[i], KEYS[i + 1], ARGV[i], ARGV[i + 1]) end
+return asked
+"""
+)

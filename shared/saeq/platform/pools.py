@@ -24,20 +24,25 @@ redis.call('ZADD', KEYS[2], t + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 
-# Drops the expired ads, then returns the live ones. unpack() takes a few thousand values at most:
-# far more workers than a deployment has.
-_LIVE = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', t)
-if #gone > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t)
-  redis.call('HDEL', KEYS[1], unpack(gone))
+# A Lua function: drops the expired ads, then returns the live ones. The scheduler's snapshot
+# script (saeq.platform.schedule_snapshot) defines it too, so both read the ads the same way.
+# unpack() takes a few thousand values at most: far more workers than a deployment has.
+LIVE_ADS_FUNCTION = """
+local function live_ads(ads_key, expiry_key)
+  local now = redis.call('TIME')
+  local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+  local gone = redis.call('ZRANGEBYSCORE', expiry_key, '-inf', t)
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', expiry_key, '-inf', t)
+    redis.call('HDEL', ads_key, unpack(gone))
+  end
+  local live = redis.call('ZRANGE', expiry_key, 0, -1)
+  if #live == 0 then return {} end
+  return redis.call('HMGET', ads_key, unpack(live))
 end
-local live = redis.call('ZRANGE', KEYS[2], 0, -1)
-if #live == 0 then return {} end
-return redis.call('HMGET', KEYS[1], unpack(live))
 """
+
+_LIVE = LIVE_ADS_FUNCTION + "return live_ads(KEYS[1], KEYS[2])\n"
 
 
 def _field(worker: str, queue: str) -> str:

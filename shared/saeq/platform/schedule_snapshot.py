@@ -1,8 +1,9 @@
 """What one scheduling pass reads, in one Redis round trip: a Lua script takes the pass's lock
 and returns every team's waiting heads (with the fields a dispatch needs), usage, quota and job
-counts, the policy, the live worker ads, and each queue's dispatched jobs with what the capacity
-and preemption checks read. Reading these one by one cost a pass ~20 round trips, the bulk of a
-dispatch decision on a loaded node (docs/benchmarks.md, the scheduler section).
+counts, the policy, the live worker ads (pools.LIVE_ADS_FUNCTION), and each queue's dispatched
+jobs with what the capacity and preemption checks read; a second script frees the lock, asking
+the pass's preemptions on the way (`release`). Reading these one by one cost a pass ~20 round
+trips, the bulk of a dispatch decision on a loaded node (docs/benchmarks.md, the scheduler section).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
-from saeq.platform import redis_keys
+from saeq.platform import lua_scripts, pools, redis_keys
 from saeq.platform.fair_share import SchedulingPolicy, usage_of
 from saeq.platform.job_model import decode
+from saeq.platform.job_preempt import preempt_request_args
 from saeq.platform.teams import TeamQuota
 from saeq.specs.scheduling import WorkerAd
 from saeq.specs.states import TERMINAL
@@ -56,7 +58,9 @@ def _template(key: str) -> tuple[str, str]:
 # {s, at, job_s}, quota, n active, n open}..., {live ads}, {queue, {member}, {fields + running
 # flag per member}}...}. Only the first head's summary: a pass mostly sends one job per team,
 # and reading every head's would double the script's time.
-_READ = """
+_READ = (
+    pools.LIVE_ADS_FUNCTION
+    + """
 if ARGV[1] ~= '' then
   if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
@@ -91,16 +95,7 @@ for i, t in ipairs(teams) do
   per_team[i] = {t, heads, first, of, redis.call('hmget', key(11, t), 's', 'at', 'job_s'),
     redis.call('get', key(13, t)), redis.call('scard', key(7, t)), redis.call('scard', key(9, t))}
 end
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-local gone = redis.call('zrangebyscore', KEYS[7], '-inf', t)
-if #gone > 0 then
-  redis.call('zremrangebyscore', KEYS[7], '-inf', t)
-  redis.call('hdel', KEYS[6], unpack(gone))
-end
-local live = redis.call('zrange', KEYS[7], 0, -1)
-local ads = {}
-if #live > 0 then ads = redis.call('hmget', KEYS[6], unpack(live)) end
+local ads = live_ads(KEYS[6], KEYS[7])
 local per_queue = {}
 for i, q in ipairs(queues) do
   local members = redis.call('smembers', ARGV[15] .. cjson.decode(q) .. ARGV[16])
@@ -114,12 +109,28 @@ for i, q in ipairs(queues) do
 end
 return {redis.call('get', KEYS[3]), redis.call('get', KEYS[4]), per_team, ads, per_queue}
 """
+)
 
-# KEYS: the lock, the run-again flag. ARGV: the lock's token. Returns 1 if asked to run again.
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
-return redis.call('exists', KEYS[2])
+# KEYS: 1 the lock, 2 the run-again flag, then per preemption request the job's record and events.
+# ARGV: 1 the lock's token, then per request the reason and the event entry (JSON).
+# The pass's preemption requests go with the lock's release: one round trip for both. They are
+# set only while the lock is still ours: one that expired under a slow pass may have let another
+# pass decide on the same jobs; then nothing is asked and the caller runs again (it decides anew).
+# Returns {1 if asked to run again, else 0; per request 1 (asked) or 0}.
+_RELEASE = (
+    lua_scripts.REQUEST_PREEMPT_FUNCTION
+    + """
+local again = redis.call('exists', KEYS[2])
+local asked = {}
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  for i = 3, #KEYS, 2 do asked[#asked + 1] = request_preempt(KEYS[i], KEYS[i + 1], ARGV[i - 1], ARGV[i]) end
+  redis.call('del', KEYS[1])
+elseif #KEYS > 2 then
+  again = 1
+end
+return {again, asked}
 """
+)
 
 _parsed: dict[str, Any] = {}
 """Raw JSON (a quota, an ad, the policy) -> its model: each changes seldom, parsing costs ~10 us."""
@@ -284,10 +295,24 @@ def read(
     return snap
 
 
-def release(registry: Registry, lock_token: str) -> bool:
-    """Let go of the lock taken by `read`; True when another caller asked for one more pass."""
-    keys = [redis_keys.lock("schedule"), redis_keys.SCHEDULE_AGAIN]
-    return bool(_script(registry.r, _RELEASE)(keys=keys, args=[lock_token]))
+def release(registry: Registry, lock_token: str, preempt: list[tuple[str, str]] | None = None) -> bool:
+    """Let go of the lock taken by `read`, first asking the (job id, reason) of `preempt` to yield
+    (job_preempt.request_preempt's checks, in the same script). True when another caller asked for
+    one more pass, or the lock was no longer ours and `preempt` was not empty (nothing asked)."""
+    again, _ = release_asking(registry, lock_token, preempt or [])
+    return again
+
+
+def release_asking(registry: Registry, lock_token: str, preempt: list[tuple[str, str]]) -> tuple[bool, list[str]]:
+    """`release`, also returning the ids of `preempt` that were asked."""
+    keys, args = preempt_request_args(preempt)
+    again, flags = cast(
+        list[Any],
+        _script(registry.r, _RELEASE)(
+            keys=[redis_keys.lock("schedule"), redis_keys.SCHEDULE_AGAIN, *keys], args=[lock_token, *args]
+        ),
+    )
+    return bool(again), [job_id for (job_id, _), ok in zip(preempt, flags, strict=False) if ok]
 
 
 def _script(r: redis.Redis, source: str) -> Any:

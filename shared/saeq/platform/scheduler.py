@@ -54,19 +54,25 @@ def schedule(registry: Registry, send: Send) -> list[str]:
         if snap is None:
             return sent  # the holder runs again for us
         try:
-            sent += schedule_pass(registry, send, snap)
-        finally:
-            again = schedule_snapshot.release(registry, token)
-        if not again:
+            new, preempt = schedule_pass(registry, send, snap)
+        except BaseException:
+            schedule_snapshot.release(registry, token)
+            raise
+        sent += new
+        # The preemption requests ride on the lock's release: one round trip however many victims.
+        if not schedule_snapshot.release(registry, token, preempt):
             break
     return sent
 
 
-def schedule_pass(registry: Registry, send: Send, snap: Snapshot, now: float | None = None) -> list[str]:
+def schedule_pass(
+    registry: Registry, send: Send, snap: Snapshot, now: float | None = None
+) -> tuple[list[str], list[tuple[str, str]]]:
     """One pass over every queue with waiting jobs (the caller holds the lock `snap` was read
-    under). `snap.lines` and `snap.active` follow what the pass sends."""
+    under). `snap.lines` and `snap.active` follow what the pass sends. Returns the ids sent and
+    the preemptions to ask, (job id, reason): the caller asks them as it frees the lock."""
     now = time.time() if now is None else now
-    sent, ratio = [], None
+    sent, ratio, preempt = [], None, []
     for queue, lines in snap.lines.items():
         ranking = Ranking.of(snap, lines)
         stale = snap.stale(queue) if queue in snap.capacity else []  # an ungated queue counts nothing
@@ -79,8 +85,8 @@ def schedule_pass(registry: Registry, send: Send, snap: Snapshot, now: float | N
         if any(lines.values()):
             rows = snap.dispatched_rows(queue, stale)
             ratio = ratio if ratio is not None else share_ratios(snap)
-            preempt_for_waiting(registry, snap, queue, ranking, rows, len(new), ratio, now)
-    return sent
+            preempt += preempt_for_waiting(snap, queue, ranking, rows, len(new), ratio, now)
+    return sent, preempt
 
 
 @dataclass
@@ -170,7 +176,6 @@ def _quota(snap: Snapshot, team: str) -> TeamQuota:
 
 
 def preempt_for_waiting(
-    registry: Registry,
     snap: Snapshot,
     queue: str,
     ranking: Ranking,
@@ -178,7 +183,7 @@ def preempt_for_waiting(
     n_new: int,
     ratio: dict[str, float],
     now: float,
-) -> list[str]:
+) -> list[tuple[str, str]]:
     """Ask running jobs on a full queue to yield for the best waiting jobs, as docs/scheduling.md
     states: (a) a waiting job of higher priority than a running one of its own team, or of another
     team while the waiting team is below its share; (b) a waiting team far under its share (usage
@@ -187,7 +192,8 @@ def preempt_for_waiting(
     and were preempted fewer than `max_preemptions` times. One victim per waiting job: each
     preemption in flight counts for one of the best waiters. `rows`: the queue's dispatched jobs
     as the snapshot read them (schedule_snapshot.MEMBER); `n_new`: how many this pass sent there
-    since. Returns the victims asked."""
+    since. Returns the preemptions to ask, (victim id, reason): one script asks them all
+    (schedule_snapshot.release), where one WATCH transaction and an event each cost ~4 round trips."""
     policy, lines = snap.policy, snap.lines[queue]
     asked_already = [schedule_snapshot.asked_to_yield(row) for row in rows]
     in_flight = sum(asked_already)
@@ -201,7 +207,7 @@ def preempt_for_waiting(
     if not victims:
         return []  # the usual case: no round trip
     waiters = in_turn(lines, ranking, len(rows) + n_new)[in_flight:]
-    asked: list[str] = []
+    asked: list[tuple[str, str]] = []
     for team, (score, waiter) in waiters:
         quota = _quota(snap, team)
         if not quota.may_preempt:
@@ -215,8 +221,7 @@ def preempt_for_waiting(
             f"job {waiter} of team {team!r} waits for {queue!r} (priority {_priority(score)}, usage/target "
             f"{ratio.get(team, 0.0):.2f}; this job's team {victim['team']!r}: {ratio.get(victim['team'], 0.0):.2f})"
         )
-        if registry.request_preempt(victim["id"], reason):
-            asked.append(victim["id"])
+        asked.append((victim["id"], reason))
         victims.remove(victim)
     return asked
 

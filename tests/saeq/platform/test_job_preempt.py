@@ -130,3 +130,18 @@ def test_a_lost_worker_requeued_by_the_reaper_leaves_no_stale_yield_request(regi
     resend, _ = registry.reap(0.0)
     assert [job["id"] for job, _ in resend] == [job_id]
     assert registry.preempt_requested(job_id) is None  # its next attempt is not told to yield at once
+
+
+def test_requests_in_one_call_ask_only_the_dispatched_jobs_not_being_cancelled(registry):
+    registry.teams.set_quota("lab", TeamQuota(max_running=3))
+    asked_one, _ = running(registry)
+    cancelling, _ = running(registry)
+    registry.request_cancel(cancelling)
+    waiting, _ = registry.create(kind="train", spec={}, queue="cpu", depends_on=[], team="lab")
+    requests = [(asked_one, "r1"), (cancelling, "r2"), (waiting["id"], "r3"), ("nope", "r4")]
+    assert registry.request_preempts(requests) == [asked_one]
+    assert registry.preempt_requested(asked_one) == "r1"
+    assert [registry.preempt_requested(j) for j in (cancelling, waiting["id"])] == [None, None]
+    assert phases(registry, asked_one).count("preempting") == 1
+    assert "preempting" not in phases(registry, cancelling) + phases(registry, waiting["id"])
+    assert not registry.r.exists(redis_keys.job_events("nope"))  # no log outlives a missing record

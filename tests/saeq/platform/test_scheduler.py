@@ -8,8 +8,9 @@ import time
 
 import pytest
 import redis
+from redis.connection import Connection
 
-from saeq.platform import fair_share, pools, redis_keys, scheduler
+from saeq.platform import fair_share, pools, redis_keys, schedule_snapshot, scheduler
 from saeq.platform.fair_share import SchedulingPolicy
 from saeq.platform.registry import Registry, dispatch_ready
 from saeq.platform.teams import TeamQuota
@@ -251,3 +252,39 @@ def test_one_victim_per_waiting_job(registry):
     submit(registry, "a", send, priority=5)  # a second waiter: the second victim
     scheduler.schedule(registry, send)
     assert all(registry.preempt_requested(v) for v in victims)
+
+
+def test_a_pass_asks_all_its_victims_as_it_frees_the_lock_in_one_round_trip(registry, monkeypatch):
+    teams(registry, a=1)
+    worker(registry, slots=3)
+    send = Sent()
+    victims = [submit(registry, "a", send, priority=1) for _ in range(3)]
+    for v in victims:
+        run(registry, v, send)
+    waiters = [submit(registry, "a", send, priority=5) for _ in range(3)]
+    writes = [0]
+    send_packed = Connection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        writes[0] += 1
+        return send_packed(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counted)
+    assert scheduler.schedule(registry, send) == []  # the queue is full: nothing sent
+    monkeypatch.undo()
+    assert writes[0] == 2  # the snapshot, then the release with the three requests
+    reasons = [registry.preempt_requested(v) for v in victims]
+    assert all(reasons) and {w for w in waiters if any(w in r for r in reasons if r)} == set(waiters)
+    assert [[e["phase"] for e in registry.events(v)].count("preempting") for v in victims] == [1, 1, 1]
+    assert not registry.r.exists(redis_keys.lock("schedule"))
+
+
+def test_a_pass_whose_lock_expired_asks_nothing_and_runs_again(registry):
+    teams(registry, a=1)
+    send = Sent()
+    victim, _ = _full_queue_with(registry, send, "a", priority=1)
+    assert schedule_snapshot.read(registry, lock_token="mine", lock_ttl_ms=5000) is not None
+    registry.r.set(redis_keys.lock("schedule"), "another pass")  # ours expired; another took it
+    assert schedule_snapshot.release(registry, "mine", [(victim, "a waiter")])  # run again
+    assert registry.preempt_requested(victim) is None
+    assert registry.r.get(redis_keys.lock("schedule")) == "another pass"  # not ours to free
