@@ -45,7 +45,9 @@ def main() -> None:
         hook, model, sae, roots = "blocks.0.hook_resid_post", ModelSpec(name=str(tiny)), SaeConfig(k=4), [str(home)]
     tokens = 8_192 if args.smoke else args.harvest_tokens
     t0 = time.monotonic()
-    with LocalStack(StackOptions(home=home, port=free_port(), local_path_roots=roots)) as stack:
+    # A cold worker loads SmolLM2 inside the request: on 2 loaded cores that took most of the 120 s default.
+    opts = StackOptions(home=home, port=free_port(), local_path_roots=roots, extra_env={"SAEQ_LIVE_TIMEOUT_S": "600"})
+    with LocalStack(opts) as stack:
         client = Client(stack.url, api_key=stack.admin_key, timeout=600)
         harvest = _run(client, HarvestSpec(model=model, hooks=[hook], max_tokens=tokens, context_len=128))
         train_spec = TrainSpec(
