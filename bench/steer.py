@@ -4,7 +4,10 @@ the same model, in one run, alternating so that load from other programs falls o
 SmolLM2-135M-Instruct, an SAE of 4,608 latents at blocks.14.hook_resid_post (random weights unless
 --sae is given: latency does not depend on what the SAE learned), greedy decoding with the KV cache,
 the same prompt and seed. Target (issue 7): overhead at most 20% on CPU.
-Usage: python bench/steer.py [--repeats 5] [--tokens 32] [--sae DIR]
+`--inspect N`: instead, live inspect latency through a local stack (bench/inspect_live.py: API,
+Redis and a worker; SmolLM2 and an SAE trained there): p50/p90/p99 of N warm requests of a
+64-token text (issue 21: p50 under 300 ms); `--smoke` with it: a tiny local Llama, seconds.
+Usage: python bench/steer.py [--repeats 5] [--tokens 32] [--sae DIR] | --inspect N [--smoke]
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.inspect_live, tests.tiny_model
 
 HOOK = "blocks.14.hook_resid_post"
 
@@ -26,7 +32,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--sae", type=Path, default=None)
+    ap.add_argument("--inspect", type=int, default=0, metavar="N", help="only: N warm live inspect requests")
+    ap.add_argument("--inspect-tokens", type=int, default=64, help="tokens of the inspected text")
+    ap.add_argument("--smoke", action="store_true", help="with --inspect: a tiny local model (does it run)")
     args = ap.parse_args()
+    if args.inspect:
+        from bench.inspect_live import inspect_latency
+
+        return inspect_latency(args.inspect, args.inspect_tokens, smoke=args.smoke)
 
     from saeq.jobs.steer import FeatureEdit, chat_prompt, generate
     from saeq.ml.models import load_model

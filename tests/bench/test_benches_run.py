@@ -61,6 +61,16 @@ def test_steer_smallest(tmp_path):
     assert "plain generate" in out and "overhead" in out
 
 
+@pytest.mark.integration
+def test_steer_inspect_smoke(tmp_path):
+    """`bench/steer.py --inspect` at its smallest: a local stack, a tiny Llama's harvest and SAE,
+    a few warm live inspect requests; their percentiles printed with the load."""
+    out = run_bench(["bench/steer.py", "--inspect", "3", "--smoke"], tmp_path)
+    assert "a 64-token text" in out and "load average" in out
+    for row in ("client wall", "worker seconds"):
+        assert row in out and "p50" in out and "p99" in out
+
+
 def test_feed_smoke(tmp_path):
     out = run_bench(["bench/feed.py", "--smoke"], tmp_path)
     for row in ("fp32 local", "bf16 RAM", "fp32 S3"):

@@ -4,8 +4,6 @@ harvesting) is not read but written again; a complete one is reused as it is."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import torch
 
@@ -14,7 +12,7 @@ from saeq import keys
 from saeq.dev.synthetic import fake_harvest
 from saeq.ml.shards import decode_shard
 from saeq.platform.store import LocalStore
-from tests.bench.test_benches_run import ROOT, run_bench
+from tests.bench.test_benches_run import run_bench
 
 JOB, HOOK = "b" * 32, "blocks.14.hook_resid_post"
 
@@ -66,9 +64,3 @@ def test_bench_train_runs_over_a_half_written_cache(tmp_path):
     assert "synthetic, 24,576 tokens harvested" in out and "saeq " in out
     manifest = json.loads(LocalStore(cache / "synthetic").get(keys.manifest(JOB)))
     assert manifest["d_model"] == 576 and manifest["n_tokens"] == 24_576
-
-
-def test_bench_modules_import_from_the_repo_root():
-    """bench/label.py imports bench.train, which imports bench.harvest_cache: both as packages."""
-    code = "import bench.train, bench.harvest_cache"
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
 
 from saeq.errors import InvalidSpec
 from saeq.jobs.inspect import inspect_tokens
@@ -20,6 +23,12 @@ from saeq_worker.resolve import SaeContext, cached_model, read_published_manifes
 
 KEPT = 4
 """SAEs and label jobs a worker process keeps loaded (the least recently used dropped)."""
+LIVE_THREADS = 1
+"""Torch threads an inspect request computes with (at most the process's). A live text is a few dozen
+tokens: its matrix products are too small to gain from a second thread, and on a shared machine
+torch's lock-step parallel loops wait for a busy core. Measured 2026-12-02 on 2 shared cores at load
+11: inspect of 64 tokens (SmolLM2 to block 14, SAE of 4,608) 0.29 s median on one thread, 1.68 s on
+two (0.7-5.9 s); the switch there and back costs nothing measurable (0.23 s median)."""
 _SAES: OrderedDict[str, SaeContext] = OrderedDict()
 _LABELS: OrderedDict[str, tuple[dict[int, str], bool]] = OrderedDict()  # label job -> (labels, has pages)
 
@@ -71,7 +80,8 @@ def serve_inspect(
             f"team's live requests may have at most {max_prompt_tokens} (quota live_prompt_tokens)",
             field=field,
         )
-    out = inspect_tokens(lm, ctx.sae, ctx.hook, ids, sinks=sinks, top_k=request.top_k, features=request.features)
+    with _torch_threads(LIVE_THREADS):
+        out = inspect_tokens(lm, ctx.sae, ctx.hook, ids, sinks=sinks, top_k=request.top_k, features=request.features)
     pieces = token_pieces(lm.tokenizer)(ids)
 
     def named(f: int, a: float) -> FeatureActivation:
@@ -102,6 +112,17 @@ def serve_inspect(
         seconds=time.monotonic() - t0,
     )
     return result.model_dump(mode="json")
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Compute with at most `n` torch threads inside, the process's count again after (its jobs')."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(n, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _labels(store: ObjectStore, label_job: str, ctx: SaeContext) -> tuple[dict[int, str], bool]:
