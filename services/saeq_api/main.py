@@ -29,7 +29,7 @@ from saeq.specs import load_plugins
 from saeq_api.deps import Services
 from saeq_api.limits import BodySizeLimit, body_limits
 from saeq_api.metrics import CachedScrape, make_registry
-from saeq_api.routes import admin, browser, contrast, files, inspect, jobs, live, uploads
+from saeq_api.routes import admin, browser, compare, contrast, files, inspect, jobs, live, uploads
 from saeq_api.schemas import PROBLEM_JSON
 from saeq_api.settings import ApiSettings
 from saeq_api.web import SecurityHeaders, docs_router
@@ -97,6 +97,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, **body_limits(settings))
     app.add_middleware(SecurityHeaders)  # outermost: a 413 gets them too
     app.include_router(jobs.router)
+    app.include_router(compare.router)
     app.include_router(uploads.router)
     app.include_router(files.router)
     app.include_router(live.router)

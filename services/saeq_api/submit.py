@@ -216,6 +216,8 @@ def _check_references(svc: Services, spec: JobSpec, depends_on: list[str], who: 
         names = [run.name for run in sae_runs(TrainSpec.model_validate(train["spec"]))]  # with seeds: per seed
         if spec.sae.name is not None and spec.sae.name not in names:
             raise unprocessable("spec.sae.name", f"train job {train['id']} has SAEs {names}, not {spec.sae.name!r}")
+    if isinstance(spec, EvaluateSpec) and spec.compare_with is not None:
+        _check_compared(svc, spec, depends_on, who)
     if isinstance(spec, SteerSpec) and spec.label_job:
         referenced_job(svc, spec.label_job, "label", "spec.label_job", depends_on, who)
     _check_against_outputs(svc, spec, who)
@@ -231,6 +233,25 @@ def _check_references(svc: Services, spec: JobSpec, depends_on: list[str], who: 
             raise unprocessable(
                 "spec.checks.label_job", f"label job {label['id']} labelled the SAE {theirs}, not {ours}"
             )
+
+
+def _check_compared(svc: Services, spec: EvaluateSpec, depends_on: list[str], who: Principal) -> None:
+    """compare_with's SAE: of a train job, by a name it has, at the hook the evaluated SAE reads."""
+    assert spec.compare_with is not None
+    ref = spec.compare_with.sae
+    train = referenced_job(svc, ref.job_id, "train", "spec.compare_with.sae.job_id", depends_on, who)
+    names = [run.name for run in sae_runs(TrainSpec.model_validate(train["spec"]))]  # with seeds: per seed
+    if ref.name is not None and ref.name not in names:
+        raise unprocessable("spec.compare_with.sae.name", f"train job {train['id']} has SAEs {names}, not {ref.name!r}")
+    hook_b = train["spec"]["activations"].get("hook")
+    hook_a = spec.hook
+    if hook_a is None and isinstance(spec.sae, TrainedSae):
+        hook_a = (visible_job(svc, spec.sae.job_id, who) or {}).get("spec", {}).get("activations", {}).get("hook")
+    if hook_a is not None and hook_b is not None and hook_a != hook_b:
+        raise unprocessable(
+            "spec.compare_with.sae.job_id",
+            f"train job {train['id']} trained at {hook_b}, the evaluated SAE at {hook_a}",
+        )
 
 
 def _published(svc: Services, job_id: str, who: Principal) -> dict | None:

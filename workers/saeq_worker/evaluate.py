@@ -10,8 +10,10 @@ import logging
 import math
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+
+from torch import Tensor
 
 import saeq
 from saeq import keys
@@ -25,6 +27,7 @@ from saeq.platform.settings import LlmEndpoint
 from saeq.specs import EvaluateSpec
 from saeq.specs.manifests import EvaluateManifest
 from saeq_worker.evaluate_checks import evaluate_checks
+from saeq_worker.evaluate_compare import compare_with
 from saeq_worker.partials import drop_partial, drop_partials, owner, partial_names, put_partial, read_partial
 from saeq_worker.resolve import cached_model, sae_context, sink_reference
 from saeq_worker.running import RunningJob
@@ -136,38 +139,52 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
 
     sinks = sink_reference(spec, sink_info)
 
-    docs = iter_documents(corpus, seed=ctx.seed(spec.seed), store=store)
-    batches = (
-        ids
-        for ids, _ in context_batches(
-            docs, lm.tokenizer, context_len=context_len, max_tokens=spec.max_tokens, batch_size=spec.batch_size
+    def contexts() -> Iterator[Tensor]:
+        """The held-out contexts, the same ones in the same order on every call."""
+        docs = iter_documents(corpus, seed=ctx.seed(spec.seed), store=store)
+        return (
+            ids
+            for ids, _ in context_batches(
+                docs, lm.tokenizer, context_len=context_len, max_tokens=spec.max_tokens, batch_size=spec.batch_size
+            )
         )
-    )
+
+    def on_batch(start: float, share: float) -> Callable[[int], None]:
+        return lambda n: job.report(
+            start + share * n / spec.max_tokens,
+            "evaluate",
+            f"{n:,} tokens",
+            tokens=n,
+            tokens_per_s=n / max(time.monotonic() - t0, 1e-9),
+        )
 
     n_batches = math.ceil(spec.max_tokens / (spec.batch_size * context_len))
     chunk_batches = max(1, math.ceil(n_batches / PASS_CHUNKS))
     t0 = time.monotonic()
-    share = 0.5 if spec.checks is not None else 1.0  # of the progress bar; the checks take the rest
+    # Of the progress bar; the checks (evaluate_checks) take from 0.5, a comparison's B pass the rest.
+    share = 0.5 if spec.checks is not None or spec.compare_with is not None else 1.0
     result = evaluate_sae(
         sae,
         lm,
         hook,
-        batches,
+        contexts(),
         sinks=sinks,
         dense_threshold=spec.dense_threshold,
         chunk_batches=chunk_batches,
         on_chunk=lambda progress: _keep_pass(job, progress),
         resume=_finished_pass(job, chunk_batches),
         should_stop=job.should_stop,
-        on_batch=lambda n: job.report(
-            share * n / spec.max_tokens,
-            "evaluate",
-            f"{n:,} tokens",
-            tokens=n,
-            tokens_per_s=n / max(time.monotonic() - t0, 1e-9),
-        ),
+        on_batch=on_batch(0.0, share),
     )
     job.check()
+    comparison = None
+    if spec.compare_with is not None:
+        t0 = time.monotonic()
+        b_share = 0.0 if spec.checks is not None else 0.5
+        comparison = compare_with(
+            job, ctx, lm, sinks, contexts, result, on_batch=on_batch(0.5, b_share), matching_at=0.5 + b_share
+        )
+        job.check()
     checks = None
     if spec.checks is not None:
         checks = evaluate_checks(job, spec.checks, ctx, lm, sinks, cache_dir=cache_dir, llm_endpoints=llm_endpoints)
@@ -199,6 +216,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         "report_key": keys.report_file(job.id, "report.md"),
         "metrics_key": keys.report_file(job.id, "metrics.json"),
         "plots": [keys.report_file(job.id, n) for n in pngs],
+        "comparison": None if comparison is None else comparison.model_dump(mode="json"),
     }
     key = job.publish(EvaluateManifest.model_validate(manifest))
     drop_partials(job)

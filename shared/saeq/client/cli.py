@@ -440,5 +440,9 @@ from saeq.client.cli_contrast import contrast  # noqa: E402
 
 main.add_command(contrast)
 
+from saeq.client.cli_compare import compare  # noqa: E402
+
+main.add_command(compare)
+
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -342,6 +342,42 @@ class Client:
         if label_job:
             body["label_job"] = label_job
         return self._call("POST", "/v1/features/contrast", json=body, timeout=max(self.http.timeout.read or 0, 300))
+
+    def compare(
+        self,
+        job_a: str,
+        job_b: str,
+        *,
+        name_a: str | None = None,
+        name_b: str | None = None,
+        max_tokens: int = 16_384,
+        noise_floor: Mapping[str, float] | None = None,
+        min_cosine: float = 0.7,
+        min_correlation: float = 0.5,
+        depends_on: Sequence[str] = (),
+        wait: bool = False,
+        timeout: float | None = None,
+        progress: bool | TextIO = False,
+    ) -> dict:
+        """`POST /v1/compare`: queue an evaluate job comparing SAE A (of train job `job_a`) with B on
+        the same held-out contexts; -> the job, or with `wait` its manifest's `comparison` (a
+        saeq.specs.compare.Comparison: per metric the paired difference, its interval and verdict;
+        the matched features and the stable fraction)."""
+        body: dict[str, Any] = {
+            "a": {"job_id": job_a, "name": name_a},
+            "b": {"job_id": job_b, "name": name_b},
+            "max_tokens": max_tokens,
+            "noise_floor": dict(noise_floor or {}),
+            "min_cosine": min_cosine,
+            "min_correlation": min_correlation,
+            "depends_on": list(depends_on),
+        }
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        job = self._call("POST", "/v1/compare", json=body, headers=headers, retry=True)
+        if not wait:
+            return job
+        self.wait(job["id"], timeout=timeout, progress=progress)
+        return self.manifest(job["id"])["comparison"]
 
     def search_labels(self, label_job: str, query: str, *, top: int = 10) -> list[dict]:
         """Features of a label job whose labels are closest in meaning to `query`, best first."""

@@ -79,3 +79,25 @@ class Comparison(_Result):
     b: dict
     metrics: list[MetricComparison]
     features: FeatureMatching
+
+
+class CompareCreate(Frozen):
+    """Body of `POST /v1/compare`: queue an evaluate job of A with `compare_with` B (checks off)."""
+
+    a: TrainedSae
+    b: TrainedSae
+    """Both SAEs of train jobs at the same hook; A's held-out contexts are evaluated."""
+    max_tokens: int = Field(default=16_384, gt=0, le=100_000_000)
+    """Held-out tokens both are evaluated on (rounded up to whole contexts)."""
+    noise_floor: dict[ComparedMetric, Annotated[float, Field(ge=0.0)]] = Field(default={})
+    """As CompareWith.noise_floor."""
+    min_cosine: float = Field(default=0.7, ge=0.0, le=1.0)
+    min_correlation: float = Field(default=0.5, ge=-1.0, le=1.0)
+    depends_on: list[str] = Field(default=[], max_length=32)
+    """Ids of jobs that must succeed first (the two train jobs, when they are still running)."""
+    name: str | None = Field(default=None, max_length=200)
+
+    def compare_with(self) -> CompareWith:
+        return CompareWith(
+            sae=self.b, noise_floor=self.noise_floor, min_cosine=self.min_cosine, min_correlation=self.min_correlation
+        )

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from saeq.specs.checks import Checks
 from saeq.specs.common import CorpusSpec, Frozen, HookName, ModelSpec, SaeRef, Seed, SinkRule, _require_for_imported
+from saeq.specs.compare import CompareWith
 
 
 class EvaluateSpec(Frozen):
@@ -34,6 +35,9 @@ class EvaluateSpec(Frozen):
     """Document order of a builtin corpus given explicitly; seeds the checks' samples."""
     checks: Checks | None = Field(default_factory=lambda: Checks())
     """Specificity, sensitivity, completeness and sparse probing (docs/checks.md); None: skip."""
+    compare_with: CompareWith | None = None
+    """Also evaluate a second SAE on the same contexts and compare the two (docs/metrics.md,
+    "Comparing two SAEs"); the checks, if any, are run on `sae` alone."""
 
     @model_validator(mode="after")
     def _imported_needs_context(self) -> EvaluateSpec:
