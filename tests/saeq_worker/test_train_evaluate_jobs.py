@@ -142,3 +142,31 @@ def test_imported_sae_is_evaluated_and_a_wrong_d_in_fails_clearly(client_module,
     failed = client.wait(bad["id"], timeout=120, raise_on_failure=False)
     assert failed["state"] == "failed" and failed["error"]["code"] == "invalid_spec"
     assert failed["error"]["field"] == "spec.sae" and "d_in=48" in failed["error"]["message"]
+
+
+def test_seeds_train_in_one_job_and_the_manifest_gives_their_spread(client_module, harvest_job):
+    client = client_module
+    spec = TrainSpec(
+        activations={"job_id": harvest_job["id"], "hook": HOOK},
+        saes=[SaeConfig(name="topk", d_sae=256, k=8)],
+        seeds=[1, 2],
+        batch_size=512,
+        total_tokens=10_240,
+        validation_tokens=2048,
+        checkpoint_every_tokens=None,
+    )
+    bad = spec.model_dump(mode="json") | {"seeds": [3, 3]}
+    with pytest.raises(ApiError) as e:
+        client.submit(bad)
+    assert e.value.status == 422 and "spec.seeds.1" in str(e.value) and "given twice" in str(e.value)
+    done = client.wait(client.submit(spec)["id"], timeout=300)
+    assert done["state"] == "succeeded", done["error"]
+    manifest = client.manifest(done["id"])
+    assert list(manifest["saes"]) == ["topk-seed1", "topk-seed2"]
+    fvus = [manifest["saes"][n]["metrics"]["fvu"] for n in ("topk-seed1", "topk-seed2")]
+    spread = manifest["result"]["seed_spread"]["topk"]
+    assert spread["seeds"] == [1, 2] and spread["fvu"]["n"] == 2 and fvus[0] != fvus[1]
+    assert (spread["fvu"]["min"], spread["fvu"]["max"]) == (min(fvus), max(fvus))
+    with pytest.raises(ApiError) as e:  # the SAEs are named per seed
+        client.submit(EvaluateSpec(sae=TrainedSae(job_id=done["id"], name="topk")))
+    assert e.value.status == 422 and "topk-seed1" in str(e.value)
