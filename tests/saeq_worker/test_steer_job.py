@@ -15,7 +15,7 @@ from tests.saeq_worker.conftest import HOOK
 pytestmark = pytest.mark.integration
 
 
-def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, train_job, tmp_path):
+def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, harvest_job, train_job, tmp_path):
     # Labels (metadata only: cheap) name the features and give the concept to look for.
     label = client_module.submit(
         LabelSpec(
@@ -41,6 +41,8 @@ def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, 
         ],
         strengths=[0.0, 1.0],
         max_new_tokens=8,
+        # The tiny model as the judge: a judge that cannot judge, but the score's arithmetic is checked.
+        judge={"backend": "local", "model": harvest_job["spec"]["model"]},
     )
     done = client_module.wait(client_module.submit(spec, depends_on=[label["id"]])["id"], timeout=300)
     manifest = client_module.manifest(done["id"])
@@ -58,6 +60,19 @@ def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, 
     assert summary[("f3", 0.0)]["kl_from_default"] == pytest.approx(0, abs=1e-6)
     strong = [r for r in rows if r["set"] == "f3" and r["strength"] == 1.0]
     assert all(r["kl_from_default"] > 0 for r in strong)
+    # The steering score (AxBench: harmonic mean of three 0-2 ratings), per row and per group over the prompts.
+    for r in rows:
+        ratings = [r[f"judge_{a}_steered"] for a in ("concept", "instruction", "fluency")]
+        assert all(0 <= v <= 2 for v in ratings)
+        assert r["judge_score_steered"] == pytest.approx(3 / sum(1 / v for v in ratings), rel=1e-6)
+    for (name, strength), group in summary.items():
+        est = group["steering_score_steered"]
+        scores = [r["judge_score_steered"] for r in rows if (r["set"], r["strength"]) == (name, strength)]
+        assert est["n"] == 2 and est["unit"] == "prompts" and est["value"] == pytest.approx(sum(scores) / 2)
+        assert est["low"] <= est["value"] <= est["high"]
+    # A completion left as it was is rated as it was: same text, same score.
+    unchanged = [r for r in rows if r["steered"] == r["default"]]
+    assert unchanged and all(r["judge_score_steered"] == pytest.approx(r["judge_score_default"]) for r in unchanged)
 
 
 def test_live_steer_and_its_errors_name_the_field(stack, client_module, train_job):

@@ -9,11 +9,14 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import lru_cache
 
 from saeq import keys
 from saeq.errors import InvalidSpec, JobError
 from saeq.jobs.steer import FeatureEdit, FeatureTrigger, chat_prompt, check_edits, generate, side_effects
+from saeq.ml.explainers import LocalLLM
+from saeq.ml.steer_score import RUBRICS, RatedText, rate_completions, steering_score
 from saeq.platform.store import ObjectStore
 from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
 from saeq.specs.manifests import LabelManifest, SteerManifest
@@ -96,6 +99,9 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
                 rows.append(row)
                 done += 1
                 job.report(done / total, "steer", f"{done}/{total} completions", completions=done)
+    if spec.judge is not None:  # before the write: the report is written once
+        job.report(0.99, "judge", f"rating {len(rows)} completions", force=True)
+        _rate_rows(rows, LocalLLM(cached_model(spec.judge.model, job.device, cache_dir)))
     key = keys.report_file(job.id, "completions.jsonl")
     store.put(key, "".join(json.dumps(r) + "\n" for r in rows).encode(), content_type="application/x-ndjson")
     manifest = {
@@ -139,8 +145,24 @@ def _summary(rows: list[dict]) -> list[dict]:
                 r["steered"] != r["default"] and r["concept_similarity_steered"] > r["concept_similarity_default"]
                 for r in rs
             ) / len(rs)
+        if "judge_score_steered" in rs[0]:
+            for side in ("default", "steered"):
+                est = steering_score([r[f"judge_score_{side}"] for r in rs])
+                item[f"steering_score_{side}"] = est.model_dump(mode="json")
+                for aspect in RUBRICS:
+                    item[f"judge_{aspect}_{side}"] = sum(r[f"judge_{aspect}_{side}"] for r in rs) / len(rs)
         out.append(item)
     return out
+
+
+def _rate_rows(rows: list[dict], judge: LocalLLM) -> None:
+    """AxBench's three ratings and their harmonic mean, for the default and the steered completion
+    of every row that names a concept (a row whose features have no label is left unrated)."""
+    rated = [r for r in rows if r["concept"]]
+    for side in ("default", "steered"):
+        ratings = rate_completions(judge, [RatedText(r["concept"], r["prompt"], r[side]) for r in rated])
+        for r, rating in zip(rated, ratings, strict=True):
+            r.update({f"judge_{k}_{side}": v for k, v in asdict(rating).items()})
 
 
 def _labels(store: ObjectStore, label_job: str) -> dict[int, str]:

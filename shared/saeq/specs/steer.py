@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from saeq.specs.common import Frozen, HookName, ModelSpec, SaeRef, Seed, _require_for_imported, invalid
+from saeq.specs.label import LocalLLM
 
 
 class Trigger(Frozen):
@@ -67,10 +68,17 @@ class SteerSpec(Frozen):
     label_job: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     """A label job of this SAE: the features' labels name them in the output and the concept
     similarity (embedding of the completion against the label) is reported."""
+    judge: LocalLLM | None = None
+    """Rate every completion, default and steered, as AxBench does (concept, instruction, fluency,
+    0-2 each, their harmonic mean), and report the steering score per (set, strength) with a 95%
+    interval over the prompts (docs/steer.md). Needs `label_job`: the labels are the concept.
+    Only a local judge for now."""
 
     @model_validator(mode="after")
     def _imported_needs_context(self) -> SteerSpec:
         _require_for_imported(self, ("model", "hook"))
+        if self.judge is not None and self.label_job is None:
+            raise invalid(self, "judge", "a judge rates the concept the labels name: give label_job too")
         return self
 
 
