@@ -64,6 +64,11 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
         assert json.dumps(parse_manifest(written, model, job_id=job_id, field="id").model_dump()) == json.dumps(written)
     summary = manifest["checks"]
     assert summary["specificity"]["n_features"] == 4 and summary["specificity"]["rater"].startswith("local:")
+    control = summary["specificity"]["rater_control"]  # the rater's planted control trials, and its verdict
+    assert control["scorer"] == "specificity" and control["accuracy"]["unit"] == "trials"
+    assert (summary["specificity"]["flag"] is None) == control["calibrated"]
+    (embedding,) = client.manifest(label["id"])["judge_controls"]
+    assert embedding["scorer"] == "embedding" and embedding["accuracy"]["n"] > 0
     assert set(summary["sensitivity"]) == {"fr", "es"}
     assert summary["sensitivity"]["fr"]["n_pairs"] == 16
     assert summary["completeness"]["chemical elements"]["coverage_ci"]["n"] == 96
@@ -103,6 +108,7 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     )
     assert cli.returncode == 0, cli.stderr
     assert "specificity (local:" in cli.stdout and "completeness, chemical elements:" in cli.stdout
+    assert "rater control accuracy (planted" in cli.stdout
     assert "sensitivity en->fr (16 article pairs" in cli.stdout and "sparse probing" in cli.stdout
     assert "(n=96 members)" in cli.stdout and "(n=16 article pairs)" in cli.stdout  # the checks' intervals
     assert re.search(rf"CE-loss recovered +-?[\d.]+ \[-?[\d.]+, -?[\d.]+\] \(n={n_contexts} contexts\)", cli.stdout)

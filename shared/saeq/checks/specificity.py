@@ -5,6 +5,8 @@ share of contexts rated 2 or 3.
 
 Each rater gives a continuous `score` (an LLM judge's expected rating under its distribution over
 0-3; the embedding judge's cosine similarity) and the integer `rating`; Spearman uses the score.
+The rater is first put to planted control trials (`rater_control`); one at chance is flagged in the
+summary ("judge uncalibrated: scores uninformative").
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Protocol
 import torch
 from scipy.stats import spearmanr
 
+from saeq.ml.control_trials import control_result, planted_trials
 from saeq.ml.explainers import Decode, Explanation, LocalLLM, one_line, text_of
 from saeq.ml.features import Example, FeatureIndex
 from saeq.ml.intervals import bootstrap_mean
+from saeq.specs.label import JudgeControl
 
 RATING_PROMPT_VERSION = "saeq.specificity-prompts/1"
 BIN_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -200,6 +204,10 @@ def specificity(
         "high_rated_share_by_bin": _bin_shares(pooled),
         "rating_counts_by_bin": _rating_counts(pooled),
     }
+    # Before the correlations are read as the labels': can this rater tell where the answer is known?
+    control = rater_control(index, rater, decode, before=before, after=after, seed=seed)
+    summary["rater_control"] = control.model_dump(mode="json")
+    summary["flag"] = control.flag
     return {
         "summary": summary,
         "features": features,
@@ -207,6 +215,18 @@ def specificity(
         "rater": rater.name,
         "prompt_version": RATING_PROMPT_VERSION,
     }
+
+
+def rater_control(
+    index: FeatureIndex, rater: Rater, decode: Decode, *, before: int, after: int, seed: int
+) -> JudgeControl:
+    """The rater on planted trials (saeq.ml.control_trials): right on a trial when it scores
+    `the word "X"` higher on the window around X than on a window without it."""
+    trials = planted_trials(index, decode, before=before, after=after, seed=seed)
+    items = [(t.label, text_of(ex, decode)) for t in trials for ex in (t.fits, t.misfits)]
+    scores = [r.score for r in rater.rate(items)] if items else []
+    right = [scores[2 * i] > scores[2 * i + 1] for i in range(len(trials))]
+    return control_result("specificity", rater.name, ["planted"] * len(trials), right)
 
 
 def _spearman(x: list[float], y: list[float]) -> float | None:

@@ -9,51 +9,27 @@ label with a window it fits and a window it does not, so the right answer is kno
 A detection or fuzzing judge answers each side as a yes/no question (right when P(yes) > 0.5 on the
 fitting side and < 0.5 on the other), so a judge that always answers the same gets exactly chance,
 0.5; the embedding scorer is right on a trial when the label is nearer the fitting window. The
-accuracy gets Wilson's 95% interval over the answers; a scorer whose interval reaches chance is
+accuracy gets Wilson's 95% interval (saeq.ml.control_trials, which builds the planted trials) over the answers; a scorer whose interval reaches chance is
 flagged uncalibrated and its scores are left out of the summary means.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from saeq.jobs.label import FeatureSample, sample_feature
+from saeq.ml.control_trials import Trial, control_result, planted_trials
 from saeq.ml.explainers import Decode, Explanation, Judge, text_of
 from saeq.ml.features import Example, FeatureIndex
-from saeq.ml.intervals import wilson
 from saeq.ml.scoring import EmbeddingScorer, fuzzing_items
-from saeq.specs.label import JUDGE_UNCALIBRATED, JudgeControl, LabelSpec
+from saeq.specs.label import JudgeControl, LabelSpec
 
-CHANCE = 0.5
 OWN_WINDOWS = 2
 """Own-label trials per feature and explainer."""
-PLANTED_WORDS = 4
-PLANTED_WINDOWS = 8
-"""Trials per planted word."""
-PLANTED_CANDIDATES = 64
-"""Planted words are drawn from this many of the most widespread whole-word tokens."""
-PLANTED_MIN_CONTEXTS = 4
 CONTROL_FEATURES = 64
 """Own-label trials use at most this many of the labelled features (evenly spread over them)."""
-
-
-@dataclass(frozen=True)
-class Trial:
-    kind: str
-    """"own_vs_other" or "planted"."""
-    label: Explanation
-    fits: Example
-    misfits: Example
-    """For a planted trial, the fuzzing question marks `fits` itself elsewhere instead."""
-
-
-def planted_label(word: str) -> Explanation:
-    return Explanation(f'the word "{word}"', f'Text that contains the word "{word}".')
 
 
 def own_vs_other_trials(samples: Sequence[FeatureSample], records: list[dict], index: FeatureIndex) -> list[Trial]:
@@ -84,51 +60,6 @@ def own_vs_other_trials(samples: Sequence[FeatureSample], records: list[dict], i
     return trials
 
 
-def planted_trials(index: FeatureIndex, decode: Decode, spec: LabelSpec) -> list[Trial]:
-    """PLANTED_WORDS words (whole-word tokens of 4+ letters found in many, but at most half, of the
-    indexed contexts), each with PLANTED_WINDOWS windows around it and as many windows without it."""
-    g = torch.Generator().manual_seed(spec.seed * 1_000_003 + 7)
-    ids_CT, sinks_CT = index.token_ids_CT, index.sinks_CT
-    C, T = ids_CT.shape
-    length = min(spec.window_before + spec.window_after + 1, T - 1)
-    in_contexts: Counter[int] = Counter(t for c in range(C) for t in set(ids_CT[c].tolist()))
-    candidates = []
-    for token, n in in_contexts.most_common():
-        word = decode([token])[0].strip()
-        if PLANTED_MIN_CONTEXTS <= n <= C // 2 and len(word) >= 4 and word.isalpha() and word.isascii():
-            candidates.append((token, word))
-        if len(candidates) == PLANTED_CANDIDATES:
-            break
-    chosen = [candidates[i] for i in sorted(torch.randperm(len(candidates), generator=g)[:PLANTED_WORDS].tolist())]
-    trials: list[Trial] = []
-    for token, word in chosen:
-        label, pattern = planted_label(word), re.compile(rf"\b{re.escape(word)}\b", re.I)
-        where = ((ids_CT == token) & ~sinks_CT).nonzero().tolist()  # (context, position), in order
-        first: dict[int, int] = {}
-        for c, t in where:
-            first.setdefault(c, t)
-        with_word = list(first)
-        fits = []
-        for k in torch.randperm(len(with_word), generator=g)[:PLANTED_WINDOWS].tolist():
-            c = with_word[k]
-            start = max(0, min(first[c] - spec.window_before, T - length))
-            window = ids_CT[c, start : start + length].tolist()
-            fits.append(Example(c, start, window, [float(t == token) for t in window], int(index.doc_ids_CT[c, start])))
-        misfits = []
-        without = sorted(set(range(C)) - set(with_word))
-        for k in torch.randperm(len(without), generator=g).tolist():
-            c = without[k]
-            start = 1 + int(torch.randint(T - length, (1,), generator=g))
-            window = ids_CT[c, start : start + length].tolist()
-            example = Example(c, start, window, [0.0] * len(window), int(index.doc_ids_CT[c, start]))
-            if not pattern.search(text_of(example, decode)):  # "X" may come as another token ("X" vs " X")
-                misfits.append(example)
-            if len(misfits) == len(fits):
-                break
-        trials += [Trial("planted", label, a, b) for a, b in zip(fits, misfits, strict=False)]
-    return trials
-
-
 def run_controls(
     index: FeatureIndex,
     features: list[int],
@@ -146,7 +77,7 @@ def run_controls(
     )
     samples, chosen = [sample_feature(index, f, spec) for f in picked], set(picked)
     trials = own_vs_other_trials(samples, [r for r in records if r["feature"] in chosen], index)
-    trials += planted_trials(index, decode, spec)
+    trials += planted_trials(index, decode, before=spec.window_before, after=spec.window_after, seed=spec.seed)
     return judge_controls(trials, spec.scorers, judge=judge, embedder=embedder, decode=decode, seed=spec.seed)
 
 
@@ -196,31 +127,3 @@ def _embedding_answers(trials: list[Trial], embedder: EmbeddingScorer, decode: D
         for j, i in enumerate(members):
             right[i] = sims[2 * j] > sims[2 * j + 1]
     return right
-
-
-def control_result(scorer: str, judge: str, kinds: list[str], right: list[bool]) -> JudgeControl:
-    """The accuracy of `right` (one per answer, of the trial kind `kinds` names), Wilson's 95%
-    interval, and the verdict: calibrated only when the interval lies wholly above chance."""
-    accuracy = wilson(sum(right), len(right), unit="trials")
-    by_kind = {
-        k: wilson(sum(r for r, kk in zip(right, kinds, strict=True) if kk == k), kinds.count(k), unit="trials")
-        for k in dict.fromkeys(kinds)
-    }
-    calibrated = len(right) > 0 and accuracy.low > CHANCE
-    if calibrated:
-        flag = None
-    elif not right:
-        flag = f"{JUDGE_UNCALIBRATED} (no control trial could be built)"
-    else:
-        flag = f"{JUDGE_UNCALIBRATED} (control accuracy {accuracy.text('{:.3f}')} reaches chance {CHANCE})"
-    return JudgeControl.model_validate(
-        {
-            "scorer": scorer,
-            "judge": judge,
-            "accuracy": accuracy,
-            "by_kind": by_kind,
-            "chance": CHANCE,
-            "calibrated": calibrated,
-            "flag": flag,
-        }
-    )

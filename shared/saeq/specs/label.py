@@ -147,8 +147,9 @@ class JudgeControl(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    scorer: Scorer
-    """Which scores these controls vouch for (or not)."""
+    scorer: Scorer | Literal["specificity"]
+    """Which scores these controls vouch for (or not): a label job's scorer, or the specificity
+    check's rater."""
     judge: str
     """The judge (`local:<model>`, `openai:<model>`) or the embedding model."""
     accuracy: Estimate

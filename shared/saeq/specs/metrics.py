@@ -36,6 +36,12 @@ def checks_lines(summary: dict) -> list[str]:
             f"mean Spearman {with_interval(sp, 'mean_spearman')}, pooled {fmt_or_dash(sp['pooled_spearman'])}; share rated "
             f"2-3 by activation bin (0, .25, .5, .75, 1]: {shares}"
         )
+        if (control := sp.get("rater_control")) is not None:  # absent in reports from before the controls
+            acc = Estimate.model_validate(control["accuracy"]).text()
+            verdict = sp.get("flag") or "calibrated: its ratings count"
+            lines.append(
+                f'  rater control accuracy (planted "the word X") {acc}, chance {control["chance"]:g} -> {verdict}'
+            )
     for lang, s in (summary.get("sensitivity") or {}).items():
         lines.append(
             f"sensitivity en->{lang} ({s['n_pairs']} article pairs, {s['n_features']} features): "

@@ -14,6 +14,7 @@ from saeq.ml.explainers import Explanation, LocalLLM
 from saeq.ml.features import FeatureIndex
 from saeq.ml.llm import ChatEndpoint
 from saeq.ml.scoring import EmbeddingScorer
+from saeq.specs.metrics import checks_lines
 
 HYDROGEN = [
     "hydrogen is the lightest chemical element and burns with oxygen to make water",
@@ -50,7 +51,8 @@ def _planted():
 
 
 def _keyword_rater(request: dict) -> str:
-    concept = re.search(r"Concept: (\w+)", request["messages"][-1]["content"]).group(1)
+    planted = re.search(r'Concept: the word "(\w+)"', request["messages"][-1]["content"])  # a control trial
+    concept = planted.group(1) if planted else re.search(r"Concept: (\w+)", request["messages"][-1]["content"]).group(1)
     text = re.search(r"Text: (.*)", request["messages"][-1]["content"]).group(1)
     return "3" if concept in text else "0"
 
@@ -87,6 +89,22 @@ def test_a_feature_on_its_concept_is_specific_and_one_firing_everywhere_is_not(o
     counts = r["summary"]["rating_counts_by_bin"]
     assert sum(map(sum, counts)) == r["summary"]["n_contexts"] == 13 + 9  # no silent window: fires everywhere
     assert len(counts) == len(BIN_NAMES) == len(r["bins"])
+    control = r["summary"]["rater_control"]  # planted "the word X" trials: this rater passes them
+    assert control["calibrated"] and control["accuracy"]["value"] == 1.0 and control["accuracy"]["n"] >= 16
+    assert r["summary"]["flag"] is None and control["scorer"] == "specificity" and control["judge"] == "openai:judge"
+
+
+def test_a_rater_that_cannot_tell_is_flagged_uncalibrated(openai_server):
+    server = openai_server(lambda request: "2")  # the same rating for every text
+    rater = EndpointRater(ChatEndpoint(server.base_url, "judge", api_key=None), "openai:judge")
+    index, decode = _planted()
+    summary = _check(index, decode, rater)["summary"]
+    assert not summary["rater_control"]["calibrated"]
+    assert summary["flag"].startswith("judge uncalibrated: scores uninformative")
+    line = next(
+        ln for ln in checks_lines({"specificity": {**summary, "rater": "openai:judge"}}) if "rater control" in ln
+    )
+    assert "judge uncalibrated: scores uninformative" in line and "(n=" in line
 
 
 def test_embedding_rater_rates_text_about_the_label_higher():

@@ -10,7 +10,8 @@ import re
 import pytest
 import torch
 
-from saeq.jobs.label_controls import control_result, planted_trials, run_controls
+from saeq.jobs.label_controls import run_controls
+from saeq.ml.control_trials import control_result, planted_trials
 from saeq.ml.explainers import EndpointJudge
 from saeq.ml.features import FeatureIndex
 from saeq.ml.llm import ChatEndpoint
@@ -89,7 +90,8 @@ def _controls(openai_server, responder):
 
 def test_planted_windows_hold_the_word_and_the_others_do_not():
     index, decode = _index()
-    trials = planted_trials(index, decode, _spec())
+    spec = _spec()
+    trials = planted_trials(index, decode, before=spec.window_before, after=spec.window_after, seed=spec.seed)
     words = {t.label.label for t in trials}
     assert len(words) == 4 and len(trials) >= 4 * 4
     for t in trials:
@@ -122,7 +124,7 @@ def test_a_judge_that_cannot_tell_is_flagged_uncalibrated(openai_server, respond
 
 
 def test_control_math_is_wilson_against_chance():
-    # 28 of 40: Wilson [0.546, 0.819], above chance; 26 of 40: [0.495, 0.779], reaches it.
+    # 28 of 40: Wilson [0.546, 0.819], above chance; 26 of 40: [0.495, 0.779], not above it.
     above = control_result("detection", "j", ["planted"] * 40, [True] * 28 + [False] * 12)
     assert above.calibrated and round(above.accuracy.low, 3) == 0.546 and round(above.accuracy.high, 3) == 0.819
     reaches = control_result("detection", "j", ["planted"] * 40, [True] * 26 + [False] * 14)
