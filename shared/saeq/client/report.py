@@ -5,7 +5,7 @@ report page are drawn by the worker, saeq.jobs.evaluate_report)."""
 from __future__ import annotations
 
 from saeq.specs.estimates import Estimate
-from saeq.specs.label import JudgeControl
+from saeq.specs.label import JUDGE_UNCALIBRATED, JudgeControl
 from saeq.specs.metrics import HEADLINE, checks_lines
 
 __all__ = ["checks_lines", "judge_controls_lines", "labels_summary", "labels_table", "summary_table"]
@@ -76,7 +76,10 @@ def judge_controls_lines(controls: list[dict] | None) -> list[str]:
     for raw in controls:
         c = JudgeControl.model_validate(raw)
         kinds = "; ".join(f"{_KIND_WORDS.get(k, k)} {e.text('{:.2f}')}" for k, e in c.by_kind.items())
-        verdict = "calibrated: its scores count" if c.calibrated else c.flag
+        # the flag repeats the accuracy printed just before it: its head is enough here
+        verdict = (
+            "calibrated: its scores count" if c.calibrated else c.flag if c.accuracy.n == 0 else JUDGE_UNCALIBRATED
+        )
         lines.append(
             f"judge {c.judge} ({c.scorer}): control accuracy {c.accuracy.text('{:.2f}')}, chance {c.chance:g} -> "
             f"{verdict}" + (f"\n  by trial: {kinds}" if kinds else "")

@@ -87,7 +87,8 @@ def test_an_uncalibrated_judge_is_shown_flagged_and_its_means_apart():
          "by_kind": {}, "chance": 0.5, "calibrated": True, "flag": None},
     ]  # fmt: skip
     assert judge_controls_lines(controls) == [
-        f"judge local:smollm2 (detection): control accuracy 0.50 [0.40, 0.60] (n=96 trials), chance 0.5 -> {flag}"
+        "judge local:smollm2 (detection): control accuracy 0.50 [0.40, 0.60] (n=96 trials), chance 0.5 -> "
+        "judge uncalibrated: scores uninformative"
         '\n  by trial: planted "the word X" 0.50 [0.40, 0.60] (n=96 trials)',
         "judge minilm (embedding): control accuracy 0.90 [0.82, 0.95] (n=96 trials), chance 0.5 -> calibrated: "
         "its scores count",
