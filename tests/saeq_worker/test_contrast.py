@@ -17,7 +17,7 @@ from saeq.jobs.contrast import contrast_features, text_activations
 from saeq.ml.models import load_model
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.sinks import SinkReference
-from saeq.specs import HarvestSpec, ModelSpec, SaeConfig, TrainSpec
+from saeq.specs import ActivationsRef, HarvestSpec, ModelSpec, SaeConfig, TrainSpec
 from tests.saeq_worker.conftest import HOOK
 from tests.tiny_model import save_tiny_llama
 
@@ -37,7 +37,7 @@ def harvest_job(client_module, tmp_path_factory):
 @pytest.fixture(scope="module")
 def train_job(client_module, harvest_job):
     spec = TrainSpec(
-        activations={"job_id": harvest_job["id"], "hook": HOOK},
+        activations=ActivationsRef(job_id=harvest_job["id"], hook=HOOK),
         saes=[SaeConfig(name="topk", d_sae=256, k=8)],
         batch_size=512,
         total_tokens=6144,
