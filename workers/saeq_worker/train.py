@@ -5,10 +5,12 @@ online adapter)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from saeq.errors import InvalidSpec
 from saeq.jobs.train import train_from_harvest
 from saeq.platform.shard_cache import ShardCache
-from saeq.specs import OnlineActivations, TrainSpec
+from saeq.specs import ActivationsRef, OnlineActivations, TrainSpec
 from saeq.specs.costs import check_quota
 from saeq.specs.manifests import HarvestManifest
 from saeq_worker.resolve import read_harvest_manifest
@@ -44,7 +46,7 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
     result = train_from_harvest(
         spec,
         harvest.model_dump(),
-        shard_reader(store, harvest.hooks[spec.activations.hook], shard_cache),
+        _reader(store, harvest, spec, shard_cache),
         device=job.device,
         devices=_devices(job),
         resume=resume,
@@ -63,11 +65,29 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
         "prepend_bos": harvest.prepend_bos,
         "saeq_job_id": job.id,
         "harvest_job_id": harvest.job_id,
+        **({"hook_name_out": spec.activations.target_hook} if spec.activations.target_hook else {}),
     }
     files = export_saes(job, result, metadata)
     key = job.publish(train_manifest(job, spec, _source(harvest, hook), result, files))
     report_done(job, result)
     return key
+
+
+def _reader(store, harvest: HarvestManifest, spec: TrainSpec, cache: ShardCache | None) -> Callable[[str], bytes]:
+    """read(key) for the input hook's shards, and the target hook's too for a transcoder's pairs."""
+    assert isinstance(spec.activations, ActivationsRef)
+    read = shard_reader(store, harvest.hooks[spec.activations.hook], cache)
+    target = spec.activations.target_hook
+    if target is None:
+        return read
+    if target not in harvest.hooks:
+        raise InvalidSpec(
+            f"harvest {harvest.job_id} has no hook {target!r}; it has {sorted(harvest.hooks)}",
+            field="spec.activations.target_hook",
+        )
+    read_target = shard_reader(store, harvest.hooks[target], cache)
+    target_keys = {s.key for s in harvest.hooks[target].shards}
+    return lambda key: read_target(key) if key in target_keys else read(key)
 
 
 def _devices(job: RunningJob) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import saeq
 from saeq import keys
 from saeq.jobs.train import TrainProgress, TrainResult, TrainState
-from saeq.ml.sae.formats import SaeFormat
+from saeq.ml.sae.formats import SPARSIFY_ARCHITECTURES, SaeFormat
 from saeq.platform.store import AlreadyExists
 from saeq.specs import TrainSpec
 from saeq.specs.manifests import TrainManifest
@@ -132,5 +132,5 @@ def report_done(job: RunningJob, result: TrainResult) -> None:
 
 
 def sae_formats(architecture: str) -> tuple[SaeFormat, ...]:
-    """sparsify's format holds TopK SAEs only."""
-    return ("saelens", "sparsify") if architecture == "topk" else ("saelens",)
+    """sparsify's format holds TopK SAEs and TopK transcoders only."""
+    return ("saelens", "sparsify") if architecture in SPARSIFY_ARCHITECTURES else ("saelens",)

@@ -317,6 +317,7 @@ def _next_multiple(tokens: int, every: int | None) -> int | None:
 
 def harvest_data(spec: TrainSpec, manifest: dict, read: Callable[[str], bytes], **kw) -> HarvestData:
     """The batches and held-out tokens `spec` asks of the harvest `manifest` describes."""
+    assert isinstance(spec.activations, ActivationsRef), "an online spec reads no harvest"
     return HarvestData(
         manifest,
         spec.activations.hook,

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from saeq.errors import InvalidSpec
 from saeq.ml.distributed import DataGroup
-from saeq.ml.sae import JumpReluSae, SparseAutoencoder, SparseCodes, Step, sae_class
+from saeq.ml.sae import JumpReluSae, SparseAutoencoder, SparseCodes, Step, Transcoder, sae_class
 from saeq.specs import SaeConfig, TrainSpec
 from saeq.specs.costs import sae_latents
 from saeq.specs.train_seeds import sae_runs
@@ -251,6 +251,8 @@ def build_trainees(
         on = devices[j % len(devices)]
         sae = cls(d_in, d_sae, k=cfg.k, generator=gen, **cls.options_from_config(cfg)).to(on)
         with torch.no_grad():
+            if first_x is not None and isinstance(sae, Transcoder):
+                sae.set_target_gain_(first_x)
             if b_dec is not None:
                 sae.b_dec.copy_(sae.split_batch(b_dec[None])[1][0])  # a transcoder's: the target's part
             if isinstance(sae, JumpReluSae):

@@ -28,7 +28,8 @@ _FROM_SAELENS = {
     "jumprelu_transcoder": "jumprelu_transcoder",
     "jumprelu_skip_transcoder": "jumprelu_skip_transcoder",
 }
-_SPARSIFY_ARCHITECTURES = ("topk", "topk_transcoder", "topk_skip_transcoder")
+SPARSIFY_ARCHITECTURES = ("topk", "topk_transcoder", "topk_skip_transcoder")
+"""What sparsify's format holds: TopK SAEs and TopK (skip-)transcoders."""
 
 
 def save_sae(sae: SparseAutoencoder, path: str | Path, format: SaeFormat, metadata: dict | None) -> Path:
@@ -38,12 +39,13 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, format: SaeFormat, metada
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()}
+    # target_gain: a transcoder's training-only factor, folded in (1) by the time it is saved
+    sd = {k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items() if k != "target_gain"}
     if format == "saelens":
         cfg, tensors = _saelens_cfg(sae, metadata or {}), sd
         save_file(tensors, path / "sae_weights.safetensors")
     elif format == "sparsify":
-        if sae.architecture not in _SPARSIFY_ARCHITECTURES:
+        if sae.architecture not in SPARSIFY_ARCHITECTURES:
             raise ValueError(f"sparsify stores TopK SAEs and transcoders only, not {sae.architecture}")
         if sae.is_transcoder and sae.W_dec.shape[1] != sae.d_in:
             raise ValueError(f"sparsify's transcoders write d_in={sae.d_in} wide outputs, not {sae.W_dec.shape[1]}")
@@ -147,7 +149,7 @@ def _from_saelens(cfg: dict, sd: dict[str, Tensor]) -> SparseAutoencoder:
         raise ValueError(f"SAELens architecture {arch!r} is not supported (topk, standard, jumprelu)")
     k = cfg.get("k") if ours in _FROM_SAELENS.values() else meta.get("saeq_k")
     W_enc, W_dec = sd["W_enc"], sd["W_dec"]
-    options = (meta.get("saeq_options") or {}) if ours == meta.get("saeq_architecture") else {}
+    options: dict[str, Any] = (meta.get("saeq_options") or {}) if ours == meta.get("saeq_architecture") else {}
     if SAE_ARCHITECTURES.get(ours).transcoder:
         options = options | {"d_out": W_dec.shape[1]}
     sae = SparseAutoencoder(W_enc.shape[0], W_enc.shape[1], ours, k=k, dtype=W_enc.dtype, device="meta", **options)
@@ -162,7 +164,7 @@ def _from_saelens(cfg: dict, sd: dict[str, Tensor]) -> SparseAutoencoder:
         W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
     state: dict[str, Any] = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": sd["b_dec"]}
     for name in sae.state_dict():  # the rule's own tensors (jumprelu's and batchtopk's threshold)
-        if name not in state:
+        if name not in state and name != "target_gain":  # a transcoder's gain is 1 once saved
             state[name] = threshold if name == "threshold" else sd[name]
     sae.load_state_dict({k: v.contiguous() for k, v in state.items()}, assign=True)
     return sae

@@ -39,6 +39,36 @@ class Transcoder(SparseAutoencoder):
             self.b_dec = nn.Parameter(torch.zeros(self.d_out, **like))
         if self.has_skip:
             self.W_skip = nn.Parameter(torch.zeros(self.d_out, d_in, **like))
+        # Training only: the target is multiplied by this gain, so it is as large as the input (an
+        # MLP's output can be 100x smaller than its input: Adam's steps suit O(1) weights). Folded
+        # into the weights at the end (fold_input_scale_), 1 in every saved file.
+        self.register_buffer("target_gain", torch.ones((), dtype=torch.float32, device=like["device"]))
+        self.target_gain: Tensor
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # files hold no gain: it is 1
+        state_dict.setdefault(prefix + "target_gain", torch.ones((), dtype=torch.float32))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def set_target_gain_(self, batch: Tensor) -> None:
+        """Make the target of `batch` ([x | y] rows) as large, on average, as the input."""
+        x, y = batch[:, : self.d_in], batch[:, self.d_in :]
+        self.target_gain.fill_(float(x.norm(dim=1).mean() / y.norm(dim=1).mean().clamp_min(1e-12)))
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """Take raw x and predict raw y: the input scale as an SAE's, then the target gain g (every
+        output-space term, and the codes, divided by g; W_dec's rows keep their norms)."""
+        super().fold_input_scale_(scale)
+        g = float(self.target_gain)
+        self.W_enc.div_(g)
+        self.b_enc.div_(g)
+        self.b_dec.div_(g)
+        if hasattr(self, "threshold"):
+            self.threshold.div_(g)
+        if self.has_skip:
+            self.W_skip.div_(g)
+        self.target_gain.fill_(1.0)
 
     def input_shift(self) -> Tensor | None:
         return None
@@ -49,7 +79,7 @@ class Transcoder(SparseAutoencoder):
             raise ValueError(
                 f"a transcoder batch has d_in + d_out = {self.d_in + self.d_out} columns, not {batch.shape[1]}"
             )
-        return batch[:, : self.d_in], batch[:, self.d_in :]
+        return batch[:, : self.d_in], batch[:, self.d_in :] * self.target_gain
 
     def skip_out(self, x: Tensor) -> Tensor | None:
         return x @ self.W_skip.T if self.has_skip else None
