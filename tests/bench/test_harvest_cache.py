@@ -12,7 +12,6 @@ from saeq import keys
 from saeq.dev.synthetic import fake_harvest
 from saeq.ml.shards import decode_shard
 from saeq.platform.store import LocalStore
-from tests.bench.test_benches_run import run_bench
 
 JOB, HOOK = "b" * 32, "blocks.14.hook_resid_post"
 
@@ -55,12 +54,15 @@ def test_a_manifest_whose_shard_is_gone_is_redone(tmp_path):
     assert calls == [1, 1]
 
 
-def test_bench_train_runs_over_a_half_written_cache(tmp_path):
-    """`bench/train.py --synthetic --smoke` with a killed run's shards in its cache (it failed
-    with AlreadyExists on the first shard before)."""
-    cache = tmp_path / "cache"
-    _half_written(LocalStore(cache / "synthetic"))
-    out = run_bench(["bench/train.py", "--synthetic", "--smoke", "--peers", "", "--cache", str(cache)], tmp_path)
-    assert "synthetic, 24,576 tokens harvested" in out and "saeq " in out
-    manifest = json.loads(LocalStore(cache / "synthetic").get(keys.manifest(JOB)))
-    assert manifest["d_model"] == 576 and manifest["n_tokens"] == 24_576
+def test_bench_train_synthetic_store_redoes_a_half_written_cache(tmp_path):
+    """bench/train.py's synthetic store with a killed run's shards in its cache (it failed with
+    AlreadyExists on the first shard before); its SmolLM2 harvest goes through cached_harvest alike."""
+    from bench.train import synthetic_store
+
+    _half_written(LocalStore(tmp_path))
+    manifest = synthetic_store(tmp_path, 256, d=8)
+    assert manifest["n_tokens"] == 256 and json.loads(LocalStore(tmp_path).get(keys.manifest(JOB))) == manifest
+    (shard,) = manifest["hooks"][HOOK]["shards"]
+    acts = decode_shard(LocalStore(tmp_path).get(shard["key"]))["acts"]
+    assert acts.shape == (256, 8) and not bool((acts == 7.0).any())
+    assert synthetic_store(tmp_path, 256, d=8) == manifest  # complete and of that size: kept
