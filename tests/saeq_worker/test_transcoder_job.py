@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from saeq.client.client import ApiError
-from saeq.specs import BuiltinCorpus, HarvestSpec, ModelSpec, SaeConfig, TrainSpec
+from saeq.specs import ActivationsRef, BuiltinCorpus, HarvestSpec, ModelSpec, SaeConfig, TrainSpec
 from tests.helpers import import_peer
 from tests.tiny_model import save_tiny_llama
 
@@ -39,7 +39,7 @@ def pair_harvest(client_module, model_dir):
 
 def _spec(harvest_id: str, **activations) -> dict:
     spec = TrainSpec(
-        activations={"job_id": harvest_id, "hook": HOOK, "target_hook": TARGET},
+        activations=ActivationsRef(job_id=harvest_id, hook=HOOK, target_hook=TARGET),
         saes=[SaeConfig(name="tc", architecture="topk_skip_transcoder", d_sae=256, k=8)],
         batch_size=512,
         total_tokens=15_360,

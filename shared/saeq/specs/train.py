@@ -53,7 +53,9 @@ class SaeConfig(Frozen):
     `jumprelu`: a learnt threshold per latent, L0 penalty (Gemma Scope). `relu`: ReLU with an
     L1 penalty weighted by decoder norms (Anthropic, April 2024). `matryoshka_batchtopk`:
     batchtopk whose nested prefixes (`matryoshka_groups`) each learn to reconstruct (Bussmann et
-    al. 2025). Plugins add others (saeq.specs.architectures)."""
+    al. 2025). `topk_transcoder`, `topk_skip_transcoder`, `jumprelu_transcoder`,
+    `jumprelu_skip_transcoder`: read `activations.hook`, predict `activations.target_hook`
+    (docs/transcoders.md). Plugins add others (saeq.specs.architectures)."""
     d_sae: int | None = Field(default=None, gt=0, le=1 << 20)
     """Number of latents; None: expansion_factor x d_in."""
     expansion_factor: int = Field(default=8, ge=1, le=256)
