@@ -78,7 +78,7 @@ def test_a_skip_transcoder_learns_a_linear_map_that_a_plain_one_cannot_fit():
             SaeConfig(name="plain", architecture="topk_transcoder", d_sae=64, k=4, lr=2e-2),
             SaeConfig(name="skip", architecture="topk_skip_transcoder", d_sae=64, k=4, lr=2e-2),
         ],
-        total_tokens=256 * 60,
+        total_tokens=256 * 30,
         batch_size=256,
         checkpoint_every_tokens=None,
     )
@@ -88,7 +88,7 @@ def test_a_skip_transcoder_learns_a_linear_map_that_a_plain_one_cannot_fit():
     skip_sae = result.saes["skip"]
     assert isinstance(skip_sae, TopKSkipTranscoder)
     assert plain.d_in == 16 and skip_sae.W_skip.shape == (16, 16)
-    assert skip.fvu < 0.05 < plain.fvu, (skip.fvu, plain.fvu)
+    assert skip.fvu < 0.1 and plain.fvu > 0.3, (skip.fvu, plain.fvu)
     # the training scale is folded in: the saved transcoder takes raw x and predicts raw y
     again = measure(result.saes["skip"], pairs[:2048])
     assert again.fvu == pytest.approx(skip.fvu, rel=1e-4)
