@@ -2,7 +2,7 @@
 label with a window it fits and a window it does not, so the right answer is known:
 
 - own_vs_other: a feature's own label against one of its scoring windows (fits) and against a
-  window of another feature, with a different label, from a context where the first is silent;
+  window of another feature, with a different label, in which the first is silent;
 - planted: the label `the word "X"` against windows around an occurrence of X (fits) and windows
   without it; for fuzzing, the same window with X marked (fits) and with as many other tokens marked.
 
@@ -34,7 +34,8 @@ CONTROL_FEATURES = 64
 
 def own_vs_other_trials(samples: Sequence[FeatureSample], records: list[dict], index: FeatureIndex) -> list[Trial]:
     """For each explainer's label of each sampled feature: OWN_WINDOWS trials, the feature's own
-    scoring windows against the next features' (in order) whose label differs."""
+    scoring windows against windows of the next features (in order) whose label differs and in
+    which the feature never fires."""
     T = index.token_ids_CT.shape[1]
     by_feature = {s.feature: s for s in samples}
     order = [s.feature for s in samples]
@@ -47,17 +48,23 @@ def own_vs_other_trials(samples: Sequence[FeatureSample], records: list[dict], i
             own, fits = labels.get(f), by_feature[f].activating[:OWN_WINDOWS]
             if own is None or not fits:
                 continue
-            fires_in = set((index.activations(f)[0] // T).tolist())
+            # a dense feature fires in nearly every context, so silence is asked of the window only
+            fires_at = set(index.activations(f)[0].tolist())
             misfits: list[Example] = []
             for g in order[i + 1 :] + order[:i]:
                 other = labels.get(g)
                 if other is None or other.label.strip().lower() == own.label.strip().lower():
                     continue
-                misfits += [ex for ex in by_feature[g].activating if ex.context not in fires_in]
+                misfits += [ex for ex in by_feature[g].activating if not _fires_in(ex, fires_at, T)]
                 if len(misfits) >= len(fits):
                     break
             trials += [Trial("own_vs_other", own, a, b) for a, b in zip(fits, misfits, strict=False)]
     return trials
+
+
+def _fires_in(window: Example, fires_at: set[int], T: int) -> bool:
+    first = window.context * T + window.start
+    return any(p in fires_at for p in range(first, first + len(window.token_ids)))
 
 
 def run_controls(

@@ -10,7 +10,8 @@ import re
 import pytest
 import torch
 
-from saeq.jobs.label_controls import run_controls
+from saeq.jobs.label import sample_feature
+from saeq.jobs.label_controls import own_vs_other_trials, run_controls
 from saeq.ml.control_trials import control_result, planted_trials
 from saeq.ml.explainers import EndpointJudge
 from saeq.ml.features import FeatureIndex
@@ -136,3 +137,22 @@ def test_control_math_is_wilson_against_chance():
     assert (kinds.by_kind["own_vs_other"].value, kinds.by_kind["planted"].value) == (1.0, 0.0)
     empty = control_result("embedding", "e", [], [])
     assert not empty.calibrated and "no control trial" in str(empty.flag)
+
+
+def test_a_feature_firing_in_every_context_still_gets_own_label_trials():
+    """Silence is asked of the other feature's window, not its whole context: the most active
+    features fire in nearly every context."""
+    index, _ = _index()
+    C, T = index.token_ids_CT.shape
+    acts = torch.zeros(C, T, 3)
+    for f in (0, 1):
+        pos, vals = index.activations(f)
+        acts.view(-1, 3)[pos, f] = vals
+    acts[:, T - 1, 2] = 1.0  # feature 2: the last word of every context
+    dense = FeatureIndex.from_dense(index.token_ids_CT, index.doc_ids_CT, index.sinks_CT, acts)
+    records = [*_records(), {"feature": 2, "explainer": "openai:m", "label": "last words", "description": "Ends."}]
+    samples = [sample_feature(dense, f, _spec()) for f in (0, 1, 2)]
+    trials = [t for t in own_vs_other_trials(samples, records, dense) if t.label.label == "last words"]
+    assert len(trials) == 2
+    for t in trials:
+        assert t.misfits.start + len(t.misfits.token_ids) < T  # a window of feature 0 or 1 that stops short of it
