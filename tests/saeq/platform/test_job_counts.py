@@ -164,14 +164,17 @@ class Deployment:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_counts_equal_the_census_after_random_state_changes(registry, seed):
     deployment = Deployment(registry, random.Random(seed))
+    seen: set[str] = set()
     for step in range(300):
         deployment.step()
         if step % 25 == 24:
             time.sleep(2 * SHORT_RETENTION_S)  # the short-retention records are gone
-            assert counted(registry) == census_counts(registry), f"seed {seed}, step {step}"
-    by_kind, _, _ = census_counts(registry)
-    seen = {state for _, state in by_kind}
-    assert {"queued", "running"} <= seen and seen & set(TERMINAL), by_kind  # the walk reached them
+            census = census_counts(registry)
+            assert counted(registry) == census, f"seed {seed}, step {step}"
+            seen |= {state for _, state in census[0]}
+    # The walk reached them at some checkpoint (at its last one alone, whether a job was running
+    # hung on how fast the reaper's 0.01 s time limits ran out).
+    assert {"queued", "running"} <= seen and seen & set(TERMINAL), seen
 
 
 def test_an_expired_record_leaves_the_counts(registry):
