@@ -40,6 +40,7 @@ def preempt_pool_jobs(registry: Registry, *, reason: str = SHUTDOWN_REASON) -> l
     """Ask every job this process's pool children compute to yield -> their ids."""
     host = socket.gethostname()
     workers = {f"{host}:{pid}" for pid in child_pids(os.getpid())}
-    asked = [job_id for job_id in registry.running_on(workers) if registry.request_preempt(job_id, reason)]
+    # One script for all of them: the grace period counts from the signal.
+    asked = registry.request_preempts([(job_id, reason) for job_id in registry.running_on(workers)])
     log.info("shutting down: asked %d running job(s) to yield: %s", len(asked), asked)
     return asked

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Discriminator, ValidationError, fiel
 
 from saeq.errors import InvalidSpec
 from saeq.specs.compare import Comparison
-from saeq.specs.compare import Comparison
 from saeq.specs.estimates import Estimate
 from saeq.specs.label import JudgeControl
 
@@ -154,8 +153,6 @@ class EvaluateManifest(_Manifest):
     report_key: str
     metrics_key: str
     plots: list[str]
-    comparison: Comparison | None = None
-    """With spec.compare_with: the evaluated SAE (A) against the other (B) on the same contexts."""
     comparison: Comparison | None = None
     """With spec.compare_with: the evaluated SAE (A) against the other (B) on the same contexts."""
 
