@@ -13,8 +13,8 @@ from saeq.ml.corpus import builtin_documents, builtin_order
 from saeq.ml.models import LoadedModel
 from saeq.platform.store import ObjectStore
 from saeq.specs.contrast import MAX_TOTAL_TOKENS, ContrastFeature, ContrastRequest, ContrastResult, TextSet
-from saeq_worker.inspect import _LABELS, _SAES, _kept, _labels
-from saeq_worker.resolve import SaeContext, cached_model, sae_context, sink_reference
+from saeq_worker.live_cache import live_labels, live_sae
+from saeq_worker.resolve import cached_model, sink_reference
 
 
 def serve_contrast(
@@ -37,13 +37,12 @@ def serve_contrast(
             field="max_tokens",
         )
     check()
-    key = request.model_dump_json(include={"sae", "model", "hook"})  # as inspect's, so both share the SAE
-    ctx: SaeContext = _kept(_SAES, key, lambda: sae_context(request, store))
+    ctx = live_sae(request, store)  # inspect's cache: both ops share the SAE
     sinks = sink_reference(request, ctx.sink_info)
     labels, pages, label_job = {}, False, request.label_job
     if label_job:
         check()
-        labels, pages = _kept(_LABELS, label_job, lambda: _labels(store, label_job, ctx))
+        labels, pages = live_labels(store, label_job, ctx)
     check()
     lm = cached_model(ctx.model, device, cache_dir)
     ids = {side: _token_ids(lm, getattr(request, side), side, request.max_tokens, request.seed) for side in "ab"}

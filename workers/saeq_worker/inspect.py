@@ -4,9 +4,7 @@ feature pages."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -18,28 +16,15 @@ from saeq.jobs.steer import chat_prompt
 from saeq.ml.explainers import token_pieces
 from saeq.platform.store import ObjectStore
 from saeq.specs.inspect import FeatureActivation, InspectedToken, InspectRequest, InspectResult
-from saeq.specs.manifests import LabelManifest
-from saeq_worker.resolve import SaeContext, cached_model, read_published_manifest, sae_context, sink_reference
+from saeq_worker.live_cache import live_labels, live_sae
+from saeq_worker.resolve import cached_model, sink_reference
 
-KEPT = 4
-"""SAEs and label jobs a worker process keeps loaded (the least recently used dropped)."""
 LIVE_THREADS = 1
 """Torch threads an inspect request computes with (at most the process's). A live text is a few dozen
 tokens: its matrix products are too small to gain from a second thread, and on a shared machine
 torch's lock-step parallel loops wait for a busy core. Measured 2026-12-02 on 2 shared cores at load
 11: inspect of 64 tokens (SmolLM2 to block 14, SAE of 4,608) 0.29 s median on one thread, 1.68 s on
 two (0.7-5.9 s); the switch there and back costs nothing measurable (0.23 s median)."""
-_SAES: OrderedDict[str, SaeContext] = OrderedDict()
-_LABELS: OrderedDict[str, tuple[dict[int, str], bool]] = OrderedDict()  # label job -> (labels, has pages)
-
-
-def _kept(cache: OrderedDict, key: str, load: Callable[[], object]):
-    if key not in cache:
-        cache[key] = load()
-        while len(cache) > KEPT:
-            cache.popitem(last=False)
-    cache.move_to_end(key)
-    return cache[key]
 
 
 def serve_inspect(
@@ -56,14 +41,12 @@ def serve_inspect(
     t0 = time.monotonic()
     check = check or (lambda: None)
     check()
-    # Keyed by what picks the SAE, model and hook only: other fields do not reload it.
-    key = request.model_dump_json(include={"sae", "model", "hook"})
-    ctx: SaeContext = _kept(_SAES, key, lambda: sae_context(request, store))
+    ctx = live_sae(request, store)
     sinks = sink_reference(request, ctx.sink_info)
     labels, pages, label_job = {}, False, request.label_job
     if label_job:
         check()
-        labels, pages = _kept(_LABELS, label_job, lambda: _labels(store, label_job, ctx))
+        labels, pages = live_labels(store, label_job, ctx)
     check()
     lm = cached_model(ctx.model, device, cache_dir)
     check()
@@ -123,30 +106,3 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _labels(store: ObjectStore, label_job: str, ctx: SaeContext) -> tuple[dict[int, str], bool]:
-    """(feature -> its best-scored label, whether the job published feature pages): the label the
-    feature list shows (saeq.ml.feature_pages.summaries: detection, embedding, then fuzzing AUC)."""
-    manifest = read_published_manifest(store, label_job, LabelManifest, field="label_job", id_field="label_job")
-    which = ("source", "job_id", "name", "path")
-    if any(manifest.sae.get(k) != ctx.provenance.get(k) for k in which):
-        labelled = {k: manifest.sae[k] for k in which if k in manifest.sae}
-        raise InvalidSpec(f"label job {label_job} labelled another SAE: {labelled}", field="label_job")
-    best: dict[int, tuple[float, str]] = {}
-    for line in store.get(manifest.labels_key).decode().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        scores = r.get("scores") or {}
-        auc = next(
-            (
-                scores[k]["auc"]
-                for k in ("detection", "embedding", "fuzzing")
-                if (scores.get(k) or {}).get("auc") is not None
-            ),
-            -1.0,
-        )
-        if r["feature"] not in best or auc > best[r["feature"]][0]:
-            best[r["feature"]] = (auc, r["label"])
-    return {f: label for f, (_, label) in best.items()}, manifest.browser is not None

@@ -6,9 +6,11 @@ Tasks take ids, never objects; the spec is re-read from the registry with the AP
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import lru_cache
 
 from celery.signals import task_prerun
+from pydantic import BaseModel
 
 from saeq.platform.admission import check_admissible, check_local_paths
 from saeq.platform.dispatch import KIND_QUEUE, LIVE_TASK, sender, task_name
@@ -167,8 +169,8 @@ def live(request_id: str = "", *_: object) -> None:
 
 def _serve_live(requests, entry: dict) -> None:
     from saeq.errors import Cancelled
-    from saeq.specs import LabelSearch, SteerRequest
-    from saeq_worker.steer import error_reply, search_labels, serve_steer
+    from saeq.specs import LabelSearch
+    from saeq_worker.steer import error_reply, search_labels
 
     op, request_id, payload = entry["op"], entry["id"], entry["payload"]
     if requests.cancelled(entry):
@@ -177,40 +179,13 @@ def _serve_live(requests, entry: dict) -> None:
         return
     outcome, check = "ok", requests.check_for(entry)
     try:
-        if op == "steer":
-            request = SteerRequest.model_validate(payload)
-            check_local_paths(request, settings.local_path_roots)  # before a model or SAE is loaded
-            reply = serve_steer(
-                request,
-                _store(),
-                device=_device(),
-                cache_dir=settings.cache_dir,
-                max_prompt_tokens=entry["max_prompt_tokens"],
-                check=check,
-            )
-        elif op == "search_labels":
+        if op == "search_labels":
             reply = search_labels(LabelSearch.model_validate(payload), _store(), device=_device(), check=check)
-        elif op == "inspect":
-            from saeq.specs.inspect import InspectRequest
-            from saeq_worker.inspect import serve_inspect
-
-            asked = InspectRequest.model_validate(payload)
+        elif op in ("steer", "inspect", "contrast"):
+            request_type, serve = _loaded_model_op(op)
+            asked = request_type.model_validate(payload)
             check_local_paths(asked, settings.local_path_roots)  # before a model or SAE is loaded
-            reply = serve_inspect(
-                asked,
-                _store(),
-                device=_device(),
-                cache_dir=settings.cache_dir,
-                max_prompt_tokens=entry["max_prompt_tokens"],
-                check=check,
-            )
-        elif op == "contrast":
-            from saeq.specs.contrast import ContrastRequest
-            from saeq_worker.contrast import serve_contrast
-
-            asked = ContrastRequest.model_validate(payload)
-            check_local_paths(asked, settings.local_path_roots)  # before a model or SAE is loaded
-            reply = serve_contrast(
+            reply = serve(
                 asked,
                 _store(),
                 device=_device(),
@@ -228,6 +203,26 @@ def _serve_live(requests, entry: dict) -> None:
         log.exception("live %s request %s failed", op, request_id)
         reply, outcome = error_reply(e), "error"
     requests.answer(entry, reply, outcome)
+
+
+def _loaded_model_op(op: str) -> tuple[type[BaseModel], Callable[..., dict]]:
+    """(request type, serve function) of a live op on the model and SAE a worker keeps loaded; the
+    three take the same arguments: the request, the store, the device, the model cache, the team's
+    prompt cap and the caller-left check."""
+    if op == "steer":
+        from saeq.specs import SteerRequest
+        from saeq_worker.steer import serve_steer
+
+        return SteerRequest, serve_steer
+    if op == "inspect":
+        from saeq.specs.inspect import InspectRequest
+        from saeq_worker.inspect import serve_inspect
+
+        return InspectRequest, serve_inspect
+    from saeq.specs.contrast import ContrastRequest
+    from saeq_worker.contrast import serve_contrast
+
+    return ContrastRequest, serve_contrast
 
 
 @lru_cache(maxsize=1)
