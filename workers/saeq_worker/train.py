@@ -40,8 +40,9 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
 
         return run_train_online(job, cache_dir=settings.cache_dir, local_path_roots=settings.local_path_roots)
     store = job.store
-    harvest = read_harvest_manifest(store, spec.activations.job_id, spec.activations.hook, field="spec.activations")
-    _check_quota(spec, harvest.hooks[spec.activations.hook].d_model, job)
+    hooks = spec.activations.hooks or (spec.activations.hook,)  # a crosscoder's rows: every hook's, side by side
+    harvest = read_harvest_manifest(store, spec.activations.job_id, hooks[0], field="spec.activations")
+    _check_quota(spec, harvest.hooks[hooks[0]].d_model * len(hooks), job)
     resume = latest_checkpoint(job)
     result = train_from_harvest(
         spec,
@@ -57,7 +58,7 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
     )
     job.check()
     job.report(1.0, "export", "writing SAEs", force=True)
-    hook = spec.activations.hook
+    hook = hooks[0]
     metadata = {
         "hook_name": hook,
         "model_name": harvest.model["name"],
@@ -66,6 +67,7 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
         "saeq_job_id": job.id,
         "harvest_job_id": harvest.job_id,
         **({"hook_name_out": spec.activations.target_hook} if spec.activations.target_hook else {}),
+        **({"hook_names": list(hooks)} if spec.activations.hooks else {}),  # a crosscoder's layers, in its rows' order
     }
     files = export_saes(job, result, metadata)
     key = job.publish(train_manifest(job, spec, _source(harvest, hook), result, files))
@@ -76,6 +78,8 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
 def _reader(store, harvest: HarvestManifest, spec: TrainSpec, cache: ShardCache | None) -> Callable[[str], bytes]:
     """read(key) for the input hook's shards, and the target hook's too for a transcoder's pairs."""
     assert isinstance(spec.activations, ActivationsRef)
+    if spec.activations.hooks:
+        return _layers_reader(store, harvest, spec.activations.hooks, cache)
     read = shard_reader(store, harvest.hooks[spec.activations.hook], cache)
     target = spec.activations.target_hook
     if target is None:
@@ -88,6 +92,23 @@ def _reader(store, harvest: HarvestManifest, spec: TrainSpec, cache: ShardCache 
     read_target = shard_reader(store, harvest.hooks[target], cache)
     target_keys = {s.key for s in harvest.hooks[target].shards}
     return lambda key: read_target(key) if key in target_keys else read(key)
+
+
+def _layers_reader(
+    store, harvest: HarvestManifest, hooks: tuple[str, ...], cache: ShardCache | None
+) -> Callable[[str], bytes]:
+    """read(key) over the shards of every hook a crosscoder reads (each checked by its own hook's
+    sha256), InvalidSpec naming spec.activations.hooks for a hook the harvest lacks."""
+    readers = {}
+    for hook in hooks:
+        if hook not in harvest.hooks:
+            raise InvalidSpec(
+                f"harvest {harvest.job_id} has no hook {hook!r}; it has {sorted(harvest.hooks)}",
+                field="spec.activations.hooks",
+            )
+        read = shard_reader(store, harvest.hooks[hook], cache)
+        readers |= {s.key: read for s in harvest.hooks[hook].shards}
+    return lambda key: readers[key](key)
 
 
 def _devices(job: RunningJob) -> list[str]:

@@ -28,6 +28,7 @@ from saeq.jobs.train_seeds import seed_spread
 from saeq.ml.activations import Batch, DataPosition, HarvestData
 from saeq.ml.distributed import DataGroup
 from saeq.ml.sae import SparseAutoencoder
+from saeq.ml.sae.crosscoder import TopKCrosscoder, layer_report
 from saeq.ml.training import (  # SaeMetrics and measure: importable from here as before the split
     SaeMetrics,
     Trainee,
@@ -76,17 +77,24 @@ class TrainResult:
     seed_spread: dict = field(default_factory=dict)
     """With `spec.seeds`: per configuration, each final figure's spread over its seeds
     (saeq.jobs.train_seeds.seed_spread); empty without."""
+    layers: dict = field(default_factory=dict)
+    """Crosscoders: per SAE, FVU per layer and overall, L0 and the per-layer decoder norms on the
+    held-out tokens (saeq.ml.sae.crosscoder.layer_report); empty for other SAEs."""
 
     def to_dict(self) -> dict:
         """Everything but the weights, JSON-able."""
-        return {
-            "tokens": self.tokens,
-            "steps": self.steps,
-            "wall_s": self.wall_s,
-            "input_scale": self.input_scale,
-            "data": self.data,
-            "saes": {n: asdict(m) for n, m in self.metrics.items()},
-        } | ({"seed_spread": self.seed_spread} if self.seed_spread else {})
+        return (
+            {
+                "tokens": self.tokens,
+                "steps": self.steps,
+                "wall_s": self.wall_s,
+                "input_scale": self.input_scale,
+                "data": self.data,
+                "saes": {n: asdict(m) for n, m in self.metrics.items()},
+            }
+            | ({"seed_spread": self.seed_spread} if self.seed_spread else {})
+            | ({"layers": self.layers} if self.layers else {})
+        )
 
 
 @dataclass
@@ -320,9 +328,10 @@ def harvest_data(spec: TrainSpec, manifest: dict, read: Callable[[str], bytes], 
     assert isinstance(spec.activations, ActivationsRef), "an online spec reads no harvest"
     return HarvestData(
         manifest,
-        spec.activations.hook,
+        spec.activations.hooks[0] if spec.activations.hooks else spec.activations.hook,
         read,
         target_hook=spec.activations.target_hook,
+        more_hooks=spec.activations.hooks[1:] if spec.activations.hooks else (),
         batch_size=spec.batch_size,
         seed=spec.seed,
         shuffle_tokens=spec.shuffle_tokens,
@@ -351,10 +360,16 @@ def train_from_harvest(
     data = harvest_data(spec, manifest, read, device=device, **(feed or {}))
     start = DataPosition.from_dict(resume.data_position) if resume and resume.data_position else DataPosition()
     batches = data.batches(start)
+    validation = data.validation()
     try:
-        result = train_saes(spec, batches, validation=data.validation(), device=device, resume=resume, **kw)
+        result = train_saes(spec, batches, validation=validation, device=device, resume=resume, **kw)
     finally:  # stop the feed's threads now, not when a traceback holding the generator is freed
         batches.close()
+    if spec.activations.hooks:
+        hooks = list(spec.activations.hooks)
+        result.layers = {
+            n: layer_report(sae, validation, hooks) for n, sae in result.saes.items() if isinstance(sae, TopKCrosscoder)
+        }
     train_sinks, val_sinks = data.sink_counts("train"), data.sink_counts("validation")
     for m in result.metrics.values():
         m.sinks_excluded_train = train_sinks.n_sinks if spec.sinks.exclude else 0
@@ -363,6 +378,7 @@ def train_from_harvest(
     result.data = {
         "hook": spec.activations.hook,
         **({"target_hook": spec.activations.target_hook} if spec.activations.target_hook else {}),
+        **({"hooks": list(spec.activations.hooks)} if spec.activations.hooks else {}),
         "harvest_job_id": spec.activations.job_id,
         "train_tokens_available": n_ordinary,
         "epochs": result.tokens / max(n_ordinary, 1),

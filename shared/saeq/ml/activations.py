@@ -71,6 +71,8 @@ class _Piece:
     end: int
     target_key: str | None = None
     """The same shard index at the target hook (transcoders' pairs): its rows go beside these."""
+    more_keys: tuple[str, ...] = ()
+    """The same shard index at each of `more_hooks` (crosscoders' layers), beside these in order."""
 
     @property
     def n_tokens(self) -> int:
@@ -106,7 +108,7 @@ class HarvestData:
 
     With `target_hook` (transcoders), each row is [hook | target_hook] of one token: the two
     hooks' shards of one index hold the same tokens in the same order; the sink rule is the input
-    hook's."""
+    hook's. With `more_hooks` (crosscoders), each row is [hook | more_hooks[0] | ...] likewise."""
 
     def __init__(
         self,
@@ -128,6 +130,7 @@ class HarvestData:
         queue_batches: int = 4,
         gpu_fraction: float = 0.5,
         target_hook: str | None = None,
+        more_hooks: tuple[str, ...] = (),
     ):
         entry = _hook_entry(manifest, hook, "spec.activations.hook")
         self.get = read  # key -> shard bytes: the caller's store, a dict's lookup in tests
@@ -137,6 +140,8 @@ class HarvestData:
         self.target_hook = target_hook
         self.d_in = self.d_hook + self._target_width(manifest, target_hook)
         """Width of a batch's rows: the input hook's, plus the target hook's when pairing."""
+        self.more_hooks = tuple(more_hooks)
+        self.d_in += sum(self._layer_width(manifest, h) for h in self.more_hooks)  # and each further layer's
         self.context_len = int(manifest["context_len"])
         self.exclude_sinks = exclude_sinks
         self.median_norm = float(entry["sinks"]["median_norm"])
@@ -153,6 +158,7 @@ class HarvestData:
 
         shards = sorted(entry["shards"], key=lambda s: s["index"])
         targets = _target_keys(manifest, target_hook, shards)
+        layers = [_target_keys(manifest, h, shards, "spec.activations.hooks") for h in self.more_hooks]
         total = sum(int(s["n_tokens"]) for s in shards)
         n_val = -(-validation_tokens // self.context_len) * self.context_len  # whole contexts
         if n_val >= total:
@@ -165,13 +171,14 @@ class HarvestData:
         for s in shards:
             n = int(s["n_tokens"])
             t = targets.get(s["index"])
+            more = tuple(keys[s["index"]] for keys in layers)
             if at + n <= cut:
-                self.train_pieces.append(_Piece(s["key"], 0, n, t))
+                self.train_pieces.append(_Piece(s["key"], 0, n, t, more))
             elif at >= cut:
-                self.val_pieces.append(_Piece(s["key"], 0, n, t))
+                self.val_pieces.append(_Piece(s["key"], 0, n, t, more))
             else:
-                self.train_pieces.append(_Piece(s["key"], 0, cut - at, t))
-                self.val_pieces.append(_Piece(s["key"], cut - at, n, t))
+                self.train_pieces.append(_Piece(s["key"], 0, cut - at, t, more))
+                self.val_pieces.append(_Piece(s["key"], cut - at, n, t, more))
             at += n
         self.n_train_rows = cut
         """Training tokens before the sink rule (sinks included)."""
@@ -190,6 +197,15 @@ class HarvestData:
             )
         return d_target
 
+    def _layer_width(self, manifest: dict, hook: str) -> int:
+        d = int(_hook_entry(manifest, hook, "spec.activations.hooks").get("d_model") or manifest["d_model"])
+        if d != self.d_hook:
+            raise InvalidSpec(
+                f"hook {hook!r} is {d} wide, {self.hook!r} {self.d_hook}: a crosscoder reads hooks of one width",
+                field="spec.activations.hooks",
+            )
+        return d
+
     # --- reading -----------------------------------------------------------------------------
 
     def _decode(self, piece: _Piece) -> _Decoded:
@@ -205,6 +221,11 @@ class HarvestData:
             sl_acts, extra = slice(None), len(target_data)
         else:
             sl_acts, extra = sl, 0
+        if piece.more_keys:  # the same tokens at each further layer, beside the first's
+            more = [(self.get(k), k) for k in piece.more_keys]
+            layers = [_shard_acts(decode_shard(d, k), k, piece.end, self.d_hook)[sl] for d, k in more]
+            acts = torch.cat([acts[sl_acts], *layers], dim=1)  # (n, L * d_hook)
+            sl_acts, extra = slice(None), extra + sum(len(d) for d, _ in more)
         positions, norms = t["positions"][sl], t["norms"][sl]
         self._sinks[piece] = sink_stats(positions, norms, self.median_norm, self.norm_factor)
         if self.exclude_sinks:
@@ -403,7 +424,9 @@ def _hook_entry(manifest: dict, hook: str, field: str) -> dict:
     return entry
 
 
-def _target_keys(manifest: dict, target_hook: str | None, shards: list[dict]) -> dict[int, str]:
+def _target_keys(
+    manifest: dict, target_hook: str | None, shards: list[dict], field: str = "spec.activations.target_hook"
+) -> dict[int, str]:
     """Shard index -> the target hook's shard key, each holding the input shard's tokens."""
     if target_hook is None:
         return {}
@@ -413,8 +436,8 @@ def _target_keys(manifest: dict, target_hook: str | None, shards: list[dict]) ->
         t = by_index.get(s["index"])
         if t is None or int(t["n_tokens"]) != int(s["n_tokens"]):
             raise InvalidSpec(
-                f"target_hook {target_hook!r} has no shard {s['index']} of {s['n_tokens']} tokens beside the input's",
-                field="spec.activations.target_hook",
+                f"{field.rsplit('.', 1)[-1]} {target_hook!r} has no shard {s['index']} of {s['n_tokens']} tokens beside the input's",
+                field=field,
             )
         out[s["index"]] = t["key"]
     return out

@@ -249,7 +249,7 @@ def build_trainees(
             )
         gen = torch.Generator().manual_seed((run.seed * 1_000_003 + i) % (1 << 63))  # run.seed: seeds' or seed
         on = devices[j % len(devices)]
-        sae = cls(d_in, d_sae, k=cfg.k, generator=gen, **cls.options_from_config(cfg)).to(on)
+        sae = cls(d_in, d_sae, k=cfg.k, generator=gen, **cls.options_from_spec(spec, cfg)).to(on)
         with torch.no_grad():
             if first_x is not None and isinstance(sae, Transcoder):
                 sae.set_target_gain_(first_x)

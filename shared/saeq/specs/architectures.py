@@ -30,6 +30,9 @@ class SaeArchitecture:
     transcoder: bool = False
     """It reads one hook point and predicts another (a transcoder): a train job names both,
     `activations.hook` (its input) and `activations.target_hook` (what it predicts)."""
+    crosscoder: bool = False
+    """It reads and writes several hook points at once (a crosscoder): a train job names them all,
+    `activations.hooks`."""
 
     @property
     def uses_k(self) -> bool:
@@ -92,6 +95,7 @@ for _builtin in (
     SaeArchitecture(
         "jumprelu_skip_transcoder", _TRANSCODERS + "JumpReluSkipTranscoder", _JUMPRELU_FIELDS, transcoder=True
     ),
+    SaeArchitecture("topk_crosscoder", "saeq.ml.sae.crosscoder:TopKCrosscoder", _TOPK_FIELDS, crosscoder=True),
 ):
     SAE_ARCHITECTURES.add(_builtin)
 BUILTIN_ARCHITECTURES = SAE_ARCHITECTURES.names()

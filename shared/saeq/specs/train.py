@@ -55,7 +55,9 @@ class SaeConfig(Frozen):
     batchtopk whose nested prefixes (`matryoshka_groups`) each learn to reconstruct (Bussmann et
     al. 2025). `topk_transcoder`, `topk_skip_transcoder`, `jumprelu_transcoder`,
     `jumprelu_skip_transcoder`: read `activations.hook`, predict `activations.target_hook`
-    (docs/transcoders.md). Plugins add others (saeq.specs.architectures)."""
+    (docs/transcoders.md). `topk_crosscoder`: reads and reconstructs every hook of
+    `activations.hooks` at once, its d_in their summed width (docs/crosscoders.md). Plugins add
+    others (saeq.specs.architectures)."""
     d_sae: int | None = Field(default=None, gt=0, le=1 << 20)
     """Number of latents; None: expansion_factor x d_in."""
     expansion_factor: int = Field(default=8, ge=1, le=256)
@@ -135,6 +137,18 @@ class ActivationsRef(Frozen):
     target_hook: HookName | None = None
     """Transcoders only (required there): another hook point of the same harvest, of the same width,
     that they learn to predict from `hook`, token by token (e.g. `blocks.14.hook_mlp_out`)."""
+    hooks: tuple[HookName, ...] | None = None
+    """Crosscoders only (required there): 2..8 distinct hook points of that harvest, of one width,
+    read and reconstructed together token by token (e.g. `blocks.{4,8,12}.hook_resid_post`).
+    `hook` is the first of them (left out, it is taken from here)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hook_from_hooks(cls, data: object) -> object:
+        # a crosscoder's spec names its hooks once; `hook` (the sink rule's, the files' hook_name) is the first
+        if isinstance(data, dict) and data.get("hooks") and "hook" not in data:
+            return {**data, "hook": data["hooks"][0]}
+        return data
 
 
 class OnlineActivations(Frozen):
@@ -252,6 +266,7 @@ class TrainSpec(Frozen):
             raise invalid(self, "lr_decay", "lr_warmup + lr_decay exceed the whole run (1.0)")
         check_seeds(self)
         self._check_transcoders()
+        self._check_crosscoders()
         self._check_gpus()
         return self
 
@@ -275,6 +290,34 @@ class TrainSpec(Frozen):
                 )
         if target is not None and target == self.activations.hook:
             raise invalid(self, "activations.target_hook", f"target_hook is the input hook {target!r}")
+
+    def _check_crosscoders(self) -> None:
+        """Crosscoders read all of `hooks` (every SAE of the job reads the same batches)."""
+        hooks = getattr(self.activations, "hooks", None)
+        for i, cfg in enumerate(self.saes):
+            crosscoder = SAE_ARCHITECTURES.get(cfg.architecture).crosscoder
+            if crosscoder and hooks is None:
+                raise invalid(
+                    self, "activations.hooks", f"saes.{i} is a {cfg.architecture}: it needs activations.hooks (2..8)"
+                )
+            if hooks is not None and not crosscoder:
+                raise invalid(
+                    self,
+                    f"saes.{i}.architecture",
+                    f"activations.hooks is set, so every SAE must be a crosscoder, not {cfg.architecture}",
+                )
+        if hooks is None:
+            return
+        if not 2 <= len(hooks) <= 8:
+            raise invalid(self, "activations.hooks", f"a crosscoder reads 2..8 hooks, not {len(hooks)}")
+        if len(set(hooks)) != len(hooks):
+            raise invalid(self, "activations.hooks", f"activations.hooks repeats a hook: {list(hooks)}")
+        if getattr(self.activations, "target_hook", None) is not None:
+            raise invalid(self, "activations.target_hook", "a crosscoder names its hooks in activations.hooks only")
+        if self.activations.hook != hooks[0]:
+            raise invalid(
+                self, "activations.hook", f"activations.hook {self.activations.hook!r} is not hooks[0] {hooks[0]!r}"
+            )
 
     def _check_gpus(self) -> None:
         if self.parallel == "sweep" and self.gpus > 1 and len(self.saes) < self.gpus:

@@ -1,7 +1,9 @@
 """The sparse autoencoder: the model and its rules (model.py, architectures.py, matryoshka.py; transcoders
-in transcoder.py), its kernels (kernels.py) and its file formats (formats.py). `from saeq.ml.sae import SparseAutoencoder`."""
+in transcoder.py, crosscoders in crosscoder.py), its kernels (kernels.py) and its file formats
+(formats.py). `from saeq.ml.sae import SparseAutoencoder`."""
 
 from saeq.ml.sae.architectures import BatchTopKSae, JumpReluSae, ReluSae, TopKSae
+from saeq.ml.sae.crosscoder import TopKCrosscoder
 from saeq.ml.sae.formats import SAELENS_VERSION, load_sae, save_sae
 from saeq.ml.sae.kernels import JumpReLU, SparseCodes, Step, stable_order
 from saeq.ml.sae.matryoshka import MatryoshkaBatchTopKSae
@@ -27,6 +29,7 @@ __all__ = [
     "SparseAutoencoder",
     "SparseCodes",
     "Step",
+    "TopKCrosscoder",
     "TopKSae",
     "TopKSkipTranscoder",
     "TopKTranscoder",

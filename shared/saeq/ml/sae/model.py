@@ -24,7 +24,7 @@ from saeq.ml.sae.kernels import SparseCodes, _GatherPre, _per_token, _SparseDeco
 from saeq.specs.architectures import SAE_ARCHITECTURES
 
 if TYPE_CHECKING:
-    from saeq.specs import SaeConfig
+    from saeq.specs import SaeConfig, TrainSpec
 
 
 class SaeOutput(NamedTuple):
@@ -150,6 +150,12 @@ class SparseAutoencoder(nn.Module):
     def options_from_config(cls, cfg: SaeConfig) -> dict[str, Any]:
         """`options()` of the SAE a spec's SaeConfig describes."""
         return {}
+
+    @classmethod
+    def options_from_spec(cls, spec: TrainSpec, cfg: SaeConfig) -> dict[str, Any]:
+        """`options()` from the whole train spec, for a rule whose options come from more than its
+        SaeConfig (a crosscoder's layer count is its `activations.hooks`)."""
+        return cls.options_from_config(cfg)
 
     def saelens_fields(self) -> dict:
         """The rule's part of an exported SAELens cfg.json."""
