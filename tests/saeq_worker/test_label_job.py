@@ -82,6 +82,16 @@ def test_train_then_label_with_local_metadata_and_endpoint(client_module, harves
     for s in manifest["summary"].values():
         assert set(s["excluded"]) == flagged and set(s["scores"]) == {"detection", "fuzzing", "embedding"} - flagged
         assert s["excluded"]["detection"]["flag"] == controls["detection"]["flag"]
+    # Scores per decade of density: every labelled feature in its bin, a flagged judge's means marked.
+    bins = manifest["density_bins"]
+    assert [b["low"] for b in bins] == [1e-4, 1e-3, 1e-2, 0.1] and sum(b["n_labelled"] for b in bins) == 6
+    for b in bins:
+        assert b["n_eligible"] >= b["n_labelled"]
+        in_bin = {r["feature"] for r in records if b["low"] <= r["density"] < b["high"]}
+        assert b["n_labelled"] == len(in_bin)
+        for sc in b["scores"]:
+            assert sc["auc"]["n"] == b["n_labelled"] and sc["flag"] == controls[sc["scorer"]]["flag"]
+        assert len(b["scores"]) == (3 * 3 if in_bin else 0)  # explainers x scorers
     assert controls["embedding"]["judge"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert controls["embedding"]["by_kind"]["planted"]["n"] > 0
     arts = {a["key"] for a in client.artifacts(done["id"])["artifacts"]}
@@ -95,6 +105,40 @@ def test_train_then_label_with_local_metadata_and_endpoint(client_module, harves
     with pytest.raises(ApiError) as e:
         client.search_labels(train_job["id"], "x")
     assert e.value.status == 422 and "not a label job" in str(e.value)
+
+
+def test_features_drawn_across_density_bins(client_module, train_job):
+    """`select: density_bins` through the worker: the features labelled are the draw the index
+    gives, at most per_bin of each bin and each inside its bin; scores reported per bin."""
+    edges = [1e-3, 1e-2, 0.1, 1.0]
+    spec = LabelSpec.model_validate(
+        {
+            "sae": {"job_id": train_job["id"]},
+            "index_tokens": 2048,
+            "select": {"edges": edges, "per_bin": 2, "seed": 3},
+            "explainers": [{"backend": "metadata"}],
+            "judge": None,
+            "scorers": ["embedding"],
+            "n_explain_examples": 2,
+            "n_score_examples": 2,
+            "browser": False,
+        }
+    )
+    done = client_module.wait(client_module.submit(spec)["id"], timeout=300)
+    manifest = client_module.manifest(done["id"])
+    assert manifest["spec"]["select"] == {"by": "density_bins", "edges": edges, "per_bin": 2, "seed": 3}
+    records = client_module.labels(done["id"])
+    bins = manifest["density_bins"]
+    assert [(b["low"], b["high"]) for b in bins] == list(zip(edges, edges[1:], strict=False))
+    assert manifest["n_features"] == len(records) == sum(b["n_labelled"] for b in bins) >= 2
+    for b in bins:
+        in_bin = [r for r in records if b["low"] <= r["density"] < b["high"] or r["density"] == b["high"] == 1.0]
+        assert b["n_labelled"] == len(in_bin) == min(2, b["n_eligible"])
+        if in_bin:
+            (sc,) = b["scores"]
+            mean = sum(r["scores"]["embedding"]["auc"] for r in in_bin) / len(in_bin)
+            assert sc["scorer"] == "embedding" and sc["auc"]["value"] == pytest.approx(mean)
+            assert sc["flag"] is None or sc["flag"].startswith("judge uncalibrated")
 
 
 def test_a_failing_endpoint_fails_the_job_with_the_reason(client_module, train_job):
@@ -126,6 +170,10 @@ def test_bad_label_specs_are_refused_at_submit(client_module, harvest_job):
     with pytest.raises(ApiError) as e:
         client_module.submit({"kind": "label", "sae": {"job_id": "0" * 32}, "judge": None})
     assert e.value.status == 422 and "need a judge" in str(e.value)
+    with pytest.raises(ApiError) as e:
+        client_module.submit({"kind": "label", "sae": {"job_id": "0" * 32}, "select": {"edges": [0.1, 0.01]}})
+    assert e.value.status == 422 and [d["field"] for d in e.value.detail] == ["spec.select.edges"]
+    assert "increase strictly" in str(e.value)
 
 
 def test_only_the_deployments_endpoints_can_be_named(client_module):

@@ -12,6 +12,7 @@ from saeq import keys
 from saeq.errors import InvalidSpec
 from saeq.jobs.harvest import context_batches
 from saeq.jobs.label import CHUNK_FEATURES, LabelChunk, label_features, select_features
+from saeq.jobs.label_bins import density_bin_scores
 from saeq.jobs.label_controls import run_controls
 from saeq.ml.corpus import document_info, iter_documents
 from saeq.ml.explainers import (
@@ -126,6 +127,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         "n_features": len(features),
         "summary": summary,
         "judge_controls": [c.model_dump(mode="json") for c in controls],
+        "density_bins": [b.model_dump(mode="json") for b in density_bin_scores(index, records, spec, controls)],
         "browser": pages,
         "labelling_s": time.monotonic() - t0,
     }

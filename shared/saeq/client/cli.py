@@ -320,7 +320,7 @@ def report(ctx, job_id, as_json) -> None:
 @click.pass_context
 def labels(ctx, job_id, limit, as_json) -> None:
     """Print a label job's labels and their detection scores, per explainer."""
-    from saeq.client.report import judge_controls_lines, labels_summary, labels_table
+    from saeq.client.report import density_bins_table, judge_controls_lines, labels_summary, labels_table
 
     client = _client(ctx)
     manifest = client.manifest(job_id)
@@ -332,6 +332,7 @@ def labels(ctx, job_id, limit, as_json) -> None:
     click.echo(labels_table(records, limit=limit))
     click.echo("\n" + labels_summary(manifest["summary"]))
     click.echo("\n".join(judge_controls_lines(manifest.get("judge_controls"))))
+    click.echo("\n" + density_bins_table(manifest.get("density_bins")))
 
 
 @main.command()

@@ -4,11 +4,21 @@ report page are drawn by the worker, saeq.jobs.evaluate_report)."""
 
 from __future__ import annotations
 
+import math
+
 from saeq.specs.estimates import Estimate
 from saeq.specs.label import JUDGE_UNCALIBRATED, JudgeControl
+from saeq.specs.label_bins import DensityBinScores
 from saeq.specs.metrics import HEADLINE, checks_lines
 
-__all__ = ["checks_lines", "judge_controls_lines", "labels_summary", "labels_table", "summary_table"]
+__all__ = [
+    "checks_lines",
+    "density_bins_table",
+    "judge_controls_lines",
+    "labels_summary",
+    "labels_table",
+    "summary_table",
+]
 
 _KIND_WORDS = {"own_vs_other": "own label vs another feature's windows", "planted": 'planted "the word X"'}
 
@@ -68,6 +78,37 @@ def labels_summary(summary: dict) -> str:
     return "\n".join(out)
 
 
+def density_bins_table(bins: list[dict] | None) -> str:
+    """Scores per firing-rate bin: per bin and explainer, each scorer's mean AUC over the bin's
+    features with its 95% interval and n; a scorer whose judge failed its controls marked `!`."""
+    if bins is None:
+        return "scores per density bin: none (a label job from before they were reported)"
+    parsed = [DensityBinScores.model_validate(b) for b in bins]
+    scorers = list(dict.fromkeys(s.scorer for b in parsed for s in b.scores))
+    header = ["density bin", "eligible", "labelled", "explainer", *(f"{s} AUC" for s in scorers)]
+    rows, flags = [], {}
+    for b in parsed:
+        name = f"{_rate(b.low)}-{_rate(b.high)}"
+        explainers = list(dict.fromkeys(s.explainer for s in b.scores)) or ["-"]
+        for i, e in enumerate(explainers):
+            cells = {s.scorer: s for s in b.scores if s.explainer == e}
+            row = [name, str(b.n_eligible), str(b.n_labelled)] if i == 0 else ["", "", ""]
+            row.append(e)
+            for scorer in scorers:
+                sc = cells.get(scorer)
+                if sc and sc.flag:
+                    flags[scorer] = sc.flag
+                row.append("-" if sc is None else _short(sc.auc) + (" !" if sc.flag else ""))
+            rows.append(row)
+    lines = [
+        "scores per density bin (fraction of ordinary tokens a feature fires on): mean AUC, 95% interval "
+        "over the bin's features, 0.5 is chance",
+        _table(header, rows),
+    ]
+    lines += [f"! {scorer}: {flag}; its means say nothing about the labels" for scorer, flag in flags.items()]
+    return "\n".join(lines)
+
+
 def judge_controls_lines(controls: list[dict] | None) -> list[str]:
     """Each scorer's control accuracy with its interval, by kind of trial, and its verdict."""
     if controls is None:
@@ -85,6 +126,24 @@ def judge_controls_lines(controls: list[dict] | None) -> list[str]:
             f"{verdict}" + (f"\n  by trial: {kinds}" if kinds else "")
         )
     return lines
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = [header, *rows]
+    text = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in lines]
+    return "\n".join([text[0], "-+-".join("-" * w for w in widths), *text[1:]])
+
+
+def _rate(x: float) -> str:
+    return f"{100 * x:g}%"
+
+
+def _short(e: Estimate) -> str:
+    """'0.62 [0.55, 0.70] n=8', the bounds left out when there is none."""
+    if math.isnan(e.low) or math.isnan(e.high):
+        return f"{e.value:.2f} n={e.n}"
+    return f"{e.value:.2f} [{e.low:.2f}, {e.high:.2f}] n={e.n}"
 
 
 def _clip(text: str, n: int) -> str:

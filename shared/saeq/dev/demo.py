@@ -10,11 +10,12 @@ from pathlib import Path
 
 from saeq.checks.summary import checks_lines
 from saeq.client.client import Client
-from saeq.client.report import judge_controls_lines, labels_summary, labels_table, summary_table
+from saeq.client.report import density_bins_table, judge_controls_lines, labels_summary, labels_table, summary_table
 from saeq.dev.local_stack import LocalStack, StackOptions, free_port, saeq_home, stack_info_path
 from saeq.specs import (
     ActivationsRef,
     Checks,
+    DensityBins,
     EvaluateSpec,
     HarvestSpec,
     LabelSpec,
@@ -24,6 +25,9 @@ from saeq.specs import (
 )
 
 HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]
+LABEL_DENSITY_EDGES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+"""The demo labels as many features from each decade of firing rate: the most active ones (5-40% of
+tokens) are the least monosemantic; the rarer ones are those a person calls interpretable."""
 
 LIBRARY_BAR_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
 """Environment that silences the hub's and any library's tqdm bars (a file gets no bar: the job
@@ -66,12 +70,12 @@ def run_demo(
         label = client.submit(
             LabelSpec(
                 sae=TrainedSae(job_id=train["id"]),
-                n_most_active=label_features,
+                select=DensityBins(edges=LABEL_DENSITY_EDGES, per_bin=label_features // (len(LABEL_DENSITY_EDGES) - 1)),
                 index_tokens=65_536,
                 n_score_examples=8,
             ),
             depends_on=[train["id"]],
-            name="demo: label the most active features",
+            name="demo: label features across density bins",
         )
         evaluate = client.submit(
             EvaluateSpec(sae=TrainedSae(job_id=train["id"]), checks=Checks(label_job=label["id"])),
@@ -91,8 +95,9 @@ def run_demo(
         _print_train(job, trained)
 
         print(
-            f"\n[3/5] label: the {label_features} most active features, by SmolLM2 (few-shot) and by "
-            "article metadata; each label scored on windows its explainer never saw"
+            f"\n[3/5] label: {label_features} features drawn evenly from firing rates 0.01-0.1%, 0.1-1%, 1-10% "
+            "and 10-100%, by SmolLM2 (few-shot) and by article metadata; each label scored on windows its "
+            "explainer never saw"
         )
         job = client.wait(label["id"], progress=sys.stdout)
         labelled = client.manifest(job["id"])
@@ -105,6 +110,7 @@ def run_demo(
         # Before any score is read as the label's: how well each judge does where the answer is known.
         print("control trials of the judges (each label against a window it fits and one it does not):")
         print("\n".join(judge_controls_lines(labelled.get("judge_controls"))))
+        print(density_bins_table(labelled.get("density_bins")))
 
         print(
             "\n[4/5] evaluate: held-out articles, SAE spliced into the model; then the checks (specificity "

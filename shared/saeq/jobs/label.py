@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from saeq.errors import Cancelled, InvalidSpec
+from saeq.jobs.label_bins import activating_contexts, select_density_bins
 from saeq.ml.explainers import PROMPT_VERSION, Decode, Evidence, Explainer, Judge
 from saeq.ml.features import Example, FeatureIndex
 from saeq.ml.scoring import EmbeddingScorer, detection_items, fuzzing_items, judge_scores
@@ -42,26 +43,19 @@ class FeatureSample:
 
 
 def select_features(index: FeatureIndex, spec: LabelSpec) -> list[int]:
-    """The features to label: the spec's list, or the most active ones, each with at least
-    `min_activating` activating contexts."""
+    """The features to label: the spec's list, those `select` draws across density bins, or the
+    most active ones, each with at least `min_activating` activating contexts."""
     if spec.features is not None:
         bad = [f for f in spec.features if f >= index.d_sae]
         if bad:
             raise InvalidSpec(f"features {bad[:5]} are not in 0..{index.d_sae - 1}", field="spec.features")
         return list(dict.fromkeys(spec.features))
-    n_contexts = _activating_contexts(index)
+    if spec.select is not None:
+        return select_density_bins(index, spec.select, spec.min_activating)
+    n_contexts = activating_contexts(index)
     density = index.density()
     ranked = [f for f in density.argsort(descending=True).tolist() if n_contexts[f] >= spec.min_activating]
     return ranked[: spec.n_most_active] if spec.n_most_active else ranked
-
-
-def _activating_contexts(index: FeatureIndex) -> torch.Tensor:
-    """(d_sae,) number of contexts in which each feature fires."""
-    C, T = index.token_ids_CT.shape
-    feature_of = torch.repeat_interleave(torch.arange(index.d_sae), index.feature_ptr.diff())
-    fires = torch.zeros(index.d_sae * C, dtype=torch.bool)  # (feature, context) pairs, no sort needed
-    fires[feature_of * C + index.flat_pos.long() // T] = True
-    return fires.view(index.d_sae, C).sum(1)
 
 
 def sample_feature(index: FeatureIndex, feature: int, spec: LabelSpec) -> FeatureSample:

@@ -277,10 +277,11 @@ def _read_sae(
     if logits:  # float32 logits and their log-softmax, per pass kept for the comparison
         parts.add("logits", logits * 2 * tokens * shape.vocab * 4, "spec.batch_size")
     if isinstance(spec, LabelSpec):
-        features = len(spec.features) if spec.features is not None else spec.n_most_active or d_sae
+        features = spec.max_features or d_sae
+        field = "spec.select.per_bin" if spec.select is not None else "spec.n_most_active"
         examples = spec.n_explain_examples + 2 * spec.n_score_examples
         # top examples per feature: value, context id and position (int64) each
-        parts.add("feature_example_buffers", features * examples * (4 + 8 + 8) + d_sae * 8, "spec.n_most_active")
+        parts.add("feature_example_buffers", features * examples * (4 + 8 + 8) + d_sae * 8, field)
     else:
         parts.add("feature_counters", d_sae * (8 + 4) * 2, "spec.sae")
     return parts.estimate()

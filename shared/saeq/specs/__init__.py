@@ -46,6 +46,7 @@ from saeq.specs.harvest import HarvestSpec
 from saeq.specs.job import IMPLEMENTED_KINDS, JOB_KINDS, JobCreate, JobSpec, parse_spec
 from saeq.specs.label import (
     ENDPOINT_NAME,
+    DensityBins,
     EndpointLLM,
     ExplainerSpec,
     JudgeSpec,
@@ -96,6 +97,7 @@ __all__ = [
     "JudgeSpec",
     "Scorer",
     "LabelSpec",
+    "DensityBins",
     "LabelSearch",
     "EmbeddingRater",
     "RaterSpec",

@@ -128,6 +128,8 @@ def _label_cost(spec: LabelSpec, n_features: int | None) -> JobCost | None:
     (activating and as many silent windows), n_score_examples for fuzzing."""
     if spec.features is not None:
         n, n_field = len(spec.features), "spec.features"
+    elif spec.select is not None:
+        n, n_field = spec.select.max_features, "spec.select.per_bin"
     elif spec.n_most_active is not None:
         n, n_field = spec.n_most_active, "spec.n_most_active"
     elif n_features is not None:

@@ -70,6 +70,36 @@ ExplainerSpec = Annotated[
 JudgeSpec = Annotated[Annotated[LocalLLM, Tag("local")] | Annotated[EndpointLLM, Tag("openai")], _backend_tag("local")]
 Scorer = Literal["detection", "fuzzing", "embedding"]
 
+DENSITY_DECADES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+"""Firing-rate edges by decade: the bins a label job reports its scores in unless `select` names others."""
+
+
+class DensityBins(Frozen):
+    """Label features drawn at random from firing-rate bins (as delphi and Anthropic sample them),
+    not only the densest: the most active features fire on 5-40% of tokens and are the least
+    monosemantic. A feature's density is the fraction of the label index's ordinary tokens it fires on."""
+
+    by: Literal["density_bins"] = "density_bins"
+    edges: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default=list(DENSITY_DECADES), min_length=2, max_length=33
+    )
+    """Ascending firing-rate edges, log-spaced as a rule: bin i holds densities in
+    [edges[i], edges[i+1]), the last bin its upper edge too."""
+    per_bin: int = Field(default=16, ge=1, le=100_000)
+    """Features drawn from each bin (every eligible one when the bin has fewer)."""
+    seed: Seed = 0
+    """Seeds the draw within each bin."""
+
+    @model_validator(mode="after")
+    def _ascending(self) -> DensityBins:
+        if any(hi <= lo for lo, hi in zip(self.edges, self.edges[1:], strict=False)):
+            raise invalid(self, "edges", f"edges must increase strictly, got {self.edges}")
+        return self
+
+    @property
+    def max_features(self) -> int:
+        return (len(self.edges) - 1) * self.per_bin
+
 
 class LabelSpec(Frozen):
     """Index an SAE's features on held-out text, label them, and score each label."""
@@ -89,7 +119,10 @@ class LabelSpec(Frozen):
     batch_size: int = Field(default=16, ge=1, le=1024)
     """Contexts per forward pass while indexing."""
     features: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, max_length=1_000_000)
-    """Which features to label; None: the `n_most_active` most active (or all, when that is None)."""
+    """Which features to label; None: those `select` draws, else the `n_most_active` most active
+    (or all, when that is None)."""
+    select: DensityBins | None = None
+    """Draw the features to label across density bins; None: the most active ones."""
     n_most_active: int | None = Field(default=64, gt=0)
     """When `features` is None: label the N features that fire most often; None: every feature
     that fires at least `min_activating` times."""
@@ -124,7 +157,23 @@ class LabelSpec(Frozen):
             raise invalid(self, "scorers", "detection and fuzzing scorers need a judge")
         if len(set(self.scorers)) != len(self.scorers):
             raise invalid(self, "scorers", "scorers: listed twice")
+        if self.select is not None and self.features is not None:
+            raise invalid(self, "select", "give `features` or `select`, not both")
+        if self.select is not None and self.n_most_active not in (
+            None,
+            type(self).model_fields["n_most_active"].default,
+        ):
+            raise invalid(
+                self, "n_most_active", "n_most_active chooses the most active features; with `select`, leave it out"
+            )
         return self
+
+    @property
+    def max_features(self) -> int | None:
+        """The most features this job labels; None: every feature that fires often enough."""
+        if self.features is not None:
+            return len(self.features)
+        return self.select.max_features if self.select is not None else self.n_most_active
 
 
 class LabelSearch(Frozen):

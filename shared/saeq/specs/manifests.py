@@ -20,6 +20,7 @@ from saeq.errors import InvalidSpec
 from saeq.specs.compare import Comparison
 from saeq.specs.estimates import Estimate
 from saeq.specs.label import JudgeControl
+from saeq.specs.label_bins import DensityBinScores
 
 FORMAT = 1
 """The manifest format this code writes and the newest it reads."""
@@ -184,6 +185,9 @@ class LabelManifest(_Manifest):
     judge_controls: list[JudgeControl] | None = None
     """Each scorer's accuracy on control trials (saeq.jobs.label_controls), and whether its scores
     count; None in manifests written before the controls were."""
+    density_bins: list[DensityBinScores] | None = None
+    """Scores per firing-rate bin (spec.select's edges, else decades; saeq.jobs.label_bins); None in
+    manifests written before they were."""
     browser: dict[str, Any] | None
     labelling_s: float
 

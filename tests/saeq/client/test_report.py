@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from saeq.client.report import checks_lines, judge_controls_lines, labels_summary, summary_table
+from saeq.client.report import checks_lines, density_bins_table, judge_controls_lines, labels_summary, summary_table
 
 
 def test_the_text_tables_import_no_torch_matplotlib_or_ml():
@@ -104,3 +104,36 @@ def test_an_uncalibrated_judge_is_shown_flagged_and_its_means_apart():
         f"local: 4 features; mean embedding auc=0.700\n  excluded: detection ({flag}; its mean auc=0.500)"
     )
     assert judge_controls_lines(None) == ["judge controls: none (a label job from before they were run)"]
+
+
+def test_density_bins_table_shows_each_bins_means_with_intervals_and_marks_a_flagged_judge():
+    flag = "judge uncalibrated: scores uninformative (control accuracy 0.50)"
+
+    def auc(value, low, high, n):
+        return {"value": value, "low": low, "high": high, "n": n, "unit": "features", "method": "bootstrap"}
+
+    bins = [
+        {"low": 1e-4, "high": 1e-3, "n_eligible": 812, "n_labelled": 8, "scores": [
+            {"explainer": "metadata", "scorer": "embedding", "auc": auc(0.81, 0.72, 0.9, 8)},
+            {"explainer": "metadata", "scorer": "detection", "auc": auc(0.5, 0.45, 0.55, 8), "flag": flag},
+        ]},
+        {"low": 1e-3, "high": 1.0, "n_eligible": 3, "n_labelled": 1, "scores": [
+            {"explainer": "metadata", "scorer": "embedding", "auc": auc(0.6, float("nan"), float("nan"), 1)},
+        ]},
+        {"low": 1.0, "high": 1.0, "n_eligible": 0, "n_labelled": 0, "scores": []},
+    ]  # fmt: skip
+    lines = density_bins_table(bins).splitlines()
+    assert [cell.strip() for cell in lines[1].split(" | ")] == [
+        "density bin",
+        "eligible",
+        "labelled",
+        "explainer",
+        "embedding AUC",
+        "detection AUC",
+    ]
+    rows = [[cell.strip() for cell in line.split(" | ")] for line in lines[3:6]]
+    assert rows[0] == ["0.01%-0.1%", "812", "8", "metadata", "0.81 [0.72, 0.90] n=8", "0.50 [0.45, 0.55] n=8 !"]
+    assert rows[1] == ["0.1%-100%", "3", "1", "metadata", "0.60 n=1", "-"]  # one feature: no interval
+    assert rows[2][:4] == ["100%-100%", "0", "0", "-"]
+    assert lines[6] == f"! detection: {flag}; its means say nothing about the labels"
+    assert density_bins_table(None).startswith("scores per density bin: none")

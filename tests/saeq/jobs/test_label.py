@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from saeq.jobs.label import label_features, sample_feature, select_features
+from saeq.jobs.label_bins import density_bin_scores
 from saeq.jobs.label_controls import run_controls
 from saeq.ml.corpus import Document
 from saeq.ml.explainers import (
@@ -136,6 +137,17 @@ def test_label_features_writes_one_scored_record_per_feature_and_explainer(opena
     s = by["openai:m"]["scores"]
     assert s["detection"]["auc"] == 1.0 and s["fuzzing"]["balanced_accuracy"] == 1.0
     assert s["embedding"]["auc"] > 0.9
+    # Per decade of density: the fruit feature fires on 20 of 480 tokens (4.2%), bin 1%-10%.
+    bins = density_bin_scores(index, records, spec)
+    assert [(b.low, b.n_eligible, b.n_labelled) for b in bins] == [
+        (1e-4, 0, 0),
+        (1e-3, 0, 0),
+        (1e-2, 1, 1),
+        (0.1, 0, 0),
+    ]
+    scored = {(sc.explainer, sc.scorer): sc.auc for sc in bins[2].scores}
+    assert len(scored) == 6 and scored[("openai:m", "detection")].value == 1.0
+    assert all(e.n == 1 and e.unit == "features" for e in scored.values())
 
 
 def test_a_failing_endpoint_fails_labelling_with_its_reason(openai_server, embedder):

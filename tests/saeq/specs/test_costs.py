@@ -18,7 +18,7 @@ def test_the_demos_jobs_cost_well_under_the_default_quota():
     demo = [
         HarvestSpec(hooks=[HOOK], max_tokens=262_144),
         TrainSpec(activations={"job_id": JOB}, total_tokens=2_457_600, saes=[SaeConfig(expansion_factor=8)]),
-        LabelSpec(sae={"job_id": JOB}, n_most_active=32, index_tokens=65_536, n_score_examples=8),
+        LabelSpec(sae={"job_id": JOB}, select={"per_bin": 8}, index_tokens=65_536, n_score_examples=8),
         EvaluateSpec(sae={"job_id": JOB}, checks={"label_job": JOB}),
     ]
     # label: 65,536 index tokens + 32 labels x 24 tokens x 200 + 32 x 24 judge questions x 256;
@@ -26,6 +26,9 @@ def test_the_demos_jobs_cost_well_under_the_default_quota():
     assert [job_cost(s, d_in=576).units for s in demo] == [262_144, 691_200, 415_744, 540_672]
     for spec in demo:
         check_quota(spec, TeamQuota(), team="demo", d_in=576)
+    # 8 features from each of 4 density decades cost what the 32 most active did
+    most_active = LabelSpec(sae={"job_id": JOB}, n_most_active=32, index_tokens=65_536, n_score_examples=8)
+    assert job_cost(most_active).units == 415_744
 
 
 def test_a_label_job_of_every_feature_counts_its_saes_width():
