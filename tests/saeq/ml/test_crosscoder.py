@@ -110,3 +110,42 @@ def test_training_finds_features_planted_in_one_layer():
     # the features that fire live in one layer each, a third of them in each layer
     alive = torch.tensor(shares["single_layer_share"]).sum()
     assert alive > 0.2 and min(shares["single_layer_share"]) > 0.03, shares
+
+
+def _three_layer_harvest(tmp_path, widths=(D, D, D)):
+    """A fake harvest of three hooks whose rows of one token differ by the layer's offset."""
+    from saeq.dev.synthetic import fake_harvest
+    from saeq.platform.store import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    token_ND = torch.randn(512, D, generator=torch.Generator().manual_seed(1))
+    manifest: dict = {}
+    for layer, (hook, d) in enumerate(zip(HOOKS, widths, strict=True)):
+        m = fake_harvest(store, JOB, token_ND[:, :d] + 10 * layer, context_len=16, hook=hook)
+        manifest = m | {"hooks": manifest.get("hooks", {}) | m["hooks"]}
+    return store, manifest
+
+
+def test_the_feed_lays_the_hooks_of_one_token_side_by_side(tmp_path):
+    from saeq.ml.activations import HarvestData
+
+    store, manifest = _three_layer_harvest(tmp_path)
+    data = HarvestData(manifest, HOOKS[0], store.get, batch_size=64, validation_tokens=128, more_hooks=HOOKS[1:])
+    rows = data.validation()
+    assert data.d_in == L * D and rows.shape[1] == L * D
+    layers = rows.view(-1, L, D)
+    torch.testing.assert_close(layers[:, 1], layers[:, 0] + 10)  # the same token at every layer
+    torch.testing.assert_close(layers[:, 2], layers[:, 0] + 20)
+    batch = next(iter(data.batches())).acts.view(-1, L, D)
+    torch.testing.assert_close(batch[:, 2], batch[:, 0] + 20)
+
+
+def test_the_feed_refuses_a_missing_or_narrower_hook_naming_the_field(tmp_path):
+    from saeq.errors import InvalidSpec
+    from saeq.ml.activations import HarvestData
+
+    store, manifest = _three_layer_harvest(tmp_path, widths=(D, D, D // 2))
+    for more in [(HOOKS[1], "blocks.5.hook_resid_post"), HOOKS[1:]]:
+        with pytest.raises(InvalidSpec) as e:
+            HarvestData(manifest, HOOKS[0], store.get, batch_size=64, validation_tokens=128, more_hooks=more)
+        assert e.value.field == "spec.activations.hooks", e.value
