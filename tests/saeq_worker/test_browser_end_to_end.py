@@ -49,6 +49,11 @@ def test_feature_page_list_and_playground(client_module, train_job, chromium, tm
     assert "rgba(249, 115, 22" in shaded.first.get_attribute("style")
     assert page.locator("svg.hist rect").count() > 0
     assert page.locator("#quantiles .window").count() > 0 and "[object" not in page.content()
+    controls = page.locator("#judge-controls").inner_text()  # the embedding scorer's controls, with their interval
+    assert re.search(r"embedding judge .*: control accuracy [\d.]+ \[[\d.]+, [\d.]+\] \(n=\d+ trials\)", controls)
+    assert re.search(
+        r"AUC [\d.–]+ \(n=\d+ windows, no interval per feature\)", page.locator(".card").first.inner_text()
+    )
     page.screenshot(path=str(tmp_path / "feature.png"), full_page=True)
 
     page.goto(f"{client.url}/browse#/features/{label['id']}?labelled=1")

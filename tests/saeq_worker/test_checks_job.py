@@ -35,7 +35,7 @@ def _checks(label_job: str | None, judge: dict) -> dict:
     }
 
 
-def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job, train_job, tmp_path):
+def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job, train_job, chromium, tmp_path):
     client = client_module
     label = client.submit(
         LabelSpec(
@@ -112,6 +112,29 @@ def test_evaluate_reports_the_four_checks_with_plots(client_module, harvest_job,
     assert "sensitivity en->fr (16 article pairs" in cli.stdout and "sparse probing" in cli.stdout
     assert "(n=96 members)" in cli.stdout and "(n=16 article pairs)" in cli.stdout  # the checks' intervals
     assert re.search(rf"CE-loss recovered +-?[\d.]+ \[-?[\d.]+, -?[\d.]+\] \(n={n_contexts} contexts\)", cli.stdout)
+
+    # The browser's SAEs page shows the same figures with their intervals: the evaluation panel and the checks.
+    page = chromium.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{client.url}/browse#/")
+    page.locator("[name=api_key]").fill(client.api_key)
+    page.locator("#signin button").click()
+    panel = page.locator(f"#evaluation-{train_job['id']}-topk")
+    panel.wait_for()
+    text = panel.inner_text()
+    assert done["id"][:8] in text
+    num = r"-?[\d.]+"
+    assert re.search(rf"FVU \(ordinary tokens\)\s+{num} \[{num}, {num}\] \(n={n_contexts} contexts\)", text)
+    assert re.search(rf"L0\s+{num} \[{num}, {num}\] \(n={n_contexts} contexts\)", text)
+    assert re.search(rf"mean Spearman {num} \[{num}, {num}\] \(n=\d+ ", text)
+    assert re.search(rf"rater control accuracy {num} \[{num}, {num}\] \(n=\d+ trials\)", text)
+    assert re.search(rf"pooled recall {num} \[{num}, {num}\] \(n=16 article pairs\)", text)
+    assert re.search(rf"coverage {num} \[{num}, {num}\] \(n=96 members\)", text)
+    assert re.search(rf"SAE accuracy {num} \[{num}, {num}\] \(n=\d+ test documents\)", text)
+    fvu_cell = page.locator("#saes tbody tr").first.locator("td").nth(3).inner_text()
+    assert re.search(rf"^{num}\s+\[{num}, {num}\] n={n_contexts}$", fvu_cell)
+    assert errors == [] and "[object" not in page.content()
 
 
 def test_a_label_job_of_another_kind_sae_or_unfinished_is_refused_at_submit(

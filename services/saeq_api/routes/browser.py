@@ -5,6 +5,7 @@ what train, evaluate and label jobs published. Jobs and steering use the API's o
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -80,7 +81,14 @@ def list_saes(svc: Svc, who: Caller, limit: Annotated[int, Query(ge=1, le=200)] 
         if m and m["sae"].get("source") == "job":
             evaluations.setdefault(
                 (m["sae"]["job_id"], m["sae"]["name"]),
-                {"job_id": job["id"], "metrics": m["metrics"], "checks": m.get("checks")},
+                _finite(
+                    {
+                        "job_id": job["id"],
+                        "metrics": m["metrics"],
+                        "intervals": m.get("intervals"),
+                        "checks": m.get("checks"),
+                    }
+                ),
             )
     for job in svc.registry.list(kind="label", state="succeeded", limit=500, team=team):
         sae = job["spec"]["sae"]
@@ -167,6 +175,7 @@ def list_features(
         "offset": offset,
         "features": rows[offset : offset + limit],
         "judge_controls": m.get("judge_controls"),
+        "density_bins": _finite(m.get("density_bins")),
     }
 
 
@@ -192,6 +201,17 @@ def feature_page(label_job: str, feature: int, svc: Svc, who: Caller) -> dict:
 
 
 _LABELS = _Cache(16)
+
+
+def _finite(value):
+    """NaN (an undefined figure, or an interval there is none of) as null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _by_feature(data: bytes) -> dict[int, list[dict]]:

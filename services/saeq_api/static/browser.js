@@ -50,17 +50,21 @@ async function saesPage() {
   const { saes } = await api("/v1/browser/saes");
   if (!saes.length) return show(el("h1", {}, "SAEs"), el("p", { class: "muted" }, "No trained SAE yet."));
   const rows = saes.map(s => {
-    const ev = s.evaluation, m = ev?.metrics || {}, ch = ev?.checks || {};
+    const ev = s.evaluation, m = ev?.metrics || {}, ch = ev?.checks || {}, ci = ev?.intervals || {};
     const elements = ch.completeness && Object.values(ch.completeness)[0];
-    const probe = ch.probing && ch.probing.n_topics ? `SAE ${fmt(ch.probing.sae["1"], 2)} / raw ${fmt(ch.probing.raw["1"], 2)}` : "–";
+    const probeCi = ch.probing?.accuracy_ci?.sae?.["1"];
+    const probe = ch.probing && ch.probing.n_topics ? [`SAE ${fmt(ch.probing.sae["1"], 2)} / raw ${fmt(ch.probing.raw["1"], 2)}`,
+      probeCi && probeCi.low !== null ? el("div", { class: "ci muted" }, `SAE [${fmt(probeCi.low, 2)}, ${fmt(probeCi.high, 2)}] n=${probeCi.n}`) : ""] : "–";
+    const covered = elements ? [`${elements.n_covered}/${elements.n_members}`, elements.coverage_ci?.low != null
+      ? el("div", { class: "ci muted" }, `[${fmt(elements.coverage_ci.low, 2)}, ${fmt(elements.coverage_ci.high, 2)}]`) : ""] : "–";
     const browse = s.label_jobs.filter(l => l.browsable).map(l =>
       el("div", {}, el("a", { href: `#/features/${l.job_id}` }, `features (${l.job_id.slice(0, 8)})`)));
     return el("tr", {},
       el("td", {}, el("b", {}, s.name), el("div", { class: "muted" }, `${s.architecture}, ${s.hook}`)),
       el("td", {}, s.job_name || s.train_job.slice(0, 8)),
-      el("td", { class: "num" }, s.d_sae), el("td", { class: "num" }, fmt(m.fvu ?? s.train_metrics?.fvu)),
-      el("td", { class: "num" }, fmt(m.l0 ?? s.train_metrics?.l0, 1)), el("td", { class: "num" }, fmt(m.ce_loss_recovered)),
-      el("td", { class: "num" }, elements ? `${elements.n_covered}/${elements.n_members}` : "–"),
+      el("td", { class: "num" }, s.d_sae), ciCell(m.fvu ?? s.train_metrics?.fvu, ci.fvu),
+      ciCell(m.l0 ?? s.train_metrics?.l0, ci.l0, 1), ciCell(m.ce_loss_recovered, ci.ce_loss_recovered),
+      el("td", { class: "num" }, covered),
       el("td", {}, probe),
       el("td", {}, browse.length ? browse : el("span", { class: "muted" }, "no label job"),
          el("div", {}, el("a", { href: `#/steer?train=${s.train_job}&name=${encodeURIComponent(s.name)}` }, "steer")),
@@ -68,7 +72,9 @@ async function saesPage() {
   });
   show(el("h1", {}, "SAEs"), el("table", { id: "saes" },
     el("thead", {}, el("tr", {}, ["SAE", "job", "latents", "FVU", "L0", "CE recovered", "elements covered",
-      "probing k=1", ""].map(h => el("th", {}, h)))), el("tbody", {}, rows)));
+      "probing k=1", ""].map(h => el("th", {}, h)))), el("tbody", {}, rows)),
+    el("p", { class: "muted" }, "Under each figure: its 95% interval and n (bootstrap over contexts; Wilson for proportions)."),
+    ...saes.filter(s => s.evaluation).map(evaluationPanel));
 }
 
 // --- feature list -----------------------------------------------------------------------------
@@ -76,9 +82,8 @@ async function saesPage() {
 // Each scorer's control accuracy (the label job's judge controls); an uncalibrated one is flagged.
 function judgeControls(controls) {
   if (!controls) return el("p", { class: "muted" }, "No judge controls (a label job from before they were run).");
-  const est = e => `${fmt(e.value, 2)} [${fmt(e.low, 2)}, ${fmt(e.high, 2)}] (n=${e.n} ${e.unit})`;
   return el("div", { id: "judge-controls" }, controls.map(c => el("div", { class: c.calibrated ? "muted" : "error" },
-    `${c.scorer} judge ${c.judge}: control accuracy ${est(c.accuracy)}, chance ${c.chance} — `,
+    `${c.scorer} judge ${c.judge}: control accuracy ${est(c.accuracy, 2)}, chance ${c.chance} — `,
     c.calibrated ? "calibrated: its scores count" : el("b", {}, c.flag))));
 }
 
@@ -113,7 +118,7 @@ async function featuresPage(labelJob) {
     el("div", { class: "controls" }, search, el("button", { on: { click: () => go({ q: search.value, page: 0 }) } }, "Search"),
       sort, order, el("label", {}, labelled, " labelled only"),
       el("span", { class: "muted", id: "total" }, `${data.total.toLocaleString()} features`)),
-    judgeControls(data.judge_controls),
+    judgeControls(data.judge_controls), densityBins(data.density_bins),
     el("table", { id: "features" }, el("thead", {}, el("tr", {}, ["feature", "label", "density", "max act", "score (AUC)"].map(h => el("th", {}, h)))),
       el("tbody", {}, rows)),
     el("div", { class: "controls" },
@@ -160,7 +165,8 @@ async function featurePage(labelJob, feature) {
     el("div", {}, el("b", { class: "label" }, r.label), el("span", { class: "muted" }, `  by ${r.explainer}`)),
     el("div", {}, r.description),
     el("div", { class: "muted" }, Object.entries(r.scores || {}).map(([k, s]) =>
-      `${k}: AUC ${fmt(s.auc, 2)}${s.balanced_accuracy != null ? `, balanced accuracy ${fmt(s.balanced_accuracy, 2)}` : ""}`).join(" · "))))
+      `${k}: AUC ${fmt(s.auc, 2)}${s.balanced_accuracy != null ? `, balanced accuracy ${fmt(s.balanced_accuracy, 2)}` : ""}` +
+      (s.n ? ` (n=${s.n} windows, no interval per feature)` : "")).join(" · "))))
     : [el("p", { class: "muted" }, "Not labelled by this job.")];
   const effects = (list, title) => el("div", {}, el("h2", {}, title), el("table", {},
     el("tbody", {}, (list || []).map(([tok, v]) => el("tr", {}, el("td", {}, el("code", {}, JSON.stringify(tok))), el("td", { class: "num" }, fmt(v, 3)))))));

@@ -310,6 +310,10 @@ def report(ctx, job_id, as_json) -> None:
         from saeq.client.report import checks_lines
 
         click.echo("\n" + "\n".join(checks_lines(manifest["checks"])))
+    if manifest.get("comparison"):  # an evaluate job with compare_with: A against B, metric by metric
+        from saeq.client.cli_compare import compare_table
+
+        click.echo("\ncompared with B on the same contexts:\n" + compare_table(manifest["comparison"]))
     click.echo(f"report: {manifest['report_key']}")
 
 

@@ -137,3 +137,55 @@ def test_density_bins_table_shows_each_bins_means_with_intervals_and_marks_a_fla
     assert rows[2][:4] == ["100%-100%", "0", "0", "-"]
     assert lines[6] == f"! detection: {flag}; its means say nothing about the labels"
     assert density_bins_table(None).startswith("scores per density bin: none")
+
+
+def test_report_prints_the_comparison_table_of_an_evaluate_job_with_compare_with():
+    from saeq.client.cli_compare import compare_table
+    from saeq.specs.compare import Comparison
+
+    def e(value, low, high, n=512, unit="contexts", method="paired_bootstrap"):
+        return {"value": value, "low": low, "high": high, "n": n, "unit": unit, "method": method}
+
+    comparison = Comparison.model_validate(
+        {
+            "a": {"job_id": "a" * 32, "name": "topk", "architecture": "topk", "d_sae": 256},
+            "b": {"job_id": "b" * 32, "name": "topk", "architecture": "topk", "d_sae": 256},
+            "metrics": [
+                {
+                    "metric": "fvu",
+                    "a": e(0.174, 0.168, 0.18, method="bootstrap"),
+                    "b": e(0.171, 0.165, 0.177, method="bootstrap"),
+                    "difference": e(0.003, -0.001, 0.007),
+                    "better": None,
+                    "verdict": "within noise",
+                },
+                {
+                    "metric": "ce_loss_recovered",
+                    "a": e(0.91, 0.9, 0.92, method="bootstrap"),
+                    "b": e(0.85, 0.84, 0.86, method="bootstrap"),
+                    "difference": e(0.06, 0.05, 0.07),
+                    "better": "a",
+                    "verdict": "A better by 0.06 [0.05, 0.07]",
+                },
+            ],
+            "features": {
+                "min_cosine": 0.7,
+                "min_correlation": 0.5,
+                "n_matched": 256,
+                "n_alive": 200,
+                "n_stable": 150,
+                "stable_fraction": e(0.75, 0.69, 0.8, n=200, unit="latents", method="wilson"),
+                "mean_cosine": 0.81,
+                "match": [],
+                "cosine": [],
+                "correlation": [],
+            },
+        }
+    )
+    lines = compare_table(comparison.model_dump(mode="json")).splitlines()
+    assert lines[2] == "on the same 512 contexts (paired bootstrap; dead_fraction: Newcombe over latents)"
+    header, fvu, ce = (line.split() for line in lines[3:6])
+    assert header[:5] == ["metric", "A", "B", "A", "-"] and header[-1] == "verdict"
+    assert fvu[:6] == ["fvu", "0.174", "0.171", "0.003", "[-0.001,", "0.007]"] and " ".join(fvu[6:]) == "within noise"
+    assert ce[:6] == ["ce_loss_recovered", "0.91", "0.85", "0.06", "[0.05,", "0.07]"]
+    assert lines[6].startswith("stable features: 150 of A's 200 live latents, 0.750 [0.690, 0.800]")
