@@ -320,11 +320,13 @@ class TrainSpec(Frozen):
             )
 
     def _check_gpus(self) -> None:
-        if self.parallel == "sweep" and self.gpus > 1 and len(self.saes) < self.gpus:
+        # Each trained SAE (one per configuration and seed) goes to a GPU in turn.
+        n_trained = len(self.saes) * len(self.seeds or [None])
+        if self.parallel == "sweep" and self.gpus > 1 and n_trained < self.gpus:
             raise invalid(
                 self,
                 "gpus",
-                f"gpus={self.gpus} with {len(self.saes)} SAE(s) and parallel='sweep' leaves GPUs idle:"
+                f"gpus={self.gpus} with {n_trained} SAE(s) to train and parallel='sweep' leaves GPUs idle:"
                 " use at most one GPU per SAE, or parallel='data'",
             )
         if self.parallel == "data":

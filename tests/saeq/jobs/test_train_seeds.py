@@ -109,3 +109,13 @@ def test_the_cost_and_the_quota_count_every_seed():
     one, three = job_cost(spec(), d_in=32), job_cost(spec(seeds=[1, 2, 3]), d_in=32)
     assert one is not None and three is not None
     assert three.units == pytest.approx(3 * one.units, abs=1) and "576 latents" in three.formula  # 3 x (64 + 128)
+
+
+def test_a_sweep_over_gpus_counts_every_seeds_sae():
+    """SAE i of the trained ones (configuration x seed) goes to GPU i % gpus: one configuration
+    under four seeds keeps four GPUs busy."""
+    one = [SaeConfig(d_sae=64, k=3)]
+    assert spec(saes=one, seeds=[0, 1, 2, 3], gpus=4).gpus == 4
+    with pytest.raises(ValidationError) as e:
+        spec(saes=one, seeds=[0, 1], gpus=4)
+    assert e.value.errors()[0]["loc"] == ("gpus",) and "2 SAE(s) to train" in e.value.errors()[0]["msg"]
