@@ -109,6 +109,10 @@ class SaeContext:
     corpus_seed: int | None = None
     """Seed of the builtin corpus's document order when `corpus` is the harvest's held-out part (the
     harvest's seed, so held-out stays held out); None: the job's own seed."""
+    target_hook: str | None = None
+    """A transcoder's output hook (what it predicts and replaces; `hook` is what it reads)."""
+    layer_hooks: tuple[str, ...] | None = None
+    """A crosscoder's hooks, in the order of its input's blocks (`hook` is the first)."""
 
     def read_corpus(self) -> CorpusSpec:
         """The corpus an evaluate or label job reads (their specs require one for an imported SAE)."""
@@ -125,7 +129,7 @@ def sae_context(spec, store: ObjectStore) -> SaeContext:
     label, steer): what the spec names, falling back to the SAE's train and harvest manifests."""
     if spec.sae.source == "job":
         sae, name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
-        harvest = train.harvest
+        harvest, activations = train.harvest, train.spec.get("activations", {})
         model = spec.model or ModelSpec.model_validate(
             {k: harvest.model.get(k) for k in ("name", "revision", "gguf_file", "dtype")}
         )
@@ -155,6 +159,8 @@ def sae_context(spec, store: ObjectStore) -> SaeContext:
                 "d_sae": sae.d_sae,
             },
             corpus_seed,
+            target_hook=activations.get("target_hook"),
+            layer_hooks=tuple(activations["hooks"]) if activations.get("hooks") else None,
         )
     path = Path(spec.sae.path)
     if not path.is_dir():
