@@ -13,12 +13,17 @@ from the hook's activations as they arrive at that token, before any edit of tha
 of one token then sum independently of their order, and no edit can switch its own trigger (or
 another's) on or off at the token it edits. Edits of earlier tokens do reach it, through attention,
 as they reach everything downstream.
+Coders (SteerSites, docs/steer.md "Coders"): a transcoder's features are read at its input hook and
+its decoder written at its output hook; a crosscoder's decoder writes each layer's slice at that
+layer, and only `add` applies to it (its features read every layer at once: acausal).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,8 +33,9 @@ from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from saeq.errors import InvalidSpec
+from saeq.ml import hookpoints
 from saeq.ml.models import LoadedModel
-from saeq.ml.sae import SparseAutoencoder
+from saeq.ml.sae import SparseAutoencoder, TopKCrosscoder
 from saeq.ml.splice import splice
 
 Mode = Literal["add", "clamp", "ablate", "scale"]
@@ -53,8 +59,66 @@ class FeatureEdit:
     """None: unconditional."""
 
 
-def check_edits(edits: Sequence[FeatureEdit], sae: SparseAutoencoder, field: str = "spec.interventions") -> None:
+@dataclass(frozen=True)
+class SteerSites:
+    """Where a coder's features are read and its decoder is written."""
+
+    read: tuple[str, ...]
+    """Hooks whose activations, side by side in this order, the coder encodes."""
+    write: tuple[str, ...]
+    """Hooks the decoder writes, each its block of W_dec's columns, in this order."""
+
+    @property
+    def acausal(self) -> bool:
+        """The features read several hooks of a token at once: at the first one written, the
+        others' activations of that token do not exist yet."""
+        return len(self.read) > 1
+
+
+def steer_sites(
+    sae: SparseAutoencoder,
+    hook: str,
+    *,
+    target_hook: str | None = None,
+    layer_hooks: Sequence[str] | None = None,
+    field: str = "spec.sae",
+) -> SteerSites:
+    """An SAE reads and writes `hook`; a transcoder reads `hook` and writes `target_hook`; a
+    crosscoder reads and writes each of `layer_hooks` (its input's blocks, in order)."""
+    if isinstance(sae, TopKCrosscoder):
+        if not layer_hooks or len(layer_hooks) != sae.n_layers:
+            raise InvalidSpec(
+                f"the crosscoder covers {sae.n_layers} hooks, and its train job names "
+                f"{len(layer_hooks or ())}: steer a crosscoder trained by a train job (activations.hooks)",
+                field=field,
+            )
+        return SteerSites(tuple(layer_hooks), tuple(layer_hooks))
+    if sae.is_transcoder:
+        if target_hook is None:
+            raise InvalidSpec(
+                "a transcoder writes its output hook, which only its train job names "
+                "(activations.target_hook): steer a transcoder trained by a train job",
+                field=field,
+            )
+        return SteerSites((hook,), (target_hook,))
+    return SteerSites((hook,), (hook,))
+
+
+def check_edits(
+    edits: Sequence[FeatureEdit],
+    sae: SparseAutoencoder,
+    field: str = "spec.interventions",
+    sites: SteerSites | None = None,
+) -> None:
     for i, e in enumerate(edits):
+        if sites is not None and sites.acausal and (e.mode != "add" or e.trigger is not None):
+            where = f"{field}[{i}].mode" if e.mode != "add" else f"{field}[{i}].trigger"
+            raise InvalidSpec(
+                f"a crosscoder's feature activation reads all {len(sites.read)} of its layers at once, so "
+                "at its first layer the token's later layers do not exist yet: clamp, ablate, scale and "
+                "triggers, which read it, are refused; add writes each layer's decoder slice there",
+                field=where,
+            )
         named = [(e.feature, f"{field}[{i}].feature")]
         if e.trigger is not None:
             named.append((e.trigger.feature, f"{field}[{i}].trigger.feature"))
@@ -66,31 +130,60 @@ def check_edits(edits: Sequence[FeatureEdit], sae: SparseAutoencoder, field: str
 
 
 class Steering:
-    """The edit function for `splice`, tracking absolute positions across KV-cached calls: the
-    first call sees the prompt (T = prompt length), later calls one new token each."""
+    """The edit functions for the hook points, tracking absolute positions across KV-cached calls:
+    the first call sees the prompt (T = prompt length), later calls one new token each. Called
+    directly it reads and writes one hook (an SAE's); `attached` hooks it into a model at `sites`."""
 
     def __init__(self, sae: SparseAutoencoder, edits: Sequence[FeatureEdit], prompt_len: int):
         self.sae, self.edits, self.prompt_len = sae, list(edits), prompt_len
-        self.seen = 0  # tokens of the sequence already through the hook
+        self.seen = 0  # tokens of the sequence already through the read hook
+        self.written: dict[int, int] = {}  # per write site of a coder: tokens already through it
         self.triggered = 0
         """Tokens at which at least one conditional edit's trigger fired (prompt and generation)."""
         read = {e.feature for e in self.edits if e.mode != "add"}
         read |= {e.trigger.feature for e in self.edits if e.trigger is not None}
         self.feats = torch.tensor(sorted(read)) if read else None
+        self._coeffs: list[tuple[FeatureEdit, Tensor]] = []  # each applying edit's coefficient (B, T), last read
 
     def reset(self) -> None:
         self.seen = self.triggered = 0
+        self.written = {}
 
     def __call__(self, x_BTD: Tensor) -> Tensor:
+        self.read(x_BTD)
+        return self._write(x_BTD, self.sae.W_dec, None)
+
+    @contextlib.contextmanager
+    def attached(self, model: torch.nn.Module, sites: SteerSites) -> Iterator[None]:
+        """Read the features at `sites.read`, write the decoder's blocks at `sites.write` (add: the
+        block of the feature's unit decoder row, so a crosscoder's layers share one unit vector)."""
+        with contextlib.ExitStack() as stack:
+            if sites.read == sites.write and len(sites.read) == 1:
+                stack.enter_context(splice(model, sites.read[0], self))
+            else:
+                if not sites.acausal:
+                    stack.enter_context(hookpoints.read(model, sites.read[0], self.read))
+                W_SLD = self.sae.W_dec.view(self.sae.d_sae, len(sites.write), -1)
+                unit_S = 1.0 / self.sae.W_dec.float().norm(dim=1).clamp_min(1e-12)
+                for i, hook in enumerate(sites.write):
+                    write = functools.partial(self._write_site, i=i, hook=hook, sites=sites, W_dec_SD=W_SLD[:, i])
+                    stack.enter_context(splice(model, hook, lambda x, write=write: write(x, unit_S=unit_S)))
+            yield
+
+    def read(self, x_BTD: Tensor) -> None:
+        """Features and triggers at these tokens, before any edit of them -> each edit's coefficient."""
         B, T, D = x_BTD.shape
-        pos_T = torch.arange(self.seen, self.seen + T, device=x_BTD.device)
-        self.seen += T
         acts: dict[int, Tensor] = {}  # of the features scaled, ablated, clamped or triggering, before any edit
         if self.feats is not None:
             acts_BTS = self.sae.encode(x_BTD.reshape(B * T, D).float()).reshape(B, T, -1)
             acts = {int(f): acts_BTS[..., int(f)] for f in self.feats}
-        delta = torch.zeros(B, T, D, device=x_BTD.device, dtype=torch.float32)
-        fired_BT = torch.zeros(B, T, dtype=torch.bool, device=x_BTD.device)
+        self._plan(B, T, x_BTD.device, acts)
+
+    def _plan(self, B: int, T: int, device: torch.device, acts: dict[int, Tensor]) -> None:
+        pos_T = torch.arange(self.seen, self.seen + T, device=device)
+        self.seen += T
+        fired_BT = torch.zeros(B, T, dtype=torch.bool, device=device)
+        self._coeffs = []
         for e in self.edits:
             where_BT = self._mask(e.positions, pos_T).expand(B, T)
             if e.trigger is not None:
@@ -98,16 +191,40 @@ class Steering:
                 fired_BT |= where_BT
             if not where_BT.any():
                 continue
-            direction_D = self.sae.W_dec[e.feature].float()
             if e.mode == "add":
-                coeff_BT = torch.full((B, T), e.value, device=x_BTD.device)
+                coeff_BT = torch.full((B, T), e.value, device=device)
             elif e.mode == "scale":
                 coeff_BT = (e.value - 1.0) * acts[e.feature]
             else:
                 target = 0.0 if e.mode == "ablate" else e.value
                 coeff_BT = target - acts[e.feature]
-            delta += (coeff_BT * where_BT)[..., None] * direction_D
+            self._coeffs.append((e, coeff_BT * where_BT))
         self.triggered += int(fired_BT.any(0).sum())
+
+    def _write_site(
+        self, x_BTD: Tensor, *, i: int, hook: str, sites: SteerSites, W_dec_SD: Tensor, unit_S: Tensor
+    ) -> Tensor:
+        """A coder's write site i. A crosscoder (add only) reads nothing: each site plans its own
+        tokens. A transcoder's write site fires after its read hook, on the tokens it read."""
+        B, T, _ = x_BTD.shape
+        done = self.written.get(i, 0)
+        self.written[i] = done + T
+        if sites.acausal:
+            self.seen = done
+            self._plan(B, T, x_BTD.device, {})
+        elif self.seen != done + T:
+            raise RuntimeError(f"{hook} was written before {sites.read[0]} was read: the coder writes upstream")
+        return self._write(x_BTD, W_dec_SD, unit_S)
+
+    def _write(self, x_BTD: Tensor, W_dec_SD: Tensor, unit_S: Tensor | None) -> Tensor:
+        """x + the sum over applying edits of coefficient x the feature's decoder row (block) W_dec_SD[f];
+        add's coefficient over the row's norm when `unit_S` (1 / the full rows' norms) is given."""
+        if not self._coeffs:
+            return x_BTD
+        delta = torch.zeros(*x_BTD.shape, device=x_BTD.device, dtype=torch.float32)
+        for e, coeff_BT in self._coeffs:
+            scale = float(unit_S[e.feature]) if unit_S is not None and e.mode == "add" else 1.0
+            delta += (coeff_BT * scale)[..., None] * W_dec_SD[e.feature].float()
         return (x_BTD.float() + delta).to(x_BTD.dtype) if delta.any() else x_BTD
 
     def _mask(self, positions: Positions, pos_T: Tensor) -> Tensor:
@@ -140,10 +257,11 @@ def generate(
     seed: int = 0,
     min_new_tokens: int = 0,
     check: Callable[[], None] | None = None,
+    sites: SteerSites | None = None,
 ) -> Completion:
     """Sample (greedy when temperature is 0) `max_new_tokens` after the prompt, with `edits`
-    applied at `hook`; the same seed gives the same draws steered or not. `check` is called after
-    every generated token and raises to stop (a cancel, a time limit)."""
+    applied at `hook` (or at a coder's `sites`); the same seed gives the same draws steered or not.
+    `check` is called after every generated token and raises to stop (a cancel, a time limit)."""
     ids = torch.tensor([list(prompt_ids)], device=lm.device)
     tokenizer = lm.tokenizer
     # (1, T) ids -> (1, T + new) ids: without return_dict_in_generate, generate returns the ids
@@ -164,7 +282,7 @@ def generate(
     if edits:
         assert sae is not None and hook is not None  # edits act on an SAE's features at its hook
         steering = Steering(sae.to(lm.device), edits, ids.shape[1])
-        with splice(lm.model, hook, steering):
+        with steering.attached(lm.model, sites or SteerSites((hook,), (hook,))):
             out = model_generate(ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
         triggered = steering.triggered
     else:
@@ -205,6 +323,7 @@ def side_effects(
     hook: str,
     sae: SparseAutoencoder,
     edits: Sequence[FeatureEdit],
+    sites: SteerSites | None = None,
 ) -> SideEffects:
     """Two forward passes over prompt + steered continuation: unsteered and steered."""
     if not completion.token_ids:
@@ -212,7 +331,7 @@ def side_effects(
     seq = torch.tensor([list(prompt_ids) + completion.token_ids], device=lm.device)
     P = len(prompt_ids)
     logp_default = F.log_softmax(lm.model(seq, use_cache=False).logits[0].float(), -1)
-    with splice(lm.model, hook, Steering(sae.to(lm.device), edits, P)):
+    with Steering(sae.to(lm.device), edits, P).attached(lm.model, sites or SteerSites((hook,), (hook,))):
         logp_steered = F.log_softmax(lm.model(seq, use_cache=False).logits[0].float(), -1)
     # Position t predicts token t+1: the generated tokens are predicted at P-1 .. end-1.
     at = slice(P - 1, seq.shape[1] - 1)
