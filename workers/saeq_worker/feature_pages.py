@@ -1,5 +1,6 @@
 """The feature browser's data, written by the label job after its labels: the list of every
-feature (summaries) and the pages, in chunks of `CHUNK` features."""
+feature (summaries) and the pages, in chunks of `CHUNK` features; each page names the hooks its
+coder reads and writes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import json
 import torch
 
 from saeq import keys
-from saeq.ml.feature_pages import CHUNK, PAGES_FORMAT, effects_of, feature_page, logit_effects, n_chunks, summaries
+from saeq.ml.feature_pages import (
+    CHUNK,
+    PAGES_FORMAT,
+    effects_of,
+    feature_page,
+    logit_effects,
+    n_chunks,
+    summaries,
+)
 from saeq.ml.features import FeatureIndex
 from saeq.ml.models import final_norm_gain
 from saeq.specs import LabelSpec
@@ -18,9 +27,10 @@ N_TOP, N_BINS, PER_BIN, N_EFFECTS = 10, 5, 2, 10
 
 
 def write_feature_pages(
-    job: RunningJob, spec: LabelSpec, index: FeatureIndex, records: list[dict], sae, lm, decode
+    job: RunningJob, spec: LabelSpec, index: FeatureIndex, records: list[dict], sae, lm, decode, *, sites: dict
 ) -> dict:
-    """Store the list and the pages; -> what the manifest records of them."""
+    """Store the list and the pages; -> what the manifest records of them. `sites`: the hooks the
+    coder reads and writes (saeq_worker.label.coder_sites)."""
     store = job.store
     rows = summaries(index, records)
     store.put(
@@ -32,6 +42,8 @@ def write_feature_pages(
     gain = final_norm_gain(lm.model)
     assert gain is None or isinstance(gain, torch.Tensor)  # a norm's weight: a Parameter
     effects = logit_effects(sae, unembed, gain, top=N_EFFECTS)
+    # a crosscoder's logit effects are its last layer's block's: the one nearest the logits
+    coder = {"reads": sites["reads"], "writes": sites["writes"], "logit_effects_from": (sites["writes"] or [None])[-1]}
     w = {"before": spec.window_before, "after": spec.window_after}
     for c in range(n_chunks(index.d_sae)):
         job.check()
@@ -39,7 +51,8 @@ def write_feature_pages(
         for f in range(c * CHUNK, min((c + 1) * CHUNK, index.d_sae)):
             g = torch.Generator().manual_seed(spec.seed * 1_000_003 + f)
             pages.append(
-                feature_page(
+                coder
+                | feature_page(
                     index,
                     f,
                     decode,

@@ -1,6 +1,7 @@
 """The live `inspect` op (`POST /v1/features/inspect`): a text read by the model and the SAE this
 worker keeps loaded, each token's top features named by a label job's labels and linked to their
-feature pages."""
+feature pages. A transcoder's features are those of its input hook, a crosscoder's of all its
+layers read in one pass."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from saeq.errors import InvalidSpec
 from saeq.jobs.inspect import inspect_tokens
 from saeq.jobs.steer import chat_prompt
 from saeq.ml.explainers import token_pieces
+from saeq.ml.features import coder_input_hooks
 from saeq.platform.store import ObjectStore
 from saeq.specs.inspect import FeatureActivation, InspectedToken, InspectRequest, InspectResult
 from saeq_worker.live_cache import live_labels, live_sae
@@ -42,6 +44,7 @@ def serve_inspect(
     check = check or (lambda: None)
     check()
     ctx = live_sae(request, store)
+    reads = coder_input_hooks(ctx.sae, ctx.hook, ctx.layer_hooks, field="sae")
     sinks = sink_reference(request, ctx.sink_info)
     labels, pages, label_job = {}, False, request.label_job
     if label_job:
@@ -64,7 +67,7 @@ def serve_inspect(
             field=field,
         )
     with _torch_threads(LIVE_THREADS):
-        out = inspect_tokens(lm, ctx.sae, ctx.hook, ids, sinks=sinks, top_k=request.top_k, features=request.features)
+        out = inspect_tokens(lm, ctx.sae, reads, ids, sinks=sinks, top_k=request.top_k, features=request.features)
     pieces = token_pieces(lm.tokenizer)(ids)
 
     def named(f: int, a: float) -> FeatureActivation:

@@ -1,6 +1,8 @@
 """The I/O around `saeq.jobs.label`: the SAE and its held-out text, the feature index (stored, and
 reused when the job is retried), the explainers and judge the spec names, each finished chunk of
-features (kept for a later attempt: saeq_worker.partials), labels.jsonl, and the manifest last."""
+features (kept for a later attempt: saeq_worker.partials), labels.jsonl, and the manifest last.
+A transcoder's features are read at its input hook, a crosscoder's at all its hooks in one pass; the
+manifest's `sae` and every feature page say which hooks the coder reads and writes."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from saeq.ml.explainers import (
     MetadataExplainer,
     token_pieces,
 )
-from saeq.ml.features import FeatureIndex, build_feature_index
+from saeq.ml.features import FeatureIndex, build_feature_index, coder_input_hooks
 from saeq.ml.models import LoadedModel
 from saeq.ml.scoring import EmbeddingScorer
 from saeq.platform.settings import LlmEndpoint
@@ -49,14 +51,20 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     ctx = sae_context(spec, store)
     lm = cached_model(ctx.model, job.device, cache_dir)
     sinks = sink_reference(spec, ctx.sink_info)
+    sites = coder_sites(ctx)
     job.check()
 
     index_key = keys.feature_index(job.id)
     if store.exists(index_key):  # a retried job: the index of the earlier attempt is complete
         index = FeatureIndex.from_bytes(store.get(index_key))
     else:
-        index = _build_index(job, spec, ctx, lm, sinks)
-        meta = {"hook": ctx.hook, "sae": json.dumps(ctx.provenance), "context_len": str(ctx.context_len)}
+        index = _build_index(job, spec, ctx, lm, sinks, sites["reads"])
+        meta = {
+            "hook": ctx.hook,
+            "reads": json.dumps(sites["reads"]),
+            "sae": json.dumps(ctx.provenance),
+            "context_len": str(ctx.context_len),
+        }
         store.put(index_key, index.to_bytes(meta), content_type="application/octet-stream")
     features = select_features(index, spec)
     if not features:
@@ -101,7 +109,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     pages = None
     if spec.browser:
         job.report(0.95, "pages", "feature browser pages")
-        pages = write_feature_pages(job, spec, index, records, ctx.sae, lm, decode)
+        pages = write_feature_pages(job, spec, index, records, ctx.sae, lm, decode, sites=sites)
     summary = summarize(records, controls)
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -109,7 +117,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         "job_id": job.id,
         "created_at": time.time(),
         "spec": spec.model_dump(mode="json"),
-        "sae": ctx.provenance,
+        "sae": {**ctx.provenance, **sites},
         "model": lm.provenance,
         "hook": ctx.hook,
         "corpus": _jsonable(ctx.corpus),
@@ -218,7 +226,18 @@ def _labellers(
     return explainers, judge, embedder
 
 
-def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureIndex:
+def coder_sites(ctx: SaeContext) -> dict[str, list[str]]:
+    """The hooks the coder reads (what its features encode) and writes (its decoder's output):
+    an SAE's one hook both; a transcoder's input and output hooks; a crosscoder's layers both."""
+    reads = list(coder_input_hooks(ctx.sae, ctx.hook, ctx.layer_hooks))
+    if ctx.layer_hooks and len(reads) > 1:
+        return {"reads": reads, "writes": reads}
+    if ctx.sae.is_transcoder:  # an imported transcoder names no output hook: unknown
+        return {"reads": reads, "writes": [ctx.target_hook] if ctx.target_hook else []}
+    return {"reads": reads, "writes": reads}
+
+
+def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks, reads: list[str]) -> FeatureIndex:
     docs = iter_documents(ctx.read_corpus(), seed=ctx.seed(spec.seed), store=job.store)
     batches = context_batches(
         docs, lm.tokenizer, context_len=ctx.context_len, max_tokens=spec.index_tokens, batch_size=spec.batch_size
@@ -227,7 +246,7 @@ def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks) -> FeatureInd
     return build_feature_index(
         ctx.sae,
         lm,
-        ctx.hook,
+        reads,
         batches,
         sinks=sinks,
         should_stop=job.should_stop,

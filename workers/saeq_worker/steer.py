@@ -1,6 +1,7 @@
 """The I/O around `saeq.jobs.steer`: batch steer jobs (completions.jsonl, manifest last) and live
 requests (`POST /v1/steer`, `/v1/chat/completions`) answered by a worker that keeps the model and
-the SAE loaded between requests."""
+the SAE loaded between requests. A coder is steered where it reads and writes (saeq.jobs.steer.SteerSites:
+a transcoder's input and output hooks, a crosscoder's layers)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ from functools import lru_cache
 
 from saeq import keys
 from saeq.errors import InvalidSpec, JobError
-from saeq.jobs.steer import FeatureEdit, FeatureTrigger, chat_prompt, check_edits, generate, side_effects
+from saeq.jobs.steer import (
+    FeatureEdit,
+    FeatureTrigger,
+    SteerSites,
+    chat_prompt,
+    check_edits,
+    generate,
+    side_effects,
+    steer_sites,
+)
 from saeq.ml.explainers import LocalLLM
 from saeq.ml.steer_score import RUBRICS, RatedText, rate_completions, steering_score
 from saeq.platform.store import ObjectStore
@@ -51,8 +61,9 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
     store = job.store
     job.report(0.0, "loading", "SAE and model", force=True)
     ctx = sae_context(spec, store)
+    sites = _sites(ctx, "spec.sae")
     for i, s in enumerate(spec.interventions):
-        check_edits(_edits(s.edits), ctx.sae, field=f"spec.interventions[{i}].edits")
+        check_edits(_edits(s.edits), ctx.sae, field=f"spec.interventions[{i}].edits", sites=sites)
     lm = cached_model(ctx.model, job.device, cache_dir)
     labels = _labels(store, spec.label_job) if spec.label_job else {}
     embedder = _embedder(str(lm.device)) if labels else None
@@ -78,8 +89,9 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
                     temperature=spec.temperature,
                     seed=spec.seed,
                     check=job.check,
+                    sites=sites,
                 )
-                fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits)
+                fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits, sites=sites)
                 row = {
                     "prompt_index": p_i,
                     "prompt": prompt,
@@ -110,7 +122,7 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
         "job_id": job.id,
         "created_at": time.time(),
         "spec": spec.model_dump(mode="json"),
-        "sae": ctx.provenance,
+        "sae": _with_sites(ctx.provenance, sites),
         "model": lm.provenance,
         "hook": ctx.hook,
         "completions_key": key,
@@ -120,6 +132,15 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
     mkey = job.publish(SteerManifest.model_validate(manifest))
     job.report(1.0, "done", f"{len(rows)} steered completions", force=True)
     return mkey
+
+
+def _sites(ctx: SaeContext, field: str) -> SteerSites:
+    return steer_sites(ctx.sae, ctx.hook, target_hook=ctx.target_hook, layer_hooks=ctx.layer_hooks, field=field)
+
+
+def _with_sites(provenance: dict, sites: SteerSites) -> dict:
+    """The SAE's provenance and the hooks its features are read at and its decoder writes."""
+    return {**provenance, "reads": list(sites.read), "writes": list(sites.write)}
 
 
 def _summary(rows: list[dict]) -> list[dict]:
@@ -207,12 +228,13 @@ def serve_steer(
     cannot be stopped halfway, so a request given up during one goes no further."""
     t0 = time.monotonic()
     check = check or (lambda: None)
-    ctx = None
+    ctx, sites = None, None
     if request.sae is not None:
         check()
         # Keyed by what picks the SAE, model and hook only, so other fields do not reload it.
         ctx = _live_context(SteerRequest(sae=request.sae, model=request.model, hook=request.hook, prompt="-"), store)
-        check_edits(_edits(request.interventions), ctx.sae, field="interventions")
+        sites = _sites(ctx, "sae")
+        check_edits(_edits(request.interventions), ctx.sae, field="interventions", sites=sites)
     model = ctx.model if ctx else (request.model or ModelSpec())
     check()
     lm = cached_model(model, device, cache_dir)
@@ -241,13 +263,14 @@ def serve_steer(
         temperature=request.temperature,
         seed=request.seed,
         check=check,
+        sites=sites,
     )
     out = {
         "steered": steered.text,
         "steered_token_ids": steered.token_ids,
         "triggered_tokens": steered.triggered_tokens,
         "prompt_tokens": len(ids),
-        "sae": ctx.provenance if ctx else None,
+        "sae": _with_sites(ctx.provenance, sites) if ctx and sites else None,
         "hook": ctx.hook if ctx else None,
         "model": model.name,
     }
@@ -261,7 +284,7 @@ def serve_steer(
             check=check,
         )
         assert ctx is not None  # edits are of an SAE's features: a request with edits names an SAE
-        fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits)
+        fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits, sites=sites)
         out.update(
             default=default.text, kl_from_default=fx.kl_from_default, perplexity_unsteered=fx.perplexity_unsteered
         )

@@ -1,6 +1,7 @@
 """Inspect: the SAE's features on each token of a text. The model runs up to the SAE's hook point
 (and no further), the SAE encodes every token, and the attention-sink rule marks the tokens whose
-features are left out, as training and the feature pages leave them out."""
+features are left out, as training and the feature pages leave them out. A transcoder encodes its
+input hook; a crosscoder all its hooks, read in one pass (sinks and norms by the first one's)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Literal
 import torch
 
 from saeq.errors import InvalidSpec
-from saeq.ml.features import read_hook
+from saeq.ml.features import check_input_width, first_hook_norms, read_hooks
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.sinks import SinkReference
@@ -27,6 +28,7 @@ class TokenFeatures:
     sinks: list[SinkReason | None]
     """None for an ordinary token."""
     norms: list[float]
+    """At the (first) hook the SAE reads."""
     top_features: list[list[int]]
     """(T, <=k) feature ids, highest activation first, non-zero only; empty on a sink."""
     top_activations: list[list[float]]
@@ -38,24 +40,25 @@ class TokenFeatures:
 def inspect_tokens(
     lm: LoadedModel,
     sae: SparseAutoencoder,
-    hook: str,
+    hook: str | Sequence[str],
     ids: Sequence[int],
     *,
     sinks: SinkReference | None,
     top_k: int,
     features: Sequence[int] | None = None,
 ) -> TokenFeatures:
-    """Encode the activations at `hook` of the token ids `ids` (one context) with `sae`."""
-    if sae.d_in != lm.d_model:
-        raise InvalidSpec(f"the SAE reads d_in={sae.d_in} but {hook} has d_model={lm.d_model}", field="sae")
+    """Encode the activations at `hook` (or several hooks side by side, a crosscoder's) of the token
+    ids `ids` (one context) with `sae`."""
+    hooks = (hook,) if isinstance(hook, str) else tuple(hook)
+    check_input_width(sae, lm, hooks, field="sae")
     for i, f in enumerate(features or ()):
         if f >= sae.d_sae:
             raise InvalidSpec(
                 f"feature {f} is not in 0..{sae.d_sae - 1} (the SAE has d_sae={sae.d_sae})", field=f"features.{i}"
             )
     sae = sae.to(lm.device).eval()
-    x_TD = read_hook(lm, hook, torch.tensor([list(ids)], device=lm.device))  # (T, d), float32
-    norms_T = x_TD.norm(dim=-1)
+    x_TD = read_hooks(lm, hooks, torch.tensor([list(ids)], device=lm.device))  # (T, L * d), float32
+    norms_T = first_hook_norms(x_TD, len(hooks))
     reasons: list[SinkReason | None] = [None] * len(ids)
     if sinks is not None:
         reasons[0] = "position0"

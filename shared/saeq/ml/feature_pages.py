@@ -19,14 +19,22 @@ CHUNK = 256
 HISTOGRAM_BINS = 24
 
 
+def output_directions(sae: SparseAutoencoder) -> Tensor:
+    """(d_sae, d_model) what each feature writes into the stream: its decoder row; a crosscoder's,
+    the block of its last layer (the one whose write reaches the logits directly)."""
+    W_dec = sae.W_dec.detach().float().cpu()
+    n_layers = getattr(sae, "n_layers", None)
+    return W_dec if n_layers is None else W_dec.view(sae.d_sae, n_layers, -1)[:, -1]
+
+
 def logit_effects(
     sae: SparseAutoencoder, unembed_VD: Tensor, final_norm_D: Tensor | None, *, top: int, batch: int = 512
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """For each feature's decoder direction d: the tokens whose logits it raises and lowers most,
-    `W_U (g * d)`, with g the final norm's gain (the direction's effect on the logits, skipping
-    the norm's rescaling, as Neuronpedia and SAELens's dashboards do).
-    -> (top ids (S, top), their values, bottom ids, their values)."""
-    W_dec_SD = sae.W_dec.detach().float().cpu()
+    """For each feature's decoder direction d (its row of `output_directions`): the tokens
+    whose logits it raises and lowers most, `W_U (g * d)`, with g the final norm's gain (the
+    direction's effect on the logits, skipping the norm's rescaling, as Neuronpedia and SAELens's
+    dashboards do). -> (top ids (S, top), their values, bottom ids, their values)."""
+    W_dec_SD = output_directions(sae)
     W_U = unembed_VD.detach().float().cpu()
     gain = final_norm_D.detach().float().cpu() if final_norm_D is not None else torch.ones(W_U.shape[1])
     parts = ([], [], [], [])

@@ -3,12 +3,14 @@
 Labelling, evaluation, steering and the browser read it: density and maximum activation per
 feature, top-activating windows with per-token activations, windows sampled from activation
 quantiles, and random windows where the feature is silent. Attention sinks (saeq.ml.sinks) are
-kept in the windows' text but carry no activation.
+kept in the windows' text but carry no activation. A coder's input is what it encodes: a
+transcoder's input hook, a crosscoder's hooks read together in one pass (`coder_input_hooks`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,10 +19,10 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from saeq.errors import Cancelled, InvalidSpec
+from saeq.ml import hookpoints
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder, stable_order
 from saeq.ml.sinks import SinkReference, sink_mask
-from saeq.ml.splice import splice
 from saeq.ml.stopping import micro_batches, stop_between_blocks
 
 INDEX_FORMAT = "saeq.feature-index/1"
@@ -201,10 +203,35 @@ class _Captured(Exception):
     """Stops the forward pass once the hook point has been read: later blocks are not needed."""
 
 
+def coder_input_hooks(
+    sae: SparseAutoencoder, hook: str, layer_hooks: Sequence[str] | None = None, *, field: str = "spec.sae"
+) -> tuple[str, ...]:
+    """The hooks whose activations, side by side in this order, `sae` encodes: a crosscoder's
+    `layer_hooks` (all of them, as it was trained), else `hook` (a transcoder's input hook)."""
+    n_layers = getattr(sae, "n_layers", None)
+    if n_layers is None:
+        return (hook,)
+    if not layer_hooks or len(layer_hooks) != n_layers:
+        raise InvalidSpec(
+            f"the crosscoder reads {n_layers} hooks and its train job names {len(layer_hooks or ())}: "
+            "use a crosscoder trained by a train job (activations.hooks)",
+            field=field,
+        )
+    return tuple(layer_hooks)
+
+
+def check_input_width(sae: SparseAutoencoder, lm: LoadedModel, hooks: Sequence[str], *, field: str) -> None:
+    if sae.d_in != lm.d_model * len(hooks):
+        raise InvalidSpec(
+            f"the SAE reads d_in={sae.d_in} but {', '.join(hooks)} give {len(hooks)} x d_model={lm.d_model}",
+            field=field,
+        )
+
+
 def build_feature_index(
     sae: SparseAutoencoder,
     lm: LoadedModel,
-    hook: str,
+    hook: str | Sequence[str],
     contexts: Iterable[tuple[Tensor, Tensor]],
     *,
     sinks: SinkReference | None,
@@ -212,9 +239,10 @@ def build_feature_index(
     on_batch: Callable[[int], None] = lambda tokens_done: None,
 ) -> FeatureIndex:
     """One pass over batches of (token ids (B, T), doc ids (B, T)): the SAE's activations at
-    `hook`, sinks zeroed, gathered into a FeatureIndex."""
-    if sae.d_in != lm.d_model:
-        raise InvalidSpec(f"the SAE reads d_in={sae.d_in} but {hook} has d_model={lm.d_model}", field="spec.sae")
+    `hook` (or at several hooks read together, a crosscoder's), sinks zeroed (by the first hook's
+    norms, as training took them), gathered into a FeatureIndex."""
+    hooks = (hook,) if isinstance(hook, str) else tuple(hook)
+    check_input_width(sae, lm, hooks, field="spec.sae")
     sae = sae.to(lm.device).eval()
     ids_parts, doc_parts, sink_parts, pos_parts, feat_parts, val_parts = [], [], [], [], [], []
     offset = 0
@@ -226,7 +254,7 @@ def build_feature_index(
                     raise Cancelled("labelling cancelled")
                 B, T = ids_BT[micro].shape
                 with torch.inference_mode():
-                    pos_N, feats_N, vals_N, sink_N = _encode_batch(sae, lm, hook, ids_BT[micro], sinks)
+                    pos_N, feats_N, vals_N, sink_N = _encode_batch(sae, lm, hooks, ids_BT[micro], sinks)
                 pos_parts.append(pos_N + offset)
                 feat_parts.append(feats_N)
                 val_parts.append(vals_N)
@@ -256,16 +284,16 @@ def _assemble(ids_parts, doc_parts, sink_parts, pos_parts, feat_parts, val_parts
     )
 
 
-def _encode_batch(sae, lm, hook, ids_BT, sinks) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _encode_batch(sae, lm, hooks, ids_BT, sinks) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Non-zero activations of one batch: (flat positions, features, values) and the sink mask,
     on the CPU."""
     B, T = ids_BT.shape
-    x_ND = read_hook(lm, hook, ids_BT.to(lm.device, torch.long))
+    x_ND = read_hooks(lm, hooks, ids_BT.to(lm.device, torch.long))  # (N, L * d)
     positions_N = torch.arange(T, device=x_ND.device).repeat(B)
     sink_N = (
         torch.zeros(B * T, dtype=torch.bool, device=x_ND.device)
         if sinks is None
-        else sink_mask(positions_N, x_ND.norm(dim=-1), sinks.median_norm, sinks.norm_factor)
+        else sink_mask(positions_N, first_hook_norms(x_ND, len(hooks)), sinks.median_norm, sinks.norm_factor)
     )
     acts_NS = sae.encode(x_ND)
     acts_NS[sink_N] = 0
@@ -275,18 +303,32 @@ def _encode_batch(sae, lm, hook, ids_BT, sinks) -> tuple[Tensor, Tensor, Tensor,
 
 def read_hook(lm: LoadedModel, hook: str, ids_BT: Tensor) -> Tensor:
     """(B*T, d) activations at `hook`, float32; the forward pass stops there."""
-    captured = {}
+    return read_hooks(lm, (hook,), ids_BT)
 
-    def capture(x):
-        captured["x"] = x
-        raise _Captured
 
-    with splice(lm.model, hook, capture):
+def read_hooks(lm: LoadedModel, hooks: Sequence[str], ids_BT: Tensor) -> Tensor:
+    """(B*T, L*d) activations at `hooks` side by side in their order, float32, from one forward
+    pass that stops once the last of them has fired."""
+    captured: dict[str, Tensor] = {}
+
+    def capture(hook: str, x: Tensor) -> None:
+        captured[hook] = x
+        if len(captured) == len(set(hooks)):
+            raise _Captured
+
+    with contextlib.ExitStack() as stack:
+        for h in dict.fromkeys(hooks):
+            stack.enter_context(hookpoints.read(lm.model, h, lambda x, h=h: capture(h, x)))
         try:
             lm.model(input_ids=ids_BT, use_cache=False)
         except _Captured:
             pass
-    if "x" not in captured:
-        raise RuntimeError(f"{hook} did not fire")
-    x = captured["x"]
-    return x.reshape(-1, x.shape[-1]).float()
+    missing = [h for h in hooks if h not in captured]
+    if missing:
+        raise RuntimeError(f"{', '.join(missing)} did not fire")
+    return torch.cat([captured[h].reshape(-1, captured[h].shape[-1]).float() for h in hooks], dim=1)
+
+
+def first_hook_norms(x_ND: Tensor, n_hooks: int) -> Tensor:
+    """(N,) norms of the first hook's part of rows read at `n_hooks` hooks: the sink rule's."""
+    return x_ND[:, : x_ND.shape[1] // n_hooks].norm(dim=-1)
