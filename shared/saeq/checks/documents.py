@@ -1,9 +1,10 @@
 """One pass over whole documents: per document, each SAE latent's largest and mean activation and
-the mean raw activation, over its ordinary tokens (attention sinks left out)."""
+the mean raw activation, over its ordinary tokens (attention sinks left out). A transcoder's features
+are read from its input hook (the one hook given); a crosscoder's from all its layers at once."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from saeq.ml.features import read_hook
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.sinks import SinkReference, sink_mask
+from saeq.ml.splice import CoderSplice, read_inputs
 
 SEPARATOR = "\n\n"
 """Put before each document: position 0 is always a sink, so without it a document's first word
@@ -53,10 +55,14 @@ def document_activations(
     batch_size: int,
     should_stop: Callable[[], bool] = lambda: False,
     on_batch: Callable[[int], None] = lambda docs_done: None,
+    layer_hooks: Sequence[str] | None = None,
 ) -> DocumentActs:
     """Activations of each document (token ids, separator first). Documents are batched by length
-    and right-padded; causal attention keeps padding from changing the real tokens."""
-    if sae.d_in != lm.d_model:
+    and right-padded; causal attention keeps padding from changing the real tokens. `layer_hooks`:
+    a crosscoder's hooks (`hook` their first), its rows their activations side by side, the sinks
+    by the first one's norms; the raw means are of those rows."""
+    layers = CoderSplice("crosscoder", tuple(layer_hooks), tuple(layer_hooks)) if layer_hooks else None
+    if sae.d_in != lm.d_model * (len(layers.reads) if layers else 1):
         raise InvalidSpec(f"the SAE reads d_in={sae.d_in} but {hook} has d_model={lm.d_model}", field="spec.sae")
     n = len(token_ids)
     sae = sae.to(lm.device).eval()
@@ -77,13 +83,16 @@ def document_activations(
             ids_BT[j, : len(token_ids[i])] = torch.tensor(token_ids[i])
             real_BT[j, : len(token_ids[i])] = True
         with torch.inference_mode():
-            x_ND = read_hook(lm, hook, ids_BT.to(lm.device))
+            if layers is None:
+                x_ND = sink_ND = read_hook(lm, hook, ids_BT.to(lm.device))
+            else:
+                x_ND, sink_ND = read_inputs(lm.model, layers, ids_BT.to(lm.device))
             keep_N = real_BT.reshape(-1).to(x_ND.device)
             positions_N = torch.arange(T, device=x_ND.device).repeat(len(rows))
             if sinks is None:
                 keep_N &= positions_N > 0
             else:
-                keep_N &= ~sink_mask(positions_N, x_ND.norm(dim=-1), sinks.median_norm, sinks.norm_factor)
+                keep_N &= ~sink_mask(positions_N, sink_ND.norm(dim=-1), sinks.median_norm, sinks.norm_factor)
             acts_BTS = sae.encode(x_ND).float().view(len(rows), T, -1)
             keep_BT1 = keep_N.view(len(rows), T, 1)
             n_B = keep_BT1.sum(1).clamp(min=1)  # (B, 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -147,10 +147,12 @@ def run_checks(
     on_check: Callable[[str, CheckPart], None] = lambda name, part: None,
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[str, float], None] = lambda stage, fraction: None,
+    layer_hooks: Sequence[str] | None = None,
 ) -> ChecksResult:
     """The checks `spec` names. `finished`: parts (by check name) an earlier attempt completed,
     taken as they are; the English articles' activations are only computed when a check that
-    reads them is left. `on_check` sees each part finished here."""
+    reads them is left. `on_check` sees each part finished here. `hook` is what the features are
+    read from (a transcoder's input hook); `layer_hooks` a crosscoder's hooks, read all at once."""
     plan = plan_documents(spec, training_docs=training_docs, seed=seed)
     n_other = sum(len(texts) for _, texts in plan.pairs.values())
     total = len(plan.english) + n_other
@@ -166,6 +168,7 @@ def run_checks(
             batch_size=spec.batch_size,
             should_stop=should_stop,
             on_batch=lambda n: on_progress("read articles", (done_before + n) / total),
+            layer_hooks=layer_hooks,
         )
 
     finished = finished or {}

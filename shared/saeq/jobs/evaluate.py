@@ -1,4 +1,5 @@
-"""Evaluate an SAE: reconstruction, sparsity and the model's loss with the SAE spliced in.
+"""Evaluate an SAE, a transcoder or a crosscoder: reconstruction, sparsity and the model's loss with
+it spliced in (saeq.jobs.evaluate_batch: one accounting, the coder's kind only says what is spliced).
 
 Definitions follow SAELens (`sae_lens.evals`) and SAEBench; `METRICS_VERSION` names this set and
 docs/metrics.md writes each one down. Attention sinks (saeq.ml.sinks) are left out of every average
@@ -12,23 +13,23 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import Tensor
 
-from saeq import hooks
 from saeq.errors import Cancelled, InvalidSpec
-from saeq.jobs.evaluate_intervals import COLUMN, GROUP_COLUMNS, MAX_GROUPS, merge_adjacent, metric_intervals
+from saeq.jobs.evaluate_batch import coder_splice, evaluate_batch
+from saeq.jobs.evaluate_intervals import GROUP_COLUMNS, MAX_GROUPS, merge_adjacent, metric_intervals
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
-from saeq.ml.sinks import SinkReference, sink_mask
-from saeq.ml.splice import splice
+from saeq.ml.sinks import SinkReference
+from saeq.ml.splice import CoderSplice
 from saeq.ml.stopping import micro_batches, stop_between_blocks
 from saeq.specs.estimates import Estimate
 
@@ -57,13 +58,19 @@ class EvalResult:
     `group_sum_x` (G, d_in): what a paired comparison with another SAE on the same contexts resamples."""
     group_sum_x: np.ndarray | None = None
     contexts_per_group: int = 1
+    splice: dict[str, Any] = field(default_factory=dict)
+    """What was spliced: the coder's kind, the hooks it read and those it replaced (CoderSplice)."""
+    fvu_per_layer: list[float] | None = None
+    """A crosscoder's FVU of each replaced hook, in order; None for one hook."""
 
 
 class _Stats:
     """Running sums over ordinary tokens, in float64 (the variance is a small difference of
     large numbers on this residual stream)."""
 
-    def __init__(self, d_in: int, d_sae: int, T: int):
+    def __init__(self, d_in: int, d_sae: int, T: int, n_layers: int = 1):
+        # d_in: the width of what the output stands in for (a transcoder's target, a crosscoder's
+        # layers side by side), n_layers the hooks it spans.
         self.n = 0
         self.sum_x = torch.zeros(d_in, dtype=torch.float64)
         self.sum_sq_x = 0.0
@@ -77,6 +84,8 @@ class _Stats:
         self.pos_sum_x = torch.zeros(T, d_in, dtype=torch.float64)
         self.pos_sq_x = torch.zeros(T, dtype=torch.float64)
         self.pos_sq_resid = torch.zeros(T, dtype=torch.float64)
+        self.layer_sq_x = torch.zeros(n_layers, dtype=torch.float64)
+        self.layer_sq_resid = torch.zeros(n_layers, dtype=torch.float64)
         self.ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
         self.kl = {"sae": 0.0, "zero": 0.0}
         self.n_loss = 0
@@ -106,7 +115,7 @@ _SCALARS = (
     *("n", "sum_sq_x", "sum_sq_resid", "sum_cos", "sum_l0", "sum_l1", "ce", "kl", "n_loss"),
     *("n_contexts", "contexts_per_group"),
 )
-_TENSORS = ("sum_x", "fires", "pos_n", "pos_sum_x", "pos_sq_x", "pos_sq_resid")
+_TENSORS = ("sum_x", "fires", "pos_n", "pos_sum_x", "pos_sq_x", "pos_sq_resid", "layer_sq_x", "layer_sq_resid")
 _GROUP_TENSORS = ("group_sums", "group_sum_x")  # (G, ...): G grows with the contexts summed
 
 
@@ -140,7 +149,7 @@ class EvalProgress:
             tensors = load_tensors(data)
             scalars, progress = json.loads(metadata["scalars"]), json.loads(metadata["progress"])
             d_in, d_sae, T = tensors["sum_x"].shape[0], tensors["fires"].shape[0], tensors["pos_n"].shape[0]
-            stats = _Stats(d_in, d_sae, T)
+            stats = _Stats(d_in, d_sae, T, tensors["layer_sq_x"].shape[0])
             for name in _TENSORS:
                 if tensors[name].shape != getattr(stats, name).shape:
                     raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}")
@@ -171,24 +180,41 @@ def evaluate_sae(
     chunk_batches: int = 0,
     on_chunk: Callable[[EvalProgress], None] = lambda progress: None,
     resume: EvalProgress | None = None,
+    target_hook: str | None = None,
+    layer_hooks: Sequence[str] | None = None,
 ) -> EvalResult:
-    """Metrics of `sae` at `hook` over batches of contexts (B, T) token ids. `sinks` None keeps
-    every token (for comparisons with tools that have no sink rule). Every `chunk_batches`
+    """Metrics of `sae` at `hook` over batches of contexts (B, T) token ids. A transcoder reads
+    `hook` and replaces `target_hook`; a crosscoder reads and replaces `layer_hooks` (`hook` their
+    first); an SAE reads and replaces `hook` (saeq.jobs.evaluate_batch.coder_splice). `sinks` None
+    keeps every token (for comparisons with tools that have no sink rule). Every `chunk_batches`
     batches (0: never) `on_chunk` sees the progress so far (to serialise at once: the sums go on
     changing); `resume`, such a progress of an earlier attempt over the same `contexts`, is taken
     as the first batches' result (they are read, not computed), unless its dims are not this SAE's."""
-    if sae.d_in != lm.d_model:
-        raise InvalidSpec(
-            f"the SAE reads d_in={sae.d_in} but {hook} of {lm.provenance.get('name')} has d_model={lm.d_model}",
-            field="spec.sae",
-        )
-    point = hooks.parse(hook)
-    if point.block >= lm.n_layers:
-        raise InvalidSpec(f"{hook}: the model has {lm.n_layers} blocks", field="spec.hook")
+    cs = coder_splice(sae, lm, hook, target_hook=target_hook, layer_hooks=layer_hooks)
+    return _evaluate(
+        sae, lm, cs, contexts, sinks, dense_threshold, should_stop, on_batch, chunk_batches, on_chunk, resume
+    )
+
+
+def _evaluate(
+    sae: SparseAutoencoder,
+    lm: LoadedModel,
+    cs: CoderSplice,
+    contexts: Iterable[Tensor],
+    sinks: SinkReference | None,
+    dense_threshold: float,
+    should_stop: Callable[[], bool],
+    on_batch: Callable[[int], None],
+    chunk_batches: int,
+    on_chunk: Callable[[EvalProgress], None],
+    resume: EvalProgress | None,
+) -> EvalResult:
     device = lm.device
     sae = sae.to(device).eval()
+    d_target, n_layers = lm.d_model * len(cs.replaces), len(cs.replaces)
     stats, done, n_sinks, skip = None, 0, 0, 0
-    if resume is not None and (resume.stats.sum_x.shape[0], resume.stats.fires.shape[0]) == (sae.d_in, sae.d_sae):
+    dims = (d_target, sae.d_sae, n_layers)
+    if resume is not None and (*_dims(resume.stats),) == dims:
         stats, done, n_sinks, skip = resume.stats, resume.tokens, resume.n_sinks, resume.batches
     # Micro-batches and checks between blocks: a cancel acts within seconds whatever batch_size is.
     with stop_between_blocks(lm.model, should_stop, "evaluation cancelled"):
@@ -197,107 +223,38 @@ def evaluate_sae(
                 continue  # summed by an earlier attempt
             ids_BT = ids_BT.to(device, torch.long)
             B, T = ids_BT.shape
-            stats = stats or _Stats(sae.d_in, sae.d_sae, T)
+            stats = stats or _Stats(d_target, sae.d_sae, T, n_layers)
             if stats.pos_n.shape[0] != T:
                 raise InvalidSpec(f"contexts of {T} tokens after ones of {stats.pos_n.shape[0]}", field="spec")
             for micro in micro_batches(B, T):
                 if should_stop():
                     raise Cancelled("evaluation cancelled")
-                n_sinks += _evaluate_batch(sae, lm, hook, ids_BT[micro], sinks, stats)
+                n_sinks += evaluate_batch(sae, lm, cs, ids_BT[micro], sinks, stats)
             done += B * T
             on_batch(done)
             if chunk_batches and (i + 1) % chunk_batches == 0:
                 on_chunk(EvalProgress(i + 1, done, n_sinks, stats))
     if stats is None or stats.n == 0:
         raise InvalidSpec("no ordinary tokens to evaluate on", field="spec.corpus")
-    return _finish(stats, n_sinks, done, dense_threshold)
+    result = _finish(stats, n_sinks, done, dense_threshold)
+    result.splice = cs.describe()
+    if n_layers > 1:
+        result.fvu_per_layer = _layer_fvus(stats)
+    return result
 
 
-@torch.inference_mode()
-def _evaluate_batch(sae, lm, hook, ids_BT, sinks, s: _Stats) -> int:
-    B, T = ids_BT.shape
-    captured = {}
-
-    def capture(x):
-        captured["x"] = x
-        return x
-
-    with splice(lm.model, hook, capture):
-        logits_clean = lm.model(input_ids=ids_BT, use_cache=False).logits.float()
-    x_BTD = captured["x"].float()
-    x_ND = x_BTD.reshape(B * T, -1)
-    positions_N = torch.arange(T, device=ids_BT.device).repeat(B)
-    if sinks is None:
-        keep_N = torch.ones(B * T, dtype=torch.bool, device=ids_BT.device)
-    else:
-        keep_N = ~sink_mask(positions_N, x_ND.norm(dim=-1), sinks.median_norm, sinks.norm_factor)
-    keep_BT = keep_N.reshape(B, T)
-
-    acts_NS = sae.encode(x_ND)
-    recon_ND = sae.decode(acts_NS)
-    sums_BK = torch.zeros(B, len(GROUP_COLUMNS), dtype=torch.float64, device=ids_BT.device)
-    sum_x_BD = _accumulate_reconstruction(s, x_ND, recon_ND, acts_NS, keep_N, positions_N, sums_BK)
-
-    # Splices: ordinary tokens replaced, sinks left as they were.
-    recon_BTD = recon_ND.reshape(B, T, -1).to(captured["x"].dtype)
-    keep_BT1 = keep_BT[..., None]
-    with splice(lm.model, hook, lambda x: torch.where(keep_BT1, recon_BTD, x)):
-        logits_sae = lm.model(input_ids=ids_BT, use_cache=False).logits.float()
-    with splice(lm.model, hook, lambda x: torch.where(keep_BT1, torch.zeros_like(x), x)):
-        logits_zero = lm.model(input_ids=ids_BT, use_cache=False).logits.float()
-
-    # Next-token loss at position t predicts token t+1; averaged over ordinary positions t.
-    loss_mask = keep_BT[:, :-1]
-    targets = ids_BT[:, 1:]
-    logp_clean = F.log_softmax(logits_clean[:, :-1], dim=-1)
-    for name, logits in (("clean", logits_clean), ("sae", logits_sae), ("zero", logits_zero)):
-        logp = F.log_softmax(logits[:, :-1], dim=-1)
-        ce_BT = -logp.gather(-1, targets[..., None])[..., 0]
-        s.ce[name] += float(ce_BT[loss_mask].sum())
-        sums_BK[:, COLUMN[f"ce_{name}"]] = torch.where(loss_mask, ce_BT, 0).sum(1).double()
-        if name != "clean":  # KL(clean || spliced), as SAELens
-            kl_BT = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
-            s.kl[name] += float(kl_BT[loss_mask].sum())
-            sums_BK[:, COLUMN[f"kl_{name}"]] = torch.where(loss_mask, kl_BT, 0).sum(1).double()
-    s.n_loss += int(loss_mask.sum())
-    sums_BK[:, COLUMN["n_loss"]] = loss_mask.sum(1).double()
-    s.add_contexts(sums_BK, sum_x_BD)
-    return int((~keep_N).sum())
+def _dims(s: _Stats) -> tuple[int, int, int]:
+    return s.sum_x.shape[0], s.fires.shape[0], s.layer_sq_x.shape[0]
 
 
-def _accumulate_reconstruction(s: _Stats, x_ND, recon_ND, acts_NS, keep_N, positions_N, sums_BK) -> Tensor:
-    """Add the ordinary tokens' sums to `s`, and per context to `sums_BK`; -> their sum of x per
-    context (B, d_in)."""
-    x, r, a, pos = x_ND[keep_N], recon_ND[keep_N], acts_NS[keep_N], positions_N[keep_N]
-    B, T = sums_BK.shape[0], x_ND.shape[0] // sums_BK.shape[0]
-    context_N = torch.arange(B, device=x_ND.device).repeat_interleave(T)[keep_N]
-    resid_sq_N = (x - r).pow(2).sum(-1).double()
-    x64 = x.double()
-    sq_x_N = x64.pow(2).sum(-1)
-    cos_N = F.cosine_similarity(x, r, dim=-1)
-    s.n += x.shape[0]
-    s.sum_x += x64.sum(0).cpu()
-    s.sum_sq_x += float(x64.pow(2).sum())
-    s.sum_sq_resid += float(resid_sq_N.sum())
-    s.sum_cos += float(cos_N.sum())
-    fired = a != 0
-    l0_N = fired.sum(-1)
-    l1_N = a.abs().sum(-1)
-    s.sum_l0 += float(l0_N.sum())
-    s.sum_l1 += float(a.abs().sum())
-    # The first six of GROUP_COLUMNS, in its order: n, sum_sq_x, sum_sq_resid, sum_cos, sum_l0, sum_l1.
-    per_token_NK = torch.stack(
-        [torch.ones_like(sq_x_N), sq_x_N, resid_sq_N, cos_N.double(), l0_N.double(), l1_N.double()], 1
-    )
-    sums_BK[:, :6].index_add_(0, context_N, per_token_NK)
-    s.fires += fired.sum(0).double().cpu()
-    s.l0_all.append(l0_N.cpu())
-    pos = pos.cpu()
-    s.pos_n.index_add_(0, pos, torch.ones_like(pos, dtype=torch.float64))
-    s.pos_sum_x.index_add_(0, pos, x64.cpu())
-    s.pos_sq_x.index_add_(0, pos, x64.pow(2).sum(-1).cpu())
-    s.pos_sq_resid.index_add_(0, pos, resid_sq_N.cpu())
-    return torch.zeros(B, x64.shape[1], dtype=torch.float64, device=x64.device).index_add_(0, context_N, x64)
+def _layer_fvus(s: _Stats) -> list[float]:
+    """Each layer's residual sum of squares over its total variance about its mean."""
+    L = s.layer_sq_x.shape[0]
+    mean_LD = (s.sum_x / s.n).view(L, -1)
+    var_L = s.layer_sq_x / s.n - mean_LD.pow(2).sum(1)
+    return [
+        (float(r) / s.n) / float(v) if v > 1e-12 else math.nan for r, v in zip(s.layer_sq_resid, var_L, strict=True)
+    ]
 
 
 def _fvu(n, sum_x, sum_sq_x, sum_sq_resid) -> float:

@@ -51,7 +51,10 @@ def markdown(result: EvalResult, provenance: dict, plot_names: list[str]) -> str
     )
     prov = "\n".join(f"- **{k}**: `{v}`" for k, v in provenance.items())
     figs = "\n\n".join(f"![{n}]({n})" for n in plot_names)
-    return f"""# SAE evaluation
+    kind = str(result.splice.get("kind", "sae"))
+    return f"""# {_TITLES.get(kind, kind)} evaluation
+
+{spliced_sentence(result)}
 
 | metric | value [95% interval] (n) |
 |---|---|
@@ -63,7 +66,7 @@ share a document), 1,000 resamples; dead and dense latents: Wilson's interval ov
 Tokens: {c["n_tokens"]:,} evaluated, {c["n_ordinary"]:,} ordinary, {c["n_sinks_excluded"]:,} attention
 sinks left out of every average and kept clean in the splices; loss averaged over
 {c["n_loss_positions"]:,} next-token predictions. Definitions: docs/metrics.md.
-
+{_layer_table(result)}
 ## Provenance
 
 {prov}
@@ -71,4 +74,41 @@ sinks left out of every average and kept clean in the splices; loss averaged ove
 ## Plots
 
 {figs}
+"""
+
+
+_TITLES = {"sae": "SAE", "transcoder": "Transcoder", "crosscoder": "Crosscoder"}
+
+
+def spliced_sentence(result: EvalResult) -> str:
+    """What the evaluation spliced into the model, in words."""
+    s = result.splice
+    reads, replaces = list(s.get("reads", [])), list(s.get("replaces", []))
+    kind = s.get("kind", "sae")
+    if kind == "transcoder":
+        return (
+            f"Spliced: the transcoder reads `{reads[0]}` and its output replaces `{replaces[0]}` (FVU, cosine "
+            f"and MSE are against `{replaces[0]}`; ablation zeroes it)."
+        )
+    if kind == "crosscoder":
+        names = ", ".join(f"`{h}`" for h in replaces)
+        return (
+            f"Spliced: the crosscoder reads {names} side by side and replaces each with its layer's part of "
+            "the reconstruction, all at once (ablation zeroes them all)."
+        )
+    return f"Spliced: the SAE's reconstruction replaces `{replaces[0] if replaces else '?'}`."
+
+
+def _layer_table(result: EvalResult) -> str:
+    if not result.fvu_per_layer:
+        return ""
+    rows = "\n".join(
+        f"| `{h}` | {v:.4f} |" for h, v in zip(result.splice.get("replaces", []), result.fvu_per_layer, strict=False)
+    )
+    return f"""
+FVU of each layer (its residual sum of squares over its own variance):
+
+| hook | FVU |
+|---|---|
+{rows}
 """
