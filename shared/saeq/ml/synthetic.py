@@ -5,12 +5,21 @@ data (sae_lens.synthetic), written anew; saeq.checks.recovery scores an SAE agai
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+def own_seed(seed: int, part: str) -> int:
+    """The torch seed of one part (`features`, `batches`) of a generator seeded `seed`: hashed, so
+    never the plain `seed` an SAE's initialisation draws from. With plain seeds, SyntheticConfig(seed=0)
+    drew its features as the very randn(F, D) an SAE of d_sae=F, d_in=D seeded 0 draws for its
+    decoder, and the SAE started at the truth it was to be scored on."""
+    return int.from_bytes(hashlib.sha256(f"saeq.ml.synthetic/{seed}/{part}".encode()).digest()[:7], "big")
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ class SyntheticModel:
 
     def __init__(self, cfg: SyntheticConfig):
         self.cfg = cfg
-        g = torch.Generator().manual_seed(cfg.seed)
+        g = torch.Generator().manual_seed(own_seed(cfg.seed, "features"))
         F, D = cfg.n_features, cfg.d_model
         self.features_FD = torch.randn(F, D, generator=g)
         self.features_FD /= self.features_FD.norm(dim=1, keepdim=True)
@@ -127,7 +136,7 @@ class SyntheticModel:
 
     def batches(self, batch_size: int, n_batches: int | None = None, *, seed: int = 1) -> Iterator[SyntheticBatch]:
         """A seeded stream of batches (another `seed` for held-out data); endless when n_batches is None."""
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(own_seed(seed, "batches"))
         i = 0
         while n_batches is None or i < n_batches:
             yield self.sample(batch_size, g)

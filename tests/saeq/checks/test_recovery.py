@@ -81,7 +81,10 @@ def test_the_figures_equal_saelens_on_the_same_weights():
 
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
 def test_a_trained_sae_recovers_a_tiny_synthetic_model(architecture):
-    """300 steps of saeq's trainer, ~2 s: recovery below these floors is a regression."""
+    """300 steps of saeq's trainer, ~2 s idle: recovery below these floors is a regression. (Measured
+    over SAE seeds 0-2 once the generator's seeds no longer coincide with the SAE's: MCC 0.85-0.87
+    topk, 0.76-0.81 batchtopk, F1 0.50-0.61, against a random decoder's 0.37. The floors of 0.95 it
+    had before held only because seed 0's SAE started at the true features.)"""
     from saeq.jobs.train import train_saes
     from saeq.specs import ActivationsRef, SaeConfig, TrainSpec
 
@@ -98,5 +101,5 @@ def test_a_trained_sae_recovers_a_tiny_synthetic_model(architecture):
     )
     sae = train_saes(spec, (b.acts_BD for b in model.batches(1024, 300, seed=1))).saes["sae0"]
     r = score_recovery(sae.encode, sae.decode, sae.W_dec, model.features_FD, held_out(model))
-    assert r.mcc > 0.95 and r.mean_best_cos > 0.95 and r.uniqueness > 0.9
-    assert r.f1 > 0.6 and r.fvu < 0.3 and r.dead_fraction < 0.05
+    assert r.mcc > 0.7 and r.mean_best_cos > 0.75 and r.uniqueness > 0.7
+    assert r.f1 > 0.4 and r.fvu < 0.3 and r.dead_fraction < 0.05
