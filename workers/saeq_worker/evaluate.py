@@ -1,7 +1,8 @@
 """The I/O around `saeq.jobs.evaluate`: find the SAE, its model, hook and sink rule, pack held-out
 contexts, keep the metric pass's running sums every so many batches (and each finished check) for
 a later attempt (saeq_worker.partials), store metrics.json, plots and a report page, and publish
-the manifest last."""
+the manifest last. A transcoder replaces its target hook, a crosscoder every hook it covers (their
+training's, or the spec's `target_hook` / `hooks`); the same pass, partials and resume for all."""
 
 from __future__ import annotations
 
@@ -19,17 +20,20 @@ import saeq
 from saeq import keys
 from saeq.checks.run import ChecksResult
 from saeq.checks.summary import checks_markdown, checks_summary
+from saeq.errors import InvalidSpec
 from saeq.jobs import evaluate_report as report
 from saeq.jobs.evaluate import METRICS_VERSION, EvalProgress, EvalResult, evaluate_sae
 from saeq.jobs.harvest import context_batches
 from saeq.ml.corpus import iter_documents
+from saeq.ml.sae import TopKCrosscoder
+from saeq.ml.sae.crosscoder import layer_report
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import EvaluateSpec
-from saeq.specs.manifests import EvaluateManifest
-from saeq_worker.evaluate_checks import evaluate_checks
+from saeq.specs.manifests import EvaluateManifest, TrainManifest
+from saeq_worker.evaluate_checks import evaluate_checks, refuse_inapplicable_checks
 from saeq_worker.evaluate_compare import compare_with
 from saeq_worker.partials import drop_partial, drop_partials, owner, partial_names, put_partial, read_partial
-from saeq_worker.resolve import cached_model, sae_context, sink_reference
+from saeq_worker.resolve import SaeContext, cached_model, read_published_manifest, sae_context, sink_reference
 from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.evaluate/1"
@@ -51,7 +55,12 @@ def _git_commit() -> str | None:
 
 
 def _store_report(
-    job: RunningJob, result: EvalResult, provenance: dict, sae_name: str, checks: ChecksResult | None
+    job: RunningJob,
+    result: EvalResult,
+    provenance: dict,
+    sae_name: str,
+    checks: ChecksResult | None,
+    layers: dict | None = None,
 ) -> list[str]:
     """Store the plots, metrics.json and report.md (the checks' part too); -> the plots' file names."""
     store = job.store
@@ -70,6 +79,7 @@ def _store_report(
         "log_density_histogram": result.log_density_histogram,
         "fvu_by_position": result.fvu_by_position,
         "feature_density": result.feature_density.tolist(),
+        "layers": layers,
         "checks": None if checks is None else checks.doc,
     }
     store.put(
@@ -127,13 +137,57 @@ def _finished_pass(job: RunningJob, chunk_batches: int) -> EvalProgress | None:
     return None
 
 
+def coder_hooks(spec: EvaluateSpec, ctx: SaeContext) -> tuple[str, str | None, tuple[str, ...] | None]:
+    """(hook, target_hook, layer_hooks) the coder is evaluated at: the spec's, else its training's
+    (a transcoder's target hook, a crosscoder's hooks); saeq.jobs.evaluate_batch refuses what does
+    not fit the coder, naming the field."""
+    if spec.hooks is not None:
+        return spec.hooks[0], spec.target_hook, spec.hooks
+    target = spec.target_hook or (ctx.target_hook if ctx.sae.is_transcoder else None)
+    layers = ctx.layer_hooks if isinstance(ctx.sae, TopKCrosscoder) else None
+    return ctx.hook, target, layers
+
+
+def _refuse_comparison(job: RunningJob, ctx: SaeContext) -> None:
+    """compare_with compares two plain SAEs at one hook: a transcoder or crosscoder on either side
+    is refused naming the field (their paired metrics would splice different things)."""
+    spec: EvaluateSpec = job.spec
+    if spec.compare_with is None:
+        return
+    if ctx.sae.is_transcoder or isinstance(ctx.sae, TopKCrosscoder):
+        raise InvalidSpec(
+            f"compare_with compares two plain SAEs; the evaluated SAE is a {ctx.sae.architecture}",
+            field="spec.compare_with",
+        )
+    ref = spec.compare_with.sae
+    train_b = read_published_manifest(job.store, ref.job_id, TrainManifest, field="spec.compare_with.sae")
+    activations = train_b.spec.get("activations", {})
+    if activations.get("target_hook") or activations.get("hooks"):
+        kind = "transcoders" if activations.get("target_hook") else "crosscoders"
+        raise InvalidSpec(
+            f"compare_with compares two plain SAEs; train job {ref.job_id} trained {kind}",
+            field="spec.compare_with.sae",
+        )
+
+
+def _layers_doc(result: EvalResult, sae, layer_hooks: tuple[str, ...] | None) -> dict | None:
+    """A crosscoder's per-layer figures: FVU of each hook on the evaluated tokens, decoder norms."""
+    if layer_hooks is None or not isinstance(sae, TopKCrosscoder):
+        return None
+    return {**layer_report(sae, None, list(layer_hooks)), "fvu_per_layer": result.fvu_per_layer}
+
+
 def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> str:
     spec: EvaluateSpec = job.spec
     store = job.store
     job.report(0.0, "loading", "SAE and model", force=True)
     ctx = sae_context(spec, store)
-    sae, sae_name, model_spec, hook, corpus = ctx.sae, ctx.name, ctx.model, ctx.hook, ctx.read_corpus()
+    hook, target_hook, layer_hooks = coder_hooks(spec, ctx)
+    sae, sae_name, model_spec, corpus = ctx.sae, ctx.name, ctx.model, ctx.read_corpus()
     context_len, sink_info, provenance_sae = ctx.context_len, ctx.sink_info, ctx.provenance
+    _refuse_comparison(job, ctx)
+    if spec.checks is not None:
+        refuse_inapplicable_checks(spec.checks, sae, layer_hooks)
     lm = cached_model(model_spec, job.device, cache_dir)
     job.check()
 
@@ -175,6 +229,8 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         resume=_finished_pass(job, chunk_batches),
         should_stop=job.should_stop,
         on_batch=on_batch(0.0, share),
+        target_hook=target_hook,
+        layer_hooks=layer_hooks,
     )
     job.check()
     comparison = None
@@ -187,7 +243,9 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         job.check()
     checks = None
     if spec.checks is not None:
-        checks = evaluate_checks(job, spec.checks, ctx, lm, sinks, cache_dir=cache_dir, llm_endpoints=llm_endpoints)
+        checks = evaluate_checks(
+            job, spec.checks, ctx, lm, sinks, cache_dir=cache_dir, llm_endpoints=llm_endpoints, layer_hooks=layer_hooks
+        )
         job.check()
 
     provenance = {
@@ -196,11 +254,13 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         "saeq_git_commit": _git_commit(),
         "model": lm.provenance,
         "hook": hook,
+        "splice": result.splice,
         "sae": provenance_sae,
         "corpus": corpus.model_dump(mode="json"),
         "sink_rule": None if sinks is None else {"median_norm": sinks.median_norm, "norm_factor": sinks.norm_factor},
     }
-    pngs = _store_report(job, result, provenance, sae_name, checks)
+    layers = _layers_doc(result, sae, layer_hooks)
+    pngs = _store_report(job, result, provenance, sae_name, checks, layers)
     manifest = {
         "format": MANIFEST_FORMAT,
         "kind": "evaluate",
@@ -217,6 +277,7 @@ def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str,
         "metrics_key": keys.report_file(job.id, "metrics.json"),
         "plots": [keys.report_file(job.id, n) for n in pngs],
         "comparison": None if comparison is None else comparison.model_dump(mode="json"),
+        "layers": layers,
     }
     key = job.publish(EvaluateManifest.model_validate(manifest))
     drop_partials(job)

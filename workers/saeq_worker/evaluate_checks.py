@@ -1,12 +1,14 @@
 """The evaluate job's checks (part of the evaluate adapter): the I/O around `saeq.checks`: which
 documents the SAE was trained on, the label job's labels and feature index, the rating judge the
-spec names, and each finished check kept for a later attempt (saeq_worker.partials)."""
+spec names, and each finished check kept for a later attempt (saeq_worker.partials). A transcoder's
+features are read from its input hook, a crosscoder's from all its hooks at once; a check that
+reads the decoder as directions in the hook's space (absorption) is refused for both."""
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from saeq.checks.run import CHECK_NAMES, CheckPart, ChecksResult, LabelContext, run_checks
 from saeq.checks.specificity import EmbeddingRater, EndpointRater, LocalRater
@@ -14,6 +16,7 @@ from saeq.errors import InvalidSpec
 from saeq.ml.corpus import builtin_order
 from saeq.ml.explainers import Explanation, LocalLLM, token_pieces
 from saeq.ml.features import FeatureIndex
+from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.scoring import EmbeddingScorer
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import Checks, EvaluateSpec
@@ -32,9 +35,11 @@ def evaluate_checks(
     *,
     cache_dir: str,
     llm_endpoints: Mapping[str, LlmEndpoint],
+    layer_hooks: Sequence[str] | None = None,
 ) -> ChecksResult:
-    """`checks` (the evaluate spec's) of the SAE in `ctx`."""
+    """`checks` (the evaluate spec's) of the SAE in `ctx`; `layer_hooks`: a crosscoder's hooks."""
     spec: EvaluateSpec = job.spec
+    refuse_inapplicable_checks(checks, ctx.sae, layer_hooks)
     labelled, all_labels = None, {}
     if checks.label_job is not None:
         records, manifest = _label_records(job.store, checks.label_job, ctx)
@@ -75,12 +80,31 @@ def evaluate_checks(
         on_check=lambda name, part: _keep_check(job, name, part),
         should_stop=job.should_stop,
         on_progress=lambda stage, fraction: job.report(0.5 + 0.5 * fraction, "checks", stage),
+        layer_hooks=layer_hooks,
     )
     result.doc["label_job"] = checks.label_job
     return result
 
 
 CHECK_PREFIX = "evaluate-check-"
+DECODER_SPACE_CHECKS = ("absorption",)
+"""Checks that read the decoder's rows as directions in the space of the hook the features are read
+from: a transcoder's decoder writes another hook (the MLP's output), a crosscoder's spans all its layers."""
+
+
+def refuse_inapplicable_checks(checks: Checks, sae: SparseAutoencoder, layer_hooks: Sequence[str] | None) -> None:
+    """InvalidSpec naming spec.checks.<name> for a check that cannot apply to this kind of coder."""
+    kind = "transcoder" if sae.is_transcoder else "crosscoder" if layer_hooks else None
+    if kind is None:
+        return
+    for name in DECODER_SPACE_CHECKS:
+        if getattr(checks, name, None) is not None:
+            raise InvalidSpec(
+                f"{name} compares the decoder's directions with a probe of the hook the features are read "
+                f"from; a {kind}'s decoder writes {'another hook' if kind == 'transcoder' else 'all its layers'} "
+                f"(set checks.{name} to null)",
+                field=f"spec.checks.{name}",
+            )
 
 
 def _keep_check(job: RunningJob, name: str, part: CheckPart) -> None:

@@ -156,6 +156,12 @@ class EvaluateManifest(_Manifest):
     plots: list[str]
     comparison: Comparison | None = None
     """With spec.compare_with: the evaluated SAE (A) against the other (B) on the same contexts."""
+    splice: dict[str, Any] | None = None
+    """What was spliced into the model: {kind: sae | transcoder | crosscoder, reads: [hooks the
+    features are read from], replaces: [hooks its output replaced]}; None in manifests written before."""
+    layers: dict[str, Any] | None = None
+    """A crosscoder's: hooks, fvu_per_layer (on the evaluated tokens), decoder_norm_shares and
+    decoder_norm_mean (saeq.ml.sae.crosscoder.layer_report); None for one hook."""
 
 
 class FeatureIndexEntry(_Closed):
