@@ -2,17 +2,20 @@
 captures an MLP's input and output and three layers' residual stream; a Matryoshka BatchTopK SAE, a
 TopK skip-transcoder and a TopK crosscoder are trained on it, labelled (their feature pages served by
 the browser route, naming the hooks each coder reads and writes), inspected live (activations equal
-to the coder's encode of its input) and steered live (add changes the completion; ablating a
-feature that is silent on the whole text changes nothing; a crosscoder refuses ablate, which would
-read its acausal activation, naming the field)."""
+to the coder's encode of its input) and steered live and by a batch steer job (add changes the completion;
+ablating a feature that is silent on the whole text changes nothing; a crosscoder refuses ablate and
+clamp, which would read its acausal activation, naming the field)."""
 
 from __future__ import annotations
+
+import json
 
 import httpx
 import pytest
 import torch
 
-from saeq.specs import LabelSpec, ModelSpec, SaeConfig, TrainSpec
+from saeq.client.client import JobFailed
+from saeq.specs import LabelSpec, ModelSpec, SaeConfig, SteerSpec, TrainSpec
 from tests.tiny_model import save_tiny_llama
 
 pytestmark = pytest.mark.integration
@@ -168,8 +171,27 @@ def test_a_coder_is_labelled_browsed_inspected_and_steered(family, client_module
     r = http.post("/v1/steer", json=body | {"interventions": [{"feature": silent, "mode": "ablate"}]})
     if family == "crosscoder":  # acausal: its activation at layer 0 needs layers 1 and 2 of the same token
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "interventions[0].mode", r.text
-        return
-    assert r.status_code == 200, r.text
-    ablated = r.json()
-    assert ablated["steered_token_ids"] == default_ids and ablated["steered"] == ablated["default"]
-    assert ablated["kl_from_default"] == pytest.approx(0.0, abs=1e-6)
+    else:
+        assert r.status_code == 200, r.text
+        ablated = r.json()
+        assert ablated["steered_token_ids"] == default_ids and ablated["steered"] == ablated["default"]
+        assert ablated["kl_from_default"] == pytest.approx(0.0, abs=1e-6)
+
+    # a batch steer job: the same edits, side by side with the default completion
+    sets = [{"name": "add", "edits": [{"feature": top, "mode": "add", "value": 400.0}]}]
+    sets += [] if family == "crosscoder" else [{"name": "ablate", "edits": [{"feature": silent, "mode": "ablate"}]}]
+    steer = {"sae": body["sae"], "prompts": [PROMPT], "chat": False, "interventions": sets, "max_new_tokens": 8}
+    done = client.wait(client.submit(SteerSpec.model_validate(steer))["id"], timeout=300)
+    assert done["state"] == "succeeded", done
+    assert client.manifest(done["id"])["sae"]["writes"] == writes
+    rows = {r["set"]: r for r in map(json.loads, client.read(done["id"], "report/completions.jsonl").splitlines())}
+    assert rows["add"]["steered"] != rows["add"]["default"] and rows["add"]["kl_from_default"] > 0, rows
+    if family == "crosscoder":
+        sets = [{"edits": [{"feature": top, "mode": "clamp", "value": 1.0}]}]
+        clamp = client.submit(SteerSpec.model_validate(steer | {"interventions": sets}))
+        with pytest.raises(JobFailed) as e:
+            client.wait(clamp["id"], timeout=300)
+        assert e.value.job["error"]["field"] == "spec.interventions[0].edits[0].mode", e.value.job
+    else:
+        assert rows["ablate"]["steered"] == rows["ablate"]["default"], rows
+        assert rows["ablate"]["kl_from_default"] == pytest.approx(0.0, abs=1e-6)
