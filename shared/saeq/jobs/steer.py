@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from saeq import hooks as hook_names
 from saeq.errors import InvalidSpec
 from saeq.ml import hookpoints
 from saeq.ml.models import LoadedModel
@@ -100,8 +101,23 @@ def steer_sites(
                 "(activations.target_hook): steer a transcoder trained by a train job",
                 field=field,
             )
+        if _forward_order(target_hook) <= _forward_order(hook):
+            raise InvalidSpec(
+                f"the transcoder reads {hook} and writes {target_hook}, which the forward pass reaches "
+                "first: its features must be read before its output is written",
+                field=field,
+            )
         return SteerSites((hook,), (target_hook,))
     return SteerSites((hook,), (hook,))
+
+
+_SITE_ORDER = {"resid_pre": 0, "attn_out": 1, "ln2_normalized": 2, "mlp_out": 3, "resid_post": 4}
+
+
+def _forward_order(hook: str) -> tuple[int, int]:
+    """When the forward pass reaches `hook`: by block, then by site within the block."""
+    point = hook_names.parse(hook)
+    return point.block, _SITE_ORDER[point.site]
 
 
 def check_edits(

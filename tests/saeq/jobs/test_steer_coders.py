@@ -108,6 +108,9 @@ def test_coders_without_their_hooks_are_refused_naming_the_sae(transcoder, cross
     with pytest.raises(InvalidSpec) as e:
         steer_sites(transcoder, IN)
     assert e.value.field == "spec.sae" and "target_hook" in e.value.message
+    with pytest.raises(InvalidSpec) as e:  # written before it is read: no causal pass can do that
+        steer_sites(transcoder, OUT, target_hook=IN)
+    assert e.value.field == "spec.sae" and "read before" in e.value.message
     with pytest.raises(InvalidSpec) as e:
         steer_sites(crosscoder, LAYERS[0], layer_hooks=LAYERS[:1], field="sae")
     assert e.value.field == "sae"
