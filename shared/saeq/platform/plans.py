@@ -75,6 +75,9 @@ def work_tokens(spec: dict) -> int:
         return int(spec["index_tokens"])
     if kind == "steer":
         per_prompt = 1 + len(spec["interventions"]) * len(spec["strengths"])  # the default and each steered run
+        if spec.get("calibrate"):  # at most: every multiple on a prompt, and the two held-out arms
+            cal = spec["calibrate"]
+            per_prompt += len(cal["features"]) * (len(cal["multiples"]) + 2)
         return len(spec["prompts"]) * per_prompt * int(spec["max_new_tokens"])
     return int(spec["max_tokens"])  # harvest, evaluate
 

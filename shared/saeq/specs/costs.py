@@ -104,6 +104,8 @@ def job_cost(spec, d_in: int | None = None, n_features: int | None = None) -> Jo
         return _label_cost(spec, n_features)
     if isinstance(spec, SteerSpec):
         per_prompt = 1 + len(spec.interventions) * len(spec.strengths)  # the default and every steered run
+        if spec.calibrate is not None:  # at most: every multiple on a prompt, and the two held-out arms
+            per_prompt += len(spec.calibrate.features) * (len(spec.calibrate.multiples) + 2)
         prompt_tokens = sum(math.ceil(len(p) / CHARS_PER_PROMPT_TOKEN) for p in spec.prompts)
         generations = len(spec.prompts) * per_prompt
         units = generations * spec.max_new_tokens * GENERATED_TOKEN_UNITS + per_prompt * prompt_tokens

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from saeq.specs.common import Frozen, HookName, ModelSpec, SaeRef, Seed, _require_for_imported, invalid
 from saeq.specs.label import LocalLLM
+from saeq.specs.steer_calibrate import SteerCalibrate
 
 
 class Trigger(Frozen):
@@ -25,14 +26,17 @@ class Intervention(Frozen):
 
     feature: int = Field(ge=0)
     """Index of the SAE latent, 0..d_sae-1."""
-    mode: Literal["add", "clamp", "ablate", "scale"] = "add"
+    mode: Literal["add", "clamp", "ablate", "scale", "cap"] = "add"
     """add: value x the feature's unit decoder direction; clamp: the feature's activation set
     to value, the SAE's error term kept (only this feature changes); ablate: clamp to 0;
-    scale: the activation multiplied by value, error term kept."""
+    scale: the activation multiplied by value, error term kept; cap: the projection on the unit
+    decoder direction raised to at least value, the orthogonal part kept (SAEs only)."""
     value: float = Field(default=0.0, ge=-1e6, le=1e6)
     """add: coefficient in residual-stream units; clamp: the activation; scale: the factor;
-    ablate: ignored.
-    Steer jobs multiply it by each of their `strengths`."""
+    cap: the least projection; ablate: ignored.
+    Steer jobs multiply it by each of their `strengths`. Live requests (`/v1/steer`, the chat
+    endpoint) that leave it out of an add, clamp or cap edit get the feature's calibrated value
+    (and its mode, unless they name one): docs/steer.md, "Calibrated strength"."""
     positions: Literal["all", "prompt", "generated"] = "all"
     trigger: Trigger | None = None
     """None: the edit applies at every token of `positions`; else only at those where the trigger
@@ -59,7 +63,8 @@ class SteerSpec(Frozen):
     prompts: list[Annotated[str, Field(min_length=1, max_length=8000)]] = Field(min_length=1, max_length=256)
     chat: bool = True
     """Wrap each prompt as a user message in the model's chat template."""
-    interventions: list[SteerSet] = Field(min_length=1, max_length=32)
+    interventions: list[SteerSet] = Field(default=[], max_length=32)
+    """Empty only with `calibrate`."""
     strengths: list[Annotated[float, Field(ge=-1e4, le=1e4)]] = Field(default=[1.0], min_length=1, max_length=16)
     max_new_tokens: int = Field(default=32, ge=1, le=1024)
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)
@@ -73,10 +78,19 @@ class SteerSpec(Frozen):
     0-2 each, their harmonic mean), and report the steering score per (set, strength) with a 95%
     interval over the prompts (docs/steer.md). Needs `label_job`: the labels are the concept.
     Only a local judge for now."""
+    calibrate: SteerCalibrate | None = None
+    """Find each listed feature's strength (fit and held-out prompts split from `prompts`); the
+    choices go to `calibration.json`, named by the manifest, and the chat endpoint uses them."""
 
     @model_validator(mode="after")
     def _imported_needs_context(self) -> SteerSpec:
         _require_for_imported(self, ("model", "hook"))
+        if not self.interventions and self.calibrate is None:
+            raise invalid(self, "interventions", "give at least one intervention set, or a calibrate block")
+        if self.calibrate is not None and self.label_job is None:
+            raise invalid(self, "calibrate", "calibration scores the concept the labels name: give label_job too")
+        if self.calibrate is not None and len(self.prompts) < 4:
+            raise invalid(self, "prompts", "calibrate needs at least 4 prompts: 2 to fit, 2 held out")
         if self.judge is not None and self.label_job is None:
             raise invalid(self, "judge", "a judge rates the concept the labels name: give label_job too")
         return self
