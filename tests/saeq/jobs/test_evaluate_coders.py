@@ -106,3 +106,26 @@ def test_the_checks_read_a_crosscoders_features_from_all_its_layers(tiny_llama):
     assert (acts.max_DS > 0).sum(1).min() >= 6  # k latents fire on every ordinary token
     with pytest.raises(InvalidSpec, match="d_in=64"):
         document_activations(cc, lm, HOOKS[0], ids, sinks=None, batch_size=2)  # one hook: the wrong width
+
+
+def test_a_crosscoders_pass_resumes_from_its_kept_sums_bit_identically(tiny_llama):
+    from saeq.jobs.evaluate import EvalProgress
+
+    lm, contexts, cc = tiny_llama, _contexts(tiny_llama), _crosscoder(tiny_llama)
+    kept: list[bytes] = []
+    whole = evaluate_sae(
+        cc,
+        lm,
+        HOOKS[0],
+        contexts,
+        sinks=None,
+        layer_hooks=HOOKS,
+        chunk_batches=1,
+        on_chunk=lambda p: kept.append(p.to_bytes({})),
+    )
+    progress, _ = EvalProgress.from_bytes(kept[0])  # the first batch summed, as a killed attempt left it
+    # the first batch is read from the kept sums, not computed: other tokens there change nothing
+    again = [torch.full_like(contexts[0], 5), contexts[1]]
+    resumed = evaluate_sae(cc, lm, HOOKS[0], again, sinks=None, layer_hooks=HOOKS, resume=progress)
+    assert resumed.metrics == whole.metrics and resumed.fvu_per_layer == whole.fvu_per_layer
+    assert resumed.intervals == whole.intervals
