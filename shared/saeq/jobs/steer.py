@@ -6,6 +6,9 @@ that did (KL from the default next-token distribution, perplexity under the unst
           x + (value - a_f(x)) * W_dec[f], so nothing but that feature changes
 - ablate: clamp to 0
 - scale:  the activation multiplied by `value`, error term kept (scale 1 changes nothing)
+- cap:    the projection of x on the feature's unit decoder direction d raised to at least `value`:
+          x + max(0, value - x.d) * d, the part of x orthogonal to d untouched (Neuronpedia's
+          steering by orthogonal decomposition); it boosts only, never lowers a projection
 Positions: all tokens, the prompt's only, or the generated ones only.
 Conditional edits: an edit with a trigger applies at a token only while the trigger feature's
 activation there exceeds its threshold. Every trigger and every activation an edit reads is taken
@@ -38,7 +41,7 @@ from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder, TopKCrosscoder
 from saeq.ml.splice import forward_order, splice
 
-Mode = Literal["add", "clamp", "ablate", "scale"]
+Mode = Literal["add", "clamp", "ablate", "scale", "cap"]
 Positions = Literal["all", "prompt", "generated"]
 
 
@@ -125,6 +128,12 @@ def check_edits(
                 "triggers, which read it, are refused; add writes each layer's decoder slice there",
                 field=where,
             )
+        if e.mode == "cap" and sites is not None and sites.read != sites.write:
+            raise InvalidSpec(
+                "cap lifts the projection of the hook's activation on the feature's decoder direction: "
+                "a coder writes another hook than it reads, so cap applies to SAEs only (use add)",
+                field=f"{field}[{i}].mode",
+            )
         named = [(e.feature, f"{field}[{i}].feature")]
         if e.trigger is not None:
             named.append((e.trigger.feature, f"{field}[{i}].trigger.feature"))
@@ -146,10 +155,11 @@ class Steering:
         self.written: dict[int, int] = {}  # per write site of a coder: tokens already through it
         self.triggered = 0
         """Tokens at which at least one conditional edit's trigger fired (prompt and generation)."""
-        read = {e.feature for e in self.edits if e.mode != "add"}
+        read = {e.feature for e in self.edits if e.mode not in ("add", "cap")}
         read |= {e.trigger.feature for e in self.edits if e.trigger is not None}
         self.feats = torch.tensor(sorted(read)) if read else None
         self._coeffs: list[tuple[FeatureEdit, Tensor]] = []  # each applying edit's coefficient (B, T), last read
+        self._projections: dict[int, Tensor] = {}  # cap: feature -> (B, T) projection, last read
 
     def reset(self) -> None:
         self.seen = self.triggered = 0
@@ -183,7 +193,13 @@ class Steering:
         if self.feats is not None:
             acts_BTS = self.sae.encode(x_BTD.reshape(B * T, D).float()).reshape(B, T, -1)
             acts = {int(f): acts_BTS[..., int(f)] for f in self.feats}
+        # cap: x's projection on each capped feature's unit decoder direction, before any edit
+        self._projections = {e.feature: x_BTD.float() @ self._unit(e.feature) for e in self.edits if e.mode == "cap"}
         self._plan(B, T, x_BTD.device, acts)
+
+    def _unit(self, feature: int) -> Tensor:
+        row_D = self.sae.W_dec[feature].float()
+        return row_D / row_D.norm().clamp_min(1e-12)
 
     def _plan(self, B: int, T: int, device: torch.device, acts: dict[int, Tensor]) -> None:
         pos_T = torch.arange(self.seen, self.seen + T, device=device)
@@ -199,6 +215,9 @@ class Steering:
                 continue
             if e.mode == "add":
                 coeff_BT = torch.full((B, T), e.value, device=device)
+            elif e.mode == "cap":  # raise the projection to the cap, along W_dec[f] (hence / its norm)
+                lift_BT = (e.value - self._projections[e.feature]).clamp_min(0.0)
+                coeff_BT = lift_BT / self.sae.W_dec[e.feature].float().norm().clamp_min(1e-12)
             elif e.mode == "scale":
                 coeff_BT = (e.value - 1.0) * acts[e.feature]
             else:
