@@ -1,6 +1,7 @@
 """All four checks over one pass of the builtin Wikipedia articles: which articles to read, their
-activations, and the results with their figures. Each check's result is handed out as it is
-finished (CheckPart), and one finished by an earlier attempt is taken back instead of redone."""
+activations, and the results with their figures; and first-letter absorption on its own prompts.
+Each check's result is handed out as it is finished (CheckPart), and one finished by an earlier
+attempt is taken back instead of redone."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from saeq.checks import plots
+from saeq.checks.absorption_words import measure_absorption
 from saeq.checks.completeness import completeness, coverage_summary
 from saeq.checks.documents import DocumentActs, document_activations, tokenize_documents
 from saeq.checks.elements import ELEMENTS, TITLE_OF
@@ -59,7 +61,7 @@ class CheckPart:
     pngs: dict[str, bytes] = field(default_factory=dict)
 
 
-CHECK_NAMES = ("completeness", "sensitivity", "probing", "specificity")
+CHECK_NAMES = ("completeness", "sensitivity", "probing", "specificity", "absorption")
 """The checks in the order they run and their sections appear."""
 
 
@@ -174,7 +176,7 @@ def run_checks(
     finished = finished or {}
     wanted = [name for name in CHECK_NAMES if getattr(spec, name) is not None]
     english = None
-    if any(name not in finished for name in wanted if name != "specificity"):
+    if any(name not in finished for name in wanted if name not in ("specificity", "absorption")):
         english = acts(plan.english, 0)
     doc: dict = {
         "checks_version": CHECKS_VERSION,
@@ -190,6 +192,8 @@ def run_checks(
                 raise Cancelled("checks cancelled")
             if name == "specificity":
                 part = _specificity(spec, labelled, seed, title, on_progress)
+            elif name == "absorption":
+                part = _absorption(spec, sae, lm, hook, sinks, seed, should_stop, on_progress)
             else:
                 assert english is not None  # computed above: a check that reads it is left
                 names = all_labels or {}
@@ -278,6 +282,22 @@ def _specificity(spec: Checks, labelled: LabelContext | None, seed: int, title: 
         seed=seed,
     )
     return CheckPart(doc, {"specificity.png": plots.specificity_plot(doc, title)})
+
+
+def _absorption(spec: Checks, sae, lm, hook, sinks, seed: int, should_stop, on_progress) -> CheckPart:
+    assert spec.absorption is not None
+    doc = measure_absorption(
+        spec.absorption,
+        sae,
+        lm,
+        hook,
+        sinks=sinks,
+        batch_size=spec.batch_size,
+        seed=seed,
+        should_stop=should_stop,
+        on_batch=lambda fraction: on_progress("absorption prompts", fraction),
+    )
+    return CheckPart(doc)
 
 
 def _label(labels: dict[int, Explanation], feature: int | None) -> str | None:

@@ -1,10 +1,11 @@
-"""The seed's checks (specificity, sensitivity, completeness, probing), run by an evaluate job."""
+"""The seed's checks (specificity, sensitivity, completeness, probing) and first-letter absorption, run
+by an evaluate job."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, Tag
+from pydantic import Field, Tag, field_validator
 
 from saeq.specs.common import Frozen, _backend_tag
 from saeq.specs.label import EndpointLLM, LocalLLM
@@ -86,6 +87,33 @@ class ProbingCheck(Frozen):
     """A topic needs this many articles (and as many others) to be probed."""
 
 
+class AbsorptionCheck(Frozen):
+    """SAEBench's first-letter absorption: on single-token words of the model's vocabulary, where
+    does the SAE's "starts with L" latent stay silent while another latent carries the letter?"""
+
+    letters: str = Field(default="abcdefghijklmnopqrstuvwxyz", min_length=1, max_length=26, pattern=r"^[a-z]+$")
+    """The first letters probed, each once (lowercase a-z)."""
+    words_per_letter: int = Field(default=64, ge=4, le=5_000)
+    """At most this many words per letter, sampled from the vocabulary."""
+    test_share: float = Field(default=0.3, gt=0.0, lt=1.0)
+    """Of each letter's words, the share held out: probes are fitted on the rest, absorption is
+    measured on these."""
+    n_examples: int = Field(default=10, ge=0, le=32)
+    """Solved examples ("{word} has the first letter: W") before each word, from its own split."""
+    max_k: int = Field(default=10, ge=1, le=64)
+    """Most main latents per letter that k-sparse probing may find."""
+    min_probe_f1: float = Field(default=0.6, ge=0.0, le=1.0)
+    """A letter whose raw-activation probe scores a lower test F1 is left out of the means."""
+
+    @field_validator("letters")
+    @classmethod
+    def _each_once(cls, letters: str) -> str:
+        twice = sorted({c for c in letters if letters.count(c) > 1})
+        if twice:
+            raise ValueError(f"letters listed twice: {''.join(twice)}")
+        return letters
+
+
 class Checks(Frozen):
     """The seed's qualitative checks, made quantitative. They read the builtin English, French and
     Spanish Wikipedia summaries, whatever corpus the SAE was trained on."""
@@ -102,3 +130,6 @@ class Checks(Frozen):
     sensitivity: SensitivityCheck | None = SensitivityCheck()
     completeness: CompletenessCheck | None = CompletenessCheck()
     probing: ProbingCheck | None = ProbingCheck()
+    absorption: AbsorptionCheck | None = None
+    """First-letter absorption (docs/checks.md); off unless given (`absorption: {}` for the
+    defaults): it reads its own prompts, about 100k tokens with them."""
