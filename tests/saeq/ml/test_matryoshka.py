@@ -204,10 +204,10 @@ def test_matryoshka_latents_keep_the_parents_that_batchtopk_absorbs():
     model = SyntheticModel(cfg)
     held_out = [(b.acts_BD, b.codes_BF) for b in model.batches(4096, 2, seed=99)]
     figures = {}
-    for arch, extra in (("batchtopk", {}), (ARCH, {"matryoshka_groups": [8, 32]})):
+    for arch, groups in (("batchtopk", None), (ARCH, [8, 32])):
         spec = TrainSpec(
             activations=ActivationsRef(job_id="d" * 32, hook="blocks.1.hook_resid_post"),
-            saes=[SaeConfig(architecture=arch, d_sae=40, k=3, **extra)],
+            saes=[SaeConfig(architecture=arch, d_sae=40, k=3, matryoshka_groups=groups)],
             total_tokens=200 * 512,
             batch_size=512,
             checkpoint_every_tokens=None,
