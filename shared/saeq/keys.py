@@ -4,6 +4,7 @@ Layout:
   jobs/{job_id}/manifest.json                      written last: the job's output is published
   jobs/{job_id}/harvest/{hook}/shard-{i:05d}.safetensors
   jobs/{job_id}/slices/harvest-{i:03d}.json        what slice i of a split harvest wrote
+  jobs/{job_id}/truth/synthetic.safetensors        a synthetic harvest's true features and generator
   jobs/{job_id}/checkpoints/train-{tokens:012d}.pt  resumable state of a training job
   jobs/{job_id}/saes/{name}/{saelens,sparsify}/...  trained SAEs in SAELens's and sparsify's formats
   jobs/{job_id}/report/...                         an evaluation's metrics.json, plots, report.md
@@ -54,6 +55,11 @@ def harvest_slice_manifest(job_id: str, index: int) -> str:
     if not 0 <= index < 1000:
         raise ValueError(f"slice index {index} out of range")
     return _job(job_id) + f"slices/harvest-{index:03d}.json"
+
+
+def synthetic_truth(job_id: str) -> str:
+    """A synthetic harvest's ground truth: its true features and the generator's parameters."""
+    return _job(job_id) + "truth/synthetic.safetensors"
 
 
 def train_checkpoint(job_id: str, tokens: int) -> str:

@@ -1,6 +1,7 @@
 """The I/O around `saeq.jobs.harvest`: load model and corpus, resume after the last complete
 shard, write shards (write-once, atomic), report progress, and publish the manifest last.
-A spec with `slices` > 1 runs split across workers (saeq_worker.harvest_split)."""
+A spec with `slices` > 1 runs split across workers (saeq_worker.harvest_split); one with
+`source: synthetic` draws its tokens from a generator (saeq_worker.harvest_synthetic)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ def run_harvest(job: RunningJob, *, cache_dir: str, send_slice: SendSlice | None
     """-> the manifest key. `send_slice(job_id, index)` queues a slice of a split harvest."""
     spec: HarvestSpec = job.spec
     store = job.store
+    if spec.source == "synthetic":  # no model: tokens from a generator with known features
+        from saeq_worker.harvest_synthetic import run_synthetic_harvest
+
+        return run_synthetic_harvest(job)
     if spec.slices > 1:
         from saeq_worker.harvest_split import run_split_harvest
 
@@ -153,6 +158,25 @@ def _previous_shards(
 def harvest_manifest(job_id: str, spec: HarvestSpec, lm: LoadedModel, shards: list[dict], tokens: int) -> dict:
     """The job's manifest from every shard's entry: the sink rule's reference is shard 0's median
     norm, and the counts are the sums of the shards' (each counted against that median)."""
+    return shards_manifest(job_id, spec, shards, tokens, lm.provenance, lm.d_model, lm.n_layers)
+
+
+def shards_manifest(
+    job_id: str,
+    spec: HarvestSpec,
+    shards: list[dict],
+    tokens: int,
+    model: dict,
+    d_model: int,
+    n_layers: int,
+    *,
+    context_len: int | None = None,
+    rule: str | None = None,
+) -> dict:
+    """harvest_manifest's body, for any source of rows: `model` is the provenance recorded,
+    `context_len` (None: the spec's) the tokens per context, `rule` (None: the usual) the sink
+    rule as the manifest states it."""
+    context_len = context_len or spec.context_len
     docs = set().union(*(s["doc_ids"] for s in shards)) - {-1}
     hooks = {}
     for hook in spec.hooks:
@@ -161,12 +185,12 @@ def harvest_manifest(job_id: str, spec: HarvestSpec, lm: LoadedModel, shards: li
         n_out = sum(int(m["n_outliers"]) for m in metas)
         median, factor = float(metas[0]["median_norm"]), spec.sink_norm_factor
         hooks[hook] = {
-            "d_model": lm.d_model,
+            "d_model": d_model,
             "dtype": spec.dtype,
             "n_tokens": tokens,
             "shards": [{"index": s["index"], "n_tokens": s["n_tokens"], **s["hooks"][hook]} for s in shards],
             "sinks": {
-                "rule": f"position == 0 or norm > {factor:g} x median_norm",
+                "rule": rule or f"position == 0 or norm > {factor:g} x median_norm",
                 "median_norm": median,
                 "norm_factor": factor,
                 "n_position_zero": n0,
@@ -181,14 +205,14 @@ def harvest_manifest(job_id: str, spec: HarvestSpec, lm: LoadedModel, shards: li
         "saeq_version": saeq.__version__,
         "created_at": time.time(),
         "spec": spec.model_dump(mode="json"),
-        "model": lm.provenance,
-        "d_model": lm.d_model,
-        "n_layers": lm.n_layers,
+        "model": model,
+        "d_model": d_model,
+        "n_layers": n_layers,
         "corpus": {**spec.corpus.model_dump(mode="json"), "n_docs_used": len(docs)},
-        "context_len": spec.context_len,
+        "context_len": context_len,
         "prepend_bos": spec.prepend_bos,
         "dtype": spec.dtype,
         "n_tokens": tokens,
-        "n_contexts": tokens // spec.context_len,
+        "n_contexts": tokens // context_len,
         "hooks": hooks,
     }

@@ -130,6 +130,13 @@ def sae_context(spec, store: ObjectStore) -> SaeContext:
     if spec.sae.source == "job":
         sae, name, train = load_trained_sae(store, spec.sae.job_id, spec.sae.name, field="spec.sae")
         harvest, activations = train.harvest, train.spec.get("activations", {})
+        if harvest.model.get("source") == "synthetic":  # nothing for a model to run on
+            raise InvalidSpec(
+                f"SAE {name} of train job {spec.sae.job_id} was trained on synthetic activations (harvest "
+                f"{harvest.job_id}): there is no model to run it in, so no {getattr(spec, 'kind', 'live op')}; "
+                "its recovery of the true features is in that train job's manifest (result.recovery)",
+                field="spec.sae",
+            )
         model = spec.model or ModelSpec.model_validate(
             {k: harvest.model.get(k) for k in ("name", "revision", "gguf_file", "dtype")}
         )

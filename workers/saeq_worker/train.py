@@ -5,10 +5,13 @@ online adapter)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
-from saeq.errors import InvalidSpec
+from saeq.errors import InvalidSpec, JobError
 from saeq.jobs.train import train_from_harvest
+from saeq.jobs.train_recovery import synthetic_recovery
+from saeq.ml.synthetic_truth import SyntheticTruth, read_truth
 from saeq.platform.shard_cache import ShardCache
 from saeq.specs import ActivationsRef, OnlineActivations, TrainSpec
 from saeq.specs.costs import check_quota
@@ -57,6 +60,10 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
         on_checkpoint=checkpoint_saver(job),
     )
     job.check()
+    if harvest.synthetic is not None:  # a known truth: how well each SAE recovered it
+        job.report(1.0, "recovery", "scoring the SAEs against the synthetic truth", force=True)
+        truth = _synthetic_truth(store, harvest)
+        result.recovery = synthetic_recovery(result.saes, truth, n_tokens=spec.validation_tokens)
     job.report(1.0, "export", "writing SAEs", force=True)
     hook = hooks[0]
     metadata = {
@@ -109,6 +116,16 @@ def _layers_reader(
         read = shard_reader(store, harvest.hooks[hook], cache)
         readers |= {s.key: read for s in harvest.hooks[hook].shards}
     return lambda key: readers[key](key)
+
+
+def _synthetic_truth(store, harvest: HarvestManifest) -> SyntheticTruth:
+    """The truth a synthetic harvest stored, checked against the sha256 its manifest names."""
+    entry = harvest.synthetic
+    assert entry is not None
+    data = store.get(entry.key)
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise JobError(f"the synthetic truth {entry.key} of harvest {harvest.job_id} does not match its sha256")
+    return read_truth(data)
 
 
 def _devices(job: RunningJob) -> list[str]:

@@ -97,7 +97,7 @@ def train_manifest(
             "sparsify": (
                 keys.sae_prefix(job.id, name, "sparsify") if "sparsify" in sae_formats(sae.architecture) else None
             ),
-            "metrics": figures["saes"][name],
+            "metrics": figures["saes"][name] | _recovery_summary(result, name),
         }
         for name, sae in result.saes.items()
     }
@@ -118,17 +118,32 @@ def train_manifest(
 
 
 def report_done(job: RunningJob, result: TrainResult) -> None:
-    first = next(iter(result.metrics.values()))
+    name, first = next(iter(result.metrics.items()))
+    recovered = _recovery_summary(result, name).get("recovery", {})
+    found = (
+        f", MCC {recovered['mcc']:.3f}, {recovered['n_matched']} of {result.recovery['n_true_features']} "
+        f"true features matched"
+        if "mcc" in recovered
+        else ""
+    )
     job.report(
         1.0,
         "done",
-        f"FVU {first.fvu:.4f}, L0 {first.l0:.1f}, dead {first.dead_fraction:.1%}",
+        f"FVU {first.fvu:.4f}, L0 {first.l0:.1f}, dead {first.dead_fraction:.1%}{found}",
         force=True,
         fvu=first.fvu,
         l0=first.l0,
         dead_fraction=first.dead_fraction,
         tokens=result.tokens,
+        **({"mcc": recovered["mcc"]} if "mcc" in recovered else {}),
     )
+
+
+def _recovery_summary(result: TrainResult, name: str) -> dict:
+    """{"recovery": an SAE's recovery figures without the per-feature lists} on a synthetic
+    harvest (result.recovery holds them all), else {}."""
+    figures = result.recovery.get("saes", {}).get(name)
+    return {"recovery": {k: v for k, v in figures.items() if k != "per_feature"}} if figures else {}
 
 
 def sae_formats(architecture: str) -> tuple[SaeFormat, ...]:

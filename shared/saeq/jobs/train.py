@@ -80,6 +80,9 @@ class TrainResult:
     layers: dict = field(default_factory=dict)
     """Crosscoders: per SAE, FVU per layer and overall, L0 and the per-layer decoder norms on the
     held-out tokens (saeq.ml.sae.crosscoder.layer_report); empty for other SAEs."""
+    recovery: dict = field(default_factory=dict)
+    """On a synthetic harvest: each SAE's recovery of the true features (saeq.jobs.train_recovery);
+    empty otherwise."""
 
     def to_dict(self) -> dict:
         """Everything but the weights, JSON-able."""
@@ -94,6 +97,7 @@ class TrainResult:
             }
             | ({"seed_spread": self.seed_spread} if self.seed_spread else {})
             | ({"layers": self.layers} if self.layers else {})
+            | ({"recovery": self.recovery} if self.recovery else {})
         )
 
 

@@ -42,7 +42,7 @@ from saeq.specs.common import (
     local_path,
 )
 from saeq.specs.evaluate import EvaluateSpec
-from saeq.specs.harvest import HarvestSpec
+from saeq.specs.harvest import HarvestSpec, SyntheticActivations
 from saeq.specs.job import IMPLEMENTED_KINDS, JOB_KINDS, JobCreate, JobSpec, parse_spec
 from saeq.specs.label import (
     ENDPOINT_NAME,
@@ -124,4 +124,5 @@ __all__ = [
     "load_plugins",
     "WorkerAd",
     "MemoryEstimate",
+    "SyntheticActivations",
 ]

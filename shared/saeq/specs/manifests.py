@@ -76,6 +76,21 @@ class HarvestHook(_Closed):
     """The sink rule and its counts (rule, median_norm, norm_factor, n_position_zero, ...)."""
 
 
+class SyntheticTruthEntry(_Closed):
+    """Where a synthetic harvest stored its ground truth (saeq.ml.synthetic_truth), and what made it."""
+
+    key: str
+    size: int
+    sha256: str
+    generator: dict[str, Any]
+    """The generator's parameters (saeq.ml.synthetic.SyntheticConfig's fields)."""
+    seed: int
+    """The token stream's seed (the spec's `seed`); held-out rows for scoring come from another stream."""
+    n_features: int
+    expected_l0: float
+    """Sum of the true features' firing probabilities: true features per token on average."""
+
+
 class HarvestManifest(_Manifest):
     KIND: ClassVar[str] = "harvest"
     kind: Literal["harvest"] = "harvest"
@@ -94,6 +109,8 @@ class HarvestManifest(_Manifest):
     n_tokens: int
     n_contexts: int
     hooks: dict[str, HarvestHook]
+    synthetic: SyntheticTruthEntry | None = None
+    """A `source: synthetic` harvest's ground truth; None for a model's harvest."""
 
 
 class HarvestReference(_Closed):
@@ -284,6 +301,7 @@ __all__ = [
     "Manifest",
     "ShardEntry",
     "SteerManifest",
+    "SyntheticTruthEntry",
     "TrainManifest",
     "TrainedSae",
     "manifest_json",
