@@ -33,7 +33,8 @@ from saeq.specs import (
     UploadCorpus,
     costs,
 )
-from saeq.specs.train_seeds import sae_runs
+from saeq.specs.compare import SeedFloor
+from saeq.specs.train_seeds import NoFloor, floor_runs, sae_runs
 from saeq_api.deps import Services
 from saeq_api.memory_admission import check_memory
 
@@ -252,6 +253,21 @@ def _check_compared(svc: Services, spec: EvaluateSpec, depends_on: list[str], wh
             "spec.compare_with.sae.job_id",
             f"train job {train['id']} trained at {hook_b}, the evaluated SAE at {hook_a}",
         )
+    floor = spec.compare_with.seed_floor
+    if isinstance(floor, SeedFloor):  # the floor's seeds: of a seeds train job, at least 2 apart from A and B
+        field = "spec.compare_with.seed_floor"
+        seeded = referenced_job(svc, floor.job_id, "train", f"{field}.job_id", depends_on, who)
+        compared = [(ref.job_id, ref.name)]
+        if isinstance(spec.sae, TrainedSae):
+            compared.insert(0, (spec.sae.job_id, spec.sae.name))
+        found = floor_runs(TrainSpec.model_validate(seeded["spec"]), floor.job_id, floor.config, compared)
+        if isinstance(found, NoFloor):
+            raise unprocessable(f"{field}.{found.field}", found.reason)
+        hook_floor = seeded["spec"]["activations"].get("hook")
+        if hook_a is not None and hook_floor is not None and hook_floor != hook_a:
+            raise unprocessable(
+                f"{field}.job_id", f"train job {seeded['id']} trained at {hook_floor}, the evaluated SAE at {hook_a}"
+            )
 
 
 def _published(svc: Services, job_id: str, who: Principal) -> dict | None:

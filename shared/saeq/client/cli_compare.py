@@ -10,6 +10,7 @@ import math
 import click
 
 from saeq.client.cli_teams import _call
+from saeq.specs.compare import NO_FLOOR
 
 
 @click.command()
@@ -19,6 +20,14 @@ from saeq.client.cli_teams import _call
 @click.option("--name-b", default=None, help="Which SAE of JOB_B (default: the first).")
 @click.option("--max-tokens", default=16_384, show_default=True, help="Held-out tokens both are evaluated on.")
 @click.option(
+    "--seed-floor",
+    default="auto",
+    show_default=True,
+    metavar="auto|off|JOB[:CONFIG]",
+    help="Whose seeds give the noise floor: a train job with seeds (and its configuration), 'auto' (A's "
+    "or B's train job, when it has 2 more seeds of the config) or 'off' (evaluation noise only).",
+)
+@click.option(
     "--noise-floor",
     multiple=True,
     metavar="METRIC=VALUE",
@@ -27,7 +36,7 @@ from saeq.client.cli_teams import _call
 @click.option("--wait/--no-wait", default=False, help="Wait for the job and print the table (default: print its id).")
 @click.option("--json", "as_json", is_flag=True, help="With --wait: print the comparison as JSON.")
 @click.pass_context
-def compare(ctx, job_a, job_b, name_a, name_b, max_tokens, noise_floor, wait, as_json) -> None:
+def compare(ctx, job_a, job_b, name_a, name_b, max_tokens, seed_floor, noise_floor, wait, as_json) -> None:
     """Queue the comparison of the SAE of train job JOB_A (A) with JOB_B's (B); with --wait, print
     per metric A, B, A - B with its interval and the verdict, then the stable features."""
     floors = {}
@@ -37,6 +46,9 @@ def compare(ctx, job_a, job_b, name_a, name_b, max_tokens, noise_floor, wait, as
             floors[metric] = float(value)
         except ValueError:
             raise click.BadParameter(f"{item!r}: expected METRIC=VALUE", param_hint="--noise-floor") from None
+    if seed_floor not in ("auto", "off"):
+        job, _, config = seed_floor.partition(":")
+        seed_floor = {"job_id": job, "config": config or None}
     out = _call(
         ctx,
         "compare",
@@ -45,6 +57,7 @@ def compare(ctx, job_a, job_b, name_a, name_b, max_tokens, noise_floor, wait, as
         name_a=name_a,
         name_b=name_b,
         max_tokens=max_tokens,
+        seed_floor=seed_floor,
         noise_floor=floors,
         wait=wait,
         progress=wait and not as_json,
@@ -61,24 +74,33 @@ def _ci(est: dict, fmt: str = "{:.4g}") -> str:
 
 
 def compare_table(c: dict) -> str:
-    """Aligned rows `metric  A  B  A - B [interval]  verdict`, then the feature matching's line."""
+    """The noise floor's line, aligned rows `metric  A  B  A - B [interval]  floor  verdict`, then the
+    feature matching's line."""
 
     def who(p: dict) -> str:
         return f"{p.get('job_id', p.get('path', '?'))[:12]}/{p.get('name')} ({p.get('architecture')}, d_sae {p.get('d_sae')})"
 
-    rows = [("metric", "A", "B", "A - B [95%]", "verdict")]
+    rows = [("metric", "A", "B", "A - B [95%]", "floor", "verdict")]
     rows += [
-        (r["metric"], f"{r['a']['value']:.4g}", f"{r['b']['value']:.4g}", _ci(r["difference"]), r["verdict"])
+        (
+            r["metric"],
+            f"{r['a']['value']:.4g}",
+            f"{r['b']['value']:.4g}",
+            _ci(r["difference"]),
+            "-" if r.get("floor") is None else f"{r['floor']:.4g}",
+            r["verdict"],
+        )
         for r in c["metrics"]
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     n = c["metrics"][0]["difference"]
     lines = [
         f"A: {who(c['a'])}",
         f"B: {who(c['b'])}",
         f"on the same {n['n']:,} {n['unit']} (paired bootstrap; dead_fraction: Newcombe over latents)",
+        c.get("noise_note", NO_FLOOR),
     ]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r[:5], widths, strict=True)) + "  " + r[5] for r in rows]
     f = c["features"]
     frac = f["stable_fraction"]
     lines.append(

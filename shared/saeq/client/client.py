@@ -351,6 +351,7 @@ class Client:
         name_a: str | None = None,
         name_b: str | None = None,
         max_tokens: int = 16_384,
+        seed_floor: str | Mapping[str, Any] = "auto",
         noise_floor: Mapping[str, float] | None = None,
         min_cosine: float = 0.7,
         min_correlation: float = 0.5,
@@ -362,11 +363,15 @@ class Client:
         """`POST /v1/compare`: queue an evaluate job comparing SAE A (of train job `job_a`) with B on
         the same held-out contexts; -> the job, or with `wait` its manifest's `comparison` (a
         saeq.specs.compare.Comparison: per metric the paired difference, its interval and verdict;
-        the matched features and the stable fraction)."""
+        the matched features and the stable fraction). `seed_floor`: 'auto', 'off', the id of a train
+        job with `seeds` or {job_id, config}: whose seeds give the noise floor (saeq.specs.compare.SeedFloor)."""
+        if isinstance(seed_floor, str) and seed_floor not in ("auto", "off"):
+            seed_floor = {"job_id": seed_floor}
         body: dict[str, Any] = {
             "a": {"job_id": job_a, "name": name_a},
             "b": {"job_id": job_b, "name": name_b},
             "max_tokens": max_tokens,
+            "seed_floor": seed_floor if isinstance(seed_floor, str) else dict(seed_floor),
             "noise_floor": dict(noise_floor or {}),
             "min_cosine": min_cosine,
             "min_correlation": min_correlation,

@@ -4,17 +4,20 @@ interval and a verdict, and their features matched (saeq.ml.matching) with the s
 The paired bootstrap resamples the shared contexts once for both SAEs, so what the contexts
 share (a hard document makes both worse) cancels out of the difference's interval; the dead
 fractions are over each SAE's own latents, not paired, so their difference takes Newcombe's
-interval from the two Wilson intervals.
+interval from the two Wilson intervals. That interval is evaluation noise only: two seeds of one
+config differ by more than it. The seed noise floor (seed_noise_floor, from further seeds of the
+config evaluated on the same contexts) is what a difference must also exceed to be one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
+from scipy.stats import t as student_t
 from torch import Tensor
 
 from saeq.errors import Cancelled, InvalidSpec
@@ -33,8 +36,11 @@ LOWER_IS_BETTER = {"fvu": True, "mse": True, "ce_loss_recovered": False, "kl_div
 """Each metric's better direction; a metric not here (L0) has none: a difference is only 'higher'."""
 
 
-def compare_metrics(a: EvalResult, b: EvalResult, noise_floor: Mapping[str, float] = {}) -> list[MetricComparison]:
-    """COMPARED_METRICS of A against B, both evaluated on the same contexts in the same order."""
+def compare_metrics(
+    a: EvalResult, b: EvalResult, noise_floor: Mapping[str, float] | None = None
+) -> list[MetricComparison]:
+    """COMPARED_METRICS of A against B, both evaluated on the same contexts in the same order; a
+    metric's `noise_floor` (NoiseFloor.floors), where given, is what |A - B| must exceed as well."""
     if a.group_sums is None or b.group_sums is None or a.group_sum_x is None or b.group_sum_x is None:
         raise ValueError("both evaluations must keep their per-context sums")
     if a.group_sums.shape != b.group_sums.shape or a.contexts_per_group != b.contexts_per_group:
@@ -50,10 +56,17 @@ def compare_metrics(a: EvalResult, b: EvalResult, noise_floor: Mapping[str, floa
             diff = paired_difference(stats_a[name], stats_b[name], len(a.group_sums), unit=unit, seed=BOOTSTRAP_SEED)
             # The point difference as each side reports its figure (the bootstrap's own is the same sums).
             diff = diff.model_copy(update={"value": a.metrics[name] - b.metrics[name]})
-        better, text = verdict(name, diff, noise_floor.get(name, 0.0))
+        floor = None if noise_floor is None else noise_floor.get(name)
+        better, text = verdict(name, diff, floor)
         out.append(
             MetricComparison(
-                metric=name, a=a.intervals[name], b=b.intervals[name], difference=diff, better=better, verdict=text
+                metric=name,
+                a=a.intervals[name],
+                b=b.intervals[name],
+                difference=diff,
+                better=better,
+                verdict=text,
+                floor=floor,
             )
         )
     return out
@@ -67,20 +80,42 @@ def newcombe_difference(a: Estimate, b: Estimate) -> Estimate:
     return Estimate(value=d, low=low, high=high, n=a.n + b.n, unit=a.unit, method="newcombe")
 
 
-def verdict(metric: str, diff: Estimate, noise_floor: float = 0.0) -> tuple[Literal["a", "b"] | None, str]:
+def verdict(metric: str, diff: Estimate, noise_floor: float | None = None) -> tuple[Literal["a", "b"] | None, str]:
     """-> (which is better or None, the sentence): within noise when the interval holds 0 (or has
-    no bounds) or the difference is smaller than the noise floor."""
+    no bounds) or |A - B| does not exceed the noise floor (None: no floor, the interval decides)."""
     ci = f"[{diff.low:.4g}, {diff.high:.4g}]"
     size = abs(diff.value)
     if math.isnan(diff.low) or diff.low <= 0.0 <= diff.high:
         return None, f"within noise (A - B = {diff.value:.4g}, interval {ci} holds 0)"
-    if size < noise_floor:
-        return None, f"within noise (|A - B| = {size:.4g} is below the noise floor {noise_floor:.4g})"
+    if noise_floor is not None and not size > noise_floor:
+        return None, f"within noise (|A - B| = {size:.4g} is not above the noise floor {noise_floor:.4g})"
+    beyond = "" if noise_floor is None else f", above the noise floor {noise_floor:.4g}"
     lower, higher = ("a", "b") if diff.value < 0 else ("b", "a")
     if metric not in LOWER_IS_BETTER:
-        return None, f"{higher.upper()} higher by {size:.4g} {ci}"
+        return None, f"{higher.upper()} higher by {size:.4g} ({ci}{beyond})"
     better: Literal["a", "b"] = lower if LOWER_IS_BETTER[metric] else higher
-    return better, f"{better.upper()} better by {size:.4g} (A - B {ci})"
+    return better, f"{better.upper()} better by {size:.4g} (A - B {ci}{beyond})"
+
+
+def seed_noise_floor(
+    per_seed: Sequence[EvalResult],
+) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
+    """(floors, sd, values) per COMPARED_METRICS metric from n >= 2 SAEs of one configuration, one a
+    seed, all evaluated on the compared contexts: floor = FLOOR_STATISTIC, the |A - B| two seeds
+    of the configuration stay within 95% of the time. A metric undefined (NaN) for a seed has none."""
+    n = len(per_seed)
+    if n < 2:
+        raise ValueError(f"a seed floor needs at least 2 seeds, got {n}")
+    factor = float(student_t.ppf(0.975, n - 1)) * math.sqrt(2.0)
+    floors, sd, values = {}, {}, {}
+    for name in COMPARED_METRICS:
+        values_S = np.array([r.metrics[name] for r in per_seed], dtype=np.float64)
+        values[name] = values_S.tolist()
+        if np.isnan(values_S).any():
+            continue
+        sd[name] = float(values_S.std(ddof=1))
+        floors[name] = factor * sd[name]
+    return floors, sd, values
 
 
 def match_features(

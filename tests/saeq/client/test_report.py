@@ -184,8 +184,10 @@ def test_report_prints_the_comparison_table_of_an_evaluate_job_with_compare_with
     )
     lines = compare_table(comparison.model_dump(mode="json")).splitlines()
     assert lines[2] == "on the same 512 contexts (paired bootstrap; dead_fraction: Newcombe over latents)"
-    header, fvu, ce = (line.split() for line in lines[3:6])
-    assert header[:5] == ["metric", "A", "B", "A", "-"] and header[-1] == "verdict"
-    assert fvu[:6] == ["fvu", "0.174", "0.171", "0.003", "[-0.001,", "0.007]"] and " ".join(fvu[6:]) == "within noise"
+    assert lines[3] == "no seed noise floor: this is evaluation noise only"  # a comparison without a floor
+    header, fvu, ce = (line.split() for line in lines[4:7])
+    assert header[:5] == ["metric", "A", "B", "A", "-"] and header[-2:] == ["floor", "verdict"]
+    assert fvu[:7] == ["fvu", "0.174", "0.171", "0.003", "[-0.001,", "0.007]", "-"]
+    assert " ".join(fvu[7:]) == "within noise"
     assert ce[:6] == ["ce_loss_recovered", "0.91", "0.85", "0.06", "[0.05,", "0.07]"]
-    assert lines[6].startswith("stable features: 150 of A's 200 live latents, 0.750 [0.690, 0.800]")
+    assert lines[7].startswith("stable features: 150 of A's 200 live latents, 0.750 [0.690, 0.800]")

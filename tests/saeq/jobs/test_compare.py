@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from saeq.jobs.compare import compare_metrics, match_features, verdict
+from saeq.jobs.compare import compare_metrics, match_features, seed_noise_floor, verdict
 from saeq.jobs.evaluate import evaluate_sae
 from saeq.ml.sae import SparseAutoencoder
 from saeq.specs.compare import COMPARED_METRICS
@@ -68,9 +68,37 @@ def test_a_worse_sae_is_found_worse_and_an_sae_against_itself_within_noise(lm, c
 
 def test_l0_has_no_better_side_and_an_undefined_interval_is_within_noise():
     diff = Estimate(value=2.0, low=1.5, high=2.5, n=10, unit="contexts", method="paired_bootstrap")
-    assert verdict("l0", diff) == (None, "A higher by 2 [1.5, 2.5]")
+    assert verdict("l0", diff) == (None, "A higher by 2 ([1.5, 2.5])")
     nan = Estimate(value=0.1, low=math.nan, high=math.nan, n=1, unit="contexts", method="paired_bootstrap")
     assert verdict("fvu", nan)[0] is None
+
+
+def test_a_difference_must_exceed_the_floor_as_well_as_its_interval_excluding_zero():
+    diff = Estimate(value=-0.002, low=-0.003, high=-0.001, n=16, unit="contexts", method="paired_bootstrap")
+    assert verdict("fvu", diff)[0] == "a"  # no floor: the interval alone decides (evaluation noise)
+    better, text = verdict("fvu", diff, 0.0025)
+    assert better is None and text == "within noise (|A - B| = 0.002 is not above the noise floor 0.0025)"
+    better, text = verdict("fvu", diff, 0.0015)
+    assert better == "a" and text == "A better by 0.002 (A - B [-0.003, -0.001], above the noise floor 0.0015)"
+    holds_zero = Estimate(value=-0.01, low=-0.02, high=0.001, n=16, unit="contexts", method="paired_bootstrap")
+    assert verdict("fvu", holds_zero, 0.0)[0] is None  # a floor never overrules the interval
+
+
+def test_the_seed_floor_is_t_times_sqrt2_times_the_seeds_sd(lm, contexts):
+    """Three 'seeds' of one configuration on the same contexts: floor = t(0.975, 2) sqrt(2) sd."""
+    per_seed = [evaluate_sae(_noisy_identity(0.1, seed=s), lm, HOOK, contexts, sinks=None) for s in (2, 3, 4)]
+    floors, sd, values = seed_noise_floor(per_seed)
+    fvus = [r.metrics["fvu"] for r in per_seed]
+    assert values["fvu"] == fvus and sd["fvu"] == pytest.approx(float(torch.tensor(fvus, dtype=torch.float64).std()))
+    assert floors["fvu"] == pytest.approx(4.302653 * math.sqrt(2) * sd["fvu"], rel=1e-6) and floors["fvu"] > 0
+    assert set(floors) == {m for m in COMPARED_METRICS if not any(math.isnan(v) for v in values[m])}
+    # A third SAE of the same kind is within that floor of the first; one far worse is beyond it.
+    rows = {r.metric: r for r in compare_metrics(per_seed[0], per_seed[1], floors)}
+    assert rows["fvu"].better is None and rows["fvu"].floor == floors["fvu"]
+    worse = evaluate_sae(_noisy_identity(0.5, seed=9), lm, HOOK, contexts, sinks=None)
+    assert {r.metric: r for r in compare_metrics(per_seed[0], worse, floors)}["fvu"].better == "a"
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        seed_noise_floor(per_seed[:1])
 
 
 def _topk(seed: int) -> SparseAutoencoder:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from saeq.jobs.train import train_saes
 from saeq.specs import ActivationsRef, SaeConfig, TrainSpec
+from saeq.specs.train_seeds import FloorRuns, NoFloor, floor_runs
 from tests.saeq.conftest import planted_dictionary
 
 JOB, HOOK = "d" * 32, "blocks.1.hook_resid_post"
@@ -119,3 +120,24 @@ def test_a_sweep_over_gpus_counts_every_seeds_sae():
     with pytest.raises(ValidationError) as e:
         spec(saes=one, seeds=[0, 1], gpus=4)
     assert e.value.errors()[0]["loc"] == ("gpus",) and "2 SAE(s) to train" in e.value.errors()[0]["msg"]
+
+
+def test_the_floor_takes_the_compared_configurations_other_seeds():
+    s = spec(seeds=[0, 1, 2, 3])
+    other = "e" * 32
+    found = floor_runs(s, JOB, None, [(JOB, "wide-seed0"), (JOB, "wide-seed1")])
+    assert isinstance(found, FloorRuns) and found.config == "wide"
+    assert [r.name for r in found.runs] == ["wide-seed2", "wide-seed3"] and [r.seed for r in found.runs] == [2, 3]
+    assert found.held_apart == ["wide-seed0", "wide-seed1"]
+    # B of another job; A named by default (None: the job's first SAE, sae0-seed0): three seeds left.
+    found = floor_runs(s, JOB, None, [(JOB, None), (other, "x")])
+    assert isinstance(found, FloorRuns) and [r.seed for r in found.runs] == [1, 2, 3] and found.config == "sae0"
+    assert floor_runs(s, JOB, None, [(other, "a"), (other, "b")]) == NoFloor(
+        "config", f"train job {JOB} has configurations ['sae0', 'wide']: name one"
+    )
+    assert floor_runs(s, JOB, "nope", []).field == "config"  # type: ignore[union-attr]
+    few = floor_runs(spec(seeds=[0, 1, 2]), JOB, "sae0", [(JOB, "sae0-seed0"), (JOB, "sae0-seed1")])
+    assert isinstance(few, NoFloor) and few.field == "job_id" and "at least 2" in few.reason
+    assert floor_runs(spec(), JOB, None, []) == NoFloor(
+        "job_id", f"train job {JOB} has no `seeds`: no seed-to-seed spread to take a floor from"
+    )
