@@ -32,6 +32,7 @@ from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
 from saeq.specs.manifests import LabelManifest, SteerManifest
 from saeq_worker.resolve import SaeContext, cached_model, read_published_manifest, sae_context
 from saeq_worker.running import RunningJob
+from saeq_worker.steer_calibration import run_calibration
 
 MANIFEST_FORMAT = "saeq.steer/1"
 
@@ -65,7 +66,8 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
     for i, s in enumerate(spec.interventions):
         check_edits(_edits(s.edits), ctx.sae, field=f"spec.interventions[{i}].edits", sites=sites)
     lm = cached_model(ctx.model, job.device, cache_dir)
-    labels = _labels(store, spec.label_job) if spec.label_job else {}
+    records = _label_records(store, spec.label_job) if spec.label_job else {}
+    labels = {f: r["label"] for f, r in records.items()}
     embedder = _embedder(str(lm.device)) if labels else None
     rows, total, done = [], len(spec.prompts) * len(spec.interventions) * len(spec.strengths), 0
     for p_i, prompt in enumerate(spec.prompts):
@@ -114,6 +116,20 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
     if spec.judge is not None:  # before the write: the report is written once
         job.report(0.99, "judge", f"rating {len(rows)} completions", force=True)
         _rate_rows(rows, LocalLLM(cached_model(spec.judge.model, job.device, cache_dir)))
+    calibration_key, calibration = None, None
+    if spec.calibrate is not None:
+        assert embedder is not None  # calibrate needs label_job (SteerSpec), and its labels are read
+        judge_lm = cached_model(spec.judge.model, job.device, cache_dir) if spec.judge else None
+        calibration_key, calibration = run_calibration(
+            job,
+            ctx,
+            lm,
+            records,
+            similarity=embedder.similarity,
+            prompt_ids=lambda p: _prompt_ids(lm, p, spec.chat),
+            judge_lm=judge_lm,
+            sites=sites,
+        )
     key = keys.report_file(job.id, "completions.jsonl")
     store.put(key, "".join(json.dumps(r) + "\n" for r in rows).encode(), content_type="application/x-ndjson")
     manifest = {
@@ -128,6 +144,8 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
         "completions_key": key,
         "n_completions": len(rows),
         "summary": _summary(rows),
+        "calibration_key": calibration_key,
+        "calibration": calibration,
     }
     mkey = job.publish(SteerManifest.model_validate(manifest))
     job.report(1.0, "done", f"{len(rows)} steered completions", force=True)
@@ -186,16 +204,16 @@ def _rate_rows(rows: list[dict], judge: LocalLLM) -> None:
             r.update({f"judge_{k}_{side}": v for k, v in asdict(rating).items()})
 
 
-def _labels(store: ObjectStore, label_job: str) -> dict[int, str]:
-    """feature -> label, preferring the label with the best detection AUC among explainers."""
+def _label_records(store: ObjectStore, label_job: str) -> dict[int, dict]:
+    """feature -> its label record, preferring the label with the best detection AUC among explainers."""
     manifest = read_published_manifest(store, label_job, LabelManifest, field="spec", id_field="spec.label_job")
-    best: dict[int, tuple[float, str]] = {}
+    best: dict[int, tuple[float, dict]] = {}
     for line in store.get(manifest.labels_key).decode().splitlines():
         r = json.loads(line)
         auc = (r["scores"].get("detection") or r["scores"].get("embedding") or {}).get("auc") or 0.0
         if r["feature"] not in best or auc > best[r["feature"]][0]:
-            best[r["feature"]] = (auc, r["label"])
-    return {f: label for f, (_, label) in best.items()}
+            best[r["feature"]] = (auc, r)
+    return {f: r for f, (_, r) in best.items()}
 
 
 # --- live --------------------------------------------------------------------------------------

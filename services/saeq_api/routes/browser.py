@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse
 from saeq import keys
 from saeq.platform.store import MissingObject
 from saeq.platform.teams import Principal
+from saeq_api import calibrated
 from saeq_api.deps import Caller, Services, services
 from saeq_api.schemas import errors
 
@@ -197,6 +198,8 @@ def feature_page(label_job: str, feature: int, svc: Svc, who: Caller) -> dict:
         "sae": m["sae"],
         "train_job": m["sae"].get("job_id"),
         "judge_controls": m.get("judge_controls"),
+        # The newest strength a steer job calibrated with these labels (None: not calibrated).
+        "calibration": _finite(calibrated.for_label_job(svc, label_job, who).get(feature)),
     }
 
 

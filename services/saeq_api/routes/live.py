@@ -31,6 +31,7 @@ from saeq.specs import (
     SteerRequest,
     TrainedSae,
 )
+from saeq_api import calibrated
 from saeq_api.deps import Caller, Services, services
 from saeq_api.metrics import observe_live
 from saeq_api.schemas import ModelCard, ModelList, errors
@@ -165,7 +166,12 @@ async def steer(body: SteerRequest, svc: Svc, who: Caller, request: Request) -> 
     seed) with the KL of the next-token distribution and the perplexity under the unsteered model."""
     _check_paths(svc, body)
     _check_sae(svc, body.sae, body.interventions, "", who)
-    return await _ask_worker(svc, "steer", body.model_dump(mode="json"), who, request)
+    used: list[dict] = []
+    if body.sae is not None:  # edits without a value take the feature's calibrated one
+        edits, used = calibrated.fill_values(svc, body.sae, body.interventions, who, "")
+        body = body.model_copy(update={"interventions": edits})
+    out = await _ask_worker(svc, "steer", body.model_dump(mode="json"), who, request)
+    return out | ({"calibrated": used} if used else {})
 
 
 @router.post("/labels/search")
@@ -289,9 +295,11 @@ def _chat_model(body: ChatCompletionRequest) -> ModelSpec | None:
 
 async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http: Request) -> dict[str, Any]:
     steering = body.steering
-    sae_model = None
+    sae_model, used = None, []
     if steering is not None:
         sae_model = _check_sae(svc, steering.sae, steering.interventions, "steering.", who)
+        edits, used = calibrated.fill_values(svc, steering.sae, steering.interventions, who, "steering.")
+        steering = steering.model_copy(update={"interventions": edits})
     model = _chat_model(body)
     try:
         request = SteerRequest(
@@ -336,4 +344,5 @@ async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http
             "completion_tokens": n_out,
             "total_tokens": out["prompt_tokens"] + n_out,
         },
+        **({"saeq_calibrated": used} if used else {}),
     }

@@ -170,14 +170,20 @@ async function featurePage(labelJob, feature) {
     : [el("p", { class: "muted" }, "Not labelled by this job.")];
   const effects = (list, title) => el("div", {}, el("h2", {}, title), el("table", {},
     el("tbody", {}, (list || []).map(([tok, v]) => el("tr", {}, el("td", {}, el("code", {}, JSON.stringify(tok))), el("td", { class: "num" }, fmt(v, 3)))))));
-  const steerValue = (2 * max).toFixed(1);
+  const cal = f.calibration;  // a steer job's calibrated strength for this label (docs/steer.md)
+  const steerMode = cal ? cal.mode : "clamp", steerValue = cal ? Number(cal.value).toFixed(1) : (2 * max).toFixed(1);
+  const calibration = cal
+    ? el("p", { id: "calibration" }, `calibrated strength: ${cal.mode} ${fmt(cal.value, 2)} (${fmt(cal.multiple, 2)}x max activation`,
+        cal.met ? ", reached the concept within budget" : ", did NOT reach the concept within budget", "; ",
+        el("a", { href: `/v1/jobs/${cal.steer_job}` }, `steer job ${cal.steer_job.slice(0, 8)}`), ")")
+    : el("p", { id: "calibration", class: "muted" }, "no calibrated strength (a steer job with calibrate makes one); steering defaults to a clamp at 2x the max activation");
   show(
     el("h1", {}, `Feature ${f.feature} `, el("span", { class: "muted" }, `of ${f.sae.name}`)),
     el("p", {}, `density ${pct(f.density)} · max activation ${fmt(max, 2)} · ${f.n_activations.toLocaleString()} activations indexed · `,
-      el("a", { href: `#/steer?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&f=${f.feature}&mode=clamp&value=${steerValue}` }, "steer with it"),
+      el("a", { href: `#/steer?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&f=${f.feature}&mode=${steerMode}&value=${steerValue}` }, "steer with it"),
       " · ", el("a", { href: `#/inspect?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&label=${labelJob}&f=${f.feature}` }, "inspect a text"),
       " · ", el("a", { href: `#/features/${labelJob}` }, "all features")),
-    ...labels, judgeControls(f.judge_controls),
+    calibration, ...labels, judgeControls(f.judge_controls),
     el("h2", {}, "Activation histogram"), histogram(f.histogram, f.histogram_edges),
     el("h2", {}, "Top activations"), el("div", { id: "top" }, f.top.map(w => shaded(w, max))),
     el("h2", {}, "Samples across the activation range (lowest quantile first)"),
@@ -219,7 +225,7 @@ function steerPage() {
   const rows = el("tbody");
   const addRow = (feature = "", mode = "clamp", value = "") => rows.append(el("tr", {},
     el("td", {}, el("input", { name: "feature", type: "number", min: 0, value: feature, size: 7 })),
-    el("td", {}, el("select", { name: "mode" }, ["clamp", "add", "scale", "ablate"].map(m => el("option", { value: m, selected: m === mode }, m)))),
+    el("td", {}, el("select", { name: "mode" }, ["clamp", "add", "cap", "scale", "ablate"].map(m => el("option", { value: m, selected: m === mode }, m)))),
     el("td", {}, el("input", { name: "value", type: "number", step: "any", value: value, size: 8 }))));
   addRow(p.get("f") || "", p.get("mode") || "clamp", p.get("value") || "");
   const tokens = el("input", { name: "max_new_tokens", type: "number", min: 1, max: 512, value: 32, size: 5 });

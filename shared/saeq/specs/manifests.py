@@ -226,6 +226,11 @@ class SteerManifest(_Manifest):
     completions_key: str
     n_completions: int
     summary: list[dict[str, Any]]
+    calibration_key: str | None = None
+    """With `spec.calibrate`: report/calibration.json, each feature's sweep, choice and held-out scores."""
+    calibration: list[dict[str, Any]] | None = None
+    """With `spec.calibrate`: per feature its label, label_job, mode, calibrated value, multiple of the
+    max activation and whether it met the concept within budget (the chat endpoint's default)."""
 
 
 Manifest = Annotated[
