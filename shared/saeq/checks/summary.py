@@ -3,8 +3,12 @@ Imports no torch."""
 
 from __future__ import annotations
 
-from saeq.specs.metrics import checks_lines
+from saeq.specs.metrics import checks_lines, with_ci
 from saeq.specs.metrics import fmt_or_dash as _f
+
+
+def _est(ci: dict | None) -> str:
+    return "-" if ci is None else with_ci(ci["value"], ci)
 
 
 def checks_summary(doc: dict) -> dict:
@@ -19,6 +23,8 @@ def checks_summary(doc: dict) -> dict:
     if "probing" in doc:
         pr = doc["probing"]
         out["probing"] = {"n_topics": pr["n_topics"], **pr["mean_accuracy"], "accuracy_ci": pr.get("mean_accuracy_ci")}
+    if "absorption" in doc:
+        out["absorption"] = doc["absorption"]["summary"]
     return out
 
 
@@ -26,7 +32,8 @@ def checks_markdown(doc: dict, plot_names: list[str]) -> str:
     summary = checks_summary(doc)
     figs = "\n\n".join(f"![{n}]({n})" for n in plot_names)
     body = "\n".join(f"- {line}" for line in checks_lines(summary))
-    sections = [f"## Checks: specificity, sensitivity, completeness, sparse probing\n\n{body}\n"]
+    names = "specificity, sensitivity, completeness, sparse probing" + (", absorption" if "absorption" in doc else "")
+    sections = [f"## Checks: {names}\n\n{body}\n"]
     for c in (doc.get("completeness") or {}).get("categories", []):
         missing = [m["name"] for m in c["members"] if not m["covered"]]
         covered = [
@@ -64,6 +71,21 @@ def checks_markdown(doc: dict, plot_names: list[str]) -> str:
             + " |\n|---|---|---|"
             + "---|" * len(sp["bins"])
             + f"\n{rows}\n"
+        )
+    if ab := doc.get("absorption"):
+        rows = "\n".join(
+            f"| {r['letter']} | {r['probe_f1']:.2f} | {', '.join(map(str, r['main_features'])) or '-'} | "
+            f"{r['n_probe_positive']} | {_est(r['absorption_fraction'])} | {_est(r['full_absorption_rate'])} | "
+            + ", ".join(f"{a['word']} ({a['absorber']})" for a in r["absorbed"][:5])
+            + " |"
+            for r in ab["letters"]
+            if r["included"]
+        )
+        sections.append(
+            "**absorption** per letter (letters whose probe F1 is under "
+            f"{ab['spec']['min_probe_f1']} left out):\n\n"
+            "| letter | probe F1 | main latents | words | absorption fraction | full absorption | absorbed (latent) |\n"
+            f"|---|---|---|---|---|---|---|\n{rows}\n"
         )
     sections.append("Definitions and formulas: docs/checks.md.\n\n" + figs)
     return "\n".join(sections)

@@ -62,6 +62,13 @@ def checks_lines(summary: dict) -> list[str]:
             + ", ".join(f"k={k}: SAE {with_ci(pr['sae'][k], sae_ci.get(k))} / raw {pr['raw'][k]:.3f}" for k in ks)
             + f"; raw, all dims {pr['raw']['all']:.3f}"
         )
+    if ab := summary.get("absorption"):
+        lines.append(
+            f"absorption, first letter ({ab['n_letters']} letters, {ab['n_letters_left_out']} left out by their probe): "
+            f"mean absorption fraction {with_interval(ab, 'mean_absorption_fraction')}, "
+            f"full absorption {with_interval(ab, 'mean_full_absorption_rate')}, "
+            f"main latents per letter {fmt_or_dash(ab['mean_n_main_features'])}"
+        )
     return lines
 
 
