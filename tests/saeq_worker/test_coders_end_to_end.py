@@ -1,6 +1,7 @@
 """Every sparse-coder family end to end through a real worker (issue 20): one harvest of a tiny Llama
 captures an MLP's input and output and three layers' residual stream; a Matryoshka BatchTopK SAE, a
-TopK skip-transcoder and a TopK crosscoder are trained on it, labelled (their feature pages served by
+TopK skip-transcoder and a TopK crosscoder are trained on it, evaluated with the checks (spliced
+where each reads and writes), labelled (their feature pages served by
 the browser route, naming the hooks each coder reads and writes), inspected live (activations equal
 to the coder's encode of its input) and steered live and by a batch steer job (add changes the completion;
 ablating a feature that is silent on the whole text changes nothing; a crosscoder refuses ablate and
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from saeq.client.client import JobFailed
-from saeq.specs import LabelSpec, ModelSpec, SaeConfig, SteerSpec, TrainSpec
+from saeq.specs import EvaluateSpec, LabelSpec, ModelSpec, SaeConfig, SteerSpec, TrainSpec
 from tests.tiny_model import save_tiny_llama
 
 pytestmark = pytest.mark.integration
@@ -83,16 +84,31 @@ def http(stack):
         yield h
 
 
-def _train_and_label(client, harvest_id: str, family: str) -> tuple[dict, dict, str]:
+CHECKS = {
+    "n_docs": 32,
+    "context_len": 32,
+    "specificity": None,
+    "sensitivity": {"n_pairs": 8, "max_doc_share": 0.25},
+    "probing": {"ks": [1, 5], "min_per_class": 4},
+}
+
+
+def _train_evaluate_and_label(client, harvest_id: str, family: str) -> tuple[dict, dict, dict, str]:
     activations, cfg, _, _ = FAMILIES[family]
     train = client.submit(
         TrainSpec(
             activations={"job_id": harvest_id, **activations},
             saes=[cfg],
             batch_size=512,
-            total_tokens=10_240,
+            total_tokens=15_360,
             validation_tokens=2048,
         )
+    )
+    evaluate = client.submit(
+        EvaluateSpec.model_validate(
+            {"sae": {"job_id": train["id"], "name": cfg.name}, "max_tokens": 512} | {"checks": CHECKS}
+        ),
+        depends_on=[train["id"]],
     )
     label = client.submit(
         LabelSpec(
@@ -109,7 +125,9 @@ def _train_and_label(client, harvest_id: str, family: str) -> tuple[dict, dict, 
     )
     done = client.wait(label["id"], timeout=300)
     assert done["state"] == "succeeded", (done, client.get(train["id"]))
-    return client.get(train["id"]), done, cfg.name
+    evaluated = client.wait(evaluate["id"], timeout=300)
+    assert evaluated["state"] == "succeeded", evaluated
+    return client.get(train["id"]), evaluated, done, cfg.name
 
 
 def _local_coder(client, train_id: str, name: str, tmp_path):
@@ -125,7 +143,19 @@ def test_a_coder_is_labelled_browsed_inspected_and_steered(family, client_module
 
     client = client_module
     _, _, reads, writes = FAMILIES[family]
-    train, label, name = _train_and_label(client, harvest["id"], family)
+    train, evaluated, label, name = _train_evaluate_and_label(client, harvest["id"], family)
+
+    # evaluated with the checks: spliced where it reads and writes, the checks read its features
+    evaluation = client.manifest(evaluated["id"])
+    kind = {"matryoshka": "sae"}.get(family, family)
+    assert evaluation["splice"] == {"kind": kind, "reads": reads, "replaces": writes}, evaluation["splice"]
+    m = evaluation["metrics"]
+    print(f"{family}: fvu {m['fvu']:.3f} KL {m['kl_div_with_sae']:.2e} (ablation {m['kl_div_with_ablation']:.2e})")
+    assert 0 < m["fvu"] < 1 and 0 <= m["kl_div_with_sae"] < m["kl_div_with_ablation"], m
+    checks = evaluation["checks"]
+    assert checks["completeness"]["chemical elements"]["n_members"] == 96
+    assert checks["probing"]["n_topics"] >= 1 and set(checks["probing"]["sae"]) == {"1", "5"}
+    assert set(checks["sensitivity"]) == {"fr", "es"}
     manifest = client.manifest(label["id"])
     assert manifest["sae"]["reads"] == reads and manifest["sae"]["writes"] == writes, manifest["sae"]
     records = client.labels(label["id"])
@@ -146,12 +176,17 @@ def test_a_coder_is_labelled_browsed_inspected_and_steered(family, client_module
     out = client.inspect(train["id"], TEXT, features=chosen, sae_name=name, top_k=4)
     ids = [t["token_id"] for t in out["tokens"]]
     with torch.no_grad():
-        expected_TF = coder.encode(read_hooks(lm, reads, torch.tensor([ids])))[:, chosen]
+        expected_TS = coder.encode(read_hooks(lm, reads, torch.tensor([ids])))
     ordinary = [t for t in out["tokens"] if t["sink"] is None]
     assert len(ordinary) >= len(ids) - 2, out["tokens"]
     for t in ordinary:
-        torch.testing.assert_close(torch.tensor(t["activations"]), expected_TF[t["position"]], atol=1e-4, rtol=1e-4)
-    assert any(a > 0 for t in ordinary for a in t["activations"])
+        row_S = expected_TS[t["position"]]
+        torch.testing.assert_close(torch.tensor(t["activations"]), row_S[chosen], atol=1e-4, rtol=1e-4)
+        values, features = row_S.topk(4)
+        local_top = {int(f): float(v) for f, v in zip(features, values, strict=True) if v > 0}
+        assert {x["feature"] for x in t["top"]} == set(local_top), (t["top"], local_top)
+        assert all(x["activation"] == pytest.approx(local_top[x["feature"]], abs=1e-4) for x in t["top"])
+    assert sum(len(t["top"]) for t in ordinary) >= len(ordinary)  # features do fire on the text
 
     # live steer: add changes the completion, written where the coder writes
     body = {"sae": {"job_id": train["id"], "name": name}, "prompt": PROMPT, "chat": False, "max_new_tokens": 8}
