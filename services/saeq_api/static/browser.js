@@ -158,6 +158,15 @@ function histogram(counts, edges) {
   return svg;
 }
 
+// What a coder reads and writes (label jobs before coders carry neither: nothing shown).
+function coderSites(f) {
+  if (!f.reads || !f.writes) return "";
+  const same = f.reads.join() === f.writes.join();
+  const text = same ? `reads and writes ${f.reads.join(", ")}` : `reads ${f.reads.join(", ")} · writes ${f.writes.join(", ") || "(unknown)"}`;
+  const acausal = f.reads.length > 1 ? " · a crosscoder: steer it with add (clamp, ablate and scale are refused)" : "";
+  return el("p", { id: "coder-sites", class: "muted" }, text, f.logit_effects_from && !same ? ` · logit effects from ${f.logit_effects_from}` : "", acausal);
+}
+
 async function featurePage(labelJob, feature) {
   const f = await api(`/v1/browser/labels/${labelJob}/features/${feature}`);
   const max = f.max_activation;
@@ -179,6 +188,7 @@ async function featurePage(labelJob, feature) {
     : el("p", { id: "calibration", class: "muted" }, "no calibrated strength (a steer job with calibrate makes one); steering defaults to a clamp at 2x the max activation");
   show(
     el("h1", {}, `Feature ${f.feature} `, el("span", { class: "muted" }, `of ${f.sae.name}`)),
+    coderSites(f),
     el("p", {}, `density ${pct(f.density)} · max activation ${fmt(max, 2)} · ${f.n_activations.toLocaleString()} activations indexed · `,
       el("a", { href: `#/steer?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&f=${f.feature}&mode=${steerMode}&value=${steerValue}` }, "steer with it"),
       " · ", el("a", { href: `#/inspect?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&label=${labelJob}&f=${f.feature}` }, "inspect a text"),
