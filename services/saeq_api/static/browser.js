@@ -180,7 +180,8 @@ async function featurePage(labelJob, feature) {
   const effects = (list, title) => el("div", {}, el("h2", {}, title), el("table", {},
     el("tbody", {}, (list || []).map(([tok, v]) => el("tr", {}, el("td", {}, el("code", {}, JSON.stringify(tok))), el("td", { class: "num" }, fmt(v, 3)))))));
   const cal = f.calibration;  // a steer job's calibrated strength for this label (docs/steer.md)
-  const steerMode = cal ? cal.mode : "clamp", steerValue = cal ? Number(cal.value).toFixed(1) : (2 * max).toFixed(1);
+  // a crosscoder cannot be clamped (docs/steer.md, "Coders"): its playground link adds
+  const steerMode = cal ? cal.mode : (f.reads && f.reads.length > 1 ? "add" : "clamp"), steerValue = cal ? Number(cal.value).toFixed(1) : (2 * max).toFixed(1);
   const calibration = cal
     ? el("p", { id: "calibration" }, `calibrated strength: ${cal.mode} ${fmt(cal.value, 2)} (${fmt(cal.multiple, 2)}x max activation`,
         cal.met ? ", reached the concept within budget" : ", did NOT reach the concept within budget", "; ",
