@@ -111,6 +111,8 @@ def test_the_evaluate_job_splices_every_layer_at_once(client_module, trained, la
         assert ci[name]["n"] == 32 and ci[name]["low"] <= m[name] <= ci[name]["high"], (name, ci[name])
     assert layers["hooks"] == list(HOOKS) and len(layers["fvu_per_layer"]) == 3
     assert all(0 < v < 1 for v in layers["fvu_per_layer"]), layers
+    for est, value in zip(layers["fvu_per_layer_intervals"], layers["fvu_per_layer"], strict=True):
+        assert est["value"] == value and est["low"] <= value <= est["high"] and est["n"] == 32, est
     assert min(layers["fvu_per_layer"]) <= m["fvu"] <= max(layers["fvu_per_layer"])  # their pooled ratio
     shares = layers["decoder_norm_shares"]
     assert sum(shares["single_layer_share"]) + shares["multi_layer_share"] == pytest.approx(1.0)

@@ -171,10 +171,16 @@ def _refuse_comparison(job: RunningJob, ctx: SaeContext) -> None:
 
 
 def _layers_doc(result: EvalResult, sae, layer_hooks: tuple[str, ...] | None) -> dict | None:
-    """A crosscoder's per-layer figures: FVU of each hook on the evaluated tokens, decoder norms."""
+    """A crosscoder's per-layer figures: FVU of each hook on the evaluated tokens with its 95%
+    interval over contexts, decoder norms."""
     if layer_hooks is None or not isinstance(sae, TopKCrosscoder):
         return None
-    return {**layer_report(sae, None, list(layer_hooks)), "fvu_per_layer": result.fvu_per_layer}
+    intervals = [est.model_dump(mode="json") for est in result.fvu_per_layer_intervals or []]
+    return {
+        **layer_report(sae, None, list(layer_hooks)),
+        "fvu_per_layer": result.fvu_per_layer,
+        "fvu_per_layer_intervals": intervals,
+    }
 
 
 def run_evaluate(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> str:

@@ -25,7 +25,13 @@ from torch import Tensor
 
 from saeq.errors import Cancelled, InvalidSpec
 from saeq.jobs.evaluate_batch import coder_splice, evaluate_batch
-from saeq.jobs.evaluate_intervals import GROUP_COLUMNS, MAX_GROUPS, merge_adjacent, metric_intervals
+from saeq.jobs.evaluate_intervals import (
+    GROUP_COLUMNS,
+    MAX_GROUPS,
+    layer_fvu_intervals,
+    merge_adjacent,
+    metric_intervals,
+)
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.sinks import SinkReference
@@ -62,6 +68,8 @@ class EvalResult:
     """What was spliced: the coder's kind, the hooks it read and those it replaced (CoderSplice)."""
     fvu_per_layer: list[float] | None = None
     """A crosscoder's FVU of each replaced hook, in order; None for one hook."""
+    fvu_per_layer_intervals: list[Estimate] | None = None
+    """Their 95% intervals, bootstrapped over contexts as the pooled FVU's."""
 
 
 class _Stats:
@@ -86,6 +94,7 @@ class _Stats:
         self.pos_sq_resid = torch.zeros(T, dtype=torch.float64)
         self.layer_sq_x = torch.zeros(n_layers, dtype=torch.float64)
         self.layer_sq_resid = torch.zeros(n_layers, dtype=torch.float64)
+        self.group_layer_sums = torch.zeros(0, 2 * n_layers, dtype=torch.float64)
         self.ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
         self.kl = {"sae": 0.0, "zero": 0.0}
         self.n_loss = 0
@@ -95,19 +104,25 @@ class _Stats:
         self.group_sums = torch.zeros(0, len(GROUP_COLUMNS), dtype=torch.float64)
         self.group_sum_x = torch.zeros(0, d_in, dtype=torch.float64)
 
-    def add_contexts(self, sums_BK: Tensor, sum_x_BD: Tensor) -> None:
-        """Add the sums of the next B contexts, each to its group (context index // contexts_per_group)."""
+    def add_contexts(self, sums_BK: Tensor, sum_x_BD: Tensor, layer_sums_B2L: Tensor | None = None) -> None:
+        """Add the sums of the next B contexts, each to its group (context index // contexts_per_group);
+        `layer_sums_B2L`: a crosscoder's per-layer sum of ||x_l||^2, then of ||x_l - x_hat_l||^2."""
         B = sums_BK.shape[0]
         while (self.n_contexts + B - 1) // self.contexts_per_group >= MAX_GROUPS:
             self.group_sums, self.group_sum_x = merge_adjacent(self.group_sums), merge_adjacent(self.group_sum_x)
+            self.group_layer_sums = merge_adjacent(self.group_layer_sums)
             self.contexts_per_group *= 2
         group_B = (self.n_contexts + torch.arange(B)) // self.contexts_per_group
         grow = int(group_B[-1]) + 1 - self.group_sums.shape[0]
         if grow > 0:
             self.group_sums = torch.cat([self.group_sums, self.group_sums.new_zeros(grow, len(GROUP_COLUMNS))])
             self.group_sum_x = torch.cat([self.group_sum_x, self.group_sum_x.new_zeros(grow, self.sum_x.shape[0])])
+            layers = self.group_layer_sums
+            self.group_layer_sums = torch.cat([layers, layers.new_zeros(grow, layers.shape[1])])
         self.group_sums.index_add_(0, group_B, sums_BK.cpu())
         self.group_sum_x.index_add_(0, group_B, sum_x_BD.cpu())
+        if layer_sums_B2L is not None:
+            self.group_layer_sums.index_add_(0, group_B, layer_sums_B2L.cpu())
         self.n_contexts += B
 
 
@@ -116,7 +131,7 @@ _SCALARS = (
     *("n_contexts", "contexts_per_group"),
 )
 _TENSORS = ("sum_x", "fires", "pos_n", "pos_sum_x", "pos_sq_x", "pos_sq_resid", "layer_sq_x", "layer_sq_resid")
-_GROUP_TENSORS = ("group_sums", "group_sum_x")  # (G, ...): G grows with the contexts summed
+_GROUP_TENSORS = ("group_sums", "group_sum_x", "group_layer_sums")  # (G, ...): G grows with the contexts summed
 
 
 @dataclass
@@ -240,6 +255,13 @@ def _evaluate(
     result.splice = cs.describe()
     if n_layers > 1:
         result.fvu_per_layer = _layer_fvus(stats)
+        result.fvu_per_layer_intervals = layer_fvu_intervals(
+            stats.group_sums.numpy(),
+            stats.group_sum_x.numpy(),
+            stats.group_layer_sums.numpy(),
+            result.fvu_per_layer,
+            contexts_per_group=stats.contexts_per_group,
+        )
     return result
 
 

@@ -121,7 +121,9 @@ def evaluate_batch(
     if skip_ND is not None:
         out_ND = out_ND + skip_ND
     sums_BK = torch.zeros(B, len(GROUP_COLUMNS), dtype=torch.float64, device=ids_BT.device)
-    sum_y_BD = accumulate_reconstruction(s, y_ND, out_ND, acts_NS, keep_N, positions_N, sums_BK)
+    L = len(cs.replaces)
+    layer_sums_B2L = torch.zeros(B, 2 * L, dtype=torch.float64, device=ids_BT.device) if L > 1 else None
+    sum_y_BD = accumulate_reconstruction(s, y_ND, out_ND, acts_NS, keep_N, positions_N, sums_BK, layer_sums_B2L)
 
     # Splices: ordinary tokens replaced, sinks left as they were.
     out_BTD = out_ND.reshape(B, T, -1).to(seen[cs.replaces[0]].dtype)
@@ -131,7 +133,7 @@ def evaluate_batch(
     with cs.zeroed(lm.model, keep_BT1):
         logits_zero = lm.model(input_ids=ids_BT, use_cache=False).logits.float()
     add_model_loss(s, ids_BT, keep_BT, {"clean": logits_clean, "sae": logits_spliced, "zero": logits_zero}, sums_BK)
-    s.add_contexts(sums_BK, sum_y_BD)
+    s.add_contexts(sums_BK, sum_y_BD, layer_sums_B2L)
     return int((~keep_N).sum())
 
 
@@ -156,10 +158,13 @@ def add_model_loss(s: _Stats, ids_BT: Tensor, keep_BT: Tensor, logits: Mapping[s
     sums_BK[:, COLUMN["n_loss"]] = loss_mask.sum(1).double()
 
 
-def accumulate_reconstruction(s: _Stats, x_ND, recon_ND, acts_NS, keep_N, positions_N, sums_BK) -> Tensor:
+def accumulate_reconstruction(
+    s: _Stats, x_ND, recon_ND, acts_NS, keep_N, positions_N, sums_BK, layer_sums_B2L: Tensor | None = None
+) -> Tensor:
     """Add the ordinary tokens' sums to `s`, and per context to `sums_BK`; -> their sum of x per
     context (B, d). `x_ND` is what `recon_ND` stands in for (a transcoder's target); a crosscoder's
-    rows are its layers side by side, each layer's squared sums kept apart too."""
+    rows are its layers side by side, each layer's squared sums kept apart too (per context in
+    `layer_sums_B2L`: the L sums of ||x_l||^2, then the L of ||x_l - x_hat_l||^2)."""
     x, r, a, pos = x_ND[keep_N], recon_ND[keep_N], acts_NS[keep_N], positions_N[keep_N]
     B, T = sums_BK.shape[0], x_ND.shape[0] // sums_BK.shape[0]
     context_N = torch.arange(B, device=x_ND.device).repeat_interleave(T)[keep_N]
@@ -191,6 +196,10 @@ def accumulate_reconstruction(s: _Stats, x_ND, recon_ND, acts_NS, keep_N, positi
     s.pos_sq_resid.index_add_(0, pos, resid_sq_N.cpu())
     L = s.layer_sq_x.shape[0]
     if L > 1:  # a crosscoder's layers: (n, L, d)
-        s.layer_sq_x += x64.view(x64.shape[0], L, -1).pow(2).sum((0, 2)).cpu()
-        s.layer_sq_resid += (x - r).view(x.shape[0], L, -1).pow(2).sum(-1).double().sum(0).cpu()
+        sq_x_NL = x64.view(x64.shape[0], L, -1).pow(2).sum(-1)
+        resid_sq_NL = (x - r).view(x.shape[0], L, -1).pow(2).sum(-1).double()
+        s.layer_sq_x += sq_x_NL.sum(0).cpu()
+        s.layer_sq_resid += resid_sq_NL.sum(0).cpu()
+        if layer_sums_B2L is not None:
+            layer_sums_B2L.index_add_(0, context_N, torch.cat([sq_x_NL, resid_sq_NL], dim=1))
     return torch.zeros(B, x64.shape[1], dtype=torch.float64, device=x64.device).index_add_(0, context_N, x64)

@@ -106,3 +106,34 @@ def metric_statistics(sums_GK: np.ndarray, sum_x_GD: np.ndarray) -> dict[str, St
         "kl_div_with_ablation": per_prediction("kl_zero"),
     }
     return statistics
+
+
+def layer_fvu_intervals(
+    sums_GK: np.ndarray,
+    sum_x_GD: np.ndarray,
+    layer_sums_G2L: np.ndarray,
+    fvu_per_layer: list[float],
+    *,
+    contexts_per_group: int,
+) -> list[Estimate]:
+    """A crosscoder's FVU of each layer with its bootstrap interval over the same contexts: layer l
+    is columns l*d..(l+1)*d of `sum_x_GD`, its sums of ||x_l||^2 and ||x_l - x_hat_l||^2 columns l
+    and L + l of `layer_sums_G2L`."""
+    n_G = sums_GK[:, COLUMN["n"]]
+    L = len(fvu_per_layer)
+    d = sum_x_GD.shape[1] // L
+
+    def fvu(layer: int) -> Statistic:
+        def statistic(W_RG: np.ndarray) -> np.ndarray:
+            n_R = W_RG @ n_G
+            mean_RD = (W_RG @ sum_x_GD[:, layer * d : (layer + 1) * d]) / n_R[:, None]
+            total_var_R = (W_RG @ layer_sums_G2L[:, layer]) / n_R - (mean_RD**2).sum(1)
+            return (W_RG @ layer_sums_G2L[:, L + layer]) / n_R / total_var_R
+
+        return statistic
+
+    unit = group_unit(contexts_per_group)
+    return [
+        group_bootstrap(fvu(layer), len(sums_GK), unit=unit, seed=BOOTSTRAP_SEED, value=value)
+        for layer, value in enumerate(fvu_per_layer)
+    ]

@@ -177,8 +177,9 @@ class EvaluateManifest(_Manifest):
     """What was spliced into the model: {kind: sae | transcoder | crosscoder, reads: [hooks the
     features are read from], replaces: [hooks its output replaced]}; None in manifests written before."""
     layers: dict[str, Any] | None = None
-    """A crosscoder's: hooks, fvu_per_layer (on the evaluated tokens), decoder_norm_shares and
-    decoder_norm_mean (saeq.ml.sae.crosscoder.layer_report); None for one hook."""
+    """A crosscoder's: hooks, fvu_per_layer (on the evaluated tokens) and fvu_per_layer_intervals
+    (Estimates, bootstrap over contexts), decoder_norm_shares and decoder_norm_mean
+    (saeq.ml.sae.crosscoder.layer_report); None for one hook."""
 
 
 class FeatureIndexEntry(_Closed):

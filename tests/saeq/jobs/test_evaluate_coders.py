@@ -64,6 +64,9 @@ def test_each_layers_fvu_is_its_own_error_over_its_own_variance(tiny_llama):
     full = r.full
     assert full is not None and full.intervals["ce_loss_recovered"].n == 8  # one per context
     assert full.metrics["kl_div_with_sae"] == r.metrics["kl_crosscoder"]
+    assert full.fvu_per_layer_intervals is not None and len(full.fvu_per_layer_intervals) == 2
+    for est, value in zip(full.fvu_per_layer_intervals, r.fvu_per_layer, strict=True):
+        assert est.value == value and est.low < value < est.high and (est.n, est.unit) == (8, "contexts")
 
 
 def test_a_transcoders_pass_is_the_evaluate_pass_with_intervals(tiny_llama):
@@ -128,4 +131,4 @@ def test_a_crosscoders_pass_resumes_from_its_kept_sums_bit_identically(tiny_llam
     again = [torch.full_like(contexts[0], 5), contexts[1]]
     resumed = evaluate_sae(cc, lm, HOOKS[0], again, sinks=None, layer_hooks=HOOKS, resume=progress)
     assert resumed.metrics == whole.metrics and resumed.fvu_per_layer == whole.fvu_per_layer
-    assert resumed.intervals == whole.intervals
+    assert resumed.intervals == whole.intervals and resumed.fvu_per_layer_intervals == whole.fvu_per_layer_intervals
