@@ -161,7 +161,22 @@ def _add_forward(
     return tokens
 
 
+def _synthetic_harvest(spec: HarvestSpec) -> MemoryEstimate:
+    """No model: the generator's features, one draw of dense codes (saeq.ml.synthetic_truth draws
+    2**22 elements at a time; its normals, firing mask, magnitudes and codes) and the shard."""
+    g = spec.synthetic
+    assert g is not None
+    parts = _Parts()
+    parts.add("synthetic_features", g.n_features * g.d_model * 4, "spec.synthetic.n_features")
+    parts.add("synthetic_draw", 4 * (1 << 22) * 4, "spec.synthetic")  # fixed: no field shrinks it
+    n = spec.shard_tokens
+    parts.add("shard_buffers", n * (g.d_model * (4 + _DTYPE_BYTES[spec.dtype]) + 4) + 3 * n * 4, "spec.shard_tokens")
+    return parts.estimate()
+
+
 def _harvest(spec: HarvestSpec, device: Device) -> MemoryEstimate | None:
+    if spec.source == "synthetic":
+        return _synthetic_harvest(spec)
     shape = model_shape(spec.model)
     if shape is None:
         return None
@@ -186,7 +201,7 @@ def _width_field(i: int, cfg: SaeConfig) -> str:
 
 
 def _train(spec: TrainSpec, device: Device, resolve: Resolve | None) -> MemoryEstimate | None:
-    source = spec.activations
+    source, synthetic_width = spec.activations, None
     if isinstance(source, OnlineActivations):
         model, stored_bytes, harvest_tokens = source.model, 4, 0
     else:
@@ -194,7 +209,9 @@ def _train(spec: TrainSpec, device: Device, resolve: Resolve | None) -> MemoryEs
         if not isinstance(harvest, HarvestSpec):
             return None
         model, stored_bytes, harvest_tokens = harvest.model, _DTYPE_BYTES[harvest.dtype], harvest.max_tokens
-    shape = model_shape(model)
+        synthetic_width = harvest.synthetic.d_model if harvest.synthetic is not None else None
+    # a synthetic harvest ran no model: its generator's width is the SAEs' d_in
+    shape = model_shape(model) if synthetic_width is None else ModelShape(0, synthetic_width, 0, 0, 0, 0, 0, 0)
     if shape is None:
         return None
     d_in, parts = shape.d_model, _Parts()
