@@ -298,8 +298,6 @@ async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http
     sae_model, used = None, []
     if steering is not None:
         sae_model = _check_sae(svc, steering.sae, steering.interventions, "steering.", who)
-        edits, used = calibrated.fill_values(svc, steering.sae, steering.interventions, who, "steering.")
-        steering = steering.model_copy(update={"interventions": edits})
     model = _chat_model(body)
     try:
         request = SteerRequest(
@@ -317,6 +315,9 @@ async def _chat(body: ChatCompletionRequest, svc: Services, who: Principal, http
         first = e.errors()[0]
         raise unprocessable(".".join(["steering", *map(str, first["loc"])]), first["msg"]) from None
     _check_paths(svc, request, {"model.name": "model", "sae.path": "steering.sae.path"})
+    if steering is not None:  # edits without a value take the feature's calibrated one
+        edits, used = calibrated.fill_values(svc, steering.sae, request.interventions, who, "steering.")
+        request = request.model_copy(update={"interventions": edits})
     try:
         out = await _ask_worker(svc, "steer", request.model_dump(mode="json"), who, http, field_prefix="steering.")
     except HTTPException as e:
