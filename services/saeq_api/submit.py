@@ -173,8 +173,10 @@ def _harvest_d_model(svc: Services, harvest_id: str) -> int | None:
         return None
     if job.get("manifest_key"):
         return json.loads(svc.store.get(job["manifest_key"])).get("d_model")
-    model = HarvestSpec.model_validate(job["spec"]).model
-    return 576 if model.name.startswith("builtin:") else None  # SmolLM2-135M (FIELD-NOTES)
+    harvest = HarvestSpec.model_validate(job["spec"])
+    if harvest.synthetic is not None:  # no model: the generator's width
+        return harvest.synthetic.d_model
+    return 576 if harvest.model.name.startswith("builtin:") else None  # SmolLM2-135M (FIELD-NOTES)
 
 
 def referenced_job(svc: Services, job_id: str, kind: str, field: str, depends_on: list[str], who: Principal) -> dict:
