@@ -66,6 +66,10 @@ class Arm:
     perplexity_unsteered: Estimate
     steering_score: Estimate | None
     """With a judge: the mean score over held-out prompts."""
+    concept_gains: list[float] = field(default_factory=list)
+    """Per held-out prompt (in `held_out_prompts` order), for pooling over features."""
+    scores: list[float] | None = None
+    """Per held-out prompt, with a judge."""
 
 
 @dataclass
@@ -183,7 +187,14 @@ def calibrate(
             score_lists.append(scores)
             arms.append(
                 Arm(
-                    edit.mode, edit.value, _mean(g), _mean(r.kl), _mean(r.perplexity), _mean(scores) if scores else None
+                    edit.mode,
+                    edit.value,
+                    _mean(g),
+                    _mean(r.kl),
+                    _mean(r.perplexity),
+                    _mean(scores) if scores else None,
+                    g,
+                    scores,
                 )
             )
         diffs = {"concept_gain": _paired(gain_lists[0], gain_lists[1])}
