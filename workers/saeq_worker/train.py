@@ -28,6 +28,9 @@ from saeq_worker.train_outputs import (
     train_manifest,
 )
 
+RECOVERY_TOKENS = 1 << 20
+"""At most this many held-out rows score recovery (validation_tokens of them, below it)."""
+
 
 def _check_quota(spec: TrainSpec, d_in: int, job: RunningJob) -> None:
     """The API checks the team's quota when it knows d_in; this catches the rest (an expansion
@@ -63,7 +66,7 @@ def run_train(job: RunningJob, *, shard_cache: ShardCache | None = None) -> str:
     if harvest.synthetic is not None:  # a known truth: how well each SAE recovered it
         job.report(1.0, "recovery", "scoring the SAEs against the synthetic truth", force=True)
         truth = _synthetic_truth(store, harvest)
-        result.recovery = synthetic_recovery(result.saes, truth, n_tokens=spec.validation_tokens)
+        result.recovery = synthetic_recovery(result.saes, truth, n_tokens=min(spec.validation_tokens, RECOVERY_TOKENS))
     job.report(1.0, "export", "writing SAEs", force=True)
     hook = hooks[0]
     metadata = {
