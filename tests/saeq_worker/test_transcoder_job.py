@@ -3,7 +3,8 @@ names activations.target_hook when a transcoder lacks it, a worker trains a TopK
 on the pairs, its sparsify export loads in sparsify with saeq's outputs, and a submitted evaluate
 job splices it in place of the MLP: its manifest says so and holds CE loss recovered and KL with
 their intervals, equal to saeq.jobs.evaluate_transcoder in this process on the same contexts. The
-checks read its features from its input hook; compare_with, which compares plain SAEs, is refused."""
+checks read its features from its input hook; compare_with, which compares plain SAEs, and absorption
+(decoder directions in the input hook's space) are refused naming the field."""
 
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ def test_the_evaluate_job_replaces_the_mlp_with_the_transcoder(
     assert r.counts["sinks_excluded"] == manifest["counts"]["n_sinks_excluded"]
 
 
-def test_checks_read_a_transcoders_features_and_compare_with_is_refused(client_module, trained):
+def test_checks_read_a_transcoders_features_and_compare_with_and_absorption_are_refused(client_module, trained):
     client = client_module
     checks = {
         "n_docs": 32,
@@ -187,3 +188,12 @@ def test_checks_read_a_transcoders_features_and_compare_with_is_refused(client_m
         client.wait(client.submit(compare)["id"], timeout=120)
     error = e.value.job["error"]
     assert error["field"] == "spec.compare_with" and "plain SAEs" in error["message"], error
+
+    # absorption reads decoder rows as directions in the input hook's space: a transcoder's write the MLP's output
+    absorption = EvaluateSpec.model_validate(
+        {"sae": {"job_id": trained["id"]}, "max_tokens": 512, "checks": {"specificity": None, "absorption": {}}}
+    )
+    with pytest.raises(JobFailed) as e:
+        client.wait(client.submit(absorption)["id"], timeout=120)
+    error = e.value.job["error"]
+    assert error["field"] == "spec.checks.absorption" and "transcoder" in error["message"], error
