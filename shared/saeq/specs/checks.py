@@ -93,13 +93,14 @@ class AbsorptionCheck(Frozen):
 
     letters: str = Field(default="abcdefghijklmnopqrstuvwxyz", min_length=1, max_length=26, pattern=r"^[a-z]+$")
     """The first letters probed, each once (lowercase a-z)."""
-    words_per_letter: int = Field(default=64, ge=4, le=5_000)
+    words_per_letter: int = Field(default=128, ge=4, le=5_000)
     """At most this many words per letter, sampled from the vocabulary."""
     test_share: float = Field(default=0.3, gt=0.0, lt=1.0)
     """Of each letter's words, the share held out: probes are fitted on the rest, absorption is
     measured on these."""
-    n_examples: int = Field(default=10, ge=0, le=32)
-    """Solved examples ("{word} has the first letter: W") before each word, from its own split."""
+    n_examples: int = Field(default=4, ge=0, le=32)
+    """Solved examples ("{word} has the first letter: W") before each word, from its own split
+    (SAEBench reads 10; 4 costs 40% of the tokens, so twice the words fit: docs/checks.md)."""
     max_k: int = Field(default=10, ge=1, le=64)
     """Most main latents per letter that k-sparse probing may find."""
     min_probe_f1: float = Field(default=0.6, ge=0.0, le=1.0)
