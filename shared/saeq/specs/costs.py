@@ -171,6 +171,11 @@ def _bigger(n_field: str, n: int, n_limit: float, tokens_field: str, explainer) 
     return tokens_field if explainer.max_new_tokens / tokens_limit >= n / n_limit else n_field
 
 
+ABSORPTION_TOKENS_PER_EXAMPLE = 6
+"""'{word} has the first letter: W' and its separator, in SmolLM2's tokens (100,436 prompt tokens
+for 26 letters x 128 words x 4 examples, fewer words than asked: docs/checks.md)."""
+
+
 def _checks_parts(c: Checks) -> list[tuple[int, str, str]]:
     """Each check reads its articles' first context_len tokens through the model: n_docs of them
     (specificity, completeness and probing), or n_pairs in each language (sensitivity)."""
@@ -183,7 +188,7 @@ def _checks_parts(c: Checks) -> list[tuple[int, str, str]]:
     driver = "spec.checks." + max(
         ("n_docs", "context_len"), key=lambda f: getattr(c, f) / _limit(Checks.model_fields[f])
     )
-    return [
+    parts = [
         (
             n * c.context_len,
             driver if check != "sensitivity" else "spec.checks.sensitivity.n_pairs",
@@ -192,6 +197,17 @@ def _checks_parts(c: Checks) -> list[tuple[int, str, str]]:
         for check, n in docs.items()
         if getattr(c, check) is not None
     ]
+    if (a := c.absorption) is not None:  # one prompt per word: its solved examples, then the word
+        words = len(a.letters) * a.words_per_letter
+        per_word = (a.n_examples + 1) * ABSORPTION_TOKENS_PER_EXAMPLE
+        parts.append(
+            (
+                words * per_word,
+                "spec.checks.absorption.words_per_letter",
+                f"absorption: at most {words:,} words x {per_word} prompt tokens",
+            )
+        )
+    return parts
 
 
 def _sum(parts: list[tuple[int, str, str]]) -> JobCost:

@@ -58,3 +58,13 @@ def test_widths_unknown_until_d_in_are_checked_when_it_is():
     with pytest.raises(OverQuota) as e:
         check_quota(two, quota, team="t", d_in=128)  # "a" alone: 1,024
     assert e.value.field == "spec.saes.0.expansion_factor"
+
+
+def test_the_absorption_check_counts_its_prompts():
+    """Its word prompts go through the model too: a quota sees them (26 x 128 words x 5 examples x 6)."""
+    plain = EvaluateSpec(sae={"job_id": JOB}, checks={"label_job": JOB})
+    with_absorption = EvaluateSpec(sae={"job_id": JOB}, checks={"label_job": JOB, "absorption": {}})
+    extra = job_cost(with_absorption, d_in=576).units - job_cost(plain, d_in=576).units
+    assert extra == 26 * 128 * 5 * 6
+    fewer = EvaluateSpec(sae={"job_id": JOB}, checks={"label_job": JOB, "absorption": {"letters": "ab"}})
+    assert job_cost(fewer, d_in=576).units - job_cost(plain, d_in=576).units == 2 * 128 * 5 * 6
