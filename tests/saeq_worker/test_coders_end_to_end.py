@@ -188,6 +188,30 @@ def test_a_coder_is_labelled_browsed_inspected_and_steered(family, client_module
         assert all(x["activation"] == pytest.approx(local_top[x["feature"]], abs=1e-4) for x in t["top"])
     assert sum(len(t["top"]) for t in ordinary) >= len(ordinary)  # features do fire on the text
 
+    # live contrast: each text's features read where the coder reads (a crosscoder: all its layers)
+    from saeq.jobs.contrast import contrast_features, text_activations
+    from saeq.ml.sinks import SinkReference
+
+    rule = client.manifest(train["id"])["harvest"]["sinks"]
+    sets = {
+        "a": [TEXT, PROMPT, TEXT + " " + PROMPT, PROMPT + " " + TEXT],
+        "b": ["A cat.", "Dogs bark.", "Blue sky.", "Rain."],
+    }
+    found = client.contrast(train["id"], sets["a"], sets["b"], top_k=3, sae_name=name, max_tokens=64, seed=3)
+    acts = {
+        side: text_activations(
+            lm, coder, reads, lm.tokenizer(texts, add_special_tokens=False)["input_ids"],
+            sinks=SinkReference(rule["median_norm"], rule["norm_factor"]), aggregate="max", field=side,
+        )
+        for side, texts in sets.items()
+    }  # fmt: skip
+    want_a, _ = contrast_features(acts["a"], acts["b"], top_k=3, seed=3)
+    assert [f["feature"] for f in found["higher_on_a"]] == [f.feature for f in want_a], (found, want_a)
+    for got, want in zip(found["higher_on_a"], want_a, strict=True):
+        assert got["mean_a"] == pytest.approx(want.mean_a, abs=1e-4) and got["mean_b"] == pytest.approx(
+            want.mean_b, abs=1e-4
+        )
+
     # live steer: add changes the completion, written where the coder writes
     body = {"sae": {"job_id": train["id"], "name": name}, "prompt": PROMPT, "chat": False, "max_new_tokens": 8}
     r = http.post("/v1/steer", json=body | {"interventions": [{"feature": top, "mode": "add", "value": 400.0}]})

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from saeq.errors import InvalidSpec
 from saeq.jobs.contrast import contrast_features, held_out_split, text_activations
 from saeq.ml.corpus import builtin_documents, builtin_order
+from saeq.ml.features import coder_input_hooks
 from saeq.ml.models import LoadedModel
 from saeq.platform.store import ObjectStore
 from saeq.specs.contrast import MAX_TOTAL_TOKENS, ContrastFeature, ContrastRequest, ContrastResult, TextSet
@@ -53,12 +54,11 @@ def serve_contrast(
             f"({MAX_TOTAL_TOKENS:,}): lower max_tokens, or give fewer texts",
             field="max_tokens",
         )
+    hooks = coder_input_hooks(ctx.sae, ctx.hook, ctx.layer_hooks, field="sae")  # a crosscoder reads all its layers
     acts = {}
     for side, (texts, field, _) in ids.items():
         check()
-        acts[side] = text_activations(
-            lm, ctx.sae, ctx.hook, texts, sinks=sinks, aggregate=request.aggregate, field=field
-        )
+        acts[side] = text_activations(lm, ctx.sae, hooks, texts, sinks=sinks, aggregate=request.aggregate, field=field)
     check()
     higher_on_a, higher_on_b = contrast_features(
         acts["a"], acts["b"], top_k=min(request.top_k, ctx.sae.d_sae), held_out=request.held_out, seed=request.seed

@@ -14,7 +14,7 @@ import torch
 from scipy.stats import rankdata
 
 from saeq.errors import InvalidSpec
-from saeq.ml.features import read_hook
+from saeq.ml.features import read_hooks
 from saeq.ml.intervals import group_bootstrap
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
@@ -31,7 +31,7 @@ BATCH_TOKENS = 2048
 def text_activations(
     lm: LoadedModel,
     sae: SparseAutoencoder,
-    hook: str,
+    hook: str | Sequence[str],
     texts: Sequence[Sequence[int]],
     *,
     sinks: SinkReference | None,
@@ -39,9 +39,15 @@ def text_activations(
     field: str,
 ) -> np.ndarray:
     """(N, d_sae) float32: each text's max or mean activation of every feature over its tokens that
-    the sink rule keeps. A text with no such token is refused, naming `{field}.{i}`."""
-    if sae.d_in != lm.d_model:
-        raise InvalidSpec(f"the SAE reads d_in={sae.d_in} but {hook} has d_model={lm.d_model}", field="sae")
+    the sink rule keeps. A text with no such token is refused, naming `{field}.{i}`. `hook` is one
+    hook, or the hooks a coder reads side by side (a crosscoder's layers: coder_input_hooks), whose
+    first hook's norms the sink rule reads."""
+    hooks = [hook] if isinstance(hook, str) else list(hook)
+    if sae.d_in != lm.d_model * len(hooks):
+        raise InvalidSpec(
+            f"the SAE reads d_in={sae.d_in} but {', '.join(hooks)} give {lm.d_model * len(hooks)} (d_model={lm.d_model})",
+            field="sae",
+        )
     sae = sae.to(lm.device).eval()
     out_NS = np.zeros((len(texts), sae.d_sae), np.float32)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -54,12 +60,12 @@ def text_activations(
         T = len(texts[batch[-1]])
         # Right padding changes nothing before it: attention is causal.
         ids_BT = torch.tensor([list(texts[i]) + [texts[i][0]] * (T - len(texts[i])) for i in batch], device=lm.device)
-        x_BTD = read_hook(lm, hook, ids_BT).reshape(len(batch), T, -1)
+        x_BTD = read_hooks(lm, hooks, ids_BT).reshape(len(batch), T, -1)
         lengths_B = torch.tensor([len(texts[i]) for i in batch], device=lm.device)
         positions_T = torch.arange(T, device=lm.device)
         keep_BT = positions_T[None, :] < lengths_B[:, None]
         if sinks is not None:
-            norms_BT = x_BTD.norm(dim=-1)
+            norms_BT = x_BTD[..., : lm.d_model].norm(dim=-1)
             keep_BT &= ~sink_mask(positions_T[None, :], norms_BT, sinks.median_norm, sinks.norm_factor)
         for b, i in enumerate(batch):
             if not keep_BT[b].any():
