@@ -59,7 +59,7 @@ def _publish_label_job(store: LocalStore, job_id: str, n_labels: int) -> None:
 
 @pytest.fixture
 def steer(monkeypatch):
-    from saeq_worker import steer
+    from saeq_worker import steer_labels as steer
 
     monkeypatch.setattr(steer, "_EMBEDDED", type(steer._EMBEDDED)())
     return steer

@@ -1,60 +1,27 @@
-"""The I/O around `saeq.jobs.steer`: batch steer jobs (completions.jsonl, manifest last) and live
-requests (`POST /v1/steer`, `/v1/chat/completions`) answered by a worker that keeps the model and
-the SAE loaded between requests. A coder is steered where it reads and writes (saeq.jobs.steer.SteerSites:
-a transcoder's input and output hooks, a crosscoder's layers)."""
+"""The I/O around `saeq.jobs.steer` for a batch steer job: completions.jsonl, the calibration
+report when asked, manifest last. A coder is steered where it reads and writes
+(saeq.jobs.steer.SteerSites: a transcoder's input and output hooks, a crosscoder's layers). Live
+requests: saeq_worker.steer_live; the labels both read: saeq_worker.steer_labels."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import asdict
-from functools import lru_cache
 
 from saeq import keys
-from saeq.errors import InvalidSpec, JobError
-from saeq.jobs.steer import (
-    FeatureEdit,
-    FeatureTrigger,
-    SteerSites,
-    chat_prompt,
-    check_edits,
-    generate,
-    side_effects,
-    steer_sites,
-)
+from saeq.jobs.steer import check_edits, generate, side_effects
 from saeq.ml.explainers import LocalLLM
 from saeq.ml.steer_score import RUBRICS, RatedText, rate_completions, steering_score
-from saeq.platform.store import ObjectStore
-from saeq.specs import LabelSearch, ModelSpec, SteerRequest, SteerSpec
-from saeq.specs.manifests import LabelManifest, SteerManifest
-from saeq_worker.resolve import SaeContext, cached_model, read_published_manifest, sae_context
+from saeq.specs import SteerSpec
+from saeq.specs.manifests import SteerManifest
+from saeq_worker.resolve import cached_model, sae_context
 from saeq_worker.running import RunningJob
 from saeq_worker.steer_calibration import run_calibration
+from saeq_worker.steer_labels import _embedder, _label_records
+from saeq_worker.steer_requests import _edits, _prompt_ids, _sites, _with_sites
 
 MANIFEST_FORMAT = "saeq.steer/1"
-
-
-def _edits(interventions, strength: float = 1.0) -> list[FeatureEdit]:
-    """The spec's edits, values times `strength` (a trigger's threshold is not scaled)."""
-    return [
-        FeatureEdit(
-            i.feature,
-            i.mode,
-            i.value * strength,
-            i.positions,
-            FeatureTrigger(i.trigger.feature, i.trigger.threshold) if i.trigger else None,
-        )
-        for i in interventions
-    ]
-
-
-def _prompt_ids(lm, prompt: str, chat: bool) -> list[int]:
-    if chat:
-        return chat_prompt(lm, [{"role": "user", "content": prompt}])
-    return lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
 def run_steer(job: RunningJob, *, cache_dir: str) -> str:
@@ -152,15 +119,6 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
     return mkey
 
 
-def _sites(ctx: SaeContext, field: str) -> SteerSites:
-    return steer_sites(ctx.sae, ctx.hook, target_hook=ctx.target_hook, layer_hooks=ctx.layer_hooks, field=field)
-
-
-def _with_sites(provenance: dict, sites: SteerSites) -> dict:
-    """The SAE's provenance and the hooks its features are read at and its decoder writes."""
-    return {**provenance, "reads": list(sites.read), "writes": list(sites.write)}
-
-
 def _summary(rows: list[dict]) -> list[dict]:
     """Mean side effects per (set, strength)."""
     groups: dict[tuple, list[dict]] = {}
@@ -202,219 +160,3 @@ def _rate_rows(rows: list[dict], judge: LocalLLM) -> None:
         ratings = rate_completions(judge, [RatedText(r["concept"], r["prompt"], r[side]) for r in rated])
         for r, rating in zip(rated, ratings, strict=True):
             r.update({f"judge_{k}_{side}": v for k, v in asdict(rating).items()})
-
-
-def _label_records(store: ObjectStore, label_job: str) -> dict[int, dict]:
-    """feature -> its label record, preferring the label with the best detection AUC among explainers."""
-    manifest = read_published_manifest(store, label_job, LabelManifest, field="spec", id_field="spec.label_job")
-    best: dict[int, tuple[float, dict]] = {}
-    for line in store.get(manifest.labels_key).decode().splitlines():
-        r = json.loads(line)
-        auc = (r["scores"].get("detection") or r["scores"].get("embedding") or {}).get("auc") or 0.0
-        if r["feature"] not in best or auc > best[r["feature"]][0]:
-            best[r["feature"]] = (auc, r)
-    return {f: r for f, (_, r) in best.items()}
-
-
-# --- live --------------------------------------------------------------------------------------
-
-_LIVE: dict[str, SaeContext] = {}  # the SAEs of recent live requests, kept loaded
-_LIVE_MAX = 4
-
-
-def _live_context(ref: SteerRequest, store: ObjectStore) -> SaeContext:
-    key = ref.model_dump_json()
-    if key not in _LIVE:
-        if len(_LIVE) >= _LIVE_MAX:
-            _LIVE.pop(next(iter(_LIVE)))
-        _LIVE[key] = sae_context(ref, store)
-    return _LIVE[key]
-
-
-def serve_steer(
-    request: SteerRequest,
-    store: ObjectStore,
-    *,
-    device: str,
-    cache_dir: str,
-    max_prompt_tokens: int | None = None,
-    check: Callable[[], None] | None = None,
-) -> dict:
-    """One live request: the steered completion and, when asked, the default one beside it.
-    `max_prompt_tokens`: the team's cap, counted after the chat template; `check` runs between
-    generated tokens and before each load phase, and raises to stop (the caller gave up): a load
-    cannot be stopped halfway, so a request given up during one goes no further."""
-    t0 = time.monotonic()
-    check = check or (lambda: None)
-    ctx, sites = None, None
-    if request.sae is not None:
-        check()
-        # Keyed by what picks the SAE, model and hook only, so other fields do not reload it.
-        ctx = _live_context(SteerRequest(sae=request.sae, model=request.model, hook=request.hook, prompt="-"), store)
-        sites = _sites(ctx, "sae")
-        check_edits(_edits(request.interventions), ctx.sae, field="interventions", sites=sites)
-    model = ctx.model if ctx else (request.model or ModelSpec())
-    check()
-    lm = cached_model(model, device, cache_dir)
-    check()
-    if request.messages is not None:
-        ids = chat_prompt(lm, [m.model_dump() for m in request.messages])
-    else:
-        assert request.prompt is not None  # SteerRequest holds exactly one of prompt and messages
-        ids = _prompt_ids(lm, request.prompt, request.chat)
-    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-        field = "prompt" if request.messages is None else "messages"
-        raise InvalidSpec(
-            f"the {field} is {len(ids)} tokens as the model reads it (chat template included); "
-            f"this team's live requests may have at most {max_prompt_tokens} (quota "
-            f"live_prompt_tokens)",
-            field=field,
-        )
-    edits = _edits(request.interventions)
-    steered = generate(
-        lm,
-        ids,
-        max_new_tokens=request.max_new_tokens,
-        hook=ctx.hook if ctx else None,
-        sae=ctx.sae if ctx else None,
-        edits=edits,
-        temperature=request.temperature,
-        seed=request.seed,
-        check=check,
-        sites=sites,
-    )
-    out = {
-        "steered": steered.text,
-        "steered_token_ids": steered.token_ids,
-        "triggered_tokens": steered.triggered_tokens,
-        "prompt_tokens": len(ids),
-        "sae": _with_sites(ctx.provenance, sites) if ctx and sites else None,
-        "hook": ctx.hook if ctx else None,
-        "model": model.name,
-    }
-    if request.include_default and edits:
-        default = generate(
-            lm,
-            ids,
-            max_new_tokens=request.max_new_tokens,
-            temperature=request.temperature,
-            seed=request.seed,
-            check=check,
-        )
-        assert ctx is not None  # edits are of an SAE's features: a request with edits names an SAE
-        fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits, sites=sites)
-        out.update(
-            default=default.text, kl_from_default=fx.kl_from_default, perplexity_unsteered=fx.perplexity_unsteered
-        )
-    elif request.include_default:
-        out.update(default=steered.text, kl_from_default=0.0, perplexity_unsteered=None)
-    out["seconds"] = time.monotonic() - t0
-    return _finite(out)
-
-
-def _finite(out: dict) -> dict:
-    """NaN and infinity become null with a note saying why: JSON has no such numbers. Edits that
-    overflow the model's dtype (float16 tops out at 65,504) give NaN logits, an empty completion
-    a NaN perplexity."""
-    bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
-    if bad:
-        out.update(
-            {k: None for k in bad},
-            notes=[
-                f"{k} is not a finite number (the steered activations overflowed the model's dtype, or "
-                f"nothing was generated): null"
-                for k in bad
-            ],
-        )
-    return out
-
-
-_EMBEDDED: OrderedDict[str, tuple] = OrderedDict()  # label job -> (records, embeddings, manifest, n labels)
-EMBEDDED_JOBS = 4
-"""Label jobs whose label embeddings a worker process keeps (least recently searched dropped)."""
-MAX_SEARCH_LABELS = 50_000
-"""Labels of one label job that label search embeds (the first ones; the reply says how many of
-how many). MiniLM's 384 float32s are 1.5 KB a label: 75 MB at the cap, 4x that for EMBEDDED_JOBS.
-A label job of a 32,768-feature SAE with one explainer fits whole."""
-EMBED_BATCH = 256
-"""Labels embedded between two cancel checks."""
-
-
-def search_labels(
-    search: LabelSearch, store: ObjectStore, *, device: str, check: Callable[[], None] | None = None
-) -> dict:
-    """Features of a label job ranked by cosine similarity of their label and description to the
-    query (MiniLM); each feature once, with its best-matching label. `check` runs before each
-    load and between batches of labels embedded, and raises to stop (the caller gave up)."""
-    check = check or (lambda: None)
-    check()
-    embedder = _embedder(device)
-    if search.label_job not in _EMBEDDED:
-        _EMBEDDED[search.label_job] = _embed_labels(store, search.label_job, embedder, check)
-        while len(_EMBEDDED) > EMBEDDED_JOBS:
-            _EMBEDDED.popitem(last=False)
-    _EMBEDDED.move_to_end(search.label_job)
-    records, emb, manifest, n_labels = _EMBEDDED[search.label_job]
-    q = embedder.model.encode(
-        [search.query], convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
-    )[0]
-    sims = (emb @ q).tolist()
-    best: dict[int, tuple[float, dict]] = {}
-    for r, sim in zip(records, sims, strict=False):
-        if r["feature"] not in best or sim > best[r["feature"]][0]:
-            best[r["feature"]] = (sim, r)
-    ranked = sorted(best.values(), key=lambda t: -t[0])[: search.top]
-    return {
-        "label_job": search.label_job,
-        "query": search.query,
-        "sae": manifest.sae,
-        "hook": manifest.hook,
-        "results": [
-            {
-                "feature": r["feature"],
-                "similarity": sim,
-                "label": r["label"],
-                "description": r["description"],
-                "explainer": r["explainer"],
-                "detection_auc": (r["scores"].get("detection") or {}).get("auc"),
-            }
-            for sim, r in ranked
-        ],
-        "labels_searched": len(records),
-        "labels_total": n_labels,
-    }
-
-
-def _embed_labels(store: ObjectStore, label_job: str, embedder, check: Callable[[], None]) -> tuple:
-    import torch
-
-    manifest = read_published_manifest(store, label_job, LabelManifest, field="label_job")
-    check()
-    lines = store.get(manifest.labels_key).decode().splitlines()
-    records = [json.loads(line) for line in lines[:MAX_SEARCH_LABELS]]
-    texts = [f"{r['label']}: {r['description']}" for r in records]
-    parts = []
-    for i in range(0, len(texts), EMBED_BATCH):
-        check()
-        parts.append(
-            embedder.model.encode(
-                texts[i : i + EMBED_BATCH], convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False
-            )
-        )
-    model = embedder.model
-    emb = torch.cat(parts) if parts else torch.zeros(0, model.get_sentence_embedding_dimension(), device=model.device)
-    return records, emb, manifest, len(lines)
-
-
-@lru_cache(maxsize=1)
-def _embedder(device: str):
-    """MiniLM, loaded once per worker process (label search and steer jobs use it)."""
-    from saeq.ml.scoring import EmbeddingScorer
-
-    return EmbeddingScorer(device=device)
-
-
-def error_reply(e: Exception) -> dict:
-    if isinstance(e, JobError):
-        return {"error": {"code": e.code, "field": e.field, "message": e.message}}
-    return {"error": {"code": "internal", "field": None, "message": f"{type(e).__name__}: {e}"}}

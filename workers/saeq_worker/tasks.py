@@ -155,7 +155,7 @@ def live(request_id: str = "", *_: object) -> None:
     another team's first. The reply goes to a Redis list the API waits on. The request's slot is
     this worker's to free once taken: its caller may have left, and the team must not start another
     while this one still computes."""
-    import saeq_worker.steer  # noqa: F401  torch is imported before a request is taken, not while it waits
+    import saeq_worker.steer_live  # noqa: F401  torch is imported before a request is taken, not while it waits
 
     requests = _live_requests()
     entry = requests.next_request()
@@ -170,7 +170,8 @@ def live(request_id: str = "", *_: object) -> None:
 def _serve_live(requests, entry: dict) -> None:
     from saeq.errors import Cancelled
     from saeq.specs import LabelSearch
-    from saeq_worker.steer import error_reply, search_labels
+    from saeq_worker.steer_labels import search_labels
+    from saeq_worker.steer_live import error_reply
 
     op, request_id, payload = entry["op"], entry["id"], entry["payload"]
     if requests.cancelled(entry):
@@ -211,7 +212,7 @@ def _loaded_model_op(op: str) -> tuple[type[BaseModel], Callable[..., dict]]:
     prompt cap and the caller-left check."""
     if op == "steer":
         from saeq.specs import SteerRequest
-        from saeq_worker.steer import serve_steer
+        from saeq_worker.steer_live import serve_steer
 
         return SteerRequest, serve_steer
     if op == "inspect":
