@@ -409,14 +409,16 @@ def run_one(name: str, me: int, turns: Turns, args, results) -> None:
         raise
 
 
-def compare(args, names: list[str]) -> list[dict]:
+def compare(args, names: list[str], target=None) -> list[dict]:
     """Every trainer in its own fresh process (none inherits another's process state: sparsify's
-    fit sets the float32 matmul precision, saeq tunes glibc's malloc), taking turns step by step."""
+    fit sets the float32 matmul precision, saeq tunes glibc's malloc), taking turns step by step.
+    `target(name, me, turns, args, results)` trains one (default: this script's run_one)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     turns, results = Turns(ctx, len(names)), ctx.Queue()
-    procs = [ctx.Process(target=run_one, args=(n, i, turns, args, results)) for i, n in enumerate(names)]
+    target = target or run_one
+    procs = [ctx.Process(target=target, args=(n, i, turns, args, results)) for i, n in enumerate(names)]
     for p in procs:
         p.start()
     rows = {}

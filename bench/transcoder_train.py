@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from bench import train as train_bench
 from bench.train import Turns
 from saeq import keys
 from saeq.platform.store import LocalStore
@@ -184,23 +185,5 @@ def run_one(name: str, me: int, turns: Turns, cfg: dict, results) -> None:
 
 
 def compare(cfg: dict, names: list[str]) -> list[dict]:
-    """Each trainer in its own fresh process (sparsify's fit sets the float32 matmul precision,
-    saeq tunes glibc's malloc), taking turns step by step."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    turns, results = Turns(ctx, len(names)), ctx.Queue()
-    procs = [ctx.Process(target=run_one, args=(n, i, turns, cfg, results)) for i, n in enumerate(names)]
-    for p in procs:
-        p.start()
-    rows = {}
-    for _ in names:
-        r = results.get()
-        if "error" in r:
-            for p in procs:
-                p.terminate()
-            raise SystemExit(f"{r['trainer']} failed:\n{r['error']}")
-        rows[r["trainer"]] = r
-    for p in procs:
-        p.join()
-    return [rows[n] for n in names]
+    """Each trainer in its own fresh process, taking turns step by step (bench/train.py's compare)."""
+    return train_bench.compare(cfg, names, target=run_one)
