@@ -27,10 +27,20 @@ N_TOP, N_BINS, PER_BIN, N_EFFECTS = 10, 5, 2, 10
 
 
 def write_feature_pages(
-    job: RunningJob, spec: LabelSpec, index: FeatureIndex, records: list[dict], sae, lm, decode, *, sites: dict
+    job: RunningJob,
+    spec: LabelSpec,
+    index: FeatureIndex,
+    records: list[dict],
+    sae,
+    lm,
+    decode,
+    *,
+    sites: dict,
+    extra: dict[int, dict] | None = None,
 ) -> dict:
     """Store the list and the pages; -> what the manifest records of them. `sites`: the hooks the
-    coder reads and writes (saeq_worker.label.coder_sites)."""
+    coder reads and writes (saeq_worker.label.coder_sites); `extra`: more of a feature's page (the
+    carry's `other_sae`, saeq.jobs.label_carry)."""
     store = job.store
     rows = summaries(index, records)
     store.put(
@@ -63,6 +73,7 @@ def write_feature_pages(
                     generator=g,
                     **w,
                 )
+                | (extra or {}).get(f, {})
             )
         store.put(
             keys.feature_pages(job.id, c),

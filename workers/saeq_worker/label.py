@@ -37,8 +37,15 @@ from saeq.specs import LocalLLM as LocalLLMSpec
 from saeq.specs.label import JudgeControl
 from saeq.specs.manifests import LabelManifest
 from saeq_worker.feature_pages import write_feature_pages
+from saeq_worker.label_carry import carry, carry_source
 from saeq_worker.partials import drop_partials, put_json, read_json
-from saeq_worker.resolve import SaeContext, cached_model, chat_endpoint, sae_context, sink_reference
+from saeq_worker.resolve import (
+    SaeContext,
+    cached_model,
+    chat_endpoint,
+    sae_context,
+    sink_reference,
+)
 from saeq_worker.running import RunningJob
 
 MANIFEST_FORMAT = "saeq.label/1"
@@ -52,6 +59,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     lm = cached_model(ctx.model, job.device, cache_dir)
     sinks = sink_reference(spec, ctx.sink_info)
     sites = coder_sites(ctx)
+    other = None if spec.carry_from is None else carry_source(store, spec.carry_from, ctx.sae)
     job.check()
 
     index_key = keys.feature_index(job.id)
@@ -104,12 +112,16 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     controls = run_controls(index, features, records, spec, judge=judge, embedder=embedder, decode=decode)
     job.check()
 
+    carried, page_extra = None, None
+    if spec.carry_from is not None and other is not None:
+        job.report(0.95, "carry", f"matching features to label job {spec.carry_from.label_job}")
+        records, carried, page_extra = carry(spec.carry_from, ctx.sae, index, records, other)
     labels_key = keys.labels_file(job.id)
     store.put(labels_key, "".join(json.dumps(r) + "\n" for r in records).encode(), content_type="application/x-ndjson")
     pages = None
     if spec.browser:
         job.report(0.95, "pages", "feature browser pages")
-        pages = write_feature_pages(job, spec, index, records, ctx.sae, lm, decode, sites=sites)
+        pages = write_feature_pages(job, spec, index, records, ctx.sae, lm, decode, sites=sites, extra=page_extra)
     summary = summarize(records, controls)
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -138,6 +150,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
         "density_bins": [b.model_dump(mode="json") for b in density_bin_scores(index, records, spec, controls)],
         "browser": pages,
         "labelling_s": time.monotonic() - t0,
+        "carry": carried,
     }
     key = job.publish(LabelManifest.model_validate(manifest))
     drop_partials(job)

@@ -167,6 +167,18 @@ function coderSites(f) {
   return el("p", { id: "coder-sites", class: "muted" }, text, f.logit_effects_from && !same ? ` · logit effects from ${f.logit_effects_from}` : "", acausal);
 }
 
+// A label job with carry_from: this feature's match in the other SAE (docs/labels.md, "Carrying labels")
+function otherSae(o) {
+  if (!o) return "";
+  const strength = `decoder cosine ${fmt(o.decoder_cosine, 3)}` +
+    (o.activation_correlation != null ? `, activation correlation ${fmt(o.activation_correlation, 3)}` : `, ${o.method}`);
+  return el("div", { id: "other-sae", class: "card" },
+    el("div", {}, "This feature in the other SAE: ",
+      el("a", { href: `#/feature/${o.label_job}/${o.feature}` }, `feature ${o.feature} of label job ${o.label_job.slice(0, 8)}`),
+      el("span", { class: "muted" }, ` (${strength}; ${o.stable ? "stable" : "not stable: no label carried"})`)),
+    o.label ? el("div", {}, el("b", { class: "label carried" }, o.label), el("span", { class: "muted" }, "  carried from the other SAE, not scored here")) : "");
+}
+
 async function featurePage(labelJob, feature) {
   const f = await api(`/v1/browser/labels/${labelJob}/features/${feature}`);
   const max = f.max_activation;
@@ -194,7 +206,7 @@ async function featurePage(labelJob, feature) {
       el("a", { href: `#/steer?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&f=${f.feature}&mode=${steerMode}&value=${steerValue}` }, "steer with it"),
       " · ", el("a", { href: `#/inspect?train=${f.train_job}&name=${encodeURIComponent(f.sae.name)}&label=${labelJob}&f=${f.feature}` }, "inspect a text"),
       " · ", el("a", { href: `#/features/${labelJob}` }, "all features")),
-    calibration, ...labels, judgeControls(f.judge_controls),
+    calibration, ...labels, otherSae(f.other_sae), judgeControls(f.judge_controls),
     el("h2", {}, "Activation histogram"), histogram(f.histogram, f.histogram_edges),
     el("h2", {}, "Top activations"), el("div", { id: "top" }, f.top.map(w => shaded(w, max))),
     el("h2", {}, "Samples across the activation range (lowest quantile first)"),

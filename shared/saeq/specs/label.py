@@ -101,6 +101,20 @@ class DensityBins(Frozen):
         return (len(self.edges) - 1) * self.per_bin
 
 
+class CarryFrom(Frozen):
+    """Carry another label job's labels over to this SAE's matching features (a checkpoint or a
+    retrain of the same config; saeq.jobs.label_carry): features matched on decoder cosine, confirmed
+    on activation correlation where both indexes hold the same tokens. Carried labels are marked
+    `carried_from`, beside this job's own; they are not scored."""
+
+    label_job: str = Field(pattern=r"^[0-9a-f]{32}$")
+    """A finished label job of an SAE with this one's d_in (list it in depends_on to wait for it)."""
+    min_cosine: float = Field(default=0.7, ge=0.0, le=1.0)
+    """A match is stable when the decoder directions' cosine is at least this..."""
+    min_correlation: float = Field(default=0.5, ge=-1.0, le=1.0)
+    """...and, where measured, the activations' Pearson correlation at least this."""
+
+
 class LabelSpec(Frozen):
     """Index an SAE's features on held-out text, label them, and score each label."""
 
@@ -146,6 +160,8 @@ class LabelSpec(Frozen):
     sinks: SinkRule = SinkRule()
     seed: Seed = 0
     """Seeds the choice of scoring windows (and the document order of a builtin corpus)."""
+    carry_from: CarryFrom | None = None
+    """Carry another label job's labels to the matching features; None: no carry."""
     browser: bool = True
     """Publish the feature browser's list and pages for every feature (about 7 KB and 5 ms per
     feature; docs/browser.md)."""

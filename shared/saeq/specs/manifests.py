@@ -214,6 +214,9 @@ class LabelManifest(_Manifest):
     manifests written before they were."""
     browser: dict[str, Any] | None
     labelling_s: float
+    carry: dict[str, Any] | None = None
+    """With `spec.carry_from`: the other label job and SAE, the match method ('decoder+activations'
+    or 'decoder only'), n_matched, n_stable, n_carried (saeq.jobs.label_carry.carry_summary)."""
 
 
 class SteerManifest(_Manifest):
