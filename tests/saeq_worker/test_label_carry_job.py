@@ -66,14 +66,20 @@ def _spec(model_dir, sae_dir, **kw) -> LabelSpec:
     )
 
 
-def test_a_permuted_copy_carries_every_label_from_its_permuted_feature(client_module, saes):
+@pytest.fixture(scope="module")
+def carried(client_module, saes):
+    """(the first label job, the copy's label job that carries from it)."""
     client = client_module
-    model_dir, sae_dir, copy_dir, _, perm = saes
+    model_dir, sae_dir, copy_dir, _, _ = saes
     first = client.wait(client.submit(_spec(model_dir, sae_dir))["id"], timeout=300)
+    spec = _spec(model_dir, copy_dir, carry_from={"label_job": first["id"]})
+    return first, client.wait(client.submit(spec)["id"], timeout=300)
+
+
+def test_a_permuted_copy_carries_every_label_from_its_permuted_feature(client_module, saes, carried):
+    client, perm = client_module, saes[4]
+    first, second = carried
     first_labels = {r["feature"]: r["label"] for r in client.labels(first["id"])}
-    second = client.wait(
-        client.submit(_spec(model_dir, copy_dir, carry_from={"label_job": first["id"]}))["id"], timeout=300
-    )
     carry = client.manifest(second["id"])["carry"]
     assert carry["label_job"] == first["id"] and carry["method"] == "decoder+activations"
     pages = [client.http.get(f"/v1/browser/labels/{second['id']}/features/{f}").json() for f in range(D_SAE)]
@@ -105,6 +111,30 @@ def test_a_permuted_copy_carries_every_label_from_its_permuted_feature(client_mo
     unlabelled = next(f for f in range(D_SAE) if int(perm[f]) not in first_labels)
     page = client.http.get(f"/v1/browser/labels/{second['id']}/features/{unlabelled}").json()
     assert page["other_sae"]["feature"] == int(perm[unlabelled]) and page["other_sae"]["label"] is None
+
+
+def test_the_browser_shows_the_feature_in_the_other_sae_and_links_to_it(client_module, saes, carried, chromium):
+    client, perm = client_module, saes[4]
+    first, second = carried
+    first_labels = {r["feature"]: r["label"] for r in client.labels(first["id"])}
+    feature = next(r["feature"] for r in client.labels(second["id"]) if "carried_from" in r)
+    page = chromium.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{client.url}/browse#/feature/{second['id']}/{feature}")
+    page.wait_for_selector("#signin")
+    page.locator("[name=api_key]").fill(client.api_key)
+    page.locator("#signin button").click()
+    page.wait_for_selector("#other-sae")
+    panel = page.locator("#other-sae").inner_text()
+    assert f"feature {perm[feature]} of label job {first['id'][:8]}" in panel and "decoder cosine 1.000" in panel
+    assert "activation correlation 1.000" in panel and "stable" in panel
+    assert first_labels[perm[feature]] in panel and "carried from the other SAE, not scored here" in panel
+    page.locator("#other-sae a").click()  # to the partner's page in the first job's browser
+    page.wait_for_function(f"location.hash === '#/feature/{first['id']}/{perm[feature]}'")
+    page.wait_for_selector(".label")
+    assert first_labels[perm[feature]] in page.locator(".label").first.inner_text()
+    assert not errors
 
 
 def test_a_carry_from_no_label_job_or_an_sae_of_another_d_in_fails_naming_the_field(client_module, saes):
