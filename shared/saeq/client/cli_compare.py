@@ -108,4 +108,11 @@ def compare_table(c: dict) -> str:
         f"(decoder cosine >= {f['min_cosine']} and activation correlation >= {f['min_correlation']}, "
         f"Hungarian match; mean matched cosine {f['mean_cosine']:.3f})"
     )
+    if sp := f.get("splits"):
+        wide = "B" if sp["narrow"] == "a" else "A"
+        lines.append(
+            f"features split across widths: {sp['n_split']:,} of {sp['narrow'].upper()}'s {sp['n_features']:,} "
+            f"have 2+ children in {wide} (decoder cosine >= {sp['min_cosine']}), "
+            f"{_ci(sp['split_fraction'], '{:.3f}')}"
+        )
     return "\n".join(lines)

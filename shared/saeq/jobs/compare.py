@@ -24,14 +24,18 @@ from saeq.errors import Cancelled, InvalidSpec
 from saeq.jobs.evaluate import EvalResult
 from saeq.jobs.evaluate_intervals import BOOTSTRAP_SEED, group_unit, metric_statistics
 from saeq.ml.intervals import paired_difference, wilson
-from saeq.ml.matching import PairCorrelation, match_decoders
+from saeq.ml.matching import PairCorrelation, feature_splits, match_decoders
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
 from saeq.ml.sinks import SinkReference, sink_mask
 from saeq.ml.splice import splice
-from saeq.specs.compare import COMPARED_METRICS, FeatureMatching, MetricComparison
+from saeq.specs.compare import COMPARED_METRICS, FeatureMatching, FeatureSplits, MetricComparison
 from saeq.specs.estimates import Estimate
 
+SPLIT_MIN_COSINE = 0.5
+"""A wider SAE's latent is a child of a narrower one's feature from this decoder cosine: splits
+point roughly the parent's way (cos(45 degrees) = 0.71 for two children symmetric about it), and
+below ~0.5 a latent is nearer another concept than a refinement of this one."""
 LOWER_IS_BETTER = {"fvu": True, "mse": True, "ce_loss_recovered": False, "kl_div_with_sae": True, "dead_fraction": True}
 """Each metric's better direction; a metric not here (L0) has none: a difference is only 'higher'."""
 
@@ -146,6 +150,18 @@ def match_features(
     with np.errstate(invalid="ignore"):
         stable_A = (cosine_A >= min_cosine) & (corr_A >= min_correlation)
     n_stable, n_alive = int(stable_A.sum()), int(pairs.fired_A.sum())
+    splits = None
+    if sae_a.d_sae != sae_b.d_sae:
+        narrow, (sae_n, sae_w) = ("a", (sae_a, sae_b)) if sae_a.d_sae < sae_b.d_sae else ("b", (sae_b, sae_a))
+        children = feature_splits(sae_n.W_dec, sae_w.W_dec, min_cosine=SPLIT_MIN_COSINE)
+        splits = FeatureSplits(
+            narrow=narrow,
+            min_cosine=SPLIT_MIN_COSINE,
+            n_features=sae_n.d_sae,
+            n_split=len(children),
+            split_fraction=wilson(len(children), sae_n.d_sae, unit="latents"),
+            children=children,
+        )
     return FeatureMatching(
         min_cosine=min_cosine,
         min_correlation=min_correlation,
@@ -157,6 +173,7 @@ def match_features(
         match=match_A.tolist(),
         cosine=cosine_A.tolist(),
         correlation=corr_A.tolist(),
+        splits=splits,
     )
 
 

@@ -34,6 +34,19 @@ def match_decoders(W_dec_a_AD: Tensor, W_dec_b_BD: Tensor) -> tuple[np.ndarray, 
     return match_A, cosine_A
 
 
+def feature_splits(W_dec_narrow_ND: Tensor, W_dec_wide_WD: Tensor, *, min_cosine: float) -> dict[int, list[int]]:
+    """Which of the narrower SAE's features split in the wider one (feature splitting, as in
+    Bricken et al. 2023): each wide latent is a child of the narrow feature nearest it by decoder
+    cosine, if that cosine is at least `min_cosine`; a feature with two or more children split.
+    -> {narrow feature: its children, nearest first}, split features only."""
+    cos_WN = decoder_cosines(W_dec_wide_WD, W_dec_narrow_ND)
+    best_W, parent_W = cos_WN.max(dim=1)
+    children: dict[int, list[tuple[float, int]]] = {}
+    for w in torch.nonzero(best_W >= min_cosine).flatten().tolist():
+        children.setdefault(int(parent_W[w]), []).append((float(best_W[w]), w))
+    return {n: [w for _, w in sorted(kids, reverse=True)] for n, kids in sorted(children.items()) if len(kids) >= 2}
+
+
 @dataclass
 class PairCorrelation:
     """Running sums for the Pearson correlation of each matched pair's activations over tokens

@@ -86,6 +86,22 @@ class MetricComparison(_Result):
     """'A better by 0.012 [0.008, 0.016]', 'B lower by ...', 'within noise (...)'."""
 
 
+class FeatureSplits(_Result):
+    """Feature splitting across widths (saeq.ml.matching.feature_splits): each latent of the wider
+    SAE is a child of the narrower SAE's feature nearest it by decoder cosine (if at least
+    min_cosine); a feature with two or more children split. Decoder directions only."""
+
+    narrow: Literal["a", "b"]
+    min_cosine: float
+    n_features: int
+    """Features of the narrower SAE."""
+    n_split: int
+    split_fraction: Estimate
+    """n_split / n_features, with Wilson's interval."""
+    children: dict[int, list[int]]
+    """Per split feature of the narrower SAE, its children in the wider, nearest first."""
+
+
 class FeatureMatching(_Result):
     """A's features matched one-to-one to B's (Hungarian on decoder cosine), confirmed on their
     activations' correlation over the evaluated tokens."""
@@ -107,6 +123,8 @@ class FeatureMatching(_Result):
     """Per feature of A, the decoder cosine to its match (NaN: none)."""
     correlation: list[float]
     """Per feature of A, the activations' correlation with its match (NaN: none, or one never fired)."""
+    splits: FeatureSplits | None = None
+    """When the two SAEs differ in width: which of the narrower one's features split in the wider."""
 
 
 class NoiseFloor(_Result):

@@ -191,3 +191,20 @@ def test_report_prints_the_comparison_table_of_an_evaluate_job_with_compare_with
     assert " ".join(fvu[7:]) == "within noise"
     assert ce[:6] == ["ce_loss_recovered", "0.91", "0.85", "0.06", "[0.05,", "0.07]"]
     assert lines[7].startswith("stable features: 150 of A's 200 live latents, 0.750 [0.690, 0.800]")
+    assert len(lines) == 8  # one width: no split line
+
+    wider = comparison.model_dump(mode="json")
+    wider["b"]["d_sae"] = 512
+    wider["features"]["splits"] = {
+        "narrow": "a",
+        "min_cosine": 0.5,
+        "n_features": 256,
+        "n_split": 32,
+        "split_fraction": e(0.125, 0.09, 0.17, n=256, unit="latents", method="wilson"),
+        "children": {"3": [7, 9], "5": [1, 2, 4]},
+    }
+    split_line = compare_table(Comparison.model_validate(wider).model_dump(mode="json")).splitlines()[8]
+    assert split_line == (
+        "features split across widths: 32 of A's 256 have 2+ children in B (decoder cosine >= 0.5), "
+        "0.125 [0.090, 0.170]"
+    )

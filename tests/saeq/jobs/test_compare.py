@@ -124,3 +124,35 @@ def test_a_permuted_copy_matches_every_feature_and_a_random_sae_few(lm, contexts
     assert min(c for c in m.correlation if not math.isnan(c)) == pytest.approx(1.0, abs=1e-6)
     other = match_features(sae, _topk(7), lm, HOOK, contexts, sinks=None, min_cosine=0.7, min_correlation=0.5)
     assert other.stable_fraction.value < 0.1 and other.mean_cosine < 0.4
+
+
+def test_a_wider_sae_whose_latents_refine_some_features_shows_those_splits(lm, contexts):
+    """A 64-latent SAE and a 72-latent one made from it: 8 of its features each replaced by two
+    children 30 degrees either side (cosine 0.87 to the parent), the rest kept: exactly those 8 split."""
+    narrow = _topk(0)
+    wide = SparseAutoencoder(D, 72, "topk", k=6, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(2)
+    split = list(range(0, 64, 8))
+    rows = []
+    for f in range(64):
+        d = narrow.W_dec[f].detach() / narrow.W_dec[f].detach().norm()
+        if f in split:  # two children in the plane of d and a random direction orthogonal to it
+            o = torch.randn(D, generator=g)
+            o = o - (o @ d) * d
+            o = o / o.norm()
+            rows += [
+                math.cos(math.pi / 6) * d + math.sin(math.pi / 6) * o,
+                math.cos(math.pi / 6) * d - math.sin(math.pi / 6) * o,
+            ]
+        else:
+            rows.append(d)
+    with torch.no_grad():
+        wide.W_dec.copy_(torch.stack(rows))
+    m = match_features(narrow, wide, lm, HOOK, contexts, sinks=None, min_cosine=0.7, min_correlation=0.5)
+    assert m.splits is not None and m.splits.narrow == "a" and m.splits.n_features == 64
+    assert sorted(m.splits.children) == split and all(len(c) == 2 for c in m.splits.children.values())
+    assert m.splits.n_split == 8 and m.splits.split_fraction.value == pytest.approx(8 / 64)
+    same = match_features(narrow, narrow, lm, HOOK, contexts, sinks=None, min_cosine=0.7, min_correlation=0.5)
+    assert same.splits is None  # one width: nothing to split
+    flipped = match_features(wide, narrow, lm, HOOK, contexts, sinks=None, min_cosine=0.7, min_correlation=0.5)
+    assert flipped.splits is not None and flipped.splits.narrow == "b" and flipped.splits.n_split == 8
