@@ -64,6 +64,10 @@ def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, 
     assert summary[("f3", 0.0)]["kl_from_default"] == pytest.approx(0, abs=1e-6)
     strong = [r for r in rows if r["set"] == "f3" and r["strength"] == 1.0]
     assert all(r["kl_from_default"] > 0 for r in strong)
+    assert all(
+        r["intervals"]["kl_from_default"]["low"] <= r["kl_from_default"] <= r["intervals"]["kl_from_default"]["high"]
+        for r in strong
+    )
     # The steering score (AxBench: harmonic mean of three 0-2 ratings), per row and per group over the prompts.
     for r in rows:
         ratings = [r[f"judge_{a}_steered"] for a in ("concept", "instruction", "fluency")]
@@ -92,6 +96,9 @@ def test_live_steer_and_its_errors_name_the_field(stack, client_module, train_jo
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["default"] != out["steered"] or out["kl_from_default"] > 0
+        for figure in ("kl_from_default", "perplexity_unsteered"):  # intervals over the generated tokens
+            est = out["intervals"][figure]
+            assert est["low"] <= out[figure] <= est["high"] and est["unit"] == "generated tokens", est
         assert out["hook"] == HOOK and out["sae"]["job_id"] == train_job["id"]
 
         bad_feature = {**body, "interventions": [{"feature": 256, "value": 1.0}]}

@@ -72,6 +72,7 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
                     "triggered_tokens": steered.triggered_tokens,
                     "kl_from_default": fx.kl_from_default,
                     "perplexity_unsteered": fx.perplexity_unsteered,
+                    "intervals": {k: e.model_dump(mode="json") for k, e in fx.intervals.items()},
                     "concept": concept or None,
                 }
                 if embedder is not None and concept:

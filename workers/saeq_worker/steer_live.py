@@ -101,7 +101,10 @@ def serve_steer(
         assert ctx is not None  # edits are of an SAE's features: a request with edits names an SAE
         fx = side_effects(lm, ids, steered, hook=ctx.hook, sae=ctx.sae, edits=edits, sites=sites)
         out.update(
-            default=default.text, kl_from_default=fx.kl_from_default, perplexity_unsteered=fx.perplexity_unsteered
+            default=default.text,
+            kl_from_default=fx.kl_from_default,
+            perplexity_unsteered=fx.perplexity_unsteered,
+            intervals={k: e.model_dump(mode="json") for k, e in fx.intervals.items()},
         )
     elif request.include_default:
         out.update(default=steered.text, kl_from_default=0.0, perplexity_unsteered=None)

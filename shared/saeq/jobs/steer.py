@@ -1,5 +1,6 @@
 """Steer: generate with SAE features boosted, clamped or ablated at a hook point, and measure what
-that did (KL from the default next-token distribution, perplexity under the unsteered model).
+that did (KL from the default next-token distribution, perplexity under the unsteered model, each
+with a 95% interval over the generated tokens).
 The edits and where they apply: saeq.jobs.steer_edits; the hook functions that apply them:
 saeq.jobs.steer_hooks (both re-exported here, the steer job's entry point).
 """
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,8 +20,10 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from saeq.jobs.steer_edits import FeatureEdit, FeatureTrigger, Mode, Positions, SteerSites, check_edits, steer_sites
 from saeq.jobs.steer_hooks import Steering
+from saeq.ml.intervals import bootstrap_mean
 from saeq.ml.models import LoadedModel
 from saeq.ml.sae import SparseAutoencoder
+from saeq.specs.estimates import Estimate
 
 __all__ = [
     "Completion",
@@ -35,6 +39,7 @@ __all__ = [
     "generate",
     "side_effects",
     "steer_sites",
+    "token_intervals",
 ]
 
 
@@ -115,6 +120,9 @@ class SideEffects:
     on the steered text (nats)."""
     perplexity_unsteered: float
     """exp(mean NLL) of the steered continuation under the unsteered model."""
+    intervals: dict[str, Estimate] = field(default_factory=dict)
+    """95% intervals of both over the generated tokens (token_intervals), where both bounds are
+    finite: none for a single generated token, or when the edits overflowed the model's dtype."""
 
 
 @torch.inference_mode()
@@ -138,9 +146,27 @@ def side_effects(
         logp_steered = F.log_softmax(lm.model(seq, use_cache=False).logits[0].float(), -1)
     # Position t predicts token t+1: the generated tokens are predicted at P-1 .. end-1.
     at = slice(P - 1, seq.shape[1] - 1)
-    kl = (logp_default[at].exp() * (logp_default[at] - logp_steered[at])).sum(-1).mean()
-    nll = -logp_default[at].gather(-1, seq[0, P:, None])[:, 0].mean()
-    return SideEffects(float(kl), float(nll.exp()))
+    kl_T = (logp_default[at].exp() * (logp_default[at] - logp_steered[at])).sum(-1)
+    nll_T = -logp_default[at].gather(-1, seq[0, P:, None])[:, 0]
+    kl, perplexity = float(kl_T.mean()), float(nll_T.mean().exp())
+    intervals = token_intervals(kl_T.cpu().double().numpy(), nll_T.cpu().double().numpy(), kl, perplexity)
+    return SideEffects(kl, perplexity, intervals)
+
+
+def token_intervals(kl_T: np.ndarray, nll_T: np.ndarray, kl: float, perplexity: float) -> dict[str, Estimate]:
+    """The mean KL and exp(mean NLL) with percentile bootstrap intervals over the T generated
+    tokens: the mean NLL is bootstrapped and its bounds exponentiated (exp is monotone, so they are
+    the perplexity's bounds). The tokens of one generation are correlated (each is conditioned on
+    the ones before, and a topic persists), so treating them as independent draws makes this
+    interval a lower bound on the spread of these figures, not a full account of it."""
+    ones_T = np.ones(len(kl_T))
+    kl_est = bootstrap_mean(kl_T, ones_T, unit="generated tokens", value=kl)
+    nll_est = bootstrap_mean(nll_T, ones_T, unit="generated tokens")
+    ppl_est = nll_est.model_copy(
+        update={"value": perplexity, "low": math.exp(nll_est.low), "high": math.exp(nll_est.high)}
+    )
+    out = {"kl_from_default": kl_est, "perplexity_unsteered": ppl_est}
+    return {k: e for k, e in out.items() if math.isfinite(e.low) and math.isfinite(e.high)}
 
 
 def chat_prompt(lm: LoadedModel, messages: list[dict]) -> list[int]:

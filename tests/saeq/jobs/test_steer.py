@@ -69,6 +69,11 @@ def test_a_strong_addition_changes_the_text_and_is_measured(tiny_llama, sae):
     assert steered.token_ids != default.token_ids
     fx = side_effects(tiny_llama, PROMPT, steered, hook=HOOK, sae=sae, edits=edit)
     assert fx.kl_from_default > 1e-3 and fx.perplexity_unsteered > 1  # a random tiny model is nearly uniform
+    # each with its 95% interval over the 12 generated tokens, around the figure itself
+    kl, ppl = fx.intervals["kl_from_default"], fx.intervals["perplexity_unsteered"]
+    assert kl.n == ppl.n == 12 and kl.unit == "generated tokens"
+    assert kl.value == fx.kl_from_default and kl.low < kl.value < kl.high
+    assert ppl.value == fx.perplexity_unsteered and 1 < ppl.low < ppl.value < ppl.high
 
 
 def test_a_feature_outside_the_sae_is_refused_naming_the_field(sae):
