@@ -105,6 +105,7 @@ class OnlineData:
         self.train_sinks: SinkStats | None = None
         """Sink counts over the training chunks read (whole chunks), once batches() has begun."""
         self._val_rows: Tensor | None = None
+        self._val_contexts: Tensor | None = None
         self._tail: Shard | None = None  # the last held-out shard, when training rows follow its cut
         self._tail_cut = 0
 
@@ -150,7 +151,28 @@ class OnlineData:
             self._tail = shards[-1]
         self.validation_sinks = _merge([counts for _, counts in parts])
         self._val_rows = torch.cat([rows for rows, _ in parts])
+        # Shards hold whole contexts from row 0, so held-out row i (sinks included) is in context
+        # i // context_len: the unit the figures' intervals resample (saeq.ml.held_out).
+        kept = [self._kept(s, slice(0, s.n_tokens)) for s in shards[:-1]] + [
+            self._kept(shards[-1], slice(0, self._tail_cut))
+        ]
+        self._val_contexts = torch.cat(kept).nonzero().squeeze(1) // self.harvest.context_len
         return self._val_rows
+
+    def validation_contexts(self) -> Tensor:
+        """(N_val,) int64: the held-out context each row of `validation()` comes from."""
+        if self._val_contexts is None:
+            self.validation()
+        assert self._val_contexts is not None
+        return self._val_contexts
+
+    def _kept(self, shard: Shard, rows: slice) -> Tensor:
+        """(n,) bool: which of one shard's `rows` `_ordinary` keeps."""
+        t = shard.tensors[self.hook]
+        positions, norms = t["positions"][rows], t["norms"][rows]
+        if not self.spec.sinks.exclude:
+            return torch.ones(positions.shape[0], dtype=torch.bool)
+        return ~sink_mask(positions, norms, self.median_norm, self.norm_factor)
 
     def _ordinary(self, shard: Shard, rows: slice) -> tuple[Tensor, SinkStats]:
         """(ordinary rows (n, d_in) float32, sink counts) of one shard's `rows`."""
@@ -226,7 +248,14 @@ def train_online(
     # Closed on the way out, so the harvest's hooks leave the (cached) model at once.
     with contextlib.closing(data.batches(start)) as batches:
         result = train_saes(
-            spec, batches, validation=validation, device=device, resume=resume, should_stop=should_stop, **kw
+            spec,
+            batches,
+            validation=validation,
+            validation_contexts=data.validation_contexts(),
+            device=device,
+            resume=resume,
+            should_stop=should_stop,
+            **kw,
         )
     train_sinks, val_sinks = data.train_sinks, data.validation_sinks
     assert train_sinks is not None and val_sinks is not None  # batches() ran, after validation()

@@ -90,6 +90,9 @@ def test_online_training_reaches_the_fvu_of_stored_training_on_the_same_tokens(t
     data = OnlineData(online, tiny_llama, docs)
     # The online held-out set is the harvest's first shard, ordinary tokens only, bit for bit.
     assert torch.equal(data.validation(), stored_data.validation())
+    # ... and its rows are grouped by the same whole contexts for the figures' intervals.
+    assert torch.equal(data.validation_contexts(), stored_data.validation_contexts())
+    assert int(data.validation_contexts().max()) + 1 == data.n_val_contexts
     online_rows = torch.cat([b.acts for b in itertools.islice(data.batches(), total // 256)])
     stored_rows = stored_data.train_rows()
     assert online_rows.shape[0] == total and stored_rows.shape[0] == available
@@ -101,6 +104,8 @@ def test_online_training_reaches_the_fvu_of_stored_training_on_the_same_tokens(t
     fvu_online, fvu_stored = result.metrics["sae0"].fvu, stored.metrics["sae0"].fvu
     assert result.tokens == stored.tokens == total
     assert result.metrics["sae0"].validation_tokens == stored.metrics["sae0"].validation_tokens
+    n_contexts = stored.metrics["sae0"].intervals["fvu"].n
+    assert result.metrics["sae0"].intervals["fvu"].n == n_contexts == data.n_val_contexts
     assert fvu_stored < 0.6  # a trained SAE, not a tie between two untrained ones
     assert abs(fvu_online - fvu_stored) < 0.01, (fvu_online, fvu_stored)
     assert result.data["sinks"]["validation"]["n_position0"] == CHUNK // T
