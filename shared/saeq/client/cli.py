@@ -373,13 +373,11 @@ def steer(ctx, train_job, prompt, feature, mode, value, sae_name, tokens) -> Non
         "max_new_tokens": tokens,
         "interventions": [{"feature": f, "mode": mode, "value": value} for f in feature],
     }
+    from saeq.client.report import steer_figures_line
+
     out = _client(ctx).steer(body)
     click.echo(f"default: {out['default']}\nsteered: {out['steered']}")
-    ppl = out["perplexity_unsteered"]
-    click.echo(
-        f"KL from default {out['kl_from_default']:.3f} nats/token, perplexity under the unsteered "
-        f"model {'-' if ppl is None else f'{ppl:.1f}'}"
-    )
+    click.echo(steer_figures_line(out))
 
 
 @main.command()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from saeq.specs.estimates import Estimate
-from saeq.specs.label import JUDGE_UNCALIBRATED, JudgeControl
+from saeq.specs.label import JUDGE_UNCALIBRATED, JudgeControl, LabelScore
 from saeq.specs.label_bins import DensityBinScores
 from saeq.specs.metrics import HEADLINE, checks_lines
 
@@ -17,6 +17,7 @@ __all__ = [
     "judge_controls_lines",
     "labels_summary",
     "labels_table",
+    "steer_figures_line",
     "summary_table",
 ]
 
@@ -37,26 +38,27 @@ def summary_table(metrics: dict[str, float], intervals: dict[str, dict] | None =
     return "\n".join(f"{label:<{width}}  {figure(key, fmt)}" for key, label, fmt in HEADLINE if key in metrics)
 
 
-def labels_table(records: list[dict], *, limit: int | None = None) -> str:
-    """Feature | density | for each explainer: its label and detection score (balanced accuracy
-    and AUC; 0.5 is chance)."""
+def labels_table(records: list[dict], *, limit: int | None = None, scorer: str | None = None) -> str:
+    """Feature | density | for each explainer: its label and one scorer's score of it, balanced
+    accuracy and AUC (AUC alone for the embedding scorer; 0.5 is chance), each with its 95% interval
+    over the scored windows ("0.62 [0.41, 0.80]"; the bare value for a record from before
+    intervals). `scorer`: detection when any record has it, else the first scorer the records have."""
     explainers = list(dict.fromkeys(r["explainer"] for r in records))
+    present = list(dict.fromkeys(k for r in records for k in r.get("scores") or {}))
+    scorer = scorer or ("detection" if "detection" in present else present[0] if present else "detection")
     by_feature: dict[int, dict[str, dict]] = {}
     for r in records:
         by_feature.setdefault(r["feature"], {})[r["explainer"]] = r
     header = ["feature", "density"]
     for e in explainers:
-        header += [f"label ({e})", "detection bal.acc / AUC"]
+        header += [f"label ({e})", f"{scorer} AUC" if scorer == "embedding" else f"{scorer} bal.acc / AUC"]
     rows = []
     for f, rs in list(by_feature.items())[:limit]:
         row = [str(f), f"{next(iter(rs.values()))['density']:.2%}"]
         for e in explainers:
             r = rs.get(e)
-            det = (r or {}).get("scores", {}).get("detection")
-            row += [
-                _clip(r["label"], 32) if r else "-",
-                f"{_num(det['balanced_accuracy'])} / {_num(det['auc'])}" if det else "-",
-            ]
+            raw = ((r or {}).get("scores") or {}).get(scorer)
+            row += [_clip(r["label"], 32) if r else "-", "-" if raw is None else _score_cell(LabelScore(**raw))]
         rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)), "-+-".join("-" * w for w in widths)]
@@ -64,18 +66,70 @@ def labels_table(records: list[dict], *, limit: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def _score_cell(score: LabelScore) -> str:
+    """'0.62 [0.41, 0.80] / 0.70 [0.55, 0.85]': balanced accuracy / AUC, or the AUC alone when
+    there is no balanced accuracy (an embedding score)."""
+    figures = ("auc",) if score.balanced_accuracy is None else ("balanced_accuracy", "auc")
+    return " / ".join(_with_interval(getattr(score, m), score.intervals.get(m), "{:.2f}") for m in figures)
+
+
+def _with_interval(value: float | None, est: Estimate | None, fmt: str) -> str:
+    """The value and its bracketed interval; the value alone where there is none."""
+    if value is None:
+        return "-"
+    if est is None or math.isnan(est.low) or math.isnan(est.high):
+        return fmt.format(value)
+    return f"{fmt.format(value)} [{fmt.format(est.low)}, {fmt.format(est.high)}]"
+
+
 def labels_summary(summary: dict) -> str:
-    """One line per explainer: mean scores over its labelled features; the means of a scorer whose
-    judge failed its controls are shown apart, as excluded."""
+    """Per explainer: the mean of each score over its labelled features, with its 95% interval over
+    those features and n where the summary has them (one line per scorer), else on one line as
+    before intervals; the means of a scorer whose judge failed its controls are shown apart, as
+    excluded."""
     out = []
     for e, s in summary.items():
-        parts = [f"{k} " + " ".join(f"{m}={v:.3f}" for m, v in ms.items()) for k, ms in s["scores"].items()]
-        line = f"{e}: {s['n_features']} features; mean " + ("; ".join(parts) or "(no calibrated scorer)")
+        intervals: dict[str, dict[str, dict]] = s.get("intervals") or {}
+        if intervals:
+            line = f"{e}: {s['n_features']} features; mean over the features scored, 95% interval over features"
+            line += (
+                "".join(f"\n  {k} {_means(ms, intervals.get(k, {}))}" for k, ms in s["scores"].items())
+                or "\n  (no calibrated scorer)"
+            )
+        else:
+            parts = [f"{k} {_means(ms, {})}" for k, ms in s["scores"].items()]
+            line = f"{e}: {s['n_features']} features; mean " + ("; ".join(parts) or "(no calibrated scorer)")
         for k, ms in s.get("excluded", {}).items():
-            means = " ".join(f"{m}={v:.3f}" for m, v in ms.items() if m != "flag")
-            line += f"\n  excluded: {k} ({ms['flag']}; its mean {means})"
+            line += f"\n  excluded: {k} ({ms['flag']}; its mean {_means(ms, intervals.get(k, {}))})"
         out.append(line)
     return "\n".join(out)
+
+
+def _means(ms: dict, cis: dict[str, dict]) -> str:
+    """'(n=16 features) auc=0.700 [0.612, 0.790]', or 'auc=0.700' without intervals."""
+    text = " ".join(
+        f"{m}=" + _with_interval(v, Estimate.model_validate(cis[m]) if m in cis else None, "{:.3f}")
+        for m, v in ms.items()
+        if m != "flag"
+    )
+    n = next((c["n"] for c in cis.values()), None)
+    return text if n is None else f"(n={n} features) {text}"
+
+
+def steer_figures_line(out: dict) -> str:
+    """A steer reply's side effects, each with its 95% interval over the generated tokens where the
+    reply has one: 'KL from default 0.123 [0.101, 0.150] nats/token; perplexity of the steered text
+    under the unsteered model 12.3 [10.1, 15.0] (95% intervals over 32 generated tokens); 1.2 s'."""
+    intervals = {k: Estimate.model_validate(v) for k, v in (out.get("intervals") or {}).items() if v is not None}
+    kl = _with_interval(out.get("kl_from_default"), intervals.get("kl_from_default"), "{:.3f}")
+    ppl = _with_interval(out.get("perplexity_unsteered"), intervals.get("perplexity_unsteered"), "{:.1f}")
+    line = f"KL from default {kl} nats/token; perplexity of the steered text under the unsteered model {ppl}"
+    n = next((e.n for e in intervals.values() if not math.isnan(e.low)), None)
+    if n is not None:
+        line += f" (95% intervals over {n} generated tokens)"
+    if out.get("seconds") is not None:
+        line += f"; {out['seconds']:.1f} s"
+    return line
 
 
 def density_bins_table(bins: list[dict] | None) -> str:
@@ -148,7 +202,3 @@ def _short(e: Estimate) -> str:
 
 def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _num(v) -> str:
-    return "-" if v is None else f"{v:.2f}"

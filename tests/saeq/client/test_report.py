@@ -6,7 +6,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from saeq.client.report import checks_lines, density_bins_table, judge_controls_lines, labels_summary, summary_table
+from saeq.client.report import (
+    checks_lines,
+    density_bins_table,
+    judge_controls_lines,
+    labels_summary,
+    labels_table,
+    steer_figures_line,
+    summary_table,
+)
 
 
 def test_the_text_tables_import_no_torch_matplotlib_or_ml():
@@ -207,4 +215,77 @@ def test_report_prints_the_comparison_table_of_an_evaluate_job_with_compare_with
     assert split_line == (
         "features split across widths: 32 of A's 256 have 2+ children in B (decoder cosine >= 0.5), "
         "0.125 [0.090, 0.170]"
+    )
+
+
+def _ci(value, low, high, n, unit):
+    return {"value": value, "low": low, "high": high, "n": n, "unit": unit, "method": "bootstrap"}
+
+
+def test_labels_table_shows_each_score_with_its_interval_and_an_old_record_bare():
+    new = {
+        "accuracy": 0.6,
+        "balanced_accuracy": 0.62,
+        "auc": 0.7,
+        "n": 20,
+        "intervals": {
+            "balanced_accuracy": _ci(0.62, 0.41, 0.8, 20, "windows"),
+            "auc": _ci(0.7, 0.55, 0.85, 20, "windows"),
+        },
+    }
+    old = {"accuracy": 0.5, "balanced_accuracy": 0.5, "auc": 0.61, "n": 20}
+    records = [
+        {"feature": 3, "explainer": "local", "label": "fruit", "density": 0.01, "scores": {"detection": new}},
+        {"feature": 3, "explainer": "metadata", "label": "food", "density": 0.01, "scores": {"detection": old}},
+    ]
+    header, _, row = labels_table(records).splitlines()
+    assert [c.strip() for c in header.split(" | ")] == [
+        "feature", "density", "label (local)", "detection bal.acc / AUC", "label (metadata)", "detection bal.acc / AUC"
+    ]  # fmt: skip
+    assert [c.strip() for c in row.split(" | ")] == [
+        "3", "1.00%", "fruit", "0.62 [0.41, 0.80] / 0.70 [0.55, 0.85]", "food", "0.50 / 0.61"
+    ]  # fmt: skip
+    embedding_only = [{**records[0], "scores": {"embedding": {"accuracy": None, "balanced_accuracy": None, "auc": 0.7,
+                                                             "n": 20, "intervals": {"auc": new["intervals"]["auc"]}}}}]  # fmt: skip
+    header, _, row = labels_table(embedding_only).splitlines()
+    assert header.split(" | ")[-1].strip() == "embedding AUC" and row.split(" | ")[-1].strip() == "0.70 [0.55, 0.85]"
+
+
+def test_labels_summary_shows_each_mean_with_its_interval_and_n_the_excluded_too():
+    flag = "judge uncalibrated: scores uninformative"
+    summary = {
+        "local": {
+            "n_features": 16,
+            "scores": {"embedding": {"auc": 0.7}},
+            "excluded": {"detection": {"auc": 0.5, "flag": flag}},
+            "intervals": {
+                "embedding": {"auc": _ci(0.7, 0.612, 0.79, 16, "features")},
+                "detection": {"auc": _ci(0.5, 0.45, 0.55, 16, "features")},
+            },
+        }
+    }
+    assert labels_summary(summary) == (
+        "local: 16 features; mean over the features scored, 95% interval over features\n"
+        "  embedding (n=16 features) auc=0.700 [0.612, 0.790]\n"
+        f"  excluded: detection ({flag}; its mean (n=16 features) auc=0.500 [0.450, 0.550])"
+    )
+
+
+def test_steer_figures_line_shows_kl_and_perplexity_with_their_intervals():
+    out = {
+        "kl_from_default": 0.123,
+        "perplexity_unsteered": 12.34,
+        "seconds": 1.24,
+        "intervals": {
+            "kl_from_default": _ci(0.123, 0.101, 0.15, 32, "generated tokens"),
+            "perplexity_unsteered": _ci(12.34, 10.1, 15.0, 32, "generated tokens"),
+        },
+    }
+    assert steer_figures_line(out) == (
+        "KL from default 0.123 [0.101, 0.150] nats/token; perplexity of the steered text under the unsteered "
+        "model 12.3 [10.1, 15.0] (95% intervals over 32 generated tokens); 1.2 s"
+    )
+    old = {"kl_from_default": 0.0, "perplexity_unsteered": None, "seconds": 0.5}  # no edits, or an older worker
+    assert steer_figures_line(old) == (
+        "KL from default 0.000 nats/token; perplexity of the steered text under the unsteered model -; 0.5 s"
     )
