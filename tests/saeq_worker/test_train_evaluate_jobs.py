@@ -51,6 +51,13 @@ def test_chain_train_then_evaluate(client_module, harvest_job, tmp_path):
     assert set(manifest["saes"]) == {"topk", "relu"}
     assert manifest["result"]["data"]["sinks"]["train"]["n_position0"] > 0  # sinks were left out, and counted
     assert manifest["saes"]["relu"]["sparsify"] is None  # sparsify's format holds TopK SAEs only
+    # Each held-out figure has its 95% interval, over the 2048 / 64 held-out contexts or the latents.
+    for name, sae in manifest["result"]["saes"].items():
+        for key, ci in sae["intervals"].items():
+            assert ci["value"] == pytest.approx(sae[key]) and ci["low"] <= sae[key] <= ci["high"], (name, key, ci)
+        assert (sae["intervals"]["fvu"]["n"], sae["intervals"]["fvu"]["unit"]) == (32, "contexts")
+        assert sae["intervals"]["fvu"]["low"] < sae["intervals"]["fvu"]["high"]
+        assert sae["intervals"]["dead_fraction"]["n"] == manifest["saes"][name]["d_sae"]
 
     theirs = _download_saelens(client, train["id"], "topk", tmp_path)
     assert theirs.cfg.d_in == 64 and theirs.cfg.d_sae == 512

@@ -197,6 +197,17 @@ def _print_harvest(job: dict, manifest: dict, stack: LocalStack) -> None:
 
 
 def _print_train(job: dict, manifest: dict) -> None:
+    from pydantic import ValidationError
+
+    from saeq.specs.estimates import Estimate
+
+    def figure(m: dict, key: str, fmt: str) -> str:
+        """The figure with its 95% interval and n; bare in a manifest written before intervals."""
+        try:
+            return Estimate.model_validate(m["intervals"][key]).text(fmt)
+        except (KeyError, TypeError, ValidationError):  # no intervals, or a bound stored as null
+            return fmt.format(m[key])
+
     result = manifest["result"]
     data = result["data"]
     print(
@@ -206,8 +217,8 @@ def _print_train(job: dict, manifest: dict) -> None:
     )
     for name, m in result["saes"].items():
         print(
-            f"  {name}: held-out FVU {m['fvu']:.4f} (ordinary tokens), L0 {m['l0']:.1f}, "
-            f"dead {m['dead_fraction']:.1%} (target: FVU <= 0.18, dead < 5%)"
+            f"  {name}: held-out FVU {figure(m, 'fvu', '{:.4f}')} (ordinary tokens), L0 {figure(m, 'l0', '{:.1f}')}, "
+            f"dead {figure(m, 'dead_fraction', '{:.1%}')} (target: FVU <= 0.18, dead < 5%)"
         )
         print(
             f"    SAELens format: {manifest['saes'][name]['saelens']}  sparsify: {manifest['saes'][name]['sparsify']}"

@@ -93,12 +93,17 @@ class TrainResult:
                 "wall_s": self.wall_s,
                 "input_scale": self.input_scale,
                 "data": self.data,
-                "saes": {n: asdict(m) for n, m in self.metrics.items()},
+                "saes": {n: _figures(m) for n, m in self.metrics.items()},
             }
             | ({"seed_spread": self.seed_spread} if self.seed_spread else {})
             | ({"layers": self.layers} if self.layers else {})
             | ({"recovery": self.recovery} if self.recovery else {})
         )
+
+
+def _figures(m: SaeMetrics) -> dict:
+    """One SAE's held-out figures, JSON-able: its intervals as Estimate dicts."""
+    return asdict(m) | {"intervals": {k: e.model_dump() for k, e in m.intervals.items()}}
 
 
 @dataclass
@@ -142,6 +147,7 @@ def train_saes(
     batches: Iterable[Batch | Tensor],
     *,
     validation: Tensor | None = None,
+    validation_contexts: Tensor | None = None,
     device: str = "cpu",
     devices: list[str] | None = None,
     group: DataGroup | None = None,
@@ -160,6 +166,9 @@ def train_saes(
     at that step (unless nothing was trained since `resume`) and Preempted is raised, so a run
     resumed from that state goes on exactly. A data-parallel group has no such safe point: it
     stops at `should_stop`, and resumes from its last periodic checkpoint.
+
+    `validation_contexts` (N_val,): the context each held-out row comes from, the unit the
+    figures' intervals resample (None: blocks of contiguous rows; saeq.ml.held_out).
 
     `devices`: SAE i trains on devices[i % len(devices)] (None: [device]), every batch copied
     once to each. `group`: this process is one rank of a data-parallel group (saeq.ml.distributed):
@@ -236,7 +245,9 @@ def train_saes(
         sae.fold_input_scale_(scale)
         sae.eval()
         saes[t.name] = sae
-        metrics[t.name] = measure(sae, validation, name=t.name, dead_fraction=t.dead_fraction(), device=t.device)
+        metrics[t.name] = measure(
+            sae, validation, name=t.name, dead_fraction=t.dead_fraction(), device=t.device, contexts=validation_contexts
+        )
     return TrainResult(saes, metrics, tokens, step, wall, scale, seed_spread=seed_spread(spec, metrics))
 
 
@@ -366,7 +377,15 @@ def train_from_harvest(
     batches = data.batches(start)
     validation = data.validation()
     try:
-        result = train_saes(spec, batches, validation=validation, device=device, resume=resume, **kw)
+        result = train_saes(
+            spec,
+            batches,
+            validation=validation,
+            validation_contexts=data.validation_contexts(),
+            device=device,
+            resume=resume,
+            **kw,
+        )
     finally:  # stop the feed's threads now, not when a traceback holding the generator is freed
         batches.close()
     if spec.activations.hooks:

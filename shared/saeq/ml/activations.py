@@ -155,6 +155,7 @@ class HarvestData:
         self._on_gpu = False  # GPU-resident: pieces are uploaded, and all of them fit
         self._cache: dict[_Piece, _Decoded] = {}  # resident pieces, within cache_bytes (or the GPU's room)
         self._cached_bytes = 0
+        self._val_contexts: Tensor | None = None  # set by validation()
 
         shards = sorted(entry["shards"], key=lambda s: s["index"])
         targets = _target_keys(manifest, target_hook, shards)
@@ -302,7 +303,24 @@ class HarvestData:
 
     def validation(self) -> Tensor:
         """(N_val, d_in) float32: the held-out tokens (ordinary ones only by default)."""
-        return self._float_rows(self.val_pieces)
+        decoded = [self._decode(p) for p in self.val_pieces]
+        # Every shard holds whole contexts, and the tail held out is whole contexts, so the held-out
+        # row at offset i (sinks included) belongs to held-out context i // context_len.
+        contexts, at = [torch.zeros(0, dtype=torch.long)], 0
+        for p, d in zip(self.val_pieces, decoded, strict=True):
+            contexts.append((at + d.ordinary) // self.context_len)
+            at += p.n_tokens
+        self._val_contexts = torch.cat(contexts)
+        parts = [d.acts.index_select(0, d.ordinary).float() for d in decoded]
+        return torch.cat(parts) if parts else torch.zeros(0, self.d_in)
+
+    def validation_contexts(self) -> Tensor:
+        """(N_val,) int64: the held-out context each row of `validation()` comes from, the unit
+        its figures' intervals resample (saeq.ml.held_out)."""
+        if self._val_contexts is None:
+            self.validation()
+        assert self._val_contexts is not None
+        return self._val_contexts
 
     def train_rows(self) -> Tensor:
         """(N_train, d_in) float32: every ordinary training token once, in harvest order."""

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from saeq.errors import InvalidSpec
 from saeq.ml.distributed import DataGroup
+from saeq.ml.held_out import HeldOutSums, latent_fractions, token_groups
 from saeq.ml.sae import JumpReluSae, SparseAutoencoder, SparseCodes, Step, Transcoder, sae_class
 from saeq.specs import SaeConfig, TrainSpec
 from saeq.specs.costs import sae_latents
+from saeq.specs.estimates import Estimate
 from saeq.specs.train_seeds import sae_runs
 
 DENSE_RATE = 0.1
@@ -48,6 +50,10 @@ class SaeMetrics:
     """Attention-sink tokens the rule left out of the training data (once per epoch)."""
     sinks_excluded_validation: int | None = None
     """... and out of the held-out tokens these figures are measured on."""
+    intervals: dict[str, Estimate] = field(default_factory=dict)
+    """95% intervals of fvu, mse, l0 (bootstrap over held-out contexts, saeq.ml.held_out) and of
+    dead_fraction, dead_fraction_validation, dense_fraction (Wilson over latents); empty without
+    held-out tokens."""
 
 
 # --- losses (pure) ------------------------------------------------------------------------------
@@ -271,36 +277,50 @@ def measure(
     dead_fraction: float = float("nan"),
     device: str = "cpu",
     chunk: int = 4096,
+    contexts: Tensor | None = None,
 ) -> SaeMetrics:
-    """FVU, MSE, L0, never-firing and dense latents of `sae` (eval mode) on tokens x (N, d_in);
-    a transcoder's x are [input | target] rows, its figures against the target."""
+    """FVU, MSE, L0, never-firing and dense latents of `sae` (eval mode) on tokens x (N, d_in),
+    with their 95% intervals; a transcoder's x are [input | target] rows, its figures against the
+    target. `contexts` (N,): the held-out context each row comes from (the bootstrap's unit; None:
+    blocks of contiguous rows, saeq.ml.held_out)."""
     nan = float("nan")
     if x is None or x.shape[0] == 0:
         return SaeMetrics(name, sae.architecture, sae.d_in, sae.d_sae, sae.k, nan, nan, nan, dead_fraction, nan, nan, 0)
+    n = x.shape[0]
     mean = sae.split_batch(x.to(device, torch.float32))[1].mean(0)
+    sums = HeldOutSums(*token_groups(n, contexts), d_target=mean.shape[0], device=device)
     err = var = l0 = 0.0
     fires = torch.zeros(sae.d_sae, device=device)
+    start = 0
     for c in x.split(chunk):
         c, target = sae.split_batch(c.to(device, torch.float32))
         codes = sae.encode_sparse(c)
         recon = sae.output(c, codes)
-        err += float((target - recon).pow(2).sum())
-        var += float((target - mean).pow(2).sum())
+        err_c = (target - recon).pow(2).sum(1)  # (c,)
+        centred = target - mean  # (c, d)
+        var_c = centred.pow(2).sum(1)  # (c,)
+        err += float(err_c.sum())
+        var += float(var_c.sum())
         active = codes.acts > 0
         l0 += float(active.sum())
         fires += torch.bincount(codes.latents, weights=active.float(), minlength=sae.d_sae)
-    n = x.shape[0]
+        l0_c = torch.zeros(c.shape[0], device=device).index_add_(0, codes.rows, active.float())  # (c,)
+        sums.add(start, err_c, var_c, l0_c, centred)
+        start += c.shape[0]
+    fvu, mse, mean_l0 = err / var, err / n, l0 / n
+    n_dead, n_dense = int((fires == 0).sum()), int((fires / n > DENSE_RATE).sum())
     return SaeMetrics(
         name,
         sae.architecture,
         sae.d_in,
         sae.d_sae,
         sae.k,
-        fvu=err / var,
-        mse=err / n,
-        l0=l0 / n,
+        fvu=fvu,
+        mse=mse,
+        l0=mean_l0,
         dead_fraction=dead_fraction,
-        dead_fraction_validation=float((fires == 0).float().mean()),
-        dense_fraction=float((fires / n > DENSE_RATE).float().mean()),
+        dead_fraction_validation=n_dead / sae.d_sae,
+        dense_fraction=n_dense / sae.d_sae,
         validation_tokens=n,
+        intervals=sums.estimates(fvu, mse, mean_l0) | latent_fractions(n_dead, n_dense, sae.d_sae, dead_fraction),
     )
