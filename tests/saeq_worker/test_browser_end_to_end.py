@@ -52,7 +52,8 @@ def test_feature_page_list_and_playground(client_module, train_job, chromium, tm
     controls = page.locator("#judge-controls").inner_text()  # the embedding scorer's controls, with their interval
     assert re.search(r"embedding judge .*: control accuracy [\d.]+ \[[\d.]+, [\d.]+\] \(n=\d+ trials\)", controls)
     assert re.search(
-        r"AUC [\d.–]+ \(n=\d+ windows, no interval per feature\)", page.locator(".card").first.inner_text()
+        r"AUC [\d.]+ \[[\d.]+, [\d.]+\] \(n=\d+ windows, 95% intervals over them\)",
+        page.locator(".card").first.inner_text(),
     )
     page.screenshot(path=str(tmp_path / "feature.png"), full_page=True)
 
@@ -69,6 +70,10 @@ def test_feature_page_list_and_playground(client_module, train_job, chromium, tm
     page.locator("#run").click()
     # A locator, not wait_for_function: that evaluates a string, which the page's CSP forbids.
     page.locator("#figures", has_text=re.compile(r"^KL")).wait_for(timeout=120_000)
+    figures = page.locator("#figures").inner_text()  # each with its interval over the generated tokens
+    assert re.search(
+        r"^KL from default [-\d.]+ \[[-\d.]+, [-\d.]+\] nats/token · perplexity .* [\d.]+ \[[\d.]+, [\d.]+\]", figures
+    )
     assert page.locator("#steered").inner_text().strip() and page.locator("#default").inner_text().strip()
     assert page.locator("#error").inner_text() == ""
     page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)

@@ -39,6 +39,8 @@ async function api(path, options = {}) {
 }
 
 const fmt = (v, digits = 3) => v === null || v === undefined ? "–" : Number(v).toFixed(digits);
+// a figure and its 95% interval ("0.62 [0.41, 0.80]"), the figure alone where there is none
+const ci = (v, e, digits = 3) => e && e.low != null && e.high != null ? `${fmt(v, digits)} [${fmt(e.low, digits)}, ${fmt(e.high, digits)}]` : fmt(v, digits);
 const pct = v => v === null || v === undefined ? "–" : `${(100 * v).toFixed(v < 0.01 ? 3 : 2)}%`;
 const params = () => new URLSearchParams(location.hash.split("?")[1] || "");
 const show = (...nodes) => app.replaceChildren(...nodes);
@@ -186,8 +188,9 @@ async function featurePage(labelJob, feature) {
     el("div", {}, el("b", { class: "label" }, r.label), el("span", { class: "muted" }, `  by ${r.explainer}`)),
     el("div", {}, r.description),
     el("div", { class: "muted" }, Object.entries(r.scores || {}).map(([k, s]) =>
-      `${k}: AUC ${fmt(s.auc, 2)}${s.balanced_accuracy != null ? `, balanced accuracy ${fmt(s.balanced_accuracy, 2)}` : ""}` +
-      (s.n ? ` (n=${s.n} windows, no interval per feature)` : "")).join(" · "))))
+      `${k}: AUC ${ci(s.auc, (s.intervals || {}).auc, 2)}` +
+      (s.balanced_accuracy != null ? `, balanced accuracy ${ci(s.balanced_accuracy, (s.intervals || {}).balanced_accuracy, 2)}` : "") +
+      (s.n ? ` (n=${s.n} windows${s.intervals ? ", 95% intervals over them" : ", no interval"})` : "")).join(" · "))))
     : [el("p", { class: "muted" }, "Not labelled by this job.")];
   const effects = (list, title) => el("div", {}, el("h2", {}, title), el("table", {},
     el("tbody", {}, (list || []).map(([tok, v]) => el("tr", {}, el("td", {}, el("code", {}, JSON.stringify(tok))), el("td", { class: "num" }, fmt(v, 3)))))));
@@ -267,7 +270,8 @@ function steerPage() {
         sae, prompt: prompt.value, interventions, max_new_tokens: Number(tokens.value) }) });
       out.default.textContent = r.default ?? "";
       out.steered.textContent = r.steered;
-      out.figures.textContent = `KL from default ${fmt(r.kl_from_default)} nats/token · perplexity under the unsteered model ${fmt(r.perplexity_unsteered, 1)} · ${fmt(r.seconds, 1)} s`;
+      const iv = r.intervals || {};  // 95% intervals over the generated tokens (a lower bound on the spread)
+      out.figures.textContent = `KL from default ${ci(r.kl_from_default, iv.kl_from_default)} nats/token · perplexity under the unsteered model ${ci(r.perplexity_unsteered, iv.perplexity_unsteered, 1)} · ${fmt(r.seconds, 1)} s`;
     } catch (e) { out.error.textContent = e.message; out.steered.textContent = out.default.textContent = ""; }
     finally { run.disabled = false; }
   });
