@@ -70,6 +70,10 @@ def test_train_then_label_with_local_metadata_and_endpoint(client_module, harves
         assert r["label"] and r["description"] and r["judge"] == "openai:judge-model"
         assert set(r["scores"]) == {"detection", "fuzzing", "embedding"}
         assert r["scores"]["detection"]["balanced_accuracy"] == 0.5  # a judge that always says yes
+        # each score with its 95% interval over the 4 + 4 windows (always yes: recalls 1 and 0 exactly)
+        assert r["scores"]["detection"]["intervals"]["balanced_accuracy"]["low"] == 0.5
+        auc, ci = r["scores"]["embedding"]["auc"], r["scores"]["embedding"]["intervals"]["auc"]
+        assert ci["low"] <= auc <= ci["high"] and ci["n"] == 8 and ci["unit"] == "windows"
     assert {r["label"] for r in records if r["explainer"] == "openai:judge-model"} == {"tiny pattern"}
     # A judge that says yes to everything fails its control trials: flagged, its scores not averaged in.
     controls = {c["scorer"]: c for c in manifest["judge_controls"]}
@@ -82,6 +86,11 @@ def test_train_then_label_with_local_metadata_and_endpoint(client_module, harves
     for s in manifest["summary"].values():
         assert set(s["excluded"]) == flagged and set(s["scores"]) == {"detection", "fuzzing", "embedding"} - flagged
         assert s["excluded"]["detection"]["flag"] == controls["detection"]["flag"]
+        # every mean, counted or excluded, with its interval over the explainer's 6 features
+        for scorer, ms in [*s["scores"].items(), *s["excluded"].items()]:
+            for metric in set(ms) - {"flag"}:
+                ci = s["intervals"][scorer][metric]
+                assert ci["n"] == 6 and ci["unit"] == "features" and ci["low"] <= ms[metric] <= ci["high"]
     # Scores per decade of density: every labelled feature in its bin, a flagged judge's means marked.
     bins = manifest["density_bins"]
     assert [b["low"] for b in bins] == [1e-4, 1e-3, 1e-2, 0.1] and sum(b["n_labelled"] for b in bins) == 6

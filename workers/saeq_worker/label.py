@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from saeq import keys
 from saeq.errors import InvalidSpec
@@ -16,6 +16,7 @@ from saeq.jobs.harvest import context_batches
 from saeq.jobs.label import CHUNK_FEATURES, LabelChunk, label_features, select_features
 from saeq.jobs.label_bins import density_bin_scores
 from saeq.jobs.label_controls import run_controls
+from saeq.jobs.label_summary import summarize_labels
 from saeq.ml.corpus import document_info, iter_documents
 from saeq.ml.explainers import (
     PROMPT_VERSION,
@@ -34,7 +35,6 @@ from saeq.ml.scoring import EmbeddingScorer
 from saeq.platform.settings import LlmEndpoint
 from saeq.specs import LabelSpec
 from saeq.specs import LocalLLM as LocalLLMSpec
-from saeq.specs.label import JudgeControl
 from saeq.specs.manifests import LabelManifest
 from saeq_worker.feature_pages import write_feature_pages
 from saeq_worker.label_carry import carry, carry_source
@@ -122,7 +122,7 @@ def run_label(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, Ll
     if spec.browser:
         job.report(0.95, "pages", "feature browser pages")
         pages = write_feature_pages(job, spec, index, records, ctx.sae, lm, decode, sites=sites, extra=page_extra)
-    summary = summarize(records, controls)
+    summary = summarize_labels(records, controls)
     manifest = {
         "format": MANIFEST_FORMAT,
         "kind": "label",
@@ -271,26 +271,6 @@ def _build_index(job: RunningJob, spec: LabelSpec, ctx, lm, sinks, reads: list[s
             tokens_per_s=n / max(time.monotonic() - t0, 1e-9),
         ),
     )
-
-
-def summarize(records: list[dict], controls: Sequence[JudgeControl] = ()) -> dict:
-    """Per explainer: features labelled and the mean of each score (over features scored). A
-    scorer whose controls flag it uncalibrated is not averaged in with the others: its means go
-    under `excluded`, with the flag."""
-    flags = {c.scorer: c.flag for c in controls if not c.calibrated}
-    out: dict[str, dict] = {}
-    for r in records:
-        s = out.setdefault(r["explainer"], {"n_features": 0, "scores": {}})
-        s["n_features"] += 1
-        for scorer, sc in r["scores"].items():
-            for metric, v in sc.items():
-                if metric != "n" and v is not None:
-                    s["scores"].setdefault(scorer, {}).setdefault(metric, []).append(v)
-    for s in out.values():
-        means = {k: {m: sum(v) / len(v) for m, v in ms.items()} for k, ms in s["scores"].items()}
-        s["scores"] = {k: ms for k, ms in means.items() if k not in flags}
-        s["excluded"] = {k: {**ms, "flag": flags[k]} for k, ms in means.items() if k in flags}
-    return out
 
 
 def _jsonable(corpus) -> dict:

@@ -227,3 +227,21 @@ class JudgeControl(BaseModel):
     """True when the whole interval lies above chance: the scorer's scores count."""
     flag: str | None
     """JUDGE_UNCALIBRATED (and why) when not calibrated; its scores are left out of the summary."""
+
+
+class LabelScore(BaseModel):
+    """One scorer's score of one label, as a labels.jsonl record holds it under `scores`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    accuracy: float | None = None
+    """Share of windows the judge answered right at P(yes) > 0.5; None for the embedding scorer."""
+    balanced_accuracy: float | None = None
+    """Mean of the two classes' recalls (0.5 is chance); None for the embedding scorer."""
+    auc: float | None = None
+    """ROC AUC of activating against silent windows (0.5 is chance)."""
+    n: int = 0
+    """Windows scored."""
+    intervals: dict[str, Estimate] = {}
+    """95% intervals of `balanced_accuracy` and `auc` over the windows (saeq.ml.scoring); empty in
+    records written before they were, or where a class had too few windows."""
