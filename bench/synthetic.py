@@ -178,7 +178,7 @@ def train_saelens(arch: str, args, batches: Iterator[torch.Tensor], seed: int):
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from saeq.specs import TrainSpec
+    from saeq.specs import SaeConfig, TrainSpec
 
     defaults = TrainSpec.model_fields
     steps, D = args.tokens // args.batch, args.d_model
@@ -201,6 +201,9 @@ def train_saelens(arch: str, args, batches: Iterator[torch.Tensor], seed: int):
         lr_warm_up_steps=int(defaults["lr_warmup"].default * steps),
         lr_decay_steps=int(defaults["lr_decay"].default * steps),
         lr_end=0.0,
+        # saeq's dead window (AuxK's target), in steps: SAELens's default 1,000 steps is longer
+        # than a CPU-sized run, so its AuxK never started and 72-83% of its latents stayed dead.
+        dead_feature_window=max(1, SaeConfig.model_fields["dead_window_tokens"].default // args.batch),
         logger=LoggingConfig(log_to_wandb=False),
     )
     trainer = SAETrainer(tc, sae, data_provider=iter(()))
