@@ -182,6 +182,7 @@ def train_saes(
             batches,
             devices=devices,
             validation=validation,
+            validation_contexts=validation_contexts,
             on_progress=on_progress,
             should_stop=lambda: should_stop() or should_yield(),
             resume=resume,

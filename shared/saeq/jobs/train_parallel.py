@@ -45,6 +45,7 @@ class _RankArgs:
     spec: TrainSpec
     resume: bytes | None
     validation: Tensor | None
+    validation_contexts: Tensor | None
     progress_every_s: float
     timeout_s: float
     threads: int
@@ -56,6 +57,7 @@ def train_data_parallel(
     *,
     devices: list[str],
     validation: Tensor | None = None,
+    validation_contexts: Tensor | None = None,
     on_progress: Callable[[Any], None] = lambda p: None,
     should_stop: Callable[[], bool] = lambda: False,
     resume: Any = None,
@@ -87,6 +89,7 @@ def train_data_parallel(
                     spec,
                     resume_bytes,
                     validation if r == 0 else None,
+                    validation_contexts if r == 0 else None,
                     progress_every_s,
                     timeout_s,
                     threads,
@@ -247,6 +250,7 @@ def _rank_main(a: _RankArgs, inbox, outbox, stop) -> None:
             a.spec,
             _received(inbox, a.timeout_s),
             validation=a.validation,
+            validation_contexts=a.validation_contexts,
             device=a.device,
             group=group,
             should_stop=stop.is_set,

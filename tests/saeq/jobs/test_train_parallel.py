@@ -46,7 +46,15 @@ TOPK = SaeConfig(d_sae=128, k=2, aux_k=8, auxk_alpha=0.5, dead_window_tokens=61,
 def test_data_parallel_on_two_processes_gives_the_weights_of_one_process():
     s = spec(TOPK, parallel="data", gpus=2)
     one_progress, progress, checkpoints = [], [], []
-    one = train_saes(s, batches(), on_progress=one_progress.append, progress_every_s=0.0)
+    held_out, contexts = torch.cat(batches(4)), torch.arange(4 * 61) // 16  # 16 "contexts"
+    one = train_saes(
+        s,
+        batches(),
+        on_progress=one_progress.append,
+        progress_every_s=0.0,
+        validation=held_out,
+        validation_contexts=contexts,
+    )
     assert min(p.saes["sae0"]["dead_fraction"] for p in one_progress) > 0  # AuxK had dead latents
     two = train_saes(
         s.model_copy(update={"checkpoint_every_tokens": 61 * 6}),
@@ -55,8 +63,12 @@ def test_data_parallel_on_two_processes_gives_the_weights_of_one_process():
         on_progress=progress.append,
         on_checkpoint=checkpoints.append,
         progress_every_s=0.0,
+        validation=held_out,
+        validation_contexts=contexts,
     )
     assert two.steps == one.steps == 12 and two.tokens == one.tokens
+    # Rank 0 measures the held-out figures over the same 16 contexts as one process does.
+    assert two.metrics["sae0"].intervals["fvu"].n == one.metrics["sae0"].intervals["fvu"].n == 16
     for name, w in one.saes["sae0"].state_dict().items():
         w2 = two.saes["sae0"].state_dict()[name]
         assert torch.allclose(w2, w, rtol=1e-5, atol=1e-5 * float(w.abs().max())), name
