@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -47,6 +48,10 @@ def test_chain_train_then_evaluate(client_module, harvest_job, tmp_path):
     done = client.wait(train["id"], timeout=300)
     figures = done["progress"]["figures"]
     assert 0 < figures["fvu"] < 1 and figures["l0"] == pytest.approx(8, abs=0.01)
+    # `saeq logs` shows the done message: each figure with its interval and n.
+    num = r"\d+\.\d+"
+    line = rf"FVU {num} \[{num}, {num}\] \(n=32 contexts\), L0 {num} \[{num}, {num}\] \(n=32 contexts\), dead {num}% \["
+    assert re.match(line, done["progress"]["message"]), done["progress"]["message"]
     manifest = client.manifest(train["id"])
     assert set(manifest["saes"]) == {"topk", "relu"}
     assert manifest["result"]["data"]["sinks"]["train"]["n_position0"] > 0  # sinks were left out, and counted

@@ -126,10 +126,15 @@ def report_done(job: RunningJob, result: TrainResult) -> None:
         if "mcc" in recovered
         else ""
     )
+    ci = first.intervals  # empty without held-out tokens: the bare figures
+
+    def figure(key: str, fmt: str) -> str:
+        return ci[key].text(fmt) if key in ci else fmt.format(getattr(first, key))
+
     job.report(
         1.0,
         "done",
-        f"FVU {first.fvu:.4f}, L0 {first.l0:.1f}, dead {first.dead_fraction:.1%}{found}",
+        f"FVU {figure('fvu', '{:.4f}')}, L0 {figure('l0', '{:.1f}')}, dead {figure('dead_fraction', '{:.1%}')}{found}",
         force=True,
         fvu=first.fvu,
         l0=first.l0,
