@@ -28,7 +28,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
-from saeq.ml.intervals import RESAMPLES, group_bootstrap, mean_of_proportions, resample_weights, wilson
+from saeq.ml.intervals import RESAMPLES, bootstrap_mean, group_bootstrap, mean_of_proportions, resample_weights, wilson
 from saeq.ml.sae import SparseAutoencoder
 from saeq.specs.estimates import Estimate
 
@@ -110,6 +110,8 @@ class AbsorptionResult:
     mean_full_absorption_rate: Estimate
     """Mean over the included letters of each letter's rate; each letter's count resampled."""
     mean_n_main_features: float | None
+    mean_n_main_features_ci: Estimate | None = None
+    """Bootstrapped over the included letters."""
 
     def summary(self) -> dict:
         included = [r for r in self.letters if r.included]
@@ -122,6 +124,9 @@ class AbsorptionResult:
             "mean_full_absorption_rate": self.mean_full_absorption_rate.value,
             "mean_full_absorption_rate_ci": self.mean_full_absorption_rate.model_dump(mode="json"),
             "mean_n_main_features": self.mean_n_main_features,
+            "mean_n_main_features_ci": None
+            if self.mean_n_main_features_ci is None
+            else self.mean_n_main_features_ci.model_dump(mode="json"),
         }
 
     def to_dict(self) -> dict:
@@ -255,7 +260,9 @@ def _combine(results: list[LetterAbsorption], seed: int) -> AbsorptionResult:
         )
     else:
         full = Estimate(value=math.nan, low=math.nan, high=math.nan, n=0, unit="words", method="bootstrap")
-    return AbsorptionResult(results, _stratified_mean(measured, seed), full, float(np.mean(n_main)) if n_main else None)
+    mean_main = float(np.mean(n_main)) if n_main else None
+    main_ci = bootstrap_mean(n_main, [1.0] * len(n_main), unit="letters", seed=seed) if n_main else None
+    return AbsorptionResult(results, _stratified_mean(measured, seed), full, mean_main, main_ci)
 
 
 def _stratified_mean(measured: list[LetterAbsorption], seed: int) -> Estimate:

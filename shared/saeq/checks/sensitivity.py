@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saeq.ml.intervals import group_bootstrap, ratio_of_sums
+from saeq.ml.intervals import group_bootstrap, ratio_of_sums, wilson
 
 
 def fold_title(title: str) -> str:
@@ -59,7 +59,11 @@ def sensitivity(en_max_PS: Tensor, other_max_PS: Tensor, *, max_doc_share: float
                 "feature": f,
                 "n_english": n_on,
                 "recall": hit / n_on,
+                "recall_ci": wilson(hit, n_on, unit="articles").model_dump(mode="json"),
                 "false_positive_rate": false_pos / n_off if n_off else None,
+                "false_positive_rate_ci": wilson(false_pos, n_off, unit="articles").model_dump(mode="json")
+                if n_off
+                else None,
             }
         )
     recalls = torch.tensor([r["recall"] for r in per_feature])
@@ -75,6 +79,11 @@ def sensitivity(en_max_PS: Tensor, other_max_PS: Tensor, *, max_doc_share: float
     if total:
         on_PF, hit_PF = en_fires[:, chosen], ot_fires[:, chosen] & en_fires[:, chosen]
         summary.update(_recall_intervals(on_PF, hit_PF, summary["pooled_recall"], summary["mean_recall"]))
+    if fprs.numel():
+        off_PF = ~en_fires[:, chosen]
+        summary["mean_false_positive_rate_ci"] = _mean_rate_interval(
+            off_PF, ot_fires[:, chosen] & off_PF, summary["mean_false_positive_rate"]
+        )
     per_feature.sort(key=lambda r: (-r["n_english"], r["feature"]))
     return {"summary": summary, "features": per_feature}
 
@@ -84,16 +93,32 @@ def _recall_intervals(on_PF: Tensor, hit_PF: Tensor, pooled: float, mean: float)
     features fire together, so the pairs, not the (feature, article) cells, are the units)."""
     on, hit = on_PF.double().numpy(), hit_PF.double().numpy()
 
-    def mean_recall(W_RG: np.ndarray) -> np.ndarray:
-        recall_RF = (W_RG @ hit) / (W_RG @ on)  # NaN: a feature none of whose articles was drawn
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(recall_RF, axis=1)
-
     P = on.shape[0]
     return {
         "pooled_recall_ci": group_bootstrap(
             ratio_of_sums(hit.sum(1), on.sum(1)), P, unit="article pairs", value=pooled
         ).model_dump(mode="json"),
-        "mean_recall_ci": group_bootstrap(mean_recall, P, unit="article pairs", value=mean).model_dump(mode="json"),
+        "mean_recall_ci": group_bootstrap(_mean_of_rates(on, hit), P, unit="article pairs", value=mean).model_dump(
+            mode="json"
+        ),
     }
+
+
+def _mean_rate_interval(off_PF: Tensor, false_pos_PF: Tensor, mean: float) -> dict:
+    """95% interval of the mean false-positive rate, over article pairs like the recall's."""
+    off, false_pos = off_PF.double().numpy(), false_pos_PF.double().numpy()
+    return group_bootstrap(_mean_of_rates(off, false_pos), off.shape[0], unit="article pairs", value=mean).model_dump(
+        mode="json"
+    )
+
+
+def _mean_of_rates(trials_PF: np.ndarray, events_PF: np.ndarray):
+    """The statistic: mean over features of events / trials under each weighting of the pairs."""
+
+    def mean_rate(W_RG: np.ndarray) -> np.ndarray:
+        rate_RF = (W_RG @ events_PF) / (W_RG @ trials_PF)  # NaN: a feature none of whose trials was drawn
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(rate_RF, axis=1)
+
+    return mean_rate

@@ -18,6 +18,12 @@ from typing import Protocol
 import torch
 from scipy.stats import spearmanr
 
+from saeq.checks.specificity_intervals import (
+    pooled_share_intervals,
+    pooled_spearman_interval,
+    share_intervals,
+    spearman_interval,
+)
 from saeq.ml.control_trials import control_result, planted_trials
 from saeq.ml.explainers import Decode, Explanation, LocalLLM, one_line, text_of
 from saeq.ml.features import Example, FeatureIndex
@@ -179,13 +185,17 @@ def specificity(
                 }
             )
         pooled += rows
+        acts, scores = [r["activation"] for r in rows], [r["score"] for r in rows]
+        rho = _spearman(acts, scores)
         features.append(
             {
                 "feature": f,
                 "label": labels[f].label,
                 "max_activation": float(max_act[f]),
-                "spearman": _spearman([r["activation"] for r in rows], [r["score"] for r in rows]),
+                "spearman": rho,
+                "spearman_ci": spearman_interval(acts, scores, rho, seed=seed),
                 "high_rated_share_by_bin": _bin_shares(rows),
+                "high_rated_share_by_bin_ci": share_intervals(_rating_counts(rows)),
                 "contexts": rows,
             }
         )
@@ -200,8 +210,16 @@ def specificity(
         if mean_rho is None
         else bootstrap_mean(rhos, [1.0] * len(rhos), unit="features", value=mean_rho).model_dump(mode="json"),
         "median_spearman": float(torch.tensor(rhos).median()) if rhos else None,
-        "pooled_spearman": _spearman([r["fraction_of_max"] for r in pooled], [r["score"] for r in pooled]),
+        "pooled_spearman": (
+            pooled_rho := _spearman([r["fraction_of_max"] for r in pooled], [r["score"] for r in pooled])
+        ),
+        "pooled_spearman_ci": pooled_spearman_interval(
+            [[(r["fraction_of_max"], r["score"]) for r in x["contexts"]] for x in features], pooled_rho, seed=seed
+        ),
         "high_rated_share_by_bin": _bin_shares(pooled),
+        "high_rated_share_by_bin_ci": pooled_share_intervals([_rating_counts(x["contexts"]) for x in features])
+        if features
+        else [None] * len(BIN_NAMES),
         "rating_counts_by_bin": _rating_counts(pooled),
     }
     # Before the correlations are read as the labels': can this rater tell where the answer is known?

@@ -3,8 +3,7 @@ Imports no torch."""
 
 from __future__ import annotations
 
-from saeq.specs.metrics import checks_lines, with_ci
-from saeq.specs.metrics import fmt_or_dash as _f
+from saeq.specs.metrics import checks_lines, short_ci, with_ci
 
 
 def _est(ci: dict | None) -> str:
@@ -47,25 +46,34 @@ def checks_markdown(doc: dict, plot_names: list[str]) -> str:
     for lang, r in ((doc.get("sensitivity") or {}).get("languages") or {}).items():
         top = r["features"][:10]
         rows = "\n".join(
-            f"| {f['feature']} | {f['label'] or '-'} | {f['n_english']} | {f['recall']:.2f} | "
-            f"{_f(f['false_positive_rate'])} |"
+            f"| {f['feature']} | {f['label'] or '-'} | {f['n_english']} | {short_ci(f['recall'], f.get('recall_ci'))} | "
+            f"{short_ci(f['false_positive_rate'], f.get('false_positive_rate_ci'))} |"
             for f in top
         )
         sections.append(
-            f"**en -> {lang}**, the features firing on most English articles:\n\n"
+            f"**en -> {lang}**, the features firing on most English articles (recall and false-positive "
+            "rate with Wilson's 95% interval over the articles):\n\n"
             f"| feature | label | English articles | recall | false-positive rate |\n"
             f"|---|---|---|---|---|\n{rows}\n"
         )
     sp = doc.get("specificity")
     if sp and "features" in sp:
         rows = "\n".join(
-            f"| {f['feature']} | {f['label']} | {_f(f['spearman'])} | "
-            + " | ".join(_f(v) for v in f["high_rated_share_by_bin"])
+            f"| {f['feature']} | {f['label']} | {short_ci(f['spearman'], f.get('spearman_ci'))} | "
+            + " | ".join(
+                short_ci(v, ci)
+                for v, ci in zip(
+                    f["high_rated_share_by_bin"],
+                    f.get("high_rated_share_by_bin_ci") or [None] * len(f["high_rated_share_by_bin"]),
+                    strict=True,
+                )
+            )
             + " |"
             for f in sp["features"]
         )
         sections.append(
-            "**specificity** per feature (share rated 2-3 per activation bin):\n\n"
+            "**specificity** per feature (Spearman, 95% interval over its contexts; share rated 2-3 per "
+            "activation bin, Wilson's interval):\n\n"
             "| feature | label | Spearman | "
             + " | ".join(sp["bins"])
             + " |\n|---|---|---|"

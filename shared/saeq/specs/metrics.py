@@ -3,6 +3,8 @@ documents a worker writes, which the client and the API read without torch."""
 
 from __future__ import annotations
 
+import math
+
 from saeq.specs.estimates import Estimate
 
 HEADLINE: list[tuple[str, str, str]] = [
@@ -30,11 +32,13 @@ def checks_lines(summary: dict) -> list[str]:
     if sp and "skipped" in sp:
         lines.append(f"specificity: skipped ({sp['skipped']})")
     elif sp:
-        shares = " ".join("-" if v is None else f"{v:.2f}" for v in sp["high_rated_share_by_bin"])
+        share_cis = sp.get("high_rated_share_by_bin_ci") or [None] * len(sp["high_rated_share_by_bin"])
+        shares = ", ".join(short_ci(v, ci) for v, ci in zip(sp["high_rated_share_by_bin"], share_cis, strict=True))
         lines.append(
             f"specificity ({sp['rater']}, {sp['n_features']} features, {sp['n_contexts']} contexts): "
-            f"mean Spearman {with_interval(sp, 'mean_spearman')}, pooled {fmt_or_dash(sp['pooled_spearman'])}; share rated "
-            f"2-3 by activation bin (0, .25, .5, .75, 1]: {shares}"
+            f"mean Spearman {with_interval(sp, 'mean_spearman')}, pooled {with_interval(sp, 'pooled_spearman')}; "
+            f"share rated 2-3 by activation bin 0, (0, .25], (.25, .5], (.5, .75], (.75, 1] "
+            f"(95% interval over features): {shares}"
         )
         if (control := sp.get("rater_control")) is not None:  # absent in reports from before the controls
             acc = Estimate.model_validate(control["accuracy"]).text()
@@ -46,7 +50,7 @@ def checks_lines(summary: dict) -> list[str]:
         lines.append(
             f"sensitivity en->{lang} ({s['n_pairs']} article pairs, {s['n_features']} features): "
             f"pooled recall {with_interval(s, 'pooled_recall')}, mean recall {with_interval(s, 'mean_recall')}, "
-            f"mean false-positive rate {fmt_or_dash(s['mean_false_positive_rate'])}"
+            f"mean false-positive rate {with_interval(s, 'mean_false_positive_rate')}"
         )
     for name, s in (summary.get("completeness") or {}).items():
         lines.append(
@@ -57,17 +61,21 @@ def checks_lines(summary: dict) -> list[str]:
     if pr and pr["n_topics"]:
         ks = [k for k in pr["sae"]]
         sae_ci = (pr.get("accuracy_ci") or {}).get("sae", {})
+        raw_ci = (pr.get("accuracy_ci") or {}).get("raw", {})
         lines.append(
             f"sparse probing ({pr['n_topics']} topics), accuracy by k "
-            + ", ".join(f"k={k}: SAE {with_ci(pr['sae'][k], sae_ci.get(k))} / raw {pr['raw'][k]:.3f}" for k in ks)
-            + f"; raw, all dims {pr['raw']['all']:.3f}"
+            + ", ".join(
+                f"k={k}: SAE {with_ci(pr['sae'][k], sae_ci.get(k))} / raw {with_ci(pr['raw'][k], raw_ci.get(k))}"
+                for k in ks
+            )
+            + f"; raw, all dims {with_ci(pr['raw']['all'], raw_ci.get('all'))}"
         )
     if ab := summary.get("absorption"):
         lines.append(
             f"absorption, first letter ({ab['n_letters']} letters, {ab['n_letters_left_out']} left out by their probe): "
             f"mean absorption fraction {with_interval(ab, 'mean_absorption_fraction')}, "
             f"full absorption {with_interval(ab, 'mean_full_absorption_rate')}, "
-            f"main latents per letter {fmt_or_dash(ab['mean_n_main_features'])}"
+            f"main latents per letter {with_interval(ab, 'mean_n_main_features')}"
         )
     return lines
 
@@ -81,6 +89,15 @@ def with_interval(summary: dict, key: str) -> str:
 def with_ci(value: float | None, ci: dict | None) -> str:
     """A figure to 3 decimals with its interval and n ("0.400 [0.300, 0.520] (n=16 article pairs)")."""
     return fmt_or_dash(value) if ci is None else Estimate.model_validate(ci).text()
+
+
+def short_ci(value: float | None, ci: dict | None) -> str:
+    """A share to 2 decimals with its interval ("0.40 [0.30, 0.52]"), for a row of several."""
+    if value is None:
+        return "-"
+    if ci is None or math.isnan(ci["low"]) or math.isnan(ci["high"]):
+        return f"{value:.2f}"
+    return f"{value:.2f} [{ci['low']:.2f}, {ci['high']:.2f}]"
 
 
 def fmt_or_dash(v) -> str:

@@ -48,3 +48,9 @@ def test_recall_counts_translations_and_false_positives_count_the_rest():
         ci = s[f"{key}_ci"]
         assert (ci["value"], ci["n"], ci["unit"]) == (s[key], 40, "article pairs"), key
         assert ci["low"] < s[key] < ci["high"] and ci["high"] - ci["low"] > 0.2, (key, ci)
+    fpr = s["mean_false_positive_rate_ci"]
+    assert (fpr["value"], fpr["n"], fpr["unit"]) == (s["mean_false_positive_rate"], 40, "article pairs")
+    assert fpr["low"] <= s["mean_false_positive_rate"] <= fpr["high"] and fpr["high"] > fpr["low"]
+    # Each feature's own recall and false-positive rate: Wilson over its articles.
+    assert by_f[3]["recall_ci"]["n"] == 2 and by_f[3]["recall_ci"]["low"] < 0.5 < by_f[3]["recall_ci"]["high"]
+    assert by_f[1]["false_positive_rate_ci"]["n"] == 36 and by_f[1]["false_positive_rate_ci"]["method"] == "wilson"

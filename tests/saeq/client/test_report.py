@@ -85,6 +85,54 @@ def test_checks_lines_show_the_checks_intervals_where_the_summary_has_them():
     assert line.endswith("mean false-positive rate -")
 
 
+def test_every_checks_figure_prints_with_its_interval():
+    def est(value: float, unit: str) -> dict:
+        return {"value": value, "low": value - 0.1, "high": value + 0.1, "n": 20, "unit": unit, "method": "bootstrap"}
+
+    summary = {
+        "specificity": {
+            "rater": "minilm",
+            "n_features": 20,
+            "n_contexts": 400,
+            "mean_spearman": 0.3,
+            "mean_spearman_ci": est(0.3, "features"),
+            "pooled_spearman": 0.4,
+            "pooled_spearman_ci": est(0.4, "features"),
+            "high_rated_share_by_bin": [0.1, None, 0.5, 0.6, 0.7],
+            "high_rated_share_by_bin_ci": [est(0.1, "features"), None, est(0.5, "f"), est(0.6, "f"), est(0.7, "f")],
+        },
+        "sensitivity": {
+            "fr": {
+                "n_pairs": 20,
+                "n_features": 5,
+                "pooled_recall": 0.4,
+                "pooled_recall_ci": est(0.4, "article pairs"),
+                "mean_recall": 0.35,
+                "mean_recall_ci": est(0.35, "article pairs"),
+                "mean_false_positive_rate": 0.2,
+                "mean_false_positive_rate_ci": est(0.2, "article pairs"),
+            }
+        },
+        "probing": {
+            "n_topics": 3,
+            "sae": {"1": 0.6},
+            "raw": {"1": 0.55, "all": 0.9},
+            "accuracy_ci": {
+                "sae": {"1": est(0.6, "test documents")},
+                "raw": {"1": est(0.55, "test documents"), "all": est(0.9, "test documents")},
+            },
+        },
+    }
+    specificity, sensitivity, probing = checks_lines(summary)
+    assert "pooled 0.400 [0.300, 0.500] (n=20 features)" in specificity
+    assert specificity.endswith(
+        "(95% interval over features): 0.10 [0.00, 0.20], -, 0.50 [0.40, 0.60], 0.60 [0.50, 0.70], 0.70 [0.60, 0.80]"
+    )
+    assert sensitivity.endswith("mean false-positive rate 0.200 [0.100, 0.300] (n=20 article pairs)")
+    assert "raw 0.550 [0.450, 0.650] (n=20 test documents)" in probing
+    assert probing.endswith("raw, all dims 0.900 [0.800, 1.000] (n=20 test documents)")
+
+
 def test_an_uncalibrated_judge_is_shown_flagged_and_its_means_apart():
     flag = "judge uncalibrated: scores uninformative (control accuracy 0.500 [0.402, 0.598] (n=96 trials) reaches chance 0.5)"
     est = {"value": 0.5, "low": 0.402, "high": 0.598, "n": 96, "unit": "trials", "method": "wilson"}
