@@ -75,6 +75,8 @@ def search_labels(
                 "description": r["description"],
                 "explainer": r["explainer"],
                 "detection_auc": (r["scores"].get("detection") or {}).get("auc"),
+                # its 95% interval over the scored windows (records from before intervals: none)
+                "detection_auc_ci": ((r["scores"].get("detection") or {}).get("intervals") or {}).get("auc"),
             }
             for sim, r in ranked
         ],

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from saeq.checks.summary import checks_lines
 from saeq.client.client import Client
-from saeq.client.report import density_bins_table, judge_controls_lines, labels_summary, labels_table, summary_table
+from saeq.client.report import (
+    density_bins_table,
+    judge_controls_lines,
+    labels_summary,
+    labels_table,
+    steer_figures_line,
+    summary_table,
+)
 from saeq.dev.local_stack import LocalStack, StackOptions, free_port, saeq_home, stack_info_path
 from saeq.specs import (
     ActivationsRef,
@@ -23,6 +30,7 @@ from saeq.specs import (
     TrainedSae,
     TrainSpec,
 )
+from saeq.specs.estimates import Estimate
 
 HOOK = "blocks.14.hook_resid_post"  # layer 15: transformers' hidden_states[15]
 LABEL_DENSITY_EDGES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
@@ -131,9 +139,15 @@ def run_demo(
         print(f"\n[5/5] steer: find a feature by label search ({steer_query!r}), clamp it during generation")
         hits = client.search_labels(label["id"], steer_query, top=3)
         for h in hits:
+            auc = h["detection_auc"]
+            auc_ci = h.get("detection_auc_ci")
+            auc_text = (
+                "-" if auc is None else Estimate.model_validate(auc_ci).text("{:.2f}") if auc_ci else f"{auc:.2f}"
+            )
+            # the similarity is the query's cosine to the label: exact, not an estimate
             print(
                 f"  feature {h['feature']}: {h['label']!r} ({h['explainer']}), similarity {h['similarity']:.2f}, "
-                f"detection AUC {h['detection_auc'] if h['detection_auc'] is None else round(h['detection_auc'], 2)}"
+                f"detection AUC {auc_text}"
             )
         feature = hits[0]["feature"]
         max_act = max(r["max_activation"] for r in client.labels(label["id"]) if r["feature"] == feature)
@@ -148,10 +162,7 @@ def run_demo(
         # 2x the largest activation seen: enough to take over a 135M model's topic (4x breaks its grammar).
         print(f"prompt: {steer_prompt!r}; feature {feature} clamped to 2 x its max activation ({2 * max_act:.1f})")
         print(f"  default: {out['default']!r}\n  steered: {out['steered']!r}")
-        print(
-            f"  KL from default {out['kl_from_default']:.3f} nats/token; perplexity of the steered text under "
-            f"the unsteered model {out['perplexity_unsteered']:.1f}; {out['seconds']:.1f} s"
-        )
+        print("  " + steer_figures_line(out))
         browse = f"/browse#/features/{label['id']}"
         # No key on stdout (a shared host's logs and terminals outlive the demo): say where it is.
         print(
