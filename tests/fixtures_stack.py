@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,16 @@ from tests.servers import free_port
 
 _db = itertools.count(1)
 _local_roots: list[str] = []
+
+
+def logs_tail(logs: Path, lines: int = 40) -> str:
+    """The last lines of each of a stack's logs (api, worker, ...): what a test that gave up on a
+    job prints, so that a failure seen once in CI explains itself."""
+    out = []
+    for log in sorted(logs.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+    return "\n".join(out)
 
 
 @pytest.fixture(scope="session", autouse=True)
