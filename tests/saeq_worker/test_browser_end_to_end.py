@@ -87,6 +87,11 @@ def test_feature_page_list_and_playground(client_module, train_job, chromium, tm
     page.wait_for_selector("#saes")  # not just any table: the playground's is still there until then
     assert "key=" not in page.url  # and the key leaves the address bar
     assert page.locator("#saes").get_by_text("topk").count() > 0
+    # Not evaluated: its FVU and L0 are the train job's held-out figures, each with its interval and n.
+    row_ci = page.locator("#saes tbody tr").first.locator(".ci")
+    assert all(re.fullmatch(r"\[[\d.]+, [\d.]+\] n=\d+", row_ci.nth(i).inner_text()) for i in range(2)), (
+        row_ci.all_inner_texts()
+    )
     assert page.locator(f"#saes a[href='#/features/{label['id']}']").count() == 1
     page.goto(f"{client.url}/browse#/jobs")
     page.wait_for_selector(f"tr[data-job='{label['id']}'] .state")

@@ -53,6 +53,7 @@ async function saesPage() {
   if (!saes.length) return show(el("h1", {}, "SAEs"), el("p", { class: "muted" }, "No trained SAE yet."));
   const rows = saes.map(s => {
     const ev = s.evaluation, m = ev?.metrics || {}, ch = ev?.checks || {}, ci = ev?.intervals || {};
+    const trainCi = s.train_metrics?.intervals || {};  // the train job's held-out figures', before an evaluation
     const elements = ch.completeness && Object.values(ch.completeness)[0];
     const probeCi = ch.probing?.accuracy_ci?.sae?.["1"];
     const probe = ch.probing && ch.probing.n_topics ? [`SAE ${fmt(ch.probing.sae["1"], 2)} / raw ${fmt(ch.probing.raw["1"], 2)}`,
@@ -64,8 +65,8 @@ async function saesPage() {
     return el("tr", {},
       el("td", {}, el("b", {}, s.name), el("div", { class: "muted" }, `${s.architecture}, ${s.hook}`)),
       el("td", {}, s.job_name || s.train_job.slice(0, 8)),
-      el("td", { class: "num" }, s.d_sae), ciCell(m.fvu ?? s.train_metrics?.fvu, ci.fvu),
-      ciCell(m.l0 ?? s.train_metrics?.l0, ci.l0, 1), ciCell(m.ce_loss_recovered, ci.ce_loss_recovered),
+      el("td", { class: "num" }, s.d_sae), ciCell(m.fvu ?? s.train_metrics?.fvu, m.fvu != null ? ci.fvu : trainCi.fvu),
+      ciCell(m.l0 ?? s.train_metrics?.l0, m.l0 != null ? ci.l0 : trainCi.l0, 1), ciCell(m.ce_loss_recovered, ci.ce_loss_recovered),
       el("td", { class: "num" }, covered),
       el("td", {}, probe),
       el("td", {}, browse.length ? browse : el("span", { class: "muted" }, "no label job"),
