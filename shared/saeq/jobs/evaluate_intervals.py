@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saeq.ml.intervals import Statistic, group_bootstrap, ratio_of_sums, wilson
+from saeq.ml.intervals import Statistic, group_bootstrap, ratio_of_sums, reflected, wilson
 from saeq.specs.estimates import Estimate
 
 MAX_GROUPS = 1024
@@ -61,6 +61,11 @@ def metric_intervals(
         name: group_bootstrap(stat, len(sums_GK), unit=unit, seed=BOOTSTRAP_SEED, value=metrics[name])
         for name, stat in metric_statistics(sums_GK, sum_x_GD).items()
     }
+    # FVU and explained variance are measured about the sample's own mean: the basic bootstrap
+    # (saeq.ml.intervals.reflected), as for a train job's held-out FVU.
+    for name in ("fvu", "explained_variance"):
+        if name in out:
+            out[name] = reflected(out[name])
     out["dead_fraction"] = wilson(n_dead, n_latents, unit="latents")
     out["dense_fraction"] = wilson(n_dense, n_latents, unit="latents")
     return out
@@ -134,6 +139,6 @@ def layer_fvu_intervals(
 
     unit = group_unit(contexts_per_group)
     return [
-        group_bootstrap(fvu(layer), len(sums_GK), unit=unit, seed=BOOTSTRAP_SEED, value=value)
+        reflected(group_bootstrap(fvu(layer), len(sums_GK), unit=unit, seed=BOOTSTRAP_SEED, value=value))
         for layer, value in enumerate(fvu_per_layer)
     ]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saeq.ml.intervals import Statistic, group_bootstrap, ratio_of_sums, wilson
+from saeq.ml.intervals import Statistic, group_bootstrap, ratio_of_sums, reflected, wilson
 from saeq.specs.estimates import Estimate
 
 BLOCK_TOKENS = 128
@@ -95,10 +95,7 @@ class HeldOutSums:
         # it. The percentile interval then sits twice the bias above the truth (in
         # tests/saeq/ml/test_held_out.py's setup it covers ~72%); reflecting the quantiles about
         # the value (the basic bootstrap) takes the bias out once instead (~95%).
-        p = out["fvu"]
-        out["fvu"] = p.model_copy(
-            update={"low": 2 * p.value - p.high, "high": 2 * p.value - p.low, "method": "basic_bootstrap"}
-        )
+        out["fvu"] = reflected(out["fvu"])
         return out
 
 

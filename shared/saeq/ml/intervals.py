@@ -62,6 +62,18 @@ def group_bootstrap(
     return Estimate(value=point, low=low, high=high, n=n_groups, unit=unit, method="bootstrap", confidence=confidence)
 
 
+def reflected(est: Estimate) -> Estimate:
+    """The basic bootstrap from a percentile one: the resamples' quantiles reflected about the
+    value. For a figure whose resamples are biased away from it as it is from the truth (FVU:
+    spread about the sample's own mean), the percentile interval sits twice the bias off; this one
+    takes it out once (tests/saeq/ml/test_held_out.py: 72% -> ~95% coverage)."""
+    if math.isnan(est.low) or math.isnan(est.high):
+        return est
+    return est.model_copy(
+        update={"low": 2 * est.value - est.high, "high": 2 * est.value - est.low, "method": "basic_bootstrap"}
+    )
+
+
 def ratio_of_sums(numerator_G: np.ndarray, denominator_G: np.ndarray) -> Statistic:
     """The statistic sum(numerator) / sum(denominator) over the drawn groups: a per-token mean
     when the denominator counts each group's tokens."""
