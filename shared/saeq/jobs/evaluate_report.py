@@ -61,7 +61,9 @@ def markdown(result: EvalResult, provenance: dict, plot_names: list[str]) -> str
 {rows}
 
 Intervals: percentile bootstrap over the evaluation's contexts (resampled whole: a context's tokens
-share a document), 1,000 resamples; dead and dense latents: Wilson's interval over the latents.
+share a document), 1,000 resamples; FVU and explained variance the basic bootstrap (quantiles
+reflected about the value: both are measured about the sample's own mean); dead and dense latents:
+Wilson's interval over the latents.
 
 Tokens: {c["n_tokens"]:,} evaluated, {c["n_ordinary"]:,} ordinary, {c["n_sinks_excluded"]:,} attention
 sinks left out of every average and kept clean in the splices; loss averaged over
@@ -102,13 +104,15 @@ def spliced_sentence(result: EvalResult) -> str:
 def _layer_table(result: EvalResult) -> str:
     if not result.fvu_per_layer:
         return ""
+    cis = result.fvu_per_layer_intervals or [None] * len(result.fvu_per_layer)
     rows = "\n".join(
-        f"| `{h}` | {v:.4f} |" for h, v in zip(result.splice.get("replaces", []), result.fvu_per_layer, strict=False)
+        f"| `{h}` | {f'{v:.4f}' if ci is None else ci.text('{:.4f}')} |"
+        for h, v, ci in zip(result.splice.get("replaces", []), result.fvu_per_layer, cis, strict=False)
     )
     return f"""
-FVU of each layer (its residual sum of squares over its own variance):
+FVU of each layer (its residual sum of squares over its own variance; 95% interval over the contexts):
 
-| hook | FVU |
+| hook | FVU [95% interval] (n) |
 |---|---|
 {rows}
 """

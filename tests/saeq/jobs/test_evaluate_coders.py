@@ -12,6 +12,7 @@ from saeq.checks.documents import document_activations
 from saeq.errors import InvalidSpec
 from saeq.jobs.evaluate import evaluate_sae
 from saeq.jobs.evaluate_crosscoder import evaluate_crosscoder
+from saeq.jobs.evaluate_report import markdown
 from saeq.jobs.evaluate_transcoder import evaluate_transcoder
 from saeq.ml import hookpoints
 from saeq.ml.sae import SparseAutoencoder, TopKCrosscoder, TopKSkipTranscoder
@@ -64,6 +65,10 @@ def test_each_layers_fvu_is_its_own_error_over_its_own_variance(tiny_llama):
     full = r.full
     assert full is not None and full.intervals["ce_loss_recovered"].n == 8  # one per context
     assert full.metrics["kl_div_with_sae"] == r.metrics["kl_crosscoder"]
+    # The report's table of layers: each FVU with its interval over the 8 contexts.
+    page = markdown(full, {}, [])
+    for hook, ci in zip(HOOKS, full.fvu_per_layer_intervals or [], strict=True):
+        assert f"| `{hook}` | {ci.text('{:.4f}')} |" in page and "(n=8 contexts)" in page
     assert full.fvu_per_layer_intervals is not None and len(full.fvu_per_layer_intervals) == 2
     for est, value in zip(full.fvu_per_layer_intervals, r.fvu_per_layer, strict=True):
         assert est.value == value and est.low < value < est.high and (est.n, est.unit) == (8, "contexts")
