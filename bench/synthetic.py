@@ -19,7 +19,7 @@ and k at ~3/4 of the true L0 (its 25 of 34). The training tokens are drawn once 
 seeds every trainer's initialisation, the same for all trainers.
 Usage: python bench/synthetic.py [--source saelens|saeq] [--tokens 409600] [--features 512]
        [--d-model 128] [--d-sae F] [--k 8] [--lr 3e-3] [--threads 1] [--seeds 1] [--first-seed 0]
-       [--hierarchy] [--cache DIR]
+       [--hierarchy] [--widths levels|32,160,672,1024] [--cache DIR]
        [--trainers saeq-topk,saeq-batchtopk,saelens-topk,saelens-batchtopk,saeq-matryoshka,
         saelens-matryoshka]
 Smallest check (< 60 s): python bench/synthetic.py --smoke [--hierarchy]
@@ -39,9 +39,22 @@ from collections.abc import Callable, Iterator
 import torch
 
 Stream = Callable[[int, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # (seed, n_batches) -> (acts_BD, codes_BF)
+Source = tuple[torch.Tensor, Stream, str, torch.Tensor]  # features_FD, stream, description, depth_F
 
 
-def saelens_source(F: int, D: int, batch: int, hierarchy: bool = False) -> tuple[torch.Tensor, Stream, str]:
+def tree_depths(F: int, roots) -> torch.Tensor:
+    """Each feature's depth in SAELens's hierarchy forest (0: a root), -1 outside every tree: (F,)."""
+    depth_F = torch.full((F,), -1, dtype=torch.long)
+    level = [(node, 0) for node in roots]
+    while level:
+        node, d = level.pop()
+        if node.feature_index is not None:
+            depth_F[node.feature_index] = d
+        level += [(child, d + 1) for child in node.children]
+    return depth_F
+
+
+def saelens_source(F: int, D: int, batch: int, hierarchy: bool = False) -> Source:
     """SAELens's SyntheticModel; its sampling draws on torch's global RNG, seeded per stream."""
     from sae_lens.synthetic import (
         HierarchyConfig,
@@ -79,10 +92,11 @@ def saelens_source(F: int, D: int, batch: int, hierarchy: bool = False) -> tuple
         for _ in range(n_batches):
             yield model.sample_with_features(batch)
 
-    return model.feature_dict.feature_vectors.detach(), stream, what
+    depth_F = tree_depths(F, model.hierarchy.roots if model.hierarchy is not None else [])
+    return model.feature_dict.feature_vectors.detach(), stream, what, depth_F
 
 
-def saeq_source(F: int, D: int, batch: int, hierarchy: bool = False) -> tuple[torch.Tensor, Stream, str]:
+def saeq_source(F: int, D: int, batch: int, hierarchy: bool = False) -> Source:
     from saeq.ml.synthetic import SyntheticConfig, SyntheticModel
 
     cfg = SyntheticConfig(
@@ -104,7 +118,9 @@ def saeq_source(F: int, D: int, batch: int, hierarchy: bool = False) -> tuple[to
     def stream(seed: int, n_batches: int):
         return ((b.acts_BD, b.codes_BF) for b in model.batches(batch, n_batches, seed=seed))
 
-    return model.features_FD, stream, "saeq.ml.synthetic"
+    depth_F = torch.full((F,), -1, dtype=torch.long)
+    depth_F[model.parents_H], depth_F[model.children_HC.flatten()] = 0, 1
+    return model.features_FD, stream, "saeq.ml.synthetic", depth_F
 
 
 def checked(batches: Iterator[torch.Tensor], sums: list[float]):
@@ -136,12 +152,39 @@ def draw(stream: Stream, args, n_batches: int) -> tuple[list[tuple[torch.Tensor,
 
 
 def matryoshka_widths(args) -> list[int]:
-    """Prefix widths roots x 4^i up to d_sae (SynthSAEBench's 128, 512, 2,048, 4,096)."""
-    widths, w = [], max(2, args.features // 128)
-    while w < args.d_sae:
-        widths.append(w)
+    """Prefix widths (the ends of the nested prefixes, the last d_sae): `--widths`, by default
+    roots x 4^i up to d_sae (SynthSAEBench's 128, 512, 2,048, 4,096); `levels`: the tree's levels
+    summed (roots, + their children, ...: 32, 160, 672 of --features 4096), so prefix i can hold
+    every feature down to depth i."""
+    roots = max(2, args.features // 128)
+    if args.widths not in ("", "levels"):
+        return [int(w) for w in args.widths.split(",")]
+    widths, w, total = [], roots, roots
+    while (total if args.widths == "levels" else w) < args.d_sae:
+        widths.append(total if args.widths == "levels" else w)
         w *= 4
+        total += w
     return [*widths, args.d_sae]
+
+
+def level_recovery(encode, W_dec: torch.Tensor, features_FD: torch.Tensor, depth_F: torch.Tensor, held_out) -> dict:
+    """Per tree depth (and -1: outside the trees): the mean over its true features of the closest
+    latent's |cos| and of that latent's F1 as a detector of the feature firing on held-out tokens."""
+    from saeq.checks.recovery import abs_cosines
+
+    best_cos_F, best_L_F = abs_cosines(W_dec.float().cpu(), features_FD).max(dim=0)
+    tp, fp, fn = (torch.zeros(len(depth_F)) for _ in range(3))
+    with torch.no_grad():
+        for acts_BD, fires_BF in held_out:
+            on_BF = (encode(acts_BD) != 0).cpu()[:, best_L_F]  # each feature's closest latent fires
+            tp += (on_BF & fires_BF).sum(0)
+            fp += (on_BF & ~fires_BF).sum(0)
+            fn += (~on_BF & fires_BF).sum(0)
+    f1_F = 2 * tp / (2 * tp + fp + fn).clamp_min(1)
+    return {
+        int(d): (int((depth_F == d).sum()), float(best_cos_F[depth_F == d].mean()), float(f1_F[depth_F == d].mean()))
+        for d in depth_F.unique().tolist()
+    }
 
 
 def train_saeq(arch: str, args, batches: Iterator[torch.Tensor], seed: int):
@@ -236,6 +279,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, default=1, help="how many seeds: batch order and initialisations")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+N-1 (one per process, say)")
     ap.add_argument("--hierarchy", action="store_true", help="SynthSAEBench-16k's tree and widths, scaled down")
+    ap.add_argument(
+        "--widths",
+        default="",
+        help="Matryoshka prefix ends, comma-separated ('': roots x 4^i, SynthSAEBench's; 'levels': the tree's "
+        "levels summed)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--cache", default="", help="keep the drawn tokens here for later runs ('': draw each run)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one thread: does it run (< 60 s)")
@@ -271,7 +320,7 @@ def main() -> None:
         args.source = "saeq"
     source = saelens_source if args.source == "saelens" else saeq_source
     n_batches = args.tokens // args.batch
-    features_FD, stream, what = source(args.features, args.d_model, args.batch, args.hierarchy)
+    features_FD, stream, what, depth_F = source(args.features, args.d_model, args.batch, args.hierarchy)
     t0 = time.perf_counter()
     held_out, pool = draw(stream, args, n_batches)
     drawn_s = time.perf_counter() - t0
@@ -290,6 +339,7 @@ def main() -> None:
     head = f"{'trainer':18s} {'MCC':>6s} {'(SAELens fn)':>12s} {'best cos':>8s} {'F1':>6s} {'prec':>6s} {'recall':>6s}"
     print("\n" + head + f" {'unique':>6s} {'FVU':>6s} {'L0':>6s} {'dead':>6s} {'s':>6s} seed", flush=True)
     results: dict[str, list] = {n: [] for n in names}
+    by_level: dict[str, list[dict]] = {n: [] for n in names}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         order = torch.randperm(n_batches, generator=torch.Generator().manual_seed(seed)).tolist()
         sums: list[float] = []
@@ -311,12 +361,20 @@ def main() -> None:
                 f"{r.recall:6.4f} {r.uniqueness:6.4f} {r.fvu:6.4f} {r.l0:6.2f} {r.dead_fraction:6.1%} {s:6.1f} {seed}",
                 flush=True,
             )
+            if args.hierarchy:
+                levels = level_recovery(encode, W_dec, features_FD, depth_F, held_out)
+                by_level[name].append(levels)
+                cells = [
+                    f"{'outside' if d < 0 else f'depth {d}'} ({n}) cos {c:.3f} F1 {f:.3f}"
+                    for d, (n, c, f) in levels.items()
+                ]
+                print(f"{'':18s} true features by tree depth: {'; '.join(cells)}", flush=True)
         assert len(set(sums)) == 1, f"the trainers saw different batches: checksums {sums}"
         print(f"every trainer read the same {n_batches} batches (seed {seed}, checksum {sums[0]:.6g})", flush=True)
-    summarise(results, args.seeds)
+    summarise(results, args.seeds, by_level)
 
 
-def summarise(results: dict[str, list], seeds: int) -> None:
+def summarise(results: dict[str, list], seeds: int, by_level: dict[str, list[dict]] | None = None) -> None:
     """Means and spread over the seeds, and the acceptance comparisons, seed by seed."""
     if seeds > 1:
         print(f"\nover {seeds} seeds: mean (sd, min-max)")
@@ -344,6 +402,12 @@ def summarise(results: dict[str, list], seeds: int) -> None:
         compare(f"saeq-{arch}", f"saelens-{arch}", f"{arch}, saeq against SAELens")
     for lib in ("saeq", "saelens"):
         compare(f"{lib}-matryoshka", f"{lib}-batchtopk", f"hierarchy, {lib} Matryoshka against BatchTopK")
+        a, b = (by_level or {}).get(f"{lib}-matryoshka"), (by_level or {}).get(f"{lib}-batchtopk")
+        if a and b:  # the parents (features with children) are what absorption takes from BatchTopK
+            for d in sorted(k for k in a[0] if k >= 0):
+                d_cos = " ".join(f"{x[d][1] - y[d][1]:+.3f}" for x, y in zip(a, b, strict=True))
+                d_f1 = " ".join(f"{x[d][2] - y[d][2]:+.3f}" for x, y in zip(a, b, strict=True))
+                print(f"  depth {d} ({a[0][d][0]} features): best |cos| {d_cos}, F1 {d_f1} by seed")
 
 
 if __name__ == "__main__":
