@@ -44,6 +44,47 @@ class _FakeWorker:
     app = types.SimpleNamespace(amqp=types.SimpleNamespace(queues=types.SimpleNamespace(consume_from={"gpu": 1})))
 
 
+_FORK_SAFE = textwrap.dedent("""
+    import os, sys, threading, time, types, urllib.request
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from saeq_worker import metrics
+    queues = types.SimpleNamespace(consume_from={"gpu": 1})
+    worker = types.SimpleNamespace(concurrency=1, app=types.SimpleNamespace(amqp=types.SimpleNamespace(queues=queues)))
+    port = int(sys.argv[2])
+    metrics.serve(worker, port, "127.0.0.1")
+    before = set(sys.modules)
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    print("imported by a scrape after serve:", sorted(set(sys.modules) - before))
+    metrics._scrape_lock.acquire()  # a scrape collecting, for the next 0.5 s
+    threading.Timer(0.5, metrics._scrape_lock.release).start()
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child's lock is free: a scrape there (the solo pool's) never waits on the parent's
+        os._exit(0 if metrics._scrape_lock.acquire(timeout=1) else 3)
+    waited = time.monotonic() - t0
+    print("fork waited", round(waited, 2), "child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+""")
+
+
+def test_a_scrape_never_runs_across_a_fork_of_the_pool(tmp_path):
+    # A pool child forked while the scrape thread held a lock (the first scrape imports pynvml,
+    # ctypes.util, ...) inherits it held and hangs: a job received and never started. serve()
+    # scrapes once before the pool forks, and a fork waits for a scrape that is collecting.
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_SAFE, str(tmp_path), str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != metrics.MULTIPROC_ENV},
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "imported by a scrape after serve: []" in lines, out.stdout
+    (fork,) = [ln for ln in lines if ln.startswith("fork waited")]
+    waited, child = float(fork.split()[2]), fork.split()[-1]
+    assert 0.4 <= waited < 5 and child == "0", out.stdout
+
+
 def test_a_child_killed_outright_no_longer_counts_as_running(tmp_path):
     # A child records a running job and dies without worker_process_shutdown (as under the OOM killer).
     child = subprocess.run(

@@ -320,7 +320,27 @@ def serve(worker, port: int, addr: str) -> None:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(WorkerCollector(worker, path))
     start_http_server(port, addr=addr, registry=reg)
+    # One scrape now, before the pool forks: what a first scrape imports (pynvml, ctypes.util,
+    # prometheus_client.core, the server's own) is imported here, so no later scrape holds an
+    # import lock that a child forked meanwhile would inherit held (the fork lock above covers
+    # the collection; this covers the rest of the request).
+    _scrape_once(reg, addr, port)
     log.info("worker metrics on http://%s:%d/metrics (multiprocess dir %s)", addr, port, path)
+
+
+def _scrape_once(reg, addr: str, port: int) -> None:
+    import urllib.request
+
+    from prometheus_client import generate_latest
+
+    host = "127.0.0.1" if addr in ("", "0.0.0.0") else "::1" if addr == "::" else addr
+    url = f"http://[{host}]:{port}/metrics" if ":" in host else f"http://{host}:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            answer.read()
+    except OSError as e:  # served on an address this process cannot reach itself
+        log.warning("worker metrics: the warm-up scrape of %s failed (%s); collecting directly", url, e)
+        generate_latest(reg)
 
 
 def process_died(pid: int) -> None:
@@ -338,6 +358,34 @@ def cleanup() -> None:
         shutil.rmtree(_made_dir, ignore_errors=True)
 
 
+_scrape_lock = threading.Lock()
+"""Held by a scrape while it collects, and by os.fork (register_at_fork below): the pool never forks
+a child in the middle of a scrape. A lock the scrape thread held at the fork (an import's module
+lock, NVML's) would stay held forever in the child, which then hangs on it: a job received and
+never started (seen in tests/saeq_worker/test_metrics_team.py, whose scrape meets the pool's start)."""
+FORK_WAIT_S = 10.0
+"""A fork waits at most this long for a scrape to end (one stuck in NVML must not stop the pool)."""
+_held_for_fork = False
+
+
+def _before_fork() -> None:
+    global _held_for_fork
+    _held_for_fork = _scrape_lock.acquire(timeout=FORK_WAIT_S)
+
+
+def _after_fork_in_parent() -> None:
+    if _held_for_fork:
+        _scrape_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _scrape_lock
+    _scrape_lock = threading.Lock()  # the child has no scrape thread: a fresh, free lock
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+
 class WorkerCollector:
     """The pool's merged multiprocess files, plus the parent's own gauges."""
 
@@ -348,6 +396,11 @@ class WorkerCollector:
         self.files = MultiProcessCollector(None, path=path)
 
     def collect(self):
+        with _scrape_lock:  # all of it here, not across the generator's yields
+            families = list(self._families())
+        yield from families
+
+    def _families(self):
         from prometheus_client.core import GaugeMetricFamily
 
         _forget_dead_children(self.path)
