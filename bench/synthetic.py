@@ -124,12 +124,16 @@ def saeq_source(F: int, D: int, batch: int, hierarchy: bool = False) -> Source:
 
 
 def checked(batches: Iterator[torch.Tensor], sums: list[float]):
-    """The batches, a checksum of them in order appended to `sums` as they pass."""
+    """The batches, a checksum of those read, in order, appended to `sums` when the generator ends
+    or is closed: saeq's train_saes stops after its last batch without asking for another, so
+    a checksum kept only at exhaustion was never appended for saeq's trainers."""
     total = 0.0
-    for i, acts in enumerate(batches):  # weighted by position: the order counts too
-        total += (i + 1) * float(acts[:, 0].double().sum())
-        yield acts
-    sums.append(total)
+    try:
+        for i, acts in enumerate(batches):  # weighted by position: the order counts too
+            total += (i + 1) * float(acts[:, 0].double().sum())
+            yield acts
+    finally:
+        sums.append(total)
 
 
 def draw(stream: Stream, args, n_batches: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
@@ -347,7 +351,9 @@ def main() -> None:
             lib, arch = name.split("-")
             t0 = time.perf_counter()
             train = train_saeq if lib == "saeq" else train_saelens
-            encode, decode, W_dec = train(arch, args, checked((pool[i] for i in order), sums), seed)
+            feed = checked((pool[i] for i in order), sums)
+            encode, decode, W_dec = train(arch, args, feed, seed)
+            feed.close()  # its checksum now, whether the trainer read to the end or stopped at its last batch
             s = time.perf_counter() - t0
             r = score_recovery(encode, decode, W_dec, features_FD, held_out)
             theirs = float("nan")
@@ -369,7 +375,7 @@ def main() -> None:
                     for d, (n, c, f) in levels.items()
                 ]
                 print(f"{'':18s} true features by tree depth: {'; '.join(cells)}", flush=True)
-        assert len(set(sums)) == 1, f"the trainers saw different batches: checksums {sums}"
+        assert len(sums) == len(names) and len(set(sums)) == 1, f"the trainers saw different batches: checksums {sums}"
         print(f"every trainer read the same {n_batches} batches (seed {seed}, checksum {sums[0]:.6g})", flush=True)
     summarise(results, args.seeds, by_level)
 

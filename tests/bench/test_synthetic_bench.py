@@ -1,5 +1,6 @@
-"""bench/synthetic.py --hierarchy's parts: the Matryoshka prefix widths it trains with, each true
-feature's depth in SAELens's tree, and the per-depth recovery it prints beside MCC and F1."""
+"""bench/synthetic.py's parts: the checksum that shows every trainer read the same batches, the
+Matryoshka prefix widths --hierarchy trains with, each true feature's depth in SAELens's tree, and
+the per-depth recovery it prints beside MCC and F1."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 import pytest
 import torch
 
-from bench.synthetic import level_recovery, matryoshka_widths, tree_depths
+from bench.synthetic import checked, level_recovery, matryoshka_widths, tree_depths
 
 
 def test_matryoshka_widths_default_levels_and_given():
@@ -56,3 +57,18 @@ def test_level_recovery_sees_a_missing_root():
     absorbed = level_recovery(encode, W_dec, features_FD, depth_F, held_out)
     assert absorbed[0][1] < 0.5 and absorbed[0][2] < 0.7
     assert all(absorbed[d][1] == pytest.approx(1) and absorbed[d][2] == pytest.approx(1) for d in (-1, 1, 2))
+
+
+def test_checksum_of_a_trainer_that_stops_at_its_last_batch():
+    """saeq's train_saes reads exactly its batches and never asks for one more; its checksum must
+    still be kept (it was not: a saeq-only run failed 'checksums []'), and equal a full reader's."""
+    batches = [torch.full((4, 2), float(i)) for i in range(3)]
+    sums: list[float] = []
+    assert len(list(checked(iter(batches), sums))) == 3  # reads to the end (SAELens's loop)
+    feed = checked(iter(batches), sums)
+    for _ in range(3):  # reads its three and stops
+        next(feed)
+    feed.close()
+    shuffled = checked(iter(batches[::-1]), sums)
+    list(shuffled)
+    assert len(sums) == 3 and sums[0] == sums[1] != sums[2]
