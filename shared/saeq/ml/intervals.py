@@ -132,17 +132,23 @@ def wilson(successes: int, n: int, *, unit: str, confidence: float = 0.95) -> Es
 def mean_of_proportions(
     successes_T, n_T, *, unit: str, resamples: int = RESAMPLES, seed: int = 0, confidence: float = 0.95
 ) -> Estimate:
-    """The mean over strata (topics) of each stratum's proportion successes/n, bootstrapped by
-    resampling each stratum's trials: for 0/1 outcomes a resampled stratum's count is exactly a
-    Binomial(n, p) draw, so no per-trial data is needed. n of the Estimate: all trials."""
+    """The mean over strata (topics, a judge's two classes) of each stratum's proportion
+    successes/n, with each stratum's proportion drawn from its Jeffreys posteriors,
+    Beta(k + 1/2, n - k + 1/2), and the draws averaged. A plain bootstrap would redraw a stratum's
+    count as Binomial(n, k/n): at k = 0 or k = n it never moves, so a judge that answers "no" to
+    all 8 activating windows would get a balanced accuracy of 0.50 [0.50, 0.50], certainty from
+    8 trials. Jeffreys's interval covers about nominally down to a few trials (Brown, Cai and
+    DasGupta 2001). n of the Estimate: all trials."""
     k_T, n_T = np.asarray(successes_T, np.float64), np.asarray(n_T, np.int64)
     p_T = k_T / n_T
     value = float(p_T.mean())
     if n_T.sum() < 2:
-        return Estimate(value=value, low=math.nan, high=math.nan, n=int(n_T.sum()), unit=unit, method="bootstrap")
+        return Estimate(value=value, low=math.nan, high=math.nan, n=int(n_T.sum()), unit=unit, method="jeffreys")
     rng = np.random.default_rng(seed)
-    boots_R = (rng.binomial(n_T, p_T, size=(resamples, len(n_T))) / n_T).mean(1)
+    boots_R = rng.beta(k_T + 0.5, n_T - k_T + 0.5, size=(resamples, len(n_T))).mean(1)
     low, high = _percentiles(value, boots_R, confidence)
+    # The posterior's quantiles need not straddle the observed mean at 0 or 1: the interval always holds it.
+    low, high = min(low, value), max(high, value)
     return Estimate(
-        value=value, low=low, high=high, n=int(n_T.sum()), unit=unit, method="bootstrap", confidence=confidence
+        value=value, low=low, high=high, n=int(n_T.sum()), unit=unit, method="jeffreys", confidence=confidence
     )

@@ -26,11 +26,12 @@ class Estimate(BaseModel):
     """How many independent units the interval rests on (contexts, documents, latents, trials)."""
     unit: str
     """What `n` counts, plural: "contexts", "latents"."""
-    method: Literal["bootstrap", "basic_bootstrap", "paired_bootstrap", "wilson", "newcombe"]
+    method: Literal["bootstrap", "basic_bootstrap", "paired_bootstrap", "wilson", "newcombe", "jeffreys"]
     """Percentile bootstrap over the units (resampled whole), the basic bootstrap (the same
     resamples' quantiles reflected about the value, for a figure whose resamples are biased), the
-    same resamples for both sides of a difference, Wilson's score interval for a proportion, or
-    Newcombe's for a difference of two independent proportions (from their Wilson intervals)."""
+    same resamples for both sides of a difference, Wilson's score interval for a proportion,
+    Newcombe's for a difference of two independent proportions (from their Wilson intervals), or a
+    mean of proportions drawn from their Jeffreys posteriors (saeq.ml.intervals.mean_of_proportions)."""
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
     """Nominal coverage of the interval."""
 

@@ -96,3 +96,12 @@ def test_a_mean_of_per_topic_accuracies_covers_the_true_mean():
         for i in range(400)
     )
     assert 0.91 <= covered / 400 <= 0.985, covered / 400
+
+
+def test_a_judge_that_says_no_to_every_window_is_not_certain_of_its_chance_score():
+    from saeq.ml.intervals import mean_of_proportions
+
+    # 0 of 8 activating windows called, 8 of 8 silent ones: balanced accuracy 0.5 from 16 trials.
+    est = mean_of_proportions([0, 8], [8, 8], unit="windows")
+    assert (est.value, est.n, est.method) == (0.5, 16, "jeffreys")
+    assert est.low < 0.47 and est.high > 0.53, est  # a binomial redraw at 0/8 and 8/8 gave [0.50, 0.50]
