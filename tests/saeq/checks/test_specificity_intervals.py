@@ -74,3 +74,11 @@ def test_share_intervals_per_bin():
     assert pooled[0] is None
     assert pooled[1] is not None and pooled[1]["value"] == 0.5 and pooled[1]["unit"] == "features"
     assert pooled[1]["low"] < 0.5 < pooled[1]["high"]
+
+
+def test_a_pooled_share_of_zero_still_has_the_width_its_contexts_allow():
+    # 20 features x 8 contexts in the bin, none rated 2-3: every resample over features gives 0.
+    pooled = pooled_share_intervals([[[8, 0, 0, 0]] for _ in range(20)])
+    (share,) = pooled
+    assert share is not None and share["value"] == 0.0 and share["low"] == 0.0
+    assert 0.01 < share["high"] < 0.05, share  # Wilson's upper bound for 0 of 160
