@@ -151,6 +151,7 @@ class HarvestData:
         self.gpu_fraction, self.prefetch_chunks = gpu_fraction, prefetch_chunks
         self._sinks: dict[_Piece, SinkStats] = {}
         self._lock = threading.Lock()
+        self._reading: dict[_Piece, Future] = {}  # pieces a reader is decoding now: one read each
         self._dtype: torch.dtype | None = None  # the stored dtype, known at the first decode
         self._on_gpu = False  # GPU-resident: pieces are uploaded, and all of them fit
         self._cache: dict[_Piece, _Decoded] = {}  # resident pieces, within cache_bytes (or the GPU's room)
@@ -251,21 +252,40 @@ class HarvestData:
         return piece in self._cache
 
     def _make_resident(self, piece: _Piece) -> _Decoded:
-        """A piece decoded (uploaded when GPU-resident), kept if there is room."""
-        if piece in self._cache:
-            return self._cache[piece]
-        decoded = self._decode(piece)
-        self._settle_layout(decoded.acts.dtype, piece.key)
-        if self._on_gpu:
-            acts = decoded.acts.to(self.device)
-            torch.cuda.current_stream(self.device).synchronize()  # a pageable copy may still be in flight
-            decoded = _Decoded(acts, decoded.ordinary, acts.nbytes)
-        with self._lock:  # two chunks' loads may decode one piece at an epoch's turn: count it once
-            room = self._on_gpu or self._cached_bytes + decoded.nbytes <= self.cache_bytes
-            if piece not in self._cache and room:
-                self._cache[piece] = decoded
-                self._cached_bytes += decoded.nbytes
-        return decoded
+        """A piece decoded (uploaded when GPU-resident), kept if there is room. Two chunks' loads
+        may ask for one piece at once (at an epoch's turn the next epoch's first chunk is
+        prefetched while this epoch's last still loads it): the second waits for the first's read
+        instead of reading the shard again."""
+        with self._lock:
+            if piece in self._cache:
+                return self._cache[piece]
+            reading = self._reading.get(piece)
+            if reading is None:
+                reading = self._reading[piece] = Future()
+                mine = True
+            else:
+                mine = False
+        if not mine:  # the reader that registered it is running now, in another thread
+            return reading.result()
+        try:
+            decoded = self._decode(piece)
+            self._settle_layout(decoded.acts.dtype, piece.key)
+            if self._on_gpu:
+                acts = decoded.acts.to(self.device)
+                torch.cuda.current_stream(self.device).synchronize()  # a pageable copy may still be in flight
+                decoded = _Decoded(acts, decoded.ordinary, acts.nbytes)
+            with self._lock:
+                if self._on_gpu or self._cached_bytes + decoded.nbytes <= self.cache_bytes:
+                    self._cache[piece] = decoded
+                    self._cached_bytes += decoded.nbytes
+                del self._reading[piece]
+            reading.set_result(decoded)
+            return decoded
+        except BaseException as e:
+            with self._lock:
+                self._reading.pop(piece, None)
+            reading.set_exception(e)
+            raise
 
     def _assemble(self, pieces: list[_Piece], decoded: list[_Decoded | None]) -> _Chunk:
         """A chunk: its pieces' rows as they are, and its ordinary rows' indices, in piece order."""
