@@ -110,6 +110,7 @@ class Trainee:
     def __init__(self, name: str, cfg: SaeConfig, sae: SparseAutoencoder, device: str):
         self.name, self.cfg, self.sae, self.device = name, cfg, sae, device
         self.sae.bandwidth = cfg.jumprelu_bandwidth
+        self.unit_decoder = cfg.keeps_unit_decoder()
         fused = device.startswith("cuda") or device == "cpu"
         self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=fused)
         self.aux_k = min(cfg.aux_k or sae.d_in // 2, sae.d_sae)
@@ -150,12 +151,12 @@ class Trainee:
         (loss * weight if group is not None else loss).backward()
         if group is not None:
             group.sum_grads_(sae.parameters())
-        if cfg.normalize_decoder:
+        if self.unit_decoder:
             sae.remove_parallel_grad_()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         with torch.no_grad():
-            if cfg.normalize_decoder:
+            if self.unit_decoder:
                 sae.normalize_decoder_()
             if isinstance(sae, JumpReluSae):
                 sae.threshold.clamp_(min=0.0)
@@ -255,7 +256,8 @@ def build_trainees(
             )
         gen = torch.Generator().manual_seed((run.seed * 1_000_003 + i) % (1 << 63))  # run.seed: seeds' or seed
         on = devices[j % len(devices)]
-        sae = cls(d_in, d_sae, k=cfg.k, generator=gen, **cls.options_from_spec(spec, cfg)).to(on)
+        options = cls.options_from_spec(spec, cfg)
+        sae = cls(d_in, d_sae, k=cfg.k, generator=gen, decoder_init_norm=cfg.initial_decoder_norm(), **options).to(on)
         with torch.no_grad():
             if first_x is not None and isinstance(sae, Transcoder):
                 sae.set_target_gain_(first_x)

@@ -34,6 +34,10 @@ class SaeArchitecture:
     """It reads and writes several hook points at once (a crosscoder): a train job names them all,
     `activations.hooks`."""
 
+    free_decoder: bool = False
+    """Its decoder rows train freely by default (`SaeConfig.normalize_decoder` None), started at
+    norm 0.1; otherwise they are kept at unit norm."""
+
     @property
     def uses_k(self) -> bool:
         """It keeps k latents per token (so needs 1 <= k <= d_sae)."""
@@ -78,8 +82,8 @@ _TOPK_FIELDS = ("k", "aux_k", "auxk_alpha")
 _JUMPRELU_FIELDS = ("jumprelu_init_threshold", "jumprelu_bandwidth", "l0_coefficient")
 _TRANSCODERS = "saeq.ml.sae.transcoder:"
 for _builtin in (
-    SaeArchitecture("topk", "saeq.ml.sae.architectures:TopKSae", _TOPK_FIELDS),
-    SaeArchitecture("batchtopk", "saeq.ml.sae.architectures:BatchTopKSae", _TOPK_FIELDS),
+    SaeArchitecture("topk", "saeq.ml.sae.architectures:TopKSae", _TOPK_FIELDS, free_decoder=True),
+    SaeArchitecture("batchtopk", "saeq.ml.sae.architectures:BatchTopKSae", _TOPK_FIELDS, free_decoder=True),
     SaeArchitecture(
         "jumprelu",
         "saeq.ml.sae.architectures:JumpReluSae",
@@ -87,7 +91,10 @@ for _builtin in (
     ),
     SaeArchitecture("relu", "saeq.ml.sae.architectures:ReluSae", ("l1_coefficient",)),
     SaeArchitecture(
-        "matryoshka_batchtopk", "saeq.ml.sae.matryoshka:MatryoshkaBatchTopKSae", (*_TOPK_FIELDS, "matryoshka_groups")
+        "matryoshka_batchtopk",
+        "saeq.ml.sae.matryoshka:MatryoshkaBatchTopKSae",
+        (*_TOPK_FIELDS, "matryoshka_groups"),
+        free_decoder=True,
     ),
     SaeArchitecture("topk_transcoder", _TRANSCODERS + "TopKTranscoder", _TOPK_FIELDS, transcoder=True),
     SaeArchitecture("topk_skip_transcoder", _TRANSCODERS + "TopKSkipTranscoder", _TOPK_FIELDS, transcoder=True),

@@ -73,9 +73,15 @@ class SaeConfig(Frozen):
     the `dead_fraction` figure)."""
     lr: float = Field(default=3e-3, gt=0.0, le=1.0)
     """Peak Adam learning rate (see TrainSpec for warmup and decay)."""
-    normalize_decoder: bool = True
+    normalize_decoder: bool | None = None
     """Keep decoder rows at unit norm: the gradient's component along each row is removed before
-    the step and rows are renormalised after it."""
+    the step and rows are renormalised after it. None: the architecture's default, off for the
+    k-sparse SAEs (`topk`, `batchtopk`, `matryoshka_batchtopk`: free rows recover planted features
+    better, docs/synthetic.md), on for the others."""
+    decoder_init_norm: float | None = Field(default=None, gt=0.0, le=100.0)
+    """Norm of the random initial decoder rows (the encoder starts as their transpose). None: 0.1
+    where the rows train freely (as SAELens and Anthropic's April 2024 update start them), 1 where
+    they are kept at unit norm."""
     l1_coefficient: float = Field(default=5.0, ge=0.0, le=1e4)
     """relu: weight of the L1 penalty sum_i f_i ||W_dec[i]||, on activations scaled to a mean
     norm of sqrt(d_in); it ramps up over `TrainSpec.sparsity_warmup`."""
@@ -122,6 +128,18 @@ class SaeConfig(Frozen):
             if self.aux_k is not None and self.aux_k > self.d_sae:
                 raise invalid(self, "aux_k", f"aux_k={self.aux_k} exceeds d_sae={self.d_sae}")
         return self
+
+    def keeps_unit_decoder(self) -> bool:
+        """`normalize_decoder`, None resolved by the architecture."""
+        if self.normalize_decoder is not None:
+            return self.normalize_decoder
+        return not SAE_ARCHITECTURES.get(self.architecture).free_decoder
+
+    def initial_decoder_norm(self) -> float:
+        """`decoder_init_norm`, None resolved by whether the rows train freely."""
+        if self.decoder_init_norm is not None:
+            return self.decoder_init_norm
+        return 1.0 if self.keeps_unit_decoder() else 0.1
 
 
 class ActivationsRef(Frozen):

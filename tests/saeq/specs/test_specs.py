@@ -38,3 +38,20 @@ def test_non_finite_numbers_are_refused(value):
     assert _loc(e) == ("spec", "train", "sinks", "norm_factor") and e.value.errors()[0]["type"] == "finite_number"
     with pytest.raises(ValidationError):
         JobCreate.model_validate({"spec": {"kind": "harvest"}, "time_limit_s": value})
+
+
+def test_k_sparse_saes_train_free_decoder_rows_unless_asked_and_old_specs_keep_theirs():
+    """The k-sparse SAEs default to free decoder rows started at norm 0.1 (docs/synthetic.md);
+    the others keep unit rows; a spec stored before the switch says `normalize_decoder: true` and
+    is re-read as it was trained."""
+    for arch in ("topk", "batchtopk"):
+        cfg = SaeConfig(architecture=arch)
+        assert not cfg.keeps_unit_decoder() and cfg.initial_decoder_norm() == 0.1
+    jumprelu = SaeConfig(architecture="jumprelu")
+    assert jumprelu.keeps_unit_decoder() and jumprelu.initial_decoder_norm() == 1.0
+    stored = SaeConfig.model_validate_json(SaeConfig(normalize_decoder=True).model_dump_json())
+    assert stored.keeps_unit_decoder() and stored.initial_decoder_norm() == 1.0
+    free_from_one = SaeConfig(normalize_decoder=False, decoder_init_norm=1.0)
+    assert not free_from_one.keeps_unit_decoder() and free_from_one.initial_decoder_norm() == 1.0
+    with pytest.raises(ValidationError, match="decoder_init_norm"):
+        SaeConfig(decoder_init_norm=0.0)

@@ -52,7 +52,8 @@ def save_sae(sae: SparseAutoencoder, path: str | Path, format: SaeFormat, metada
         cfg = {
             "activation": "topk",
             "expansion_factor": max(1, sae.d_sae // sae.d_in),
-            "normalize_decoder": True,
+            # What sparsify would keep while training on: saeq's k-sparse SAEs train free rows.
+            "normalize_decoder": bool(torch.allclose(sd["W_dec"].norm(dim=1), torch.ones(()), atol=1e-4)),
             "num_latents": sae.d_sae,
             "k": sae.k,
             "multi_topk": False,

@@ -89,6 +89,7 @@ class SparseAutoencoder(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
         generator: torch.Generator | None = None,
+        decoder_init_norm: float = 1.0,
     ):
         super().__init__()
         if architecture is not None and architecture != self.architecture:
@@ -103,9 +104,10 @@ class SparseAutoencoder(nn.Module):
         """BatchTopK: rate of the threshold's moving average (SAELens' topk_threshold_lr)."""
         self._buffers_cache: dict = {}  # scratch tensors reused across steps (not state)
         kw: dict[str, Any] = {"dtype": dtype, "device": device}
-        # Random unit decoder rows, the encoder their transpose (Gao et al. 2024).
+        # Random decoder rows of one norm, the encoder their transpose (Gao et al. 2024).
+        self.decoder_init_norm = decoder_init_norm
         W_dec = torch.randn(d_sae, d_in, generator=generator, dtype=dtype).to(device)
-        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        W_dec *= decoder_init_norm / W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
         self.W_enc = nn.Parameter(W_dec.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))

@@ -33,9 +33,10 @@ class Transcoder(SparseAutoencoder):
         super().__init__(d_in, d_sae, architecture, **kw)
         self.d_out = d_out or d_in
         like = {"dtype": self.W_enc.dtype, "device": self.W_enc.device}
-        if self.d_out != d_in:  # the base built a d_in-wide decoder: random unit rows of d_out instead
+        if self.d_out != d_in:  # the base built a d_in-wide decoder: random rows of d_out instead
             W_dec = torch.randn(d_sae, self.d_out, generator=kw.get("generator"), dtype=like["dtype"])
-            self.W_dec = nn.Parameter((W_dec / W_dec.norm(dim=1, keepdim=True)).to(like["device"]))
+            W_dec *= self.decoder_init_norm / W_dec.norm(dim=1, keepdim=True)
+            self.W_dec = nn.Parameter(W_dec.to(like["device"]))
             self.b_dec = nn.Parameter(torch.zeros(self.d_out, **like))
         if self.has_skip:
             self.W_skip = nn.Parameter(torch.zeros(self.d_out, d_in, **like))
