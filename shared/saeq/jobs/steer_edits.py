@@ -1,7 +1,8 @@
 """What a steer edit is and where it applies: a feature's edit and its trigger, a coder's read
 and write hooks (SteerSites), and the checks of both against the SAE.
 
-- add:    x + value * W_dec[f] (the feature's unit decoder direction, in residual units)
+- add:    x + value * W_dec[f] / ||W_dec[f]|| (along the feature's unit decoder direction, in
+          residual units)
 - clamp:  the feature's activation set to `value`, the SAE's error term kept:
           x + (value - a_f(x)) * W_dec[f], so nothing but that feature changes
 - ablate: clamp to 0

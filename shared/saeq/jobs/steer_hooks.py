@@ -47,7 +47,7 @@ class Steering:
 
     def __call__(self, x_BTD: Tensor) -> Tensor:
         self.read(x_BTD)
-        return self._write(x_BTD, self.sae.W_dec, None)
+        return self._write(x_BTD, self.sae.W_dec, self._unit_scales())
 
     @contextlib.contextmanager
     def attached(self, model: torch.nn.Module, sites: SteerSites) -> Iterator[None]:
@@ -60,7 +60,7 @@ class Steering:
                 if not sites.acausal:
                     stack.enter_context(hookpoints.read(model, sites.read[0], self.read))
                 W_SLD = self.sae.W_dec.view(self.sae.d_sae, len(sites.write), -1)
-                unit_S = 1.0 / self.sae.W_dec.float().norm(dim=1).clamp_min(1e-12)
+                unit_S = self._unit_scales()
                 for i, hook in enumerate(sites.write):
                     write = functools.partial(self._write_site, i=i, hook=hook, sites=sites, W_dec_SD=W_SLD[:, i])
                     stack.enter_context(splice(model, hook, lambda x, write=write: write(x, unit_S=unit_S)))
@@ -76,6 +76,11 @@ class Steering:
         # cap: x's projection on each capped feature's unit decoder direction, before any edit
         self._projections = {e.feature: x_BTD.float() @ self._unit(e.feature) for e in self.edits if e.mode == "cap"}
         self._plan(B, T, x_BTD.device, acts)
+
+    def _unit_scales(self) -> Tensor:
+        """(d_sae,) 1 / each decoder row's norm: add moves along the unit row (the k-sparse SAEs
+        train their rows freely, so a row's norm is not 1)."""
+        return 1.0 / self.sae.W_dec.float().norm(dim=1).clamp_min(1e-12)
 
     def _unit(self, feature: int) -> Tensor:
         row_D = self.sae.W_dec[feature].float()
@@ -123,7 +128,8 @@ class Steering:
 
     def _write(self, x_BTD: Tensor, W_dec_SD: Tensor, unit_S: Tensor | None) -> Tensor:
         """x + the sum over applying edits of coefficient x the feature's decoder row (block) W_dec_SD[f];
-        add's coefficient over the row's norm when `unit_S` (1 / the full rows' norms) is given."""
+        add's coefficient over the row's norm when `unit_S` (1 / the full rows' norms) is given.
+        Only cap and add need it; the others' coefficients are activations, which the row scales."""
         if not self._coeffs:
             return x_BTD
         delta = torch.zeros(*x_BTD.shape, device=x_BTD.device, dtype=torch.float32)

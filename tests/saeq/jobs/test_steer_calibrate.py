@@ -28,6 +28,17 @@ def sae():
     return sae
 
 
+def test_add_moves_the_stream_by_its_value_along_the_unit_row(tiny_llama, sae):
+    """The k-sparse SAEs train free decoder rows: add's value is residual units along the unit
+    row, whatever the row's norm (here 3x another row's)."""
+    x = read_hook(tiny_llama, HOOK, torch.tensor([PROMPTS[0]])).view(1, len(PROMPTS[0]), -1)
+    for f in (5, 6):
+        with torch.no_grad():
+            out = Steering(sae, [FeatureEdit(f, "add", 2.0)], len(PROMPTS[0]))(x)
+            unit_D = sae.W_dec[f] / sae.W_dec[f].norm()
+        torch.testing.assert_close(out - x, (2.0 * unit_D).expand_as(x), atol=1e-5, rtol=1e-5)
+
+
 def test_cap_lifts_the_projection_to_the_cap_and_leaves_the_orthogonal_part(tiny_llama, sae):
     x = read_hook(tiny_llama, HOOK, torch.tensor([PROMPTS[0]])).view(1, len(PROMPTS[0]), -1)
     unit_D = sae.W_dec[5].detach() / sae.W_dec[5].detach().norm()
