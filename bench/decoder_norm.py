@@ -21,28 +21,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "shared"), str(ROOT / "workers")]
 
+from demo_train import HOOK, demo_harvest  # noqa: E402  (bench/, the script's own folder)
+
 from saeq.jobs.train import train_from_harvest  # noqa: E402
 from saeq.platform.store import LocalStore  # noqa: E402
 from saeq.specs import ActivationsRef, SaeConfig, TrainSpec  # noqa: E402
 
-HOOK = "blocks.14.hook_resid_post"
 VARIANTS = {
     "unit rows": {"normalize_decoder": True},
     "free rows from 1": {"normalize_decoder": False, "decoder_init_norm": 1.0},
     "free rows from 0.1 (default)": {},
 }
-
-
-def demo_harvest(store: Path) -> str:
-    """The id of the newest harvest the demo stored."""
-    found = []
-    for manifest in store.glob("jobs/*/manifest.json"):
-        m = json.loads(manifest.read_text())
-        if m.get("kind") == "harvest" and HOOK in m.get("hooks", {}):
-            found.append((manifest.stat().st_mtime, m["job_id"]))
-    if not found:
-        raise SystemExit(f"no demo harvest under {store}: run `make demo` first")
-    return max(found)[1]
 
 
 def main() -> None:
