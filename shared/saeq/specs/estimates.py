@@ -26,12 +26,16 @@ class Estimate(BaseModel):
     """How many independent units the interval rests on (contexts, documents, latents, trials)."""
     unit: str
     """What `n` counts, plural: "contexts", "latents"."""
-    method: Literal["bootstrap", "basic_bootstrap", "paired_bootstrap", "wilson", "newcombe", "jeffreys"]
+    method: Literal[
+        "bootstrap", "basic_bootstrap", "paired_bootstrap", "wilson", "newcombe", "jeffreys", "two_stage_bootstrap"
+    ]
     """Percentile bootstrap over the units (resampled whole), the basic bootstrap (the same
     resamples' quantiles reflected about the value, for a figure whose resamples are biased), the
     same resamples for both sides of a difference, Wilson's score interval for a proportion,
     Newcombe's for a difference of two independent proportions (from their Wilson intervals), or a
-    mean of proportions drawn from their Jeffreys posteriors (saeq.ml.intervals.mean_of_proportions)."""
+    mean of proportions drawn from their Jeffreys posteriors (saeq.ml.intervals.mean_of_proportions),
+    or a mean over units resampled whole, each drawn unit's value redrawn from its own sampling
+    distribution (saeq.jobs.label_summary: features, each scored on a few windows)."""
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
     """Nominal coverage of the interval."""
 

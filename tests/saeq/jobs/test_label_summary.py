@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from saeq.jobs.label_summary import summarize_labels
 from saeq.specs.estimates import Estimate
 from saeq.specs.label import JudgeControl, Scorer
@@ -54,3 +56,33 @@ def test_a_single_feature_has_a_mean_but_no_interval():
     (s,) = summarize_labels(_records()[:1]).values()
     est = Estimate.model_validate(s["intervals"]["embedding"]["auc"])
     assert est.value == 0.9 and est.n == 1 and math.isnan(est.low)
+
+
+def _judged(accuracies: list[float], n: int) -> list[dict]:
+    return [
+        {"feature": f, "explainer": "local", "scores": {"detection": {"accuracy": a, "n": n}}}
+        for f, a in enumerate(accuracies)
+    ]
+
+
+def test_a_judge_scoring_every_feature_alike_still_gets_the_width_its_windows_allow():
+    """32 features at 4 of 8 windows right: over features alone that is 0.500 [0.500, 0.500]; each
+    feature's 8 windows leave its accuracy far from known, and the mean's interval says so."""
+    (s,) = summarize_labels(_judged([0.5] * 32, 8)).values()
+    est = Estimate.model_validate(s["intervals"]["detection"]["accuracy"])
+    assert est.method == "two_stage_bootstrap" and est.n == 32
+    assert est.low < 0.47 and est.high > 0.53 and est.low < est.value == 0.5 < est.high
+
+
+def test_the_mean_accuracy_interval_covers_the_population_mean_at_about_the_nominal_rate():
+    """Features with true accuracies uniform on [0.4, 0.8] (population mean 0.6), 32 drawn, each
+    scored on 8 windows: the 95% interval covers 0.6 in at least 36 of 40 draws."""
+    rng = np.random.default_rng(7)
+    covered = 0
+    for _ in range(40):
+        p_F = rng.uniform(0.4, 0.8, 32)
+        accuracies = (rng.binomial(8, p_F) / 8).tolist()
+        (s,) = summarize_labels(_judged(accuracies, 8)).values()
+        est = Estimate.model_validate(s["intervals"]["detection"]["accuracy"])
+        covered += est.low <= 0.6 <= est.high
+    assert covered >= 36
