@@ -19,7 +19,7 @@ and k at ~3/4 of the true L0 (its 25 of 34). The training tokens are drawn once 
 seeds every trainer's initialisation, the same for all trainers.
 Usage: python bench/synthetic.py [--source saelens|saeq] [--tokens 409600] [--features 512]
        [--d-model 128] [--d-sae F] [--k 8] [--lr 3e-3] [--threads 1] [--seeds 1] [--first-seed 0]
-       [--hierarchy] [--widths levels|32,160,672,1024] [--cache DIR]
+       [--hierarchy] [--widths levels|32,160,672,1024] [--decoder-init-norm 0.1] [--cache DIR]
        [--trainers saeq-topk,saeq-batchtopk,saelens-topk,saelens-batchtopk,saeq-matryoshka,
         saelens-matryoshka]
 Smallest check (< 60 s): python bench/synthetic.py --smoke [--hierarchy]
@@ -201,7 +201,16 @@ def train_saeq(arch: str, args, batches: Iterator[torch.Tensor], seed: int):
         arch, groups = "matryoshka_batchtopk", [b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)]
     spec = TrainSpec(
         activations=ActivationsRef(job_id="5" * 32, hook="blocks.0.hook_resid_post"),  # unused: batches given
-        saes=[SaeConfig(architecture=arch, d_sae=args.d_sae, k=args.k, lr=args.lr, matryoshka_groups=groups)],
+        saes=[
+            SaeConfig(
+                architecture=arch,
+                d_sae=args.d_sae,
+                k=args.k,
+                lr=args.lr,
+                matryoshka_groups=groups,
+                decoder_init_norm=args.decoder_init_norm or None,
+            )
+        ],
         total_tokens=args.tokens,
         batch_size=args.batch,
         checkpoint_every_tokens=None,
@@ -231,16 +240,16 @@ def train_saelens(arch: str, args, batches: Iterator[torch.Tensor], seed: int):
     steps, D = args.tokens // args.batch, args.d_model
     torch.manual_seed(seed)
     D_sae, k, norm = args.d_sae, args.k, "expected_average_only_in"
+    common = dict(d_in=D, d_sae=D_sae, k=k, normalize_activations=norm)
+    if args.decoder_init_norm:
+        common["decoder_init_norm"] = args.decoder_init_norm
     if arch == "topk":
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=D_sae, k=k, normalize_activations=norm))
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(**common))
     elif arch == "matryoshka":
-        widths = matryoshka_widths(args)
-        cfg = MatryoshkaBatchTopKTrainingSAEConfig(
-            d_in=D, d_sae=D_sae, k=k, matryoshka_widths=widths, normalize_activations=norm
-        )
+        cfg = MatryoshkaBatchTopKTrainingSAEConfig(**common, matryoshka_widths=matryoshka_widths(args))
         sae = MatryoshkaBatchTopKTrainingSAE(cfg)
     else:
-        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D, d_sae=D_sae, k=k, normalize_activations=norm))
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**common))
     tc = SAETrainerConfig(
         total_training_samples=steps * args.batch,
         train_batch_size_samples=args.batch,
@@ -289,6 +298,12 @@ def parse_args() -> argparse.Namespace:
         help="Matryoshka prefix ends, comma-separated ('': roots x 4^i, SynthSAEBench's; 'levels': the tree's "
         "levels summed)",
     )
+    ap.add_argument(
+        "--decoder-init-norm",
+        type=float,
+        default=0.0,
+        help="every trainer's initial decoder row norm (0: each trainer's default; saeq's and SAELens's are 0.1)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--cache", default="", help="keep the drawn tokens here for later runs ('': draw each run)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one thread: does it run (< 60 s)")
@@ -334,7 +349,7 @@ def main() -> None:
     print(
         f"{what}: {args.features} features in {args.d_model} dims, true L0 {true_l0:.2f}, MCC of a random decoder "
         f"{chance:.4f}; SAEs d_sae={args.d_sae} k={args.k}{widths}, {args.tokens:,} training tokens each "
-        f"(batch {args.batch}, lr {args.lr:g}, drawn once in {drawn_s:.0f} s), {args.seeds} seed(s), scored on "
+        f"(batch {args.batch}, lr {args.lr:g}, decoder init norm {args.decoder_init_norm or 'default'}, drawn once in {drawn_s:.0f} s), {args.seeds} seed(s), scored on "
         f"{len(held_out) * args.batch:,} held-out tokens; {platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}. "
         "The machine is shared and busy: seconds are not a speed figure.",

@@ -72,3 +72,17 @@ def test_checksum_of_a_trainer_that_stops_at_its_last_batch():
     shuffled = checked(iter(batches[::-1]), sums)
     list(shuffled)
     assert len(sums) == 3 and sums[0] == sums[1] != sums[2]
+
+
+def test_decoder_init_norm_reaches_saeqs_trainer():
+    """--decoder-init-norm sets the trainers' initial decoder rows (saeq's default is 0.1); a step
+    at a vanishing lr leaves them there, so the option, not the default, is seen. (SAELens's
+    inference SAE folds its row norms into the encoder on save, so its rows read 1 whatever the init.)"""
+    from bench.synthetic import train_saeq
+
+    args = argparse.Namespace(
+        d_model=16, d_sae=32, k=4, lr=1e-9, tokens=64, batch=64, features=64, widths="", decoder_init_norm=0.3
+    )
+    batches = iter([torch.randn(64, 16, generator=torch.Generator().manual_seed(0))])
+    _, _, W_dec = train_saeq("batchtopk", args, batches, 0)
+    assert torch.allclose(W_dec.norm(dim=1), torch.full((32,), 0.3), atol=1e-3)
