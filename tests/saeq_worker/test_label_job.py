@@ -1,6 +1,7 @@
 """Label jobs through the API and a real worker: harvest -> train -> label, labels.jsonl and the
 feature index in the store; an OpenAI-compatible endpoint as explainer and judge, failing or not,
-named in specs and allowed by the deployment's SAEQ_LLM_ENDPOINTS."""
+named in specs and allowed by the deployment's SAEQ_LLM_ENDPOINTS; the same endpoint as a steer
+job's judge (the steering score's three ratings)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from saeq import keys
 from saeq.client.client import ApiError
-from saeq.specs import LabelSpec
+from saeq.specs import LabelSpec, SteerSpec
 from tests.fixtures_stack import make_stack
 from tests.openai_server import OpenAIServer
 
@@ -19,6 +20,8 @@ pytestmark = pytest.mark.integration
 
 def _answer(request: dict) -> str:
     user = request["messages"][-1]["content"]
+    if user.startswith("Rate how"):  # a steer job's judge: instruction 1, concept and fluency 2
+        return "1" if "answers the instruction" in user else "2"
     if user.startswith("Excerpts:"):
         return "Label: tiny pattern\nDescription: Whatever the tiny model's feature marks."
     return "Yes" if "Text:" in user else "No"
@@ -206,3 +209,46 @@ def test_only_the_deployments_endpoints_can_be_named(client_module):
             }
         )
     assert e.value.status == 422 and [d["field"] for d in e.value.detail] == ["spec.explainers.0.base_url"]
+
+
+def test_a_steer_job_rated_by_an_endpoint_judge(client_module, train_job):
+    """The deployment's endpoint as a steer job's judge: every completion, default and steered, gets
+    the three ratings the endpoint answered (the first logprob's digit) and their harmonic mean,
+    and each (set, strength) its steering score over the prompts; an endpoint the deployment does
+    not allow is refused at submit, naming spec.judge.endpoint."""
+    label = client_module.submit(
+        LabelSpec(
+            sae={"job_id": train_job["id"]},
+            index_tokens=2048,
+            features=[3],
+            min_activating=1,
+            explainers=[{"backend": "metadata"}],
+            judge=None,
+            scorers=["embedding"],
+            n_explain_examples=2,
+            n_score_examples=2,
+        )
+    )
+    spec = SteerSpec(
+        sae={"job_id": train_job["id"]},
+        label_job=label["id"],
+        prompts=["The capital of France", "Cats are"],
+        chat=False,
+        interventions=[{"name": "f3", "edits": [{"feature": 3, "mode": "add", "value": 40.0}]}],
+        max_new_tokens=6,
+        judge={"backend": "openai", "endpoint": "tiny", "model": "judge-model"},
+    )
+    done = client_module.wait(client_module.submit(spec, depends_on=[label["id"]])["id"], timeout=300)
+    rows = [json.loads(line) for line in client_module.read(done["id"], "report/completions.jsonl").splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        for side in ("default", "steered"):
+            ratings = [r[f"judge_{a}_{side}"] for a in ("concept", "instruction", "fluency")]
+            assert ratings == [2.0, 1.0, 2.0]
+            assert r[f"judge_score_{side}"] == pytest.approx(1.5)  # hmean(2, 1, 2)
+    (group,) = client_module.manifest(done["id"])["summary"]
+    assert group["steering_score_steered"]["value"] == pytest.approx(1.5) and group["steering_score_steered"]["n"] == 2
+    with pytest.raises(ApiError) as e:
+        elsewhere = {"backend": "openai", "endpoint": "elsewhere", "model": "m"}
+        client_module.submit(spec.model_dump(mode="json") | {"judge": elsewhere})
+    assert e.value.status == 422 and [d["field"] for d in e.value.detail] == ["spec.judge.endpoint"]

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 
 from saeq import keys
 from saeq.jobs.steer import check_edits, generate, side_effects
 from saeq.ml.explainers import LocalLLM
-from saeq.ml.steer_score import RUBRICS, RatedText, rate_completions, steering_score
+from saeq.ml.steer_score import RUBRICS, EndpointRater, OptionRater, RatedText, rate_completions, steering_score
+from saeq.platform.settings import LlmEndpoint
 from saeq.specs import SteerSpec
 from saeq.specs.manifests import SteerManifest
-from saeq_worker.resolve import cached_model, sae_context
+from saeq_worker.resolve import cached_model, chat_endpoint, sae_context
 from saeq_worker.running import RunningJob
 from saeq_worker.steer_calibration import run_calibration
 from saeq_worker.steer_labels import _embedder, _label_records
@@ -24,7 +26,7 @@ from saeq_worker.steer_requests import _edits, _prompt_ids, _sites, _with_sites
 MANIFEST_FORMAT = "saeq.steer/1"
 
 
-def run_steer(job: RunningJob, *, cache_dir: str) -> str:
+def run_steer(job: RunningJob, *, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> str:
     spec: SteerSpec = job.spec
     store = job.store
     job.report(0.0, "loading", "SAE and model", force=True)
@@ -81,13 +83,13 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
                 rows.append(row)
                 done += 1
                 job.report(done / total, "steer", f"{done}/{total} completions", completions=done)
-    if spec.judge is not None:  # before the write: the report is written once
+    judge = _rater(job, cache_dir, llm_endpoints)
+    if judge is not None:  # before the write: the report is written once
         job.report(0.99, "judge", f"rating {len(rows)} completions", force=True)
-        _rate_rows(rows, LocalLLM(cached_model(spec.judge.model, job.device, cache_dir)))
+        _rate_rows(rows, judge)
     calibration_key, calibration = None, None
     if spec.calibrate is not None:
         assert embedder is not None  # calibrate needs label_job (SteerSpec), and its labels are read
-        judge_lm = cached_model(spec.judge.model, job.device, cache_dir) if spec.judge else None
         calibration_key, calibration = run_calibration(
             job,
             ctx,
@@ -95,7 +97,7 @@ def run_steer(job: RunningJob, *, cache_dir: str) -> str:
             records,
             similarity=embedder.similarity,
             prompt_ids=lambda p: _prompt_ids(lm, p, spec.chat),
-            judge_lm=judge_lm,
+            judge=judge,
             sites=sites,
         )
     key = keys.report_file(job.id, "completions.jsonl")
@@ -153,7 +155,17 @@ def _summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _rate_rows(rows: list[dict], judge: LocalLLM) -> None:
+def _rater(job: RunningJob, cache_dir: str, llm_endpoints: Mapping[str, LlmEndpoint]) -> OptionRater | None:
+    """The spec's judge: a local model on this worker's device, or the deployment's endpoint."""
+    judge = job.spec.judge
+    if judge is None:
+        return None
+    if judge.backend == "openai":
+        return EndpointRater(chat_endpoint(judge, job.store, "spec.judge", llm_endpoints))
+    return LocalLLM(cached_model(judge.model, job.device, cache_dir))
+
+
+def _rate_rows(rows: list[dict], judge: OptionRater) -> None:
     """AxBench's three ratings and their harmonic mean, for the default and the steered completion
     of every row that names a concept (a row whose features have no label is left unrated)."""
     rated = [r for r in rows if r["concept"]]

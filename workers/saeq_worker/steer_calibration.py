@@ -10,9 +10,8 @@ from saeq import keys
 from saeq.errors import InvalidSpec
 from saeq.jobs.steer import SteerSites
 from saeq.jobs.steer_calibrate import Judge, Prompt, Target, calibrate
-from saeq.ml.explainers import LocalLLM
 from saeq.ml.models import LoadedModel
-from saeq.ml.steer_score import RatedText, rate_completions
+from saeq.ml.steer_score import OptionRater, RatedText, rate_completions
 from saeq.specs import SteerSpec
 from saeq_worker.resolve import SaeContext
 from saeq_worker.running import RunningJob
@@ -29,7 +28,7 @@ def run_calibration(
     *,
     similarity: Callable[[str, list[str]], list[float]],
     prompt_ids: Callable[[str], list[int]],
-    judge_lm: LoadedModel | None,
+    judge: OptionRater | None,
     sites: SteerSites | None,
 ) -> tuple[str, list[dict]]:
     """Calibrate `spec.calibrate.features` (their best label records in `records`); returns the
@@ -48,7 +47,6 @@ def run_calibration(
             raise InvalidSpec(f"feature {f} is not in 0..{ctx.sae.d_sae - 1}", field=f"spec.calibrate.features[{i}]")
         targets.append(Target(f, r["label"], float(r["max_activation"])))
     prompts = [Prompt(p, prompt_ids(p)) for p in spec.prompts]
-    judge = _judge(LocalLLM(judge_lm)) if judge_lm is not None else None
     results = calibrate(
         lm,
         ctx.sae,
@@ -58,7 +56,7 @@ def run_calibration(
         spec.calibrate,
         max_new_tokens=spec.max_new_tokens,
         similarity=similarity,
-        judge=judge,
+        judge=_judge(judge) if judge is not None else None,
         seed=spec.seed,
         temperature=spec.temperature,
         sites=sites,
@@ -87,8 +85,8 @@ def run_calibration(
     return key, summary
 
 
-def _judge(rater: LocalLLM) -> Judge:
-    """AxBench's harmonic-mean score of each completion, by the local judge."""
+def _judge(rater: OptionRater) -> Judge:
+    """AxBench's harmonic-mean score of each completion, by the spec's judge."""
 
     def judge(concept: str, prompt_texts: list[str], texts: list[str]) -> list[float]:
         items = [RatedText(concept, p, t) for p, t in zip(prompt_texts, texts, strict=True)]

@@ -145,7 +145,11 @@ def label(job_id: str, dispatch_id: str) -> None:
 def steer(job_id: str, dispatch_id: str) -> None:
     from saeq_worker.steer import run_steer
 
-    _run(job_id, dispatch_id, lambda job: run_steer(job, cache_dir=settings.cache_dir))
+    _run(
+        job_id,
+        dispatch_id,
+        lambda job: run_steer(job, cache_dir=settings.cache_dir, llm_endpoints=settings.llm_endpoints),
+    )
 
 
 @app.task(name=LIVE_TASK)

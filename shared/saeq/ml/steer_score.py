@@ -3,20 +3,21 @@ concept, on following the instruction and on fluency; a completion's score is th
 the three (0 when any is 0), a set's score the mean over its prompts with a 95% bootstrap interval
 over the prompts.
 
-AxBench's judge answers one discrete rating; saeq's local judge gives the probability of each
-digit, and a rating is their expectation (0..2), so a weak judge's uncertainty shows as a middling
-rating instead of a coin flip.
+AxBench's judge answers one discrete rating; saeq's judges give the probability of each digit (a
+local model from its next-token distribution, an OpenAI-protocol endpoint from its top logprobs, or
+all on the digit it answered when it gives none), and a rating is their expectation (0..2), so a
+weak judge's uncertainty shows as a middling rating instead of a coin flip.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from scipy.stats import hmean
 
-from saeq.ml.explainers import LocalLLM
 from saeq.ml.intervals import bootstrap_mean
 from saeq.specs.estimates import Estimate
 
@@ -27,6 +28,27 @@ RUBRICS = {
     "fluency": "Rate how fluent the text is: 0 broken or repetitive, 1 somewhat fluent, 2 fluent.",
 }
 """The three aspects AxBench rates, one rubric each, answered with one digit."""
+_RATER_SYSTEM = "You rate a text on one aspect. Answer with one digit: 0, 1 or 2."
+
+
+class OptionRater(Protocol):
+    def option_probabilities(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+        """For each prompt, P(each option) as the one-word answer, summing to 1."""
+        ...
+
+
+class EndpointRater:
+    """An OpenAI-protocol chat endpoint (saeq.ml.llm.ChatEndpoint) as an OptionRater: each rubric
+    prompt is the user message under a system line asking for one digit."""
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+
+    def option_probabilities(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+        conversations = [
+            [{"role": "system", "content": _RATER_SYSTEM}, {"role": "user", "content": p}] for p in prompts
+        ]
+        return self.endpoint.option_probability_batch(conversations, options)
 
 
 @dataclass(frozen=True)
@@ -70,7 +92,7 @@ def _prompt(aspect: str, item: RatedText) -> str:
     return "\n".join(lines)
 
 
-def rate_completions(judge: LocalLLM, items: Sequence[RatedText]) -> list[SteerRating]:
+def rate_completions(judge: OptionRater, items: Sequence[RatedText]) -> list[SteerRating]:
     """Each item rated on the three aspects by the judge's digit probabilities."""
     if not items:
         return []

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from saeq.specs.common import Frozen, HookName, ModelSpec, SaeRef, Seed, _require_for_imported, invalid
-from saeq.specs.label import LocalLLM
+from saeq.specs.label import JudgeSpec
 from saeq.specs.steer_calibrate import SteerCalibrate
 
 
@@ -73,11 +73,12 @@ class SteerSpec(Frozen):
     label_job: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
     """A label job of this SAE: the features' labels name them in the output and the concept
     similarity (embedding of the completion against the label) is reported."""
-    judge: LocalLLM | None = None
+    judge: JudgeSpec | None = None
     """Rate every completion, default and steered, as AxBench does (concept, instruction, fluency,
     0-2 each, their harmonic mean), and report the steering score per (set, strength) with a 95%
-    interval over the prompts (docs/steer.md). Needs `label_job`: the labels are the concept.
-    Only a local judge for now."""
+    interval over the prompts (docs/steer.md). Needs `label_job`: the labels are the concept. A
+    local model (`backend: local`) or an OpenAI-protocol endpoint the deployment allows
+    (`backend: openai`, as a label job's judge); with `calibrate`, it scores both arms."""
     calibrate: SteerCalibrate | None = None
     """Find each listed feature's strength (fit and held-out prompts split from `prompts`); the
     choices go to `calibration.json`, named by the manifest, and the chat endpoint uses them."""

@@ -55,3 +55,29 @@ def test_a_steer_job_with_a_judge_but_no_labels_is_refused_naming_the_judge():
         SteerSpec.model_validate({**spec, "judge": {"backend": "local"}})
     assert "label_job" in str(e.value)
     assert SteerSpec.model_validate({**spec, "judge": {"backend": "local"}, "label_job": "b" * 32}).judge is not None
+
+
+def test_an_endpoint_judge_rates_each_aspect_from_its_answer(openai_server):
+    """An OpenAI-protocol judge (EndpointRater over ChatEndpoint): each rubric goes to the endpoint
+    as a user message under a one-digit system line, and the digit it answers is the rating
+    (all the mass on it: the server's top logprobs hold only that token)."""
+    from saeq.ml.llm import ChatEndpoint
+    from saeq.ml.steer_score import EndpointRater
+
+    def answer(request: dict) -> str:
+        user = request["messages"][-1]["content"]
+        if user.startswith("Rate how clearly the text is about the concept"):
+            return "2" if "volcano" in user.split("Text:")[1] else "0"
+        return "1" if user.startswith("Rate how well the text answers") else "2"
+
+    srv = openai_server(answer)
+    judge = EndpointRater(ChatEndpoint(srv.base_url, "judge-model", api_key=None, max_retries=0))
+    items = [
+        RatedText("volcanoes", "Tell me a story.", "The volcano erupted at dawn."),
+        RatedText("volcanoes", "Tell me a story.", "The cat slept all day."),
+    ]
+    on_topic, off_topic = rate_completions(judge, items)
+    assert (on_topic.concept, on_topic.instruction, on_topic.fluency) == (2.0, 1.0, 2.0)
+    assert on_topic.score == pytest.approx(harmonic_score(2.0, 1.0, 2.0))
+    assert off_topic.concept == 0.0 and off_topic.score == 0.0  # AxBench: a 0 on any aspect is 0
+    assert len(srv.requests) == 6 and all(r["messages"][0]["role"] == "system" for r in srv.requests)
