@@ -8,11 +8,13 @@ printed; saeq.jobs.contrast), and the topic's name is its label (the concept). I
 the largest per-article max seen. Then saeq.jobs.steer_calibrate on `--prompts` neutral instructions,
 split into fit and held-out halves by the seed: the calibrated clamp against the fixed 2x clamp on
 the held-out ones, by the MiniLM concept gain (similarity of completion to label, steered minus
-default) and the AxBench-style steering score of the local SmolLM2 judge, each with a 95% bootstrap
+default) and the AxBench-style steering score of the judge (the local SmolLM2, or with `--judge-url`
+an OpenAI-protocol endpoint: FIELD-NOTES says SmolLM2 cannot judge), each with a 95% bootstrap
 interval over the held-out prompts, and their paired differences.
 
 Usage: python bench/steer_calibrate.py --sae DIR [--train STORE --harvest JOB --tokens N]
        [--topics ...] [--prompts 20] [--tokens-out 24] [--json OUT]
+       [--judge-url http://host:port/v1 --judge-model NAME [--judge-key-env VAR]]
 """
 
 from __future__ import annotations
@@ -117,7 +119,12 @@ def main() -> None:
     ap.add_argument("--max-kl", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--judge-url", help="an OpenAI-protocol endpoint as the judge (its base URL, ending in /v1)")
+    ap.add_argument("--judge-model", help="with --judge-url: the model it serves")
+    ap.add_argument("--judge-key-env", help="with --judge-url: the environment variable holding its API key")
     args = ap.parse_args()
+    if args.judge_url and not args.judge_model:
+        ap.error("--judge-url needs --judge-model")
     if args.train:
         train(args.train, args.harvest, args.tokens, args.sae)
 
@@ -142,7 +149,16 @@ def main() -> None:
         Prompt(text, chat_prompt(lm, [{"role": "user", "content": text}])) for text in INSTRUCTIONS[: args.prompts]
     ]
     embedder = EmbeddingScorer(device="cpu")
-    judge_llm = LocalLLM(lm)
+    if args.judge_url:
+        from saeq.ml.llm import ChatEndpoint
+        from saeq.ml.steer_score import EndpointRater
+
+        key = os.environ.get(args.judge_key_env) if args.judge_key_env else None
+        judge_llm = EndpointRater(ChatEndpoint(args.judge_url, args.judge_model, api_key=key))
+        print(f"judge: {args.judge_model} at {args.judge_url}")
+    else:
+        judge_llm = LocalLLM(lm)
+        print("judge: the local SmolLM2 (it answers alike whatever it is shown: FIELD-NOTES)")
 
     def judge(concept: str, prompt_texts: list[str], texts: list[str]) -> list[float]:
         items = [RatedText(concept, p, t) for p, t in zip(prompt_texts, texts, strict=True)]
