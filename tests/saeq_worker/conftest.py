@@ -1,11 +1,11 @@
-"""A harvest of a tiny Llama and a small TopK SAE trained on it, once per module, and a client of the
-module's stack."""
+"""A harvest of a tiny Llama and a small TopK SAE trained on it, once per module, a client of the
+module's stack, and a cheap label job (metadata only) that names the features a steer job edits."""
 
 from __future__ import annotations
 
 import pytest
 
-from saeq.specs import HarvestSpec, ModelSpec, SaeConfig, TrainSpec
+from saeq.specs import HarvestSpec, LabelSpec, ModelSpec, SaeConfig, TrainSpec
 from tests.tiny_model import save_tiny_llama
 
 HOOK = "blocks.1.hook_resid_post"
@@ -43,3 +43,20 @@ def train_job(client_module, harvest_job):
         validation_tokens=2048,
     )
     return client_module.wait(client_module.submit(spec)["id"], timeout=300)
+
+
+def submit_metadata_labels(client, train_job_id: str, features: list[int]) -> dict:
+    """A label job of those features, metadata explainer and embedding scorer only (seconds): its
+    labels are the concept a steer job's judge and concept similarity look for."""
+    spec = LabelSpec(
+        sae={"job_id": train_job_id},
+        index_tokens=2048,
+        features=features,
+        min_activating=1,
+        explainers=[{"backend": "metadata"}],
+        judge=None,
+        scorers=["embedding"],
+        n_explain_examples=2,
+        n_score_examples=2,
+    )
+    return client.submit(spec)

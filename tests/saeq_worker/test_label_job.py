@@ -14,6 +14,7 @@ from saeq.client.client import ApiError
 from saeq.specs import LabelSpec, SteerSpec
 from tests.fixtures_stack import make_stack
 from tests.openai_server import OpenAIServer
+from tests.saeq_worker.conftest import submit_metadata_labels
 
 pytestmark = pytest.mark.integration
 
@@ -216,19 +217,7 @@ def test_a_steer_job_rated_by_an_endpoint_judge(client_module, train_job):
     the three ratings the endpoint answered (the first logprob's digit) and their harmonic mean,
     and each (set, strength) its steering score over the prompts; an endpoint the deployment does
     not allow is refused at submit, naming spec.judge.endpoint."""
-    label = client_module.submit(
-        LabelSpec(
-            sae={"job_id": train_job["id"]},
-            index_tokens=2048,
-            features=[3],
-            min_activating=1,
-            explainers=[{"backend": "metadata"}],
-            judge=None,
-            scorers=["embedding"],
-            n_explain_examples=2,
-            n_score_examples=2,
-        )
-    )
+    label = submit_metadata_labels(client_module, train_job["id"], [3])
     spec = SteerSpec(
         sae={"job_id": train_job["id"]},
         label_job=label["id"],

@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from saeq.client.client import ApiError
-from saeq.specs import LabelSpec, SteerSpec
+from saeq.specs import SteerSpec
 from tests.planted_trigger import HOOK as PLANTED_HOOK
 from tests.planted_trigger import STEER, WATCH, planted_trigger_sae
-from tests.saeq_worker.conftest import HOOK
+from tests.saeq_worker.conftest import HOOK, submit_metadata_labels
 from tests.tiny_model import save_tiny_llama
 
 pytestmark = pytest.mark.integration
@@ -21,19 +21,7 @@ pytestmark = pytest.mark.integration
 
 def test_batch_steer_job_writes_default_and_steered_side_by_side(client_module, harvest_job, train_job, tmp_path):
     # Labels (metadata only: cheap) name the features and give the concept to look for.
-    label = client_module.submit(
-        LabelSpec(
-            sae={"job_id": train_job["id"]},
-            index_tokens=2048,
-            features=[3],
-            min_activating=1,
-            explainers=[{"backend": "metadata"}],
-            judge=None,
-            scorers=["embedding"],
-            n_explain_examples=2,
-            n_score_examples=2,
-        )
-    )
+    label = submit_metadata_labels(client_module, train_job["id"], [3])
     spec = SteerSpec(
         sae={"job_id": train_job["id"]},
         label_job=label["id"],
